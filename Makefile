@@ -1,0 +1,38 @@
+# The two commands: `make demo` and `make test`. Both create the virtualenv and install on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+
+# constraints.txt locks the set of versions known to work together (see ../shared/DESIGN.md).
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/uv pip install --python $(BIN)/python --constraint constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/custintel demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/python -m pytest -m "not integration"
+
+test: lint
+	$(BIN)/python -m pytest --cov --cov-report=term
+
+bench: install
+	$(BIN)/python -m benchmarks.bench_generate_ingest
+
+clean:
+	rm -rf $(VENV) .custintel .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,89 @@
+"""The one typed settings object every custintel package reads.
+
+Values come from environment variables prefixed ``CUSTINTEL_`` (and an optional
+``.env`` file). Nothing here touches the disk at import: paths are derived on
+demand and created by the I/O functions that write to them.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where custintel keeps its state and which services it talks to."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CUSTINTEL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    home: Path = Field(
+        default=Path(".custintel"),
+        description="Root folder for the lake, MLflow store, artifacts, feature stores and reports.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI; defaults to a SQLite database under home.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL for the online store and counters; SQLite under home when unset.",
+    )
+    postgres_url: str | None = Field(
+        default=None,
+        description="PostgreSQL URL for production-grade backends (MLflow, Optuna) when set.",
+    )
+    ingest_max_reasons_per_row: int = Field(
+        default=20,
+        ge=1,
+        description="Cap on quarantine reasons recorded for one row (a row with garbage everywhere).",
+    )
+
+    @cached_property
+    def home_dir(self) -> Path:
+        """The custintel home as an absolute path."""
+        return self.home.expanduser().resolve()
+
+    @property
+    def lake_dir(self) -> Path:
+        """Accepted (contract-valid) tables, one Parquet partition per table and drop."""
+        return self.home_dir / "lake"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        """Rejected rows, with source, row number, field and reason."""
+        return self.home_dir / "quarantine"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Human-readable outputs: ingestion reports, later model cards and drift reports."""
+        return self.home_dir / "reports"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """MLflow artifact root for the embedded default."""
+        return self.home_dir / "artifacts"
+
+    @property
+    def default_data_dir(self) -> Path:
+        """Where `custintel generate` writes a synthetic world when no --out is given."""
+        return self.home_dir / "data"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI: the configured one, else SQLite under home."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{self.home_dir / 'mlflow.db'}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, with explicit overrides winning."""
+    return Settings(**overrides)  # type: ignore[arg-type]

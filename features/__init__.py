@@ -1,0 +1,1 @@
+"""Sources, data contracts, ingestion, identity resolution, golden records and feature stores."""

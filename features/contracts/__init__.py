@@ -1,0 +1,176 @@
+"""Data contracts: what each source table must look like to enter the lake.
+
+A contract is declarative (YAML, validated here) so a data owner can read and
+change it without reading code; `features.ingest` compiles it to SQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+ColumnType = Literal["string", "int", "float", "bool", "date", "timestamp"]
+DEFAULT_FORMATS: dict[str, list[str]] = {
+    "date": ["%Y-%m-%d"],
+    "timestamp": ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"],
+}
+
+
+class ColumnRule(BaseModel):
+    """One column: where it comes from, its type and the checks it must pass."""
+
+    name: str = Field(description="Name in the lake.")
+    source: str | None = Field(default=None, description="Column name in the source file, if different.")
+    type: ColumnType = "string"
+    nullable: bool = True
+    formats: list[str] | None = Field(default=None, description="strptime formats for dates and timestamps.")
+    allowed: list[str] | None = Field(default=None, description="Allowed codes (after trimming).")
+    map: dict[str, str] | None = Field(default=None, description="Source code -> lake code; keys are allowed.")
+    references: str | None = Field(default=None, description="'table.column' whose values are allowed.")
+    min: float | str | None = None
+    max: float | str | None = None
+    pattern: str | None = Field(default=None, description="Regular expression a string must match.")
+    not_in_future: bool = Field(default=False, description="Must not be later than the drop's export time.")
+    on_invalid: Literal["reject", "null"] = Field(
+        default="reject",
+        description="reject: the row goes to quarantine; null: the value is emptied, the row kept and "
+        "the issue logged (for soft fields such as a birth date, where losing the row costs more).",
+    )
+    description: str = ""
+
+    @property
+    def source_name(self) -> str:
+        """The column's name in the source file."""
+        return self.source or self.name
+
+    @property
+    def date_formats(self) -> list[str]:
+        """Formats tried in order for dates and timestamps."""
+        return self.formats or DEFAULT_FORMATS.get(self.type, [])
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            re.compile(v)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ColumnRule:
+        if self.formats and self.type not in ("date", "timestamp"):
+            raise ValueError(f"column {self.name}: formats only apply to dates and timestamps")
+        if self.not_in_future and self.type not in ("date", "timestamp"):
+            raise ValueError(f"column {self.name}: not_in_future only applies to dates and timestamps")
+        for bound in (self.min, self.max):
+            if isinstance(bound, str):
+                if self.type not in ("date", "timestamp"):
+                    raise ValueError(f"column {self.name}: a text bound needs a date or timestamp column")
+                dt.date.fromisoformat(bound[:10])
+            elif bound is not None and self.type not in ("int", "float"):
+                raise ValueError(f"column {self.name}: a numeric bound needs a numeric column")
+        if self.references and "." not in self.references:
+            raise ValueError(f"column {self.name}: references must be 'table.column'")
+        return self
+
+
+class Contract(BaseModel):
+    """The contract of one source table."""
+
+    table: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    system: str
+    description: str = ""
+    version: int = 1
+    files: str = Field(description="Glob, relative to the drop folder, of the files holding the table.")
+    format: Literal["csv", "parquet"] = "csv"
+    sep: str = ","
+    encoding: str = "utf-8"
+    required: bool = Field(default=True, description="A drop without this table fails the ingestion.")
+    key: list[str] = Field(default_factory=list, description="Columns whose values identify a row.")
+    columns: list[ColumnRule]
+
+    @model_validator(mode="after")
+    def _key_columns_exist(self) -> Contract:
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.table}: duplicate column names")
+        missing = [k for k in self.key if k not in names]
+        if missing:
+            raise ValueError(f"{self.table}: key columns {missing} are not declared")
+        return self
+
+    def column(self, name: str) -> ColumnRule:
+        """The rule for a column by its lake name."""
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def dependencies(self) -> set[str]:
+        """Tables this contract's references point at."""
+        return {c.references.split(".")[0] for c in self.columns if c.references}
+
+
+class ContractSet(BaseModel):
+    """All contracts of a deployment, in dependency order."""
+
+    contracts: list[Contract]
+
+    @model_validator(mode="after")
+    def _known_references(self) -> ContractSet:
+        tables = {c.table for c in self.contracts}
+        if len(tables) != len(self.contracts):
+            raise ValueError("two contracts declare the same table")
+        for c in self.contracts:
+            unknown = c.dependencies - tables
+            if unknown:
+                raise ValueError(f"{c.table}: references unknown tables {sorted(unknown)}")
+        return self
+
+    def ordered(self) -> list[Contract]:
+        """Contracts with referenced tables first (a topological order)."""
+        done: list[Contract] = []
+        pending = {c.table: c for c in self.contracts}
+        while pending:
+            ready = [c for c in pending.values() if c.dependencies <= {d.table for d in done}]
+            if not ready:
+                raise ValueError(f"circular references among {sorted(pending)}")
+            for c in sorted(ready, key=lambda c: c.table):
+                done.append(c)
+                del pending[c.table]
+        return done
+
+    def get(self, table: str) -> Contract:
+        """One contract by table name."""
+        for c in self.contracts:
+            if c.table == table:
+                return c
+        raise KeyError(table)
+
+
+def load_contracts(folder: Path | None = None) -> ContractSet:
+    """Load every `*.yaml` contract file in `folder` (default: the contracts shipped here)."""
+    if folder is None:
+        base = resources.files("features.contracts")
+        texts = sorted((p.name, p.read_text()) for p in base.iterdir() if p.name.endswith(".yaml"))
+    else:
+        texts = sorted((p.name, p.read_text()) for p in Path(folder).glob("*.yaml"))
+    contracts: list[Contract] = []
+    for name, text in texts:
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"contract file {name} is not valid YAML: {exc}") from exc
+        items = doc.get("contracts", [doc]) if isinstance(doc, dict) else doc
+        for item in items:
+            try:
+                contracts.append(Contract.model_validate(item))
+            except ValueError as exc:
+                raise ValueError(f"contract file {name}: {exc}") from exc
+    return ContractSet(contracts=contracts)

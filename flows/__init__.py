@@ -1,0 +1,1 @@
+"""Prefect flows that wire the steps together, and the `custintel` command line."""

@@ -1,0 +1,248 @@
+"""The `custintel` command line: parse, load settings, call one function."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from custintel.settings import Settings
+
+app = typer.Typer(
+    name="custintel",
+    help="custintel: customer-intelligence models from raw source drops to governed, served, monitored models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Off a terminal (CI, pipes) rich would wrap tables at 80 columns; logs read better wider.
+console = Console(width=None if sys.stdout.isatty() else 160)
+_state: dict[str, Settings] = {}
+
+
+def _settings() -> Settings:
+    return _state.get("settings") or Settings()
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=1)
+
+
+@app.callback()
+def main(
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            help="custintel home (lake, quarantine, reports, MLflow store). Default: $CUSTINTEL_HOME or ./.custintel",
+            envvar="CUSTINTEL_HOME",
+        ),
+    ] = None,
+) -> None:
+    """Customer intelligence: churn, propensity and recommendation models, end to end."""
+    _state["settings"] = Settings(home=home) if home else Settings()
+
+
+@app.command()
+def generate(
+    customers: Annotated[int, typer.Option(help="True persons in the world.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed and knobs give the same bytes.")] = 7,
+    out: Annotated[Path | None, typer.Option(help="Folder for the drop (default: <home>/data/world).")] = None,
+    duplicate_rate: Annotated[float, typer.Option(help="Share of persons with extra CRM records.")] = 0.2,
+    typo_rate: Annotated[float, typer.Option(help="Chance of a typo in a secondary record's field.")] = 0.08,
+    missing_rate: Annotated[float, typer.Option(help="Base chance an optional field is empty.")] = 0.05,
+    malformed_rate: Annotated[float, typer.Option(help="Share of rows per table deliberately broken.")] = 0.003,
+    acquired_share: Annotated[float, typer.Option(help="Share of persons from the acquired company.")] = 0.15,
+    bias_strength: Annotated[
+        float,
+        typer.Option(
+            help="Skew of the protected group's outcome (higher churn) and features (under-recorded "
+            "service signals); 0 = none."
+        ),
+    ] = 0.0,
+    bias_attribute: Annotated[
+        str, typer.Option(help="Attribute defining the protected group: gender, age_band or region.")
+    ] = "gender",
+    bias_group: Annotated[str, typer.Option(help="The protected group's value of that attribute.")] = "F",
+    drift_date: Annotated[
+        str | None, typer.Option(help="YYYY-MM-DD after which the population and behaviour shift.")
+    ] = None,
+    drift_strength: Annotated[float, typer.Option(help="How far they shift; 0 = none.")] = 0.0,
+    chunk_size: Annotated[
+        int, typer.Option(help="Persons simulated per chunk (bounds memory; part of the world's identity).")
+    ] = 50_000,
+) -> None:
+    """Write a synthetic multi-source customer world and its hidden truth."""
+    from features.synthetic import WorldConfig, generate_world
+
+    settings = _settings()
+    try:
+        cfg = WorldConfig(
+            customers=customers,
+            seed=seed,
+            duplicate_rate=duplicate_rate,
+            typo_rate=typo_rate,
+            missing_rate=missing_rate,
+            malformed_rate=malformed_rate,
+            acquired_share=acquired_share,
+            bias_strength=bias_strength,
+            bias_attribute=bias_attribute,
+            bias_group=bias_group,
+            drift_date=dt.date.fromisoformat(drift_date) if drift_date else None,
+            drift_strength=drift_strength,
+            chunk_size=chunk_size,
+        )
+    except (ValidationError, ValueError) as exc:
+        raise _fail(f"invalid generator settings: {exc}") from None
+    target = out or settings.default_data_dir / "world"
+    with Progress(
+        TextColumn("[bold]generating[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("chunks"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    ) as progress:
+        bar = progress.add_task("generate", total=-(-cfg.customers // cfg.chunk_size))
+        summary = generate_world(cfg, target, on_chunk=lambda done, total: progress.update(bar, completed=done))
+    table = Table(title=f"Synthetic world: {cfg.customers:,} customers, seed {cfg.seed}")
+    table.add_column("source table")
+    table.add_column("rows", justify="right")
+    for name, rows in summary.rows.items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+    late = ", ".join(f"{t}: {n:,}" for t, n in summary.not_yet_arrived.items())
+    console.print(f"Drop written to [bold]{target}[/] (export date {cfg.window_end}).")
+    console.print(f"Late records not yet arrived by the export date: {late}.")
+    console.print(f"Hidden truth in [bold]{target / '_truth'}[/] (evaluation and benchmarks only).")
+
+
+def _print_ingestion(report: object) -> None:
+    from features.lake import IngestionReport
+
+    assert isinstance(report, IngestionReport)
+    table = Table(title=f"Ingestion of drop {report.drop_id}")
+    for col, justify in (
+        ("table", "left"),
+        ("read", "right"),
+        ("accepted", "right"),
+        ("quarantined", "right"),
+        ("nulled values", "right"),
+        ("top reasons", "left"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name, t in report.tables.items():
+        if t.skipped:
+            table.add_row(name, "-", "-", "-", "-", f"skipped: {t.skipped}")
+            continue
+        top = "; ".join(f"{k} ({n:,})" for k, n in list(t.reasons.items())[:3])
+        table.add_row(name, f"{t.read:,}", f"{t.accepted:,}", f"{t.quarantined:,}", f"{t.nulled_values:,}", top)
+    console.print(table)
+    verdict = "[green]all counts reconcile[/]" if report.reconciles else "[red]counts do not reconcile[/]"
+    console.print(f"{verdict} (read = accepted + quarantined).")
+    if report.replaced_existing:
+        console.print("This drop had been ingested before: its partitions were replaced (idempotent).")
+
+
+@app.command()
+def ingest(
+    source: Annotated[Path, typer.Option(help="Folder of the source drop to ingest.")],
+    contracts: Annotated[
+        Path | None, typer.Option(help="Folder of contract YAML files (default: the contracts shipped with custintel).")
+    ] = None,
+    engine: Annotated[
+        Literal["prefect", "local"],
+        typer.Option(help="prefect: run as the Prefect flow ingest_sources (tracked); local: call the step directly."),
+    ] = "prefect",
+) -> None:
+    """Check a drop against its data contracts and land it in the lake; rejects go to quarantine."""
+    from features.contracts import load_contracts
+    from features.lake import IngestError, ingest_drop
+
+    settings = _settings()
+    try:
+        if engine == "prefect":
+            from flows.ingest import ingest_sources
+
+            with console.status("Ingesting (Prefect flow ingest_sources)…"):
+                report = ingest_sources(str(source), str(settings.home_dir), str(contracts) if contracts else None)
+        else:
+            with console.status("Ingesting…") as status:
+                report = ingest_drop(
+                    source,
+                    settings,
+                    load_contracts(contracts) if contracts else None,
+                    progress=lambda t, n: status.update(f"Ingesting {t}: {n:,} rows read"),
+                )
+    except (IngestError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    _print_ingestion(report)
+    console.print(
+        f"Lake: [bold]{settings.lake_dir}[/]  quarantine: [bold]{settings.quarantine_dir}[/]  "
+        f"report: [bold]{settings.reports_dir / 'ingest' / (report.drop_id + '.json')}[/]"
+    )
+
+
+@app.command()
+def quarantine(
+    table: Annotated[str, typer.Argument(help="Source table, e.g. crm_accounts.")],
+    limit: Annotated[int, typer.Option(help="How many example rows to show.")] = 10,
+) -> None:
+    """Show why rows of a table were quarantined (for data stewards)."""
+    from features.lake import read_quarantine
+
+    issues = read_quarantine(_settings(), table)
+    if issues.empty:
+        console.print(f"No quarantined rows or issues for {table}.")
+        return
+    counts = issues.groupby(["field", "check", "action"]).size().reset_index(name="count")
+    summary = Table(title=f"{table}: {len(issues):,} issues")
+    for col in ("field", "check", "action", "count"):
+        summary.add_column(col)
+    for row in counts.sort_values("count", ascending=False).itertuples(index=False):
+        summary.add_row(str(row.field), str(row.check), str(row.action), f"{row.count:,}")
+    console.print(summary)
+    examples = Table(title="examples")
+    for col in ("file", "row", "field", "reason"):
+        examples.add_column(col)
+    for _, r in issues.head(limit).iterrows():
+        examples.add_row(str(r["_source_file"]), str(r["row_number"]), str(r["field"]), str(r["reason"]))
+    console.print(examples)
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(help="Customers in the demo world.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+) -> None:
+    """Run everything that exists end to end on embedded defaults and say where to look."""
+    settings = _settings()
+    world = settings.default_data_dir / "demo-world"
+    console.rule("[bold]1/2 generate a synthetic customer world")
+    generate(customers=customers, seed=seed, out=world)
+    console.rule("[bold]2/2 ingest it behind data contracts (Prefect flow ingest_sources)")
+    ingest(source=world)
+    console.rule("[bold]where to look")
+    console.print(f"- source drop: {world}  (hidden truth: {world / '_truth'})")
+    console.print(f"- lake (accepted rows, Parquet): {settings.lake_dir}")
+    console.print(
+        f"- quarantine (rejected rows and reasons): {settings.quarantine_dir}  -> `custintel quarantine crm_accounts`"
+    )
+    console.print(f"- ingestion report: {settings.reports_dir / 'ingest' / 'latest.json'}")
+    console.print(
+        "Identity resolution, features, training, the promotion gate, serving and monitoring arrive with issues 3-8."
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()

@@ -1,0 +1,1 @@
+"""One trainer per model family, tuning, evaluation and the MLflow registry (issue 5)."""

@@ -1,0 +1,1 @@
+"""Drift and performance reports and the retraining policy (issue 8)."""

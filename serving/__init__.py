@@ -1,0 +1,1 @@
+"""BentoML services, request and response schemas, auth (issue 7)."""

@@ -40,10 +40,10 @@ class Settings(BaseSettings):
         default=None,
         description="PostgreSQL URL for production-grade backends (MLflow, Optuna) when set.",
     )
-    ingest_max_reasons_per_row: int = Field(
-        default=20,
-        ge=1,
-        description="Cap on quarantine reasons recorded for one row (a row with garbage everywhere).",
+    ingest_batch_rows: int = Field(
+        default=500_000,
+        ge=1_000,
+        description="Rows checked per batch during ingestion: bounds memory on large tables.",
     )
 
     @cached_property

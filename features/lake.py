@@ -3,8 +3,9 @@
 Layout under the custintel home::
 
     lake/<table>/drop=<drop_id>/data.parquet         accepted rows, typed, with lineage columns
-    quarantine/<table>/drop=<drop_id>/issues.parquet every failed check: row, field, reason, value
-    quarantine/<table>/drop=<drop_id>/rows*.parquet  rejected rows exactly as read
+    quarantine/<table>/drop=<drop_id>/issues-*.parquet every failed check: row, field, reason, value
+    quarantine/<table>/drop=<drop_id>/rows-*.parquet   rejected rows exactly as read (one file per source file)
+    quarantine/<table>/drop=<drop_id>/duplicates.parquet later copies of a key, typed
     reports/ingest/<drop_id>.json                    counts per table (read = accepted + quarantined)
 
 A drop is identified by the content of its files, so ingesting the same drop
@@ -43,8 +44,7 @@ from features.ingest import (
     validate_batch,
 )
 
-BATCH_ROWS = 500_000
-CSV_BLOCK_BYTES = 32 << 20
+CSV_BYTES_PER_ROW = 64  # a generous guess, to turn a row budget into pyarrow's block size
 ProgressFn = Callable[[str, int], None]
 
 
@@ -141,7 +141,8 @@ def _csv_header(path: Path, contract: Contract) -> list[str]:
         raise IngestError(f"{contract.table}: cannot read {path.name}: {exc}") from exc
     if not header:
         raise IngestError(f"{contract.table}: {path.name} is empty (no header row)")
-    return [h.strip() for h in header]
+    # Spreadsheet exports often start with a byte-order mark; it is not part of the first name.
+    return [h.strip().lstrip("\ufeff") for h in header]
 
 
 def _file_schema(path: Path, contract: Contract) -> pa.Schema:
@@ -158,40 +159,93 @@ class _BadRows:
     rows: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _raw_batches(path: Path, contract: Contract, bad: _BadRows) -> Iterator[pa.Table]:
-    """Raw rows as Arrow tables; CSV values stay text so the contract decides what they mean."""
+class _BadShape(Exception):
+    """The fast CSV parser met a row with the wrong number of fields."""
+
+
+def _fast_csv_batches(path: Path, contract: Contract, names: list[str], batch_rows: int) -> Iterator[pa.Table]:
+    """Read with the multi-threaded pyarrow CSV reader; raise _BadShape at the first malformed row.
+
+    pyarrow can skip such rows but cannot say where they were, and every later row's
+    number would shift; the caller then re-reads the file with the exact reader.
+    """
+    seen_bad: list[bool] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        seen_bad.append(True)
+        return "skip"
+
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(
+            block_size=min(64 << 20, max(1 << 20, batch_rows * CSV_BYTES_PER_ROW)),
+            encoding=contract.encoding,
+            column_names=names,
+            skip_rows=1,
+        ),
+        parse_options=pacsv.ParseOptions(
+            delimiter=contract.sep, newlines_in_values=True, invalid_row_handler=on_invalid
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]
+        ),
+    )
+    for rb in reader:
+        if seen_bad:
+            raise _BadShape
+        yield pa.Table.from_batches([rb])
+
+
+def _exact_csv_batches(
+    path: Path, contract: Contract, names: list[str], batch_rows: int, bad: _BadRows
+) -> Iterator[tuple[pa.Table, list[int]]]:
+    """Python's csv reader: slower, but it numbers every record, malformed ones included."""
+    csv.field_size_limit(16 << 20)
+    with open(path, newline="", encoding=contract.encoding) as f:
+        reader = csv.reader(f, delimiter=contract.sep)
+        next(reader, None)
+        cols: list[list[str | None]] = [[] for _ in names]
+        numbers: list[int] = []
+        k = 0
+        for rec in reader:
+            if not rec:  # blank lines are not records, as for pyarrow
+                continue
+            k += 1
+            if len(rec) != len(names):
+                text = contract.sep.join(rec)[:500]
+                bad.rows.append((k, f"row has {len(rec)} fields, expected {len(names)}: {text}"))
+                continue
+            for j, v in enumerate(rec):
+                cols[j].append(v if v != "" else None)
+            numbers.append(k)
+            if len(numbers) >= batch_rows:
+                yield pa.table({n: pa.array(c, pa.string()) for n, c in zip(names, cols, strict=True)}), numbers
+                cols, numbers = [[] for _ in names], []
+        if numbers:
+            yield pa.table({n: pa.array(c, pa.string()) for n, c in zip(names, cols, strict=True)}), numbers
+
+
+def _raw_batches(path: Path, contract: Contract, bad: _BadRows, batch_rows: int, exact: bool) -> Iterator[pa.Table]:
+    """Raw rows as Arrow tables with their record numbers; CSV values stay text for the contract to judge."""
     try:
         if contract.format == "parquet":
-            pf = pq.ParquetFile(path)
-            for rb in pf.iter_batches(batch_size=BATCH_ROWS):
-                yield pa.Table.from_batches([rb])
+            first = 1
+            for rb in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+                yield pa.Table.from_batches([rb]).append_column(
+                    ROW, pa.array(range(first, first + rb.num_rows), pa.int64())
+                )
+                first += rb.num_rows
             return
         names = _csv_header(path, contract)
-
-        def on_invalid(row: pacsv.InvalidRow) -> str:
-            bad.rows.append(
-                (
-                    int(row.number or 0),
-                    f"row has {row.actual_columns} fields, expected {row.expected_columns}: {row.text[:500]}",
-                )
-            )
-            return "skip"
-
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(
-                block_size=CSV_BLOCK_BYTES, encoding=contract.encoding, column_names=names, skip_rows=1
-            ),
-            parse_options=pacsv.ParseOptions(
-                delimiter=contract.sep, newlines_in_values=True, invalid_row_handler=on_invalid
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in names}, strings_can_be_null=True, null_values=[""]
-            ),
-        )
-        for rb in reader:
-            yield pa.Table.from_batches([rb])
-    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+        if exact:
+            for table, numbers in _exact_csv_batches(path, contract, names, batch_rows, bad):
+                yield table.append_column(ROW, pa.array(numbers, pa.int64()))
+            return
+        first = 1
+        for table in _fast_csv_batches(path, contract, names, batch_rows):
+            yield table.append_column(ROW, pa.array(range(first, first + table.num_rows), pa.int64()))
+            first += table.num_rows
+    except (OSError, pa.ArrowException, UnicodeDecodeError, csv.Error) as exc:
         raise IngestError(f"{contract.table}: cannot read {path.name}: {exc}") from exc
 
 
@@ -225,6 +279,68 @@ def _with_file(table: pa.Table, rel: str) -> pa.Table:
     return table.append_column("_source_file", pa.array([rel] * table.num_rows, pa.string()))
 
 
+@dataclass
+class _FileOutputs:
+    """Where one source file's checked rows, rejected rows and issues are staged."""
+
+    checked: _Writer
+    rejected: _Writer
+    issues: _Writer
+
+    def close(self) -> None:
+        for w in (self.checked, self.rejected, self.issues):
+            w.close()
+
+    def discard(self) -> None:
+        self.close()
+        for w in (self.checked, self.rejected, self.issues):
+            w.path.unlink(missing_ok=True)
+
+
+def _ingest_file(
+    con: duckdb.DuckDBPyConnection,
+    contract: Contract,
+    path: Path,
+    rel: str,
+    out: _FileOutputs,
+    ctx: ValidationContext,
+    batch_rows: int,
+    exact: bool,
+    on_rows: Callable[[int], None],
+) -> tuple[int, int]:
+    """Check one file; return (rows read, rows quarantined)."""
+    bad = _BadRows()
+    read = quarantined = 0
+    for raw in _raw_batches(path, contract, bad, batch_rows, exact):
+        res = validate_batch(con, raw, contract, ctx)
+        out.checked.write(_with_file(res.accepted, rel))
+        out.rejected.write(_with_file(res.rejected, rel))
+        out.issues.write(_with_file(res.issues, rel))
+        read += raw.num_rows
+        quarantined += res.rejected.num_rows
+        on_rows(raw.num_rows)
+    if bad.rows:  # rows the CSV parser could not even split into fields
+        out.issues.write(
+            _with_file(
+                pa.table(
+                    {
+                        "row_number": [r for r, _ in bad.rows],
+                        "field": ["<row>"] * len(bad.rows),
+                        "check": ["bad_row_shape"] * len(bad.rows),
+                        "reason": [m for _, m in bad.rows],
+                        "value": [None] * len(bad.rows),
+                        "action": ["rejected"] * len(bad.rows),
+                    },
+                    schema=ISSUE_SCHEMA,
+                ),
+                rel,
+            )
+        )
+        read += len(bad.rows)
+        quarantined += len(bad.rows)
+    return read, quarantined
+
+
 def _ingest_table(
     con: duckdb.DuckDBPyConnection,
     contract: Contract,
@@ -235,71 +351,61 @@ def _ingest_table(
     ctx: ValidationContext,
     report: TableReport,
     progress: ProgressFn | None,
+    batch_rows: int,
 ) -> None:
     lake_part = stage / "lake" / contract.table / f"drop={drop_id}"
     q_part = stage / "quarantine" / contract.table / f"drop={drop_id}"
-    checked = _Writer(stage / "work" / f"{contract.table}.parquet")
-    issues = _Writer(q_part / "issues.parquet")
+    work = stage / "work" / contract.table
+    done = [0]
+
+    def on_rows(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(contract.table, done[0])
+
     for i, path in enumerate(files):
         rel = str(path.relative_to(drop_dir))
         report.files.append(rel)
         report.extra_columns += check_columns(contract, _file_schema(path, contract), rel)
-        rejected = _Writer(q_part / f"rows-{i}.parquet")
-        bad = _BadRows()
-        first = 1
-        for raw in _raw_batches(path, contract, bad):
-            n = raw.num_rows
-            raw = raw.append_column(ROW, pa.array(range(first, first + n), pa.int64()))
-            first += n
-            res = validate_batch(con, raw, contract, ctx)
-            checked.write(_with_file(res.accepted, rel))
-            rejected.write(_with_file(res.rejected, rel))
-            issues.write(_with_file(res.issues, rel))
-            report.read += n
-            report.quarantined += res.rejected.num_rows
-            if progress is not None:
-                progress(contract.table, report.read)
-        if bad.rows:  # rows the CSV parser could not even split into fields
-            issues.write(
-                _with_file(
-                    pa.table(
-                        {
-                            "row_number": [r for r, _ in bad.rows],
-                            "field": ["<row>"] * len(bad.rows),
-                            "check": ["bad_row_shape"] * len(bad.rows),
-                            "reason": [m for _, m in bad.rows],
-                            "value": [None] * len(bad.rows),
-                            "action": ["rejected"] * len(bad.rows),
-                        },
-                        schema=ISSUE_SCHEMA,
-                    ),
-                    rel,
-                )
+
+        def outputs(i: int = i) -> _FileOutputs:
+            return _FileOutputs(
+                _Writer(work / f"checked-{i}.parquet"),
+                _Writer(q_part / f"rows-{i}.parquet"),
+                _Writer(q_part / f"issues-{i}.parquet"),
             )
-            report.read += len(bad.rows)
-            report.quarantined += len(bad.rows)
-        rejected.close()
-    checked.close()
-    _drop_duplicate_keys(con, contract, checked, lake_part, q_part, issues, drop_id, ctx, report)
-    issues.close()
-    if issues.rows:
+
+        out = outputs()
+        before = done[0]
+        try:
+            read, quarantined = _ingest_file(con, contract, path, rel, out, ctx, batch_rows, False, on_rows)
+        except _BadShape:
+            out.discard()
+            done[0] = before
+            out = outputs()
+            read, quarantined = _ingest_file(con, contract, path, rel, out, ctx, batch_rows, True, on_rows)
+        out.close()
+        report.read += read
+        report.quarantined += quarantined
+    _drop_duplicate_keys(con, contract, work, lake_part, q_part, drop_id, ctx, report)
+    issue_glob = f"{q_part}/issues-*.parquet"
+    if list(q_part.glob("issues-*.parquet")):
         counts = con.sql(
-            f"SELECT field || ': ' || \"check\" AS k, count(*) AS n FROM read_parquet('{issues.path}') "
+            f"SELECT field || ': ' || \"check\" AS k, count(*) AS n FROM read_parquet('{issue_glob}') "
             "GROUP BY ALL ORDER BY n DESC, k"
         ).fetchall()
         report.reasons = {str(k): int(n) for k, n in counts}
         report.nulled_values = _scalar(
-            con, f"SELECT count(*) FROM read_parquet('{issues.path}') WHERE action = 'nulled'"
+            con, f"SELECT count(*) FROM read_parquet('{issue_glob}') WHERE action = 'nulled'"
         )
 
 
 def _drop_duplicate_keys(
     con: duckdb.DuckDBPyConnection,
     contract: Contract,
-    checked: _Writer,
+    work: Path,
     lake_part: Path,
     q_part: Path,
-    issues: _Writer,
     drop_id: str,
     ctx: ValidationContext,
     report: TableReport,
@@ -308,14 +414,15 @@ def _drop_duplicate_keys(
     lake_part.mkdir(parents=True, exist_ok=True)
     final = lake_part / "data.parquet"
     lineage = f"'{drop_id}' AS _drop_id, TIMESTAMP '{ctx.as_of:%Y-%m-%d %H:%M:%S}' AS _drop_as_of"
-    if checked.rows == 0:
+    checked = sorted(work.glob("checked-*.parquet"))
+    src = f"read_parquet('{work}/checked-*.parquet', union_by_name = true)"
+    if not checked or _scalar(con, f"SELECT count(*) FROM {src}") == 0:
         cols = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in _lake_types(contract))
         con.execute(
             f"COPY (SELECT {cols}, CAST(NULL AS BIGINT) AS {ROW}, CAST(NULL AS VARCHAR) AS _source_file, "
             f"{lineage} LIMIT 0) TO '{final}' (FORMAT parquet)"
         )
         return
-    src = f"read_parquet('{checked.path}')"
     dups = 0
     if contract.key:
         key = ", ".join(f'"{k}"' for k in contract.key)
@@ -331,14 +438,12 @@ def _drop_duplicate_keys(
         dups = _scalar(con, "SELECT count(*) FROM dup_rows")
     if dups:
         key_text = " || ', ' || ".join(f"'{k}=' || CAST(\"{k}\" AS VARCHAR)" for k in contract.key)
-        issues.write(
-            con.sql(f"""
-            SELECT {ROW} AS row_number, '{",".join(contract.key)}' AS field, 'duplicate_key' AS "check",
+        con.execute(f"""
+            COPY (SELECT {ROW} AS row_number, '{",".join(contract.key)}' AS field, 'duplicate_key' AS "check",
                    'duplicate key (' || {key_text} || '), first seen at row ' || CAST(first_row AS VARCHAR)
                      AS reason,
                    {key_text} AS value, 'rejected' AS action, _source_file
-            FROM dup_rows ORDER BY _source_file, {ROW}""").to_arrow_table()
-        )
+            FROM dup_rows ORDER BY _source_file, {ROW}) TO '{q_part / "issues-duplicates.parquet"}' (FORMAT parquet)""")
         con.execute(
             f"COPY (SELECT * EXCLUDE (nth, first_row) FROM dup_rows ORDER BY _source_file, {ROW}) "
             f"TO '{q_part / 'duplicates.parquet'}' (FORMAT parquet)"
@@ -423,7 +528,9 @@ def ingest_drop(
                 tr.skipped = f"no file matching '{c.files}' (optional source)"
                 continue
             try:
-                _ingest_table(con, c, files[c.table], drop_dir, stage, drop_id, ctx, tr, progress)
+                _ingest_table(
+                    con, c, files[c.table], drop_dir, stage, drop_id, ctx, tr, progress, settings.ingest_batch_rows
+                )
             except ContractViolation as exc:
                 raise IngestError(str(exc)) from exc
             if not tr.reconciles:
@@ -495,7 +602,7 @@ def read_lake_table(settings: Settings, table: str, contracts: ContractSet | Non
 
 def read_quarantine(settings: Settings, table: str) -> pd.DataFrame:
     """Every failed check recorded for a table, across drops."""
-    paths = list((settings.quarantine_dir / table).glob("drop=*/issues.parquet"))
+    paths = sorted((settings.quarantine_dir / table).glob("drop=*/issues-*.parquet"))
     if not paths:
         return ISSUE_SCHEMA.empty_table().to_pandas()
     return pd.concat([pd.read_parquet(p).assign(drop=p.parent.name.split("=", 1)[1]) for p in paths], ignore_index=True)

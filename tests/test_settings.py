@@ -28,6 +28,9 @@ def test_building_settings_touches_no_disk(tmp_path: Path) -> None:
 
 
 def test_invalid_setting_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CUSTINTEL_INGEST_MAX_REASONS_PER_ROW", "zero")
-    with pytest.raises(ValueError, match="ingest_max_reasons_per_row"):
+    monkeypatch.setenv("CUSTINTEL_INGEST_BATCH_ROWS", "zero")
+    with pytest.raises(ValueError, match="ingest_batch_rows"):
+        Settings()
+    monkeypatch.setenv("CUSTINTEL_INGEST_BATCH_ROWS", "10")
+    with pytest.raises(ValueError, match="greater than or equal to 1000"):
         Settings()

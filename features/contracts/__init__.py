@@ -58,7 +58,10 @@ class ColumnRule(BaseModel):
     @classmethod
     def _pattern_compiles(cls, v: str | None) -> str | None:
         if v is not None:
-            re.compile(v)
+            try:
+                re.compile(v)
+            except re.error as exc:  # not a ValueError, so pydantic would let it escape unnamed
+                raise ValueError(f"pattern {v!r} is not a valid regular expression: {exc}") from exc
         return v
 
     @model_validator(mode="after")
@@ -168,6 +171,8 @@ def load_contracts(folder: Path | None = None) -> ContractSet:
         except yaml.YAMLError as exc:
             raise ValueError(f"contract file {name} is not valid YAML: {exc}") from exc
         items = doc.get("contracts", [doc]) if isinstance(doc, dict) else doc
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"contract file {name} holds no contract (expected a mapping or a 'contracts' list)")
         for item in items:
             try:
                 contracts.append(Contract.model_validate(item))

@@ -1,0 +1,119 @@
+"""Real-world file quirks and invariants of contract checking."""
+
+import datetime as dt
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from custintel.settings import Settings
+from features.contracts import ContractSet, load_contracts
+from features.ingest import ROW, ValidationContext, validate_batch
+from features.lake import ingest_drop, read_lake_table
+
+CONTRACT_YAML = """
+table: accounts
+system: byo
+files: accounts*.csv
+key: [account_id]
+columns:
+  - {name: account_id, nullable: false}
+  - {name: opened, type: date, nullable: false, formats: ["%Y-%m-%d", "%d/%m/%Y"]}
+  - {name: balance, type: float, min: 0}
+  - {name: vip, type: bool}
+  - {name: note}
+"""
+
+
+@pytest.fixture()
+def byo_contracts(tmp_path: Path) -> ContractSet:
+    folder = tmp_path / "contracts"
+    folder.mkdir()
+    (folder / "accounts.yaml").write_text(CONTRACT_YAML)
+    return load_contracts(folder)
+
+
+def test_bom_crlf_and_multiline_quoted_text_are_read_correctly(tmp_path: Path, byo_contracts: ContractSet) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    text = (
+        "\ufeffaccount_id,opened,balance,vip,note\r\n"
+        'A1,2024-01-31,10.5,yes,"line one\r\nline two, with a comma"\r\n'
+        "A2,31/01/2024,0,N,\r\n"
+        "A3,2024-02-30,1,true,bad date\r\n"
+    )
+    (drop / "accounts.csv").write_bytes(text.encode("utf-8"))
+    settings = Settings(home=tmp_path / "home")
+    report = ingest_drop(drop, settings, contracts=byo_contracts)
+    t = report.tables["accounts"]
+    assert (t.read, t.accepted, t.quarantined) == (3, 2, 1)
+    lake = read_lake_table(settings, "accounts", byo_contracts).sort_values("account_id")
+    assert lake["note"].iloc[0] == "line one\r\nline two, with a comma"
+    assert list(lake["opened"].astype(str)) == ["2024-01-31", "2024-01-31"]
+    assert list(lake["vip"]) == [True, False]
+
+
+def test_multiple_files_of_one_table_keep_keys_unique_across_files(tmp_path: Path, byo_contracts: ContractSet) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "accounts-1.csv").write_text("account_id,opened,balance,vip,note\nA1,2024-01-01,1,y,\n")
+    (drop / "accounts-2.csv").write_text("account_id,opened,balance,vip,note\nA1,2024-01-02,2,n,\nA2,2024-01-02,2,n,\n")
+    report = ingest_drop(drop, Settings(home=tmp_path / "home"), contracts=byo_contracts)
+    t = report.tables["accounts"]
+    assert (t.read, t.accepted, t.quarantined) == (3, 2, 1)
+    assert t.reasons == {"account_id: duplicate_key": 1}
+    assert t.files == ["accounts-1.csv", "accounts-2.csv"]
+
+
+def test_a_file_in_another_encoding_is_read_with_the_declared_one(tmp_path: Path) -> None:
+    folder = tmp_path / "contracts"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(CONTRACT_YAML.replace("system: byo", "system: byo\nencoding: latin-1"))
+    contracts = load_contracts(folder)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "accounts.csv").write_bytes(
+        "account_id,opened,balance,vip,note\nA1,2024-01-01,1,y,Müller\n".encode("latin-1")
+    )
+    settings = Settings(home=tmp_path / "home")
+    ingest_drop(drop, settings, contracts=contracts)
+    assert read_lake_table(settings, "accounts", contracts)["note"].tolist() == ["Müller"]
+
+
+_cell = st.one_of(
+    st.none(),
+    st.text(max_size=12),
+    st.sampled_from(["", " ", "1", "-1", "2024-01-01", "nan", "inf", "yes", "31/12/2023", "1e9"]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(_cell, _cell, _cell, _cell, _cell), min_size=1, max_size=25))
+def test_validation_never_loses_or_invents_a_row(rows: list[tuple], byo_contracts: ContractSet) -> None:
+    contract = byo_contracts.get("accounts")
+    names = ["account_id", "opened", "balance", "vip", "note"]
+    batch = pa.table({n: pa.array([r[i] for r in rows], pa.string()) for i, n in enumerate(names)})
+    batch = batch.append_column(ROW, pa.array(range(1, len(rows) + 1), pa.int64()))
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        res = validate_batch(con, batch, contract, ValidationContext(as_of=dt.datetime(2026, 1, 1)))
+    accepted = set(res.accepted.column(ROW).to_pylist())
+    rejected = set(res.rejected.column(ROW).to_pylist())
+    assert accepted | rejected == set(range(1, len(rows) + 1))
+    assert not accepted & rejected
+    # every rejected row has at least one rejecting reason, and accepted rows none
+    rejecting = {
+        r
+        for r, a in zip(
+            res.issues.column("row_number").to_pylist(), res.issues.column("action").to_pylist(), strict=True
+        )
+        if a == "rejected"
+    }
+    assert rejecting == rejected
+    # accepted values respect the contract
+    balances = [b for b in res.accepted.column("balance").to_pylist() if b is not None]
+    assert all(b >= 0 and b == b and abs(b) != float("inf") for b in balances)
+    assert None not in res.accepted.column("account_id").to_pylist()

@@ -34,7 +34,7 @@ ISSUE_SCHEMA = pa.schema(
 )
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
-_SQL_TYPES = {
+SQL_TYPES = {
     "string": "VARCHAR",
     "int": "BIGINT",
     "float": "DOUBLE",
@@ -88,7 +88,7 @@ def _parse_expr(rule: ColumnRule, raw: str, is_text: bool) -> str:
     if not is_text:
         if t == "float":
             return f"CASE WHEN isfinite(TRY_CAST({raw} AS DOUBLE)) THEN TRY_CAST({raw} AS DOUBLE) END"
-        return f"TRY_CAST({raw} AS {_SQL_TYPES[t]})"
+        return f"TRY_CAST({raw} AS {SQL_TYPES[t]})"
     if t == "string":
         return raw
     if t == "int":
@@ -109,7 +109,7 @@ def _parse_expr(rule: ColumnRule, raw: str, is_text: bool) -> str:
 
 def _bound(rule: ColumnRule, bound: float | str) -> str:
     if isinstance(bound, str):
-        return f"CAST({_lit(bound)} AS {_SQL_TYPES[rule.type]})"
+        return f"CAST({_lit(bound)} AS {SQL_TYPES[rule.type]})"
     return repr(float(bound)) if rule.type == "float" else str(int(bound) if float(bound).is_integer() else bound)
 
 
@@ -208,7 +208,7 @@ def compile_contract(contract: Contract, schema: pa.Schema, ctx: ValidationConte
             )
         selects.append(f"{reason} AS {_q(_REASON + rule.name)}")
         selects.append(f"CAST({raw} AS VARCHAR) AS {_q(_VALUE + rule.name)}")
-        selects.append(f"CAST({value} AS {_SQL_TYPES[rule.type]}) AS {_q(rule.name)}")
+        selects.append(f"CAST({value} AS {SQL_TYPES[rule.type]}) AS {_q(rule.name)}")
     return "SELECT " + ",\n  ".join(selects) + " FROM batch"
 
 

@@ -38,6 +38,7 @@ from features.contracts import Contract, ContractSet, load_contracts
 from features.ingest import (
     ISSUE_SCHEMA,
     ROW,
+    SQL_TYPES,
     ContractViolation,
     ValidationContext,
     check_columns,
@@ -94,7 +95,8 @@ class IngestionReport:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
-def _digest_file(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, streamed."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -118,7 +120,7 @@ def _drop_identity(drop_dir: Path, files: dict[str, list[Path]]) -> tuple[str, d
     every = sorted({p for ps in files.values() for p in ps})
     for p in every:
         h.update(str(p.relative_to(drop_dir)).encode())
-        h.update(_digest_file(p).encode())
+        h.update(file_digest(p).encode())
     manifest = drop_dir / "manifest.json"
     as_of: dt.datetime | None = None
     if manifest.is_file():
@@ -459,15 +461,7 @@ def _drop_duplicate_keys(
 
 
 def _lake_types(contract: Contract) -> list[tuple[str, str]]:
-    sql = {
-        "string": "VARCHAR",
-        "int": "BIGINT",
-        "float": "DOUBLE",
-        "bool": "BOOLEAN",
-        "date": "DATE",
-        "timestamp": "TIMESTAMP",
-    }
-    return [(c.name, sql[c.type]) for c in contract.columns]
+    return [(c.name, SQL_TYPES[c.type]) for c in contract.columns]
 
 
 def _swap_in(stage: Path, settings: Settings, tables: list[str], drop_id: str) -> bool:

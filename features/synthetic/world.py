@@ -8,7 +8,6 @@ stays bounded by the chunk size however many customers are asked for.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from features.lake import file_digest
 from features.synthetic import reference as ref
 from features.synthetic.behaviour import Behaviour, simulate_behaviour
 from features.synthetic.config import WorldConfig
 from features.synthetic.people import N_FACTORS, simulate_persons
-from features.synthetic.sources import SOURCE_FILES, RenderedChunk, render_chunk
+from features.synthetic.sources import QUOTE_ALL_TABLES, SOURCE_FILES, RenderedChunk, render_chunk
 
 TRUTH_DIR = "_truth"
 TRUTH_FILES = {
@@ -88,7 +89,9 @@ class _TableWriter:
     path: Path
     fmt: str
     sep: str = ","
+    quote_all: bool = False
     rows: int = 0
+    _started: bool = False
     _parquet: pq.ParquetWriter | None = None
     _schema: pa.Schema | None = None
 
@@ -96,11 +99,20 @@ class _TableWriter:
         """Append a frame; return the row number (0-based) its first row got in the file."""
         offset = self.rows
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.fmt == "csv":
+        if self.fmt == "csv" and self.quote_all:
+            with open(self.path, "ab" if self._started else "wb") as f:
+                pacsv.write_csv(
+                    pa.Table.from_pandas(frame, preserve_index=False),
+                    f,
+                    write_options=pacsv.WriteOptions(
+                        include_header=not self._started, delimiter=self.sep, quoting_style="needed"
+                    ),
+                )
+        elif self.fmt == "csv":
             frame.to_csv(
                 self.path,
-                mode="a" if self.rows else "w",
-                header=not self.rows,
+                mode="a" if self._started else "w",
+                header=not self._started,
                 index=False,
                 sep=self.sep,
                 lineterminator="\n",
@@ -113,13 +125,12 @@ class _TableWriter:
                 self._parquet = pq.ParquetWriter(self.path, self._schema, compression="zstd")
             self._parquet.write_table(table.cast(self._schema))
         self.rows += len(frame)
+        self._started = True
         return offset
 
     def close(self) -> None:
         if self._parquet is not None:
             self._parquet.close()
-        elif self.rows == 0 and self.fmt == "parquet":
-            pass
 
 
 @dataclass
@@ -139,7 +150,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path, on_chunk: Callable[[int, int
     out_dir.mkdir(parents=True, exist_ok=True)
     truth_dir = out_dir / TRUTH_DIR
     writers = {
-        t: _TableWriter(out_dir / path, fmt, sep)
+        t: _TableWriter(out_dir / path, fmt, sep, quote_all=t in QUOTE_ALL_TABLES)
         for t, (path, fmt, sep) in SOURCE_FILES.items()
         if t != "product_catalogue"
     }
@@ -188,15 +199,6 @@ def generate_world(cfg: WorldConfig, out_dir: Path, on_chunk: Callable[[int, int
     summary.injected = {str(k): int(v) for k, v in inj.groupby("kind").size().items()}
     _write_manifest(cfg, out_dir, summary)
     return summary
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_manifest(cfg: WorldConfig, out_dir: Path, summary: WorldSummary) -> None:

@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# No analytics from Prefect's ephemeral server: the machines here have no internet.
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: install demo test lint unit bench clean
 

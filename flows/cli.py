@@ -48,6 +48,8 @@ def main(
     ] = None,
 ) -> None:
     """Customer intelligence: churn, propensity and recommendation models, end to end."""
+    # Prefect's ephemeral server phones home for analytics; offline that only logs an error.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     _state["settings"] = Settings(home=home) if home else Settings()
 
 
@@ -244,5 +246,4 @@ def demo(
 
 
 if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()

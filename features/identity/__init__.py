@@ -1,0 +1,1 @@
+"""Identity resolution: normalisation, deterministic and probabilistic matching, golden records (issue 3)."""

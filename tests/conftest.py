@@ -15,9 +15,8 @@ from custintel.settings import Settings
 from features.synthetic import WorldConfig, generate_world
 from features.synthetic.world import WorldSummary
 
-# Three chunks of 1000 persons; a malformed rate high enough that every injection kind shows up
-# in every table that can receive it.
-# malformed_rate is high enough that even the small acquired-company table draws every defect kind.
+# Three chunks of 1000 persons; a malformed rate high enough that every injection kind shows up in
+# every table that can receive it, even the small acquired-company table.
 WORLD_CONFIG = WorldConfig(customers=3000, chunk_size=1000, seed=11, malformed_rate=0.04, duplicate_row_rate=0.004)
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 from faker.providers.address.en_US import Provider as AddressProvider
 from faker.providers.person.en_US import Provider as PersonProvider
 
+from features.identity.normalise import normalise_emails
 from features.synthetic import reference as ref
 from features.synthetic.config import WorldConfig
 
@@ -38,8 +39,14 @@ def age_band(age: np.ndarray) -> np.ndarray:
     return bands[np.digitize(age, [18, 25, 35, 50, 65])]
 
 
-def simulate_persons(cfg: WorldConfig, rng: np.random.Generator, first_id: int, n: int) -> pd.DataFrame:
-    """Draw `n` true persons with identities, segments, tenure and latent traits."""
+def simulate_persons(
+    cfg: WorldConfig, rng: np.random.Generator, first_id: int, n: int, taken_emails: set[str] | None = None
+) -> pd.DataFrame:
+    """Draw `n` true persons with identities, segments, tenure and latent traits.
+
+    `taken_emails` holds the mailboxes (canonical form) already given to persons of
+    earlier chunks; it is updated, so that no two persons share a mailbox.
+    """
     start = _to_day(cfg.window_start)
     end = _to_day(cfg.window_end)
     person_id = np.arange(first_id, first_id + n, dtype=np.int64)
@@ -144,7 +151,7 @@ def simulate_persons(cfg: WorldConfig, rng: np.random.Generator, first_id: int, 
     )
     for k in range(N_FACTORS):
         frame[f"factor_{k}"] = factors[:, k]
-    frame["email"] = _emails(frame, rng)
+    frame["email"] = _unique_mailboxes(_emails(frame, rng), taken_emails if taken_emails is not None else set())
     return frame
 
 
@@ -172,3 +179,27 @@ def _emails(persons: pd.DataFrame, rng: np.random.Generator) -> pd.Series:
     p = np.array(w) / sum(w)
     domain = rng.choice(np.array(domains, dtype=object), n, p=p)
     return pd.Series(local, index=persons.index) + "@" + domain
+
+
+def _unique_mailboxes(emails: pd.Series, taken: set[str]) -> pd.Series:
+    """Give a later registrant of a taken mailbox a number, as mail providers make people do.
+
+    Mailboxes are compared in canonical form (Gmail ignores dots), so
+    'a.gonzalez@gmail.com' and 'agonzalez@gmail.com' are one mailbox.
+    """
+    canonical = normalise_emails(emails)
+    clash = canonical.duplicated() | canonical.isin(taken)
+    out = emails.copy()
+    for i in np.flatnonzero(clash.to_numpy()).tolist():
+        local, domain = str(emails.iloc[i]).rsplit("@", 1)
+        k = 2
+        while True:
+            candidate = f"{local}{k}@{domain}"
+            key = str(normalise_emails(pd.Series([candidate])).iloc[0])
+            if key not in taken and key not in canonical.values:
+                break
+            k += 1
+        out.iloc[i] = candidate
+        taken.add(key)
+    taken.update(canonical[~clash].dropna().tolist())
+    return out

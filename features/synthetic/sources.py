@@ -302,7 +302,7 @@ def _crm_records(
         alt = (
             p["first_name"].str.lower().str.replace(r"[^a-z]", "", regex=True)
             + p["last_name"].str.lower().str.replace(r"[^a-z]", "", regex=True)
-            + pd.Series(rng.integers(10, 999, m).astype(str), index=p.index)
+            + pd.Series(rng.integers(10, 9999, m).astype(str), index=p.index)
             + "@"
             + pd.Series(rng.choice([d for d, _ in ref.EMAIL_DOMAINS], m), index=p.index)
         )

@@ -72,12 +72,16 @@ class SimulatedChunk:
     behaviour: Behaviour
 
 
-def simulate_chunk(cfg: WorldConfig, chunk: int) -> SimulatedChunk:
-    """Simulate persons [chunk*chunk_size, ...) and render their source rows."""
+def simulate_chunk(cfg: WorldConfig, chunk: int, taken_emails: set[str] | None = None) -> SimulatedChunk:
+    """Simulate persons [chunk*chunk_size, ...) and render their source rows.
+
+    `taken_emails` carries the mailboxes of earlier chunks, so chunks must be
+    simulated in order for a world to be the same bytes.
+    """
     rng = np.random.default_rng([cfg.seed, chunk])
     first = chunk * cfg.chunk_size
     n = min(cfg.chunk_size, cfg.customers - first)
-    persons = simulate_persons(cfg, rng, first, n)
+    persons = simulate_persons(cfg, rng, first, n, taken_emails)
     behaviour = simulate_behaviour(cfg, rng, persons)
     return SimulatedChunk(render_chunk(cfg, rng, behaviour, chunk), behaviour)
 
@@ -157,8 +161,9 @@ def generate_world(cfg: WorldConfig, out_dir: Path, on_chunk: Callable[[int, int
     truth = {t: _TableWriter(truth_dir / f, "parquet") for t, f in TRUTH_FILES.items()}
     summary = WorldSummary(out_dir)
     n_chunks = -(-cfg.customers // cfg.chunk_size)
+    taken_emails: set[str] = set()
     for chunk in range(n_chunks):
-        sim = simulate_chunk(cfg, chunk)
+        sim = simulate_chunk(cfg, chunk, taken_emails)
         offsets = {t: writers[t].write(frame) for t, frame in sim.rendered.tables.items()}
         b = sim.behaviour
         truth["persons"].write(b.persons[_TRUTH_PERSON_COLUMNS])

@@ -1,0 +1,59 @@
+"""The deterministic pass: records that share an exact normalised identifier are one person.
+
+Cheap and explainable: every link names the rule and the shared value. A value
+shared by more records than `max_group` (a switchboard number, a family inbox, a
+placeholder) links nobody, since it does not identify one person.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+DEFAULT_RULES = ("email", "phone", "billing_key")
+
+
+def deterministic_links(
+    records: pd.DataFrame, rules: tuple[str, ...] = DEFAULT_RULES, max_group: int = 6
+) -> pd.DataFrame:
+    """Pairs of records linked by an exact rule: record_key_l, record_key_r, rule, value.
+
+    Each group of records sharing a value is linked as a star to its smallest key,
+    which is enough for connectivity and keeps the edge count linear.
+    """
+    edges = []
+    for rule in rules:
+        vals = records[["record_key", rule]].dropna()
+        sizes = vals.groupby(rule)["record_key"].transform("size")
+        vals = vals[(sizes > 1) & (sizes <= max_group)]
+        if vals.empty:
+            continue
+        hub = vals.groupby(rule)["record_key"].transform("min")
+        star = vals[vals["record_key"] != hub]
+        edges.append(
+            pd.DataFrame(
+                {"record_key_l": hub[star.index], "record_key_r": star["record_key"], "rule": rule, "value": star[rule]}
+            )
+        )
+    if not edges:
+        return pd.DataFrame(columns=["record_key_l", "record_key_r", "rule", "value"])
+    return pd.concat(edges, ignore_index=True)
+
+
+def cluster_records(record_keys: pd.Series, links: pd.DataFrame) -> pd.Series:
+    """Connected components of the link graph; each cluster is named by its smallest record key.
+
+    Naming by the smallest member makes the result independent of row order.
+    """
+    keys = pd.Index(record_keys.astype("string").unique()).sort_values()
+    n = len(keys)
+    left = keys.get_indexer(links["record_key_l"].astype("string"))
+    right = keys.get_indexer(links["record_key_r"].astype("string"))
+    graph = coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    # keys are sorted, so the first member met of each component is its smallest key
+    first = pd.Series(np.arange(n)).groupby(label).transform("min").to_numpy()
+    names = pd.Series(np.asarray(keys)[first], index=keys, dtype="string")
+    return names.reindex(record_keys.astype("string")).set_axis(record_keys.index)

@@ -185,21 +185,27 @@ def _unique_mailboxes(emails: pd.Series, taken: set[str]) -> pd.Series:
     """Give a later registrant of a taken mailbox a number, as mail providers make people do.
 
     Mailboxes are compared in canonical form (Gmail ignores dots), so
-    'a.gonzalez@gmail.com' and 'agonzalez@gmail.com' are one mailbox.
+    'a.gonzalez@gmail.com' and 'agonzalez@gmail.com' are one mailbox. Clashes are
+    settled in rounds (number 2, 3, ...), each round vectorised over the rows still
+    clashing; membership is checked only for those rows, never by scanning `taken`.
     """
     canonical = normalise_emails(emails)
-    clash = canonical.duplicated() | canonical.isin(taken)
-    out = emails.copy()
-    for i in np.flatnonzero(clash.to_numpy()).tolist():
-        local, domain = str(emails.iloc[i]).rsplit("@", 1)
-        k = 2
-        while True:
-            candidate = f"{local}{k}@{domain}"
-            key = str(normalise_emails(pd.Series([candidate])).iloc[0])
-            if key not in taken and key not in canonical.values:
-                break
-            k += 1
-        out.iloc[i] = candidate
-        taken.add(key)
-    taken.update(canonical[~clash].dropna().tolist())
-    return out
+    clash = np.fromiter((c in taken for c in canonical), dtype=bool, count=len(canonical))
+    clash |= canonical.duplicated().to_numpy()
+    taken.update(canonical[~clash].tolist())
+    out = emails.to_numpy(dtype=object).copy()
+    pending = np.flatnonzero(clash)
+    parts = emails.iloc[pending].str.rsplit("@", n=1)
+    local = parts.str[0].to_numpy(dtype=object)
+    domain = parts.str[1].to_numpy(dtype=object)
+    k = 2
+    while pending.size:
+        candidate = local + str(k) + "@" + domain
+        key = normalise_emails(pd.Series(candidate))
+        free = np.fromiter((c not in taken for c in key), dtype=bool, count=len(key))
+        free &= ~key.duplicated().to_numpy()
+        out[pending[free]] = candidate[free]
+        taken.update(key[free].tolist())
+        pending, local, domain = pending[~free], local[~free], domain[~free]
+        k += 1
+    return pd.Series(out, index=emails.index, name=emails.name)

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         default=None,
         description="PostgreSQL URL for production-grade backends (MLflow, Optuna) when set.",
     )
+    ingest_memory_limit: str = Field(
+        default="1GB",
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB memory limit during ingestion; beyond it DuckDB spills to disk.",
+    )
     ingest_batch_rows: int = Field(
         default=500_000,
         ge=1_000,

@@ -34,3 +34,11 @@ def test_invalid_setting_names_the_field(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("CUSTINTEL_INGEST_BATCH_ROWS", "10")
     with pytest.raises(ValueError, match="greater than or equal to 1000"):
         Settings()
+
+
+def test_ingest_memory_limit_must_be_a_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUSTINTEL_INGEST_MEMORY_LIMIT", "lots")
+    with pytest.raises(ValueError, match="ingest_memory_limit"):
+        Settings()
+    monkeypatch.setenv("CUSTINTEL_INGEST_MEMORY_LIMIT", "512MB")
+    assert Settings().ingest_memory_limit == "512MB"

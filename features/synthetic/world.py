@@ -180,6 +180,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path, on_chunk: Callable[[int, int
             summary.not_yet_arrived[t] = summary.not_yet_arrived.get(t, 0) + k
         if on_chunk is not None:
             on_chunk(chunk + 1, n_chunks)
+        del sim, b  # release this chunk before the next is built: peak memory is one chunk, not two
     for w in [*writers.values(), *truth.values()]:
         w.close()
     if truth["injected_errors"].rows == 0:  # keep the file's schema even when nothing was broken

@@ -274,6 +274,11 @@ class _Writer:
             self._w.close()
 
 
+def _partition(root: Path, table: str, drop_id: str) -> Path:
+    """The folder of one table's partition for one drop, under the lake, quarantine or staging root."""
+    return root / table / f"drop={drop_id}"
+
+
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
     return int(con.sql(sql).fetchall()[0][0])
 
@@ -356,8 +361,8 @@ def _ingest_table(
     progress: ProgressFn | None,
     batch_rows: int,
 ) -> None:
-    lake_part = stage / "lake" / contract.table / f"drop={drop_id}"
-    q_part = stage / "quarantine" / contract.table / f"drop={drop_id}"
+    lake_part = _partition(stage / "lake", contract.table, drop_id)
+    q_part = _partition(stage / "quarantine", contract.table, drop_id)
     work = stage / "work" / contract.table
     done = [0]
 
@@ -369,7 +374,6 @@ def _ingest_table(
     for i, path in enumerate(files):
         rel = str(path.relative_to(drop_dir))
         report.files.append(rel)
-        report.extra_columns += check_columns(contract, _file_schema(path, contract), rel)
 
         def outputs(i: int = i) -> _FileOutputs:
             return _FileOutputs(
@@ -470,10 +474,10 @@ def _swap_in(stage: Path, settings: Settings, tables: list[str], drop_id: str) -
     replaced = False
     for area, root in (("lake", settings.lake_dir), ("quarantine", settings.quarantine_dir)):
         for table in tables:
-            src = stage / area / table / f"drop={drop_id}"
+            src = _partition(stage / area, table, drop_id)
             if not src.exists():
                 continue
-            dst = root / table / f"drop={drop_id}"
+            dst = _partition(root, table, drop_id)
             dst.parent.mkdir(parents=True, exist_ok=True)
             old = dst.with_name(dst.name + f".old-{uuid.uuid4().hex[:8]}")
             if dst.exists():
@@ -493,10 +497,12 @@ def ingest_drop(
         raise IngestError(f"source folder {drop_dir} does not exist")
     contracts = contracts or load_contracts()
     files = _resolve_files(drop_dir, contracts)
+    extra_columns: dict[str, list[str]] = {}
     for c in contracts.ordered():  # fail fast, before any work, on unreadable files and missing columns
+        extra_columns[c.table] = []
         for p in files[c.table]:
             try:
-                check_columns(c, _file_schema(p, c), str(p.relative_to(drop_dir)))
+                extra_columns[c.table] += check_columns(c, _file_schema(p, c), str(p.relative_to(drop_dir)))
             except ContractViolation as exc:
                 raise IngestError(str(exc)) from exc
     drop_id, as_of = _drop_identity(drop_dir, files)
@@ -521,17 +527,14 @@ def ingest_drop(
     try:
         ctx = ValidationContext(as_of=as_of)
         for c in contracts.ordered():
-            tr = TableReport(table=c.table)
+            tr = TableReport(table=c.table, extra_columns=extra_columns[c.table])
             report.tables[c.table] = tr
             if not files[c.table]:
                 tr.skipped = f"no file matching '{c.files}' (optional source)"
                 continue
-            try:
-                _ingest_table(
-                    con, c, files[c.table], drop_dir, stage, drop_id, ctx, tr, progress, settings.ingest_batch_rows
-                )
-            except ContractViolation as exc:
-                raise IngestError(str(exc)) from exc
+            _ingest_table(
+                con, c, files[c.table], drop_dir, stage, drop_id, ctx, tr, progress, settings.ingest_batch_rows
+            )
             if not tr.reconciles:
                 raise IngestError(
                     f"{c.table}: counts do not reconcile: read {tr.read}, accepted {tr.accepted},"
@@ -541,7 +544,7 @@ def ingest_drop(
                 for rule in other.columns:
                     if rule.references and rule.references.startswith(c.table + "."):
                         col = rule.references.split(".", 1)[1]
-                        path = stage / "lake" / c.table / f"drop={drop_id}" / "data.parquet"
+                        path = _partition(stage / "lake", c.table, drop_id) / "data.parquet"
                         ctx.reference_values[rule.references] = [
                             str(v[0])
                             for v in con.sql(

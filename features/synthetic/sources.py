@@ -84,7 +84,13 @@ MALFORMATIONS: dict[str, list[tuple[str, str, list[str]]]] = {
         ("event_id", "missing_key", []),
     ],
 }
-DUPLICATED_TABLES = ["billing_transactions", "support_tickets", "digital_events", "consent_events"]
+# Tables whose exports repeat a few rows, and the key column the repeats share.
+DUPLICATED_TABLES = {
+    "billing_transactions": "txn_id",
+    "support_tickets": "ticket_id",
+    "digital_events": "event_id",
+    "consent_events": "consent_event_id",
+}
 # Systems whose export quotes every text value (as many billing and ticketing platforms do).
 QUOTE_ALL_TABLES = {"billing_accounts", "billing_transactions", "support_tickets", "consent_events"}
 
@@ -699,7 +705,7 @@ def _inject_defects(cfg: WorldConfig, rng: np.random.Generator, out: RenderedChu
             )
         )
 
-    for table in DUPLICATED_TABLES:
+    for table, key in DUPLICATED_TABLES.items():
         frame = out.tables[table]
         m = len(frame)
         broken = set()
@@ -719,11 +725,5 @@ def _inject_defects(cfg: WorldConfig, rng: np.random.Generator, out: RenderedChu
             if len(inj) and inj["table"].iloc[0] == table:
                 inj["row"] = new_pos[inj["row"].to_numpy()]
         copies = new_pos[dup] + 1
-        key = {
-            "billing_transactions": "txn_id",
-            "support_tickets": "ticket_id",
-            "digital_events": "event_id",
-            "consent_events": "consent_event_id",
-        }[table]
         out.tables[table] = new
         out.injected.append(pd.DataFrame({"table": table, "row": copies, "field": key, "kind": "duplicate_row"}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,32 @@ class Settings(BaseSettings):
         description="Rows checked per batch during ingestion: bounds memory on large tables.",
     )
 
+    identity_config: Path | None = Field(
+        default=None,
+        description="Identity-resolution YAML (sources, rules, survivorship); the shipped default when unset.",
+    )
+    identity_match_threshold: float = Field(
+        default=0.95,
+        gt=0,
+        lt=1,
+        description="Match probability at or above which the probabilistic pass links two records.",
+    )
+    identity_match_fields: list[str] = Field(
+        default_factory=lambda: ["name", "birth_date", "email", "phone", "address", "postcode", "billing_key"],
+        description="Fields whose consent/purpose allows identity matching; leave one out (e.g. birth_date) "
+        "and no rule or comparison reads it.",
+    )
+    identity_hashed: bool = Field(
+        default=False,
+        description="Match on salted hashes of the identifiers only (deterministic rules on equal hashes).",
+    )
+    identity_hash_salt: SecretStr | None = Field(
+        default=None, description="Secret salt (HMAC key) for the hashed mode; required when it is on."
+    )
+    identity_u_max_pairs: float = Field(
+        default=1e7, ge=1e3, description="Random record pairs sampled to estimate the matcher's u parameters."
+    )
+
     @cached_property
     def home_dir(self) -> Path:
         """The custintel home as an absolute path."""
@@ -70,6 +96,11 @@ class Settings(BaseSettings):
     def reports_dir(self) -> Path:
         """Human-readable outputs: ingestion reports, later model cards and drift reports."""
         return self.home_dir / "reports"
+
+    @property
+    def identity_dir(self) -> Path:
+        """Identity resolution's outputs: crosswalk, golden records, conflicts, links, model."""
+        return self.home_dir / "identity"
 
     @property
     def artifacts_dir(self) -> Path:

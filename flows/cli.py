@@ -6,7 +6,7 @@ import datetime as dt
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import ValidationError
@@ -219,6 +219,235 @@ def quarantine(
     for _, r in issues.head(limit).iterrows():
         examples.add_row(str(r["_source_file"]), str(r["row_number"]), str(r["field"]), str(r["reason"]))
     console.print(examples)
+
+
+resolve_app = typer.Typer(
+    help="Identity resolution: one customer key per person across CRM, billing and acquired records.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(resolve_app, name="resolve")
+
+
+@resolve_app.callback()
+def resolve(
+    ctx: typer.Context,
+    engine: Annotated[
+        Literal["prefect", "local"],
+        typer.Option(help="prefect: run as the Prefect flow resolve_identities (tracked); local: call the step."),
+    ] = "prefect",
+    reuse_model: Annotated[
+        bool, typer.Option(help="Score with the last trained model instead of re-estimating it on this data.")
+    ] = False,
+) -> None:
+    """Resolve the lake's identity records into customers (run without a subcommand)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from features.identity.config import IdentityConfigError
+    from features.identity.privacy import PrivacyError
+    from features.lake import IngestError
+
+    settings = _settings()
+    try:
+        if engine == "prefect":
+            from flows.resolve import resolve_identities
+
+            with console.status("Resolving identities (Prefect flow resolve_identities)…"):
+                run = resolve_identities(str(settings.home_dir), reuse_model)
+        else:
+            run = _resolve_locally(settings, reuse_model)
+    except (IdentityConfigError, PrivacyError, IngestError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    _print_resolution(run)
+
+
+def _resolve_locally(settings: Settings, reuse_model: bool) -> dict[str, Any]:
+    from features.identity.resolve import resolve_records
+    from features.identity.store import (
+        identity_config,
+        load_identity_records,
+        read_model,
+        read_previous_crosswalk,
+        resolve_options,
+        write_resolution,
+    )
+
+    config, options = identity_config(settings), resolve_options(settings)
+    with console.status("Resolving identities…") as status:
+        status.update("Reading identity records from the lake…")
+        records = load_identity_records(settings, config)
+        resolution = resolve_records(
+            records,
+            config,
+            options,
+            read_previous_crosswalk(settings),
+            model=read_model(settings) if reuse_model else None,
+            progress=lambda message: status.update(f"Resolving identities: {message}…"),
+        )
+        return write_resolution(settings, records, resolution, options)
+
+
+def _print_resolution(run: dict[str, Any]) -> None:
+    stats = run["stats"]
+    table = Table(title=f"Identity resolution {run['run_id']}")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    for source, n in stats["records_by_source"].items():
+        table.add_row(f"records from {source}", f"{n:,}")
+    for rule, n in stats["links_by_rule"].items():
+        table.add_row(f"links by {rule}", f"{n:,}")
+    table.add_row("customers", f"{stats['customers']:,}")
+    table.add_row("customers with one record", f"{stats['single_record_customers']:,}")
+    for event, n in stats["key_events"].items():
+        table.add_row(f"keys {event}", f"{n:,}")
+    for attribute, n in stats["conflicts_by_attribute"].items():
+        table.add_row(f"conflicts on {attribute}", f"{n:,}")
+    console.print(table)
+    opts = run["options"]
+    console.print(
+        f"threshold {opts['threshold']}, fields {', '.join(opts['fields'])}"
+        + (", hashed identifiers only" if opts["hashed"] else "")
+        + f"; seconds per step: {stats['seconds']}"
+    )
+    console.print(f"Outputs: [bold]{Path(run['outputs']['crosswalk']).parent}[/]")
+
+
+def _identity_outputs(settings: Settings, *names: str) -> list[Any]:
+    from features.identity.store import IdentityStoreError, read_identity_table
+
+    try:
+        return [read_identity_table(settings, n) for n in names]
+    except IdentityStoreError as exc:
+        raise _fail(str(exc)) from None
+
+
+@resolve_app.command("explain")
+def resolve_explain(
+    record_a: Annotated[str, typer.Argument(help="A record key, e.g. crm_accounts:C000000003.")],
+    record_b: Annotated[str, typer.Argument(help="Another record key, e.g. billing_accounts:BA000000025.")],
+) -> None:
+    """Why two records were, or were not, linked: rules, match weights per comparison, the path."""
+    from features.identity.explain import ExplainError, explain_pair
+    from features.identity.privacy import HASHED_RULES
+    from features.identity.store import identity_config, read_model, read_run
+
+    settings = _settings()
+    match_records, crosswalk, links = _identity_outputs(settings, "match_records", "crosswalk", "links")
+    run = read_run(settings)
+    opts = run["options"]
+    config = identity_config(settings)
+    rules: list[str] = (
+        list(HASHED_RULES) if opts["hashed"] else [r for r in config.deterministic.rules if r in opts["fields"]]
+    )
+    model = read_model(settings) if opts["probabilistic"] else None
+    try:
+        e = explain_pair(record_a, record_b, match_records, crosswalk, links, config, rules, model, opts["threshold"])
+    except ExplainError as exc:
+        raise _fail(str(exc)) from None
+    records = Table(title="the two records (as the matcher saw them)")
+    records.add_column("field")
+    records.add_column(record_a)
+    records.add_column(record_b)
+    for name in e.record_a:
+        if name not in ("record_key",):
+            records.add_row(name, str(e.record_a[name] or ""), str(e.record_b[name] or ""))
+    records.add_row("customer_key", str(e.customer_key_a), str(e.customer_key_b))
+    console.print(records)
+    rules_table = Table(title="deterministic rules")
+    for col in ("rule", "links", "why"):
+        rules_table.add_column(col)
+    for r in e.rules:
+        rules_table.add_row(r.rule, "yes" if r.links else "no", r.reason)
+    console.print(rules_table)
+    if e.match_probability is not None:
+        weights = Table(title="probabilistic model: evidence per comparison")
+        for col in ("comparison", "level", "Bayes factor", "match weight"):
+            weights.add_column(col, justify="right" if col in ("Bayes factor", "match weight") else "left")
+        weights.add_row("prior (two random records)", "", "", f"{e.prior_match_weight:+.2f}")
+        for c in e.comparisons:
+            weights.add_row(c.comparison, c.level, f"{c.bayes_factor:.3g}", f"{c.match_weight:+.2f}")
+        weights.add_row("total", "", "", f"{e.match_weight:+.2f}")
+        console.print(weights)
+        console.print(
+            f"match probability {e.match_probability:.6f} (threshold {e.threshold}); "
+            f"proposed by a blocking rule: {'yes' if e.candidate_pair else 'no'}"
+        )
+    for step in e.path:
+        prob = f" (p = {step['match_probability']:.4f})" if step["rule"] == "probabilistic" else ""
+        console.print(f"  {step['from']} —{step['rule']}{prob}→ {step['to']}")
+    console.print(f"[bold]{e.verdict}[/]")
+
+
+@resolve_app.command("conflicts")
+def resolve_conflicts(
+    attribute: Annotated[str | None, typer.Option(help="Only this attribute, e.g. email.")] = None,
+    customer: Annotated[str | None, typer.Option(help="Only this customer key.")] = None,
+    limit: Annotated[int, typer.Option(help="How many conflicts to show.")] = 20,
+) -> None:
+    """The conflict log: attributes on which a customer's records disagree, and what won."""
+    (conflicts,) = _identity_outputs(_settings(), "conflicts")
+    if attribute:
+        conflicts = conflicts[conflicts["attribute"] == attribute]
+    if customer:
+        conflicts = conflicts[conflicts["customer_key"] == customer]
+    if conflicts.empty:
+        console.print("No conflicts match.")
+        return
+    counts = Table(title=f"{len(conflicts):,} conflicts")
+    counts.add_column("attribute")
+    counts.add_column("customers", justify="right")
+    for name, n in conflicts["attribute"].value_counts().items():
+        counts.add_row(str(name), f"{n:,}")
+    console.print(counts)
+    shown = Table(title="conflicts")
+    for col in ("customer_key", "attribute", "chosen", "rule", "candidates (value, records, sources)"):
+        shown.add_column(col)
+    for r in conflicts.head(limit).itertuples(index=False):
+        shown.add_row(r.customer_key, r.attribute, str(r.chosen_value), r.rule, r.candidates)
+    console.print(shown)
+
+
+@resolve_app.command("evaluate")
+def resolve_evaluate(
+    truth: Annotated[
+        Path,
+        typer.Option(
+            help="The generator's _truth folder (or a Parquet/CSV file with record_key or "
+            "source_table+record_id, and person_id)."
+        ),
+    ],
+) -> None:
+    """Score the last resolution against known truth: pairwise and cluster metrics, with and without Splink."""
+    import json
+
+    import pandas as pd
+
+    from features.identity.evaluate import evaluate_resolution
+
+    settings = _settings()
+    crosswalk, links = _identity_outputs(settings, "crosswalk", "links")
+    path = truth / "source_records.parquet" if truth.is_dir() else truth
+    if not path.is_file():
+        raise _fail(f"{path} does not exist")
+    frame = pd.read_csv(path, dtype=str) if path.suffix == ".csv" else pd.read_parquet(path)
+    if "record_key" not in frame:
+        if not {"source_table", "record_id"} <= set(frame.columns):
+            raise _fail(f"{path} needs a record_key column, or source_table and record_id")
+        frame["record_key"] = frame["source_table"].astype(str) + ":" + frame["record_id"].astype(str)
+    if "person_id" not in frame:
+        raise _fail(f"{path} needs a person_id column")
+    scores = evaluate_resolution(crosswalk, links, frame)
+    table = Table(title="identity resolution against the truth")
+    table.add_column("metric")
+    for name in scores:
+        table.add_column(name, justify="right")
+    for metric in scores["deterministic"]:
+        table.add_row(metric, *[f"{scores[n][metric]:,.4f}".rstrip("0").rstrip(".") for n in scores])
+    console.print(table)
+    out = settings.reports_dir / "identity" / "evaluation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(scores, indent=2), encoding="utf-8")
+    console.print(f"Written to [bold]{out}[/]")
 
 
 @app.command()

@@ -23,18 +23,26 @@ def deterministic_links(
     Each group of records sharing a value is linked as a star to its smallest key,
     which is enough for connectivity and keeps the edge count linear.
     """
+    # Integer codes in key order: group minima on integers are fast, on strings they are not.
+    codes, uniques = pd.factorize(records["record_key"].astype("string"), sort=True)
+    keys = np.asarray(uniques, dtype=object)
     edges = []
     for rule in rules:
-        vals = records[["record_key", rule]].dropna()
-        sizes = vals.groupby(rule)["record_key"].transform("size")
+        vals = pd.DataFrame({"code": codes, "value": records[rule].to_numpy()}).dropna()
+        sizes = vals.groupby("value")["code"].transform("size")
         vals = vals[(sizes > 1) & (sizes <= max_group)]
         if vals.empty:
             continue
-        hub = vals.groupby(rule)["record_key"].transform("min")
-        star = vals[vals["record_key"] != hub]
+        hub = vals.groupby("value")["code"].transform("min").to_numpy()
+        star = vals["code"].to_numpy() != hub
         edges.append(
             pd.DataFrame(
-                {"record_key_l": hub[star.index], "record_key_r": star["record_key"], "rule": rule, "value": star[rule]}
+                {
+                    "record_key_l": keys[hub[star]],
+                    "record_key_r": keys[vals["code"].to_numpy()[star]],
+                    "rule": rule,
+                    "value": vals["value"].to_numpy()[star],
+                }
             )
         )
     if not edges:

@@ -9,6 +9,7 @@ through a per-value library call.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import pandas as pd
@@ -122,3 +123,31 @@ def split_full_names(full_names: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(
         {"first_name": first.astype("string"), "last_name": last.astype("string")}, index=full_names.index
     )
+
+
+def normalise_birth_dates(
+    values: pd.Series, formats: tuple[str, ...] = ("%Y-%m-%d", "%d/%m/%Y", "%Y%m%d"), earliest: str = "1900-01-01"
+) -> pd.Series:
+    """Birth dates as ISO strings ('1970-12-02'); <NA> for junk, impossible or future dates.
+
+    Accepts dates and timestamps as they come out of the lake, or strings in any of
+    `formats` (the first that parses wins). A date before `earliest` or after today
+    is a placeholder ('1900-01-01' style) or an error, not a birth date.
+    """
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = pd.to_datetime(values, errors="coerce")
+    else:
+        # date and datetime objects (a spreadsheet column with a few text cells) are dates already
+        is_date = values.map(lambda v: isinstance(v, dt.date)).astype(bool)
+        text = _blank_to_na(values.mask(is_date))
+        parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+        if is_date.any():
+            parsed = parsed.where(~is_date, pd.to_datetime(values.where(is_date), errors="coerce"))
+        for fmt in formats:
+            todo = parsed.isna() & text.notna()
+            if not todo.any():
+                break
+            parsed = parsed.where(~todo, pd.to_datetime(text.where(todo), format=fmt, errors="coerce"))
+    parsed = parsed.dt.tz_localize(None) if getattr(parsed.dt, "tz", None) is not None else parsed
+    plausible = (parsed > pd.Timestamp(earliest)) & (parsed <= pd.Timestamp.now().normalize())
+    return parsed.where(plausible).dt.strftime("%Y-%m-%d").astype("string")

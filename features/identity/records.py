@@ -1,79 +1,101 @@
-"""One table of identity records from every source that knows who a customer is."""
+"""One table of identity records from every source that knows who a customer is.
+
+Which tables and columns those are is configuration (`identity.yaml`), so a
+customer's own CRM, billing or loyalty tables plug in by mapping their columns.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from features.identity.normalise import fold_names, normalise_emails, normalise_phones, split_full_names
+from features.identity.config import IdentityConfigError, SourceMapping
+from features.identity.normalise import (
+    fold_names,
+    normalise_birth_dates,
+    normalise_emails,
+    normalise_phones,
+    split_full_names,
+)
 
 IDENTITY_COLUMNS = [
     "record_key", "source_table", "record_id", "first_name", "last_name", "email", "phone",
-    "birth_date", "address", "postcode", "city", "state", "gender", "billing_key",
+    "birth_date", "address", "postcode", "city", "state", "gender", "billing_key", "updated_at",
 ]  # fmt: skip
 
 
-def _frame(source: str, record_id: pd.Series, **cols: pd.Series) -> pd.DataFrame:
-    out = pd.DataFrame({"source_table": source, "record_id": record_id.astype("string")})
-    out["record_key"] = source + ":" + out["record_id"]
+def _text(values: pd.Series) -> pd.Series:
+    text = values.astype("string").str.strip()
+    return text.mask(text == "")
+
+
+def _timestamps(values: pd.Series) -> pd.Series:
+    """Timestamps as naive UTC; strings in any ISO 8601 form (with or without zone); junk is NaT."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        parsed = pd.to_datetime(_text(values), errors="coerce", utc=True, format="ISO8601")
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return parsed.astype("datetime64[us]")
+
+
+def _normalised_field(field: str, values: pd.Series) -> pd.Series:
+    if field in ("first_name", "last_name", "address", "city"):
+        return fold_names(values)
+    if field == "email":
+        return normalise_emails(values)
+    if field == "phone":
+        return normalise_phones(values)
+    if field == "birth_date":
+        return normalise_birth_dates(values)
+    if field in ("state", "gender"):
+        return _text(values).str.upper()
+    if field == "postcode":
+        return _text(values).str.upper().str.replace(r"\s+", " ", regex=True)
+    return _text(values)  # billing_key: an opaque identifier
+
+
+def identity_records_from_source(frame: pd.DataFrame, source: SourceMapping) -> pd.DataFrame:
+    """Normalised identity fields of one source table, one row per source record.
+
+    Records are keyed `<table>:<record id>`; fields the source does not map are <NA>.
+    """
+    needed = [source.id, *source.columns.values()]
+    missing = sorted({c for c in needed if c not in frame.columns})
+    if missing:
+        raise IdentityConfigError(f"source {source.table!r}: column(s) {missing} are not in the table")
+    ids = _text(frame[source.id])
+    out = pd.DataFrame({"source_table": source.table, "record_id": ids}, index=frame.index)
+    out["source_table"] = out["source_table"].astype("string")
+    out["record_key"] = (source.table + ":" + ids).astype("string")
+    cols = source.columns
+    if "full_name" in cols:
+        names = split_full_names(frame[cols["full_name"]])
+        out["first_name"], out["last_name"] = names["first_name"], names["last_name"]
+    for field, column in cols.items():
+        if field in ("full_name", "updated_at"):
+            continue
+        out[field] = _normalised_field(field, frame[column])
+    out["updated_at"] = _timestamps(frame[cols["updated_at"]]) if "updated_at" in cols else pd.NaT
     for name in IDENTITY_COLUMNS:
         if name not in out:
-            value = cols.get(name)
-            out[name] = (
-                value.astype("string") if value is not None else pd.Series(pd.NA, index=out.index, dtype="string")
-            )
-    return out[IDENTITY_COLUMNS]
+            out[name] = pd.Series(pd.NA, index=out.index, dtype="string")
+    out["updated_at"] = out["updated_at"].astype("datetime64[us]")
+    # a record without its own id cannot be keyed or traced back: it is left out
+    return out.loc[ids.notna(), IDENTITY_COLUMNS].reset_index(drop=True)
 
 
-def assemble_identity_records(crm: pd.DataFrame, billing: pd.DataFrame, acquired: pd.DataFrame) -> pd.DataFrame:
-    """Normalised identity fields of CRM accounts, billing accounts and the acquired book.
-
-    Inputs are the lake tables (`crm_accounts`, `billing_accounts`, `northwind_customers`);
-    the output has one row per source record, keyed `<source_table>:<record id>`.
-    """
-    holder = split_full_names(billing["account_holder"])
-    acquired_names = split_full_names(acquired["full_name"])
-    frames = [
-        _frame(
-            "crm_accounts",
-            crm["crm_id"],
-            first_name=fold_names(crm["first_name"]),
-            last_name=fold_names(crm["last_name"]),
-            email=normalise_emails(crm["email"]),
-            phone=normalise_phones(crm["phone"]),
-            birth_date=crm["birth_date"].astype("string"),
-            address=fold_names(crm["address_line"]),
-            postcode=crm["postcode"],
-            city=fold_names(crm["city"]),
-            state=crm["state"].str.upper(),
-            gender=crm["gender"],
-            billing_key=crm["billing_account_id"],
-        ),
-        _frame(
-            "billing_accounts",
-            billing["billing_account_id"],
-            first_name=holder["first_name"],
-            last_name=holder["last_name"],
-            email=normalise_emails(billing["email"]),
-            phone=normalise_phones(billing["phone"]),
-            address=fold_names(billing["billing_address"]),
-            postcode=billing["postcode"],
-            city=fold_names(billing["city"]),
-            state=billing["state"].str.upper(),
-            billing_key=billing["billing_account_id"],
-        ),
-        _frame(
-            "northwind_customers",
-            acquired["customer_no"],
-            first_name=acquired_names["first_name"],
-            last_name=acquired_names["last_name"],
-            email=normalise_emails(acquired["email"]),
-            phone=normalise_phones(acquired["phone"]),
-            birth_date=acquired["birth_date"].astype("string"),
-            address=fold_names(acquired["address_line"]),
-            postcode=acquired["postcode"],
-            city=fold_names(acquired["city"]),
-            state=acquired["state"].str.upper(),
-            gender=acquired["gender"],
-        ),
-    ]
-    return pd.concat(frames, ignore_index=True)
+def assemble_identity_records(tables: dict[str, pd.DataFrame], sources: list[SourceMapping]) -> pd.DataFrame:
+    """Identity records of every configured source, stacked; record keys must be unique."""
+    frames = []
+    for source in sources:
+        if source.table not in tables:
+            raise IdentityConfigError(f"source table {source.table!r} was not loaded")
+        frames.append(identity_records_from_source(tables[source.table], source))
+    records = pd.concat(frames, ignore_index=True)
+    dupes = records["record_key"][records["record_key"].duplicated()]
+    if not dupes.empty:
+        raise IdentityConfigError(
+            f"{dupes.size} record key(s) appear twice (e.g. {dupes.iloc[0]!r}): a source id column must be unique"
+        )
+    return records

@@ -1,0 +1,304 @@
+"""The probabilistic pass: Fellegi-Sunter linkage with Splink on DuckDB.
+
+It runs after the deterministic pass and only scores pairs of records that the
+deterministic pass left in different clusters. Its parameters are estimated
+without labels: the prior from the deterministic rules, u from random pairs,
+m by expectation maximisation over blocked pairs. The trained model is a JSON
+document, so `explain` can score any two records later with the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import duckdb
+import pandas as pd
+import splink.comparison_level_library as cll
+import splink.comparison_library as cl
+from splink import DuckDBAPI, Linker, SettingsCreator
+
+# The columns Splink compares; every one may be left out by the privacy settings.
+MATCH_FIELDS = ("name", "birth_date", "email", "phone", "address", "postcode")
+
+# Candidate pairs: each rule is cheap (an equi-join) and catches a different kind of
+# difference (moved house, new email, typo in the surname, names written the other
+# way round). Pairs already in one deterministic cluster are not scored again.
+# `name_key` is the first and last name in alphabetical order, so "SMITH JOHN" and
+# "John Smith" share it.
+_BLOCKING_RULES: dict[str, tuple[str, ...]] = {
+    "name and birth date": ("name_key", "birth_date"),
+    "surname and birth date": ("last_name", "birth_date"),
+    "first name and birth date": ("first_name", "birth_date"),
+    "name and postcode": ("name_key", "postcode"),
+    "surname and postcode": ("last_name", "postcode"),
+    "first name and postcode": ("first_name", "postcode"),
+    "address and postcode": ("address", "postcode"),
+    "surname and address": ("last_name", "address"),
+    "email": ("email",),
+    "phone": ("phone",),
+}
+_OTHER_CLUSTER = "l.det_cluster <> r.det_cluster"
+# Rules that need a field the privacy settings exclude are dropped.
+_RULE_FIELDS = {
+    "name_key": "name",
+    "last_name": "name",
+    "first_name": "name",
+    "birth_date": "birth_date",
+    "email": "email",
+    "phone": "phone",
+    "address": "address",
+    "postcode": "postcode",
+}
+# EM blocks: tight enough that a good share of the pairs are true matches, even
+# among a million records (blocking on a common name alone is not). Each session
+# cannot estimate the fields it blocks on; the sessions are chosen so that every
+# field is estimated by at least one.
+_EM_ANCHORS = {
+    "name": "l.name_key = r.name_key",
+    "birth_date": "l.birth_date = r.birth_date",
+    "postcode": "substr(l.postcode, 1, 3) = substr(r.postcode, 1, 3)",
+}
+
+
+@dataclass(frozen=True)
+class ProbabilisticConfig:
+    """How the probabilistic pass is run.
+
+    Attributes:
+        threshold: Match probability at or above which a pair is linked.
+        fields: Fields the matcher may compare (privacy settings remove some).
+        u_max_pairs: Random pairs sampled to estimate u.
+        seed: Seed for that sample, so a re-run gives the same model.
+    """
+
+    threshold: float = 0.95
+    fields: tuple[str, ...] = MATCH_FIELDS
+    u_max_pairs: float = 1e7
+    seed: int = 42
+
+
+def _comparisons(fields: tuple[str, ...]) -> list[Any]:
+    out: list[Any] = []
+    if "name" in fields:
+        # Term-frequency adjusted: "Robert Long" agreeing is weak evidence, "Zelda Quinlan" strong.
+        out.append(
+            cl.CustomComparison(
+                output_column_name="name",
+                comparison_description="first and last name",
+                comparison_levels=[
+                    cll.And(cll.NullLevel("first_name"), cll.NullLevel("last_name")),
+                    cll.ExactMatchLevel("name_key").configure(tf_adjustment_column="name_key"),
+                    cll.And(cll.JaroWinklerLevel("first_name", 0.92), cll.JaroWinklerLevel("last_name", 0.92)),
+                    cll.And(cll.JaroWinklerLevel("first_name", 0.85), cll.JaroWinklerLevel("last_name", 0.85)),
+                    cll.ExactMatchLevel("last_name").configure(tf_adjustment_column="last_name"),
+                    cll.ExactMatchLevel("first_name").configure(tf_adjustment_column="first_name"),
+                    cll.ElseLevel(),
+                ],
+            )
+        )
+    if "birth_date" in fields:
+        out.append(
+            cl.DateOfBirthComparison(
+                "birth_date",
+                input_is_string=True,
+                datetime_format="%Y-%m-%d",
+                datetime_metrics=["month", "year"],
+                datetime_thresholds=[1, 1],
+            )
+        )
+    if "email" in fields:
+        # No fuzzy level: emails are made of names, so a similar email between two
+        # people with common names is a coincidence the name comparison already counts.
+        out.append(
+            cl.CustomComparison(
+                output_column_name="email",
+                comparison_levels=[
+                    cll.NullLevel("email"),
+                    cll.ExactMatchLevel("email"),
+                    cll.CustomLevel(
+                        "split_part(email_l, '@', 1) = split_part(email_r, '@', 1)",
+                        label_for_charts="same mailbox name, other domain",
+                    ),
+                    cll.ElseLevel(),
+                ],
+            )
+        )
+    if "phone" in fields:
+        out.append(
+            cl.CustomComparison(
+                output_column_name="phone",
+                comparison_levels=[
+                    cll.NullLevel("phone"),
+                    cll.ExactMatchLevel("phone"),
+                    cll.LevenshteinLevel("phone", 2),
+                    cll.ElseLevel(),
+                ],
+            )
+        )
+    if "address" in fields:
+        out.append(cl.JaroWinklerAtThresholds("address", [0.95, 0.85]))
+    if "postcode" in fields:
+        out.append(
+            cl.CustomComparison(
+                output_column_name="postcode",
+                comparison_levels=[
+                    cll.NullLevel("postcode"),
+                    cll.ExactMatchLevel("postcode"),
+                    cll.CustomLevel(
+                        "substr(postcode_l, 1, 3) = substr(postcode_r, 1, 3)",
+                        label_for_charts="same area (first three characters)",
+                    ),
+                    cll.ElseLevel(),
+                ],
+            )
+        )
+    return out
+
+
+def blocking_rules(fields: tuple[str, ...]) -> dict[str, str]:
+    """Named SQL blocking rules usable with the allowed fields."""
+    rules: dict[str, str] = {}
+    for name, cols in _BLOCKING_RULES.items():
+        if all(_RULE_FIELDS[c] in fields for c in cols):
+            rules[name] = " and ".join(f"l.{c} = r.{c}" for c in cols)
+    return rules
+
+
+def splink_settings(fields: tuple[str, ...]) -> SettingsCreator:
+    """The linkage model's specification (untrained)."""
+    rules = blocking_rules(fields)
+    predictions: list[Any] = [f"({sql}) and {_OTHER_CLUSTER}" for sql in rules.values()]
+    return SettingsCreator(
+        link_type="dedupe_only",
+        unique_id_column_name="record_key",
+        comparisons=_comparisons(fields),
+        blocking_rules_to_generate_predictions=predictions,
+        retain_intermediate_calculation_columns=False,
+        retain_matching_columns=False,
+        additional_columns_to_retain=[],
+    )
+
+
+SPLINK_COLUMNS = ["record_key", "first_name", "last_name", "birth_date", "email", "phone", "address", "postcode"]
+
+
+def name_keys(first: pd.Series, last: pd.Series) -> pd.Series:
+    """First and last name in alphabetical order: the same key however the name was written."""
+    f, s = first.astype("string"), last.astype("string")
+    lo = f.where(f <= s, s)
+    hi = s.where(f <= s, f)
+    return (lo + " " + hi).astype("string")
+
+
+def linker_input(records: pd.DataFrame, det_cluster: pd.Series | None = None) -> pd.DataFrame:
+    """The table Splink sees: the compared columns, the name key, the deterministic cluster."""
+    frame = records[SPLINK_COLUMNS].copy()
+    frame["name_key"] = name_keys(frame["first_name"], frame["last_name"])
+    frame["det_cluster"] = det_cluster.to_numpy() if det_cluster is not None else frame["record_key"]
+    # Canonical order: Splink's sampling and EM then see the same table whatever the input order.
+    return frame.sort_values("record_key", kind="stable").reset_index(drop=True)
+
+
+def _new_linker(frame: pd.DataFrame, settings: SettingsCreator | dict[str, Any]) -> Linker:
+    con = duckdb.connect()
+    # Splink accepts a pandas frame (registered in DuckDB), though its hints say table names
+    return Linker(frame, settings, db_api=DuckDBAPI(con), set_up_basic_logging=False)  # type: ignore[arg-type]
+
+
+def train_model(records: pd.DataFrame, det_cluster: pd.Series, config: ProbabilisticConfig) -> dict[str, Any]:
+    """Estimate the Fellegi-Sunter parameters without labels; returns Splink's model JSON."""
+    fields = config.fields
+    frame = linker_input(records, det_cluster)
+    linker = _new_linker(frame, splink_settings(fields))
+    logging.getLogger("splink").setLevel(logging.ERROR)
+    _estimate_prior(linker, frame, fields)
+    linker.training.estimate_u_using_random_sampling(max_pairs=config.u_max_pairs, seed=config.seed)
+    for rule in em_blocking_rules(fields):
+        linker.training.estimate_parameters_using_expectation_maximisation(rule, estimate_without_term_frequencies=True)
+    model: dict[str, Any] = linker.misc.save_model_to_json()
+    return floor_probabilities(model)
+
+
+def floor_probabilities(model: dict[str, Any], m_floor: float = 1e-3, u_floor: float = 1e-9) -> dict[str, Any]:
+    """Keep every m and u probability above a floor (then renormalise).
+
+    EM sets a level's m to zero when no training pair of true matches fell in it
+    (no match in the sample moved to another postcode area, say). A zero would be
+    infinite evidence against every such pair on data the model has not seen; a
+    floor turns it into strong but finite evidence. u is floored far lower: a
+    tiny u is exactly what makes an exact match on a rare value strong evidence.
+    """
+    for comparison in model["comparisons"]:
+        levels = [lv for lv in comparison["comparison_levels"] if not lv.get("is_null_level")]
+        for name, floor in (("m_probability", m_floor), ("u_probability", u_floor)):
+            values = [lv.get(name) for lv in levels]
+            if any(v is None for v in values):
+                continue
+            floored = [max(float(v), floor) for v in values]
+            total = sum(floored)
+            for lv, value in zip(levels, floored, strict=True):
+                lv[name] = value / total
+    return model
+
+
+# Rules almost only true matches satisfy; the prior is the share of pairs they catch / their recall.
+_PRIOR_RULES = {
+    "email": "l.email = r.email",
+    "phone": "l.phone = r.phone",
+    "name and birth date": "l.name_key = r.name_key and l.birth_date = r.birth_date",
+    "name and address": "l.name_key = r.name_key and l.address = r.address",
+}
+_PRIOR_RULE_FIELDS = {
+    "email": ("email",),
+    "phone": ("phone",),
+    "name and birth date": ("name", "birth_date"),
+    "name and address": ("name", "address"),
+}
+
+
+def _estimate_prior(linker: Linker, frame: pd.DataFrame, fields: tuple[str, ...]) -> None:
+    """The probability that two random records match, from near-certain rules (recall 0.8 assumed).
+
+    Falls back to one duplicate per record (1 / n) when the data give those rules nothing
+    to work with (no emails, phones, birth dates or addresses in common).
+    """
+    rules: list[Any] = [
+        sql for name, sql in _PRIOR_RULES.items() if all(f in fields for f in _PRIOR_RULE_FIELDS[name])
+    ]
+    if rules:
+        linker.training.estimate_probability_two_random_records_match(rules, recall=0.8)
+    prior = linker._settings_obj._probability_two_random_records_match  # noqa: SLF001 - no public getter
+    if not rules or not prior or prior <= 0:
+        n = max(len(frame), 2)
+        linker._settings_obj._probability_two_random_records_match = 1 / n  # noqa: SLF001
+
+
+def em_blocking_rules(fields: tuple[str, ...]) -> list[str]:
+    """EM sessions for the allowed fields: pairs of anchors when there are three, else one each."""
+    anchors = [sql for name, sql in _EM_ANCHORS.items() if name in fields]
+    if len(anchors) >= 3:
+        return [f"{a} and {b}" for a, b in combinations(anchors, 2)]
+    if anchors:
+        return anchors
+    return ["l.address = r.address"] if "address" in fields else ["l.email = r.email"]
+
+
+def predict_links(
+    records: pd.DataFrame, det_cluster: pd.Series, model: dict[str, Any], config: ProbabilisticConfig
+) -> pd.DataFrame:
+    """Scored pairs at or above the threshold: record_key_l, record_key_r, match_weight, match_probability."""
+    frame = linker_input(records, det_cluster)
+    linker = _new_linker(frame, model)
+    logging.getLogger("splink").setLevel(logging.ERROR)
+    scored = linker.inference.predict(threshold_match_probability=config.threshold)
+    out = scored.as_pandas_dataframe()
+    return out[["record_key_l", "record_key_r", "match_weight", "match_probability"]].reset_index(drop=True)
+
+
+def model_to_text(model: dict[str, Any]) -> str:
+    """The model as stable, readable JSON."""
+    return json.dumps(model, indent=2, sort_keys=True)

@@ -266,6 +266,7 @@ def _resolve_locally(settings: Settings, reuse_model: bool) -> dict[str, Any]:
     from features.identity.store import (
         identity_config,
         load_identity_records,
+        read_issued_keys,
         read_model,
         read_previous_crosswalk,
         resolve_options,
@@ -283,6 +284,7 @@ def _resolve_locally(settings: Settings, reuse_model: bool) -> dict[str, Any]:
             read_previous_crosswalk(settings),
             model=read_model(settings) if reuse_model else None,
             progress=lambda message: status.update(f"Resolving identities: {message}…"),
+            reserved_keys=read_issued_keys(settings),
         )
         return write_resolution(settings, records, resolution, options)
 

@@ -16,6 +16,7 @@ from features.identity.resolve import Resolution, ResolveOptions, resolve_record
 from features.identity.store import (
     identity_config,
     load_identity_records,
+    read_issued_keys,
     read_model,
     read_previous_crosswalk,
     resolve_options,
@@ -39,7 +40,13 @@ def resolve(
     logger = get_run_logger()
     model = read_model(settings) if reuse_model else None
     return resolve_records(
-        records, config, options, read_previous_crosswalk(settings), model=model, progress=logger.info
+        records,
+        config,
+        options,
+        read_previous_crosswalk(settings),
+        model=model,
+        progress=logger.info,
+        reserved_keys=read_issued_keys(settings),
     )
 
 

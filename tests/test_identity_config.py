@@ -196,12 +196,6 @@ def _misspelt_rule_key(d: dict[str, Any]) -> None:
     d["survivorship"]["postcode"] = {"with": "address", "rul": "most_recent"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: pydantic models ignore unknown keys (no extra='forbid'), so a misspelt "
-    "section such as 'determinstic:' is silently dropped and its settings replaced by defaults",
-    raises=pytest.fail.Exception,
-)
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [

@@ -176,12 +176,6 @@ def test_non_null_skips_nulls() -> None:
     assert (row["gender"], row["gender_record"], row["gender_rule"]) == ("F", "crm:7", "non_null")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: golden._winners orders non_null by record_key only, while identity.yaml "
-    "documents 'non_null - any non-empty value, most trusted first'",
-    raises=AssertionError,
-)
 def test_non_null_prefers_the_most_trusted_source() -> None:
     records = _records([{"key": "billing:1", "gender": "F"}, {"key": "crm:1", "gender": "M"}])
     row = _golden_row(records, _config(gender="non_null"))

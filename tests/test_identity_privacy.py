@@ -241,12 +241,6 @@ def test_normalise_birth_dates_from_datetimes(values: pd.Series) -> None:
     assert out.fillna("<NA>").tolist() == ["1970-12-02", "<NA>", "<NA>", "<NA>"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: an object column holding datetime/Timestamp objects (e.g. a spreadsheet column with "
-    "a few text cells) is stringified to '1970-12-02 00:00:00', which matches no format, so every date is lost",
-    raises=AssertionError,
-)
 def test_normalise_birth_dates_from_an_object_column_of_timestamps_and_junk() -> None:
     values = pd.Series([datetime(1970, 12, 2), pd.Timestamp("1981-03-02"), "unknown"], dtype="object")
     assert normalise_birth_dates(values).fillna("<NA>").tolist() == ["1970-12-02", "1981-03-02", "<NA>"]

@@ -3,21 +3,17 @@
 import pandas as pd
 import pytest
 
+from features.identity.config import load_identity_config
 from features.identity.deterministic import cluster_records, deterministic_links
 from features.identity.evaluate import pairwise_scores
 from features.identity.normalise import normalise_emails
-from features.identity.records import IDENTITY_COLUMNS, assemble_identity_records
-from features.lake import read_lake_table
+from features.identity.records import IDENTITY_COLUMNS
+from features.identity.store import load_identity_records
 
 
 @pytest.fixture(scope="module")
 def identity(ingested) -> pd.DataFrame:
-    s = ingested.settings
-    recs = assemble_identity_records(
-        read_lake_table(s, "crm_accounts"),
-        read_lake_table(s, "billing_accounts"),
-        read_lake_table(s, "northwind_customers"),
-    )
+    recs = load_identity_records(ingested.settings, load_identity_config())
     truth = ingested.world.truth_frame("source_records")
     truth["record_key"] = truth["source_table"] + ":" + truth["record_id"]
     return recs.merge(truth[["record_key", "person_id", "role"]], on="record_key", how="left")
@@ -33,9 +29,12 @@ def test_every_accepted_account_becomes_one_identity_record(identity: pd.DataFra
     assert identity["person_id"].notna().all()
     assert identity["phone"].dropna().str.fullmatch(r"\+\d{8,15}").all()
     assert identity["email"].dropna().str.contains("@").all()
+    assert identity["birth_date"].dropna().str.fullmatch(r"\d{4}-\d{2}-\d{2}").all()
     # the acquired book's one-field names were split
     nw = identity[identity["source_table"] == "northwind_customers"]
     assert nw["last_name"].notna().mean() > 0.95
+    # every source maps a recency column, so most_recent has something to go on
+    assert identity["updated_at"].notna().mean() > 0.99
 
 
 def test_no_two_persons_share_a_mailbox_in_their_primary_records(ingested) -> None:

@@ -189,12 +189,6 @@ def test_duplicate_record_keys_across_sources_are_refused() -> None:
         assemble_identity_records({"loyalty_members": _loyalty()}, [LOYALTY, second])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: records.identity_records_from_source casts updated_at with .astype('datetime64[us]'), "
-    "which raises TypeError for timezone-aware timestamps such as ISO 8601 '...Z' strings",
-    raises=TypeError,
-)
 def test_timezone_aware_updated_at_is_accepted() -> None:
     frame = _loyalty()
     frame["last_visit"] = ["2024-03-01T10:00:00Z", "2023-12-31T18:00:00Z", None, None, None, None, None]
@@ -202,12 +196,6 @@ def test_timezone_aware_updated_at_is_accepted() -> None:
     assert records["updated_at"].iloc[0] == pd.Timestamp("2024-03-01 10:00")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="package bug: pd.to_datetime(errors='coerce') infers one format from the first value, so valid "
-    "ISO timestamps written with a time ('2023-12-31T18:00:00') become NaT when the first row is a bare date",
-    raises=AssertionError,
-)
 def test_updated_at_mixing_dates_and_date_times_is_parsed_whatever_the_row_order() -> None:
     frame = _loyalty()
     frame["last_visit"] = ["2024-03-01", "2023-12-31T18:00:00", "2022-05-05 07:30", None, None, None, None]

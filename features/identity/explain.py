@@ -18,8 +18,7 @@ import pandas as pd
 from splink import DuckDBAPI, Linker
 
 from features.identity.config import IdentityConfig
-
-_SPLINK_COLUMNS = ["record_key", "first_name", "last_name", "birth_date", "email", "phone", "address", "postcode"]
+from features.identity.probabilistic import SPLINK_COLUMNS, TF_COLUMNS, linker_input, term_frequencies
 
 
 class ExplainError(LookupError):
@@ -116,14 +115,20 @@ def _level_labels(comparison: dict[str, Any]) -> dict[int, str]:
     return labels
 
 
-def _score_pair(model: dict[str, Any], a: dict[str, Any], b: dict[str, Any]) -> tuple[pd.Series, dict[str, Any]]:
+def _score_pair(
+    model: dict[str, Any], match_records: pd.DataFrame, a: dict[str, Any], b: dict[str, Any]
+) -> tuple[pd.Series, dict[str, Any]]:
     settings = dict(model, retain_intermediate_calculation_columns=True, retain_matching_columns=True)
-    rows = [{c: a.get(c) for c in _SPLINK_COLUMNS}, {c: b.get(c) for c in _SPLINK_COLUMNS}]
+    pair = pd.DataFrame([{c: a.get(c) for c in SPLINK_COLUMNS}, {c: b.get(c) for c in SPLINK_COLUMNS}])
     # distinct deterministic clusters, so that the blocking rules say whether the pair is a candidate
-    rows[0]["det_cluster"], rows[1]["det_cluster"] = "a", "b"
-    frame = pd.DataFrame(rows).astype("string")
+    frame = linker_input(pair.astype("string"), pd.Series(["a", "b"]))
+    rows = [{str(k): _value(v) for k, v in r.items()} for r in frame.to_dict("records")]
     db_api = DuckDBAPI(duckdb.connect())
     linker = Linker(frame, settings, db_api=db_api, set_up_basic_logging=False)  # type: ignore[arg-type]
+    # the run's term frequencies, so a common name weighs as little here as it did in the run
+    everyone = linker_input(match_records)
+    for column in TF_COLUMNS:
+        linker.table_management.register_term_frequency_lookup(term_frequencies(everyone, column), column)
     scored = linker.inference.compare_two_records(rows[0], rows[1], include_found_by_blocking_rules=True)
     return scored.as_pandas_dataframe().iloc[0], settings
 
@@ -205,17 +210,17 @@ def explain_pair(
         threshold=threshold,
     )
     if model is not None:
-        row, settings = _score_pair(model, a, b)
+        row, settings = _score_pair(model, match_records, a, b)
         for comparison in settings["comparisons"]:
             name = comparison["output_column_name"]
             labels = _level_labels(comparison)
             gamma = int(row[f"gamma_{name}"])
             bf = float(row[f"bf_{name}"]) * float(row.get(f"bf_tf_adj_{name}", 1.0) or 1.0)
-            cols = comparison.get("comparison_description", name)
-            col_a, col_b = (f"{name}_l", f"{name}_r") if f"{name}_l" in row else (None, None)
+            shown = {"name": "name_key"}.get(name, name)  # the compared value to show
+            col_a, col_b = (f"{shown}_l", f"{shown}_r") if f"{shown}_l" in row else (None, None)
             out.comparisons.append(
                 ComparisonEvidence(
-                    comparison=str(cols),
+                    comparison=name,
                     level=labels.get(gamma, str(gamma)),
                     value_a=_value(row[col_a]) if col_a else None,
                     value_b=_value(row[col_b]) if col_b else None,

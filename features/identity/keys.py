@@ -23,13 +23,14 @@ def _derived_key(anchor: str, attempt: int) -> str:
 
 
 def assign_customer_keys(
-    clusters: pd.DataFrame, previous: pd.DataFrame | None = None
+    clusters: pd.DataFrame, previous: pd.DataFrame | None = None, reserved: set[str] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Give every cluster a customer key, keeping the keys of `previous` where the person was seen.
 
     Args:
         clusters: record_key and cluster (any cluster label; e.g. the smallest member's key).
         previous: the last crosswalk (record_key, customer_key), or None on a first run.
+        reserved: every key issued before (from the key-event log): a retired key is never reissued.
 
     Returns:
         The crosswalk (record_key, customer_key) sorted by record key, and what
@@ -43,7 +44,7 @@ def assign_customer_keys(
     anchor = pd.Series(firsts["record_key"].to_numpy(), index=firsts["cluster"].to_numpy(), dtype="string")
     events: list[dict[str, object]] = []
     key_of_cluster: dict[str, str] = {}
-    used: set[str] = set()
+    used: set[str] = set(reserved or ())
     prev_keys: set[str] = set()
     if previous is not None and not previous.empty:
         prev = previous[CROSSWALK_COLUMNS].astype("string")

@@ -203,6 +203,15 @@ def linker_input(records: pd.DataFrame, det_cluster: pd.Series | None = None) ->
     return frame.sort_values("record_key", kind="stable").reset_index(drop=True)
 
 
+TF_COLUMNS = ("name_key", "last_name", "first_name")
+
+
+def term_frequencies(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Splink's term-frequency table for one column: each value and its share of non-null values."""
+    shares = frame[column].dropna().value_counts(normalize=True)
+    return pd.DataFrame({column: shares.index.astype(str), f"tf_{column}": shares.to_numpy()})
+
+
 def _new_linker(frame: pd.DataFrame, settings: SettingsCreator | dict[str, Any]) -> Linker:
     con = duckdb.connect()
     # Splink accepts a pandas frame (registered in DuckDB), though its hints say table names
@@ -220,6 +229,7 @@ def train_model(records: pd.DataFrame, det_cluster: pd.Series, config: Probabili
     for rule in em_blocking_rules(fields):
         linker.training.estimate_parameters_using_expectation_maximisation(rule, estimate_without_term_frequencies=True)
     model: dict[str, Any] = linker.misc.save_model_to_json()
+    model.pop("linker_uid", None)  # a random id per Linker object: not part of the model
     return floor_probabilities(model)
 
 
@@ -266,9 +276,7 @@ def _estimate_prior(linker: Linker, frame: pd.DataFrame, fields: tuple[str, ...]
     Falls back to one duplicate per record (1 / n) when the data give those rules nothing
     to work with (no emails, phones, birth dates or addresses in common).
     """
-    rules: list[Any] = [
-        sql for name, sql in _PRIOR_RULES.items() if all(f in fields for f in _PRIOR_RULE_FIELDS[name])
-    ]
+    rules: list[Any] = [sql for name, sql in _PRIOR_RULES.items() if all(f in fields for f in _PRIOR_RULE_FIELDS[name])]
     if rules:
         linker.training.estimate_probability_two_random_records_match(rules, recall=0.8)
     prior = linker._settings_obj._probability_two_random_records_match  # noqa: SLF001 - no public getter

@@ -73,6 +73,7 @@ def resolve_records(
     previous_crosswalk: pd.DataFrame | None = None,
     model: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
+    reserved_keys: set[str] | None = None,
 ) -> Resolution:
     """Resolve identity records into customers with stable keys and golden records.
 
@@ -83,6 +84,7 @@ def resolve_records(
         previous_crosswalk: the last run's record_key -> customer_key, so keys are kept.
         model: a trained Splink model to reuse; trained on these records when None.
         progress: called with a short message as each step starts.
+        reserved_keys: every customer key issued before, so a retired key is never reissued.
     """
     say = progress or (lambda _message: None)
     timings: dict[str, float] = {}
@@ -130,7 +132,7 @@ def resolve_records(
     say("clustering and keys")
     cluster = cluster_records(records["record_key"], all_links)
     crosswalk, key_events = assign_customer_keys(
-        pd.DataFrame({"record_key": records["record_key"], "cluster": cluster}), previous_crosswalk
+        pd.DataFrame({"record_key": records["record_key"], "cluster": cluster}), previous_crosswalk, reserved_keys
     )
     lap("cluster_and_key")
     say("golden records")

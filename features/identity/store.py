@@ -74,6 +74,14 @@ def read_previous_crosswalk(settings: Settings) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.is_file() else None
 
 
+def read_issued_keys(settings: Settings) -> set[str]:
+    """Every customer key any run has issued (new or split), retired ones included."""
+    path = settings.identity_dir / "key_events.parquet"
+    if not path.is_file():
+        return set()
+    return set(pd.read_parquet(path, columns=["customer_key"])["customer_key"].astype(str))
+
+
 def read_model(settings: Settings) -> dict[str, Any] | None:
     """The last trained Splink model, or None."""
     path = settings.identity_dir / "model.json"

@@ -241,8 +241,11 @@ def resolve(
     ] = False,
 ) -> None:
     """Resolve the lake's identity records into customers (run without a subcommand)."""
-    if ctx.invoked_subcommand is not None:
-        return
+    if ctx.invoked_subcommand is None:
+        _run_resolution(engine, reuse_model)
+
+
+def _run_resolution(engine: str, reuse_model: bool) -> None:
     from features.identity.config import IdentityConfigError
     from features.identity.privacy import PrivacyError
     from features.lake import IngestError
@@ -460,10 +463,13 @@ def demo(
     """Run everything that exists end to end on embedded defaults and say where to look."""
     settings = _settings()
     world = settings.default_data_dir / "demo-world"
-    console.rule("[bold]1/2 generate a synthetic customer world")
+    console.rule("[bold]1/3 generate a synthetic customer world")
     generate(customers=customers, seed=seed, out=world)
-    console.rule("[bold]2/2 ingest it behind data contracts (Prefect flow ingest_sources)")
+    console.rule("[bold]2/3 ingest it behind data contracts (Prefect flow ingest_sources)")
     ingest(source=world)
+    console.rule("[bold]3/3 resolve identities into customers (Prefect flow resolve_identities)")
+    _run_resolution("prefect", reuse_model=False)
+    resolve_evaluate(truth=world / "_truth")
     console.rule("[bold]where to look")
     console.print(f"- source drop: {world}  (hidden truth: {world / '_truth'})")
     console.print(f"- lake (accepted rows, Parquet): {settings.lake_dir}")
@@ -472,8 +478,10 @@ def demo(
     )
     console.print(f"- ingestion report: {settings.reports_dir / 'ingest' / 'latest.json'}")
     console.print(
-        "Identity resolution, features, training, the promotion gate, serving and monitoring arrive with issues 3-8."
+        f"- identity: {settings.identity_dir} (crosswalk, golden_records, conflicts, links, model.json)  "
+        "-> `custintel resolve conflicts`, `custintel resolve explain A B`"
     )
+    console.print("Features, training, the promotion gate, serving and monitoring arrive with issues 4-8.")
 
 
 if __name__ == "__main__":  # pragma: no cover

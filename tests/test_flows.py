@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from features.synthetic import WorldConfig, generate_world
 from flows.cli import app
 from flows.ingest import ingest_sources
+from flows.resolve import resolve_identities
 
 pytestmark = pytest.mark.integration
 
@@ -68,11 +69,35 @@ def test_ingest_flow_fails_with_the_contract_message(prefect_api: None, flow_wor
         ingest_sources(str(tmp_path), str(tmp_path / "home"))
 
 
+def test_resolve_flow_runs_and_a_second_run_keeps_every_key(
+    prefect_api: None, flow_world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from custintel.settings import Settings
+    from features.lake import ingest_drop
+
+    monkeypatch.setenv("CUSTINTEL_IDENTITY_U_MAX_PAIRS", "1e6")
+    home = tmp_path / "home"
+    ingest_drop(flow_world, Settings(home=home))
+    first = resolve_identities(str(home))
+    assert first["stats"]["customers"] > 1000
+    assert first["stats"]["links_by_rule"]["probabilistic"] > 0
+    second = resolve_identities(str(home), reuse_model=True)
+    assert second["stats"]["key_events"] == {}
+    assert second["stats"]["customers"] == first["stats"]["customers"]
+    runs, artifacts = asyncio.run(_runs_and_artifacts())
+    ours = [r for r in runs if r.parameters.get("home") == str(home)]
+    assert len(ours) == 2 and all(r.state is not None and r.state.is_completed() for r in ours)
+    assert {"identity-records", "identity-report"} <= {a.key for a in artifacts}
+
+
 def test_demo_command_runs_generate_and_ingest_end_to_end(prefect_api: None, tmp_path: Path) -> None:
     home = tmp_path / "demo-home"
     result = CliRunner().invoke(app, ["--home", str(home), "demo", "--customers", "1500"])
     assert result.exit_code == 0, result.output
     assert "all counts reconcile" in result.output
     assert "where to look" in result.output
+    assert "identity resolution against the truth" in result.output
+    scores = json.loads((home / "reports" / "identity" / "evaluation.json").read_text())
+    assert scores["deterministic+probabilistic"]["f1"] >= 0.97
     report = json.loads((home / "reports" / "ingest" / "latest.json").read_text())
     assert all(t["read"] == t["accepted"] + t["quarantined"] for t in report["tables"].values())

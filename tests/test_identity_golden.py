@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from features.identity.config import GOLDEN_ATTRIBUTES, IdentityConfig
-from features.identity.golden import CONFLICT_COLUMNS, build_golden_records, conflict_log
+from features.identity.golden import CONFLICT_COLUMNS, build_golden_records
 from features.identity.records import IDENTITY_COLUMNS
 
 # Trust order deliberately unlike alphabetical order, so that a tie broken by record key
@@ -351,14 +351,6 @@ def test_the_conflict_log_lists_every_disagreeing_attribute_of_every_customer() 
     phone = conflicts.set_index("attribute").loc["phone"]
     assert phone["candidates"] == "+12125550100 (1× crm) | +12125550199 (2× billing,shop)"
     assert conflicts.set_index("attribute").loc["postcode", "chosen_value"] == "10002"
-
-
-def test_conflict_log_called_directly_matches_the_one_built_with_the_golden_records() -> None:
-    records, crosswalk = _conflicting_records()
-    config = _config(email="most_frequent")
-    golden, conflicts = build_golden_records(records, crosswalk, config)
-    frame = records.merge(crosswalk, on="record_key")
-    pd.testing.assert_frame_equal(conflict_log(frame, golden, config), conflicts)
 
 
 def test_an_empty_conflict_log_still_has_its_columns() -> None:

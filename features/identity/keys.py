@@ -38,16 +38,16 @@ def assign_customer_keys(
         related_key), `split` (a new key for records that came from related_key)
         and `retired` (no record carries the key any more). Kept keys are not logged.
     """
-    frame = clusters[["record_key", "cluster"]].astype("string")
+    frame = clusters[["record_key", "cluster"]].astype("string[pyarrow]")
     # each cluster's smallest record key (sorting strings is fast; a grouped min over them is not)
     firsts = frame.sort_values("record_key", kind="stable").drop_duplicates("cluster")
-    anchor = pd.Series(firsts["record_key"].to_numpy(), index=firsts["cluster"].to_numpy(), dtype="string")
+    anchor = pd.Series(firsts["record_key"].to_numpy(), index=firsts["cluster"].to_numpy(), dtype="string[pyarrow]")
     events: list[dict[str, object]] = []
     key_of_cluster: dict[str, str] = {}
     used: set[str] = set(reserved or ())
     prev_keys: set[str] = set()
     if previous is not None and not previous.empty:
-        prev = previous[CROSSWALK_COLUMNS].astype("string")
+        prev = previous[CROSSWALK_COLUMNS].astype("string[pyarrow]")
         prev_keys = set(prev["customer_key"])
         used |= prev_keys
         joined = frame.merge(prev, on="record_key", how="inner")
@@ -89,7 +89,10 @@ def assign_customer_keys(
             }
         )
     crosswalk = pd.DataFrame(
-        {"record_key": frame["record_key"], "customer_key": frame["cluster"].map(key_of_cluster).astype("string")}
+        {
+            "record_key": frame["record_key"],
+            "customer_key": frame["cluster"].map(key_of_cluster).astype("string[pyarrow]"),
+        }
     )
     assigned = set(key_of_cluster.values())
     merged = {str(e["customer_key"]) for e in events if e["event"] == "merged"}
@@ -106,7 +109,7 @@ def _split_sources(frame: pd.DataFrame, previous: pd.DataFrame | None, kept: dic
     if previous is None:
         return {}
     joined = frame[~frame["cluster"].isin(list(kept))].merge(
-        previous[CROSSWALK_COLUMNS].astype("string"), on="record_key", how="inner"
+        previous[CROSSWALK_COLUMNS].astype("string[pyarrow]"), on="record_key", how="inner"
     )
     if joined.empty:
         return {}

@@ -24,7 +24,7 @@ _EXTENSION = re.compile(r"(?i)\s*(?:ext\.?|extension|x|#)\s*\d{1,6}\s*$")
 
 
 def _blank_to_na(values: pd.Series) -> pd.Series:
-    text = values.astype("string").str.strip()
+    text = values.astype("string[pyarrow]").str.strip()
     return text.mask(text == "")
 
 
@@ -39,12 +39,12 @@ def normalise_emails(emails: pd.Series) -> pd.Series:
     text = text.where(valid)
     parts = text.str.rsplit("@", n=1, expand=True)
     if parts.shape[1] < 2:  # nothing valid at all
-        return pd.Series(pd.NA, index=emails.index, dtype="string")
+        return pd.Series(pd.NA, index=emails.index, dtype="string[pyarrow]")
     local, domain = parts[0], parts[1].replace(_DOMAIN_ALIASES)
     local = local.str.replace(r"\+.*$", "", regex=True)
     dotless = domain.isin(_DOTLESS_DOMAINS)
     local = local.where(~dotless, local.str.replace(".", "", regex=False))
-    out = (local + "@" + domain).astype("string")
+    out = (local + "@" + domain).astype("string[pyarrow]")
     return out.mask(local.fillna("") == "")
 
 
@@ -63,10 +63,9 @@ def normalise_phones(phones: pd.Series, default_region: str = "US") -> pd.Series
     ten = ((n == 10) & ~plus).fillna(False).astype(bool)
     eleven = ((n == 11) & digits.str.startswith("1")).fillna(False).astype(bool)
     nanp = ("1" + digits).where(ten, digits).where(ten | eleven)
-    nanp_ok = nanp.str.fullmatch(r"1[2-9]\d{2}[2-9]\d{6}").fillna(False).astype(bool) & ~nanp.str.fullmatch(
-        r"1(\d)\1{9}"
-    ).fillna(False).astype(bool)
-    out = ("+" + nanp).where(nanp_ok).astype("string")
+    placeholder = nanp.isin([f"1{d * 10}" for d in "0123456789"])  # 222-222-2222 and the like
+    nanp_ok = nanp.str.fullmatch(r"1[2-9]\d{2}[2-9]\d{6}").fillna(False).astype(bool) & ~placeholder
+    out = ("+" + nanp).where(nanp_ok).astype("string[pyarrow]")
     # NANP-shaped numbers that failed the rules are junk; other shapes go to the library.
     rest = text.notna() & ~nanp_ok
     if default_region in _NANP_REGIONS:
@@ -99,7 +98,7 @@ def fold_names(names: pd.Series) -> pd.Series:
         .str.replace(r"[^a-z]+", " ", regex=True)
         .str.strip()
     )
-    return folded.mask(folded == "").astype("string")
+    return folded.mask(folded == "").astype("string[pyarrow]")
 
 
 def split_full_names(full_names: pd.Series) -> pd.DataFrame:
@@ -121,7 +120,8 @@ def split_full_names(full_names: pd.Series) -> pd.DataFrame:
     single = ~comma & (fold_names(text).str.count(" ") == 0).fillna(False).astype(bool)
     first = first.mask(single)
     return pd.DataFrame(
-        {"first_name": first.astype("string"), "last_name": last.astype("string")}, index=full_names.index
+        {"first_name": first.astype("string[pyarrow]"), "last_name": last.astype("string[pyarrow]")},
+        index=full_names.index,
     )
 
 
@@ -150,4 +150,4 @@ def normalise_birth_dates(
             parsed = parsed.where(~todo, pd.to_datetime(text.where(todo), format=fmt, errors="coerce"))
     parsed = parsed.dt.tz_localize(None) if getattr(parsed.dt, "tz", None) is not None else parsed
     plausible = (parsed > pd.Timestamp(earliest)) & (parsed <= pd.Timestamp.now().normalize())
-    return parsed.where(plausible).dt.strftime("%Y-%m-%d").astype("string")
+    return parsed.where(plausible).dt.strftime("%Y-%m-%d").astype("string[pyarrow]")

@@ -24,7 +24,7 @@ IDENTITY_COLUMNS = [
 
 
 def _text(values: pd.Series) -> pd.Series:
-    text = values.astype("string").str.strip()
+    text = values.astype("string[pyarrow]").str.strip()
     return text.mask(text == "")
 
 
@@ -66,8 +66,8 @@ def identity_records_from_source(frame: pd.DataFrame, source: SourceMapping) -> 
         raise IdentityConfigError(f"source {source.table!r}: column(s) {missing} are not in the table")
     ids = _text(frame[source.id])
     out = pd.DataFrame({"source_table": source.table, "record_id": ids}, index=frame.index)
-    out["source_table"] = out["source_table"].astype("string")
-    out["record_key"] = (source.table + ":" + ids).astype("string")
+    out["source_table"] = out["source_table"].astype("string[pyarrow]")
+    out["record_key"] = (source.table + ":" + ids).astype("string[pyarrow]")
     cols = source.columns
     if "full_name" in cols:
         names = split_full_names(frame[cols["full_name"]])
@@ -79,7 +79,7 @@ def identity_records_from_source(frame: pd.DataFrame, source: SourceMapping) -> 
     out["updated_at"] = _timestamps(frame[cols["updated_at"]]) if "updated_at" in cols else pd.NaT
     for name in IDENTITY_COLUMNS:
         if name not in out:
-            out[name] = pd.Series(pd.NA, index=out.index, dtype="string")
+            out[name] = pd.Series(pd.NA, index=out.index, dtype="string[pyarrow]")
     out["updated_at"] = out["updated_at"].astype("datetime64[us]")
     # a record without its own id cannot be keyed or traced back: it is left out
     return out.loc[ids.notna(), IDENTITY_COLUMNS].reset_index(drop=True)

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # No analytics from Prefect's ephemeral server: the machines here have no internet.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint unit bench clean
+.PHONY: install demo test lint unit bench bench-resolve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ test: lint
 
 bench: install
 	$(BIN)/python -m benchmarks.bench_generate_ingest
+
+bench-resolve: install
+	$(BIN)/python -m benchmarks.bench_resolve
 
 clean:
 	rm -rf $(VENV) .custintel .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -130,3 +130,39 @@ def test_hashed_mode_from_settings(resolved_home: Path, tmp_path: Path) -> None:
     assert "probabilistic" not in set(links["rule"])
     e = _invoke(home, "resolve", "explain", links["record_key_l"].iloc[0], links["record_key_r"].iloc[0], env=env)
     assert e.exit_code == 0 and "One customer" in e.output
+
+
+def test_a_new_drop_keeps_the_keys_of_people_seen_before(drop_copy, tmp_path: Path, ingested) -> None:
+    """Drop 1 lacks a fifth of the CRM accounts; drop 2, exported later, has them all."""
+    first, second = drop_copy("drop1"), drop_copy("drop2")
+    accounts = first / "crm" / "accounts.csv"
+    lines = accounts.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for i, line in enumerate(lines) if i == 0 or i % 5 != 0]
+    accounts.write_text("".join(kept), encoding="utf-8")
+    manifest = json.loads((second / "manifest.json").read_text())
+    manifest["export_date"] = "2026-02-01"
+    (second / "manifest.json").write_text(json.dumps(manifest))
+    home = tmp_path / "home"
+    for drop in (first, second):
+        assert _invoke(home, "ingest", "--source", str(drop), "--engine", "local").exit_code == 0
+        result = _invoke(home, "resolve", "--engine", "local")
+        assert result.exit_code == 0, result.output
+        if drop == first:
+            before = pd.read_parquet(home / "identity" / "crosswalk.parquet").set_index("record_key")
+    after = pd.read_parquet(home / "identity" / "crosswalk.parquet").set_index("record_key")
+    assert len(after) > len(before)
+    same = after["customer_key"].reindex(before.index) == before["customer_key"]
+    events = pd.read_parquet(home / "identity" / "key_events.parquet")
+    second_run = events[events["run_id"] == events["run_id"].max()]
+    merged = set(second_run.loc[second_run["event"] == "merged", "customer_key"])
+    # a record seen before changes key only when its customer merged into another one
+    assert before.loc[~same.to_numpy(), "customer_key"].isin(merged).all()
+    assert same.mean() > 0.97
+    # the returning accounts joined the customers their other records already had
+    truth = ingested.world.truth_frame("source_records")
+    person = (truth["source_table"] + ":" + truth["record_id"]).to_frame("record_key").assign(p=truth["person_id"])
+    person = person.set_index("record_key")["p"]
+    new = after.index.difference(before.index)
+    known_people = set(person.reindex(before.index))
+    returning = after.loc[new][person.reindex(new).isin(known_people).to_numpy()]
+    assert returning["customer_key"].isin(set(before["customer_key"])).mean() > 0.95

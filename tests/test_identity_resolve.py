@@ -176,7 +176,9 @@ def test_explain_a_probabilistic_link(resolved: Resolution) -> None:
     assert not any(r.links for r in e.rules)
     assert e.match_probability == pytest.approx(link["match_probability"], abs=1e-6)
     assert e.match_weight == pytest.approx(e.prior_match_weight + sum(c.match_weight for c in e.comparisons), abs=1e-6)
-    assert {c.comparison for c in e.comparisons} == {"name", "birth_date", "email", "phone", "address", "postcode"}
+    assert {c.comparison for c in e.comparisons} == {
+        "name", "birth_date", "email", "phone", "address", "location", "national_id",
+    }  # fmt: skip
     assert e.candidate_pair
     assert "linked directly by the probabilistic match" in e.verdict
 

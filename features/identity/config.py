@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 # Identity fields a source may provide (full_name is split into first and last name).
 IDENTITY_FIELDS = (
     "first_name", "last_name", "email", "phone", "birth_date", "address",
-    "postcode", "city", "state", "gender", "billing_key",
+    "postcode", "city", "state", "gender", "billing_key", "national_id",
 )  # fmt: skip
 SOURCE_FIELDS = (*IDENTITY_FIELDS, "full_name", "updated_at")
 # Attributes a golden record carries.

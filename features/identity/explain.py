@@ -216,7 +216,7 @@ def explain_pair(
             labels = _level_labels(comparison)
             gamma = int(row[f"gamma_{name}"])
             bf = float(row[f"bf_{name}"]) * float(row.get(f"bf_tf_adj_{name}", 1.0) or 1.0)
-            shown = {"name": "name_key"}.get(name, name)  # the compared value to show
+            shown = {"name": "name_key", "location": "postcode"}.get(name, name)  # the compared value to show
             col_a, col_b = (f"{shown}_l", f"{shown}_r") if f"{shown}_l" in row else (None, None)
             out.comparisons.append(
                 ComparisonEvidence(

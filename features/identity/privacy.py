@@ -27,15 +27,16 @@ FIELD_COLUMNS = {
     "address": ("address", "city"),
     "postcode": ("postcode",),
     "billing_key": ("billing_key",),
+    "national_id": ("national_id",),
 }
-ALL_FIELDS = (*MATCH_FIELDS, "billing_key")
+ALL_FIELDS = (*MATCH_FIELDS, "billing_key")  # MATCH_FIELDS includes national_id
 # Composite identifiers built before hashing, so the hashed mode can still link records
 # that agree on name and birth date (or name and postcode) when emails and phones differ.
 _COMPOSITES = {
     "name_birth_date": ("first_name", "last_name", "birth_date"),
     "name_postcode": ("first_name", "last_name", "postcode"),
 }
-HASHED_RULES = ("email", "phone", "billing_key", "name_birth_date", "name_postcode")
+HASHED_RULES = ("email", "phone", "billing_key", "national_id", "name_birth_date", "name_postcode")
 
 
 class PrivacyError(ValueError):

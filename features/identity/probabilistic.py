@@ -19,27 +19,38 @@ import duckdb
 import pandas as pd
 import splink.comparison_level_library as cll
 import splink.comparison_library as cl
+from nicknames import NickNamer
 from splink import DuckDBAPI, Linker, SettingsCreator
 
 # The columns Splink compares; every one may be left out by the privacy settings.
-MATCH_FIELDS = ("name", "birth_date", "email", "phone", "address", "postcode")
+MATCH_FIELDS = ("name", "birth_date", "email", "phone", "address", "postcode", "national_id")
 
 # Candidate pairs: each rule is cheap (an equi-join) and catches a different kind of
 # difference (moved house, new email, typo in the surname, names written the other
 # way round). Pairs already in one deterministic cluster are not scored again.
 # `name_key` is the first and last name in alphabetical order, so "SMITH JOHN" and
-# "John Smith" share it.
+# "John Smith" share it. `last3`/`first3` are the first three letters of a name, so a
+# typo later in the name still meets its pair; birth date with postcode or city catches
+# a name mistyped (or changed) in both parts.
 _BLOCKING_RULES: dict[str, tuple[str, ...]] = {
     "name and birth date": ("name_key", "birth_date"),
     "surname and birth date": ("last_name", "birth_date"),
     "first name and birth date": ("first_name", "birth_date"),
+    "birth date and postcode": ("birth_date", "postcode"),
+    "birth date and city": ("birth_date", "city"),
     "name and postcode": ("name_key", "postcode"),
-    "surname and postcode": ("last_name", "postcode"),
-    "first name and postcode": ("first_name", "postcode"),
+    "surname prefix and postcode": ("last3", "postcode"),
+    "first name prefix and postcode": ("first3", "postcode"),
     "address and postcode": ("address", "postcode"),
     "surname and address": ("last_name", "address"),
     "email": ("email",),
     "phone": ("phone",),
+    "national id": ("national_id",),
+}
+# Column -> SQL of its value on one side (`{s}` is l or r).
+_RULE_EXPRESSIONS = {
+    "last3": "substr({s}.last_name, 1, 3)",
+    "first3": "substr({s}.first_name, 1, 3)",
 }
 _OTHER_CLUSTER = "l.det_cluster <> r.det_cluster"
 # Rules that need a field the privacy settings exclude are dropped.
@@ -47,11 +58,15 @@ _RULE_FIELDS = {
     "name_key": "name",
     "last_name": "name",
     "first_name": "name",
+    "last3": "name",
+    "first3": "name",
     "birth_date": "birth_date",
+    "city": "address",
     "email": "email",
     "phone": "phone",
     "address": "address",
     "postcode": "postcode",
+    "national_id": "national_id",
 }
 # EM blocks: tight enough that a good share of the pairs are true matches, even
 # among a million records (blocking on a common name alone is not). Each session
@@ -92,10 +107,17 @@ def _comparisons(fields: tuple[str, ...]) -> list[Any]:
                 comparison_levels=[
                     cll.And(cll.NullLevel("first_name"), cll.NullLevel("last_name")),
                     cll.ExactMatchLevel("name_key").configure(tf_adjustment_column="name_key"),
-                    cll.And(cll.JaroWinklerLevel("first_name", 0.92), cll.JaroWinklerLevel("last_name", 0.92)),
-                    cll.And(cll.JaroWinklerLevel("first_name", 0.85), cll.JaroWinklerLevel("last_name", 0.85)),
+                    _both_names_similar(0.92),
+                    cll.CustomLevel(
+                        "list_has_any(string_split(first_name_group_l, '|'), string_split(first_name_group_r, '|'))"
+                        " and jaro_winkler_similarity(last_name_l, last_name_r) >= 0.92",
+                        label_for_charts="first names of one name (Liz, Elizabeth), surname similar",
+                    ),
+                    _both_names_similar(0.85),
                     cll.ExactMatchLevel("last_name").configure(tf_adjustment_column="last_name"),
                     cll.ExactMatchLevel("first_name").configure(tf_adjustment_column="first_name"),
+                    cll.JaroWinklerLevel("last_name", 0.92),
+                    cll.JaroWinklerLevel("first_name", 0.92),
                     cll.ElseLevel(),
                 ],
             )
@@ -139,9 +161,24 @@ def _comparisons(fields: tuple[str, ...]) -> list[Any]:
                 ],
             )
         )
+    if "national_id" in fields:
+        # typos in a number are common; two different numbers are strong evidence against
+        out.append(
+            cl.CustomComparison(
+                output_column_name="national_id",
+                comparison_levels=[
+                    cll.NullLevel("national_id"),
+                    cll.ExactMatchLevel("national_id"),
+                    cll.LevenshteinLevel("national_id", 2),
+                    cll.ElseLevel(),
+                ],
+            )
+        )
     if "address" in fields:
         out.append(cl.JaroWinklerAtThresholds("address", [0.95, 0.85]))
-    if "postcode" in fields:
+    if "postcode" in fields and "address" in fields:
+        out.append(_location_comparison())
+    elif "postcode" in fields:
         out.append(
             cl.CustomComparison(
                 output_column_name="postcode",
@@ -159,13 +196,55 @@ def _comparisons(fields: tuple[str, ...]) -> list[Any]:
     return out
 
 
+def _both_names_similar(threshold: float) -> Any:
+    """First and last name each similar, in the same order or the other way round."""
+
+    def jw(a: str, b: str) -> str:
+        return f"jaro_winkler_similarity({a}, {b}) >= {threshold}"
+
+    same = f"({jw('first_name_l', 'first_name_r')} and {jw('last_name_l', 'last_name_r')})"
+    swapped = f"({jw('first_name_l', 'last_name_r')} and {jw('last_name_l', 'first_name_r')})"
+    return cll.CustomLevel(
+        f"{same} or {swapped}", label_for_charts=f"both names similar (>= {threshold}), either order"
+    )
+
+
+def _location_comparison() -> Any:
+    """Postcode and city as one comparison.
+
+    They are not independent (a postcode lies in one city), so two comparisons would
+    count the same agreement twice; one comparison with joint levels counts it once,
+    and still credits a typo in either or a move within the city.
+    """
+    city = "jaro_winkler_similarity(city_l, city_r) >= 0.92"
+    near = "(substr(postcode_l, 1, 3) = substr(postcode_r, 1, 3) or damerau_levenshtein(postcode_l, postcode_r) <= 1)"
+    return cl.CustomComparison(
+        output_column_name="location",
+        comparison_description="postcode and city",
+        comparison_levels=[
+            cll.And(cll.NullLevel("postcode"), cll.NullLevel("city")),
+            cll.CustomLevel(f"postcode_l = postcode_r and {city}", label_for_charts="same postcode and city"),
+            cll.ExactMatchLevel("postcode"),
+            cll.CustomLevel(f"{city} and {near}", label_for_charts="same city, nearby postcode"),
+            cll.CustomLevel(city, label_for_charts="same city"),
+            cll.CustomLevel(near, label_for_charts="nearby postcode (same area or one edit)"),
+            cll.ElseLevel(),
+        ],
+    )
+
+
 def blocking_rules(fields: tuple[str, ...]) -> dict[str, str]:
     """Named SQL blocking rules usable with the allowed fields."""
     rules: dict[str, str] = {}
     for name, cols in _BLOCKING_RULES.items():
         if all(_RULE_FIELDS[c] in fields for c in cols):
-            rules[name] = " and ".join(f"l.{c} = r.{c}" for c in cols)
+            rules[name] = " and ".join(_equal(c) for c in cols)
     return rules
+
+
+def _equal(column: str) -> str:
+    expr = _RULE_EXPRESSIONS.get(column, "{s}." + column)
+    return f"{expr.format(s='l')} = {expr.format(s='r')}"
 
 
 def splink_settings(fields: tuple[str, ...]) -> SettingsCreator:
@@ -183,7 +262,11 @@ def splink_settings(fields: tuple[str, ...]) -> SettingsCreator:
     )
 
 
-SPLINK_COLUMNS = ["record_key", "first_name", "last_name", "birth_date", "email", "phone", "address", "postcode"]
+SPLINK_COLUMNS = [
+    "record_key", "first_name", "last_name", "birth_date", "email", "phone", "address", "postcode", "city",
+    "national_id",
+]  # fmt: skip
+_NICKNAMES = NickNamer()
 
 
 def name_keys(first: pd.Series, last: pd.Series) -> pd.Series:
@@ -194,10 +277,18 @@ def name_keys(first: pd.Series, last: pd.Series) -> pd.Series:
     return (lo + " " + hi).astype("string")
 
 
+def first_name_groups(first: pd.Series) -> pd.Series:
+    """Each first name with the full names it is a nickname of, '|'-joined ('liz' -> 'beth|elizabeth|liz|...')."""
+    names = first.astype("string")
+    lookup = {v: "|".join(sorted({v} | _NICKNAMES.canonicals_of(v))) for v in names.dropna().unique()}
+    return names.map(lookup).astype("string")
+
+
 def linker_input(records: pd.DataFrame, det_cluster: pd.Series | None = None) -> pd.DataFrame:
     """The table Splink sees: the compared columns, the name key, the deterministic cluster."""
     frame = records[SPLINK_COLUMNS].copy()
     frame["name_key"] = name_keys(frame["first_name"], frame["last_name"])
+    frame["first_name_group"] = first_name_groups(frame["first_name"])
     frame["det_cluster"] = det_cluster.to_numpy() if det_cluster is not None else frame["record_key"]
     # Canonical order: Splink's sampling and EM then see the same table whatever the input order.
     return frame.sort_values("record_key", kind="stable").reset_index(drop=True)
@@ -233,7 +324,9 @@ def train_model(records: pd.DataFrame, det_cluster: pd.Series, config: Probabili
     return floor_probabilities(model)
 
 
-def floor_probabilities(model: dict[str, Any], m_floor: float = 1e-3, u_floor: float = 1e-9) -> dict[str, Any]:
+def floor_probabilities(
+    model: dict[str, Any], m_floor: float = 1e-3, u_floor: float = 1e-9, u_unseen: float = 1e-7
+) -> dict[str, Any]:
     """Keep every m and u probability above a floor (then renormalise).
 
     EM sets a level's m to zero when no training pair of true matches fell in it
@@ -244,14 +337,25 @@ def floor_probabilities(model: dict[str, Any], m_floor: float = 1e-3, u_floor: f
     """
     for comparison in model["comparisons"]:
         levels = [lv for lv in comparison["comparison_levels"] if not lv.get("is_null_level")]
+        # A level no training pair reached has no estimate, and Splink would score it with
+        # a built-in default (a one-digit phone typo then weighed +11 bits). Give it an
+        # explicit one: m at the floor; u just under one in the random sample; neutral when
+        # neither was seen.
+        for lv in levels:
+            m, u = lv.get("m_probability"), lv.get("u_probability")
+            if m is None and u is None:
+                lv["m_probability"] = lv["u_probability"] = m_floor
+            elif m is None:
+                lv["m_probability"] = m_floor
+            elif u is None:
+                lv["u_probability"] = u_unseen
         for name, floor in (("m_probability", m_floor), ("u_probability", u_floor)):
-            values = [lv.get(name) for lv in levels]
-            if any(v is None for v in values):
-                continue
+            values = [lv[name] for lv in levels]
             floored = [max(float(v), floor) for v in values]
             total = sum(floored)
             for lv, value in zip(levels, floored, strict=True):
-                lv[name] = value / total
+                # 12 significant digits: EM's sums run in parallel, and their last bits vary run to run
+                lv[name] = float(f"{value / total:.12g}")
     return model
 
 

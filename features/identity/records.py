@@ -19,7 +19,7 @@ from features.identity.normalise import (
 
 IDENTITY_COLUMNS = [
     "record_key", "source_table", "record_id", "first_name", "last_name", "email", "phone",
-    "birth_date", "address", "postcode", "city", "state", "gender", "billing_key", "updated_at",
+    "birth_date", "address", "postcode", "city", "state", "gender", "billing_key", "national_id", "updated_at",
 ]  # fmt: skip
 
 
@@ -52,6 +52,9 @@ def _normalised_field(field: str, values: pd.Series) -> pd.Series:
         return _text(values).str.upper()
     if field == "postcode":
         return _text(values).str.upper().str.replace(r"\s+", " ", regex=True)
+    if field == "national_id":  # SSN, NI or tax number: letters and digits only
+        ids = _text(values).str.upper().str.replace(r"[^0-9A-Z]", "", regex=True)
+        return ids.mask(ids == "")
     return _text(values)  # billing_key: an opaque identifier
 
 

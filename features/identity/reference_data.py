@@ -7,8 +7,8 @@ bring-your-own-table path as any customer table: a source mapping, nothing else.
 Reference figures (unsupervised Fellegi-Sunter, EM-trained; Splink's own FEBRL
 demos, `docs/demos/examples/duckdb/febrl3.ipynb` and `febrl4.ipynb`):
 febrl3 deduplication pairwise F1 0.9927 (P 1.000, R 0.9855); febrl4 linkage
-pairwise F1 0.9992 (P 1.000, R 0.9984). Those models also compare the social
-security number; custintel's identity fields have no national id, so it is left out.
+pairwise F1 0.9992 (P 1.000, R 0.9984). Like those models, ours compares the social
+security number (as the `national_id` identity field).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ _COLUMNS = {
     "postcode": "postcode",
     "state": "state",
     "birth_date": "date_of_birth",
+    "national_id": "soc_sec_id",
 }
 
 

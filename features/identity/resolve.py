@@ -37,7 +37,9 @@ class ResolveOptions:
     """
 
     threshold: float = 0.95
-    fields: tuple[str, ...] = ("name", "birth_date", "email", "phone", "address", "postcode", "billing_key")
+    fields: tuple[str, ...] = (
+        "name", "birth_date", "email", "phone", "address", "postcode", "national_id", "billing_key",
+    )  # fmt: skip
     hashed: bool = False
     salt: str | None = field(default=None, repr=False)
     u_max_pairs: float = 1e7

@@ -259,7 +259,8 @@ def _run_resolution(engine: str, reuse_model: bool) -> None:
                 run = resolve_identities(str(settings.home_dir), reuse_model)
         else:
             run = _resolve_locally(settings, reuse_model)
-    except (IdentityConfigError, PrivacyError, IngestError, FileNotFoundError) as exc:
+    except (IdentityConfigError, PrivacyError, IngestError, FileNotFoundError, ValueError) as exc:
+        # ValueError covers no records to resolve and data the model cannot be trained on
         raise _fail(str(exc)) from None
     _print_resolution(run)
 
@@ -332,16 +333,21 @@ def resolve_explain(
     record_b: Annotated[str, typer.Argument(help="Another record key, e.g. billing_accounts:BA000000025.")],
 ) -> None:
     """Why two records were, or were not, linked: rules, match weights per comparison, the path."""
+    from features.identity.config import IdentityConfigError
     from features.identity.explain import ExplainError, explain_pair
     from features.identity.privacy import HASHED_RULES
-    from features.identity.store import identity_config, read_model, read_run
+    from features.identity.store import IdentityStoreError, identity_config, read_model, read_run
 
     settings = _settings()
     match_records, crosswalk, links = _identity_outputs(settings, "match_records", "crosswalk", "links")
-    run = read_run(settings)
+    try:
+        run = read_run(settings)
+        config = identity_config(settings)
+    except (IdentityConfigError, IdentityStoreError) as exc:
+        raise _fail(str(exc)) from None
     opts = run["options"]
-    config = identity_config(settings)
-    rules: list[str] = (
+    # the rules the run used (older runs did not record them: then today's configuration)
+    rules: list[str] = run["stats"].get("deterministic_rules") or (
         list(HASHED_RULES) if opts["hashed"] else [r for r in config.deterministic.rules if r in opts["fields"]]
     )
     model = read_model(settings) if opts["probabilistic"] else None
@@ -387,7 +393,7 @@ def resolve_explain(
 def resolve_conflicts(
     attribute: Annotated[str | None, typer.Option(help="Only this attribute, e.g. email.")] = None,
     customer: Annotated[str | None, typer.Option(help="Only this customer key.")] = None,
-    limit: Annotated[int, typer.Option(help="How many conflicts to show.")] = 20,
+    limit: Annotated[int, typer.Option(help="How many conflicts to show.", min=1)] = 20,
 ) -> None:
     """The conflict log: attributes on which a customer's records disagree, and what won."""
     (conflicts,) = _identity_outputs(_settings(), "conflicts")
@@ -434,7 +440,10 @@ def resolve_evaluate(
     path = truth / "source_records.parquet" if truth.is_dir() else truth
     if not path.is_file():
         raise _fail(f"{path} does not exist")
-    frame = pd.read_csv(path, dtype=str) if path.suffix == ".csv" else pd.read_parquet(path)
+    try:
+        frame = pd.read_csv(path, dtype=str) if path.suffix == ".csv" else pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's errors are ValueErrors and OSErrors
+        raise _fail(f"{path} is not a readable {'CSV' if path.suffix == '.csv' else 'Parquet'} file: {exc}") from None
     if "record_key" not in frame:
         if not {"source_table", "record_id"} <= set(frame.columns):
             raise _fail(f"{path} needs a record_key column, or source_table and record_id")

@@ -114,3 +114,33 @@ def test_normalisers_are_idempotent_and_keep_length(values: list) -> None:
         assert len(once) == len(s)
         twice = fn(once.astype("object"))
         assert once.fillna("<NA>").tolist() == twice.fillna("<NA>").tolist(), fn.__name__
+
+
+@pytest.mark.parametrize(
+    ("raw", "folded"),
+    [
+        ("Ørsted", "ørsted"),
+        ("Łukasz", "łukasz"),
+        ("李小龍", "李小龍"),
+        ("Straße", "strasse"),
+        ("ANNE-MARIE", "anne marie"),
+    ],
+)
+def test_names_of_any_script_keep_their_letters(raw: str, folded: str) -> None:
+    assert fold_names(pd.Series([raw])).iloc[0] == folded
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [
+        ("1 Main St.", "1 main st"),
+        ("  221B  Baker Street ", "221b baker street"),
+        ("Flat 3, 10 Rue de l'Église", "flat 3 10 rue de leglise"),
+        ("---", None),
+    ],
+)
+def test_addresses_keep_their_numbers(raw: str, normalised: str | None) -> None:
+    from features.identity.normalise import normalise_addresses
+
+    out = normalise_addresses(pd.Series([raw])).iloc[0]
+    assert (out is pd.NA and normalised is None) or out == normalised

@@ -90,7 +90,7 @@ def test_a_mapped_table_becomes_normalised_identity_records() -> None:
     assert (maria["first_name"], maria["last_name"]) == ("maria", "nunez")
     assert maria["phone"] == "+442079460958"
     assert maria["birth_date"] == "1985-01-31"
-    assert maria["postcode"] == "SW1A 1AA"
+    assert maria["postcode"] == "SW1A1AA"
     assert maria["updated_at"] == pd.Timestamp("2023-12-31")
 
 

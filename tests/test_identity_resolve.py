@@ -212,3 +212,27 @@ def test_explain_a_pair_joined_through_a_third_record(resolved: Resolution) -> N
             assert e.path[0]["from"] == indirect[0][0] and e.path[-1]["to"] == indirect[0][1]
             return
     pytest.fail("no customer with an indirectly joined pair in the test world")
+
+
+def test_one_record_resolves_and_none_is_a_clear_error(records: pd.DataFrame) -> None:
+    from features.identity.resolve import NoRecordsError
+
+    one = resolve_records(records.head(1), CONFIG, OPTIONS)
+    assert len(one.golden) == 1 and one.model is None
+    with pytest.raises(NoRecordsError, match="no identity records"):
+        resolve_records(records.head(0), CONFIG, OPTIONS)
+
+
+def test_training_fails_with_a_message_when_no_field_can_anchor_it(records: pd.DataFrame) -> None:
+    from features.identity.probabilistic import TrainingDataError
+
+    options = dataclasses.replace(OPTIONS, fields=("national_id", "billing_key"))  # the world has no national ids
+    with pytest.raises(TrainingDataError, match="cannot be trained"):
+        resolve_records(records, CONFIG, options)
+
+
+def test_evaluation_with_a_partial_truth_scores_only_what_it_knows(resolved: Resolution, truth) -> None:
+    part = truth.sample(frac=0.5, random_state=1)
+    scores = evaluate_resolution(resolved.crosswalk, resolved.links, part)
+    assert scores["deterministic+probabilistic"]["precision"] >= 0.98
+    assert scores["deterministic"]["recall"] < scores["deterministic+probabilistic"]["recall"]

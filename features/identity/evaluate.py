@@ -87,7 +87,10 @@ def evaluate_resolution(
         truth: record_key -> person_id; records missing from it are not scored.
     """
     frame = crosswalk.merge(truth[["record_key", "person_id"]], on="record_key", how="inner")
-    det = cluster_records(frame["record_key"], links[links["rule"] != "probabilistic"])
+    # cluster over every record (links may pass through unscored ones), then score the scored ones
+    rule_links = links[links["rule"] != "probabilistic"]
+    det = cluster_records(crosswalk["record_key"], rule_links).set_axis(crosswalk["record_key"].to_numpy())
+    det = det.reindex(frame["record_key"].to_numpy())
     out: dict[str, dict[str, float]] = {}
     for name, predicted in (("deterministic", det), ("deterministic+probabilistic", frame["customer_key"])):
         pw = pairwise_scores(predicted, frame["person_id"])

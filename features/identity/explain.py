@@ -200,6 +200,8 @@ def explain_pair(
         model: the Splink model, or None when the probabilistic pass did not run.
         threshold: the match-probability threshold of the run.
     """
+    if key_a == key_b:
+        raise ExplainError(f"give two different records (both were {key_a!r})")
     a, b = _record(match_records, key_a), _record(match_records, key_b)
     out = PairExplanation(
         record_a=a,
@@ -242,6 +244,8 @@ def explain_pair(
 def _verdict(e: PairExplanation) -> str:
     linking = [r.rule for r in e.rules if r.links]
     if e.same_customer:
+        if not e.path:  # pragma: no cover - only when the outputs were edited by hand
+            return f"One customer ({e.customer_key_a}), but no chain of links joins them: the outputs are inconsistent."
         if len(e.path) == 1:
             step = e.path[0]
             how = (

@@ -133,7 +133,7 @@ def _source_sets(frame: pd.DataFrame, n_customers: int) -> pd.Series:
     """Comma-joined source tables per customer, via a bit mask (few distinct sets, many customers)."""
     names = sorted(set(frame["source_table"].astype(str)))
     bit = {name: 1 << i for i, name in enumerate(names)}
-    bits = frame["source_table"].astype(str).map(bit).to_numpy()
+    bits = frame["source_table"].astype(str).map(bit).to_numpy(dtype=np.int64)
     mask = np.zeros(n_customers, dtype=np.int64)
     np.bitwise_or.at(mask, frame["cust"].to_numpy(), bits)
     labels = {m: ",".join(n for n in names if m & bit[n]) for m in np.unique(mask)}

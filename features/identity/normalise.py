@@ -85,20 +85,32 @@ def _parse_with_library(raw: str, region: str) -> str | None:
     return str(phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164))
 
 
-def fold_names(names: pd.Series) -> pd.Series:
-    """Names folded for comparison: accents removed, lower case, letters and single spaces only.
-
-    'José  O'Brien-Smith' becomes 'jose obrien smith'; an empty result is <NA>.
-    """
-    text = _blank_to_na(names)
-    ascii_text = text.str.normalize("NFKD").str.encode("ascii", "ignore").str.decode("ascii")
+def _fold(values: pd.Series, keep_digits: bool) -> pd.Series:
+    # Arrow strings: the regexes below run in RE2, whose \p{..} classes know every script.
+    text = _blank_to_na(values).astype("string[pyarrow]")
     folded = (
-        ascii_text.str.lower()
+        text.str.normalize("NFKD")
+        .str.replace(r"\p{Mn}", "", regex=True)  # accents: the combining marks NFKD split off
+        .str.casefold()
         .str.replace(r"['’`.]", "", regex=True)
-        .str.replace(r"[^a-z]+", " ", regex=True)
+        .str.replace(r"[^\pL\pN]+" if keep_digits else r"[^\pL]+", " ", regex=True)
         .str.strip()
     )
     return folded.mask(folded == "").astype("string[pyarrow]")
+
+
+def fold_names(names: pd.Series) -> pd.Series:
+    """Names folded for comparison: accents removed, case folded, letters and single spaces only.
+
+    'José  O'Brien-Smith' becomes 'jose obrien smith', 'Straße' 'strasse'; letters of
+    any script are kept ('Ørsted' is 'ørsted', '李小龍' stays). An empty result is <NA>.
+    """
+    return _fold(names, keep_digits=False)
+
+
+def normalise_addresses(addresses: pd.Series) -> pd.Series:
+    """Address lines folded like names but keeping their numbers: '1 Main St.' is '1 main st'."""
+    return _fold(addresses, keep_digits=True)
 
 
 def split_full_names(full_names: pd.Series) -> pd.DataFrame:

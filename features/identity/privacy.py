@@ -87,8 +87,11 @@ def hash_identifiers(records: pd.DataFrame, salt: str, fields: tuple[str, ...]) 
         if not set(parts) <= allowed:
             out[rule] = pd.Series(pd.NA, index=out.index, dtype="string")
             continue
-        text = records[parts[0]].astype("string")
+        # names in alphabetical order, so 'Doe Jane' and 'Jane Doe' hash alike
+        first, last = records["first_name"].astype("string"), records["last_name"].astype("string")
+        columns = {"first_name": first.where(first <= last, last), "last_name": last.where(first <= last, first)}
+        text = columns.get(parts[0], records[parts[0]]).astype("string")
         for part in parts[1:]:
-            text = text + "|" + records[part].astype("string")
+            text = text + "|" + columns.get(part, records[part]).astype("string")
         out[rule] = _hmac(text, key)
     return out

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from itertools import combinations
 from typing import Any
 
@@ -21,6 +24,7 @@ import splink.comparison_level_library as cll
 import splink.comparison_library as cl
 from nicknames import NickNamer
 from splink import DuckDBAPI, Linker, SettingsCreator
+from splink.internals.exceptions import EMTrainingException
 
 # The columns Splink compares; every one may be left out by the privacy settings.
 MATCH_FIELDS = ("name", "birth_date", "email", "phone", "address", "postcode", "national_id")
@@ -266,7 +270,11 @@ SPLINK_COLUMNS = [
     "record_key", "first_name", "last_name", "birth_date", "email", "phone", "address", "postcode", "city",
     "national_id",
 ]  # fmt: skip
-_NICKNAMES = NickNamer()
+
+
+@cache
+def _nicknames() -> NickNamer:
+    return NickNamer()  # reads its CSV: on first use, not at import
 
 
 def name_keys(first: pd.Series, last: pd.Series) -> pd.Series:
@@ -280,7 +288,7 @@ def name_keys(first: pd.Series, last: pd.Series) -> pd.Series:
 def first_name_groups(first: pd.Series) -> pd.Series:
     """Each first name with the full names it is a nickname of, '|'-joined ('liz' -> 'beth|elizabeth|liz|...')."""
     names = first.astype("string")
-    lookup = {v: "|".join(sorted({v} | _NICKNAMES.canonicals_of(v))) for v in names.dropna().unique()}
+    lookup = {v: "|".join(sorted({v} | _nicknames().canonicals_of(v))) for v in names.dropna().unique()}
     return names.map(lookup).astype("string")
 
 
@@ -303,6 +311,22 @@ def term_frequencies(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     return pd.DataFrame({column: shares.index.astype(str), f"tf_{column}": shares.to_numpy()})
 
 
+class TrainingDataError(ValueError):
+    """The records give the probabilistic model nothing to learn from."""
+
+
+@contextmanager
+def _quiet_splink() -> Iterator[None]:
+    """Splink's progress chatter (INFO and WARNING) off for the duration, then as it was."""
+    logger = logging.getLogger("splink")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _new_linker(frame: pd.DataFrame, settings: SettingsCreator | dict[str, Any]) -> Linker:
     con = duckdb.connect()
     # Splink accepts a pandas frame (registered in DuckDB), though its hints say table names
@@ -314,12 +338,24 @@ def train_model(records: pd.DataFrame, det_cluster: pd.Series, config: Probabili
     fields = config.fields
     frame = linker_input(records, det_cluster)
     linker = _new_linker(frame, splink_settings(fields))
-    logging.getLogger("splink").setLevel(logging.ERROR)
-    _estimate_prior(linker, frame, fields)
-    linker.training.estimate_u_using_random_sampling(max_pairs=config.u_max_pairs, seed=config.seed)
-    for rule in em_blocking_rules(fields):
-        linker.training.estimate_parameters_using_expectation_maximisation(rule, estimate_without_term_frequencies=True)
-    model: dict[str, Any] = linker.misc.save_model_to_json()
+    with _quiet_splink():
+        _estimate_prior(linker, frame, fields)
+        linker.training.estimate_u_using_random_sampling(max_pairs=config.u_max_pairs, seed=config.seed)
+        trained = []
+        for rule in em_blocking_rules(fields):
+            try:
+                linker.training.estimate_parameters_using_expectation_maximisation(
+                    rule, estimate_without_term_frequencies=True
+                )
+                trained.append(rule)
+            except EMTrainingException:
+                continue  # no pair shares these fields in this data: the other sessions estimate it
+        if not trained:
+            raise TrainingDataError(
+                "the probabilistic model cannot be trained: no two records share a name, birth date or "
+                f"postcode area among the allowed fields {list(fields)}; allow more fields or add data"
+            )
+        model: dict[str, Any] = linker.misc.save_model_to_json()
     model.pop("linker_uid", None)  # a random id per Linker object: not part of the model
     return floor_probabilities(model)
 
@@ -382,7 +418,10 @@ def _estimate_prior(linker: Linker, frame: pd.DataFrame, fields: tuple[str, ...]
     """
     rules: list[Any] = [sql for name, sql in _PRIOR_RULES.items() if all(f in fields for f in _PRIOR_RULE_FIELDS[name])]
     if rules:
-        linker.training.estimate_probability_two_random_records_match(rules, recall=0.8)
+        try:
+            linker.training.estimate_probability_two_random_records_match(rules, recall=0.8)
+        except ZeroDivisionError:  # Splink on fewer than two records
+            rules = []
     prior = linker._settings_obj._probability_two_random_records_match  # noqa: SLF001 - no public getter
     if not rules or not prior or prior <= 0:
         n = max(len(frame), 2)
@@ -396,7 +435,8 @@ def em_blocking_rules(fields: tuple[str, ...]) -> list[str]:
         return [f"{a} and {b}" for a, b in combinations(anchors, 2)]
     if anchors:
         return anchors
-    return ["l.address = r.address"] if "address" in fields else ["l.email = r.email"]
+    fallback = {"address": "l.address = r.address", "email": "l.email = r.email", "phone": "l.phone = r.phone"}
+    return [sql for name, sql in fallback.items() if name in fields][:1]
 
 
 def predict_links(
@@ -405,8 +445,8 @@ def predict_links(
     """Scored pairs at or above the threshold: record_key_l, record_key_r, match_weight, match_probability."""
     frame = linker_input(records, det_cluster)
     linker = _new_linker(frame, model)
-    logging.getLogger("splink").setLevel(logging.ERROR)
-    scored = linker.inference.predict(threshold_match_probability=config.threshold)
+    with _quiet_splink():
+        scored = linker.inference.predict(threshold_match_probability=config.threshold)
     out = scored.as_pandas_dataframe()
     return out[["record_key_l", "record_key_r", "match_weight", "match_probability"]].reset_index(drop=True)
 

@@ -11,6 +11,7 @@ import pandas as pd
 from features.identity.config import IdentityConfigError, SourceMapping
 from features.identity.normalise import (
     fold_names,
+    normalise_addresses,
     normalise_birth_dates,
     normalise_emails,
     normalise_phones,
@@ -40,8 +41,10 @@ def _timestamps(values: pd.Series) -> pd.Series:
 
 
 def _normalised_field(field: str, values: pd.Series) -> pd.Series:
-    if field in ("first_name", "last_name", "address", "city"):
+    if field in ("first_name", "last_name", "city"):
         return fold_names(values)
+    if field == "address":
+        return normalise_addresses(values)
     if field == "email":
         return normalise_emails(values)
     if field == "phone":
@@ -50,8 +53,8 @@ def _normalised_field(field: str, values: pd.Series) -> pd.Series:
         return normalise_birth_dates(values)
     if field in ("state", "gender"):
         return _text(values).str.upper()
-    if field == "postcode":
-        return _text(values).str.upper().str.replace(r"\s+", " ", regex=True)
+    if field == "postcode":  # 'sw1a 1aa' and 'SW1A1AA' are one postcode
+        return _text(values).str.upper().str.replace(r"[^0-9A-Z]", "", regex=True)
     if field == "national_id":  # SSN, NI or tax number: letters and digits only
         ids = _text(values).str.upper().str.replace(r"[^0-9A-Z]", "", regex=True)
         return ids.mask(ids == "")
@@ -67,7 +70,10 @@ def identity_records_from_source(frame: pd.DataFrame, source: SourceMapping) -> 
     missing = sorted({c for c in needed if c not in frame.columns})
     if missing:
         raise IdentityConfigError(f"source {source.table!r}: column(s) {missing} are not in the table")
-    ids = _text(frame[source.id])
+    raw_ids = frame[source.id]
+    if pd.api.types.is_float_dtype(raw_ids):  # integer ids with gaps arrive as floats: 7.0 is record 7
+        raw_ids = raw_ids.astype("Int64")
+    ids = _text(raw_ids)
     out = pd.DataFrame({"source_table": source.table, "record_id": ids}, index=frame.index)
     out["source_table"] = out["source_table"].astype("string[pyarrow]")
     out["record_key"] = (source.table + ":" + ids).astype("string[pyarrow]")

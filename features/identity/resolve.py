@@ -23,6 +23,10 @@ from features.identity.probabilistic import ProbabilisticConfig, predict_links, 
 LINK_COLUMNS = ["record_key_l", "record_key_r", "rule", "value", "match_weight", "match_probability"]
 
 
+class NoRecordsError(ValueError):
+    """Nothing to resolve."""
+
+
 @dataclass(frozen=True)
 class ResolveOptions:
     """The run-time knobs of a resolution (from settings).
@@ -98,6 +102,8 @@ def resolve_records(
         timings[name] = round(now - started, 3)
         started = now
 
+    if records.empty:
+        raise NoRecordsError("there are no identity records to resolve: ingest the configured source tables first")
     # A canonical order makes every later step independent of the input's row order.
     records = records.sort_values("record_key", kind="stable").reset_index(drop=True)
     allowed = restrict_fields(records, options.fields)
@@ -116,7 +122,7 @@ def resolve_records(
     lap("deterministic")
     links = [det_links]
     prob_fields = tuple(f for f in options.fields if f != "billing_key")
-    if not options.hashed and prob_fields:
+    if not options.hashed and prob_fields and len(records) >= 2:
         pconf = ProbabilisticConfig(
             threshold=options.threshold, fields=prob_fields, u_max_pairs=options.u_max_pairs, seed=options.seed
         )
@@ -141,6 +147,8 @@ def resolve_records(
     golden, conflicts = build_golden_records(records, crosswalk, config)
     lap("golden")
     stats = _stats(records, all_links, crosswalk, key_events, conflicts, timings)
+    stats["deterministic_rules"] = list(det_rules)
+    stats["max_group"] = config.deterministic.max_group
     return Resolution(match_records, all_links, crosswalk, key_events, golden, conflicts, model, stats)
 
 

@@ -1,8 +1,10 @@
 """The deterministic pass: records that share an exact normalised identifier are one person.
 
 Cheap and explainable: every link names the rule and the shared value. A value
-shared by more records than `max_group` (a switchboard number, a family inbox, a
-placeholder) links nobody, since it does not identify one person.
+shared by more records than `max_group` (a switchboard number, a placeholder, a
+shop's own address used for walk-in customers) links nobody, since it does not
+identify one person. A family of up to `max_group` sharing one inbox is linked: the
+probabilistic pass cannot undo that, so lower `max_group` where that is common.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-DEFAULT_RULES = ("email", "phone", "billing_key")
+from features.identity.config import DETERMINISTIC_RULES
 
 
 def deterministic_links(
-    records: pd.DataFrame, rules: tuple[str, ...] = DEFAULT_RULES, max_group: int = 6
+    records: pd.DataFrame, rules: tuple[str, ...] = DETERMINISTIC_RULES, max_group: int = 6
 ) -> pd.DataFrame:
     """Pairs of records linked by an exact rule: record_key_l, record_key_r, rule, value.
 

@@ -53,7 +53,7 @@ def assign_customer_keys(
         joined = frame.merge(prev, on="record_key", how="inner")
         votes = joined.groupby(["cluster", "customer_key"]).size().rename("n").reset_index()
         votes["anchor"] = votes["cluster"].map(anchor)
-        # Most shared records first; ties go to the older (smaller) key, then the smaller anchor.
+        # Most shared records first; ties go to the smaller key, then the smaller anchor (arbitrary but stable).
         votes = votes.sort_values(["n", "customer_key", "anchor"], ascending=[False, True, True], kind="stable")
         taken: set[str] = set()
         for cluster, key in zip(votes["cluster"], votes["customer_key"], strict=True):

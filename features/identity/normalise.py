@@ -23,7 +23,8 @@ _NANP_REGIONS = {"US", "CA"}
 _EXTENSION = re.compile(r"(?i)\s*(?:ext\.?|extension|x|#)\s*\d{1,6}\s*$")
 
 
-def _blank_to_na(values: pd.Series) -> pd.Series:
+def blank_to_na(values: pd.Series) -> pd.Series:
+    """Trimmed text; empty strings become <NA>."""
     text = values.astype("string[pyarrow]").str.strip()
     return text.mask(text == "")
 
@@ -34,7 +35,7 @@ def normalise_emails(emails: pd.Series) -> pd.Series:
     Sub-addressing ('jane+shop@x.com') and Gmail's ignored dots make one mailbox
     look like several; the canonical form lets an exact match find them.
     """
-    text = _blank_to_na(emails).str.lower()
+    text = blank_to_na(emails).str.lower()
     valid = text.str.match(_EMAIL).fillna(False).astype(bool)
     text = text.where(valid)
     parts = text.str.rsplit("@", n=1, expand=True)
@@ -55,7 +56,7 @@ def normalise_phones(phones: pd.Series, default_region: str = "US") -> pd.Series
     rules (area code and exchange must not start with 0 or 1); anything else is
     parsed by libphonenumber with `default_region` for numbers without a country code.
     """
-    text = _blank_to_na(phones)
+    text = blank_to_na(phones)
     text = text.str.replace(_EXTENSION, "", regex=True)
     digits = text.str.replace(r"\D", "", regex=True)
     plus = text.str.startswith("+").fillna(False).astype(bool)
@@ -87,7 +88,7 @@ def _parse_with_library(raw: str, region: str) -> str | None:
 
 def _fold(values: pd.Series, keep_digits: bool) -> pd.Series:
     # Arrow strings: the regexes below run in RE2, whose \p{..} classes know every script.
-    text = _blank_to_na(values).astype("string[pyarrow]")
+    text = blank_to_na(values).astype("string[pyarrow]")
     folded = (
         text.str.normalize("NFKD")
         .str.replace(r"\p{Mn}", "", regex=True)  # accents: the combining marks NFKD split off
@@ -121,7 +122,7 @@ def split_full_names(full_names: pd.Series) -> pd.DataFrame:
     name written last-first without a comma cannot be told apart by rule; the
     probabilistic matcher compares names both ways round.
     """
-    text = _blank_to_na(full_names)
+    text = blank_to_na(full_names)
     comma = text.str.contains(",", regex=False).fillna(False).astype(bool)
     before, after = text.str.split(",", n=1).str[0], text.str.split(",", n=1).str[1]
     first_raw = after.where(comma, text)
@@ -151,7 +152,7 @@ def normalise_birth_dates(
     else:
         # date and datetime objects (a spreadsheet column with a few text cells) are dates already
         is_date = values.map(lambda v: isinstance(v, dt.date)).astype(bool)
-        text = _blank_to_na(values.mask(is_date))
+        text = blank_to_na(values.mask(is_date))
         parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
         if is_date.any():
             parsed = parsed.where(~is_date, pd.to_datetime(values.where(is_date), errors="coerce"))

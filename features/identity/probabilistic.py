@@ -9,7 +9,6 @@ document, so `explain` can score any two records later with the same weights.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -449,8 +448,3 @@ def predict_links(
         scored = linker.inference.predict(threshold_match_probability=config.threshold)
     out = scored.as_pandas_dataframe()
     return out[["record_key_l", "record_key_r", "match_weight", "match_probability"]].reset_index(drop=True)
-
-
-def model_to_text(model: dict[str, Any]) -> str:
-    """The model as stable, readable JSON."""
-    return json.dumps(model, indent=2, sort_keys=True)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from features.identity.config import IdentityConfigError, SourceMapping
 from features.identity.normalise import (
+    blank_to_na,
     fold_names,
     normalise_addresses,
     normalise_birth_dates,
@@ -24,17 +25,12 @@ IDENTITY_COLUMNS = [
 ]  # fmt: skip
 
 
-def _text(values: pd.Series) -> pd.Series:
-    text = values.astype("string[pyarrow]").str.strip()
-    return text.mask(text == "")
-
-
 def _timestamps(values: pd.Series) -> pd.Series:
     """Timestamps as naive UTC; strings in any ISO 8601 form (with or without zone); junk is NaT."""
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
     else:
-        parsed = pd.to_datetime(_text(values), errors="coerce", utc=True, format="ISO8601")
+        parsed = pd.to_datetime(blank_to_na(values), errors="coerce", utc=True, format="ISO8601")
     if getattr(parsed.dt, "tz", None) is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     return parsed.astype("datetime64[us]")
@@ -52,13 +48,13 @@ def _normalised_field(field: str, values: pd.Series) -> pd.Series:
     if field == "birth_date":
         return normalise_birth_dates(values)
     if field in ("state", "gender"):
-        return _text(values).str.upper()
+        return blank_to_na(values).str.upper()
     if field == "postcode":  # 'sw1a 1aa' and 'SW1A1AA' are one postcode
-        return _text(values).str.upper().str.replace(r"[^0-9A-Z]", "", regex=True)
+        return blank_to_na(values).str.upper().str.replace(r"[^0-9A-Z]", "", regex=True)
     if field == "national_id":  # SSN, NI or tax number: letters and digits only
-        ids = _text(values).str.upper().str.replace(r"[^0-9A-Z]", "", regex=True)
+        ids = blank_to_na(values).str.upper().str.replace(r"[^0-9A-Z]", "", regex=True)
         return ids.mask(ids == "")
-    return _text(values)  # billing_key: an opaque identifier
+    return blank_to_na(values)  # billing_key: an opaque identifier
 
 
 def identity_records_from_source(frame: pd.DataFrame, source: SourceMapping) -> pd.DataFrame:
@@ -73,7 +69,7 @@ def identity_records_from_source(frame: pd.DataFrame, source: SourceMapping) -> 
     raw_ids = frame[source.id]
     if pd.api.types.is_float_dtype(raw_ids):  # integer ids with gaps arrive as floats: 7.0 is record 7
         raw_ids = raw_ids.astype("Int64")
-    ids = _text(raw_ids)
+    ids = blank_to_na(raw_ids)
     out = pd.DataFrame({"source_table": source.table, "record_id": ids}, index=frame.index)
     out["source_table"] = out["source_table"].astype("string[pyarrow]")
     out["record_key"] = (source.table + ":" + ids).astype("string[pyarrow]")

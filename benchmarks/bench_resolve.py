@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -42,7 +40,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +55,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+
+from benchmarks.machine import code_digest, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -408,7 +407,7 @@ class Bench:
         """Run one step in a child process; its times and peak RSS are that child's alone."""
         prefix = f"{size:,} records · {label}"
         task = self.progress.add_task(prefix, total=None)
-        digest = _code_digest()
+        digest = code_digest()
         load_avg = os.getloadavg()
         cmd = [sys.executable, "-m", MODULE, "_worker", step, json.dumps(params)]
         result: Event | None = None
@@ -789,38 +788,6 @@ def _print_summary(console: Console, results: list[SizeResult], out: Path) -> No
 # --------------------------------------------------------------------------- main
 
 
-def _code_digest() -> str:
-    """SHA-256 over the measured code and contracts, to tell whether it changed during the run."""
-    h = hashlib.sha256()
-    paths = [*(ROOT / "features").rglob("*.py"), *(ROOT / "features").rglob("*.yaml"), ROOT / "custintel/settings.py"]
-    for path in sorted(p for p in paths if p.is_file()):
-        h.update(str(path.relative_to(ROOT)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _machine() -> dict[str, Any]:
-    import psutil
-
-    freq = psutil.cpu_freq()
-    versions: dict[str, str | None] = {}
-    for pkg in ("numpy", "pandas", "pyarrow", "duckdb", "splink", "scipy", "custintel"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_freq_mhz_at_start": freq.current if freq else None,
-        "memory_gib": psutil.virtual_memory().total / 1024**3,
-        "load_avg_at_start": os.getloadavg(),
-        "versions": versions,
-    }
-
-
 def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(s.replace("_", "")) for s in text.split(",") if s.strip()]
@@ -892,8 +859,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Worlds under {args.workdir} (w<customers>); generated worlds are "
         f"{'kept' if args.keep else 'removed at the end'}"
     )
-    machine = _machine()
-    digest_start = _code_digest()
+    machine = machine_info(("numpy", "pandas", "pyarrow", "duckdb", "splink", "scipy", "custintel"))
+    digest_start = code_digest()
     results: list[SizeResult] = []
     bench = Bench(args, console)
     with bench.progress:
@@ -902,7 +869,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(res)
             _print_size(console, res)
     ok = not any(_failed(r) for r in results)
-    digest_end = _code_digest()
+    digest_end = code_digest()
     if digest_end != digest_start:
         console.print(
             "[bold yellow]warning: features/ changed while the benchmark ran; "

@@ -152,31 +152,8 @@ def _comparisons(fields: tuple[str, ...]) -> list[Any]:
                 ],
             )
         )
-    if "phone" in fields:
-        out.append(
-            cl.CustomComparison(
-                output_column_name="phone",
-                comparison_levels=[
-                    cll.NullLevel("phone"),
-                    cll.ExactMatchLevel("phone"),
-                    cll.LevenshteinLevel("phone", 2),
-                    cll.ElseLevel(),
-                ],
-            )
-        )
-    if "national_id" in fields:
-        # typos in a number are common; two different numbers are strong evidence against
-        out.append(
-            cl.CustomComparison(
-                output_column_name="national_id",
-                comparison_levels=[
-                    cll.NullLevel("national_id"),
-                    cll.ExactMatchLevel("national_id"),
-                    cll.LevenshteinLevel("national_id", 2),
-                    cll.ElseLevel(),
-                ],
-            )
-        )
+    # Numbers: typos are common; two different numbers are strong evidence against.
+    out.extend(_exact_or_typo(column) for column in ("phone", "national_id") if column in fields)
     if "address" in fields:
         out.append(cl.JaroWinklerAtThresholds("address", [0.95, 0.85]))
     if "postcode" in fields and "address" in fields:
@@ -197,6 +174,19 @@ def _comparisons(fields: tuple[str, ...]) -> list[Any]:
             )
         )
     return out
+
+
+def _exact_or_typo(column: str) -> Any:
+    """Null, exact, within two edits, else."""
+    return cl.CustomComparison(
+        output_column_name=column,
+        comparison_levels=[
+            cll.NullLevel(column),
+            cll.ExactMatchLevel(column),
+            cll.LevenshteinLevel(column, 2),
+            cll.ElseLevel(),
+        ],
+    )
 
 
 def _both_names_similar(threshold: float) -> Any:

@@ -1,0 +1,45 @@
+"""What every benchmark records about the machine and the code it measured."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_digest() -> str:
+    """SHA-256 over the measured code and contracts, to tell whether it changed during the run."""
+    h = hashlib.sha256()
+    paths = [*(ROOT / "features").rglob("*.py"), *(ROOT / "features").rglob("*.yaml"), ROOT / "custintel/settings.py"]
+    for path in sorted(p for p in paths if p.is_file()):
+        h.update(str(path.relative_to(ROOT)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def machine_info(packages: tuple[str, ...]) -> dict[str, Any]:
+    """Platform, cores, memory, load and the versions of `packages`."""
+    import psutil
+
+    freq = psutil.cpu_freq()
+    versions: dict[str, str | None] = {}
+    for pkg in packages:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_freq_mhz_at_start": freq.current if freq else None,
+        "memory_gib": psutil.virtual_memory().total / 1024**3,
+        "load_avg_at_start": os.getloadavg(),
+        "versions": versions,
+    }

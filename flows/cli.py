@@ -270,9 +270,7 @@ def _resolve_locally(settings: Settings, reuse_model: bool) -> dict[str, Any]:
     from features.identity.store import (
         identity_config,
         load_identity_records,
-        read_issued_keys,
-        read_model,
-        read_previous_crosswalk,
+        read_previous_run,
         resolve_options,
         write_resolution,
     )
@@ -281,14 +279,15 @@ def _resolve_locally(settings: Settings, reuse_model: bool) -> dict[str, Any]:
     with console.status("Resolving identities…") as status:
         status.update("Reading identity records from the lake…")
         records = load_identity_records(settings, config)
+        previous = read_previous_run(settings, reuse_model)
         resolution = resolve_records(
             records,
             config,
             options,
-            read_previous_crosswalk(settings),
-            model=read_model(settings) if reuse_model else None,
+            previous.crosswalk,
+            model=previous.model,
             progress=lambda message: status.update(f"Resolving identities: {message}…"),
-            reserved_keys=read_issued_keys(settings),
+            reserved_keys=previous.issued_keys,
         )
         return write_resolution(settings, records, resolution, options)
 

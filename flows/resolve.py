@@ -14,11 +14,10 @@ from custintel.settings import Settings
 from features.identity.config import IdentityConfig
 from features.identity.resolve import Resolution, ResolveOptions, resolve_records
 from features.identity.store import (
+    PreviousRun,
     identity_config,
     load_identity_records,
-    read_issued_keys,
-    read_model,
-    read_previous_crosswalk,
+    read_previous_run,
     resolve_options,
     write_resolution,
 )
@@ -32,21 +31,25 @@ def load_records(settings: Settings, config: IdentityConfig) -> pd.DataFrame:
     return records
 
 
+@task(name="load-previous-run", cache_policy=NO_CACHE)
+def load_previous(settings: Settings, reuse_model: bool) -> PreviousRun:
+    """The last run's crosswalk and issued keys, and its model when it is to be reused."""
+    return read_previous_run(settings, reuse_model)
+
+
 @task(name="resolve", cache_policy=NO_CACHE)
 def resolve(
-    records: pd.DataFrame, config: IdentityConfig, options: ResolveOptions, settings: Settings, reuse_model: bool
+    records: pd.DataFrame, config: IdentityConfig, options: ResolveOptions, previous: PreviousRun
 ) -> Resolution:
     """Deterministic pass, probabilistic pass, clusters, stable keys, golden records."""
-    logger = get_run_logger()
-    model = read_model(settings) if reuse_model else None
     return resolve_records(
         records,
         config,
         options,
-        read_previous_crosswalk(settings),
-        model=model,
-        progress=logger.info,
-        reserved_keys=read_issued_keys(settings),
+        previous.crosswalk,
+        model=previous.model,
+        progress=get_run_logger().info,
+        reserved_keys=previous.issued_keys,
     )
 
 
@@ -92,7 +95,7 @@ def resolve_identities(home: str | None = None, reuse_model: bool = False) -> di
     config = identity_config(settings)
     options = resolve_options(settings)
     records = load_records(settings, config)
-    resolution = resolve(records, config, options, settings, reuse_model)
+    resolution = resolve(records, config, options, load_previous(settings, reuse_model))
     run = write_outputs(settings, records, resolution, options)
     publish_report(run)
     return run

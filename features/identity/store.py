@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,24 @@ def read_issued_keys(settings: Settings) -> set[str]:
     if not path.is_file():
         return set()
     return set(pd.read_parquet(path, columns=["customer_key"])["customer_key"].astype(str))
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """What a resolution carries over from the last one."""
+
+    crosswalk: pd.DataFrame | None  # keys to keep
+    model: dict[str, Any] | None  # the trained model, when it is to be reused
+    issued_keys: set[str]  # keys never to issue again
+
+
+def read_previous_run(settings: Settings, reuse_model: bool) -> PreviousRun:
+    """The last run's crosswalk, issued keys and (if `reuse_model`) its model."""
+    return PreviousRun(
+        crosswalk=read_previous_crosswalk(settings),
+        model=read_model(settings) if reuse_model else None,
+        issued_keys=read_issued_keys(settings),
+    )
 
 
 def read_model(settings: Settings) -> dict[str, Any] | None:

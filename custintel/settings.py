@@ -86,6 +86,21 @@ class Settings(BaseSettings):
         default=1e7, ge=1e3, description="Random record pairs sampled to estimate the matcher's u parameters."
     )
 
+    features_config: Path | None = Field(
+        default=None,
+        description="Feature-layer YAML (which lake tables feed each canonical source); the shipped default when unset.",
+    )
+    features_memory_limit: str = Field(
+        default="4GB",
+        pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="DuckDB memory limit while building features; beyond it DuckDB spills to disk.",
+    )
+    online_namespace: str = Field(
+        default="custintel",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Prefix of every Redis key the online store writes (several homes can share one Redis).",
+    )
+
     @cached_property
     def home_dir(self) -> Path:
         """The custintel home as an absolute path."""
@@ -110,6 +125,11 @@ class Settings(BaseSettings):
     def identity_dir(self) -> Path:
         """Identity resolution's outputs: crosswalk, golden records, conflicts, links, model."""
         return self.home_dir / "identity"
+
+    @property
+    def features_dir(self) -> Path:
+        """Feature layer: the offline store (Parquet), the SQLite online store, build manifests."""
+        return self.home_dir / "features"
 
     @property
     def artifacts_dir(self) -> Path:

@@ -463,6 +463,104 @@ def resolve_evaluate(
     console.print(f"Written to [bold]{out}[/]")
 
 
+features_app = typer.Typer(
+    help="Point-in-time features: offline store for training, online store for serving.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(features_app, name="features")
+
+
+@features_app.callback()
+def features(
+    ctx: typer.Context,
+    as_of: Annotated[
+        list[dt.datetime] | None,
+        typer.Option(
+            "--as-of",
+            formats=["%Y-%m-%d"],
+            help="Cutoff date (repeatable): features use only what happened and arrived before it. "
+            "Default: the end of the observed data (the serving build).",
+        ),
+    ] = None,
+    engine: Annotated[
+        Literal["prefect", "local"],
+        typer.Option(help="prefect: run as the Prefect flow build_features (tracked); local: call the steps."),
+    ] = "prefect",
+    online: Annotated[
+        bool, typer.Option(help="Materialise the latest cutoff into the online store (SQLite, or Redis if set).")
+    ] = True,
+) -> None:
+    """Build the feature sets and labels into the offline store (run without a subcommand)."""
+    if ctx.invoked_subcommand is None:
+        days = [d.date() for d in as_of] if as_of else None
+        _print_feature_build(_run_feature_build(days, engine, online))
+
+
+def _run_feature_build(as_of: list[dt.date] | None, engine: str, online: bool) -> dict[str, Any]:
+    from features.featurestore.build import FeatureBuildError
+    from features.featurestore.config import FeatureConfigError
+    from features.featurestore.inputs import FeatureInputError
+    from features.featurestore.offline import OfflineStoreError
+    from features.featurestore.online import OnlineStoreError
+    from features.featurestore.quality import FeatureQualityError
+    from features.lake import IngestError
+
+    settings = _settings()
+    errors = (FeatureBuildError, FeatureConfigError, FeatureInputError, FeatureQualityError, OfflineStoreError,
+              OnlineStoreError, IngestError)  # fmt: skip
+    try:
+        if engine == "prefect":
+            from flows.features import build_features
+
+            with console.status("Building features (Prefect flow build_features)…"):
+                return build_features(str(settings.home_dir), [str(d) for d in as_of] if as_of else None, online)
+        from flows.features import PLAIN_STEPS, run_feature_build
+
+        with console.status("Building features…") as status:
+            return run_feature_build(settings, as_of, online, PLAIN_STEPS, lambda m: status.update(m))
+    except errors as exc:
+        raise _fail(str(exc)) from None
+
+
+def _print_feature_build(report: dict[str, Any]) -> None:
+    table = Table(title=f"Feature build {report['build_id']}")
+    for col in ("set", "digest", "rows per as-of", "note"):
+        table.add_column(col)
+    for key, s in report["sets"].items():
+        parts = ", ".join(f"{d}: {p['rows']:,}" for d, p in s.get("partitions", {}).items())
+        note = s.get("skipped") or (f"dropped {', '.join(s['dropped_features'])}" if s.get("dropped_features") else "")
+        table.add_row(key, s.get("digest", ""), parts, note)
+    console.print(table)
+    unlinked = {k: v for k, v in report["inputs"]["unlinked_rows"].items() if v}
+    if unlinked:
+        console.print(f"rows that found no customer (anonymous or unresolved): {unlinked}")
+    for key, o in report["online"].items():
+        console.print(f"online ({o['store']}): {key} as of {o['as_of']}: {o['customers']:,} customers")
+    console.print(f"seconds: {report['seconds']}")
+    console.print(f"Offline store: [bold]{report['offline_root']}[/]  manifest: [bold]{report['report_path']}[/]")
+
+
+@features_app.command("lookup")
+def features_lookup(
+    customer_key: Annotated[str, typer.Argument(help="A customer key (see the identity crosswalk).")],
+) -> None:
+    """Print a customer's online features (what serving reads), as JSON."""
+    import json
+
+    from features.featurestore.online import OnlineStoreError
+    from features.featurestore.store import open_online_store
+
+    try:
+        with open_online_store(_settings()) as store:
+            found = store.lookup(customer_key)
+    except OnlineStoreError as exc:
+        raise _fail(str(exc)) from None
+    if found is None:
+        raise _fail(f"customer {customer_key} is in no materialised feature set (unknown key, or not active)")
+    console.print_json(json.dumps(found))
+
+
 @app.command()
 def demo(
     customers: Annotated[int, typer.Option(help="Customers in the demo world.")] = 20_000,

@@ -1,0 +1,206 @@
+"""Point-in-time feature, interaction and label builds on a DuckDB connection.
+
+The connection holds the canonical inputs (see `inputs.py`): `customers(cid,
+customer_key)` and one table per canonical source, keyed by the integer `cid`.
+`create_spine` adds the (customer, cutoff) rows to build; every builder joins events
+to the spine only where they happened and arrived before the cutoff. Nothing here
+reads or writes files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+
+import duckdb
+import pyarrow as pa
+
+from features.featurestore.config import FeatureConfig, LabelConfig
+from features.featurestore.definitions import PIT, FeatureSet
+
+
+class FeatureBuildError(ValueError):
+    """A build cannot start: no cutoffs, a cutoff after the observed data, or no customers."""
+
+
+def _ts(day: dt.date | dt.datetime) -> str:
+    return f"TIMESTAMP '{day:%Y-%m-%d %H:%M:%S}'" if isinstance(day, dt.datetime) else f"TIMESTAMP '{day:%Y-%m-%d}'"
+
+
+def create_spine(con: duckdb.DuckDBPyConnection, as_of: Sequence[dt.date]) -> int:
+    """The customers to build for: those with an account open at each cutoff (midnight of the date).
+
+    Returns the number of (customer, cutoff) rows. A customer's accounts opened on the
+    cutoff day or later do not count; an account closed on the cutoff day or later
+    was still open.
+    """
+    if not as_of:
+        raise FeatureBuildError("give at least one as-of date")
+    cutoffs = ", ".join(f"({_ts(d)})" for d in sorted(set(as_of)))
+    con.execute("DROP TABLE IF EXISTS spine")
+    con.execute(
+        f"""CREATE TABLE spine AS
+        SELECT a.cid, k.cutoff FROM accounts a, (VALUES {cutoffs}) k(cutoff)
+        WHERE a.opened_at < k.cutoff AND (a.arrival_time IS NULL OR a.arrival_time < k.cutoff)
+        GROUP BY a.cid, k.cutoff
+        HAVING bool_or(a.closed_at IS NULL OR a.closed_at >= k.cutoff)"""
+    )
+    row = con.sql("SELECT count(*) FROM spine").fetchall()[0]
+    return int(row[0]) if row else 0
+
+
+def feature_set_sql(feature_set: FeatureSet) -> str:
+    """One statement computing a feature set for every spine row."""
+    ctes, cols, joins = [], [], []
+    for i, part in enumerate(feature_set.parts):
+        pit = PIT.format(time=part.time)
+        if part.query is not None:
+            query = part.query.format(pit=pit)
+        else:
+            aggs = ", ".join(f'{f.sql} AS "{f.name}"' for f in part.features)
+            query = (
+                f"SELECT s.cid, s.cutoff, {aggs} FROM spine s JOIN {part.source} e "
+                f"ON e.cid = s.cid AND {pit} GROUP BY s.cid, s.cutoff"
+            )
+        ctes.append(f"p{i} AS ({query})")
+        joins.append(f"LEFT JOIN p{i} ON p{i}.cid = s.cid AND p{i}.cutoff = s.cutoff")
+        for f in part.features:
+            value = f'p{i}."{f.name}"'
+            if f.fill is not None:
+                value = f"coalesce({value}, {f.fill})"
+            cols.append(f'CAST({value} AS {f.dtype}) AS "{f.name}"')
+    derived = "".join(f', CAST({f.sql} AS {f.dtype}) AS "{f.name}"' for f in feature_set.derived)
+    return (
+        f"WITH {', '.join(ctes)}, base AS (SELECT s.cid, s.cutoff, {', '.join(cols)} FROM spine s {' '.join(joins)}) "
+        f"SELECT c.customer_key, CAST(b.cutoff AS DATE) AS as_of, b.* EXCLUDE (cid, cutoff){derived} "
+        f"FROM base b JOIN customers c USING (cid) ORDER BY as_of, c.customer_key"
+    )
+
+
+def build_feature_set(con: duckdb.DuckDBPyConnection, feature_set: FeatureSet) -> pa.Table:
+    """One row per spine row: customer_key, as_of, then the set's features."""
+    return con.sql(feature_set_sql(feature_set)).to_arrow_table()
+
+
+def build_interactions(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Customer x product purchases before each cutoff (the recommender's matrix, long format)."""
+    pit = PIT.format(time="event_time")
+    sql = f"""
+    SELECT c.customer_key, CAST(s.cutoff AS DATE) AS as_of, e.product AS product_id,
+           CAST(count(*) FILTER (WHERE e.kind = 'purchase') AS BIGINT) AS purchases,
+           CAST(count(*) FILTER (WHERE e.kind = 'refund') AS BIGINT) AS refunds,
+           CAST(coalesce(sum(e.amount) FILTER (WHERE e.kind = 'purchase'), 0) AS DOUBLE) AS spend,
+           date_diff('second', max(e.event_time) FILTER (WHERE e.kind = 'purchase'), s.cutoff) / 86400.0
+               AS days_since_purchase,
+           coalesce(any_value(p.is_recurring), false)
+               AND count(*) FILTER (WHERE e.kind = 'purchase') > count(*) FILTER (WHERE e.kind = 'refund') AS holds
+    FROM spine s
+    JOIN transactions e ON e.cid = s.cid AND {pit}
+    JOIN products p ON p.product_id = e.product AND NOT coalesce(p.is_plan, false)
+    JOIN customers c ON c.cid = s.cid
+    WHERE e.kind IN ('purchase', 'refund')
+    GROUP BY c.customer_key, s.cutoff, e.product
+    ORDER BY as_of, c.customer_key, product_id"""
+    return con.sql(sql).to_arrow_table()
+
+
+def label_column(product_id: str, horizon: int) -> str:
+    """The purchase label's column for a product: `buys_<product>_<horizon>d`, lower-case, '_' for others."""
+    return f"buys_{re.sub(r'[^0-9a-z]+', '_', product_id.lower()).strip('_')}_{horizon}d"
+
+
+def purchasable_products(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Products a customer can buy (the catalogue without plans), sorted."""
+    rows = con.execute(
+        "SELECT DISTINCT product_id FROM products WHERE NOT coalesce(is_plan, false) AND product_id IS NOT NULL "
+        "ORDER BY product_id"
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def build_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_until: dt.datetime) -> pa.Table:
+    """Outcomes after each cutoff: churn within horizons, time to churn with censoring, purchases, offer test.
+
+    A customer churns when the last of their accounts closes. A label whose horizon
+    reaches past `observed_until` (the end of the observed data) is empty unless the
+    event already happened; `time_to_churn_days` is then censored at `observed_until`.
+    """
+    end = _ts(observed_until)
+    cols = []
+    for h in labels.churn_horizons_days:
+        cols.append(
+            f"CASE WHEN ch.churn_time < s.cutoff + INTERVAL {h} DAY THEN true "
+            f"WHEN s.cutoff + INTERVAL {h} DAY <= {end} THEN false END AS churn_{h}d"
+        )
+    cols.append(
+        f"date_diff('second', s.cutoff, CASE WHEN ch.churn_time <= {end} THEN ch.churn_time ELSE {end} END) / 86400.0 "
+        "AS time_to_churn_days"
+    )
+    cols.append(f"coalesce(ch.churn_time <= {end}, false) AS churn_observed")
+    h = labels.purchase_horizon_days
+    window = f"e.event_time >= s.cutoff AND e.event_time < s.cutoff + INTERVAL {h} DAY AND e.kind = 'purchase'"
+    known = f"s.cutoff + INTERVAL {h} DAY <= {end}"
+    products = purchasable_products(con)
+    buy_cols = [
+        f"CASE WHEN coalesce(b.\"{p}\", false) THEN true WHEN {known} THEN false END AS {label_column(p, h)}"
+        for p in products
+    ]
+    buy_aggs = ", ".join(f"bool_or(e.product = '{p.replace(chr(39), chr(39) * 2)}') AS \"{p}\"" for p in products)
+    any_col = f"CASE WHEN b.any_purchase THEN true WHEN {known} THEN false END AS buys_any_{h}d"
+    longest = max(labels.churn_horizons_days)
+    offers = _has_rows(con, "offers")
+    offer_cte = (
+        f""", o AS (SELECT s.cid, s.cutoff, arg_min(e."group", e.assigned_at) AS offer_group,
+                 arg_min(CASE WHEN e.outcome_window_end IS NULL OR e.outcome_window_end <= {end} THEN e.outcome END,
+                         e.assigned_at) AS offer_outcome
+             FROM spine s JOIN offers e ON e.cid = s.cid AND e.assigned_at >= s.cutoff
+                  AND e.assigned_at < s.cutoff + INTERVAL {longest} DAY
+             GROUP BY s.cid, s.cutoff)"""
+        if offers
+        else ""
+    )
+    offer_cols = (
+        ", o.offer_group, o.offer_outcome"
+        if offers
+        else ", CAST(NULL AS VARCHAR) AS offer_group, CAST(NULL AS BOOLEAN) AS offer_outcome"
+    )
+    offer_join = "LEFT JOIN o ON o.cid = s.cid AND o.cutoff = s.cutoff" if offers else ""
+    buy_select = f"{', '.join(buy_cols)}, " if buy_cols else ""
+    sql = f"""
+    WITH ch AS (SELECT cid, CASE WHEN bool_and(closed_at IS NOT NULL) THEN max(closed_at) END AS churn_time
+                FROM accounts GROUP BY cid),
+         b AS (SELECT s.cid, s.cutoff, true AS any_purchase{", " + buy_aggs if buy_aggs else ""}
+               FROM spine s JOIN transactions e ON e.cid = s.cid AND {window} GROUP BY s.cid, s.cutoff){offer_cte}
+    SELECT c.customer_key, CAST(s.cutoff AS DATE) AS as_of, {", ".join(cols)}, {buy_select}{any_col}{offer_cols}
+    FROM spine s JOIN customers c ON c.cid = s.cid
+    LEFT JOIN ch ON ch.cid = s.cid
+    LEFT JOIN b ON b.cid = s.cid AND b.cutoff = s.cutoff
+    {offer_join}
+    ORDER BY as_of, c.customer_key"""
+    return con.sql(sql).to_arrow_table()
+
+
+def _has_rows(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    row = con.sql(f"SELECT count(*) > 0 FROM {table}").fetchall()[0]
+    return bool(row and row[0])
+
+
+def build_training_set(
+    con: duckdb.DuckDBPyConnection,
+    config: FeatureConfig,
+    feature_sets: Sequence[FeatureSet],
+    as_of: Sequence[dt.date],
+    observed_until: dt.datetime,
+) -> pa.Table:
+    """Features of every set and the labels, one row per (customer, cutoff), no row seeing its future."""
+    if max(as_of) > observed_until.date():
+        raise FeatureBuildError(f"as-of {max(as_of)} is after the end of the observed data ({observed_until:%Y-%m-%d})")
+    if create_spine(con, as_of) == 0:
+        raise FeatureBuildError("no customer has an open account at any of the given as-of dates")
+    table = build_labels(con, config.labels, observed_until)
+    for fs in feature_sets:
+        built = build_feature_set(con, fs)
+        for name in built.column_names[2:]:
+            table = table.append_column(name, built.column(name))
+    return table

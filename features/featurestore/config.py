@@ -1,0 +1,154 @@
+"""Feature-layer configuration: which lake tables feed each canonical activity source.
+
+Feature definitions are written once against canonical sources (accounts, profiles,
+products, transactions, tickets, surveys, web, offers) with canonical column names;
+this file says which of your tables and columns those are. Bringing your own data is
+an edit to a YAML file, not to the feature code.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SourceKind = Literal["accounts", "profiles", "products", "transactions", "tickets", "surveys", "web", "offers"]
+
+# Canonical columns per source; the first ones listed as required must be mapped.
+CANONICAL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "accounts": ("opened_at", "closed_at"),
+    "profiles": ("created_at", "segment", "region", "acquisition_channel"),
+    "products": ("product_id", "is_plan", "is_recurring", "monthly_price"),
+    "transactions": ("event_time", "arrival_time", "kind", "product", "amount"),
+    "tickets": ("event_time", "channel", "category", "first_contact_resolution", "resolved_at", "csat"),
+    "surveys": ("event_time", "score"),
+    "web": ("event_time", "arrival_time", "event_type", "page"),
+    "offers": ("assigned_at", "group", "outcome", "outcome_window_end"),
+}
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "accounts": ("opened_at",),
+    "profiles": ("created_at",),
+    "products": ("product_id",),
+    "transactions": ("event_time", "kind", "amount"),
+    "tickets": ("event_time",),
+    "surveys": ("event_time", "score"),
+    "web": ("event_time", "event_type"),
+    "offers": ("assigned_at", "group", "outcome"),
+}
+# Canonical codes the definitions test for.
+CANONICAL_CODES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("transactions", "kind"): ("purchase", "plan_change", "discount", "refund"),
+    ("web", "event_type"): ("session", "page_view", "micro_conversion", "self_service_failed"),
+    ("offers", "group"): ("treatment", "control"),
+}
+
+
+class FeatureConfigError(ValueError):
+    """The feature configuration is missing, unreadable or inconsistent."""
+
+
+class SourceTable(BaseModel):
+    """One lake table feeding a canonical source."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    table: str
+    record_table: str | None = Field(
+        default=None, description="Identity source table whose ids `ref` holds (crosswalk key prefix)."
+    )
+    ref: str | None = Field(default=None, description="Column holding the identity record id.")
+    columns: dict[str, str] = Field(description="canonical column -> lake column")
+    values: dict[str, dict[str, str]] = Field(default_factory=dict, description="canonical column -> {code: canonical}")
+    required: bool = True
+
+
+class LabelConfig(BaseModel):
+    """Label horizons."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    churn_horizons_days: list[int] = Field(default_factory=lambda: [30, 90], min_length=1)
+    purchase_horizon_days: int = Field(default=90, ge=1)
+
+    @model_validator(mode="after")
+    def _positive(self) -> LabelConfig:
+        if any(h < 1 for h in self.churn_horizons_days):
+            raise ValueError("churn_horizons_days must be positive")
+        return self
+
+
+class QualityConfig(BaseModel):
+    """Data-quality thresholds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_rows: int = Field(default=100, ge=1)
+
+
+class FeatureConfig(BaseModel):
+    """The whole feature-layer configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: dict[SourceKind, list[SourceTable]]
+    ticket_channels: list[str] = Field(default_factory=list)
+    ticket_categories: list[str] = Field(default_factory=list)
+    key_pages: list[str] = Field(default_factory=list)
+    labels: LabelConfig = Field(default_factory=LabelConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureConfig:
+        for kind, tables in self.sources.items():
+            for t in tables:
+                where = f"sources.{kind} table {t.table!r}"
+                unknown = sorted(set(t.columns) - set(CANONICAL_COLUMNS[kind]))
+                if unknown:
+                    raise ValueError(
+                        f"{where}: unknown column(s) {unknown}; known: {list(CANONICAL_COLUMNS[kind])}"
+                    )
+                missing = [c for c in REQUIRED_COLUMNS[kind] if c not in t.columns]
+                if missing:
+                    raise ValueError(f"{where}: required column(s) {missing} are not mapped")
+                if kind != "products" and not (t.ref and t.record_table):
+                    raise ValueError(f"{where}: 'ref' and 'record_table' are required (they link rows to customers)")
+                bad_values = sorted(set(t.values) - set(t.columns))
+                if bad_values:
+                    raise ValueError(f"{where}: values given for unmapped column(s) {bad_values}")
+        for kind in ("accounts", "products"):
+            if not self.sources.get(kind):
+                raise ValueError(f"sources.{kind} is required: it defines who is a customer and what they can buy")
+        for name in ("ticket_channels", "ticket_categories", "key_pages"):
+            codes: list[str] = getattr(self, name)
+            if len(set(codes)) != len(codes):
+                raise ValueError(f"{name} lists a code twice")
+            bad = [c for c in codes if not c.replace("_", "").isalnum()]
+            if bad:
+                raise ValueError(f"{name}: codes must be letters, digits and '_' (they name features): {bad}")
+        return self
+
+
+def load_feature_config(path: Path | None = None) -> FeatureConfig:
+    """Read and validate the feature configuration (the shipped default when `path` is None)."""
+    if path is None:
+        text = resources.files("features.featurestore").joinpath("features.yaml").read_text(encoding="utf-8")
+        where = "the default features.yaml"
+    else:
+        if not path.is_file():
+            raise FeatureConfigError(f"feature config {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+        where = str(path)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise FeatureConfigError(f"{where} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise FeatureConfigError(f"{where} must be a mapping with a 'sources' section")
+    try:
+        return FeatureConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise FeatureConfigError(f"{where}: {problems}") from exc

@@ -1,0 +1,442 @@
+"""Feature definitions: versioned feature sets written as DuckDB aggregates over canonical sources.
+
+Every aggregate reads the events `e` of one customer that happened **and** arrived
+before the cutoff `s.cutoff` of a spine row `s` (customer, cutoff): the builder adds
+that condition to every join, so a definition cannot see the future by mistake.
+A definition's SQL, type, fill value and bounds are part of its set's digest; change
+any of them and the set must get a new version (the offline store refuses to mix them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+
+from features.featurestore.config import FeatureConfig
+
+# The point-in-time condition every event join carries: happened and arrived before the cutoff.
+PIT = "e.{time} < s.cutoff AND (e.arrival_time IS NULL OR e.arrival_time < s.cutoff)"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One feature: an aggregate over its part's events (or, if derived, over earlier features)."""
+
+    name: str
+    sql: str
+    description: str
+    dtype: str = "DOUBLE"  # DOUBLE, BIGINT, VARCHAR
+    fill: float | int | None = None  # the value for a customer with no events
+    lower: float | None = None
+    upper: float | None = None
+    derived: bool = False
+
+
+@dataclass(frozen=True)
+class Part:
+    """Aggregates over one canonical source joined to the spine.
+
+    `query`, when given, is a whole statement returning (cid, cutoff, <features>); it
+    must use `{pit}` in its join to the source, so the point-in-time rule still holds.
+    """
+
+    source: str
+    features: tuple[Feature, ...]
+    time: str = "event_time"
+    query: str | None = None
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A named, versioned group of features with one row per (customer, cutoff)."""
+
+    name: str
+    version: int
+    description: str
+    parts: tuple[Part, ...]
+    derived: tuple[Feature, ...] = field(default_factory=tuple)
+
+    @property
+    def key(self) -> str:
+        """`name@version`, as the stores and the manifest name it."""
+        return f"{self.name}@{self.version}"
+
+    @property
+    def features(self) -> tuple[Feature, ...]:
+        """Every feature, in output order."""
+        return tuple(f for p in self.parts for f in p.features) + self.derived
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Canonical sources the set reads."""
+        return tuple(dict.fromkeys(p.source for p in self.parts))
+
+    def without_sources(self, absent: set[str]) -> tuple[FeatureSet | None, list[str]]:
+        """The set without the parts that read an absent source, and the names of the features dropped.
+
+        Derived features that read a dropped feature are dropped too; None when nothing is left.
+        """
+        parts = tuple(p for p in self.parts if p.source not in absent)
+        dropped = [f.name for p in self.parts if p.source in absent for f in p.features]
+        derived = tuple(f for f in self.derived if not any(re.search(rf"\b{d}\b", f.sql) for d in dropped))
+        dropped += [f.name for f in self.derived if f not in derived]
+        if not parts:
+            return None, dropped
+        return FeatureSet(self.name, self.version, self.description, parts, derived), dropped
+
+    def definition(self) -> dict[str, object]:
+        """The definitions as plain data (for the manifest and the digest)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "parts": [
+                {"source": p.source, "time": p.time, "query": p.query, "features": [_feature_dict(f) for f in p.features]}
+                for p in self.parts
+            ],
+            "derived": [_feature_dict(f) for f in self.derived],
+        }
+
+    @property
+    def digest(self) -> str:
+        """A fingerprint of the definitions: equal digests mean the same features."""
+        return definition_digest(self.definition())
+
+
+def definition_digest(definition: dict[str, object]) -> str:
+    """Fingerprint of a definition (sorted JSON, SHA-256, 16 hex digits)."""
+    return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _feature_dict(f: Feature) -> dict[str, object]:
+    return {
+        "name": f.name,
+        "sql": f.sql,
+        "description": f.description,
+        "dtype": f.dtype,
+        "fill": f.fill,
+        "lower": f.lower,
+        "upper": f.upper,
+    }
+
+
+def _within(days: int, time: str = "event_time") -> str:
+    return f"e.{time} >= s.cutoff - INTERVAL {days} DAY"
+
+
+def _days_since(expr: str) -> str:
+    return f"date_diff('second', {expr}, s.cutoff) / 86400.0"
+
+
+def _count(cond: str, days: int | None = None) -> str:
+    where = f"{cond} AND {_within(days)}" if days else cond
+    return f"count(*) FILTER (WHERE {where})"
+
+
+def _n(name: str, sql: str, description: str) -> Feature:
+    """A non-negative count, zero when nothing happened."""
+    return Feature(name, sql, description, dtype="BIGINT", fill=0, lower=0)
+
+
+def relationship_set() -> FeatureSet:
+    """Tenure, segment, region, acquisition channel, plan, products held."""
+    holdings = (
+        "SELECT cid, cutoff, count(*) FILTER (WHERE net > 0) AS products_held FROM ("
+        " SELECT s.cid, s.cutoff, e.product,"
+        " sum(CASE e.kind WHEN 'purchase' THEN 1 WHEN 'refund' THEN -1 ELSE 0 END) AS net"
+        " FROM spine s JOIN transactions e ON e.cid = s.cid AND {pit}"
+        " JOIN products p ON p.product_id = e.product AND p.is_recurring AND NOT coalesce(p.is_plan, false)"
+        " WHERE e.kind IN ('purchase', 'refund') GROUP BY ALL) GROUP BY cid, cutoff"
+    )
+    return FeatureSet(
+        "relationship",
+        1,
+        "Who the customer is to us: how long, which segment, region and channel, plan and add-ons held.",
+        (
+            Part(
+                "accounts",
+                (
+                    Feature(
+                        "tenure_days",
+                        _days_since("min(e.opened_at)"),
+                        "Days since the first account was opened.",
+                        lower=0,
+                    ),
+                    _n(
+                        "open_accounts",
+                        _count("e.closed_at IS NULL OR e.closed_at >= s.cutoff"),
+                        "Accounts open at the cutoff.",
+                    ),
+                ),
+                time="opened_at",
+            ),
+            Part(
+                "profiles",
+                (
+                    Feature(
+                        "segment",
+                        "arg_max(e.segment, e.created_at) FILTER (WHERE e.segment IS NOT NULL)",
+                        "Segment on the newest profile record created before the cutoff.",
+                        dtype="VARCHAR",
+                    ),
+                    Feature(
+                        "region",
+                        "arg_max(e.region, e.created_at) FILTER (WHERE e.region IS NOT NULL)",
+                        "Region on the newest profile record created before the cutoff.",
+                        dtype="VARCHAR",
+                    ),
+                    Feature(
+                        "acquisition_channel",
+                        "arg_min(e.acquisition_channel, e.created_at) FILTER (WHERE e.acquisition_channel IS NOT NULL)",
+                        "Channel of the first profile record (how the customer came to us).",
+                        dtype="VARCHAR",
+                    ),
+                ),
+                time="created_at",
+            ),
+            Part(
+                "transactions",
+                (
+                    Feature(
+                        "plan",
+                        "arg_max(e.product, e.event_time) FILTER (WHERE e.kind = 'plan_change')",
+                        "Plan after the last plan change before the cutoff.",
+                        dtype="VARCHAR",
+                    ),
+                    _n("plan_changes_365d", _count("e.kind = 'plan_change'", 365), "Plan changes in the last 365 days."),
+                ),
+            ),
+            Part(
+                "transactions",
+                (
+                    _n(
+                        "products_held",
+                        "",
+                        "Recurring add-ons held: bought and not refunded, before the cutoff.",
+                    ),
+                ),
+                query=holdings,
+            ),
+        ),
+    )
+
+
+def value_set() -> FeatureSet:
+    """RFM over 30/90/365 days, discount dependency, refunds."""
+    purchase = "e.kind = 'purchase'"
+    feats: list[Feature] = [
+        Feature(
+            "recency_days",
+            _days_since(f"max(e.event_time) FILTER (WHERE {purchase})"),
+            "Days since the last purchase (empty if none).",
+            lower=0,
+        )
+    ]
+    for d in (30, 90, 365):
+        feats.append(_n(f"frequency_{d}d", _count(purchase, d), f"Purchases in the last {d} days."))
+        feats.append(
+            Feature(
+                f"monetary_{d}d",
+                f"coalesce(sum(e.amount) FILTER (WHERE {purchase} AND {_within(d)}), 0)",
+                f"Spend on purchases in the last {d} days.",
+                fill=0,
+                lower=0,
+            )
+        )
+    feats += [
+        _n("discounts_365d", _count("e.kind = 'discount'", 365), "Discounts granted in the last 365 days."),
+        Feature(
+            "discount_amount_365d",
+            f"coalesce(sum(e.amount) FILTER (WHERE e.kind = 'discount' AND {_within(365)}), 0)",
+            "Value of discounts granted in the last 365 days.",
+            fill=0,
+            lower=0,
+        ),
+        Feature(
+            "days_since_last_discount",
+            _days_since("max(e.event_time) FILTER (WHERE e.kind = 'discount')"),
+            "Days since the last discount (empty if none).",
+            lower=0,
+        ),
+        _n("refunds_365d", _count("e.kind = 'refund'", 365), "Refunds in the last 365 days."),
+        Feature(
+            "refund_amount_365d",
+            f"coalesce(sum(e.amount) FILTER (WHERE e.kind = 'refund' AND {_within(365)}), 0)",
+            "Value refunded in the last 365 days.",
+            fill=0,
+            lower=0,
+        ),
+    ]
+    derived = (
+        Feature(
+            "discount_share_365d",
+            "discount_amount_365d / nullif(discount_amount_365d + monetary_365d, 0)",
+            "Discount dependency: share of the value received in 365 days that came as discounts.",
+            lower=0,
+            upper=1,
+            derived=True,
+        ),
+        Feature(
+            "refund_rate_365d",
+            "refunds_365d / nullif(frequency_365d, 0)",
+            "Refunds per purchase over 365 days (empty without purchases).",
+            lower=0,
+            derived=True,
+        ),
+    )
+    return FeatureSet(
+        "value",
+        1,
+        "What the customer spends: recency, frequency, monetary value, discounts, refunds.",
+        (Part("transactions", tuple(feats)),),
+        derived,
+    )
+
+
+def service_set(config: FeatureConfig) -> FeatureSet:
+    """Tickets by channel and category, resolution, repeat contacts, CSAT, NPS, failed self-service."""
+    resolved = "e.resolved_at IS NOT NULL AND e.resolved_at < s.cutoff"
+    tickets: list[Feature] = [
+        _n("tickets_90d", _count("true", 90), "Tickets opened in the last 90 days."),
+        _n("tickets_365d", _count("true", 365), "Tickets opened in the last 365 days."),
+    ]
+    for c in config.ticket_channels:
+        tickets.append(_n(f"tickets_channel_{c}_90d", _count(f"e.channel = '{c}'", 90), f"Tickets by {c}, 90 days."))
+    for c in config.ticket_categories:
+        tickets.append(
+            _n(f"tickets_category_{c}_90d", _count(f"e.category = '{c}'", 90), f"Tickets about {c}, 90 days.")
+        )
+    tickets += [
+        Feature(
+            "fcr_rate_365d",
+            f"avg(CAST(e.first_contact_resolution AS DOUBLE)) FILTER (WHERE {resolved} AND {_within(365)})",
+            "First-contact resolution rate of tickets resolved before the cutoff, 365 days.",
+            lower=0,
+            upper=1,
+        ),
+        Feature(
+            "csat_mean_365d",
+            f"avg(e.csat) FILTER (WHERE {resolved} AND {_within(365)})",
+            "Mean CSAT of tickets resolved before the cutoff, 365 days (a score is known once resolved).",
+            lower=0,
+        ),
+        Feature(
+            "days_since_last_ticket",
+            _days_since("max(e.event_time)"),
+            "Days since the last ticket (empty if none).",
+            lower=0,
+        ),
+    ]
+    repeat = (
+        "SELECT cid, cutoff, count(*) FILTER (WHERE event_time >= cutoff - INTERVAL 90 DAY"
+        " AND prev_time >= event_time - INTERVAL 7 DAY) AS repeat_contacts_90d FROM ("
+        " SELECT s.cid, s.cutoff, e.event_time,"
+        " lag(e.event_time) OVER (PARTITION BY s.cid, s.cutoff ORDER BY e.event_time) AS prev_time"
+        " FROM spine s JOIN tickets e ON e.cid = s.cid AND {pit}) GROUP BY cid, cutoff"
+    )
+    return FeatureSet(
+        "service",
+        1,
+        "How service goes for the customer: tickets, resolution, repeat contacts, CSAT, NPS, self-service.",
+        (
+            Part("tickets", tuple(tickets)),
+            Part(
+                "tickets",
+                (_n("repeat_contacts_90d", "", "Tickets in 90 days opened within 7 days of the previous one."),),
+                query=repeat,
+            ),
+            Part(
+                "surveys",
+                (
+                    Feature(
+                        "nps_last",
+                        "arg_max(e.score, e.event_time)",
+                        "Latest NPS answer (0-10) before the cutoff.",
+                        lower=0,
+                        upper=10,
+                    ),
+                    Feature(
+                        "nps_mean_365d",
+                        f"avg(e.score) FILTER (WHERE {_within(365)})",
+                        "Mean NPS answer, 365 days.",
+                        lower=0,
+                        upper=10,
+                    ),
+                    Feature(
+                        "days_since_nps",
+                        _days_since("max(e.event_time)"),
+                        "Days since the last NPS answer.",
+                        lower=0,
+                    ),
+                ),
+            ),
+            Part(
+                "web",
+                (
+                    _n(
+                        "self_service_failed_90d",
+                        _count("e.event_type = 'self_service_failed'", 90),
+                        "Failed self-service attempts, 90 days.",
+                    ),
+                ),
+            ),
+        ),
+    )
+
+
+def digital_set(config: FeatureConfig) -> FeatureSet:
+    """Sessions, micro-conversions, key page views, and the trend of sessions."""
+    feats: list[Feature] = []
+    for d in (30, 90):
+        feats.append(_n(f"sessions_{d}d", _count("e.event_type = 'session'", d), f"Sessions, {d} days."))
+        feats.append(
+            _n(
+                f"micro_conversions_{d}d",
+                _count("e.event_type = 'micro_conversion'", d),
+                f"Micro-conversions (sign-ups, installs, referrals), {d} days.",
+            )
+        )
+        for page in config.key_pages:
+            feats.append(
+                _n(
+                    f"page_views_{page}_{d}d",
+                    _count(f"e.event_type = 'page_view' AND e.page = '{page}'", d),
+                    f"Views of the {page} page, {d} days.",
+                )
+            )
+    feats.append(
+        Feature(
+            "days_since_last_session",
+            _days_since("max(e.event_time) FILTER (WHERE e.event_type = 'session')"),
+            "Days since the last session (empty if none).",
+            lower=0,
+        )
+    )
+    derived = (
+        Feature(
+            "sessions_trend",
+            "sessions_30d - (sessions_90d - sessions_30d) / 2.0",
+            "Sessions in the last 30 days minus the monthly average of the 60 days before.",
+            derived=True,
+        ),
+    )
+    return FeatureSet(
+        "digital",
+        1,
+        "How the customer uses web and app: sessions, key pages, micro-conversions, trend.",
+        (Part("web", tuple(feats)),),
+        derived,
+    )
+
+
+def feature_sets(config: FeatureConfig) -> tuple[FeatureSet, ...]:
+    """The feature sets of this configuration, in build order."""
+    return (relationship_set(), value_set(), service_set(config), digital_set(config))
+
+
+# Interactions (customer x product) and labels have their own grain and builders; their
+# versions are kept here so the stores and the manifest treat them like feature sets.
+INTERACTIONS_VERSION = 1
+LABELS_VERSION = 1

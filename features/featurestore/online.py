@@ -1,0 +1,212 @@
+"""The online store: the latest feature row per customer_key, for serving.
+
+Two backends behind one interface: SQLite (the embedded default, a file under home)
+and Redis (when `CUSTINTEL_REDIS_URL` is set). Each stores, per customer and feature
+set, the same JSON document, made once by DuckDB from the offline rows, so both
+backends return identical answers. Materialising a set replaces it whole: customers
+no longer in the set (churned) disappear from it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+_BATCH = 20_000
+
+
+class OnlineStoreError(RuntimeError):
+    """The online store cannot be reached or holds nothing for what was asked."""
+
+
+def online_documents(table: pa.Table, grouped: bool = False) -> Iterator[tuple[str, str]]:
+    """(customer_key, JSON document) pairs for one cutoff's rows of a set.
+
+    A document holds the set's features and its `as_of`. With `grouped`, the rows of a
+    customer (e.g. one per product) become one list under `items`.
+    """
+    cols = [c for c in table.column_names if c not in ("customer_key", "as_of")]
+    pack = ", ".join(f'"{c}" := "{c}"' for c in cols)
+    if grouped:
+        sql = (
+            f"SELECT customer_key, to_json(struct_pack(as_of := CAST(max(as_of) AS VARCHAR), "
+            f"items := list(struct_pack({pack})))) FROM t GROUP BY customer_key"
+        )
+    else:
+        sql = f"SELECT customer_key, to_json(struct_pack(as_of := CAST(as_of AS VARCHAR), {pack})) FROM t"
+    with duckdb.connect() as con:
+        con.register("t", table)
+        reader = con.sql(sql).to_arrow_reader(batch_size=_BATCH)
+        for batch in reader:
+            keys = batch.column(0).to_pylist()
+            docs = batch.column(1).to_pylist()
+            yield from zip(keys, docs, strict=True)
+
+
+class OnlineStore(ABC):
+    """Latest features per customer; the same answers whatever the backend."""
+
+    @abstractmethod
+    def replace_set(self, set_key: str, documents: Iterable[tuple[str, str]], meta: dict[str, Any]) -> int:
+        """Replace everything stored for `set_key`; return the number of customers written."""
+
+    @abstractmethod
+    def _documents(self, customer_key: str) -> dict[str, str]:
+        """Raw JSON documents of one customer, by set key."""
+
+    @abstractmethod
+    def sets(self) -> dict[str, dict[str, Any]]:
+        """What is materialised: per set key, its version digest, as_of, rows and time."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    def lookup(self, customer_key: str, set_keys: Sequence[str] | None = None) -> dict[str, dict[str, Any]] | None:
+        """A customer's features by set key (None when the customer is in no materialised set)."""
+        docs = self._documents(customer_key)
+        if set_keys is not None:
+            docs = {k: v for k, v in docs.items() if k in set_keys}
+        if not docs:
+            return None
+        return {k: orjson.loads(v) for k, v in sorted(docs.items())}
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SQLiteOnlineStore(OnlineStore):
+    """Online store in one SQLite file (WAL, so readers never wait for a materialisation)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=NORMAL")
+        self._con.execute(
+            "CREATE TABLE IF NOT EXISTS online_features (customer_key TEXT NOT NULL, feature_set TEXT NOT NULL, "
+            "document TEXT NOT NULL, PRIMARY KEY (customer_key, feature_set)) WITHOUT ROWID"
+        )
+        self._con.execute("CREATE TABLE IF NOT EXISTS online_sets (feature_set TEXT PRIMARY KEY, meta TEXT NOT NULL)")
+
+    def replace_set(self, set_key: str, documents: Iterable[tuple[str, str]], meta: dict[str, Any]) -> int:
+        """See OnlineStore.replace_set: one transaction, so readers see the old set or the new one."""
+        cur = self._con.cursor()
+        n = 0
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.execute("DELETE FROM online_features WHERE feature_set = ?", (set_key,))
+            batch: list[tuple[str, str, str]] = []
+            for key, doc in documents:
+                batch.append((key, set_key, doc))
+                if len(batch) >= _BATCH:
+                    cur.executemany("INSERT INTO online_features VALUES (?, ?, ?)", batch)
+                    n += len(batch)
+                    batch = []
+            cur.executemany("INSERT INTO online_features VALUES (?, ?, ?)", batch)
+            n += len(batch)
+            meta = {**meta, "rows": n, "materialized_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+            cur.execute("INSERT OR REPLACE INTO online_sets VALUES (?, ?)", (set_key, orjson.dumps(meta).decode()))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        return n
+
+    def _documents(self, customer_key: str) -> dict[str, str]:
+        rows = self._con.execute(
+            "SELECT feature_set, document FROM online_features WHERE customer_key = ?", (customer_key,)
+        ).fetchall()
+        return dict(rows)
+
+    def sets(self) -> dict[str, dict[str, Any]]:
+        """See OnlineStore.sets."""
+        rows = self._con.execute("SELECT feature_set, meta FROM online_sets ORDER BY feature_set").fetchall()
+        return {k: orjson.loads(v) for k, v in rows}
+
+    def close(self) -> None:
+        """See OnlineStore.close."""
+        self._con.close()
+
+
+class RedisOnlineStore(OnlineStore):
+    """Online store in Redis: one hash per customer (field = set key), so a lookup is one HGETALL."""
+
+    def __init__(self, url: str, namespace: str = "custintel") -> None:
+        import redis
+
+        self.namespace = namespace
+        self._r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            self._r.ping()
+        except redis.RedisError as exc:
+            raise OnlineStoreError(f"Redis at {url} cannot be reached: {exc}") from exc
+
+    def _key(self, customer_key: str) -> str:
+        return f"{self.namespace}:online:{customer_key}"
+
+    def replace_set(self, set_key: str, documents: Iterable[tuple[str, str]], meta: dict[str, Any]) -> int:
+        """See OnlineStore.replace_set: write the new documents, then remove the set from customers not in it."""
+        members = f"{self.namespace}:online-members:{set_key}"
+        fresh = f"{members}:new"
+        self._r.delete(fresh)
+        n = 0
+        pipe = self._r.pipeline(transaction=False)
+        batch: list[str] = []
+        for key, doc in documents:
+            pipe.hset(self._key(key), set_key, doc)
+            batch.append(key)
+            if len(batch) >= _BATCH:
+                pipe.sadd(fresh, *batch)
+                pipe.execute()
+                n += len(batch)
+                batch = []
+        if batch:
+            pipe.sadd(fresh, *batch)
+        pipe.execute()
+        n += len(batch)
+        gone = [k.decode() for k in self._r.sdiff(members, fresh)] if self._r.exists(members) else []
+        for i in range(0, len(gone), _BATCH):
+            p = self._r.pipeline(transaction=False)
+            for key in gone[i : i + _BATCH]:
+                p.hdel(self._key(key), set_key)
+            p.execute()
+        if n:
+            self._r.rename(fresh, members)
+        else:
+            self._r.delete(members)
+        meta = {**meta, "rows": n, "materialized_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        self._r.hset(f"{self.namespace}:online-sets", set_key, orjson.dumps(meta))
+        return n
+
+    def _documents(self, customer_key: str) -> dict[str, str]:
+        raw = self._r.hgetall(self._key(customer_key))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def sets(self) -> dict[str, dict[str, Any]]:
+        """See OnlineStore.sets."""
+        raw = self._r.hgetall(f"{self.namespace}:online-sets")
+        return {k.decode(): orjson.loads(v) for k, v in sorted(raw.items())}
+
+    def drop_namespace(self) -> int:
+        """Delete every key of this namespace (tests, and `features online --clear`)."""
+        n = 0
+        for key in self._r.scan_iter(match=f"{self.namespace}:*", count=10_000):
+            n += int(self._r.delete(key))
+        return n
+
+    def close(self) -> None:
+        """See OnlineStore.close."""
+        self._r.close()

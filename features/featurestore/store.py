@@ -1,0 +1,100 @@
+"""The feature layer's I/O: configuration, inputs from the lake, the stores and the build report.
+
+Layout under `<home>/features/`:
+    offline/<set>/v<version>/...   the offline store (see `offline.py`)
+    online.sqlite                  the embedded online store (Redis when CUSTINTEL_REDIS_URL is set)
+    manifest.json                  the last build: sets, versions, rows, null rates, time range, inputs
+and `<home>/reports/features/<build_id>.json` per build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from custintel.settings import Settings
+from features.featurestore.config import FeatureConfig, load_feature_config
+from features.featurestore.inputs import FeatureInputError, InputSummary, load_lake_inputs
+from features.featurestore.offline import write_partitions
+from features.featurestore.online import OnlineStore, RedisOnlineStore, SQLiteOnlineStore, online_documents
+
+
+def feature_config(settings: Settings) -> FeatureConfig:
+    """The configured feature layer (CUSTINTEL_FEATURES_CONFIG, else the shipped default)."""
+    return load_feature_config(settings.features_config)
+
+
+def offline_root(settings: Settings) -> Path:
+    """Root of the offline store."""
+    return settings.features_dir / "offline"
+
+
+def open_feature_inputs(settings: Settings, config: FeatureConfig) -> tuple[duckdb.DuckDBPyConnection, InputSummary]:
+    """A DuckDB connection holding the canonical inputs read from the lake and the identity crosswalk."""
+    crosswalk = settings.identity_dir / "crosswalk.parquet"
+    if not crosswalk.is_file():
+        raise FeatureInputError(f"no identity crosswalk at {crosswalk}: run `custintel resolve` first")
+    spill = settings.features_dir / "duckdb-spill"
+    spill.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(
+        config={
+            "memory_limit": settings.features_memory_limit,
+            "temp_directory": str(spill),
+            "preserve_insertion_order": False,
+        }
+    )
+    try:
+        summary = load_lake_inputs(con, settings, config, str(crosswalk))
+    except BaseException:
+        con.close()
+        raise
+    return con, summary
+
+
+def write_offline(
+    settings: Settings, set_key: str, definition: dict[str, Any], digest: str, table: pa.Table, stats: dict[str, Any]
+) -> list[str]:
+    """Write a built set's partitions to the offline store; return their paths."""
+    return [str(p) for p in write_partitions(offline_root(settings), set_key, definition, digest, table, stats)]
+
+
+def open_online_store(settings: Settings) -> OnlineStore:
+    """Redis when CUSTINTEL_REDIS_URL is set, else SQLite under home."""
+    if settings.redis_url:
+        return RedisOnlineStore(settings.redis_url, settings.online_namespace)
+    return SQLiteOnlineStore(settings.features_dir / "online.sqlite")
+
+
+def materialize_online(
+    settings: Settings, set_key: str, table: pa.Table, meta: dict[str, Any], grouped: bool = False
+) -> int:
+    """Replace a set in the online store with one cutoff's rows; return the customers written."""
+    with open_online_store(settings) as store:
+        return store.replace_set(set_key, online_documents(table, grouped=grouped), meta)
+
+
+def write_build_report(settings: Settings, report: dict[str, Any]) -> Path:
+    """The build's manifest beside the stores, and a copy under reports/features/."""
+    text = json.dumps(report, indent=2, default=str)
+    settings.features_dir.mkdir(parents=True, exist_ok=True)
+    reports = settings.reports_dir / "features"
+    reports.mkdir(parents=True, exist_ok=True)
+    for path in (settings.features_dir / "manifest.json", reports / f"{report['build_id']}.json"):
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return reports / f"{report['build_id']}.json"
+
+
+def read_build_report(settings: Settings) -> dict[str, Any]:
+    """The last build's manifest."""
+    path = settings.features_dir / "manifest.json"
+    if not path.is_file():
+        raise FeatureInputError(f"no feature build under {settings.features_dir}: run `custintel features` first")
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data

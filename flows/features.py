@@ -1,0 +1,282 @@
+"""Prefect flow `build_features`: lake + identity -> point-in-time feature sets, labels, stores.
+
+The steps are plain functions; `run_feature_build` wires them once, and is called
+either with the steps as Prefect tasks (the flow; I/O tasks retry) or as they are
+(`custintel features --engine local`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from custintel.settings import Settings
+from features.featurestore.build import (
+    FeatureBuildError,
+    build_feature_set,
+    build_interactions,
+    build_labels,
+    create_spine,
+)
+from features.featurestore.config import FeatureConfig
+from features.featurestore.definitions import (
+    INTERACTIONS_VERSION,
+    LABELS_VERSION,
+    Feature,
+    definition_digest,
+    feature_sets,
+)
+from features.featurestore.inputs import InputSummary
+from features.featurestore.quality import FeatureQualityError, profile_columns, quality_problems
+from features.featurestore.store import (
+    feature_config,
+    materialize_online,
+    open_feature_inputs,
+    write_build_report,
+    write_offline,
+)
+
+INTERACTION_FEATURES = (
+    Feature("purchases", "", "Purchases of the product before the cutoff.", dtype="BIGINT", lower=0),
+    Feature("refunds", "", "Refunds of the product before the cutoff.", dtype="BIGINT", lower=0),
+    Feature("spend", "", "Spend on the product before the cutoff.", lower=0),
+    Feature("days_since_purchase", "", "Days since the product was last bought.", lower=0),
+)
+
+
+@dataclass(frozen=True)
+class BuiltSet:
+    """One built feature set (or interactions, or labels), its definition and per-cutoff statistics."""
+
+    key: str
+    table: pa.Table
+    definition: dict[str, Any]
+    digest: str
+    stats: dict[str, dict[str, Any]]
+
+
+def load_inputs(settings: Settings, config: FeatureConfig) -> tuple[duckdb.DuckDBPyConnection, InputSummary]:
+    """The canonical inputs from the lake, joined to customer keys (I/O: retried by the flow)."""
+    return open_feature_inputs(settings, config)
+
+
+def build_one(
+    con: duckdb.DuckDBPyConnection,
+    key: str,
+    build: Callable[[duckdb.DuckDBPyConnection], pa.Table],
+    features: tuple[Feature, ...],
+    definition: dict[str, Any],
+    min_rows: int | None,
+) -> BuiltSet:
+    """Build one set for every cutoff of the spine, profile each cutoff and check its quality.
+
+    With `min_rows` None only bounds are checked (labels, interactions: collapse is allowed).
+    """
+    table = build(con.cursor())
+    stats: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for day in sorted(set(table.column("as_of").to_pylist())):
+        part = _rows_as_of(table, day)
+        profile = profile_columns(part, [c for c in part.column_names if c not in ("customer_key", "as_of")])
+        collapse_rows = part.num_rows + 1 if min_rows is None else min_rows
+        problems += [f"as of {day}: {p}" for p in quality_problems(key, features, profile, part.num_rows, collapse_rows)]
+        stats[day.isoformat()] = {"rows": part.num_rows, "columns": profile}
+    if problems:
+        raise FeatureQualityError(f"feature set {key} failed its data-quality checks:\n  " + "\n  ".join(problems))
+    return BuiltSet(key, table, definition, definition_digest(definition), stats)
+
+
+def _rows_as_of(table: pa.Table, day: dt.date) -> pa.Table:
+    return table.filter(pc.equal(table.column("as_of"), pa.scalar(day, pa.date32())))
+
+
+def write_set(settings: Settings, built: BuiltSet, time_range: dict[str, Any]) -> list[str]:
+    """Write a built set's partitions and manifest to the offline store (I/O: retried by the flow)."""
+    stats = {day: {**s, "data_time_range": time_range} for day, s in built.stats.items()}
+    return write_offline(settings, built.key, built.definition, built.digest, built.table, stats)
+
+
+def materialize(settings: Settings, built: BuiltSet, grouped: bool) -> dict[str, Any]:
+    """Write the latest cutoff of a set to the online store (I/O: retried by the flow)."""
+    latest = max(built.stats)
+    table = _rows_as_of(built.table, dt.date.fromisoformat(latest))
+    meta = {"digest": built.digest, "as_of": latest}
+    rows = materialize_online(settings, built.key, table, meta, grouped=grouped)
+    return {"as_of": latest, "customers": rows, "store": "redis" if settings.redis_url else "sqlite"}
+
+
+def _retry_on_io(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry a task only when it failed on I/O (a file system or a connection), not on bad data."""
+    import redis
+
+    try:
+        state.result()
+    except (OSError, redis.ConnectionError, redis.TimeoutError):
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is the data's, and retrying cannot help
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The build's steps, plain or wrapped as Prefect tasks."""
+
+    load_inputs: Callable[..., Any]
+    build_one: Callable[..., Any]
+    write_set: Callable[..., Any]
+    materialize: Callable[..., Any]
+    write_report: Callable[..., Any]
+
+
+PLAIN_STEPS = Steps(load_inputs, build_one, write_set, materialize, write_build_report)
+_IO = {"retries": 2, "retry_delay_seconds": 1, "retry_condition_fn": _retry_on_io, "cache_policy": NO_CACHE}
+TASK_STEPS = Steps(
+    task(name="load-feature-inputs", **_IO)(load_inputs),
+    task(name="build-feature-set", cache_policy=NO_CACHE, task_run_name="build-{key}")(build_one),
+    task(name="write-offline", **_IO)(write_set),
+    task(name="materialize-online", **_IO)(materialize),
+    task(name="write-feature-manifest", **_IO)(write_build_report),
+)
+
+
+def run_feature_build(
+    settings: Settings,
+    as_of: list[dt.date] | None,
+    online: bool,
+    steps: Steps,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Build every feature set, the interactions and the labels for the cutoffs; store them; report."""
+    started = time.perf_counter()
+    config = feature_config(settings)
+    con, inputs = steps.load_inputs(settings, config)
+    try:
+        return _build(settings, config, con, inputs, as_of, online, steps, log, started)
+    finally:
+        con.close()
+
+
+def _build(
+    settings: Settings,
+    config: FeatureConfig,
+    con: duckdb.DuckDBPyConnection,
+    inputs: InputSummary,
+    as_of: list[dt.date] | None,
+    online: bool,
+    steps: Steps,
+    log: Callable[[str], None],
+    started: float,
+) -> dict[str, Any]:
+    seconds: dict[str, float] = {"load_inputs": round(time.perf_counter() - started, 2)}
+    observed_until = inputs.observed_until
+    if observed_until is None:
+        raise FeatureBuildError("the lake records no export time (_drop_as_of): cannot tell where the data ends")
+    cutoffs = sorted(set(as_of)) if as_of else [observed_until.date()]
+    late = [d for d in cutoffs if d > observed_until.date()]
+    if late:
+        raise FeatureBuildError(
+            f"as-of {', '.join(map(str, late))} is after the end of the observed data ({observed_until:%Y-%m-%d})"
+        )
+    rows = create_spine(con, cutoffs)
+    if rows == 0:
+        raise FeatureBuildError(f"no customer has an open account at {', '.join(map(str, cutoffs))}")
+    log(f"{inputs.customers:,} customers; {rows:,} (customer, cutoff) rows for {', '.join(map(str, cutoffs))}")
+    time_range = {
+        k: [None if v is None else str(v) for v in r] for k, r in inputs.time_range.items()
+    }
+    absent = set(inputs.absent)
+    report: dict[str, Any] = {
+        "build_id": f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{'-'.join(map(str, cutoffs))}"[:80],
+        "as_of": [str(d) for d in cutoffs],
+        "observed_until": str(observed_until),
+        "inputs": {"rows": inputs.rows, "unlinked_rows": inputs.unlinked, "absent_sources": sorted(absent),
+                   "customers": inputs.customers, "time_range": time_range},  # fmt: skip
+        "sets": {},
+        "online": {},
+    }
+    built: list[tuple[BuiltSet, bool]] = []
+    for fs in feature_sets(config):
+        usable, dropped = fs.without_sources(absent)
+        if usable is None:
+            report["sets"][fs.key] = {"skipped": f"needs absent source(s) {sorted(set(fs.sources) & absent)}"}
+            continue
+        t = time.perf_counter()
+        definition = usable.definition()
+        b = steps.build_one(con, usable.key, lambda c, s=usable: build_feature_set(c, s), usable.features,
+                            definition, config.quality.min_rows)  # fmt: skip
+        seconds[usable.key] = round(time.perf_counter() - t, 2)
+        report["sets"][usable.key] = {"digest": usable.digest, "features": len(usable.features),
+                                      "dropped_features": dropped}  # fmt: skip
+        built.append((b, False))
+        log(f"{usable.key}: {b.table.num_rows:,} rows x {len(usable.features)} features")
+    t = time.perf_counter()
+    inter_def = {"name": "interactions", "version": INTERACTIONS_VERSION, "grain": "customer x product",
+                 "features": [f.name for f in INTERACTION_FEATURES] + ["holds"]}  # fmt: skip
+    b = steps.build_one(con, f"interactions@{INTERACTIONS_VERSION}", build_interactions, INTERACTION_FEATURES,
+                        inter_def, None)  # fmt: skip
+    built.append((b, True))
+    seconds[b.key] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    label_def = {"name": "labels", "version": LABELS_VERSION, **config.labels.model_dump()}
+    labels = steps.build_one(
+        con, f"labels@{LABELS_VERSION}", lambda c: build_labels(c, config.labels, observed_until), (), label_def, None
+    )
+    seconds[labels.key] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    for b, _ in [*built, (labels, False)]:
+        steps.write_set(settings, b, time_range)
+        report["sets"].setdefault(b.key, {}).update(
+            {"digest": b.digest, "partitions": {d: {"rows": s["rows"]} for d, s in b.stats.items()},
+             "null_rates": {d: {c: v["null_rate"] for c, v in s["columns"].items()} for d, s in b.stats.items()}}
+        )  # fmt: skip
+    seconds["write_offline"] = round(time.perf_counter() - t, 2)
+    if online:
+        t = time.perf_counter()
+        for b, grouped in built:
+            report["online"][b.key] = steps.materialize(settings, b, grouped)
+        seconds["materialize_online"] = round(time.perf_counter() - t, 2)
+        log(f"online store ({'redis' if settings.redis_url else 'sqlite'}): {len(built)} sets materialised")
+    seconds["total"] = round(time.perf_counter() - started, 2)
+    report["seconds"] = seconds
+    report["offline_root"] = str(settings.features_dir / "offline")
+    report["report_path"] = str(steps.write_report(settings, report))
+    return report
+
+
+@task(name="publish-feature-report", cache_policy=NO_CACHE)
+def publish_report(report: dict[str, Any]) -> None:
+    """Rows and null rates beside the flow run in the Prefect UI."""
+    rows = [
+        {"set": k, "as_of": d, "rows": p["rows"]}
+        for k, v in report["sets"].items()
+        for d, p in v.get("partitions", {}).items()
+    ]
+    create_table_artifact(rows, key="feature-partitions", description=f"Feature build {report['build_id']}")
+    lines = [f"# Feature build `{report['build_id']}`", "", f"as of {', '.join(report['as_of'])}", ""]
+    lines += ["| set | digest | skipped or dropped |", "|---|---|---|"]
+    for k, v in report["sets"].items():
+        lines.append(f"| {k} | {v.get('digest', '')} | {v.get('skipped', '') or ', '.join(v.get('dropped_features', []))} |")
+    create_markdown_artifact("\n".join(lines), key="feature-build")
+
+
+@flow(name="build_features", log_prints=False)
+def build_features(home: str | None = None, as_of: list[str] | None = None, online: bool = True) -> dict[str, Any]:
+    """Build the point-in-time feature sets and labels as of each date; materialise the latest online."""
+    settings = Settings(home=Path(home)) if home else Settings()
+    days = [dt.date.fromisoformat(d) for d in as_of] if as_of else None
+    logger = get_run_logger()
+    report = run_feature_build(settings, days, online, TASK_STEPS, logger.info)
+    publish_report(report)
+    return report

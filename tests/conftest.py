@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,3 +103,12 @@ def home_copy(ingested: Ingested, tmp_path: Path) -> Settings:
     dst = tmp_path / "home_copy"
     shutil.copytree(ingested.settings.home_dir, dst)
     return Settings(home=dst)
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One ephemeral Prefect API for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -2,14 +2,12 @@
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
 from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
-from prefect.testing.utilities import prefect_test_harness
 from typer.testing import CliRunner
 
 from features.synthetic import WorldConfig, generate_world
@@ -18,12 +16,6 @@ from flows.ingest import ingest_sources
 from flows.resolve import resolve_identities
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ def build_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_u
     cols = []
     for h in labels.churn_horizons_days:
         cols.append(
-            f"CASE WHEN ch.churn_time < s.cutoff + INTERVAL {h} DAY THEN true "
+            f"CASE WHEN ch.churn_time < s.cutoff + INTERVAL {h} DAY AND ch.churn_time <= {end} THEN true "
             f"WHEN s.cutoff + INTERVAL {h} DAY <= {end} THEN false END AS churn_{h}d"
         )
     cols.append(
@@ -139,7 +139,10 @@ def build_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_u
     )
     cols.append(f"coalesce(ch.churn_time <= {end}, false) AS churn_observed")
     h = labels.purchase_horizon_days
-    window = f"e.event_time >= s.cutoff AND e.event_time < s.cutoff + INTERVAL {h} DAY AND e.kind = 'purchase'"
+    window = (
+        f"e.event_time >= s.cutoff AND e.event_time < s.cutoff + INTERVAL {h} DAY AND e.event_time < {end} "
+        "AND e.kind = 'purchase'"
+    )
     known = f"s.cutoff + INTERVAL {h} DAY <= {end}"
     products = purchasable_products(con)
     buy_cols = [

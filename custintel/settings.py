@@ -88,7 +88,8 @@ class Settings(BaseSettings):
 
     features_config: Path | None = Field(
         default=None,
-        description="Feature-layer YAML (which lake tables feed each canonical source); the shipped default when unset.",
+        description="Feature-layer YAML (which lake tables feed each canonical source); the shipped default "
+        "when unset.",
     )
     features_memory_limit: str = Field(
         default="4GB",

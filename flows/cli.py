@@ -569,13 +569,15 @@ def demo(
     """Run everything that exists end to end on embedded defaults and say where to look."""
     settings = _settings()
     world = settings.default_data_dir / "demo-world"
-    console.rule("[bold]1/3 generate a synthetic customer world")
+    console.rule("[bold]1/4 generate a synthetic customer world")
     generate(customers=customers, seed=seed, out=world)
-    console.rule("[bold]2/3 ingest it behind data contracts (Prefect flow ingest_sources)")
+    console.rule("[bold]2/4 ingest it behind data contracts (Prefect flow ingest_sources)")
     ingest(source=world)
-    console.rule("[bold]3/3 resolve identities into customers (Prefect flow resolve_identities)")
+    console.rule("[bold]3/4 resolve identities into customers (Prefect flow resolve_identities)")
     _run_resolution("prefect", reuse_model=False)
     resolve_evaluate(truth=world / "_truth")
+    console.rule("[bold]4/4 point-in-time features and labels (Prefect flow build_features)")
+    _print_feature_build(_run_feature_build([dt.date(2025, 3, 1), dt.date(2025, 9, 1)], "prefect", online=True))
     console.rule("[bold]where to look")
     console.print(f"- source drop: {world}  (hidden truth: {world / '_truth'})")
     console.print(f"- lake (accepted rows, Parquet): {settings.lake_dir}")
@@ -587,7 +589,11 @@ def demo(
         f"- identity: {settings.identity_dir} (crosswalk, golden_records, conflicts, links, model.json)  "
         "-> `custintel resolve conflicts`, `custintel resolve explain A B`"
     )
-    console.print("Features, training, the promotion gate, serving and monitoring arrive with issues 4-8.")
+    console.print(
+        f"- features: {settings.features_dir / 'offline'} (Parquet per set, version and as-of, manifest.json beside), "
+        f"online store {settings.features_dir / 'online.sqlite'}  -> `custintel features lookup <customer_key>`"
+    )
+    console.print("Training, the promotion gate, serving and monitoring arrive with issues 5-8.")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -90,7 +90,9 @@ def build_one(
         part = _rows_as_of(table, day)
         profile = profile_columns(part, [c for c in part.column_names if c not in ("customer_key", "as_of")])
         collapse_rows = part.num_rows + 1 if min_rows is None else min_rows
-        problems += [f"as of {day}: {p}" for p in quality_problems(key, features, profile, part.num_rows, collapse_rows)]
+        problems += [
+            f"as of {day}: {p}" for p in quality_problems(key, features, profile, part.num_rows, collapse_rows)
+        ]
         stats[day.isoformat()] = {"rows": part.num_rows, "columns": profile}
     if problems:
         raise FeatureQualityError(f"feature set {key} failed its data-quality checks:\n  " + "\n  ".join(problems))
@@ -141,13 +143,19 @@ class Steps:
 
 
 PLAIN_STEPS = Steps(load_inputs, build_one, write_set, materialize, write_build_report)
-_IO = {"retries": 2, "retry_delay_seconds": 1, "retry_condition_fn": _retry_on_io, "cache_policy": NO_CACHE}
+
+
+def _io_task(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A task that retries twice, a second apart, when it fails on I/O."""
+    return task(name=name, retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_on_io, cache_policy=NO_CACHE)(fn)
+
+
 TASK_STEPS = Steps(
-    task(name="load-feature-inputs", **_IO)(load_inputs),
+    _io_task("load-feature-inputs", load_inputs),
     task(name="build-feature-set", cache_policy=NO_CACHE, task_run_name="build-{key}")(build_one),
-    task(name="write-offline", **_IO)(write_set),
-    task(name="materialize-online", **_IO)(materialize),
-    task(name="write-feature-manifest", **_IO)(write_build_report),
+    _io_task("write-offline", write_set),
+    _io_task("materialize-online", materialize),
+    _io_task("write-feature-manifest", write_build_report),
 )
 
 
@@ -193,16 +201,19 @@ def _build(
     if rows == 0:
         raise FeatureBuildError(f"no customer has an open account at {', '.join(map(str, cutoffs))}")
     log(f"{inputs.customers:,} customers; {rows:,} (customer, cutoff) rows for {', '.join(map(str, cutoffs))}")
-    time_range = {
-        k: [None if v is None else str(v) for v in r] for k, r in inputs.time_range.items()
-    }
+    time_range = {k: [None if v is None else str(v) for v in r] for k, r in inputs.time_range.items()}
     absent = set(inputs.absent)
     report: dict[str, Any] = {
         "build_id": f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{'-'.join(map(str, cutoffs))}"[:80],
         "as_of": [str(d) for d in cutoffs],
         "observed_until": str(observed_until),
-        "inputs": {"rows": inputs.rows, "unlinked_rows": inputs.unlinked, "absent_sources": sorted(absent),
-                   "customers": inputs.customers, "time_range": time_range},  # fmt: skip
+        "inputs": {
+            "rows": inputs.rows,
+            "unlinked_rows": inputs.unlinked,
+            "absent_sources": sorted(absent),
+            "customers": inputs.customers,
+            "time_range": time_range,
+        },  # fmt: skip
         "sets": {},
         "online": {},
     }
@@ -267,7 +278,9 @@ def publish_report(report: dict[str, Any]) -> None:
     lines = [f"# Feature build `{report['build_id']}`", "", f"as of {', '.join(report['as_of'])}", ""]
     lines += ["| set | digest | skipped or dropped |", "|---|---|---|"]
     for k, v in report["sets"].items():
-        lines.append(f"| {k} | {v.get('digest', '')} | {v.get('skipped', '') or ', '.join(v.get('dropped_features', []))} |")
+        lines.append(
+            f"| {k} | {v.get('digest', '')} | {v.get('skipped', '') or ', '.join(v.get('dropped_features', []))} |"
+        )
     create_markdown_artifact("\n".join(lines), key="feature-build")
 
 

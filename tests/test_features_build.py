@@ -79,7 +79,13 @@ def _frames() -> dict[str, pd.DataFrame]:
                 ("A", "2025-01-10", "phone", "network", True, "2025-01-10", 1.0),  # after the cutoff
             ],
             columns=[
-                "customer_key", "event_time", "channel", "category", "first_contact_resolution", "resolved_at", "csat",
+                "customer_key",
+                "event_time",
+                "channel",
+                "category",
+                "first_contact_resolution",
+                "resolved_at",
+                "csat",
             ],  # fmt: skip
         ).astype({"event_time": "datetime64[ns]", "resolved_at": "datetime64[ns]"}),
         "surveys": pd.DataFrame(

@@ -1,0 +1,1 @@
+"""Point-in-time features: definitions, builds, the offline and the online store."""

@@ -146,7 +146,7 @@ def build_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_u
     known = f"s.cutoff + INTERVAL {h} DAY <= {end}"
     products = purchasable_products(con)
     buy_cols = [
-        f"CASE WHEN coalesce(b.\"{p}\", false) THEN true WHEN {known} THEN false END AS {label_column(p, h)}"
+        f'CASE WHEN coalesce(b."{p}", false) THEN true WHEN {known} THEN false END AS {label_column(p, h)}'
         for p in products
     ]
     buy_aggs = ", ".join(f"bool_or(e.product = '{p.replace(chr(39), chr(39) * 2)}') AS \"{p}\"" for p in products)

@@ -107,9 +107,7 @@ class FeatureConfig(BaseModel):
                 where = f"sources.{kind} table {t.table!r}"
                 unknown = sorted(set(t.columns) - set(CANONICAL_COLUMNS[kind]))
                 if unknown:
-                    raise ValueError(
-                        f"{where}: unknown column(s) {unknown}; known: {list(CANONICAL_COLUMNS[kind])}"
-                    )
+                    raise ValueError(f"{where}: unknown column(s) {unknown}; known: {list(CANONICAL_COLUMNS[kind])}")
                 missing = [c for c in REQUIRED_COLUMNS[kind] if c not in t.columns]
                 if missing:
                     raise ValueError(f"{where}: required column(s) {missing} are not mapped")

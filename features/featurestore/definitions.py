@@ -93,7 +93,12 @@ class FeatureSet:
             "version": self.version,
             "description": self.description,
             "parts": [
-                {"source": p.source, "time": p.time, "query": p.query, "features": [_feature_dict(f) for f in p.features]}
+                {
+                    "source": p.source,
+                    "time": p.time,
+                    "query": p.query,
+                    "features": [_feature_dict(f) for f in p.features],
+                }
                 for p in self.parts
             ],
             "derived": [_feature_dict(f) for f in self.derived],
@@ -205,7 +210,9 @@ def relationship_set() -> FeatureSet:
                         "Plan after the last plan change before the cutoff.",
                         dtype="VARCHAR",
                     ),
-                    _n("plan_changes_365d", _count("e.kind = 'plan_change'", 365), "Plan changes in the last 365 days."),
+                    _n(
+                        "plan_changes_365d", _count("e.kind = 'plan_change'", 365), "Plan changes in the last 365 days."
+                    ),
                 ),
             ),
             Part(

@@ -181,16 +181,16 @@ def load_lake_inputs(
             con.execute(f"CREATE OR REPLACE TEMP VIEW raw_{kind} AS {' UNION ALL '.join(selects)}")
         else:
             summary.absent.append(kind)
-    for kind in ("accounts", "products"):
-        if kind not in kinds:
-            raise FeatureInputError(f"sources.{kind}: no table of it has been ingested")
+    for needed in ("accounts", "products"):
+        if needed not in kinds:
+            raise FeatureInputError(f"sources.{needed}: no table of it has been ingested")
     summary.customers = _finish(con, kinds)
-    for kind in kinds:
-        if kind == "products":
+    for linked_kind, sources in config.sources.items():
+        if linked_kind == "products" or linked_kind not in kinds:
             continue
-        linked = con.sql(f"SELECT count(*) FROM {kind}").fetchall()[0]
-        total = sum(summary.rows.get(s.table, 0) for s in config.sources[kind])
-        summary.unlinked[kind] = total - (int(linked[0]) if linked else 0)
+        linked = con.sql(f"SELECT count(*) FROM {linked_kind}").fetchall()[0]
+        total = sum(summary.rows.get(s.table, 0) for s in sources)
+        summary.unlinked[linked_kind] = total - (int(linked[0]) if linked else 0)
     summary.absent += [k for k in CANONICAL_COLUMNS if k not in config.sources and k not in summary.absent]
     summary.observed_until = max(as_of) if as_of else None
     summary.time_range = _time_ranges(con, kinds)

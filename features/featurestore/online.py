@@ -38,10 +38,13 @@ def online_documents(table: pa.Table, grouped: bool = False) -> Iterator[tuple[s
     if grouped:
         sql = (
             f"SELECT customer_key, to_json(struct_pack(as_of := CAST(max(as_of) AS VARCHAR), "
-            f"items := list(struct_pack({pack})))) FROM t GROUP BY customer_key"
+            f"items := list(struct_pack({pack})))) FROM t GROUP BY customer_key ORDER BY customer_key"
         )
     else:
-        sql = f"SELECT customer_key, to_json(struct_pack(as_of := CAST(as_of AS VARCHAR), {pack})) FROM t"
+        sql = (
+            f"SELECT customer_key, to_json(struct_pack(as_of := CAST(as_of AS VARCHAR), {pack})) "
+            "FROM t ORDER BY customer_key"
+        )
     with duckdb.connect() as con:
         con.register("t", table)
         reader = con.sql(sql).to_arrow_reader(batch_size=_BATCH)
@@ -148,7 +151,7 @@ class RedisOnlineStore(OnlineStore):
         import redis
 
         self.namespace = namespace
-        self._r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, decode_responses=True)
         try:
             self._r.ping()
         except redis.RedisError as exc:
@@ -177,11 +180,11 @@ class RedisOnlineStore(OnlineStore):
             pipe.sadd(fresh, *batch)
         pipe.execute()
         n += len(batch)
-        gone = [k.decode() for k in self._r.sdiff(members, fresh)] if self._r.exists(members) else []
+        gone = sorted(str(k) for k in self._r.sdiff([members, fresh])) if self._r.exists(members) else []
         for i in range(0, len(gone), _BATCH):
             p = self._r.pipeline(transaction=False)
-            for key in gone[i : i + _BATCH]:
-                p.hdel(self._key(key), set_key)
+            for gone_key in gone[i : i + _BATCH]:
+                p.hdel(self._key(gone_key), set_key)
             p.execute()
         if n:
             self._r.rename(fresh, members)
@@ -193,12 +196,12 @@ class RedisOnlineStore(OnlineStore):
 
     def _documents(self, customer_key: str) -> dict[str, str]:
         raw = self._r.hgetall(self._key(customer_key))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {str(k): str(v) for k, v in raw.items()}
 
     def sets(self) -> dict[str, dict[str, Any]]:
         """See OnlineStore.sets."""
         raw = self._r.hgetall(f"{self.namespace}:online-sets")
-        return {k.decode(): orjson.loads(v) for k, v in sorted(raw.items())}
+        return {str(k): orjson.loads(v) for k, v in sorted(raw.items())}
 
     def drop_namespace(self) -> int:
         """Delete every key of this namespace (tests, and `features online --clear`)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -90,7 +91,12 @@ class OnlineStore(ABC):
 
 
 class SQLiteOnlineStore(OnlineStore):
-    """Online store in one SQLite file (WAL, so readers never wait for a materialisation)."""
+    """Online store in one SQLite file: a table per set, and a view over them all for lookups.
+
+    A materialisation fills a fresh table in key order, points the set at it and drops the
+    old one in one transaction (WAL: readers see the old set or the new one, never a mix),
+    so its cost does not grow with the other sets stored beside it.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,34 +105,52 @@ class SQLiteOnlineStore(OnlineStore):
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute(
-            "CREATE TABLE IF NOT EXISTS online_features (customer_key TEXT NOT NULL, feature_set TEXT NOT NULL, "
-            "document TEXT NOT NULL, PRIMARY KEY (customer_key, feature_set)) WITHOUT ROWID"
+            "CREATE TABLE IF NOT EXISTS online_sets (feature_set TEXT PRIMARY KEY, tbl TEXT NOT NULL, meta TEXT NOT NULL)"
         )
-        self._con.execute("CREATE TABLE IF NOT EXISTS online_sets (feature_set TEXT PRIMARY KEY, meta TEXT NOT NULL)")
+        self._con.execute("CREATE VIEW IF NOT EXISTS online_features AS SELECT NULL AS feature_set, "
+                          "NULL AS customer_key, NULL AS document WHERE 0")  # fmt: skip
 
     def replace_set(self, set_key: str, documents: Iterable[tuple[str, str]], meta: dict[str, Any]) -> int:
-        """See OnlineStore.replace_set: one transaction, so readers see the old set or the new one."""
+        """See OnlineStore.replace_set."""
         cur = self._con.cursor()
         n = 0
         cur.execute("BEGIN IMMEDIATE")
         try:
-            cur.execute("DELETE FROM online_features WHERE feature_set = ?", (set_key,))
-            batch: list[tuple[str, str, str]] = []
-            for key, doc in documents:
-                batch.append((key, set_key, doc))
+            old = cur.execute("SELECT tbl FROM online_sets WHERE feature_set = ?", (set_key,)).fetchone()
+            tbl = f"online_{uuid.uuid4().hex}"
+            cur.execute(f"CREATE TABLE {tbl} (customer_key TEXT PRIMARY KEY, document TEXT NOT NULL) WITHOUT ROWID")
+            insert = f"INSERT INTO {tbl} VALUES (?, ?)"
+            batch: list[tuple[str, str]] = []
+            for pair in documents:
+                batch.append(pair)
                 if len(batch) >= _BATCH:
-                    cur.executemany("INSERT INTO online_features VALUES (?, ?, ?)", batch)
+                    cur.executemany(insert, batch)
                     n += len(batch)
                     batch = []
-            cur.executemany("INSERT INTO online_features VALUES (?, ?, ?)", batch)
+            cur.executemany(insert, batch)
             n += len(batch)
             meta = {**meta, "rows": n, "materialized_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-            cur.execute("INSERT OR REPLACE INTO online_sets VALUES (?, ?)", (set_key, orjson.dumps(meta).decode()))
+            cur.execute(
+                "INSERT OR REPLACE INTO online_sets VALUES (?, ?, ?)", (set_key, tbl, orjson.dumps(meta).decode())
+            )
+            if old:
+                cur.execute(f"DROP TABLE {old[0]}")
+            self._recreate_view(cur)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         return n
+
+    @staticmethod
+    def _recreate_view(cur: sqlite3.Cursor) -> None:
+        tables = cur.execute("SELECT feature_set, tbl FROM online_sets ORDER BY feature_set").fetchall()
+        cur.execute("DROP VIEW IF EXISTS online_features")
+        body = " UNION ALL ".join(
+            f"SELECT '{key.replace(chr(39), chr(39) * 2)}' AS feature_set, customer_key, document FROM {tbl}"
+            for key, tbl in tables
+        )
+        cur.execute(f"CREATE VIEW online_features AS {body}")
 
     def _documents(self, customer_key: str) -> dict[str, str]:
         rows = self._con.execute(

@@ -22,6 +22,7 @@ import orjson
 import pyarrow as pa
 
 _BATCH = 20_000
+_SQLITE_LAYOUT = 2  # PRAGMA user_version of the SQLite store's layout
 
 
 class OnlineStoreError(RuntimeError):
@@ -104,11 +105,20 @@ class SQLiteOnlineStore(OnlineStore):
         self._con = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=NORMAL")
-        self._con.execute(
-            "CREATE TABLE IF NOT EXISTS online_sets (feature_set TEXT PRIMARY KEY, tbl TEXT NOT NULL, meta TEXT NOT NULL)"
-        )
-        self._con.execute("CREATE VIEW IF NOT EXISTS online_features AS SELECT NULL AS feature_set, "
-                          "NULL AS customer_key, NULL AS document WHERE 0")  # fmt: skip
+        if self._con.execute("PRAGMA user_version").fetchone()[0] != _SQLITE_LAYOUT:
+            self._reset()
+
+    def _reset(self) -> None:
+        """Start an empty store in this layout (the online store is derived data: rebuilt by materialising)."""
+        cur = self._con.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        objects = "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'"
+        for kind, name in cur.execute(objects).fetchall():
+            cur.execute(f'DROP {kind.upper()} IF EXISTS "{name}"')
+        cur.execute("CREATE TABLE online_sets (feature_set TEXT PRIMARY KEY, tbl TEXT NOT NULL, meta TEXT NOT NULL)")
+        self._recreate_view(cur)
+        cur.execute(f"PRAGMA user_version = {_SQLITE_LAYOUT}")
+        cur.execute("COMMIT")
 
     def replace_set(self, set_key: str, documents: Iterable[tuple[str, str]], meta: dict[str, Any]) -> int:
         """See OnlineStore.replace_set."""
@@ -150,7 +160,8 @@ class SQLiteOnlineStore(OnlineStore):
             f"SELECT '{key.replace(chr(39), chr(39) * 2)}' AS feature_set, customer_key, document FROM {tbl}"
             for key, tbl in tables
         )
-        cur.execute(f"CREATE VIEW online_features AS {body}")
+        empty = "SELECT NULL AS feature_set, NULL AS customer_key, NULL AS document WHERE 0"
+        cur.execute(f"CREATE VIEW online_features AS {body or empty}")
 
     def _documents(self, customer_key: str) -> dict[str, str]:
         rows = self._con.execute(

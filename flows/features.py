@@ -33,6 +33,7 @@ from features.featurestore.config import FeatureConfig
 from features.featurestore.definitions import (
     INTERACTIONS_VERSION,
     LABELS_VERSION,
+    OFFLINE_ONLY,
     Feature,
     definition_digest,
     feature_sets,
@@ -218,6 +219,7 @@ def _build(
         "online": {},
     }
     built: list[tuple[BuiltSet, bool]] = []
+    online_sets: list[tuple[BuiltSet, bool]] = []
     for fs in feature_sets(config):
         usable, dropped = fs.without_sources(absent)
         if usable is None:
@@ -230,6 +232,8 @@ def _build(
         seconds[usable.key] = round(time.perf_counter() - t, 2)
         report["sets"][usable.key] = {"digest": usable.digest, "features": len(usable.features),
                                       "dropped_features": dropped}  # fmt: skip
+        if usable.name not in OFFLINE_ONLY:
+            online_sets.append((b, False))
         built.append((b, False))
         log(f"{usable.key}: {b.table.num_rows:,} rows x {len(usable.features)} features")
     t = time.perf_counter()
@@ -238,6 +242,7 @@ def _build(
     b = steps.build_one(con, f"interactions@{INTERACTIONS_VERSION}", build_interactions, INTERACTION_FEATURES,
                         inter_def, None)  # fmt: skip
     built.append((b, True))
+    online_sets.append((b, True))
     seconds[b.key] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     label_def = {"name": "labels", "version": LABELS_VERSION, **config.labels.model_dump()}
@@ -255,10 +260,10 @@ def _build(
     seconds["write_offline"] = round(time.perf_counter() - t, 2)
     if online:
         t = time.perf_counter()
-        for b, grouped in built:
+        for b, grouped in online_sets:
             report["online"][b.key] = steps.materialize(settings, b, grouped)
         seconds["materialize_online"] = round(time.perf_counter() - t, 2)
-        log(f"online store ({'redis' if settings.redis_url else 'sqlite'}): {len(built)} sets materialised")
+        log(f"online store ({'redis' if settings.redis_url else 'sqlite'}): {len(online_sets)} sets materialised")
     seconds["total"] = round(time.perf_counter() - started, 2)
     report["seconds"] = seconds
     report["offline_root"] = str(settings.features_dir / "offline")

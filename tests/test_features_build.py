@@ -109,6 +109,9 @@ def _frames() -> dict[str, pd.DataFrame]:
             ],
             columns=["customer_key", "event_time", "arrival_time", "event_type", "page"],
         ).astype({"event_time": "datetime64[ns]", "arrival_time": "datetime64[ns]"}),
+        "golden": pd.DataFrame(
+            {"customer_key": ["A", "B"], "birth_date": [T("1990-06-15"), None], "gender": ["F", None]}
+        ),
         "offers": pd.DataFrame(
             {
                 "customer_key": ["A"],
@@ -199,6 +202,12 @@ def test_digital_features(con: duckdb.DuckDBPyConnection) -> None:
     assert (a["page_views_pricing_30d"], a["page_views_pricing_90d"]) == (1, 1)
     assert (a["page_views_cancellation_30d"], a["page_views_cancellation_90d"]) == (0, 1)
     assert b["sessions_90d"] == 0 and b["sessions_trend"] == 0.0 and b["days_since_last_session"] is None
+
+
+def test_attributes_for_audits_come_from_the_golden_record(con: duckdb.DuckDBPyConnection) -> None:
+    a, b = _rows(con, "attributes").values()
+    assert (a["age_years"], a["age_band"], a["gender"]) == (34.0, "25-34", "F")
+    assert (b["age_years"], b["age_band"], b["gender"]) == (None, None, None)
 
 
 def test_interactions_are_purchases_per_product_before_the_cutoff(con: duckdb.DuckDBPyConnection) -> None:

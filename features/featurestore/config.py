@@ -27,6 +27,8 @@ CANONICAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "surveys": ("event_time", "score"),
     "web": ("event_time", "arrival_time", "event_type", "page"),
     "offers": ("assigned_at", "group", "outcome", "outcome_window_end"),
+    # From the identity layer's golden records (not configurable here): attributes for audits.
+    "golden": ("birth_date", "gender"),
 }
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "accounts": ("opened_at",),

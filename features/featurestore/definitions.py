@@ -438,9 +438,45 @@ def digital_set(config: FeatureConfig) -> FeatureSet:
     )
 
 
+def attributes_set() -> FeatureSet:
+    """Protected and demographic attributes from the golden record, for fairness audits.
+
+    Not a model input by default (a trainer must choose it): the promotion gate audits
+    models by these groups. Birth date and gender are taken as fixed, so the golden
+    record's current value is the value at every cutoff.
+    """
+    age = "floor(date_diff('day', e.birth_date, s.cutoff) / 365.25)"
+    query = (
+        f"SELECT s.cid, s.cutoff, {age} AS age_years, "
+        f"CASE WHEN e.birth_date IS NULL THEN NULL WHEN {age} < 18 THEN 'under_18' WHEN {age} < 25 THEN '18-24' "
+        f"WHEN {age} < 35 THEN '25-34' WHEN {age} < 50 THEN '35-49' WHEN {age} < 65 THEN '50-64' ELSE '65+' END "
+        "AS age_band, e.gender FROM spine s JOIN golden e ON e.cid = s.cid"
+    )
+    return FeatureSet(
+        "attributes",
+        1,
+        "Protected attributes (age, age band, gender) from the golden record, for bias audits; offline only.",
+        (
+            Part(
+                "golden",
+                (
+                    Feature("age_years", "", "Age in whole years at the cutoff.", lower=0, upper=120),
+                    Feature("age_band", "", "under_18, 18-24, 25-34, 35-49, 50-64 or 65+.", dtype="VARCHAR"),
+                    Feature("gender", "", "Gender on the golden record.", dtype="VARCHAR"),
+                ),
+                query=query,
+            ),
+        ),
+    )
+
+
+# Sets kept out of the online store (restricted attributes, not served).
+OFFLINE_ONLY = frozenset({"attributes"})
+
+
 def feature_sets(config: FeatureConfig) -> tuple[FeatureSet, ...]:
     """The feature sets of this configuration, in build order."""
-    return (relationship_set(), value_set(), service_set(config), digital_set(config))
+    return (relationship_set(), value_set(), service_set(config), digital_set(config), attributes_set())
 
 
 # Interactions (customer x product) and labels have their own grain and builders; their

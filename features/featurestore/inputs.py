@@ -23,12 +23,14 @@ from features.featurestore.config import CANONICAL_COLUMNS, FeatureConfig, Sourc
 from features.lake import lake_table_sql
 
 _TIMESTAMPS = {
-    "event_time", "arrival_time", "opened_at", "closed_at", "created_at", "resolved_at", "assigned_at",
+    "birth_date", "event_time", "arrival_time", "opened_at", "closed_at", "created_at", "resolved_at", "assigned_at",
     "outcome_window_end",
 }  # fmt: skip
 _DOUBLES = {"amount", "monthly_price", "score", "csat"}
 _BOOLEANS = {"is_plan", "is_recurring", "first_contact_resolution", "outcome"}
-TIME_COLUMN = {"accounts": "opened_at", "profiles": "created_at", "offers": "assigned_at", "products": None}
+TIME_COLUMN = {
+    "accounts": "opened_at", "profiles": "created_at", "offers": "assigned_at", "products": None, "golden": None,
+}  # fmt: skip
 
 
 def canonical_type(column: str) -> str:
@@ -140,9 +142,16 @@ def register_frames(con: duckdb.DuckDBPyConnection, frames: Mapping[str, pd.Data
 
 
 def load_lake_inputs(
-    con: duckdb.DuckDBPyConnection, settings: Settings, config: FeatureConfig, crosswalk_path: str
+    con: duckdb.DuckDBPyConnection,
+    settings: Settings,
+    config: FeatureConfig,
+    crosswalk_path: str,
+    golden_path: str | None = None,
 ) -> InputSummary:
-    """The configured lake tables, joined to customer keys through the identity crosswalk."""
+    """The configured lake tables, joined to customer keys through the identity crosswalk.
+
+    With `golden_path`, the golden records' birth date and gender become the `golden` source.
+    """
     con.execute(
         f"CREATE OR REPLACE TABLE crosswalk AS SELECT record_key, customer_key FROM read_parquet('{crosswalk_path}')"
     )
@@ -181,17 +190,22 @@ def load_lake_inputs(
             con.execute(f"CREATE OR REPLACE TEMP VIEW raw_{kind} AS {' UNION ALL '.join(selects)}")
         else:
             summary.absent.append(kind)
+    if golden_path is not None:
+        kinds.append("golden")
+        typed = _typed("golden", {c: f't."{c}"' for c in CANONICAL_COLUMNS["golden"]})
+        golden = f"read_parquet('{golden_path}')"
+        con.execute(f"CREATE OR REPLACE TEMP VIEW raw_golden AS SELECT t.customer_key, {typed} FROM {golden} t")
     for needed in ("accounts", "products"):
         if needed not in kinds:
             raise FeatureInputError(f"sources.{needed}: no table of it has been ingested")
     summary.customers = _finish(con, kinds)
     for linked_kind, sources in config.sources.items():
-        if linked_kind == "products" or linked_kind not in kinds:
+        if linked_kind in ("products", "golden") or linked_kind not in kinds:
             continue
         linked = con.sql(f"SELECT count(*) FROM {linked_kind}").fetchall()[0]
         total = sum(summary.rows.get(s.table, 0) for s in sources)
         summary.unlinked[linked_kind] = total - (int(linked[0]) if linked else 0)
-    summary.absent += [k for k in CANONICAL_COLUMNS if k not in config.sources and k not in summary.absent]
+    summary.absent = [k for k in CANONICAL_COLUMNS if k not in kinds]
     summary.observed_until = max(as_of) if as_of else None
     summary.time_range = _time_ranges(con, kinds)
     return summary

@@ -49,7 +49,8 @@ def open_feature_inputs(settings: Settings, config: FeatureConfig) -> tuple[duck
         }
     )
     try:
-        summary = load_lake_inputs(con, settings, config, str(crosswalk))
+        golden = settings.identity_dir / "golden_records.parquet"
+        summary = load_lake_inputs(con, settings, config, str(crosswalk), str(golden) if golden.is_file() else None)
     except BaseException:
         con.close()
         raise

@@ -541,6 +541,36 @@ def _print_feature_build(report: dict[str, Any]) -> None:
     console.print(f"Offline store: [bold]{report['offline_root']}[/]  manifest: [bold]{report['report_path']}[/]")
 
 
+@features_app.command("status")
+def features_status() -> None:
+    """What the offline store holds (sets, versions, as-of dates, rows) and what is online."""
+    from features.featurestore.offline import read_manifest
+    from features.featurestore.online import OnlineStoreError
+    from features.featurestore.store import offline_root, open_online_store
+
+    settings = _settings()
+    root = offline_root(settings)
+    table = Table(title=f"Offline store {root}")
+    for col in ("set", "digest", "as-of: rows"):
+        table.add_column(col)
+    for manifest_path in sorted(root.glob("*/v*/manifest.json")):
+        key = f"{manifest_path.parent.parent.name}@{manifest_path.parent.name.removeprefix('v')}"
+        manifest = read_manifest(root, key) or {}
+        parts = ", ".join(f"{d}: {p['rows']:,}" for d, p in manifest.get("partitions", {}).items())
+        table.add_row(key, manifest.get("digest", ""), parts)
+    console.print(table if table.row_count else f"nothing built under {root}: run `custintel features`")
+    try:
+        with open_online_store(settings) as store:
+            sets = store.sets()
+    except OnlineStoreError as exc:
+        raise _fail(str(exc)) from None
+    for key, meta in sets.items():
+        console.print(f"online: {key} as of {meta.get('as_of')}: {meta.get('rows', 0):,} customers "
+                      f"(materialised {meta.get('materialized_at')})")  # fmt: skip
+    if not sets:
+        console.print("online store: empty")
+
+
 @features_app.command("lookup")
 def features_lookup(
     customer_key: Annotated[str, typer.Argument(help="A customer key (see the identity crosswalk).")],

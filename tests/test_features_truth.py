@@ -88,3 +88,12 @@ def test_the_offer_test_groups_match_the_true_assignment(built: tuple[Settings, 
             WHERE t.offer_group IS NOT NULL""",
     ).fetchall()[0]
     assert n > 100 and agree == n
+
+
+def test_status_lists_every_stored_set_and_its_partitions(built: tuple[Settings, dict]) -> None:
+    settings, _ = built
+    result = CliRunner().invoke(app, ["--home", str(settings.home_dir), "features", "status"])
+    assert result.exit_code == 0, result.output
+    for key in ("relationship@1", "value@1", "service@1", "digital@1", "attributes@1", "interactions@1", "labels@1"):
+        assert key in result.output
+    assert "2025-03-01" in result.output and "online store: empty" in result.output

@@ -204,6 +204,8 @@ def build_training_set(
     table = build_labels(con, config.labels, observed_until)
     for fs in feature_sets:
         built = build_feature_set(con, fs)
+        # Every builder orders its rows by (as_of, customer_key) over the same spine.
+        assert built.column("customer_key").equals(table.column("customer_key"))
         for name in built.column_names[2:]:
             table = table.append_column(name, built.column(name))
     return table

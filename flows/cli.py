@@ -536,7 +536,10 @@ def _print_feature_build(report: dict[str, Any]) -> None:
     if unlinked:
         console.print(f"rows that found no customer (anonymous or unresolved): {unlinked}")
     for key, o in report["online"].items():
-        console.print(f"online ({o['store']}): {key} as of {o['as_of']}: {o['customers']:,} customers")
+        if o.get("skipped"):
+            console.print(f"online ({o['store']}): {key} kept: {o['skipped']} than {o['as_of']} (a backfill)")
+        else:
+            console.print(f"online ({o['store']}): {key} as of {o['as_of']}: {o['customers']:,} customers")
     console.print(f"seconds: {report['seconds']}")
     console.print(f"Offline store: [bold]{report['offline_root']}[/]  manifest: [bold]{report['report_path']}[/]")
 

@@ -116,7 +116,10 @@ def materialize(settings: Settings, built: BuiltSet, grouped: bool) -> dict[str,
     table = _rows_as_of(built.table, dt.date.fromisoformat(latest))
     meta = {"digest": built.digest, "as_of": latest}
     rows = materialize_online(settings, built.key, table, meta, grouped=grouped)
-    return {"as_of": latest, "customers": rows, "store": "redis" if settings.redis_url else "sqlite"}
+    store = "redis" if settings.redis_url else "sqlite"
+    if rows is None:
+        return {"as_of": latest, "customers": 0, "store": store, "skipped": "the store holds a later as-of"}
+    return {"as_of": latest, "customers": rows, "store": store}
 
 
 def _retry_on_io(_task: Any, _run: Any, state: Any) -> bool:

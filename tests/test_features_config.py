@@ -111,10 +111,10 @@ def test_healthy_features_pass_and_are_profiled() -> None:
 @pytest.mark.parametrize(
     ("columns", "message"),
     [
-        ({"tickets_90d": [0, -2, 1]}, r"service@1.tickets_90d: impossible values below 0 \(min -2.0\)"),
+        ({"tickets_90d": [0, -2, 1]}, r"service@1.tickets_90d: impossible values below 0 \(min -2\)"),
         ({"fcr_rate_365d": [0.5, 1.5, 0.2]}, r"service@1.fcr_rate_365d: impossible values above 1 \(max 1.5\)"),
         ({"fcr_rate_365d": [0.5, float("nan"), 0.2]}, "service@1.fcr_rate_365d: 1 values are not finite"),
-        ({"tickets_90d": [0, 0, 0]}, r"service@1.tickets_90d: collapsed, every non-empty value of 3 is the same \(0"),
+        ({"tickets_90d": [0, 0, 0]}, r"service@1.tickets_90d: collapsed, every non-empty value of 3 is the same \(0\)"),
         ({"segment": [None, None, None]}, "service@1.segment: collapsed, every one of 3 values is empty"),
         ({"segment": ["a", None, "a"]}, r"service@1.segment: collapsed, every non-empty value of 3 is the same \(a\)"),
     ],

@@ -66,6 +66,12 @@ def write_partitions(
             f"feature set {set_key} already holds data built from other definitions "
             f"(digest {manifest['digest']}, now {digest}): give the changed set a new version"
         )
+    columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
+    if manifest is not None and manifest.get("columns") != columns:
+        raise OfflineStoreError(
+            f"feature set {set_key} already holds partitions with other columns "
+            f"({_column_change(manifest.get('columns', []), columns)}): give the changed set a new version"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     with duckdb.connect() as con:
@@ -84,12 +90,21 @@ def write_partitions(
         "set": set_key,
         "digest": digest,
         "definition": definition,
-        "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
+        "columns": columns,
         "partitions": dict(sorted(partitions.items())),
         "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     _atomic_write_text(folder / "manifest.json", json.dumps(new_manifest, indent=2, default=str))
     return written
+
+
+def _column_change(old: list[dict[str, str]], new: list[dict[str, str]]) -> str:
+    before = {c["name"]: c["type"] for c in old}
+    after = {c["name"]: c["type"] for c in new}
+    parts = [f"added {sorted(set(after) - set(before))}"] if set(after) - set(before) else []
+    parts += [f"removed {sorted(set(before) - set(after))}"] if set(before) - set(after) else []
+    parts += [f"{n}: {before[n]} -> {after[n]}" for n in sorted(set(before) & set(after)) if before[n] != after[n]]
+    return "; ".join(parts) or "their order changed"
 
 
 def partition_glob(root: Path, set_key: str) -> str:

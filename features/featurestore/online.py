@@ -26,7 +26,11 @@ _SQLITE_LAYOUT = 2  # PRAGMA user_version of the SQLite store's layout
 
 
 class OnlineStoreError(RuntimeError):
-    """The online store cannot be reached or holds nothing for what was asked."""
+    """The online store cannot be used for what was asked."""
+
+
+class OnlineStoreUnavailable(OnlineStoreError, ConnectionError):
+    """The online store's server cannot be reached (an I/O failure: worth a retry)."""
 
 
 def online_documents(table: pa.Table, grouped: bool = False) -> Iterator[tuple[str, str]]:
@@ -180,7 +184,15 @@ class SQLiteOnlineStore(OnlineStore):
 
 
 class RedisOnlineStore(OnlineStore):
-    """Online store in Redis: one hash per customer (field = set key), so a lookup is one HGETALL."""
+    """Online store in Redis: one hash per customer, so a lookup is one round trip.
+
+    A customer's hash holds one field per set and generation (`<set>#<generation>`);
+    the `online-sets` hash says which generation of each set is current. A replacement
+    writes a new generation beside the old one, flips the pointer in one command, then
+    removes the old generation: a reader sees the old set or the new one, never a mix,
+    and a replacement that fails half-way leaves the old set as it was (its partial
+    generation is removed, or, if even that fails, by the next replacement).
+    """
 
     def __init__(self, url: str, namespace: str = "custintel") -> None:
         import redis
@@ -190,53 +202,80 @@ class RedisOnlineStore(OnlineStore):
         try:
             self._r.ping()
         except redis.RedisError as exc:
-            raise OnlineStoreError(f"Redis at {url} cannot be reached: {exc}") from exc
+            raise OnlineStoreUnavailable(f"Redis at {url} cannot be reached: {exc}") from exc
 
     def _key(self, customer_key: str) -> str:
         return f"{self.namespace}:online:{customer_key}"
 
+    @property
+    def _sets_key(self) -> str:
+        return f"{self.namespace}:online-sets"
+
+    def _members(self, set_key: str, generation: str) -> str:
+        return f"{self.namespace}:online-members:{set_key}#{generation}"
+
+    def _generations(self, set_key: str) -> str:
+        return f"{self.namespace}:online-generations:{set_key}"
+
     def replace_set(self, set_key: str, documents: Iterable[tuple[str, str]], meta: dict[str, Any]) -> int:
-        """See OnlineStore.replace_set: write the new documents, then remove the set from customers not in it."""
-        members = f"{self.namespace}:online-members:{set_key}"
-        fresh = f"{members}:new"
-        self._r.delete(fresh)
+        """See OnlineStore.replace_set."""
+        generation = uuid.uuid4().hex[:12]
+        field = f"{set_key}#{generation}"
+        members = self._members(set_key, generation)
+        self._r.sadd(self._generations(set_key), generation)
         n = 0
-        pipe = self._r.pipeline(transaction=False)
-        batch: list[str] = []
-        for key, doc in documents:
-            pipe.hset(self._key(key), set_key, doc)
-            batch.append(key)
-            if len(batch) >= _BATCH:
-                pipe.sadd(fresh, *batch)
-                pipe.execute()
-                n += len(batch)
-                batch = []
-        if batch:
-            pipe.sadd(fresh, *batch)
-        pipe.execute()
-        n += len(batch)
-        gone = sorted(str(k) for k in self._r.sdiff([members, fresh])) if self._r.exists(members) else []
-        for i in range(0, len(gone), _BATCH):
-            p = self._r.pipeline(transaction=False)
-            for gone_key in gone[i : i + _BATCH]:
-                p.hdel(self._key(gone_key), set_key)
-            p.execute()
-        if n:
-            self._r.rename(fresh, members)
-        else:
-            self._r.delete(members)
-        meta = {**meta, "rows": n, "materialized_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-        self._r.hset(f"{self.namespace}:online-sets", set_key, orjson.dumps(meta))
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            batch: list[str] = []
+            for key, doc in documents:
+                pipe.hset(self._key(key), field, doc)
+                batch.append(key)
+                if len(batch) >= _BATCH:
+                    pipe.sadd(members, *batch)
+                    pipe.execute()
+                    n += len(batch)
+                    batch = []
+            if batch:
+                pipe.sadd(members, *batch)
+            pipe.execute()
+            n += len(batch)
+        except BaseException:
+            self._drop_generation(set_key, generation)
+            raise
+        meta = {**meta, "rows": n, "generation": generation,
+                "materialized_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}  # fmt: skip
+        self._r.hset(self._sets_key, set_key, orjson.dumps(meta))  # the switch
+        for old in self._r.smembers(self._generations(set_key)):
+            if str(old) != generation:
+                self._drop_generation(set_key, str(old))
         return n
 
+    def _drop_generation(self, set_key: str, generation: str) -> None:
+        """Remove one generation's fields from every customer that has it."""
+        field = f"{set_key}#{generation}"
+        members = self._members(set_key, generation)
+        pipe = self._r.pipeline(transaction=False)
+        for i, customer_key in enumerate(self._r.sscan_iter(members, count=_BATCH), start=1):
+            pipe.hdel(self._key(str(customer_key)), field)
+            if i % _BATCH == 0:
+                pipe.execute()
+        pipe.execute()
+        self._r.delete(members)
+        self._r.srem(self._generations(set_key), generation)
+
     def _documents(self, customer_key: str) -> dict[str, str]:
-        raw = self._r.hgetall(self._key(customer_key))
-        return {str(k): str(v) for k, v in raw.items()}
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hgetall(self._key(customer_key))
+        pipe.hgetall(self._sets_key)
+        raw, sets = pipe.execute()
+        current = {f"{k}#{orjson.loads(v)['generation']}": str(k) for k, v in sets.items()}
+        return {current[f]: str(doc) for f, doc in raw.items() if f in current}
 
     def sets(self) -> dict[str, dict[str, Any]]:
         """See OnlineStore.sets."""
-        raw = self._r.hgetall(f"{self.namespace}:online-sets")
-        return {str(k): orjson.loads(v) for k, v in sorted(raw.items())}
+        raw = self._r.hgetall(self._sets_key)
+        metas = {str(k): orjson.loads(v) for k, v in sorted(raw.items())}
+        return {k: {f: v for f, v in m.items() if f != "generation"} for k, m in metas.items()}
 
     def drop_namespace(self) -> int:
         """Delete every key of this namespace (tests, and `features online --clear`)."""

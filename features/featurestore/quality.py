@@ -54,6 +54,13 @@ def _num(value: Any) -> float | None:
     return None if value is None else round(float(value), 6)
 
 
+def _show(value: Any) -> str:
+    """A number as people write it: 0 not 0.0, 1.5 as 1.5."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def quality_problems(
     set_key: str, features: Sequence[Feature], profile: dict[str, dict[str, Any]], rows: int, min_rows: int
 ) -> list[str]:
@@ -65,13 +72,13 @@ def quality_problems(
         if p.get("non_finite"):
             problems.append(f"{where}: {p['non_finite']} values are not finite numbers (NaN or infinity)")
         if f.lower is not None and p.get("min") is not None and p["min"] < f.lower:
-            problems.append(f"{where}: impossible values below {f.lower} (min {p['min']})")
+            problems.append(f"{where}: impossible values below {_show(f.lower)} (min {_show(p['min'])})")
         if f.upper is not None and p.get("max") is not None and p["max"] > f.upper:
-            problems.append(f"{where}: impossible values above {f.upper} (max {p['max']})")
+            problems.append(f"{where}: impossible values above {_show(f.upper)} (max {_show(p['max'])})")
         if rows >= min_rows:
             if p["null_rate"] == 1.0:
                 problems.append(f"{where}: collapsed, every one of {rows} values is empty")
             elif p["distinct"] == 1:
-                value = p.get("min", p.get("most_common"))
+                value = _show(p.get("min", p.get("most_common")))
                 problems.append(f"{where}: collapsed, every non-empty value of {rows} is the same ({value})")
     return problems

@@ -73,9 +73,16 @@ def open_online_store(settings: Settings) -> OnlineStore:
 
 def materialize_online(
     settings: Settings, set_key: str, table: pa.Table, meta: dict[str, Any], grouped: bool = False
-) -> int:
-    """Replace a set in the online store with one cutoff's rows; return the customers written."""
+) -> int | None:
+    """Replace a set in the online store with one cutoff's rows; return the customers written.
+
+    A backfill never moves serving back in time: when the store already holds the set as of
+    a later date, nothing is written and None is returned.
+    """
     with open_online_store(settings) as store:
+        online_as_of = store.sets().get(set_key, {}).get("as_of")
+        if online_as_of is not None and str(online_as_of) > str(meta["as_of"]):
+            return None
         return store.replace_set(set_key, online_documents(table, grouped=grouped), meta)
 
 

@@ -27,6 +27,7 @@ from features.featurestore.build import (
     build_feature_set,
     build_interactions,
     build_labels,
+    build_purchase_labels,
     create_spine,
 )
 from features.featurestore.config import FeatureConfig
@@ -34,6 +35,7 @@ from features.featurestore.definitions import (
     INTERACTIONS_VERSION,
     LABELS_VERSION,
     OFFLINE_ONLY,
+    PURCHASE_LABELS_VERSION,
     Feature,
     definition_digest,
     feature_sets,
@@ -254,7 +256,19 @@ def _build(
     )
     seconds[labels.key] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
-    for b, _ in [*built, (labels, False)]:
+    purchase_def = {"name": "purchase_labels", "version": PURCHASE_LABELS_VERSION,
+                    "horizon_days": config.labels.purchase_horizon_days}  # fmt: skip
+    purchases = steps.build_one(
+        con,
+        f"purchase_labels@{PURCHASE_LABELS_VERSION}",
+        lambda c: build_purchase_labels(c, config.labels, observed_until),
+        (),
+        purchase_def,
+        None,
+    )
+    seconds[purchases.key] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    for b, _ in [*built, (labels, False), (purchases, False)]:
         steps.write_set(settings, b, time_range)
         report["sets"].setdefault(b.key, {}).update(
             {"digest": b.digest, "partitions": {d: {"rows": s["rows"]} for d, s in b.stats.items()},

@@ -19,9 +19,9 @@ from features.featurestore.build import (
     build_feature_set,
     build_interactions,
     build_labels,
+    build_purchase_labels,
     build_training_set,
     create_spine,
-    label_column,
 )
 from features.featurestore.config import LabelConfig, load_feature_config
 from features.featurestore.definitions import feature_sets
@@ -219,9 +219,16 @@ def test_interactions_are_purchases_per_product_before_the_cutoff(con: duckdb.Du
     assert (y["purchases"], y["refunds"], y["holds"]) == (1, 0, False)  # not recurring: never held
 
 
-def _labels(con: duckdb.DuckDBPyConnection, until: str, horizons: list[int] | None = None) -> dict[str, dict]:
-    cfg = LabelConfig(churn_horizons_days=horizons or [30, 90], purchase_horizon_days=90)
-    return {r.pop("customer_key"): r for r in build_labels(con, cfg, dt.datetime.fromisoformat(until)).to_pylist()}
+LABELS = LabelConfig(churn_horizons_days=[30, 90], purchase_horizon_days=90)
+
+
+def _labels(con: duckdb.DuckDBPyConnection, until: str) -> dict[str, dict]:
+    return {r.pop("customer_key"): r for r in build_labels(con, LABELS, dt.datetime.fromisoformat(until)).to_pylist()}
+
+
+def _bought(con: duckdb.DuckDBPyConnection, until: str) -> dict[tuple[str, str], bool | None]:
+    rows = build_purchase_labels(con, LABELS, dt.datetime.fromisoformat(until)).to_pylist()
+    return {(r["customer_key"], r["product_id"]): r["bought"] for r in rows}
 
 
 def test_labels_churn_time_to_churn_purchases_and_offer(con: duckdb.DuckDBPyConnection) -> None:
@@ -231,8 +238,11 @@ def test_labels_churn_time_to_churn_purchases_and_offer(con: duckdb.DuckDBPyConn
     assert a["time_to_churn_days"] == 151.0  # censored at the end of the data
     # B's last account closes 2025-02-15, 45 days after the cutoff
     assert (b["churn_30d"], b["churn_90d"], b["churn_observed"], b["time_to_churn_days"]) == (False, True, True, 45.0)
-    assert a[label_column("ADD-X", 90)] is True and a["buys_bst_y_90d"] is False and a["buys_any_90d"] is True
-    assert b["buys_add_x_90d"] is False and b["buys_any_90d"] is False
+    assert a["buys_any_90d"] is True and b["buys_any_90d"] is False
+    # one row per customer and purchasable product (plans are not products to buy)
+    assert _bought(con, "2025-06-01") == {
+        ("A", "ADD-X"): True, ("A", "BST-Y"): False, ("B", "ADD-X"): False, ("B", "BST-Y"): False,
+    }  # fmt: skip
     assert (a["offer_group"], a["offer_outcome"]) == ("treatment", False)
     assert b["offer_group"] is None
 
@@ -243,13 +253,11 @@ def test_labels_past_the_end_of_the_data_are_censored(con: duckdb.DuckDBPyConnec
     assert a["churn_30d"] is False and a["churn_90d"] is None  # 90 days reach past the data
     # B's closure (2025-02-15) lies after the end of the data: not yet known
     assert b["churn_90d"] is None and b["churn_observed"] is False and b["time_to_churn_days"] == 31.0
-    assert a["buys_add_x_90d"] is True  # bought on 2025-01-05: already known
-    assert a["buys_bst_y_90d"] is None and b["buys_any_90d"] is None
+    assert a["buys_any_90d"] is True and b["buys_any_90d"] is None
+    bought = _bought(con, "2025-02-01")
+    assert bought[("A", "ADD-X")] is True  # bought on 2025-01-05: already known
+    assert bought[("A", "BST-Y")] is None and bought[("B", "ADD-X")] is None
     assert a["offer_outcome"] is None  # the outcome window ends after the data
-
-
-def test_label_column_names_are_safe() -> None:
-    assert label_column("ADD-Stream+Plus", 30) == "buys_add_stream_plus_30d"
 
 
 def test_training_set_joins_labels_and_every_set_row_by_row() -> None:

@@ -41,7 +41,7 @@ runner = CliRunner()
 ENV: dict[str, str | None] = {"CUSTINTEL_IDENTITY_U_MAX_PAIRS": "1e6", "CUSTINTEL_REDIS_URL": None}
 FEATURE_SETS = ("relationship@1", "value@1", "service@1", "digital@1")
 ONLINE_SETS = (*FEATURE_SETS, "interactions@1")
-ALL_SETS = (*ONLINE_SETS, "attributes@1", "labels@1")  # attributes (protected) and labels are never served
+ALL_SETS = (*ONLINE_SETS, "attributes@1", "labels@1", "purchase_labels@1")  # never served: protected, labels
 CUTOFFS = ["2025-03-01", "2026-01-01"]  # the second one is the end of the small world's observed data
 
 
@@ -116,7 +116,8 @@ def test_the_flow_builds_every_set_stores_them_and_publishes_artifacts(
         assert stored.num_rows == sum(p["rows"] for p in entry["partitions"].values())
     # the same customers in every one-row-per-customer set, one cutoff after another
     spine = report["sets"]["labels@1"]["partitions"]
-    assert all(report["sets"][k]["partitions"] == spine for k in ALL_SETS if k != "interactions@1")
+    per_product = ("interactions@1", "purchase_labels@1")
+    assert all(report["sets"][k]["partitions"] == spine for k in ALL_SETS if k not in per_product)
 
     assert sorted(report["online"]) == sorted(ONLINE_SETS)
     assert all(o["store"] == "sqlite" and o["as_of"] == "2026-01-01" for o in report["online"].values())

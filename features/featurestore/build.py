@@ -10,14 +10,13 @@ reads or writes files.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Sequence
 
 import duckdb
 import pyarrow as pa
 
 from features.featurestore.config import FeatureConfig, LabelConfig
-from features.featurestore.definitions import PIT, FeatureSet
+from features.featurestore.definitions import PIT, WINDOWS, FeatureSet
 
 
 class FeatureBuildError(ValueError):
@@ -38,10 +37,11 @@ def create_spine(con: duckdb.DuckDBPyConnection, as_of: Sequence[dt.date]) -> in
     if not as_of:
         raise FeatureBuildError("give at least one as-of date")
     cutoffs = ", ".join(f"({_ts(d)})" for d in sorted(set(as_of)))
+    bounds = ", ".join(f"k.cutoff - INTERVAL {w} DAY AS since_{w}d" for w in WINDOWS)
     con.execute("DROP TABLE IF EXISTS spine")
     con.execute(
         f"""CREATE TABLE spine AS
-        SELECT a.cid, k.cutoff FROM accounts a, (VALUES {cutoffs}) k(cutoff)
+        SELECT a.cid, k.cutoff, {bounds} FROM accounts a, (VALUES {cutoffs}) k(cutoff)
         WHERE a.opened_at < k.cutoff AND (a.arrival_time IS NULL OR a.arrival_time < k.cutoff)
         GROUP BY a.cid, k.cutoff
         HAVING bool_or(a.closed_at IS NULL OR a.closed_at >= k.cutoff)"""
@@ -50,11 +50,22 @@ def create_spine(con: duckdb.DuckDBPyConnection, as_of: Sequence[dt.date]) -> in
     return int(row[0]) if row else 0
 
 
-def feature_set_sql(feature_set: FeatureSet) -> str:
-    """One statement computing a feature set for every spine row."""
+def feature_set_sql(feature_set: FeatureSet, earliest_cutoff: dt.date | None = None) -> str:
+    """One statement computing a feature set for every spine row.
+
+    With `earliest_cutoff`, a part's `lookback_days` becomes a constant lower bound on
+    its event times (rows older than any window are skipped before the join) and its
+    `where` is applied before the join too; without it, every row is joined.
+    """
     ctes, cols, joins = [], [], []
     for i, part in enumerate(feature_set.parts):
         pit = PIT.format(time=part.time)
+        if earliest_cutoff is not None:
+            if part.lookback_days is not None:
+                start = earliest_cutoff - dt.timedelta(days=part.lookback_days)
+                pit += f" AND e.{part.time} >= {_ts(start)}"
+            if part.where:
+                pit += f" AND ({part.where})"
         if part.query is not None:
             query = part.query.format(pit=pit)
         else:
@@ -78,9 +89,17 @@ def feature_set_sql(feature_set: FeatureSet) -> str:
     )
 
 
-def build_feature_set(con: duckdb.DuckDBPyConnection, feature_set: FeatureSet) -> pa.Table:
-    """One row per spine row: customer_key, as_of, then the set's features."""
-    return con.sql(feature_set_sql(feature_set)).to_arrow_table()
+def build_feature_set(con: duckdb.DuckDBPyConnection, feature_set: FeatureSet, skip_old: bool = True) -> pa.Table:
+    """One row per spine row: customer_key, as_of, then the set's features.
+
+    `skip_old=False` joins every event whatever its age (the same values, slower: tests use it
+    to show that the look-back bounds change nothing).
+    """
+    earliest = None
+    if skip_old:
+        row = con.sql("SELECT CAST(min(cutoff) AS DATE) FROM spine").fetchall()[0]
+        earliest = row[0]
+    return con.sql(feature_set_sql(feature_set, earliest)).to_arrow_table()
 
 
 def build_interactions(con: duckdb.DuckDBPyConnection) -> pa.Table:
@@ -105,22 +124,8 @@ def build_interactions(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return con.sql(sql).to_arrow_table()
 
 
-def label_column(product_id: str, horizon: int) -> str:
-    """The purchase label's column for a product: `buys_<product>_<horizon>d`, lower-case, '_' for others."""
-    return f"buys_{re.sub(r'[^0-9a-z]+', '_', product_id.lower()).strip('_')}_{horizon}d"
-
-
-def purchasable_products(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Products a customer can buy (the catalogue without plans), sorted."""
-    rows = con.execute(
-        "SELECT DISTINCT product_id FROM products WHERE NOT coalesce(is_plan, false) AND product_id IS NOT NULL "
-        "ORDER BY product_id"
-    ).fetchall()
-    return [str(r[0]) for r in rows]
-
-
 def build_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_until: dt.datetime) -> pa.Table:
-    """Outcomes after each cutoff: churn within horizons, time to churn with censoring, purchases, offer test.
+    """Outcomes after each cutoff: churn within horizons, time to churn with censoring, any purchase, offer test.
 
     A customer churns when the last of their accounts closes. A label whose horizon
     reaches past `observed_until` (the end of the observed data) is empty unless the
@@ -144,19 +149,14 @@ def build_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_u
         "AND e.kind = 'purchase'"
     )
     known = f"s.cutoff + INTERVAL {h} DAY <= {end}"
-    products = purchasable_products(con)
-    buy_cols = [
-        f'CASE WHEN coalesce(b."{p}", false) THEN true WHEN {known} THEN false END AS {label_column(p, h)}'
-        for p in products
-    ]
-    buy_aggs = ", ".join(f"bool_or(e.product = '{p.replace(chr(39), chr(39) * 2)}') AS \"{p}\"" for p in products)
     any_col = f"CASE WHEN b.any_purchase THEN true WHEN {known} THEN false END AS buys_any_{h}d"
     longest = max(labels.churn_horizons_days)
     offers = _has_rows(con, "offers")
     offer_cte = (
-        f""", o AS (SELECT s.cid, s.cutoff, arg_min(e."group", e.assigned_at) AS offer_group,
-                 arg_min(CASE WHEN e.outcome_window_end IS NULL OR e.outcome_window_end <= {end} THEN e.outcome END,
-                         e.assigned_at) AS offer_outcome
+        f""", o AS (SELECT s.cid, s.cutoff,
+                 arg_min(struct_pack(g := e."group", o := CASE WHEN e.outcome_window_end IS NULL
+                             OR e.outcome_window_end <= {end} THEN e.outcome END),
+                         (e.assigned_at, e."group")) AS first_offer
              FROM spine s JOIN offers e ON e.cid = s.cid AND e.assigned_at >= s.cutoff
                   AND e.assigned_at < s.cutoff + INTERVAL {longest} DAY
              GROUP BY s.cid, s.cutoff)"""
@@ -164,23 +164,47 @@ def build_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_u
         else ""
     )
     offer_cols = (
-        ", o.offer_group, o.offer_outcome"
+        ", o.first_offer.g AS offer_group, o.first_offer.o AS offer_outcome"
         if offers
         else ", CAST(NULL AS VARCHAR) AS offer_group, CAST(NULL AS BOOLEAN) AS offer_outcome"
     )
     offer_join = "LEFT JOIN o ON o.cid = s.cid AND o.cutoff = s.cutoff" if offers else ""
-    buy_select = f"{', '.join(buy_cols)}, " if buy_cols else ""
     sql = f"""
     WITH ch AS (SELECT cid, CASE WHEN bool_and(closed_at IS NOT NULL) THEN max(closed_at) END AS churn_time
                 FROM accounts GROUP BY cid),
-         b AS (SELECT s.cid, s.cutoff, true AS any_purchase{", " + buy_aggs if buy_aggs else ""}
+         b AS (SELECT s.cid, s.cutoff, true AS any_purchase
                FROM spine s JOIN transactions e ON e.cid = s.cid AND {window} GROUP BY s.cid, s.cutoff){offer_cte}
-    SELECT c.customer_key, CAST(s.cutoff AS DATE) AS as_of, {", ".join(cols)}, {buy_select}{any_col}{offer_cols}
+    SELECT c.customer_key, CAST(s.cutoff AS DATE) AS as_of, {", ".join(cols)}, {any_col}{offer_cols}
     FROM spine s JOIN customers c ON c.cid = s.cid
     LEFT JOIN ch ON ch.cid = s.cid
     LEFT JOIN b ON b.cid = s.cid AND b.cutoff = s.cutoff
     {offer_join}
     ORDER BY as_of, c.customer_key"""
+    return con.sql(sql).to_arrow_table()
+
+
+def build_purchase_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_until: dt.datetime) -> pa.Table:
+    """Whether each customer bought each purchasable product within the horizon after each cutoff.
+
+    Long format (customer_key, as_of, product_id, bought), so a new product adds rows, not
+    columns. Empty where the horizon reaches past `observed_until` and no purchase was seen.
+    Purchasable products are the catalogue without plans.
+    """
+    end = _ts(observed_until)
+    h = labels.purchase_horizon_days
+    sql = f"""
+    WITH p AS (SELECT DISTINCT product_id FROM products
+               WHERE NOT coalesce(is_plan, false) AND product_id IS NOT NULL),
+         b AS (SELECT DISTINCT s.cid, s.cutoff, e.product
+               FROM spine s JOIN transactions e ON e.cid = s.cid AND e.kind = 'purchase'
+                    AND e.event_time >= s.cutoff AND e.event_time < s.cutoff + INTERVAL {h} DAY
+                    AND e.event_time < {end})
+    SELECT c.customer_key, CAST(s.cutoff AS DATE) AS as_of, p.product_id,
+           CASE WHEN b.product IS NOT NULL THEN true WHEN s.cutoff + INTERVAL {h} DAY <= {end} THEN false END
+               AS bought
+    FROM spine s CROSS JOIN p JOIN customers c ON c.cid = s.cid
+    LEFT JOIN b ON b.cid = s.cid AND b.cutoff = s.cutoff AND b.product = p.product_id
+    ORDER BY as_of, c.customer_key, p.product_id"""
     return con.sql(sql).to_arrow_table()
 
 

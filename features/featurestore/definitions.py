@@ -40,12 +40,16 @@ class Part:
 
     `query`, when given, is a whole statement returning (cid, cutoff, <features>); it
     must use `{pit}` in its join to the source, so the point-in-time rule still holds.
+    `lookback_days` and `where` only let the builder skip rows early (old events, other
+    kinds); they must not change any value, which a test checks by building without them.
     """
 
     source: str
     features: tuple[Feature, ...]
     time: str = "event_time"
     query: str | None = None
+    lookback_days: int | None = None  # no feature of the part looks further back than this
+    where: str | None = None  # a condition on `e` alone, applied before the join
 
 
 @dataclass(frozen=True)
@@ -127,8 +131,26 @@ def _feature_dict(f: Feature) -> dict[str, object]:
     }
 
 
+# Windows the spine carries precomputed bounds for (`s.since_<n>d` = cutoff - n days).
+WINDOWS = (7, 30, 90, 365)
+
+
 def _within(days: int, time: str = "event_time") -> str:
-    return f"e.{time} >= s.cutoff - INTERVAL {days} DAY"
+    if days not in WINDOWS:
+        raise ValueError(f"window {days} days has no precomputed bound; add it to WINDOWS")
+    return f"e.{time} >= s.since_{days}d"
+
+
+def _latest(value: str, time: str, where: str | None = None) -> str:
+    """The value of the latest row; ties broken by arrival, then by the value itself (deterministic)."""
+    flt = f" FILTER (WHERE {where})" if where else ""
+    return f"arg_max({value}, ({time}, coalesce(e.arrival_time, {time}), {value})){flt}"
+
+
+def _earliest(value: str, time: str, where: str | None = None) -> str:
+    """The value of the earliest row; ties broken as in `_latest`."""
+    flt = f" FILTER (WHERE {where})" if where else ""
+    return f"arg_min({value}, ({time}, coalesce(e.arrival_time, {time}), {value})){flt}"
 
 
 def _days_since(expr: str) -> str:
@@ -182,19 +204,19 @@ def relationship_set() -> FeatureSet:
                 (
                     Feature(
                         "segment",
-                        "arg_max(e.segment, e.created_at) FILTER (WHERE e.segment IS NOT NULL)",
+                        _latest("e.segment", "e.created_at", "e.segment IS NOT NULL"),
                         "Segment on the newest profile record created before the cutoff.",
                         dtype="VARCHAR",
                     ),
                     Feature(
                         "region",
-                        "arg_max(e.region, e.created_at) FILTER (WHERE e.region IS NOT NULL)",
+                        _latest("e.region", "e.created_at", "e.region IS NOT NULL"),
                         "Region on the newest profile record created before the cutoff.",
                         dtype="VARCHAR",
                     ),
                     Feature(
                         "acquisition_channel",
-                        "arg_min(e.acquisition_channel, e.created_at) FILTER (WHERE e.acquisition_channel IS NOT NULL)",
+                        _earliest("e.acquisition_channel", "e.created_at", "e.acquisition_channel IS NOT NULL"),
                         "Channel of the first profile record (how the customer came to us).",
                         dtype="VARCHAR",
                     ),
@@ -206,7 +228,7 @@ def relationship_set() -> FeatureSet:
                 (
                     Feature(
                         "plan",
-                        "arg_max(e.product, e.event_time) FILTER (WHERE e.kind = 'plan_change')",
+                        _latest("e.product", "e.event_time", "e.kind = 'plan_change'"),
                         "Plan after the last plan change before the cutoff.",
                         dtype="VARCHAR",
                     ),
@@ -214,6 +236,7 @@ def relationship_set() -> FeatureSet:
                         "plan_changes_365d", _count("e.kind = 'plan_change'", 365), "Plan changes in the last 365 days."
                     ),
                 ),
+                where="e.kind = 'plan_change'",
             ),
             Part(
                 "transactions",
@@ -233,14 +256,21 @@ def relationship_set() -> FeatureSet:
 def value_set() -> FeatureSet:
     """RFM over 30/90/365 days, discount dependency, refunds."""
     purchase = "e.kind = 'purchase'"
-    feats: list[Feature] = [
+    ever = (
         Feature(
             "recency_days",
             _days_since(f"max(e.event_time) FILTER (WHERE {purchase})"),
             "Days since the last purchase (empty if none).",
             lower=0,
-        )
-    ]
+        ),
+        Feature(
+            "days_since_last_discount",
+            _days_since("max(e.event_time) FILTER (WHERE e.kind = 'discount')"),
+            "Days since the last discount (empty if none).",
+            lower=0,
+        ),
+    )
+    feats: list[Feature] = []
     for d in (30, 90, 365):
         feats.append(_n(f"frequency_{d}d", _count(purchase, d), f"Purchases in the last {d} days."))
         feats.append(
@@ -259,12 +289,6 @@ def value_set() -> FeatureSet:
             f"coalesce(sum(e.amount) FILTER (WHERE e.kind = 'discount' AND {_within(365)}), 0)",
             "Value of discounts granted in the last 365 days.",
             fill=0,
-            lower=0,
-        ),
-        Feature(
-            "days_since_last_discount",
-            _days_since("max(e.event_time) FILTER (WHERE e.kind = 'discount')"),
-            "Days since the last discount (empty if none).",
             lower=0,
         ),
         _n("refunds_365d", _count("e.kind = 'refund'", 365), "Refunds in the last 365 days."),
@@ -297,7 +321,10 @@ def value_set() -> FeatureSet:
         "value",
         1,
         "What the customer spends: recency, frequency, monetary value, discounts, refunds.",
-        (Part("transactions", tuple(feats)),),
+        (
+            Part("transactions", tuple(feats), lookback_days=365, where="e.kind IN ('purchase', 'discount', 'refund')"),
+            Part("transactions", ever, where="e.kind IN ('purchase', 'discount')"),
+        ),
         derived,
     )
 
@@ -315,6 +342,12 @@ def service_set(config: FeatureConfig) -> FeatureSet:
         tickets.append(
             _n(f"tickets_category_{c}_90d", _count(f"e.category = '{c}'", 90), f"Tickets about {c}, 90 days.")
         )
+    last_ticket = Feature(
+        "days_since_last_ticket",
+        _days_since("max(e.event_time)"),
+        "Days since the last ticket (empty if none).",
+        lower=0,
+    )
     tickets += [
         Feature(
             "fcr_rate_365d",
@@ -329,17 +362,11 @@ def service_set(config: FeatureConfig) -> FeatureSet:
             "Mean CSAT of tickets resolved before the cutoff, 365 days (a score is known once resolved).",
             lower=0,
         ),
-        Feature(
-            "days_since_last_ticket",
-            _days_since("max(e.event_time)"),
-            "Days since the last ticket (empty if none).",
-            lower=0,
-        ),
     ]
     repeat = (
-        "SELECT cid, cutoff, count(*) FILTER (WHERE event_time >= cutoff - INTERVAL 90 DAY"
+        "SELECT cid, cutoff, count(*) FILTER (WHERE event_time >= since_90d"
         " AND prev_time >= event_time - INTERVAL 7 DAY) AS repeat_contacts_90d FROM ("
-        " SELECT s.cid, s.cutoff, e.event_time,"
+        " SELECT s.cid, s.cutoff, s.since_90d, e.event_time,"
         " lag(e.event_time) OVER (PARTITION BY s.cid, s.cutoff ORDER BY e.event_time) AS prev_time"
         " FROM spine s JOIN tickets e ON e.cid = s.cid AND {pit}) GROUP BY cid, cutoff"
     )
@@ -348,18 +375,20 @@ def service_set(config: FeatureConfig) -> FeatureSet:
         1,
         "How service goes for the customer: tickets, resolution, repeat contacts, CSAT, NPS, self-service.",
         (
-            Part("tickets", tuple(tickets)),
+            Part("tickets", tuple(tickets), lookback_days=365),
+            Part("tickets", (last_ticket,)),
             Part(
                 "tickets",
                 (_n("repeat_contacts_90d", "", "Tickets in 90 days opened within 7 days of the previous one."),),
                 query=repeat,
+                lookback_days=97,  # a ticket 90 days back may repeat one from 7 days before it
             ),
             Part(
                 "surveys",
                 (
                     Feature(
                         "nps_last",
-                        "arg_max(e.score, e.event_time)",
+                        _latest("e.score", "e.event_time"),
                         "Latest NPS answer (0-10) before the cutoff.",
                         lower=0,
                         upper=10,
@@ -388,6 +417,8 @@ def service_set(config: FeatureConfig) -> FeatureSet:
                         "Failed self-service attempts, 90 days.",
                     ),
                 ),
+                lookback_days=90,
+                where="e.event_type = 'self_service_failed'",
             ),
         ),
     )
@@ -413,13 +444,11 @@ def digital_set(config: FeatureConfig) -> FeatureSet:
                     f"Views of the {page} page, {d} days.",
                 )
             )
-    feats.append(
-        Feature(
-            "days_since_last_session",
-            _days_since("max(e.event_time) FILTER (WHERE e.event_type = 'session')"),
-            "Days since the last session (empty if none).",
-            lower=0,
-        )
+    last_session = Feature(
+        "days_since_last_session",
+        _days_since("max(e.event_time) FILTER (WHERE e.event_type = 'session')"),
+        "Days since the last session (empty if none).",
+        lower=0,
     )
     derived = (
         Feature(
@@ -433,7 +462,10 @@ def digital_set(config: FeatureConfig) -> FeatureSet:
         "digital",
         1,
         "How the customer uses web and app: sessions, key pages, micro-conversions, trend.",
-        (Part("web", tuple(feats)),),
+        (
+            Part("web", tuple(feats), lookback_days=90),
+            Part("web", (last_session,), where="e.event_type = 'session'"),
+        ),
         derived,
     )
 
@@ -483,3 +515,4 @@ def feature_sets(config: FeatureConfig) -> tuple[FeatureSet, ...]:
 # versions are kept here so the stores and the manifest treat them like feature sets.
 INTERACTIONS_VERSION = 1
 LABELS_VERSION = 1
+PURCHASE_LABELS_VERSION = 1

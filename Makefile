@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # No analytics from Prefect's ephemeral server: the machines here have no internet.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint unit bench bench-resolve clean
+.PHONY: install demo test lint unit bench bench-resolve bench-features clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: install
 
 bench-resolve: install
 	$(BIN)/python -m benchmarks.bench_resolve
+
+bench-features: install
+	$(BIN)/python -m benchmarks.bench_features
 
 clean:
 	rm -rf $(VENV) .custintel .pytest_cache .mypy_cache .ruff_cache .coverage

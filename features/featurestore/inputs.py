@@ -92,18 +92,29 @@ def _time_ranges(con: duckdb.DuckDBPyConnection, kinds: list[str]) -> dict[str, 
     return out
 
 
-def _finish(con: duckdb.DuckDBPyConnection, kinds: list[str]) -> int:
-    """Number the customers and key every raw_<kind> view by cid."""
+def _finish(con: duckdb.DuckDBPyConnection, kinds: list[str], by_cid: frozenset[str] = frozenset()) -> int:
+    """Number the customers (those with an account) and key every raw_<kind> view by cid.
+
+    Views in `by_cid` already carry `cid` (from the `crosswalk_cid` table made here); the
+    others carry `customer_key`.
+    """
     con.execute(
         "CREATE OR REPLACE TABLE customers AS SELECT row_number() OVER (ORDER BY customer_key)::INTEGER AS cid, "
         "customer_key FROM (SELECT DISTINCT customer_key FROM raw_accounts WHERE customer_key IS NOT NULL)"
     )
+    if by_cid:
+        con.execute(
+            "INSERT INTO crosswalk_cid SELECT x.record_table, x.record_id, c.cid "
+            "FROM crosswalk x JOIN customers c USING (customer_key)"
+        )
     for kind in CANONICAL_COLUMNS:
         cols = ", ".join(f'r."{c}"' for c in _columns(kind))
         if kind not in kinds:
             con.execute(f"CREATE OR REPLACE TABLE {kind} AS SELECT NULL::INTEGER AS cid, {_typed(kind, {})} LIMIT 0")
         elif kind == "products":
             con.execute(f"CREATE OR REPLACE TABLE products AS SELECT {cols} FROM raw_products r")
+        elif kind in by_cid:
+            con.execute(f"CREATE OR REPLACE TABLE {kind} AS SELECT r.cid, {cols} FROM raw_{kind} r")
         else:
             con.execute(
                 f"CREATE OR REPLACE TABLE {kind} AS SELECT c.cid, {cols} FROM raw_{kind} r "
@@ -152,9 +163,15 @@ def load_lake_inputs(
 
     With `golden_path`, the golden records' birth date and gender become the `golden` source.
     """
+    # Split `<record_table>:<id>` once here, so each event joins on its id without building strings.
     con.execute(
-        f"CREATE OR REPLACE TABLE crosswalk AS SELECT record_key, customer_key FROM read_parquet('{crosswalk_path}')"
+        "CREATE OR REPLACE TABLE crosswalk AS SELECT "
+        "substr(record_key, 1, strpos(record_key, ':') - 1) AS record_table, "
+        "substr(record_key, strpos(record_key, ':') + 1) AS record_id, customer_key "
+        f"FROM read_parquet('{crosswalk_path}')"
     )
+    # filled once the customers are numbered; the event views are defined against it before that
+    con.execute("CREATE OR REPLACE TABLE crosswalk_cid (record_table VARCHAR, record_id VARCHAR, cid INTEGER)")
     summary = InputSummary()
     kinds: list[str] = []
     as_of: list[dt.datetime] = []
@@ -181,9 +198,11 @@ def load_lake_inputs(
             if kind == "products":
                 selects.append(f"SELECT {typed} FROM ({lake}) t")
             else:
+                # accounts define the customers, so they join the crosswalk by key; the rest join its cid copy
+                key, xwalk = ("customer_key", "crosswalk") if kind == "accounts" else ("cid", "crosswalk_cid")
                 selects.append(
-                    f"SELECT x.customer_key, {typed} FROM ({lake}) t JOIN crosswalk x "
-                    f"ON x.record_key = '{source.record_table}:' || CAST(t.\"{source.ref}\" AS VARCHAR)"
+                    f"SELECT x.{key}, {typed} FROM ({lake}) t JOIN {xwalk} x ON x.record_table = "
+                    f"'{source.record_table}' AND x.record_id = CAST(t.\"{source.ref}\" AS VARCHAR)"
                 )
         if selects:
             kinds.append(kind)
@@ -198,7 +217,8 @@ def load_lake_inputs(
     for needed in ("accounts", "products"):
         if needed not in kinds:
             raise FeatureInputError(f"sources.{needed}: no table of it has been ingested")
-    summary.customers = _finish(con, kinds)
+    by_cid = frozenset(k for k in kinds if k not in ("accounts", "products", "golden"))
+    summary.customers = _finish(con, kinds, by_cid)
     for linked_kind, sources in config.sources.items():
         if linked_kind in ("products", "golden") or linked_kind not in kinds:
             continue

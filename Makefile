@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # No analytics from Prefect's ephemeral server: the machines here have no internet.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint unit bench bench-resolve bench-features clean
+.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-resolve: install
 
 bench-features: install
 	$(BIN)/python -m benchmarks.bench_features
+
+bench-online: install
+	$(BIN)/python -m benchmarks.bench_online
 
 clean:
 	rm -rf $(VENV) .custintel .pytest_cache .mypy_cache .ruff_cache .coverage

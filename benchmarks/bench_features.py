@@ -602,15 +602,16 @@ def pandas_build(
     val = pd.concat([n, money], axis=1)
     val["recency_days"] = days_since(tx["event_time"].where(purchase).groupby(tx["cid"]).max())
     val["days_since_last_discount"] = days_since(tx["event_time"].where(discount).groupby(tx["cid"]).max())
-    order = ["recency_days"]
+    order = []
     for d in (30, 90, 365):
         order += [f"frequency_{d}d", f"monetary_{d}d"]
     order += [
         "discounts_365d",
         "discount_amount_365d",
-        "days_since_last_discount",
         "refunds_365d",
         "refund_amount_365d",
+        "recency_days",
+        "days_since_last_discount",
     ]
     ints = [c for c in order if c.startswith(("frequency", "discounts", "refunds"))]
     value = finish(

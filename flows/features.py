@@ -89,7 +89,7 @@ def build_one(
     table = build(con.cursor())
     stats: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
-    for day in sorted(set(table.column("as_of").to_pylist())):
+    for day in sorted(pc.unique(table.column("as_of")).to_pylist()):
         part = _rows_as_of(table, day)
         profile = profile_columns(part, [c for c in part.column_names if c not in ("customer_key", "as_of")])
         collapse_rows = part.num_rows + 1 if min_rows is None else min_rows

@@ -85,7 +85,7 @@ def feature_set_sql(feature_set: FeatureSet, earliest_cutoff: dt.date | None = N
     return (
         f"WITH {', '.join(ctes)}, base AS (SELECT s.cid, s.cutoff, {', '.join(cols)} FROM spine s {' '.join(joins)}) "
         f"SELECT c.customer_key, CAST(b.cutoff AS DATE) AS as_of, b.* EXCLUDE (cid, cutoff){derived} "
-        f"FROM base b JOIN customers c USING (cid) ORDER BY as_of, c.customer_key"
+        f"FROM base b JOIN customers c USING (cid) ORDER BY b.cutoff, b.cid"
     )
 
 
@@ -119,8 +119,8 @@ def build_interactions(con: duckdb.DuckDBPyConnection) -> pa.Table:
     JOIN products p ON p.product_id = e.product AND NOT coalesce(p.is_plan, false)
     JOIN customers c ON c.cid = s.cid
     WHERE e.kind IN ('purchase', 'refund')
-    GROUP BY c.customer_key, s.cutoff, e.product
-    ORDER BY as_of, c.customer_key, product_id"""
+    GROUP BY s.cid, c.customer_key, s.cutoff, e.product
+    ORDER BY s.cutoff, s.cid, product_id"""
     return con.sql(sql).to_arrow_table()
 
 
@@ -179,7 +179,7 @@ def build_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_u
     LEFT JOIN ch ON ch.cid = s.cid
     LEFT JOIN b ON b.cid = s.cid AND b.cutoff = s.cutoff
     {offer_join}
-    ORDER BY as_of, c.customer_key"""
+    ORDER BY s.cutoff, s.cid"""
     return con.sql(sql).to_arrow_table()
 
 
@@ -204,7 +204,7 @@ def build_purchase_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, o
                AS bought
     FROM spine s CROSS JOIN p JOIN customers c ON c.cid = s.cid
     LEFT JOIN b ON b.cid = s.cid AND b.cutoff = s.cutoff AND b.product = p.product_id
-    ORDER BY as_of, c.customer_key, p.product_id"""
+    ORDER BY s.cutoff, s.cid, p.product_id"""
     return con.sql(sql).to_arrow_table()
 
 
@@ -228,7 +228,7 @@ def build_training_set(
     table = build_labels(con, config.labels, observed_until)
     for fs in feature_sets:
         built = build_feature_set(con, fs)
-        # Every builder orders its rows by (as_of, customer_key) over the same spine.
+        # Every builder orders its rows by (cutoff, cid) over the same spine; cids follow customer_key order.
         assert built.column("customer_key").equals(table.column("customer_key"))
         for name in built.column_names[2:]:
             table = table.append_column(name, built.column(name))

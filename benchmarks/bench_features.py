@@ -41,14 +41,13 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +56,10 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from benchmarks.child import BenchError, Run, run_child, worker_main
+from benchmarks.child import emit as _emit
+from benchmarks.child import status_mib as _status_mib
+from benchmarks.child import timed_end as _timed_end
 from benchmarks.machine import code_digest, machine_info
 
 if TYPE_CHECKING:
@@ -82,28 +85,6 @@ Event = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- child side
-
-
-def _emit(event: str, **data: Any) -> None:
-    """One JSON line on stdout for the parent: progress, or the final result."""
-    print(json.dumps({"event": event, **data}, default=str), flush=True)
-
-
-def _status_mib(key: str) -> float | None:
-    """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB; None where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _timed_end() -> dict[str, Any]:
-    """Close the timed section: tell the parent (it stamps the wall clock) and snapshot the peak RSS."""
-    _emit("timed_done")
-    return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "vmhwm_mib": _status_mib("VmHWM")}
 
 
 def _settings(home: str) -> Any:
@@ -827,37 +808,7 @@ WORKERS = {
 }
 
 
-def _worker_main(argv: list[str]) -> int:
-    """Entry point of a child: run one step and print its result as the last JSON line."""
-    step, params = argv[0], json.loads(argv[1])
-    data = WORKERS[step](params)
-    _emit("result", **data)
-    return 0
-
-
 # --------------------------------------------------------------------------- parent side
-
-
-class BenchError(RuntimeError):
-    """A child step failed; the message carries the tail of its stderr."""
-
-
-@dataclass
-class Run:
-    """One measured child process."""
-
-    step: str
-    label: str
-    seconds: float  # timed inside the child
-    wall_seconds: float  # spawn to exit
-    timed_wall_seconds: float | None  # spawn to the end of the timed section (imports included)
-    peak_mib: float | None  # the child's ru_maxrss at the end of its timed section
-    process_peak_mib: float  # ru_maxrss of the whole child (os.wait4), untimed writing included
-    hwm_mib: float | None
-    rss_after_imports_mib: float | None
-    load_avg: tuple[float, float, float]
-    code_digest: str
-    data: dict[str, Any] = field(repr=False)
 
 
 class Bench:
@@ -872,53 +823,13 @@ class Bench:
     def child(self, step: str, label: str, params: dict[str, Any]) -> Run:
         """Run one step in its own process; its time and peak RSS are that child's alone."""
         task = self.progress.add_task(label, total=None)
-        digest = code_digest()
-        load_avg = os.getloadavg()
-        cmd = [sys.executable, "-m", MODULE, "_worker", step, json.dumps(params)]
-        result: Event | None = None
-        timed_wall: float | None = None
-        with tempfile.TemporaryFile(mode="w+") as err:
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                kind = event.get("event")
-                if kind == "result":
-                    result = event
-                elif kind == "timed_done":
-                    timed_wall = time.perf_counter() - t0
-                elif kind == "progress":
-                    self._on_progress(task, label, event)
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - t0
-            code = os.waitstatus_to_exitcode(status)
-            proc.returncode = code
-            proc.stdout.close()
+        try:
+            run = run_child(MODULE, step, label, params, lambda e: self._on_progress(task, label, e))
+        finally:
             self.progress.remove_task(task)
-            if code != 0 or result is None:
-                err.seek(0)
-                tail = "\n".join(err.read().splitlines()[-25:])
-                raise BenchError(f"{label} failed with exit code {code}:\n{tail}")
-        run = Run(
-            step=step,
-            label=label,
-            seconds=float(result["seconds"]),
-            wall_seconds=wall,
-            timed_wall_seconds=timed_wall,
-            peak_mib=result.get("peak_mib"),
-            process_peak_mib=usage.ru_maxrss / 1024,
-            hwm_mib=result.get("vmhwm_mib"),
-            rss_after_imports_mib=result.get("rss_after_imports_mib"),
-            load_avg=load_avg,
-            code_digest=digest,
-            data={k: v for k, v in result.items() if k not in ("event", "seconds")},
-        )
         peak = "" if run.peak_mib is None else f", peak {run.peak_mib:,.0f} MiB"
-        self.console.log(f"{label}: {run.seconds:,.1f} s (process {wall:,.1f} s){peak}, load avg {load_avg[0]:.1f}")
+        wall, load = run.wall_seconds, run.load_avg[0]
+        self.console.log(f"{label}: {run.seconds:,.1f} s (process {wall:,.1f} s){peak}, load avg {load:.1f}")
         return run
 
     def _on_progress(self, task: TaskID, label: str, e: Event) -> None:
@@ -1180,7 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when the results are equal and every applicable target passes."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_worker"]:
-        return _worker_main(argv[1:])
+        return worker_main(WORKERS, argv[1:])
     args = _parse(argv)
     console = Console()
     if not console.is_terminal:

@@ -49,6 +49,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from benchmarks.child import BenchError
+from benchmarks.child import emit as _emit
+from benchmarks.child import status_mib as _status_mib
 from benchmarks.machine import code_digest, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,22 +68,6 @@ Event = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- child side
-
-
-def _emit(event: str, **data: Any) -> None:
-    """One JSON line on stdout for the parent: progress, or the final result."""
-    print(json.dumps({"event": event, **data}), flush=True)
-
-
-def _status_mib(key: str) -> float | None:
-    """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB; None where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def _dir_bytes(path: Path) -> int:
@@ -231,10 +218,6 @@ def _worker_main(argv: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- parent side
-
-
-class BenchError(RuntimeError):
-    """A child step failed; the message carries the tail of its stderr."""
 
 
 @dataclass

@@ -31,12 +31,9 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -56,6 +53,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from benchmarks.child import BenchError, Run, run_child, worker_main
+from benchmarks.child import emit as _emit
+from benchmarks.child import status_mib as _status_mib
+from benchmarks.child import timed_end as _timed_end
 from benchmarks.machine import code_digest, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,33 +78,6 @@ Event = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- child side
-
-
-def _emit(event: str, **data: Any) -> None:
-    """One JSON line on stdout for the parent: progress, or the final result."""
-    print(json.dumps({"event": event, **data}, default=str), flush=True)
-
-
-def _status_mib(key: str) -> float | None:
-    """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB; None where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _maxrss_mib() -> float:
-    """This process's peak RSS so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _timed_end() -> dict[str, Any]:
-    """Close the timed section: tell the parent (it stamps the wall clock) and snapshot the peak."""
-    _emit("timed_done")
-    return {"peak_mib": _maxrss_mib(), "vmhwm_mib": _status_mib("VmHWM")}
 
 
 def _world_dir(home: Path) -> Path:
@@ -328,37 +302,7 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def _worker_main(argv: list[str]) -> int:
-    """Entry point of a child: run one step and print its result as the last JSON line."""
-    step, params = argv[0], json.loads(argv[1])
-    data = WORKERS[step](params)
-    _emit("result", **data)
-    return 0
-
-
 # --------------------------------------------------------------------------- parent side
-
-
-class BenchError(RuntimeError):
-    """A child step failed; the message carries the tail of its stderr."""
-
-
-@dataclass
-class Run:
-    """One measured child process."""
-
-    step: str
-    label: str
-    seconds: float  # the step itself, timed inside the child
-    wall_seconds: float  # spawn to exit: imports and the (untimed) evaluation included
-    timed_wall_seconds: float | None  # spawn to the end of the timed section: imports included, evaluation not
-    peak_mib: float | None  # ru_maxrss of the child at the end of the timed section
-    process_peak_mib: float  # ru_maxrss of the whole child, from os.wait4 (evaluation included)
-    hwm_mib: float | None  # VmHWM the child read at the end of the timed section (cross-check)
-    rss_after_imports_mib: float | None
-    load_avg: tuple[float, float, float]  # 1/5/15-minute load average when the child started
-    code_digest: str  # of features/ when the child started: the code it measured
-    data: dict[str, Any] = field(repr=False)
 
 
 @dataclass
@@ -407,50 +351,14 @@ class Bench:
         """Run one step in a child process; its times and peak RSS are that child's alone."""
         prefix = f"{size:,} records · {label}"
         task = self.progress.add_task(prefix, total=None)
-        digest = code_digest()
-        load_avg = os.getloadavg()
-        cmd = [sys.executable, "-m", MODULE, "_worker", step, json.dumps(params)]
-        result: Event | None = None
-        timed_wall: float | None = None
-        with tempfile.TemporaryFile(mode="w+") as err:
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a stray print from a library
-                kind = event.get("event")
-                if kind == "result":
-                    result = event
-                elif kind == "timed_done":
-                    timed_wall = time.perf_counter() - t0
-                elif kind == "progress":
-                    self._on_progress(task, prefix, event)
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - t0
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            proc.stdout.close()
+        try:
+            run = run_child(MODULE, step, f"{label} ({size:,} records)", params,
+                            lambda e: self._on_progress(task, prefix, e))  # fmt: skip
+        finally:
             self.progress.remove_task(task)
-            if proc.returncode != 0 or result is None:
-                err.seek(0)
-                tail = "\n".join(err.read().splitlines()[-25:])
-                raise BenchError(f"{label} ({size:,} records) failed with exit code {proc.returncode}:\n{tail}")
-        run = Run(
-            step=step,
-            label=label,
-            seconds=float(result["seconds"]),
-            wall_seconds=wall,
-            timed_wall_seconds=timed_wall,
-            peak_mib=result.get("peak_mib"),
-            process_peak_mib=usage.ru_maxrss / 1024,
-            hwm_mib=result.get("vmhwm_mib"),
-            rss_after_imports_mib=result.get("rss_after_imports_mib"),
-            load_avg=load_avg,
-            code_digest=digest,
-            data={k: v for k, v in result.items() if k not in ("event", "seconds")},
-        )
+        run.label = label
+        wall = run.wall_seconds
+        load_avg = run.load_avg
         self.progress.advance(self.overall)
         peak = "" if run.peak_mib is None else f", peak {run.peak_mib:,.0f} MiB"
         self.console.log(f"{prefix}: {run.seconds:,.1f} s (process {wall:,.1f} s){peak}, load avg {load_avg[0]:.1f}")
@@ -849,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when every target passes and nothing failed."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_worker"]:
-        return _worker_main(argv[1:])
+        return worker_main(WORKERS, argv[1:])
     args = _parse(argv)
     console = Console()
     if not console.is_terminal:

@@ -112,3 +112,29 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def flow_runs_and_artifacts() -> tuple[list, list]:
+    """Every flow run and artifact the test API holds (newest first)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
+    from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
+
+    async def read() -> tuple[list, list]:
+        async with get_client() as client:
+            # Prefect 3.8's client sends unset filters, limit and sort as null; its API, on the pinned
+            # fastapi/pydantic, rejects null there (422). Every argument is therefore given explicitly.
+            # (An empty deployment or work-pool filter would join on deployments and hide ad-hoc runs.)
+            runs = await client.read_flow_runs(limit=200, sort=FlowRunSort.START_TIME_DESC)
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(),
+                flow_run_filter=FlowRunFilter(),
+                task_run_filter=TaskRunFilter(),
+                limit=200,
+                sort=ArtifactSort.CREATED_DESC,
+            )
+        return runs, artifacts
+
+    return asyncio.run(read())

@@ -75,7 +75,7 @@ def test_unreadable_configs_are_clear_errors(tmp_path: Path) -> None:
         load_feature_config(tmp_path / "missing.yaml")
     with pytest.raises(FeatureConfigError, match="not valid YAML"):
         load_feature_config(_write(tmp_path, "sources: [unclosed"))
-    with pytest.raises(FeatureConfigError, match="must be a mapping"):
+    with pytest.raises(FeatureConfigError, match="must hold a mapping"):
         load_feature_config(_write(tmp_path, "- a list"))
 
 

@@ -17,9 +17,7 @@ import pytest
 import redis
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
 from prefect.client.schemas.objects import Artifact, FlowRun, TaskRun
-from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from prefect.states import Completed, Failed
 from typer.testing import CliRunner
 from typer.testing import Result as CliResult
@@ -32,7 +30,7 @@ from features.featurestore.online import OnlineStoreError, RedisOnlineStore, SQL
 from features.featurestore.quality import FeatureQualityError
 from flows.cli import app
 from flows.features import PLAIN_STEPS, TASK_STEPS, BuiltSet, _retry_on_io, build_features
-from tests.conftest import Ingested
+from tests.conftest import Ingested, flow_runs_and_artifacts
 
 pytestmark = pytest.mark.integration
 
@@ -72,17 +70,8 @@ def home(resolved_home: Path, tmp_path: Path) -> Path:
     return dst
 
 
-async def _read_runs(home: Path) -> tuple[list[FlowRun], list[Artifact]]:
-    async with get_client() as client:
-        # As in test_flows.py: Prefect 3.8's client sends unset filters as null, which its API rejects.
-        runs = await client.read_flow_runs(limit=200, sort=FlowRunSort.START_TIME_DESC)
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(),
-            flow_run_filter=FlowRunFilter(),
-            task_run_filter=TaskRunFilter(),
-            limit=200,
-            sort=ArtifactSort.CREATED_DESC,
-        )
+def _read_runs(home: Path) -> tuple[list[FlowRun], list[Artifact]]:
+    runs, artifacts = flow_runs_and_artifacts()
     ours = [r for r in runs if r.parameters.get("home") == str(home)]
     ids = {r.id for r in ours}
     return ours, [a for a in artifacts if a.flow_run_id in ids]
@@ -129,7 +118,7 @@ def test_the_flow_builds_every_set_stores_them_and_publishes_artifacts(
         assert found is not None and set(FEATURE_SETS) <= set(found) <= set(ONLINE_SETS)
     assert json.loads((settings.features_dir / "manifest.json").read_text())["build_id"] == report["build_id"]
 
-    runs, artifacts = asyncio.run(_read_runs(home))
+    runs, artifacts = _read_runs(home)
     assert len(runs) == 1
     assert runs[0].state is not None and runs[0].state.is_completed()
     assert {a.key for a in artifacts} == {"feature-partitions", "feature-build"}
@@ -164,7 +153,7 @@ def test_a_broken_input_fails_the_flow_naming_each_feature(prefect_api: None, ho
     # the sets that passed are not written either: a failed build leaves no half of itself behind
     assert not (home / "features" / "offline").exists()
     assert not (home / "features" / "manifest.json").exists()
-    runs, _ = asyncio.run(_read_runs(home))
+    runs, _ = _read_runs(home)
     assert len(runs) == 1 and runs[0].state is not None and runs[0].state.is_failed()
 
 

@@ -1,19 +1,16 @@
 """Prefect flows on the ephemeral API, under one session-scoped test harness."""
 
-import asyncio
 import json
 from pathlib import Path
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
-from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
 from typer.testing import CliRunner
 
 from features.synthetic import WorldConfig, generate_world
 from flows.cli import app
 from flows.ingest import ingest_sources
 from flows.resolve import resolve_identities
+from tests.conftest import flow_runs_and_artifacts
 
 pytestmark = pytest.mark.integration
 
@@ -25,29 +22,13 @@ def flow_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-async def _runs_and_artifacts() -> tuple[list, list]:
-    async with get_client() as client:
-        # Prefect 3.8's client sends unset filters, limit and sort as null; its API, on the pinned
-        # fastapi/pydantic, rejects null there (422). Every argument is therefore given explicitly.
-        # (An empty deployment or work-pool filter would join on deployments and hide ad-hoc runs.)
-        runs = await client.read_flow_runs(limit=200, sort=FlowRunSort.START_TIME_DESC)
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(),
-            flow_run_filter=FlowRunFilter(),
-            task_run_filter=TaskRunFilter(),
-            limit=200,
-            sort=ArtifactSort.CREATED_DESC,
-        )
-    return runs, artifacts
-
-
 def test_ingest_flow_runs_to_completion_and_publishes_counts(
     prefect_api: None, flow_world: Path, tmp_path: Path
 ) -> None:
     report = ingest_sources(str(flow_world), str(tmp_path / "home"))
     assert report.reconciles
     assert report.tables["crm_accounts"].accepted > 1000
-    runs, artifacts = asyncio.run(_runs_and_artifacts())
+    runs, artifacts = flow_runs_and_artifacts()
     ours = [r for r in runs if r.parameters.get("source_dir") == str(flow_world)]
     assert ours and all(r.state is not None and r.state.is_completed() for r in ours)
     keys = {a.key for a in artifacts}
@@ -76,7 +57,7 @@ def test_resolve_flow_runs_and_a_second_run_keeps_every_key(
     second = resolve_identities(str(home), reuse_model=True)
     assert second["stats"]["key_events"] == {}
     assert second["stats"]["customers"] == first["stats"]["customers"]
-    runs, artifacts = asyncio.run(_runs_and_artifacts())
+    runs, artifacts = flow_runs_and_artifacts()
     ours = [r for r in runs if r.parameters.get("home") == str(home)]
     assert len(ours) == 2 and all(r.state is not None and r.state.is_completed() for r in ours)
     assert {"identity-records", "identity-report"} <= {a.key for a in artifacts}

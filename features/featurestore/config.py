@@ -8,12 +8,12 @@ an edit to a YAML file, not to the feature code.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from features.yaml_config import load_yaml_model
 
 SourceKind = Literal["accounts", "profiles", "products", "transactions", "tickets", "surveys", "web", "offers"]
 
@@ -133,22 +133,11 @@ class FeatureConfig(BaseModel):
 
 def load_feature_config(path: Path | None = None) -> FeatureConfig:
     """Read and validate the feature configuration (the shipped default when `path` is None)."""
-    if path is None:
-        text = resources.files("features.featurestore").joinpath("features.yaml").read_text(encoding="utf-8")
-        where = "the default features.yaml"
-    else:
-        if not path.is_file():
-            raise FeatureConfigError(f"feature config {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        where = str(path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise FeatureConfigError(f"{where} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise FeatureConfigError(f"{where} must be a mapping with a 'sources' section")
-    try:
-        return FeatureConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise FeatureConfigError(f"{where}: {problems}") from exc
+    return load_yaml_model(
+        FeatureConfig,
+        path,
+        ("features.featurestore", "features.yaml"),
+        FeatureConfigError,
+        "feature config",
+        "a 'sources' section",
+    )

@@ -141,16 +141,11 @@ def _within(days: int, time: str = "event_time") -> str:
     return f"e.{time} >= s.since_{days}d"
 
 
-def _latest(value: str, time: str, where: str | None = None) -> str:
-    """The value of the latest row; ties broken by arrival, then by the value itself (deterministic)."""
+def _latest(value: str, time: str, where: str | None = None, earliest: bool = False) -> str:
+    """The value of the latest (or earliest) row; ties broken by arrival, then by the value (deterministic)."""
     flt = f" FILTER (WHERE {where})" if where else ""
-    return f"arg_max({value}, ({time}, coalesce(e.arrival_time, {time}), {value})){flt}"
-
-
-def _earliest(value: str, time: str, where: str | None = None) -> str:
-    """The value of the earliest row; ties broken as in `_latest`."""
-    flt = f" FILTER (WHERE {where})" if where else ""
-    return f"arg_min({value}, ({time}, coalesce(e.arrival_time, {time}), {value})){flt}"
+    pick = "arg_min" if earliest else "arg_max"
+    return f"{pick}({value}, ({time}, coalesce(e.arrival_time, {time}), {value})){flt}"
 
 
 def _days_since(expr: str) -> str:
@@ -216,7 +211,9 @@ def relationship_set() -> FeatureSet:
                     ),
                     Feature(
                         "acquisition_channel",
-                        _earliest("e.acquisition_channel", "e.created_at", "e.acquisition_channel IS NOT NULL"),
+                        _latest(
+                            "e.acquisition_channel", "e.created_at", "e.acquisition_channel IS NOT NULL", earliest=True
+                        ),
                         "Channel of the first profile record (how the customer came to us).",
                         dtype="VARCHAR",
                     ),

@@ -278,10 +278,16 @@ class RedisOnlineStore(OnlineStore):
         return {k: {f: v for f, v in m.items() if f != "generation"} for k, m in metas.items()}
 
     def drop_namespace(self) -> int:
-        """Delete every key of this namespace (tests, and `features online --clear`)."""
+        """Delete every key of this namespace (tests, benchmarks, starting over)."""
         n = 0
+        batch: list[str] = []
         for key in self._r.scan_iter(match=f"{self.namespace}:*", count=10_000):
-            n += int(self._r.delete(key))
+            batch.append(str(key))
+            if len(batch) >= _BATCH:
+                n += int(self._r.unlink(*batch))
+                batch = []
+        if batch:
+            n += int(self._r.unlink(*batch))
         return n
 
     def close(self) -> None:

@@ -6,12 +6,12 @@ trust order or a survivorship rule is an edit to a file, not to code.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from features.yaml_config import load_yaml_model
 
 # Identity fields a source may provide (full_name is split into first and last name).
 IDENTITY_FIELDS = (
@@ -114,22 +114,11 @@ class IdentityConfig(BaseModel):
 
 def load_identity_config(path: Path | None = None) -> IdentityConfig:
     """Read and validate an identity configuration; the shipped default when `path` is None."""
-    if path is None:
-        text = resources.files("features.identity").joinpath("identity.yaml").read_text(encoding="utf-8")
-        origin = "the default identity.yaml"
-    else:
-        if not path.is_file():
-            raise IdentityConfigError(f"identity config {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        origin = str(path)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise IdentityConfigError(f"{origin} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise IdentityConfigError(f"{origin} must hold a mapping with 'sources' and 'survivorship'")
-    try:
-        return IdentityConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())
-        raise IdentityConfigError(f"{origin}: {problems}") from exc
+    return load_yaml_model(
+        IdentityConfig,
+        path,
+        ("features.identity", "identity.yaml"),
+        IdentityConfigError,
+        "identity config",
+        "'sources' and 'survivorship'",
+    )

@@ -32,6 +32,7 @@ from features.featurestore.build import (
 )
 from features.featurestore.config import FeatureConfig
 from features.featurestore.definitions import (
+    INTERACTION_FEATURES,
     INTERACTIONS_VERSION,
     LABELS_VERSION,
     OFFLINE_ONLY,
@@ -48,13 +49,6 @@ from features.featurestore.store import (
     open_feature_inputs,
     write_build_report,
     write_offline,
-)
-
-INTERACTION_FEATURES = (
-    Feature("purchases", "", "Purchases of the product before the cutoff.", dtype="BIGINT", lower=0),
-    Feature("refunds", "", "Refunds of the product before the cutoff.", dtype="BIGINT", lower=0),
-    Feature("spend", "", "Spend on the product before the cutoff.", lower=0),
-    Feature("days_since_purchase", "", "Days since the product was last bought.", lower=0),
 )
 
 

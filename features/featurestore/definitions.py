@@ -511,5 +511,12 @@ def feature_sets(config: FeatureConfig) -> tuple[FeatureSet, ...]:
 # Interactions (customer x product) and labels have their own grain and builders; their
 # versions are kept here so the stores and the manifest treat them like feature sets.
 INTERACTIONS_VERSION = 1
+# The interactions' numeric columns, with their bounds for the quality checks.
+INTERACTION_FEATURES = (
+    Feature("purchases", "", "Purchases of the product before the cutoff.", dtype="BIGINT", lower=0),
+    Feature("refunds", "", "Refunds of the product before the cutoff.", dtype="BIGINT", lower=0),
+    Feature("spend", "", "Spend on the product before the cutoff.", lower=0),
+    Feature("days_since_purchase", "", "Days since the product was last bought.", lower=0),
+)
 LABELS_VERSION = 1
 PURCHASE_LABELS_VERSION = 1

@@ -97,12 +97,3 @@ def write_build_report(settings: Settings, report: dict[str, Any]) -> Path:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     return reports / f"{report['build_id']}.json"
-
-
-def read_build_report(settings: Settings) -> dict[str, Any]:
-    """The last build's manifest."""
-    path = settings.features_dir / "manifest.json"
-    if not path.is_file():
-        raise FeatureInputError(f"no feature build under {settings.features_dir}: run `custintel features` first")
-    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from features.files import replace_atomically, write_text_atomically
 
 
 class OfflineStoreError(RuntimeError):
@@ -30,12 +32,6 @@ def set_dir(root: Path, set_key: str) -> Path:
     """Folder of one feature-set version (`name@version`)."""
     name, _, version = set_key.partition("@")
     return root / name / f"v{version}"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_manifest(root: Path, set_key: str) -> dict[str, Any] | None:
@@ -80,9 +76,7 @@ def write_partitions(
             part = folder / f"as_of={day}"
             part.mkdir(exist_ok=True)
             rows = con.sql(f"SELECT * FROM t WHERE as_of = DATE '{day}'").to_arrow_table()
-            tmp = part / "data.parquet.tmp"
-            pq.write_table(rows, tmp, compression="zstd")
-            os.replace(tmp, part / "data.parquet")
+            replace_atomically(part / "data.parquet", partial(pq.write_table, rows, compression="zstd"))
             written.append(part / "data.parquet")
     partitions = dict((manifest or {}).get("partitions", {}))
     partitions.update(stats)
@@ -94,7 +88,7 @@ def write_partitions(
         "partitions": dict(sorted(partitions.items())),
         "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    _atomic_write_text(folder / "manifest.json", json.dumps(new_manifest, indent=2, default=str))
+    write_text_atomically(folder / "manifest.json", json.dumps(new_manifest, indent=2, default=str))
     return written
 
 

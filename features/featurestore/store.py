@@ -10,7 +10,6 @@ and `<home>/reports/features/<build_id>.json` per build.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from features.featurestore.config import FeatureConfig, load_feature_config
 from features.featurestore.inputs import FeatureInputError, InputSummary, load_lake_inputs
 from features.featurestore.offline import write_partitions
 from features.featurestore.online import OnlineStore, RedisOnlineStore, SQLiteOnlineStore, online_documents
+from features.files import write_text_atomically
 
 
 def feature_config(settings: Settings) -> FeatureConfig:
@@ -93,7 +93,5 @@ def write_build_report(settings: Settings, report: dict[str, Any]) -> Path:
     reports = settings.reports_dir / "features"
     reports.mkdir(parents=True, exist_ok=True)
     for path in (settings.features_dir / "manifest.json", reports / f"{report['build_id']}.json"):
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomically(path, text)
     return reports / f"{report['build_id']}.json"

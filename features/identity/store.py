@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pandas as pd
 
 from custintel.settings import Settings
+from features.files import replace_atomically, write_text_atomically
 from features.identity.config import IdentityConfig, load_identity_config
 from features.identity.privacy import check_fields
 from features.identity.records import assemble_identity_records
@@ -119,12 +119,6 @@ def read_run(settings: Settings) -> dict[str, Any]:
     return run
 
 
-def _replace(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_resolution(
     settings: Settings, records: pd.DataFrame, resolution: Resolution, options: ResolveOptions
 ) -> dict[str, Any]:
@@ -142,15 +136,15 @@ def write_resolution(
         "conflicts": resolution.conflicts,
     }
     for name in _TABLES:
-        _replace(out / f"{name}.parquet", lambda p, f=frames[name]: f.to_parquet(p, index=False))
+        replace_atomically(out / f"{name}.parquet", partial(frames[name].to_parquet, index=False))
     events = resolution.key_events.assign(run_id=run_id)
     log_path = out / "key_events.parquet"
     if log_path.is_file():
         events = pd.concat([pd.read_parquet(log_path), events], ignore_index=True)
-    _replace(log_path, lambda p: events.to_parquet(p, index=False))
+    replace_atomically(log_path, lambda p: events.to_parquet(p, index=False))
     if resolution.model is not None:
         text = json.dumps(resolution.model, indent=2, sort_keys=True)
-        _replace(out / "model.json", lambda p: p.write_text(text, encoding="utf-8"))
+        write_text_atomically(out / "model.json", text)
     run = {
         "run_id": run_id,
         "finished_at": now.isoformat(),
@@ -165,7 +159,7 @@ def write_resolution(
         "outputs": {name: str(out / f"{name}.parquet") for name in (*_TABLES, "key_events")},
     }
     text = json.dumps(run, indent=2)
-    _replace(out / "run.json", lambda p: p.write_text(text, encoding="utf-8"))
+    write_text_atomically(out / "run.json", text)
     reports = settings.reports_dir / "identity"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / f"{run_id}.json").write_text(text, encoding="utf-8")

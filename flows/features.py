@@ -11,6 +11,7 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,10 +87,7 @@ def build_one(
     for day in sorted(pc.unique(table.column("as_of")).to_pylist()):
         part = _rows_as_of(table, day)
         profile = profile_columns(part, [c for c in part.column_names if c not in ("customer_key", "as_of")])
-        collapse_rows = part.num_rows + 1 if min_rows is None else min_rows
-        problems += [
-            f"as of {day}: {p}" for p in quality_problems(key, features, profile, part.num_rows, collapse_rows)
-        ]
+        problems += [f"as of {day}: {p}" for p in quality_problems(key, features, profile, part.num_rows, min_rows)]
         stats[day.isoformat()] = {"rows": part.num_rows, "columns": profile}
     if problems:
         raise FeatureQualityError(f"feature set {key} failed its data-quality checks:\n  " + "\n  ".join(problems))
@@ -217,52 +215,41 @@ def _build(
         "sets": {},
         "online": {},
     }
-    built: list[tuple[BuiltSet, bool]] = []
-    online_sets: list[tuple[BuiltSet, bool]] = []
+    built: list[BuiltSet] = []  # everything written offline, in build order
+    online_sets: list[tuple[BuiltSet, bool]] = []  # (set, grouped): what is served
+
+    def build(key: str, fn: Callable[[duckdb.DuckDBPyConnection], pa.Table], features: tuple[Feature, ...],
+              definition: dict[str, Any], min_rows: int | None) -> BuiltSet:  # fmt: skip
+        t = time.perf_counter()
+        b = steps.build_one(con, key, fn, features, definition, min_rows)
+        seconds[key] = round(time.perf_counter() - t, 2)
+        built.append(b)
+        return b
+
     for fs in feature_sets(config):
         usable, dropped = fs.without_sources(absent)
         if usable is None:
             report["sets"][fs.key] = {"skipped": f"needs absent source(s) {sorted(set(fs.sources) & absent)}"}
             continue
-        t = time.perf_counter()
-        definition = usable.definition()
-        b = steps.build_one(con, usable.key, lambda c, s=usable: build_feature_set(c, s), usable.features,
-                            definition, config.quality.min_rows)  # fmt: skip
-        seconds[usable.key] = round(time.perf_counter() - t, 2)
+        fn = partial(build_feature_set, feature_set=usable)
+        b = build(usable.key, fn, usable.features, usable.definition(), config.quality.min_rows)
         report["sets"][usable.key] = {"digest": usable.digest, "features": len(usable.features),
                                       "dropped_features": dropped}  # fmt: skip
         if usable.name not in OFFLINE_ONLY:
             online_sets.append((b, False))
-        built.append((b, False))
         log(f"{usable.key}: {b.table.num_rows:,} rows x {len(usable.features)} features")
-    t = time.perf_counter()
     inter_def = {"name": "interactions", "version": INTERACTIONS_VERSION, "grain": "customer x product",
                  "features": [f.name for f in INTERACTION_FEATURES] + ["holds"]}  # fmt: skip
-    b = steps.build_one(con, f"interactions@{INTERACTIONS_VERSION}", build_interactions, INTERACTION_FEATURES,
-                        inter_def, None)  # fmt: skip
-    built.append((b, True))
+    b = build(f"interactions@{INTERACTIONS_VERSION}", build_interactions, INTERACTION_FEATURES, inter_def, None)
     online_sets.append((b, True))
-    seconds[b.key] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
     label_def = {"name": "labels", "version": LABELS_VERSION, **config.labels.model_dump()}
-    labels = steps.build_one(
-        con, f"labels@{LABELS_VERSION}", lambda c: build_labels(c, config.labels, observed_until), (), label_def, None
-    )
-    seconds[labels.key] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
+    build(f"labels@{LABELS_VERSION}", lambda c: build_labels(c, config.labels, observed_until), (), label_def, None)
     purchase_def = {"name": "purchase_labels", "version": PURCHASE_LABELS_VERSION,
                     "horizon_days": config.labels.purchase_horizon_days}  # fmt: skip
-    purchases = steps.build_one(
-        con,
-        f"purchase_labels@{PURCHASE_LABELS_VERSION}",
-        lambda c: build_purchase_labels(c, config.labels, observed_until),
-        (),
-        purchase_def,
-        None,
-    )
-    seconds[purchases.key] = round(time.perf_counter() - t, 2)
+    build(f"purchase_labels@{PURCHASE_LABELS_VERSION}",
+          lambda c: build_purchase_labels(c, config.labels, observed_until), (), purchase_def, None)  # fmt: skip
     t = time.perf_counter()
-    for b, _ in [*built, (labels, False), (purchases, False)]:
+    for b in built:
         steps.write_set(settings, b, time_range)
         report["sets"].setdefault(b.key, {}).update(
             {"digest": b.digest, "partitions": {d: {"rows": s["rows"]} for d, s in b.stats.items()},

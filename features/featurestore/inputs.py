@@ -207,8 +207,6 @@ def load_lake_inputs(
         if selects:
             kinds.append(kind)
             con.execute(f"CREATE OR REPLACE TEMP VIEW raw_{kind} AS {' UNION ALL '.join(selects)}")
-        else:
-            summary.absent.append(kind)
     if golden_path is not None:
         kinds.append("golden")
         typed = _typed("golden", {c: f't."{c}"' for c in CANONICAL_COLUMNS["golden"]})

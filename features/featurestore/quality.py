@@ -62,9 +62,12 @@ def _show(value: Any) -> str:
 
 
 def quality_problems(
-    set_key: str, features: Sequence[Feature], profile: dict[str, dict[str, Any]], rows: int, min_rows: int
+    set_key: str, features: Sequence[Feature], profile: dict[str, dict[str, Any]], rows: int, min_rows: int | None
 ) -> list[str]:
-    """Problems of one built feature set, each naming `set.feature`, what is wrong and what was seen."""
+    """Problems of one built feature set, each naming `set.feature`, what is wrong and what was seen.
+
+    Collapse is judged from `min_rows` rows on; with None it is not judged at all (bounds still are).
+    """
     problems: list[str] = []
     for f in features:
         p = profile[f.name]
@@ -75,7 +78,7 @@ def quality_problems(
             problems.append(f"{where}: impossible values below {_show(f.lower)} (min {_show(p['min'])})")
         if f.upper is not None and p.get("max") is not None and p["max"] > f.upper:
             problems.append(f"{where}: impossible values above {_show(f.upper)} (max {_show(p['max'])})")
-        if rows >= min_rows:
+        if min_rows is not None and rows >= min_rows:
             if p["null_rate"] == 1.0:
                 problems.append(f"{where}: collapsed, every one of {rows} values is empty")
             elif p["distinct"] == 1:

@@ -162,6 +162,12 @@ def _n(name: str, sql: str, description: str) -> Feature:
     return Feature(name, sql, description, dtype="BIGINT", fill=0, lower=0)
 
 
+def _amount(name: str, kind: str, days: int, description: str) -> Feature:
+    """A non-negative sum of transaction amounts of one kind over a window, zero when nothing happened."""
+    sql = f"coalesce(sum(e.amount) FILTER (WHERE e.kind = '{kind}' AND {_within(days)}), 0)"
+    return Feature(name, sql, description, fill=0, lower=0)
+
+
 def relationship_set() -> FeatureSet:
     """Tenure, segment, region, acquisition channel, plan, products held."""
     holdings = (
@@ -270,32 +276,12 @@ def value_set() -> FeatureSet:
     feats: list[Feature] = []
     for d in (30, 90, 365):
         feats.append(_n(f"frequency_{d}d", _count(purchase, d), f"Purchases in the last {d} days."))
-        feats.append(
-            Feature(
-                f"monetary_{d}d",
-                f"coalesce(sum(e.amount) FILTER (WHERE {purchase} AND {_within(d)}), 0)",
-                f"Spend on purchases in the last {d} days.",
-                fill=0,
-                lower=0,
-            )
-        )
+        feats.append(_amount(f"monetary_{d}d", "purchase", d, f"Spend on purchases in the last {d} days."))
     feats += [
         _n("discounts_365d", _count("e.kind = 'discount'", 365), "Discounts granted in the last 365 days."),
-        Feature(
-            "discount_amount_365d",
-            f"coalesce(sum(e.amount) FILTER (WHERE e.kind = 'discount' AND {_within(365)}), 0)",
-            "Value of discounts granted in the last 365 days.",
-            fill=0,
-            lower=0,
-        ),
+        _amount("discount_amount_365d", "discount", 365, "Value of discounts granted in the last 365 days."),
         _n("refunds_365d", _count("e.kind = 'refund'", 365), "Refunds in the last 365 days."),
-        Feature(
-            "refund_amount_365d",
-            f"coalesce(sum(e.amount) FILTER (WHERE e.kind = 'refund' AND {_within(365)}), 0)",
-            "Value refunded in the last 365 days.",
-            fill=0,
-            lower=0,
-        ),
+        _amount("refund_amount_365d", "refund", 365, "Value refunded in the last 365 days."),
     ]
     derived = (
         Feature(

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from benchmarks.child import BenchError
+from benchmarks.child import BenchError, Run, run_child
 from benchmarks.child import emit as _emit
 from benchmarks.child import status_mib as _status_mib
 from benchmarks.machine import code_digest, machine_info
@@ -221,21 +220,6 @@ def _worker_main(argv: list[str]) -> int:
 
 
 @dataclass
-class Run:
-    """One measured child process."""
-
-    step: str
-    label: str
-    seconds: float  # the step itself, timed inside the child
-    wall_seconds: float  # spawn to exit: interpreter start and imports included
-    peak_mib: float  # ru_maxrss of this child, from os.wait4
-    hwm_mib: float | None  # VmHWM the child read at its end (cross-check)
-    rss_after_imports_mib: float | None
-    code_digest: str  # of features/ when the child started: the code it measured
-    data: dict[str, Any] = field(repr=False)
-
-
-@dataclass
 class SizeResult:
     """Everything measured for one number of customers."""
 
@@ -274,46 +258,16 @@ class Bench:
     ) -> Run:
         """Run one step in a child process; wall time and peak RSS are that child's alone."""
         task = self.progress.add_task(f"{customers:,} · {label}", total=None)
-        digest = code_digest()
-        cmd = [sys.executable, "-m", "benchmarks.bench_generate_ingest", "_worker", step, json.dumps(params)]
-        result: Event | None = None
-        with tempfile.TemporaryFile(mode="w+") as err:
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a stray print from a library
-                if event.get("event") == "result":
-                    result = event
-                elif event.get("event") == "progress":
-                    on_event(event, task)
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - t0
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            proc.stdout.close()
+        try:
+            run = run_child("benchmarks.bench_generate_ingest", step, f"{label} ({customers:,} customers)", params,
+                            lambda e: on_event(e, task))  # fmt: skip
+        finally:
             self.progress.remove_task(task)
-            if proc.returncode != 0 or result is None:
-                err.seek(0)
-                tail = "\n".join(err.read().splitlines()[-25:])
-                raise BenchError(f"{label} ({customers:,} customers) failed with exit code {proc.returncode}:\n{tail}")
-        run = Run(
-            step=step,
-            label=label,
-            seconds=float(result["seconds"]),
-            wall_seconds=wall,
-            peak_mib=usage.ru_maxrss / 1024,
-            hwm_mib=result.get("vmhwm_mib"),
-            rss_after_imports_mib=result.get("rss_after_imports_mib"),
-            code_digest=digest,
-            data={k: v for k, v in result.items() if k not in ("event", "seconds")},
-        )
+        run.label = label
+        wall = run.wall_seconds
         self.progress.advance(self.overall)
-        self.console.log(
-            f"{customers:,} · {label}: {run.seconds:,.1f} s (process {wall:,.1f} s), peak {run.peak_mib:,.0f} MiB"
-        )
+        peak = run.process_peak_mib
+        self.console.log(f"{customers:,} · {label}: {run.seconds:,.1f} s (process {wall:,.1f} s), peak {peak:,.0f} MiB")
         return run
 
     def _steps(self, event: Event, task: TaskID) -> None:
@@ -425,11 +379,11 @@ def _analyse(res: SizeResult) -> None:
     ingest_ratios, mem_ratios, bare_times, bare_peaks = [], [], [], []
     for before, ing, after in _pairs(_sequence(res, "ingest", "bare_read")):
         bare_t = statistics.mean(b.seconds for b in (before, after))
-        bare_m = statistics.mean(b.peak_mib for b in (before, after))
+        bare_m = statistics.mean(b.process_peak_mib for b in (before, after))
         bare_times.append(bare_t)
         bare_peaks.append(bare_m)
         ingest_ratios.append(ing.seconds / bare_t)
-        mem_ratios.append(ing.peak_mib / bare_m)
+        mem_ratios.append(ing.process_peak_mib / bare_m)
     fakers = res.of("faker")
     res.comparisons = {
         "generate_vs_naive_faker": {
@@ -449,7 +403,7 @@ def _analyse(res: SizeResult) -> None:
             "bare_read_seconds": statistics.mean(bare_times),
             "time_ratio": statistics.median(ingest_ratios),
             "time_ratio_per_pair": ingest_ratios,
-            "ingest_peak_mib": max(r.peak_mib for r in res.of("ingest")),
+            "ingest_peak_mib": max(r.process_peak_mib for r in res.of("ingest")),
             "bare_read_peak_mib": statistics.mean(bare_peaks),
             "memory_ratio": statistics.median(mem_ratios),
             "memory_ratio_per_pair": mem_ratios,
@@ -457,7 +411,7 @@ def _analyse(res: SizeResult) -> None:
     }
     _reconcile(res)
     gen_wall = max(g.wall_seconds for g in gens)
-    gen_peak = max(g.peak_mib for g in gens)
+    gen_peak = max(g.process_peak_mib for g in gens)
     if res.customers == TARGET_CUSTOMERS:
         res.targets = {
             "generate_seconds": {"value": gen_wall, "limit": TARGET_SECONDS, "pass": gen_wall < TARGET_SECONDS},
@@ -475,9 +429,9 @@ def _analyse(res: SizeResult) -> None:
             f"and ingest (code {measured['ingest']})"
         )
     for r in res.runs:
-        if r.hwm_mib is not None and abs(r.peak_mib - r.hwm_mib) > max(0.05 * r.hwm_mib, 16):
+        if r.hwm_mib is not None and abs(r.process_peak_mib - r.hwm_mib) > max(0.05 * r.hwm_mib, 16):
             res.problems.append(
-                f"warning: {r.label}: ru_maxrss {r.peak_mib:.0f} MiB differs from the child's own "
+                f"warning: {r.label}: ru_maxrss {r.process_peak_mib:.0f} MiB differs from the child's own "
                 f"VmHWM {r.hwm_mib:.0f} MiB"
             )
 
@@ -567,7 +521,7 @@ def _print_size(console: Console, res: SizeResult) -> None:
     for r in res.runs:
         rows, rate, detail = _run_detail(r)
         base = "—" if r.rss_after_imports_mib is None else f"{r.rss_after_imports_mib:,.0f}"
-        runs.add_row(r.label, _s(r.seconds), _s(r.wall_seconds), f"{r.peak_mib:,.0f}", base, rows, rate, detail)
+        runs.add_row(r.label, _s(r.seconds), _s(r.wall_seconds), f"{r.process_peak_mib:,.0f}", base, rows, rate, detail)
     console.print(runs)
     if res.error:
         console.print(f"[bold red]{escape(res.error)}")
@@ -665,10 +619,10 @@ def _print_summary(console: Console, results: list[SizeResult], out: Path) -> No
         t.add_row(
             f"{r.customers:,}",
             _s(gen.wall_seconds),
-            f"{gen.peak_mib:,.0f}",
+            f"{gen.process_peak_mib:,.0f}",
             f"{c['generate_vs_naive_faker']['time_ratio']:.3f}",
             _s(ing.wall_seconds),
-            f"{ing.peak_mib:,.0f}",
+            f"{ing.process_peak_mib:,.0f}",
             f"{c['ingest_vs_bare_read']['time_ratio']:.2f}",
             f"{c['ingest_vs_bare_read']['memory_ratio']:.2f}",
             "[green]reconcile[/]" if counts_ok else "[red]MISMATCH[/]",

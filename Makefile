@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # No analytics from Prefect's ephemeral server: the machines here have no internet.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online clean
+.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(BIN)/python:
 # constraints.txt locks the set of versions known to work together (see ../shared/DESIGN.md).
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/uv pip install --python $(BIN)/python --constraint constraints.txt -e '.[dev]'
+	# MovieLens-100k ships inside RecBole's wheel: the recommender's real-data test reads it. Only the data
+	# is used, so RecBole's own dependencies (torch, ...) are not installed.
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps recbole==1.2.1
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -44,6 +47,9 @@ bench-features: install
 
 bench-online: install
 	$(BIN)/python -m benchmarks.bench_online
+
+bench-train: install
+	$(BIN)/python -m benchmarks.bench_train
 
 clean:
 	rm -rf $(VENV) .custintel .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -53,10 +53,9 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from benchmarks.child import BenchError, Run, run_child, worker_main
+from benchmarks.child import Bench, BenchError, Run, worker_main
 from benchmarks.child import emit as _emit
 from benchmarks.child import status_mib as _status_mib
 from benchmarks.child import timed_end as _timed_end
@@ -811,32 +810,6 @@ WORKERS = {
 # --------------------------------------------------------------------------- parent side
 
 
-class Bench:
-    """Runs the children with a rich progress display; the parent imports nothing heavy."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
-        )
-
-    def child(self, step: str, label: str, params: dict[str, Any]) -> Run:
-        """Run one step in its own process; its time and peak RSS are that child's alone."""
-        task = self.progress.add_task(label, total=None)
-        try:
-            run = run_child(MODULE, step, label, params, lambda e: self._on_progress(task, label, e))
-        finally:
-            self.progress.remove_task(task)
-        peak = "" if run.peak_mib is None else f", peak {run.peak_mib:,.0f} MiB"
-        wall, load = run.wall_seconds, run.load_avg[0]
-        self.console.log(f"{label}: {run.seconds:,.1f} s (process {wall:,.1f} s){peak}, load avg {load:.1f}")
-        return run
-
-    def _on_progress(self, task: TaskID, label: str, e: Event) -> None:
-        if "step" in e:
-            self.progress.update(task, description=f"{label} · {escape(str(e['step']))}")
-
-
 def _prepare_home(args: argparse.Namespace, console: Console) -> tuple[Path, bool]:
     """The home to measure: --home as given, or <workdir>/w<customers>, created with the CLI when missing."""
     if args.home is not None:
@@ -1104,7 +1077,7 @@ def main(argv: list[str] | None = None) -> int:
     console.log(f"home {home}{' (created)' if created else ''}; scratch {scratch}; cutoff {args.as_of}")
     digest_start = code_digest()
     base = {"home": str(home), "as_of": args.as_of, "scratch": str(scratch), "inputs_dir": str(scratch / "inputs")}
-    bench = Bench(console)
+    bench = Bench(MODULE, console)
     runs: list[Run] = []
     verify: Run | None = None
     error: str | None = None

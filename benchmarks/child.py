@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
 from benchmarks.machine import ROOT, code_digest
 
 
@@ -125,3 +129,30 @@ def run_child(
         code_digest=digest,
         data={k: v for k, v in result.items() if k not in ("event", "seconds")},
     )
+
+
+class Bench:
+    """Runs a benchmark's children with a rich progress display; the parent imports nothing heavy."""
+
+    def __init__(self, module: str, console: Console) -> None:
+        self.module = module
+        self.console = console
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
+        )
+
+    def child(self, step: str, label: str, params: dict[str, Any]) -> Run:
+        """Run one step in its own process; its time and peak RSS are that child's alone."""
+        task = self.progress.add_task(label, total=None)
+        try:
+            run = run_child(self.module, step, label, params, lambda e: self._on_progress(task, label, e))
+        finally:
+            self.progress.remove_task(task)
+        peak = "" if run.peak_mib is None else f", peak {run.peak_mib:,.0f} MiB"
+        wall, load = run.wall_seconds, run.load_avg[0]
+        self.console.log(f"{label}: {run.seconds:,.1f} s (process {wall:,.1f} s){peak}, load avg {load:.1f}")
+        return run
+
+    def _on_progress(self, task: TaskID, label: str, e: dict[str, Any]) -> None:
+        if "step" in e:
+            self.progress.update(task, description=f"{label} · {escape(str(e['step']))}")

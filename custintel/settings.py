@@ -102,6 +102,22 @@ class Settings(BaseSettings):
         description="Prefix of every Redis key the online store writes (several homes can share one Redis).",
     )
 
+    training_config: Path | None = Field(
+        default=None,
+        description="Training YAML (cutoffs, feature sets, search spaces, budgets per family); the shipped default "
+        "when unset.",
+    )
+    optuna_storage: str | None = Field(
+        default=None,
+        description="Optuna RDB URL (e.g. postgresql+psycopg://...) so several workers share a study; in memory "
+        "when unset.",
+    )
+    retention_calls_per_week: int = Field(
+        default=500,
+        ge=1,
+        description="Customers the retention team can call a week: sets the churn model's contact threshold.",
+    )
+
     @cached_property
     def home_dir(self) -> Path:
         """The custintel home as an absolute path."""

@@ -595,22 +595,187 @@ def features_lookup(
 
 
 @app.command()
+def train(
+    family: Annotated[
+        Literal["churn", "propensity", "recommendation", "all"],
+        typer.Argument(help="Model family: churn, propensity (with the offer's uplift), recommendation, or all."),
+    ] = "all",
+    engine: Annotated[
+        Literal["prefect", "local"],
+        typer.Option(help="prefect: run as the Prefect flow train_model (tracked); local: call the steps."),
+    ] = "prefect",
+    trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials per study (overrides the config).")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="Seconds per Optuna study (overrides the config).")
+    ] = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(help="A generated world's _truth folder: also log each model's score against the oracle."),
+    ] = None,
+    table: Annotated[
+        Path | None,
+        typer.Option(help="Churn on your own snapshot table (CSV or Parquet) instead of the feature store."),
+    ] = None,
+    id_column: Annotated[str | None, typer.Option("--id", help="With --table: the customer id column.")] = None,
+    label: Annotated[str | None, typer.Option(help="With --table: the binary label column (churned or not).")] = None,
+    split_by: Annotated[
+        str | None, typer.Option(help="With --table: a date column; earlier rows train, later ones test.")
+    ] = None,
+    duration: Annotated[
+        str | None,
+        typer.Option(help="With --table: time to churn or to the end of observation; adds the survival model."),
+    ] = None,
+    interactions: Annotated[
+        Path | None, typer.Option(help="Recommendation on your own interactions table (CSV or Parquet).")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="With --interactions: the user column.")] = None,
+    item: Annotated[str | None, typer.Option(help="With --interactions: the item column.")] = None,
+    weight: Annotated[str | None, typer.Option(help="With --interactions: a weight column (counts, spend).")] = None,
+    time_column: Annotated[
+        str | None,
+        typer.Option("--time", help="With --interactions: a time column; the latest interactions are held out."),
+    ] = None,
+) -> None:
+    """Tune, train, track and register models (@challenger), on the feature store or on your own table."""
+    own = _own_input(family, table, id_column, label, split_by, duration, interactions, user, item, weight, time_column)
+    outcomes = _run_training(family, engine, trials, timeout, truth, own)
+    _print_training(outcomes)
+
+
+def _own_input(
+    family: str,
+    table: Path | None,
+    id_column: str | None,
+    label: str | None,
+    split_by: str | None,
+    duration: str | None,
+    interactions: Path | None,
+    user: str | None,
+    item: str | None,
+    weight: str | None,
+    time_column: str | None,
+) -> Any:
+    from flows.train import OwnInteractions, OwnTable
+
+    if table is not None:
+        if family != "churn":
+            raise _fail("--table trains the churn family: use `custintel train churn --table ...`")
+        if not id_column or not label:
+            raise _fail("--table needs --id and --label")
+        return OwnTable(table, id_column, label, split_by, duration)
+    if interactions is not None:
+        if family != "recommendation":
+            raise _fail("--interactions trains the recommendation family: use `custintel train recommendation ...`")
+        if not user or not item:
+            raise _fail("--interactions needs --user and --item")
+        return OwnInteractions(interactions, user, item, weight, time_column)
+    given = {"--id": id_column, "--label": label, "--split-by": split_by, "--duration": duration, "--user": user,
+             "--item": item, "--weight": weight, "--time": time_column}  # fmt: skip
+    stray = [name for name, value in given.items() if value]
+    if stray:
+        raise _fail(f"{', '.join(stray)} only apply with --table or --interactions")
+    return None
+
+
+def _run_training(
+    family: str, engine: str, trials: int | None, timeout: float | None, truth: Path | None, own: Any
+) -> list[dict[str, Any]]:
+    from dataclasses import asdict
+
+    from features.featurestore.build import FeatureBuildError
+    from features.featurestore.offline import OfflineStoreError
+    from models.config import TrainingConfigError
+    from models.recommendation import RecommendationDataError
+    from models.registry import RegistryError
+    from models.splits import SplitError
+    from models.tabular import TabularSchemaError
+
+    settings = _settings()
+    if truth is not None and not truth.is_dir():
+        raise _fail(f"--truth {truth} is not a folder")
+    errors = (FeatureBuildError, OfflineStoreError, TrainingConfigError, RecommendationDataError, RegistryError,
+              SplitError, TabularSchemaError, ValueError)  # fmt: skip
+    try:
+        if engine == "prefect":
+            from flows.train import OwnTable, train_model
+
+            kind = "own_table" if isinstance(own, OwnTable) else "own_interactions"
+            extra = {kind: {k: str(v) if isinstance(v, Path) else v for k, v in asdict(own).items()}} if own else {}
+            with console.status(f"Training {family} (Prefect flow train_model)…"):
+                return train_model(str(settings.home_dir), family, str(truth) if truth else None, trials, timeout,
+                                   **extra)  # fmt: skip
+        from flows.features import PLAIN_STEPS as FEATURE_STEPS
+        from flows.features import run_feature_build
+        from flows.train import PLAIN_STEPS, run_training
+
+        with console.status(f"Training {family}…") as status:
+
+            def build(days: list[dt.date]) -> Any:
+                return run_feature_build(settings, days, False, FEATURE_STEPS, lambda m: status.update(m))
+
+            outcomes = run_training(settings, family, PLAIN_STEPS, lambda m: status.update(m), build, own, truth,
+                                    trials, timeout)  # fmt: skip
+            return [o.as_dict() for o in outcomes]
+    except errors as exc:
+        raise _fail(str(exc)) from None
+
+
+_HEADLINE = (
+    "test_auc", "test_pr_auc", "test_brier", "test_lift_top_decile", "test_concordance", "threshold",
+    "test_auc_mean_per_product", "test_qini", "crossfit_qini", "test_ndcg_at_10", "test_recall_at_10",
+    "test_precision_at_10", "test_coverage", "test_popularity_ndcg_at_10", "test_ndcg_at_10_vs_popularity",
+)  # fmt: skip
+
+
+def _print_training(outcomes: list[dict[str, Any]]) -> None:
+    settings = _settings()
+    for o in outcomes:
+        if o.get("schema"):
+            schema = Table(title=f"{o['family']}: inferred schema")
+            for col in ("column", "role", "note"):
+                schema.add_column(col)
+            for row in o["schema"]:
+                schema.add_row(row["column"], row["role"], row["note"])
+            console.print(schema)
+        table = Table(title=f"{o['family']}: run {o['run_id']}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key in _HEADLINE:
+            if key in o["metrics"]:
+                table.add_row(key, f"{o['metrics'][key]:.4f}")
+        for key, value in o.get("oracle", {}).items():
+            table.add_row(key, f"{value:.4f}")
+        console.print(table)
+        for r in o["registered"]:
+            console.print(f"registered [bold]{r['name']}[/] version {r['version']} as @challenger ({r['uri']})")
+    console.print(f"MLflow UI: [bold]mlflow ui --backend-store-uri {settings.tracking_uri}[/]")
+
+
+@app.command()
 def demo(
     customers: Annotated[int, typer.Option(help="Customers in the demo world.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    trials: Annotated[
+        int, typer.Option(min=1, help="Optuna trials per study (`custintel train` uses the configured 20).")
+    ] = 10,
 ) -> None:
     """Run everything that exists end to end on embedded defaults and say where to look."""
     settings = _settings()
     world = settings.default_data_dir / "demo-world"
-    console.rule("[bold]1/4 generate a synthetic customer world")
+    console.rule("[bold]1/5 generate a synthetic customer world")
     generate(customers=customers, seed=seed, out=world)
-    console.rule("[bold]2/4 ingest it behind data contracts (Prefect flow ingest_sources)")
+    console.rule("[bold]2/5 ingest it behind data contracts (Prefect flow ingest_sources)")
     ingest(source=world)
-    console.rule("[bold]3/4 resolve identities into customers (Prefect flow resolve_identities)")
+    console.rule("[bold]3/5 resolve identities into customers (Prefect flow resolve_identities)")
     _run_resolution("prefect", reuse_model=False)
     resolve_evaluate(truth=world / "_truth")
-    console.rule("[bold]4/4 point-in-time features and labels (Prefect flow build_features)")
+    console.rule("[bold]4/5 point-in-time features and labels (Prefect flow build_features)")
     _print_feature_build(_run_feature_build([dt.date(2025, 3, 1), dt.date(2025, 9, 1)], "prefect", online=True))
+    console.rule(
+        "[bold]5/5 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
+    )
+    outcomes = _run_training("all", "prefect", trials, None, world / "_truth", None)
+    _print_training(outcomes)
     console.rule("[bold]where to look")
     console.print(f"- source drop: {world}  (hidden truth: {world / '_truth'})")
     console.print(f"- lake (accepted rows, Parquet): {settings.lake_dir}")
@@ -626,7 +791,11 @@ def demo(
         f"- features: {settings.features_dir / 'offline'} (Parquet per set, version and as-of, manifest.json beside), "
         f"online store {settings.features_dir / 'online.sqlite'}  -> `custintel features lookup <customer_key>`"
     )
-    console.print("Training, the promotion gate, serving and monitoring arrive with issues 5-8.")
+    console.print(
+        f"- models: MLflow runs {', '.join(o['family'] + ' ' + o['run_id'] for o in outcomes)}; registered as "
+        f"@challenger  -> `mlflow ui --backend-store-uri {settings.tracking_uri}` (plots, tables, lineage per run)"
+    )
+    console.print("The promotion gate, serving and monitoring arrive with issues 6-8.")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -51,6 +51,7 @@ from features.featurestore.store import (
     write_build_report,
     write_offline,
 )
+from flows.retries import io_task
 
 
 @dataclass(frozen=True)
@@ -116,19 +117,6 @@ def materialize(settings: Settings, built: BuiltSet, grouped: bool) -> dict[str,
     return {"as_of": latest, "customers": rows, "store": store}
 
 
-def _retry_on_io(_task: Any, _run: Any, state: Any) -> bool:
-    """Retry a task only when it failed on I/O (a file system or a connection), not on bad data."""
-    import redis
-
-    try:
-        state.result()
-    except (OSError, redis.ConnectionError, redis.TimeoutError):
-        return True
-    except Exception:  # noqa: BLE001 - any other failure is the data's, and retrying cannot help
-        return False
-    return False
-
-
 @dataclass(frozen=True)
 class Steps:
     """The build's steps, plain or wrapped as Prefect tasks."""
@@ -143,17 +131,12 @@ class Steps:
 PLAIN_STEPS = Steps(load_inputs, build_one, write_set, materialize, write_build_report)
 
 
-def _io_task(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A task that retries twice, a second apart, when it fails on I/O."""
-    return task(name=name, retries=2, retry_delay_seconds=1, retry_condition_fn=_retry_on_io, cache_policy=NO_CACHE)(fn)
-
-
 TASK_STEPS = Steps(
-    _io_task("load-feature-inputs", load_inputs),
+    io_task("load-feature-inputs", load_inputs),
     task(name="build-feature-set", cache_policy=NO_CACHE, task_run_name="build-{key}")(build_one),
-    _io_task("write-offline", write_set),
-    _io_task("materialize-online", materialize),
-    _io_task("write-feature-manifest", write_build_report),
+    io_task("write-offline", write_set),
+    io_task("materialize-online", materialize),
+    io_task("write-feature-manifest", write_build_report),
 )
 
 

@@ -138,3 +138,76 @@ def flow_runs_and_artifacts() -> tuple[list, list]:
         return runs, artifacts
 
     return asyncio.run(read())
+
+
+# Cutoffs the small training config below reads (features are built once per session for them).
+TRAIN_AS_OF = ["2024-09-01", "2024-11-01", "2025-02-01", "2025-03-01", "2025-06-01"]
+SMALL_TRAINING_YAML = """
+experiment: custintel-test
+churn:
+  feature_sets: [relationship@1, value@1, service@1, digital@1]
+  horizon_days: 90
+  split: {train_as_of: [2024-09-01, 2024-11-01], valid_as_of: [2025-02-01], test_as_of: [2025-06-01]}
+  calibration: sigmoid
+  lightgbm:
+    max_trees: 150
+    early_stopping_rounds: 20
+    threads: 2
+    search:
+      learning_rate: {low: 0.03, high: 0.2, log: true}
+      num_leaves: {low: 4, high: 16, integer: true}
+  tuning: {trials: 2, timeout_seconds: 120}
+propensity:
+  feature_sets: [relationship@1, value@1]
+  split: {train_as_of: [2024-11-01], valid_as_of: [2025-02-01], test_as_of: [2025-06-01]}
+  lightgbm:
+    max_trees: 100
+    early_stopping_rounds: 20
+    threads: 2
+    search: {num_leaves: {low: 4, high: 16, integer: true}}
+  tuning: {trials: 2, timeout_seconds: 120}
+  uplift:
+    as_of: 2025-03-01
+    learner: x_learner
+    lightgbm: {max_trees: 60, threads: 2, fixed: {num_leaves: 5, min_child_samples: 40, learning_rate: 0.05}}
+recommendation:
+  train_as_of: 2025-06-01
+  valid_as_of: 2025-03-01
+  search: {factors: {low: 4, high: 16, integer: true}}
+  tuning: {trials: 2, timeout_seconds: 120}
+"""
+
+
+@pytest.fixture(scope="session")
+def featured(ingested: Ingested, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The session world resolved, with features and labels built at the small training config's cutoffs.
+
+    Its settings read the small training config (written beside the home); tests that train copy the home first.
+    """
+    import datetime as dt
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.features import PLAIN_STEPS, run_feature_build
+
+    root = tmp_path_factory.mktemp("featured")
+    home = root / "home"
+    shutil.copytree(ingested.settings.home_dir, home)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUSTINTEL_IDENTITY_U_MAX_PAIRS", "1e6")
+        result = CliRunner().invoke(app, ["--home", str(home), "resolve", "--engine", "local"])
+    assert result.exit_code == 0, result.output
+    config = root / "training.yaml"
+    config.write_text(SMALL_TRAINING_YAML, encoding="utf-8")
+    settings = Settings(home=home, training_config=config)
+    run_feature_build(settings, [dt.date.fromisoformat(d) for d in TRAIN_AS_OF], False, PLAIN_STEPS, lambda _: None)
+    return settings
+
+
+@pytest.fixture
+def trainable(featured: Settings, tmp_path: Path) -> Settings:
+    """A private copy of the featured home (its own MLflow store), with the small training config."""
+    home = tmp_path / "home"
+    shutil.copytree(featured.home_dir, home, ignore=shutil.ignore_patterns("mlflow.db", "artifacts"))
+    return Settings(home=home, training_config=featured.training_config)

@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import redis
+from mlflow.exceptions import RestException
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import Artifact, FlowRun, TaskRun
@@ -29,7 +30,8 @@ from features.featurestore.offline import OfflineStoreError, read_offline
 from features.featurestore.online import OnlineStoreError, RedisOnlineStore, SQLiteOnlineStore
 from features.featurestore.quality import FeatureQualityError
 from flows.cli import app
-from flows.features import PLAIN_STEPS, TASK_STEPS, BuiltSet, _retry_on_io, build_features
+from flows.features import PLAIN_STEPS, TASK_STEPS, BuiltSet, build_features
+from flows.retries import retry_on_io
 from tests.conftest import Ingested, flow_runs_and_artifacts
 
 pytestmark = pytest.mark.integration
@@ -177,11 +179,12 @@ def _failed_with(exc: BaseException) -> Any:
         TimeoutError("slow disk"),
         redis.ConnectionError("Connection refused"),
         redis.TimeoutError("Timeout reading from socket"),
+        RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "tracking server restarting"}),
     ],
     ids=type,
 )
 def test_io_failures_are_retried(exc: BaseException) -> None:
-    assert _retry_on_io(None, None, _failed_with(exc)) is True
+    assert retry_on_io(None, None, _failed_with(exc)) is True
 
 
 @pytest.mark.parametrize(
@@ -194,26 +197,27 @@ def test_io_failures_are_retried(exc: BaseException) -> None:
         OfflineStoreError("give the changed set a new version"),
         redis.ResponseError("WRONGTYPE"),
         KeyError("as_of"),
+        RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad alias"}),
     ],
     ids=type,
 )
 def test_data_failures_are_not_retried(exc: BaseException) -> None:
-    assert _retry_on_io(None, None, _failed_with(exc)) is False
+    assert retry_on_io(None, None, _failed_with(exc)) is False
 
 
 def test_a_completed_state_is_not_retried() -> None:
-    assert _retry_on_io(None, None, Completed(data=1)) is False
+    assert retry_on_io(None, None, Completed(data=1)) is False
 
 
 def test_an_unreachable_redis_is_retried() -> None:
     with pytest.raises(OnlineStoreError) as err:
         RedisOnlineStore("redis://127.0.0.1:1/0", "test-unreachable")
-    assert _retry_on_io(None, None, _failed_with(err.value)) is True
+    assert retry_on_io(None, None, _failed_with(err.value)) is True
 
 
 def test_the_io_tasks_retry_and_the_build_does_not() -> None:
     for task in (TASK_STEPS.load_inputs, TASK_STEPS.write_set, TASK_STEPS.materialize, TASK_STEPS.write_report):
-        assert task.retries == 2 and task.retry_condition_fn is _retry_on_io, task.name
+        assert task.retries == 2 and task.retry_condition_fn is retry_on_io, task.name
     assert not TASK_STEPS.build_one.retries
 
 

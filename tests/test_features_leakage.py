@@ -130,7 +130,11 @@ def _build(frames: dict[str, pd.DataFrame], skip_old: bool = True, cutoffs: int 
     con = duckdb.connect()
     register_frames(con, frames)
     create_spine(con, [(CUTOFF + pd.Timedelta(days=45 * i)).date() for i in range(cutoffs)])
-    return [build_feature_set(con, fs, skip_old).to_pylist() for fs in SETS] + [build_interactions(con).to_pylist()]
+    tables = [build_feature_set(con, fs, skip_old).to_pylist() for fs in SETS] + [build_interactions(con).to_pylist()]
+    # Sums of doubles may be added in another order (DuckDB aggregates in parallel): compare to 12 significant digits.
+    return [
+        [{k: float(f"{v:.12g}") if isinstance(v, float) else v for k, v in row.items()} for row in t] for t in tables
+    ]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -63,10 +63,13 @@ def test_resolve_flow_runs_and_a_second_run_keeps_every_key(
     assert {"identity-records", "identity-report"} <= {a.key for a in artifacts}
 
 
-def test_demo_command_runs_generate_and_ingest_end_to_end(prefect_api: None, tmp_path: Path) -> None:
+def test_demo_command_runs_everything_end_to_end(prefect_api: None, tmp_path: Path) -> None:
     home = tmp_path / "demo-home"
-    result = CliRunner().invoke(app, ["--home", str(home), "demo", "--customers", "1500"])
+    result = CliRunner().invoke(app, ["--home", str(home), "demo", "--customers", "1500", "--trials", "1"])
     assert result.exit_code == 0, result.output
+    for name in ("custintel-churn", "custintel-propensity", "custintel-uplift", "custintel-recommendation"):
+        assert f"registered {name} version 1 as @challenger" in result.output
+    assert "models: MLflow runs churn " in result.output and "mlflow ui --backend-store-uri" in result.output
     assert "all counts reconcile" in result.output
     assert "where to look" in result.output
     assert "identity resolution against the truth" in result.output

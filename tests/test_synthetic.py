@@ -213,6 +213,57 @@ def test_truth_probabilities_are_valid(world: World) -> None:
     assert np.allclose(te["true_uplift"], te["p_churn_if_control"] - te["p_churn_if_treated"], atol=1e-5)
 
 
+def test_churn_risk_is_a_probability_that_predicts_churn(world: World) -> None:
+    risk = world.truth_frame("churn_risk")
+    persons = world.truth_frame("persons")
+    assert len(risk) > 0
+    assert not risk.duplicated(["person_id", "month"]).any()
+    assert risk["p_churn_1m"].between(0, 1).all() and risk["p_churn_3m"].between(0, 1).all()
+    assert (risk["p_churn_3m"] >= risk["p_churn_1m"] - 1e-6).all()
+    # Only months where the person was observed and not yet gone.
+    month = pd.to_datetime(risk["month"])
+    joined = risk.merge(persons[["person_id", "observed_from", "churn_date"]], on="person_id", how="left")
+    assert (pd.to_datetime(joined["observed_from"]).dt.to_period("M") <= month.dt.to_period("M")).all()
+    gone = joined["churn_date"].notna() & (joined["churn_date"] < month)
+    assert not gone.any()
+    # The risk agrees with the hazard on average and ranks who churns within three months.
+    hz = world.truth_frame("churn_hazard").merge(risk, on=["person_id", "month"])
+    assert abs(hz["hazard"].mean() - hz["p_churn_1m"].mean()) < 0.1 * hz["hazard"].mean()
+    end = month + pd.DateOffset(months=3)
+    churned = joined["churn_date"].notna() & (joined["churn_date"] >= month) & (joined["churn_date"] < end)
+    complete = end <= pd.Timestamp(world.cfg.window_end)
+    y, p = churned[complete].to_numpy(), risk["p_churn_3m"][complete].to_numpy()
+    assert 0.02 < y.mean() < 0.12, y.mean()
+    assert abs(p.mean() - y.mean()) < 0.2 * y.mean(), (p.mean(), y.mean())
+    ranks = pd.Series(p).rank().to_numpy()
+    auc = (ranks[y].sum() - y.sum() * (y.sum() + 1) / 2) / (y.sum() * (~y).sum())
+    assert auc > 0.62, auc
+
+
+def test_catalogue_is_broad_and_customers_buy_several_add_ons(world: World) -> None:
+    catalogue = read_source(world, "product_catalogue")
+    addons = catalogue[catalogue["is_plan"].str.lower() != "true"]
+    assert len(addons) >= 40
+    assert {"PLN-BASIC", "PLN-STD", "PLN-PLUS", "PLN-PREM", "ADD-STREAM"} <= set(catalogue["product_id"])
+    assert addons["category"].nunique() >= 8
+    assert (addons["is_recurring"].str.lower() == "false").sum() >= 5, "some add-ons are bought repeatedly"
+
+    persons = world.truth_frame("persons")
+    tx = clean_rows(world, "billing_transactions")
+    bought = tx[tx["txn_type"] == "purchase"]
+    per_person = bought["billing_account_id"].map(record_person(world, "billing_accounts")).value_counts()
+    per_person = per_person.reindex(persons["person_id"], fill_value=0)
+    assert per_person.mean() > 3, per_person.mean()
+    assert (per_person >= 2).mean() > 0.5
+    assert bought["product_id"].nunique() >= 40
+
+    # Taste, not popularity, decides what a person buys: affinity of bought items beats the item's average.
+    aff = world.truth_frame("product_affinity").dropna(subset=["affinity"])
+    item_mean = aff.groupby("product_id")["affinity"].transform("mean")
+    aff = aff.assign(personal=aff["affinity"] - item_mean)
+    assert aff["personal"].std() > aff.groupby("product_id")["affinity"].mean().std()
+
+
 # --------------------------------------------------------------------------------------------
 # 3. knobs
 

@@ -188,24 +188,32 @@ def build_purchase_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, o
 
     Long format (customer_key, as_of, product_id, bought), so a new product adds rows, not
     columns. Empty where the horizon reaches past `observed_until` and no purchase was seen.
-    Purchasable products are the catalogue without plans.
+    Purchasable products are the catalogue without plans. Built one cutoff at a time: the
+    table is customers x products per cutoff, and sorting all cutoffs at once outgrows
+    DuckDB's memory limit at 100k customers and a large catalogue.
     """
     end = _ts(observed_until)
     h = labels.purchase_horizon_days
-    sql = f"""
+    cutoffs = [row[0] for row in con.sql("SELECT DISTINCT cutoff FROM spine ORDER BY 1").fetchall()]
+    parts = [con.sql(_purchase_labels_sql(h, end, _ts(c))).to_arrow_table() for c in cutoffs]
+    return pa.concat_tables(parts) if parts else con.sql(_purchase_labels_sql(h, end, "NULL")).to_arrow_table()
+
+
+def _purchase_labels_sql(h: int, end: str, cutoff: str) -> str:
+    return f"""
     WITH p AS (SELECT DISTINCT product_id FROM products
                WHERE NOT coalesce(is_plan, false) AND product_id IS NOT NULL),
          b AS (SELECT DISTINCT s.cid, s.cutoff, e.product
                FROM spine s JOIN transactions e ON e.cid = s.cid AND e.kind = 'purchase'
                     AND e.event_time >= s.cutoff AND e.event_time < s.cutoff + INTERVAL {h} DAY
-                    AND e.event_time < {end})
+                    AND e.event_time < {end} AND s.cutoff = {cutoff})
     SELECT c.customer_key, CAST(s.cutoff AS DATE) AS as_of, p.product_id,
            CASE WHEN b.product IS NOT NULL THEN true WHEN s.cutoff + INTERVAL {h} DAY <= {end} THEN false END
                AS bought
     FROM spine s CROSS JOIN p JOIN customers c ON c.cid = s.cid
     LEFT JOIN b ON b.cid = s.cid AND b.cutoff = s.cutoff AND b.product = p.product_id
-    ORDER BY s.cutoff, s.cid, p.product_id"""
-    return con.sql(sql).to_arrow_table()
+    WHERE s.cutoff = {cutoff}
+    ORDER BY s.cid, p.product_id"""
 
 
 def _has_rows(con: duckdb.DuckDBPyConnection, table: str) -> bool:

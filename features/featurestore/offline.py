@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -138,6 +138,59 @@ def read_training_table(root: Path, set_keys: Sequence[str], labels_key: str, as
         )
     with duckdb.connect() as con:
         return con.sql(f"SELECT * FROM ({sql}) ORDER BY as_of, customer_key").to_arrow_table()
+
+
+SAMPLE_WEIGHT = "_sample_weight"
+
+
+def read_item_training_table(
+    root: Path,
+    set_keys: Sequence[str],
+    labels_key: str,
+    item_set_keys: Sequence[str],
+    as_of: Sequence[dt.date],
+    label: str,
+    keep_negatives: Mapping[dt.date, float] | None = None,
+    exclude_flag: str | None = None,
+) -> pa.Table:
+    """Per-(customer, product) labels joined to customer sets and to customer x product sets, sampled in DuckDB.
+
+    Customer sets join on (customer_key, as_of); item sets (interactions) on
+    (customer_key, as_of, product_id), left-joined: a pair with no history has nulls there.
+    Rows whose item-set column `exclude_flag` is true are left out (e.g. products already
+    held). At a cutoff listed in `keep_negatives`, only that share of the rows whose `label`
+    is false is kept, chosen by a hash of the pair (the same rows every run), and
+    `_sample_weight` (1 / share for them, else 1) restores the population's proportions.
+    Sampling before the join keeps memory proportional to what is kept.
+    """
+    for key in (labels_key, *set_keys, *item_set_keys):
+        read_offline_check(root, key, as_of)
+    days = ", ".join(f"DATE '{d}'" for d in sorted(set(as_of)))
+    keep = {d: float(k) for d, k in (keep_negatives or {}).items() if d in set(as_of)}
+    share = "CASE " + " ".join(f"WHEN l.as_of = DATE '{d}' THEN {k!r}" for d, k in keep.items()) + " ELSE 1.0 END"
+    if not keep:
+        share = "1.0"
+    bucket = "(hash(l.customer_key, l.product_id, l.as_of) % 1000000) / 1000000.0"
+    negative = f"NOT coalesce(l.{label}, false)"
+    sql = (
+        f"SELECT l.*, CASE WHEN {negative} THEN 1.0 / ({share}) ELSE 1.0 END AS {SAMPLE_WEIGHT} "
+        f"FROM read_parquet('{partition_glob(root, labels_key)}') l "
+        f"WHERE l.as_of IN ({days}) AND (NOT ({negative}) OR {bucket} < {share})"
+    )
+    for i, key in enumerate(item_set_keys):
+        sql = (
+            f"SELECT * FROM ({sql}) LEFT JOIN (SELECT * FROM read_parquet('{partition_glob(root, key)}') "
+            f"WHERE as_of IN ({days})) i{i} USING (customer_key, as_of, product_id)"
+        )
+    if exclude_flag:
+        sql = f"SELECT * EXCLUDE ({exclude_flag}) FROM ({sql}) WHERE NOT coalesce({exclude_flag}, false)"
+    for i, key in enumerate(set_keys):
+        sql = (
+            f"SELECT * FROM ({sql}) JOIN (SELECT * FROM read_parquet('{partition_glob(root, key)}') "
+            f"WHERE as_of IN ({days})) f{i} USING (customer_key, as_of)"
+        )
+    with duckdb.connect() as con:
+        return con.sql(f"SELECT * FROM ({sql}) ORDER BY as_of, customer_key, product_id").to_arrow_table()
 
 
 def read_offline_check(root: Path, set_key: str, as_of: Sequence[dt.date]) -> None:

@@ -6,7 +6,13 @@ hazard and, in the same month, the rate of support tickets, cancellation-page
 visits, failed self-service attempts and low NPS answers. Price sensitivity
 drives discount use and the reaction to discounts ending; engagement drives
 digital activity and loyalty. So the signals a model can see carry real, but
-noisy, information about the hazard the truth records.
+noisy, information about the hazard the truth records. The level is persistent
+and loads on high-volume signals (sessions fall, support and cancellation-page
+visits rise), so a model reading recent activity can track it closely.
+
+Add-on purchases follow personal taste: each person's latent factors meet each
+item's factors (items of one category share a direction), so what a customer
+bought says much more about what they buy next than item popularity does.
 """
 
 from __future__ import annotations
@@ -26,6 +32,30 @@ _PRODUCT_IDS = [p[0] for p in ref.PRODUCTS]
 _PRICE = {p[0]: p[3] for p in ref.PRODUCTS}
 _ADDONS = [p for p in ref.PRODUCTS if not p[4]]
 HAZARD_CAP = 0.95
+# Dissatisfaction: d <- PERSISTENCE * d + drift pull of friction + noise + rare shocks.
+D_PERSISTENCE = 0.8
+D_FRICTION = 0.12
+D_NOISE_SD = 0.4
+SHOCK_RATE = 0.04
+SHOCK_MEAN = 1.2
+# Add-on taste: scale of the personal part of affinity, and spread of item popularity.
+TASTE_SCALE = 1.5
+POPULARITY_SD = 0.4
+# Monte-Carlo paths per person-month for the churn_risk truth (a separate random stream).
+CHURN_RISK_PATHS = 64
+CHURN_INTERCEPT = -4.45
+D_LOADING = 0.85
+DISCOUNT_RELIEF = 0.3
+# Retention offer: it scales the hazard by exp(-tau), tau = base + price * sensitivity - engage * engagement.
+UPLIFT_BASE = 0.4
+UPLIFT_PRICE = 1.1
+UPLIFT_ENGAGE = 0.8
+UPLIFT_FLOOR = -1.5
+# How clearly price sensitivity and engagement show in pricing-page visits and micro-conversions.
+PRICE_SIGNAL = 0.8
+ENGAGE_SIGNAL = 0.7
+RECURRING_BASE = -6.6
+REPEAT_BASE = -6.0
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -33,10 +63,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def item_parameters(cfg: WorldConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Latent item factors and popularity of the add-ons: one draw per world, shared by chunks."""
+    """Latent item factors and popularity of the add-ons: one draw per world, shared by chunks.
+
+    Items of one category lean the same way (a shared centre plus their own
+    part), so tastes carry over between related products.
+    """
     rng = np.random.default_rng([cfg.seed, 424242])
-    factors = rng.normal(0, 1, (len(_ADDONS), N_FACTORS))
-    popularity = rng.normal(0, 0.5, len(_ADDONS))
+    categories = sorted({p[2] for p in _ADDONS})
+    centres = rng.normal(0, 1, (len(categories), N_FACTORS))
+    of_item = np.array([categories.index(p[2]) for p in _ADDONS])
+    factors = 0.75 * centres[of_item] + 0.65 * rng.normal(0, 1, (len(_ADDONS), N_FACTORS))
+    popularity = rng.normal(0, POPULARITY_SD, len(_ADDONS))
     return factors, popularity
 
 
@@ -44,7 +81,7 @@ def purchase_probabilities(cfg: WorldConfig, persons: pd.DataFrame) -> tuple[np.
     """True affinity and monthly purchase probability of each add-on, per person."""
     item_f, popularity = item_parameters(cfg)
     user_f = persons[[f"factor_{k}" for k in range(N_FACTORS)]].to_numpy()
-    affinity = user_f @ item_f.T / 2.0 + popularity
+    affinity = TASTE_SCALE * (user_f @ item_f.T) / np.sqrt(N_FACTORS) + popularity
     seg = persons["segment"].to_numpy()
     for j, p in enumerate(_ADDONS):
         if p[2] == "entertainment":
@@ -53,10 +90,115 @@ def purchase_probabilities(cfg: WorldConfig, persons: pd.DataFrame) -> tuple[np.
             affinity[seg == "small_business", j] += 0.8
         eligible = np.isin(seg, p[7].split("|"))
         affinity[~eligible, j] = -np.inf
-    base = np.array([-4.0 if not p[5] else -5.0 for p in _ADDONS])
-    prob = _sigmoid(base + 0.9 * affinity)
+    # Repeat purchases (boosters, content) are bought more often than a subscription is taken up.
+    base = np.array([RECURRING_BASE if p[5] else REPEAT_BASE for p in _ADDONS])
+    prob = _sigmoid(base[None, :] + affinity + 0.3 * persons["engagement"].to_numpy()[:, None])
     prob[~np.isfinite(affinity)] = 0.0
     return affinity, prob
+
+
+@dataclass
+class _ChurnHazard:
+    """The monthly churn hazard as a function of the latent state; shared by the simulation and the truth."""
+
+    static: np.ndarray  # the part fixed per person: traits, segment, bias
+    price_pos: np.ndarray
+    signup: np.ndarray
+    month_start: np.ndarray  # month starts, extended past the window for look-ahead
+    drift_m: int
+    drift_strength: float
+
+    def fixed(self, m: int, who: np.ndarray, discount_until: np.ndarray, discount_ended: np.ndarray) -> np.ndarray:
+        """The hazard logit in month `m` of persons `who`, except the dissatisfaction term."""
+        tenure = (self.month_start[m] - self.signup[who]) / np.timedelta64(30, "D")
+        price = self.price_pos[who]
+        return (
+            self.static[who]
+            + 0.9 * np.exp(-np.maximum(tenure, 0) / 8.0)
+            - DISCOUNT_RELIEF * (discount_until >= m) * price
+            + 0.6 * ((m - discount_ended) <= 1) * price
+            + (m >= self.drift_m) * 0.6 * self.drift_strength * price
+        )
+
+    def logit(
+        self, d: np.ndarray, m: int, who: np.ndarray, discount_until: np.ndarray, discount_ended: np.ndarray
+    ) -> np.ndarray:
+        """Hazard logit in month `m` for persons `who` at dissatisfaction `d`."""
+        return self.fixed(m, who, discount_until, discount_ended) + D_LOADING * d
+
+
+def _step_dissatisfaction(rng: np.random.Generator, d: np.ndarray, friction: np.ndarray) -> np.ndarray:
+    """One month of the dissatisfaction process: persistence, pull of friction, noise and rare shocks."""
+    shock = (rng.random(d.shape) < SHOCK_RATE) * rng.exponential(SHOCK_MEAN, d.shape)
+    return D_PERSISTENCE * d + D_FRICTION * friction + rng.normal(0, D_NOISE_SD, d.shape) + shock
+
+
+def _churn_risk(
+    rng: np.random.Generator,
+    model: _ChurnHazard,
+    states: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    friction: np.ndarray,
+    discount_p: np.ndarray,
+    offer: tuple[np.ndarray, np.ndarray, int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Monte-Carlo chance of churning within one and three months from each at-risk month start.
+
+    Paths replay the hazard's own dynamics from the true state at the month start
+    (dissatisfaction before that month's shock, discount state, and the offer
+    treatment in the test months), drawing from their own stream so the
+    simulation's stream is untouched. Returns person index, month, p_1m, p_3m.
+    """
+    treated, tau, test_m = offer
+    cut = np.exp(-tau).astype(np.float32)
+    k = CHURN_RISK_PATHS
+    out_who, out_m, out_1, out_3 = [], [], [], []
+    for m, (who, d0, until, ended) in enumerate(states):
+        if who.size == 0:
+            continue
+        until, ended = until[who], ended[who]
+        shape = (k, who.size)
+        d = np.empty(shape, dtype=np.float32)
+        d[:] = d0[who]
+        pull = (D_FRICTION * friction[who]).astype(np.float32)
+        relief = (DISCOUNT_RELIEF * model.price_pos[who]).astype(np.float32)
+        granted = np.zeros(shape, dtype=bool)  # a discount granted on this path within the horizon
+        survive = np.ones(shape, dtype=np.float32)
+        noise = np.empty(shape, dtype=np.float32)
+        logit = np.empty(shape, dtype=np.float32)
+        p_1m = np.zeros(who.size)
+        for step in range(3):
+            mm = m + step
+            rng.random(out=noise, dtype=np.float32)
+            shocked = noise < SHOCK_RATE
+            rng.standard_normal(out=noise, dtype=np.float32)
+            noise *= D_NOISE_SD
+            d *= D_PERSISTENCE
+            d += pull
+            d += noise
+            d[shocked] += SHOCK_MEAN * rng.standard_exponential(int(shocked.sum()), dtype=np.float32)
+            # Discounts granted on the path run past the horizon, so they only add relief.
+            np.multiply(d, -D_LOADING, out=logit)
+            logit -= model.fixed(mm, who, until, ended).astype(np.float32)
+            if step:
+                logit += granted * relief
+            np.exp(logit, out=logit)
+            logit += 1
+            h = np.reciprocal(logit, out=logit)
+            if test_m <= mm < test_m + 3:
+                h = np.where(treated[who], np.minimum(h * cut[who], HAZARD_CAP), h)
+            survive -= survive * h
+            if step == 0:
+                p_1m = 1 - survive.mean(axis=0, dtype=np.float64)
+            if step < 2:
+                cols = np.flatnonzero((until < mm) & (relief > 0))
+                draw = rng.random((k, cols.size), dtype=np.float32) < discount_p[who[cols]]
+                granted[:, cols] |= draw
+                ended = np.where(until == mm, mm, ended)
+        out_who.append(who)
+        out_m.append(np.full(who.size, m, dtype=np.int16))
+        out_1.append(p_1m)
+        out_3.append(1 - survive.mean(axis=0, dtype=np.float64))
+    return np.concatenate(out_who), np.concatenate(out_m), np.concatenate(out_1), np.concatenate(out_3)
 
 
 @dataclass
@@ -65,6 +207,7 @@ class Behaviour:
 
     persons: pd.DataFrame
     hazard: pd.DataFrame
+    churn_risk: pd.DataFrame
     affinity: pd.DataFrame
     treatment: pd.DataFrame
     transactions: pd.DataFrame
@@ -168,37 +311,47 @@ def simulate_behaviour(cfg: WorldConfig, rng: np.random.Generator, persons: pd.D
 
     alive = np.ones(n, dtype=bool)
     churn_time = np.full(n, np.datetime64("NaT"), dtype="datetime64[s]")
-    d = 0.6 * friction + rng.normal(0, 0.6, n)  # start near the process's stationary level
+    # Start at the process's stationary level: mean (D_FRICTION * f + shock mean) / (1 - persistence).
+    level = D_FRICTION / (1 - D_PERSISTENCE)
+    stationary_sd = np.sqrt(
+        (D_NOISE_SD**2 + SHOCK_RATE * 2 * SHOCK_MEAN**2 - (SHOCK_RATE * SHOCK_MEAN) ** 2) / (1 - D_PERSISTENCE**2)
+    )
+    d = level * friction + SHOCK_RATE * SHOCK_MEAN / (1 - D_PERSISTENCE) + rng.normal(0, stationary_sd, n)
     discount_until = np.full(n, -1)
     discount_ended = np.full(n, -99)
+    churn_model = _ChurnHazard(
+        static=CHURN_INTERCEPT
+        - 0.35 * engage
+        + 0.25 * price
+        - 0.45 * (segment == "premium")
+        - 0.2 * (segment == "small_business")
+        + 0.5 * b * protected,
+        price_pos=np.clip(price, 0, None),
+        signup=signup,
+        month_start=np.array([np.datetime64(cfg.window_start, "M") + m for m in range(months + 4)]).astype(
+            "datetime64[s]"
+        ),
+        drift_m=drift_m,
+        drift_strength=cfg.drift_strength,
+    )
+    everyone = np.arange(n)
+    # The state at each month start (before that month's shock), for the churn_risk truth.
+    states: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
 
     in_test = np.zeros(n, dtype=bool)
     treated = np.zeros(n, dtype=bool)
-    tau = 0.25 + 0.5 * price - 0.35 * engage  # negative for 'sleeping dogs'
+    # Negative for 'sleeping dogs' (engaged, price-insensitive customers reminded they can leave), but bounded.
+    tau = np.maximum(UPLIFT_BASE + UPLIFT_PRICE * price - UPLIFT_ENGAGE * engage, UPLIFT_FLOOR)
     test_hazards = np.zeros((n, 3))
     eligible_at_test = np.zeros(n, dtype=bool)
 
     for m in range(months):
         lo_m, hi_m = month_start[m], month_start[m + 1]
         at_risk = alive & (start_m <= m)
-        shock = (rng.random(n) < 0.04) * rng.exponential(1.5, n)
-        d = 0.65 * d + 0.21 * friction + rng.normal(0, 0.55, n) + shock
-        tenure = (lo_m - signup) / np.timedelta64(30, "D")
+        states.append((np.flatnonzero(at_risk), d.copy(), discount_until.copy(), discount_ended.copy()))
+        d = _step_dissatisfaction(rng, d, friction)
         discount_active = discount_until >= m
-        logit = (
-            -4.45
-            + 0.85 * d
-            - 0.35 * engage
-            + 0.25 * price
-            + 0.9 * np.exp(-np.maximum(tenure, 0) / 8.0)
-            - 0.45 * (segment == "premium")
-            - 0.2 * (segment == "small_business")
-            - 0.3 * discount_active * np.clip(price, 0, None)
-            + 0.6 * ((m - discount_ended) <= 1) * np.clip(price, 0, None)
-            + 0.5 * b * protected
-            + (m >= drift_m) * 0.6 * cfg.drift_strength * np.clip(price, 0, None)
-        )
-        h = _sigmoid(logit)
+        h = _sigmoid(churn_model.logit(d, m, everyone, discount_until, discount_ended))
         if m == test_m:
             eligible_at_test = at_risk.copy()
             in_test = at_risk & (segment != "premium") & (rng.random(n) < cfg.offer_test_share)
@@ -220,7 +373,7 @@ def simulate_behaviour(cfg: WorldConfig, rng: np.random.Generator, persons: pd.D
         frac = span / (30 * 86400)
 
         # Support tickets.
-        rate = 0.09 * np.exp(0.6 * d + 0.25 * friction) * frac
+        rate = 0.2 * np.exp(0.9 * d + 0.25 * friction) * frac
         who = _draw_rows(rng, rate)
         if under_record > 0:
             who = who[~(protected[who] & (rng.random(who.size) < under_record))]
@@ -229,14 +382,14 @@ def simulate_behaviour(cfg: WorldConfig, rng: np.random.Generator, persons: pd.D
         # Digital: sessions, key page views, failed self-service, micro-conversions.
         drift_boost = 0.3 * cfg.drift_strength * (m >= drift_m)
         for etype, page_choices, r in (
-            ("session_start", None, 1.3 * np.exp(0.5 * engage + drift_boost)),
-            ("page_view:pricing", None, 0.08 * np.exp(0.6 * price + 0.3 * d)),
-            ("page_view:cancellation", None, 0.03 * np.exp(1.0 * d)),
+            ("session_start", None, 1.3 * np.exp(0.5 * engage + drift_boost - 0.6 * d)),
+            ("page_view:pricing", None, 0.12 * np.exp(PRICE_SIGNAL * price + 0.3 * d)),
+            ("page_view:cancellation", None, 0.1 * np.exp(1.3 * d)),
             ("page_view:upgrade", None, 0.06 * np.exp(0.4 * engage)),
             ("page_view:plan_compare", None, 0.05 * np.exp(0.3 * price + 0.2 * engage)),
-            ("page_view:support", None, 0.08 * np.exp(0.4 * d + 0.3 * friction)),
-            ("self_service_failed", ref.SELF_SERVICE_TASKS, 0.05 * np.exp(0.5 * friction + 0.3 * d)),
-            ("micro_conversion", ref.MICRO_CONVERSIONS, 0.05 * np.exp(0.5 * engage)),
+            ("page_view:support", None, 0.1 * np.exp(0.8 * d + 0.3 * friction)),
+            ("self_service_failed", ref.SELF_SERVICE_TASKS, 0.05 * np.exp(0.5 * friction + 0.8 * d)),
+            ("micro_conversion", ref.MICRO_CONVERSIONS, 0.08 * np.exp(ENGAGE_SIGNAL * engage)),
         ):
             who = _draw_rows(rng, r * frac)
             if etype == "page_view:cancellation" and under_record > 0:
@@ -355,6 +508,23 @@ def simulate_behaviour(cfg: WorldConfig, rng: np.random.Generator, persons: pd.D
     persons["churned"] = ~np.isnat(churn_time)
     persons["plan_at_end"] = np.array(ref.PLAN_IDS, dtype=object)[plan]
 
+    risk_who, risk_m, p_1m, p_3m = _churn_risk(
+        rng.spawn(1)[0],  # its own stream: the truth's Monte Carlo leaves the simulation's draws alone
+        churn_model,
+        states,
+        friction,
+        0.02 * np.exp(0.6 * price),
+        (treated, tau, test_m),
+    )
+    churn_risk = pd.DataFrame(
+        {
+            "person_id": persons["person_id"].to_numpy()[risk_who],
+            "month": pd.to_datetime(month_start[risk_m]).date,
+            "p_churn_1m": p_1m.astype(np.float32),
+            "p_churn_3m": p_3m.astype(np.float32),
+        }
+    ).sort_values(["person_id", "month"], kind="stable", ignore_index=True)
+
     hz_idx = np.concatenate([p[0] for p in hazard_parts])
     hazard = pd.DataFrame(
         {
@@ -398,4 +568,4 @@ def simulate_behaviour(cfg: WorldConfig, rng: np.random.Generator, persons: pd.D
             "churned_in_window": (~np.isnat(churn_time[ti])) & (churn_time[ti] < t3),
         }
     )
-    return Behaviour(persons, hazard, aff, treatment, transactions, tickets, events, nps, consent, offer)
+    return Behaviour(persons, hazard, churn_risk, aff, treatment, transactions, tickets, events, nps, consent, offer)

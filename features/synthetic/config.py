@@ -39,7 +39,13 @@ class WorldConfig(BaseModel):
     )
     acquisition_date: dt.date = Field(default=dt.date(2024, 7, 1))
     offer_test_date: dt.date = Field(default=dt.date(2025, 3, 1), description="Start of the retention-offer A/B test.")
-    offer_test_share: float = Field(default=0.25, ge=0.01, le=1.0)
+    offer_test_share: float = Field(
+        default=0.9,
+        ge=0.01,
+        le=1.0,
+        description="Share of the eligible (at-risk, non-premium) customers enrolled in the offer test, "
+        "split half treatment, half control.",
+    )
     bias_strength: float = Field(
         default=0.0,
         ge=0,

@@ -13,7 +13,7 @@ from features.identity.normalise import normalise_emails
 from features.synthetic import reference as ref
 from features.synthetic.config import WorldConfig
 
-N_FACTORS = 4
+N_FACTORS = 6
 _DAY = np.timedelta64(1, "D")
 
 

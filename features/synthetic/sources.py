@@ -133,7 +133,10 @@ def _iso(ts: pd.Series | np.ndarray, fmt: str = "%Y-%m-%d %H:%M:%S") -> pd.Serie
 
 def _ids(prefix: str, numbers: np.ndarray, width: int) -> np.ndarray:
     """Identifiers such as C000012345, built without a Python loop."""
-    digits = np.strings.zfill(np.asarray(numbers, dtype=np.int64).astype(str), width)
+    numbers = np.asarray(numbers, dtype=np.int64)
+    if numbers.size == 0:  # a small chunk may have none of some record kind
+        return np.empty(0, dtype=object)
+    digits = np.strings.zfill(numbers.astype(str), width)
     return np.strings.add(prefix, digits).astype(object)
 
 

@@ -31,6 +31,7 @@ TRUTH_FILES = {
     "persons": "persons.parquet",
     "source_records": "source_records.parquet",
     "churn_hazard": "churn_hazard.parquet",
+    "churn_risk": "churn_risk.parquet",
     "product_affinity": "product_affinity.parquet",
     "treatment_effect": "treatment_effect.parquet",
     "injected_errors": "injected_errors.parquet",
@@ -169,6 +170,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path, on_chunk: Callable[[int, int
         truth["persons"].write(b.persons[_TRUTH_PERSON_COLUMNS])
         truth["source_records"].write(sim.rendered.source_records)
         truth["churn_hazard"].write(b.hazard)
+        truth["churn_risk"].write(b.churn_risk)
         truth["product_affinity"].write(b.affinity)
         truth["treatment_effect"].write(b.treatment)
         for inj in sim.rendered.injected:

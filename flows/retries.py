@@ -1,0 +1,33 @@
+"""Prefect tasks that retry only what a retry can fix: a file system or a connection that failed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import mlflow
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures of I/O (files, Redis, the tracking store's server); False for bad data or models."""
+    import redis
+
+    if isinstance(exc, mlflow.exceptions.RestException):
+        return exc.get_http_status_code() >= 500
+    return isinstance(exc, (OSError, ConnectionError, redis.ConnectionError, redis.TimeoutError))
+
+
+def retry_on_io(_task: Any, _run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry a failed task only when its failure was transient."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - classified, not swallowed: the task stays failed when not transient
+        return is_transient(exc)
+    return False
+
+
+def io_task(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` as a task that retries twice, a second apart, when it fails on I/O."""
+    return task(name=name, retries=2, retry_delay_seconds=1, retry_condition_fn=retry_on_io, cache_policy=NO_CACHE)(fn)

@@ -1,0 +1,255 @@
+"""Churn: a calibrated LightGBM classifier for churn within a horizon, and a Cox model for time to churn.
+
+What differs from the other families: probability calibration on the validation
+cutoffs, a contact threshold set from the retention team's weekly capacity, and the
+survival model. Everything is data in, `TrainedModel` out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from lifelines import CoxPHFitter
+from lifelines.utils import concordance_index
+from sklearn.base import BaseEstimator
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.frozen import FrozenEstimator
+from sklearn.pipeline import Pipeline
+from sklearn.utils.validation import check_is_fitted
+
+from models import evaluation as ev
+from models import plots
+from models.config import ChurnConfig, LightGBMConfig, TuningConfig
+from models.result import LoggedModel, TrainedModel
+from models.splits import LabelledTable, latest_snapshot
+from models.tabular import FramePreparer, TabularSchema, infer_schema
+from models.tuning import FitClock, tune_lightgbm_classifier
+
+
+class CoxTimeToChurn(BaseEstimator):
+    """Cox proportional-hazards model on standardised numbers and one-hot categories.
+
+    `fit(X, y)` takes y as two columns: time to the event (or to censoring) and whether
+    the event was observed. `predict` returns the partial hazard (higher: sooner).
+    """
+
+    def __init__(
+        self,
+        numeric: tuple[str, ...] = (),
+        categorical: tuple[str, ...] = (),
+        penalizer: float = 0.1,
+        top_categories: int = 10,
+    ) -> None:
+        self.numeric = numeric
+        self.categorical = categorical
+        self.penalizer = penalizer
+        self.top_categories = top_categories
+
+    def _design(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N802, N803
+        cols: dict[str, np.ndarray] = {}
+        for c in self.numeric_:
+            v = pd.to_numeric(X[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            cols[c] = (np.where(np.isnan(v), self.medians_[c], v) - self.means_[c]) / self.scales_[c]
+        for c, levels in self.levels_.items():
+            text = X[c].astype("object").where(X[c].notna(), None).map(lambda v: None if v is None else str(v))
+            for level in levels:
+                cols[f"{c}={level}"] = np.asarray(text == level, dtype="float64")
+        return pd.DataFrame(cols, index=X.index)
+
+    def fit(self, X: pd.DataFrame, y: pd.DataFrame | np.ndarray) -> CoxTimeToChurn:  # noqa: N803
+        """Fit on features X and y = (duration, event)."""
+        target = np.asarray(y, dtype="float64")
+        if target.ndim != 2 or target.shape[1] != 2:
+            raise ValueError("y must hold two columns: duration and event")
+        self.medians_, self.means_, self.scales_ = {}, {}, {}
+        self.numeric_ = []
+        for c in self.numeric:
+            v = pd.to_numeric(X[c], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            median = float(np.nanmedian(v)) if np.isfinite(v).any() else 0.0
+            filled = np.where(np.isnan(v), median, v)
+            if filled.std() == 0:
+                continue
+            self.numeric_.append(c)
+            self.medians_[c], self.means_[c], self.scales_[c] = median, float(filled.mean()), float(filled.std())
+        self.levels_ = {}
+        for c in self.categorical:
+            counts = X[c].dropna().astype(str).value_counts()
+            self.levels_[c] = [str(v) for v in counts.index[1 : self.top_categories + 1]]  # the commonest is the base
+        design = self._design(X)
+        design["_duration"] = np.maximum(target[:, 0], 1e-3)
+        design["_event"] = target[:, 1]
+        self.fitter_ = CoxPHFitter(penalizer=self.penalizer)
+        self.fitter_.fit(design, duration_col="_duration", event_col="_event")
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:  # noqa: N803
+        """Partial hazard of each row: relative risk of churning soon."""
+        check_is_fitted(self, "fitter_")
+        return np.asarray(self.fitter_.predict_partial_hazard(self._design(X)), dtype="float64")
+
+    def predict_churn_by(self, X: pd.DataFrame, days: float) -> np.ndarray:  # noqa: N803
+        """Probability of churning within `days`."""
+        check_is_fitted(self, "fitter_")
+        surv = self.fitter_.predict_survival_function(self._design(X), times=[days])
+        return 1.0 - np.asarray(surv, dtype="float64").ravel()
+
+    def score(self, X: pd.DataFrame, y: pd.DataFrame | np.ndarray) -> float:  # noqa: N803
+        """Concordance index (Harrell's C) of the partial hazard."""
+        target = np.asarray(y, dtype="float64")
+        return float(concordance_index(target[:, 0], -self.predict(X), target[:, 1]))
+
+
+def labelled_rows(data: LabelledTable, stage: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows of a stage with a known label, and the label as 0/1."""
+    rows = data.rows(stage)
+    rows = rows[rows[data.label].notna()]
+    return rows, rows[data.label].astype(bool).to_numpy(dtype="int64")
+
+
+def fit_tuned_pipeline(
+    data: LabelledTable,
+    schema: TabularSchema,
+    lightgbm: LightGBMConfig,
+    tuning: TuningConfig,
+    study: optuna.Study,
+    clock: FitClock,
+) -> tuple[Pipeline, dict[str, Any], Any]:
+    """Preparer + the best LightGBM of the study, as one fitted pipeline (shared with propensity)."""
+    preparer = FramePreparer(schema.numeric, schema.categorical)
+    train, y_train = labelled_rows(data, "train")
+    valid, y_valid = labelled_rows(data, "valid")
+    with clock.fitting():
+        preparer.fit(train)
+    weights = train[data.weight].to_numpy(dtype="float64") if data.weight else None
+    tuned = tune_lightgbm_classifier(
+        (preparer.transform(train), y_train), (preparer.transform(valid), y_valid), lightgbm, tuning, study, clock,
+        sample_weight=weights,
+    )  # fmt: skip
+    return Pipeline([("prepare", preparer), ("model", tuned.model)]), tuned.params, tuned.study
+
+
+def importance(pipeline: Pipeline) -> pd.DataFrame:
+    """Total gain of each input of the pipeline's LightGBM model."""
+    model = pipeline.named_steps["model"]
+    gain = model.booster_.feature_importance(importance_type="gain")
+    names = list(pipeline.named_steps["prepare"].get_feature_names_out())
+    return pd.DataFrame({"feature": names, "gain": gain}).sort_values("gain", ascending=False, ignore_index=True)
+
+
+def train_churn(
+    data: LabelledTable,
+    config: ChurnConfig,
+    weekly_capacity: int,
+    study: optuna.Study,
+    clock: FitClock,
+) -> TrainedModel:
+    """Tune, calibrate, set the contact threshold, score on test, and fit the survival model."""
+    schema = infer_schema(data.frame, exclude=data.excluded)
+    pipeline, params, study_summary = fit_tuned_pipeline(data, schema, config.lightgbm, config.tuning, study, clock)
+
+    valid, y_valid = labelled_rows(data, "valid")
+    calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=config.calibration)
+    with clock.fitting():
+        calibrated.fit(valid, y_valid)
+
+    # The threshold comes from the newest validation cutoff (one weekly scoring run), never from test.
+    threshold = ev.capacity_threshold(
+        calibrated.predict_proba(latest_snapshot(valid, data.snapshot))[:, 1], weekly_capacity
+    )
+    test, y_test = labelled_rows(data, "test")
+    p_test = calibrated.predict_proba(test)[:, 1]
+    p_raw = pipeline.predict_proba(test)[:, 1]
+    metrics = {f"test_{k}": v for k, v in ev.classification_metrics(y_test, p_test).items()}
+    metrics["test_auc_uncalibrated"] = ev.classification_metrics(y_test, p_raw)["auc"]
+    metrics.update({f"test_{k}": v for k, v in ev.threshold_metrics(y_test, p_test, threshold).items()})
+    metrics.update({"threshold": threshold, "weekly_capacity": float(weekly_capacity)})
+    metrics.update(study_summary.as_metrics())
+    for stage in ("train", "valid", "test"):
+        metrics[f"rows_{stage}"] = float(len(labelled_rows(data, stage)[0]))
+
+    calibration = ev.calibration_table(y_test, p_test)
+    gains = ev.gain_table(y_test, p_test)
+    imp = importance(pipeline)
+    figures = {
+        "roc": plots.roc_figure(y_test, {"model": p_test}),
+        "precision_recall": plots.pr_figure(y_test, {"model": p_test}),
+        "calibration": plots.calibration_figure(calibration),
+        "gains": plots.gain_figure(gains),
+        "importance": plots.importance_figure(list(imp["feature"]), list(imp["gain"])),
+    }
+    models = [
+        LoggedModel(
+            "model", calibrated, "sklearn", test[schema.features].head(5), registered_model=config.registered_model
+        )
+    ]
+    if config.survival and data.duration and data.event:
+        survival, c_index = _fit_survival(data, schema, config.survival_penalizer, clock)
+        metrics["test_concordance"] = c_index
+        models.append(LoggedModel("survival", survival, "sklearn", test[schema.features].head(5), "predict"))
+
+    return TrainedModel(
+        family="churn",
+        models=models,
+        params={**params, "calibration": config.calibration, "label": data.label},
+        metrics=metrics,
+        figures=figures,
+        tables={"calibration": calibration, "gains": gains, "importance": imp},
+        info={
+            "schema": schema.describe(),
+            "threshold": {
+                "value": threshold,
+                "weekly_capacity": weekly_capacity,
+                "rule": "contact customers scoring at or above the value: the capacity-th highest score of the "
+                "newest validation cutoff",
+            },
+            "study": study_summary.history,
+        },
+        training_frame=data.rows("train"),
+        predictions=pd.DataFrame(
+            {
+                "customer_key": test[data.id_column].to_numpy(),
+                "as_of": test[data.snapshot].to_numpy() if data.snapshot else None,
+                "y": y_test,
+                "score": p_test,
+            }
+        ),  # fmt: skip
+        fit_seconds=clock.seconds,
+    )
+
+
+def _fit_survival(
+    data: LabelledTable, schema: TabularSchema, penalizer: float, clock: FitClock
+) -> tuple[CoxTimeToChurn, float]:
+    assert data.duration and data.event
+    train = data.rows("train").dropna(subset=[data.duration, data.event])
+    test = data.rows("test").dropna(subset=[data.duration, data.event])
+    model = CoxTimeToChurn(tuple(schema.numeric), tuple(schema.categorical), penalizer)
+    with clock.fitting():
+        model.fit(train, train[[data.duration, data.event]].astype("float64"))
+    return model, model.score(test, test[[data.duration, data.event]].astype("float64"))
+
+
+def churn_table(frame: pd.DataFrame, config: ChurnConfig, label_columns: list[str], lineage: str = "") -> LabelledTable:
+    """Feature-store rows (features joined to labels@) as a table staged by cutoff."""
+    from models.splits import stage_by_cutoff
+
+    if config.label not in frame.columns:
+        raise ValueError(
+            f"the labels have no column {config.label!r} (horizon_days {config.horizon_days}); "
+            f"they have {sorted(c for c in label_columns if c.startswith('churn_'))}"
+        )
+    others = tuple(c for c in label_columns if c not in (config.label, "time_to_churn_days", "churn_observed"))
+    return LabelledTable(
+        frame=frame,
+        id_column="customer_key",
+        label=config.label,
+        stage=stage_by_cutoff(frame["as_of"], config.split),
+        snapshot="as_of",
+        duration="time_to_churn_days" if "time_to_churn_days" in frame.columns else None,
+        event="churn_observed" if "churn_observed" in frame.columns else None,
+        not_features=others,
+        lineage=lineage,
+    )

@@ -1,0 +1,186 @@
+"""Scores of a model on held-out data: classification, calibration, ranking and uplift.
+
+Plain functions of arrays; the same ones score a model and its oracle (the generator's
+truth), so "fraction of the oracle" compares like with like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+
+class EvaluationError(ValueError):
+    """Held-out data cannot be scored (one class only, no rows, mismatched lengths)."""
+
+
+def _arrays(y: Sequence[float] | np.ndarray, p: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ya, pa = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if ya.shape != pa.shape:
+        raise EvaluationError(f"{ya.size} labels but {pa.size} scores")
+    if ya.size == 0:
+        raise EvaluationError("no rows to score")
+    if np.unique(ya).size < 2:
+        raise EvaluationError(f"the held-out labels hold one class only ({ya[0]:g}); AUC is undefined")
+    return ya, pa
+
+
+def _weights(w: np.ndarray | None, n: int) -> np.ndarray:
+    """Row weights (all 1 when None): rows kept by sampling stand for 1 / their sampling rate."""
+    return np.ones(n) if w is None else np.asarray(w, dtype=float)
+
+
+def lift_at(y: np.ndarray, p: np.ndarray, share: float = 0.1, weights: np.ndarray | None = None) -> float:
+    """Positive rate among the top `share` of scores (by weight), over the overall positive rate."""
+    ya, pa = _arrays(y, p)
+    wa = _weights(weights, ya.size)
+    order = np.argsort(-pa, kind="stable")
+    top = order[: max(1, int(np.searchsorted(np.cumsum(wa[order]), share * wa.sum(), side="right")))]
+    return float(np.average(ya[top], weights=wa[top]) / np.average(ya, weights=wa))
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
+    """AUC, PR-AUC (average precision), Brier score, log loss and lift in the top decile.
+
+    With `weights` (e.g. undoing negative sampling) every figure is the population's.
+    """
+    ya, pa = _arrays(y, p)
+    wa = _weights(weights, ya.size)
+    clipped = np.clip(pa, 1e-7, 1 - 1e-7)
+    return {
+        "auc": float(roc_auc_score(ya, pa, sample_weight=wa)),
+        "pr_auc": float(average_precision_score(ya, pa, sample_weight=wa)),
+        "brier": float(brier_score_loss(ya, clipped, sample_weight=wa)),
+        "log_loss": float(log_loss(ya, clipped, sample_weight=wa)),
+        "lift_top_decile": lift_at(ya, pa, 0.1, wa),
+        "base_rate": float(np.average(ya, weights=wa)),
+        "rows": float(ya.size),
+    }
+
+
+def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10, weights: np.ndarray | None = None) -> pd.DataFrame:
+    """Mean predicted against observed rate in equal-count bins of the score."""
+    ya, pa = _arrays(y, p)
+    wa = _weights(weights, ya.size)
+    order = np.argsort(pa, kind="stable")
+    groups = np.array_split(order, min(bins, ya.size))
+    return pd.DataFrame(
+        {
+            "mean_predicted": [float(np.average(pa[g], weights=wa[g])) for g in groups],
+            "observed_rate": [float(np.average(ya[g], weights=wa[g])) for g in groups],
+            "rows": [int(g.size) for g in groups],
+        }
+    )
+
+
+def gain_table(y: np.ndarray, p: np.ndarray, bins: int = 10, weights: np.ndarray | None = None) -> pd.DataFrame:
+    """Cumulative share of positives captured by the top deciles of the score, and the lift there."""
+    ya, pa = _arrays(y, p)
+    wa = _weights(weights, ya.size)
+    order = np.argsort(-pa, kind="stable")
+    captured = np.cumsum(ya[order] * wa[order]) / (ya * wa).sum()
+    reach = np.cumsum(wa[order]) / wa.sum()
+    rows = []
+    for i in range(1, bins + 1):
+        n = max(1, int(np.searchsorted(reach, i / bins - 1e-12, side="left")) + 1)
+        n = min(n, ya.size)
+        rows.append(
+            {
+                "top_share": i / bins,
+                "positives_captured": float(captured[n - 1]),
+                "lift": float(captured[n - 1] / reach[n - 1]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def capacity_threshold(scores: np.ndarray, capacity: int) -> float:
+    """The score of the `capacity`-th highest customer: contact everyone at or above it.
+
+    With fewer customers than the capacity, everyone is contacted (the lowest score).
+    """
+    s = np.sort(np.asarray(scores, dtype=float))[::-1]
+    if s.size == 0:
+        raise EvaluationError("no scores to set a threshold from")
+    return float(s[min(capacity, s.size) - 1])
+
+
+def threshold_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """What contacting everyone at or above `threshold` would have done on held-out data."""
+    ya, pa = _arrays(y, p)
+    flagged = pa >= threshold
+    hits = float(ya[flagged].sum())
+    return {
+        "flagged": float(flagged.sum()),
+        "precision_at_threshold": hits / max(float(flagged.sum()), 1.0),
+        "recall_at_threshold": hits / float(ya.sum()),
+    }
+
+
+def ranking_metrics(
+    recommended: Mapping[str, Sequence[str]], relevant: Mapping[str, set[str]], k: int, catalogue_size: int
+) -> dict[str, float]:
+    """precision@k, recall@k and NDCG@k averaged over users with something relevant, and catalogue coverage.
+
+    Coverage is the share of the catalogue that appears in anyone's top k.
+    """
+    users = [u for u, items in relevant.items() if items]
+    if not users:
+        raise EvaluationError("no user has a held-out interaction")
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    precision, recall, ndcg = [], [], []
+    shown: set[str] = set()
+    for u in users:
+        top = list(recommended.get(u, ()))[:k]
+        shown.update(top)
+        hits = np.array([item in relevant[u] for item in top], dtype=float)
+        precision.append(hits.sum() / k)
+        recall.append(hits.sum() / len(relevant[u]))
+        ideal = discounts[: min(len(relevant[u]), k)].sum()
+        ndcg.append(float((hits * discounts[: hits.size]).sum() / ideal))
+    return {
+        f"precision_at_{k}": float(np.mean(precision)),
+        f"recall_at_{k}": float(np.mean(recall)),
+        f"ndcg_at_{k}": float(np.mean(ndcg)),
+        "coverage": len(shown) / max(catalogue_size, 1),
+        "users_evaluated": float(len(users)),
+    }
+
+
+def _qini_gain(y: np.ndarray, treatment: np.ndarray, uplift: np.ndarray) -> np.ndarray:
+    """Incremental positives from targeting the top 1..n rows by predicted uplift.
+
+    (treated positives) - (control positives) x (treated / control counts) among the targeted.
+    """
+    ya, ua = np.asarray(y, dtype=float), np.asarray(uplift, dtype=float)
+    ta = np.asarray(treatment, dtype=bool)
+    if not (ya.size == ua.size == ta.size) or ya.size == 0:
+        raise EvaluationError("outcome, treatment and uplift must be equally long and not empty")
+    if ta.all() or not ta.any():
+        raise EvaluationError("the uplift sample needs both treated and control rows")
+    order = np.argsort(-ua, kind="stable")
+    yt = np.cumsum(ya[order] * ta[order])
+    yc = np.cumsum(ya[order] * ~ta[order])
+    nt = np.cumsum(ta[order]).astype(float)
+    nc = np.cumsum(~ta[order]).astype(float)
+    return yt - yc * np.divide(nt, nc, out=np.zeros_like(nt), where=nc > 0)
+
+
+def qini_table(y: np.ndarray, treatment: np.ndarray, uplift: np.ndarray, points: int = 50) -> pd.DataFrame:
+    """The Qini curve at `points` shares of the population, with the random-targeting line."""
+    gain = _qini_gain(y, treatment, uplift)
+    idx = np.unique(np.linspace(0, gain.size - 1, points + 1).round().astype(int))
+    return pd.DataFrame({"share": (idx + 1) / gain.size, "qini": gain[idx], "random": gain[-1] * (idx + 1) / gain.size})
+
+
+def qini_coefficient(y: np.ndarray, treatment: np.ndarray, uplift: np.ndarray) -> float:
+    """Mean gap between the Qini curve and the random line, per row of the population.
+
+    Positive when the ranking puts the persuadable first; about 0 for a random ranking.
+    """
+    gain = _qini_gain(y, treatment, uplift)
+    random = gain[-1] * np.arange(1, gain.size + 1) / gain.size
+    return float((gain - random).mean() / gain.size)

@@ -1,0 +1,108 @@
+"""Which rows train, validate and test: by cutoff for the feature store, by time or at random for a user's table.
+
+Rows of one customer and cutoff never straddle stages; across cutoffs, the config's
+horizon check (`TimeSplit.check_horizon`) guarantees no training label reaches into a
+later stage's cutoff.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from models.config import TimeSplit
+
+STAGES = ("train", "valid", "test")
+
+
+class SplitError(ValueError):
+    """A stage would be empty, or the data cannot be split as asked."""
+
+
+@dataclass(frozen=True)
+class LabelledTable:
+    """Rows to learn from: features, a binary label, the stage of every row, and what is not a feature."""
+
+    frame: pd.DataFrame
+    id_column: str
+    label: str
+    stage: pd.Series  # "train" | "valid" | "test" | "unused", aligned with frame
+    snapshot: str | None = None  # the column holding each row's cutoff, if any
+    duration: str | None = None  # time to the event (or to censoring), for the survival model
+    event: str | None = None  # whether the event was observed
+    not_features: tuple[str, ...] = ()  # other labels and outcomes in the frame
+    weight: str | None = None  # per-row training weight (e.g. undoing negative sampling)
+    lineage: str = ""  # where the rows came from (for the run's dataset record)
+
+    def rows(self, stage: str) -> pd.DataFrame:
+        """The frame's rows of one stage."""
+        return self.frame[self.stage.to_numpy() == stage]
+
+    @property
+    def excluded(self) -> list[str]:
+        """Columns that must never be model inputs."""
+        cols = [self.id_column, self.label, self.snapshot, self.duration, self.event, self.weight, *self.not_features]
+        return [c for c in cols if c]
+
+
+def stage_by_cutoff(as_of: pd.Series, split: TimeSplit) -> pd.Series:
+    """Stage of each row from its cutoff; rows at cutoffs the split does not name are 'unused'."""
+    days = pd.to_datetime(as_of).dt.date
+    stage = pd.Series("unused", index=as_of.index, dtype=object)
+    for name, cutoffs in zip(STAGES, (split.train_as_of, split.valid_as_of, split.test_as_of), strict=True):
+        stage[days.isin(set(cutoffs)).to_numpy()] = name
+    _check_filled(stage)
+    return stage
+
+
+def stage_by_time(times: pd.Series, shares: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> pd.Series:
+    """Earliest rows train, later ones validate, the latest test; rows with the same time share a stage."""
+    t = pd.to_datetime(times, errors="coerce")
+    if t.isna().any():
+        raise SplitError(f"{int(t.isna().sum())} row(s) have no readable time; a time split needs one on every row")
+    ranks = t.rank(method="min", pct=True)
+    edges = np.cumsum(shares)
+    stage = pd.Series(
+        np.where(ranks <= edges[0], "train", np.where(ranks <= edges[1], "valid", "test")), index=times.index
+    )
+    _check_filled(stage)
+    return stage
+
+
+def stage_at_random(labels: pd.Series, seed: int, shares: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> pd.Series:
+    """A stratified random split, for a snapshot table with no time column (one point in time).
+
+    A stage whose share is 0 is left empty on purpose.
+    """
+    rng = np.random.default_rng(seed)
+    stage = pd.Series("train", index=labels.index, dtype=object)
+    for _, idx in labels.groupby(labels.fillna("missing").astype(str)).groups.items():
+        pos = rng.permutation(np.asarray(idx))
+        n_valid, n_test = int(round(shares[1] * pos.size)), int(round(shares[2] * pos.size))
+        stage[pos[:n_valid]] = "valid"
+        stage[pos[n_valid : n_valid + n_test]] = "test"
+    _check_filled(stage, [s for s, share in zip(STAGES, shares, strict=True) if share > 0])
+    return stage
+
+
+def latest_snapshot(frame: pd.DataFrame, snapshot: str | None) -> pd.DataFrame:
+    """The rows of the newest cutoff (all rows when there is no cutoff column)."""
+    if snapshot is None or frame.empty:
+        return frame
+    newest = frame[snapshot].max()
+    return frame[frame[snapshot] == newest]
+
+
+def _check_filled(stage: pd.Series, stages: Sequence[str] = STAGES) -> None:
+    empty = [s for s in stages if not (stage == s).any()]
+    if empty:
+        raise SplitError(f"the split leaves no rows for {', '.join(empty)}")
+
+
+def cutoff_days(values: pd.Series) -> list[dt.date]:
+    """The distinct cutoffs of a column, oldest first."""
+    return sorted(set(pd.to_datetime(values).dt.date))

@@ -1,0 +1,186 @@
+"""Optuna studies: TPE over a configured search space, pruning, a trial and time budget.
+
+The study's storage is in memory unless an RDB URL is given (then several workers can
+share one study). Time spent inside model fitting is accumulated on a `FitClock`, so a
+run can report how much of its wall time went to orchestration and tracking instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import optuna
+import pandas as pd
+from optuna_integration import LightGBMPruningCallback
+from sklearn.metrics import roc_auc_score
+
+from models.config import LightGBMConfig, ParamRange, TuningConfig
+
+
+@dataclass
+class FitClock:
+    """Seconds spent fitting models (accumulated by every trainer)."""
+
+    seconds: float = 0.0
+
+    @contextmanager
+    def fitting(self) -> Iterator[None]:
+        """Count the time of the block as model fitting."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+@dataclass
+class StudySummary:
+    """What a study did, for the run's parameters and the note."""
+
+    trials: int
+    completed: int
+    pruned: int
+    best_value: float
+    best_params: dict[str, Any]
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_metrics(self, prefix: str = "tuning") -> dict[str, float]:
+        """Flat numbers to log."""
+        return {
+            f"{prefix}_trials": float(self.trials),
+            f"{prefix}_completed": float(self.completed),
+            f"{prefix}_pruned": float(self.pruned),
+            f"{prefix}_best_valid_score": self.best_value,
+            f"{prefix}_seconds": self.seconds,
+        }
+
+
+def suggest(trial: optuna.Trial, space: dict[str, ParamRange]) -> dict[str, Any]:
+    """Draw one value per searched parameter."""
+    out: dict[str, Any] = {}
+    for name, r in space.items():
+        if r.integer:
+            out[name] = trial.suggest_int(name, int(math.ceil(r.low)), int(math.floor(r.high)), log=r.log)
+        else:
+            out[name] = trial.suggest_float(name, r.low, r.high, log=r.log)
+    return out
+
+
+def create_study(name: str, tuning: TuningConfig, storage: str | None) -> optuna.Study:
+    """A maximising TPE study (with a median pruner when pruning is on), in memory or in `storage`."""
+    pruner: optuna.pruners.BasePruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=20)
+        if tuning.pruning
+        else optuna.pruners.NopPruner()
+    )
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=storage is not None,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=tuning.seed),
+        pruner=pruner,
+    )
+
+
+def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], tuning: TuningConfig) -> StudySummary:
+    """Run trials until the trial count or the time budget is spent (checked between trials)."""
+    start = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=tuning.trials, timeout=tuning.timeout_seconds, gc_after_trial=False)
+    states = [t.state for t in study.trials]
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        raise RuntimeError(f"study {study.study_name} completed no trial within its budget")
+    history = [
+        {"number": t.number, "state": t.state.name, "value": t.value, **t.params}
+        for t in study.trials
+    ]  # fmt: skip
+    return StudySummary(
+        trials=len(states),
+        completed=len(completed),
+        pruned=sum(s == optuna.trial.TrialState.PRUNED for s in states),
+        best_value=float(study.best_value),
+        best_params=dict(study.best_params),
+        seconds=time.perf_counter() - start,
+        history=history,
+    )
+
+
+def positive_proba(model: Any, X: Any) -> np.ndarray:  # noqa: N803
+    """The positive class's probability of a binary classifier, as a float array."""
+    return np.asarray(model.predict_proba(X), dtype="float64")[:, 1]
+
+
+@dataclass
+class TunedClassifier:
+    """The best trial's fitted LightGBM classifier and the study behind it."""
+
+    model: lgb.LGBMClassifier
+    params: dict[str, Any]
+    study: StudySummary
+
+
+def lightgbm_params(config: LightGBMConfig, drawn: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The full parameter set of one LightGBM fit."""
+    return {
+        "n_estimators": config.max_trees,
+        "n_jobs": config.threads,
+        "random_state": seed,
+        "verbose": -1,
+        **config.fixed,
+        **drawn,
+    }
+
+
+def tune_lightgbm_classifier(
+    train: tuple[pd.DataFrame, np.ndarray],
+    valid: tuple[pd.DataFrame, np.ndarray],
+    config: LightGBMConfig,
+    tuning: TuningConfig,
+    study: optuna.Study,
+    clock: FitClock,
+    sample_weight: np.ndarray | None = None,
+) -> TunedClassifier:
+    """Search LightGBM parameters by validation AUC, with early stopping on the validation cutoffs.
+
+    Keeps the best trial's model, so the final model is not fitted a second time.
+    """
+    (x_train, y_train), (x_valid, y_valid) = train, valid
+    if np.unique(y_train).size < 2 or np.unique(y_valid).size < 2:
+        raise ValueError("the training and the validation labels each need both classes")
+    best: dict[str, Any] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        params = lightgbm_params(config, suggest(trial, config.search), tuning.seed)
+        model = lgb.LGBMClassifier(**params)
+        callbacks: list[Callable[..., Any]] = [lgb.early_stopping(config.early_stopping_rounds, verbose=False)]
+        if tuning.pruning:
+            callbacks.append(LightGBMPruningCallback(trial, "auc", valid_name="valid"))
+        with clock.fitting():
+            model.fit(
+                x_train,
+                y_train,
+                sample_weight=sample_weight,
+                eval_X=(x_valid,),
+                eval_y=(y_valid,),
+                eval_names=["valid"],
+                eval_metric="auc",
+                callbacks=callbacks,
+            )
+        score = float(roc_auc_score(y_valid, positive_proba(model, x_valid)))
+        trial.set_user_attr("best_iteration", int(model.best_iteration_ or params["n_estimators"]))
+        if not best or score > best["score"]:
+            best.update(score=score, model=model, params={**params, "n_estimators": trial.user_attrs["best_iteration"]})
+        return score
+
+    summary = run_study(study, objective, tuning)
+    return TunedClassifier(best["model"], best["params"], summary)

@@ -112,32 +112,12 @@ def _work_ingest(p: dict[str, Any]) -> dict[str, Any]:
 
 def _work_resolve(p: dict[str, Any]) -> dict[str, Any]:
     """Resolve identities with the plain functions (as `custintel resolve --engine local`)."""
-    from features.identity.resolve import resolve_records
-    from features.identity.store import (
-        identity_config,
-        load_identity_records,
-        read_previous_run,
-        resolve_options,
-        write_resolution,
-    )
+    from features.identity.store import resolve_from_lake
 
     settings = _settings(p)
     shutil.rmtree(settings.identity_dir, ignore_errors=True)
     t0 = time.perf_counter()
-    config, options = identity_config(settings), resolve_options(settings)
-    emit("progress", step="reading identity records")
-    records = load_identity_records(settings, config)
-    previous = read_previous_run(settings, False)
-    resolution = resolve_records(
-        records,
-        config,
-        options,
-        previous.crosswalk,
-        model=previous.model,
-        progress=lambda message: emit("progress", step=message),
-        reserved_keys=previous.issued_keys,
-    )
-    run = write_resolution(settings, records, resolution, options)
+    run = resolve_from_lake(settings, False, lambda message: emit("progress", step=message))
     stats = run["stats"]
     return {"seconds": time.perf_counter() - t0, "records": stats["records"], "customers": stats["customers"]}
 

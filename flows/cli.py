@@ -266,30 +266,12 @@ def _run_resolution(engine: str, reuse_model: bool) -> None:
 
 
 def _resolve_locally(settings: Settings, reuse_model: bool) -> dict[str, Any]:
-    from features.identity.resolve import resolve_records
-    from features.identity.store import (
-        identity_config,
-        load_identity_records,
-        read_previous_run,
-        resolve_options,
-        write_resolution,
-    )
+    from features.identity.store import resolve_from_lake
 
-    config, options = identity_config(settings), resolve_options(settings)
     with console.status("Resolving identities…") as status:
-        status.update("Reading identity records from the lake…")
-        records = load_identity_records(settings, config)
-        previous = read_previous_run(settings, reuse_model)
-        resolution = resolve_records(
-            records,
-            config,
-            options,
-            previous.crosswalk,
-            model=previous.model,
-            progress=lambda message: status.update(f"Resolving identities: {message}…"),
-            reserved_keys=previous.issued_keys,
+        return resolve_from_lake(
+            settings, reuse_model, lambda message: status.update(f"Resolving identities: {message}…")
         )
-        return write_resolution(settings, records, resolution, options)
 
 
 def _print_resolution(run: dict[str, Any]) -> None:

@@ -299,15 +299,11 @@ def with_budget(config: TrainingConfig, trials: int | None, timeout: float | Non
         update["timeout_seconds"] = timeout
     if not update:
         return config
+    families = {name: getattr(config, name) for name in FAMILIES}
     return config.model_copy(
         update={
-            "churn": config.churn.model_copy(update={"tuning": config.churn.tuning.model_copy(update=update)}),
-            "propensity": config.propensity.model_copy(
-                update={"tuning": config.propensity.tuning.model_copy(update=update)}
-            ),
-            "recommendation": config.recommendation.model_copy(
-                update={"tuning": config.recommendation.tuning.model_copy(update=update)}
-            ),
+            name: cfg.model_copy(update={"tuning": cfg.tuning.model_copy(update=update)})
+            for name, cfg in families.items()
         }
     )
 

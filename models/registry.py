@@ -114,10 +114,17 @@ def serving_example(logged: LoggedModel) -> pd.DataFrame:
     return example.astype(dict.fromkeys(ints, "float64"))
 
 
+def predict_in_memory(logged: LoggedModel, frame: pd.DataFrame) -> Any:
+    """What the trained model (not yet logged) answers for `frame`, as its pyfunc will."""
+    if logged.flavor == "sklearn":
+        return getattr(logged.model, logged.predict_method)(frame)
+    return logged.model.predict(None, frame)
+
+
 def _log_model(logged: LoggedModel) -> Any:
     example = serving_example(logged)
+    output = predict_in_memory(logged, example)
     if logged.flavor == "sklearn":
-        output = getattr(logged.model, logged.predict_method)(example)
         return mlflow.sklearn.log_model(
             logged.model,
             name=logged.name,
@@ -127,7 +134,6 @@ def _log_model(logged: LoggedModel) -> Any:
             pip_requirements=pip_requirements(),
             pyfunc_predict_fn=logged.predict_method,
         )
-    output = logged.model.predict(None, example)
     return mlflow.pyfunc.log_model(
         name=logged.name,
         python_model=logged.model,
@@ -236,11 +242,7 @@ def verify_round_trip(logged: LoggedModel, name: str, alias: str = CHALLENGER) -
     """
     loaded = load_alias(name, alias)
     example = serving_example(logged)
-    expected = (
-        getattr(logged.model, logged.predict_method)(example)
-        if logged.flavor == "sklearn"
-        else logged.model.predict(None, example)
-    )
+    expected = predict_in_memory(logged, example)
     got = loaded.predict(example)
     diff = _max_difference(expected, got)
     if diff > 1e-9:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -28,7 +29,7 @@ from features.files import replace_atomically, write_text_atomically
 from features.identity.config import IdentityConfig, load_identity_config
 from features.identity.privacy import check_fields
 from features.identity.records import assemble_identity_records
-from features.identity.resolve import Resolution, ResolveOptions
+from features.identity.resolve import Resolution, ResolveOptions, resolve_records
 from features.lake import read_lake_table
 
 _TABLES = ("records", "match_records", "links", "crosswalk", "golden_records", "conflicts")
@@ -164,3 +165,27 @@ def write_resolution(
     reports.mkdir(parents=True, exist_ok=True)
     (reports / f"{run_id}.json").write_text(text, encoding="utf-8")
     return run
+
+
+def resolve_from_lake(
+    settings: Settings, reuse_model: bool, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """The whole resolution without Prefect: read the records and the previous run, resolve, write.
+
+    Returns the run summary (as `write_resolution`). The Prefect flow runs the same steps as tasks.
+    """
+    config, options = identity_config(settings), resolve_options(settings)
+    report = progress or (lambda _: None)
+    report("reading identity records from the lake")
+    records = load_identity_records(settings, config)
+    previous = read_previous_run(settings, reuse_model)
+    resolution = resolve_records(
+        records,
+        config,
+        options,
+        previous.crosswalk,
+        model=previous.model,
+        progress=report,
+        reserved_keys=previous.issued_keys,
+    )
+    return write_resolution(settings, records, resolution, options)

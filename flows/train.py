@@ -35,7 +35,7 @@ from features.featurestore.offline import (
 from features.featurestore.store import offline_root
 from flows.retries import io_task
 from models import oracle
-from models.churn import churn_table, train_churn
+from models.churn import churn_table, labelled_rows, train_churn
 from models.config import FAMILIES, Family, TrainingConfig, TuningConfig, load_training_config
 from models.propensity import HELD, negative_shares, propensity_table, train_propensity, train_uplift, uplift_table
 from models.recommendation import Interactions, check_interactions, train_recommendation
@@ -385,8 +385,13 @@ def lineage_of(settings: Settings, unit: Unit, data: Loaded, own: OwnTable | Own
     return {"source": str(root), "feature_sets": sets, "as_of": [str(d) for d in unit.as_of], "config": config}
 
 
-def compare_with_truth(settings: Settings, truth: Path, unit: Unit, trained: TrainedModel) -> dict[str, float]:
-    """The model's score as a fraction of the oracle's, from the generator's truth (evaluation only)."""
+def compare_with_truth(
+    settings: Settings, truth: Path, unit: Unit, trained: TrainedModel, data: Loaded | None = None
+) -> dict[str, float]:
+    """The model's score as a fraction of the oracle's, from the generator's truth (evaluation only).
+
+    With the unit's rows (`data`), churn and uplift also get the feature ceiling (see models.oracle).
+    """
     persons = oracle.customer_persons(
         pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["customer_key", "record_key"]),
         pd.read_parquet(truth / "source_records.parquet", columns=["source_table", "record_id", "person_id"]),
@@ -396,14 +401,21 @@ def compare_with_truth(settings: Settings, truth: Path, unit: Unit, trained: Tra
         if not risk_file.is_file():
             return {}
         assert trained.predictions is not None
-        return oracle.churn_oracle(trained.predictions, persons, pd.read_parquet(risk_file), unit.config.horizon_days)
+        test = labelled_rows(data, "test")[0] if isinstance(data, LabelledTable) else None
+        excluded = data.excluded if isinstance(data, LabelledTable) else []
+        return oracle.churn_oracle(
+            trained.predictions, persons, pd.read_parquet(risk_file), unit.config.horizon_days, test, excluded
+        )
     if unit.name == "propensity":
         assert trained.predictions is not None
         affinity = pd.read_parquet(truth / "product_affinity.parquet")
         return oracle.propensity_oracle(trained.predictions, persons, affinity, unit.config.horizon_days)
     if unit.name == "uplift":
         assert trained.predictions is not None
-        return oracle.uplift_oracle(trained.predictions, persons, pd.read_parquet(truth / "treatment_effect.parquet"))
+        effect = pd.read_parquet(truth / "treatment_effect.parquet")
+        if isinstance(data, LabelledTable):
+            return oracle.uplift_oracle(trained.predictions, persons, effect, data.frame, data.excluded)
+        return oracle.uplift_oracle(trained.predictions, persons, effect)
     model, test = trained.evaluation
     affinity = pd.read_parquet(truth / "product_affinity.parquet")
     return oracle.recommendation_oracle(model, test, persons, affinity, unit.config.k)
@@ -487,7 +499,7 @@ def run_training(
         seconds["verify"] = time.perf_counter() - t
         scores: dict[str, float] = {}
         if truth is not None and own is None:
-            scores = compare_with_truth(settings, truth, unit, trained)
+            scores = compare_with_truth(settings, truth, unit, trained, data)
             if scores:
                 steps.record_oracle(settings, record, scores)
         outcome = TrainingOutcome(

@@ -3,15 +3,25 @@
 Read by evaluation only, never by training. Each function takes a model's held-out
 predictions and the truth tables, scores the truth's own probabilities on exactly the
 same rows, and returns the model's score, the oracle's, and their ratio.
+
+Where the model's own features are given, a *feature ceiling* is scored too: a
+LightGBM regressor fitted (cross-fitted) to the true value from those features. The
+oracle knows hidden state that no feature carries; the ceiling says how much of the
+oracle a model on these features can reach at all, so a gap is read as the model's or
+the world's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
 from models import evaluation as ev
 from models.recommendation import ALSRecommender, Interactions
+from models.tabular import FramePreparer, infer_schema
 
 
 def customer_persons(crosswalk: pd.DataFrame, source_records: pd.DataFrame) -> pd.Series:
@@ -33,22 +43,78 @@ def _compare(name: str, model: float, oracle: float, rows: int) -> dict[str, flo
     }
 
 
+def feature_ceiling(
+    features: pd.DataFrame, target: np.ndarray, exclude: Sequence[str], seed: int = 0, folds: int = 5
+) -> np.ndarray:
+    """Each row's true value as predicted from its features by a regressor that did not see the row."""
+    schema = infer_schema(features, exclude=list(exclude))
+    fold = np.random.default_rng(seed).permutation(np.arange(len(features)) % folds)
+    out = np.empty(len(features))
+    for k in range(folds):
+        fit, score = features[fold != k], features[fold == k]
+        prep = FramePreparer(schema.numeric, schema.categorical).fit(fit)
+        model = lgb.LGBMRegressor(
+            n_estimators=400, learning_rate=0.03, num_leaves=15, min_child_samples=50, subsample=0.8,
+            subsample_freq=1, random_state=seed, n_jobs=2, verbose=-1,
+        ).fit(prep.transform(fit), target[fold != k])  # fmt: skip
+        out[fold == k] = model.predict(prep.transform(score))
+    return out
+
+
+def _with_ceiling(
+    scores: dict[str, float],
+    name: str,
+    rows: pd.DataFrame,
+    truth_column: str,
+    features: pd.DataFrame | None,
+    exclude: Sequence[str],
+    metric: Callable[[pd.DataFrame, np.ndarray], float],
+) -> dict[str, float]:
+    """Add the feature ceiling's score (`rows["_row"]` indexes `features`, aligned with the predictions)."""
+    if features is None or len(rows) < 50:
+        return scores
+    frame = features.iloc[rows["_row"].to_numpy()].reset_index(drop=True)
+    ceiling = metric(rows, feature_ceiling(frame, rows[truth_column].to_numpy(float), exclude))
+    oracle = scores[f"oracle_{name}"]
+    return {
+        **scores,
+        f"ceiling_{name}": ceiling,
+        f"ceiling_{name}_fraction_of_oracle": ceiling / oracle if oracle else float("nan"),
+        f"{name}_fraction_of_ceiling": scores[f"model_{name}"] / ceiling if ceiling else float("nan"),
+    }
+
+
+def _keyed(predictions: pd.DataFrame, persons: pd.Series) -> pd.DataFrame:
+    """Predictions with their true person and their position (`_row`), customers without one left out."""
+    rows = predictions.assign(_row=np.arange(len(predictions)), person_id=predictions["customer_key"].map(persons))
+    return rows.dropna(subset=["person_id"])
+
+
 def churn_oracle(
-    predictions: pd.DataFrame, persons: pd.Series, churn_risk: pd.DataFrame, horizon_days: int
+    predictions: pd.DataFrame,
+    persons: pd.Series,
+    churn_risk: pd.DataFrame,
+    horizon_days: int,
+    features: pd.DataFrame | None = None,
+    exclude: Sequence[str] = (),
 ) -> dict[str, float]:
     """AUC of the model against the true churn probability at each cutoff (given the true state then).
 
     `predictions`: customer_key, as_of, y, score. `churn_risk`: person_id, month,
-    p_churn_1m, p_churn_3m (the month whose start is the cutoff).
+    p_churn_1m, p_churn_3m (the month whose start is the cutoff). `features`: the test
+    rows the predictions were made from (same order), for the feature ceiling.
     """
     column = "p_churn_1m" if horizon_days <= 45 else "p_churn_3m"
     risk = churn_risk.assign(month=pd.to_datetime(churn_risk["month"]).dt.date)
-    rows = predictions.assign(person_id=predictions["customer_key"].map(persons)).dropna(subset=["person_id"])
+    rows = _keyed(predictions, persons)
     rows = rows.assign(month=pd.to_datetime(rows["as_of"]).dt.date)
     rows = rows.merge(risk[["person_id", "month", column]], on=["person_id", "month"], how="inner")
-    model = ev.classification_metrics(rows["y"].to_numpy(), rows["score"].to_numpy())["auc"]
-    oracle = ev.classification_metrics(rows["y"].to_numpy(), rows[column].to_numpy())["auc"]
-    return _compare("auc", model, oracle, len(rows))
+
+    def auc(r: pd.DataFrame, score: np.ndarray) -> float:
+        return ev.classification_metrics(r["y"].to_numpy(), score)["auc"]
+
+    scores = _compare("auc", auc(rows, rows["score"].to_numpy()), auc(rows, rows[column].to_numpy()), len(rows))
+    return _with_ceiling(scores, "auc", rows, column, features, exclude, auc)
 
 
 def propensity_oracle(
@@ -69,18 +135,29 @@ def propensity_oracle(
     return _compare("auc", model, oracle, len(rows))
 
 
-def uplift_oracle(predictions: pd.DataFrame, persons: pd.Series, treatment_effect: pd.DataFrame) -> dict[str, float]:
+def uplift_oracle(
+    predictions: pd.DataFrame,
+    persons: pd.Series,
+    treatment_effect: pd.DataFrame,
+    features: pd.DataFrame | None = None,
+    exclude: Sequence[str] = (),
+) -> dict[str, float]:
     """Qini coefficient of the model's uplift against the true uplift's, on the same participants.
 
     `predictions`: customer_key, y (retained), treated, uplift. `treatment_effect`:
     person_id, true_uplift (reduction in churn probability = gain in retention).
+    `features`: the participants the predictions were made for (same order).
     """
-    rows = predictions.assign(person_id=predictions["customer_key"].map(persons)).dropna(subset=["person_id"])
+    rows = _keyed(predictions, persons)
     rows = rows.merge(treatment_effect[["person_id", "true_uplift"]], on="person_id", how="inner")
-    y, t = rows["y"].to_numpy(float), rows["treated"].to_numpy(bool)
-    model = ev.qini_coefficient(y, t, rows["uplift"].to_numpy(float))
-    oracle = ev.qini_coefficient(y, t, rows["true_uplift"].to_numpy(float))
-    return _compare("qini", model, oracle, len(rows))
+
+    def qini(r: pd.DataFrame, uplift: np.ndarray) -> float:
+        return ev.qini_coefficient(r["y"].to_numpy(float), r["treated"].to_numpy(bool), uplift)
+
+    scores = _compare(
+        "qini", qini(rows, rows["uplift"].to_numpy(float)), qini(rows, rows["true_uplift"].to_numpy(float)), len(rows)
+    )
+    return _with_ceiling(scores, "qini", rows, "true_uplift", features, exclude, qini)
 
 
 def recommendation_oracle(

@@ -204,7 +204,6 @@ def train_uplift(data: LabelledTable, config: UpliftConfig, clock: FitClock, fol
     """Fit the uplift learner on the experiment's training share; Qini on the held-out share and cross-fitted."""
     schema = infer_schema(data.frame, exclude=data.excluded)
     params = lightgbm_params(config.lightgbm, {}, config.seed)
-    params["n_estimators"] = min(int(params["n_estimators"]), 300)
     train, test = data.rows("train"), data.rows("test")
     preparer = FramePreparer(schema.numeric, schema.categorical)
     with clock.fitting():

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models import evaluation as ev
+from models import oracle
 from models.config import TimeSplit, TrainingConfigError, load_training_config
 from models.splits import SplitError, stage_at_random, stage_by_cutoff, stage_by_time
 from models.tabular import FramePreparer, TabularSchemaError, infer_schema
@@ -196,3 +197,34 @@ def test_qini_rewards_ranking_the_persuadable_first() -> None:
     assert table["share"].iloc[-1] == 1.0 and table["qini"].iloc[-1] == pytest.approx(table["random"].iloc[-1])
     with pytest.raises(ev.EvaluationError, match="both treated and control"):
         ev.qini_coefficient(y, np.ones(n, bool), effect)
+
+
+def test_the_feature_ceiling_recovers_what_the_features_carry_and_nothing_more() -> None:
+    rng = np.random.default_rng(0)
+    n = 3000
+    seen, hidden = rng.normal(size=n), rng.normal(size=n)
+    frame = pd.DataFrame(
+        {"key": np.arange(n), "seen": seen, "noise": rng.normal(size=n), "plan": rng.choice(["a", "b"], n)}
+    )
+    truth = seen + hidden  # half the variance is hidden state no feature carries
+    predicted = oracle.feature_ceiling(frame, truth, exclude=["key"])
+    assert np.corrcoef(predicted, seen)[0, 1] > 0.95
+    assert 0.6 < np.corrcoef(predicted, truth)[0, 1] < 0.8  # ~ 1/sqrt(2): it cannot see `hidden`
+
+
+def test_the_uplift_oracle_reports_the_ceiling_between_model_and_oracle() -> None:
+    rng = np.random.default_rng(1)
+    n = 10_000
+    x, hidden = rng.normal(size=n), rng.normal(size=n)
+    true_uplift = 0.5 / (1 + np.exp(-2 * (x + hidden)))
+    treated = rng.random(n) < 0.5
+    y = (rng.random(n) < 0.3 + treated * true_uplift).astype(float)
+    keys = [f"c{i}" for i in range(n)]
+    persons = pd.Series(np.arange(n), index=keys)
+    predictions = pd.DataFrame({"customer_key": keys, "y": y, "treated": treated, "uplift": rng.normal(size=n)})
+    effect = pd.DataFrame({"person_id": np.arange(n), "true_uplift": true_uplift})
+    features = pd.DataFrame({"customer_key": keys, "x": x})
+    scores = oracle.uplift_oracle(predictions, persons, effect, features, exclude=["customer_key"])
+    assert scores["oracle_qini"] > scores["ceiling_qini"] > scores["model_qini"]
+    assert scores["qini_fraction_of_ceiling"] == pytest.approx(scores["model_qini"] / scores["ceiling_qini"])
+    assert "ceiling_qini" not in oracle.uplift_oracle(predictions, persons, effect)

@@ -33,7 +33,9 @@ lint: install
 unit: install
 	$(BIN)/python -m pytest -m "not integration"
 
+# The governance site's browser test drives Debian's headless chromium: install it (apt) when missing.
 test: lint
+	scripts/ensure-chromium
 	$(BIN)/python -m pytest --cov --cov-report=term
 
 bench: install

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
         description="Optuna RDB URL (e.g. postgresql+psycopg://...) so several workers share a study; in memory "
         "when unset.",
     )
+    governance_policy: Path | None = Field(
+        default=None,
+        description="Governance policy YAML (sensitive features, fairness limits, waivers per family); the shipped "
+        "default when unset.",
+    )
     retention_calls_per_week: int = Field(
         default=500,
         ge=1,
@@ -152,6 +157,16 @@ class Settings(BaseSettings):
     def artifacts_dir(self) -> Path:
         """MLflow artifact root for the embedded default."""
         return self.home_dir / "artifacts"
+
+    @property
+    def governance_dir(self) -> Path:
+        """Gate decisions (decisions.jsonl), model cards and audits (cards/<model>/<version>/)."""
+        return self.home_dir / "governance"
+
+    @property
+    def site_dir(self) -> Path:
+        """The governance reviewers' static site (`custintel report`)."""
+        return self.home_dir / "site"
 
     @property
     def default_data_dir(self) -> Path:

@@ -733,6 +733,123 @@ def _print_training(outcomes: list[dict[str, Any]]) -> None:
     console.print(f"MLflow UI: [bold]mlflow ui --backend-store-uri {settings.tracking_uri}[/]")
 
 
+GATED_FAMILIES = ("churn", "propensity", "uplift", "recommendation")
+
+
+@app.command()
+def promote(
+    model: Annotated[
+        str,
+        typer.Argument(help="A registered model or a family (churn, propensity, uplift, recommendation), or all."),
+    ],
+    version: Annotated[str | None, typer.Option(help="The version to audit (default: the @challenger).")] = None,
+    approver: Annotated[
+        str | None, typer.Option(help="Waive a failed fairness or performance check: the approver's name.")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="With --approver: why the failure is accepted.")] = None,
+    engine: Annotated[
+        Literal["prefect", "local"],
+        typer.Option(help="prefect: run as the Prefect flow audit_and_promote (tracked); local: call the steps."),
+    ] = "prefect",
+) -> None:
+    """Audit the challenger (fairness, performance vs champion, data quality, signature); promote it if it passes."""
+    if (approver is None) != (reason is None):
+        raise _fail("a waiver needs both --approver and --reason")
+    if model == "all" and (version or approver):
+        raise _fail("--version and --approver name one model: not with `all`")
+    decisions = _run_gate(list(GATED_FAMILIES) if model == "all" else [model], version, approver, reason, engine)
+    _print_decisions(decisions)
+    if any(d["result"] == "blocked" for d in decisions):
+        raise typer.Exit(code=2)
+
+
+def _run_gate(
+    models: list[str], version: str | None, approver: str | None, reason: str | None, engine: str
+) -> list[dict[str, Any]]:
+    from governance.gate import Waiver
+    from governance.policy import PolicyError
+    from governance.store import GateError, actor
+
+    settings = _settings()
+    decisions = []
+    try:
+        waiver = Waiver(approver, reason or "") if approver else None
+        for model in models:
+            with console.status(f"Auditing {model}…"):
+                if engine == "prefect":
+                    from flows.promote import audit_and_promote
+
+                    decisions.append(
+                        audit_and_promote(model, str(settings.home_dir), version, approver, reason, actor())
+                    )
+                else:
+                    from flows.promote import PLAIN_STEPS, run_gate
+
+                    decisions.append(run_gate(settings, model, version, waiver, actor(), PLAIN_STEPS))
+    except (GateError, PolicyError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    return decisions
+
+
+def _print_decisions(decisions: list[dict[str, Any]]) -> None:
+    settings = _settings()
+    colour = {"promoted": "green", "waived": "yellow", "blocked": "red", "rolled_back": "yellow"}
+    for d in decisions:
+        console.print(
+            f"[bold]{d['model']}[/] v{d['version']}: [bold {colour.get(d['result'], 'white')}]{d['result']}[/]  "
+            f"champion {d['champion_before'] or 'none'} -> {d['champion_after'] or 'none'}"
+        )
+        for check in d.get("checks", []):
+            mark = "[green]pass[/]" if check["passed"] else "[red]FAIL[/]"
+            details = [x for x in check["details"] if "not gated" not in x]
+            console.print(f"  {mark} {check['name']}: {'; '.join(details)}")
+        if d.get("waiver"):
+            console.print(f"  waived by {d['waiver']['approver']}: {d['waiver']['reason']}")
+        if d.get("card"):
+            console.print(f"  model card: {settings.governance_dir / d['card']}")
+    console.print(f"decision log: {settings.governance_dir / 'decisions.jsonl'}  -> `custintel report`")
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="A registered model or a family.")],
+    reason: Annotated[str, typer.Option(help="Why the champion is rolled back (recorded).")],
+) -> None:
+    """Move @champion back to @previous (the demoted version becomes @previous)."""
+    from flows.promote import rollback as roll_back
+    from governance.policy import PolicyError
+    from governance.store import GateError, actor
+
+    try:
+        decision = roll_back(_settings(), model, reason, actor())
+    except (GateError, PolicyError) as exc:
+        raise _fail(str(exc)) from None
+    _print_decisions([decision])
+
+
+@app.command()
+def report(
+    serve: Annotated[bool, typer.Option(help="Serve the site over HTTP after building it (Ctrl-C stops).")] = False,
+    host: Annotated[str, typer.Option(help="Address to serve on (with --serve).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on (with --serve).")] = 8090,
+) -> None:
+    """Build the governance reviewers' site: models, versions, aliases, decisions, waivers, model cards."""
+    from governance.site import SiteError, build_site, serve_site
+
+    settings = _settings()
+    try:
+        index = build_site(settings)
+    except SiteError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"reviewers' site: {index}  (open it, or `custintel report --serve`)")
+    if serve:
+        console.print(f"serving {settings.site_dir} at http://{host}:{port}/ (Ctrl-C stops)")
+        try:
+            serve_site(settings, host, port)
+        except OSError as exc:
+            raise _fail(f"cannot serve on {host}:{port}: {exc}") from None
+
+
 @app.command()
 def demo(
     customers: Annotated[int, typer.Option(help="Customers in the demo world.")] = 20_000,
@@ -744,20 +861,26 @@ def demo(
     """Run everything that exists end to end on embedded defaults and say where to look."""
     settings = _settings()
     world = settings.default_data_dir / "demo-world"
-    console.rule("[bold]1/5 generate a synthetic customer world")
+    console.rule("[bold]1/6 generate a synthetic customer world")
     generate(customers=customers, seed=seed, out=world)
-    console.rule("[bold]2/5 ingest it behind data contracts (Prefect flow ingest_sources)")
+    console.rule("[bold]2/6 ingest it behind data contracts (Prefect flow ingest_sources)")
     ingest(source=world)
-    console.rule("[bold]3/5 resolve identities into customers (Prefect flow resolve_identities)")
+    console.rule("[bold]3/6 resolve identities into customers (Prefect flow resolve_identities)")
     _run_resolution("prefect", reuse_model=False)
     resolve_evaluate(truth=world / "_truth")
-    console.rule("[bold]4/5 point-in-time features and labels (Prefect flow build_features)")
+    console.rule("[bold]4/6 point-in-time features and labels (Prefect flow build_features)")
     _print_feature_build(_run_feature_build([dt.date(2025, 3, 1), dt.date(2025, 9, 1)], "prefect", online=True))
     console.rule(
-        "[bold]5/5 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
+        "[bold]5/6 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
     )
     outcomes = _run_training("all", "prefect", trials, None, world / "_truth", None)
     _print_training(outcomes)
+    console.rule("[bold]6/6 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
+    decisions = _run_gate(list(GATED_FAMILIES), None, None, None, "prefect")
+    _print_decisions(decisions)
+    from governance.site import build_site
+
+    site = build_site(settings)
     console.rule("[bold]where to look")
     console.print(f"- source drop: {world}  (hidden truth: {world / '_truth'})")
     console.print(f"- lake (accepted rows, Parquet): {settings.lake_dir}")
@@ -777,7 +900,11 @@ def demo(
         f"- models: MLflow runs {', '.join(o['family'] + ' ' + o['run_id'] for o in outcomes)}; registered as "
         f"@challenger  -> `mlflow ui --backend-store-uri {settings.tracking_uri}` (plots, tables, lineage per run)"
     )
-    console.print("The promotion gate, serving and monitoring arrive with issues 6-8.")
+    console.print(
+        f"- governance: {settings.governance_dir} (decisions.jsonl, cards/<model>/<version>/card.html); "
+        f"reviewers' site {site}  -> `custintel report --serve`"
+    )
+    console.print("Serving and monitoring arrive with issues 7-8.")
 
 
 if __name__ == "__main__":  # pragma: no cover

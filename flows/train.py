@@ -11,6 +11,7 @@ when the generator's truth is given, log how close the model comes to the oracle
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -345,6 +346,8 @@ def configure_tracking(settings: Settings) -> str | None:
     """
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
+    # MLflow draws a progress bar for every artifact download; the gate reads several small ones per model.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if settings.tracking_uri.startswith(("http://", "https://", "databricks")):
         return None
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 from models import evaluation as ev
 from models import plots
 from models.config import ChurnConfig, LightGBMConfig, TuningConfig
-from models.result import LoggedModel, TrainedModel
+from models.result import EvaluationSet, LoggedModel, TrainedModel
 from models.splits import LabelledTable, latest_snapshot
 from models.tabular import FramePreparer, TabularSchema, infer_schema
 from models.tuning import FitClock, tune_lightgbm_classifier
@@ -208,6 +208,20 @@ def train_churn(
             "study": study_summary.history,
         },
         training_frame=data.rows("train"),
+        evaluation_set=EvaluationSet(
+            test[[c for c in (data.id_column, data.snapshot, data.label) if c] + schema.features],
+            "classifier",
+            schema.features,
+            data.label,
+            data.id_column,
+            data.snapshot,
+        ),
+        data_quality=ev.data_profile(
+            labelled_rows(data, "train")[0],
+            schema.features,
+            data.label,
+            [c for c in (data.id_column, data.snapshot) if c],
+        ),
         predictions=pd.DataFrame(
             {
                 "customer_key": test[data.id_column].to_numpy(),

@@ -184,3 +184,24 @@ def qini_coefficient(y: np.ndarray, treatment: np.ndarray, uplift: np.ndarray) -
     gain = _qini_gain(y, treatment, uplift)
     random = gain[-1] * np.arange(1, gain.size + 1) / gain.size
     return float((gain - random).mean() / gain.size)
+
+
+def data_profile(
+    frame: pd.DataFrame, features: Sequence[str], label: str | None, keys: Sequence[str] = ()
+) -> dict[str, float | str]:
+    """What the promotion gate checks of a training set: size, positives, the emptiest column, duplicates."""
+    rows = len(frame)
+    missing = frame[list(features)].isna().mean() if features and rows else pd.Series(dtype=float)
+    profile: dict[str, float | str] = {
+        "rows": float(rows),
+        "columns": float(len(features)),
+        "max_missing_share": float(missing.max()) if len(missing) else 0.0,
+        "max_missing_column": str(missing.idxmax()) if len(missing) else "",
+    }
+    if label is not None and rows:
+        y = frame[label].dropna().astype(float)
+        profile.update(positives=float(y.sum()), label_rate=float(y.mean()) if len(y) else float("nan"))
+    present = [k for k in keys if k in frame.columns]
+    if present and rows:
+        profile["duplicate_share"] = float(frame.duplicated(subset=present).mean())
+    return profile

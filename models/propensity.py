@@ -25,7 +25,7 @@ from models import evaluation as ev
 from models import plots
 from models.churn import fit_tuned_pipeline, importance, labelled_rows
 from models.config import PropensityConfig, UpliftConfig
-from models.result import LoggedModel, TrainedModel
+from models.result import EvaluationSet, LoggedModel, TrainedModel
 from models.splits import LabelledTable, stage_at_random, stage_by_cutoff
 from models.tabular import FramePreparer, infer_schema
 from models.tuning import FitClock, lightgbm_params, positive_proba
@@ -105,6 +105,23 @@ def train_propensity(
         },
         info={"schema": schema.describe(), "study": study_summary.history, "per_product_auc": per_product},
         training_frame=data.rows("train"),
+        evaluation_set=EvaluationSet(
+            capped_sample(
+                test[[data.id_column, "as_of", data.label, *([data.weight] if data.weight else []), *schema.features]],
+                data.weight,
+                EVALUATION_ROWS,
+                config.tuning.seed,
+            ),
+            "classifier",
+            schema.features,
+            data.label,
+            data.id_column,
+            "as_of",
+            data.weight,
+        ),
+        data_quality=ev.data_profile(
+            labelled_rows(data, "train")[0], schema.features, data.label, [data.id_column, "as_of", "product_id"]
+        ),
         predictions=pd.DataFrame(
             {
                 "customer_key": test[data.id_column].to_numpy(),
@@ -117,6 +134,19 @@ def train_propensity(
         ),  # fmt: skip
         fit_seconds=clock.seconds,
     )
+
+
+EVALUATION_ROWS = 300_000  # the propensity test set kept for the gate (a weighted sample beyond this)
+
+
+def capped_sample(frame: pd.DataFrame, weight: str | None, limit: int, seed: int) -> pd.DataFrame:
+    """At most `limit` rows drawn uniformly; the weights are scaled so weighted metrics stay unbiased."""
+    if len(frame) <= limit:
+        return frame.reset_index(drop=True)
+    sample = frame.sample(n=limit, random_state=seed).reset_index(drop=True)
+    if weight is None:
+        return sample
+    return sample.assign(**{weight: sample[weight] * (len(frame) / limit)})
 
 
 def per_product_auc(products: np.ndarray, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -245,6 +275,15 @@ def train_uplift(data: LabelledTable, config: UpliftConfig, clock: FitClock, fol
         tables={"qini": qini},
         info={"schema": schema.describe(), "crossfit_uplift": "rows' uplift predicted by models that did not see them"},
         training_frame=train,
+        evaluation_set=EvaluationSet(
+            test[[data.id_column, "retained", "treated", *schema.features]],
+            "uplift",
+            schema.features,
+            "retained",
+            data.id_column,
+            treatment="treated",
+        ),
+        data_quality=ev.data_profile(train, schema.features, "retained", [data.id_column]),
         predictions=pd.DataFrame(
             {"customer_key": data.frame[data.id_column].to_numpy(), "y": y_all, "treated": t_all, "uplift": crossfit}
         ),

@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from models import evaluation as ev
 from models import plots
 from models.config import RecommendationConfig, TuningConfig
-from models.result import LoggedModel, TrainedModel
+from models.result import EvaluationSet, LoggedModel, TrainedModel
 from models.tuning import FitClock, run_study, suggest
 
 ALS_DEFAULTS = {"factors": 16, "regularization": 0.05, "alpha": 10.0, "iterations": 15}
@@ -292,6 +292,26 @@ def train_recommendation(
         tables={"recall_at_k": pd.DataFrame(curves).rename_axis("k").reset_index()},
         info={"study": summary.history, "eligibility": {s: sorted(v) for s, v in (model.eligible or {}).items()}},
         training_frame=test.history,
+        evaluation_set=EvaluationSet(
+            pd.DataFrame(
+                {
+                    "customer_key": list(test.relevant()),
+                    "segment": [None if test.segments is None else test.segments.get(u) for u in test.relevant()],
+                    "relevant": [sorted(items) for items in test.relevant().values()],
+                }
+            ),
+            "ranking",
+            ["customer_key", "segment"],
+            k=k,
+            items=len(model.items),
+        ),
+        data_quality={
+            "rows": float(len(test.history)),
+            "positives": float(test.history["user"].nunique()),
+            "columns": 2.0,
+            "max_missing_share": float(test.history[["user", "item"]].isna().mean().max()),
+            "max_missing_column": "",
+        },
         evaluation=(model, test),
         fit_seconds=clock.seconds,
     )

@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import json
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -26,7 +27,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from models.result import LoggedModel, TrainedModel
+from models.result import EvaluationSet, LoggedModel, TrainedModel
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -159,6 +160,10 @@ def log_training_run(
         mlflow.log_metrics({k: float(v) for k, v in trained.metrics.items() if np.isfinite(v)})
         mlflow.log_dict(lineage, "lineage/lineage.json")
         mlflow.log_dict(trained.info, "info.json")
+        if trained.data_quality:
+            mlflow.log_dict(trained.data_quality, "data_quality.json")
+        if trained.evaluation_set is not None:
+            log_evaluation_set(trained.evaluation_set)
         if trained.training_frame is not None:
             mlflow.log_input(training_dataset(trained, dataset_source), context="training")
         for name, fig in trained.figures.items():
@@ -178,6 +183,37 @@ def log_training_run(
                 set_alias(client, logged.registered_model, CHALLENGER, version, f"trained in run {run.info.run_id}")
             record.models.append(RegisteredVersion(logged.name, uri, logged.registered_model, version))
     return record
+
+
+def log_evaluation_set(evaluation: EvaluationSet) -> None:
+    """Log the test rows and their layout under the active run's `evaluation/`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluation.frame.to_parquet(Path(tmp) / "test.parquet", index=False)
+        (Path(tmp) / "meta.json").write_text(json.dumps(evaluation.meta(), indent=2))
+        mlflow.log_artifacts(tmp, "evaluation")
+
+
+def read_evaluation_set(run_id: str) -> EvaluationSet | None:
+    """The test rows a run logged (None for a run from before the gate existed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation", dst_path=tmp))
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+        if not (local / "meta.json").is_file():
+            return None
+        meta = json.loads((local / "meta.json").read_text())
+        frame = pd.read_parquet(local / "test.parquet")
+    meta.pop("rows", None)
+    return EvaluationSet(frame=frame, **meta)
+
+
+def read_run_json(run_id: str, path: str) -> dict[str, Any]:
+    """A JSON artifact of a run ({} when the run has none)."""
+    try:
+        return dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}"))
+    except (mlflow.exceptions.MlflowException, OSError):
+        return {}
 
 
 def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:

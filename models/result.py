@@ -23,6 +23,42 @@ class LoggedModel:
 
 
 @dataclass
+class EvaluationSet:
+    """The held-out rows a model was tested on, logged with the run so a gate can re-score any version on them.
+
+    `classifier`: features, a 0/1 `label` and maybe a `weight`; `uplift`: features, the
+    outcome `label` and the `treatment`; `ranking`: one row per customer with `segment`
+    and `relevant` (the items bought after the cutoff), scored at `k` over `items` products.
+    """
+
+    frame: pd.DataFrame
+    kind: Literal["classifier", "uplift", "ranking"]
+    features: list[str] = field(default_factory=list)
+    label: str | None = None
+    id_column: str = "customer_key"
+    snapshot: str | None = None
+    weight: str | None = None
+    treatment: str | None = None
+    k: int = 10
+    items: int = 0
+
+    def meta(self) -> dict[str, Any]:
+        """Everything but the frame, for `evaluation/meta.json`."""
+        return {
+            "kind": self.kind,
+            "features": self.features,
+            "label": self.label,
+            "id_column": self.id_column,
+            "snapshot": self.snapshot,
+            "weight": self.weight,
+            "treatment": self.treatment,
+            "k": self.k,
+            "items": self.items,
+            "rows": len(self.frame),
+        }
+
+
+@dataclass
 class TrainedModel:
     """A trainer's whole output for one run."""
 
@@ -36,6 +72,8 @@ class TrainedModel:
     training_frame: pd.DataFrame | None = None  # logged as the run's dataset (lineage)
     predictions: pd.DataFrame | None = None  # held-out rows with label and score, for the oracle comparison
     evaluation: Any = None  # anything else the oracle comparison needs (e.g. the recommender's test data)
+    evaluation_set: EvaluationSet | None = None  # logged for the promotion gate
+    data_quality: dict[str, Any] = field(default_factory=dict)  # the training set's profile, for the gate
     fit_seconds: float = 0.0
 
     @property

@@ -72,6 +72,11 @@ def test_demo_command_runs_everything_end_to_end(prefect_api: None, tmp_path: Pa
     assert "models: MLflow runs churn " in result.output and "mlflow ui --backend-store-uri" in result.output
     assert "all counts reconcile" in result.output
     assert "where to look" in result.output
+    text = " ".join(result.output.split())
+    for name in ("custintel-churn", "custintel-propensity", "custintel-uplift", "custintel-recommendation"):
+        assert f"{name} v1: promoted" in text or f"{name} v1: blocked" in text
+        assert (home / "governance" / "cards" / name / "1" / "card.html").is_file()
+    assert (home / "site" / "index.html").is_file() and "reviewers' site" in text
     assert "identity resolution against the truth" in result.output
     scores = json.loads((home / "reports" / "identity" / "evaluation.json").read_text())
     assert scores["deterministic+probabilistic"]["f1"] >= 0.97

@@ -155,9 +155,7 @@ def test_the_cli_trains_all_and_reports_against_the_oracle(trainable: Settings, 
     assert (
         "auc_fraction_of_oracle" in out and "ndcg_at_10_fraction_of_oracle" in out and "qini_fraction_of_oracle" in out
     )
-    assert (
-        "ceiling_auc_fraction_of_oracle" in out and "qini_fraction_of_ceiling" in out
-    )
+    assert "ceiling_auc_fraction_of_oracle" in out and "qini_fraction_of_ceiling" in out
     assert "mlflow ui --backend-store-uri" in out
 
 

@@ -1,0 +1,181 @@
+"""The gate's I/O: the registry's versions and aliases, the per-model lock, the decision log, card files.
+
+Paths come from settings. The decision log is append-only JSON lines; each append holds
+an exclusive lock on the file and is flushed to disk before the lock is released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+
+from custintel.settings import Settings
+from models.registry import CHALLENGER, set_alias
+
+CHAMPION = "champion"
+PREVIOUS = "previous"
+GATE_TAGS = ("result", "reasons", "decision", "policy_hash")
+
+
+class GateError(RuntimeError):
+    """A promotion or rollback cannot go ahead (unknown model or version, nothing to roll back to)."""
+
+
+def actor() -> str:
+    """Who is acting: CUSTINTEL_ACTOR when set (e.g. a CI job), else user@host."""
+    return os.environ.get("CUSTINTEL_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def decision_log(settings: Settings) -> Path:
+    """The append-only decision log."""
+    return settings.governance_dir / "decisions.jsonl"
+
+
+def append_decision(settings: Settings, record: dict[str, Any]) -> None:
+    """Append one decision (never rewrites earlier lines)."""
+    path = decision_log(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True, default=str)
+    with path.open("a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_decisions(settings: Settings, model: str | None = None) -> list[dict[str, Any]]:
+    """Decisions, oldest first (optionally of one model); unreadable lines are skipped."""
+    path = decision_log(settings)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and (model is None or record.get("model") == model):
+            out.append(record)
+    return out
+
+
+@contextlib.contextmanager
+def model_lock(settings: Settings, name: str) -> Iterator[None]:
+    """Serialise promotions and rollbacks of one model.
+
+    A file lock under the custintel home covers processes on this machine; with a
+    PostgreSQL-backed MLflow the same key is also taken as a PostgreSQL advisory lock, so
+    gates running on several machines against one registry queue up too.
+    """
+    locks = settings.governance_dir / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with (locks / f"{hashlib.sha256(name.encode()).hexdigest()[:16]}.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            with _advisory_lock(settings.tracking_uri, name):
+                yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _advisory_lock(tracking_uri: str, name: str) -> Iterator[None]:
+    if not tracking_uri.startswith("postgresql"):
+        yield
+        return
+    import psycopg  # only with a PostgreSQL registry
+
+    url = tracking_uri.replace("postgresql+psycopg2://", "postgresql://").replace(
+        "postgresql+psycopg://", "postgresql://"
+    )
+    key = int.from_bytes(hashlib.sha256(f"custintel-gate:{name}".encode()).digest()[:8], "big", signed=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version an alias points at, or None."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def resolve_model(client: MlflowClient, model: str) -> str:
+    """A registered model's name from its name or its family (churn -> custintel-churn)."""
+    names = [m.name for m in client.search_registered_models()]
+    if model in names:
+        return model
+    by_family = [n for n in names if n == f"custintel-{model}"]
+    if by_family:
+        return by_family[0]
+    raise GateError(f"no registered model {model!r}; registered: {sorted(names) or 'none'}")
+
+
+def move_champion(client: MlflowClient, name: str, version: str, reason: str) -> tuple[str | None, str]:
+    """Point champion at `version`, the former champion -> previous. Returns (before, after)."""
+    before = alias_version(client, name, CHAMPION)
+    if before is not None and before != version:
+        set_alias(client, name, PREVIOUS, int(before), f"replaced as champion by version {version}")
+    set_alias(client, name, CHAMPION, int(version), reason)
+    if alias_version(client, name, CHALLENGER) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)
+    return before, version
+
+
+def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+    """Record the gate's outcome on the model version."""
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, f"custintel.gate.{key}", value)
+
+
+def read_golden_records(settings: Settings) -> pd.DataFrame:
+    """The identity store's golden records (sensitive attributes for the audit), empty when there are none."""
+    path = settings.identity_dir / "golden_records.parquet"
+    if not path.is_file():
+        return pd.DataFrame({"customer_key": pd.Series(dtype=str)})
+    return pd.read_parquet(path)
+
+
+def card_dir(settings: Settings, name: str, version: str) -> Path:
+    """Where a version's model card and audit files live."""
+    return settings.governance_dir / "cards" / name / version
+
+
+def write_card_files(settings: Settings, name: str, version: str, files: dict[str, bytes | str]) -> Path:
+    """Write the card's files and attach them to the version's run (`cards/v<version>/`)."""
+    folder = card_dir(settings, name, version)
+    folder.mkdir(parents=True, exist_ok=True)
+    for file_name, content in files.items():
+        target = folder / file_name
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content, encoding="utf-8")
+    return folder
+
+
+def attach_card(client: MlflowClient, run_id: str, folder: Path, version: str) -> str:
+    """Log the card folder as artifacts of the version's run; returns the artifact path."""
+    path = f"cards/v{version}"
+    client.log_artifacts(run_id, str(folder), path)
+    return path

@@ -1,0 +1,199 @@
+"""The promotion gate end to end on a real MLflow registry (SQLite): pass, block, waiver, rollback, the
+Prefect flow, two processes racing, and a world whose bias knob skews one group."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from custintel.settings import Settings
+from flows.cli import app
+from flows.promote import PLAIN_STEPS, run_gate
+from flows.train import PLAIN_STEPS as TRAIN_STEPS
+from flows.train import configure_tracking, run_training
+from governance import store
+from governance.gate import Waiver
+from governance.policy import load_policy
+from tests.conftest import SMALL_TRAINING_YAML, TRAIN_AS_OF
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+NAME = "custintel-churn"
+
+
+def _policy(tmp: Path, name: str, **churn: Any) -> Path:
+    """The shipped policy with the churn family's rules changed."""
+    data = yaml.safe_load((Path(__file__).parents[1] / "governance" / "policy.yaml").read_text())
+    data["families"]["churn"].update(churn)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _with_policy(settings: Settings, policy: Path | None) -> Settings:
+    return Settings(home=settings.home_dir, training_config=settings.training_config, governance_policy=policy)
+
+
+def _aliases(settings: Settings) -> dict[str, str]:
+    configure_tracking(settings)
+    return {a: v for a in ("champion", "challenger", "previous") if (v := store.alias_version(MlflowClient(), NAME, a))}
+
+
+def _tags(settings: Settings, version: str) -> dict[str, str]:
+    configure_tracking(settings)
+    return MlflowClient().get_model_version(NAME, version).tags
+
+
+@pytest.fixture(scope="module")
+def gated(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The small world's churn model trained twice (versions 1 and 2, @challenger on 2); nothing promoted."""
+    home = tmp_path_factory.mktemp("gated") / "home"
+    shutil.copytree(featured.home_dir, home, ignore=shutil.ignore_patterns("mlflow.db", "artifacts"))
+    settings = Settings(home=home, training_config=featured.training_config)
+    for _ in range(2):
+        run_training(settings, "churn", TRAIN_STEPS, lambda _: None, trials=1)
+    return settings
+
+
+def test_pass_block_waiver_and_rollback_move_the_aliases_and_leave_a_record(gated: Settings, tmp_path: Path) -> None:
+    me = "tester@ci"
+    first = run_gate(gated, "churn", "1", None, me, PLAIN_STEPS)  # the shipped policy, on the default world
+    assert first["result"] == "promoted", first["reasons"]
+    assert _aliases(gated) == {"champion": "1", "challenger": "2"}
+    assert _tags(gated, "1")["custintel.gate.result"] == "promoted"
+    card = gated.governance_dir / "cards" / NAME / "1"
+    assert {"card.md", "card.html", "audit.json"} <= {p.name for p in card.iterdir()}
+    page = (card / "card.html").read_text()
+    assert "Intended use" in page and "Fairness audit" in page and "promoted" in page
+    configure_tracking(gated)
+    run_id = MlflowClient().get_model_version(NAME, "1").run_id
+    assert run_id is not None
+    assert any(a.path.endswith("card.html") for a in MlflowClient().list_artifacts(run_id, "cards/v1"))
+
+    # An impossible fairness limit, judged on the raw value: version 2 is blocked and nothing moves.
+    strict = _with_policy(gated, _policy(tmp_path, "strict", fairness={"calibration_gap": {"max": 0.0}}))
+    assert strict.governance_policy is not None
+    strict_yaml = yaml.safe_load(strict.governance_policy.read_text())
+    strict_yaml["confidence"] = 0.5
+    strict.governance_policy.write_text(yaml.safe_dump(strict_yaml))
+    strict_policy = load_policy(strict.governance_policy)
+    blocked = run_gate(strict, "churn", None, None, me, PLAIN_STEPS)
+    assert blocked["result"] == "blocked" and blocked["version"] == "2"
+    assert any("calibration_gap by" in r for r in blocked["reasons"])
+    assert _aliases(gated) == {"champion": "1", "challenger": "2"}
+    assert "calibration_gap by" in json.loads(_tags(gated, "2")["custintel.gate.reasons"])[0]
+    assert any(c["name"] == "performance" and "vs champion" in c["details"][0] for c in blocked["checks"])
+
+    # A named approver waives it: champion moves to 2, the former champion is kept as previous.
+    waiver = Waiver("Dana Reviewer", "pilot on 5% of traffic; re-audit after the next retrain")
+    waived = run_gate(strict, "churn", "2", waiver, me, PLAIN_STEPS)
+    assert waived["result"] == "waived" and waived["waiver"]["approver"] == "Dana Reviewer"
+    assert _aliases(gated) == {"champion": "2", "previous": "1"}
+
+    out = CliRunner().invoke(app, ["--home", str(gated.home_dir), "rollback", "churn", "--reason", "complaints"])
+    assert out.exit_code == 0, out.output
+    assert _aliases(gated) == {"champion": "1", "previous": "2"}
+    assert _tags(gated, "2")["custintel.gate.result"] == "rolled_back"
+
+    log = [json.loads(line) for line in (gated.governance_dir / "decisions.jsonl").read_text().splitlines()]
+    assert [d["result"] for d in log] == ["promoted", "blocked", "waived", "rolled_back"]
+    assert [d["champion_after"] for d in log] == ["1", "1", "2", "1"]
+    assert log[0]["policy_hash"] == load_policy().digest != strict_policy.digest == log[1]["policy_hash"]
+    assert all(d["actor"] == me for d in log[:3])
+
+
+def test_the_prefect_flow_audits_and_records(gated: Settings, prefect_api: None) -> None:
+    from flows.promote import audit_and_promote
+    from tests.conftest import flow_runs_and_artifacts
+
+    decision = audit_and_promote(NAME, home=str(gated.home_dir), version="2", actor="flow@ci")
+    assert decision["result"] in ("promoted", "blocked") and decision["actor"] == "flow@ci"
+    runs, artifacts = flow_runs_and_artifacts()
+    assert any(r.name and r.state and r.state.is_completed() for r in runs)
+    assert any(a.key == "gate-decision" for a in artifacts)
+
+
+def _promote_in_a_process(home: str, config: str, policy: str, version: str, start: Any) -> None:
+    start.wait()
+    settings = Settings(home=Path(home), training_config=Path(config), governance_policy=Path(policy))
+    run_gate(settings, NAME, version, None, f"racer-{version}", PLAIN_STEPS)
+
+
+def test_two_processes_promoting_the_same_model_queue_up(gated: Settings, tmp_path: Path) -> None:
+    loose = _policy(
+        tmp_path, "loose", fairness={"calibration_gap": {"max": 1.0}}, performance={"metric": "auc", "tolerance": 1.0}
+    )
+    before = len(store.read_decisions(gated))
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Event()
+    racers = [
+        ctx.Process(
+            target=_promote_in_a_process,
+            args=(str(gated.home_dir), str(gated.training_config), str(loose), v, start),
+        )
+        for v in ("1", "2")
+    ]
+    for p in racers:
+        p.start()
+    start.set()
+    for p in racers:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    first, second = store.read_decisions(gated)[before:]
+    assert {first["version"], second["version"]} == {"1", "2"}
+    assert first["result"] == second["result"] == "promoted"
+    # The second saw the first's outcome: one chain, one champion.
+    assert second["champion_before"] == first["champion_after"]
+    aliases = _aliases(gated)
+    assert aliases["champion"] == second["champion_after"]
+    assert aliases.get("previous") not in (None, aliases["champion"])
+
+
+def test_the_report_command_builds_the_reviewers_site(gated: Settings) -> None:
+    out = CliRunner().invoke(app, ["--home", str(gated.home_dir), "report"])
+    assert out.exit_code == 0, out.output
+    index = gated.site_dir / "index.html"
+    assert index.is_file() and NAME in index.read_text()
+
+
+@pytest.fixture(scope="module")
+def biased(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A small world whose protected group (gender F) churns more and has its signals under-recorded."""
+    import datetime as dt
+
+    from features.lake import ingest_drop
+    from features.synthetic import WorldConfig, generate_world
+    from flows.features import PLAIN_STEPS as FEATURE_STEPS
+    from flows.features import run_feature_build
+
+    root = tmp_path_factory.mktemp("biased")
+    generate_world(WorldConfig(customers=3000, chunk_size=1000, seed=5, bias_strength=3.0), root / "drop")
+    config = root / "training.yaml"
+    config.write_text(SMALL_TRAINING_YAML, encoding="utf-8")
+    settings = Settings(home=root / "home", training_config=config)
+    ingest_drop(root / "drop", settings)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUSTINTEL_IDENTITY_U_MAX_PAIRS", "1e6")
+        result = CliRunner().invoke(app, ["--home", str(settings.home_dir), "resolve", "--engine", "local"])
+    assert result.exit_code == 0, result.output
+    run_feature_build(settings, [dt.date.fromisoformat(d) for d in TRAIN_AS_OF], False, FEATURE_STEPS, lambda _: None)
+    run_training(settings, "churn", TRAIN_STEPS, lambda _: None, trials=1)
+    return settings
+
+
+def test_the_bias_knob_makes_the_gate_block_naming_the_group_and_metric(biased: Settings) -> None:
+    env = {"CUSTINTEL_TRAINING_CONFIG": str(biased.training_config)}
+    out = CliRunner().invoke(app, ["--home", str(biased.home_dir), "promote", "churn", "--engine", "local"], env=env)
+    assert out.exit_code == 2, out.output  # blocked
+    text = " ".join(out.output.split())
+    assert "blocked" in text and "calibration_gap by gender" in text and "group F" in text
+    assert _aliases(biased) == {"challenger": "1"}
+    assert _tags(biased, "1")["custintel.gate.result"] == "blocked"

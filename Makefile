@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # No analytics from Prefect's ephemeral server: the machines here have no internet.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train clean
+.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-online: install
 
 bench-train: install
 	$(BIN)/python -m benchmarks.bench_train
+
+bench-serve: install
+	$(BIN)/python -m benchmarks.bench_serving
 
 clean:
 	rm -rf $(VENV) .custintel .pytest_cache .mypy_cache .ruff_cache .coverage

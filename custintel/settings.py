@@ -117,6 +117,23 @@ class Settings(BaseSettings):
         description="Governance policy YAML (sensitive features, fairness limits, waivers per family); the shipped "
         "default when unset.",
     )
+    serving_policy: Path | None = Field(
+        default=None,
+        description="Serving policy YAML (consent per purpose, minors, frequency caps, what the inference log keeps); "
+        "the shipped default when unset.",
+    )
+    serving_api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys the scoring endpoints accept (Authorization: Bearer <key> or "
+        "X-API-Key). Empty: the service refuses to start unless CUSTINTEL_SERVING_ALLOW_ANONYMOUS is true.",
+    )
+    serving_allow_anonymous: bool = Field(default=False, description="Serve without API keys (local trials only).")
+    serving_poll_seconds: float = Field(
+        default=10.0, gt=0, description="How often the service asks the registry whether @champion moved."
+    )
+    serving_log_salt: str | None = Field(
+        default=None, description="Salt of the customer-key hash in the inference log (set it in production)."
+    )
     retention_calls_per_week: int = Field(
         default=500,
         ge=1,
@@ -157,6 +174,11 @@ class Settings(BaseSettings):
     def artifacts_dir(self) -> Path:
         """MLflow artifact root for the embedded default."""
         return self.home_dir / "artifacts"
+
+    @property
+    def api_keys(self) -> list[str]:
+        """The scoring endpoints' API keys."""
+        return [k.strip() for k in self.serving_api_keys.split(",") if k.strip()]
 
     @property
     def governance_dir(self) -> Path:

@@ -851,6 +851,103 @@ def report(
 
 
 @app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
+    refresh_consent: Annotated[
+        bool, typer.Option(help="Rebuild the consent snapshot from the lake and identity store first.")
+    ] = True,
+) -> None:
+    """Serve the champions with BentoML (`bentoml serve serving.service:Custintel`): scores, recommendations."""
+    settings = _settings()
+    env = serving_environment(settings)
+    if not settings.api_keys and not settings.serving_allow_anonymous:
+        raise _fail("set CUSTINTEL_SERVING_API_KEYS (comma-separated), or CUSTINTEL_SERVING_ALLOW_ANONYMOUS=true")
+    if refresh_consent:
+        from serving.consent import build_consent_store
+        from serving.policy import ServingPolicyError, load_serving_policy
+
+        try:
+            customers = build_consent_store(settings, load_serving_policy(settings.serving_policy))
+        except (ServingPolicyError, FileNotFoundError) as exc:
+            raise _fail(f"cannot build the consent snapshot: {exc}") from None
+        console.print(f"consent snapshot: {customers:,} customers with a recorded decision")
+    console.print(f"serving on http://{host}:{port}  (OpenAPI: /docs.json; health: /livez, /readyz; metrics: /metrics)")
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    os.execvpe(bentoml, [bentoml, "serve", "serving.service:Custintel", "--host", host, "--port", str(port)], env)
+
+
+def serving_environment(settings: Settings) -> dict[str, str]:
+    """The service's environment: this home, BentoML's state under it, no usage tracking."""
+    env = dict(os.environ)
+    env["CUSTINTEL_HOME"] = str(settings.home_dir.resolve())
+    env.setdefault("BENTOML_HOME", str((settings.home_dir / "serving" / "bentoml").resolve()))
+    env["BENTOML_DO_NOT_TRACK"] = "true"
+    return env
+
+
+def _demo_serve(settings: Settings) -> str:
+    """Start the service on a free port, score one consenting customer, stop it; returns the curl line."""
+    import json
+    import secrets
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+    import pandas as pd
+
+    from features.featurestore.store import open_online_store
+    from serving.consent import ConsentStore, consent_store_path
+
+    key = settings.api_keys[0] if settings.api_keys else secrets.token_urlsafe(12)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**serving_environment(settings), "CUSTINTEL_SERVING_API_KEYS": key}
+    log_path = settings.home_dir / "serving" / "demo-serve.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cli = str(Path(sys.executable).with_name("custintel"))
+    with log_path.open("wb") as log:
+        server = subprocess.Popen([cli, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with console.status("starting the service (loads the three champions)…"):
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                if server.poll() is not None:
+                    raise _fail(f"the service stopped; its log: {log_path}")
+                try:
+                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            else:
+                raise _fail(f"the service did not become ready in 180 s; its log: {log_path}")
+        consent = ConsentStore(consent_store_path(settings))
+        customer = None
+        with open_online_store(settings) as online:
+            keys = pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["customer_key"])
+            for candidate in keys["customer_key"].drop_duplicates().head(2000):
+                if online.lookup(candidate) and not consent.lookup(candidate).statuses.get("profiling") == "withdrawn":
+                    customer = candidate
+                    break
+        body = json.dumps({"customer_key": customer})
+        answer = httpx.post(url + "/churn/score", content=body, timeout=30,
+                            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})  # fmt: skip
+        console.print(f"POST /churn/score {body} -> HTTP {answer.status_code}")
+        console.print_json(answer.text)
+    finally:
+        server.terminate()
+        server.wait(30)
+    return (
+        f"curl -s -X POST http://127.0.0.1:3000/churn/score -H 'Content-Type: application/json' "
+        f"-H 'Authorization: Bearer <key>' -d '{body}'"
+    )
+
+
+@app.command()
 def demo(
     customers: Annotated[int, typer.Option(help="Customers in the demo world.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
@@ -861,26 +958,28 @@ def demo(
     """Run everything that exists end to end on embedded defaults and say where to look."""
     settings = _settings()
     world = settings.default_data_dir / "demo-world"
-    console.rule("[bold]1/6 generate a synthetic customer world")
+    console.rule("[bold]1/7 generate a synthetic customer world")
     generate(customers=customers, seed=seed, out=world)
-    console.rule("[bold]2/6 ingest it behind data contracts (Prefect flow ingest_sources)")
+    console.rule("[bold]2/7 ingest it behind data contracts (Prefect flow ingest_sources)")
     ingest(source=world)
-    console.rule("[bold]3/6 resolve identities into customers (Prefect flow resolve_identities)")
+    console.rule("[bold]3/7 resolve identities into customers (Prefect flow resolve_identities)")
     _run_resolution("prefect", reuse_model=False)
     resolve_evaluate(truth=world / "_truth")
-    console.rule("[bold]4/6 point-in-time features and labels (Prefect flow build_features)")
+    console.rule("[bold]4/7 point-in-time features and labels (Prefect flow build_features)")
     _print_feature_build(_run_feature_build([dt.date(2025, 3, 1), dt.date(2025, 9, 1)], "prefect", online=True))
     console.rule(
-        "[bold]5/6 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
+        "[bold]5/7 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
     )
     outcomes = _run_training("all", "prefect", trials, None, world / "_truth", None)
     _print_training(outcomes)
-    console.rule("[bold]6/6 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
+    console.rule("[bold]6/7 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
     decisions = _run_gate(list(GATED_FAMILIES), None, None, None, "prefect")
     _print_decisions(decisions)
     from governance.site import build_site
 
     site = build_site(settings)
+    console.rule("[bold]7/7 serve the champions with BentoML (custintel serve) and answer a sample request")
+    curl = _demo_serve(settings)
     console.rule("[bold]where to look")
     console.print(f"- source drop: {world}  (hidden truth: {world / '_truth'})")
     console.print(f"- lake (accepted rows, Parquet): {settings.lake_dir}")
@@ -904,7 +1003,9 @@ def demo(
         f"- governance: {settings.governance_dir} (decisions.jsonl, cards/<model>/<version>/card.html); "
         f"reviewers' site {site}  -> `custintel report --serve`"
     )
-    console.print("Serving and monitoring arrive with issues 7-8.")
+    console.print(f"- serving: `CUSTINTEL_SERVING_API_KEYS=<key> custintel --home {settings.home_dir} serve`, then:")
+    console.print(f"  {curl}", soft_wrap=True)
+    console.print("Monitoring arrives with issue 8.")
 
 
 if __name__ == "__main__":  # pragma: no cover

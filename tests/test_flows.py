@@ -77,6 +77,8 @@ def test_demo_command_runs_everything_end_to_end(prefect_api: None, tmp_path: Pa
         assert f"{name} v1: promoted" in text or f"{name} v1: blocked" in text
         assert (home / "governance" / "cards" / name / "1" / "card.html").is_file()
     assert (home / "site" / "index.html").is_file() and "reviewers' site" in text
+    assert "POST /churn/score" in text and "-> HTTP 200" in text and '"status": "scored"' in text
+    assert "curl -s -X POST http://127.0.0.1:3000/churn/score" in text
     assert "identity resolution against the truth" in result.output
     scores = json.loads((home / "reports" / "identity" / "evaluation.json").read_text())
     assert scores["deterministic+probabilistic"]["f1"] >= 0.97

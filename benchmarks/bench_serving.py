@@ -1,0 +1,1019 @@
+"""Benchmark: `/churn/score` of the BentoML service under load, against a bare FastAPI + uvicorn endpoint.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.bench_serving                         # 20,000 customers, c = 1, 8, 32, batch
+    .venv/bin/python -m benchmarks.bench_serving --duration 3 --warmup 1 --repeats 1   # a quick check
+    .venv/bin/python -m benchmarks.bench_serving --home /tmp/demo20      # an existing home with a champion
+
+Setup (untimed, cached under --work and reused when complete; skipped with --home): a synthetic
+world (`generate_world`), ingested, identities resolved (the steps of bench_train), the features
+at every cutoff the churn model reads plus the latest cutoff materialised online, churn trained
+with a small trial budget (`run_training(settings, "churn", PLAIN_STEPS, trials=N)`) and its
+version promoted to @champion. Then a child picks the customers to ask for: keys with online
+features whose answer the policy lets through (profiling consent not withdrawn, not a minor),
+so both servers score every request.
+
+Servers, both running through the whole measurement, each in its own process group:
+
+    A  service   `custintel serve` (BentoML, one worker, 8 threads): API-key middleware with body
+                 buffering, consent lookup, online-store lookup, calibrated LightGBM, top reasons
+                 (pred_contrib), typed response, inference log: everything on.
+    B  bare      FastAPI + uvicorn, one worker (this module, `_bare`): the same champion loaded by
+                 alias, the same online-store lookup (sets merged, the model's columns taken), one
+                 `predict_proba`; no auth, consent, reasons or log.
+
+Client: a separate process per measurement (this module, `_worker client`): asyncio, HTTP/1.1
+keep-alive, C connections in a closed loop (each sends its next request when the answer
+arrives), a warm-up, then a fixed window. Every answer is checked (status 200 and the expected
+result marker, once per row) and timed. Throughput counts the answers completed in the window;
+p50/p99 are over them. The client also reads the servers' and its own CPU time over the window
+(/proc), so CPU per request shows where the cores went: client and servers share this machine's
+cores, and the client's share grows with the throughput it drives.
+
+Levels: single requests at concurrency 1, 8, 32; then `/churn/score/batch` with 1,000 customers per
+call. The contenders alternate (A B, then B A on the next repeat) level by level, so each ratio
+compares runs seconds apart. Targets (issue 7): A's throughput >= 80 % of B's at every
+concurrency, A's p99 < 25 ms at concurrency 8, A's batch scoring >= 20,000 rows/s.
+Results go to <work>/serving-<time>.json. Exit code 0, 1 when a target is missed or a request
+failed, 2 when setup, a server or the client failed.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the bare app's request types from the
+# endpoint annotations, and those classes are defined inside a function (the parent imports nothing heavy).
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from benchmarks.bench_train import WORKERS as TRAIN_WORKERS
+from benchmarks.child import Bench, BenchError, Run, emit, worker_main
+from benchmarks.machine import ROOT, machine_info
+
+MODULE = "benchmarks.bench_serving"
+DEFAULT_WORK = Path("/tmp/custintel-bench-serving")
+DEFAULT_CUSTOMERS = 20_000
+DEFAULT_TRIALS = 1
+U_MAX_PAIRS = 1e6
+CHURN = "custintel-churn"
+API_KEY = "bench-serving-key"
+BATCH_SIZE = 1000
+TARGET_RATIO = 0.80  # A's throughput against B's, at every concurrency
+TARGET_P99_MS = 25.0
+TARGET_P99_CONCURRENCY = 8
+TARGET_BATCH_ROWS = 20_000.0
+STAGES = ("generate", "ingest", "resolve", "features", "train")
+MARKERS = {"A": '"status":"scored"', "B": '"score":'}  # once per scored row in each server's answer
+NAMES = {"A": "A service (BentoML)", "B": "B bare FastAPI"}
+
+
+# --------------------------------------------------------------------------- child side: setup
+
+
+def _settings(p: dict[str, Any]) -> Any:
+    from custintel.settings import Settings
+
+    return Settings(home=Path(p["home"]), identity_u_max_pairs=U_MAX_PAIRS)
+
+
+def _work_features(p: dict[str, Any]) -> dict[str, Any]:
+    """Build what churn training reads (offline, one cutoff per build) and the latest cutoff, online."""
+    from flows.features import PLAIN_STEPS, run_feature_build
+    from flows.train import ensure_features, plan_units
+    from models.config import load_training_config
+
+    settings = _settings(p)
+    (unit,) = plan_units(load_training_config(settings.training_config), "churn")
+
+    def log(message: str) -> None:
+        emit("progress", step=message)
+
+    def build(days: list[dt.date]) -> None:
+        for day in days:  # one cutoff per build, as bench_train (memory)
+            run_feature_build(settings, [day], False, PLAIN_STEPS, log)
+
+    t0 = time.perf_counter()
+    built = ensure_features(settings, unit.feature_sets, unit.as_of, build)
+    latest = run_feature_build(settings, None, True, PLAIN_STEPS, log)  # as of the end of the observed data
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cutoffs": [str(d) for d in built],
+        "online_as_of": latest["as_of"],
+        "online": {k: v.get("customers") for k, v in latest["online"].items()},
+    }
+
+
+def _work_train(p: dict[str, Any]) -> dict[str, Any]:
+    """Train churn with a small budget, register it and promote the new version to @champion."""
+    from mlflow import MlflowClient
+
+    from flows.train import PLAIN_STEPS, configure_tracking, run_training
+    from governance import store
+
+    settings = _settings(p)
+    configure_tracking(settings)
+    t0 = time.perf_counter()
+    outcomes = run_training(
+        settings, "churn", PLAIN_STEPS, lambda m: emit("progress", step=m[:120]), trials=p["trials"]
+    )
+    versions = [r["version"] for o in outcomes for r in o.registered if r["name"] == CHURN]
+    if not versions:
+        raise RuntimeError(f"training registered no {CHURN} version: {[o.registered for o in outcomes]}")
+    store.move_champion(MlflowClient(), CHURN, str(versions[-1]), "bench_serving")
+    return {
+        "seconds": time.perf_counter() - t0,
+        "version": str(versions[-1]),
+        "metrics": {k: v for o in outcomes for k, v in o.metrics.items() if k.startswith("test_")},
+    }
+
+
+def _work_keys(p: dict[str, Any]) -> dict[str, Any]:
+    """Customers both servers score: online features, and an answer the serving policy lets through."""
+    import pandas as pd
+
+    from features.featurestore.store import open_online_store
+    from serving.consent import ConsentStore, build_consent_store, consent_store_path
+    from serving.policy import load_serving_policy
+    from serving.runtime import decide_consent
+
+    t0 = time.perf_counter()
+    settings = _settings(p)
+    policy = load_serving_policy(settings.serving_policy)
+    build_consent_store(settings, policy)  # what `custintel serve` does first
+    consent = ConsentStore(consent_store_path(settings))
+    crosswalk = pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["customer_key"])
+    candidates = sorted(crosswalk["customer_key"].dropna().unique().tolist())
+    random.Random(p["seed"]).shuffle(candidates)
+    counts = {"checked": 0, "no_features": 0, "suppressed": 0, "masked": 0}
+    keys: list[str] = []
+    today = dt.date.today()
+    with open_online_store(settings) as online:
+        for key in candidates:
+            if len(keys) >= p["n"]:
+                break
+            counts["checked"] += 1
+            if online.lookup(key) is None:
+                counts["no_features"] += 1
+                continue
+            reason, masked = decide_consent(consent.lookup(key), policy.purposes.churn, policy, today)
+            if reason is not None or masked:
+                counts["suppressed" if reason else "masked"] += 1
+                continue
+            keys.append(key)
+    if len(keys) < p["min"]:
+        raise RuntimeError(f"only {len(keys)} customers can be scored ({counts}); need {p['min']}")
+    Path(p["out"]).write_text(json.dumps(keys), encoding="utf-8")
+    return {"seconds": time.perf_counter() - t0, "keys": len(keys), **counts, "model": _describe_champion(settings)}
+
+
+def _describe_champion(settings: Any) -> dict[str, Any]:
+    """What both servers will load: version, trees, calibration, LightGBM threads (costs scale with these)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from serving.runtime import inner_pipeline
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    version = MlflowClient().get_model_version_by_alias(CHURN, "champion").version
+    model = mlflow.sklearn.load_model(f"models:/{CHURN}/{version}")
+    pipeline = inner_pipeline(model)
+    lgbm = pipeline[-1] if pipeline is not None else None
+    return {
+        "name": CHURN,
+        "version": str(version),
+        "estimator": type(model).__name__,
+        "calibration": getattr(model, "method", None),
+        "trees": lgbm.booster_.num_trees() if lgbm is not None else None,
+        "n_jobs": lgbm.get_params().get("n_jobs") if lgbm is not None else None,
+        "inputs": len(getattr(pipeline[0], "feature_names_in_", [])) if pipeline is not None else None,
+    }
+
+
+# --------------------------------------------------------------------------- child side: the bare server
+
+
+def _bare_app(home: str, threads: int | None) -> Any:
+    """Contender B: FastAPI, the champion by alias, the online store; predict_proba and nothing else."""
+    import threading
+
+    import mlflow
+    import pandas as pd
+    from fastapi import FastAPI, HTTPException
+    from pydantic import BaseModel
+
+    from custintel.settings import Settings
+    from features.featurestore.online import OnlineStore
+    from features.featurestore.store import open_online_store
+
+    settings = Settings(home=Path(home))
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    uri = f"models:/{CHURN}@champion"
+    model = mlflow.sklearn.load_model(uri)
+    signature = mlflow.models.get_model_info(uri).signature
+    assert signature is not None and signature.inputs is not None, f"{uri} has no input signature"
+    columns = [c for c in signature.inputs.input_names() if c != "product_id"]
+    if threads is not None:  # --bare-threads: LightGBM's threads, e.g. to match a service that sets them
+        from serving.runtime import inner_pipeline
+
+        pipeline = inner_pipeline(model)
+        if pipeline is not None:
+            pipeline[-1].set_params(n_jobs=threads)
+    local = threading.local()  # SQLite connections are per thread, as in serving.runtime
+
+    def row(customer_key: str) -> list[Any]:
+        online: OnlineStore | None = getattr(local, "online", None)
+        if online is None:
+            online = local.online = open_online_store(settings)
+        docs = online.lookup(customer_key)
+        if docs is None:
+            raise HTTPException(404, f"unknown customer {customer_key!r}")
+        merged: dict[str, Any] = {}
+        for doc in docs.values():
+            merged.update(doc)
+        return [merged.get(c) for c in columns]
+
+    class One(BaseModel):
+        customer_key: str
+
+    class Many(BaseModel):
+        customers: list[One]
+
+    class Score(BaseModel):
+        customer_key: str
+        score: float
+
+    class Scores(BaseModel):
+        results: list[Score]
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.post("/churn/score")
+    def score(request: One) -> Score:
+        frame = pd.DataFrame([row(request.customer_key)], columns=columns)
+        return Score(customer_key=request.customer_key, score=float(model.predict_proba(frame)[0, 1]))
+
+    @app.post("/churn/score/batch")
+    def score_batch(request: Many) -> Scores:
+        frame = pd.DataFrame([row(c.customer_key) for c in request.customers], columns=columns)
+        scores = model.predict_proba(frame)[:, 1]
+        return Scores(
+            results=[
+                Score(customer_key=c.customer_key, score=float(s))
+                for c, s in zip(request.customers, scores, strict=True)
+            ]
+        )
+
+    return app
+
+
+def _serve_bare(argv: list[str]) -> int:
+    import uvicorn
+
+    p = json.loads(argv[0])
+    app = _bare_app(p["home"], p.get("threads"))
+    # One worker, like the service's one BentoML worker; no access log, like the service.
+    uvicorn.run(app, host="127.0.0.1", port=p["port"], workers=1, log_level="warning", access_log=False)
+    return 0
+
+
+# --------------------------------------------------------------------------- child side: the client
+
+
+def _cpu_ticks(pids: list[int]) -> int:
+    """utime + stime of these processes, in clock ticks (a process gone since counts 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def _percentile(sorted_xs: list[float], q: float) -> float:
+    if not sorted_xs:
+        return float("nan")
+    pos = (len(sorted_xs) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, bytes, bool]:
+    """Send one HTTP/1.1 request; return status, body and whether the server closes the connection."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, v = line.split(":", 1)
+            headers[k.strip().lower()] = v.strip().lower()
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            parts.append(await reader.readexactly(size + 2))
+            if size == 0:
+                break
+        body = b"".join(p[:-2] for p in parts)
+    else:
+        body = await reader.read()
+        return status, body, True
+    return status, body, headers.get("connection") == "close"
+
+
+def _requests(p: dict[str, Any]) -> list[bytes]:
+    """The raw HTTP requests, one per key (single) or per window of `batch` keys."""
+    keys: list[str] = json.loads(Path(p["keys_file"]).read_text(encoding="utf-8"))
+    bodies: list[dict[str, Any]]
+    if p["batch"]:
+        b = p["batch"]
+        bodies = [
+            {"customers": [{"customer_key": keys[(j * b + i) % len(keys)]} for i in range(b)]}
+            for j in range(max(1, len(keys) // b))
+        ]
+    else:
+        bodies = [{"customer_key": k} for k in keys]
+    auth = f"Authorization: Bearer {p['token']}\r\n" if p.get("token") else ""
+    out = []
+    for body in bodies:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        head = (
+            f"POST {p['path']} HTTP/1.1\r\nHost: 127.0.0.1:{p['port']}\r\nContent-Type: application/json\r\n"
+            f"{auth}Content-Length: {len(data)}\r\n\r\n"
+        )
+        out.append(head.encode() + data)
+    return out
+
+
+async def _load(p: dict[str, Any]) -> dict[str, Any]:
+    requests = _requests(p)
+    marker = p["marker"].encode()
+    expected = p["batch"] or 1
+    concurrency = p["concurrency"]
+    start = time.perf_counter()
+    measure_from = start + p["warmup"]
+    stop = measure_from + p["duration"]
+    done: list[tuple[float, float, int]] = []  # (sent, answered, rows) of good answers
+    failures: list[tuple[float, str]] = []  # (when, what)
+    readings: dict[str, Any] = {}
+
+    async def connection(cid: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p["port"])
+        j = cid * 97
+        try:
+            while time.perf_counter() < stop:
+                request = requests[j % len(requests)]
+                j += 1
+                sent = time.perf_counter()
+                try:
+                    status, body, close = await asyncio.wait_for(_exchange(reader, writer, request), p["timeout"])
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    failures.append((time.perf_counter(), f"{type(exc).__name__}: {exc}"[:200]))
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", p["port"])
+                    continue
+                answered = time.perf_counter()
+                rows = body.count(marker)
+                if status == 200 and rows == expected:
+                    done.append((sent, answered, rows))
+                else:
+                    failures.append((answered, f"HTTP {status}, {rows}/{expected} rows: {body[:160]!r}"))
+                if close:
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", p["port"])
+        finally:
+            writer.close()
+
+    async def meter() -> None:
+        pids = p["server_pids"]
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        readings["start"] = (_cpu_ticks(pids), _machine_ticks(), time.process_time())
+        await asyncio.sleep(max(0.0, stop - time.perf_counter()))
+        readings["end"] = (_cpu_ticks(pids), _machine_ticks(), time.process_time())
+
+    await asyncio.gather(meter(), *(connection(i) for i in range(concurrency)))
+    window = [(s, a, r) for s, a, r in done if measure_from <= a <= stop]
+    latencies = sorted((a - s) * 1000 for s, a, _ in window)
+    errors = [what for when, what in failures if measure_from <= when <= stop]
+    hz = os.sysconf("SC_CLK_TCK")
+    (s0, (b0, t0), c0), (s1, (b1, t1), c1) = readings["start"], readings["end"]
+    n = len(window)
+    rows = sum(r for _, _, r in window)
+    return {
+        "seconds": p["duration"],
+        "requests": n,
+        "rows": rows,
+        "throughput": n / p["duration"],
+        "rows_per_s": rows / p["duration"],
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:5],
+        "errors_outside_window": len(failures) - len(errors),
+        "answered_total": sum(r for _, _, r in done),  # every row answered, warm-up included
+        "latency_ms": {
+            "p50": _percentile(latencies, 0.50),
+            "p90": _percentile(latencies, 0.90),
+            "p99": _percentile(latencies, 0.99),
+            "p999": _percentile(latencies, 0.999),
+            "max": latencies[-1] if latencies else float("nan"),
+            "mean": statistics.fmean(latencies) if latencies else float("nan"),
+        },
+        "cpu": {
+            "server_s": (s1 - s0) / hz,
+            "client_s": c1 - c0,
+            "machine_busy_share": (b1 - b0) / (t1 - t0) if t1 > t0 else None,
+            "server_ms_per_request": (s1 - s0) / hz * 1000 / n if n else None,
+            "client_ms_per_request": (c1 - c0) * 1000 / n if n else None,
+        },
+    }
+
+
+def _work_client(p: dict[str, Any]) -> dict[str, Any]:
+    """The load generator: one level (concurrency, single or batch) against one server."""
+    emit("progress", step=f"warm-up {p['warmup']:g} s, then {p['duration']:g} s measured")
+    return asyncio.run(_load(p))
+
+
+WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "generate": TRAIN_WORKERS["generate"],
+    "ingest": TRAIN_WORKERS["ingest"],
+    "resolve": TRAIN_WORKERS["resolve"],
+    "features": _work_features,
+    "train": _work_train,
+    "keys": _work_keys,
+    "client": _work_client,
+}
+
+
+# --------------------------------------------------------------------------- parent side: setup
+
+
+def _prepare(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
+    """Make (or reuse) a home with churn @champion and a filled online store; returns its path and state."""
+    base = args.work / f"w{args.customers}-s{args.seed}-t{args.trials}"
+    world, home, marker = base / "world", base / "home", base / "prepared.json"
+    state: dict[str, Any] = {}
+    if marker.is_file():
+        state = json.loads(marker.read_text(encoding="utf-8"))
+    done: dict[str, Any] = state.setdefault("stages", {})
+    params = {
+        "world": str(world),
+        "home": str(home),
+        "customers": args.customers,
+        "seed": args.seed,
+        "trials": args.trials,
+    }
+    redo = False
+    for stage in STAGES:
+        redo = redo or stage not in done
+        if not redo:
+            bench.console.log(f"{stage}: reused ({done[stage]['seconds']:,.0f} s when made)")
+            continue
+        if stage in ("generate", "ingest"):
+            shutil.rmtree(home, ignore_errors=True)  # a new drop: a new lake and everything after it
+        run = bench.child(stage, f"setup: {stage} ({args.customers:,} customers)", params)
+        kept = {k: v for k, v in run.data.items() if k in ("rows", "customers", "online_as_of", "version", "metrics")}
+        done[stage] = {"seconds": round(run.seconds, 1), "at": dt.datetime.now().isoformat(), **kept}
+        base.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
+    return {"home": home, "state": state}
+
+
+# --------------------------------------------------------------------------- parent side: servers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """One contender's server process group, started and stopped by this run."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int, log: Path) -> None:
+        self.name, self.port, self.log = name, port, log
+        self._log = log.open("w", encoding="utf-8")
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.started = time.perf_counter()
+        self.ready_seconds: float | None = None
+
+    def pids(self) -> list[int]:
+        """The group leader and every process under it (BentoML's arbiter and worker)."""
+        import psutil
+
+        try:
+            leader = psutil.Process(self.proc.pid)
+            return [leader.pid, *(c.pid for c in leader.children(recursive=True))]
+        except psutil.Error:
+            return [self.proc.pid]
+
+    def rss_mib(self) -> float:
+        import psutil
+
+        total = 0
+        for pid in self.pids():
+            try:
+                total += psutil.Process(pid).memory_info().rss
+            except psutil.Error:
+                continue
+        return total / 2**20
+
+    def tail(self, lines: int = 25) -> str:
+        self._log.flush()
+        return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, probe: bytes, token: str | None, marker: str, timeout: float) -> None:
+        """Until a real score comes back (the service's /readyz also waits for families not trained here)."""
+        deadline = time.perf_counter() + timeout
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        last = ""
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited with code {self.proc.returncode}:\n{self.tail()}")
+            request = urllib.request.Request(f"http://127.0.0.1:{self.port}/churn/score", probe, headers)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    body = response.read().decode()
+                if marker in body:
+                    self.ready_seconds = time.perf_counter() - self.started
+                    return
+                last = body[:200]
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)[:200]
+            time.sleep(0.5)
+        raise BenchError(f"{self.name} not answering after {timeout:.0f} s ({last}):\n{self.tail()}")
+
+    def stop(self) -> int | None:
+        """SIGTERM to the group this run started, SIGKILL after 30 s; then any of its children left behind."""
+        import psutil
+
+        children: list[psutil.Process] = []
+        if self.proc.poll() is None:
+            try:  # BentoML's worker runs in a session of its own: remember it to check it went too
+                children = psutil.Process(self.proc.pid).children(recursive=True)
+            except psutil.Error:
+                pass
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+            except ProcessLookupError:
+                pass
+        _, alive = psutil.wait_procs(children, timeout=10)
+        for child in alive:  # psutil checks the start time: never another process that reused the pid
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        self._log.close()
+        return self.proc.returncode
+
+
+def _log_lines(home: Path) -> int:
+    """Lines in the service's inference log (one per answered customer)."""
+    folder = home / "serving" / "inference"
+    total = 0
+    for path in folder.glob("*.jsonl") if folder.is_dir() else []:
+        with path.open("rb") as fh:
+            total += sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    return total
+
+
+def _start_servers(
+    home: Path, run_dir: Path, poll_seconds: float | None, bare_threads: int | None
+) -> dict[str, Server]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTINTEL_")}
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    a_env = {**env, "CUSTINTEL_HOME": str(home), "CUSTINTEL_SERVING_API_KEYS": API_KEY}
+    if poll_seconds is not None:
+        a_env["CUSTINTEL_SERVING_POLL_SECONDS"] = str(poll_seconds)
+    custintel = str(Path(sys.executable).with_name("custintel"))
+    a_port, b_port = _free_port(), _free_port()
+    b_params = json.dumps({"home": str(home), "port": b_port, "threads": bare_threads})
+    return {
+        "A": Server(
+            NAMES["A"],
+            [custintel, "--home", str(home), "serve", "--port", str(a_port)],
+            a_env,
+            a_port,
+            run_dir / "a-service.log",
+        ),
+        "B": Server(
+            NAMES["B"],
+            [sys.executable, "-m", MODULE, "_bare", b_params],
+            {**env, "CUSTINTEL_HOME": str(home)},
+            b_port,
+            run_dir / "b-bare.log",
+        ),
+    }
+
+
+# --------------------------------------------------------------------------- parent side: analysis and report
+
+
+def _median(xs: list[float]) -> float:
+    xs = [x for x in xs if x is not None and x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _levels(args: argparse.Namespace) -> list[tuple[str, int]]:
+    return [("single", c) for c in args.concurrency] + [("batch", c) for c in args.batch_concurrency]
+
+
+def _analyse(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    levels: list[dict[str, Any]] = []
+    for kind, c in _levels(args):
+        mine = [r for r in runs if r["kind"] == kind and r["concurrency"] == c]
+        per: dict[str, Any] = {}
+        for who in ("A", "B"):
+            rs = [r["result"] for r in mine if r["contender"] == who]
+            per[who] = {
+                "throughput": _median([r["throughput"] for r in rs]),
+                "rows_per_s": _median([r["rows_per_s"] for r in rs]),
+                "p50_ms": _median([r["latency_ms"]["p50"] for r in rs]),
+                "p99_ms": _median([r["latency_ms"]["p99"] for r in rs]),
+                "max_ms": max((r["latency_ms"]["max"] for r in rs), default=float("nan")),
+                "errors": sum(r["errors"] for r in rs),
+                "server_ms_per_request": _median([r["cpu"]["server_ms_per_request"] for r in rs]),
+                "client_ms_per_request": _median([r["cpu"]["client_ms_per_request"] for r in rs]),
+                "machine_busy_share": _median([r["cpu"]["machine_busy_share"] for r in rs]),
+                "runs": len(rs),
+            }
+        pairs = [
+            (a["result"]["throughput"], b["result"]["throughput"])
+            for a in mine
+            if a["contender"] == "A"
+            for b in mine
+            if b["contender"] == "B" and b["repeat"] == a["repeat"]
+        ]
+        ratios = [x / y for x, y in pairs if y]
+        levels.append({"kind": kind, "concurrency": c, **per, "ratio": _median(ratios), "ratios": ratios})
+
+    targets = []
+    for lv in levels:
+        if lv["kind"] == "single":
+            targets.append(
+                {
+                    "name": f"throughput A/B >= {TARGET_RATIO:.0%} at c={lv['concurrency']}",
+                    "value": lv["ratio"],
+                    "pass": lv["ratio"] >= TARGET_RATIO,
+                }
+            )
+    at = [lv for lv in levels if lv["kind"] == "single" and lv["concurrency"] == TARGET_P99_CONCURRENCY]
+    if at:
+        p99 = at[0]["A"]["p99_ms"]
+        targets.append(
+            {
+                "name": f"A p99 < {TARGET_P99_MS:g} ms at c={TARGET_P99_CONCURRENCY}",
+                "value": p99,
+                "pass": p99 < TARGET_P99_MS,
+            }
+        )
+    batch = [lv["A"]["rows_per_s"] for lv in levels if lv["kind"] == "batch"]
+    if batch:
+        targets.append(
+            {
+                "name": f"A batch >= {TARGET_BATCH_ROWS:,.0f} rows/s",
+                "value": max(batch),
+                "pass": max(batch) >= TARGET_BATCH_ROWS,
+            }
+        )
+    errors = sum(lv[w]["errors"] for lv in levels for w in ("A", "B"))
+    return {"levels": levels, "targets": targets, "errors": errors}
+
+
+def _f(x: float | None, spec: str = ",.1f") -> str:
+    return "-" if x is None or x != x else format(x, spec)
+
+
+def _model_text(m: dict[str, Any]) -> str:
+    return (
+        f"{m['name']} v{m['version']}: {m['estimator']} ({m['calibration']}) of LightGBM, {m['trees']} trees, "
+        f"n_jobs={m['n_jobs']}, {m['inputs']} inputs"
+    )
+
+
+def _print(console: Console, an: dict[str, Any], info: dict[str, Any], args: argparse.Namespace) -> None:
+    n = args.repeats
+    t = Table(
+        title=f"/churn/score: {info['world']}, {args.duration:g} s per level after "
+        f"{args.warmup:g} s warm-up, median of {n} alternating run{'s' if n > 1 else ''}"
+    )
+    for col in (
+        "level",
+        "A req/s",
+        "B req/s",
+        "A/B",
+        "A p50 ms",
+        "B p50 ms",
+        "A p99 ms",
+        "B p99 ms",
+        "A max ms",
+        "A srv CPU ms/req",
+        "B srv CPU ms/req",
+        "client CPU ms/req A|B",
+        "busy",
+        "errors A|B",
+    ):
+        t.add_column(col, justify="left" if col == "level" else "right")
+    for lv in an["levels"]:
+        a, b = lv["A"], lv["B"]
+        if lv["kind"] == "single":
+            name = f"single, c={lv['concurrency']}"
+            thr_a, thr_b = _f(a["throughput"]), _f(b["throughput"])
+        else:
+            name = f"batch x{args.batch_size}, c={lv['concurrency']} (rows/s)"
+            thr_a, thr_b = _f(a["rows_per_s"], ",.0f"), _f(b["rows_per_s"], ",.0f")
+        t.add_row(
+            name,
+            thr_a,
+            thr_b,
+            _f(lv["ratio"], ".0%"),
+            _f(a["p50_ms"]),
+            _f(b["p50_ms"]),
+            _f(a["p99_ms"]),
+            _f(b["p99_ms"]),
+            _f(a["max_ms"]),
+            _f(a["server_ms_per_request"], ".2f"),
+            _f(b["server_ms_per_request"], ".2f"),
+            f"{_f(a['client_ms_per_request'], '.2f')} | {_f(b['client_ms_per_request'], '.2f')}",
+            f"{_f(a['machine_busy_share'], '.0%')} | {_f(b['machine_busy_share'], '.0%')}",
+            f"{a['errors']} | {b['errors']}",
+        )
+    console.print(t)
+    tg = Table(title="Targets (issue 7)")
+    for col in ("target", "measured", "verdict"):
+        tg.add_column(col, justify="left" if col == "target" else "right")
+    for x in an["targets"]:
+        value = _f(x["value"], ".0%") if "A/B" in x["name"] else _f(x["value"], ",.1f")
+        tg.add_row(x["name"], value, "[bold green]PASS[/]" if x["pass"] else "[bold red]FAIL[/]")
+    console.print(tg)
+    if len(an["levels"]) and n > 1:
+        console.print(
+            "A/B per repeat: "
+            + "; ".join(
+                f"{lv['kind']} c={lv['concurrency']}: " + ", ".join(f"{r:.0%}" for r in lv["ratios"])
+                for lv in an["levels"]
+            )
+        )
+    if info.get("model"):
+        console.print(f"Model: {_model_text(info['model'])}")
+    console.print(
+        f"[dim]Client and servers share this machine's {info['cores']} cores (load average "
+        f"{info['load_avg'][0]:.1f} at the start): the client's CPU per request is in the table, and 'busy' is "
+        "the whole machine's CPU use over the window. Closed loop: c connections, each sending its next request "
+        "when the answer arrives. Batch throughput is rows scored per second; the batch ratio is A/B of rows/s.[/]"
+    )
+    if an["errors"]:
+        console.print(f"[bold red]{an['errors']} failed requests in the measured windows[/] (samples in the JSON)")
+
+
+# --------------------------------------------------------------------------- parent side: main
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {MODULE}",
+        description="Throughput and latency of the BentoML /churn/score against a bare FastAPI + uvicorn endpoint "
+        "serving the same model, measured in the same run by a client in a separate process (127.0.0.1).",
+    )
+    ap.add_argument("--customers", type=int, default=DEFAULT_CUSTOMERS, help="world size (default 20,000)")
+    ap.add_argument("--seed", type=int, default=7, help="seed of the generated world and of the key order")
+    ap.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="Optuna trials of the churn model (default 1)")
+    ap.add_argument(
+        "--home",
+        type=Path,
+        help="an existing home with custintel-churn@champion and an online store "
+        "(no setup; `custintel serve` rewrites its consent snapshot and appends to its inference log)",
+    )
+    ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"cache and results (default {DEFAULT_WORK})")
+    ap.add_argument("--concurrency", default="1,8,32", help="single-request concurrency levels (default 1,8,32)")
+    ap.add_argument("--batch-concurrency", default="1", help="batch calls in flight, comma-separated; '' for none")
+    ap.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="customers per batch call (default 1000)")
+    ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per level and contender")
+    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each window")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of every level, alternating A B / B A (default 2)")
+    ap.add_argument("--keys", type=int, default=4000, help="distinct customers the client cycles through")
+    ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
+    ap.add_argument("--poll-seconds", type=float, help="the service's registry poll interval (default: its own, 10 s)")
+    ap.add_argument(
+        "--bare-threads",
+        type=int,
+        help="set B's LightGBM n_jobs (default: the model's own, as the service loads it); for a fair ratio when "
+        "the service changes the threads of the model it loads",
+    )
+    args = ap.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    args.batch_concurrency = [int(c) for c in args.batch_concurrency.split(",") if c.strip()]
+    if args.repeats < 1 or args.duration <= 0 or args.warmup < 0 or not 1 <= args.batch_size <= 1000:
+        ap.error("--repeats >= 1, --duration > 0, --warmup >= 0, 1 <= --batch-size <= 1000 (the policy's maximum)")
+    if args.keys < args.batch_size:
+        ap.error("--keys must be at least --batch-size")
+    args.work = args.work.expanduser().resolve()
+    args.home = args.home.expanduser().resolve() if args.home else None
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prepare (or reuse) a home, start both servers, drive each level alternately, print and write."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_worker"]:
+        return worker_main(WORKERS, argv[1:])
+    if argv[:1] == ["_bare"]:
+        return _serve_bare(argv[1:])
+    args = _parse(argv)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    started = dt.datetime.now()
+    machine = machine_info(
+        ("bentoml", "fastapi", "uvicorn", "starlette", "pydantic", "lightgbm", "scikit-learn", "mlflow", "pandas")
+    )
+    args.work.mkdir(parents=True, exist_ok=True)
+    run_dir = args.work / "runs" / f"{started:%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out_path = args.work / f"serving-{started:%Y%m%d-%H%M%S}.json"
+    bench = Bench(MODULE, console)
+    prepared: dict[str, Any] = {}
+    keys_run: Run | None = None
+    runs: list[dict[str, Any]] = []
+    servers: dict[str, Server] = {}
+    server_info: dict[str, Any] = {}
+    analysis: dict[str, Any] = {}
+    error: str | None = None
+    log_before = 0
+
+    def save() -> None:
+        payload = {
+            "benchmark": "serving",
+            "command": [Path(sys.executable).name, "-m", MODULE, *argv],
+            "started_at": started.isoformat(timespec="seconds"),
+            "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "machine": machine,
+            "load_avg_at_end": os.getloadavg(),
+            "prepared": {k: str(v) if isinstance(v, Path) else v for k, v in prepared.items()},
+            "keys": None if keys_run is None else keys_run.data,
+            "servers": server_info,
+            "method": "both servers run throughout; per level the contenders alternate (A B, then B A); a client "
+            "process per measurement, asyncio HTTP/1.1 keep-alive, closed loop; client and servers share the cores",
+            "error": error,
+            "analysis": analysis,
+            "runs": runs,
+        }
+        out_path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+
+    try:
+        with bench.progress:
+            if args.home is not None:
+                prepared = {"home": args.home, "state": "given"}
+            else:
+                prepared = _prepare(args, bench)
+            home = Path(prepared["home"])
+            keys_file = run_dir / "keys.json"
+            keys_run = bench.child(
+                "keys",
+                "choosing customers both servers score",
+                {"home": str(home), "n": args.keys, "min": args.batch_size, "seed": args.seed, "out": str(keys_file)},
+            )
+            k = keys_run.data
+            console.log(
+                f"{k['keys']:,} customers to ask for ({k['checked']:,} checked: {k['no_features']:,} without online "
+                f"features, {k['suppressed']:,} suppressed, {k['masked']:,} masked); model {_model_text(k['model'])}"
+            )
+            first_key = json.loads(keys_file.read_text(encoding="utf-8"))[0]
+            probe = json.dumps({"customer_key": first_key}).encode()
+            log_before = _log_lines(home)
+            servers = _start_servers(home, run_dir, args.poll_seconds, args.bare_threads)
+            task = bench.progress.add_task("starting both servers (BentoML's start-up takes a while)", total=None)
+            try:
+                servers["A"].wait_ready(probe, API_KEY, MARKERS["A"], 300)
+                servers["B"].wait_ready(probe, None, MARKERS["B"], 300)
+            finally:
+                bench.progress.remove_task(task)
+            for who, s in servers.items():
+                server_info[who] = {"port": s.port, "ready_seconds": s.ready_seconds, "log": str(s.log)}
+                console.log(f"{s.name} answering on port {s.port} after {s.ready_seconds:,.1f} s")
+            for i in range(args.repeats):
+                order = ("A", "B") if i % 2 == 0 else ("B", "A")
+                for kind, c in _levels(args):
+                    for who in order:
+                        s = servers[who]
+                        batch = args.batch_size if kind == "batch" else 0
+                        params = {
+                            "port": s.port,
+                            "path": "/churn/score/batch" if batch else "/churn/score",
+                            "token": API_KEY if who == "A" else None,
+                            "keys_file": str(keys_file),
+                            "concurrency": c,
+                            "batch": batch,
+                            "marker": MARKERS[who],
+                            "warmup": args.warmup,
+                            "duration": args.duration,
+                            "timeout": args.timeout,
+                            "server_pids": s.pids(),
+                        }
+                        label = f"#{i + 1} {who} {kind} c={c}"
+                        run = bench.child("client", label, params)
+                        r = run.data | {"seconds": run.seconds}
+                        runs.append(
+                            {
+                                "repeat": i + 1,
+                                "contender": who,
+                                "kind": kind,
+                                "concurrency": c,
+                                "load_avg": run.load_avg,
+                                "result": r,
+                            }
+                        )
+                        lat = r["latency_ms"]
+                        rate = f"{r['rows_per_s']:,.0f} rows/s" if batch else f"{r['throughput']:,.1f} req/s"
+                        console.log(
+                            f"  {label}: {rate}, p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, errors {r['errors']}"
+                        )
+                        save()
+            for who, s in servers.items():
+                server_info[who]["rss_mib_at_end"] = s.rss_mib()
+        analysis = _analyse(runs, args)
+        _print(
+            console,
+            analysis,
+            {
+                "world": f"{args.customers:,} customers" if args.home is None else f"home {args.home}",
+                "cores": os.cpu_count(),
+                "load_avg": machine["load_avg_at_start"],
+                "model": keys_run.data.get("model") if keys_run else None,
+            },
+            args,
+        )
+    except BenchError as exc:
+        error = str(exc)
+        console.print(f"[bold red]Failed:[/] {escape(error)}")
+    except KeyboardInterrupt:
+        error = "interrupted"
+        console.print("[bold red]Interrupted[/]: the runs finished so far are written")
+    finally:
+        for who, s in servers.items():
+            code = s.stop()
+            server_info.setdefault(who, {})["exit_code"] = code
+    if servers and "A" in servers:
+        answered = sum(r["result"]["answered_total"] for r in runs if r["contender"] == "A")
+        written = _log_lines(Path(prepared["home"])) - log_before
+        server_info["A"]["inference_log"] = {"lines_written": written, "rows_answered_by_clients": answered}
+        console.print(
+            f"[dim]A's inference log: {written:,} lines written for {answered:,} rows the clients were "
+            "answered (plus the readiness probes)[/]"
+        )
+    rss = {w: server_info.get(w, {}).get("rss_mib_at_end") for w in ("A", "B")}
+    if all(rss.values()):
+        console.print(f"[dim]Server RSS at the end (all processes): A {rss['A']:,.0f} MiB, B {rss['B']:,.0f} MiB[/]")
+    save()
+    console.print(f"Results written to [bold]{out_path}[/]; server logs in {run_dir}")
+    if error is not None:
+        return 2
+    failed = [t for t in analysis["targets"] if not t["pass"]]
+    return 1 if failed or analysis["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

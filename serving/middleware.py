@@ -1,0 +1,147 @@
+"""One pure-ASGI gate in front of every endpoint: API key, content type, body size.
+
+BentoML 1.4 has no authentication and no request-body limit of its own. Health and
+metrics endpoints stay open; everything else needs a key. A POST must be JSON (a pickle
+or any other content type gets 415) and no larger than the policy allows (413), whether
+or not the client announced its length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json")
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """Answer with a JSON body."""
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _error(field: str, reason: str) -> dict[str, Any]:
+    return {"error": {"field": field, "reason": reason}}
+
+
+class Gatekeeper:
+    """API key on every non-health path; JSON-only, size-limited POST bodies."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        api_keys: Sequence[str] | None = None,
+        max_body_bytes: int | None = None,
+        anonymous: bool | None = None,
+    ) -> None:
+        self.app = app
+        if api_keys is None or max_body_bytes is None or anonymous is None:  # built in the worker: read the settings
+            from custintel.settings import Settings
+            from serving.policy import load_serving_policy
+
+            settings = Settings()
+            api_keys = settings.api_keys if api_keys is None else api_keys
+            max_body_bytes = max_body_bytes or load_serving_policy(settings.serving_policy).max_body_bytes
+            anonymous = settings.serving_allow_anonymous if anonymous is None else anonymous
+        self.keys = [k.encode() for k in api_keys if k]
+        self.max_body = max_body_bytes
+        self.anonymous = anonymous
+
+    def _caller(self, headers: dict[bytes, bytes]) -> str | None:
+        """The key's short fingerprint when it is valid, else None."""
+        token = headers.get(b"x-api-key", b"")
+        auth = headers.get(b"authorization", b"")
+        if not token and auth.lower().startswith(b"bearer "):
+            token = auth[7:].strip()
+        for key in self.keys:
+            if token and hmac.compare_digest(token, key):
+                return "key-" + hashlib.sha256(key).hexdigest()[:8]  # who called, without the secret
+        return None
+
+    async def _document(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve BentoML's OpenAPI document as rewritten by `serving.openapi.document`."""
+        from serving.openapi import document
+
+        parts: list[bytes] = []
+        status = 200
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+
+        await self.app(scope, receive, capture)
+        if status != 200:
+            await send_json(send, status, {"error": {"field": "docs.json", "reason": "no OpenAPI document"}})
+            return
+        await send_json(send, 200, document(json.loads(b"".join(parts))))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the request, then hand it on (with its body replayed) or answer 401/413/415."""
+        if scope["type"] == "http" and scope["path"] == "/docs.json":
+            await self._document(scope, receive, send)
+            return
+        if scope["type"] != "http" or scope["path"].startswith(OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        caller = self._caller(headers)
+        if caller is None and not self.anonymous:
+            why = "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"
+            await send_json(send, 401, _error("authorization", why), [(b"www-authenticate", b"Bearer")])
+            return
+        scope.setdefault("state", {})["caller"] = caller or "anonymous"
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            shown = content_type.decode(errors="replace") or "none"
+            await send_json(send, 415, _error("content-type", f"{shown} is not accepted; send application/json"))
+            return
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            await send_json(send, 413, _error("body", f"{int(declared)} bytes; at most {self.max_body}"))
+            return
+        body, more = b"", True
+        while more:  # read it all (at most the limit) before the app sees it
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body:
+                await send_json(send, 413, _error("body", f"more than {self.max_body} bytes"))
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

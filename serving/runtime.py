@@ -1,0 +1,409 @@
+"""What the scoring service does, without the web layer: models by alias, features, consent, caps, the log.
+
+`Runtime` loads each family's `@champion` when the service starts (never at import),
+polls the registry and swaps in a newly promoted version only once it has loaded (a
+request sees either the old model or the new one, never none), and keeps serving what
+it has when the registry cannot be reached (reported as degraded). Answers pass the
+consent and regulated-segment rules before anything is scored.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from sklearn.pipeline import Pipeline
+
+from custintel.settings import Settings
+from features.featurestore.online import OnlineStore
+from features.featurestore.store import open_online_store
+from serving.consent import ConsentStore, CustomerConsent, consent_store_path
+from serving.policy import ServingPolicy
+
+log = logging.getLogger("custintel.serving")
+
+FAMILIES = {
+    "churn": "custintel-churn",
+    "propensity": "custintel-propensity",
+    "recommendation": "custintel-recommendation",
+}
+ALIAS = "champion"
+WIDE_K = 60  # recommendations drawn before caps and exclusions cut them to k
+
+
+class ServingError(Exception):
+    """A request the service refuses: HTTP status, the field at fault and why."""
+
+    def __init__(self, status: int, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.status, self.field, self.reason = status, field, reason
+
+    def body(self) -> dict[str, Any]:
+        """The JSON error body."""
+        return {"error": {"field": self.field, "reason": self.reason}}
+
+
+@dataclass
+class ServedModel:
+    """One loaded model version."""
+
+    family: str
+    name: str
+    version: str
+    model: Any
+    columns: list[str]
+    threshold: float | None
+    card: str | None
+    loaded_at: str
+    wide: Any = None  # recommender: a copy drawing WIDE_K items
+
+
+def load_served(client: MlflowClient, family: str, name: str, version: str) -> ServedModel:
+    """Load one registered version the way it will be served."""
+    uri = f"models:/{name}/{version}"
+    mv = client.get_model_version(name, version)
+    info = mlflow.models.get_model_info(uri)
+    signature = info.signature
+    columns = signature.inputs.input_names() if signature is not None and signature.inputs is not None else []
+    wide = None
+    if family == "recommendation":
+        model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+        wide = copy.copy(model)
+        wide.k = WIDE_K
+    else:
+        model = mlflow.sklearn.load_model(uri)
+        inner = inner_pipeline(model)
+        if inner is not None and hasattr(inner[-1], "n_jobs"):
+            # One request is a few rows: LightGBM's thread start-up costs more than it saves, and the
+            # service's own threads already use the cores.
+            inner[-1].set_params(n_jobs=1)
+    threshold = None
+    if mv.run_id:
+        threshold = client.get_run(mv.run_id).data.metrics.get("threshold")
+    return ServedModel(
+        family, name, str(version), model, [str(c) for c in columns], threshold,
+        mv.tags.get("custintel.gate.card"), dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), wide,
+    )  # fmt: skip
+
+
+def inner_pipeline(model: Any) -> Pipeline | None:
+    """The preprocessing + LightGBM pipeline inside a (possibly calibrated) classifier."""
+    if isinstance(model, Pipeline):
+        return model
+    calibrated = getattr(model, "calibrated_classifiers_", None)
+    if calibrated:
+        inner = calibrated[0].estimator
+        inner = getattr(inner, "estimator", inner)  # FrozenEstimator
+        return inner if isinstance(inner, Pipeline) else None
+    return None
+
+
+_ONE_PASS: dict[int, str] = {}  # id(model) -> how its probability follows from the summed contributions
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _from_raw(model: Any, pipeline: Pipeline, raw: np.ndarray, how: str) -> np.ndarray:
+    if model is pipeline:
+        return _sigmoid(raw)
+    calibrator = model.calibrated_classifiers_[0].calibrators[0]
+    return np.asarray(calibrator.predict(raw if how == "raw" else _sigmoid(raw)), dtype=float)
+
+
+def score_with_reasons(
+    model: Any, frame: pd.DataFrame, n_reasons: int
+) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+    """P(positive) per row and, per row, the features pushing it up most (LightGBM's pred_contrib).
+
+    One pass where it can: the contributions sum to LightGBM's raw score, from which the
+    (calibrated) probability follows; the first call checks that against `predict_proba`
+    and the model falls back to two passes if it ever differs.
+    """
+    pipeline = inner_pipeline(model)
+    if pipeline is None or not n_reasons:
+        return np.asarray(model.predict_proba(frame))[:, 1], [[] for _ in range(len(frame))]
+    prepared = pipeline[:-1].transform(frame)
+    contributions = np.asarray(pipeline[-1].predict(prepared, pred_contrib=True))
+    how = _ONE_PASS.get(id(model))
+    single = model is pipeline or len(getattr(model, "calibrated_classifiers_", [])) == 1
+    if how is None:
+        expected = np.asarray(model.predict_proba(frame))[:, 1]
+        how = "slow"
+        for candidate in ("raw", "proba") if single else ():
+            if np.allclose(_from_raw(model, pipeline, contributions.sum(axis=1), candidate), expected, atol=1e-9):
+                how = candidate
+                break
+        _ONE_PASS[id(model)] = how
+        scores = expected
+    elif how == "slow":
+        scores = np.asarray(model.predict_proba(frame))[:, 1]
+    else:
+        scores = _from_raw(model, pipeline, contributions.sum(axis=1), how)
+    features = contributions[:, :-1]
+    names = list(prepared.columns)
+    top = np.argsort(-features, axis=1, kind="stable")[:, :n_reasons]
+    reasons = [[(names[j], float(features[i, j])) for j in top[i] if features[i, j] > 0] for i in range(len(features))]
+    return scores, reasons
+
+
+def decide_consent(
+    consent: CustomerConsent, purpose: str, policy: ServingPolicy, today: dt.date
+) -> tuple[str | None, bool]:
+    """Why the answer must be suppressed (None: it may be given), and whether it must be masked."""
+    status = consent.statuses.get(purpose)
+    if status == "withdrawn":
+        return f"the customer withdrew consent for {purpose}", False
+    unknown = {str(k): str(v) for k, v in policy.unknown_consent.items()}
+    if status is None and unknown.get(purpose, "allow") == "suppress":
+        return f"no recorded consent for {purpose}", False
+    age = consent.age_on(today)
+    if age is not None and age < policy.minors.age_below:
+        if policy.minors.action == "suppress":
+            return f"a minor (under {policy.minors.age_below})", False
+        return None, True
+    return None, False
+
+
+class FrequencyCaps:
+    """Impressions per (customer, product) within a window: Redis when configured, else SQLite."""
+
+    def __init__(self, settings: Settings, max_impressions: int, window_days: float) -> None:
+        self.max, self.window = max_impressions, window_days * 86400
+        self._lock = threading.Lock()
+        self._redis = None
+        self._namespace = settings.online_namespace
+        if settings.redis_url:
+            import redis
+
+            self._redis = redis.Redis.from_url(settings.redis_url)
+        else:
+            path = settings.home_dir / "serving" / "caps.sqlite"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS shown (customer_key TEXT, product_id TEXT, at REAL)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS shown_key ON shown (customer_key, product_id, at)")
+
+    def counts(self, customer_key: str, products: Sequence[str], now: float) -> dict[str, int]:
+        """Impressions of each product in the window."""
+        since = now - self.window
+        if self._redis is not None:
+            pipe = self._redis.pipeline()
+            for p in products:
+                pipe.zcount(self._key(customer_key, p), since, "+inf")
+            return dict(zip(products, (int(n) for n in pipe.execute()), strict=True))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT product_id, count(*) FROM shown WHERE customer_key = ? AND at > ? GROUP BY product_id",
+                (customer_key, since),
+            ).fetchall()
+        found = dict(rows)
+        return {p: int(found.get(p, 0)) for p in products}
+
+    def record(self, customer_key: str, products: Sequence[str], now: float) -> None:
+        """Count one impression of each product."""
+        if self._redis is not None:
+            pipe = self._redis.pipeline()
+            for p in products:
+                key = self._key(customer_key, p)
+                pipe.zadd(key, {f"{now}:{id(p)}:{time.perf_counter_ns()}": now})
+                pipe.zremrangebyscore(key, "-inf", now - self.window)
+                pipe.expire(key, int(self.window) + 60)
+            pipe.execute()
+            return
+        with self._lock:
+            self._db.executemany("INSERT INTO shown VALUES (?, ?, ?)", [(customer_key, p, now) for p in products])
+
+    def _key(self, customer_key: str, product: str) -> str:
+        return f"{self._namespace}:cap:{customer_key}:{product}"
+
+
+class InferenceLog:
+    """Append-only JSON lines per day, written by a background thread off the request path."""
+
+    def __init__(self, folder: Path, key_rule: str, salt: str) -> None:
+        self.folder, self.key_rule, self.salt = folder, key_rule, salt
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write, name="inference-log", daemon=True)
+        self._thread.start()
+
+    def key(self, customer_key: str | None) -> str | None:
+        """The customer key as the policy lets the log keep it."""
+        if customer_key is None or self.key_rule == "omit":
+            return None
+        if self.key_rule == "plain":
+            return customer_key
+        return hashlib.sha256(f"{self.salt}:{customer_key}".encode()).hexdigest()[:24]
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Queue one entry (never blocks the answer)."""
+        self._queue.put(entry)
+
+    def _write(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            entry = self._queue.get()
+            batch = [entry]
+            while not self._queue.empty() and len(batch) < 1000:
+                batch.append(self._queue.get())
+            lines = [json.dumps(e, default=str) for e in batch if e is not None]
+            if lines:
+                day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+                with (self.folder / f"{day}.jsonl").open("a", encoding="utf-8") as fh:
+                    fh.write("\n".join(lines) + "\n")
+            if any(e is None for e in batch):
+                return
+
+    def close(self, timeout: float = 5) -> None:
+        """Write what is queued and stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+
+@dataclass
+class RegistryState:
+    """The last poll's outcome."""
+
+    degraded: str | None = None
+    polled_at: str | None = None
+    swaps: list[str] = field(default_factory=list)
+
+
+class Runtime:
+    """Everything a request needs; thread-safe for concurrent requests."""
+
+    def __init__(self, settings: Settings, policy: ServingPolicy, families: Sequence[str] = tuple(FAMILIES)) -> None:
+        self.settings, self.policy = settings, policy
+        self.families = list(families)
+        self.models: dict[str, ServedModel] = {}
+        self.state = RegistryState()
+        self._local = threading.local()
+        self.consent = ConsentStore(consent_store_path(settings))
+        self.caps = FrequencyCaps(settings, policy.frequency_cap.max_impressions, policy.frequency_cap.window_days)
+        salt = settings.serving_log_salt or "custintel"
+        self.log = InferenceLog(settings.home_dir / "serving" / "inference", policy.audit.customer_key, salt)
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        mlflow.set_registry_uri(settings.tracking_uri)
+        self.refresh()
+
+    # -- models -------------------------------------------------------------------------------------------
+    def refresh(self) -> list[str]:
+        """Load any newly promoted champion; on a registry error keep what is served and report degraded."""
+        swapped = []
+        try:
+            client = MlflowClient()
+            for family in self.families:
+                name = FAMILIES[family]
+                try:
+                    version = str(client.get_model_version_by_alias(name, ALIAS).version)
+                except mlflow.exceptions.RestException:
+                    continue  # nothing promoted yet
+                current = self.models.get(family)
+                if current is None or current.version != version:
+                    self.models[family] = load_served(client, family, name, version)  # one assignment: atomic
+                    swapped.append(f"{name} v{version}")
+            self.state.degraded = None
+        except Exception as exc:  # noqa: BLE001 - any registry failure: keep serving, say so
+            self.state.degraded = f"registry unreachable at the last poll: {type(exc).__name__}: {exc}"[:300]
+            log.warning(self.state.degraded)
+        self.state.polled_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.state.swaps.extend(swapped)
+        return swapped
+
+    @property
+    def ready(self) -> bool:
+        """Ready once the registry has been read and at least one champion loaded.
+
+        A family with no champion yet answers 503 on its own endpoints; the others serve.
+        """
+        return self.state.polled_at is not None and bool(self.models)
+
+    def served(self, family: str) -> ServedModel:
+        """The model answering for a family (503 when none is promoted yet)."""
+        model = self.models.get(family)
+        if model is None:
+            raise ServingError(503, "model", f"no @{ALIAS} of {FAMILIES[family]} has been promoted yet")
+        return model
+
+    # -- features ----------------------------------------------------------------------------------------
+    def _online(self) -> OnlineStore:
+        store = getattr(self._local, "online", None)
+        if store is None:
+            store = open_online_store(self.settings)
+            self._local.online = store
+        return store
+
+    def customer_features(self, customer_key: str) -> dict[str, Any] | None:
+        """The online store's features of a customer, merged over sets (None when unknown)."""
+        docs = self._online().lookup(customer_key)
+        if docs is None:
+            return None
+        merged: dict[str, Any] = {}
+        for doc in docs.values():
+            merged.update({k: v for k, v in doc.items() if k != "as_of"})
+        return merged
+
+    def feature_row(
+        self, model: ServedModel, customer_key: str | None, given: dict[str, Any] | None, field_name: str
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The model's inputs for one customer (the body's values override the store's), and the stored ones."""
+        stored = self.customer_features(customer_key) if customer_key else None
+        if customer_key and stored is None and not given:
+            raise ServingError(404, f"{field_name}.customer_key", f"unknown customer {customer_key!r}")
+        values = {**(stored or {}), **(given or {})}
+        unknown = sorted(set(given or {}) - set(model.columns))
+        if unknown:
+            raise ServingError(422, f"{field_name}.features", f"not inputs of {model.name}: {unknown[:5]}")
+        return {c: values.get(c) for c in model.columns if c != "product_id"}, stored
+
+    def check_consent(self, customer_key: str | None, purpose: str) -> tuple[str | None, bool]:
+        """Suppression reason (or None) and masking, from the consent store."""
+        if customer_key is None:
+            return None, False  # anonymous features in the body: no one to target
+        return decide_consent(self.consent.lookup(customer_key), purpose, self.policy, dt.date.today())
+
+    # -- the log -------------------------------------------------------------------------------------------
+    def audit(self, caller: str, endpoint: str, model: ServedModel, customer_key: str | None,
+              answer: dict[str, Any], suppressed: bool, masked: bool) -> None:  # fmt: skip
+        """Append one inference record as the policy allows."""
+        if suppressed and not self.policy.audit.log_suppressed:
+            entry = {"at": time.time(), "caller": caller, "endpoint": endpoint, "model": model.name,
+                     "version": model.version, "status": "suppressed"}  # fmt: skip
+        else:
+            entry = {"at": time.time(), "caller": caller, "endpoint": endpoint, "model": model.name,
+                     "version": model.version, "customer": None if masked else self.log.key(customer_key),
+                     "answer": answer}  # fmt: skip
+        self.log.record(entry)
+
+    def close(self) -> None:
+        """Flush the log."""
+        self.log.close()
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, np.floating):
+        return finite(float(value))
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -1,0 +1,168 @@
+"""The BentoML service: churn and propensity scores, recommendations, and what is served.
+
+`bentoml serve serving.service:Custintel` (or `custintel serve`). Models load when a
+worker starts (never at import) and a background thread picks up promotions. All the
+logic lives in `serving.answers` and `serving.runtime`; this module only maps HTTP to it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import bentoml
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+from custintel.settings import Settings
+from serving import answers
+from serving.middleware import Gatekeeper
+from serving.policy import load_serving_policy
+from serving.runtime import Runtime, ServingError
+from serving.schemas import (
+    BatchPropensityRequest,
+    BatchPropensityResponse,
+    BatchRecommendRequest,
+    BatchRecommendResponse,
+    BatchScoreRequest,
+    BatchScoreResponse,
+    ModelsResponse,
+    PropensityRequest,
+    PropensityResponse,
+    RecommendRequest,
+    RecommendResponse,
+    ScoreRequest,
+    ScoreResponse,
+    ServedModelInfo,
+)
+
+T = TypeVar("T")
+extra = FastAPI(docs_url=None, openapi_url=None, redoc_url=None)
+
+
+def _caller(ctx: bentoml.Context) -> str:
+    return str(ctx.request.scope.get("state", {}).get("caller", "unknown"))
+
+
+def _answer(call: Callable[[], T], ctx: bentoml.Context) -> T | JSONResponse:
+    try:
+        return call()
+    except ServingError as exc:
+        ctx.response.status_code = exc.status  # with a Context in the signature, BentoML answers with its status
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+
+@bentoml.asgi_app(extra, path="/")
+@bentoml.service(
+    name="custintel",
+    workers=1,
+    threads=8,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": False}},
+)
+class Custintel:
+    """Scores and recommendations from the promoted champions, consent-aware."""
+
+    def __init__(self) -> None:
+        settings = Settings()
+        if not settings.api_keys and not settings.serving_allow_anonymous:
+            raise RuntimeError(
+                "set CUSTINTEL_SERVING_API_KEYS (or CUSTINTEL_SERVING_ALLOW_ANONYMOUS=true for a local trial)"
+            )
+        self.runtime = Runtime(settings, load_serving_policy(settings.serving_policy))
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    @bentoml.on_startup
+    def start_polling(self) -> None:
+        """Ask the registry every few seconds whether a champion moved."""
+        interval = self.runtime.settings.serving_poll_seconds
+
+        def poll() -> None:
+            while not self._stop.wait(interval):
+                self.runtime.refresh()
+
+        self._poller = threading.Thread(target=poll, name="registry-poll", daemon=True)
+        self._poller.start()
+
+    @bentoml.on_shutdown
+    def stop_polling(self) -> None:
+        """Stop polling and flush the inference log."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(5)
+        self.runtime.close()
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    @bentoml.api(route="/churn/score")
+    def churn_score(self, request: ScoreRequest, /, ctx: bentoml.Context) -> ScoreResponse:
+        """A customer's churn probability, the decision against the recorded threshold, and the top reasons."""
+        return _answer(lambda: answers.score_churn(self.runtime, [request], _caller(ctx))[0], ctx)  # type: ignore[return-value]
+
+    @bentoml.api(route="/churn/score/batch")
+    def churn_score_batch(self, request: BatchScoreRequest, /, ctx: bentoml.Context) -> BatchScoreResponse:
+        """Churn scores for many customers in one call."""
+
+        def run() -> BatchScoreResponse:
+            answers.check_batch(self.runtime, len(request.customers))
+            return BatchScoreResponse(results=answers.score_churn(self.runtime, request.customers, _caller(ctx)))
+
+        return _answer(run, ctx)  # type: ignore[return-value]
+
+    @bentoml.api(route="/propensity/score")
+    def propensity_score(self, request: PropensityRequest, /, ctx: bentoml.Context) -> PropensityResponse:
+        """A customer's products by purchase probability."""
+        return _answer(lambda: answers.score_propensity(self.runtime, [request], _caller(ctx))[0], ctx)  # type: ignore[return-value]
+
+    @bentoml.api(route="/propensity/score/batch")
+    def propensity_score_batch(
+        self, request: BatchPropensityRequest, /, ctx: bentoml.Context
+    ) -> BatchPropensityResponse:
+        """Propensities for many customers in one call."""
+
+        def run() -> BatchPropensityResponse:
+            answers.check_batch(self.runtime, len(request.customers))
+            return BatchPropensityResponse(
+                results=answers.score_propensity(self.runtime, request.customers, _caller(ctx))
+            )
+
+        return _answer(run, ctx)  # type: ignore[return-value]
+
+    @bentoml.api(route="/recommend")
+    def recommend(self, request: RecommendRequest, /, ctx: bentoml.Context) -> RecommendResponse:
+        """Top-k products for a customer after the business rules and the frequency cap."""
+        return _answer(lambda: answers.recommend(self.runtime, [request], _caller(ctx))[0], ctx)  # type: ignore[return-value]
+
+    @bentoml.api(route="/recommend/batch")
+    def recommend_batch(self, request: BatchRecommendRequest, /, ctx: bentoml.Context) -> BatchRecommendResponse:
+        """Recommendations for many customers in one call."""
+
+        def run() -> BatchRecommendResponse:
+            answers.check_batch(self.runtime, len(request.customers))
+            return BatchRecommendResponse(results=answers.recommend(self.runtime, request.customers, _caller(ctx)))
+
+        return _answer(run, ctx)  # type: ignore[return-value]
+
+    @extra.get("/models", response_model=ModelsResponse)
+    def models(self) -> ModelsResponse:
+        """What is served: name, version, alias, card; degraded when the registry was unreachable."""
+        state = self.runtime.state
+        served = [
+            ServedModelInfo(
+                family=m.family,
+                name=m.name,
+                version=m.version,
+                alias="champion",
+                loaded_at=m.loaded_at,
+                threshold=m.threshold,
+                card=m.card,
+            )  # fmt: skip
+            for m in self.runtime.models.values()
+        ]
+        return ModelsResponse(status="degraded" if state.degraded else "ok", detail=state.degraded, models=served)
+
+
+Custintel.add_asgi_middleware(Gatekeeper)  # type: ignore[attr-defined]  # reads the keys and limits when the worker builds the app

@@ -1,0 +1,211 @@
+"""The serving pieces without a server: consent rules, the request gate, frequency caps, the inference log,
+reasons from LightGBM contributions, and a registry outage."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+from custintel.settings import Settings
+from models.tabular import FramePreparer
+from serving.consent import CustomerConsent, latest_consent
+from serving.middleware import Gatekeeper
+from serving.policy import Minors, ServingPolicy, ServingPolicyError, load_serving_policy
+from serving.runtime import FrequencyCaps, InferenceLog, decide_consent, score_with_reasons
+
+
+def test_the_latest_decision_wins_and_a_tie_withdraws() -> None:
+    events = pd.DataFrame(
+        {
+            "customer_key": ["a", "a", "a", "b", "b", None],
+            "purpose": ["marketing", "marketing", "profiling", "marketing", "marketing", "marketing"],
+            "status": ["granted", "withdrawn", "granted", "granted", "WITHDRAWN", "granted"],
+            "recorded_at": ["2024-01-01", "2024-06-01", "2024-01-01", "2024-03-01", "2024-03-01", "2024-01-01"],
+        }
+    )
+    out = latest_consent(events).set_index(["customer_key", "purpose"])["status"].to_dict()
+    assert out == {("a", "marketing"): "withdrawn", ("a", "profiling"): "granted", ("b", "marketing"): "withdrawn"}
+
+
+def test_consent_and_age_decide_suppression_and_masking() -> None:
+    policy = load_serving_policy()
+    today = dt.date(2026, 1, 1)
+    assert decide_consent(CustomerConsent({"profiling": "granted"}), "profiling", policy, today) == (None, False)
+    withdrawn, _ = decide_consent(CustomerConsent({"profiling": "withdrawn"}), "profiling", policy, today)
+    assert withdrawn is not None and "withdrew consent for profiling" in withdrawn
+    assert decide_consent(CustomerConsent(), "marketing", policy, today) == (None, False)  # unknown: allowed
+    strict = policy.model_copy(update={"unknown_consent": {"marketing": "suppress"}})
+    assert "no recorded consent" in str(decide_consent(CustomerConsent(), "marketing", strict, today)[0])
+    minor = CustomerConsent({}, dt.date(2010, 6, 1))
+    assert "minor" in str(decide_consent(minor, "marketing", policy, today)[0])
+    masking = policy.model_copy(update={"minors": Minors(age_below=18, action="mask")})
+    assert decide_consent(minor, "marketing", masking, today) == (None, True)
+
+
+def test_the_serving_policy_names_a_bad_field(tmp_path: Path) -> None:
+    path = tmp_path / "serving.yaml"
+    path.write_text("frequency_cap: {max_impressions: 0}\n")
+    with pytest.raises(ServingPolicyError, match="max_impressions"):
+        load_serving_policy(path)
+    path.write_text("purposes: {churn: gossip}\n")
+    with pytest.raises(ServingPolicyError, match="purposes.churn"):
+        load_serving_policy(path)
+    assert isinstance(load_serving_policy(), ServingPolicy)
+
+
+async def _echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    payload = json.dumps({"caller": scope.get("state", {}).get("caller"), "bytes": len(body)}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _call(
+    gate: Gatekeeper, path: str, headers: dict[str, str], chunks: list[bytes], method: str = "POST"
+) -> tuple[int, dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    queue = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+
+    async def receive() -> dict[str, Any]:
+        return queue.pop(0) if queue else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "path": path, "method": method,
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}  # fmt: skip
+    asyncio.run(gate(scope, receive, send))  # type: ignore[arg-type]
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(body)
+
+
+def test_the_gate_checks_key_content_type_and_size_before_the_app() -> None:
+    gate = Gatekeeper(_echo, api_keys=["k1"], max_body_bytes=100, anonymous=False)
+    json_type = {"Content-Type": "application/json; charset=utf-8"}
+    assert _call(gate, "/churn/score", json_type, [b"{}"])[0] == 401
+    status, body = _call(gate, "/churn/score", {**json_type, "Authorization": "Bearer k1"}, [b"{}"])
+    assert status == 200 and body["caller"].startswith("key-") and "k1" not in body["caller"]
+    assert _call(gate, "/churn/score", {**json_type, "X-API-Key": "k1"}, [b"{", b"}"])[1]["bytes"] == 2  # replayed
+    status, body = _call(
+        gate, "/churn/score", {"X-API-Key": "k1", "Content-Type": "application/vnd.bentoml+pickle"}, [b"x"]
+    )
+    assert status == 415 and body["error"]["field"] == "content-type"
+    status, body = _call(gate, "/churn/score", {**json_type, "X-API-Key": "k1", "Content-Length": "101"}, [b"x"])
+    assert status == 413
+    assert _call(gate, "/churn/score", {**json_type, "X-API-Key": "k1"}, [b"x" * 60, b"x" * 60])[0] == 413  # chunked
+    assert _call(gate, "/readyz", {}, [b""], method="GET")[0] == 200  # health stays open
+    assert (
+        _call(Gatekeeper(_echo, [], 100, anonymous=True), "/models", {}, [b""], method="GET")[1]["caller"]
+        == "anonymous"
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_frequency_caps_count_impressions_in_the_window(tmp_path: Path, backend: str) -> None:
+    redis_url = "redis://127.0.0.1:6379/0" if backend == "redis" else None
+    settings = Settings(home=tmp_path, redis_url=redis_url, online_namespace=f"t{uuid.uuid4().hex[:8]}")
+    caps = FrequencyCaps(settings, max_impressions=2, window_days=1)
+    now = time.time()
+    caps.record("c1", ["p1", "p2"], now - 2 * 86400)  # outside the window
+    caps.record("c1", ["p1"], now - 10)
+    caps.record("c1", ["p1"], now - 5)
+    assert caps.counts("c1", ["p1", "p2", "p3"], now) == {"p1": 2, "p2": 0, "p3": 0}
+    assert caps.counts("c2", ["p1"], now) == {"p1": 0}
+
+
+def test_the_inference_log_hashes_keys_and_writes_off_the_request_path(tmp_path: Path) -> None:
+    log = InferenceLog(tmp_path, "hash", salt="s")
+    hashed = log.key("CK1")
+    assert hashed and hashed != "CK1" and hashed == log.key("CK1") != InferenceLog(tmp_path, "hash", "t").key("CK1")
+    assert InferenceLog(tmp_path, "omit", "s").key("CK1") is None
+    for i in range(100):
+        log.record({"n": i, "customer": hashed})
+    log.close()
+    lines = [json.loads(x) for p in tmp_path.glob("*.jsonl") for x in p.read_text().splitlines()]
+    assert [x["n"] for x in lines] == list(range(100))
+
+
+def test_reasons_are_the_largest_positive_lightgbm_contributions() -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"risk": rng.normal(size=2000), "noise": rng.normal(size=2000), "plan": rng.choice(["a", "b"], 2000)}
+    )
+    y = (frame["risk"] + 0.1 * rng.normal(size=2000) > 1).astype(int)
+    from sklearn.pipeline import Pipeline
+
+    pipe = Pipeline([("prepare", FramePreparer(["risk", "noise"], ["plan"])),
+                     ("model", lgb.LGBMClassifier(n_estimators=30, verbose=-1))]).fit(frame, y)  # fmt: skip
+    high = pd.DataFrame({"risk": [3.0], "noise": [0.0], "plan": ["a"]})
+    scores, reasons = score_with_reasons(pipe, high, 2)
+    assert scores[0] > 0.5 and reasons[0][0][0] == "risk" and reasons[0][0][1] > 0
+    assert score_with_reasons(pipe, high, 0)[1] == [[]]
+
+
+def test_a_registry_outage_keeps_the_served_model_and_reports_degraded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import serving.runtime as rt
+
+    runtime = rt.Runtime.__new__(rt.Runtime)
+    runtime.families, runtime.models, runtime.state = ["churn"], {"churn": "the model in memory"}, rt.RegistryState()  # type: ignore[dict-item]
+
+    class Down:
+        def get_model_version_by_alias(self, *_: object) -> None:
+            raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(rt, "MlflowClient", Down)
+    assert runtime.refresh() == []
+    assert runtime.models["churn"] == "the model in memory"
+    assert runtime.state.degraded is not None and "connection refused" in runtime.state.degraded
+
+
+def test_a_family_without_a_champion_answers_503_and_the_service_is_ready_with_the_others() -> None:
+    import serving.runtime as rt
+
+    runtime = rt.Runtime.__new__(rt.Runtime)
+    runtime.families, runtime.models, runtime.state = ["churn", "recommendation"], {}, rt.RegistryState()
+    assert not runtime.ready  # the registry has not been read yet
+    runtime.models["churn"] = "loaded"  # type: ignore[assignment]
+    runtime.state.polled_at = "2026-11-23T08:00:00+00:00"
+    assert runtime.ready
+    with pytest.raises(rt.ServingError) as info:
+        runtime.served("recommendation")
+    assert info.value.status == 503 and "custintel-recommendation" in info.value.reason
+
+
+def test_one_pass_scores_equal_the_calibrated_models_own() -> None:
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.pipeline import Pipeline
+
+    import serving.runtime as rt
+
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"risk": rng.normal(size=3000), "plan": rng.choice(["a", "b", "c"], 3000)})
+    y = (frame["risk"] + rng.normal(size=3000) > 1).astype(int)
+    steps = [("prepare", FramePreparer(["risk"], ["plan"])), ("model", lgb.LGBMClassifier(n_estimators=40, verbose=-1))]
+    pipe = Pipeline(steps).fit(frame[:2000], y[:2000])
+    for method in ("sigmoid", "isotonic"):
+        calibrated = CalibratedClassifierCV(FrozenEstimator(pipe), method=method).fit(frame[2000:], y[2000:])
+        rows = frame.sample(50, random_state=2)
+        first, _ = score_with_reasons(calibrated, rows, 2)  # checks the one-pass route against predict_proba
+        second, reasons = score_with_reasons(calibrated, rows, 2)
+        np.testing.assert_allclose(second, calibrated.predict_proba(rows)[:, 1], atol=1e-9)
+        np.testing.assert_allclose(first, second, atol=1e-9)
+        assert rt._ONE_PASS[id(calibrated)] in ("raw", "proba")
+        assert all(r == [] or r[0][1] > 0 for r in reasons)

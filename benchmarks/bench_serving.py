@@ -20,8 +20,9 @@ Servers, both running through the whole measurement, each in its own process gro
                  buffering, consent lookup, online-store lookup, calibrated LightGBM, top reasons
                  (pred_contrib), typed response, inference log: everything on.
     B  bare      FastAPI + uvicorn, one worker (this module, `_bare`): the same champion loaded by
-                 alias, the same online-store lookup (sets merged, the model's columns taken), one
-                 `predict_proba`; no auth, consent, reasons or log.
+                 alias, the same online-store lookup (sets merged, the model's columns taken), the
+                 same scoring function (`serving.runtime.score_records`, the pandas-free route checked
+                 against `predict_proba`); no auth, consent, reasons or log.
 
 Client: a separate process per measurement (this module, `_worker client`): asyncio, HTTP/1.1
 keep-alive, C connections in a closed loop (each sends its next request when the answer
@@ -217,7 +218,6 @@ def _bare_app(home: str, threads: int | None) -> Any:
     import threading
 
     import mlflow
-    import pandas as pd
     from fastapi import FastAPI, HTTPException
     from pydantic import BaseModel
 
@@ -241,7 +241,7 @@ def _bare_app(home: str, threads: int | None) -> Any:
             pipeline[-1].set_params(n_jobs=threads)
     local = threading.local()  # SQLite connections are per thread, as in serving.runtime
 
-    def row(customer_key: str) -> list[Any]:
+    def row(customer_key: str) -> dict[str, Any]:
         online: OnlineStore | None = getattr(local, "online", None)
         if online is None:
             online = local.online = open_online_store(settings)
@@ -251,7 +251,7 @@ def _bare_app(home: str, threads: int | None) -> Any:
         merged: dict[str, Any] = {}
         for doc in docs.values():
             merged.update(doc)
-        return [merged.get(c) for c in columns]
+        return {c: merged.get(c) for c in columns}
 
     class One(BaseModel):
         customer_key: str
@@ -268,15 +268,18 @@ def _bare_app(home: str, threads: int | None) -> Any:
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
+    # The platform's own scoring function (the pandas-free route, checked against predict_proba on the
+    # first call), without reasons: B differs from A by the web layer, auth, consent, reasons and the log.
+    from serving.runtime import score_records
+
     @app.post("/churn/score")
     def score(request: One) -> Score:
-        frame = pd.DataFrame([row(request.customer_key)], columns=columns)
-        return Score(customer_key=request.customer_key, score=float(model.predict_proba(frame)[0, 1]))
+        scores, _ = score_records(model, [row(request.customer_key)], columns, 0)
+        return Score(customer_key=request.customer_key, score=float(scores[0]))
 
     @app.post("/churn/score/batch")
     def score_batch(request: Many) -> Scores:
-        frame = pd.DataFrame([row(c.customer_key) for c in request.customers], columns=columns)
-        scores = model.predict_proba(frame)[:, 1]
+        scores, _ = score_records(model, [row(c.customer_key) for c in request.customers], columns, 0)
         return Scores(
             results=[
                 Score(customer_key=c.customer_key, score=float(s))

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.runtime import Runtime, ServedModel, ServingError, finite, score_with_reasons
+from serving.runtime import Runtime, ServedModel, ServingError, finite, score_records
 from serving.schemas import (
     ModelRef,
     ProductScore,
@@ -65,8 +65,9 @@ def score_churn(runtime: Runtime, requests: Sequence[ScoreRequest], caller: str)
         at.append(i)
         masked_rows.append(masked)
     if rows:
-        frame = _frame(rows, [c for c in model.columns if c != "product_id"])
-        scores, reasons = score_with_reasons(model.model, frame, runtime.policy.reasons)
+        scores, reasons = score_records(
+            model.model, rows, [c for c in model.columns if c != "product_id"], runtime.policy.reasons
+        )
         for j, i in enumerate(at):
             score = float(scores[j])
             decision = None if model.threshold is None else bool(score >= model.threshold)

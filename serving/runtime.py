@@ -164,6 +164,71 @@ def score_with_reasons(
     return scores, reasons
 
 
+_FAST: dict[int, str] = {}  # id(model) -> "raw" | "proba" (the pandas-free route is exact) or "pandas"
+
+
+def _fast_contributions(pipeline: Pipeline, records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, list[str]]:
+    prepare, booster = pipeline[0], pipeline[-1].booster_
+    matrix = prepare.records_matrix(records)
+    contributions = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=1))
+    return contributions, [*prepare.numeric, *prepare.categorical]
+
+
+def _top_reasons(features: np.ndarray, names: list[str], n: int) -> list[list[tuple[str, float]]]:
+    top = np.argsort(-features, axis=1, kind="stable")[:, :n]
+    return [[(names[j], float(features[i, j])) for j in top[i] if features[i, j] > 0] for i in range(len(features))]
+
+
+def score_records(
+    model: Any, records: Sequence[dict[str, Any]], columns: Sequence[str], n_reasons: int
+) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+    """`score_with_reasons` for JSON-like records, without pandas where that is exact.
+
+    The records go straight into a float matrix (`FramePreparer.records_matrix`) and one
+    LightGBM call gives the contributions, whose sum gives the (calibrated) probability. The
+    first call for a model compares this route with the pandas pipeline on the same rows and
+    keeps it only if scores and reasons agree; otherwise the model is always scored through pandas.
+    """
+    pipeline = inner_pipeline(model)
+    route = _FAST.get(id(model))
+    single = pipeline is not None and (model is pipeline or len(getattr(model, "calibrated_classifiers_", [])) == 1)
+    fast_ok = (
+        single and pipeline is not None and hasattr(pipeline[0], "records_matrix") and hasattr(pipeline[-1], "booster_")
+    )
+    if route is None or route == "pandas" or not fast_ok:
+        scores, reasons = score_with_reasons(model, pd.DataFrame(list(records), columns=list(columns)), n_reasons)
+        if route is None:
+            _FAST[id(model)] = (
+                _check_fast_route(model, pipeline, records, scores, reasons, n_reasons) if fast_ok else "pandas"
+            )
+        return scores, reasons
+    assert pipeline is not None
+    contributions, names = _fast_contributions(pipeline, records)
+    scores = _from_raw(model, pipeline, contributions.sum(axis=1), route)
+    return scores, _top_reasons(contributions[:, :-1], names, n_reasons) if n_reasons else [[] for _ in records]
+
+
+def _check_fast_route(
+    model: Any,
+    pipeline: Pipeline | None,
+    records: Sequence[dict[str, Any]],
+    scores: np.ndarray,
+    reasons: list[list[tuple[str, float]]],
+    n_reasons: int,
+) -> str:
+    assert pipeline is not None
+    try:
+        contributions, names = _fast_contributions(pipeline, records)
+    except (ValueError, TypeError, KeyError):
+        return "pandas"
+    for how in ("raw", "proba"):
+        if np.allclose(_from_raw(model, pipeline, contributions.sum(axis=1), how), scores, atol=1e-9):
+            fast = _top_reasons(contributions[:, :-1], names, n_reasons) if n_reasons else [[] for _ in records]
+            same = all([f for f, _ in a] == [f for f, _ in b] for a, b in zip(fast, reasons, strict=True))
+            return how if same else "pandas"
+    return "pandas"
+
+
 def decide_consent(
     consent: CustomerConsent, purpose: str, policy: ServingPolicy, today: dt.date
 ) -> tuple[str | None, bool]:

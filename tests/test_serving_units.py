@@ -209,3 +209,38 @@ def test_one_pass_scores_equal_the_calibrated_models_own() -> None:
         np.testing.assert_allclose(first, second, atol=1e-9)
         assert rt._ONE_PASS[id(calibrated)] in ("raw", "proba")
         assert all(r == [] or r[0][1] > 0 for r in reasons)
+
+
+def test_the_pandas_free_route_scores_records_exactly_like_the_pipeline() -> None:
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.pipeline import Pipeline
+
+    import serving.runtime as rt
+
+    rng = np.random.default_rng(3)
+    n = 3000
+    frame = pd.DataFrame(
+        {"risk": rng.normal(size=n), "count": rng.integers(0, 9, n), "plan": rng.choice(["a", "b", "c"], n)}
+    )
+    frame.loc[::7, "risk"] = np.nan
+    y = (frame["risk"].fillna(0) + (frame["plan"] == "c") + rng.normal(size=n) > 1).astype(int)
+    steps = [
+        ("prepare", FramePreparer(["risk", "count"], ["plan"])),
+        ("model", lgb.LGBMClassifier(n_estimators=30, verbose=-1)),
+    ]
+    pipe = Pipeline(steps).fit(frame[:2000], y[:2000])
+    model = CalibratedClassifierCV(FrozenEstimator(pipe), method="sigmoid").fit(frame[2000:], y[2000:])
+    records = [
+        {"risk": 1.5, "count": 3, "plan": "c"},
+        {"risk": None, "count": "4", "plan": "a"},  # missing number, number as text
+        {"risk": -0.5, "count": 0, "plan": "never-seen"},  # unseen category
+        {"risk": 0.1, "count": None, "plan": None},
+    ]
+    expected = model.predict_proba(pd.DataFrame(records))[:, 1]
+    first, reasons_first = rt.score_records(model, records, ["risk", "count", "plan"], 2)  # checks the route
+    assert rt._FAST[id(model)] in ("raw", "proba")
+    fast, reasons_fast = rt.score_records(model, records, ["risk", "count", "plan"], 2)
+    np.testing.assert_allclose(first, expected, atol=1e-12)
+    np.testing.assert_allclose(fast, expected, atol=1e-9)
+    assert [[f for f, _ in r] for r in reasons_fast] == [[f for f, _ in r] for r in reasons_first]

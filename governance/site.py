@@ -32,11 +32,12 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from custintel.settings import Settings
+from governance.store import GATE_TAG_PREFIX
 
-GATE_RESULT_TAG = "custintel.gate.result"
-GATE_REASONS_TAG = "custintel.gate.reasons"
-GATE_DECISION_TAG = "custintel.gate.decision"
-GATE_POLICY_TAG = "custintel.gate.policy_hash"
+GATE_RESULT_TAG = GATE_TAG_PREFIX + "result"
+GATE_REASONS_TAG = GATE_TAG_PREFIX + "reasons"
+GATE_DECISION_TAG = GATE_TAG_PREFIX + "decision"
+GATE_POLICY_TAG = GATE_TAG_PREFIX + "policy_hash"
 # Aliases shown in their own columns, in this order; any other alias is listed after them.
 MAIN_ALIASES = ("champion", "challenger", "previous")
 CARD_PAGES = ("card.html", "card.md")

@@ -26,7 +26,7 @@ from models.registry import CHALLENGER, set_alias
 
 CHAMPION = "champion"
 PREVIOUS = "previous"
-GATE_TAGS = ("result", "reasons", "decision", "policy_hash")
+GATE_TAG_PREFIX = "custintel.gate."  # model-version tags: result, reasons, decision, policy_hash, card
 
 
 class GateError(RuntimeError):
@@ -145,7 +145,7 @@ def move_champion(client: MlflowClient, name: str, version: str, reason: str) ->
 def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
     """Record the gate's outcome on the model version."""
     for key, value in tags.items():
-        client.set_model_version_tag(name, version, f"custintel.gate.{key}", value)
+        client.set_model_version_tag(name, version, GATE_TAG_PREFIX + key, value)
 
 
 def read_golden_records(settings: Settings) -> pd.DataFrame:

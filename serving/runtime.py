@@ -33,6 +33,7 @@ from sklearn.pipeline import Pipeline
 from custintel.settings import Settings
 from features.featurestore.online import OnlineStore
 from features.featurestore.store import open_online_store
+from governance.store import GATE_TAG_PREFIX
 from serving.consent import ConsentStore, CustomerConsent, consent_store_path
 from serving.policy import ServingPolicy
 
@@ -98,7 +99,7 @@ def load_served(client: MlflowClient, family: str, name: str, version: str) -> S
         threshold = client.get_run(mv.run_id).data.metrics.get("threshold")
     return ServedModel(
         family, name, str(version), model, [str(c) for c in columns], threshold,
-        mv.tags.get("custintel.gate.card"), dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), wide,
+        mv.tags.get(GATE_TAG_PREFIX + "card"), dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), wide,
     )  # fmt: skip
 
 

@@ -5,8 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 # No analytics from Prefect's ephemeral server: the machines here have no internet.
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# ... and its 20 s start-up limit is too short on a busy 2-core machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve clean
+.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-monitor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +38,7 @@ unit: install
 # The governance site's browser test drives Debian's headless chromium: install it (apt) when missing.
 test: lint
 	scripts/ensure-chromium
-	$(BIN)/python -m pytest --cov --cov-report=term
+	$(BIN)/python -m pytest -n 2 --dist loadfile --cov --cov-report=term
 
 bench: install
 	$(BIN)/python -m benchmarks.bench_generate_ingest
@@ -55,6 +57,9 @@ bench-train: install
 
 bench-serve: install
 	$(BIN)/python -m benchmarks.bench_serving
+
+bench-monitor: install
+	$(BIN)/python -m benchmarks.bench_monitor
 
 clean:
 	rm -rf $(VENV) .custintel .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -122,6 +122,11 @@ class Settings(BaseSettings):
         description="Serving policy YAML (consent per purpose, minors, frequency caps, what the inference log keeps); "
         "the shipped default when unset.",
     )
+    monitoring_policy: Path | None = Field(
+        default=None,
+        description="Monitoring policy YAML (drift tests, data-quality alerts, retraining triggers, minimum interval); "
+        "the shipped default when unset.",
+    )
     serving_api_keys: str = Field(
         default="",
         description="Comma-separated API keys the scoring endpoints accept (Authorization: Bearer <key> or "
@@ -184,6 +189,16 @@ class Settings(BaseSettings):
     def governance_dir(self) -> Path:
         """Gate decisions (decisions.jsonl), model cards and audits (cards/<model>/<version>/)."""
         return self.home_dir / "governance"
+
+    @property
+    def monitoring_dir(self) -> Path:
+        """Drift and performance reports (reports/<model>/<stamp>/), trigger decisions, the Evidently workspace."""
+        return self.home_dir / "monitoring"
+
+    @property
+    def inference_log_dir(self) -> Path:
+        """The service's inference log (JSON lines per day): the source of monitoring."""
+        return self.home_dir / "serving" / "inference"
 
     @property
     def site_dir(self) -> Path:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +28,18 @@ app = typer.Typer(
 # Off a terminal (CI, pipes) rich would wrap tables at 80 columns; logs read better wider.
 console = Console(width=None if sys.stdout.isatty() else 160)
 _state: dict[str, Settings] = {}
+
+
+def _progress() -> Progress:
+    """A progress bar on the console (silent without a terminal)."""
+    return Progress(
+        TextColumn("[bold]{task.description}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
 
 
 def _settings() -> Settings:
@@ -50,6 +64,8 @@ def main(
     """Customer intelligence: churn, propensity and recommendation models, end to end."""
     # Prefect's ephemeral server phones home for analytics; offline that only logs an error.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Its 20 s start-up limit is too short on a busy 2-core machine (the API migrates its SQLite database first).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     _state["settings"] = Settings(home=home) if home else Settings()
 
 
@@ -681,11 +697,12 @@ def _run_training(
         if engine == "prefect":
             from flows.train import OwnTable, train_model
 
-            kind = "own_table" if isinstance(own, OwnTable) else "own_interactions"
-            extra = {kind: {k: str(v) if isinstance(v, Path) else v for k, v in asdict(own).items()}} if own else {}
+            given = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(own).items()} if own else None
+            own_table = given if isinstance(own, OwnTable) else None
+            own_interactions = given if own is not None and not isinstance(own, OwnTable) else None
             with console.status(f"Training {family} (Prefect flow train_model)…"):
                 return train_model(str(settings.home_dir), family, str(truth) if truth else None, trials, timeout,
-                                   **extra)  # fmt: skip
+                                   own_table, own_interactions)  # fmt: skip
         from flows.features import PLAIN_STEPS as FEATURE_STEPS
         from flows.features import run_feature_build
         from flows.train import PLAIN_STEPS, run_training
@@ -828,6 +845,76 @@ def rollback(
 
 
 @app.command()
+def monitor(
+    family: Annotated[
+        list[str] | None, typer.Option(help="A family to monitor (churn, propensity, recommendation); repeatable.")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="Window start, ISO date or time, UTC (default: end - window_days).")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="Window end, ISO date or time, UTC (default: now).")] = None,
+    retrain: Annotated[
+        bool, typer.Option(help="Start retraining where a trigger fires (--no-retrain: report only).")
+    ] = True,
+    trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials per study for a retrain.")] = None,
+    executor: Annotated[
+        Literal["inprocess", "external"],
+        typer.Option(help="inprocess: run the train/audit deployment runs here; external: a worker runs them."),
+    ] = "inprocess",
+) -> None:
+    """Drift, data-quality and performance reports of the served models; retrain where a trigger fires.
+
+    Runs the Prefect flow monitor_models, which starts train_model and audit_and_promote as deployment runs.
+    """
+    from flows.monitor import monitor_models, register_deployments
+    from monitoring.monitor import MonitoringError
+    from monitoring.policy import MONITORED, MonitoringPolicyError
+    from monitoring.served import ServedLogError
+
+    settings = _settings()
+    unknown = sorted(set(family or []) - set(MONITORED))
+    if unknown:
+        raise _fail(f"unknown family {unknown}; choose from {', '.join(MONITORED)}")
+    try:
+        with console.status("Registering the train and audit deployments…"):
+            register_deployments()
+        with console.status("Monitoring the served models…"):
+            result = monitor_models(str(settings.home_dir), family or None, start, end, retrain, trials, executor)
+    except (MonitoringPolicyError, MonitoringError, ServedLogError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    _print_monitoring(settings, result)
+    if any(d["action"] == "alert" for d in result["decisions"]):
+        raise typer.Exit(code=3)  # a data-quality alert: a scheduler's failure, someone must look
+
+
+def _print_monitoring(settings: Settings, result: dict[str, Any]) -> None:
+    colour = {"retrain": "yellow", "hold": "yellow", "alert": "red", "none": "green"}
+    window = result["window"]
+    console.print(f"window {window['start']} -> {window['end']}")
+    if not result["decisions"]:
+        console.print("no @champion is served yet: nothing to monitor")
+    for d in result["decisions"]:
+        console.print(
+            f"[bold]{d['model']}[/] v{d['version']}: {d['rows']:,} served rows -> "
+            f"[bold {colour.get(d['action'], 'white')}]{d['action']}[/]  {d['why']}"
+        )
+        for check in d["checks"]:
+            mark = "[red]fired[/]" if check["fired"] else "[green]quiet[/]"
+            console.print(f"  {mark} {check['trigger']}: {check['detail']}")
+        for alert in d["alerts"]:
+            console.print(f"  [red]ALERT[/] {alert['check']}: {alert['detail']}")
+        if d.get("report"):
+            console.print(f"  report: {d['report']}")
+    for r in result["retrains"]:
+        console.print(f"[bold]retrain {r['family']}[/] (+{r['shift_months']} months): {r['outcome']}")
+    console.print(
+        f"reports: {settings.reports_dir / 'monitoring'}; decisions: {settings.monitoring_dir / 'decisions.jsonl'}; "
+        f"Evidently workspace: `evidently ui --workspace {settings.monitoring_dir / 'workspace'}`; "
+        "site: `custintel report`"
+    )
+
+
+@app.command()
 def report(
     serve: Annotated[bool, typer.Option(help="Serve the site over HTTP after building it (Ctrl-C stops).")] = False,
     host: Annotated[str, typer.Option(help="Address to serve on (with --serve).")] = "127.0.0.1",
@@ -886,25 +973,21 @@ def serving_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _demo_serve(settings: Settings) -> str:
-    """Start the service on a free port, score one consenting customer, stop it; returns the curl line."""
-    import json
+@contextlib.contextmanager
+def _demo_service(settings: Settings) -> Iterator[tuple[str, str]]:
+    """Start the service on a free port for the demo's last steps; yields (url, API key); stops it after."""
     import secrets
     import socket
     import subprocess
     import time
 
     import httpx
-    import pandas as pd
-
-    from features.featurestore.store import open_online_store
-    from serving.consent import ConsentStore, consent_store_path
 
     key = settings.api_keys[0] if settings.api_keys else secrets.token_urlsafe(12)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**serving_environment(settings), "CUSTINTEL_SERVING_API_KEYS": key}
+    env = {**serving_environment(settings), "CUSTINTEL_SERVING_API_KEYS": key, "CUSTINTEL_SERVING_POLL_SECONDS": "2"}
     log_path = settings.home_dir / "serving" / "demo-serve.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cli = str(Path(sys.executable).with_name("custintel"))
@@ -925,26 +1008,95 @@ def _demo_serve(settings: Settings) -> str:
                 time.sleep(0.5)
             else:
                 raise _fail(f"the service did not become ready in 180 s; its log: {log_path}")
-        consent = ConsentStore(consent_store_path(settings))
-        customer = None
-        with open_online_store(settings) as online:
-            keys = pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["customer_key"])
-            for candidate in keys["customer_key"].drop_duplicates().head(2000):
-                if online.lookup(candidate) and not consent.lookup(candidate).statuses.get("profiling") == "withdrawn":
-                    customer = candidate
-                    break
-        body = json.dumps({"customer_key": customer})
-        answer = httpx.post(url + "/churn/score", content=body, timeout=30,
-                            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})  # fmt: skip
-        console.print(f"POST /churn/score {body} -> HTTP {answer.status_code}")
-        console.print_json(answer.text)
+        yield url, key
     finally:
         server.terminate()
         server.wait(30)
+
+
+def _demo_sample_request(settings: Settings, url: str, key: str) -> str:
+    """Score one consenting customer; returns the curl line."""
+    import json
+
+    import httpx
+    import pandas as pd
+
+    from features.featurestore.store import open_online_store
+    from serving.consent import ConsentStore, consent_store_path
+
+    auth = {"Authorization": f"Bearer {key}"}
+    served = {m["family"] for m in httpx.get(url + "/models", headers=auth, timeout=10).json()["models"]}
+    # churn's endpoint, or the first family the gate let through
+    path = next((p for f, p in DEMO_ENDPOINTS if f in served), "/churn/score")
+    purpose = "profiling" if path == "/churn/score" else "marketing"
+    consent = ConsentStore(consent_store_path(settings))
+    customer = None
+    with open_online_store(settings) as online:
+        keys = pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["customer_key"])
+        for candidate in keys["customer_key"].drop_duplicates().head(2000):
+            withdrawn = {p for p, s in consent.lookup(candidate).statuses.items() if s == "withdrawn"}
+            if online.lookup(candidate) and not withdrawn & {purpose, "profiling"}:
+                customer = candidate
+                break
+    body = json.dumps({"customer_key": customer})
+    answer = httpx.post(url + path, content=body, timeout=30, headers={"Content-Type": "application/json", **auth})
+    console.print(f"POST {path} {body} -> HTTP {answer.status_code}")
+    console.print_json(answer.text)
     return (
-        f"curl -s -X POST http://127.0.0.1:3000/churn/score -H 'Content-Type: application/json' "
+        f"curl -s -X POST http://127.0.0.1:3000{path} -H 'Content-Type: application/json' "
         f"-H 'Authorization: Bearer <key>' -d '{body}'"
     )
+
+
+DEMO_ENDPOINTS = (("churn", "/churn/score"), ("propensity", "/propensity/score"), ("recommendation", "/recommend"))
+
+
+def _demo_drift(settings: Settings, url: str, key: str, trials: int) -> dict[str, Any]:
+    """Score every customer through the batch endpoint, then monitor: drift -> retrain -> gate -> served."""
+    import time
+
+    import httpx
+    import pandas as pd
+
+    from flows.monitor import monitor_models, register_deployments
+
+    keys = pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["customer_key"])
+    customers = sorted(keys["customer_key"].drop_duplicates())
+    start = dt.datetime.now(dt.UTC).isoformat()
+    served = httpx.get(url + "/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()["models"]
+    if not any(m["family"] == "churn" for m in served):
+        console.print(
+            "[yellow]churn has no @champion (the gate blocked it, see step 6), so there is no churn traffic to "
+            "monitor; after a review, `custintel promote churn --approver <name> --reason <why>` and rerun.[/]"
+        )
+        customers = []
+    scored = 0
+    with _progress() as progress:
+        job = progress.add_task("scoring every customer (POST /churn/score/batch)", total=len(customers))
+        for i in range(0, len(customers), 1000):
+            chunk = customers[i : i + 1000]
+            answer = httpx.post(url + "/churn/score/batch", json={"customers": [{"customer_key": c} for c in chunk]},
+                                headers={"Authorization": f"Bearer {key}"}, timeout=300)  # fmt: skip
+            if answer.status_code != 200:
+                raise _fail(f"the batch endpoint answered HTTP {answer.status_code}: {answer.text[:300]}")
+            scored += sum(r["status"] == "scored" for r in answer.json()["results"])
+            progress.advance(job, len(chunk))
+    console.print(f"{scored:,} customers scored and logged; the others were suppressed by consent or not in the store")
+    time.sleep(1.5)  # the inference log is written off the request path
+    with console.status("monitoring (Prefect flow monitor_models: drift, retrain, audit)…"):
+        register_deployments()
+        result = monitor_models(str(settings.home_dir), None, start, None, True, trials, "inprocess")
+    _print_monitoring(settings, result)
+    promoted = [g for r in result["retrains"] for g in r.get("gate", []) if g["result"] == "promoted"]
+    for g in promoted:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            models = httpx.get(url + "/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+            if any(m["name"] == g["model"] and m["version"] == g["version"] for m in models["models"]):
+                console.print(f"the running service now answers with {g['model']} v{g['version']} (picked up live)")
+                break
+            time.sleep(1)
+    return result
 
 
 @app.command()
@@ -954,32 +1106,41 @@ def demo(
     trials: Annotated[
         int, typer.Option(min=1, help="Optuna trials per study (`custintel train` uses the configured 20).")
     ] = 10,
+    drift_date: Annotated[
+        str, typer.Option(help="The world's population and behaviour shift after this date (YYYY-MM-DD).")
+    ] = "2025-09-01",
+    drift_strength: Annotated[float, typer.Option(help="How far they shift (0: no drift).")] = 1.5,
 ) -> None:
     """Run everything that exists end to end on embedded defaults and say where to look."""
     settings = _settings()
     world = settings.default_data_dir / "demo-world"
-    console.rule("[bold]1/7 generate a synthetic customer world")
-    generate(customers=customers, seed=seed, out=world)
-    console.rule("[bold]2/7 ingest it behind data contracts (Prefect flow ingest_sources)")
+    console.rule("[bold]1/8 generate a synthetic customer world (its population drifts after the drift date)")
+    generate(customers=customers, seed=seed, out=world, drift_date=drift_date, drift_strength=drift_strength)
+    console.rule("[bold]2/8 ingest it behind data contracts (Prefect flow ingest_sources)")
     ingest(source=world)
-    console.rule("[bold]3/7 resolve identities into customers (Prefect flow resolve_identities)")
+    console.rule("[bold]3/8 resolve identities into customers (Prefect flow resolve_identities)")
     _run_resolution("prefect", reuse_model=False)
     resolve_evaluate(truth=world / "_truth")
-    console.rule("[bold]4/7 point-in-time features and labels (Prefect flow build_features)")
-    _print_feature_build(_run_feature_build([dt.date(2025, 3, 1), dt.date(2025, 9, 1)], "prefect", online=True))
+    console.rule("[bold]4/8 point-in-time features and labels (Prefect flow build_features)")
+    # The online store holds the latest cutoff: three months into the drift the demo scores and monitors.
+    _print_feature_build(_run_feature_build([dt.date(2025, 3, 1), dt.date(2025, 12, 1)], "prefect", online=True))
     console.rule(
-        "[bold]5/7 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
+        "[bold]5/8 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
     )
     outcomes = _run_training("all", "prefect", trials, None, world / "_truth", None)
     _print_training(outcomes)
-    console.rule("[bold]6/7 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
+    console.rule("[bold]6/8 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
     decisions = _run_gate(list(GATED_FAMILIES), None, None, None, "prefect")
     _print_decisions(decisions)
     from governance.site import build_site
 
     site = build_site(settings)
-    console.rule("[bold]7/7 serve the champions with BentoML (custintel serve) and answer a sample request")
-    curl = _demo_serve(settings)
+    console.rule("[bold]7/8 serve the champions with BentoML (custintel serve) and answer a sample request")
+    with _demo_service(settings) as (url, key):
+        curl = _demo_sample_request(settings, url, key)
+        console.rule("[bold]8/8 traffic after the drift, monitoring (Prefect flow monitor_models), retraining")
+        monitored = _demo_drift(settings, url, key, trials)
+    site = build_site(settings)  # again: with the drift reports
     console.rule("[bold]where to look")
     console.print(f"- source drop: {world}  (hidden truth: {world / '_truth'})")
     console.print(f"- lake (accepted rows, Parquet): {settings.lake_dir}")
@@ -1005,7 +1166,12 @@ def demo(
     )
     console.print(f"- serving: `CUSTINTEL_SERVING_API_KEYS=<key> custintel --home {settings.home_dir} serve`, then:")
     console.print(f"  {curl}", soft_wrap=True)
-    console.print("Monitoring arrives with issue 8.")
+    reports = [d["report"] for d in monitored["decisions"] if d.get("report")]
+    console.print(
+        f"- monitoring: decision page {', '.join(reports) or '(none: nothing served)'}; Evidently reports beside it "
+        f"and in `evidently ui --workspace {settings.monitoring_dir / 'workspace'}`; decisions "
+        f"{settings.monitoring_dir / 'decisions.jsonl'}; on the reviewers' site after `custintel report`"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

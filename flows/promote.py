@@ -299,7 +299,7 @@ def publish_decision(decision: dict[str, Any]) -> None:
     create_markdown_artifact("\n".join(lines), key="gate-decision")
 
 
-@flow(name="audit_and_promote", log_prints=False)
+@flow(name="audit_and_promote", log_prints=False, persist_result=True)  # read back by a monitor
 def audit_and_promote(
     model: str,
     home: str | None = None,

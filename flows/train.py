@@ -44,6 +44,7 @@ from models.registry import RunRecord, ensure_experiment, log_run_metrics, log_t
 from models.result import TrainedModel
 from models.splits import LabelledTable, stage_at_random, stage_by_time
 from models.tuning import FitClock, create_study
+from monitoring.policy import load_policy as load_monitoring_policy
 
 LABELS = "labels@1"
 PURCHASE_LABELS = "purchase_labels@1"
@@ -309,6 +310,50 @@ def with_budget(config: TrainingConfig, trials: int | None, timeout: float | Non
     )
 
 
+def add_months(day: dt.date, months: int) -> dt.date:
+    """The same day `months` later (clamped to the month's last day)."""
+    total = day.year * 12 + day.month - 1 + months
+    year, month = divmod(total, 12)
+    for d in (day.day, 30, 29, 28):
+        try:
+            return dt.date(year, month + 1, d)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def shifted(config: TrainingConfig, months: int) -> TrainingConfig:
+    """The config with every training, validation and test cutoff moved `months` later.
+
+    A retrain keeps the recipe and reads newer data. The uplift model's cutoff stays: it is
+    the start of the offer experiment, not a window that moves.
+    """
+    if months == 0:
+        return config
+
+    def move(split: Any) -> Any:
+        return split.model_copy(
+            update={
+                k: [add_months(d, months) for d in getattr(split, k)]
+                for k in ("train_as_of", "valid_as_of", "test_as_of")
+            }
+        )
+
+    r = config.recommendation
+    return config.model_copy(
+        update={
+            "churn": config.churn.model_copy(update={"split": move(config.churn.split)}),
+            "propensity": config.propensity.model_copy(update={"split": move(config.propensity.split)}),
+            "recommendation": r.model_copy(
+                update={
+                    "train_as_of": add_months(r.train_as_of, months),
+                    "valid_as_of": add_months(r.valid_as_of, months),
+                }
+            ),
+        }
+    )
+
+
 def load_unit(settings: Settings, config: TrainingConfig, unit: Unit) -> Loaded:
     """The unit's rows from the offline store (I/O: retried by the flow)."""
     if unit.name == "churn":
@@ -361,7 +406,8 @@ def register_unit(
     artifact_root = configure_tracking(settings)
     experiment_id = ensure_experiment(MlflowClient(), config.experiment, artifact_root)
     tags = {"custintel.unit": unit.name, "custintel.feature_sets": ",".join(unit.feature_sets)}
-    return log_training_run(trained, experiment_id, tags, lineage, lineage.get("source", ""))
+    reference_rows = load_monitoring_policy(settings.monitoring_policy).reference_rows
+    return log_training_run(trained, experiment_id, tags, lineage, lineage.get("source", ""), reference_rows)
 
 
 def verify_unit(trained: TrainedModel, record: RunRecord) -> float:
@@ -463,9 +509,13 @@ def run_training(
     truth: Path | None = None,
     trials: int | None = None,
     timeout: float | None = None,
+    shift_months: int = 0,
 ) -> list[TrainingOutcome]:
-    """Train, log, register (@challenger) and verify each unit of `family`; compare with the truth when given."""
-    config = with_budget(load_training_config(settings.training_config), trials, timeout)
+    """Train, log, register (@challenger) and verify each unit of `family`; compare with the truth when given.
+
+    `shift_months` moves every cutoff later (a retrain on newer data, see `shifted`).
+    """
+    config = shifted(with_budget(load_training_config(settings.training_config), trials, timeout), shift_months)
     units = plan_units(config, family)
     if own is not None:
         units = [u for u in units if u.name == family]
@@ -544,7 +594,7 @@ HEADLINE = ("test_auc", "test_pr_auc", "test_concordance", "test_qini", "crossfi
             "test_ndcg_at_10_vs_popularity")  # fmt: skip
 
 
-@flow(name="train_model", log_prints=False)
+@flow(name="train_model", log_prints=False, persist_result=True)  # a monitor reads the result of a deployment run
 def train_model(
     home: str | None = None,
     family: str = "all",
@@ -553,8 +603,12 @@ def train_model(
     timeout: float | None = None,
     own_table: dict[str, Any] | None = None,
     own_interactions: dict[str, Any] | None = None,
+    shift_months: int = 0,
 ) -> list[dict[str, Any]]:
-    """Tune, fit, track and register the models of a family (or all), as @challenger."""
+    """Tune, fit, track and register the models of a family (or all), as @challenger.
+
+    `shift_months`: train on cutoffs that many months later than the config's (a retrain).
+    """
     from flows.features import TASK_STEPS as FEATURE_STEPS
     from flows.features import run_feature_build
 
@@ -570,7 +624,7 @@ def train_model(
         return run_feature_build(settings, days, False, FEATURE_STEPS, logger.info)
 
     outcomes = run_training(settings, family, TASK_STEPS, logger.info, build, own,
-                            Path(truth) if truth else None, trials, timeout)  # fmt: skip
+                            Path(truth) if truth else None, trials, timeout, shift_months)  # fmt: skip
     # As a task, the artifact is attached to a task run too (Prefect 3.8's artifact filter joins on task runs).
     task(name="publish-training-summary", cache_policy=NO_CACHE)(publish_summary)(outcomes)
     return [o.as_dict() for o in outcomes]

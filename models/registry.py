@@ -145,12 +145,43 @@ def _log_model(logged: LoggedModel) -> Any:
     )
 
 
+REFERENCE_PATH = "monitoring/reference.parquet"
+
+
+def monitoring_reference(trained: TrainedModel, rows: int, seed: int = 0) -> pd.DataFrame | None:
+    """A seeded sample of the training rows, model inputs only: what monitoring compares served traffic with.
+
+    Rows that repeat a customer at a cutoff (the propensity model's one row per product) are
+    kept once, since monitoring compares one row per answered customer.
+    """
+    frame, primary = trained.training_frame, trained.primary
+    if frame is None or primary.flavor != "sklearn":
+        return None
+    columns = [c for c in primary.input_example.columns if c in frame.columns and c != "product_id"]
+    keys = [c for c in ("customer_key", "as_of") if c in frame.columns]
+    sample = frame.drop_duplicates(subset=keys) if keys and "product_id" in frame.columns else frame
+    if len(sample) > rows:
+        sample = sample.sample(n=rows, random_state=seed)
+    return sample[keys + columns].reset_index(drop=True)
+
+
+def read_reference(run_id: str) -> pd.DataFrame | None:
+    """The monitoring reference a run logged (None for a run from before monitoring)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_PATH, dst_path=tmp)
+        except (mlflow.exceptions.MlflowException, OSError):
+            return None
+        return pd.read_parquet(local)
+
+
 def log_training_run(
     trained: TrainedModel,
     experiment_id: str,
     tags: dict[str, str],
     lineage: dict[str, Any],
     dataset_source: str,
+    reference_rows: int = 100_000,
 ) -> RunRecord:
     """Log one trained family as a run; register its models and point `challenger` at the new versions."""
     client = MlflowClient()
@@ -166,6 +197,11 @@ def log_training_run(
             log_evaluation_set(trained.evaluation_set)
         if trained.training_frame is not None:
             mlflow.log_input(training_dataset(trained, dataset_source), context="training")
+            reference = monitoring_reference(trained, reference_rows)
+            if reference is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    reference.to_parquet(Path(tmp) / "reference.parquet", index=False)
+                    mlflow.log_artifact(str(Path(tmp) / "reference.parquet"), "monitoring")
         for name, fig in trained.figures.items():
             mlflow.log_figure(fig, f"plots/{name}.png")
         for name, table in trained.tables.items():

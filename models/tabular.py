@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -102,6 +104,30 @@ def _as_float(value: Any) -> float:
         return np.nan
 
 
+_PLAIN_NUMBERS = frozenset({float, int, bool, type(None)})  # what float() and NumPy convert alike
+
+
+def _numeric_block(records: Sequence[Mapping[str, Any]], columns: list[str]) -> np.ndarray:
+    """The records' values of `columns` as floats, as `_as_float` makes them."""
+    rows: list[Any]
+    if len(columns) == 1:
+        rows = [r.get(columns[0]) for r in records]
+    else:
+        take = itemgetter(*columns)
+        try:
+            rows = [take(r) for r in records]
+        except KeyError:  # a record without some column: None (missing), as `.get` gives
+            rows = [tuple(r.get(c) for c in columns) for r in records]
+    flat = chain.from_iterable(rows) if len(columns) > 1 else rows
+    if set(map(type, flat)) <= _PLAIN_NUMBERS:
+        try:
+            return np.array(rows, dtype=float).reshape(len(records), len(columns))  # None becomes NaN
+        except OverflowError:
+            pass
+    by_value = rows if len(columns) > 1 else [(v,) for v in rows]
+    return np.array([[_as_float(v) for v in row] for row in by_value], dtype=float).reshape(len(records), len(columns))
+
+
 class FramePreparer(TransformerMixin, BaseEstimator):
     """Numbers to float, categories to pandas categoricals with the categories seen in fit.
 
@@ -141,19 +167,18 @@ class FramePreparer(TransformerMixin, BaseEstimator):
 
         Numbers as floats (anything unparsable missing), categories as their codes in the fitted
         order (unseen or missing: NaN), columns in `transform`'s order. A LightGBM model fitted
-        on `transform`'s frame reads exactly these codes for its categorical features.
+        on `transform`'s frame reads exactly these codes for its categorical features. Numbers
+        are converted a whole block at a time when every value is a plain JSON number or null,
+        value by value otherwise.
         """
         check_is_fitted(self, "categories_")
         numeric, categorical = list(self.numeric), list(self.categorical)
-        codes = {c: {v: float(i) for i, v in enumerate(self.categories_[c])} for c in categorical}
         out = np.full((len(records), len(numeric) + len(categorical)), np.nan)
-        for i, record in enumerate(records):
-            for j, c in enumerate(numeric):
-                out[i, j] = _as_float(record.get(c))
-            for k, c in enumerate(categorical, start=len(numeric)):
-                value = record.get(c)
-                if value is not None:
-                    out[i, k] = codes[c].get(str(value), np.nan)
+        if numeric and records:
+            out[:, : len(numeric)] = _numeric_block(records, numeric)
+        for k, c in enumerate(categorical, start=len(numeric)):
+            codes = {v: float(i) for i, v in enumerate(self.categories_[c])}
+            out[:, k] = [np.nan if (v := r.get(c)) is None else codes.get(str(v), np.nan) for r in records]
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:

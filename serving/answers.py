@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -9,13 +10,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.runtime import Runtime, ServedModel, ServingError, finite, score_records
+from serving.runtime import Runtime, ServedModel, ServingError, score_records
 from serving.schemas import (
     ModelRef,
     ProductScore,
     PropensityRequest,
     PropensityResponse,
-    Reason,
     Recommendation,
     RecommendRequest,
     RecommendResponse,
@@ -39,27 +39,42 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def score_churn(runtime: Runtime, requests: Sequence[ScoreRequest], caller: str) -> list[ScoreResponse]:
-    """Churn scores with decisions and reasons; suppressed customers are never scored."""
+def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: str) -> list[dict[str, Any]]:
+    """Churn scores with decisions and reasons, as `ScoreResponse` documents; suppressed customers are never scored.
+
+    Consent and the online store are read once for the whole call, and the customers who may
+    be scored go through one vectorised scoring pass. The answers are plain JSON-ready dicts
+    with every field of `ScoreResponse` (a batch of a thousand is serialised directly: building
+    and validating four thousand response objects cost more than the scoring).
+    """
     model = runtime.served("churn")
     purpose = runtime.policy.purposes.churn
-    answers: list[ScoreResponse | None] = [None] * len(requests)
+    ref = _ref(model).model_dump()
+    many = len(requests) > 1
+    answers: list[dict[str, Any] | None] = [None] * len(requests)
+    consents = runtime.check_consents([r.customer_key for r in requests], purpose)
+    wanted = [r.customer_key for r, (why, _) in zip(requests, consents, strict=True) if why is None and r.customer_key]
+    stored = runtime.customers_features(wanted) if wanted else {}
     rows, at, masked_rows = [], [], []
-    for i, request in enumerate(requests):
-        field = f"customers[{i}]" if len(requests) > 1 else "body"
-        reason, masked = runtime.check_consent(request.customer_key, purpose)
+    for i, (request, (reason, masked)) in enumerate(zip(requests, consents, strict=True)):
+        key = request.customer_key
         if reason is not None:
-            answers[i] = ScoreResponse(customer_key=request.customer_key, status="suppressed", purpose=purpose,
-                                       suppressed_reason=reason, model=_ref(model))  # fmt: skip
-            runtime.audit(caller, "/churn/score", model, request.customer_key, {}, True, False)
+            answers[i] = _churn_answer(key, "suppressed", purpose, ref, suppressed_reason=reason)
+            runtime.audit(caller, "/churn/score", model, key, {}, True, False)
             continue
+        values = stored.get(key) if key and request.features is None else None  # the common case, inline
+        if values is not None:
+            rows.append(values)
+            at.append(i)
+            masked_rows.append(masked)
+            continue
+        field = f"customers[{i}]" if many else "body"
         try:
-            values, _ = runtime.feature_row(model, request.customer_key, request.features, field)
+            values, _ = runtime.feature_row(model, key, request.features, field, stored.get(key) if key else None)
         except ServingError as exc:
-            if len(requests) == 1 or exc.status != 404:
+            if not many or exc.status != 404:
                 raise
-            answers[i] = ScoreResponse(customer_key=request.customer_key, status="not_found", purpose=purpose,
-                                       error=exc.reason, model=_ref(model))  # fmt: skip
+            answers[i] = _churn_answer(key, "not_found", purpose, ref, error=exc.reason)
             continue
         rows.append(values)
         at.append(i)
@@ -68,19 +83,65 @@ def score_churn(runtime: Runtime, requests: Sequence[ScoreRequest], caller: str)
         scores, reasons = score_records(
             model.model, rows, [c for c in model.columns if c != "product_id"], runtime.policy.reasons
         )
-        for j, i in enumerate(at):
-            score = float(scores[j])
-            decision = None if model.threshold is None else bool(score >= model.threshold)
-            why = [] if masked_rows[j] else [
-                Reason(feature=f, contribution=c, value=finite(rows[j].get(f))) for f, c in reasons[j]
+        threshold = model.threshold
+        keys, logged = [], []
+        for i, score, row, masked, top in zip(at, scores.tolist(), rows, masked_rows, reasons, strict=True):
+            decision = None if threshold is None else score >= threshold
+            why = [] if masked else [
+                {"feature": f, "contribution": c, "value": _reason_value(row.get(f))} for f, c in top
             ]  # fmt: skip
-            answer = ScoreResponse(customer_key=requests[i].customer_key, status="scored", purpose=purpose,
-                                   score=score, decision=decision, threshold=model.threshold, model=_ref(model),
-                                   reasons=why)  # fmt: skip
-            answers[i] = answer
-            runtime.audit(caller, "/churn/score", model, requests[i].customer_key,
-                          {"score": score, "decision": decision}, False, masked_rows[j])  # fmt: skip
+            key = requests[i].customer_key
+            # `_churn_answer`, inline: every field of `ScoreResponse`, in its order
+            answers[i] = {"customer_key": key, "status": "scored", "purpose": purpose, "suppressed_reason": None,
+                          "error": None, "score": score, "decision": decision, "threshold": threshold, "model": ref,
+                          "reasons": why}  # fmt: skip
+            keys.append(key)
+            logged.append({"score": score, "decision": decision})
+        runtime.audit_scored(caller, "/churn/score", model, keys, logged, masked_rows, rows)
     return [a for a in answers if a is not None]
+
+
+_FLOAT = float
+
+
+def _reason_value(value: Any) -> float | str | None:
+    # `feature_value`, with its common case (a finite float) first
+    if type(value) is _FLOAT and value - value == 0.0:
+        return value
+    return feature_value(value)
+
+
+def _churn_answer(
+    customer_key: str | None,
+    status: str,
+    purpose: str,
+    model: dict[str, Any],
+    suppressed_reason: str | None = None,
+    error: str | None = None,
+    score: float | None = None,
+    decision: bool | None = None,
+    threshold: float | None = None,
+    reasons: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One `ScoreResponse` document: every field, in the model's order (as pydantic would write it)."""
+    return {"customer_key": customer_key, "status": status, "purpose": purpose,
+            "suppressed_reason": suppressed_reason, "error": error, "score": score, "decision": decision,
+            "threshold": threshold, "model": model, "reasons": reasons or []}  # fmt: skip
+
+
+def score_churn(runtime: Runtime, requests: Sequence[ScoreRequest], caller: str) -> list[ScoreResponse]:
+    """`churn_answers` as validated response models."""
+    return [ScoreResponse.model_validate(a) for a in churn_answers(runtime, requests, caller)]
+
+
+def feature_value(value: Any) -> float | str | None:
+    """A feature's value as a reason shows it (`Reason.value`): a number as a float, NaN and infinities as None."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool | int | float | np.integer | np.floating):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    return str(value)
 
 
 def _held(stored: dict[str, Any] | None) -> set[str]:
@@ -129,7 +190,7 @@ def score_propensity(runtime: Runtime, requests: Sequence[PropensityRequest], ca
         answers.append(PropensityResponse(customer_key=request.customer_key, status="scored", purpose=purpose,
                                           products=ranked, model=_ref(model)))  # fmt: skip
         runtime.audit(caller, "/propensity/score", model, request.customer_key,
-                      {"products": [p.model_dump() for p in ranked]}, False, False)  # fmt: skip
+                      {"products": [p.model_dump() for p in ranked]}, False, False, values)  # fmt: skip
     return answers
 
 

@@ -8,9 +8,12 @@ the identity crosswalk and writes one SQLite file the service reads per request.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import sqlite3
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,32 +105,90 @@ class CustomerConsent:
 
 
 class ConsentStore:
-    """Read-only lookups in the consent file, one SQLite connection per thread."""
+    """Read-only lookups in the consent file, one SQLite connection per thread.
+
+    One statement per lookup (decisions and birth date together), one per batch. Whether the
+    file exists is checked at most every `RECHECK_SECONDS`, not on every request.
+    """
+
+    RECHECK_SECONDS = 5.0
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
+        self._available: bool | None = None
+        self._checked_at = 0.0
 
     def _connection(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
             con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            con.execute("PRAGMA mmap_size = 268435456")  # pages through a memory map, not a read call each
             self._local.con = con
         return con
 
     @property
     def available(self) -> bool:
-        """Whether the consent file exists."""
-        return self.path.is_file()
+        """Whether the consent file exists (checked again after a few seconds)."""
+        now = time.monotonic()
+        if self._available is None or now - self._checked_at > self.RECHECK_SECONDS:
+            self._available, self._checked_at = self.path.is_file(), now
+        return self._available
 
     def lookup(self, customer_key: str) -> CustomerConsent:
         """A customer's consent decisions and birth date (empty when unknown)."""
         if not self.available:
             return CustomerConsent()
-        con = self._connection()
-        statuses = dict(
-            con.execute("SELECT purpose, status FROM consent WHERE customer_key = ?", (customer_key,)).fetchall()
-        )
-        row = con.execute("SELECT birth_date FROM customers WHERE customer_key = ?", (customer_key,)).fetchone()
-        born = dt.date.fromisoformat(row[0]) if row and row[0] else None
-        return CustomerConsent(statuses, born)
+        rows = self._connection().execute(_ONE, (customer_key,)).fetchall()
+        return _consent(rows)
+
+    def lookup_many(self, customer_keys: Sequence[str]) -> dict[str, CustomerConsent]:
+        """`lookup` for many customers in one statement; every key asked for is in the answer."""
+        keys = list(dict.fromkeys(customer_keys))
+        if not self.available or not keys:
+            return {k: CustomerConsent() for k in keys}
+        rows: dict[str, list[tuple[str | None, str | None]]] = {k: [] for k in keys}
+        for key, purpose, value in self._connection().execute(_MANY, (json.dumps(keys),)):
+            rows[key].append((purpose, value))
+        return {k: _consent(r) for k, r in rows.items()}
+
+    def purpose_many(self, customer_keys: Sequence[str], purpose: str) -> dict[str, tuple[str | None, str | None]]:
+        """Per customer, the decision for one purpose and the birth date as stored (None: none recorded).
+
+        What `lookup_many` tells about that purpose, in one row per customer; every key asked for
+        is in the answer.
+        """
+        keys = list(dict.fromkeys(customer_keys))
+        if not self.available or not keys:
+            return {k: (None, None) for k in keys}
+        rows = self._connection().execute(_PURPOSE, (json.dumps(keys), purpose))
+        return {key: (status, born or None) for key, status, born in rows}
+
+
+# A customer's decisions (purpose, status) and, with a NULL purpose, the birth date: one statement.
+_ONE = (
+    "SELECT purpose, status FROM consent WHERE customer_key = ?1 "
+    "UNION ALL SELECT NULL, birth_date FROM customers WHERE customer_key = ?1"
+)
+_MANY = (
+    "WITH asked(key) AS (SELECT value FROM json_each(?1)) "
+    "SELECT customer_key, purpose, status FROM consent WHERE customer_key IN asked "
+    "UNION ALL SELECT customer_key, NULL, birth_date FROM customers WHERE customer_key IN asked"
+)
+
+_PURPOSE = (
+    "SELECT a.value, c.status, b.birth_date FROM json_each(?1) a "
+    "LEFT JOIN consent c ON c.customer_key = a.value AND c.purpose = ?2 "
+    "LEFT JOIN customers b ON b.customer_key = a.value"
+)
+
+
+def _consent(rows: Sequence[tuple[str | None, str | None]]) -> CustomerConsent:
+    statuses: dict[str, str] = {}
+    born = None
+    for purpose, value in rows:
+        if purpose is None:
+            born = dt.date.fromisoformat(value) if value else None
+        elif value is not None:
+            statuses[purpose] = value
+    return CustomerConsent(statuses, born)

@@ -47,6 +47,11 @@ class AuditRules(_Strict):
 
     customer_key: Literal["hash", "plain", "omit"] = "hash"
     log_suppressed: bool = False
+    log_inputs: bool = Field(
+        default=True,
+        description="Keep the model inputs of each scored answer (and their cutoff): what monitoring compares "
+        "with the training rows. Never for a masked (regulated) customer.",
+    )
 
 
 class ConsentSource(_Strict):

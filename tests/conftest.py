@@ -10,10 +10,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from custintel.settings import Settings
 from features.synthetic import WorldConfig, generate_world
 from features.synthetic.world import WorldSummary
+
+# Timing is not what the property tests check: on a loaded 2-core machine one example can take 300 ms.
+hypothesis_settings.register_profile("custintel", deadline=None)
+hypothesis_settings.load_profile("custintel")
 
 # Three chunks of 1000 persons; a malformed rate high enough that every injection kind shows up in
 # every table that can receive it, even the small acquired-company table.

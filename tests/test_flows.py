@@ -77,8 +77,24 @@ def test_demo_command_runs_everything_end_to_end(prefect_api: None, tmp_path: Pa
         assert f"{name} v1: promoted" in text or f"{name} v1: blocked" in text
         assert (home / "governance" / "cards" / name / "1" / "card.html").is_file()
     assert (home / "site" / "index.html").is_file() and "reviewers' site" in text
-    assert "POST /churn/score" in text and "-> HTTP 200" in text and '"status": "scored"' in text
-    assert "curl -s -X POST http://127.0.0.1:3000/churn/score" in text
+    path = "/churn/score" if "custintel-churn v1: promoted" in text else "/propensity/score"
+    if "custintel-propensity v1: promoted" in text or path == "/churn/score":
+        assert f"POST {path}" in text and "-> HTTP 200" in text and '"status": "scored"' in text
+        assert f"curl -s -X POST http://127.0.0.1:3000{path}" in text
+    # the drift scenario: every customer scored through the batch endpoint, then a monitoring pass with its records
+    assert "8/8 traffic after the drift" in text and "customers scored and logged" in text
+    decisions = [json.loads(x) for x in (home / "monitoring" / "decisions.jsonl").read_text().splitlines()]
+    monitored = {d["family"]: d for d in decisions if d.get("kind") == "monitoring"}
+    for family, entry in monitored.items():
+        assert f"{entry['model']} v{entry['version']}: {entry['rows']:,} served rows -> {entry['action']}" in text
+        assert Path(entry["report"]).is_file(), family
+    if "custintel-churn v1: promoted" in text:  # a small world's churn model may fail the fairness gate
+        churn = monitored["churn"]
+        assert churn["action"] in ("retrain", "hold", "alert", "none") and churn["rows"] > 0
+        assert list((home / "site" / "drift").glob("*-evidently.html"))
+    else:
+        assert "churn has no @champion" in text and "churn" not in monitored
+    assert "monitoring: decision page" in text
     assert "identity resolution against the truth" in result.output
     scores = json.loads((home / "reports" / "identity" / "evaluation.json").read_text())
     assert scores["deterministic+probabilistic"]["f1"] >= 0.97

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import numpy as np
@@ -350,6 +351,32 @@ def test_server_serves_the_site_and_refuses_a_missing_one(site: Path, governed: 
 @pytest.mark.integration
 def test_site_in_headless_chromium(site: Path, tmp_path: Path) -> None:
     """Crawl every same-origin page from the index in Debian's chromium: loads, images, a clean console."""
+    with _serving(site) as base, chromium(tmp_path) as driver:
+        pages, resources, images, severe = _crawl(driver, base)
+        shots = []
+        for page in (f"models/{CHURN}.html", "decisions.html"):
+            driver.get(base + page)
+            shots.append(tmp_path / f"{Path(page).stem}.png")
+            assert driver.save_screenshot(str(shots[-1]))
+        # The console check can fail: a missing page is a SEVERE entry.
+        driver.get_log("browser")
+        driver.get(base + "no-such-page.html")
+        control = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+    assert {base, base + "index.html"} & pages and base + "decisions.html" in pages
+    assert base + f"models/{CHURN}.html" in pages and base + f"models/{PROPENSITY}.html" in pages
+    assert base + f"cards/{CHURN}/2/card.html" in pages
+    assert base + f"cards/{CHURN}/2/audit.json" in resources
+    assert any(src.endswith("fairness_gender.png") for src in images)
+    assert severe == [], severe
+    assert control and "404" in control[0]["message"], control
+    for shot in shots:
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000, shot
+
+
+@contextmanager
+def chromium(tmp_path: Path) -> Iterator[Any]:
+    """Debian's headless chromium through its chromedriver, offline, with the browser console recorded."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         pytest.fail(f"{CHROMIUM} or {CHROMEDRIVER} is missing: run scripts/ensure-chromium (make test does)")
     from selenium import webdriver
@@ -372,34 +399,14 @@ def test_site_in_headless_chromium(site: Path, tmp_path: Path) -> None:
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-
-    with _serving(site) as base, pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look anything up: both binaries are given
         driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-        try:
-            driver.set_page_load_timeout(20)
-            pages, resources, images, severe = _crawl(driver, base)
-            shots = []
-            for page in (f"models/{CHURN}.html", "decisions.html"):
-                driver.get(base + page)
-                shots.append(tmp_path / f"{Path(page).stem}.png")
-                assert driver.save_screenshot(str(shots[-1]))
-            # The console check can fail: a missing page is a SEVERE entry.
-            driver.get_log("browser")
-            driver.get(base + "no-such-page.html")
-            control = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        finally:
-            driver.quit()
-
-    assert {base, base + "index.html"} & pages and base + "decisions.html" in pages
-    assert base + f"models/{CHURN}.html" in pages and base + f"models/{PROPENSITY}.html" in pages
-    assert base + f"cards/{CHURN}/2/card.html" in pages
-    assert base + f"cards/{CHURN}/2/audit.json" in resources
-    assert any(src.endswith("fairness_gender.png") for src in images)
-    assert severe == [], severe
-    assert control and "404" in control[0]["message"], control
-    for shot in shots:
-        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000, shot
+    try:
+        driver.set_page_load_timeout(30)
+        yield driver
+    finally:
+        driver.quit()
 
 
 def _crawl(driver: object, base: str) -> tuple[set[str], set[str], set[str], list[dict]]:

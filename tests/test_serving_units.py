@@ -244,3 +244,139 @@ def test_the_pandas_free_route_scores_records_exactly_like_the_pipeline() -> Non
     np.testing.assert_allclose(first, expected, atol=1e-12)
     np.testing.assert_allclose(fast, expected, atol=1e-9)
     assert [[f for f, _ in r] for r in reasons_fast] == [[f for f, _ in r] for r in reasons_first]
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [{"risk": 1, "count": 2.5, "plan": "a"}, {"risk": None, "count": True, "plan": None}],  # one block
+        [{"risk": "3", "count": " 4 ", "plan": 1}, {"risk": "abc", "count": [1], "plan": "never-seen"}],  # by value
+        [{"count": 1}, {}],  # missing columns
+        [{"risk": np.float64(2.5), "count": 10**30, "plan": "b"}],
+        [],
+    ],
+)
+def test_records_matrix_converts_like_one_value_at_a_time(records: list[dict[str, Any]]) -> None:
+    from models.tabular import _as_float
+
+    prepare = FramePreparer(["risk", "count"], ["plan"]).fit(
+        pd.DataFrame({"risk": [1.0, 2.0], "count": [1, 2], "plan": ["a", "b"]})
+    )
+    codes = {"a": 0.0, "b": 1.0}
+    expected = np.array(
+        [[_as_float(r.get("risk")), _as_float(r.get("count")), codes.get(str(r.get("plan")), np.nan)] for r in records]
+    ).reshape(len(records), 3)
+    np.testing.assert_array_equal(prepare.records_matrix(records), expected)
+
+
+def test_consent_lookups_one_at_a_time_and_in_batch_agree(tmp_path: Path) -> None:
+    import sqlite3
+
+    from serving.consent import ConsentStore
+
+    path = tmp_path / "consent.sqlite"
+    with sqlite3.connect(path) as con:  # the layout build_consent_store writes
+        con.execute("CREATE TABLE consent (customer_key TEXT, purpose TEXT, status TEXT, recorded_at TEXT, "
+                    "PRIMARY KEY (customer_key, purpose)) WITHOUT ROWID")  # fmt: skip
+        decisions = [("a", "profiling", "granted"), ("a", "marketing", "withdrawn"), ("b", "marketing", "granted")]
+        con.executemany("INSERT INTO consent VALUES (?, ?, ?, '2024-01-01')", decisions)
+        con.execute("CREATE TABLE customers (customer_key TEXT PRIMARY KEY, birth_date TEXT) WITHOUT ROWID")
+        con.executemany("INSERT INTO customers VALUES (?, ?)", [("a", "2010-06-01"), ("c", None), ("d", "1980-01-02")])
+    store = ConsentStore(path)
+    keys = ["a", "b", "c", "d", "unknown", "a"]
+    one = {k: store.lookup(k) for k in keys}
+    assert one["a"] == CustomerConsent({"profiling": "granted", "marketing": "withdrawn"}, dt.date(2010, 6, 1))
+    assert one["b"] == CustomerConsent({"marketing": "granted"}) and one["unknown"] == CustomerConsent()
+    assert store.lookup_many(keys) == one
+    assert ConsentStore(tmp_path / "absent.sqlite").lookup_many(["a"]) == {"a": CustomerConsent()}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_online_lookups_one_at_a_time_and_in_batch_agree(tmp_path: Path, backend: str) -> None:
+    from features.featurestore.online import RedisOnlineStore, SQLiteOnlineStore
+
+    if backend == "redis":
+        store: Any = RedisOnlineStore("redis://127.0.0.1:6379/0", namespace=f"t{uuid.uuid4().hex[:8]}")
+    else:
+        store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    try:
+        store.replace_set(
+            "a@1", [("k1", '{"as_of": "2025-01-01", "x": 1}'), ("k2", '{"as_of": "2025-01-01", "x": 2}')], {}
+        )
+        store.replace_set("b@1", [("k2", '{"as_of": "2025-02-01", "y": "z"}'), ("k3", '{"y": null}')], {})
+        keys = ["k3", "k1", "nobody", "k2", "k1"]
+        assert store.lookup_many(keys) == {k: store.lookup(k) for k in keys if store.lookup(k) is not None}
+        assert store.lookup_many(keys, set_keys=["b@1"]) == {"k2": {"b@1": {"as_of": "2025-02-01", "y": "z"}},
+                                                            "k3": {"b@1": {"y": None}}}  # fmt: skip
+    finally:
+        if backend == "redis":
+            store.drop_namespace()
+        store.close()
+
+
+def test_the_inference_log_writes_within_its_flush_interval(tmp_path: Path) -> None:
+    log = InferenceLog(tmp_path, "hash", salt="s", flush_seconds=0.05)
+    log.record({"n": 1, "x": float("nan"), "v": np.float64(0.5)})
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not list(tmp_path.glob("*.jsonl")):
+        time.sleep(0.02)
+    log.close()
+    (line,) = [json.loads(x) for p in tmp_path.glob("*.jsonl") for x in p.read_text().splitlines()]
+    assert line == {"n": 1, "x": None, "v": 0.5}  # NaN as null: the log stays valid JSON
+
+
+def test_refresh_loads_the_champions_there_are_and_is_not_degraded_by_missing_ones(tmp_path: Path) -> None:
+    """A registered model without @champion, and a model never registered, are 'nothing promoted yet'."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    import serving.runtime as rt
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    MlflowClient().create_registered_model("custintel-churn")  # registered, never promoted
+    runtime = rt.Runtime.__new__(rt.Runtime)
+    runtime.families, runtime.models, runtime.state = ["churn", "recommendation"], {}, rt.RegistryState()
+    assert runtime.refresh() == []
+    assert runtime.state.degraded is None and runtime.state.polled_at is not None
+    assert not runtime.ready  # read, but nothing to serve
+
+
+def test_raw_documents_merge_like_parsed_ones(tmp_path: Path) -> None:
+    from features.featurestore.online import SQLiteOnlineStore
+    from serving.runtime import _merged, _merged_raw
+
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    store.replace_set(
+        "b@1", [("k1", '{"as_of":"2025-02-01","x":2,"y":null}'), ("k2", '{"as_of":"2025-03-01","y":"z"}')], {}
+    )
+    store.replace_set("a@1", [("k1", '{"as_of":"2025-01-01","x":1,"w":[{"p":1}]}')], {})
+    store.replace_set("c@1", [("k1", '{ "x": 3 }')], {})  # not as the feature store writes: parsed one by one
+    keys = ["k2", "k1", "k3", "k1"]
+    raw = store.raw_documents_many(keys)
+    assert set(raw) == {"k1", "k2"}
+    for key, docs in store.lookup_many(keys).items():
+        assert _merged_raw(raw[key]) == _merged(docs)
+        assert _merged_raw(raw[key][:2]) == _merged(dict(list(docs.items())[:2]))
+    store.close()
+
+
+def test_consent_for_one_purpose_decides_like_the_full_lookup(tmp_path: Path) -> None:
+    import sqlite3
+
+    from serving.consent import ConsentStore
+
+    path = tmp_path / "consent.sqlite"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE consent (customer_key TEXT, purpose TEXT, status TEXT, recorded_at TEXT, "
+                    "PRIMARY KEY (customer_key, purpose)) WITHOUT ROWID")  # fmt: skip
+        con.execute("CREATE TABLE customers (customer_key TEXT PRIMARY KEY, birth_date TEXT) WITHOUT ROWID")
+        decisions = [("a", "profiling", "granted"), ("b", "profiling", "withdrawn"), ("b", "marketing", "granted")]
+        con.executemany("INSERT INTO consent VALUES (?, ?, ?, 'x')", decisions)
+        con.executemany("INSERT INTO customers VALUES (?, ?)", [("a", "2015-01-01"), ("c", ""), ("d", "1980-05-05")])
+    store = ConsentStore(path)
+    keys = ["a", "b", "c", "d", "e", "a"]
+    full = store.lookup_many(keys)
+    for key, (status, born) in store.purpose_many(keys, "profiling").items():
+        assert full[key].statuses.get("profiling") == status
+        assert full[key].birth_date == (dt.date.fromisoformat(born) if born else None)

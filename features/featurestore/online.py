@@ -88,6 +88,30 @@ class OnlineStore(ABC):
             return None
         return {k: orjson.loads(v) for k, v in sorted(docs.items())}
 
+    def lookup_many(
+        self, customer_keys: Sequence[str], set_keys: Sequence[str] | None = None
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """`lookup` for many customers in one round trip; customers in no materialised set are left out."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for key, docs in self._documents_many(customer_keys).items():
+            if set_keys is not None:
+                docs = {k: v for k, v in docs.items() if k in set_keys}
+            if docs:
+                out[key] = {k: orjson.loads(v) for k, v in sorted(docs.items())}
+        return out
+
+    def _documents_many(self, customer_keys: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Raw JSON documents of many customers, by customer and set key (backends override: one round trip)."""
+        return {key: docs for key in dict.fromkeys(customer_keys) if (docs := self._documents(key))}
+
+    def raw_documents_many(self, customer_keys: Sequence[str]) -> dict[str, list[str]]:
+        """Raw JSON documents of many customers, each customer's in set-key order (the order `lookup` merges in).
+
+        For a reader that parses the documents itself (the scoring service); customers in no
+        materialised set are left out.
+        """
+        return {k: [docs[s] for s in sorted(docs)] for k, docs in self._documents_many(customer_keys).items()}
+
     def __enter__(self) -> OnlineStore:
         return self
 
@@ -172,6 +196,51 @@ class SQLiteOnlineStore(OnlineStore):
             "SELECT feature_set, document FROM online_features WHERE customer_key = ?", (customer_key,)
         ).fetchall()
         return dict(rows)
+
+    def map_for_reads(self, max_bytes: int = 1 << 30) -> None:
+        """Read pages through a memory map instead of a read call each (SQLite's `mmap_size`).
+
+        For a long-lived reader such as the scoring service: a lookup touches a dozen pages
+        across the sets' tables, and with the default page cache most of them are system calls.
+        """
+        self._con.execute(f"PRAGMA mmap_size = {int(max_bytes)}")
+
+    def _documents_many(self, customer_keys: Sequence[str]) -> dict[str, dict[str, str]]:
+        # One statement for the whole batch: the keys travel as one JSON array (no bound-parameter limit),
+        # in key order, the tables' order (neighbouring lookups share pages).
+        rows = self._con.execute(
+            "SELECT customer_key, feature_set, document FROM online_features "
+            "WHERE customer_key IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(sorted(set(customer_keys))).decode(),),
+        ).fetchall()
+        out: dict[str, dict[str, str]] = {}
+        for key, feature_set, document in rows:
+            out.setdefault(key, {})[feature_set] = document
+        return out
+
+    def raw_documents_many(self, customer_keys: Sequence[str]) -> dict[str, list[str]]:
+        """See OnlineStore.raw_documents_many: one row per customer, the sets' tables joined (a third faster)."""
+        keys = orjson.dumps(sorted(set(customer_keys))).decode()
+        cur = self._con.cursor()
+        in_transaction = self._con.in_transaction
+        if not in_transaction:
+            cur.execute("BEGIN")  # the sets' tables and their documents from one snapshot
+        try:
+            tables = [t for (t,) in cur.execute("SELECT tbl FROM online_sets ORDER BY feature_set")]
+            if not tables:
+                return {}
+            docs = ", ".join(f"t{i}.document" for i in range(len(tables)))
+            joins = " ".join(f"LEFT JOIN {t} t{i} ON t{i}.customer_key = k.value" for i, t in enumerate(tables))
+            rows = cur.execute(f"SELECT k.value, {docs} FROM json_each(?) k {joins}", (keys,)).fetchall()
+        finally:
+            if not in_transaction:
+                cur.execute("COMMIT")
+        out: dict[str, list[str]] = {}
+        for key, *found in rows:
+            present = [d for d in found if d is not None]
+            if present:
+                out[key] = present
+        return out
 
     def sets(self) -> dict[str, dict[str, Any]]:
         """See OnlineStore.sets."""
@@ -270,6 +339,21 @@ class RedisOnlineStore(OnlineStore):
         raw, sets = pipe.execute()
         current = {f"{k}#{orjson.loads(v)['generation']}": str(k) for k, v in sets.items()}
         return {current[f]: str(doc) for f, doc in raw.items() if f in current}
+
+    def _documents_many(self, customer_keys: Sequence[str]) -> dict[str, dict[str, str]]:
+        keys = list(dict.fromkeys(customer_keys))
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hgetall(self._sets_key)
+        for key in keys:
+            pipe.hgetall(self._key(key))
+        sets, *raws = pipe.execute()
+        current = {f"{k}#{orjson.loads(v)['generation']}": str(k) for k, v in sets.items()}
+        out: dict[str, dict[str, str]] = {}
+        for key, raw in zip(keys, raws, strict=True):
+            docs = {current[f]: str(doc) for f, doc in raw.items() if f in current}
+            if docs:
+                out[key] = docs
+        return out
 
     def sets(self) -> dict[str, dict[str, Any]]:
         """See OnlineStore.sets."""

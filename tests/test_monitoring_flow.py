@@ -1,0 +1,312 @@
+"""Monitoring end to end: a world whose drift knob shifts the population after 2025-01-01, its churn model
+served over real HTTP, traffic from before and after the drift, `custintel monitor` on Prefect's API.
+
+Without drift nothing retrains. With drift the monitor retrains on newer cutoffs, the gate audits the
+new challenger, and the running service picks up the new champion when the gate promotes it (or the
+champion keeps serving when it blocks). The run history shows monitor -> train -> audit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from custintel.settings import Settings
+from features.lake import ingest_drop
+from features.synthetic import WorldConfig, generate_world
+from flows.cli import app
+from flows.features import PLAIN_STEPS as FEATURE_STEPS
+from flows.features import run_feature_build
+from flows.train import PLAIN_STEPS as TRAIN_STEPS
+from flows.train import configure_tracking, run_training
+from governance import store
+from tests.conftest import SMALL_TRAINING_YAML
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+KEY = "monitor-test-key"
+NAME = "custintel-churn"
+DRIFT_DATE = dt.date(2025, 1, 1)
+BEFORE, AFTER = dt.date(2024, 10, 1), dt.date(2025, 10, 1)  # serving cutoffs either side of the drift
+CHURN_CUTOFFS = [dt.date(2024, 9, 1), dt.date(2024, 11, 1), dt.date(2025, 2, 1), dt.date(2025, 6, 1)]
+
+
+@dataclass
+class Served:
+    """The drifted world's home, its monitoring policy, and the running service."""
+
+    settings: Settings
+    policy: Path
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def traffic(self, as_of: dt.date) -> int:
+        """Materialise the online store at `as_of` and score every customer in it through the batch endpoint."""
+        run_feature_build(self.settings, [as_of], True, FEATURE_STEPS, lambda _: None)
+        with sqlite3.connect(self.settings.features_dir / "online.sqlite") as con:
+            tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            keys: set[str] = set()
+            for table in tables:
+                if "customer_key" in [r[1] for r in con.execute(f'PRAGMA table_info("{table}")')]:
+                    keys |= {r[0] for r in con.execute(f'SELECT customer_key FROM "{table}"')}
+        ordered, scored = sorted(keys), 0
+        for i in range(0, len(ordered), 1000):
+            body = {"customers": [{"customer_key": k} for k in ordered[i : i + 1000]]}
+            answer = httpx.post(self.url + "/churn/score/batch", json=body, headers={"X-API-Key": KEY}, timeout=120)
+            assert answer.status_code == 200, answer.text
+            scored += sum(r["status"] == "scored" for r in answer.json()["results"])
+        return scored
+
+    def monitor(self, *args: str) -> tuple[int, str]:
+        env = {
+            "CUSTINTEL_MONITORING_POLICY": str(self.policy),
+            "CUSTINTEL_TRAINING_CONFIG": str(self.settings.training_config),
+        }
+        result = CliRunner().invoke(app, ["--home", str(self.settings.home_dir), "monitor", *args], env=env)
+        return result.exit_code, result.output
+
+    def served_version(self) -> str:
+        models = httpx.get(self.url + "/models", headers={"X-API-Key": KEY}, timeout=10).json()
+        return next(str(m["version"]) for m in models["models"] if m["name"] == NAME)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("drifted")
+    world = root / "drop"
+    generate_world(
+        WorldConfig(customers=2500, chunk_size=1000, seed=5, drift_date=DRIFT_DATE, drift_strength=2.0), world
+    )
+    config = root / "training.yaml"
+    config.write_text(SMALL_TRAINING_YAML, encoding="utf-8")
+    settings = Settings(home=root / "home", training_config=config)
+    ingest_drop(world, settings)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CUSTINTEL_IDENTITY_U_MAX_PAIRS", "1e6")
+        result = CliRunner().invoke(app, ["--home", str(settings.home_dir), "resolve", "--engine", "local"])
+    assert result.exit_code == 0, result.output
+    run_feature_build(settings, CHURN_CUTOFFS, False, FEATURE_STEPS, lambda _: None)
+    run_training(settings, "churn", TRAIN_STEPS, lambda _: None, trials=1)
+    configure_tracking(settings)
+    store.move_champion(MlflowClient(), NAME, "1", "the first champion of the monitoring test")
+    # A smaller world than production: judge drift from 300 served rows.
+    policy = yaml.safe_load((Path(__file__).parents[1] / "monitoring" / "policy.yaml").read_text())
+    policy["drift"]["min_rows"] = 300
+    policy["families"]["churn"]["triggers"]["performance"]["min_labelled"] = 300
+    policy_path = root / "monitoring.yaml"
+    policy_path.write_text(yaml.safe_dump(policy))
+
+    port = _free_port()
+    env = {**os.environ, "CUSTINTEL_HOME": str(settings.home_dir), "CUSTINTEL_SERVING_API_KEYS": KEY,
+           "CUSTINTEL_SERVING_POLL_SECONDS": "1", "CUSTINTEL_TRAINING_CONFIG": str(config)}  # fmt: skip
+    log = (root / "serve.log").open("wb")
+    cli = Path(sys.executable).with_name("custintel")
+    process = subprocess.Popen([str(cli), "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, (root / "serve.log").read_text()[-3000:]
+        time.sleep(0.5)
+    else:
+        pytest.fail("the service did not become ready: " + (root / "serve.log").read_text()[-3000:])
+    try:
+        yield Served(settings, policy_path, url, process)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def _decisions(settings: Settings) -> list[dict]:
+    path = settings.monitoring_dir / "decisions.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def test_without_drift_nothing_retrains(served: Served, prefect_api: None) -> None:
+    start = dt.datetime.now(dt.UTC).isoformat()
+    assert served.traffic(BEFORE) >= 300
+    code, output = served.monitor("--family", "churn", "--start", start)
+    assert code == 0, output
+    entries = [e for e in _decisions(served.settings) if e.get("kind") == "monitoring"]
+    assert len(entries) == 1
+    entry = entries[0]
+    assert entry["action"] == "none", entry
+    assert entry["rows"] >= 300
+    assert {c["trigger"] for c in entry["checks"]} >= {"drifted_share", "key_feature_drift", "prediction_drift"}
+    # labels have arrived for the served cutoff (2024-10-01 + 90 days is inside the data): performance is judged
+    perf = next(c for c in entry["checks"] if c["trigger"] == "performance")
+    assert perf["value"] is not None and "labelled rows against" in perf["detail"], perf
+    assert not [e for e in _decisions(served.settings) if e.get("kind") == "retrain"]
+    # the reports: our decision page and JSON, Evidently's HTML and JSON, all parse; the workspace holds the run
+    page = Path(entry["report"])
+    summary = json.loads(page.with_suffix(".json").read_text())
+    assert summary["decision"]["action"] == "none" and summary["drift"]["columns_tested"] > 40
+    assert summary["performance"]["labelled"] >= 300 and len(summary["performance"]["calibration"]) == 10
+    assert page.with_name(page.stem + "-performance.html").is_file()
+    evidently_json = page.with_name(page.stem + "-evidently.json")
+    assert json.loads(evidently_json.read_text())["metrics"]
+    assert "<html" in page.with_name(page.stem + "-evidently.html").read_text()[:2000].lower()
+    assert (served.settings.monitoring_dir / "workspace").is_dir() and summary["workspace_runs"]
+    # logged beside the model version in MLflow
+    configure_tracking(served.settings)
+    client = MlflowClient()
+    version = client.get_model_version(NAME, "1")
+    logged = [a.path for a in client.list_artifacts(version.run_id, f"monitoring/{summary['stamp']}")]
+    assert any(p.endswith("-evidently.html") for p in logged)
+    assert version.tags["custintel.monitoring.last"].startswith(summary["stamp"] + ": none")
+
+
+def test_drift_retrains_audits_and_the_service_picks_up_the_outcome(served: Served, prefect_api: None) -> None:
+    start = dt.datetime.now(dt.UTC).isoformat()
+    assert served.traffic(AFTER) >= 300
+    code, output = served.monitor("--family", "churn", "--start", start, "--trials", "1")
+    assert code == 0, output
+    entry = [e for e in _decisions(served.settings) if e.get("kind") == "monitoring"][-1]
+    assert entry["action"] == "retrain", entry
+    fired = set(entry["fired"])
+    assert fired & {"drifted_share", "key_feature_drift", "prediction_drift"}, entry
+    assert entry["new_labelled_months"] >= 1
+    retrain = [e for e in _decisions(served.settings) if e.get("kind") == "retrain"][-1]
+    assert retrain["outcome"].startswith("trained custintel-churn v2"), retrain
+    gate = retrain["gate"][0]
+    assert gate["version"] == "2" and gate["result"] in ("promoted", "blocked")
+    configure_tracking(served.settings)
+    champion = store.alias_version(MlflowClient(), NAME, "champion")
+    deadline = time.monotonic() + 30
+    if gate["result"] == "promoted":
+        assert champion == "2"
+        while served.served_version() != "2" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert served.served_version() == "2"
+    else:
+        assert gate["reasons"] and champion == "1" and served.served_version() == "1"
+        assert store.alias_version(MlflowClient(), NAME, "challenger") == "2"
+    # the retrained model read newer cutoffs: its lineage moved by the new labelled months
+    lineage = MlflowClient().get_model_version(NAME, "2")
+    assert lineage is not None
+    # a second pass within min_interval_hours does not retrain again
+    code, output = served.monitor("--family", "churn", "--start", start, "--trials", "1")
+    assert code == 0, output
+    again = [e for e in _decisions(served.settings) if e.get("kind") == "monitoring"][-1]
+    assert again["action"] in ("hold", "none"), again
+    if again["action"] == "hold":
+        assert "min_interval_hours" in again["why"]
+    _assert_chain(retrain)
+
+
+def _assert_chain(retrain: dict) -> None:
+    """The run history holds monitor -> train_model and monitor -> audit_and_promote as deployment runs."""
+    import asyncio
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    parent = UUID(retrain["monitor_flow_run_id"])
+
+    async def children() -> list[tuple[str, str | None, str]]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=50,
+            )
+            out = []
+            for run in runs:
+                flow = await client.read_flow(run.flow_id)
+                out.append((flow.name, str(run.deployment_id) if run.deployment_id else None, run.state.type.value))
+            return out
+
+    found = asyncio.run(children())
+    names = [name for name, _, _ in found]
+    assert names == ["train_model", "audit_and_promote"], found
+    assert all(deployment is not None and state == "COMPLETED" for _, deployment, state in found), found
+    assert str(retrain["train_flow_run_id"])
+
+
+def test_the_reports_render_on_the_reviewers_site_in_headless_chromium(
+    served: Served, prefect_api: None, tmp_path: Path
+) -> None:
+    """The site links every monitoring report; our decision page and Evidently's report render with a clean console."""
+    from governance.site import build_site
+    from tests.test_report_site import _serving, chromium
+
+    if not list((served.settings.reports_dir / "monitoring").glob("*.html")):
+        code, output = served.monitor("--family", "churn", "--no-retrain")
+        assert code == 0, output
+    site = build_site(served.settings).parent
+    with _serving(site) as base, chromium(tmp_path) as driver:
+        driver.get(base + "index.html")
+        links = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#drift ~ table a[href]')).map(a => a.href);"
+        )
+        decision = [u for u in links if not u.endswith(("-evidently.html", "-performance.html"))]
+        evidently = [u for u in links if u.endswith("-evidently.html")]
+        assert decision and evidently, links
+        driver.get(decision[0])
+        text = driver.find_element("tag name", "body").text
+        assert "Decision:" in text and "Triggers" in text and "Columns" in text
+        driver.get(evidently[0])
+        deadline = time.monotonic() + 30
+        while "drift" not in driver.find_element("tag name", "body").text.lower() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "drift" in driver.find_element("tag name", "body").text.lower()
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe == [], severe
+
+
+def test_a_schema_break_in_the_window_alerts_and_does_not_retrain(served: Served, prefect_api: None) -> None:
+    """Served rows whose inputs lost columns and gained nulls: an alert naming them, exit status 3, no retrain."""
+    configure_tracking(served.settings)
+    version = store.alias_version(MlflowClient(), NAME, "champion")
+    log_dir = served.settings.inference_log_dir
+    template = next(
+        json.loads(line)
+        for path in sorted(log_dir.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+        if '"inputs"' in line
+    )
+    start = dt.datetime.now(dt.UTC)
+    broken = []
+    for i in range(400):
+        inputs = {k: v for k, v in template["inputs"].items() if k not in ("sessions_30d", "tickets_90d")}
+        inputs["nps_last"] = None
+        broken.append({**template, "at": start.timestamp() + 1 + i / 1000, "version": version, "inputs": inputs})
+    with (log_dir / f"{start:%Y-%m-%d}.jsonl").open("a") as fh:
+        fh.write("".join(json.dumps(e) + "\n" for e in broken))
+    retrains_before = len([e for e in _decisions(served.settings) if e.get("kind") == "retrain"])
+    code, output = served.monitor("--family", "churn", "--start", start.isoformat(), "--end",
+                                  (start + dt.timedelta(minutes=5)).isoformat())  # fmt: skip
+    assert code == 3, output
+    entry = [e for e in _decisions(served.settings) if e.get("kind") == "monitoring"][-1]
+    assert entry["action"] == "alert" and entry["rows"] == 400, entry
+    checks = {(a["check"], a["column"]) for a in entry["alerts"]}
+    assert ("schema", None) in checks and ("null_spike", "nps_last") in checks, checks
+    assert "sessions_30d" in entry["why"] and "ALERT" in output
+    assert len([e for e in _decisions(served.settings) if e.get("kind") == "retrain"]) == retrains_before

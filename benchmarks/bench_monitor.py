@@ -20,8 +20,8 @@ CPU speed moves within seconds.
 
     A  ours       `monitoring.served.read_served` over the window (+ the champion-version filter the
                   monitor applies) -> `checks.null_shares` / `checks.data_quality` -> `drift.column_kinds` /
-                  `drift.dataset_drift` on every row -> `reports.evidently_drift` on `report_rows` =
-                  50,000 sampled rows per side + `save_html` to a temp file: the steps of
+                  `drift.dataset_drift` on every row -> `reports.evidently_drift` on `report_rows`
+                  (the shipped policy's) sampled rows per side + `save_html` to a temp file: the steps of
                   `monitoring.monitor.monitor_family` for the inputs, without MLflow and the prediction.
     B  Evidently  `Report([DataDriftPreset(columns=...)], include_tests=True).run(current, reference)` on
                   all the rows (`Dataset.from_pandas` with the same numerical/categorical columns
@@ -37,7 +37,7 @@ child's ru_maxrss at the end of its timed section (cross-checked with VmHWM).
 Equality (untimed): A's per-column verdicts on all rows (`dataset_drift`) against B's
 (`reports.evidently_verdicts` on B's snapshot), and the statistics (`reports.evidently_scores`):
 the number of columns whose verdict differs and the largest relative difference of the statistic.
-Also shown: how many of the report's verdicts (A's Evidently page, 50k-row samples) differ from the
+Also shown: how many of the report's verdicts (A's Evidently page, `report_rows` samples) differ from the
 all-row verdicts, for information.
 
 Targets (issue 8): at 1,000,000 rows A < 60 s spawn to done; at every size 0 verdict mismatches.
@@ -69,6 +69,7 @@ from benchmarks.child import emit as _emit
 from benchmarks.child import status_mib as _status_mib
 from benchmarks.child import timed_end as _timed_end
 from benchmarks.machine import ROOT, machine_info
+from monitoring.policy import load_policy as load_monitoring_policy
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,7 +81,7 @@ DEFAULT_WORK = Path("/tmp/custintel-bench-monitor")
 DEFAULT_SIZES = (100_000, 1_000_000)
 QUICK_SIZES = (20_000, 100_000)
 REFERENCE_ROWS = 100_000
-REPORT_ROWS = 50_000  # monitoring/policy.yaml report_rows
+REPORT_ROWS = load_monitoring_policy().report_rows  # the shipped policy's, as the monitor uses it
 DRIFT_SHARE = 0.5
 TARGET_ROWS = 1_000_000
 TARGET_SECONDS = 60.0
@@ -593,7 +594,7 @@ def _print(console: Console, results: list[dict[str, Any]]) -> None:
         console.print(
             f"  drifted (A, all rows): {len(a['drifted'])} of {len(a['methods_by_column'])} {a['drifted']}; "
             f"tests {a['methods']}; "
-            f"the 50k-row report's verdicts differ from the all-row ones on "
+            f"the {REPORT_ROWS:,}-row report's verdicts differ from the all-row ones on "
             f"{a['report_verdicts_differing_from_all_rows']}"
         )
         if cmp:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,3 +218,32 @@ def trainable(featured: Settings, tmp_path: Path) -> Settings:
     home = tmp_path / "home"
     shutil.copytree(featured.home_dir, home, ignore=shutil.ignore_patterns("mlflow.db", "artifacts"))
     return Settings(home=home, training_config=featured.training_config)
+
+
+def start_service(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`custintel serve` on a free 127.0.0.1 port with `env` added, once ready: (process, base URL)."""
+    import socket
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cli = Path(sys.executable).with_name("custintel")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([str(cli), "serve", "--port", str(port)], env={**os.environ, **env}, stdout=log,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        time.sleep(0.5)
+    process.terminate()
+    pytest.fail("the service did not become ready: " + log_path.read_text()[-3000:])

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +32,7 @@ from flows.features import run_feature_build
 from flows.train import PLAIN_STEPS as TRAIN_STEPS
 from flows.train import configure_tracking, run_training
 from governance import store
-from tests.conftest import SMALL_TRAINING_YAML
+from tests.conftest import SMALL_TRAINING_YAML, start_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -85,12 +82,6 @@ class Served:
         return next(str(m["version"]) for m in models["models"] if m["name"] == NAME)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("drifted")
@@ -117,24 +108,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     policy_path = root / "monitoring.yaml"
     policy_path.write_text(yaml.safe_dump(policy))
 
-    port = _free_port()
-    env = {**os.environ, "CUSTINTEL_HOME": str(settings.home_dir), "CUSTINTEL_SERVING_API_KEYS": KEY,
+    env = {"CUSTINTEL_HOME": str(settings.home_dir), "CUSTINTEL_SERVING_API_KEYS": KEY,
            "CUSTINTEL_SERVING_POLL_SECONDS": "1", "CUSTINTEL_TRAINING_CONFIG": str(config)}  # fmt: skip
-    log = (root / "serve.log").open("wb")
-    cli = Path(sys.executable).with_name("custintel")
-    process = subprocess.Popen([str(cli), "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None, (root / "serve.log").read_text()[-3000:]
-        time.sleep(0.5)
-    else:
-        pytest.fail("the service did not become ready: " + (root / "serve.log").read_text()[-3000:])
+    process, url = start_service(env, root / "serve.log")
     try:
         yield Served(settings, policy_path, url, process)
     finally:

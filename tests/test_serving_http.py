@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -38,6 +34,7 @@ from flows.features import run_feature_build
 from flows.train import PLAIN_STEPS as TRAIN_STEPS
 from flows.train import configure_tracking, run_training
 from governance import store
+from tests.conftest import start_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -60,12 +57,6 @@ class Server:
         return httpx.post(self.url + path, json=body, headers=headers, timeout=30, **kw)  # type: ignore[arg-type]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _promote(settings: Settings, name: str, version: str) -> None:
     configure_tracking(settings)
     store.move_champion(MlflowClient(), name, version, "test")
@@ -81,24 +72,12 @@ def server(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     for name in ("custintel-churn", "custintel-propensity", "custintel-recommendation"):
         _promote(settings, name, "1")
     run_feature_build(settings, [dt.date(2025, 6, 1)], True, FEATURE_STEPS, lambda _: None)
-    port = _free_port()
-    env = {**os.environ, "CUSTINTEL_HOME": str(home), "CUSTINTEL_SERVING_API_KEYS": f"{KEY},other-key",
-           "CUSTINTEL_SERVING_POLL_SECONDS": "1"}  # fmt: skip
-    cli = Path(sys.executable).with_name("custintel")
-    log = (home / "serve.log").open("wb")
-    process = subprocess.Popen([str(cli), "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None, (home / "serve.log").read_text()[-3000:]
-        time.sleep(0.5)
-    else:
-        pytest.fail("the service did not become ready: " + (home / "serve.log").read_text()[-3000:])
+    env = {
+        "CUSTINTEL_HOME": str(home),
+        "CUSTINTEL_SERVING_API_KEYS": f"{KEY},other-key",
+        "CUSTINTEL_SERVING_POLL_SECONDS": "1",
+    }
+    process, url = start_service(env, home / "serve.log")
     with sqlite3.connect(home / "serving" / "consent.sqlite") as con:
         withdrawn = {r[0] for r in con.execute("SELECT customer_key FROM consent WHERE status = 'withdrawn'")}
         profiling = [r[0] for r in con.execute(

@@ -107,6 +107,9 @@ TARGET_P99_MS = 25.0
 TARGET_P99_CONCURRENCY = 8
 TARGET_BATCH_ROWS = 20_000.0
 STAGES = ("generate", "ingest", "resolve", "features", "train")
+# A cached stage made by an older version of its step is made again (with every stage after it). features 2:
+# the online sets record their columns, which the service needs to read only the sets a model uses.
+STAGE_VERSIONS = {"features": 2}
 MARKERS = {"A": '"status":"scored"', "B": '"score":'}  # once per scored row in each server's answer
 NAMES = {"A": "A service (BentoML)", "B": "B bare FastAPI"}
 
@@ -314,13 +317,30 @@ def _bare_app(home: str, threads: int | None) -> Any:
     return app
 
 
+BARE_ENV = "CUSTINTEL_BENCH_BARE"  # the bare server's parameters, for each of its worker processes
+
+
+def _bare_factory() -> Any:
+    """The bare app, built in each uvicorn worker process from the parameters in BARE_ENV."""
+    p = json.loads(os.environ[BARE_ENV])
+    return _bare_app(p["home"], p.get("threads"))
+
+
 def _serve_bare(argv: list[str]) -> int:
     import uvicorn
 
     p = json.loads(argv[0])
-    app = _bare_app(p["home"], p.get("threads"))
-    # One worker, like the service's one BentoML worker; no access log, like the service.
-    uvicorn.run(app, host="127.0.0.1", port=p["port"], workers=1, log_level="warning", access_log=False)
+    os.environ[BARE_ENV] = argv[0]
+    # As many worker processes as the service runs (--workers); no access log, like the service.
+    uvicorn.run(
+        f"{MODULE}:_bare_factory",
+        factory=True,
+        host="127.0.0.1",
+        port=p["port"],
+        workers=p.get("workers", 1),
+        log_level="warning",
+        access_log=False,
+    )
     return 0
 
 
@@ -527,7 +547,7 @@ def _prepare(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     }
     redo = False
     for stage in STAGES:
-        redo = redo or stage not in done
+        redo = redo or stage not in done or done[stage].get("version", 1) != STAGE_VERSIONS.get(stage, 1)
         if not redo:
             bench.console.log(f"{stage}: reused ({done[stage]['seconds']:,.0f} s when made)")
             continue
@@ -535,7 +555,8 @@ def _prepare(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
             shutil.rmtree(home, ignore_errors=True)  # a new drop: a new lake and everything after it
         run = bench.child(stage, f"setup: {stage} ({args.customers:,} customers)", params)
         kept = {k: v for k, v in run.data.items() if k in ("rows", "customers", "online_as_of", "version", "metrics")}
-        done[stage] = {"seconds": round(run.seconds, 1), "at": dt.datetime.now().isoformat(), **kept}
+        done[stage] = {"seconds": round(run.seconds, 1), "at": dt.datetime.now().isoformat(),
+                       "version": STAGE_VERSIONS.get(stage, 1), **kept}  # fmt: skip
         base.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
     return {"home": home, "state": state}
@@ -647,16 +668,17 @@ def _log_lines(home: Path) -> int:
 
 
 def _start_servers(
-    home: Path, run_dir: Path, poll_seconds: float | None, bare_threads: int | None
+    home: Path, run_dir: Path, poll_seconds: float | None, bare_threads: int | None, workers: int
 ) -> dict[str, Server]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTINTEL_")}
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    a_env = {**env, "CUSTINTEL_HOME": str(home), "CUSTINTEL_SERVING_API_KEYS": API_KEY}
+    a_env = {**env, "CUSTINTEL_HOME": str(home), "CUSTINTEL_SERVING_API_KEYS": API_KEY,
+             "CUSTINTEL_SERVING_WORKERS": str(workers)}  # fmt: skip
     if poll_seconds is not None:
         a_env["CUSTINTEL_SERVING_POLL_SECONDS"] = str(poll_seconds)
     custintel = str(Path(sys.executable).with_name("custintel"))
     a_port, b_port = _free_port(), _free_port()
-    b_params = json.dumps({"home": str(home), "port": b_port, "threads": bare_threads})
+    b_params = json.dumps({"home": str(home), "port": b_port, "threads": bare_threads, "workers": workers})
     return {
         "A": Server(
             NAMES["A"],
@@ -764,7 +786,8 @@ def _print(console: Console, an: dict[str, Any], info: dict[str, Any], args: arg
     n = args.repeats
     t = Table(
         title=f"/churn/score: {info['world']}, {args.duration:g} s per level after "
-        f"{args.warmup:g} s warm-up, median of {n} alternating run{'s' if n > 1 else ''}"
+        f"{args.warmup:g} s warm-up, median of {n} alternating run{'s' if n > 1 else ''}, "
+        f"{args.workers} worker process{'es' if args.workers > 1 else ''} per server"
     )
     for col in (
         "level",
@@ -855,7 +878,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"cache and results (default {DEFAULT_WORK})")
     ap.add_argument("--concurrency", default="1,8,32", help="single-request concurrency levels (default 1,8,32)")
-    ap.add_argument("--batch-concurrency", default="1", help="batch calls in flight, comma-separated; '' for none")
+    ap.add_argument(
+        "--batch-concurrency", default="1,2", help="batch calls in flight, comma-separated (default 1,2); '' for none"
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of both servers (A: CUSTINTEL_SERVING_WORKERS, B: uvicorn's), default 1",
+    )
     ap.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="customers per batch call (default 1000)")
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per level and contender")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each window")
@@ -872,6 +903,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.batch_concurrency = [int(c) for c in args.batch_concurrency.split(",") if c.strip()]
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
     if args.repeats < 1 or args.duration <= 0 or args.warmup < 0 or not 1 <= args.batch_size <= 1000:
         ap.error("--repeats >= 1, --duration > 0, --warmup >= 0, 1 <= --batch-size <= 1000 (the policy's maximum)")
     if args.keys < args.batch_size:
@@ -951,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
             first_key = json.loads(keys_file.read_text(encoding="utf-8"))[0]
             probe = json.dumps({"customer_key": first_key}).encode()
             log_before = _log_lines(home)
-            servers = _start_servers(home, run_dir, args.poll_seconds, args.bare_threads)
+            servers = _start_servers(home, run_dir, args.poll_seconds, args.bare_threads, args.workers)
             task = bench.progress.add_task("starting both servers (BentoML's start-up takes a while)", total=None)
             try:
                 servers["A"].wait_ready(probe, API_KEY, MARKERS["A"], 300)

@@ -136,6 +136,13 @@ class Settings(BaseSettings):
     serving_poll_seconds: float = Field(
         default=10.0, gt=0, description="How often the service asks the registry whether @champion moved."
     )
+    serving_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="BentoML worker processes of the service (each loads the champions; one per core suits "
+        "bulk scoring with several batch calls in flight).",
+    )
     serving_log_salt: str | None = Field(
         default=None, description="Salt of the customer-key hash in the inference log (set it in production)."
     )

@@ -944,10 +944,18 @@ def serve(
     refresh_consent: Annotated[
         bool, typer.Option(help="Rebuild the consent snapshot from the lake and identity store first.")
     ] = True,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=64, help="Worker processes (default CUSTINTEL_SERVING_WORKERS, else 1); one per core for bulk."
+        ),
+    ] = None,
 ) -> None:
     """Serve the champions with BentoML (`bentoml serve serving.service:Custintel`): scores, recommendations."""
     settings = _settings()
     env = serving_environment(settings)
+    if workers is not None:
+        env["CUSTINTEL_SERVING_WORKERS"] = str(workers)
     if not settings.api_keys and not settings.serving_allow_anonymous:
         raise _fail("set CUSTINTEL_SERVING_API_KEYS (comma-separated), or CUSTINTEL_SERVING_ALLOW_ANONYMOUS=true")
     if refresh_consent:

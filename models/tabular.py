@@ -107,8 +107,12 @@ def _as_float(value: Any) -> float:
 _PLAIN_NUMBERS = frozenset({float, int, bool, type(None)})  # what float() and NumPy convert alike
 
 
-def _numeric_block(records: Sequence[Mapping[str, Any]], columns: list[str]) -> np.ndarray:
-    """The records' values of `columns` as floats, as `_as_float` makes them."""
+def _numeric_block(records: Sequence[Mapping[str, Any]], columns: list[str], checked: bool = False) -> np.ndarray:
+    """The records' values of `columns` as floats, as `_as_float` makes them.
+
+    `checked`: the caller knows every value is a plain number (int, float, bool) or None, so
+    the values' types are not inspected.
+    """
     rows: list[Any]
     if len(columns) == 1:
         rows = [r.get(columns[0]) for r in records]
@@ -119,7 +123,7 @@ def _numeric_block(records: Sequence[Mapping[str, Any]], columns: list[str]) -> 
         except KeyError:  # a record without some column: None (missing), as `.get` gives
             rows = [tuple(r.get(c) for c in columns) for r in records]
     flat = chain.from_iterable(rows) if len(columns) > 1 else rows
-    if set(map(type, flat)) <= _PLAIN_NUMBERS:
+    if checked or set(map(type, flat)) <= _PLAIN_NUMBERS:
         try:
             return np.array(rows, dtype=float).reshape(len(records), len(columns))  # None becomes NaN
         except OverflowError:
@@ -162,20 +166,21 @@ class FramePreparer(TransformerMixin, BaseEstimator):
             out[c] = pd.Categorical(text, categories=self.categories_[c])
         return pd.DataFrame(out, index=X.index)
 
-    def records_matrix(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    def records_matrix(self, records: Sequence[Mapping[str, Any]], numbers_checked: bool = False) -> np.ndarray:
         """`transform`'s inputs as a float matrix, without pandas: for serving a few rows fast.
 
         Numbers as floats (anything unparsable missing), categories as their codes in the fitted
         order (unseen or missing: NaN), columns in `transform`'s order. A LightGBM model fitted
         on `transform`'s frame reads exactly these codes for its categorical features. Numbers
         are converted a whole block at a time when every value is a plain JSON number or null,
-        value by value otherwise.
+        value by value otherwise; `numbers_checked` says the caller knows the numeric columns'
+        values are plain numbers or null (the online store's typed documents), so they are not inspected.
         """
         check_is_fitted(self, "categories_")
         numeric, categorical = list(self.numeric), list(self.categorical)
         out = np.full((len(records), len(numeric) + len(categorical)), np.nan)
         if numeric and records:
-            out[:, : len(numeric)] = _numeric_block(records, numeric)
+            out[:, : len(numeric)] = _numeric_block(records, numeric, numbers_checked)
         for k, c in enumerate(categorical, start=len(numeric)):
             codes = {v: float(i) for i, v in enumerate(self.categories_[c])}
             out[:, k] = [np.nan if (v := r.get(c)) is None else codes.get(str(v), np.nan) for r in records]

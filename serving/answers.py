@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.runtime import Runtime, ServedModel, ServingError, score_records
+from serving.runtime import PARALLEL_ROWS, Runtime, ServedModel, ServingError, score_records
 from serving.schemas import (
     ModelRef,
     ProductScore,
@@ -54,8 +54,11 @@ def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: st
     answers: list[dict[str, Any] | None] = [None] * len(requests)
     consents = runtime.check_consents([r.customer_key for r in requests], purpose)
     wanted = [r.customer_key for r, (why, _) in zip(requests, consents, strict=True) if why is None and r.customer_key]
-    stored = runtime.customers_features(wanted) if wanted else {}
-    rows, at, masked_rows = [], [], []
+    found = runtime.model_features(model, wanted) if wanted else None
+    stored = found.rows if found is not None else {}
+    texts = found.texts if found is not None else {}
+    rows, at, masked_rows, logged_texts = [], [], [], []
+    from_store = 0  # rows scored exactly as stored
     for i, (request, (reason, masked)) in enumerate(zip(requests, consents, strict=True)):
         key = request.customer_key
         if reason is not None:
@@ -67,6 +70,8 @@ def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: st
             rows.append(values)
             at.append(i)
             masked_rows.append(masked)
+            logged_texts.append(texts.get(key) if key else None)
+            from_store += 1
             continue
         field = f"customers[{i}]" if many else "body"
         try:
@@ -79,10 +84,16 @@ def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: st
         rows.append(values)
         at.append(i)
         masked_rows.append(masked)
+        logged_texts.append(None)
     if rows:
-        scores, reasons = score_records(
-            model.model, rows, [c for c in model.columns if c != "product_id"], runtime.policy.reasons
-        )
+        view = found.view if found is not None else None
+        numeric = model.numeric_inputs
+        checked = view is not None and from_store == len(rows) and numeric is not None and numeric <= view.numeric
+        with runtime.scoring_alone() as alone:
+            threads = runtime.batch_threads if alone and len(rows) >= PARALLEL_ROWS else 1
+            scores, reasons = score_records(
+                model.model, rows, model.inputs, runtime.policy.reasons, numbers_checked=checked, threads=threads
+            )
         threshold = model.threshold
         keys, logged = [], []
         for i, score, row, masked, top in zip(at, scores.tolist(), rows, masked_rows, reasons, strict=True):
@@ -97,17 +108,20 @@ def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: st
                           "reasons": why}  # fmt: skip
             keys.append(key)
             logged.append({"score": score, "decision": decision})
-        runtime.audit_scored(caller, "/churn/score", model, keys, logged, masked_rows, rows)
+        runtime.audit_scored(caller, "/churn/score", model, keys, logged, masked_rows, rows, logged_texts)
     return [a for a in answers if a is not None]
 
 
-_FLOAT = float
+_FLOAT, _INT = float, int
 
 
 def _reason_value(value: Any) -> float | str | None:
-    # `feature_value`, with its common case (a finite float) first
-    if type(value) is _FLOAT and value - value == 0.0:
+    # `feature_value`, with its common cases (a finite float, an integer) first
+    kind = type(value)
+    if kind is _FLOAT and value - value == 0.0:
         return value
+    if kind is _INT:
+        return _FLOAT(value)
     return feature_value(value)
 
 

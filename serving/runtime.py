@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import fcntl
 import hashlib
+import json
 import logging
 import math
+import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import itemgetter
@@ -89,6 +93,13 @@ class ServedModel:
         except KeyError:
             return {c: values.get(c) for c in self.inputs}
         return dict(zip(self.inputs, taken, strict=False)) if self._several else {c: taken for c in self.inputs}
+
+    @cached_property
+    def numeric_inputs(self) -> frozenset[str] | None:
+        """The inputs the model's preparation step reads as numbers (None: not a `FramePreparer` pipeline)."""
+        pipeline = inner_pipeline(self.model) if self.family != "recommendation" else None
+        numeric = getattr(pipeline[0], "numeric", None) if pipeline is not None else None
+        return None if numeric is None else frozenset(numeric)
 
     @cached_property
     def _several(self) -> bool:
@@ -185,36 +196,52 @@ def score_with_reasons(
         scores = np.asarray(model.predict_proba(frame))[:, 1]
     else:
         scores = _from_raw(model, pipeline, contributions.sum(axis=1), how)
-    features = contributions[:, :-1]
-    names = list(prepared.columns)
-    top = np.argsort(-features, axis=1, kind="stable")[:, :n_reasons]
-    reasons = [[(names[j], float(features[i, j])) for j in top[i] if features[i, j] > 0] for i in range(len(features))]
-    return scores, reasons
+    return scores, _top_reasons(contributions[:, :-1], [str(c) for c in prepared.columns], n_reasons)
 
 
-# From this many rows, LightGBM computes contributions on every core. On 2 shared cores a batch of 1,000
-# cost 12 ms of CPU less per call on one thread (the other core serves the callers): a batch within the
-# policy's limit stays on one thread.
-PARALLEL_ROWS = 4096
+# Batches from this many rows may compute contributions on every core (when no other batch is being scored,
+# `Runtime.scoring_alone`); smaller ones, and batches scored side by side, use one thread each.
+PARALLEL_ROWS = 256
 _FAST: dict[int, str] = {}  # id(model) -> "raw" | "proba" (the pandas-free route is exact) or "pandas"
 
 
-def _fast_contributions(pipeline: Pipeline, records: Sequence[dict[str, Any]]) -> tuple[np.ndarray, list[str]]:
+def _fast_contributions(
+    pipeline: Pipeline, records: Sequence[dict[str, Any]], numbers_checked: bool = False, threads: int = 1
+) -> tuple[np.ndarray, list[str]]:
     prepare, booster = pipeline[0], pipeline[-1].booster_
-    matrix = prepare.records_matrix(records)
-    # One thread for a request's few rows (starting more costs more than it saves); all cores for a batch.
-    threads = 1 if len(matrix) < PARALLEL_ROWS else 0
+    matrix = prepare.records_matrix(records, numbers_checked=numbers_checked)
     contributions = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=threads))
     return contributions, [*prepare.numeric, *prepare.categorical]
 
 
 def _top_reasons(features: np.ndarray, names: list[str], n: int) -> list[list[tuple[str, float]]]:
-    top = np.argsort(-features, axis=1, kind="stable")[:, :n]
-    return [[(names[j], float(features[i, j])) for j in top[i] if features[i, j] > 0] for i in range(len(features))]
+    """Per row, the (feature, contribution) pairs of its `n` largest positive contributions, largest first.
+
+    Equal contributions keep column order (a stable sort's first `n`): `n` passes of argmax, which
+    takes the first of equal maxima, cost a tenth of sorting every row.
+    """
+    n = min(n, features.shape[1])
+    left = features.copy()
+    rows = np.arange(len(left))
+    top = np.empty((len(left), n), dtype=np.intp)
+    values = np.empty((len(left), n))
+    for k in range(n):
+        top[:, k] = best = left.argmax(axis=1)
+        values[:, k] = left[rows, best]
+        left[rows, best] = -np.inf
+    return [
+        [(names[j], c) for j, c in zip(columns, contributions, strict=True) if c > 0]
+        for columns, contributions in zip(top.tolist(), values.tolist(), strict=True)
+    ]
 
 
 def score_records(
-    model: Any, records: Sequence[dict[str, Any]], columns: Sequence[str], n_reasons: int
+    model: Any,
+    records: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    n_reasons: int,
+    numbers_checked: bool = False,
+    threads: int = 1,
 ) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
     """`score_with_reasons` for JSON-like records, without pandas where that is exact.
 
@@ -222,6 +249,9 @@ def score_records(
     LightGBM call gives the contributions, whose sum gives the (calibrated) probability. The
     first call for a model compares this route with the pandas pipeline on the same rows and
     keeps it only if scores and reasons agree; otherwise the model is always scored through pandas.
+    `numbers_checked`: the caller knows every numeric input is a JSON number or null (the
+    online store's typed documents), so the values are not inspected one by one. `threads`:
+    LightGBM's threads for the contributions (0: every core).
     """
     pipeline = inner_pipeline(model)
     route = _FAST.get(id(model))
@@ -237,7 +267,7 @@ def score_records(
             )
         return scores, reasons
     assert pipeline is not None
-    contributions, names = _fast_contributions(pipeline, records)
+    contributions, names = _fast_contributions(pipeline, records, numbers_checked, threads)
     scores = _from_raw(model, pipeline, contributions.sum(axis=1), route)
     return scores, _top_reasons(contributions[:, :-1], names, n_reasons) if n_reasons else [[] for _ in records]
 
@@ -393,8 +423,17 @@ class InferenceLog:
                     lines.append(dumps(item, default=str, option=option))
             if lines:
                 day = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
-                with (self.folder / f"{day}.jsonl").open("ab") as fh:
-                    fh.write(b"\n".join(lines) + b"\n")
+                lines.append(b"")
+                with (self.folder / f"{day}.jsonl").open("ab", buffering=0) as fh:
+                    # Several worker processes append to the same day file: one locked write per flush keeps
+                    # each one's lines whole.
+                    fcntl.flock(fh, fcntl.LOCK_EX)
+                    try:
+                        data = memoryview(b"\n".join(lines))
+                        while data:
+                            data = data[fh.write(data) or 0 :]
+                    finally:
+                        fcntl.flock(fh, fcntl.LOCK_UN)
             if stopping:
                 return
 
@@ -426,6 +465,13 @@ class Runtime:
         self.caps = FrequencyCaps(settings, policy.frequency_cap.max_impressions, policy.frequency_cap.window_days)
         salt = settings.serving_log_salt or "custintel"
         self.log = InferenceLog(settings.inference_log_dir, policy.audit.customer_key, salt)
+        self._sets: tuple[float, dict[str, dict[str, Any]]] | None = None  # (read at, the online sets' metadata)
+        self._views: dict[tuple[str, str, int], SetView] = {}
+        self._decided: dict[Any, Any] = {}  # consent decisions by (status, birth date), for one day and purpose
+        self._scoring = 0  # batches being scored right now
+        self._scoring_lock = threading.Lock()
+        # A batch scored alone may use this worker's share of the cores for LightGBM's contributions.
+        self.batch_threads = max(1, (os.cpu_count() or 1) // settings.serving_workers)
         mlflow.set_tracking_uri(settings.tracking_uri)
         mlflow.set_registry_uri(settings.tracking_uri)
         self.refresh()
@@ -490,10 +536,33 @@ class Runtime:
 
     def customers_features(self, customer_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         """`customer_features` of many customers in one store round trip (unknown ones left out)."""
-        if len(customer_keys) == 1:
-            one = self.customer_features(customer_keys[0])
-            return {} if one is None else {customer_keys[0]: one}
-        return {k: _merged_raw(docs) for k, docs in self._online().raw_documents_many(customer_keys).items()}
+        return _merged_many(self._online().raw_documents_many(customer_keys), None).rows
+
+    def model_features(self, model: ServedModel, customer_keys: Sequence[str]) -> StoredFeatures:
+        """What the online store holds for many customers, as one model reads it: one round trip.
+
+        Only the sets holding the model's inputs are read and parsed (for churn that leaves out
+        the per-product lists, nearly half the bytes), and where those sets' documents hold exactly
+        the model's inputs the answer keeps each customer's inputs as JSON text, which the
+        inference log writes as it is.
+        """
+        view = self._view(model)
+        found = self._online().raw_documents_many(customer_keys, view.set_keys)
+        return _merged_many(found, view)
+
+    def _view(self, model: ServedModel) -> SetView:
+        now = time.monotonic()
+        cached = self._sets
+        if cached is None or now - cached[0] > SETS_SECONDS:
+            cached = self._sets = (now, self._online().sets())
+        metas = cached[1]
+        key = (model.name, model.version, id(metas))
+        view = self._views.get(key)
+        if view is None:
+            if len(self._views) > 64:
+                self._views.clear()
+            view = self._views[key] = set_view(metas, model.inputs)
+        return view
 
     def feature_row(
         self,
@@ -533,7 +602,12 @@ class Runtime:
         if len(keys) <= 1:
             return [self.check_consent(k, purpose) for k in customer_keys]
         found, today = self.consent.purpose_many(keys, purpose), dt.date.today()
-        decided: dict[tuple[str | None, str | None], tuple[str | None, bool]] = {}  # few distinct (status, birth)
+        # Decisions follow from (status, birth date) on a given day: kept across calls for that day (a few
+        # thousand distinct pairs), since deciding costs more than the lookup.
+        cache = self._decided
+        if cache.get("day") != (today, purpose) or len(cache) > DECISIONS_KEPT:
+            cache = self._decided = {"day": (today, purpose)}
+        decided: Any = cache
         out: list[tuple[str | None, bool]] = []
         for k in customer_keys:
             if k is None:
@@ -548,6 +622,18 @@ class Runtime:
                 decision = decided[seen] = decide_consent(consent, purpose, self.policy, today)
             out.append(decision)
         return out
+
+    @contextmanager
+    def scoring_alone(self) -> Iterator[bool]:
+        """While scoring a batch: whether it is the only batch being scored (it may then use every core)."""
+        with self._scoring_lock:
+            self._scoring += 1
+            alone = self._scoring == 1
+        try:
+            yield alone
+        finally:
+            with self._scoring_lock:
+                self._scoring -= 1
 
     # -- the log -------------------------------------------------------------------------------------------
     def audit(self, caller: str, endpoint: str, model: ServedModel, customer_key: str | None,
@@ -573,19 +659,10 @@ class Runtime:
 
     def audit_scored(self, caller: str, endpoint: str, model: ServedModel, customer_keys: Sequence[str | None],
                      answers: Sequence[dict[str, Any]], masked: Sequence[bool],
-                     inputs: Sequence[dict[str, Any]]) -> None:  # fmt: skip
-        """`audit` of many answers given (not suppressed), queued as one batch: the same entries."""
-        at, key, log_inputs = time.time(), self.log.key, self.policy.audit.log_inputs
-        take = model.input_values
-        entries = []
-        for customer_key, answer, hidden, row in zip(customer_keys, answers, masked, inputs, strict=True):
-            entry = {"at": at, "caller": caller, "endpoint": endpoint, "model": model.name, "version": model.version,
-                     "customer": None if hidden else key(customer_key), "answer": answer}  # fmt: skip
-            if log_inputs and not hidden:
-                entry["as_of"] = row.get(AS_OF)
-                entry["inputs"] = take(row)
-            entries.append(entry)
-        self.log.record_many(entries)
+                     inputs: Sequence[dict[str, Any]], texts: Sequence[str | None] | None = None) -> None:  # fmt: skip
+        """`audit` of many answers given (not suppressed), queued as one batch: the same entries (`audit_entries`)."""
+        self.log.record_many(audit_entries(self.policy, self.log, caller, endpoint, model, customer_keys, answers,
+                                           masked, inputs, texts))  # fmt: skip
 
     def close(self) -> None:
         """Flush the log."""
@@ -593,6 +670,30 @@ class Runtime:
 
 
 AS_OF = "_as_of"  # the stored features' cutoff, kept beside them for the inference log (not a model input)
+
+
+def audit_entries(policy: ServingPolicy, log: InferenceLog, caller: str, endpoint: str, model: ServedModel,
+                  customer_keys: Sequence[str | None], answers: Sequence[dict[str, Any]], masked: Sequence[bool],
+                  inputs: Sequence[dict[str, Any]],
+                  texts: Sequence[str | None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The inference-log entries of answers given (not suppressed), as `Runtime.audit` writes them one by one.
+
+    `inputs`: per answer, the mapping the model read its columns from. `texts`: per answer, those
+    columns as JSON text when the caller has it (`StoredFeatures.texts`), written into the entry
+    as it is instead of being taken from the mapping and serialised again.
+    """
+    at, key, log_inputs = time.time(), log.key, policy.audit.log_inputs
+    take, fragment = model.input_values, orjson.Fragment
+    entries = []
+    for i, (customer_key, answer, hidden, row) in enumerate(zip(customer_keys, answers, masked, inputs, strict=True)):
+        entry = {"at": at, "caller": caller, "endpoint": endpoint, "model": model.name, "version": model.version,
+                 "customer": None if hidden else key(customer_key), "answer": answer}  # fmt: skip
+        if log_inputs and not hidden:
+            entry["as_of"] = row.get(AS_OF)
+            text = texts[i] if texts is not None else None
+            entry["inputs"] = take(row) if text is None else fragment(text)
+        entries.append(entry)
+    return entries
 
 
 def _merged(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -608,27 +709,107 @@ def _merged(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+DECISIONS_KEPT = 100_000  # consent decisions kept by (status, birth date) before the cache starts over
+SETS_SECONDS = 1.0  # how long the runtime reuses the online sets' metadata before reading it again
+
+
+@dataclass(frozen=True)
+class SetView:
+    """Which online sets a model reads, and what their documents promise.
+
+    `set_keys`: the sets holding any of the model's inputs (None: every set, when the store does
+    not record its sets' columns). `exact`: those sets are flat, share no column, and together
+    hold exactly the model's inputs, so a customer's documents joined are the model's inputs
+    as JSON. `numbers_checked`: moreover every numeric input is a JSON number or null in them.
+    """
+
+    set_keys: tuple[str, ...] | None
+    exact: bool = False
+    numeric: frozenset[str] = frozenset()
+
+
+def set_view(metas: dict[str, dict[str, Any]], inputs: Sequence[str]) -> SetView:
+    """The sets a model with these inputs reads, from the online store's metadata (`OnlineStore.sets`)."""
+    if not metas or any(not isinstance(m.get("columns"), list) for m in metas.values()):
+        return SetView(None)
+    wanted = set(inputs)
+    chosen = [k for k, m in sorted(metas.items()) if wanted & set(m["columns"])]
+    columns = [c for k in chosen for c in metas[k]["columns"]]
+    exact = (
+        bool(chosen)
+        and not any(metas[k].get("grouped") for k in chosen)
+        and len(columns) == len(set(columns)) == len(wanted)
+        and set(columns) == wanted
+    )
+    numeric = frozenset(c for k in chosen for c in metas[k].get("numeric", ())) if exact else frozenset()
+    return SetView(tuple(chosen), exact, numeric)
+
+
+@dataclass
+class StoredFeatures:
+    """Many customers' stored features as a model reads them (`Runtime.model_features`).
+
+    `rows`: per customer found, the documents merged (a later set's value wins) with the
+    newest cutoff under AS_OF. `texts`: per customer whose documents hold exactly the model's
+    inputs (`SetView.exact`, every chosen set present), those inputs as JSON text.
+    """
+
+    rows: dict[str, dict[str, Any]]
+    texts: dict[str, str] = field(default_factory=dict)
+    view: SetView | None = None
+
+
 _CUTOFF_FIRST = '{"as_of":"'  # how the feature store writes a document: its cutoff first
 
 
-def _merged_raw(docs: list[str]) -> dict[str, Any]:
-    """`_merged` of raw JSON documents (in set-key order), parsed as one object where that is exact.
+def _merged_many(found: dict[str, list[str]], view: SetView | None) -> StoredFeatures:
+    """`_merged` of many customers' raw JSON documents (each customer's in set-key order), parsed in one call.
 
-    The feature store writes each document as a flat object with its cutoff first, so the bodies
-    joined into one object parse into what merging the parsed documents gives (a later key wins,
-    as in `dict.update`), and each cutoff is read off its document's start. Anything else is
-    parsed document by document.
+    The feature store writes each document as a flat object with its cutoff first, so a
+    customer's document bodies after their cutoffs, joined into one object, are their features
+    merged (a later key wins when parsed, as in `dict.update`), and each cutoff is read off its
+    document's start; all customers' objects then parse as one JSON array. Anything else is
+    parsed document by document. Values JSON has no word for (NaN, infinities) are read as Python's
+    `json` reads them.
     """
-    cutoffs = []
-    for doc in docs:
-        end = doc.find('"', 10)
-        if not doc.startswith(_CUTOFF_FIRST) or doc[-1] != "}" or end <= 10 or "\\" in doc[10:end]:
-            return _merged({str(i): orjson.loads(d) for i, d in enumerate(docs)})
-        cutoffs.append(doc[10:end])
-    merged: dict[str, Any] = orjson.loads("{" + ",".join([d[1:-1] for d in docs]) + "}")
-    del merged["as_of"]
-    merged[AS_OF] = max(cutoffs)
-    return merged
+    texts, cutoffs = [], []
+    for docs in found.values():
+        parts, newest = [], ""
+        for doc in docs:
+            end = doc.find('"', 10)
+            if not doc.startswith(_CUTOFF_FIRST) or doc[-1] != "}" or end <= 10 or "\\" in doc[10:end]:
+                return _merged_slowly(found)
+            after = doc[end + 1]
+            if after == ",":
+                parts.append(doc[end + 2 : -1])
+            elif after != "}":
+                return _merged_slowly(found)
+            cutoff = doc[10:end]
+            if cutoff > newest:
+                newest = cutoff
+        texts.append("{" + ",".join(parts) + "}")
+        cutoffs.append(newest)
+    parsed: list[dict[str, Any]] = _loads("[" + ",".join(texts) + "]")
+    rows = {}
+    for key, row, cutoff in zip(found, parsed, cutoffs, strict=True):
+        row[AS_OF] = cutoff
+        rows[key] = row
+    kept: dict[str, str] = {}
+    if view is not None and view.exact and view.set_keys is not None:
+        complete = len(view.set_keys)
+        kept = {k: t for (k, docs), t in zip(found.items(), texts, strict=True) if len(docs) == complete}
+    return StoredFeatures(rows, kept, view)
+
+
+def _merged_slowly(found: dict[str, list[str]]) -> StoredFeatures:
+    return StoredFeatures({k: _merged({str(i): _loads(d) for i, d in enumerate(v)}) for k, v in found.items()})
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # NaN and infinities, which orjson refuses
 
 
 def finite(value: Any) -> Any:

@@ -57,10 +57,18 @@ def _answer(call: Callable[[], T], ctx: bentoml.Context) -> T | JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
 
 
+def _workers() -> int:
+    """Worker processes, from CUSTINTEL_SERVING_WORKERS (`custintel serve --workers`); read when BentoML imports us."""
+    try:
+        return Settings().serving_workers
+    except ValueError:
+        return 1  # a bad value is refused by `custintel serve` and again when a worker builds its Settings
+
+
 @bentoml.asgi_app(extra, path="/")
 @bentoml.service(
     name="custintel",
-    workers=1,
+    workers=_workers(),
     threads=8,
     traffic={"timeout": 30},
     logging={"access": {"enabled": False}},

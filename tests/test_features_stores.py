@@ -449,6 +449,14 @@ def test_the_materialised_backends_agree_for_every_customer(built_home: BuiltHom
     assert len(active) == online["relationship@1"]["customers"] > 1000
     assert len(active) < len(keys)  # customers without an open account are not served
     assert all(set(FEATURE_SETS) <= set(doc) <= set(ONLINE_SETS) for doc in found.values() if doc is not None)
+    # Each set records its layout: the columns every document holds (nulls written), the numeric ones, grouped
+    for key, meta in sets.items():
+        docs = [doc[key] for doc in found.values() if doc is not None and key in doc]
+        assert docs and all([c for c in d if c != "as_of"] == meta["columns"] for d in docs), key
+        assert meta["grouped"] == (meta["columns"] == ["items"]), key
+        numbers = {c for c in meta["columns"] if all(isinstance(d[c], int | float | None) for d in docs)}
+        assert set(meta["numeric"]) <= numbers, key
+        assert numbers - set(meta["numeric"]) <= {c for c in numbers if all(d[c] is None for d in docs)}, key
 
 
 @pytest.mark.integration

@@ -344,21 +344,114 @@ def test_refresh_loads_the_champions_there_are_and_is_not_degraded_by_missing_on
 
 def test_raw_documents_merge_like_parsed_ones(tmp_path: Path) -> None:
     from features.featurestore.online import SQLiteOnlineStore
-    from serving.runtime import _merged, _merged_raw
+    from serving.runtime import _merged, _merged_many
 
     store = SQLiteOnlineStore(tmp_path / "online.sqlite")
     store.replace_set(
         "b@1", [("k1", '{"as_of":"2025-02-01","x":2,"y":null}'), ("k2", '{"as_of":"2025-03-01","y":"z"}')], {}
     )
-    store.replace_set("a@1", [("k1", '{"as_of":"2025-01-01","x":1,"w":[{"p":1}]}')], {})
-    store.replace_set("c@1", [("k1", '{ "x": 3 }')], {})  # not as the feature store writes: parsed one by one
-    keys = ["k2", "k1", "k3", "k1"]
+    store.replace_set("a@1", [("k1", '{"as_of":"2025-01-01","x":1,"w":[{"p":1}]}'), ("k4", '{"as_of":"2025-01-01"}')],
+                      {})  # fmt: skip
+    keys = ["k2", "k1", "k3", "k1", "k4"]
     raw = store.raw_documents_many(keys)
-    assert set(raw) == {"k1", "k2"}
+    assert set(raw) == {"k1", "k2", "k4"}
+    assert store.raw_documents_many(keys, ["a@1"]) == {"k1": [raw["k1"][0]], "k4": raw["k4"]}
+    merged = _merged_many(raw, None).rows
     for key, docs in store.lookup_many(keys).items():
-        assert _merged_raw(raw[key]) == _merged(docs)
-        assert _merged_raw(raw[key][:2]) == _merged(dict(list(docs.items())[:2]))
+        assert merged[key] == _merged(docs)
+        assert _merged_many({key: raw[key][:1]}, None).rows[key] == _merged(dict(list(docs.items())[:1]))
+    store.replace_set("c@1", [("k1", '{ "x": 3 }')], {})  # not as the feature store writes: parsed one by one
+    raw = store.raw_documents_many(keys)
+    assert _merged_many(raw, None).rows == {k: _merged(d) for k, d in store.lookup_many(keys).items()}
+    # NaN and infinities, which orjson refuses, read as Python's json reads them
+    nan = _merged_many({"k": ['{"as_of":"2025-01-01","x":NaN,"y":-Infinity}']}, None).rows["k"]
+    assert np.isnan(nan["x"]) and nan["y"] == float("-inf") and nan["_as_of"] == "2025-01-01"
     store.close()
+
+
+def test_a_model_reads_only_the_sets_holding_its_inputs() -> None:
+    from serving.runtime import SetView, set_view
+
+    metas = {
+        "a@1": {"columns": ["x", "y"], "numeric": ["x", "y"], "grouped": False},
+        "b@1": {"columns": ["plan"], "numeric": [], "grouped": False},
+        "items@1": {"columns": ["items"], "numeric": [], "grouped": True},
+    }
+    assert set_view(metas, ["x", "y", "plan"]) == SetView(("a@1", "b@1"), True, frozenset({"x", "y"}))
+    assert set_view(metas, ["x"]) == SetView(("a@1",), False)  # y would be logged as an input: not exact
+    assert set_view(metas, ["x", "y", "plan", "other"]) == SetView(("a@1", "b@1"), False)
+    assert set_view(metas, ["x", "y", "items"]) == SetView(("a@1", "items@1"), False)  # grouped: not flat
+    overlapping = {**metas, "c@1": {"columns": ["y"], "numeric": ["y"], "grouped": False}}
+    assert set_view(overlapping, ["x", "y", "plan"]) == SetView(("a@1", "b@1", "c@1"), False)
+    assert set_view({**metas, "old@1": {"as_of": "2025-01-01"}}, ["x"]) == SetView(None)  # columns unrecorded
+    assert set_view({}, ["x"]) == SetView(None)
+
+
+def test_stored_texts_are_the_model_inputs_the_log_would_write(tmp_path: Path) -> None:
+    """The JSON text kept for the log parses to what `input_values` takes from the merged row."""
+    import orjson
+
+    from features.featurestore.online import SQLiteOnlineStore
+    from serving.runtime import ServedModel, _merged_many, set_view
+
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    store.replace_set("a@1", [("k1", '{"as_of":"2025-01-01","x":1,"y":null}'),
+                              ("k2", '{"as_of":"2025-01-01","x":2.5,"y":7}')],
+                      {"columns": ["x", "y"], "numeric": ["x", "y"]})  # fmt: skip
+    store.replace_set("b@1", [("k1", '{"as_of":"2025-02-01","plan":"gold \\"x\\""}')], {"columns": ["plan"]})
+    store.replace_set("i@1", [("k1", '{"as_of":"2025-02-01","items":[{"p":1}]}')],
+                      {"columns": ["items"], "grouped": True})  # fmt: skip
+    model = ServedModel("churn", "m", "1", None, ["x", "y", "plan"], None, None, "now")
+    view = set_view(store.sets(), model.inputs)
+    found = _merged_many(store.raw_documents_many(["k1", "k2", "k3"], view.set_keys), view)
+    assert set(found.rows) == {"k1", "k2"} and "items" not in found.rows["k1"]
+    assert found.rows["k1"]["_as_of"] == "2025-02-01" and found.rows["k2"]["_as_of"] == "2025-01-01"
+    assert set(found.texts) == {"k1"}  # k2 lacks set b: its entry takes the row's values (plan: None)
+    assert orjson.loads(found.texts["k1"]) == model.input_values(found.rows["k1"]) == {"x": 1, "y": None,
+                                                                                       "plan": 'gold "x"'}  # fmt: skip
+    store.close()
+
+
+def test_log_entries_from_texts_equal_entries_from_rows(tmp_path: Path) -> None:
+    from serving.runtime import ServedModel, audit_entries
+
+    model = ServedModel("churn", "m", "1", None, ["x", "plan"], None, None, "now")
+    rows = [{"x": 1.5, "plan": "a", "_as_of": "2025-01-01"}, {"x": None, "plan": None, "_as_of": "2025-01-01"}]
+    texts = ['{"x":1.5,"plan":"a"}', None]
+    logs = []
+    for i, given in enumerate((texts, None)):
+        log = InferenceLog(tmp_path / str(i), "hash", salt="s")
+        policy = load_serving_policy(None)
+        log.record_many(audit_entries(policy, log, "c", "/churn/score", model, ["k1", "k2"],
+                                      [{"score": 0.1}, {"score": 0.2}], [False, False], rows, given))  # fmt: skip
+        log.close()
+        logs.append([json.loads(x) for p in (tmp_path / str(i)).glob("*.jsonl") for x in p.read_text().splitlines()])
+    for a, b in zip(*logs, strict=True):
+        assert {k: v for k, v in a.items() if k != "at"} == {k: v for k, v in b.items() if k != "at"}
+    assert logs[0][0]["inputs"] == {"x": 1.5, "plan": "a"} and logs[0][1]["inputs"] == {"x": None, "plan": None}
+
+
+def test_worker_processes_append_whole_lines_to_one_log(tmp_path: Path) -> None:
+    """Several service workers write the same day file: every line stays whole."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_log, args=(tmp_path, w)) for w in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    lines = [json.loads(x) for p in tmp_path.glob("*.jsonl") for x in p.read_text().splitlines()]
+    assert sorted((x["w"], x["n"]) for x in lines) == [(w, n) for w in range(3) for n in range(3000)]
+
+
+def _write_log(folder: Path, worker: int) -> None:
+    log = InferenceLog(folder, "hash", salt="s", flush_seconds=0.01)
+    for n in range(0, 3000, 100):
+        log.record_many([{"w": worker, "n": n + i, "pad": "x" * 3000} for i in range(100)])
+        time.sleep(0.002)
+    log.close(30)
 
 
 def test_consent_for_one_purpose_decides_like_the_full_lookup(tmp_path: Path) -> None:

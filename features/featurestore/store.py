@@ -76,14 +76,34 @@ def materialize_online(
 ) -> int | None:
     """Replace a set in the online store with one cutoff's rows; return the customers written.
 
-    A backfill never moves serving back in time: when the store already holds the set as of
-    a later date, nothing is written and None is returned.
+    The set's metadata records its features (`columns`), which of them are numbers in every
+    document (`numeric`: a JSON number or null) and whether it is `grouped`; a reader uses
+    them to fetch only the sets it needs. A backfill never moves serving back in time: when
+    the store already holds the set as of a later date, nothing is written and None is returned.
     """
     with open_online_store(settings) as store:
         online_as_of = store.sets().get(set_key, {}).get("as_of")
         if online_as_of is not None and str(online_as_of) > str(meta["as_of"]):
             return None
-        return store.replace_set(set_key, online_documents(table, grouped=grouped), meta)
+        layout = set_layout(table, grouped)
+        return store.replace_set(set_key, online_documents(table, grouped=grouped), {**meta, **layout})
+
+
+def set_layout(table: pa.Table, grouped: bool) -> dict[str, Any]:
+    """What a set's online documents hold: their keys besides `as_of`, the numeric ones, whether grouped.
+
+    A grouped set's documents hold one key, `items` (a list of rows with `item_columns`).
+    """
+    fields = [f for f in table.schema if f.name not in ("customer_key", "as_of")]
+    if grouped:
+        return {"columns": ["items"], "numeric": [], "grouped": True, "item_columns": [f.name for f in fields]}
+    numeric = [
+        f.name
+        for f in fields
+        if pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)
+        or pa.types.is_decimal(f.type)
+    ]  # fmt: skip
+    return {"columns": [f.name for f in fields], "numeric": numeric, "grouped": grouped}
 
 
 def write_build_report(settings: Settings, report: dict[str, Any]) -> Path:

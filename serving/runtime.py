@@ -43,6 +43,7 @@ from features.featurestore.store import open_online_store
 from governance.store import GATE_TAG_PREFIX
 from serving.consent import ConsentStore, CustomerConsent, consent_store_path
 from serving.policy import ServingPolicy
+from serving.snapshot import Snapshot, Snapshots, build_snapshot
 
 log = logging.getLogger("custintel.serving")
 
@@ -272,6 +273,28 @@ def score_records(
     return scores, _top_reasons(contributions[:, :-1], names, n_reasons) if n_reasons else [[] for _ in records]
 
 
+def score_matrix(
+    model: Any, matrix: np.ndarray, n_reasons: int, threads: int = 1
+) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+    """`score_records` for rows already in `records_matrix`'s form (a model's snapshot), on its pandas-free route.
+
+    Only for a model whose route was checked exact (`fast_route`).
+    """
+    pipeline = inner_pipeline(model)
+    route = _FAST.get(id(model))
+    assert pipeline is not None and route in ("raw", "proba"), "score_matrix needs a model on the checked fast route"
+    prepare, booster = pipeline[0], pipeline[-1].booster_
+    contributions = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=threads))
+    scores = _from_raw(model, pipeline, contributions.sum(axis=1), route)
+    names = [*prepare.numeric, *prepare.categorical]
+    return scores, _top_reasons(contributions[:, :-1], names, n_reasons) if n_reasons else [[] for _ in matrix]
+
+
+def fast_route(model: Any) -> bool:
+    """Whether the model's pandas-free route was checked exact on its first call."""
+    return _FAST.get(id(model)) in ("raw", "proba")
+
+
 def _check_fast_route(
     model: Any,
     pipeline: Pipeline | None,
@@ -467,6 +490,7 @@ class Runtime:
         self.log = InferenceLog(settings.inference_log_dir, policy.audit.customer_key, salt)
         self._sets: tuple[float, dict[str, dict[str, Any]]] | None = None  # (read at, the online sets' metadata)
         self._views: dict[tuple[str, str, int], SetView] = {}
+        self.snapshots = Snapshots(policy.snapshot.max_customers) if policy.snapshot.enabled else None
         self._decided: dict[Any, Any] = {}  # consent decisions by (status, birth date), for one day and purpose
         self._scoring = 0  # batches being scored right now
         self._scoring_lock = threading.Lock()
@@ -549,6 +573,31 @@ class Runtime:
         view = self._view(model)
         found = self._online().raw_documents_many(customer_keys, view.set_keys)
         return _merged_many(found, view)
+
+    def snapshot_for(self, model: ServedModel) -> Snapshot | None:
+        """The model's in-memory inputs when they were made from what the store holds now, else None.
+
+        When there is none (or the store moved on), one is built in the background for the next
+        batches. Only for a model whose inputs the store holds exactly, with typed numbers, and
+        whose pandas-free route was checked exact (after its first scoring call).
+        """
+        if self.snapshots is None or not fast_route(model.model):
+            return None
+        view = self._view(model)
+        numeric = model.numeric_inputs
+        if not view.exact or view.set_keys is None or numeric is None or not numeric <= view.numeric:
+            return None
+        set_keys = view.set_keys
+        state = self._online().state(set_keys)
+        ref = f"{model.name}@{model.version}"
+        found = self.snapshots.get(ref, state)
+        if found is None:
+            pipeline = inner_pipeline(model.model)
+            snapshots = self.snapshots
+            assert pipeline is not None
+            self.snapshots.start(ref, state, lambda: build_snapshot(self._online(), ref, pipeline[0], set_keys,
+                                                                    snapshots.max_customers))  # fmt: skip
+        return found
 
     def _view(self, model: ServedModel) -> SetView:
         now = time.monotonic()
@@ -659,10 +708,11 @@ class Runtime:
 
     def audit_scored(self, caller: str, endpoint: str, model: ServedModel, customer_keys: Sequence[str | None],
                      answers: Sequence[dict[str, Any]], masked: Sequence[bool],
-                     inputs: Sequence[dict[str, Any]], texts: Sequence[str | None] | None = None) -> None:  # fmt: skip
+                     inputs: Sequence[dict[str, Any]], ready: Sequence[Any] | None = None,
+                     cutoffs: Sequence[str | None] | None = None) -> None:  # fmt: skip
         """`audit` of many answers given (not suppressed), queued as one batch: the same entries (`audit_entries`)."""
         self.log.record_many(audit_entries(self.policy, self.log, caller, endpoint, model, customer_keys, answers,
-                                           masked, inputs, texts))  # fmt: skip
+                                           masked, inputs, ready, cutoffs))  # fmt: skip
 
     def close(self) -> None:
         """Flush the log."""
@@ -674,13 +724,14 @@ AS_OF = "_as_of"  # the stored features' cutoff, kept beside them for the infere
 
 def audit_entries(policy: ServingPolicy, log: InferenceLog, caller: str, endpoint: str, model: ServedModel,
                   customer_keys: Sequence[str | None], answers: Sequence[dict[str, Any]], masked: Sequence[bool],
-                  inputs: Sequence[dict[str, Any]],
-                  texts: Sequence[str | None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                  inputs: Sequence[dict[str, Any]], ready: Sequence[Any] | None = None,
+                  cutoffs: Sequence[str | None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """The inference-log entries of answers given (not suppressed), as `Runtime.audit` writes them one by one.
 
-    `inputs`: per answer, the mapping the model read its columns from. `texts`: per answer, those
-    columns as JSON text when the caller has it (`StoredFeatures.texts`), written into the entry
-    as it is instead of being taken from the mapping and serialised again.
+    `inputs`: per answer, the mapping the model read its columns from (with the cutoff under
+    AS_OF unless `cutoffs` gives them). `ready`: per answer, those columns already as the log
+    keeps them, when the caller has them: JSON text (`StoredFeatures.texts`, written as it is)
+    or a mapping of exactly the model's inputs (a snapshot's); None: taken from `inputs`.
     """
     at, key, log_inputs = time.time(), log.key, policy.audit.log_inputs
     take, fragment = model.input_values, orjson.Fragment
@@ -689,9 +740,9 @@ def audit_entries(policy: ServingPolicy, log: InferenceLog, caller: str, endpoin
         entry = {"at": at, "caller": caller, "endpoint": endpoint, "model": model.name, "version": model.version,
                  "customer": None if hidden else key(customer_key), "answer": answer}  # fmt: skip
         if log_inputs and not hidden:
-            entry["as_of"] = row.get(AS_OF)
-            text = texts[i] if texts is not None else None
-            entry["inputs"] = take(row) if text is None else fragment(text)
+            entry["as_of"] = row.get(AS_OF) if cutoffs is None else cutoffs[i]
+            given = ready[i] if ready is not None else None
+            entry["inputs"] = take(row) if given is None else fragment(given) if type(given) is str else given
         entries.append(entry)
     return entries
 

@@ -171,9 +171,21 @@ class ServedModelInfo(BaseModel):
     card: str | None = None
 
 
+class SnapshotInfo(BaseModel):
+    """A model's online inputs held in memory (`serving/snapshot.py`)."""
+
+    model: str
+    customers: int
+    mib: float
+    built_seconds: float
+
+
 class ModelsResponse(BaseModel):
     """What is served, and whether the registry could be reached at the last poll."""
 
     status: Literal["ok", "degraded"]
     detail: str | None = None
     models: list[ServedModelInfo]
+    snapshots: list[SnapshotInfo] = Field(
+        default_factory=list, description="Models whose inputs are held in memory for batch scoring."
+    )

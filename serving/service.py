@@ -37,6 +37,7 @@ from serving.schemas import (
     ScoreRequest,
     ScoreResponse,
     ServedModelInfo,
+    SnapshotInfo,
 )
 
 T = TypeVar("T")
@@ -197,7 +198,13 @@ class Custintel:
             )  # fmt: skip
             for m in self.runtime.models.values()
         ]
-        return ModelsResponse(status="degraded" if state.degraded else "ok", detail=state.degraded, models=served)
+        held = self.runtime.snapshots.describe() if self.runtime.snapshots is not None else []
+        return ModelsResponse(
+            status="degraded" if state.degraded else "ok",
+            detail=state.degraded,
+            models=served,
+            snapshots=[SnapshotInfo(**s) for s in held],
+        )
 
 
 Custintel.add_asgi_middleware(Gatekeeper)  # type: ignore[attr-defined]  # reads the keys and limits when the worker builds the app

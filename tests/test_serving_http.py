@@ -314,3 +314,66 @@ def test_the_service_keeps_to_its_own_openapi_schema(server: Server) -> None:
         run()
         tested.append(operation.label)
     assert len(tested) == 7, tested
+
+
+def _logged(server: Server, version: str) -> dict[str, dict[str, object]]:
+    """The last logged churn entry per hashed customer for one model version."""
+    entries = {}
+    for path in sorted((server.settings.home_dir / "serving" / "inference").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("model") == "custintel-churn" and entry.get("version") == version and entry.get("customer"):
+                entries[entry["customer"]] = entry
+    return entries
+
+
+def test_batches_from_the_snapshot_equal_batches_from_the_store(server: Server) -> None:
+    """A model's in-memory inputs answer exactly as the online store does, and never after the store moves on."""
+    from features.featurestore.store import open_online_store
+
+    keys = server.consenting[:300]
+    body = {"customers": [{"customer_key": k} for k in keys] + [{"customer_key": "CK-UNKNOWN"}]}
+    assert server.post("/churn/score/batch", body).status_code == 200  # a model's first call checks its route
+    # A customer given with features in the body sends the whole batch to the store.
+    with_body = {"customers": [*body["customers"], {"features": {"tenure_days": 100.0}}]}
+    mixed = server.post("/churn/score/batch", with_body)
+    assert mixed.status_code == 200, mixed.text
+    from_store = {"results": mixed.json()["results"][:-1]}
+    version = from_store["results"][0]["model"]["version"]
+    time.sleep(0.6)  # the log writer's interval
+    before = _logged(server, version)
+    deadline = time.monotonic() + 60
+    held: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not held:
+        assert server.post("/churn/score/batch", body).status_code == 200  # asks for the snapshot to be built
+        held = [s for s in httpx.get(server.url + "/models", headers=AUTH).json()["snapshots"]
+                if s["model"] == f"custintel-churn@{version}"]  # fmt: skip
+        time.sleep(0.3)
+    assert held and held[0]["customers"] >= len(keys), held
+    from_memory = server.post("/churn/score/batch", body)
+    differing = [(a, b) for a, b in zip(from_memory.json()["results"], from_store["results"], strict=True)
+                 if a != b]  # fmt: skip
+    assert not differing, json.dumps(differing[:1])  # scores, decisions, reasons and their values, not_found
+    time.sleep(0.6)  # the log writer's interval
+    after = _logged(server, version)
+    assert len(before) >= len(keys) - 5
+    for customer, entry in before.items():
+        assert after[customer]["inputs"] == entry["inputs"] and after[customer]["as_of"] == entry["as_of"]
+        assert after[customer]["at"] > entry["at"]
+
+    # The store moves on: one customer's strongest reason changes. The next batch reads the store, not the old copy.
+    target = keys[-1]
+    answered = from_store["results"][len(keys) - 1]
+    feature = answered["reasons"][0]["feature"]
+    with open_online_store(server.settings) as online:
+        (set_key,) = [k for k, m in online.sets().items() if feature in m.get("columns", [])]
+        meta = online.sets()[set_key]
+        docs = dict(online.raw_documents_many(online.customer_keys([set_key]), [set_key]))
+        changed = json.loads(docs[target][0])
+        value = changed[feature]
+        changed[feature] = -abs(value) - 1e6 if isinstance(value, int | float) else None
+        docs[target] = [json.dumps(changed, separators=(",", ":"))]
+        online.replace_set(set_key, [(k, d[0]) for k, d in sorted(docs.items())], meta)
+    moved = server.post("/churn/score/batch", body).json()["results"][len(keys) - 1]
+    single = server.post("/churn/score", {"customer_key": target}).json()
+    assert moved == single != answered

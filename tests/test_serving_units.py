@@ -473,3 +473,43 @@ def test_consent_for_one_purpose_decides_like_the_full_lookup(tmp_path: Path) ->
     for key, (status, born) in store.purpose_many(keys, "profiling").items():
         assert full[key].statuses.get("profiling") == status
         assert full[key].birth_date == (dt.date.fromisoformat(born) if born else None)
+
+
+def test_a_snapshot_holds_what_the_store_holds_and_knows_its_state(tmp_path: Path, monkeypatch: Any) -> None:
+    from features.featurestore.online import SQLiteOnlineStore
+    from serving.runtime import _merged_many, set_view
+    from serving.snapshot import Snapshots, StoreMoved, build_snapshot
+
+    prepare = FramePreparer(["risk", "count"], ["plan"]).fit(
+        pd.DataFrame({"risk": [0.1, 0.2], "count": [1, 2], "plan": ["a", "b"]})
+    )
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    store.replace_set("n@1", [("k1", '{"as_of":"2025-01-01","risk":1.5,"count":3}'),
+                              ("k2", '{"as_of":"2025-01-01","risk":null,"count":true}')],
+                      {"columns": ["risk", "count"], "numeric": ["risk", "count"]})  # fmt: skip
+    store.replace_set("c@1", [("k1", '{"as_of":"2025-02-01","plan":"b"}'), ("k3", '{"as_of":"2025-02-01","plan":"z"}')],
+                      {"columns": ["plan"], "numeric": []})  # fmt: skip
+    view = set_view(store.sets(), ["risk", "count", "plan"])
+    assert view.set_keys == ("c@1", "n@1") and view.exact
+    snap = build_snapshot(store, "m@1", prepare, view.set_keys, max_customers=10)
+    assert snap is not None and snap.customers == 3 and snap.state == store.state(view.set_keys)
+    rows = _merged_many(store.raw_documents_many(["k1", "k2", "k3"], view.set_keys), view).rows
+    matrix, inputs, cutoffs = snap.rows([snap.index[k] for k in ("k3", "k1", "k2")])
+    np.testing.assert_array_equal(matrix, prepare.records_matrix([rows["k3"], rows["k1"], rows["k2"]]))
+    assert cutoffs == ["2025-02-01", "2025-02-01", "2025-01-01"]
+    assert inputs[1] == {"risk": 1.5, "count": 3.0, "plan": "b"} and inputs[2]["plan"] is None
+    assert np.isnan(inputs[0]["risk"]) and inputs[0]["plan"] == "z" and np.isnan(inputs[2]["risk"])
+    assert build_snapshot(store, "m@1", prepare, view.set_keys, max_customers=2) is None  # over the limit
+
+    held = Snapshots(10)
+    held._current["m@1"] = snap
+    assert held.get("m@1", snap.state) is snap
+    store.replace_set("c@1", [("k1", '{"as_of":"2025-03-01","plan":"a"}')], {"columns": ["plan"], "numeric": []})
+    assert held.get("m@1", store.state(view.set_keys)) is None  # the store moved on: never the old copy
+
+    real = store.state(view.set_keys)
+    states = iter([real, real, (("c@1", "a table written meanwhile"),)])  # read before, for the keys, after
+    monkeypatch.setattr(store, "state", lambda _: next(states))
+    with pytest.raises(StoreMoved):
+        build_snapshot(store, "m@1", prepare, view.set_keys, max_customers=10)
+    store.close()

@@ -119,6 +119,14 @@ class OnlineStore(ABC):
                 out[key] = found
         return out
 
+    def state(self, set_keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
+        """An opaque token of what is stored for these sets: it changes whenever one is replaced."""
+        raise NotImplementedError
+
+    def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
+        """Every customer in any of these sets, in key order."""
+        raise NotImplementedError
+
     def __enter__(self) -> OnlineStore:
         return self
 
@@ -261,6 +269,28 @@ class SQLiteOnlineStore(OnlineStore):
         rows = self._con.execute("SELECT feature_set, meta FROM online_sets ORDER BY feature_set").fetchall()
         return {k: orjson.loads(v) for k, v in rows}
 
+    def state(self, set_keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
+        """See OnlineStore.state: the sets' tables (a replacement writes a new one)."""
+        wanted = set(set_keys)
+        rows = self._con.execute("SELECT feature_set, tbl FROM online_sets ORDER BY feature_set").fetchall()
+        return tuple((k, t) for k, t in rows if k in wanted)
+
+    def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
+        """See OnlineStore.customer_keys."""
+        cur = self._con.cursor()
+        in_transaction = self._con.in_transaction
+        if not in_transaction:
+            cur.execute("BEGIN")
+        try:
+            tables = [t for k, t in self.state(set_keys)]
+            if not tables:
+                return []
+            union = " UNION ".join(f"SELECT customer_key FROM {t}" for t in tables)
+            return [k for (k,) in cur.execute(f"{union} ORDER BY 1")]
+        finally:
+            if not in_transaction:
+                cur.execute("COMMIT")
+
     def close(self) -> None:
         """See OnlineStore.close."""
         self._con.close()
@@ -368,6 +398,16 @@ class RedisOnlineStore(OnlineStore):
             if docs:
                 out[key] = docs
         return out
+
+    def state(self, set_keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
+        """See OnlineStore.state: the sets' current generations."""
+        raw = self._r.hgetall(self._sets_key)
+        return tuple((str(k), str(orjson.loads(raw[k])["generation"])) for k in sorted(raw) if k in set(set_keys))
+
+    def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
+        """See OnlineStore.customer_keys: the union of the current generations' member sets."""
+        members = [self._members(k, g) for k, g in self.state(set_keys)]
+        return sorted(str(k) for k in self._r.sunion(members)) if members else []
 
     def sets(self) -> dict[str, dict[str, Any]]:
         """See OnlineStore.sets."""

@@ -206,11 +206,9 @@ PARALLEL_ROWS = 256
 _FAST: dict[int, str] = {}  # id(model) -> "raw" | "proba" (the pandas-free route is exact) or "pandas"
 
 
-def _fast_contributions(
-    pipeline: Pipeline, records: Sequence[dict[str, Any]], numbers_checked: bool = False, threads: int = 1
-) -> tuple[np.ndarray, list[str]]:
+def _contributions(pipeline: Pipeline, matrix: np.ndarray, threads: int = 1) -> tuple[np.ndarray, list[str]]:
+    """LightGBM's contributions (the bias last) for `records_matrix` rows, and the features' names."""
     prepare, booster = pipeline[0], pipeline[-1].booster_
-    matrix = prepare.records_matrix(records, numbers_checked=numbers_checked)
     contributions = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=threads))
     return contributions, [*prepare.numeric, *prepare.categorical]
 
@@ -268,9 +266,7 @@ def score_records(
             )
         return scores, reasons
     assert pipeline is not None
-    contributions, names = _fast_contributions(pipeline, records, numbers_checked, threads)
-    scores = _from_raw(model, pipeline, contributions.sum(axis=1), route)
-    return scores, _top_reasons(contributions[:, :-1], names, n_reasons) if n_reasons else [[] for _ in records]
+    return score_matrix(model, pipeline[0].records_matrix(records, numbers_checked=numbers_checked), n_reasons, threads)
 
 
 def score_matrix(
@@ -283,10 +279,8 @@ def score_matrix(
     pipeline = inner_pipeline(model)
     route = _FAST.get(id(model))
     assert pipeline is not None and route in ("raw", "proba"), "score_matrix needs a model on the checked fast route"
-    prepare, booster = pipeline[0], pipeline[-1].booster_
-    contributions = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=threads))
+    contributions, names = _contributions(pipeline, matrix, threads)
     scores = _from_raw(model, pipeline, contributions.sum(axis=1), route)
-    names = [*prepare.numeric, *prepare.categorical]
     return scores, _top_reasons(contributions[:, :-1], names, n_reasons) if n_reasons else [[] for _ in matrix]
 
 
@@ -305,7 +299,7 @@ def _check_fast_route(
 ) -> str:
     assert pipeline is not None
     try:
-        contributions, names = _fast_contributions(pipeline, records)
+        contributions, names = _contributions(pipeline, pipeline[0].records_matrix(records))
     except (ValueError, TypeError, KeyError):
         return "pandas"
     for how in ("raw", "proba"):
@@ -557,10 +551,6 @@ class Runtime:
         """The online store's features of a customer, merged over sets (None when unknown)."""
         docs = self._online().lookup(customer_key)
         return None if docs is None else _merged(docs)
-
-    def customers_features(self, customer_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """`customer_features` of many customers in one store round trip (unknown ones left out)."""
-        return _merged_many(self._online().raw_documents_many(customer_keys), None).rows
 
     def model_features(self, model: ServedModel, customer_keys: Sequence[str]) -> StoredFeatures:
         """What the online store holds for many customers, as one model reads it: one round trip.

@@ -29,6 +29,7 @@ from features.featurestore.online import OnlineStore
 log = logging.getLogger("custintel.serving")
 
 CHUNK = 10_000  # customers read and parsed per step of a build
+RETRY_SECONDS = 60.0  # after a failed build, batches read the store this long before another is tried
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ class Snapshots:
         self._current: dict[str, Snapshot] = {}
         self._building: set[str] = set()
         self._too_big: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._failed: dict[str, float] = {}  # model -> when its last build failed (retried after RETRY_SECONDS)
         self._lock = threading.Lock()
 
     def get(self, model_ref: str, state: tuple[tuple[str, str], ...]) -> Snapshot | None:
@@ -136,13 +138,16 @@ class Snapshots:
                 "mib": round(s.mib, 1),
                 "built_seconds": round(s.built_seconds, 2),
             }
-            for s in self._current.values()
+            for s in list(self._current.values())
         ]
 
     def start(self, model_ref: str, state: tuple[tuple[str, str], ...], build: Any) -> None:
         """Build the model's snapshot in a background thread unless one is being built (or it is too big)."""
         with self._lock:
+            failed = self._failed.get(model_ref)
             if model_ref in self._building or self._too_big.get(model_ref) == state:
+                return
+            if failed is not None and time.monotonic() - failed < RETRY_SECONDS:
                 return
             self._building.add(model_ref)
             for old in [m for m in self._current if m.split("@")[0] == model_ref.split("@")[0] and m != model_ref]:
@@ -156,13 +161,16 @@ class Snapshots:
                     log.info("%s: more customers than the snapshot's limit (%s); batches read the store",
                              model_ref, f"{self.max_customers:,}")  # fmt: skip
                 else:
-                    self._current[model_ref] = snapshot
+                    with self._lock:
+                        self._current[model_ref] = snapshot
                     log.info("%s: %s customers' inputs held in memory (%.0f MiB, %.1f s)", model_ref,
                              f"{snapshot.customers:,}", snapshot.mib, snapshot.built_seconds)  # fmt: skip
             except StoreMoved as exc:
                 log.info("%s: snapshot abandoned: %s", model_ref, exc)
             except Exception:  # noqa: BLE001 - a failed copy only means batches keep reading the store
-                log.exception("%s: snapshot failed; batches read the online store", model_ref)
+                self._failed[model_ref] = time.monotonic()
+                log.exception("%s: snapshot failed; batches read the online store (retried in %s s)", model_ref,
+                              RETRY_SECONDS)  # fmt: skip
             finally:
                 with self._lock:
                     self._building.discard(model_ref)

@@ -435,7 +435,7 @@ def test_worker_processes_append_whole_lines_to_one_log(tmp_path: Path) -> None:
     """Several service workers write the same day file: every line stays whole."""
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")
     workers = [context.Process(target=_write_log, args=(tmp_path, w)) for w in range(3)]
     for w in workers:
         w.start()

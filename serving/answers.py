@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.runtime import PARALLEL_ROWS, Runtime, ServedModel, ServingError, score_matrix, score_records
+from serving.runtime import Runtime, ServedModel, ServingError, score_matrix, score_records
 from serving.schemas import (
     ModelRef,
     ProductScore,
@@ -111,8 +111,7 @@ def _from_snapshot(runtime: Runtime, model: ServedModel, snapshot: Snapshot, req
     if not at:
         return None
     matrix, rows, cutoffs = snapshot.rows(picked)
-    with runtime.scoring_alone() as alone:
-        threads = runtime.batch_threads if alone and len(rows) >= PARALLEL_ROWS else 1
+    with runtime.scoring_threads(len(rows)) as threads:
         scores, reasons = score_matrix(model.model, matrix, runtime.policy.reasons, threads)
     return at, rows, masked_rows, list(rows), cutoffs, scores, reasons
 
@@ -156,8 +155,7 @@ def _from_store(runtime: Runtime, model: ServedModel, requests: Sequence[ScoreRe
     view = found.view if found is not None else None
     numeric = model.numeric_inputs
     checked = view is not None and from_store == len(rows) and numeric is not None and numeric <= view.numeric
-    with runtime.scoring_alone() as alone:
-        threads = runtime.batch_threads if alone and len(rows) >= PARALLEL_ROWS else 1
+    with runtime.scoring_threads(len(rows)) as threads:
         scores, reasons = score_records(
             model.model, rows, model.inputs, runtime.policy.reasons, numbers_checked=checked, threads=threads
         )

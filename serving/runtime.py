@@ -201,7 +201,7 @@ def score_with_reasons(
 
 
 # Batches from this many rows may compute contributions on every core (when no other batch is being scored,
-# `Runtime.scoring_alone`); smaller ones, and batches scored side by side, use one thread each.
+# `Runtime.scoring_threads`); smaller ones, and batches scored side by side, use one thread each.
 PARALLEL_ROWS = 256
 _FAST: dict[int, str] = {}  # id(model) -> "raw" | "proba" (the pandas-free route is exact) or "pandas"
 
@@ -663,13 +663,17 @@ class Runtime:
         return out
 
     @contextmanager
-    def scoring_alone(self) -> Iterator[bool]:
-        """While scoring a batch: whether it is the only batch being scored (it may then use every core)."""
+    def scoring_threads(self, rows: int) -> Iterator[int]:
+        """While scoring `rows` rows: LightGBM's threads for them.
+
+        The worker's share of the cores (`batch_threads`) for a batch from PARALLEL_ROWS rows
+        scored while no other batch is; one thread otherwise.
+        """
         with self._scoring_lock:
             self._scoring += 1
             alone = self._scoring == 1
         try:
-            yield alone
+            yield self.batch_threads if alone and rows >= PARALLEL_ROWS else 1
         finally:
             with self._scoring_lock:
                 self._scoring -= 1

@@ -97,7 +97,7 @@ from rich.table import Table
 
 from benchmarks.bench_train import WORKERS as TRAIN_WORKERS
 from benchmarks.child import Bench, BenchError, Run, emit, worker_main
-from benchmarks.machine import ROOT, machine_info
+from benchmarks.machine import ROOT, machine_info, python_speed
 
 MODULE = "benchmarks.bench_serving"
 DEFAULT_WORK = Path("/tmp/custintel-bench-serving")
@@ -855,7 +855,9 @@ def _print(console: Console, an: dict[str, Any], info: dict[str, Any], args: arg
         console.print(f"Model: {_model_text(info['model'])}")
     console.print(
         f"[dim]Client and servers share this machine's {info['cores']} cores (load average "
-        f"{info['load_avg'][0]:.1f} at the start): the client's CPU per request is in the table, and 'busy' is "
+        f"{info['load_avg'][0]:.1f} at the start; a fixed Python loop took {info['speed'][0]:.2f} s at the start "
+        f"and {info['speed'][1]:.2f} s at the end, about 0.19 s when the machine is not contended: the absolute "
+        "figures scale with it, the ratios much less): the client's CPU per request is in the table, and 'busy' is "
         "the whole machine's CPU use over the window. Closed loop: c connections, each sending its next request "
         "when the answer arrives. Batch throughput is rows scored per second; the batch ratio is A/B of rows/s.[/]"
     )
@@ -1047,6 +1049,10 @@ def main(argv: list[str] | None = None) -> int:
                 "world": f"{args.customers:,} customers" if args.home is None else f"home {args.home}",
                 "cores": os.cpu_count(),
                 "load_avg": machine["load_avg_at_start"],
+                "speed": (
+                    machine["python_loop_seconds_at_start"],
+                    machine.setdefault("python_loop_seconds_at_end", python_speed()),
+                ),
                 "model": keys_run.data.get("model") if keys_run else None,
             },
             args,

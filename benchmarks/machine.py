@@ -22,6 +22,21 @@ def code_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def python_speed(steps: int = 5_000_000) -> float:
+    """Seconds a fixed pure-Python loop takes: the machine's speed for this process right now.
+
+    Shared cloud cores slow down when neighbours are busy (on 2026-11-23 the same loop took 0.19 s on
+    this kind of machine, and 0.34 s an hour later); absolute figures only compare at similar speeds.
+    """
+    import time
+
+    start = time.perf_counter()
+    total = 0
+    for i in range(steps):
+        total += i
+    return round(time.perf_counter() - start, 3)
+
+
 def machine_info(packages: tuple[str, ...]) -> dict[str, Any]:
     """Platform, cores, memory, load and the versions of `packages`."""
     import psutil
@@ -41,5 +56,6 @@ def machine_info(packages: tuple[str, ...]) -> dict[str, Any]:
         "cpu_freq_mhz_at_start": freq.current if freq else None,
         "memory_gib": psutil.virtual_memory().total / 1024**3,
         "load_avg_at_start": os.getloadavg(),
+        "python_loop_seconds_at_start": python_speed(),
         "versions": versions,
     }

@@ -113,7 +113,7 @@ def _from_snapshot(runtime: Runtime, model: ServedModel, snapshot: Snapshot, req
     matrix, rows, cutoffs = snapshot.rows(picked)
     with runtime.scoring_threads(len(rows)) as threads:
         scores, reasons = score_matrix(model.model, matrix, runtime.policy.reasons, threads)
-    return at, rows, masked_rows, list(rows), cutoffs, scores, reasons
+    return at, rows, masked_rows, rows, cutoffs, scores, reasons  # the rows are exactly the inputs the log keeps
 
 
 def _from_store(runtime: Runtime, model: ServedModel, requests: Sequence[ScoreRequest],

@@ -536,3 +536,22 @@ def test_a_backfill_never_moves_serving_back_in_time(tmp_path: Path) -> None:
     with open_online_store(settings) as store:
         assert store.lookup("CK2") == {"tiny@1": {"as_of": str(LATER), "x": 2.0}}
         assert store.sets()["tiny@1"]["as_of"] == str(LATER)
+
+
+@pytest.mark.integration
+def test_state_changes_with_each_replacement_and_customer_keys_agree(
+    loaded: tuple[SQLiteOnlineStore, RedisOnlineStore],
+) -> None:
+    for store in loaded:
+        before = store.state(["profile@1", "interactions@1"])
+        assert [k for k, _ in before] == ["interactions@1", "profile@1"]
+        assert store.state(["profile@1"]) == tuple(p for p in before if p[0] == "profile@1")
+        store.replace_set("profile@1", online_documents(profile_table()), _meta())
+        after = store.state(["profile@1", "interactions@1"])
+        assert after[0] == before[0] and after[1] != before[1]  # only the replaced set moved
+    sqlite, redis_store = loaded
+    assert sqlite.customer_keys(["profile@1"]) == redis_store.customer_keys(["profile@1"]) == ["CK1", "CK2", "CK3"]
+    assert sqlite.customer_keys(["interactions@1", "profile@1"]) == redis_store.customer_keys(
+        ["interactions@1", "profile@1"]
+    )
+    assert sqlite.customer_keys(["nope@1"]) == redis_store.customer_keys(["nope@1"]) == []

@@ -401,8 +401,8 @@ class RedisOnlineStore(OnlineStore):
 
     def state(self, set_keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
         """See OnlineStore.state: the sets' current generations."""
-        raw = self._r.hgetall(self._sets_key)
-        return tuple((str(k), str(orjson.loads(raw[k])["generation"])) for k in sorted(raw) if k in set(set_keys))
+        raw, wanted = self._r.hgetall(self._sets_key), set(set_keys)
+        return tuple((str(k), str(orjson.loads(raw[k])["generation"])) for k in sorted(raw) if k in wanted)
 
     def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
         """See OnlineStore.customer_keys: the union of the current generations' member sets."""

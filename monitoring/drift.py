@@ -13,6 +13,9 @@ Default choice (Evidently's): reference of at most 1,000 rows -> K-S for numeric
 more than 5 distinct values, else chi-square (more than 2 values) or the two-proportion Z-test;
 larger references -> normed Wasserstein distance for numeric columns with more than 5 values,
 else Jensen-Shannon. Distances drift at or above the threshold, p-values below it.
+
+A column's threshold may be raised by its natural movement (`monitoring.baseline`): the verdict is
+still Evidently's test, with that threshold passed to Evidently per column, so the report agrees.
 """
 
 from __future__ import annotations
@@ -27,12 +30,19 @@ from scipy.spatial import distance
 
 DEFAULT_THRESHOLDS = {"wasserstein": 0.1, "jensenshannon": 0.1, "psi": 0.1, "ks": 0.05, "chisquare": 0.05, "z": 0.05}
 P_VALUE_TESTS = {"ks", "chisquare", "z"}
+# Statistics that are distances between distributions (the triangle inequality holds), so a movement
+# measured between two cutoffs adds up over months: the ones a natural-movement allowance applies to.
+METRIC_TESTS = {"wasserstein", "jensenshannon"}
 Kind = Literal["num", "cat"]
 
 
 @dataclass(frozen=True)
 class ColumnDrift:
-    """One column's test, statistic, threshold and verdict."""
+    """One column's test, statistic, threshold and verdict.
+
+    `threshold` is the one the verdict used; `allowance` is the part of it that is the column's
+    natural movement between the reference and the served cutoff (0 when none applies).
+    """
 
     column: str
     kind: Kind
@@ -42,6 +52,7 @@ class ColumnDrift:
     drifted: bool
     reference_rows: int
     current_rows: int
+    allowance: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -82,8 +93,8 @@ class DatasetDrift:
         }
 
 
-def _clean(values: pd.Series) -> pd.Series:
-    """Evidently drops NaN and infinities before testing."""
+def clean(values: pd.Series) -> pd.Series:
+    """The values a test sees: Evidently drops NaN and infinities before testing."""
     if pd.api.types.is_float_dtype(values.dtype):
         arr = values.to_numpy()
         return values[np.isfinite(arr)]
@@ -141,10 +152,14 @@ def wasserstein(u: np.ndarray, v: np.ndarray) -> float:
     return float(np.sum(np.abs(cu - cv) * gaps))
 
 
+def spread(values: pd.Series) -> float:
+    """The normaliser of the Wasserstein distance: the reference's standard deviation (at least 0.001)."""
+    return max(float(np.std(values.to_numpy(dtype=float))), 0.001)
+
+
 def _statistic(method: str, reference: pd.Series, current: pd.Series, kind: Kind) -> float:
     if method == "wasserstein":
-        ref = reference.to_numpy(dtype=float)
-        return wasserstein(ref, current.to_numpy(dtype=float)) / max(float(np.std(ref)), 0.001)
+        return wasserstein(reference.to_numpy(dtype=float), current.to_numpy(dtype=float)) / spread(reference)
     if method == "jensenshannon":
         r, c = _binned(reference, current, kind, fill_zeroes=False)
         return float(distance.jensenshannon(r, c))
@@ -170,6 +185,27 @@ def _statistic(method: str, reference: pd.Series, current: pd.Series, kind: Kind
     raise ValueError(f"unknown drift test {method!r}; known: {sorted(DEFAULT_THRESHOLDS)}")
 
 
+def metric_distance(method: str, first: pd.Series, second: pd.Series, kind: Kind, scale: float) -> float:
+    """A metric test's distance between two samples (already cleaned), the Wasserstein one divided by `scale`.
+
+    Used to measure how far an input moves between two training cutoffs in the units of the
+    verdict: `scale` is the reference's spread, so the movement adds to the verdict's threshold.
+    """
+    if method == "wasserstein":
+        return wasserstein(first.to_numpy(dtype=float), second.to_numpy(dtype=float)) / scale
+    if method == "jensenshannon":
+        return _statistic(method, first, second, kind)
+    raise ValueError(f"{method!r} is not a distance that adds up over time; metric tests: {sorted(METRIC_TESTS)}")
+
+
+def chosen_method(reference: pd.Series, current: pd.Series, kind: Kind, method: str = "auto") -> str | None:
+    """The test a column gets (`auto`: Evidently's choice on these rows); None when a side has no value."""
+    ref, cur = clean(reference), clean(current)
+    if ref.empty or cur.empty:
+        return None
+    return default_method(ref, cur, kind) if method == "auto" else method
+
+
 def column_drift(
     column: str,
     reference: pd.Series,
@@ -177,9 +213,13 @@ def column_drift(
     kind: Kind,
     method: str = "auto",
     threshold: float | None = None,
+    allowance: float = 0.0,
 ) -> ColumnDrift | None:
-    """One column's verdict, as Evidently gives it; None when either side has no finite value."""
-    ref, cur = _clean(reference), _clean(current)
+    """One column's verdict, as Evidently gives it; None when either side has no finite value.
+
+    `allowance` is recorded only: it says how much of `threshold` is natural movement.
+    """
+    ref, cur = clean(reference), clean(current)
     if ref.empty or cur.empty:
         return None
     chosen = default_method(ref, cur, kind) if method == "auto" else method
@@ -188,7 +228,7 @@ def column_drift(
     limit = DEFAULT_THRESHOLDS[chosen] if threshold is None else threshold
     score = _statistic(chosen, ref, cur, kind)
     drifted = score < limit if chosen in P_VALUE_TESTS else score >= limit
-    return ColumnDrift(column, kind, chosen, score, limit, bool(drifted), len(ref), len(cur))
+    return ColumnDrift(column, kind, chosen, score, limit, bool(drifted), len(ref), len(cur), allowance)
 
 
 def column_kinds(frame: pd.DataFrame, columns: list[str]) -> dict[str, Kind]:
@@ -207,12 +247,17 @@ def dataset_drift(
     kinds: dict[str, Kind],
     tests: dict[str, tuple[str, float | None]] | None = None,
     drift_share: float = 0.5,
+    allowances: dict[str, float] | None = None,
 ) -> DatasetDrift:
-    """Every column's verdict (`tests`: column -> (method, threshold); default auto)."""
+    """Every column's verdict (`tests`: column -> (method, threshold); default auto).
+
+    `allowances` (column -> the natural movement inside its threshold) are recorded in the verdicts.
+    """
     out = []
     for column, kind in kinds.items():
         method, threshold = (tests or {}).get(column, ("auto", None))
-        result = column_drift(column, reference[column], current[column], kind, method, threshold)
+        allowance = (allowances or {}).get(column, 0.0)
+        result = column_drift(column, reference[column], current[column], kind, method, threshold, allowance)
         if result is not None:
             out.append(result)
     return DatasetDrift(out, drift_share)

@@ -6,10 +6,12 @@ workspace, MLflow) are small functions here; the judgement is pure (`monitoring.
 Prefect task and starts the retraining chain for the families whose decision is `retrain`.
 
 Per family, what is compared:
-- churn: every model input (reference: the champion's training rows, `monitoring/reference.parquet`
-  of its run), the calibrated score (reference: the champion's scores of those rows), and,
-  once labels arrived for the served rows' cutoffs, AUC / Brier / calibration / precision at
-  the recorded threshold against the run's test figures;
+- churn: every model input (reference: the newest training cutoff in the champion's logged rows,
+  `monitoring/reference.parquet` of its run, each input's threshold raised by its natural movement
+  measured on the earlier logged cutoffs: `monitoring.baseline`), the calibrated score (the
+  champion's scores of those rows, judged the same way), and, once labels arrived for the served
+  rows' cutoffs, AUC / Brier / calibration / precision at the recorded threshold against the run's
+  test figures;
 - propensity: every customer-level input (its answers are ranked products, not one score);
 - recommendation: no input row; its age, and what it recommended (fallback share, top items).
 """
@@ -36,8 +38,9 @@ from features.featurestore.offline import available_as_of, read_offline
 from features.featurestore.store import offline_root
 from models.registry import read_evaluation_set, read_reference, read_run_json
 from monitoring import reports
+from monitoring.baseline import Baseline, compare_window, select_reference, served_cutoff
 from monitoring.checks import QualityFinding, data_quality, null_shares, performance
-from monitoring.drift import ColumnDrift, DatasetDrift, Kind, column_drift, column_kinds, dataset_drift
+from monitoring.drift import ColumnDrift, DatasetDrift, Kind, column_kinds
 from monitoring.policy import MonitoringPolicy
 from monitoring.served import ServedWindow, read_served
 from monitoring.triggers import Evidence, TriggerDecision, decide
@@ -268,17 +271,18 @@ def monitor_family(
         return None
     rules = policy.family(family)
     tests: dict[str, tuple[str, float | None]] = {}
-    reference = pd.DataFrame()
+    logged = reference = pd.DataFrame()
     columns: list[str] = []
     kinds: dict[str, Kind] = {}
     if family != "recommendation":
-        reference = load_reference(champion)
-        columns = [c for c in reference.columns if c not in ("customer_key", "as_of")]
-        kinds = column_kinds(reference, columns)
+        logged = load_reference(champion)
+        columns = [c for c in logged.columns if c not in ("customer_key", "as_of")]
+        kinds = column_kinds(logged, columns)
         tests = _tests(policy, columns)
+        reference = select_reference(logged, policy.drift)
     clock["reference"] = time.perf_counter() - t
     t = time.perf_counter()
-    inputs = {c: reference[c].dtype for c in columns}
+    inputs = {c: logged[c].dtype for c in columns}
     window = read_served(settings.inference_log_dir, name, start, end, inputs, _answer_columns(family))
     window.frame = window.frame[window.frame["version"].astype(str) == champion.version].reset_index(drop=True)
     clock["read_window"] = time.perf_counter() - t
@@ -287,6 +291,7 @@ def monitor_family(
     current = window.frame
     drift: DatasetDrift | None = None
     prediction: ColumnDrift | None = None
+    baseline: Baseline | None = None
     quality: list[QualityFinding] = []
     quality_figures: dict[str, Any] = {}
     model = None
@@ -295,17 +300,21 @@ def monitor_family(
         quality, quality_figures = data_quality(
             null_shares(reference, columns), current, window.absent_inputs, window.type_errors, policy.data_quality
         )
-        if enough:
-            drift = dataset_drift(reference, current, kinds, tests, policy.drift.drift_share)
+    if family == "churn":
+        model = load_model(champion)
+        # Every logged cutoff is scored: the score's natural movement is measured like an input's.
+        logged = logged.assign(**{PREDICTION: score_rows(model, logged, columns)})
+    if columns and enough:
+        compared = compare_window(
+            logged, current, kinds, tests, policy.drift, served_cutoff(current) or end.date(),
+            PREDICTION if family == "churn" else None,
+        )  # fmt: skip
+        baseline, drift, prediction = compared.baseline, compared.drift, compared.prediction
+        reference = baseline.reference
     clock["drift"] = time.perf_counter() - t
     t = time.perf_counter()
     perf, labelled = None, None
     if family == "churn":
-        model = load_model(champion)
-        reference = reference.assign(**{PREDICTION: score_rows(model, reference, columns)})
-        if enough:
-            method, threshold = tests[PREDICTION]
-            prediction = column_drift(PREDICTION, reference[PREDICTION], current[PREDICTION], "num", method, threshold)
         perf, labelled = _performance(settings, champion, current, serving_rule)
     clock["prediction_and_performance"] = time.perf_counter() - t
 
@@ -322,6 +331,7 @@ def monitor_family(
         model_age_days=(now - champion.registered_at).total_seconds() / 86400,
         last_retrain=last_retrain(settings.monitoring_dir / "decisions.jsonl", family),
         new_months=new_labelled_months(champion.last_cutoff, champion.horizon_days, observed_until(settings)),
+        reference="" if baseline is None else baseline.describe(),
     )
     decision = decide(rules, policy.retrain, evidence, now)
 
@@ -334,11 +344,13 @@ def monitor_family(
     if drift is not None and drift.columns:
         # Evidently refuses a column without a value on either side: it draws the columns we could test.
         tested = {c.column: kinds[c.column] for c in drift.columns}
+        # The baseline's tests: each column's method and threshold (natural movement included), so
+        # Evidently's verdicts on the page are the ones the decision used.
         snapshot = reports.evidently_drift(
             reports.sample_rows(reference, policy.report_rows),
             reports.sample_rows(current, policy.report_rows),
             tested,
-            tests,
+            baseline.tests if baseline is not None else tests,
             policy.drift.drift_share,
             with_prediction=prediction is not None,
         )
@@ -371,6 +383,7 @@ def monitor_family(
         "rows": len(current),
         "suppressed": window.suppressed,
         "reference_rows": len(reference),
+        "reference": None if baseline is None else baseline.as_dict(),
         "policy_digest": policy.digest,
         "decision": decision.as_dict(),
         "drift": reports.drift_dict(drift),

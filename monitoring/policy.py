@@ -20,6 +20,8 @@ Monitored = Literal["churn", "propensity", "recommendation"]
 # Drift tests, named as Evidently names them; "auto" is Evidently's own choice per column.
 DriftMethod = Literal["auto", "wasserstein", "jensenshannon", "psi", "ks", "chisquare", "z"]
 PerformanceMetric = Literal["auc"]  # calibration and precision at the threshold are reported beside it
+# Which logged training rows the served window is compared with (see monitoring.baseline).
+ReferenceRows = Literal["newest_cutoff", "all_cutoffs"]
 
 
 class MonitoringPolicyError(ValueError):
@@ -37,6 +39,19 @@ class ColumnTest(_Strict):
     threshold: float | None = Field(default=None, gt=0, description="Drift above (distances) or below (p-values) it.")
 
 
+class NaturalMovement(_Strict):
+    """How far each input may move on its own (ageing, seasons) between the reference and the served cutoff."""
+
+    enabled: bool = True
+    lookback_months: int = Field(
+        default=12, ge=1, le=120, description="Logged cutoffs at most this many months before the reference one."
+    )
+    permutations: int = Field(
+        default=3, ge=1, le=50, description="Shuffles per pair of cutoffs that measure the sampling noise."
+    )
+    seed: int = Field(default=0, ge=0)
+
+
 class DriftPolicy(_Strict):
     """How each column's drift is judged."""
 
@@ -45,6 +60,11 @@ class DriftPolicy(_Strict):
     per_column: dict[str, ColumnTest] = Field(default_factory=dict)
     min_rows: int = Field(default=1000, ge=30, description="Fewer served rows: no verdict, no trigger.")
     drift_share: float = Field(default=0.5, gt=0, le=1)
+    reference: ReferenceRows = Field(
+        default="newest_cutoff",
+        description="newest_cutoff: the logged rows of the newest training cutoff; all_cutoffs: every logged row.",
+    )
+    natural_movement: NaturalMovement = Field(default_factory=NaturalMovement)
 
     def test_for(self, column: str) -> ColumnTest:
         """The test of one column: its own entry, else the policy-wide one."""
@@ -100,7 +120,10 @@ class MonitoringPolicy(_Strict):
 
     version: int = Field(ge=1)
     window_days: float = Field(default=7, gt=0)
-    reference_rows: int = Field(default=100_000, ge=1000)
+    reference_rows: int = Field(default=100_000, ge=1000, description="Logged rows of the newest training cutoff.")
+    history_rows: int = Field(
+        default=20_000, ge=100, description="Logged rows of each earlier cutoff (they measure the natural movement)."
+    )
     report_rows: int = Field(default=20_000, ge=1000)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     data_quality: DataQualityPolicy = Field(default_factory=DataQualityPolicy)

@@ -7,7 +7,10 @@ Each monitoring run of a model writes, under `settings.reports_dir / "monitoring
 - `<model>-v<version>-<stamp>-performance.html`/`.json` when labels arrived: Evidently's
   binary-classification metrics on the labelled served rows;
 - `<model>-v<version>-<stamp>.html` and `.json`: the decision page (every trigger with its
-  numbers, the data-quality findings, every column's test), linking the Evidently pages.
+  numbers, the data-quality findings, the reference it was judged against, every column's test
+  with its threshold and the natural movement inside it), linking the Evidently pages.
+Evidently gets each column's method and threshold from the decision (natural movement included,
+`monitoring.baseline`), so its verdicts are the decision's.
 The governance reviewers' site copies every `*.html` there. The same files are logged to the
 champion's MLflow run under `monitoring/<stamp>/`, and each Evidently snapshot is added to the
 local Evidently workspace (`evidently ui --workspace <settings.monitoring_dir>/workspace`),
@@ -161,7 +164,32 @@ STYLE = (
 )
 
 
-COLUMN_HEADERS = ["column", "kind", "test", "statistic", "threshold", "verdict", "reference rows", "served rows"]
+COLUMN_HEADERS = [
+    "column", "kind", "test", "statistic", "threshold", "of which natural movement", "verdict", "reference rows",
+    "served rows",
+]  # fmt: skip
+
+
+def _reference_html(summary: dict[str, Any]) -> str:
+    """What the window was judged against: the reference cutoff and rows, the gap, the movement's cutoffs."""
+    ref = summary.get("reference")
+    if not ref:
+        return f"<p>Reference: {summary['reference_rows']:,} training rows.</p>"
+    if ref["reference_as_of"] is None:
+        text = f"Reference: every logged training row ({ref['reference_rows']:,})."
+    else:
+        text = (
+            f"Reference: {ref['reference_rows']:,} training rows as of {_e(ref['reference_as_of'])} (the champion's "
+            f"newest logged cutoff); served features as of {_e(ref['served_as_of'] or 'unknown')}, "
+            f"{ref['gap_months']:.1f} months later."
+        )
+        if ref["movement_cutoffs"] and any(c.get("allowance") for c in ref["columns"].values()):
+            text += (
+                " Each input's threshold includes its natural movement over that gap, measured between the "
+                f"logged cutoffs {_e(', '.join(ref['movement_cutoffs']))}."
+            )
+    notes = "".join(f"<li>{_e(n)}</li>" for n in ref.get("notes", []))
+    return f"<p>{text}</p>" + (f"<ul>{notes}</ul>" if notes else "")
 
 
 def render_page(summary: dict[str, Any]) -> str:
@@ -182,7 +210,8 @@ def render_page(summary: dict[str, Any]) -> str:
     drift = summary.get("drift") or {"columns": []}
     columns = [
         [_e(c["column"]), _e(c["kind"]), _e(c["method"]), _num(c["score"]), _num(c["threshold"]),
-         "drifted" if c["drifted"] else "", _num(c["reference_rows"]), _num(c["current_rows"])]
+         _num(c.get("allowance", 0.0)), "drifted" if c["drifted"] else "", _num(c["reference_rows"]),
+         _num(c["current_rows"])]
         for c in sorted(drift["columns"], key=lambda c: (not c["drifted"], c["column"]))
     ]  # fmt: skip
     links = "".join(
@@ -206,10 +235,10 @@ def render_page(summary: dict[str, Any]) -> str:
         f"<h1>{_e(title)}</h1>"
         f'<p class="action">Decision: {_e(decision["action"])}</p><p>{_e(decision["why"])}</p>'
         f"<p>Window {_e(summary['window']['start'])} to {_e(summary['window']['end'])}: "
-        f"{summary['rows']:,} scored rows, {summary['suppressed']:,} suppressed; reference "
-        f"{summary['reference_rows']:,} training rows. "
+        f"{summary['rows']:,} scored rows, {summary['suppressed']:,} suppressed. "
         f"Policy digest <code>{_e(summary['policy_digest'][:12])}</code>.</p>"
-        f"<h2>Triggers</h2>{_table(['trigger', 'fired', 'value', 'limit', 'detail'], checks)}"
+        + _reference_html(summary)
+        + f"<h2>Triggers</h2>{_table(['trigger', 'fired', 'value', 'limit', 'detail'], checks)}"
         f"<h2>Data quality</h2>"
         + (_table(["check", "column", "value", "limit", "detail"], alerts) if alerts else "<p>No failure.</p>")
         + f"<h2>Performance</h2>{perf_html}"

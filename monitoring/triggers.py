@@ -39,6 +39,7 @@ class Evidence:
     model_age_days: float | None = None
     last_retrain: dt.datetime | None = None
     new_months: int = 0
+    reference: str = ""  # what the drift was judged against (`Baseline.describe`), for the details
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,14 @@ class TriggerDecision:
         }
 
 
+def _limit(verdict: ColumnDrift) -> str:
+    """A verdict's threshold, saying how much of it is natural movement."""
+    if verdict.allowance > 0:
+        base = verdict.threshold - verdict.allowance
+        return f"{verdict.threshold:.3g} = {base:.3g} + natural movement {verdict.allowance:.3g}"
+    return f"{verdict.threshold:g}"
+
+
 def _drift_checks(rules: FamilyMonitoring, evidence: Evidence, enough: bool) -> list[TriggerCheck]:
     t = rules.triggers
     checks: list[TriggerCheck] = []
@@ -103,7 +112,8 @@ def _drift_checks(rules: FamilyMonitoring, evidence: Evidence, enough: bool) -> 
                     drift.share >= t.drifted_share,
                     drift.share,
                     t.drifted_share,
-                    f"{drift.drifted} of {len(drift.columns)} inputs drifted ({drift.share:.0%})",
+                    f"{drift.drifted} of {len(drift.columns)} inputs drifted ({drift.share:.0%})"
+                    + (f" {evidence.reference}" if evidence.reference else ""),
                 )
             )
     if t.key_feature_drift and rules.key_features:
@@ -116,7 +126,7 @@ def _drift_checks(rules: FamilyMonitoring, evidence: Evidence, enough: bool) -> 
             moved = [by_name[k] for k in rules.key_features if k in by_name and by_name[k].drifted]
             unknown = [k for k in rules.key_features if k not in by_name]
             detail = (
-                "drifted: " + ", ".join(f"{c.column} ({c.method} {c.score:.3g} vs {c.threshold:g})" for c in moved)
+                "drifted: " + ", ".join(f"{c.column} ({c.method} {c.score:.3g} vs {_limit(c)})" for c in moved)
                 if moved
                 else f"none of {len(rules.key_features)} key features drifted"
             )
@@ -134,7 +144,7 @@ def _drift_checks(rules: FamilyMonitoring, evidence: Evidence, enough: bool) -> 
                     p.drifted,
                     p.score,
                     p.threshold,
-                    f"{p.column}: {p.method} {p.score:.3g} against threshold {p.threshold:g}",
+                    f"{p.column}: {p.method} {p.score:.3g} against threshold {_limit(p)}",
                 )
             )
     return checks

@@ -185,19 +185,6 @@ def _statistic(method: str, reference: pd.Series, current: pd.Series, kind: Kind
     raise ValueError(f"unknown drift test {method!r}; known: {sorted(DEFAULT_THRESHOLDS)}")
 
 
-def metric_distance(method: str, first: pd.Series, second: pd.Series, kind: Kind, scale: float) -> float:
-    """A metric test's distance between two samples (already cleaned), the Wasserstein one divided by `scale`.
-
-    Used to measure how far an input moves between two training cutoffs in the units of the
-    verdict: `scale` is the reference's spread, so the movement adds to the verdict's threshold.
-    """
-    if method == "wasserstein":
-        return wasserstein(first.to_numpy(dtype=float), second.to_numpy(dtype=float)) / scale
-    if method == "jensenshannon":
-        return _statistic(method, first, second, kind)
-    raise ValueError(f"{method!r} is not a distance that adds up over time; metric tests: {sorted(METRIC_TESTS)}")
-
-
 def chosen_method(reference: pd.Series, current: pd.Series, kind: Kind, method: str = "auto") -> str | None:
     """The test a column gets (`auto`: Evidently's choice on these rows); None when a side has no value."""
     ref, cur = clean(reference), clean(current)

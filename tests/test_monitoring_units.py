@@ -116,6 +116,10 @@ def test_the_shipped_policy_loads_and_its_digest_ignores_layout(tmp_path: Path) 
         ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
         ({"drift": {"min_rows": 5}}, "drift.min_rows"),
         ({"drift": {"method": "magic"}}, "drift.method"),
+        ({"drift": {"reference": "oldest_cutoff"}}, "drift.reference"),
+        ({"drift": {"natural_movement": {"window": 3}}}, "drift.natural_movement.window: Extra inputs"),
+        ({"drift": {"natural_movement": {"lookback_months": 0}}}, "drift.natural_movement.lookback_months"),
+        ({"history_rows": 5}, "history_rows"),
         ({"retrain": {"min_interval_hours": -1}}, "retrain.min_interval_hours"),
         ({"families": {"recommendation": {"key_features": ["x"]}}}, "families.recommendation"),
         ({"families": {"propensity": {"triggers": {"prediction_drift": True}}}}, "families.propensity.triggers"),
@@ -333,8 +337,14 @@ def test_the_decision_page_shows_the_action_triggers_and_columns(tmp_path: Path)
         "window": {"start": "a", "end": "b"}, "rows": 3000, "suppressed": 2, "reference_rows": 3000,
         "policy_digest": MonitoringPolicy.model_validate({"version": 1, "families": {}}).digest,
         "drift": reports.drift_dict(evidence.drift), "performance": None, "links": {"Evidently": "x.html"},
+        "reference": {"reference_as_of": "2025-06-01", "reference_rows": 3000, "served_as_of": "2025-12-01",
+                      "gap_months": 6.0, "movement_cutoffs": ["2024-06-01", "2025-06-01"],
+                      "notes": ["prediction: ks is not a distance"], "columns": {"amount": {"allowance": 0.2}}},
     }  # fmt: skip
     page, data = reports.write_summary(tmp_path, "s", summary)
     text = page.read_text()
     assert "Decision: retrain" in text and "drifted_share" in text and 'href="x.html"' in text
+    assert "3,000 training rows as of 2025-06-01" in text and "6.0 months later" in text
+    assert "logged cutoffs 2024-06-01, 2025-06-01" in text and "of which natural movement" in text
+    assert "ks is not a distance" in text
     assert json.loads(data.read_text())["decision"]["action"] == "retrain"

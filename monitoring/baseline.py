@@ -316,7 +316,7 @@ def build_baseline(
         return Baseline(logged.reset_index(drop=True), "all_cutoffs", None, served_as_of, 0.0, (), {},
                         base, notes=[note])  # fmt: skip
     days = as_dates(logged["as_of"])
-    by_day = {d: part for d, part in logged.groupby(days.to_numpy(), sort=True)}
+    by_day: dict[dt.date, pd.DataFrame] = {d: logged[(days == d).to_numpy()] for d in sorted(set(days.tolist()))}
     newest = max(by_day)
     reference = by_day[newest].reset_index(drop=True)
     lookback = policy.natural_movement.lookback_months

@@ -175,7 +175,7 @@ class Settings(BaseSettings):
         from_environment: list[str] = []
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if name in SECRET_FIELDS or value is None:
+            if name in SECRET_FIELDS:
                 continue
             if isinstance(value, str) and _URL_PASSWORD.search(value):
                 from_environment.append(name)

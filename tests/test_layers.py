@@ -1,4 +1,4 @@
-"""The layer contract (pyproject.toml, `lint-imports`): it holds on this tree and breaks when a forbidden import is added."""
+"""The layer contract (pyproject.toml, `lint-imports`): it holds on this tree, and breaks on a forbidden import."""
 
 from __future__ import annotations
 

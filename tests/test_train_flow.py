@@ -132,16 +132,14 @@ def test_two_processes_share_one_optuna_study_on_postgresql() -> None:
 
 def test_the_prefect_flow_trains_registers_and_publishes(prefect_api: None, trainable: Settings) -> None:
     from flows.train import train_model
-    from tests.conftest import flow_runs_and_artifacts
+    from tests.conftest import flow_runs_and_artifacts, run_home
 
-    os.environ["CUSTINTEL_TRAINING_CONFIG"] = str(trainable.training_config)
-    try:
-        outcomes = train_model(str(trainable.home_dir), "recommendation")
-    finally:
-        del os.environ["CUSTINTEL_TRAINING_CONFIG"]
+    # The settings travel whole: the small training config reaches the flow without any environment variable.
+    assert "CUSTINTEL_TRAINING_CONFIG" not in os.environ
+    outcomes = train_model(trainable.to_flow(), "recommendation")
     assert outcomes[0]["registered"][0]["name"] == "custintel-recommendation"
     runs, artifacts = flow_runs_and_artifacts()
-    ours = [r for r in runs if r.parameters.get("home") == str(trainable.home_dir)]
+    ours = [r for r in runs if run_home(r) == str(trainable.home_dir)]
     assert len(ours) == 1 and ours[0].state is not None and ours[0].state.is_completed()
     mine = [a for a in artifacts if a.flow_run_id == ours[0].id]
     assert [a.key for a in mine] == ["training"], [(a.key, a.flow_run_id) for a in artifacts][:10]

@@ -111,7 +111,7 @@ def _build(spec: WorldSpec, root: Path, trials: int) -> dict[str, Any]:
     from features.synthetic import WorldConfig, generate_world
     from flows.features import PLAIN_STEPS as FEATURE_STEPS
     from flows.features import run_feature_build
-    from flows.train import PLAIN_STEPS, configure_tracking, plan_units, run_training
+    from flows.train import PLAIN_STEPS, plan_units, run_training
     from models.config import load_training_config
 
     state_path = root / "state.json"
@@ -152,7 +152,6 @@ def _build(spec: WorldSpec, root: Path, trials: int) -> dict[str, Any]:
         done("features", t, cutoffs=[str(d) for d in cutoffs])
     t = time.perf_counter()
     if "train" not in state:
-        configure_tracking(settings)
         (outcome,) = run_training(settings, "churn", PLAIN_STEPS, log, trials=trials)
         version = next(str(r["version"]) for r in outcome.registered if r["name"] == unit.config.registered_model)
         done("train", t, run_id=outcome.run_id, version=version, trials=trials)
@@ -202,14 +201,14 @@ def _work_world(argv: list[str]) -> int:
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(args.workdir / "prefect-home"))  # never the user's own
 
-    import mlflow
     import pandas as pd
 
     from custintel.settings import Settings
     from features.featurestore.offline import read_offline
     from features.featurestore.store import offline_root
-    from flows.train import configure_tracking, load_churn
+    from flows.train import load_churn
     from models.config import load_training_config
+    from models.registry import Registry
     from monitoring.baseline import reference_sample
     from monitoring.drift import column_kinds
     from monitoring.monitor import score_rows
@@ -225,8 +224,7 @@ def _work_world(argv: list[str]) -> int:
     _emit("progress", step="judging the served rows")
     t = time.perf_counter()
     data = load_churn(settings, config)
-    configure_tracking(settings)
-    model = mlflow.sklearn.load_model(f"models:/{config.churn.registered_model}/{state['train']['version']}")
+    model = Registry(settings).load_model(config.churn.registered_model, state["train"]["version"], "sklearn")
     columns = list(model.feature_names_in_)  # in the model's order, as the service sends them
     features = {c for c in data.frame.columns if c not in data.excluded}
     if set(columns) != features:

@@ -304,15 +304,22 @@ def _run_world(spec: WorldSpec, args: argparse.Namespace, console: Console) -> d
 
 
 def shifted_inputs(served: dict[str, Any], drift_name: str, calm: list[str], inputs: list[str]) -> dict[str, Any]:
-    """Per input: the largest distance between two no-drift worlds, the drift world's smallest distance to one."""
-    from monitoring.drift import column_drift, column_kinds
+    """Per input: the largest distance between two no-drift worlds, the drift world's smallest distance to one.
+
+    Always a distance (Evidently's normed Wasserstein or Jensen-Shannon), never a p-value, whatever the size.
+    """
+    from monitoring.drift import clean, column_drift, column_kinds, distance_method
 
     kinds = column_kinds(served[drift_name], inputs)
     out: dict[str, Any] = {}
     for c in inputs:
 
         def score(ref: str, cur: str, column: str = c) -> float:
-            verdict = column_drift(column, served[ref][column], served[cur][column], kinds[column])
+            a, b = served[ref][column], served[cur][column]
+            if clean(a).empty or clean(b).empty:
+                return 0.0
+            method = distance_method(clean(a), clean(b), kinds[column])
+            verdict = column_drift(column, a, b, kinds[column], method)
             return 0.0 if verdict is None else verdict.score
 
         spread = max((score(a, b) for a in calm for b in calm if a != b), default=0.0)

@@ -23,8 +23,11 @@ logged rows, so nothing here knows what a column means:
    inequality a movement of r per month cannot carry a population further than r x months: the
    allowance is what the calendar alone explains, and a shift beyond it is drift.
 
-p-value tests (K-S, chi-square, Z: references of at most 1,000 rows) and PSI are not distances
-that add up over months: they get no allowance, and the decision records that.
+p-value tests (K-S, chi-square, Z) and PSI are not distances that add up over months. Where the
+policy says `auto` and Evidently would pick a p-value test (a reference of at most 1,000 values:
+a small customer base, or a sparse input such as days since a rare event), the column gets
+Evidently's distance test instead, so its movement applies; a p-value test or PSI the policy names
+explicitly gets no allowance. The decision records either.
 
 `reference_sample` picks the rows a training run logs (the newest cutoff and a panel of customers
 at every earlier cutoff); `build_baseline` turns them into the reference and the per-column tests
@@ -43,6 +46,7 @@ import pandas as pd
 from monitoring.drift import (
     DEFAULT_THRESHOLDS,
     METRIC_TESTS,
+    P_VALUE_TESTS,
     ColumnDrift,
     DatasetDrift,
     Kind,
@@ -50,6 +54,7 @@ from monitoring.drift import (
     clean,
     column_drift,
     dataset_drift,
+    distance_method,
     spread,
 )
 from monitoring.policy import DriftPolicy
@@ -196,7 +201,7 @@ def served_cutoff(current: pd.DataFrame) -> dt.date | None:
     return days.sort_values().iloc[len(days) // 2].date()
 
 
-def _codes(method: str, pooled: np.ndarray, first: np.ndarray, kind: Kind) -> tuple[np.ndarray, int]:
+def _codes(pooled: np.ndarray, first: np.ndarray, kind: Kind) -> tuple[np.ndarray, int]:
     """Each pooled value's bin or category, as `monitoring.drift` bins them for Jensen-Shannon."""
     if kind == "num" and pd.Series(first).nunique() > 20:
         values = pooled.astype(float)
@@ -242,7 +247,7 @@ def pair_distance(
         raw = measured(is_first[order])
         noise = [measured(rng.permutation(is_first)) for _ in range(shuffles)]
     elif method == "jensenshannon":
-        codes, bins = _codes(method, pooled, first, kind)
+        codes, bins = _codes(pooled, first, kind)
 
         def measured(labels: np.ndarray) -> float:
             a = np.bincount(codes[labels], minlength=bins) / n1
@@ -340,6 +345,11 @@ def build_baseline(
         if chosen is None:  # no verdict possible (a side without values): the drift step says so
             resolved[column] = (method, threshold)
             continue
+        if measure and method == "auto" and chosen in P_VALUE_TESTS:
+            # Evidently's default for a reference of at most 1,000 values is a p-value test, which no
+            # movement can be added to: its distance test instead (a statistic of Evidently's all the same).
+            chosen = distance_method(clean(reference[column]), clean(current[column]), kind)
+            notes.append(f"{column}: few reference values, {chosen} instead of a p-value test: its movement applies")
         limit = DEFAULT_THRESHOLDS[chosen] if threshold is None else threshold
         if measure and chosen in METRIC_TESTS:
             scale = spread(clean(reference[column])) if chosen == "wasserstein" else 1.0

@@ -115,6 +115,12 @@ def default_method(reference: pd.Series, current: pd.Series, kind: Kind) -> str:
     return "jensenshannon"
 
 
+def distance_method(reference: pd.Series, current: pd.Series, kind: Kind) -> str:
+    """The distance test Evidently picks for a column whose reference has more than 1,000 rows (both cleaned)."""
+    numeric = kind == "num" and pd.concat([reference, current], ignore_index=True).nunique() > 5
+    return "wasserstein" if numeric else "jensenshannon"
+
+
 def _shares(reference: pd.Series, current: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     keys = pd.Index(pd.unique(pd.concat([reference, current], ignore_index=True)))
     r = reference.value_counts().reindex(keys, fill_value=0).to_numpy(dtype=float) / len(reference)

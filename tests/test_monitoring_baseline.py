@@ -141,12 +141,25 @@ def test_thresholds_come_from_the_policy(logged: pd.DataFrame) -> None:
     assert record["rows_per_cutoff"]["2024-12-01"] == len(recent.reference)
 
 
-def test_a_p_value_test_gets_no_allowance_and_says_so() -> None:
-    small = _logged(customers=900)  # at most 900 rows per cutoff: Evidently's K-S / chi-square / Z
+def test_a_small_reference_gets_a_distance_test_and_an_explicit_p_value_test_no_allowance() -> None:
+    """At most 1,000 reference values: Evidently's default would be a p-value test, to which no movement adds up."""
+    small = _logged(customers=900)
     served = _rows(SERVED, 900, seed=99)
-    baseline = build_baseline(small, served, column_kinds(small, COLUMNS), {}, DriftPolicy())
-    assert baseline.tests["tenure_days"][0] == "ks" and "tenure_days" not in baseline.allowances
-    assert any("tenure_days: ks is not a distance" in n for n in baseline.notes)
+    kinds = column_kinds(small, COLUMNS)
+    compared = compare_window(small, served, kinds, {}, DriftPolicy())
+    baseline = compared.baseline
+    assert baseline.tests["tenure_days"][0] == "wasserstein" and baseline.allowances["tenure_days"] > 0
+    assert baseline.tests["channel"][0] == "jensenshannon"
+    assert any("tenure_days: few reference values, wasserstein instead of a p-value test" in n for n in baseline.notes)
+    verdicts = {c.column: c for c in compared.drift.columns}
+    assert not any(verdicts[c].drifted for c in ("tenure_days", "sessions", "channel"))  # ageing: no drift
+    named = DriftPolicy(per_column={"tenure_days": ColumnTest(method="ks")})
+    explicit = build_baseline(small, served, kinds, _tests(named, COLUMNS), named)
+    assert explicit.tests["tenure_days"] == ("ks", 0.05) and "tenure_days" not in explicit.allowances
+    assert any("tenure_days: ks is not a distance" in n for n in explicit.notes)
+    # natural movement switched off: Evidently's own choice, the p-value test
+    off = DriftPolicy(natural_movement=NaturalMovement(enabled=False))
+    assert build_baseline(small, served, kinds, {}, off).tests["tenure_days"] == ("ks", 0.05)
 
 
 def test_one_cutoff_or_no_cutoffs_mean_no_movement(logged: pd.DataFrame) -> None:

@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python -m benchmarks.bench_features                        # 1,000,000 customers (created once, kept)
     .venv/bin/python -m benchmarks.bench_features --home /tmp/w1m        # an existing home (lake + crosswalk)
     .venv/bin/python -m benchmarks.bench_features --customers 20000      # any size (created under --workdir)
+    .venv/bin/python -m benchmarks.bench_features --quick                # 20,000 customers: a check, not figures
 
 Setup (untimed): a custintel home with a lake and an identity crosswalk, made with the CLI when
 it is missing (`custintel generate`, `ingest --engine local`, `resolve --engine local`); then a
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 
 DEFAULT_WORKDIR = RESULTS_DIR / "worlds"
 DEFAULT_CUSTOMERS = 1_000_000
+QUICK_CUSTOMERS = 20_000
 DEFAULT_AS_OF = "2025-09-01"
 TARGET_CUSTOMERS = 1_000_000
 TARGET_SECONDS = 2 * 60
@@ -1018,6 +1020,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="world size when no --home: <workdir>/w<N>, created with the CLI if missing "
         f"(default {DEFAULT_CUSTOMERS:,})",
     )
+    src.add_argument("--quick", action="store_true", help=f"--customers {QUICK_CUSTOMERS}: a check that the run works")
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="where --customers worlds live (kept)")
     ap.add_argument("--seed", type=int, default=7, help="seed of a generated world")
     ap.add_argument("--as-of", default=DEFAULT_AS_OF, help=f"the cutoff (default {DEFAULT_AS_OF})")
@@ -1030,7 +1033,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="accept differences found only where an arg_max/arg_min feature is decided by a tie",
     )
     args = ap.parse_args(argv)
-    dt.date.fromisoformat(args.as_of)
+    if args.quick:
+        args.customers = QUICK_CUSTOMERS
+    try:
+        dt.date.fromisoformat(args.as_of)
+    except ValueError:
+        ap.error(f"--as-of: {args.as_of!r} is not a date (YYYY-MM-DD)")
     if args.home is not None:
         args.home = args.home.expanduser().resolve()
     args.workdir = args.workdir.expanduser().resolve()

@@ -116,6 +116,8 @@ class Timed:
 
     def result(self, **data: Any) -> dict[str, Any]:
         """The step's result: the section's seconds (unless `data` gives its own), RSS readings, then `data`."""
+        if self.seconds is None:
+            raise RuntimeError("Timed.result before Timed.end: the step never closed its timed section")
         return {"seconds": self.seconds, "rss_after_imports_mib": self.rss_after_imports_mib, **self.peak, **data}
 
 
@@ -586,7 +588,11 @@ class Session:
         self.console.print(f"Results written to [bold]{self.path}[/]")
         code = self.exit_code()
         if code == EXIT_MET:
-            self.console.print("[bold green]OK[/]: every target met")
+            counted = sum(t.applies for t in self.targets)
+            aside = len(self.targets) - counted
+            met = f"{counted} target{'s' if counted != 1 else ''} met" if counted else "no target applies to this run"
+            tail = f" ({aside} not counted at this size)" if aside else ""
+            self.console.print(f"[bold green]OK[/]: {met}{tail}; every check passed")
         elif code == EXIT_MISSED:
             missed = [t.name for t in self.targets if t.missed]
             why = "; ".join([*(f"target missed: {n}" for n in missed), *self.problems])

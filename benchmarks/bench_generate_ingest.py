@@ -35,20 +35,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from benchmarks.harness import (
-    BenchError,
-    Run,
-    Session,
-    Spec,
-    Target,
-    Timed,
-    emit,
-    runs_table,
-    sandwich,
-    triples,
-    verdict,
-)
-from benchmarks.harness import main as harness_main
+from benchmarks import harness
+from benchmarks.harness import BenchError, Run, Session, Spec, Target, Timed, emit
 from benchmarks.harness import seconds_text as _s
 
 DEFAULT_SIZES = [100_000, 1_000_000]
@@ -253,11 +241,11 @@ def _measure_size(session: Session, args: argparse.Namespace, work: Path, custom
                 shutil.rmtree(home, ignore_errors=True)
 
     try:
-        res.runs += sandwich(faker, generate, k)
+        res.runs += harness.sandwich(faker, generate, k)
         gen = res.of("generate")[-1].data
         files = [[t, f["path"], f["format"], f["sep"]] for t, f in gen["files"].items()]
         total_rows = gen["source_rows"]
-        res.runs += sandwich(bare_read, ingest, k)
+        res.runs += harness.sandwich(bare_read, ingest, k)
     except BenchError as exc:
         res.error = str(exc)
         session.fail(str(exc))
@@ -281,13 +269,13 @@ def _analyse(res: SizeResult) -> None:
     """Ratios side by side, count reconciliation, and the 1M targets."""
     gens = res.of("generate")
     gen_ratios, faker_extrapolated = [], []
-    for before, gen, after in triples(_sequence(res, "generate", "faker")):
+    for before, gen, after in harness.triples(_sequence(res, "generate", "faker")):
         per_row = statistics.mean(b.seconds / b.data["rows"] for b in (before, after))
         extrapolated = per_row * gen.data["source_rows"]
         faker_extrapolated.append(extrapolated)
         gen_ratios.append(gen.seconds / extrapolated)
     ingest_ratios, mem_ratios, bare_times, bare_peaks = [], [], [], []
-    for before, ing, after in triples(_sequence(res, "ingest", "bare_read")):
+    for before, ing, after in harness.triples(_sequence(res, "ingest", "bare_read")):
         bare_t = statistics.mean(b.seconds for b in (before, after))
         bare_m = statistics.mean(b.process_peak_mib for b in (before, after))
         bare_times.append(bare_t)
@@ -396,7 +384,7 @@ def _print_size(console: Console, res: SizeResult) -> None:
     console.rule(f"[bold]{res.customers:,} customers")
     columns = [(name, lambda r, i=i: _run_detail(r)[i]) for i, name in enumerate(("rows", "rows/s", "detail"))]
     title = f"Runs, {res.customers:,} customers (in the order they ran)"
-    console.print(runs_table(title, res.runs, columns, process_peak=True))
+    console.print(harness.runs_table(title, res.runs, columns, process_peak=True))
     if res.error:
         console.print(f"[bold red]{escape(res.error)}")
         return
@@ -478,7 +466,7 @@ def _print_summary(console: Console, results: list[SizeResult]) -> None:
         gen, ing = r.of("generate")[-1], r.of("ingest")[-1]
         c = r.comparisons
         if r.projected_generate_seconds_at_1m is None:
-            met = verdict(all(t.passed for t in r.targets))
+            met = harness.verdict(all(t.passed for t in r.targets))
         else:
             met = f"n/a (≈{r.projected_generate_seconds_at_1m / 60:,.1f} min projected)"
         t.add_row(
@@ -571,7 +559,7 @@ SPEC = Spec(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when every count reconciles and every target passes."""
-    return harness_main(SPEC, argv, _parse, _run)
+    return harness.main(SPEC, argv, _parse, _run)
 
 
 if __name__ == "__main__":

@@ -42,20 +42,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from benchmarks.harness import (
-    RESULTS_DIR,
-    BenchError,
-    Run,
-    Session,
-    Spec,
-    Target,
-    Timed,
-    emit,
-    runs_table,
-    sandwich,
-    verdict,
-)
-from benchmarks.harness import main as harness_main
+from benchmarks import harness
+from benchmarks.harness import RESULTS_DIR, BenchError, Run, Session, Spec, Target, Timed, emit
 from benchmarks.harness import mib_text as _m
 from benchmarks.harness import seconds_text as _s
 
@@ -137,7 +125,9 @@ def _work_setup(p: dict[str, Any]) -> dict[str, Any]:
     if not ready:
         emit("progress", step="ingest", why=why)
         ingest_drop(
-            world, settings, progress=lambda table, read: emit("progress", step=f"ingest · {table} ({read:,} rows)")
+            world,
+            settings,
+            progress=lambda table, read: emit("progress", step=f"ingest · {table} ({read:,} rows)"),
         )
         ingested = True
         ready, why = _lake_state(settings, world, tables)
@@ -340,7 +330,7 @@ def _measure_size(session: Session, args: argparse.Namespace, size: int) -> Size
         )
         res.runs.append(bench.child("read", "bare lake read", params, scope))
         res.runs.append(bench.child("load", "load_identity_records", params, scope))
-        res.runs += sandwich(
+        res.runs += harness.sandwich(
             lambda i: bench.child("deterministic", f"deterministic only #{i}", params, scope),
             lambda i: bench.child("full", "resolve_records (full)", params, scope),
         )
@@ -484,7 +474,7 @@ def _print_size(console: Console, res: SizeResult) -> None:
         ("load avg", lambda r: f"{r.load_avg[0]:.1f}"),
         ("detail", _run_detail),
     ]
-    console.print(runs_table(f"Runs, ~{res.size:,} records (in the order they ran)", res.runs, columns))
+    console.print(harness.runs_table(f"Runs, ~{res.size:,} records (in the order they ran)", res.runs, columns))
     if res.error:
         console.print(f"[bold red]{escape(res.error)}")
         return
@@ -579,7 +569,7 @@ def _print_summary(console: Console, results: list[SizeResult]) -> None:
             f"{dq['f1']:.4f} → {fq['f1']:.4f} ({q['f1_gain']:+.4f})",
             f"{dq['precision']:.4f} → {fq['precision']:.4f}",
             f"{dq['recall']:.4f} → {fq['recall']:.4f}",
-            verdict(not r.failed),
+            harness.verdict(not r.failed),
         )
     console.print(t)
     console.print(
@@ -684,7 +674,7 @@ SPEC = Spec(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when every target passes and nothing failed."""
-    return harness_main(SPEC, argv, _parse, _run)
+    return harness.main(SPEC, argv, _parse, _run)
 
 
 if __name__ == "__main__":

@@ -152,11 +152,19 @@ class Run:
     data: dict[str, Any] = field(repr=False)
 
     def rss_mismatches(self) -> list[str]:
-        """Where ru_maxrss and VmHWM, read at the same moment, disagree by more than the tolerance."""
+        """Where ru_maxrss and VmHWM, read at the same moment, disagree by more than the tolerance.
+
+        They differ when ru_maxrss counts more than the child's own memory: the parent's high-water mark
+        carried over at exec, or (from os.wait4) a process the child started and waited for, e.g. a server.
+        """
         out = []
         for what, rss, hwm in (
             ("at the end of its timed section", self.peak_mib, self.hwm_mib),
-            ("as it finished", self.process_peak_mib, self.process_hwm_mib),
+            (
+                "as it finished (wait4 also counts the processes it waited for)",
+                self.process_peak_mib,
+                self.process_hwm_mib,
+            ),
         ):
             if rss is None or hwm is None:
                 continue
@@ -352,7 +360,7 @@ def in_turn(repeat: int, first: T, second: T) -> tuple[T, T]:
 
 
 def seconds_text(seconds: float | None) -> str:
-    """ "12.3 s", with minutes from a minute on ("75.0 s (1m15s)"); "—" when it was not measured."""
+    """Seconds as "12.3 s", with minutes from a minute on ("75.0 s (1m15s)"); "—" when not measured."""
     if seconds is None:
         return "—"
     text = f"{seconds:,.1f} s"
@@ -421,7 +429,7 @@ class Target:
         return self.applies and self.passed is not True
 
     def line(self) -> str:
-        """ "Target NAME: VALUE → PASS" (rich markup), with the note when it does not apply."""
+        """The printed verdict, `Target NAME: VALUE → PASS` (rich markup), with the note when it does not apply."""
         tail = f" [dim]({self.note})[/]" if self.note and not self.applies else ""
         return f"Target {self.name}: {self.shown} → {verdict(self.passed)}{tail}"
 

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -92,7 +91,6 @@ def test_a_child_reports_its_time_peak_and_progress() -> None:
 
 def test_a_whole_run_from_a_lean_parent_writes_its_results(tmp_path: Path) -> None:
     env = {**os.environ, RESULTS_ENV: str(tmp_path)}
-    t0 = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", MODULE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -121,7 +119,6 @@ def test_a_whole_run_from_a_lean_parent_writes_its_results(tmp_path: Path) -> No
         }
     ]
     assert "Target large peak < 10,000 MiB" in done.stdout and "PASS" in done.stdout
-    assert time.perf_counter() - t0 < 60
 
 
 def test_a_missed_target_and_code_changed_mid_run_exit_1(tmp_path: Path) -> None:

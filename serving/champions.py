@@ -6,8 +6,8 @@ request sees either the old model or the new one, never none), and keeps serving
 has when the registry cannot be reached (reported as degraded). The registered names are
 the training configuration's (`registered_names`).
 
-Every MLflow call of the service is in three places here: `Champions.__init__` (the
-tracking URI), `Champions.refresh` (the client and the alias lookup) and `load_served`.
+The service reaches the registry only through `models.registry.Registry`, built from its
+settings: no process-wide MLflow URI is set.
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ from functools import cached_property
 from operator import itemgetter
 from typing import Any
 
-import mlflow
-from mlflow import MlflowClient
-
 from custintel.settings import Settings
 from governance.store import GATE_TAG_PREFIX
-from models.config import load_training_config
+from models.registry import Registry
 from serving.errors import ServingError
 from serving.scoring import inner_pipeline
 
@@ -38,8 +35,8 @@ WIDE_K = 60  # recommendations drawn before caps and exclusions cut them to k
 
 def registered_names(settings: Settings, families: Sequence[str]) -> dict[str, str]:
     """Each family's registered model, from the training configuration (`registered_model`)."""
-    config = load_training_config(settings.training_config)
-    return {family: str(getattr(config, family).registered_model) for family in families}
+    names = Registry(settings).registered_names()
+    return {family: names[family] for family in families}
 
 
 @dataclass
@@ -85,30 +82,25 @@ class ServedModel:
         return itemgetter(*self.inputs) if self.inputs else (lambda _: ())
 
 
-def load_served(client: MlflowClient, family: str, name: str, version: str) -> ServedModel:
+def load_served(registry: Registry, family: str, name: str, version: str) -> ServedModel:
     """Load one registered version the way it will be served."""
-    uri = f"models:/{name}/{version}"
-    mv = client.get_model_version(name, version)
-    info = mlflow.models.get_model_info(uri)
-    signature = info.signature
-    columns = signature.inputs.input_names() if signature is not None and signature.inputs is not None else []
+    mv = registry.version(name, version)
+    columns = [c for c, _ in registry.model_inputs(name, version) or []]
     wide = None
     if family == "recommendation":
-        model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+        model = registry.load_model(name, version).unwrap_python_model()
         wide = copy.copy(model)
         wide.k = WIDE_K
     else:
-        model = mlflow.sklearn.load_model(uri)
+        model = registry.load_model(name, version, "sklearn")
         inner = inner_pipeline(model)
         if inner is not None and hasattr(inner[-1], "n_jobs"):
             # One request is a few rows: LightGBM's thread start-up costs more than it saves, and the
             # service's own threads already use the cores.
             inner[-1].set_params(n_jobs=1)
-    threshold = None
-    if mv.run_id:
-        threshold = client.get_run(mv.run_id).data.metrics.get("threshold")
+    threshold = registry.run(mv.run_id).metrics.get("threshold") if mv.run_id else None
     return ServedModel(
-        family, name, str(version), model, [str(c) for c in columns], threshold,
+        family, name, str(version), model, columns, threshold,
         mv.tags.get(GATE_TAG_PREFIX + "card"), dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), wide,
     )  # fmt: skip
 
@@ -129,26 +121,20 @@ class Champions:
         self.names = names  # family -> registered model
         self.models: dict[str, ServedModel] = {}
         self.state = RegistryState()
-        mlflow.set_tracking_uri(settings.tracking_uri)
-        mlflow.set_registry_uri(settings.tracking_uri)
+        self.registry = Registry(settings)
 
     def refresh(self) -> list[str]:
         """Load any newly promoted champion; on a registry error keep what is served and report degraded."""
         swapped = []
         try:
-            client = MlflowClient()
             for family, name in self.names.items():
-                try:
-                    version = str(client.get_model_version_by_alias(name, ALIAS).version)
-                except mlflow.exceptions.MlflowException as exc:
-                    # No such model, or no such alias (the store says which with these codes): nothing promoted
-                    # yet. Any other failure is the registry's, handled below.
-                    if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                        continue
-                    raise
+                # None: no such model or alias, nothing promoted yet; any other failure is the registry's (below).
+                version = self.registry.alias_version(name, ALIAS)
+                if version is None:
+                    continue
                 current = self.models.get(family)
                 if current is None or current.version != version:
-                    self.models[family] = load_served(client, family, name, version)  # one assignment: atomic
+                    self.models[family] = load_served(self.registry, family, name, version)  # one assignment: atomic
                     swapped.append(f"{name} v{version}")
             self.state.degraded = None
         except Exception as exc:  # noqa: BLE001 - any registry failure: keep serving, say so

@@ -164,19 +164,15 @@ def test_reasons_are_the_largest_positive_lightgbm_contributions() -> None:
 def test_a_registry_outage_keeps_the_served_model_and_reports_degraded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import serving.champions
-
-    champions = Champions(Settings(home=tmp_path), {"churn": "custintel-churn"})
+    # A tracking server that refuses connections, and no retries: the poll fails the way an outage does.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    settings = Settings(home=tmp_path, mlflow_tracking_uri="http://127.0.0.1:1")
+    champions = Champions(settings, {"churn": "custintel-churn"})
     champions.models["churn"] = "the model in memory"  # type: ignore[assignment]
-
-    class Down:
-        def get_model_version_by_alias(self, *_: object) -> None:
-            raise ConnectionError("connection refused")
-
-    monkeypatch.setattr(serving.champions, "MlflowClient", Down)
     assert champions.refresh() == []
     assert champions.models["churn"] == "the model in memory"
-    assert champions.state.degraded is not None and "connection refused" in champions.state.degraded
+    assert champions.state.degraded is not None and "127.0.0.1:1" in champions.state.degraded
 
 
 def test_a_family_without_a_champion_answers_503_and_the_service_is_ready_with_the_others(tmp_path: Path) -> None:
@@ -353,11 +349,9 @@ def test_the_inference_log_writes_within_its_flush_interval(tmp_path: Path) -> N
 
 def test_refresh_loads_the_champions_there_are_and_is_not_degraded_by_missing_ones(tmp_path: Path) -> None:
     """A registered model without @champion, and a model never registered, are 'nothing promoted yet'."""
-    from mlflow import MlflowClient
-
     settings = Settings(home=tmp_path)
-    champions = Champions(settings, registered_names(settings, ["churn", "recommendation"]))  # points MLflow at home
-    MlflowClient().create_registered_model("custintel-churn")  # registered, never promoted
+    champions = Champions(settings, registered_names(settings, ["churn", "recommendation"]))
+    champions.registry.client.create_registered_model("custintel-churn")  # registered, never promoted
     assert champions.refresh() == []
     assert champions.state.degraded is None and champions.state.polled_at is not None
     assert not champions.ready  # read, but nothing to serve

@@ -7,11 +7,22 @@ demand and created by the I/O functions that write to them.
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Never passed to another process as a flow parameter (Prefect stores and shows parameters): each
+# process that runs a flow reads them from its own environment.
+SECRET_FIELDS = frozenset({"identity_hash_salt", "serving_api_keys", "serving_log_salt"})
+_URL_PASSWORD = re.compile(r"//[^/@:]*:[^/@]*@")
+
+
+class SettingsError(ValueError):
+    """Settings handed to a flow cannot be used in this process; the message names the variable to set."""
 
 
 class Settings(BaseSettings):
@@ -151,6 +162,47 @@ class Settings(BaseSettings):
         ge=1,
         description="Customers the retention team can call a week: sets the churn model's contact threshold.",
     )
+
+    def to_flow(self) -> dict[str, Any]:
+        """These settings as a flow parameter: JSON values, paths absolute, no secret.
+
+        Every flow takes the settings of the command that started it, whole, so a worker
+        process (or a deployment run) reads the same stores and configs without rebuilding
+        them from a home path. Secrets, and URLs holding a password, are left out: the
+        process running the flow takes those from its own environment (see `from_flow`).
+        """
+        values: dict[str, Any] = {}
+        from_environment: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS:
+                continue
+            if isinstance(value, str) and _URL_PASSWORD.search(value):
+                from_environment.append(name)
+                continue
+            if isinstance(value, Path):
+                value = str(value.expanduser().resolve())
+            values[name] = value
+        values["home"] = str(self.home_dir)
+        return {"values": values, "from_environment": from_environment}
+
+    @classmethod
+    def from_flow(cls, given: dict[str, Any] | None) -> Settings:
+        """Settings from `to_flow`'s form; what it left out is read from this process's environment.
+
+        None gives the settings of this process's environment (a flow started without settings).
+        """
+        if not given:
+            return cls()
+        settings = cls(**given.get("values", {}))
+        missing = [name for name in given.get("from_environment", []) if getattr(settings, name) is None]
+        if missing:
+            names = ", ".join(f"CUSTINTEL_{n.upper()}" for n in missing)
+            raise SettingsError(
+                f"this flow's settings take {names} from the environment of the process that runs it (the value "
+                "holds a password, so it is not passed as a flow parameter): set it there"
+            )
+        return settings
 
     @cached_property
     def home_dir(self) -> Path:

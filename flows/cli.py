@@ -192,7 +192,7 @@ def ingest(
             from flows.ingest import ingest_sources
 
             with console.status("Ingesting (Prefect flow ingest_sources)…"):
-                report = ingest_sources(str(source), str(settings.home_dir), str(contracts) if contracts else None)
+                report = ingest_sources(str(source), settings.to_flow(), str(contracts) if contracts else None)
         else:
             with console.status("Ingesting…") as status:
                 report = ingest_drop(
@@ -272,7 +272,7 @@ def _run_resolution(engine: str, reuse_model: bool) -> None:
             from flows.resolve import resolve_identities
 
             with console.status("Resolving identities (Prefect flow resolve_identities)…"):
-                run = resolve_identities(str(settings.home_dir), reuse_model)
+                run = resolve_identities(settings.to_flow(), reuse_model)
         else:
             run = _resolve_locally(settings, reuse_model)
     except (IdentityConfigError, PrivacyError, IngestError, FileNotFoundError, ValueError) as exc:
@@ -512,7 +512,7 @@ def _run_feature_build(as_of: list[dt.date] | None, engine: str, online: bool) -
             from flows.features import build_features
 
             with console.status("Building features (Prefect flow build_features)…"):
-                return build_features(str(settings.home_dir), [str(d) for d in as_of] if as_of else None, online)
+                return build_features(settings.to_flow(), [str(d) for d in as_of] if as_of else None, online)
         from flows.features import PLAIN_STEPS, run_feature_build
 
         with console.status("Building features…") as status:
@@ -701,7 +701,7 @@ def _run_training(
             own_table = given if isinstance(own, OwnTable) else None
             own_interactions = given if own is not None and not isinstance(own, OwnTable) else None
             with console.status(f"Training {family} (Prefect flow train_model)…"):
-                return train_model(str(settings.home_dir), family, str(truth) if truth else None, trials, timeout,
+                return train_model(settings.to_flow(), family, str(truth) if truth else None, trials, timeout,
                                    own_table, own_interactions)  # fmt: skip
         from flows.features import PLAIN_STEPS as FEATURE_STEPS
         from flows.features import run_feature_build
@@ -796,9 +796,7 @@ def _run_gate(
                 if engine == "prefect":
                     from flows.promote import audit_and_promote
 
-                    decisions.append(
-                        audit_and_promote(model, str(settings.home_dir), version, approver, reason, actor())
-                    )
+                    decisions.append(audit_and_promote(model, settings.to_flow(), version, approver, reason, actor()))
                 else:
                     from flows.promote import PLAIN_STEPS, run_gate
 
@@ -844,6 +842,72 @@ def rollback(
     _print_decisions([decision])
 
 
+registry_app = typer.Typer(help="The model registry: registered models, their aliases, and who held them when.")
+app.add_typer(registry_app, name="registry")
+
+
+def _at(value: str) -> dt.datetime:
+    when = dt.datetime.fromisoformat(value)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+@registry_app.command("history")
+def registry_history(
+    model: Annotated[str, typer.Argument(help="A registered model or a family (churn, propensity, uplift, ...).")],
+    at: Annotated[
+        str | None, typer.Option(help="Only who held each alias at this ISO date or time (UTC unless given).")
+    ] = None,
+    alias: Annotated[
+        list[str] | None, typer.Option(help="Only this alias (champion, challenger, previous); repeatable.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the spans as JSON instead of tables.")] = False,
+) -> None:
+    """Which version was @champion, @challenger and @previous at any date, and why (the gate's decision)."""
+    import json
+
+    from rich.markup import escape
+
+    from governance.history import alias_spans, holders_at
+    from governance.store import read_decisions
+    from models.registry import Registry, RegistryError
+
+    settings = _settings()
+    try:
+        when = _at(at) if at else None
+    except ValueError:
+        raise _fail(f"--at {at!r} is not an ISO date or time (e.g. 2026-01-15 or 2026-01-15T09:30)") from None
+    registry = Registry(settings)
+    if not registry.exists():
+        raise _fail(f"no registry at {settings.tracking_uri}: train a model first")
+    try:
+        name = registry.resolve_model(model)
+        moves = registry.alias_moves(name)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    spans = [s for s in alias_spans(moves, read_decisions(settings, name)) if not alias or s.alias in alias]
+    if when is not None:
+        spans = list(holders_at(spans, when).values())
+    if as_json:
+        console.print_json(json.dumps([s.as_dict() for s in spans]))
+        return
+    if when is not None:
+        console.print(f"[bold]{name}[/] at {when.isoformat(timespec='seconds')}:")
+        for s in sorted(spans, key=lambda s: s.alias):
+            console.print(f"  @{s.alias} = v{s.version} since {s.start:%Y-%m-%d %H:%M:%S} UTC: {escape(s.why())}")
+        if not spans:
+            console.print("  no alias was set then")
+        return
+    table = Table(title=f"{name}: alias history (oldest first)")
+    for col in ("alias", "version", "from (UTC)", "until (UTC)", "why", "moved on because"):
+        table.add_column(col, overflow="fold")
+    for s in spans:
+        until = f"{s.end:%Y-%m-%d %H:%M:%S}" if s.end else "now"
+        table.add_row(f"@{s.alias}", s.version, f"{s.start:%Y-%m-%d %H:%M:%S}", until, escape(s.why()),
+                      escape(s.ended_by or ""))  # fmt: skip
+    console.print(table if spans else f"{name}: no alias move recorded")
+    console.print(f"decisions: {settings.governance_dir / 'decisions.jsonl'}; cards: `custintel report`")
+
+
 @app.command()
 def monitor(
     family: Annotated[
@@ -879,7 +943,7 @@ def monitor(
         with console.status("Registering the train and audit deployments…"):
             register_deployments()
         with console.status("Monitoring the served models…"):
-            result = monitor_models(str(settings.home_dir), family or None, start, end, retrain, trials, executor)
+            result = monitor_models(settings.to_flow(), family or None, start, end, retrain, trials, executor)
     except (MonitoringPolicyError, MonitoringError, ServedLogError, ValueError) as exc:
         raise _fail(str(exc)) from None
     _print_monitoring(settings, result)
@@ -1093,7 +1157,7 @@ def _demo_drift(settings: Settings, url: str, key: str, trials: int) -> dict[str
     time.sleep(1.5)  # the inference log is written off the request path
     with console.status("monitoring (Prefect flow monitor_models: drift, retrain, audit)…"):
         register_deployments()
-        result = monitor_models(str(settings.home_dir), None, start, None, True, trials, "inprocess")
+        result = monitor_models(settings.to_flow(), None, start, None, True, trials, "inprocess")
     _print_monitoring(settings, result)
     promoted = [g for r in result["retrains"] for g in r.get("gate", []) if g["result"] == "promoted"]
     for g in promoted:

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -271,9 +270,14 @@ def publish_report(report: dict[str, Any]) -> None:
 
 
 @flow(name="build_features", log_prints=False)
-def build_features(home: str | None = None, as_of: list[str] | None = None, online: bool = True) -> dict[str, Any]:
+def build_features(
+    settings: dict[str, Any] | None = None, as_of: list[str] | None = None, online: bool = True
+) -> dict[str, Any]:
     """Build the point-in-time feature sets and labels as of each date; materialise the latest online."""
-    settings = Settings(home=Path(home)) if home else Settings()
+    return _build_flow(Settings.from_flow(settings), as_of, online)
+
+
+def _build_flow(settings: Settings, as_of: list[str] | None, online: bool) -> dict[str, Any]:
     days = [dt.date.fromisoformat(d) for d in as_of] if as_of else None
     logger = get_run_logger()
     report = run_feature_build(settings, days, online, TASK_STEPS, logger.info)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -60,9 +61,13 @@ def publish_report(report: IngestionReport) -> None:
 
 
 @flow(name="ingest_sources", log_prints=False)
-def ingest_sources(source_dir: str, home: str | None = None, contracts_dir: str | None = None) -> IngestionReport:
-    """Ingest one drop folder: contracts checked, rejects quarantined with reasons, counts reconciled."""
-    settings = Settings(home=Path(home)) if home else Settings()
-    report = land_drop(Path(source_dir), settings, Path(contracts_dir) if contracts_dir else None)
+def ingest_sources(
+    source_dir: str, settings: dict[str, Any] | None = None, contracts_dir: str | None = None
+) -> IngestionReport:
+    """Ingest one drop folder: contracts checked, rejects quarantined with reasons, counts reconciled.
+
+    `settings`: the starting command's settings (`Settings.to_flow`); this process's environment when None.
+    """
+    report = land_drop(Path(source_dir), Settings.from_flow(settings), Path(contracts_dir) if contracts_dir else None)
     publish_report(report)
     return report

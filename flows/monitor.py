@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
@@ -178,7 +177,7 @@ def publish_summary(entries: list[dict[str, Any]], retrains: list[dict[str, Any]
 
 @flow(name="monitor_models", log_prints=False)
 def monitor_models(
-    home: str | None = None,
+    settings: dict[str, Any] | None = None,
     families: list[str] | None = None,
     start: str | None = None,
     end: str | None = None,
@@ -190,18 +189,19 @@ def monitor_models(
     from flows.promote import audit_and_promote
     from flows.train import train_model
 
-    settings = Settings(home=Path(home)) if home else Settings()
+    config = Settings.from_flow(settings)
+    passed_on = config.to_flow()  # the same settings, whole, for the retrain and gate runs
     logger = get_run_logger()
-    policy = load_policy(settings.monitoring_policy)
+    policy = load_policy(config.monitoring_policy)
     now = dt.datetime.now(dt.UTC)
     since, until = window_bounds(policy, start, end, now)
     context = FlowRunContext.get()
     flow_run_id = str(context.flow_run.id) if context and context.flow_run else None
-    decisions_path = settings.monitoring_dir / "decisions.jsonl"
+    decisions_path = config.monitoring_dir / "decisions.jsonl"
     wanted = [f for f in (families or MONITORED) if f in policy.families]
     entries, runs = [], {}
     for family in wanted:
-        run = monitor_one(settings, policy, family, since, until, now)
+        run = monitor_one(config, policy, family, since, until, now)
         if run is None:
             logger.info(f"{family}: no @champion, nothing to monitor")
             continue
@@ -227,7 +227,7 @@ def monitor_models(
         }
         t = time.perf_counter()
         try:
-            params = {"home": str(settings.home_dir), "family": family, "trials": trials or policy.retrain.trials,
+            params = {"settings": passed_on, "family": family, "trials": trials or policy.retrain.trials,
                       "shift_months": entry["new_labelled_months"]}  # fmt: skip
             result["train_flow_run_id"], outcomes = launch(TRAIN_DEPLOYMENT, params, executor, train_model)
             result["trained"] = [f"{r['name']} v{r['version']}" for o in outcomes for r in o["registered"]]
@@ -235,7 +235,7 @@ def monitor_models(
                 gated = []
                 for o in outcomes:
                     for r in o["registered"]:
-                        args = {"model": r["name"], "home": str(settings.home_dir), "version": str(r["version"]),
+                        args = {"model": r["name"], "settings": passed_on, "version": str(r["version"]),
                                 "actor": "custintel monitor"}  # fmt: skip
                         run_id, decision = launch(PROMOTE_DEPLOYMENT, args, executor, audit_and_promote)
                         gated.append({"model": r["name"], "version": str(r["version"]), "result": decision["result"],

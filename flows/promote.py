@@ -14,23 +14,19 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
-from mlflow import MlflowClient
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from custintel.settings import Settings
 from flows.retries import io_task
-from flows.train import configure_tracking
 from governance import audit as fair
 from governance import cards, gate, store
 from governance.policy import GovernancePolicy, load_policy
-from models.registry import CHALLENGER, read_evaluation_set, read_run_json
+from models.registry import CHALLENGER, Registry
 from models.result import EvaluationSet
 
 CARD_METRICS = {"classifier": ["auc", "pr_auc", "brier"], "uplift": ["qini"], "ranking": ["ndcg_at_k", "recall_at_k"]}
@@ -65,32 +61,24 @@ class Judgement:
     card: dict[str, bytes | str] = field(default_factory=dict)
 
 
-def _inputs(uri: str) -> list[tuple[str, str]] | None:
-    signature = mlflow.models.get_model_info(uri).signature
-    if signature is None or signature.inputs is None:
-        return None
-    return [(c.name, str(c.type)) for c in signature.inputs.inputs if c.name]
-
-
 def gather(settings: Settings, model: str, version: str | None) -> Candidate:
     """Read the challenger (the `challenger` alias unless a version is named) and the current champion."""
-    configure_tracking(settings)
-    client = MlflowClient()
-    name = store.resolve_model(client, model)
-    version = version or store.alias_version(client, name, CHALLENGER)
+    registry = Registry(settings)
+    name = store.resolve_model(registry, model)
+    version = version or registry.alias_version(name, CHALLENGER)
     if version is None:
         raise store.GateError(f"{name} has no @challenger: train first, or name a version")
-    mv = client.get_model_version(name, version)
+    mv = registry.version(name, version)
     if not mv.run_id:
         raise store.GateError(f"{name} v{version} was not logged from a run: nothing to audit it on")
     run_id: str = mv.run_id
-    run = client.get_run(run_id)
-    family = mv.tags.get("custintel.family") or run.data.tags.get("custintel.family", "")
-    evaluation = read_evaluation_set(run_id)
+    run = registry.run(run_id)
+    family = mv.tags.get("custintel.family") or run.tags.get("custintel.family", "")
+    evaluation = registry.read_evaluation_set(run_id)
     if evaluation is None:
         raise store.GateError(f"{name} v{version}: its run {mv.run_id} logged no evaluation set; retrain it")
-    metrics = run.data.metrics
-    info = read_run_json(run_id, "info.json")
+    metrics = run.metrics
+    info = registry.read_run_json(run_id, "info.json")
     threshold = None
     if "threshold" in metrics:
         threshold = {
@@ -99,8 +87,8 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
             "the K-th highest calibrated score of the newest validation cutoff, K = the weekly call capacity",
             "weekly_capacity": int(metrics.get("weekly_capacity", 0)),
         }  # fmt: skip
-    lineage = read_run_json(run_id, "lineage/lineage.json")
-    quality = read_run_json(run_id, "data_quality.json")
+    lineage = registry.read_run_json(run_id, "lineage/lineage.json")
+    quality = registry.read_run_json(run_id, "data_quality.json")
     training = {
         "feature sets": ", ".join(f"{k} (digest {v.get('digest')})" for k, v in lineage.get("feature_sets", {}).items())
         or lineage.get("source", "user table"),
@@ -108,22 +96,17 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
         "training rows": f"{quality.get('rows', float('nan')):,.0f}",
         "positives": f"{quality.get('positives', float('nan')):,.0f}",
         "test rows": f"{len(evaluation.frame):,}",
-        "datasets": ", ".join(
-            f"{d.dataset.name} (digest {d.dataset.digest})" for d in (run.inputs.dataset_inputs if run.inputs else [])
-        )
-        or "none logged",
-        "git commit": run.data.tags.get("mlflow.source.git.commit", "unknown"),
+        "datasets": ", ".join(f"{n} (digest {d})" for n, d in run.datasets) or "none logged",
+        "git commit": run.tags.get("mlflow.source.git.commit", "unknown"),
     }
-    uri = f"models:/{name}/{version}"
-    champion_version = store.alias_version(client, name, store.CHAMPION)
+    champion_version = registry.alias_version(name, store.CHAMPION)
     candidate = Candidate(
         name, version, family, run_id, evaluation, quality, threshold, training,
-        mlflow.pyfunc.load_model(uri), _inputs(uri), champion_version,
+        registry.load_model(name, version), registry.model_inputs(name, version), champion_version,
     )  # fmt: skip
     if champion_version is not None and champion_version != version:
-        champion_uri = f"models:/{name}/{champion_version}"
-        candidate.champion = mlflow.pyfunc.load_model(champion_uri)
-        candidate.champion_inputs = _inputs(champion_uri)
+        candidate.champion = registry.load_model(name, champion_version)
+        candidate.champion_inputs = registry.model_inputs(name, champion_version)
     candidate.golden = store.read_golden_records(settings)
     return candidate
 
@@ -205,17 +188,18 @@ def judge(candidate: Candidate, policy: GovernancePolicy, waiver: gate.Waiver | 
 
 def record(settings: Settings, candidate: Candidate, judgement: Judgement) -> dict[str, Any]:
     """Move the aliases (if it passed), tag the version, attach the card and append the decision."""
-    configure_tracking(settings)
-    client = MlflowClient()
+    registry = Registry(settings)
     decision = judgement.decision
     if decision["result"] in ("promoted", "waived"):
         why = f"gate {decision['result']} (decision {decision['id']})"
-        before, _ = store.move_champion(client, candidate.name, candidate.version, why)
+        before, _ = store.move_champion(
+            registry, candidate.name, candidate.version, why, decision["id"], decision["actor"]
+        )
         decision["champion_before"] = before
     folder = store.write_card_files(settings, candidate.name, candidate.version, judgement.card)
-    store.attach_card(client, candidate.run_id, folder, candidate.version)
+    store.attach_card(registry, candidate.run_id, folder, candidate.version)
     store.tag_version(
-        client,
+        registry,
         candidate.name,
         candidate.version,
         {
@@ -232,18 +216,18 @@ def record(settings: Settings, candidate: Candidate, judgement: Judgement) -> di
 
 def rollback(settings: Settings, model: str, reason: str, actor: str) -> dict[str, Any]:
     """Champion goes back to `previous` (the demoted version becomes `previous`); recorded like a promotion."""
-    configure_tracking(settings)
-    client = MlflowClient()
-    name = store.resolve_model(client, model)
+    registry = Registry(settings)
+    name = store.resolve_model(registry, model)
     with store.model_lock(settings, name):
-        champion = store.alias_version(client, name, store.CHAMPION)
-        previous = store.alias_version(client, name, store.PREVIOUS)
+        champion = registry.alias_version(name, store.CHAMPION)
+        previous = registry.alias_version(name, store.PREVIOUS)
         if champion is None or previous is None:
             raise store.GateError(f"{name} has no @champion and @previous to roll back between")
-        store.move_champion(client, name, previous, f"rollback: {reason}")
-        store.tag_version(client, name, champion, {"result": "rolled_back", "reasons": json.dumps([reason])})
+        decision_id = uuid.uuid4().hex
+        store.move_champion(registry, name, previous, f"rollback: {reason}", decision_id, actor)
+        store.tag_version(registry, name, champion, {"result": "rolled_back", "reasons": json.dumps([reason])})
         decision = {
-            "id": uuid.uuid4().hex,
+            "id": decision_id,
             "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "actor": actor,
             "action": "rollback",
@@ -284,8 +268,7 @@ def run_gate(
 ) -> dict[str, Any]:
     """One model's promotion, under its lock: gather, judge, record."""
     policy = load_policy(settings.governance_policy)
-    configure_tracking(settings)
-    name = store.resolve_model(MlflowClient(), model)
+    name = store.resolve_model(Registry(settings), model)
     with store.model_lock(settings, name):
         candidate = steps.gather(settings, name, version)
         judgement = steps.judge(candidate, policy, waiver, actor)
@@ -302,15 +285,14 @@ def publish_decision(decision: dict[str, Any]) -> None:
 @flow(name="audit_and_promote", log_prints=False, persist_result=True)  # read back by a monitor
 def audit_and_promote(
     model: str,
-    home: str | None = None,
+    settings: dict[str, Any] | None = None,
     version: str | None = None,
     approver: str | None = None,
     reason: str | None = None,
     actor: str | None = None,
 ) -> dict[str, Any]:
     """Audit a challenger and promote it to @champion if the policy's checks pass (or a waiver covers them)."""
-    settings = Settings(home=Path(home)) if home else Settings()
     waiver = gate.Waiver(approver, reason or "") if approver else None
-    decision = run_gate(settings, model, version, waiver, actor or store.actor(), TASK_STEPS)
+    decision = run_gate(Settings.from_flow(settings), model, version, waiver, actor or store.actor(), TASK_STEPS)
     task(name="publish-decision", cache_policy=NO_CACHE)(publish_decision)(decision)
     return decision

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -89,9 +88,12 @@ def publish_report(run: dict[str, Any]) -> None:
 
 
 @flow(name="resolve_identities", log_prints=False)
-def resolve_identities(home: str | None = None, reuse_model: bool = False) -> dict[str, Any]:
+def resolve_identities(settings: dict[str, Any] | None = None, reuse_model: bool = False) -> dict[str, Any]:
     """Resolve the lake's identity records into customers; returns the run summary."""
-    settings = Settings(home=Path(home)) if home else Settings()
+    return _resolve(Settings.from_flow(settings), reuse_model)
+
+
+def _resolve(settings: Settings, reuse_model: bool) -> dict[str, Any]:
     config = identity_config(settings)
     options = resolve_options(settings)
     records = load_records(settings, config)

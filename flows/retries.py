@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -14,8 +13,10 @@ def is_transient(exc: BaseException) -> bool:
     """True for failures of I/O (files, Redis, the tracking store's server); False for bad data or models."""
     import redis
 
-    if isinstance(exc, mlflow.exceptions.RestException):
-        return exc.get_http_status_code() >= 500
+    from models.registry import is_transient as registry_transient
+
+    if registry_transient(exc):
+        return True
     return isinstance(exc, (OSError, ConnectionError, redis.ConnectionError, redis.TimeoutError))
 
 

@@ -11,16 +11,13 @@ when the generator's truth is given, log how close the model comes to the oracle
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
-from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -40,7 +37,7 @@ from models.churn import churn_table, labelled_rows, train_churn
 from models.config import FAMILIES, Family, TrainingConfig, TuningConfig, load_training_config
 from models.propensity import HELD, negative_shares, propensity_table, train_propensity, train_uplift, uplift_table
 from models.recommendation import Interactions, check_interactions, train_recommendation
-from models.registry import RunRecord, ensure_experiment, log_run_metrics, log_training_run, verify_round_trip
+from models.registry import Registry, RunRecord
 from models.result import TrainedModel
 from models.splits import LabelledTable, stage_at_random, stage_by_time
 from models.tuning import FitClock, create_study
@@ -383,36 +380,27 @@ def fit_unit(unit: Unit, data: Loaded, settings: Settings, study_prefix: str) ->
     return train_recommendation(data[0], data[1], unit.config, unit.tuning, study, clock)
 
 
-def configure_tracking(settings: Settings) -> str | None:
-    """Point MLflow at the configured store; returns the artifact root for new experiments.
-
-    A tracking server (http[s]) decides where artifacts go; with a database store
-    (SQLite, PostgreSQL) they go under the custintel home, never to the working directory.
-    """
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    # MLflow draws a progress bar for every artifact download; the gate reads several small ones per model.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if settings.tracking_uri.startswith(("http://", "https://", "databricks")):
-        return None
-    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
-    return settings.artifacts_dir.as_uri()
-
-
 def register_unit(
     settings: Settings, config: TrainingConfig, unit: Unit, trained: TrainedModel, lineage: dict[str, Any]
 ) -> RunRecord:
     """Log the run and register its models as @challenger (I/O: retried by the flow)."""
-    artifact_root = configure_tracking(settings)
-    experiment_id = ensure_experiment(MlflowClient(), config.experiment, artifact_root)
+    from governance.store import actor
+
+    registry = Registry(settings)
+    experiment_id = registry.ensure_experiment(config.experiment)
     tags = {"custintel.unit": unit.name, "custintel.feature_sets": ",".join(unit.feature_sets)}
     reference_rows = load_monitoring_policy(settings.monitoring_policy).reference_rows
-    return log_training_run(trained, experiment_id, tags, lineage, lineage.get("source", ""), reference_rows)
+    return registry.log_training_run(
+        trained, experiment_id, tags, lineage, lineage.get("source", ""), reference_rows, actor=actor()
+    )
 
 
-def verify_unit(trained: TrainedModel, record: RunRecord) -> float:
+def verify_unit(settings: Settings, trained: TrainedModel, record: RunRecord) -> float:
     """Load each registered model back by alias and compare its scores with the in-memory model's."""
-    return max((verify_round_trip(m, m.registered_model) for m in trained.models if m.registered_model), default=0.0)
+    registry = Registry(settings)
+    return max(
+        (registry.verify_round_trip(m, m.registered_model) for m in trained.models if m.registered_model), default=0.0
+    )
 
 
 def lineage_of(settings: Settings, unit: Unit, data: Loaded, own: OwnTable | OwnInteractions | None) -> dict[str, Any]:
@@ -472,8 +460,7 @@ def compare_with_truth(
 
 def record_oracle(settings: Settings, record: RunRecord, scores: dict[str, float]) -> None:
     """Add the oracle comparison to the run (I/O: retried by the flow)."""
-    configure_tracking(settings)
-    log_run_metrics(record.run_id, scores)
+    Registry(settings).log_run_metrics(record.run_id, scores)
 
 
 @dataclass(frozen=True)
@@ -548,7 +535,7 @@ def run_training(
         record = steps.register(settings, config, unit, trained, lineage_of(settings, unit, data, own))
         seconds["log_and_register"] = time.perf_counter() - t
         t = time.perf_counter()
-        steps.verify(trained, record)
+        steps.verify(settings, trained, record)
         seconds["verify"] = time.perf_counter() - t
         scores: dict[str, float] = {}
         if truth is not None and own is None:
@@ -596,7 +583,7 @@ HEADLINE = ("test_auc", "test_pr_auc", "test_concordance", "test_qini", "crossfi
 
 @flow(name="train_model", log_prints=False, persist_result=True)  # a monitor reads the result of a deployment run
 def train_model(
-    home: str | None = None,
+    settings: dict[str, Any] | None = None,
     family: str = "all",
     truth: str | None = None,
     trials: int | None = None,
@@ -612,7 +599,7 @@ def train_model(
     from flows.features import TASK_STEPS as FEATURE_STEPS
     from flows.features import run_feature_build
 
-    settings = Settings(home=Path(home)) if home else Settings()
+    config = Settings.from_flow(settings)
     logger = get_run_logger()
     own: OwnTable | OwnInteractions | None = None
     if own_table:
@@ -621,9 +608,9 @@ def train_model(
         own = OwnInteractions(**{**own_interactions, "path": Path(own_interactions["path"])})
 
     def build(days: list[dt.date]) -> Any:
-        return run_feature_build(settings, days, False, FEATURE_STEPS, logger.info)
+        return run_feature_build(config, days, False, FEATURE_STEPS, logger.info)
 
-    outcomes = run_training(settings, family, TASK_STEPS, logger.info, build, own,
+    outcomes = run_training(config, family, TASK_STEPS, logger.info, build, own,
                             Path(truth) if truth else None, trials, timeout, shift_months)  # fmt: skip
     # As a task, the artifact is attached to a task run too (Prefect 3.8's artifact filter joins on task runs).
     task(name="publish-training-summary", cache_policy=NO_CACHE)(publish_summary)(outcomes)

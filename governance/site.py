@@ -147,55 +147,27 @@ class DriftReport:
 # --- reading ----------------------------------------------------------------------------------------------------------
 
 
-def read_registry(tracking_uri: str) -> list[ModelSummary]:
+def read_registry(settings: Settings) -> list[ModelSummary]:
     """Every registered model with its versions (newest first), aliases and tags, sorted by name.
 
     A SQLite store whose file does not exist yet is read as an empty registry rather than
     created (MLflow would create and migrate it).
     """
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri.removeprefix("sqlite:///"))
-        if not db.exists():
-            return []
-    from mlflow import MlflowClient
+    from models.registry import Registry, RegistryError
 
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        registered = _all_pages(client.search_registered_models)
-        versions = _all_pages(client.search_model_versions)
-    except Exception as exc:  # any store failure (REST, SQLAlchemy, MLflow) means the same to the reader
-        raise SiteError(_redact(f"cannot read the MLflow registry at {tracking_uri}: {exc}")) from exc
-    models = {
-        rm.name: ModelSummary(rm.name, aliases={a: str(v) for a, v in (rm.aliases or {}).items()}) for rm in registered
-    }
-    for mv in versions:
-        model = models.setdefault(mv.name, ModelSummary(mv.name))
-        created = None
-        if mv.creation_timestamp:
-            created = dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=dt.UTC)
-        model.versions.append(VersionSummary(str(mv.version), created, mv.run_id or "", tags=dict(mv.tags or {})))
-    for model in models.values():
+        listings = Registry(settings).list_models()
+    except RegistryError as exc:
+        raise SiteError(f"cannot read the MLflow registry: {exc}") from exc
+    models = []
+    for listing in listings:
+        model = ModelSummary(listing.name, aliases=dict(listing.aliases))
+        for v in listing.versions:
+            aliases = sorted((a for a, n in model.aliases.items() if n == v.version), key=_alias_key)
+            model.versions.append(VersionSummary(v.version, v.created, v.run_id or "", aliases, dict(v.tags)))
         model.versions.sort(key=lambda v: _version_key(v.version), reverse=True)
-        # The registered model's alias map is authoritative (some stores leave a version's own list empty).
-        for version in model.versions:
-            version.aliases = sorted((a for a, v in model.aliases.items() if v == version.version), key=_alias_key)
-    return sorted(models.values(), key=lambda m: m.name)
-
-
-def _all_pages(search: Any) -> list[Any]:
-    found: list[Any] = []
-    token = None
-    while True:
-        page = search(page_token=token) if token else search()
-        found.extend(page)
-        token = getattr(page, "token", None)
-        if not token:
-            return found
-
-
-def _redact(text: str) -> str:
-    """The text with any URL password masked (postgresql://user:secret@host/db -> postgresql://user:***@host/db)."""
-    return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", text)
+        models.append(model)
+    return sorted(models, key=lambda m: m.name)
 
 
 def read_decisions(path: Path) -> list[DecisionEntry]:
@@ -545,7 +517,7 @@ def build_site(settings: Settings) -> Path:
     The site is built in a temporary folder beside the old one, which it then replaces, so
     a reader (or `serve_site`) never sees a half-written site.
     """
-    models = read_registry(settings.tracking_uri)
+    models = read_registry(settings)
     decisions = read_decisions(settings.governance_dir / "decisions.jsonl")
     built = dt.datetime.now(dt.UTC)
     target = settings.site_dir

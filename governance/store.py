@@ -17,15 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pandas as pd
-from mlflow import MlflowClient
 
 from custintel.settings import Settings
-from models.registry import CHALLENGER, set_alias
+from models.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, UnknownModelError
 
-CHAMPION = "champion"
-PREVIOUS = "previous"
 GATE_TAG_PREFIX = "custintel.gate."  # model-version tags: result, reasons, decision, policy_hash, card
 
 
@@ -112,40 +108,34 @@ def _advisory_lock(tracking_uri: str, name: str) -> Iterator[None]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
-def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    """The version an alias points at, or None."""
+def resolve_model(registry: Registry, model: str) -> str:
+    """A registered model's name from its name or family; GateError when there is none."""
     try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        return None
+        return registry.resolve_model(model)
+    except UnknownModelError as exc:
+        raise GateError(str(exc)) from None
 
 
-def resolve_model(client: MlflowClient, model: str) -> str:
-    """A registered model's name from its name or its family (churn -> custintel-churn)."""
-    names = [m.name for m in client.search_registered_models()]
-    if model in names:
-        return model
-    by_family = [n for n in names if n == f"custintel-{model}"]
-    if by_family:
-        return by_family[0]
-    raise GateError(f"no registered model {model!r}; registered: {sorted(names) or 'none'}")
+def move_champion(
+    registry: Registry, name: str, version: str, reason: str, decision: str | None = None, actor: str | None = None
+) -> tuple[str | None, str]:
+    """Point champion at `version`, the former champion -> previous. Returns (before, after).
 
-
-def move_champion(client: MlflowClient, name: str, version: str, reason: str) -> tuple[str | None, str]:
-    """Point champion at `version`, the former champion -> previous. Returns (before, after)."""
-    before = alias_version(client, name, CHAMPION)
+    Every move is recorded by the registry with the gate decision behind it, so
+    `custintel registry history` can say which version held an alias at any date, and why.
+    """
+    before = registry.alias_version(name, CHAMPION)
     if before is not None and before != version:
-        set_alias(client, name, PREVIOUS, int(before), f"replaced as champion by version {version}")
-    set_alias(client, name, CHAMPION, int(version), reason)
-    if alias_version(client, name, CHALLENGER) == version:
-        client.delete_registered_model_alias(name, CHALLENGER)
+        registry.set_alias(name, PREVIOUS, before, f"replaced as champion by version {version}", decision, actor)
+    registry.set_alias(name, CHAMPION, version, reason, decision, actor)
+    if registry.alias_version(name, CHALLENGER) == version:
+        registry.remove_alias(name, CHALLENGER, f"promoted to champion: {reason}", decision, actor)
     return before, version
 
 
-def tag_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:
+def tag_version(registry: Registry, name: str, version: str, tags: dict[str, str]) -> None:
     """Record the gate's outcome on the model version."""
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, GATE_TAG_PREFIX + key, value)
+    registry.set_version_tags(name, version, {GATE_TAG_PREFIX + key: value for key, value in tags.items()})
 
 
 def read_golden_records(settings: Settings) -> pd.DataFrame:
@@ -174,8 +164,6 @@ def write_card_files(settings: Settings, name: str, version: str, files: dict[st
     return folder
 
 
-def attach_card(client: MlflowClient, run_id: str, folder: Path, version: str) -> str:
+def attach_card(registry: Registry, run_id: str, folder: Path, version: str) -> str:
     """Log the card folder as artifacts of the version's run; returns the artifact path."""
-    path = f"cards/v{version}"
-    client.log_artifacts(run_id, str(folder), path)
-    return path
+    return registry.log_artifacts(run_id, folder, f"cards/v{version}")

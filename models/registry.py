@@ -1,43 +1,71 @@
-"""The MLflow side of training: one run per trained family, registered versions, aliases.
+"""The one module that talks to MLflow's tracking store and model registry.
 
-The only module besides `flows/` that uses MLflow's tracking API. A run holds
-everything needed to reproduce and judge the model: parameters, metrics, the
-feature-set manifests and dataset lineage, the git commit, figures, tables, and the
-model (preprocessing and estimator as one artifact) with its signature and input
-example. Each registered model gets a new version with the alias `challenger`; MLflow
-keeps no history of alias moves, so every move is also recorded as a tag.
+Every command, flow, service and page reaches MLflow through a `Registry` built from the
+settings (tracking and registry URI), never through a process-wide default: a process can
+point one registry at SQLite and another at PostgreSQL, and a command run on its own, from
+any working directory, reads the registry of its home.
+
+A training run holds everything needed to reproduce and judge the model: parameters, metrics,
+the feature-set manifests and dataset lineage, the git commit, figures, tables, the test rows
+and the monitoring reference, and the model (preprocessing and estimator as one artifact) with
+its signature and input example. Each registered model gets a new version with the alias
+`challenger`. MLflow keeps no history of alias moves (mlflow #2169), so every move is also
+recorded, with its reason and the gate decision behind it, as a tag of its own on the
+registered model (`alias_moves`).
+
+MLflow's model logging and loading functions only know the process-wide tracking URI; the
+registry sets it for the length of one such call, under a lock, and puts back exactly what
+was there before (`_fluent`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
+import os
+import re
 import subprocess
 import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 import mlflow.data.pandas_dataset
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException, RestException
 from mlflow.models import infer_signature
 
+from custintel.settings import Settings
 from models.result import EvaluationSet, LoggedModel, TrainedModel
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
-ALIAS_HISTORY_TAG = "custintel.alias_history"
-_HISTORY_KEPT = 25  # alias moves kept on the registered model's tag (tag values are size-limited)
+PREVIOUS = "previous"
+ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
+ALIAS_MOVE_TAG = "custintel.alias_move."  # + a sortable stamp: one registered-model tag per move
+LEGACY_HISTORY_TAG = "custintel.alias_history"  # the last 25 moves in one tag (homes written before alias_move)
+REFERENCE_PATH = "monitoring/reference.parquet"
 _REQUIREMENTS = ("scikit-learn", "lightgbm", "pandas", "numpy", "scipy", "cloudpickle", "lifelines", "implicit")
+_FLUENT_LOCK = threading.RLock()
+_MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model, version or alias
 
 
 class RegistryError(RuntimeError):
     """The tracking store is unreachable, or a registered model does not load back as it was logged."""
+
+
+class UnknownModelError(RegistryError):
+    """No registered model by that name or family."""
 
 
 @dataclass
@@ -59,6 +87,59 @@ class RunRecord:
     family: str
     models: list[RegisteredVersion] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered model version, as the gate, the service, monitoring and the site read it."""
+
+    name: str
+    version: str
+    run_id: str | None
+    created: dt.datetime | None
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run's tags, metrics and the datasets it logged as inputs (name, digest)."""
+
+    run_id: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    datasets: list[tuple[str, str]]
+
+
+@dataclass
+class ModelListing:
+    """A registered model with its aliases and every version (for the reviewers' site)."""
+
+    name: str
+    aliases: dict[str, str]
+    versions: list[VersionInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One move of an alias: where it pointed before and after, when, why, under which gate decision."""
+
+    model: str
+    alias: str
+    version: str | None  # None: the alias was removed
+    previous: str | None
+    at: dt.datetime
+    reason: str
+    decision: str | None = None
+    actor: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"model": self.model, "alias": self.alias, "version": self.version, "previous": self.previous,
+                "at": self.at.isoformat(timespec="microseconds"), "reason": self.reason,
+                "decision": self.decision, "actor": self.actor}  # fmt: skip
+
+
+# --- pure helpers ---------------------------------------------------------------------------------------------------
 
 
 def git_commit(start: Path | None = None) -> str:
@@ -88,17 +169,6 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None) -> str:
-    """The experiment's id, creating it (with an explicit artifact location) on first use."""
-    try:
-        found = client.get_experiment_by_name(name)
-    except mlflow.exceptions.MlflowException as exc:
-        raise RegistryError(f"cannot reach the MLflow tracking store: {exc}") from exc
-    if found is not None:
-        return str(found.experiment_id)
-    return str(client.create_experiment(name, artifact_location=artifact_root))
-
-
 def _flat_params(params: dict[str, Any]) -> dict[str, str]:
     return {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in params.items()}
 
@@ -122,32 +192,6 @@ def predict_in_memory(logged: LoggedModel, frame: pd.DataFrame) -> Any:
     return logged.model.predict(None, frame)
 
 
-def _log_model(logged: LoggedModel) -> Any:
-    example = serving_example(logged)
-    output = predict_in_memory(logged, example)
-    if logged.flavor == "sklearn":
-        return mlflow.sklearn.log_model(
-            logged.model,
-            name=logged.name,
-            serialization_format="cloudpickle",
-            signature=infer_signature(example, np.asarray(output)),
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            pyfunc_predict_fn=logged.predict_method,
-        )
-    return mlflow.pyfunc.log_model(
-        name=logged.name,
-        python_model=logged.model,
-        artifacts=logged.artifacts or None,
-        signature=infer_signature(example, output),
-        input_example=example,
-        pip_requirements=pip_requirements(),
-    )
-
-
-REFERENCE_PATH = "monitoring/reference.parquet"
-
-
 def monitoring_reference(trained: TrainedModel, rows: int, seed: int = 0) -> pd.DataFrame | None:
     """A seeded sample of the training rows, model inputs only: what monitoring compares served traffic with.
 
@@ -165,101 +209,6 @@ def monitoring_reference(trained: TrainedModel, rows: int, seed: int = 0) -> pd.
     return sample[keys + columns].reset_index(drop=True)
 
 
-def read_reference(run_id: str) -> pd.DataFrame | None:
-    """The monitoring reference a run logged (None for a run from before monitoring)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=REFERENCE_PATH, dst_path=tmp)
-        except (mlflow.exceptions.MlflowException, OSError):
-            return None
-        return pd.read_parquet(local)
-
-
-def log_training_run(
-    trained: TrainedModel,
-    experiment_id: str,
-    tags: dict[str, str],
-    lineage: dict[str, Any],
-    dataset_source: str,
-    reference_rows: int = 100_000,
-) -> RunRecord:
-    """Log one trained family as a run; register its models and point `challenger` at the new versions."""
-    client = MlflowClient()
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{trained.family}") as run:
-        mlflow.set_tags({"custintel.family": trained.family, "mlflow.source.git.commit": git_commit(), **tags})
-        mlflow.log_params(_flat_params(trained.params))
-        mlflow.log_metrics({k: float(v) for k, v in trained.metrics.items() if np.isfinite(v)})
-        mlflow.log_dict(lineage, "lineage/lineage.json")
-        mlflow.log_dict(trained.info, "info.json")
-        if trained.data_quality:
-            mlflow.log_dict(trained.data_quality, "data_quality.json")
-        if trained.evaluation_set is not None:
-            log_evaluation_set(trained.evaluation_set)
-        if trained.training_frame is not None:
-            mlflow.log_input(training_dataset(trained, dataset_source), context="training")
-            reference = monitoring_reference(trained, reference_rows)
-            if reference is not None:
-                with tempfile.TemporaryDirectory() as tmp:
-                    reference.to_parquet(Path(tmp) / "reference.parquet", index=False)
-                    mlflow.log_artifact(str(Path(tmp) / "reference.parquet"), "monitoring")
-        for name, fig in trained.figures.items():
-            mlflow.log_figure(fig, f"plots/{name}.png")
-        for name, table in trained.tables.items():
-            mlflow.log_text(table.to_csv(index=False), f"tables/{name}.csv")
-        record = RunRecord(run.info.run_id, experiment_id, trained.family, metrics=dict(trained.metrics))
-        for logged in trained.models:
-            info = _log_model(logged)
-            version = None
-            uri = info.model_uri
-            if logged.registered_model:
-                mv = mlflow.register_model(info.model_uri, logged.registered_model)
-                version = int(mv.version)
-                uri = f"models:/{logged.registered_model}/{version}"
-                client.set_model_version_tag(logged.registered_model, str(version), "custintel.family", trained.family)
-                set_alias(client, logged.registered_model, CHALLENGER, version, f"trained in run {run.info.run_id}")
-            record.models.append(RegisteredVersion(logged.name, uri, logged.registered_model, version))
-    return record
-
-
-def log_evaluation_set(evaluation: EvaluationSet) -> None:
-    """Log the test rows and their layout under the active run's `evaluation/`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        evaluation.frame.to_parquet(Path(tmp) / "test.parquet", index=False)
-        (Path(tmp) / "meta.json").write_text(json.dumps(evaluation.meta(), indent=2))
-        mlflow.log_artifacts(tmp, "evaluation")
-
-
-def read_evaluation_set(run_id: str) -> EvaluationSet | None:
-    """The test rows a run logged (None for a run from before the gate existed)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation", dst_path=tmp))
-        except (mlflow.exceptions.MlflowException, OSError):
-            return None
-        if not (local / "meta.json").is_file():
-            return None
-        meta = json.loads((local / "meta.json").read_text())
-        frame = pd.read_parquet(local / "test.parquet")
-    meta.pop("rows", None)
-    return EvaluationSet(frame=frame, **meta)
-
-
-def read_run_json(run_id: str, path: str) -> dict[str, Any]:
-    """A JSON artifact of a run ({} when the run has none)."""
-    try:
-        return dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}"))
-    except (mlflow.exceptions.MlflowException, OSError):
-        return {}
-
-
-def log_run_metrics(run_id: str, metrics: dict[str, float]) -> None:
-    """Add metrics to a finished run (e.g. the oracle comparison, computed after registration)."""
-    client = MlflowClient()
-    stamp = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-    batch = [mlflow.entities.Metric(k, float(v), stamp, 0) for k, v in metrics.items() if np.isfinite(v)]
-    client.log_batch(run_id, metrics=batch)
-
-
 def training_dataset(trained: TrainedModel, source: str) -> Any:
     """The run's training data as an MLflow dataset: its schema from a sample, its digest from every row.
 
@@ -274,54 +223,6 @@ def training_dataset(trained: TrainedModel, source: str) -> Any:
     )
 
 
-def set_alias(client: MlflowClient, name: str, alias: str, version: int, reason: str) -> None:
-    """Point `alias` at `version`, and append the move to the registered model's alias history."""
-    previous = None
-    try:
-        previous = int(client.get_model_version_by_alias(name, alias).version)
-    except mlflow.exceptions.MlflowException:
-        previous = None
-    client.set_registered_model_alias(name, alias, str(version))
-    history = alias_history(client, name)
-    history.append(
-        {
-            "alias": alias,
-            "version": version,
-            "previous": previous,
-            "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "reason": reason,
-        }
-    )
-    client.set_registered_model_tag(name, ALIAS_HISTORY_TAG, json.dumps(history[-_HISTORY_KEPT:]))
-
-
-def alias_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
-    """Alias moves of a registered model, oldest first (the newest few are kept)."""
-    tags = client.get_registered_model(name).tags
-    raw = tags.get(ALIAS_HISTORY_TAG)
-    return list(json.loads(raw)) if raw else []
-
-
-def load_alias(name: str, alias: str = CHALLENGER) -> Any:
-    """The registered model behind an alias, as a pyfunc model."""
-    return mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
-
-
-def verify_round_trip(logged: LoggedModel, name: str, alias: str = CHALLENGER) -> float:
-    """Load `models:/<name>@<alias>` and check it scores the input example as the in-memory model does.
-
-    Returns the largest absolute difference; raises RegistryError beyond 1e-9.
-    """
-    loaded = load_alias(name, alias)
-    example = serving_example(logged)
-    expected = predict_in_memory(logged, example)
-    got = loaded.predict(example)
-    diff = _max_difference(expected, got)
-    if diff > 1e-9:
-        raise RegistryError(f"models:/{name}@{alias} scores differ from the trained model by {diff:g}")
-    return diff
-
-
 def _max_difference(expected: Any, got: Any) -> float:
     if isinstance(expected, pd.DataFrame):
         got = pd.DataFrame(got)
@@ -333,3 +234,420 @@ def _max_difference(expected: Any, got: Any) -> float:
             return 0.0
         return float(np.max(np.abs(expected[numeric].to_numpy(float) - got[numeric].to_numpy(float))))
     return float(np.max(np.abs(np.asarray(expected, dtype=float) - np.asarray(got, dtype=float))))
+
+
+def redact(text: str) -> str:
+    """The text with any URL password masked (postgresql://user:secret@host/db -> postgresql://user:***@host/db)."""
+    return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", text)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when a registry call failed for a reason a retry can fix: a tracking server's 5xx."""
+    return isinstance(exc, RestException) and exc.get_http_status_code() >= 500
+
+
+def _missing(exc: MlflowException) -> bool:
+    return exc.error_code in _MISSING
+
+
+def _version_info(mv: Any) -> VersionInfo:
+    created = dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=dt.UTC) if mv.creation_timestamp else None
+    return VersionInfo(mv.name, str(mv.version), mv.run_id or None, created, dict(mv.tags or {}))
+
+
+def _stamp(at: dt.datetime) -> str:
+    return at.strftime("%Y%m%dT%H%M%S%fZ")
+
+
+@contextlib.contextmanager
+def _fluent(tracking_uri: str, registry_uri: str) -> Iterator[None]:
+    """MLflow's fluent functions pointed at these URIs for the length of one call; the process's own put back.
+
+    `mlflow.sklearn.log_model`, `load_model` and `get_model_info` read the process-wide URI and
+    have no parameter for it. The module globals they read are set directly rather than through
+    `mlflow.set_tracking_uri`, which also exports an environment variable and resets the global
+    OpenTelemetry tracer provider (a serving process's own tracing and metrics live there). The
+    lock keeps two threads of one process (the service's poll and a request, say) from seeing
+    each other's URI.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    with _FLUENT_LOCK:
+        saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+        tracking_utils._tracking_uri, registry_utils._registry_uri = tracking_uri, registry_uri
+        try:
+            yield
+        finally:
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+
+
+# --- the registry ---------------------------------------------------------------------------------------------------
+
+
+class Registry:
+    """The MLflow tracking store and model registry that the settings name.
+
+    Registered names come from the training config, so `resolve_model("churn")` gives the
+    name the trainer registers and the service serves.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tracking_uri = settings.tracking_uri
+        self.registry_uri = settings.tracking_uri
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        """MLflow's client on these URIs (made on first use: for SQLite, making it creates the database)."""
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+
+    # -- the store -------------------------------------------------------------------------------------------------
+    @property
+    def is_server(self) -> bool:
+        """True for a tracking server (it decides where artifacts go)."""
+        return self.tracking_uri.startswith(("http://", "https://", "databricks"))
+
+    def exists(self) -> bool:
+        """False for an embedded SQLite store whose file was never written (reading would create it)."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            return Path(self.tracking_uri.removeprefix("sqlite:///")).exists()
+        return True
+
+    def artifact_root(self) -> str | None:
+        """Where new experiments keep artifacts: under the home for a database store; a server decides its own."""
+        if self.is_server:
+            return None
+        self.settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        return self.settings.artifacts_dir.as_uri()
+
+    def _fluent(self) -> contextlib.AbstractContextManager[None]:
+        return _fluent(self.tracking_uri, self.registry_uri)
+
+    def _unreachable(self, exc: Exception) -> RegistryError:
+        return RegistryError(redact(f"cannot reach the MLflow tracking store at {self.tracking_uri}: {exc}"))
+
+    # -- names -----------------------------------------------------------------------------------------------------
+    def registered_names(self) -> dict[str, str]:
+        """Family -> registered model name, from the training config (uplift included)."""
+        from models.config import load_training_config
+
+        config = load_training_config(self.settings.training_config)
+        names = {
+            "churn": config.churn.registered_model,
+            "propensity": config.propensity.registered_model,
+            "recommendation": config.recommendation.registered_model,
+        }
+        if config.propensity.uplift is not None:
+            names["uplift"] = config.propensity.uplift.registered_model
+        return names
+
+    def resolve_model(self, model: str) -> str:
+        """A registered model's name from its name or its family (churn -> the config's churn model)."""
+        try:
+            names = [m.name for m in self._all_pages(self.client.search_registered_models)]
+        except MlflowException as exc:
+            raise self._unreachable(exc) from exc
+        if model in names:
+            return model
+        by_family = self.registered_names().get(model)
+        if by_family in names:
+            return str(by_family)
+        raise UnknownModelError(f"no registered model {model!r}; registered: {sorted(names) or 'none'}")
+
+    # -- experiments and runs --------------------------------------------------------------------------------------
+    def ensure_experiment(self, name: str) -> str:
+        """The experiment's id, creating it (with an explicit artifact location) on first use."""
+        try:
+            found = self.client.get_experiment_by_name(name)
+        except MlflowException as exc:
+            raise self._unreachable(exc) from exc
+        if found is not None:
+            return str(found.experiment_id)
+        return str(self.client.create_experiment(name, artifact_location=self.artifact_root()))
+
+    def log_training_run(
+        self,
+        trained: TrainedModel,
+        experiment_id: str,
+        tags: dict[str, str],
+        lineage: dict[str, Any],
+        dataset_source: str,
+        reference_rows: int = 100_000,
+        actor: str | None = None,
+    ) -> RunRecord:
+        """Log one trained family as a run; register its models and point `challenger` at the new versions."""
+        with self._fluent(), mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{trained.family}") as run:
+            mlflow.set_tags({"custintel.family": trained.family, "mlflow.source.git.commit": git_commit(), **tags})
+            mlflow.log_params(_flat_params(trained.params))
+            mlflow.log_metrics({k: float(v) for k, v in trained.metrics.items() if np.isfinite(v)})
+            mlflow.log_dict(lineage, "lineage/lineage.json")
+            mlflow.log_dict(trained.info, "info.json")
+            if trained.data_quality:
+                mlflow.log_dict(trained.data_quality, "data_quality.json")
+            if trained.evaluation_set is not None:
+                self._log_evaluation_set(run.info.run_id, trained.evaluation_set)
+            if trained.training_frame is not None:
+                mlflow.log_input(training_dataset(trained, dataset_source), context="training")
+                reference = monitoring_reference(trained, reference_rows)
+                if reference is not None:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        reference.to_parquet(Path(tmp) / "reference.parquet", index=False)
+                        mlflow.log_artifact(str(Path(tmp) / "reference.parquet"), "monitoring")
+            for name, fig in trained.figures.items():
+                mlflow.log_figure(fig, f"plots/{name}.png")
+            for name, table in trained.tables.items():
+                mlflow.log_text(table.to_csv(index=False), f"tables/{name}.csv")
+            record = RunRecord(run.info.run_id, experiment_id, trained.family, metrics=dict(trained.metrics))
+            for logged in trained.models:
+                info = self._log_model(logged)
+                version = None
+                uri = info.model_uri
+                if logged.registered_model:
+                    mv = mlflow.register_model(info.model_uri, logged.registered_model)
+                    version = int(mv.version)
+                    uri = f"models:/{logged.registered_model}/{version}"
+                    self.client.set_model_version_tag(
+                        logged.registered_model, str(version), "custintel.family", trained.family
+                    )
+                    self.set_alias(logged.registered_model, CHALLENGER, str(version),
+                                   f"trained in run {run.info.run_id}", actor=actor)  # fmt: skip
+                record.models.append(RegisteredVersion(logged.name, uri, logged.registered_model, version))
+        return record
+
+    @staticmethod
+    def _log_model(logged: LoggedModel) -> Any:
+        """Log one model into the active run (inside `_fluent`)."""
+        example = serving_example(logged)
+        output = predict_in_memory(logged, example)
+        if logged.flavor == "sklearn":
+            return mlflow.sklearn.log_model(
+                logged.model,
+                name=logged.name,
+                serialization_format="cloudpickle",
+                signature=infer_signature(example, np.asarray(output)),
+                input_example=example,
+                pip_requirements=pip_requirements(),
+                pyfunc_predict_fn=logged.predict_method,
+            )
+        return mlflow.pyfunc.log_model(
+            name=logged.name,
+            python_model=logged.model,
+            artifacts=logged.artifacts or None,
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        )
+
+    def _log_evaluation_set(self, run_id: str, evaluation: EvaluationSet) -> None:
+        """Log the test rows and their layout under the run's `evaluation/`."""
+        with tempfile.TemporaryDirectory() as tmp:
+            evaluation.frame.to_parquet(Path(tmp) / "test.parquet", index=False)
+            (Path(tmp) / "meta.json").write_text(json.dumps(evaluation.meta(), indent=2))
+            self.client.log_artifacts(run_id, tmp, "evaluation")
+
+    def log_run_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
+        """Add metrics to a finished run (e.g. the oracle comparison, computed after registration)."""
+        stamp = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        batch = [mlflow.entities.Metric(k, float(v), stamp, 0) for k, v in metrics.items() if np.isfinite(v)]
+        self.client.log_batch(run_id, metrics=batch)
+
+    def log_artifacts(self, run_id: str, folder: Path, path: str) -> str:
+        """Attach a local folder's files to a run under `path`; returns `path`."""
+        self.client.log_artifacts(run_id, str(folder), path)
+        return path
+
+    def run(self, run_id: str) -> RunInfo:
+        """A run's tags, metrics and logged datasets."""
+        run = self.client.get_run(run_id)
+        datasets = [(d.dataset.name, d.dataset.digest) for d in (run.inputs.dataset_inputs if run.inputs else [])]
+        return RunInfo(run_id, dict(run.data.tags), dict(run.data.metrics), datasets)
+
+    def _download(self, run_id: str, path: str, dst: str) -> Path | None:
+        # MLflow draws a progress bar per download by default; the gate and monitoring read several small files.
+        with _FLUENT_LOCK:
+            saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+            try:
+                return Path(self.client.download_artifacts(run_id, path, dst))
+            except (MlflowException, OSError):
+                return None
+            finally:
+                if saved is None:
+                    os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+                else:
+                    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
+
+    def read_run_json(self, run_id: str, path: str) -> dict[str, Any]:
+        """A JSON artifact of a run ({} when the run has none)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self._download(run_id, path, tmp)
+            if local is None or not local.is_file():
+                return {}
+            return dict(json.loads(local.read_text(encoding="utf-8")))
+
+    def read_evaluation_set(self, run_id: str) -> EvaluationSet | None:
+        """The test rows a run logged (None for a run from before the gate existed)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self._download(run_id, "evaluation", tmp)
+            if local is None or not (local / "meta.json").is_file():
+                return None
+            meta = json.loads((local / "meta.json").read_text())
+            frame = pd.read_parquet(local / "test.parquet")
+        meta.pop("rows", None)
+        return EvaluationSet(frame=frame, **meta)
+
+    def read_reference(self, run_id: str) -> pd.DataFrame | None:
+        """The monitoring reference a run logged (None for a run from before monitoring)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self._download(run_id, REFERENCE_PATH, tmp)
+            return pd.read_parquet(local) if local is not None and local.is_file() else None
+
+    # -- versions, tags, models ------------------------------------------------------------------------------------
+    def version(self, name: str, version: str) -> VersionInfo:
+        """One version of a registered model."""
+        return _version_info(self.client.get_model_version(name, str(version)))
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        """Set tags on a model version."""
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, value)
+
+    def log_to_version_run(self, name: str, version: str, folder: Path, path: str) -> None:
+        """Attach a folder to the run that produced a version (cards, monitoring reports)."""
+        run_id = self.version(name, version).run_id
+        if run_id:
+            self.log_artifacts(run_id, folder, path)
+
+    def load_model(self, name: str, version: str, flavor: Literal["pyfunc", "sklearn"] = "pyfunc") -> Any:
+        """A registered version as a pyfunc model, or as the scikit-learn estimator it was logged as."""
+        uri = f"models:/{name}/{version}"
+        with self._fluent():
+            if flavor == "sklearn":
+                return mlflow.sklearn.load_model(uri)
+            return mlflow.pyfunc.load_model(uri)
+
+    def model_inputs(self, name: str, version: str) -> list[tuple[str, str]] | None:
+        """The version's input signature as (column, type), None when it has none."""
+        with self._fluent():
+            signature = mlflow.models.get_model_info(f"models:/{name}/{version}").signature
+        if signature is None or signature.inputs is None:
+            return None
+        return [(c.name, str(c.type)) for c in signature.inputs.inputs if c.name]
+
+    def verify_round_trip(self, logged: LoggedModel, name: str, alias: str = CHALLENGER) -> float:
+        """Load `models:/<name>@<alias>` and check it scores the input example as the in-memory model does.
+
+        Returns the largest absolute difference; raises RegistryError beyond 1e-9.
+        """
+        with self._fluent():
+            loaded = mlflow.pyfunc.load_model(f"models:/{name}@{alias}")
+        example = serving_example(logged)
+        expected = predict_in_memory(logged, example)
+        got = loaded.predict(example)
+        diff = _max_difference(expected, got)
+        if diff > 1e-9:
+            raise RegistryError(f"models:/{name}@{alias} scores differ from the trained model by {diff:g}")
+        return diff
+
+    def list_models(self) -> list[ModelListing]:
+        """Every registered model with its aliases and versions (newest first), sorted by name.
+
+        An embedded SQLite store that was never written reads as empty (reading would create it).
+        """
+        if not self.exists():
+            return []
+        try:
+            registered = self._all_pages(self.client.search_registered_models)
+            versions = self._all_pages(self.client.search_model_versions)
+        except Exception as exc:  # any store failure (REST, SQLAlchemy, MLflow) means the same to a reader
+            raise self._unreachable(exc) from exc
+        models = {
+            rm.name: ModelListing(rm.name, {a: str(v) for a, v in (rm.aliases or {}).items()}) for rm in registered
+        }
+        for mv in versions:
+            created = (
+                dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=dt.UTC) if mv.creation_timestamp else None
+            )
+            listing = models.setdefault(mv.name, ModelListing(mv.name, {}))
+            listing.versions.append(
+                VersionInfo(mv.name, str(mv.version), mv.run_id or None, created, dict(mv.tags or {}))
+            )
+        for listing in models.values():
+            listing.versions.sort(key=lambda v: int(v.version) if v.version.isdigit() else 0, reverse=True)
+        return sorted(models.values(), key=lambda m: m.name)
+
+    @staticmethod
+    def _all_pages(search: Any) -> list[Any]:
+        found: list[Any] = []
+        token = None
+        while True:
+            page = search(page_token=token) if token else search()
+            found.extend(page)
+            token = getattr(page, "token", None)
+            if not token:
+                return found
+
+    # -- aliases and their history ---------------------------------------------------------------------------------
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version an alias points at; None when the model or the alias does not exist.
+
+        Any other failure (the store unreachable) raises: a caller must not read "no champion"
+        into "the registry is down".
+        """
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException as exc:
+            if _missing(exc):
+                return None
+            raise
+
+    def set_alias(
+        self, name: str, alias: str, version: str, reason: str, decision: str | None = None, actor: str | None = None
+    ) -> None:
+        """Point `alias` at `version` and record the move (with the gate decision behind it, when there is one)."""
+        previous = self.alias_version(name, alias)
+        self.client.set_registered_model_alias(name, alias, str(version))
+        self._record_move(AliasMove(name, alias, str(version), previous, dt.datetime.now(dt.UTC), reason, decision,
+                                    actor))  # fmt: skip
+
+    def remove_alias(
+        self, name: str, alias: str, reason: str, decision: str | None = None, actor: str | None = None
+    ) -> None:
+        """Remove an alias (if set) and record the removal."""
+        previous = self.alias_version(name, alias)
+        if previous is None:
+            return
+        self.client.delete_registered_model_alias(name, alias)
+        self._record_move(AliasMove(name, alias, None, previous, dt.datetime.now(dt.UTC), reason, decision, actor))
+
+    def _record_move(self, move: AliasMove) -> None:
+        key = f"{ALIAS_MOVE_TAG}{_stamp(move.at)}.{uuid.uuid4().hex[:6]}"
+        record = {**move.as_dict(), "reason": move.reason[:1000]}
+        record.pop("model")
+        self.client.set_registered_model_tag(move.model, key, json.dumps(record))
+
+    def alias_moves(self, name: str) -> list[AliasMove]:
+        """Every recorded move of the model's aliases, oldest first.
+
+        Homes written before each move had a tag of its own kept the last 25 moves in one tag;
+        those are read too.
+        """
+        tags = dict(self.client.get_registered_model(name).tags or {})
+        raw: list[dict[str, Any]] = []
+        legacy = tags.get(LEGACY_HISTORY_TAG)
+        if legacy:
+            raw += [r for r in json.loads(legacy) if isinstance(r, dict)]
+        raw += [json.loads(v) for k, v in tags.items() if k.startswith(ALIAS_MOVE_TAG)]
+        moves = []
+        for r in raw:
+            at = dt.datetime.fromisoformat(str(r["at"]))
+            at = at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+            version = r.get("version")
+            previous = r.get("previous")
+            moves.append(
+                AliasMove(name, str(r["alias"]), None if version is None else str(version),
+                          None if previous is None else str(previous), at, str(r.get("reason", "")),
+                          r.get("decision"), r.get("actor"))
+            )  # fmt: skip
+        return sorted(moves, key=lambda m: m.at)

@@ -26,22 +26,20 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
 
 from custintel.settings import Settings
 from features.featurestore.offline import available_as_of, read_offline
 from features.featurestore.store import offline_root
-from models.registry import read_evaluation_set, read_reference, read_run_json
+from models.registry import Registry
 from monitoring import reports
 from monitoring.checks import QualityFinding, data_quality, null_shares, performance
 from monitoring.drift import ColumnDrift, DatasetDrift, Kind, column_drift, column_kinds, dataset_drift
 from monitoring.policy import MonitoringPolicy
 from monitoring.served import ServedWindow, read_served
 from monitoring.triggers import Evidence, TriggerDecision, decide
-from serving.runtime import log_key
+from serving.inference_log import log_key
 
 CHAMPION = "champion"
 LABELS = "labels@1"
@@ -83,29 +81,26 @@ class MonitoringRun:
 
 def model_name(settings: Settings, family: str) -> str:
     """The registered model a family is served as (the training config's name)."""
-    from models.config import load_training_config
-
-    config = load_training_config(settings.training_config)
-    return str(getattr(config, family).registered_model)
+    return Registry(settings).registered_names()[family]
 
 
-def read_champion(client: MlflowClient, family: str, name: str) -> Champion | None:
+def read_champion(registry: Registry, family: str, name: str) -> Champion | None:
     """The @champion of a registered model and its run's cutoffs, horizon, threshold and test figures."""
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
+    version = registry.alias_version(name, CHAMPION)
+    if version is None:
         return None
-    run = client.get_run(mv.run_id) if mv.run_id else None
-    lineage = read_run_json(mv.run_id, "lineage/lineage.json") if mv.run_id else {}
+    mv = registry.version(name, version)
+    run = registry.run(mv.run_id) if mv.run_id else None
+    lineage = registry.read_run_json(mv.run_id, "lineage/lineage.json") if mv.run_id else {}
     cutoffs = [dt.date.fromisoformat(d) for d in lineage.get("as_of", [])]
     horizon = (lineage.get("config") or {}).get("horizon_days")
-    metrics = dict(run.data.metrics) if run else {}
+    metrics = dict(run.metrics) if run else {}
     return Champion(
         family=family,
         name=name,
-        version=str(mv.version),
+        version=version,
         run_id=str(mv.run_id),
-        registered_at=dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=dt.UTC),
+        registered_at=mv.created or dt.datetime.now(dt.UTC),
         last_cutoff=max(cutoffs) if cutoffs else None,
         horizon_days=int(horizon) if horizon else None,
         threshold=metrics.get("threshold"),
@@ -113,12 +108,12 @@ def read_champion(client: MlflowClient, family: str, name: str) -> Champion | No
     )
 
 
-def load_reference(champion: Champion) -> pd.DataFrame:
+def load_reference(registry: Registry, champion: Champion) -> pd.DataFrame:
     """The champion's monitoring reference; for a run from before monitoring, its logged test rows."""
-    reference = read_reference(champion.run_id)
+    reference = registry.read_reference(champion.run_id)
     if reference is not None:
         return reference
-    evaluation = read_evaluation_set(champion.run_id)
+    evaluation = registry.read_evaluation_set(champion.run_id)
     if evaluation is None or not evaluation.features:
         raise MonitoringError(
             f"{champion.name} v{champion.version}: its run {champion.run_id} logged no monitoring reference and no "
@@ -129,9 +124,9 @@ def load_reference(champion: Champion) -> pd.DataFrame:
     return evaluation.frame.drop_duplicates(subset=keys or None)[keys + columns].reset_index(drop=True)
 
 
-def load_model(champion: Champion) -> Any:
+def load_model(registry: Registry, champion: Champion) -> Any:
     """The champion's scikit-learn model, as the service loads it."""
-    return mlflow.sklearn.load_model(f"models:/{champion.name}/{champion.version}")
+    return registry.load_model(champion.name, champion.version, "sklearn")
 
 
 def observed_until(settings: Settings) -> dt.date | None:
@@ -261,9 +256,9 @@ def monitor_family(
     """Compare one family's served window with its champion's training; judge and report. None: nothing served."""
     clock: dict[str, float] = {}
     t = time.perf_counter()
-    name = model_name(settings, family)
-    client = MlflowClient()
-    champion = read_champion(client, family, name)
+    registry = Registry(settings)
+    name = registry.registered_names()[family]
+    champion = read_champion(registry, family, name)
     if champion is None:
         return None
     rules = policy.family(family)
@@ -272,7 +267,7 @@ def monitor_family(
     columns: list[str] = []
     kinds: dict[str, Kind] = {}
     if family != "recommendation":
-        reference = load_reference(champion)
+        reference = load_reference(registry, champion)
         columns = [c for c in reference.columns if c not in ("customer_key", "as_of")]
         kinds = column_kinds(reference, columns)
         tests = _tests(policy, columns)
@@ -301,7 +296,7 @@ def monitor_family(
     t = time.perf_counter()
     perf, labelled = None, None
     if family == "churn":
-        model = load_model(champion)
+        model = load_model(registry, champion)
         reference = reference.assign(**{PREDICTION: score_rows(model, reference, columns)})
         if enough:
             method, threshold = tests[PREDICTION]
@@ -386,7 +381,7 @@ def monitor_family(
     }
     page, data = reports.write_summary(folder, stem, summary)
     files = [page, data, *files]
-    _log_to_mlflow(client, champion, reports.stamp(now), files, decision)
+    _log_to_mlflow(registry, champion, reports.stamp(now), files, decision)
     return MonitoringRun(champion, decision, summary, files, clock)
 
 
@@ -422,12 +417,12 @@ def _save_snapshot(snapshot: Any, stem: Path) -> list[Path]:
 
 
 def _log_to_mlflow(
-    client: MlflowClient, champion: Champion, stamp: str, files: list[Path], decision: TriggerDecision
+    registry: Registry, champion: Champion, stamp: str, files: list[Path], decision: TriggerDecision
 ) -> None:
     """The reports beside the model version: artifacts of its run, and a tag with the latest verdict."""
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
             shutil.copy2(f, Path(tmp) / f.name)
-        client.log_artifacts(champion.run_id, tmp, f"monitoring/{stamp}")
-    client.set_model_version_tag(champion.name, champion.version, "custintel.monitoring.last",
-                                 f"{stamp}: {decision.action} ({decision.why})"[:500])  # fmt: skip
+        registry.log_artifacts(champion.run_id, Path(tmp), f"monitoring/{stamp}")
+    verdict = f"{stamp}: {decision.action} ({decision.why})"[:500]
+    registry.set_version_tags(champion.name, champion.version, {"custintel.monitoring.last": verdict})

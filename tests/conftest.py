@@ -147,6 +147,12 @@ def flow_runs_and_artifacts() -> tuple[list, list]:
     return asyncio.run(read())
 
 
+def run_home(run: object) -> str | None:
+    """The custintel home a flow run worked on (its `settings` parameter, `Settings.to_flow`'s form)."""
+    settings = (getattr(run, "parameters", None) or {}).get("settings") or {}
+    return (settings.get("values") or {}).get("home")
+
+
 # Cutoffs the small training config below reads (features are built once per session for them).
 TRAIN_AS_OF = ["2024-09-01", "2024-11-01", "2025-02-01", "2025-03-01", "2025-06-01"]
 SMALL_TRAINING_YAML = """

@@ -32,7 +32,7 @@ from features.featurestore.quality import FeatureQualityError
 from flows.cli import app
 from flows.features import PLAIN_STEPS, TASK_STEPS, BuiltSet, build_features
 from flows.retries import retry_on_io
-from tests.conftest import Ingested, flow_runs_and_artifacts
+from tests.conftest import Ingested, flow_runs_and_artifacts, run_home
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ def home(resolved_home: Path, tmp_path: Path) -> Path:
 
 def _read_runs(home: Path) -> tuple[list[FlowRun], list[Artifact]]:
     runs, artifacts = flow_runs_and_artifacts()
-    ours = [r for r in runs if r.parameters.get("home") == str(home)]
+    ours = [r for r in runs if run_home(r) == str(home.resolve())]
     ids = {r.id for r in ours}
     return ours, [a for a in artifacts if a.flow_run_id in ids]
 
@@ -92,7 +92,7 @@ def test_the_flow_builds_every_set_stores_them_and_publishes_artifacts(
     prefect_api: None, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CUSTINTEL_REDIS_URL", raising=False)
-    report = build_features(str(home), as_of=CUTOFFS)
+    report = build_features(Settings(home=home, redis_url=None).to_flow(), as_of=CUTOFFS)
 
     assert report["as_of"] == CUTOFFS
     assert sorted(report["sets"]) == sorted(ALL_SETS)
@@ -145,7 +145,7 @@ def _damage_tickets(home: Path) -> None:
 def test_a_broken_input_fails_the_flow_naming_each_feature(prefect_api: None, home: Path) -> None:
     _damage_tickets(home)
     with pytest.raises(FeatureQualityError, match="feature set service@1 failed its data-quality checks") as err:
-        build_features(str(home))
+        build_features(Settings(home=home).to_flow())
     message = str(err.value)
     # no channel: each per-channel count is 0 for everyone
     for channel in ("phone", "email", "chat", "social", "store"):

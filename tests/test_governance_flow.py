@@ -3,6 +3,7 @@ Prefect flow, two processes racing, and a world whose bias knob skews one group.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import multiprocessing
 import shutil
@@ -11,17 +12,17 @@ from typing import Any
 
 import pytest
 import yaml
-from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from custintel.settings import Settings
 from flows.cli import app
 from flows.promote import PLAIN_STEPS, run_gate
 from flows.train import PLAIN_STEPS as TRAIN_STEPS
-from flows.train import configure_tracking, run_training
+from flows.train import run_training
 from governance import store
 from governance.gate import Waiver
 from governance.policy import load_policy
+from models.registry import Registry
 from tests.conftest import SMALL_TRAINING_YAML, TRAIN_AS_OF
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -43,13 +44,12 @@ def _with_policy(settings: Settings, policy: Path | None) -> Settings:
 
 
 def _aliases(settings: Settings) -> dict[str, str]:
-    configure_tracking(settings)
-    return {a: v for a in ("champion", "challenger", "previous") if (v := store.alias_version(MlflowClient(), NAME, a))}
+    registry = Registry(settings)
+    return {a: v for a in ("champion", "challenger", "previous") if (v := registry.alias_version(NAME, a))}
 
 
 def _tags(settings: Settings, version: str) -> dict[str, str]:
-    configure_tracking(settings)
-    return MlflowClient().get_model_version(NAME, version).tags
+    return Registry(settings).version(NAME, version).tags
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +73,10 @@ def test_pass_block_waiver_and_rollback_move_the_aliases_and_leave_a_record(gate
     assert {"card.md", "card.html", "audit.json"} <= {p.name for p in card.iterdir()}
     page = (card / "card.html").read_text()
     assert "Intended use" in page and "Fairness audit" in page and "promoted" in page
-    configure_tracking(gated)
-    run_id = MlflowClient().get_model_version(NAME, "1").run_id
+    registry = Registry(gated)
+    run_id = registry.version(NAME, "1").run_id
     assert run_id is not None
-    assert any(a.path.endswith("card.html") for a in MlflowClient().list_artifacts(run_id, "cards/v1"))
+    assert any(a.path.endswith("card.html") for a in registry.client.list_artifacts(run_id, "cards/v1"))
 
     # An impossible fairness limit, judged on the raw value: version 2 is blocked and nothing moves.
     strict = _with_policy(gated, _policy(tmp_path, "strict", fairness={"calibration_gap": {"max": 0.0}}))
@@ -109,12 +109,26 @@ def test_pass_block_waiver_and_rollback_move_the_aliases_and_leave_a_record(gate
     assert log[0]["policy_hash"] == load_policy().digest != strict_policy.digest == log[1]["policy_hash"]
     assert all(d["actor"] == me for d in log[:3])
 
+    # The history: which version held each alias, from when to when, and the gate decision behind each move.
+    out = CliRunner().invoke(app, ["--home", str(gated.home_dir), "registry", "history", "churn", "--json"])
+    assert out.exit_code == 0, out.output
+    spans = json.loads(out.output)
+    champion = [s for s in spans if s["alias"] == "champion"]
+    assert [s["version"] for s in champion] == ["1", "2", "1"] and champion[-1]["until"] is None
+    assert [s["decision"] for s in champion] == [log[0]["id"], log[2]["id"], log[3]["id"]]
+    assert "waived by Dana Reviewer" in champion[1]["why"] and champion[1]["ended_by"].startswith("rollback")
+    assert [s["version"] for s in spans if s["alias"] == "challenger"] == ["1", "2"]
+    now = CliRunner().invoke(app, ["--home", str(gated.home_dir), "registry", "history", "churn", "--at",
+                                   dt.datetime.now(dt.UTC).isoformat()])  # fmt: skip
+    text = " ".join(now.output.split())
+    assert now.exit_code == 0 and "@champion = v1" in text and "@previous = v2" in text and "rolled_back" in text
+
 
 def test_the_prefect_flow_audits_and_records(gated: Settings, prefect_api: None) -> None:
     from flows.promote import audit_and_promote
     from tests.conftest import flow_runs_and_artifacts
 
-    decision = audit_and_promote(NAME, home=str(gated.home_dir), version="2", actor="flow@ci")
+    decision = audit_and_promote(NAME, settings=gated.to_flow(), version="2", actor="flow@ci")
     assert decision["result"] in ("promoted", "blocked") and decision["actor"] == "flow@ci"
     runs, artifacts = flow_runs_and_artifacts()
     assert any(r.name and r.state and r.state.is_completed() for r in runs)

@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from custintel.settings import Settings
@@ -30,8 +29,9 @@ from flows.cli import app
 from flows.features import PLAIN_STEPS as FEATURE_STEPS
 from flows.features import run_feature_build
 from flows.train import PLAIN_STEPS as TRAIN_STEPS
-from flows.train import configure_tracking, run_training
+from flows.train import run_training
 from governance import store
+from models.registry import Registry
 from tests.conftest import SMALL_TRAINING_YAML, start_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -99,8 +99,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     assert result.exit_code == 0, result.output
     run_feature_build(settings, CHURN_CUTOFFS, False, FEATURE_STEPS, lambda _: None)
     run_training(settings, "churn", TRAIN_STEPS, lambda _: None, trials=1)
-    configure_tracking(settings)
-    store.move_champion(MlflowClient(), NAME, "1", "the first champion of the monitoring test")
+    store.move_champion(Registry(settings), NAME, "1", "the first champion of the monitoring test")
     # A smaller world than production: judge drift from 300 served rows.
     policy = yaml.safe_load((Path(__file__).parents[1] / "monitoring" / "policy.yaml").read_text())
     policy["drift"]["min_rows"] = 300
@@ -149,12 +148,51 @@ def test_without_drift_nothing_retrains(served: Served, prefect_api: None) -> No
     assert "<html" in page.with_name(page.stem + "-evidently.html").read_text()[:2000].lower()
     assert (served.settings.monitoring_dir / "workspace").is_dir() and summary["workspace_runs"]
     # logged beside the model version in MLflow
-    configure_tracking(served.settings)
-    client = MlflowClient()
-    version = client.get_model_version(NAME, "1")
-    logged = [a.path for a in client.list_artifacts(version.run_id, f"monitoring/{summary['stamp']}")]
+    registry = Registry(served.settings)
+    version = registry.version(NAME, "1")
+    logged = [a.path for a in registry.client.list_artifacts(version.run_id, f"monitoring/{summary['stamp']}")]
     assert any(p.endswith("-evidently.html") for p in logged)
     assert version.tags["custintel.monitoring.last"].startswith(summary["stamp"] + ": none")
+
+
+def test_monitor_run_alone_from_another_directory_reads_the_home_registry(
+    served: Served, prefect_api: None, tmp_path: Path
+) -> None:
+    """`custintel --home H monitor` as a scheduler runs it: a new process, another working directory, only H named.
+
+    It must judge the served champion of H's registry (not a registry in the working directory), and write
+    nothing outside H (Prefect's own state goes to the PREFECT_HOME the environment names).
+    """
+    import os
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    if not list(served.settings.inference_log_dir.glob("*.jsonl")):
+        assert served.traffic(BEFORE) >= 300
+    elsewhere, prefect_home = tmp_path / "elsewhere", tmp_path / "prefect-home"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CUSTINTEL_", "MLFLOW_"))}
+    env.update({
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),  # the test's Prefect server, as a scheduler's would be
+        "CUSTINTEL_MONITORING_POLICY": str(served.policy),
+        "CUSTINTEL_TRAINING_CONFIG": str(served.settings.training_config),
+    })  # fmt: skip
+    before = len(_decisions(served.settings))
+    cli = Path(sys.executable).with_name("custintel")
+    done = subprocess.run(
+        [str(cli), "--home", str(served.settings.home_dir), "monitor", "--family", "churn", "--no-retrain"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode in (0, 3), done.stdout + done.stderr
+    out = " ".join(done.stdout.split())
+    assert "nothing to monitor" not in out and f"{NAME} v1:" in out, out
+    entries = _decisions(served.settings)[before:]
+    assert [e["family"] for e in entries if e.get("kind") == "monitoring"] == ["churn"], entries
+    assert entries[-1]["rows"] > 0 and entries[-1]["action"] != "retrain"
+    assert list(elsewhere.iterdir()) == []  # no mlflow.db, mlruns or anything else in the working directory
+    assert {p.name for p in tmp_path.iterdir()} <= {"elsewhere", "prefect-home"}
 
 
 def test_drift_retrains_audits_and_the_service_picks_up_the_outcome(served: Served, prefect_api: None) -> None:
@@ -171,8 +209,8 @@ def test_drift_retrains_audits_and_the_service_picks_up_the_outcome(served: Serv
     assert retrain["outcome"].startswith("trained custintel-churn v2"), retrain
     gate = retrain["gate"][0]
     assert gate["version"] == "2" and gate["result"] in ("promoted", "blocked")
-    configure_tracking(served.settings)
-    champion = store.alias_version(MlflowClient(), NAME, "champion")
+    registry = Registry(served.settings)
+    champion = registry.alias_version(NAME, "champion")
     deadline = time.monotonic() + 30
     if gate["result"] == "promoted":
         assert champion == "2"
@@ -181,10 +219,13 @@ def test_drift_retrains_audits_and_the_service_picks_up_the_outcome(served: Serv
         assert served.served_version() == "2"
     else:
         assert gate["reasons"] and champion == "1" and served.served_version() == "1"
-        assert store.alias_version(MlflowClient(), NAME, "challenger") == "2"
+        assert registry.alias_version(NAME, "challenger") == "2"
     # the retrained model read newer cutoffs: its lineage moved by the new labelled months
-    lineage = MlflowClient().get_model_version(NAME, "2")
-    assert lineage is not None
+    run_id = registry.version(NAME, "2").run_id
+    assert run_id is not None
+    first = registry.read_run_json(str(registry.version(NAME, "1").run_id), "lineage/lineage.json")["as_of"]
+    moved = registry.read_run_json(run_id, "lineage/lineage.json")["as_of"]
+    assert max(moved) > max(first), (first, moved)
     # a second pass within min_interval_hours does not retrain again
     code, output = served.monitor("--family", "churn", "--start", start, "--trials", "1")
     assert code == 0, output
@@ -259,8 +300,7 @@ def test_the_reports_render_on_the_reviewers_site_in_headless_chromium(
 
 def test_a_schema_break_in_the_window_alerts_and_does_not_retrain(served: Served, prefect_api: None) -> None:
     """Served rows whose inputs lost columns and gained nulls: an alert naming them, exit status 3, no retrain."""
-    configure_tracking(served.settings)
-    version = store.alias_version(MlflowClient(), NAME, "champion")
+    version = Registry(served.settings).alias_version(NAME, "champion")
     log_dir = served.settings.inference_log_dir
     template = next(
         json.loads(line)

@@ -183,7 +183,7 @@ def test_safe_name_makes_unsafe_names_plain_and_distinct(name: str) -> None:
 
 
 def test_read_registry_sees_versions_aliases_and_tags(governed: GovernedHome) -> None:
-    models = {m.name: m for m in read_registry(governed.settings.tracking_uri)}
+    models = {m.name: m for m in read_registry(governed.settings)}
     churn = models[CHURN]
     assert [v.version for v in churn.versions] == ["2", "1"]
     assert churn.aliases == {"champion": "1", "challenger": "2"}

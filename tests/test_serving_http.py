@@ -20,7 +20,6 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck
 from hypothesis import settings as examples
-from mlflow import MlflowClient
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -32,8 +31,9 @@ from custintel.settings import Settings
 from flows.features import PLAIN_STEPS as FEATURE_STEPS
 from flows.features import run_feature_build
 from flows.train import PLAIN_STEPS as TRAIN_STEPS
-from flows.train import configure_tracking, run_training
+from flows.train import run_training
 from governance import store
+from models.registry import Registry
 from tests.conftest import start_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -58,8 +58,7 @@ class Server:
 
 
 def _promote(settings: Settings, name: str, version: str) -> None:
-    configure_tracking(settings)
-    store.move_champion(MlflowClient(), name, version, "test")
+    store.move_champion(Registry(settings), name, version, "test")
 
 
 @pytest.fixture(scope="module")

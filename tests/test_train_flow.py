@@ -8,18 +8,16 @@ import os
 import uuid
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from custintel.settings import Settings
 from flows.cli import app
-from flows.train import PLAIN_STEPS, configure_tracking, load_churn, run_training
+from flows.train import PLAIN_STEPS, load_churn, run_training
 from models.config import TuningConfig, load_training_config
-from models.registry import CHALLENGER, alias_history
+from models.registry import CHALLENGER, Registry
 from models.tuning import create_study, run_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -49,36 +47,38 @@ def test_a_registered_churn_model_scores_exactly_like_the_trained_one(trainable:
     outcomes = run_training(trainable, "churn", PLAIN_STEPS, lambda _: None)
     (churn,) = outcomes
     assert churn.registered == [{"name": "custintel-churn", "version": 1, "uri": "models:/custintel-churn/1"}]
-    configure_tracking(trainable)
-    loaded = mlflow.pyfunc.load_model(f"models:/custintel-churn@{CHALLENGER}")
-    sklearn_model = mlflow.sklearn.load_model(f"models:/custintel-churn@{CHALLENGER}")
+    registry = Registry(trainable)
+    assert registry.alias_version("custintel-churn", CHALLENGER) == "1"
+    loaded = registry.load_model("custintel-churn", "1")
+    sklearn_model = registry.load_model("custintel-churn", "1", "sklearn")
     test = load_churn(trainable, load_training_config(trainable.training_config)).rows("test")
     features = test[loaded.metadata.get_input_schema().input_names()]
     # The signature declares integer features as doubles (a serving request may leave one out).
     features = features.astype({c: "float64" for c in features.columns if pd.api.types.is_integer_dtype(features[c])})
     np.testing.assert_array_equal(np.asarray(loaded.predict(features)), sklearn_model.predict_proba(features))
 
-    client = MlflowClient()
+    client = registry.client
     run = client.get_run(churn.run_id)
     assert run.data.tags["mlflow.source.git.commit"] and run.data.tags["custintel.family"] == "churn"
     assert {"test_auc", "test_brier", "test_concordance", "threshold"} <= set(run.data.metrics)
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.source
     artifacts = {a.path for a in client.list_artifacts(churn.run_id)}
     assert {"plots", "tables", "lineage", "info.json"} <= artifacts
-    logged = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{churn.run_id}'", output_format="list"
+    logged = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{churn.run_id}'"
     )
     assert sorted(m.name for m in logged) == ["model", "survival"]
     plots = {a.path for a in client.list_artifacts(churn.run_id, "plots")}
     assert {"plots/roc.png", "plots/calibration.png", "plots/gains.png", "plots/importance.png"} <= plots
-    lineage = mlflow.artifacts.load_dict(f"runs:/{churn.run_id}/lineage/lineage.json")
+    lineage = registry.read_run_json(churn.run_id, "lineage/lineage.json")
     assert lineage["feature_sets"]["relationship@1"]["digest"] and "2025-06-01" in lineage["as_of"]
 
     second = run_training(trainable, "churn", PLAIN_STEPS, lambda _: None)[0]
     assert second.registered[0]["version"] == 2
-    assert int(client.get_model_version_by_alias("custintel-churn", CHALLENGER).version) == 2
-    moves = alias_history(client, "custintel-churn")
-    assert [(m["alias"], m["version"], m["previous"]) for m in moves] == [(CHALLENGER, 1, None), (CHALLENGER, 2, 1)]
+    assert registry.alias_version("custintel-churn", CHALLENGER) == "2"
+    moves = registry.alias_moves("custintel-churn")
+    assert [(m.alias, m.version, m.previous) for m in moves] == [(CHALLENGER, "1", None), (CHALLENGER, "2", "1")]
+    assert all(m.reason.startswith("trained in run ") and m.actor for m in moves)
 
 
 def test_training_on_postgresql_tracking_and_a_shared_optuna_study(trainable: Settings) -> None:
@@ -95,12 +95,12 @@ def test_training_on_postgresql_tracking_and_a_shared_optuna_study(trainable: Se
     )
     settings = settings.model_copy(update={"training_config": config})
     (rec,) = run_training(settings, "recommendation", PLAIN_STEPS, lambda _: None)
-    configure_tracking(settings)
-    client = MlflowClient()
+    registry = Registry(settings)
+    client = registry.client
     assert client.get_run(rec.run_id).info.experiment_id == client.get_experiment_by_name(experiment).experiment_id
-    version = client.get_model_version_by_alias("custintel-recommendation", CHALLENGER)
-    assert int(version.version) == rec.registered[0]["version"]
-    out = mlflow.pyfunc.load_model(f"models:/custintel-recommendation@{CHALLENGER}").predict(
+    version = registry.alias_version("custintel-recommendation", CHALLENGER)
+    assert version is not None and int(version) == rec.registered[0]["version"]
+    out = registry.load_model("custintel-recommendation", version).predict(
         pd.DataFrame({"customer_key": ["someone-new"]})
     )
     assert list(out.columns) == ["customer_key", "rank", "product_id", "score", "source"]
@@ -132,16 +132,14 @@ def test_two_processes_share_one_optuna_study_on_postgresql() -> None:
 
 def test_the_prefect_flow_trains_registers_and_publishes(prefect_api: None, trainable: Settings) -> None:
     from flows.train import train_model
-    from tests.conftest import flow_runs_and_artifacts
+    from tests.conftest import flow_runs_and_artifacts, run_home
 
-    os.environ["CUSTINTEL_TRAINING_CONFIG"] = str(trainable.training_config)
-    try:
-        outcomes = train_model(str(trainable.home_dir), "recommendation")
-    finally:
-        del os.environ["CUSTINTEL_TRAINING_CONFIG"]
+    # The settings travel whole: the small training config reaches the flow without any environment variable.
+    assert "CUSTINTEL_TRAINING_CONFIG" not in os.environ
+    outcomes = train_model(trainable.to_flow(), "recommendation")
     assert outcomes[0]["registered"][0]["name"] == "custintel-recommendation"
     runs, artifacts = flow_runs_and_artifacts()
-    ours = [r for r in runs if r.parameters.get("home") == str(trainable.home_dir)]
+    ours = [r for r in runs if run_home(r) == str(trainable.home_dir)]
     assert len(ours) == 1 and ours[0].state is not None and ours[0].state.is_completed()
     mine = [a for a in artifacts if a.flow_run_id == ours[0].id]
     assert [a.key for a in mine] == ["training"], [(a.key, a.flow_run_id) for a in artifacts][:10]
@@ -182,8 +180,8 @@ def test_own_table_churn_on_the_rossi_recidivism_data(new_settings, tmp_path: Pa
     out = _invoke(settings, "train", "churn", "--engine", "local", "--trials", "3", "--table", str(path),
                   "--id", "person", "--label", "arrest", "--duration", "week")  # fmt: skip
     assert "inferred schema" in out and "prio" in out and "person" in out
-    configure_tracking(settings)
-    run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("custintel").experiment_id])[0]
+    client = Registry(settings).client
+    run = client.search_runs([client.get_experiment_by_name("custintel").experiment_id])[0]
     concordance = run.data.metrics["test_concordance"]
     assert 0.55 < concordance < 0.8, concordance  # 87 held-out people: the published 0.64 is in-sample
     assert run.data.metrics["rows_test"] == pytest.approx(0.2 * len(rossi), abs=2)
@@ -199,8 +197,8 @@ def test_own_interactions_on_movielens_100k_match_the_published_baseline(new_set
     out = _invoke(settings, "train", "recommendation", "--engine", "local", "--trials", "4",
                   "--interactions", str(path), "--user", "user_id:token", "--item", "item_id:token")  # fmt: skip
     assert "registered custintel-recommendation version 1" in out
-    configure_tracking(settings)
-    run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("custintel").experiment_id])[0]
+    client = Registry(settings).client
+    run = client.search_runs([client.get_experiment_by_name("custintel").experiment_id])[0]
     m = run.data.metrics
     assert m["test_users_evaluated"] == 943
     assert m["test_recall_at_10"] > 0.2 and m["test_ndcg_at_10"] > 0.25

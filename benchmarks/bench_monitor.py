@@ -11,7 +11,7 @@ reference frame (the training rows: 100,000 x 50 features; 42 numeric of varied 
 lognormal amounts, integer counts with few values, 0/1 flags, days-since, rates, tenures, some NaN and
 a few infinities; 8 categorical strings, one with missing values) and, per size, the current window
 from a shifted version of the same generator (8 columns shifted enough to drift, 2 slightly), written
-as the service's inference log (`serving.runtime.InferenceLog`: JSON lines per UTC day, NaN and
+as the service's inference log (`serving.inference_log.InferenceLog`: JSON lines per UTC day, NaN and
 infinities as null) over 7 days, plus the same rows as Parquet for the baseline. Fixed seed.
 
 Each measurement runs in its own child process (this module, called with ``_worker``); per size,

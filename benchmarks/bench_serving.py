@@ -24,7 +24,7 @@ Servers, both running through the whole measurement, each in its own process gro
                  a single request from the store.
     B  bare      FastAPI + uvicorn, as many workers (this module, `_bare`): the same champion loaded by
                  alias, the online store read per customer (sets merged, the model's columns taken), the
-                 same scoring function (`serving.runtime.score_records`, the pandas-free route checked
+                 same scoring function (`serving.scoring.score_records`, the pandas-free route checked
                  against `predict_proba`, LightGBM on one thread); no auth, consent, reasons or log.
                  For batches B is a reference point, not a like-for-like contender: A reads memory.
 
@@ -158,13 +158,11 @@ def _work_features(p: dict[str, Any]) -> dict[str, Any]:
 
 def _work_train(p: dict[str, Any]) -> dict[str, Any]:
     """Train churn with a small budget, register it and promote the new version to @champion."""
-    from mlflow import MlflowClient
-
-    from flows.train import PLAIN_STEPS, configure_tracking, run_training
+    from flows.train import PLAIN_STEPS, run_training
     from governance import store
+    from models.registry import Registry
 
     settings = _settings(p)
-    configure_tracking(settings)
     t0 = time.perf_counter()
     outcomes = run_training(
         settings, "churn", PLAIN_STEPS, lambda m: emit("progress", step=m[:120]), trials=p["trials"]
@@ -172,7 +170,7 @@ def _work_train(p: dict[str, Any]) -> dict[str, Any]:
     versions = [r["version"] for o in outcomes for r in o.registered if r["name"] == CHURN]
     if not versions:
         raise RuntimeError(f"training registered no {CHURN} version: {[o.registered for o in outcomes]}")
-    store.move_champion(MlflowClient(), CHURN, str(versions[-1]), "bench_serving")
+    store.move_champion(Registry(settings), CHURN, str(versions[-1]), "bench_serving")
     return {
         "seconds": time.perf_counter() - t0,
         "version": str(versions[-1]),
@@ -185,9 +183,8 @@ def _work_keys(p: dict[str, Any]) -> dict[str, Any]:
     import pandas as pd
 
     from features.featurestore.store import open_online_store
-    from serving.consent import ConsentStore, build_consent_store, consent_store_path
+    from serving.consent import ConsentStore, build_consent_store, consent_store_path, decide_consent
     from serving.policy import load_serving_policy
-    from serving.runtime import decide_consent
 
     t0 = time.perf_counter()
     settings = _settings(p)
@@ -221,15 +218,14 @@ def _work_keys(p: dict[str, Any]) -> dict[str, Any]:
 
 def _describe_champion(settings: Any) -> dict[str, Any]:
     """What both servers will load: version, trees, calibration, LightGBM threads (costs scale with these)."""
-    import mlflow
-    from mlflow import MlflowClient
+    from models.registry import Registry
+    from serving.scoring import inner_pipeline
 
-    from serving.runtime import inner_pipeline
-
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    version = MlflowClient().get_model_version_by_alias(CHURN, "champion").version
-    model = mlflow.sklearn.load_model(f"models:/{CHURN}/{version}")
+    registry = Registry(settings)
+    version = registry.alias_version(CHURN, "champion")
+    if version is None:
+        raise RuntimeError(f"{CHURN} has no @champion")
+    model = registry.load_model(CHURN, version, "sklearn")
     pipeline = inner_pipeline(model)
     lgbm = pipeline[-1] if pipeline is not None else None
     return {
@@ -250,24 +246,24 @@ def _bare_app(home: str, threads: int | None) -> Any:
     """Contender B: FastAPI, the champion by alias, the online store; predict_proba and nothing else."""
     import threading
 
-    import mlflow
     from fastapi import FastAPI, HTTPException
     from pydantic import BaseModel
 
     from custintel.settings import Settings
     from features.featurestore.online import OnlineStore
     from features.featurestore.store import open_online_store
+    from models.registry import Registry
 
     settings = Settings(home=Path(home))
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    uri = f"models:/{CHURN}@champion"
-    model = mlflow.sklearn.load_model(uri)
-    signature = mlflow.models.get_model_info(uri).signature
-    assert signature is not None and signature.inputs is not None, f"{uri} has no input signature"
-    columns = [c for c in signature.inputs.input_names() if c != "product_id"]
+    registry = Registry(settings)
+    version = registry.alias_version(CHURN, "champion")
+    assert version is not None, f"{CHURN} has no @champion"
+    model = registry.load_model(CHURN, version, "sklearn")
+    signature = registry.model_inputs(CHURN, version)
+    assert signature is not None, f"{CHURN} v{version} has no input signature"
+    columns = [c for c, _ in signature if c != "product_id"]
     if threads is not None:  # --bare-threads: LightGBM's threads, e.g. to match a service that sets them
-        from serving.runtime import inner_pipeline
+        from serving.scoring import inner_pipeline
 
         pipeline = inner_pipeline(model)
         if pipeline is not None:
@@ -303,7 +299,7 @@ def _bare_app(home: str, threads: int | None) -> Any:
 
     # The platform's own scoring function (the pandas-free route, checked against predict_proba on the
     # first call), without reasons: B differs from A by the web layer, auth, consent, reasons and the log.
-    from serving.runtime import score_records
+    from serving.scoring import score_records
 
     @app.post("/churn/score")
     def score(request: One) -> Score:

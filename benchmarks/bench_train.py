@@ -16,7 +16,7 @@ trivial Prefect flow creates the PREFECT_HOME database the platform runs use.
 Contenders, each in its own child process (this module, called with ``_worker``), alternating
 (A B, then B A, ...) because this machine's CPU speed moves between two levels:
 
-    A  platform   the Prefect flow `flows.train.train_model(home, "all", trials=N)`: ephemeral Prefect
+    A  platform   the Prefect flow `flows.train.train_model(settings, "all", trials=N)`: ephemeral Prefect
                   API (PREFECT_HOME under --work), a fresh MLflow SQLite store and artifact folder in a
                   hard-linked copy of the prepared home; load, tune + fit, log + register, verify.
     B  bare       no flow, no tracking: for each unit of `plan_units(config, "all")` (budget set with
@@ -213,7 +213,10 @@ def _work_platform(p: dict[str, Any]) -> dict[str, Any]:
     progress.attach()
     emit("progress", step="starting the flow (ephemeral Prefect API)")
     t1 = time.perf_counter()
-    outcomes = train_model(p["home"], "all", trials=p["trials"], timeout=p.get("timeout"))
+    from custintel.settings import Settings
+
+    settings = Settings(home=Path(p["home"])).to_flow()  # what `custintel train` hands the flow
+    outcomes = train_model(settings, "all", trials=p["trials"], timeout=p.get("timeout"))
     seconds = time.perf_counter() - t1
     server = _descendants_hwm_mib()
     clock.end()

@@ -5,6 +5,7 @@ Run from the repository root::
     .venv/bin/python -m benchmarks.bench_features                        # 1,000,000 customers (created once, kept)
     .venv/bin/python -m benchmarks.bench_features --home /tmp/w1m        # an existing home (lake + crosswalk)
     .venv/bin/python -m benchmarks.bench_features --customers 20000      # any size (created under --workdir)
+    .venv/bin/python -m benchmarks.bench_features --quick                # 20,000 customers: a check, not figures
 
 Setup (untimed): a custintel home with a lake and an identity crosswalk, made with the CLI when
 it is missing (`custintel generate`, `ingest --engine local`, `resolve --engine local`); then a
@@ -40,14 +41,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,19 +54,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from benchmarks.child import Bench, BenchError, Run, worker_main
-from benchmarks.child import emit as _emit
-from benchmarks.child import status_mib as _status_mib
-from benchmarks.child import timed_end as _timed_end
-from benchmarks.machine import code_digest, machine_info
+from benchmarks.harness import RESULTS_DIR, BenchError, Run, Session, Spec, Target, Timed, emit, sandwich
+from benchmarks.harness import main as harness_main
+from benchmarks.harness import mib_text as _m
+from benchmarks.harness import seconds_text as _s
+from benchmarks.machine import ROOT
 
 if TYPE_CHECKING:
     import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_WORKDIR = RESULTS_DIR / "worlds"
 DEFAULT_CUSTOMERS = 1_000_000
+QUICK_CUSTOMERS = 20_000
 DEFAULT_AS_OF = "2025-09-01"
 TARGET_CUSTOMERS = 1_000_000
 TARGET_SECONDS = 2 * 60
@@ -79,8 +77,6 @@ MODULE = "benchmarks.bench_features"
 EVENT_SOURCES = ("transactions", "tickets", "surveys", "web")
 OUTPUTS = ("relationship", "value", "service", "digital", "attributes", "interactions", "labels", "purchase_labels")
 SORT_KEYS = {"interactions": ["customer_key", "product_id"], "purchase_labels": ["customer_key", "product_id"]}
-
-Event = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- child side
@@ -103,12 +99,12 @@ def _work_setup(p: dict[str, Any]) -> dict[str, Any]:
     out = Path(p["inputs_dir"])
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    _emit("progress", step="reading the lake and the crosswalk (open_feature_inputs)")
+    emit("progress", step="reading the lake and the crosswalk (open_feature_inputs)")
     con, summary = open_feature_inputs(settings, config)
     try:
         rows = {}
         for name in tables:
-            _emit("progress", step=f"exporting {name}")
+            emit("progress", step=f"exporting {name}")
             con.execute(
                 f"COPY (SELECT * FROM {name}) TO '{out / f'{name}.parquet'}' (FORMAT parquet, COMPRESSION zstd)"
             )
@@ -175,8 +171,7 @@ def _work_duckdb(p: dict[str, Any]) -> dict[str, Any]:
     observed_until = dt.datetime.fromisoformat(meta["observed_until"])
     spill = Path(p["scratch"]) / "duckdb-spill"
     spill.mkdir(parents=True, exist_ok=True)
-    rss0 = _status_mib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Timed()
     # The same connection settings as open_feature_inputs.
     con = duckdb.connect(
         config={
@@ -187,42 +182,56 @@ def _work_duckdb(p: dict[str, Any]) -> dict[str, Any]:
     )
     for name in meta["tables"]:
         con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet('{Path(p['inputs_dir']) / f'{name}.parquet'}')")
-    read_seconds = time.perf_counter() - t0
+    read_seconds = time.perf_counter() - clock.start
     steps: dict[str, float] = {"read_inputs": read_seconds}
     t1 = time.perf_counter()
     spine = create_spine(con, [as_of])
     steps["spine"] = time.perf_counter() - t1
     tables: dict[str, Any] = {}
     for fs in feature_sets(config):
-        _emit("progress", step=fs.name)
+        emit("progress", step=fs.name)
         t = time.perf_counter()
         tables[fs.name] = build_feature_set(con, fs)
         steps[fs.name] = time.perf_counter() - t
-    _emit("progress", step="interactions")
+    emit("progress", step="interactions")
     t = time.perf_counter()
     tables["interactions"] = build_interactions(con)
     steps["interactions"] = time.perf_counter() - t
-    _emit("progress", step="labels")
+    emit("progress", step="labels")
     t = time.perf_counter()
     tables["labels"] = build_labels(con, config.labels, observed_until)
     tables["purchase_labels"] = build_purchase_labels(con, config.labels, observed_until)
     steps["labels"] = time.perf_counter() - t
-    compute_seconds = time.perf_counter() - t1
-    peak = _timed_end()
+    compute_seconds = clock.end(since=t1)
     con.close()
-    _emit("progress", step="writing results for the equality check (untimed)")
-    _write_outputs(tables, p["out_dir"])
-    return {
-        "seconds": read_seconds + compute_seconds,
-        "read_seconds": read_seconds,
-        "compute_seconds": compute_seconds,
-        "step_seconds": steps,
-        "rss_after_imports_mib": rss0,
-        **peak,
-        "spine_rows": spine,
-        "rows": {k: v.num_rows for k, v in tables.items()},
-        "columns": {k: v.num_columns for k, v in tables.items()},
-    }
+    rows = {k: v.num_rows for k, v in tables.items()}
+    columns = {k: v.num_columns for k, v in tables.items()}
+    return _built(clock, read_seconds, compute_seconds, steps, tables, p["out_dir"], rows, columns, spine_rows=spine)
+
+
+def _built(
+    clock: Timed,
+    read_seconds: float,
+    compute_seconds: float,
+    steps: dict[str, float],
+    tables: dict[str, Any],
+    out_dir: str,
+    rows: dict[str, int],
+    columns: dict[str, int],
+    **extra: Any,
+) -> dict[str, Any]:
+    """A contender's result (read + compute); its tables go to Parquet for the equality check, untimed."""
+    emit("progress", step="writing results for the equality check (untimed)")
+    _write_outputs(tables, out_dir)
+    return clock.result(
+        seconds=read_seconds + compute_seconds,
+        read_seconds=read_seconds,
+        compute_seconds=compute_seconds,
+        step_seconds=steps,
+        rows=rows,
+        columns=columns,
+        **extra,
+    )
 
 
 def _work_pandas(p: dict[str, Any]) -> dict[str, Any]:
@@ -233,10 +242,9 @@ def _work_pandas(p: dict[str, Any]) -> dict[str, Any]:
 
     meta = _meta(p["inputs_dir"])
     config = FeatureConfig.model_validate(meta["config"])
-    rss0 = _status_mib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Timed()
     frames = {name: pd.read_parquet(Path(p["inputs_dir"]) / f"{name}.parquet") for name in meta["tables"]}
-    read_seconds = time.perf_counter() - t0
+    read_seconds = time.perf_counter() - clock.start
     steps: dict[str, float] = {"read_inputs": read_seconds}
     t1 = time.perf_counter()
     tables = pandas_build(
@@ -245,23 +253,13 @@ def _work_pandas(p: dict[str, Any]) -> dict[str, Any]:
         pd.Timestamp(meta["as_of"]),
         pd.Timestamp(meta["observed_until"]),
         steps,
-        lambda step: _emit("progress", step=step),
+        lambda step: emit("progress", step=step),
     )
-    compute_seconds = time.perf_counter() - t1
-    peak = _timed_end()
+    compute_seconds = clock.end(since=t1)
     del frames
-    _emit("progress", step="writing results for the equality check (untimed)")
-    _write_outputs(tables, p["out_dir"])
-    return {
-        "seconds": read_seconds + compute_seconds,
-        "read_seconds": read_seconds,
-        "compute_seconds": compute_seconds,
-        "step_seconds": steps,
-        "rss_after_imports_mib": rss0,
-        **peak,
-        "rows": {k: len(v) for k, v in tables.items()},
-        "columns": {k: v.shape[1] for k, v in tables.items()},
-    }
+    rows = {k: len(v) for k, v in tables.items()}
+    columns = {k: v.shape[1] for k, v in tables.items()}
+    return _built(clock, read_seconds, compute_seconds, steps, tables, p["out_dir"], rows, columns)
 
 
 def _work_e2e(p: dict[str, Any]) -> dict[str, Any]:
@@ -289,29 +287,24 @@ def _work_e2e(p: dict[str, Any]) -> dict[str, Any]:
         return path
 
     steps = Steps(PLAIN_STEPS.load_inputs, PLAIN_STEPS.build_one, write_set, PLAIN_STEPS.materialize, write_report)
-    rss0 = _status_mib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Timed()
     report = run_feature_build(
-        settings, [dt.date.fromisoformat(p["as_of"])], False, steps, lambda msg: _emit("progress", step=msg)
+        settings, [dt.date.fromisoformat(p["as_of"])], False, steps, lambda msg: emit("progress", step=msg)
     )
-    seconds = time.perf_counter() - t0
-    peak = _timed_end()
+    clock.end()
     step_seconds = dict(report["seconds"])
-    return {
-        "seconds": seconds,
-        "rss_after_imports_mib": rss0,
-        **peak,
-        "step_seconds": step_seconds,
-        "compute_seconds": sum(v for k, v in step_seconds.items() if "@" in k),
-        "rows": {k: sum(x["rows"] for x in v.get("partitions", {}).values()) for k, v in report["sets"].items()},
-        "customers": report["inputs"]["customers"],
-    }
+    return clock.result(
+        step_seconds=step_seconds,
+        compute_seconds=sum(v for k, v in step_seconds.items() if "@" in k),
+        rows={k: sum(x["rows"] for x in v.get("partitions", {}).values()) for k, v in report["sets"].items()},
+        customers=report["inputs"]["customers"],
+    )
 
 
 def _work_verify(p: dict[str, Any]) -> dict[str, Any]:
     """Compare pandas #1 with duckdb #1, and duckdb #1 with duckdb #2, table by table, column by column."""
     t0 = time.perf_counter()
-    _emit("progress", step="finding ties of the arg_max / arg_min features")
+    emit("progress", step="finding ties of the arg_max / arg_min features")
     ties = tied_keys(p["inputs_dir"])
     out: dict[str, Any] = {"ties": {f"{t}.{c}": len(k) for (t, c), k in ties.items()}}
     pairs = {"pandas": ("duckdb_dir", "pandas_dir"), "determinism": ("duckdb_dir", "duckdb2_dir")}
@@ -319,7 +312,7 @@ def _work_verify(p: dict[str, Any]) -> dict[str, Any]:
         mismatches: list[dict[str, Any]] = []
         checked: dict[str, dict[str, int]] = {}
         for name in OUTPUTS:
-            _emit("progress", step=f"{pair}: comparing {name}")
+            emit("progress", step=f"{pair}: comparing {name}")
             found, n_rows, n_cols = compare_tables(
                 name,
                 Path(p[left]) / f"{name}.parquet",
@@ -815,7 +808,7 @@ def _prepare_home(args: argparse.Namespace, console: Console) -> tuple[Path, boo
     if args.home is not None:
         home = args.home
         if not (home / "identity" / "crosswalk.parquet").is_file():
-            raise SystemExit(f"{home} has no identity crosswalk: give a home after `custintel resolve`")
+            raise BenchError(f"{home} has no identity crosswalk: give a home after `custintel resolve`")
         return home, False
     home = args.workdir / f"w{args.customers}"
     world = home / "data" / "world"
@@ -823,7 +816,7 @@ def _prepare_home(args: argparse.Namespace, console: Console) -> tuple[Path, boo
     if manifest.is_file():
         have = json.loads(manifest.read_text(encoding="utf-8")).get("config", {})
         if have.get("customers") != args.customers or have.get("seed") != args.seed:
-            raise SystemExit(
+            raise BenchError(
                 f"{world} holds another world ({have.get('customers')} customers, seed {have.get('seed')})"
             )
     cli = str(Path(sys.executable).with_name("custintel"))
@@ -840,22 +833,9 @@ def _prepare_home(args: argparse.Namespace, console: Console) -> tuple[Path, boo
         t0 = time.perf_counter()
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+            raise BenchError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
         console.log(f"setup: {step[0]} took {time.perf_counter() - t0:,.0f} s")
     return home, bool(steps)
-
-
-def _s(seconds: float) -> str:
-    text = f"{seconds:,.1f} s"
-    return text + f" ({int(seconds // 60)}m{int(seconds % 60):02d}s)" if seconds >= 60 else text
-
-
-def _m(mib: float | None) -> str:
-    return "—" if mib is None else f"{mib:,.0f}"
-
-
-def _verdict(ok: bool) -> str:
-    return "[bold green]PASS[/]" if ok else "[bold red]FAIL[/]"
 
 
 def _only_ties(mismatches: list[dict[str, Any]]) -> bool:
@@ -878,6 +858,7 @@ def _analyse(runs: list[Run], setup: Run, verify: Run | None) -> dict[str, Any]:
     rows = setup.data["rows"]
     e2e_wall = e2e.timed_wall_seconds if e2e.timed_wall_seconds is not None else e2e.wall_seconds
     big = setup.data["customers"] >= 0.9 * TARGET_CUSTOMERS
+    not_here = f"targets apply at ~{TARGET_CUSTOMERS:,} customers: not counted here"
     mismatches = verify.data["pandas"]["mismatches"] if verify else None
     unstable = verify.data["determinism"]["mismatches"] if verify else None
     return {
@@ -910,18 +891,26 @@ def _analyse(runs: list[Run], setup: Run, verify: Run | None) -> dict[str, Any]:
             "compute_seconds": e2e.data["compute_seconds"],
         },
         "targets_apply": big,
-        "targets": {
-            "duckdb_end_to_end_seconds": {
-                "value": e2e_wall,
-                "limit": TARGET_SECONDS,
-                "pass": e2e_wall < TARGET_SECONDS,
-            },
-            "pandas_over_duckdb": {
-                "value": p_total / d_total,
-                "limit": TARGET_SPEEDUP,
-                "pass": p_total / d_total >= TARGET_SPEEDUP,
-            },
-        },
+        "targets": [
+            Target(
+                f"DuckDB end-to-end build < {TARGET_SECONDS / 60:.0f} min",
+                e2e_wall,
+                TARGET_SECONDS,
+                e2e_wall < TARGET_SECONDS,
+                _s(e2e_wall),
+                applies=big,
+                note=not_here,
+            ),
+            Target(
+                f"DuckDB ≥ {TARGET_SPEEDUP:.0f}× faster than pandas (read + compute)",
+                p_total / d_total,
+                TARGET_SPEEDUP,
+                p_total / d_total >= TARGET_SPEEDUP,
+                f"{p_total / d_total:.1f}×",
+                applies=big,
+                note=not_here,
+            ),
+        ],
         "equal": mismatches == [] if mismatches is not None else None,
         "equal_but_ties": mismatches is not None and _only_ties(mismatches),
         "mismatches": mismatches,
@@ -1012,18 +1001,8 @@ def _print(console: Console, runs: list[Run], a: dict[str, Any], verify: Run | N
             console.print(
                 f"[bold yellow]duckdb #1 and duckdb #2 gave different results ({why}): the build is not deterministic"
             )
-    tg = a["targets"]
-    tail = (
-        "" if a["targets_apply"] else f" [dim](targets apply at ~{TARGET_CUSTOMERS:,} customers: not counted here)[/]"
-    )
-    console.print(
-        f"Target DuckDB end-to-end build < {TARGET_SECONDS / 60:.0f} min: "
-        f"{_s(tg['duckdb_end_to_end_seconds']['value'])} → {_verdict(tg['duckdb_end_to_end_seconds']['pass'])}{tail}"
-    )
-    console.print(
-        f"Target DuckDB ≥ {TARGET_SPEEDUP:.0f}× faster than pandas (read + compute): "
-        f"{tg['pandas_over_duckdb']['value']:.1f}× → {_verdict(tg['pandas_over_duckdb']['pass'])}{tail}"
-    )
+    for target in a["targets"]:
+        console.print(target.line())
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -1041,6 +1020,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="world size when no --home: <workdir>/w<N>, created with the CLI if missing "
         f"(default {DEFAULT_CUSTOMERS:,})",
     )
+    src.add_argument("--quick", action="store_true", help=f"--customers {QUICK_CUSTOMERS}: a check that the run works")
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="where --customers worlds live (kept)")
     ap.add_argument("--seed", type=int, default=7, help="seed of a generated world")
     ap.add_argument("--as-of", default=DEFAULT_AS_OF, help=f"the cutoff (default {DEFAULT_AS_OF})")
@@ -1053,101 +1033,86 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="accept differences found only where an arg_max/arg_min feature is decided by a tie",
     )
     args = ap.parse_args(argv)
-    dt.date.fromisoformat(args.as_of)
+    if args.quick:
+        args.customers = QUICK_CUSTOMERS
+    try:
+        dt.date.fromisoformat(args.as_of)
+    except ValueError:
+        ap.error(f"--as-of: {args.as_of!r} is not a date (YYYY-MM-DD)")
     if args.home is not None:
         args.home = args.home.expanduser().resolve()
     args.workdir = args.workdir.expanduser().resolve()
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 when the results are equal and every applicable target passes."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_worker"]:
-        return worker_main(WORKERS, argv[1:])
-    args = _parse(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    started = dt.datetime.now()
-    machine = machine_info(("numpy", "pandas", "pyarrow", "duckdb", "custintel"))
+def _run(session: Session) -> None:
+    args, console, bench = session.args, session.console, session.bench
     home, created = _prepare_home(args, console)
     scratch = (args.scratch or Path(tempfile.mkdtemp(prefix="bench-features-"))).resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     console.log(f"home {home}{' (created)' if created else ''}; scratch {scratch}; cutoff {args.as_of}")
-    digest_start = code_digest()
     base = {"home": str(home), "as_of": args.as_of, "scratch": str(scratch), "inputs_dir": str(scratch / "inputs")}
-    bench = Bench(MODULE, console)
     runs: list[Run] = []
-    verify: Run | None = None
-    error: str | None = None
-    analysis: dict[str, Any] = {}
+    session.record.update(
+        home=str(home),
+        targets={"customers": TARGET_CUSTOMERS, "end_to_end_seconds": TARGET_SECONDS, "speedup": TARGET_SPEEDUP},
+        fairness="both contenders read the same canonical Parquet files (exported once from open_feature_inputs, "
+        "untimed); the end-to-end run is the production run_feature_build from the lake",
+        analysis={},
+        runs=runs,
+        verify=None,
+    )
+
+    def build(step: str, label: str) -> Run:
+        out = scratch / "out" / label.replace(" #", "-")
+        return bench.child(step, label, {**base, "out_dir": str(out)})
+
     try:
-        with bench.progress:
-            setup = bench.child("setup", "setup: canonical inputs -> Parquet (untimed)", base)
-            console.log(
-                f"{setup.data['customers']:,} customers; canonical Parquet {setup.data['parquet_mib']:,.0f} MiB; "
-                + ", ".join(f"{k} {v:,}" for k, v in setup.data["rows"].items())
-            )
-            runs.append(bench.child("e2e", "end to end: run_feature_build", base))
-            plan: list[tuple[str, str]] = [("duckdb", "duckdb #1")]
-            for i in range(args.repeats):
-                plan += [("pandas", f"pandas #{i + 1}"), ("duckdb", f"duckdb #{i + 2}")]
-            for step, label in plan:
-                out = scratch / "out" / label.replace(" #", "-")
-                runs.append(bench.child(step, label, {**base, "out_dir": str(out)}))
-            verify = bench.child(
-                "verify",
-                "equality check pandas #1 vs duckdb #1, duckdb #1 vs #2 (untimed)",
-                {
-                    "inputs_dir": base["inputs_dir"],
-                    "duckdb_dir": str(scratch / "out" / "duckdb-1"),
-                    "pandas_dir": str(scratch / "out" / "pandas-1"),
-                    "duckdb2_dir": str(scratch / "out" / "duckdb-2"),
-                },
-            )
+        setup = bench.child("setup", "setup: canonical inputs -> Parquet (untimed)", base)
+        console.log(
+            f"{setup.data['customers']:,} customers; canonical Parquet {setup.data['parquet_mib']:,.0f} MiB; "
+            + ", ".join(f"{k} {v:,}" for k, v in setup.data["rows"].items())
+        )
+        runs.append(bench.child("e2e", "end to end: run_feature_build", base))
+        # D P D: each pandas run between two duckdb runs (with --repeats R: R pandas runs).
+        runs.extend(
+            sandwich(lambda i: build("duckdb", f"duckdb #{i}"), lambda i: build("pandas", f"pandas #{i}"), args.repeats)
+        )
+        verify = bench.child(
+            "verify",
+            "equality check pandas #1 vs duckdb #1, duckdb #1 vs #2 (untimed)",
+            {
+                "inputs_dir": base["inputs_dir"],
+                "duckdb_dir": str(scratch / "out" / "duckdb-1"),
+                "pandas_dir": str(scratch / "out" / "pandas-1"),
+                "duckdb2_dir": str(scratch / "out" / "duckdb-2"),
+            },
+        )
+        session.record["verify"] = verify
         analysis = _analyse(runs, setup, verify)
+        session.record["analysis"] = analysis
         _print(console, runs, analysis, verify)
-    except BenchError as exc:
-        error = str(exc)
-        console.print(f"[bold red]{escape(error)}")
     finally:
         if not args.keep and args.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
-    digest_end = code_digest()
-    if digest_end != digest_start:
-        console.print("[bold yellow]warning: features/ changed while the benchmark ran[/]")
-    targets_ok = not analysis.get("targets_apply") or all(t["pass"] for t in analysis["targets"].values())
-    equal = analysis.get("equal") is True or (args.allow_ties and analysis.get("equal_but_ties") is True)
-    stable = analysis.get("duckdb_deterministic") is True or analysis.get("duckdb_differs_only_at_ties") is True
-    ok = error is None and equal and stable and targets_ok
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out_path = RESULTS_DIR / f"features-{started:%Y%m%d-%H%M%S}.json"
-    payload = {
-        "benchmark": "features",
-        "command": [Path(sys.executable).name, "-m", MODULE, *argv],
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "home": str(home),
-        "machine": machine,
-        "load_avg_at_end": os.getloadavg(),
-        "code_digest": {"start": digest_start, "end": digest_end},
-        "targets": {"customers": TARGET_CUSTOMERS, "end_to_end_seconds": TARGET_SECONDS, "speedup": TARGET_SPEEDUP},
-        "fairness": "both contenders read the same canonical Parquet files (exported once from open_feature_inputs, "
-        "untimed); the end-to-end run is the production run_feature_build from the lake",
-        "ok": ok,
-        "error": error,
-        "analysis": analysis,
-        "runs": [asdict(r) for r in runs],
-        "verify": asdict(verify) if verify else None,
-    }
-    out_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    console.print(f"Results written to [bold]{out_path}[/]")
-    console.print(
-        "[bold green]OK[/]" if ok else "[bold red]FAILED: results differ, a target failed or a step crashed[/]"
-    )
-    return 0 if ok else 1
+    session.targets += analysis["targets"]
+    if not (analysis["equal"] is True or (args.allow_ties and analysis["equal_but_ties"] is True)):
+        session.problems.append("the pandas baseline and the DuckDB build differ")
+    if not (analysis["duckdb_deterministic"] is True or analysis["duckdb_differs_only_at_ties"] is True):
+        session.problems.append("duckdb #1 and duckdb #2 differ beyond ties: the build is not deterministic")
+
+
+SPEC = Spec(
+    name="features",
+    module=MODULE,
+    workers=WORKERS,
+    packages=("numpy", "pandas", "pyarrow", "duckdb", "custintel"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when the results are equal and every applicable target passes."""
+    return harness_main(SPEC, argv, _parse, _run)
 
 
 if __name__ == "__main__":

@@ -22,39 +22,23 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
-import json
 import os
 import shutil
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from benchmarks.child import BenchError, Run, run_child
-from benchmarks.child import emit as _emit
-from benchmarks.child import status_mib as _status_mib
-from benchmarks.machine import code_digest, machine_info
+from benchmarks import harness
+from benchmarks.harness import BenchError, Run, Session, Spec, Target, Timed, emit
+from benchmarks.harness import seconds_text as _s
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES = [100_000, 1_000_000]
 QUICK_SIZES = [20_000]
 TARGET_CUSTOMERS = 1_000_000
@@ -62,8 +46,6 @@ TARGET_SECONDS = 10 * 60
 TARGET_PEAK_MIB = 8 * 1024
 FAKER_CAP = 20_000
 MIB = 1024 * 1024
-
-Event = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- child side
@@ -84,26 +66,23 @@ def _work_generate(p: dict[str, Any]) -> dict[str, Any]:
     if p.get("chunk_size"):
         knobs["chunk_size"] = p["chunk_size"]
     cfg = WorldConfig(**knobs)
-    rss0 = _status_mib("VmRSS")
-    t0 = time.perf_counter()
-    summary = generate_world(cfg, out, on_chunk=lambda done, total: _emit("progress", done=done, total=total))
-    seconds = time.perf_counter() - t0
+    clock = Timed()
+    summary = generate_world(cfg, out, on_chunk=lambda done, total: emit("progress", done=done, total=total))
+    clock.end()
     files = {
         t: {"path": rel, "format": fmt, "sep": sep, "rows": summary.rows[t], "bytes": (out / rel).stat().st_size}
         for t, (rel, fmt, sep) in SOURCE_FILES.items()
     }
-    return {
-        "seconds": seconds,
-        "rss_after_imports_mib": rss0,
-        "chunk_size": cfg.chunk_size,
-        "chunks": -(-cfg.customers // cfg.chunk_size),
-        "files": files,
-        "source_rows": sum(f["rows"] for f in files.values()),
-        "source_bytes": sum(f["bytes"] for f in files.values()),
-        "truth_rows": summary.truth_rows,
-        "truth_bytes": _dir_bytes(out / TRUTH_DIR),
-        "bytes_on_disk": _dir_bytes(out),
-    }
+    return clock.result(
+        chunk_size=cfg.chunk_size,
+        chunks=-(-cfg.customers // cfg.chunk_size),
+        files=files,
+        source_rows=sum(f["rows"] for f in files.values()),
+        source_bytes=sum(f["bytes"] for f in files.values()),
+        truth_rows=summary.truth_rows,
+        truth_bytes=_dir_bytes(out / TRUTH_DIR),
+        bytes_on_disk=_dir_bytes(out),
+    )
 
 
 def _work_ingest(p: dict[str, Any]) -> dict[str, Any]:
@@ -112,12 +91,15 @@ def _work_ingest(p: dict[str, Any]) -> dict[str, Any]:
     from features.lake import ingest_drop
 
     settings = Settings(home=Path(p["home"]))
-    rss0 = _status_mib("VmRSS")
-    t0 = time.perf_counter()
-    report = ingest_drop(
-        Path(p["drop"]), settings, progress=lambda table, read: _emit("progress", table=table, read=read)
-    )
-    seconds = time.perf_counter() - t0
+    read_so_far: dict[str, int] = {}
+
+    def progress(table: str, read: int) -> None:
+        read_so_far[table] = read
+        emit("progress", step=table, done=sum(read_so_far.values()), total=p["total_rows"])
+
+    clock = Timed()
+    report = ingest_drop(Path(p["drop"]), settings, progress=progress)
+    clock.end()
     tables = {
         name: {
             "read": t.read,
@@ -128,17 +110,15 @@ def _work_ingest(p: dict[str, Any]) -> dict[str, Any]:
         }
         for name, t in report.tables.items()
     }
-    return {
-        "seconds": seconds,
-        "rss_after_imports_mib": rss0,
-        "drop_id": report.drop_id,
-        "tables": tables,
-        "read": sum(t["read"] for t in tables.values()),
-        "accepted": sum(t["accepted"] for t in tables.values()),
-        "quarantined": sum(t["quarantined"] for t in tables.values()),
-        "lake_bytes": _dir_bytes(settings.lake_dir),
-        "quarantine_bytes": _dir_bytes(settings.quarantine_dir),
-    }
+    return clock.result(
+        drop_id=report.drop_id,
+        tables=tables,
+        read=sum(t["read"] for t in tables.values()),
+        accepted=sum(t["accepted"] for t in tables.values()),
+        quarantined=sum(t["quarantined"] for t in tables.values()),
+        lake_bytes=_dir_bytes(settings.lake_dir),
+        quarantine_bytes=_dir_bytes(settings.quarantine_dir),
+    )
 
 
 def _work_bare_read(p: dict[str, Any]) -> dict[str, Any]:
@@ -149,8 +129,7 @@ def _work_bare_read(p: dict[str, Any]) -> dict[str, Any]:
 
     drop = Path(p["drop"])
     files: list[list[str]] = p["files"]  # [table, relative path, format, separator]
-    rss0 = _status_mib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Timed()
     rows: dict[str, int] = {}
     for i, (table, rel, fmt, sep) in enumerate(files):
         path = drop / rel
@@ -166,9 +145,9 @@ def _work_bare_read(p: dict[str, Any]) -> dict[str, Any]:
             data = pq.read_table(path)
         rows[table] = data.num_rows
         del data
-        _emit("progress", done=i + 1, total=len(files))
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "rss_after_imports_mib": rss0, "tables": rows, "read": sum(rows.values())}
+        emit("progress", done=i + 1, total=len(files))
+    clock.end()
+    return clock.result(tables=rows, read=sum(rows.values()))
 
 
 def _work_faker(p: dict[str, Any]) -> dict[str, Any]:
@@ -179,8 +158,7 @@ def _work_faker(p: dict[str, Any]) -> dict[str, Any]:
     n, out = int(p["rows"]), Path(p["out"])
     fake = Faker()
     fake.seed_instance(p["seed"])
-    rss0 = _status_mib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Timed()
     rows = []
     for i in range(n):
         rows.append(
@@ -194,26 +172,18 @@ def _work_faker(p: dict[str, Any]) -> dict[str, Any]:
             }
         )
         if (i + 1) % 1000 == 0 or i + 1 == n:
-            _emit("progress", done=i + 1, total=n)
+            emit("progress", done=i + 1, total=n)
     pd.DataFrame(rows).to_csv(out, index=False)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "rss_after_imports_mib": rss0, "rows": n, "bytes": out.stat().st_size}
+    clock.end()
+    return clock.result(rows=n, bytes=out.stat().st_size)
 
 
-WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+WORKERS = {
     "generate": _work_generate,
     "ingest": _work_ingest,
     "bare_read": _work_bare_read,
     "faker": _work_faker,
 }
-
-
-def _worker_main(argv: list[str]) -> int:
-    """Entry point of a child: run one step and print its result as the last JSON line."""
-    step, params = argv[0], json.loads(argv[1])
-    data = WORKERS[step](params)
-    _emit("result", vmhwm_mib=_status_mib("VmHWM"), **data)
-    return 0
 
 
 # --------------------------------------------------------------------------- parent side
@@ -226,7 +196,8 @@ class SizeResult:
     customers: int
     runs: list[Run] = field(default_factory=list)
     comparisons: dict[str, Any] = field(default_factory=dict)
-    targets: dict[str, Any] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+    projected_generate_seconds_at_1m: float | None = None  # other sizes: informational only
     problems: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -235,132 +206,59 @@ class SizeResult:
         return [r for r in self.runs if r.step == step]
 
 
-class Bench:
-    """Runs the steps of every size as child processes, with a rich progress display."""
+def _measure_size(session: Session, args: argparse.Namespace, work: Path, customers: int) -> SizeResult:
+    """All runs for one size: Faker / generate / Faker ..., then bare read / ingest / bare read ..."""
+    bench, scope = session.bench, f"{customers:,} customers"
+    res = SizeResult(customers)
+    base = work / f"n{customers}"
+    drop = base / "drop"
+    base.mkdir(parents=True, exist_ok=True)
+    faker_rows = min(customers, args.faker_cap)
+    k = args.repeats
 
-    def __init__(self, args: argparse.Namespace, work: Path, console: Console) -> None:
-        self.args = args
-        self.work = work
-        self.console = console
-        self.progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        steps_per_size = 2 * (2 * args.repeats + 1)
-        self.overall = self.progress.add_task("[bold]all steps", total=steps_per_size * len(args.customers))
-
-    def child(
-        self, step: str, label: str, params: dict[str, Any], on_event: Callable[[Event, TaskID], None], customers: int
-    ) -> Run:
-        """Run one step in a child process; wall time and peak RSS are that child's alone."""
-        task = self.progress.add_task(f"{customers:,} · {label}", total=None)
-        try:
-            run = run_child("benchmarks.bench_generate_ingest", step, f"{label} ({customers:,} customers)", params,
-                            lambda e: on_event(e, task))  # fmt: skip
-        finally:
-            self.progress.remove_task(task)
-        run.label = label
-        wall = run.wall_seconds
-        self.progress.advance(self.overall)
-        peak = run.process_peak_mib
-        self.console.log(f"{customers:,} · {label}: {run.seconds:,.1f} s (process {wall:,.1f} s), peak {peak:,.0f} MiB")
+    def faker(i: int) -> Run:
+        out = base / f"faker-{i}.csv"
+        params = {"rows": faker_rows, "seed": args.seed, "out": str(out)}
+        run = bench.child("faker", f"naive Faker #{i} ({faker_rows:,} rows)", params, scope)
+        out.unlink(missing_ok=True)
         return run
 
-    def _steps(self, event: Event, task: TaskID) -> None:
-        self.progress.update(task, total=event["total"], completed=event["done"])
+    def generate(i: int) -> Run:
+        shutil.rmtree(drop, ignore_errors=True)
+        params = {"customers": customers, "seed": args.seed, "out": str(drop), "chunk_size": args.chunk_size}
+        return bench.child("generate", f"generate #{i}" if k > 1 else "generate", params, scope)
 
-    def size(self, customers: int) -> SizeResult:
-        """All runs for one size: Faker / generate / Faker ..., then bare read / ingest / bare read ..."""
-        res = SizeResult(customers)
-        base = self.work / f"n{customers}"
-        drop = base / "drop"
-        base.mkdir(parents=True, exist_ok=True)
-        steps = self._steps
-        faker_rows = min(customers, self.args.faker_cap)
-        k = self.args.repeats
+    def bare_read(i: int) -> Run:
+        return bench.child("bare_read", f"bare read #{i}", {"drop": str(drop), "files": files}, scope)
+
+    def ingest(i: int) -> Run:
+        home = base / f"home-{i}"
+        params = {"drop": str(drop), "home": str(home), "total_rows": total_rows}
         try:
-            for i in range(k + 1):
-                res.runs.append(
-                    self.child(
-                        "faker",
-                        f"naive Faker #{i + 1} ({faker_rows:,} rows)",
-                        {"rows": faker_rows, "seed": self.args.seed, "out": str(base / f"faker-{i + 1}.csv")},
-                        steps,
-                        customers,
-                    )
-                )
-                (base / f"faker-{i + 1}.csv").unlink(missing_ok=True)
-                if i < k:
-                    shutil.rmtree(drop, ignore_errors=True)
-                    res.runs.append(
-                        self.child(
-                            "generate",
-                            f"generate #{i + 1}" if k > 1 else "generate",
-                            {
-                                "customers": customers,
-                                "seed": self.args.seed,
-                                "out": str(drop),
-                                "chunk_size": self.args.chunk_size,
-                            },
-                            steps,
-                            customers,
-                        )
-                    )
-            gen = res.of("generate")[-1].data
-            files = [[t, f["path"], f["format"], f["sep"]] for t, f in gen["files"].items()]
-            total_rows = gen["source_rows"]
-            read_so_far: dict[str, int] = {}
-
-            def ingest_progress(e: Event, task: TaskID) -> None:
-                read_so_far[e["table"]] = e["read"]
-                self.progress.update(
-                    task,
-                    total=total_rows,
-                    completed=sum(read_so_far.values()),
-                    description=f"{customers:,} · ingest · {e['table']}",
-                )
-
-            for i in range(k + 1):
-                res.runs.append(
-                    self.child(
-                        "bare_read", f"bare read #{i + 1}", {"drop": str(drop), "files": files}, steps, customers
-                    )
-                )
-                if i < k:
-                    home = base / f"home-{i + 1}"
-                    read_so_far.clear()
-                    res.runs.append(
-                        self.child(
-                            "ingest",
-                            f"ingest #{i + 1}" if k > 1 else "ingest",
-                            {"drop": str(drop), "home": str(home)},
-                            ingest_progress,
-                            customers,
-                        )
-                    )
-                    if i < k - 1 or not self.args.keep:
-                        shutil.rmtree(home, ignore_errors=True)
-        except BenchError as exc:
-            res.error = str(exc)
-            res.problems.append(f"a step failed: {str(exc).splitlines()[0]}")
-            return res
+            return bench.child("ingest", f"ingest #{i}" if k > 1 else "ingest", params, scope)
         finally:
-            if not self.args.keep:
-                shutil.rmtree(base, ignore_errors=True)
-        _analyse(res)
+            if i < k or not args.keep:
+                shutil.rmtree(home, ignore_errors=True)
+
+    try:
+        res.runs += harness.sandwich(faker, generate, k)
+        gen = res.of("generate")[-1].data
+        files = [[t, f["path"], f["format"], f["sep"]] for t, f in gen["files"].items()]
+        total_rows = gen["source_rows"]
+        res.runs += harness.sandwich(bare_read, ingest, k)
+    except BenchError as exc:
+        res.error = str(exc)
+        session.fail(str(exc))
         return res
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    _analyse(res)
+    session.problems += res.problems
+    return res
 
 
 # --------------------------------------------------------------------------- analysis
-
-
-def _pairs(runs: list[Run]) -> list[tuple[Run, Run, Run]]:
-    """(baseline before, contender, baseline after) triples of an alternating B C B C B sequence."""
-    return [(runs[i - 1], runs[i], runs[i + 1]) for i in range(1, len(runs) - 1, 2)]
 
 
 def _sequence(res: SizeResult, contender: str, baseline: str) -> list[Run]:
@@ -371,13 +269,13 @@ def _analyse(res: SizeResult) -> None:
     """Ratios side by side, count reconciliation, and the 1M targets."""
     gens = res.of("generate")
     gen_ratios, faker_extrapolated = [], []
-    for before, gen, after in _pairs(_sequence(res, "generate", "faker")):
+    for before, gen, after in harness.triples(_sequence(res, "generate", "faker")):
         per_row = statistics.mean(b.seconds / b.data["rows"] for b in (before, after))
         extrapolated = per_row * gen.data["source_rows"]
         faker_extrapolated.append(extrapolated)
         gen_ratios.append(gen.seconds / extrapolated)
     ingest_ratios, mem_ratios, bare_times, bare_peaks = [], [], [], []
-    for before, ing, after in _pairs(_sequence(res, "ingest", "bare_read")):
+    for before, ing, after in harness.triples(_sequence(res, "ingest", "bare_read")):
         bare_t = statistics.mean(b.seconds for b in (before, after))
         bare_m = statistics.mean(b.process_peak_mib for b in (before, after))
         bare_times.append(bare_t)
@@ -413,27 +311,19 @@ def _analyse(res: SizeResult) -> None:
     gen_wall = max(g.wall_seconds for g in gens)
     gen_peak = max(g.process_peak_mib for g in gens)
     if res.customers == TARGET_CUSTOMERS:
-        res.targets = {
-            "generate_seconds": {"value": gen_wall, "limit": TARGET_SECONDS, "pass": gen_wall < TARGET_SECONDS},
-            "generate_peak_mib": {"value": gen_peak, "limit": TARGET_PEAK_MIB, "pass": gen_peak < TARGET_PEAK_MIB},
-        }
+        res.targets = [
+            Target(
+                f"generate 1M < {TARGET_SECONDS / 60:.0f} min on {os.cpu_count()} cores",
+                gen_wall, TARGET_SECONDS, gen_wall < TARGET_SECONDS, f"{_s(gen_wall)} (process wall)",
+            ),
+            Target(
+                f"generate 1M peak RSS < {TARGET_PEAK_MIB / 1024:.0f} GiB",
+                gen_peak, TARGET_PEAK_MIB, gen_peak < TARGET_PEAK_MIB, f"{gen_peak:,.0f} MiB",
+            ),
+        ]  # fmt: skip
     else:
-        res.targets = {
-            "projected_generate_seconds_at_1m": gen_wall * TARGET_CUSTOMERS / res.customers,
-            "note": "linear projection of the process wall time, informational only",
-        }
-    measured = {r.step: r.code_digest for r in res.runs if r.step in ("generate", "ingest")}
-    if len(set(measured.values())) > 1:
-        res.problems.append(
-            f"warning: features/ changed between generate (code {measured['generate']}) "
-            f"and ingest (code {measured['ingest']})"
-        )
-    for r in res.runs:
-        if r.hwm_mib is not None and abs(r.process_peak_mib - r.hwm_mib) > max(0.05 * r.hwm_mib, 16):
-            res.problems.append(
-                f"warning: {r.label}: ru_maxrss {r.process_peak_mib:.0f} MiB differs from the child's own "
-                f"VmHWM {r.hwm_mib:.0f} MiB"
-            )
+        # A linear projection of the process wall time, informational only.
+        res.projected_generate_seconds_at_1m = gen_wall * TARGET_CUSTOMERS / res.customers
 
 
 def _reconcile(res: SizeResult) -> None:
@@ -457,25 +347,11 @@ def _reconcile(res: SizeResult) -> None:
                 res.problems.append(f"{bare.label}: {t}: read {n:,} rows, generate wrote {written[t]:,}")
 
 
-def _failed(res: SizeResult) -> bool:
-    targets_fail = any(isinstance(v, dict) and not v.get("pass", True) for v in res.targets.values())
-    return res.error is not None or targets_fail or any(not p.startswith("warning") for p in res.problems)
-
-
 # --------------------------------------------------------------------------- output
-
-
-def _s(seconds: float) -> str:
-    text = f"{seconds:,.1f} s"
-    return text + f" ({int(seconds // 60)}m{int(seconds % 60):02d}s)" if seconds >= 60 else text
 
 
 def _ratio(r: float, smaller: str = "faster") -> str:
     return f"{r:.3f}× ({1 / r:,.1f}× {smaller})" if r < 1 else f"{r:.2f}×"
-
-
-def _verdict(ok: bool) -> str:
-    return "[bold green]PASS[/]" if ok else "[bold red]FAIL[/]"
 
 
 def _run_detail(r: Run) -> tuple[str, str, str]:
@@ -506,23 +382,9 @@ def _run_detail(r: Run) -> tuple[str, str, str]:
 def _print_size(console: Console, res: SizeResult) -> None:
     """The runs, the side-by-side ratios, the per-table counts and the targets of one size."""
     console.rule(f"[bold]{res.customers:,} customers")
-    runs = Table(title=f"Runs, {res.customers:,} customers (in the order they ran)", show_lines=False)
-    for col, just in (
-        ("run", "left"),
-        ("step time", "right"),
-        ("process wall", "right"),
-        ("peak RSS MiB", "right"),
-        ("after imports", "right"),
-        ("rows", "right"),
-        ("rows/s", "right"),
-        ("detail", "left"),
-    ):
-        runs.add_column(col, justify=just)  # type: ignore[arg-type]
-    for r in res.runs:
-        rows, rate, detail = _run_detail(r)
-        base = "—" if r.rss_after_imports_mib is None else f"{r.rss_after_imports_mib:,.0f}"
-        runs.add_row(r.label, _s(r.seconds), _s(r.wall_seconds), f"{r.process_peak_mib:,.0f}", base, rows, rate, detail)
-    console.print(runs)
+    columns = [(name, lambda r, i=i: _run_detail(r)[i]) for i, name in enumerate(("rows", "rows/s", "detail"))]
+    title = f"Runs, {res.customers:,} customers (in the order they ran)"
+    console.print(harness.runs_table(title, res.runs, columns, process_peak=True))
     if res.error:
         console.print(f"[bold red]{escape(res.error)}")
         return
@@ -570,26 +432,18 @@ def _print_size(console: Console, res: SizeResult) -> None:
             "[green]yes[/]" if ok else "[red]NO[/]",
         )
     console.print(counts)
-    if res.customers == TARGET_CUSTOMERS:
-        t = res.targets
-        console.print(
-            f"Target generate 1M < {TARGET_SECONDS / 60:.0f} min on {os.cpu_count()} cores: "
-            f"{_s(t['generate_seconds']['value'])} (process wall) → {_verdict(t['generate_seconds']['pass'])}"
-        )
-        console.print(
-            f"Target generate 1M peak RSS < {TARGET_PEAK_MIB / 1024:.0f} GiB: "
-            f"{t['generate_peak_mib']['value']:,.0f} MiB → {_verdict(t['generate_peak_mib']['pass'])}"
-        )
-    else:
+    for target in res.targets:
+        console.print(target.line())
+    if res.projected_generate_seconds_at_1m is not None:
         console.print(
             f"Projection to 1M customers (linear, informational; not a target check): generate ≈ "
-            f"{_s(res.targets['projected_generate_seconds_at_1m'])} (limit {_s(TARGET_SECONDS)})"
+            f"{_s(res.projected_generate_seconds_at_1m)} (limit {_s(TARGET_SECONDS)})"
         )
     for p in res.problems:
-        console.print(f"[{'yellow' if p.startswith('warning') else 'bold red'}]{escape(p)}")
+        console.print(f"[bold red]{escape(p)}")
 
 
-def _print_summary(console: Console, results: list[SizeResult], out: Path) -> None:
+def _print_summary(console: Console, results: list[SizeResult]) -> None:
     console.rule("[bold]Summary")
     t = Table(title="generate + ingest (ratios measured side by side in this run)")
     for col in (
@@ -611,11 +465,10 @@ def _print_summary(console: Console, results: list[SizeResult], out: Path) -> No
             continue
         gen, ing = r.of("generate")[-1], r.of("ingest")[-1]
         c = r.comparisons
-        counts_ok = not any(not p.startswith("warning") for p in r.problems)
-        if r.customers == TARGET_CUSTOMERS:
-            verdict = _verdict(all(v["pass"] for v in r.targets.values()))
+        if r.projected_generate_seconds_at_1m is None:
+            met = harness.verdict(all(t.passed for t in r.targets))
         else:
-            verdict = f"n/a (≈{r.targets['projected_generate_seconds_at_1m'] / 60:,.1f} min projected)"
+            met = f"n/a (≈{r.projected_generate_seconds_at_1m / 60:,.1f} min projected)"
         t.add_row(
             f"{r.customers:,}",
             _s(gen.wall_seconds),
@@ -625,15 +478,14 @@ def _print_summary(console: Console, results: list[SizeResult], out: Path) -> No
             f"{ing.process_peak_mib:,.0f}",
             f"{c['ingest_vs_bare_read']['time_ratio']:.2f}",
             f"{c['ingest_vs_bare_read']['memory_ratio']:.2f}",
-            "[green]reconcile[/]" if counts_ok else "[red]MISMATCH[/]",
-            verdict,
+            "[green]reconcile[/]" if not r.problems else "[red]MISMATCH[/]",
+            met,
         )
     console.print(t)
     console.print(
         "generate / ingest columns are process wall times (interpreter start and imports included); "
         "ratios use the step time measured inside each child. Peak RSS = ru_maxrss of that child."
     )
-    console.print(f"Results written to [bold]{out}[/]")
 
 
 # --------------------------------------------------------------------------- main
@@ -668,67 +520,46 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 when every count reconciles and every target passes."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_worker"]:
-        return _worker_main(argv[1:])
-    args = _parse(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
-    started = dt.datetime.now()
+def _run(session: Session) -> None:
+    args = session.args
     made_work = args.out is None
     work = Path(tempfile.mkdtemp(prefix="bench-generate-ingest-", dir="/tmp")) if made_work else args.out
     work.mkdir(parents=True, exist_ok=True)
-    console.print(f"Working folder: {work}{' (kept)' if args.keep else ' (removed at the end)'}")
-    machine = machine_info(("numpy", "pandas", "pyarrow", "duckdb", "faker", "custintel"))
-    digest_start = code_digest()
+    session.console.print(f"Working folder: {work}{' (kept)' if args.keep else ' (removed at the end)'}")
+    session.bench.plan(2 * (2 * args.repeats + 1) * len(args.customers))
     results: list[SizeResult] = []
-    bench = Bench(args, work, console)
-    try:
-        with bench.progress:
-            for n in args.customers:
-                res = bench.size(n)
-                results.append(res)
-                _print_size(console, res)
-    finally:
-        if made_work and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-    ok = not any(_failed(r) for r in results)
-    digest_end = code_digest()
-    if digest_end != digest_start:
-        console.print(
-            "[bold yellow]warning: features/ changed while the benchmark ran; "
-            "the sizes may have measured different code[/]"
-        )
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"generate_ingest-{started:%Y%m%d-%H%M%S}.json"
-    payload = {
-        "benchmark": "generate_ingest",
-        "command": [Path(sys.executable).name, "-m", "benchmarks.bench_generate_ingest", *argv],
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "machine": machine,
-        "parent_vmhwm_mib": _status_mib("VmHWM"),
-        "targets": {
+    session.record.update(
+        targets={
             "customers": TARGET_CUSTOMERS,
             "generate_seconds": TARGET_SECONDS,
             "generate_peak_mib": TARGET_PEAK_MIB,
         },
-        "code_digest": {"start": digest_start, "end": digest_end},
-        "ok": ok,
-        "sizes": [asdict(r) for r in results],
-    }
-    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    _print_summary(console, results, out)
-    console.print(
-        "[bold green]OK[/]"
-        if ok
-        else "[bold red]FAILED: a target failed, a count does not reconcile or a step crashed[/]"
+        sizes=results,
     )
-    return 0 if ok else 1
+    try:
+        for n in args.customers:
+            res = _measure_size(session, args, work, n)
+            results.append(res)
+            session.targets += res.targets
+            _print_size(session.console, res)
+    finally:
+        if made_work and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    _print_summary(session.console, results)
+
+
+SPEC = Spec(
+    name="generate_ingest",
+    module="benchmarks.bench_generate_ingest",
+    workers=WORKERS,
+    packages=("numpy", "pandas", "pyarrow", "duckdb", "faker", "custintel"),
+    width=160,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every count reconciles and every target passes."""
+    return harness.main(SPEC, argv, _parse, _run)
 
 
 if __name__ == "__main__":

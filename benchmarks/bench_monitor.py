@@ -11,7 +11,7 @@ reference frame (the training rows: 100,000 x 50 features; 42 numeric of varied 
 lognormal amounts, integer counts with few values, 0/1 flags, days-since, rates, tenures, some NaN and
 a few infinities; 8 categorical strings, one with missing values) and, per size, the current window
 from a shifted version of the same generator (8 columns shifted enough to drift, 2 slightly), written
-as the service's inference log (`serving.runtime.InferenceLog`: JSON lines per UTC day, NaN and
+as the service's inference log (`serving.inference_log.InferenceLog`: JSON lines per UTC day, NaN and
 infinities as null) over 7 days, plus the same rows as Parquet for the baseline. Fixed seed.
 
 Each measurement runs in its own child process (this module, called with ``_worker``); per size,
@@ -42,16 +42,14 @@ all-row verdicts, for information.
 
 Targets (issue 8): at 1,000,000 rows A < 60 s spawn to done; at every size 0 verdict mismatches.
 Results go to benchmarks/results/monitor-<time>.json. Exit code 0 when the targets are met, 1 when one
-is missed (or cannot be checked because B did not finish, or a contender crashed), 2 when setup fails.
+is missed (or cannot be checked because B did not finish), 2 when setup or a run of A fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -64,11 +62,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from benchmarks.child import Bench, BenchError, Run, worker_main
-from benchmarks.child import emit as _emit
-from benchmarks.child import status_mib as _status_mib
-from benchmarks.child import timed_end as _timed_end
-from benchmarks.machine import ROOT, machine_info
+from benchmarks.harness import BenchError, Run, Session, Spec, Target, Timed, emit, sandwich
+from benchmarks.harness import main as harness_main
+from benchmarks.harness import seconds_text as _s
 from monitoring.policy import load_policy as load_monitoring_policy
 
 if TYPE_CHECKING:
@@ -76,7 +72,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
 MODULE = "benchmarks.bench_monitor"
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 DEFAULT_WORK = Path("/tmp/custintel-bench-monitor")
 DEFAULT_SIZES = (100_000, 1_000_000)
 QUICK_SIZES = (20_000, 100_000)
@@ -223,7 +218,7 @@ def _work_setup(p: dict[str, Any]) -> dict[str, Any]:
     made: list[str] = []
     ref_path = root / "reference.parquet"
     if not ref_path.is_file():
-        _emit("progress", step=f"reference: {REFERENCE_ROWS:,} rows")
+        emit("progress", step=f"reference: {REFERENCE_ROWS:,} rows")
         tmp = ref_path.with_suffix(".tmp")
         _frame(REFERENCE_ROWS, p["seed"], shifted=False).to_parquet(tmp, index=False)
         tmp.replace(ref_path)
@@ -236,9 +231,9 @@ def _work_setup(p: dict[str, Any]) -> dict[str, Any]:
             sizes[str(n)] = json.loads(done.read_text(encoding="utf-8"))
             continue
         shutil.rmtree(folder, ignore_errors=True)
-        _emit("progress", step=f"current window: {n:,} rows")
+        emit("progress", step=f"current window: {n:,} rows")
         current = _frame(n, p["seed"] + n, shifted=True)
-        _emit("progress", step=f"{n:,} rows -> inference log (JSON lines per day)")
+        emit("progress", step=f"{n:,} rows -> inference log (JSON lines per day)")
         counts = _write_log(current, folder / "log", p["seed"] + n)
         # What the service logs and read_served gives back: infinities and NaN both become missing.
         numeric = current.select_dtypes("number").columns
@@ -274,9 +269,9 @@ def _work_ours(p: dict[str, Any]) -> dict[str, Any]:
     from monitoring.policy import DataQualityPolicy
     from monitoring.served import read_served
 
-    rss0 = _status_mib("VmRSS")
+    clock = Timed()
     stages: dict[str, float] = {}
-    t0 = t = time.perf_counter()
+    t = clock.start
 
     def lap(name: str) -> None:
         nonlocal t
@@ -284,11 +279,11 @@ def _work_ours(p: dict[str, Any]) -> dict[str, Any]:
         stages[name] = now - t
         t = now
 
-    _emit("progress", step="reference")
+    emit("progress", step="reference")
     reference = pd.read_parquet(p["reference"])
     columns = list(reference.columns)
     lap("reference")
-    _emit("progress", step="read_served")
+    emit("progress", step="read_served")
     start = dt.datetime.fromisoformat(p["start"])
     end = dt.datetime.fromisoformat(p["end"])
     answer = {
@@ -298,16 +293,16 @@ def _work_ours(p: dict[str, Any]) -> dict[str, Any]:
     window = read_served(Path(p["log_dir"]), MODEL, start, end, {c: reference[c].dtype for c in columns}, answer)
     current = window.frame[window.frame["version"].astype(str) == VERSION].reset_index(drop=True)
     lap("read_served")
-    _emit("progress", step="data quality")
+    emit("progress", step="data quality")
     findings, _ = data_quality(
         null_shares(reference, columns), current, window.absent_inputs, window.type_errors, DataQualityPolicy()
     )
     lap("quality")
-    _emit("progress", step="dataset_drift (every row)")
+    emit("progress", step="dataset_drift (every row)")
     kinds = column_kinds(reference, columns)
     drift = dataset_drift(reference, current, kinds, {}, DRIFT_SHARE)
     lap("drift")
-    _emit("progress", step=f"Evidently report ({p['report_rows']:,} rows per side) + save_html")
+    emit("progress", step=f"Evidently report ({p['report_rows']:,} rows per side) + save_html")
     snapshot = reports.evidently_drift(
         reports.sample_rows(reference, p["report_rows"]),
         reports.sample_rows(current, p["report_rows"]),
@@ -320,25 +315,21 @@ def _work_ours(p: dict[str, Any]) -> dict[str, Any]:
         snapshot.save_html(str(Path(tmp) / "evidently.html"))
         html_mib = (Path(tmp) / "evidently.html").stat().st_size / 2**20
     lap("report")
-    seconds = time.perf_counter() - t0
-    peak = _timed_end()
-    return {
-        "seconds": seconds,
-        "stage_seconds": stages,
-        "rss_after_imports_mib": rss0,
-        **peak,
-        "rows": len(current),
-        "suppressed": window.suppressed,
-        "files": len(window.files),
-        "findings": [f.as_dict() for f in findings],
-        "type_errors": {k: v for k, v in window.type_errors.items() if v},
-        "absent_inputs": {k: v for k, v in window.absent_inputs.items() if v},
-        "nulls": {c: int(n) for c, n in current[columns].isna().sum().items()},
-        "kinds": kinds,
-        "verdicts": _verdicts(drift),
-        "report_verdicts": reports.evidently_verdicts(snapshot),
-        "html_mib": html_mib,
-    }
+    clock.end()
+    return clock.result(
+        stage_seconds=stages,
+        rows=len(current),
+        suppressed=window.suppressed,
+        files=len(window.files),
+        findings=[f.as_dict() for f in findings],
+        type_errors={k: v for k, v in window.type_errors.items() if v},
+        absent_inputs={k: v for k, v in window.absent_inputs.items() if v},
+        nulls={c: int(n) for c, n in current[columns].isna().sum().items()},
+        kinds=kinds,
+        verdicts=_verdicts(drift),
+        report_verdicts=reports.evidently_verdicts(snapshot),
+        html_mib=html_mib,
+    )
 
 
 def _work_evidently(p: dict[str, Any]) -> dict[str, Any]:
@@ -362,26 +353,21 @@ def _work_evidently(p: dict[str, Any]) -> dict[str, Any]:
     categorical = [c for c, k in kinds.items() if k == "cat"]
     for frame in (reference, current):  # as reports.evidently_drift does: infinities as missing
         frame[numeric] = frame[numeric].replace([np.inf, -np.inf], np.nan)
-    rss0 = _status_mib("VmRSS")
-    _emit("progress", step=f"DataDriftPreset on {len(current):,} rows")
-    t0 = time.perf_counter()
+    emit("progress", step=f"DataDriftPreset on {len(current):,} rows")
+    clock = Timed()
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     ref = Dataset.from_pandas(reference, data_definition=definition)
     cur = Dataset.from_pandas(current, data_definition=definition)
-    convert = time.perf_counter() - t0
+    convert = time.perf_counter() - clock.start
     snapshot = Report([DataDriftPreset(columns=columns)], include_tests=True).run(cur, ref)
-    seconds = time.perf_counter() - t0
-    peak = _timed_end()
+    seconds = clock.end()
     signal.alarm(0)
-    return {
-        "seconds": seconds,
-        "stage_seconds": {"from_pandas": convert, "run": seconds - convert},
-        "rss_after_imports_mib": rss0,
-        **peak,
-        "rows": len(current),
-        "verdicts": reports.evidently_verdicts(snapshot),
-        "scores": reports.evidently_scores(snapshot),
-    }
+    return clock.result(
+        stage_seconds={"from_pandas": convert, "run": seconds - convert},
+        rows=len(current),
+        verdicts=reports.evidently_verdicts(snapshot),
+        scores=reports.evidently_scores(snapshot),
+    )
 
 
 WORKERS = {"setup": _work_setup, "ours": _work_ours, "evidently": _work_evidently}
@@ -393,15 +379,6 @@ WORKERS = {"setup": _work_setup, "ours": _work_ours, "evidently": _work_evidentl
 def _root(args: argparse.Namespace) -> Path:
     """The setup cache of this generator and seed."""
     return args.work / f"{GENERATOR}-s{args.seed}"
-
-
-def _monitoring_digest() -> str:
-    """SHA-256 over monitoring/*.py: the code A measures (another engineer may be editing it)."""
-    h = hashlib.sha256()
-    for path in sorted((ROOT / "monitoring").glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _compare(ours: dict[str, dict[str, Any]], verdicts: dict[str, bool], scores: dict[str, float]) -> dict[str, Any]:
@@ -424,19 +401,8 @@ def _compare(ours: dict[str, dict[str, Any]], verdicts: dict[str, bool], scores:
     }
 
 
-def _s(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    text = f"{seconds:,.1f} s"
-    return text + f" ({int(seconds // 60)}m{int(seconds % 60):02d}s)" if seconds >= 60 else text
-
-
 def _m(mib: float | None) -> str:
     return "—" if mib is None else f"{mib:,.0f} MiB"
-
-
-def _verdict(ok: bool | None) -> str:
-    return "[bold yellow]NOT CHECKED[/]" if ok is None else "[bold green]PASS[/]" if ok else "[bold red]FAIL[/]"
 
 
 def _run_dict(run: Run) -> dict[str, Any]:
@@ -454,8 +420,9 @@ def _run_dict(run: Run) -> dict[str, Any]:
     }
 
 
-def _measure_size(bench: Bench, args: argparse.Namespace, n: int, info: dict[str, Any]) -> dict[str, Any]:
+def _measure_size(session: Session, args: argparse.Namespace, n: int, info: dict[str, Any]) -> dict[str, Any]:
     """A, B, A for one size; then the comparison."""
+    bench = session.bench
     root = _root(args)
     folder = root / f"n{n}"
     start = WINDOW_START
@@ -472,22 +439,24 @@ def _measure_size(bench: Bench, args: argparse.Namespace, n: int, info: dict[str
         "current": str(folder / "current.parquet"),
         "timeout": args.b_timeout,
     }
-    a_runs: list[Run] = []
-    b_run: Run | None = None
     b_error: str | None = None
-    digests = [_monitoring_digest()]
-    a_runs.append(bench.child("ours", f"{n:,} rows · A ours #1", a_params))
-    digests.append(_monitoring_digest())
-    try:
-        b_run = bench.child("evidently", f"{n:,} rows · B Evidently DataDriftPreset", b_params)
-    except BenchError as exc:
-        timed_out = f"exit code {SIGALRM_EXIT}" in str(exc)
-        b_error = f"did not finish in {args.b_timeout:,} s" if timed_out else str(exc)
-        bench.console.log(f"[yellow]B at {n:,} rows: {escape(b_error.splitlines()[0])}")
-    if args.a_runs > 1:
-        digests.append(_monitoring_digest())
-        a_runs.append(bench.child("ours", f"{n:,} rows · A ours #2", a_params))
-    digests.append(_monitoring_digest())
+
+    def ours(i: int) -> Run:
+        return bench.child("ours", f"{n:,} rows · A ours #{i}", a_params)
+
+    def evidently(_: int) -> Run | None:
+        nonlocal b_error
+        try:
+            return bench.child("evidently", f"{n:,} rows · B Evidently DataDriftPreset", b_params)
+        except BenchError as exc:  # B not finishing is a result (its target cannot be checked), not a crash
+            timed_out = f"exit code {SIGALRM_EXIT}" in str(exc)
+            b_error = f"did not finish in {args.b_timeout:,} s" if timed_out else str(exc)
+            bench.console.log(f"[yellow]B at {n:,} rows: {escape(b_error.splitlines()[0])}")
+            return None
+
+    runs = sandwich(ours, evidently, close=args.a_runs > 1)  # A B A: A's figures bracket B's
+    a_runs = [r for r in runs if r is not None and r.step == "ours"]
+    b_run = next((r for r in runs if r is not None and r.step == "evidently"), None)
     a0 = a_runs[0]
     wall = [r.timed_wall_seconds or r.wall_seconds for r in a_runs]
     a_seconds = statistics.mean(r.seconds for r in a_runs)
@@ -511,6 +480,7 @@ def _measure_size(bench: Bench, args: argparse.Namespace, n: int, info: dict[str
         1 for c, v in a0.data["verdicts"].items() if a0.data["report_verdicts"].get(c, v["drifted"]) != v["drifted"]
     )
     applies = n >= TARGET_ROWS
+    mismatches = None if comparison is None else comparison["verdict_mismatches"]
     return {
         "rows": n,
         "log_mib": info.get("log_mib"),
@@ -536,21 +506,25 @@ def _measure_size(bench: Bench, args: argparse.Namespace, n: int, info: dict[str
         "peak_ratio": None if b_run is None or not b_run.peak_mib else b_run.peak_mib / a_peak,
         "comparison": comparison,
         "problems": problems,
-        "monitoring_changed_mid_run": len(set(digests)) > 1,
-        "targets": {
-            "a_seconds": {
-                "value": a_wall,
-                "limit": TARGET_SECONDS,
-                "applies": applies,
-                "pass": a_wall < TARGET_SECONDS,
-            },  # fmt: skip
-            "verdict_mismatches": {
-                "value": None if comparison is None else comparison["verdict_mismatches"],
-                "limit": 0,
-                "applies": True,
-                "pass": None if comparison is None else comparison["verdict_mismatches"] == 0 and not problems,
-            },
-        },
+        "monitoring_changed_mid_run": len({r.code_digest for r in runs if r is not None}) > 1,
+        "targets": [
+            Target(
+                f"{n:,} rows: A < {TARGET_SECONDS:.0f} s spawn to done",
+                a_wall,
+                TARGET_SECONDS,
+                a_wall < TARGET_SECONDS,
+                _s(a_wall),
+                applies=applies,
+                note=f"applies at {TARGET_ROWS:,} rows",
+            ),
+            Target(
+                f"{n:,} rows: verdict mismatches = 0",
+                mismatches,
+                0,
+                None if mismatches is None else mismatches == 0 and not problems,
+                "—" if mismatches is None else str(mismatches),
+            ),
+        ],
     }
 
 
@@ -613,17 +587,9 @@ def _print(console: Console, results: list[dict[str, Any]]) -> None:
         "HTML page is drawn; A reads and parses the log, checks data quality and draws Evidently's page."
     )
     for r in results:
-        tg = r["targets"]
-        if tg["a_seconds"]["applies"]:
-            console.print(
-                f"Target {r['rows']:,} rows: A < {TARGET_SECONDS:.0f} s spawn to done: "
-                f"{_s(tg['a_seconds']['value'])} → {_verdict(tg['a_seconds']['pass'])}"
-            )
-        console.print(
-            f"Target {r['rows']:,} rows: verdict mismatches = 0: "
-            f"{'—' if tg['verdict_mismatches']['value'] is None else tg['verdict_mismatches']['value']} → "
-            f"{_verdict(tg['verdict_mismatches']['pass'])}"
-        )
+        for target in r["targets"]:
+            if target.applies:
+                console.print(target.line())
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -649,68 +615,39 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 when every target is met, 1 when one is missed, 2 when setup fails."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_worker"]:
-        return worker_main(WORKERS, argv[1:])
-    args = _parse(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=220)
-    started = dt.datetime.now()
-    machine = machine_info(("numpy", "pandas", "pyarrow", "duckdb", "scipy", "evidently", "custintel"))
-    bench = Bench(MODULE, console)
+def _run(session: Session) -> None:
+    args, console, bench = session.args, session.console, session.bench
     results: list[dict[str, Any]] = []
-    error: str | None = None
-    digest_start = _monitoring_digest()
-    console.log(f"load average {os.getloadavg()}, {os.cpu_count()} cores; setup cache {args.work}")
-    with bench.progress:
-        try:
-            setup = bench.child(
-                "setup",
-                "setup (untimed, cached): reference + served windows",
-                {"root": str(_root(args)), "sizes": args.sizes, "seed": args.seed},
-            )
-        except BenchError as exc:
-            console.print(f"[bold red]setup failed:[/] {escape(str(exc))}")
-            return 2
-        console.log(f"setup made {setup.data['made'] or 'nothing (cached)'}")
+    session.record.update(generator=GENERATOR, reference_rows=REFERENCE_ROWS, report_rows=REPORT_ROWS, results=results)
+    console.log(f"setup cache {args.work}")
+    setup = bench.child(
+        "setup",
+        "setup (untimed, cached): reference + served windows",
+        {"root": str(_root(args)), "sizes": args.sizes, "seed": args.seed},
+    )
+    console.log(f"setup made {setup.data['made'] or 'nothing (cached)'}")
+    try:
         for n in args.sizes:
-            try:
-                results.append(_measure_size(bench, args, n, setup.data["sizes"][str(n)]))
-            except BenchError as exc:
-                error = str(exc)
-                console.print(f"[bold red]{escape(error)}")
-                break
-    if results:
-        _print(console, results)
-    console.log(f"load average at the end {os.getloadavg()}")
-    changed = _monitoring_digest() != digest_start
-    if changed:
-        console.print("[bold yellow]warning: monitoring/ changed while the benchmark ran[/]")
-    ok = error is None and all(t["pass"] is True for r in results for t in r["targets"].values() if t["applies"])
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"monitor-{started:%Y%m%d-%H%M%S}.json"
-    payload = {
-        "benchmark": "monitor",
-        "command": [Path(sys.executable).name, "-m", MODULE, *argv],
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "generator": GENERATOR,
-        "reference_rows": REFERENCE_ROWS,
-        "report_rows": REPORT_ROWS,
-        "machine": machine,
-        "load_avg_at_end": os.getloadavg(),
-        "monitoring_digest": {"start": digest_start, "end": _monitoring_digest()},
-        "results": results,
-        "error": error,
-        "ok": ok,
-    }
-    out.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
-    console.log(f"results written to {out}")
-    return 0 if ok else 1
+            results.append(_measure_size(session, args, n, setup.data["sizes"][str(n)]))
+            session.targets += results[-1]["targets"]
+    finally:
+        if results:
+            _print(console, results)
+
+
+SPEC = Spec(
+    name="monitor",
+    module=MODULE,
+    workers=WORKERS,
+    packages=("numpy", "pandas", "pyarrow", "duckdb", "scipy", "evidently", "custintel"),
+    measured=("monitoring",),
+    width=220,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every target is met, 1 when one is missed, 2 when setup or a run fails."""
+    return harness_main(SPEC, argv, _parse, _run)
 
 
 if __name__ == "__main__":

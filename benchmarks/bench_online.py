@@ -1,6 +1,7 @@
 """Online-store lookup latency, in process: SQLite and Redis against reading the offline Parquet.
 
     python -m benchmarks.bench_online [--customers 200000] [--lookups 20000]
+    python -m benchmarks.bench_online --quick      # 20,000 customers, 5,000 lookups
 
 Materialises a synthetic feature set (customer_key, as_of and 40 numeric features, the
 width of the real sets together) into the SQLite online store and into Redis (when
@@ -8,13 +9,15 @@ reachable), then times single-customer lookups in random order, every one record
 The baseline, measured in the same run, is what a service would do without an online
 store: a DuckDB point query on the offline Parquet file. Target: a lookup in well
 under a millisecond in process. Results go to benchmarks/results/online-<time>.json.
+Unlike the other benchmarks it measures in the harness's own process: a lookup is
+microseconds, and the question is its latency, not a step's peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
+import sys
 import tempfile
 import time
 import uuid
@@ -25,10 +28,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from rich.console import Console
 from rich.table import Table
 
-from benchmarks.machine import ROOT, code_digest, machine_info
+from benchmarks.harness import Session, Spec, Target, verdict
+from benchmarks.harness import main as harness_main
 from features.featurestore.online import (
     OnlineStore,
     OnlineStoreError,
@@ -38,6 +41,8 @@ from features.featurestore.online import (
 )
 
 FEATURES = 40
+TARGET_P99_US = 1000.0
+QUICK = {"customers": 20_000, "lookups": 5_000}
 
 
 def _table(n: int, seed: int) -> pa.Table:
@@ -66,19 +71,29 @@ def _time(lookup: Any, keys: list[str]) -> dict[str, float]:
             "max_us": float(us.max()), "mean_us": float(us.mean())}  # fmt: skip
 
 
-def main() -> int:
-    """Run the benchmark and print ratios against the offline baseline."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_online", description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=200_000)
     parser.add_argument("--lookups", type=int, default=20_000)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    args = parser.parse_args()
-    console = Console()
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK['customers']:,} customers, {QUICK['lookups']:,} lookups"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.customers, args.lookups = QUICK["customers"], QUICK["lookups"]
+    return args
+
+
+def _run(session: Session) -> None:
+    """Run the benchmark and print ratios against the offline baseline."""
+    args, console = session.args, session.console
     table = _table(args.customers, 7)
     keys = table.column("customer_key").to_pylist()
     rng = np.random.default_rng(11)
     sample = [keys[i] for i in rng.integers(0, len(keys), args.lookups)]
     results: dict[str, Any] = {}
+    session.record["results"] = results
     with tempfile.TemporaryDirectory() as tmp:
         parquet = Path(tmp) / "data.parquet"
         pq.write_table(table, parquet, compression="zstd")
@@ -108,27 +123,41 @@ def main() -> int:
                 if isinstance(store, RedisOnlineStore):
                     store.drop_namespace()
                 store.close()
+    session.targets += [
+        Target(
+            f"{name} p99 < {TARGET_P99_US:.0f} µs in process",
+            results[name]["p99_us"],
+            TARGET_P99_US,
+            results[name]["p99_us"] < TARGET_P99_US,
+            f"{results[name]['p99_us']:.1f} µs",
+        )
+        for name in ("sqlite", "redis")
+        if name in results
+    ]
+    passed = {t.name.split()[0]: t.passed for t in session.targets}
     base = results["offline_duckdb"]["p50_us"]
     out = Table(title=f"online lookups: {args.customers:,} customers x {FEATURES} features, {args.lookups:,} lookups")
-    for col in ("backend", "p50 µs", "p99 µs", "max µs", "offline p50 / p50", "target p99 < 1000 µs"):
+    for col in ("backend", "p50 µs", "p99 µs", "max µs", "offline p50 / p50", f"target p99 < {TARGET_P99_US:.0f} µs"):
         out.add_column(col, justify="right")
     for name in ("offline_duckdb", "sqlite", "redis"):
         if name in results:
             r = results[name]
-            ok = "-" if name == "offline_duckdb" else ("PASS" if r["p99_us"] < 1000 else "FAIL")
+            ok = "-" if name == "offline_duckdb" else verdict(passed[name])
             out.add_row(name, f"{r['p50_us']:.1f}", f"{r['p99_us']:.1f}", f"{r['max_us']:.0f}",
                         f"{base / r['p50_us']:.1f}x", ok)  # fmt: skip
     console.print(out)
     console.print({k: v for k, v in results.items() if k.endswith("_s")})
-    record = {"args": vars(args), "results": results, "machine": machine_info(("duckdb", "redis")),
-              "code_digest": code_digest()}  # fmt: skip
-    dest = ROOT / "benchmarks" / "results" / f"online-{dt.datetime.now():%Y%m%dT%H%M%S}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    console.print(f"written to {dest}")
-    failed = any(results[n]["p99_us"] >= 1000 for n in ("sqlite", "redis") if n in results)
-    return 1 if failed else 0
+    for target in session.targets:
+        console.print(target.line())
+
+
+SPEC = Spec(name="online", module="benchmarks.bench_online", workers={}, packages=("duckdb", "redis"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every store's p99 is under the target."""
+    return harness_main(SPEC, argv, _parse, _run)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -28,39 +28,25 @@ child's ``ru_maxrss`` at exec.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from benchmarks.child import BenchError, Run, run_child, worker_main
-from benchmarks.child import emit as _emit
-from benchmarks.child import status_mib as _status_mib
-from benchmarks.child import timed_end as _timed_end
-from benchmarks.machine import code_digest, machine_info
+from benchmarks import harness
+from benchmarks.harness import RESULTS_DIR, BenchError, Run, Session, Spec, Target, Timed, emit
+from benchmarks.harness import mib_text as _m
+from benchmarks.harness import seconds_text as _s
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_WORKDIR = RESULTS_DIR / "worlds"
 DEFAULT_SIZES = [100_000, 1_000_000]
 QUICK_SIZES = [20_000]
@@ -73,8 +59,6 @@ TARGET_F1 = 0.97
 TARGET_PRECISION = 0.98
 MIB = 1024 * 1024
 MODULE = "benchmarks.bench_resolve"
-
-Event = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- child side
@@ -132,16 +116,18 @@ def _work_setup(p: dict[str, Any]) -> dict[str, Any]:
                 "remove it or point --workdir / --home elsewhere"
             )
     else:
-        _emit("progress", phase="generate", done=0, total=None)
+        emit("progress", step="generate")
         generate_world(
-            cfg, world, on_chunk=lambda done, total: _emit("progress", phase="generate", done=done, total=total)
+            cfg, world, on_chunk=lambda done, total: emit("progress", step="generate", done=done, total=total)
         )
         generated = True
     ready, why = _lake_state(settings, world, tables)
     if not ready:
-        _emit("progress", phase="ingest", why=why)
+        emit("progress", step="ingest", why=why)
         ingest_drop(
-            world, settings, progress=lambda table, read: _emit("progress", phase="ingest", table=table, read=read)
+            world,
+            settings,
+            progress=lambda table, read: emit("progress", step=f"ingest · {table} ({read:,} rows)"),
         )
         ingested = True
         ready, why = _lake_state(settings, world, tables)
@@ -171,21 +157,14 @@ def _work_read(p: dict[str, Any]) -> dict[str, Any]:
     from features.lake import read_lake_table
 
     settings, config, _ = _identity_inputs(p)
-    rss0 = _status_mib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Timed()
     rows = {}
     frames = []
     for s in config.sources:
         frames.append(read_lake_table(settings, s.table))
         rows[s.table] = len(frames[-1])
-    seconds = time.perf_counter() - t0
-    return {
-        "seconds": seconds,
-        "rss_after_imports_mib": rss0,
-        **_timed_end(),
-        "tables": rows,
-        "rows": sum(rows.values()),
-    }
+    clock.end()
+    return clock.result(tables=rows, rows=sum(rows.values()))
 
 
 def _work_load(p: dict[str, Any]) -> dict[str, Any]:
@@ -193,17 +172,13 @@ def _work_load(p: dict[str, Any]) -> dict[str, Any]:
     from features.identity.store import load_identity_records
 
     settings, config, _ = _identity_inputs(p)
-    rss0 = _status_mib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Timed()
     records = load_identity_records(settings, config)
-    seconds = time.perf_counter() - t0
-    return {
-        "seconds": seconds,
-        "rss_after_imports_mib": rss0,
-        **_timed_end(),
-        "records": len(records),
-        "records_by_source": {str(k): int(v) for k, v in records["source_table"].value_counts().sort_index().items()},
-    }
+    clock.end()
+    return clock.result(
+        records=len(records),
+        records_by_source={str(k): int(v) for k, v in records["source_table"].value_counts().sort_index().items()},
+    )
 
 
 def _scores(home: str, crosswalk: Any, links: Any) -> dict[str, Any]:
@@ -231,32 +206,27 @@ def _work_deterministic(p: dict[str, Any]) -> dict[str, Any]:
     from features.identity.store import load_identity_records
 
     settings, config, options = _identity_inputs(p)
-    rss0 = _status_mib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Timed()
     records = load_identity_records(settings, config)
-    load_seconds = time.perf_counter() - t0
-    _emit("progress", step="deterministic pass")
+    load_seconds = time.perf_counter() - clock.start
+    emit("progress", step="deterministic pass")
     t1 = time.perf_counter()
     records = records.sort_values("record_key", kind="stable").reset_index(drop=True)
     match_records = restrict_fields(records, options.fields)
     rules = tuple(r for r in config.deterministic.rules if r in options.fields)
     links = deterministic_links(match_records, rules=rules, max_group=config.deterministic.max_group)
     cluster = cluster_records(match_records["record_key"], links)
-    seconds = time.perf_counter() - t1
-    peak = _timed_end()
-    _emit("progress", step="evaluating against the truth")
+    clock.end(since=t1)
+    emit("progress", step="evaluating against the truth")
     crosswalk = pd.DataFrame({"record_key": records["record_key"], "customer_key": cluster.to_numpy()})
-    return {
-        "seconds": seconds,
-        "load_seconds": load_seconds,
-        "rss_after_imports_mib": rss0,
-        **peak,
-        "records": len(records),
-        "customers": int(cluster.nunique()),
-        "links_by_rule": {str(k): int(v) for k, v in links["rule"].value_counts().sort_index().items()},
-        "rules": list(rules),
+    return clock.result(
+        load_seconds=load_seconds,
+        records=len(records),
+        customers=int(cluster.nunique()),
+        links_by_rule={str(k): int(v) for k, v in links["rule"].value_counts().sort_index().items()},
+        rules=list(rules),
         **_scores(p["home"], crosswalk, links),
-    }
+    )
 
 
 def _work_full(p: dict[str, Any]) -> dict[str, Any]:
@@ -265,24 +235,19 @@ def _work_full(p: dict[str, Any]) -> dict[str, Any]:
     from features.identity.store import load_identity_records
 
     settings, config, options = _identity_inputs(p)
-    rss0 = _status_mib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Timed()
     records = load_identity_records(settings, config)
-    load_seconds = time.perf_counter() - t0
+    load_seconds = time.perf_counter() - clock.start
     t1 = time.perf_counter()
-    resolution = resolve_records(records, config, options, progress=lambda msg: _emit("progress", step=msg))
-    seconds = time.perf_counter() - t1
-    peak = _timed_end()
-    _emit("progress", step="evaluating against the truth")
-    return {
-        "seconds": seconds,
-        "load_seconds": load_seconds,
-        "rss_after_imports_mib": rss0,
-        **peak,
-        "records": len(records),
-        "customers": resolution.stats["customers"],
-        "stats": resolution.stats,
-        "options": {
+    resolution = resolve_records(records, config, options, progress=lambda msg: emit("progress", step=msg))
+    clock.end(since=t1)
+    emit("progress", step="evaluating against the truth")
+    return clock.result(
+        load_seconds=load_seconds,
+        records=len(records),
+        customers=resolution.stats["customers"],
+        stats=resolution.stats,
+        options={
             "threshold": options.threshold,
             "fields": list(options.fields),
             "hashed": options.hashed,
@@ -290,10 +255,10 @@ def _work_full(p: dict[str, Any]) -> dict[str, Any]:
             "seed": options.seed,
         },
         **_scores(p["home"], resolution.crosswalk, resolution.links),
-    }
+    )
 
 
-WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+WORKERS = {
     "setup": _work_setup,
     "read": _work_read,
     "load": _work_load,
@@ -315,13 +280,19 @@ class SizeResult:
     runs: list[Run] = field(default_factory=list)
     setup: dict[str, Any] = field(default_factory=dict)
     comparisons: dict[str, Any] = field(default_factory=dict)
-    targets: dict[str, Any] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     error: str | None = None
 
     def of(self, step: str) -> list[Run]:
         """The runs of one step, in order."""
         return [r for r in self.runs if r.step == step]
+
+    @property
+    def failed(self) -> bool:
+        """A step crashed, a check failed or a target was missed at this size."""
+        return self.error is not None or bool(self.problems) or any(t.missed for t in self.targets)
 
 
 def customers_for(size: int) -> int:
@@ -329,89 +300,51 @@ def customers_for(size: int) -> int:
     return max(1_000, round(size / RECORDS_PER_CUSTOMER / 1_000) * 1_000)
 
 
-class Bench:
-    """Runs the setup and the measurements of every size as child processes, with a rich progress display."""
+STEPS_PER_SIZE = 6  # setup, read, load, deterministic, full, deterministic
 
-    STEPS_PER_SIZE = 6  # setup, read, load, deterministic, full, deterministic
 
-    def __init__(self, args: argparse.Namespace, console: Console) -> None:
-        self.args = args
-        self.console = console
-        self.progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
+def _measure_size(session: Session, args: argparse.Namespace, size: int) -> SizeResult:
+    """Setup, then: bare lake read, load, deterministic, full resolution, deterministic."""
+    bench, scope = session.bench, f"{size:,} records"
+    customers = customers_for(size)
+    home = args.home.get(size) or args.workdir / f"w{customers}"
+    res = SizeResult(size=size, customers=customers, home=str(home))
+    existed = home.exists()
+    params = {"home": str(home)}
+    try:
+        setup = bench.child(
+            "setup",
+            "setup (generate + ingest, untimed)",
+            {**params, "customers": customers, "seed": args.seed},
+            scope,
         )
-        self.overall = self.progress.add_task("[bold]all steps", total=self.STEPS_PER_SIZE * len(args.sizes))
-
-    def child(self, step: str, label: str, params: dict[str, Any], size: int) -> Run:
-        """Run one step in a child process; its times and peak RSS are that child's alone."""
-        prefix = f"{size:,} records · {label}"
-        task = self.progress.add_task(prefix, total=None)
-        try:
-            run = run_child(MODULE, step, f"{label} ({size:,} records)", params,
-                            lambda e: self._on_progress(task, prefix, e))  # fmt: skip
-        finally:
-            self.progress.remove_task(task)
-        run.label = label
-        wall = run.wall_seconds
-        load_avg = run.load_avg
-        self.progress.advance(self.overall)
-        peak = "" if run.peak_mib is None else f", peak {run.peak_mib:,.0f} MiB"
-        self.console.log(f"{prefix}: {run.seconds:,.1f} s (process {wall:,.1f} s){peak}, load avg {load_avg[0]:.1f}")
-        return run
-
-    def _on_progress(self, task: TaskID, prefix: str, e: Event) -> None:
-        if "step" in e:
-            self.progress.update(task, description=f"{prefix} · {e['step']}")
-        elif e.get("phase") == "generate":
-            self.progress.update(task, description=f"{prefix} · generate", total=e["total"], completed=e["done"])
-        elif e.get("phase") == "ingest":
-            table = e.get("table")
-            desc = f"{prefix} · ingest" + (f" · {table} ({e['read']:,} rows)" if table else "")
-            self.progress.update(task, description=desc, total=None)
-
-    def size(self, size: int) -> SizeResult:
-        """Setup, then: bare lake read, load, deterministic, full resolution, deterministic."""
-        customers = customers_for(size)
-        home = self.args.home.get(size) or self.args.workdir / f"w{customers}"
-        res = SizeResult(size=size, customers=customers, home=str(home))
-        existed = home.exists()
-        params = {"home": str(home)}
-        try:
-            setup = self.child(
-                "setup",
-                "setup (generate + ingest, untimed)",
-                {**params, "customers": customers, "seed": self.args.seed},
-                size,
-            )
-            res.setup = {
-                "seconds": setup.seconds,
-                "home": str(home),
-                "reused": not (setup.data["generated"] or setup.data["ingested"]),
-                **setup.data,
-            }
-            self.console.log(
-                f"{size:,} records: world of {customers:,} customers at {home} "
-                + ("[green]reused[/]" if res.setup["reused"] else f"prepared in {setup.seconds:,.0f} s")
-            )
-            res.runs.append(self.child("read", "bare lake read", params, size))
-            res.runs.append(self.child("load", "load_identity_records", params, size))
-            res.runs.append(self.child("deterministic", "deterministic only #1", params, size))
-            res.runs.append(self.child("full", "resolve_records (full)", params, size))
-            res.runs.append(self.child("deterministic", "deterministic only #2", params, size))
-        except BenchError as exc:
-            res.error = str(exc)
-            res.problems.append(f"a step failed: {str(exc).splitlines()[0]}")
-            return res
-        finally:
-            if not existed and not self.args.keep:
-                shutil.rmtree(home, ignore_errors=True)
-        _analyse(res)
+        res.setup = {
+            "seconds": setup.seconds,
+            "home": str(home),
+            "reused": not (setup.data["generated"] or setup.data["ingested"]),
+            **setup.data,
+        }
+        session.console.log(
+            f"{size:,} records: world of {customers:,} customers at {home} "
+            + ("[green]reused[/]" if res.setup["reused"] else f"prepared in {setup.seconds:,.0f} s")
+        )
+        res.runs.append(bench.child("read", "bare lake read", params, scope))
+        res.runs.append(bench.child("load", "load_identity_records", params, scope))
+        res.runs += harness.sandwich(
+            lambda i: bench.child("deterministic", f"deterministic only #{i}", params, scope),
+            lambda i: bench.child("full", "resolve_records (full)", params, scope),
+        )
+    except BenchError as exc:
+        res.error = str(exc)
+        session.fail(str(exc))
         return res
+    finally:
+        if not existed and not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    _analyse(res)
+    session.problems += res.problems
+    session.warnings += res.warnings
+    return res
 
 
 # --------------------------------------------------------------------------- analysis
@@ -474,44 +407,40 @@ def _analyse(res: SizeResult) -> None:
         "step_seconds": full.data["stats"]["seconds"],
     }
     wall = _load_resolve_wall(res)
-    res.targets = {
-        "f1": {"value": full_q["f1"], "limit": TARGET_F1, "pass": full_q["f1"] >= TARGET_F1},
-        "precision": {
-            "value": full_q["precision"],
-            "limit": TARGET_PRECISION,
-            "pass": full_q["precision"] >= TARGET_PRECISION,
-        },
-    }
+    res.targets = [
+        Target(
+            f"f1 ≥ {TARGET_F1}", full_q["f1"], TARGET_F1, full_q["f1"] >= TARGET_F1, f"{full_q['f1']:.4f}"
+        ),
+        Target(
+            f"precision ≥ {TARGET_PRECISION}", full_q["precision"], TARGET_PRECISION,
+            full_q["precision"] >= TARGET_PRECISION, f"{full_q['precision']:.4f}",
+        ),
+    ]  # fmt: skip
     if res.size >= TARGET_RECORDS:
-        res.targets["load_resolve_seconds"] = {
-            "value": wall,
-            "limit": TARGET_SECONDS,
-            "pass": wall < TARGET_SECONDS,
-            "note": "spawn of the child to the end of resolve_records: imports, load and resolve",
-        }
+        res.targets.append(
+            Target(
+                f"load + resolve of ~{TARGET_RECORDS:,} records < {TARGET_SECONDS / 60:.0f} min on "
+                f"{os.cpu_count()} cores",
+                wall, TARGET_SECONDS, wall < TARGET_SECONDS,
+                f"{_s(wall)} (spawn to resolved; in-child load + resolve {_s(load_resolve)})",
+                note="spawn of the child to the end of resolve_records: imports, load and resolve",
+            )
+        )  # fmt: skip
     counts = {r.label: r.data["records"] for r in res.runs if "records" in r.data}
     if len(set(counts.values())) > 1:
         res.problems.append(f"the children saw different record counts: {counts}")
     if res.setup.get("truth_source_records") != full.data["records"]:
-        res.problems.append(
+        res.warnings.append(
             f"warning: truth lists {res.setup.get('truth_source_records'):,} source records, "
             f"the lake gave {full.data['records']:,} identity records (quarantined rows are not resolved)"
         )
     if abs(in_full_det_q["f1"] - det_q["f1"]) > 1e-12:
-        res.problems.append(
+        res.warnings.append(
             f"warning: deterministic F1 of the baseline ({det_q['f1']:.6f}) differs from the deterministic "
             f"links of the full run ({in_full_det_q['f1']:.6f})"
         )
     if len({d.data["customers"] for d in dets}) > 1:
         res.problems.append("the two deterministic runs found different clusters")
-    if len({r.code_digest for r in res.runs}) > 1:
-        res.problems.append("warning: features/ changed between the measurements of this size")
-    for r in res.runs:
-        if r.hwm_mib is not None and r.peak_mib is not None and abs(r.peak_mib - r.hwm_mib) > max(0.05 * r.hwm_mib, 16):
-            res.problems.append(
-                f"warning: {r.label}: ru_maxrss {r.peak_mib:.0f} MiB differs from the child's own "
-                f"VmHWM {r.hwm_mib:.0f} MiB"
-            )
 
 
 def _load_resolve_wall(res: SizeResult) -> float:
@@ -520,25 +449,7 @@ def _load_resolve_wall(res: SizeResult) -> float:
     return full.timed_wall_seconds if full.timed_wall_seconds is not None else full.wall_seconds
 
 
-def _failed(res: SizeResult) -> bool:
-    targets_fail = any(not v.get("pass", True) for v in res.targets.values())
-    return res.error is not None or targets_fail or any(not p.startswith("warning") for p in res.problems)
-
-
 # --------------------------------------------------------------------------- output
-
-
-def _s(seconds: float) -> str:
-    text = f"{seconds:,.1f} s"
-    return text + f" ({int(seconds // 60)}m{int(seconds % 60):02d}s)" if seconds >= 60 else text
-
-
-def _verdict(ok: bool) -> str:
-    return "[bold green]PASS[/]" if ok else "[bold red]FAIL[/]"
-
-
-def _m(mib: float | None) -> str:
-    return "—" if mib is None else f"{mib:,.0f}"
 
 
 def _run_detail(r: Run) -> str:
@@ -558,31 +469,12 @@ def _run_detail(r: Run) -> str:
 def _print_size(console: Console, res: SizeResult) -> None:
     """The runs, the side-by-side ratios, the quality and the targets of one size."""
     console.rule(f"[bold]~{res.size:,} records ({res.customers:,} customers)")
-    runs = Table(title=f"Runs, ~{res.size:,} records (in the order they ran)")
-    for col, just in (
-        ("run", "left"),
-        ("step time", "right"),
-        ("process wall", "right"),
-        ("peak RSS MiB", "right"),
-        ("after imports", "right"),
-        ("records", "right"),
-        ("load avg", "right"),
-        ("detail", "left"),
-    ):
-        runs.add_column(col, justify=just)  # type: ignore[arg-type]
-    for r in res.runs:
-        n = r.data.get("records", r.data.get("rows", 0))
-        runs.add_row(
-            r.label,
-            _s(r.seconds),
-            _s(r.wall_seconds),
-            _m(r.peak_mib),
-            _m(r.rss_after_imports_mib),
-            f"{n:,}",
-            f"{r.load_avg[0]:.1f}",
-            _run_detail(r),
-        )
-    console.print(runs)
+    columns = [
+        ("records", lambda r: f"{r.data.get('records', r.data.get('rows', 0)):,}"),
+        ("load avg", lambda r: f"{r.load_avg[0]:.1f}"),
+        ("detail", _run_detail),
+    ]
+    console.print(harness.runs_table(f"Runs, ~{res.size:,} records (in the order they ran)", res.runs, columns))
     if res.error:
         console.print(f"[bold red]{escape(res.error)}")
         return
@@ -626,27 +518,21 @@ def _print_size(console: Console, res: SizeResult) -> None:
         else:
             qt.add_row(k, f"{base:.4f}", f"{v:.4f}", f"{v - base:+.4f}")
     console.print(qt)
-    t = res.targets
-    for name in ("f1", "precision"):
-        console.print(f"Target {name} ≥ {t[name]['limit']}: {t[name]['value']:.4f} → {_verdict(t[name]['pass'])}")
-    if "load_resolve_seconds" in t:
-        tt = t["load_resolve_seconds"]
-        console.print(
-            f"Target load + resolve of ~{TARGET_RECORDS:,} records < {TARGET_SECONDS / 60:.0f} min on "
-            f"{os.cpu_count()} cores: {_s(tt['value'])} (spawn to resolved; in-child load + resolve "
-            f"{_s(c['load_plus_resolve_seconds'])}) → {_verdict(tt['pass'])}"
-        )
-    else:
+    for target in res.targets:
+        console.print(target.line())
+    if res.size < TARGET_RECORDS:
         # No projection: training has a fixed cost (u is sampled from u_max_pairs pairs at any size).
         console.print(
             f"Time target (< {TARGET_SECONDS / 60:.0f} min) applies to ~{TARGET_RECORDS:,} records: "
             f"not checked at this size (load + resolve {_s(_load_resolve_wall(res))} spawn to resolved)"
         )
+    for p in res.warnings:
+        console.print(f"[yellow]{escape(p)}")
     for p in res.problems:
-        console.print(f"[{'yellow' if p.startswith('warning') else 'bold red'}]{escape(p)}")
+        console.print(f"[bold red]{escape(p)}")
 
 
-def _print_summary(console: Console, results: list[SizeResult], out: Path) -> None:
+def _print_summary(console: Console, results: list[SizeResult]) -> None:
     console.rule("[bold]Summary")
     t = Table(title="identity resolution (ratios against baselines measured in this run)")
     for col in (
@@ -683,14 +569,13 @@ def _print_summary(console: Console, results: list[SizeResult], out: Path) -> No
             f"{dq['f1']:.4f} → {fq['f1']:.4f} ({q['f1_gain']:+.4f})",
             f"{dq['precision']:.4f} → {fq['precision']:.4f}",
             f"{dq['recall']:.4f} → {fq['recall']:.4f}",
-            _verdict(not _failed(r)),
+            harness.verdict(not r.failed),
         )
     console.print(t)
     console.print(
         "load+resolve wall = spawn of the child to the end of resolve_records (imports included, evaluation not). "
         "Peak RSS = ru_maxrss of that child at the end of its timed section."
     )
-    console.print(f"Results written to [bold]{out}[/]")
 
 
 # --------------------------------------------------------------------------- main
@@ -753,67 +638,43 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark; 0 when every target passes and nothing failed."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_worker"]:
-        return worker_main(WORKERS, argv[1:])
-    args = _parse(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=180)
-    started = dt.datetime.now()
-    console.print(
+def _run(session: Session) -> None:
+    args = session.args
+    session.console.print(
         f"Worlds under {args.workdir} (w<customers>); generated worlds are "
         f"{'kept' if args.keep else 'removed at the end'}"
     )
-    machine = machine_info(("numpy", "pandas", "pyarrow", "duckdb", "splink", "scipy", "custintel"))
-    digest_start = code_digest()
+    session.bench.plan(STEPS_PER_SIZE * len(args.sizes))
     results: list[SizeResult] = []
-    bench = Bench(args, console)
-    with bench.progress:
-        for n in args.sizes:
-            res = bench.size(n)
-            results.append(res)
-            _print_size(console, res)
-    ok = not any(_failed(r) for r in results)
-    digest_end = code_digest()
-    if digest_end != digest_start:
-        console.print(
-            "[bold yellow]warning: features/ changed while the benchmark ran; "
-            "the sizes may have measured different code[/]"
-        )
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"resolve-{started:%Y%m%d-%H%M%S}.json"
-    payload = {
-        "benchmark": "resolve",
-        "command": [Path(sys.executable).name, "-m", MODULE, *argv],
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-        "args": {
-            "sizes": args.sizes,
-            "workdir": str(args.workdir),
-            "home": {str(k): str(v) for k, v in args.home.items()},
-            "keep": args.keep,
-            "seed": args.seed,
-        },
-        "machine": machine,
-        "load_avg_at_end": os.getloadavg(),
-        "parent_vmhwm_mib": _status_mib("VmHWM"),
-        "targets": {
+    session.record.update(
+        targets={
             "records": TARGET_RECORDS,
             "load_resolve_seconds": TARGET_SECONDS,
             "f1": TARGET_F1,
             "precision": TARGET_PRECISION,
         },
-        "code_digest": {"start": digest_start, "end": digest_end},
-        "ok": ok,
-        "sizes": [asdict(r) for r in results],
-    }
-    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    _print_summary(console, results, out)
-    console.print("[bold green]OK[/]" if ok else "[bold red]FAILED: a target failed or a step crashed[/]")
-    return 0 if ok else 1
+        sizes=results,
+    )
+    for n in args.sizes:
+        res = _measure_size(session, args, n)
+        results.append(res)
+        session.targets += res.targets
+        _print_size(session.console, res)
+    _print_summary(session.console, results)
+
+
+SPEC = Spec(
+    name="resolve",
+    module=MODULE,
+    workers=WORKERS,
+    packages=("numpy", "pandas", "pyarrow", "duckdb", "splink", "scipy", "custintel"),
+    width=180,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every target passes and nothing failed."""
+    return harness.main(SPEC, argv, _parse, _run)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python -m benchmarks.bench_serving                         # 20,000 customers, c = 1, 8, 32, batch
-    .venv/bin/python -m benchmarks.bench_serving --duration 3 --warmup 1 --repeats 1   # a quick check
+    .venv/bin/python -m benchmarks.bench_serving --quick                 # 3 s per level, 1 s warm-up, 1 repeat
     .venv/bin/python -m benchmarks.bench_serving --home /tmp/demo20      # an existing home with a champion
 
 Setup (untimed, cached under --work and reused when complete; skipped with --home): a synthetic
@@ -24,7 +24,7 @@ Servers, both running through the whole measurement, each in its own process gro
                  a single request from the store.
     B  bare      FastAPI + uvicorn, as many workers (this module, `_bare`): the same champion loaded by
                  alias, the online store read per customer (sets merged, the model's columns taken), the
-                 same scoring function (`serving.runtime.score_records`, the pandas-free route checked
+                 same scoring function (`serving.scoring.score_records`, the pandas-free route checked
                  against `predict_proba`, LightGBM on one thread); no auth, consent, reasons or log.
                  For batches B is a reference point, not a like-for-like contender: A reads memory.
 
@@ -41,8 +41,8 @@ call, 1 and 2 calls in flight. The contenders alternate (A B, then B A on the ne
 level, so each ratio compares runs seconds apart. Targets (issue 7): A's throughput >= 80 % of B's at
 every concurrency, A's p99 < 25 ms at concurrency 8, A's batch scoring >= 20,000 rows/s (the best
 batch level).
-Results go to <work>/serving-<time>.json. Exit code 0, 1 when a target is missed or a request
-failed, 2 when setup, a server or the client failed.
+Results go to benchmarks/results/serving-<time>.json (server logs to <work>/runs/<time>/). Exit code 0,
+1 when a target is missed or a request failed, 2 when setup, a server or the client failed.
 
 Measured (2026-11-23, 20k world, churn: sigmoid-calibrated LightGBM, 5 trees, 59 inputs; 8 s per level
 after 3 s warm-up, median of 2 alternating repeats, one worker each; the machine's speed moves by up to
@@ -92,12 +92,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from benchmarks.bench_train import WORKERS as TRAIN_WORKERS
-from benchmarks.child import Bench, BenchError, Run, emit, worker_main
-from benchmarks.machine import ROOT, machine_info, python_speed
+from benchmarks.harness import Bench, BenchError, Run, Session, Spec, Target, cached_stages, emit, in_turn, verdict
+from benchmarks.harness import main as harness_main
+from benchmarks.machine import ROOT
 
 MODULE = "benchmarks.bench_serving"
 DEFAULT_WORK = Path("/tmp/custintel-bench-serving")
@@ -117,6 +117,7 @@ STAGES = ("generate", "ingest", "resolve", "features", "train")
 STAGE_VERSIONS = {"features": 2}
 MARKERS = {"A": '"status":"scored"', "B": '"score":'}  # once per scored row in each server's answer
 NAMES = {"A": "A service (BentoML)", "B": "B bare FastAPI"}
+QUICK = {"duration": 3.0, "warmup": 1.0, "repeats": 1}  # --quick: a check that every level runs
 
 
 # --------------------------------------------------------------------------- child side: setup
@@ -157,13 +158,11 @@ def _work_features(p: dict[str, Any]) -> dict[str, Any]:
 
 def _work_train(p: dict[str, Any]) -> dict[str, Any]:
     """Train churn with a small budget, register it and promote the new version to @champion."""
-    from mlflow import MlflowClient
-
-    from flows.train import PLAIN_STEPS, configure_tracking, run_training
+    from flows.train import PLAIN_STEPS, run_training
     from governance import store
+    from models.registry import Registry
 
     settings = _settings(p)
-    configure_tracking(settings)
     t0 = time.perf_counter()
     outcomes = run_training(
         settings, "churn", PLAIN_STEPS, lambda m: emit("progress", step=m[:120]), trials=p["trials"]
@@ -171,7 +170,7 @@ def _work_train(p: dict[str, Any]) -> dict[str, Any]:
     versions = [r["version"] for o in outcomes for r in o.registered if r["name"] == CHURN]
     if not versions:
         raise RuntimeError(f"training registered no {CHURN} version: {[o.registered for o in outcomes]}")
-    store.move_champion(MlflowClient(), CHURN, str(versions[-1]), "bench_serving")
+    store.move_champion(Registry(settings), CHURN, str(versions[-1]), "bench_serving")
     return {
         "seconds": time.perf_counter() - t0,
         "version": str(versions[-1]),
@@ -184,9 +183,8 @@ def _work_keys(p: dict[str, Any]) -> dict[str, Any]:
     import pandas as pd
 
     from features.featurestore.store import open_online_store
-    from serving.consent import ConsentStore, build_consent_store, consent_store_path
+    from serving.consent import ConsentStore, build_consent_store, consent_store_path, decide_consent
     from serving.policy import load_serving_policy
-    from serving.runtime import decide_consent
 
     t0 = time.perf_counter()
     settings = _settings(p)
@@ -220,15 +218,14 @@ def _work_keys(p: dict[str, Any]) -> dict[str, Any]:
 
 def _describe_champion(settings: Any) -> dict[str, Any]:
     """What both servers will load: version, trees, calibration, LightGBM threads (costs scale with these)."""
-    import mlflow
-    from mlflow import MlflowClient
+    from models.registry import Registry
+    from serving.scoring import inner_pipeline
 
-    from serving.runtime import inner_pipeline
-
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    version = MlflowClient().get_model_version_by_alias(CHURN, "champion").version
-    model = mlflow.sklearn.load_model(f"models:/{CHURN}/{version}")
+    registry = Registry(settings)
+    version = registry.alias_version(CHURN, "champion")
+    if version is None:
+        raise RuntimeError(f"{CHURN} has no @champion")
+    model = registry.load_model(CHURN, version, "sklearn")
     pipeline = inner_pipeline(model)
     lgbm = pipeline[-1] if pipeline is not None else None
     return {
@@ -249,24 +246,24 @@ def _bare_app(home: str, threads: int | None) -> Any:
     """Contender B: FastAPI, the champion by alias, the online store; predict_proba and nothing else."""
     import threading
 
-    import mlflow
     from fastapi import FastAPI, HTTPException
     from pydantic import BaseModel
 
     from custintel.settings import Settings
     from features.featurestore.online import OnlineStore
     from features.featurestore.store import open_online_store
+    from models.registry import Registry
 
     settings = Settings(home=Path(home))
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    uri = f"models:/{CHURN}@champion"
-    model = mlflow.sklearn.load_model(uri)
-    signature = mlflow.models.get_model_info(uri).signature
-    assert signature is not None and signature.inputs is not None, f"{uri} has no input signature"
-    columns = [c for c in signature.inputs.input_names() if c != "product_id"]
+    registry = Registry(settings)
+    version = registry.alias_version(CHURN, "champion")
+    assert version is not None, f"{CHURN} has no @champion"
+    model = registry.load_model(CHURN, version, "sklearn")
+    signature = registry.model_inputs(CHURN, version)
+    assert signature is not None, f"{CHURN} v{version} has no input signature"
+    columns = [c for c, _ in signature if c != "product_id"]
     if threads is not None:  # --bare-threads: LightGBM's threads, e.g. to match a service that sets them
-        from serving.runtime import inner_pipeline
+        from serving.scoring import inner_pipeline
 
         pipeline = inner_pipeline(model)
         if pipeline is not None:
@@ -302,7 +299,7 @@ def _bare_app(home: str, threads: int | None) -> Any:
 
     # The platform's own scoring function (the pandas-free route, checked against predict_proba on the
     # first call), without reasons: B differs from A by the web layer, auth, consent, reasons and the log.
-    from serving.runtime import score_records
+    from serving.scoring import score_records
 
     @app.post("/churn/score")
     def score(request: One) -> Score:
@@ -538,11 +535,7 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 def _prepare(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     """Make (or reuse) a home with churn @champion and a filled online store; returns its path and state."""
     base = args.work / f"w{args.customers}-s{args.seed}-t{args.trials}"
-    world, home, marker = base / "world", base / "home", base / "prepared.json"
-    state: dict[str, Any] = {}
-    if marker.is_file():
-        state = json.loads(marker.read_text(encoding="utf-8"))
-    done: dict[str, Any] = state.setdefault("stages", {})
+    world, home = base / "world", base / "home"
     params = {
         "world": str(world),
         "home": str(home),
@@ -550,20 +543,17 @@ def _prepare(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
         "seed": args.seed,
         "trials": args.trials,
     }
-    redo = False
-    for stage in STAGES:
-        redo = redo or stage not in done or done[stage].get("version", 1) != STAGE_VERSIONS.get(stage, 1)
+
+    def make(stage: str, redo: bool) -> Run | None:
         if not redo:
-            bench.console.log(f"{stage}: reused ({done[stage]['seconds']:,.0f} s when made)")
-            continue
+            return None
         if stage in ("generate", "ingest"):
             shutil.rmtree(home, ignore_errors=True)  # a new drop: a new lake and everything after it
-        run = bench.child(stage, f"setup: {stage} ({args.customers:,} customers)", params)
-        kept = {k: v for k, v in run.data.items() if k in ("rows", "customers", "online_as_of", "version", "metrics")}
-        done[stage] = {"seconds": round(run.seconds, 1), "at": dt.datetime.now().isoformat(),
-                       "version": STAGE_VERSIONS.get(stage, 1), **kept}  # fmt: skip
-        base.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
+        return bench.child(stage, f"setup: {stage} ({args.customers:,} customers)", params)
+
+    # Not the trained model's "version": the record's "version" is the stage's (the champion's is printed each run).
+    kept = ("rows", "customers", "online_as_of", "metrics")
+    state = cached_stages(bench, base / "prepared.json", STAGES, make, versions=STAGE_VERSIONS, kept=kept)
     return {"home": home, "state": state}
 
 
@@ -743,34 +733,39 @@ def _analyse(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
         ratios = [x / y for x, y in pairs if y]
         levels.append({"kind": kind, "concurrency": c, **per, "ratio": _median(ratios), "ratios": ratios})
 
-    targets = []
-    for lv in levels:
-        if lv["kind"] == "single":
-            targets.append(
-                {
-                    "name": f"throughput A/B >= {TARGET_RATIO:.0%} at c={lv['concurrency']}",
-                    "value": lv["ratio"],
-                    "pass": lv["ratio"] >= TARGET_RATIO,
-                }
-            )
+    targets = [
+        Target(
+            f"throughput A/B >= {TARGET_RATIO:.0%} at c={lv['concurrency']}",
+            lv["ratio"],
+            TARGET_RATIO,
+            lv["ratio"] >= TARGET_RATIO,
+            _f(lv["ratio"], ".0%"),
+        )
+        for lv in levels
+        if lv["kind"] == "single"
+    ]
     at = [lv for lv in levels if lv["kind"] == "single" and lv["concurrency"] == TARGET_P99_CONCURRENCY]
     if at:
         p99 = at[0]["A"]["p99_ms"]
         targets.append(
-            {
-                "name": f"A p99 < {TARGET_P99_MS:g} ms at c={TARGET_P99_CONCURRENCY}",
-                "value": p99,
-                "pass": p99 < TARGET_P99_MS,
-            }
+            Target(
+                f"A p99 < {TARGET_P99_MS:g} ms at c={TARGET_P99_CONCURRENCY}",
+                p99,
+                TARGET_P99_MS,
+                p99 < TARGET_P99_MS,
+                _f(p99, ",.1f"),
+            )
         )
     batch = [lv["A"]["rows_per_s"] for lv in levels if lv["kind"] == "batch"]
     if batch:
         targets.append(
-            {
-                "name": f"A batch >= {TARGET_BATCH_ROWS:,.0f} rows/s",
-                "value": max(batch),
-                "pass": max(batch) >= TARGET_BATCH_ROWS,
-            }
+            Target(
+                f"A batch >= {TARGET_BATCH_ROWS:,.0f} rows/s",
+                max(batch),
+                TARGET_BATCH_ROWS,
+                max(batch) >= TARGET_BATCH_ROWS,
+                _f(max(batch), ",.1f"),
+            )
         )
     errors = sum(lv[w]["errors"] for lv in levels for w in ("A", "B"))
     return {"levels": levels, "targets": targets, "errors": errors}
@@ -840,8 +835,7 @@ def _print(console: Console, an: dict[str, Any], info: dict[str, Any], args: arg
     for col in ("target", "measured", "verdict"):
         tg.add_column(col, justify="left" if col == "target" else "right")
     for x in an["targets"]:
-        value = _f(x["value"], ".0%") if "A/B" in x["name"] else _f(x["value"], ",.1f")
-        tg.add_row(x["name"], value, "[bold green]PASS[/]" if x["pass"] else "[bold red]FAIL[/]")
+        tg.add_row(x.name, x.shown, verdict(x.passed))
     console.print(tg)
     if len(an["levels"]) and n > 1:
         console.print(
@@ -898,6 +892,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per level and contender")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each window")
     ap.add_argument("--repeats", type=int, default=2, help="runs of every level, alternating A B / B A (default 2)")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="--duration 3 --warmup 1 --repeats 1: a check that every level runs, not figures to quote",
+    )
     ap.add_argument("--keys", type=int, default=4000, help="distinct customers the client cycles through")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
     ap.add_argument("--poll-seconds", type=float, help="the service's registry poll interval (default: its own, 10 s)")
@@ -908,6 +907,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "the service changes the threads of the model it loads",
     )
     args = ap.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.repeats = QUICK["duration"], QUICK["warmup"], QUICK["repeats"]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.batch_concurrency = [int(c) for c in args.batch_concurrency.split(",") if c.strip()]
     if args.workers < 1:
@@ -921,127 +922,96 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Prepare (or reuse) a home, start both servers, drive each level alternately, print and write."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_worker"]:
-        return worker_main(WORKERS, argv[1:])
-    if argv[:1] == ["_bare"]:
-        return _serve_bare(argv[1:])
-    args = _parse(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    started = dt.datetime.now()
-    machine = machine_info(
-        ("bentoml", "fastapi", "uvicorn", "starlette", "pydantic", "lightgbm", "scikit-learn", "mlflow", "pandas")
-    )
+def _run(session: Session) -> None:
+    """Prepare (or reuse) a home, start both servers, drive each level alternately, print and save."""
+    args, console, bench, machine = session.args, session.console, session.bench, session.machine
     args.work.mkdir(parents=True, exist_ok=True)
-    run_dir = args.work / "runs" / f"{started:%Y%m%d-%H%M%S}"
+    run_dir = args.work / "runs" / f"{session.started:%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    out_path = args.work / f"serving-{started:%Y%m%d-%H%M%S}.json"
-    bench = Bench(MODULE, console)
     prepared: dict[str, Any] = {}
-    keys_run: Run | None = None
     runs: list[dict[str, Any]] = []
     servers: dict[str, Server] = {}
     server_info: dict[str, Any] = {}
-    analysis: dict[str, Any] = {}
-    error: str | None = None
     log_before = 0
-
-    def save() -> None:
-        payload = {
-            "benchmark": "serving",
-            "command": [Path(sys.executable).name, "-m", MODULE, *argv],
-            "started_at": started.isoformat(timespec="seconds"),
-            "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "machine": machine,
-            "load_avg_at_end": os.getloadavg(),
-            "prepared": {k: str(v) if isinstance(v, Path) else v for k, v in prepared.items()},
-            "keys": None if keys_run is None else keys_run.data,
-            "servers": server_info,
-            "method": "both servers run throughout; per level the contenders alternate (A B, then B A); a client "
-            "process per measurement, asyncio HTTP/1.1 keep-alive, closed loop; client and servers share the cores",
-            "error": error,
-            "analysis": analysis,
-            "runs": runs,
-        }
-        out_path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
-
+    session.record.update(
+        prepared=prepared,
+        keys=None,
+        servers=server_info,
+        method="both servers run throughout; per level the contenders alternate (A B, then B A); a client "
+        "process per measurement, asyncio HTTP/1.1 keep-alive, closed loop; client and servers share the cores",
+        analysis={},
+        runs=runs,
+    )
     try:
-        with bench.progress:
-            if args.home is not None:
-                prepared = {"home": args.home, "state": "given"}
-            else:
-                prepared = _prepare(args, bench)
-            home = Path(prepared["home"])
-            keys_file = run_dir / "keys.json"
-            keys_run = bench.child(
-                "keys",
-                "choosing customers both servers score",
-                {"home": str(home), "n": args.keys, "min": args.batch_size, "seed": args.seed, "out": str(keys_file)},
-            )
-            k = keys_run.data
-            console.log(
-                f"{k['keys']:,} customers to ask for ({k['checked']:,} checked: {k['no_features']:,} without online "
-                f"features, {k['suppressed']:,} suppressed, {k['masked']:,} masked); model {_model_text(k['model'])}"
-            )
-            first_key = json.loads(keys_file.read_text(encoding="utf-8"))[0]
-            probe = json.dumps({"customer_key": first_key}).encode()
-            log_before = _log_lines(home)
-            servers = _start_servers(home, run_dir, args.poll_seconds, args.bare_threads, args.workers)
-            task = bench.progress.add_task("starting both servers (BentoML's start-up takes a while)", total=None)
-            try:
-                servers["A"].wait_ready(probe, API_KEY, MARKERS["A"], 300)
-                servers["B"].wait_ready(probe, None, MARKERS["B"], 300)
-            finally:
-                bench.progress.remove_task(task)
-            for who, s in servers.items():
-                server_info[who] = {"port": s.port, "ready_seconds": s.ready_seconds, "log": str(s.log)}
-                console.log(f"{s.name} answering on port {s.port} after {s.ready_seconds:,.1f} s")
-            for i in range(args.repeats):
-                order = ("A", "B") if i % 2 == 0 else ("B", "A")
-                for kind, c in _levels(args):
-                    for who in order:
-                        s = servers[who]
-                        batch = args.batch_size if kind == "batch" else 0
-                        params = {
-                            "port": s.port,
-                            "path": "/churn/score/batch" if batch else "/churn/score",
-                            "token": API_KEY if who == "A" else None,
-                            "keys_file": str(keys_file),
+        prepared.update({"home": args.home, "state": "given"} if args.home is not None else _prepare(args, bench))
+        home = Path(prepared["home"])
+        keys_file = run_dir / "keys.json"
+        keys_run = bench.child(
+            "keys",
+            "choosing customers both servers score",
+            {"home": str(home), "n": args.keys, "min": args.batch_size, "seed": args.seed, "out": str(keys_file)},
+        )
+        k = session.record["keys"] = keys_run.data
+        console.log(
+            f"{k['keys']:,} customers to ask for ({k['checked']:,} checked: {k['no_features']:,} without online "
+            f"features, {k['suppressed']:,} suppressed, {k['masked']:,} masked); model {_model_text(k['model'])}"
+        )
+        first_key = json.loads(keys_file.read_text(encoding="utf-8"))[0]
+        probe = json.dumps({"customer_key": first_key}).encode()
+        log_before = _log_lines(home)
+        servers.update(_start_servers(home, run_dir, args.poll_seconds, args.bare_threads, args.workers))
+        task = bench.progress.add_task("starting both servers (BentoML's start-up takes a while)", total=None)
+        try:
+            servers["A"].wait_ready(probe, API_KEY, MARKERS["A"], 300)
+            servers["B"].wait_ready(probe, None, MARKERS["B"], 300)
+        finally:
+            bench.progress.remove_task(task)
+        for who, s in servers.items():
+            server_info[who] = {"port": s.port, "ready_seconds": s.ready_seconds, "log": str(s.log)}
+            console.log(f"{s.name} answering on port {s.port} after {s.ready_seconds:,.1f} s")
+        for i in range(args.repeats):
+            for kind, c in _levels(args):
+                for who in in_turn(i, "A", "B"):
+                    s = servers[who]
+                    batch = args.batch_size if kind == "batch" else 0
+                    params = {
+                        "port": s.port,
+                        "path": "/churn/score/batch" if batch else "/churn/score",
+                        "token": API_KEY if who == "A" else None,
+                        "keys_file": str(keys_file),
+                        "concurrency": c,
+                        "batch": batch,
+                        "marker": MARKERS[who],
+                        "warmup": args.warmup,
+                        "duration": args.duration,
+                        "timeout": args.timeout,
+                        "server_pids": s.pids(),
+                    }
+                    label = f"#{i + 1} {who} {kind} c={c}"
+                    run = bench.child("client", label, params)
+                    r = run.data | {"seconds": run.seconds}
+                    runs.append(
+                        {
+                            "repeat": i + 1,
+                            "contender": who,
+                            "kind": kind,
                             "concurrency": c,
-                            "batch": batch,
-                            "marker": MARKERS[who],
-                            "warmup": args.warmup,
-                            "duration": args.duration,
-                            "timeout": args.timeout,
-                            "server_pids": s.pids(),
+                            "load_avg": run.load_avg,
+                            "result": r,
                         }
-                        label = f"#{i + 1} {who} {kind} c={c}"
-                        run = bench.child("client", label, params)
-                        r = run.data | {"seconds": run.seconds}
-                        runs.append(
-                            {
-                                "repeat": i + 1,
-                                "contender": who,
-                                "kind": kind,
-                                "concurrency": c,
-                                "load_avg": run.load_avg,
-                                "result": r,
-                            }
-                        )
-                        lat = r["latency_ms"]
-                        rate = f"{r['rows_per_s']:,.0f} rows/s" if batch else f"{r['throughput']:,.1f} req/s"
-                        console.log(
-                            f"  {label}: {rate}, p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, errors {r['errors']}"
-                        )
-                        save()
-            for who, s in servers.items():
-                server_info[who]["rss_mib_at_end"] = s.rss_mib()
-        analysis = _analyse(runs, args)
+                    )
+                    lat = r["latency_ms"]
+                    rate = f"{r['rows_per_s']:,.0f} rows/s" if batch else f"{r['throughput']:,.1f} req/s"
+                    console.log(
+                        f"  {label}: {rate}, p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, errors {r['errors']}"
+                    )
+                    session.save()
+        for who, s in servers.items():
+            server_info[who]["rss_mib_at_end"] = s.rss_mib()
+        analysis = session.record["analysis"] = _analyse(runs, args)
+        session.targets += analysis["targets"]
+        if analysis["errors"]:
+            session.problems.append(f"{analysis['errors']} failed requests in the measured windows")
         _print(
             console,
             analysis,
@@ -1049,41 +1019,44 @@ def main(argv: list[str] | None = None) -> int:
                 "world": f"{args.customers:,} customers" if args.home is None else f"home {args.home}",
                 "cores": os.cpu_count(),
                 "load_avg": machine["load_avg_at_start"],
-                "speed": (
-                    machine["python_loop_seconds_at_start"],
-                    machine.setdefault("python_loop_seconds_at_end", python_speed()),
-                ),
-                "model": keys_run.data.get("model") if keys_run else None,
+                "speed": (machine["python_loop_seconds_at_start"], session.speed_at_end()),
+                "model": k.get("model"),
             },
             args,
         )
-    except BenchError as exc:
-        error = str(exc)
-        console.print(f"[bold red]Failed:[/] {escape(error)}")
-    except KeyboardInterrupt:
-        error = "interrupted"
-        console.print("[bold red]Interrupted[/]: the runs finished so far are written")
     finally:
         for who, s in servers.items():
             code = s.stop()
             server_info.setdefault(who, {})["exit_code"] = code
-    if servers and "A" in servers:
-        answered = sum(r["result"]["answered_total"] for r in runs if r["contender"] == "A")
-        written = _log_lines(Path(prepared["home"])) - log_before
-        server_info["A"]["inference_log"] = {"lines_written": written, "rows_answered_by_clients": answered}
-        console.print(
-            f"[dim]A's inference log: {written:,} lines written for {answered:,} rows the clients were "
-            "answered (plus the readiness probes)[/]"
-        )
-    rss = {w: server_info.get(w, {}).get("rss_mib_at_end") for w in ("A", "B")}
-    if all(rss.values()):
-        console.print(f"[dim]Server RSS at the end (all processes): A {rss['A']:,.0f} MiB, B {rss['B']:,.0f} MiB[/]")
-    save()
-    console.print(f"Results written to [bold]{out_path}[/]; server logs in {run_dir}")
-    if error is not None:
-        return 2
-    failed = [t for t in analysis["targets"] if not t["pass"]]
-    return 1 if failed or analysis["errors"] else 0
+        if servers and "A" in servers:
+            answered = sum(r["result"]["answered_total"] for r in runs if r["contender"] == "A")
+            written = _log_lines(Path(prepared["home"])) - log_before
+            server_info["A"]["inference_log"] = {"lines_written": written, "rows_answered_by_clients": answered}
+            console.print(
+                f"[dim]A's inference log: {written:,} lines written for {answered:,} rows the clients were "
+                "answered (plus the readiness probes)[/]"
+            )
+        rss = {w: server_info.get(w, {}).get("rss_mib_at_end") for w in ("A", "B")}
+        if all(rss.values()):
+            console.print(
+                f"[dim]Server RSS at the end (all processes): A {rss['A']:,.0f} MiB, B {rss['B']:,.0f} MiB[/]"
+            )
+        console.print(f"[dim]Server logs in {run_dir}[/]")
+
+
+SPEC = Spec(
+    name="serving",
+    module=MODULE,
+    workers=WORKERS,
+    packages=("bentoml", "fastapi", "uvicorn", "starlette", "pydantic", "lightgbm", "scikit-learn", "mlflow", "pandas"),
+    measured=("serving", "features", "models", "custintel"),
+    entries={"_bare": _serve_bare},
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prepare (or reuse) a home, start both servers, drive each level alternately, print and write."""
+    return harness_main(SPEC, argv, _parse, _run)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python -m benchmarks.bench_train                               # 100,000 customers, 20 trials
-    .venv/bin/python -m benchmarks.bench_train --customers 5000 --trials 2   # a quick end-to-end check
+    .venv/bin/python -m benchmarks.bench_train --quick                       # 5,000 customers, 2 trials: a check
     .venv/bin/python -m benchmarks.bench_train --repeats 3                   # A/B three times, medians
     .venv/bin/python -m benchmarks.bench_train --study-timeout 100000        # trials never cut short by time
 
@@ -16,7 +16,7 @@ trivial Prefect flow creates the PREFECT_HOME database the platform runs use.
 Contenders, each in its own child process (this module, called with ``_worker``), alternating
 (A B, then B A, ...) because this machine's CPU speed moves between two levels:
 
-    A  platform   the Prefect flow `flows.train.train_model(home, "all", trials=N)`: ephemeral Prefect
+    A  platform   the Prefect flow `flows.train.train_model(settings, "all", trials=N)`: ephemeral Prefect
                   API (PREFECT_HOME under --work), a fresh MLflow SQLite store and artifact folder in a
                   hard-linked copy of the prepared home; load, tune + fit, log + register, verify.
     B  bare       no flow, no tracking: for each unit of `plan_units(config, "all")` (budget set with
@@ -29,31 +29,27 @@ with the machine: ((A - fits A) - (B - fits B)) / A), the share of A outside mod
 `fit_models`), A's per-unit seconds (load, tune + fit, log + register, verify) beside B's (load,
 tune + fit), and the peak RSS of each (A's ephemeral Prefect server, a separate process, shown
 apart). The metrics of A and B are compared unit by unit to show they made the same fits.
-Results are written to <work>/train-<time>.json. Exit code 0, 1 when the target is missed
-(where it applies), 2 when a child fails.
+Results are written to benchmarks/results/train-<time>.json. Exit code 0, 1 when the target is
+missed (where it applies), 2 when a child fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
-import json
 import os
 import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from benchmarks.child import Bench, BenchError, Run, emit, status_mib, timed_end, worker_main
-from benchmarks.machine import ROOT, machine_info
+from benchmarks.harness import Bench, Run, Session, Spec, Target, Timed, cached_stages, emit, in_turn
+from benchmarks.harness import main as harness_main
 
 MODULE = "benchmarks.bench_train"
 DEFAULT_WORK = Path("/tmp/custintel-bench-train")
@@ -61,18 +57,9 @@ DEFAULT_CUSTOMERS = 100_000
 DEFAULT_TRIALS = 20
 U_MAX_PAIRS = 1e6
 TARGET_OVERHEAD = 0.15
+QUICK_CUSTOMERS, QUICK_TRIALS = 5_000, 2
 STAGES = ("generate", "ingest", "resolve", "features")
 TRACKING_FILES = ("mlflow.db", "artifacts", "mlruns")  # left out of the platform run's copy of the home
-
-
-def _code_digest() -> str:
-    """SHA-256 over the code the runs execute (features, models, flows, settings): did it change mid-run?"""
-    h = hashlib.sha256()
-    paths = [p for d in ("features", "models", "flows", "custintel") for p in (ROOT / d).rglob("*")]
-    for path in sorted(p for p in paths if p.is_file() and p.suffix in (".py", ".yaml")):
-        h.update(str(path.relative_to(ROOT)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- child side
@@ -218,20 +205,21 @@ class _ProgressHandler:
 def _work_platform(p: dict[str, Any]) -> dict[str, Any]:
     """Contender A: the Prefect flow train_model, tracked in a fresh MLflow store."""
     _platform_env(p["env"])
-    digest = _code_digest()
-    rss0 = status_mib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Timed()  # opened before the flow's import, which is timed apart (imports_seconds)
     from flows.train import train_model
 
-    imports = time.perf_counter() - t0
+    imports = time.perf_counter() - clock.start
     progress = _ProgressHandler()
     progress.attach()
     emit("progress", step="starting the flow (ephemeral Prefect API)")
     t1 = time.perf_counter()
-    outcomes = train_model(p["home"], "all", trials=p["trials"], timeout=p.get("timeout"))
+    from custintel.settings import Settings
+
+    settings = Settings(home=Path(p["home"])).to_flow()  # what `custintel train` hands the flow
+    outcomes = train_model(settings, "all", trials=p["trials"], timeout=p.get("timeout"))
     seconds = time.perf_counter() - t1
     server = _descendants_hwm_mib()
-    peak = timed_end()
+    clock.end()
     units = [
         {
             "unit": o["family"],
@@ -242,22 +230,13 @@ def _work_platform(p: dict[str, Any]) -> dict[str, Any]:
         }  # fmt: skip
         for o in outcomes
     ]
-    return {
-        "seconds": seconds,
-        "imports_seconds": imports,
-        "rss_after_imports_mib": rss0,
-        **peak,
-        "server_hwm_mib": server,
-        "units": units,
-        "code_digest": digest,
-    }
+    return clock.result(seconds=seconds, imports_seconds=imports, server_hwm_mib=server, units=units)
 
 
 def _work_bare(p: dict[str, Any]) -> dict[str, Any]:
     """Contender B: the same loads and fits as plain function calls; no flow, no tracking."""
-    digest = _code_digest()
-    rss0 = status_mib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Timed()
+    t0 = clock.start
     import models.churn  # noqa: F401 - the model code B needs (it imports mlflow.pyfunc itself)
     import models.propensity  # noqa: F401
     import models.recommendation  # noqa: F401
@@ -297,18 +276,13 @@ def _work_bare(p: dict[str, Any]) -> dict[str, Any]:
                 "metrics": trained.metrics,
             }
         )
-    seconds = time.perf_counter() - t1
-    peak = timed_end()
-    return {
-        "seconds": seconds,
-        "imports_seconds": imports,
-        "model_imports_seconds": model_imports,
-        "prefect_import_seconds": prefect_import,
-        "rss_after_imports_mib": rss0,
-        **peak,
-        "units": units,
-        "code_digest": digest,
-    }
+    clock.end(since=t1)
+    return clock.result(
+        imports_seconds=imports,
+        model_imports_seconds=model_imports,
+        prefect_import_seconds=prefect_import,
+        units=units,
+    )
 
 
 WORKERS = {
@@ -349,37 +323,30 @@ def _platform_home(prepared: Path, run_dir: Path) -> Path:
 def _prepare(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     """Make (or reuse) the world, lake, crosswalk and features; returns what the runs need."""
     base = args.work / f"w{args.customers}-s{args.seed}"
-    world, home, marker = base / "world", base / "home", base / "prepared.json"
-    state: dict[str, Any] = {}
-    if marker.is_file():
-        state = json.loads(marker.read_text(encoding="utf-8"))
-        if state.get("customers") != args.customers or state.get("seed") != args.seed:
-            state = {}
-    state.update(customers=args.customers, seed=args.seed)
-    done: dict[str, Any] = state.setdefault("stages", {})
+    world, home = base / "world", base / "home"
     params = {"world": str(world), "home": str(home), "customers": args.customers, "seed": args.seed}
-    redo = False
-    for stage in STAGES:
-        redo = redo or stage not in done
-        if stage == "features":
-            run = bench.child(
-                "features", "features at every training cutoff" if redo else "features: checking the cutoffs",
-                {**params, "full": redo},
-            )  # fmt: skip
+
+    def make(stage: str, redo: bool) -> Run | None:
+        if stage == "features":  # always checked: a config or feature change since may want more cutoffs
+            label = "features at every training cutoff" if redo else "features: checking the cutoffs"
+            run = bench.child("features", label, {**params, "full": redo})
             if run.data["built_missing"] and not redo:
                 bench.console.log(f"built missing cutoffs {run.data['built_missing']}")
-        elif not redo:
-            bench.console.log(f"{stage}: reused ({done[stage]['seconds']:,.0f} s when made)")
-            continue
-        else:
-            if stage in ("generate", "ingest"):
-                shutil.rmtree(home, ignore_errors=True)  # a new drop: a new lake and everything after it
-            run = bench.child(stage, f"{stage} ({args.customers:,} customers)", params)
-        if redo:
-            kept = {k: v for k, v in run.data.items() if k in ("rows", "customers", "cutoffs", "sets")}
-            done[stage] = {"seconds": round(run.seconds, 1), "at": dt.datetime.now().isoformat(), **kept}
-        base.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps(state, indent=2, default=str), encoding="utf-8")
+            return run
+        if not redo:
+            return None
+        if stage in ("generate", "ingest"):
+            shutil.rmtree(home, ignore_errors=True)  # a new drop: a new lake and everything after it
+        return bench.child(stage, f"{stage} ({args.customers:,} customers)", params)
+
+    state = cached_stages(
+        bench,
+        base / "prepared.json",
+        STAGES,
+        make,
+        identity={"customers": args.customers, "seed": args.seed},
+        kept=("rows", "customers", "cutoffs", "sets"),
+    )
     prefect_home = args.work / "prefect-home"
     if not args.fresh_prefect_home and not (prefect_home / ".bench-warm").is_file():
         bench.child("prefect_warmup", "creating the Prefect database (untimed)", {"env": _prefect_env(prefect_home)})
@@ -459,18 +426,24 @@ def _analyse(a_runs: list[Run], b_runs: list[Run], args: argparse.Namespace) -> 
         )
     med = {k: _median([p[k] for p in pairs]) for k in pairs[0]}
     applies = args.customers >= DEFAULT_CUSTOMERS and args.trials >= DEFAULT_TRIALS
-    digests = sorted({r.data["code_digest"] for r in [*a_runs, *b_runs]})
+    digests = sorted({r.code_digest for r in [*a_runs, *b_runs]})
     return {
         "pairs": pairs,
         "median": med,
         "units_a": _unit_seconds(a_runs),
         "units_b": _unit_seconds(b_runs),
         "same_fits": _same_fits(a_runs[0], b_runs[0]),
-        "target": {
-            "overhead_share_below": TARGET_OVERHEAD,
-            "applies": applies,
-            "pass": med["overhead_share"] < TARGET_OVERHEAD,
-        },  # fmt: skip
+        "target": Target(
+            f"overhead share (A - B) / A < {TARGET_OVERHEAD:.0%}",
+            med["overhead_share"],
+            TARGET_OVERHEAD,
+            med["overhead_share"] < TARGET_OVERHEAD,
+            f"{med['overhead_share']:.1%} (in process, without imports and start-up: "
+            f"{med['overhead_share_in_process']:.1%}; outside the model fits, which are the same work in both: "
+            f"{med['overhead_share_outside_fits']:.1%})",
+            applies=applies,
+            note=f"the target applies at {DEFAULT_CUSTOMERS:,} customers and {DEFAULT_TRIALS} trials: not counted",
+        ),
         "code_digests": digests,
     }
 
@@ -523,18 +496,7 @@ def _print(console: Console, an: dict[str, Any], args: argparse.Namespace) -> No
     )
     if len(an["pairs"]) > 1:
         console.print("Overhead per pair: " + ", ".join(f"{p['overhead_share']:.1%}" for p in an["pairs"]))
-    if len(an["code_digests"]) > 1:
-        console.print("[bold yellow]warning: the code (features/models/flows) changed between runs; "
-                      f"digests {an['code_digests']}[/]")  # fmt: skip
-    tg = an["target"]
-    verdict = "[bold green]PASS[/]" if tg["pass"] else "[bold red]FAIL[/]"
-    tail = "" if tg["applies"] else " [dim](the target applies at 100,000 customers and 20 trials: not counted)[/]"
-    console.print(
-        f"Overhead share (A - B) / A = {m['overhead_share']:.1%} "
-        f"(in process, without imports and start-up: {m['overhead_share_in_process']:.1%}; "
-        f"outside the model fits, which are the same work in both: {m['overhead_share_outside_fits']:.1%}); "
-        f"target < {TARGET_OVERHEAD:.0%}: {verdict}{tail}"
-    )
+    console.print(an["target"].line())
     console.print(
         "[dim]B's wall leaves out its Prefect import (flows.train imports it; a bare script would not). "
         "Load averages at start: "
@@ -559,7 +521,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--repeats", type=int, default=1, help="A/B pairs, alternating the order (default 1)")
     ap.add_argument(
-        "--work", type=Path, default=DEFAULT_WORK, help=f"cache and results folder (default {DEFAULT_WORK})"
+        "--work", type=Path, default=DEFAULT_WORK, help=f"setup cache and run homes (default {DEFAULT_WORK})"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_CUSTOMERS:,} customers and {QUICK_TRIALS} trials: a check that the whole run works",
     )
     ap.add_argument("--seed", type=int, default=7, help="seed of the generated world")
     ap.add_argument("--keep", action="store_true", help="keep the platform runs' homes (MLflow store, artifacts)")
@@ -569,92 +536,67 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="give each platform run a new PREFECT_HOME (a first run's start-up) instead of a used one",
     )
     args = ap.parse_args(argv)
+    if args.quick:
+        args.customers, args.trials = QUICK_CUSTOMERS, QUICK_TRIALS
     if args.customers < 10 or args.trials < 1 or args.repeats < 1:
         ap.error("--customers >= 10, --trials >= 1 and --repeats >= 1")
     args.work = args.work.expanduser().resolve()
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Prepare (or reuse) the data, run A and B alternately, print and write the comparison."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_worker"]:
-        return worker_main(WORKERS, argv[1:])
-    args = _parse(argv)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    started = dt.datetime.now()
-    machine = machine_info(("prefect", "mlflow", "optuna", "lightgbm", "implicit", "scikit-learn", "pandas"))
+def _run(session: Session) -> None:
+    """Prepare (or reuse) the data, run A and B alternately, print and save the comparison."""
+    args, console, bench = session.args, session.console, session.bench
     args.work.mkdir(parents=True, exist_ok=True)
-    bench = Bench(MODULE, console)
     a_runs: list[Run] = []
     b_runs: list[Run] = []
-    prepared: dict[str, Any] = {}
-    analysis: dict[str, Any] = {}
-    error: str | None = None
-    out_path = args.work / f"train-{started:%Y%m%d-%H%M%S}.json"
+    session.record.update(
+        prepared={},
+        method="A and B alternate in child processes; wall = spawn to the end of the work (imports "
+        "included; B without its Prefect import); the CPU speed of this machine moves between two levels, "
+        "so only the ratios within a pair are meaningful",
+        analysis={},
+        runs={"platform": a_runs, "bare": b_runs},
+    )
+    prepared = _prepare(args, bench)
+    session.record["prepared"] = prepared
+    console.log(f"prepared home {prepared['home']}; cutoffs {prepared['state']['stages']['features']['cutoffs']}")
+    for i in range(args.repeats):
+        for step in in_turn(i, "platform", "bare"):
+            if step == "platform":
+                run_dir = args.work / "runs" / f"platform-{i + 1}"
+                home = _platform_home(prepared["home"], run_dir)
+                prefect_home = run_dir / "prefect-home" if args.fresh_prefect_home else prepared["prefect_home"]
+                env = {**_prefect_env(prefect_home), "CUSTINTEL_HOME": str(home),
+                       "CUSTINTEL_MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}  # fmt: skip
+                params = {"home": str(home), "trials": args.trials, "timeout": args.study_timeout, "env": env}
+                try:
+                    a_runs.append(bench.child("platform", f"A platform #{i + 1}: train_model flow", params))
+                finally:
+                    if not args.keep:
+                        shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                params = {"home": str(prepared["home"]), "trials": args.trials, "timeout": args.study_timeout}
+                b_runs.append(bench.child("bare", f"B bare #{i + 1}: load_unit + fit_unit", params))
+            session.save()  # a later crash or an interrupt keeps the runs so far
+    analysis = _analyse(a_runs, b_runs, args)
+    session.record["analysis"] = analysis
+    session.targets.append(analysis["target"])
+    _print(console, analysis, args)
 
-    def save() -> None:
-        """Write what is known so far (after every run: a later crash or an interrupt keeps the earlier runs)."""
-        payload = {
-            "benchmark": "train",
-            "command": [Path(sys.executable).name, "-m", MODULE, *argv],
-            "started_at": started.isoformat(timespec="seconds"),
-            "finished_at": dt.datetime.now().isoformat(timespec="seconds"),
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "machine": machine,
-            "load_avg_at_end": os.getloadavg(),
-            "prepared": {k: str(v) if isinstance(v, Path) else v for k, v in prepared.items()},
-            "method": "A and B alternate in child processes; wall = spawn to the end of the work (imports "
-            "included; B without its Prefect import); the CPU speed of this machine moves between two levels, "
-            "so only the ratios within a pair are meaningful",
-            "error": error,
-            "analysis": analysis,
-            "runs": {"platform": [asdict(r) for r in a_runs], "bare": [asdict(r) for r in b_runs]},
-        }
-        out_path.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
 
-    try:
-        with bench.progress:
-            prepared = _prepare(args, bench)
-            console.log(
-                f"prepared home {prepared['home']}; cutoffs {prepared['state']['stages']['features']['cutoffs']}"
-            )
-            for i in range(args.repeats):
-                order = ("platform", "bare") if i % 2 == 0 else ("bare", "platform")
-                for step in order:
-                    if step == "platform":
-                        run_dir = args.work / "runs" / f"platform-{i + 1}"
-                        home = _platform_home(prepared["home"], run_dir)
-                        prefect_home = run_dir / "prefect-home" if args.fresh_prefect_home else prepared["prefect_home"]
-                        env = {**_prefect_env(prefect_home), "CUSTINTEL_HOME": str(home),
-                               "CUSTINTEL_MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}  # fmt: skip
-                        params = {"home": str(home), "trials": args.trials, "timeout": args.study_timeout, "env": env}
-                        try:
-                            a_runs.append(bench.child("platform", f"A platform #{i + 1}: train_model flow", params))
-                        finally:
-                            if not args.keep:
-                                shutil.rmtree(run_dir, ignore_errors=True)
-                        save()
-                    else:
-                        params = {"home": str(prepared["home"]), "trials": args.trials, "timeout": args.study_timeout}
-                        b_runs.append(bench.child("bare", f"B bare #{i + 1}: load_unit + fit_unit", params))
-                        save()
-        analysis = _analyse(a_runs, b_runs, args)
-        _print(console, analysis, args)
-    except BenchError as exc:
-        error = str(exc)
-        console.print(f"[bold red]A child failed:[/] {escape(error)}")
-    except KeyboardInterrupt:
-        error = "interrupted"
-        console.print("[bold red]Interrupted[/]: the runs finished so far are written")
-    save()
-    console.print(f"Results written to [bold]{out_path}[/]")
-    if error is not None:
-        return 2
-    target = analysis["target"]
-    return 1 if target["applies"] and not target["pass"] else 0
+SPEC = Spec(
+    name="train",
+    module=MODULE,
+    workers=WORKERS,
+    packages=("prefect", "mlflow", "optuna", "lightgbm", "implicit", "scikit-learn", "pandas"),
+    measured=("features", "models", "flows", "custintel"),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prepare (or reuse) the data, run A and B alternately, print and write the comparison."""
+    return harness_main(SPEC, argv, _parse, _run)
 
 
 if __name__ == "__main__":

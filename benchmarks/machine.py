@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def code_digest() -> str:
-    """SHA-256 over the measured code and contracts, to tell whether it changed during the run."""
+def code_digest(measured: Iterable[str] = ("features", "custintel/settings.py")) -> str:
+    """SHA-256 over the measured code and contracts, to tell whether it changed during the run.
+
+    `measured` are paths under the repository: a folder counts with every .py and .yaml file below it.
+    """
+    paths: list[Path] = []
+    for entry in measured:
+        path = ROOT / entry
+        paths += [*path.rglob("*.py"), *path.rglob("*.yaml")] if path.is_dir() else [path]
     h = hashlib.sha256()
-    paths = [*(ROOT / "features").rglob("*.py"), *(ROOT / "features").rglob("*.yaml"), ROOT / "custintel/settings.py"]
-    for path in sorted(p for p in paths if p.is_file()):
-        h.update(str(path.relative_to(ROOT)).encode())
+    for path in sorted(p for p in set(paths) if p.is_file()):
+        h.update(os.path.relpath(path, ROOT).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

@@ -264,27 +264,22 @@ def _fluent(tracking_uri: str, registry_uri: str) -> Iterator[None]:
     """MLflow's fluent functions pointed at these URIs for the length of one call; the process's own put back.
 
     `mlflow.sklearn.log_model`, `load_model` and `get_model_info` read the process-wide URI and
-    have no parameter for it. The lock keeps two threads of one process (the service's poll and
-    a request, say) from seeing each other's URI.
+    have no parameter for it. The module globals they read are set directly rather than through
+    `mlflow.set_tracking_uri`, which also exports an environment variable and resets the global
+    OpenTelemetry tracer provider (a serving process's own tracing and metrics live there). The
+    lock keeps two threads of one process (the service's poll and a request, say) from seeing
+    each other's URI.
     """
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     with _FLUENT_LOCK:
-        saved_tracking, saved_registry = tracking_utils._tracking_uri, registry_utils._registry_uri
-        saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(registry_uri)
+        saved = tracking_utils._tracking_uri, registry_utils._registry_uri
+        tracking_utils._tracking_uri, registry_utils._registry_uri = tracking_uri, registry_uri
         try:
             yield
         finally:
-            mlflow.set_tracking_uri(saved_tracking)  # type: ignore[arg-type]  # None unsets it
-            registry_utils._registry_uri = saved_registry
-            for key, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
 
 
 # --- the registry ---------------------------------------------------------------------------------------------------

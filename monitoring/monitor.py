@@ -42,7 +42,7 @@ from monitoring.drift import ColumnDrift, DatasetDrift, Kind, column_kinds
 from monitoring.policy import MonitoringPolicy
 from monitoring.served import ServedWindow, read_served
 from monitoring.triggers import Evidence, TriggerDecision, decide
-from serving.runtime import log_key
+from serving.inference_log import log_key
 
 CHAMPION = "champion"
 LABELS = "labels@1"

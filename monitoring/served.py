@@ -1,9 +1,9 @@
 """What a model served in a window, read from the service's inference log.
 
-The log is JSON lines per UTC day (`serving.runtime.InferenceLog`): one entry per answered
-customer with who, when, the model version, the customer key as the serving policy keeps it,
-the answer, and the model inputs the answer was computed from (`inputs`) with the cutoff of
-the stored features (`as_of`). DuckDB reads the day files of the window in one scan and casts
+The log is JSON lines per UTC day (its format and layout: `serving.inference_log`): one entry
+per answered customer with who, when, the model version, the customer key as the serving policy
+keeps it, the answer, and the model inputs the answer was computed from (`inputs`) with the cutoff
+of the stored features (`as_of`). DuckDB reads the day files of the window in one scan and casts
 the inputs to the reference's types; a value that does not cast is counted as a type error
 rather than failing the read, so a schema break upstream shows as a data-quality finding.
 """
@@ -18,6 +18,8 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+
+from serving.inference_log import SUPPRESSED, day_files, entries_sql
 
 QUALITY_SAMPLE = 200_000  # rows the key-presence and type checks read (shares, so a sample is enough)
 
@@ -44,20 +46,6 @@ class ServedWindow:
     def rows(self) -> int:
         """Scored rows in the window."""
         return len(self.frame)
-
-
-def day_files(log_dir: Path, start: dt.datetime, end: dt.datetime) -> list[Path]:
-    """The day files that can hold entries of [start, end) (one day of slack each side for clock skew)."""
-    first, last = (start - dt.timedelta(days=1)).date(), (end + dt.timedelta(days=1)).date()
-    out = []
-    for path in sorted(log_dir.glob("*.jsonl")):
-        try:
-            day = dt.date.fromisoformat(path.stem)
-        except ValueError:
-            continue
-        if first <= day <= last:
-            out.append(path)
-    return out
 
 
 def _sql_type(dtype: Any) -> str:
@@ -99,7 +87,7 @@ def read_served(
             con.execute("SET threads TO 2")
             loose = _source(files, "JSON")
             suppressed = con.execute(
-                f"SELECT count(*) FROM {loose} WHERE {where} AND status = 'suppressed'", params
+                f"SELECT count(*) FROM {loose} WHERE {where} AND status = '{SUPPRESSED}'", params
             ).fetchone()
             try:  # fast: the reader casts the inputs while it parses
                 typed = "STRUCT(" + ", ".join(f"{_quote(n)} {t}" for n, t in types.items()) + ")" if types else "JSON"
@@ -124,12 +112,12 @@ def read_served(
     )
 
 
+# The entries' fields a window reads (`serving.inference_log.ENTRY_TYPES`).
+_FIELDS = ("at", "model", "version", "status", "customer", "as_of", "inputs", "answer")
+
+
 def _source(files: list[Path], inputs_type: str) -> str:
-    columns = (
-        "{'at': 'DOUBLE', 'model': 'VARCHAR', 'version': 'VARCHAR', 'status': 'VARCHAR', 'customer': 'VARCHAR', "
-        f"'as_of': 'VARCHAR', 'inputs': '{inputs_type}', 'answer': 'JSON'}}"
-    )
-    return f"read_json({[str(f) for f in files]!r}, format='newline_delimited', columns={columns})"
+    return entries_sql(files, _FIELDS, inputs_type)
 
 
 def _scored(
@@ -143,7 +131,7 @@ def _scored(
 ) -> pd.DataFrame:
     unpacked = ", ".join(f"{struct}.{_quote(n)} AS {_quote(n)}" for n in names)
     select = ", ".join(p for p in ('"at"', "version", "customer", "as_of", unpacked, outputs) if p)
-    sql = f"SELECT {select} FROM {source} WHERE {where} AND status IS DISTINCT FROM 'suppressed' ORDER BY \"at\""
+    sql = f"SELECT {select} FROM {source} WHERE {where} AND status IS DISTINCT FROM '{SUPPRESSED}' ORDER BY \"at\""
     return con.execute(sql, params).df()
 
 
@@ -159,7 +147,7 @@ def _input_checks(
     numeric = [c for c, t in types.items() if t == "DOUBLE"]
     shape = json.dumps(dict.fromkeys(numeric, "JSON")).replace("'", "''")
     sample = (
-        f"SELECT inputs FROM {source} WHERE {where} AND status IS DISTINCT FROM 'suppressed' "
+        f"SELECT inputs FROM {source} WHERE {where} AND status IS DISTINCT FROM '{SUPPRESSED}' "
         f"AND inputs IS NOT NULL USING SAMPLE reservoir({QUALITY_SAMPLE} ROWS) REPEATABLE (0)"
     )
     con.execute(

@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from serving.runtime import Runtime, ServedModel, ServingError, score_matrix, score_records
+from serving.champions import ServedModel
+from serving.errors import ServingError
+from serving.runtime import Runtime
 from serving.schemas import (
     ModelRef,
     ProductScore,
@@ -22,6 +24,7 @@ from serving.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
+from serving.scoring import score_matrix, score_records
 from serving.snapshot import Snapshot
 
 
@@ -50,12 +53,12 @@ def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: st
     with every field of `ScoreResponse` (a batch of a thousand is serialised directly: building
     and validating four thousand response objects cost more than the scoring).
     """
-    model = runtime.served("churn")
+    model = runtime.champions.served("churn")
     purpose = runtime.policy.purposes.churn
     ref = _ref(model).model_dump()
     many = len(requests) > 1
     answers: list[dict[str, Any] | None] = [None] * len(requests)
-    consents = runtime.check_consents([r.customer_key for r in requests], purpose)
+    consents = runtime.consent.check_many([r.customer_key for r in requests], purpose)
     for i, (request, (reason, _)) in enumerate(zip(requests, consents, strict=True)):
         if reason is not None:
             answers[i] = _churn_answer(request.customer_key, "suppressed", purpose, ref, suppressed_reason=reason)
@@ -111,7 +114,7 @@ def _from_snapshot(runtime: Runtime, model: ServedModel, snapshot: Snapshot, req
     if not at:
         return None
     matrix, rows, cutoffs = snapshot.rows(picked)
-    with runtime.scoring_threads(len(rows)) as threads:
+    with runtime.scoring_threads.lease(len(rows)) as threads:
         scores, reasons = score_matrix(model.model, matrix, runtime.policy.reasons, threads)
     return at, rows, masked_rows, rows, cutoffs, scores, reasons  # the rows are exactly the inputs the log keeps
 
@@ -155,7 +158,7 @@ def _from_store(runtime: Runtime, model: ServedModel, requests: Sequence[ScoreRe
     view = found.view if found is not None else None
     numeric = model.numeric_inputs
     checked = view is not None and from_store == len(rows) and numeric is not None and numeric <= view.numeric
-    with runtime.scoring_threads(len(rows)) as threads:
+    with runtime.scoring_threads.lease(len(rows)) as threads:
         scores, reasons = score_records(
             model.model, rows, model.inputs, runtime.policy.reasons, numbers_checked=checked, threads=threads
         )
@@ -223,13 +226,13 @@ def product_catalogue(model: ServedModel) -> list[str]:
 
 def score_propensity(runtime: Runtime, requests: Sequence[PropensityRequest], caller: str) -> list[PropensityResponse]:
     """Each customer's products by purchase probability (products held are not candidates)."""
-    model = runtime.served("propensity")
+    model = runtime.champions.served("propensity")
     purpose = runtime.policy.purposes.propensity
     catalogue = product_catalogue(model)
     answers: list[PropensityResponse] = []
     for i, request in enumerate(requests):
         field = f"customers[{i}]" if len(requests) > 1 else "body"
-        reason, _ = runtime.check_consent(request.customer_key, purpose)
+        reason, _ = runtime.consent.check(request.customer_key, purpose)
         if reason is not None:
             answers.append(PropensityResponse(customer_key=request.customer_key, status="suppressed", purpose=purpose,
                                               suppressed_reason=reason, model=_ref(model)))  # fmt: skip
@@ -260,14 +263,14 @@ def score_propensity(runtime: Runtime, requests: Sequence[PropensityRequest], ca
 
 def recommend(runtime: Runtime, requests: Sequence[RecommendRequest], caller: str) -> list[RecommendResponse]:
     """Top-k after the rules (held, eligibility), the caller's exclusions and the frequency cap."""
-    model = runtime.served("recommendation")
+    model = runtime.champions.served("recommendation")
     purpose = runtime.policy.purposes.recommend
     answers: list[RecommendResponse] = []
     now = time.time()
     for i, request in enumerate(requests):
         field = f"customers[{i}]" if len(requests) > 1 else "body"
         key = request.customer_key
-        reason, _ = runtime.check_consent(key, purpose)
+        reason, _ = runtime.consent.check(key, purpose)
         if reason is not None:
             answers.append(RecommendResponse(customer_key=key, status="suppressed", purpose=purpose,
                                              suppressed_reason=reason, model=_ref(model)))  # fmt: skip

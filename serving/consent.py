@@ -2,7 +2,9 @@
 
 `latest_consent` is pure: the newest event per (customer, purpose) wins, and on a tie a
 withdrawal beats a grant. `build_consent_store` reads the lake's consent tables through
-the identity crosswalk and writes one SQLite file the service reads per request.
+the identity crosswalk and writes one SQLite file the service reads per request
+(`ConsentStore`). `decide_consent` turns what is known of a customer into suppression or
+masking under the serving policy; `ConsentChecks` does that per request and per batch.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pandas as pd
@@ -193,3 +196,65 @@ def _consent(rows: Sequence[tuple[str | None, str | None]]) -> CustomerConsent:
         elif value is not None:
             statuses[purpose] = value
     return CustomerConsent(statuses, born)
+
+
+def decide_consent(
+    consent: CustomerConsent, purpose: str, policy: ServingPolicy, today: dt.date
+) -> tuple[str | None, bool]:
+    """Why the answer must be suppressed (None: it may be given), and whether it must be masked."""
+    status = consent.statuses.get(purpose)
+    if status == "withdrawn":
+        return f"the customer withdrew consent for {purpose}", False
+    unknown = {str(k): str(v) for k, v in policy.unknown_consent.items()}
+    if status is None and unknown.get(purpose, "allow") == "suppress":
+        return f"no recorded consent for {purpose}", False
+    age = consent.age_on(today)
+    if age is not None and age < policy.minors.age_below:
+        if policy.minors.action == "suppress":
+            return f"a minor (under {policy.minors.age_below})", False
+        return None, True
+    return None, False
+
+
+DECISIONS_KEPT = 100_000  # consent decisions kept by (status, birth date) before the cache starts over
+
+
+class ConsentChecks:
+    """`decide_consent` for the customers of a request, from the consent store, as of today."""
+
+    def __init__(self, store: ConsentStore, policy: ServingPolicy) -> None:
+        self.store, self.policy = store, policy
+        self._decided: dict[Any, Any] = {}  # decisions by (status, birth date), for one day and purpose
+
+    def check(self, customer_key: str | None, purpose: str) -> tuple[str | None, bool]:
+        """Suppression reason (or None) and masking, from the consent store."""
+        if customer_key is None:
+            return None, False  # anonymous features in the body: no one to target
+        return decide_consent(self.store.lookup(customer_key), purpose, self.policy, dt.date.today())
+
+    def check_many(self, customer_keys: Sequence[str | None], purpose: str) -> list[tuple[str | None, bool]]:
+        """`check` for many customers, with one consent-store statement."""
+        keys = [k for k in customer_keys if k is not None]
+        if len(keys) <= 1:
+            return [self.check(k, purpose) for k in customer_keys]
+        found, today = self.store.purpose_many(keys, purpose), dt.date.today()
+        # Decisions follow from (status, birth date) on a given day: kept across calls for that day (a few
+        # thousand distinct pairs), since deciding costs more than the lookup.
+        cache = self._decided
+        if cache.get("day") != (today, purpose) or len(cache) > DECISIONS_KEPT:
+            cache = self._decided = {"day": (today, purpose)}
+        decided: Any = cache
+        out: list[tuple[str | None, bool]] = []
+        for k in customer_keys:
+            if k is None:
+                out.append((None, False))
+                continue
+            seen = found[k]
+            decision = decided.get(seen)
+            if decision is None:
+                status, born = seen
+                consent = CustomerConsent({purpose: status} if status is not None else {},
+                                          dt.date.fromisoformat(born) if born else None)  # fmt: skip
+                decision = decided[seen] = decide_consent(consent, purpose, self.policy, today)
+            out.append(decision)
+        return out

@@ -2,7 +2,7 @@
 
 `bentoml serve serving.service:Custintel` (or `custintel serve`). Models load when a
 worker starts (never at import) and a background thread picks up promotions. All the
-logic lives in `serving.answers` and `serving.runtime`; this module only maps HTTP to it.
+logic lives in `serving.answers` and the parts `serving.runtime` composes; this module only maps HTTP to it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from starlette.responses import JSONResponse, Response
 
 from custintel.settings import Settings
 from serving import answers
+from serving.errors import ServingError
 from serving.middleware import Gatekeeper
 from serving.policy import load_serving_policy
-from serving.runtime import Runtime, ServingError
+from serving.runtime import Runtime
 from serving.schemas import (
     BatchPropensityRequest,
     BatchPropensityResponse,
@@ -98,7 +99,7 @@ class Custintel:
 
         def poll() -> None:
             while not self._stop.wait(interval):
-                self.runtime.refresh()
+                self.runtime.champions.refresh()
 
         self._poller = threading.Thread(target=poll, name="registry-poll", daemon=True)
         self._poller.start()
@@ -125,7 +126,7 @@ class Custintel:
         self.runtime.close()
 
     def __is_ready__(self) -> bool:
-        return self.runtime.ready
+        return self.runtime.champions.ready
 
     @bentoml.api(route="/churn/score")
     async def churn_score(self, request: ScoreRequest, /, ctx: bentoml.Context) -> ScoreResponse:
@@ -185,7 +186,7 @@ class Custintel:
     @extra.get("/models", response_model=ModelsResponse)
     def models(self) -> ModelsResponse:
         """What is served: name, version, alias, card; degraded when the registry was unreachable."""
-        state = self.runtime.state
+        state = self.runtime.champions.state
         served = [
             ServedModelInfo(
                 family=m.family,
@@ -196,7 +197,7 @@ class Custintel:
                 threshold=m.threshold,
                 card=m.card,
             )  # fmt: skip
-            for m in self.runtime.models.values()
+            for m in self.runtime.champions.models.values()
         ]
         held = self.runtime.snapshots.describe() if self.runtime.snapshots is not None else []
         return ModelsResponse(

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from features.featurestore.online import OnlineStore
+from features.featurestore.online import AS_OF, OnlineStore, SetView
 
 log = logging.getLogger("custintel.serving")
 
@@ -81,8 +81,6 @@ def build_snapshot(
 
     Raises `StoreMoved` when the store changed while it was read (the next batch starts again).
     """
-    from serving.runtime import AS_OF, SetView, _merged_many
-
     started = time.perf_counter()
     state = online.state(set_keys)
     keys = online.customer_keys(set_keys)
@@ -95,7 +93,7 @@ def build_snapshot(
     view = SetView(tuple(set_keys))
     for start in range(0, len(keys), CHUNK):
         part = keys[start : start + CHUNK]
-        rows = _merged_many(online.raw_documents_many(part, set_keys), view).rows
+        rows = online.merged_many(part, view).rows
         if len(rows) != len(part):
             raise StoreMoved("customers left the online store while it was read")
         ordered = [rows[k] for k in part]

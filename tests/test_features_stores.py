@@ -27,11 +27,17 @@ from features.featurestore.offline import (
     write_partitions,
 )
 from features.featurestore.online import (
+    AS_OF,
     OnlineStore,
     OnlineStoreError,
     RedisOnlineStore,
+    SetView,
     SQLiteOnlineStore,
+    merge_documents,
     online_documents,
+    parse_documents,
+    set_layout,
+    set_view,
 )
 from features.featurestore.store import materialize_online, open_online_store
 from flows.cli import app
@@ -174,6 +180,98 @@ def test_values_survive_json(loaded: tuple[SQLiteOnlineStore, RedisOnlineStore],
         {"product_id": "ADD-FAMILY", "purchases": 2, "spend": 40.0},
         {"product_id": "ADD-INTL", "purchases": 1, "spend": 0.1},
     ]
+
+
+PROFILE_COLUMNS = ["tickets_90d", "spend_90d", "nps_last", "segment", "first_seen"]
+
+
+def test_a_sets_layout_names_its_columns_and_the_numeric_ones() -> None:
+    assert set_layout(profile_table(), grouped=False) == {
+        "columns": PROFILE_COLUMNS,
+        "numeric": ["tickets_90d", "spend_90d", "nps_last"],
+        "grouped": False,
+    }
+    assert set_layout(interactions_table(), grouped=True) == {
+        "columns": ["items"],
+        "numeric": [],
+        "grouped": True,
+        "item_columns": ["product_id", "purchases", "spend"],
+    }
+
+
+@pytest.mark.integration
+def test_the_stores_reader_merges_what_its_writer_wrote_alike_in_both_backends(
+    stores: tuple[SQLiteOnlineStore, RedisOnlineStore],
+) -> None:
+    """`merged` and `merged_many` read `online_documents` back: one row per customer, the same in both backends."""
+    tier = pa.table({"customer_key": ["CK1"], "as_of": _dates(LATER, 1), "tier": ["gold"]})  # a newer cutoff
+    written = [("profile@1", profile_table(), False), ("interactions@1", interactions_table(), True),
+               ("tier@1", tier, False)]  # fmt: skip
+    for store in stores:
+        for key, table, grouped in written:
+            store.replace_set(key, online_documents(table, grouped=grouped), {**_meta(), **set_layout(table, grouped)})
+    answers = []
+    for store in stores:
+        keys = ["CK3", "CK1", "NOPE", "CK2", "CK1"]
+        one = store.merged("CK1")
+        assert one is not None and one == merge_documents(store.lookup("CK1") or {})
+        assert one[AS_OF] == str(LATER) and "as_of" not in one and one["tier"] == "gold" and len(one["items"]) == 2
+        assert store.merged("NOPE") is None
+        everything = store.merged_many(keys)
+        assert everything.rows == {k: store.merged(k) for k in ("CK1", "CK2", "CK3")} and everything.texts == {}
+
+        view = set_view(store.sets(), PROFILE_COLUMNS)
+        assert view == SetView(("profile@1",), True, frozenset({"tickets_90d", "spend_90d", "nps_last"}))
+        found = store.merged_many(keys, view)
+        assert found.view == view and set(found.rows) == set(found.texts) == {"CK1", "CK2", "CK3"}
+        for key, row in found.rows.items():
+            assert row == merge_documents(store.lookup(key, ["profile@1"]) or {})
+            assert json.loads(found.texts[key]) == {c: row[c] for c in PROFILE_COLUMNS}  # the inputs, as stored
+        assert found.rows["CK2"]["tickets_90d"] == 2**53 + 1 and found.rows["CK2"]["spend_90d"] == 1 / 3
+        answers.append((one, everything.rows, found.rows, found.texts))
+    assert answers[0] == answers[1]
+
+
+def test_raw_documents_parse_like_documents_parsed_one_by_one(tmp_path: Path) -> None:
+    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
+    store.replace_set(
+        "b@1", [("k1", '{"as_of":"2025-02-01","x":2,"y":null}'), ("k2", '{"as_of":"2025-03-01","y":"z"}')], {}
+    )
+    store.replace_set("a@1", [("k1", '{"as_of":"2025-01-01","x":1,"w":[{"p":1}]}'), ("k4", '{"as_of":"2025-01-01"}')],
+                      {})  # fmt: skip
+    keys = ["k2", "k1", "k3", "k1", "k4"]
+    raw = store.raw_documents_many(keys)
+    assert set(raw) == {"k1", "k2", "k4"}
+    assert store.raw_documents_many(keys, ["a@1"]) == {"k1": [raw["k1"][0]], "k4": raw["k4"]}
+    merged = parse_documents(raw).rows
+    for key, docs in store.lookup_many(keys).items():
+        assert merged[key] == merge_documents(docs)
+        assert parse_documents({key: raw[key][:1]}).rows[key] == merge_documents(dict(list(docs.items())[:1]))
+    assert merged["k1"] == {"x": 2, "y": None, "w": [{"p": 1}], AS_OF: "2025-02-01"}  # the later set wins
+    store.replace_set("c@1", [("k1", '{ "x": 3 }')], {})  # not as the feature store writes: parsed one by one
+    raw = store.raw_documents_many(keys)
+    assert parse_documents(raw).rows == {k: merge_documents(d) for k, d in store.lookup_many(keys).items()}
+    assert store.merged_many(keys).rows["k1"]["x"] == 3
+    # NaN and infinities, which orjson refuses, read as Python's json reads them
+    nan = parse_documents({"k": ['{"as_of":"2025-01-01","x":NaN,"y":-Infinity}']}).rows["k"]
+    assert nan["x"] != nan["x"] and nan["y"] == float("-inf") and nan[AS_OF] == "2025-01-01"
+    store.close()
+
+
+def test_a_model_reads_only_the_sets_holding_its_inputs() -> None:
+    metas = {
+        "a@1": {"columns": ["x", "y"], "numeric": ["x", "y"], "grouped": False},
+        "b@1": {"columns": ["plan"], "numeric": [], "grouped": False},
+        "items@1": {"columns": ["items"], "numeric": [], "grouped": True},
+    }
+    assert set_view(metas, ["x", "y", "plan"]) == SetView(("a@1", "b@1"), True, frozenset({"x", "y"}))
+    assert set_view(metas, ["x"]) == SetView(("a@1",), False)  # y would be logged as an input: not exact
+    assert set_view(metas, ["x", "y", "plan", "other"]) == SetView(("a@1", "b@1"), False)
+    assert set_view(metas, ["x", "y", "items"]) == SetView(("a@1", "items@1"), False)  # grouped: not flat
+    overlapping = {**metas, "c@1": {"columns": ["y"], "numeric": ["y"], "grouped": False}}
+    assert set_view(overlapping, ["x", "y", "plan"]) == SetView(("a@1", "b@1", "c@1"), False)
+    assert set_view({**metas, "old@1": {"as_of": "2025-01-01"}}, ["x"]) == SetView(None)  # columns unrecorded
+    assert set_view({}, ["x"]) == SetView(None)
 
 
 @pytest.mark.integration

@@ -318,7 +318,7 @@ def test_the_log_reader_keeps_the_window_and_model_and_counts_misfits(tmp_path: 
 
 
 def test_log_keys_hash_like_the_service() -> None:
-    from serving.runtime import InferenceLog
+    from serving.inference_log import InferenceLog
 
     log = InferenceLog(Path("/nonexistent-never-written"), "hash", "salt")
     try:

@@ -1,5 +1,5 @@
 """The serving pieces without a server: consent rules, the request gate, frequency caps, the inference log,
-reasons from LightGBM contributions, and a registry outage."""
+reasons from LightGBM contributions, the champions and a registry outage, snapshots."""
 
 from __future__ import annotations
 
@@ -18,10 +18,14 @@ import pytest
 
 from custintel.settings import Settings
 from models.tabular import FramePreparer
-from serving.consent import CustomerConsent, latest_consent
+from serving.caps import RedisFrequencyCaps, SQLiteFrequencyCaps, open_frequency_caps
+from serving.champions import Champions, ServedModel, registered_names
+from serving.consent import CustomerConsent, decide_consent, latest_consent
+from serving.errors import ServingError
+from serving.inference_log import InferenceLog
 from serving.middleware import Gatekeeper
 from serving.policy import Minors, ServingPolicy, ServingPolicyError, load_serving_policy
-from serving.runtime import FrequencyCaps, InferenceLog, decide_consent, score_with_reasons
+from serving.scoring import score_with_reasons
 
 
 def test_the_latest_decision_wins_and_a_tie_withdraws() -> None:
@@ -119,7 +123,8 @@ def test_the_gate_checks_key_content_type_and_size_before_the_app() -> None:
 def test_frequency_caps_count_impressions_in_the_window(tmp_path: Path, backend: str) -> None:
     redis_url = "redis://127.0.0.1:6379/0" if backend == "redis" else None
     settings = Settings(home=tmp_path, redis_url=redis_url, online_namespace=f"t{uuid.uuid4().hex[:8]}")
-    caps = FrequencyCaps(settings, max_impressions=2, window_days=1)
+    caps = open_frequency_caps(settings, max_impressions=2, window_days=1)
+    assert isinstance(caps, RedisFrequencyCaps if backend == "redis" else SQLiteFrequencyCaps)
     now = time.time()
     caps.record("c1", ["p1", "p2"], now - 2 * 86400)  # outside the window
     caps.record("c1", ["p1"], now - 10)
@@ -159,33 +164,50 @@ def test_reasons_are_the_largest_positive_lightgbm_contributions() -> None:
 def test_a_registry_outage_keeps_the_served_model_and_reports_degraded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import serving.runtime as rt
-
-    runtime = rt.Runtime.__new__(rt.Runtime)
-    runtime.families, runtime.models, runtime.state = ["churn"], {"churn": "the model in memory"}, rt.RegistryState()  # type: ignore[dict-item]
-
-    class Down:
-        def get_model_version_by_alias(self, *_: object) -> None:
-            raise ConnectionError("connection refused")
-
-    monkeypatch.setattr(rt, "MlflowClient", Down)
-    assert runtime.refresh() == []
-    assert runtime.models["churn"] == "the model in memory"
-    assert runtime.state.degraded is not None and "connection refused" in runtime.state.degraded
+    # A tracking server that refuses connections, and no retries: the poll fails the way an outage does.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    settings = Settings(home=tmp_path, mlflow_tracking_uri="http://127.0.0.1:1")
+    champions = Champions(settings, {"churn": "custintel-churn"})
+    champions.models["churn"] = "the model in memory"  # type: ignore[assignment]
+    assert champions.refresh() == []
+    assert champions.models["churn"] == "the model in memory"
+    assert champions.state.degraded is not None and "127.0.0.1:1" in champions.state.degraded
 
 
-def test_a_family_without_a_champion_answers_503_and_the_service_is_ready_with_the_others() -> None:
-    import serving.runtime as rt
-
-    runtime = rt.Runtime.__new__(rt.Runtime)
-    runtime.families, runtime.models, runtime.state = ["churn", "recommendation"], {}, rt.RegistryState()
-    assert not runtime.ready  # the registry has not been read yet
-    runtime.models["churn"] = "loaded"  # type: ignore[assignment]
-    runtime.state.polled_at = "2026-11-23T08:00:00+00:00"
-    assert runtime.ready
-    with pytest.raises(rt.ServingError) as info:
-        runtime.served("recommendation")
+def test_a_family_without_a_champion_answers_503_and_the_service_is_ready_with_the_others(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    champions = Champions(settings, registered_names(settings, ["churn", "recommendation"]))
+    assert not champions.ready  # the registry has not been read yet
+    champions.models["churn"] = "loaded"  # type: ignore[assignment]
+    champions.state.polled_at = "2026-11-23T08:00:00+00:00"
+    assert champions.ready
+    with pytest.raises(ServingError) as info:
+        champions.served("recommendation")
     assert info.value.status == 503 and "custintel-recommendation" in info.value.reason
+
+
+def test_registered_names_come_from_the_training_config(tmp_path: Path) -> None:
+    import yaml
+
+    from models.config import FAMILIES
+
+    assert registered_names(Settings(), FAMILIES) == {
+        "churn": "custintel-churn",
+        "propensity": "custintel-propensity",
+        "recommendation": "custintel-recommendation",
+    }
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "models" / "training.yaml").read_text())
+    shipped["churn"]["registered_model"] = "acme-churn"
+    path = tmp_path / "training.yaml"
+    path.write_text(yaml.safe_dump(shipped))
+    settings = Settings(home=tmp_path, training_config=path)
+    champions = Champions(settings, registered_names(settings, ["churn", "recommendation"]))
+    assert champions.names == {"churn": "acme-churn", "recommendation": "custintel-recommendation"}
+    champions.refresh()  # nothing registered under either name: not degraded, nothing served
+    assert champions.state.degraded is None and not champions.models
+    with pytest.raises(ServingError, match="no @champion of acme-churn has been promoted yet"):
+        champions.served("churn")
 
 
 def test_one_pass_scores_equal_the_calibrated_models_own() -> None:
@@ -193,7 +215,7 @@ def test_one_pass_scores_equal_the_calibrated_models_own() -> None:
     from sklearn.frozen import FrozenEstimator
     from sklearn.pipeline import Pipeline
 
-    import serving.runtime as rt
+    import serving.scoring as scoring
 
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"risk": rng.normal(size=3000), "plan": rng.choice(["a", "b", "c"], 3000)})
@@ -207,7 +229,7 @@ def test_one_pass_scores_equal_the_calibrated_models_own() -> None:
         second, reasons = score_with_reasons(calibrated, rows, 2)
         np.testing.assert_allclose(second, calibrated.predict_proba(rows)[:, 1], atol=1e-9)
         np.testing.assert_allclose(first, second, atol=1e-9)
-        assert rt._ONE_PASS[id(calibrated)] in ("raw", "proba")
+        assert scoring._ONE_PASS[id(calibrated)] in ("raw", "proba")
         assert all(r == [] or r[0][1] > 0 for r in reasons)
 
 
@@ -216,7 +238,7 @@ def test_the_pandas_free_route_scores_records_exactly_like_the_pipeline() -> Non
     from sklearn.frozen import FrozenEstimator
     from sklearn.pipeline import Pipeline
 
-    import serving.runtime as rt
+    import serving.scoring as scoring
 
     rng = np.random.default_rng(3)
     n = 3000
@@ -238,9 +260,9 @@ def test_the_pandas_free_route_scores_records_exactly_like_the_pipeline() -> Non
         {"risk": 0.1, "count": None, "plan": None},
     ]
     expected = model.predict_proba(pd.DataFrame(records))[:, 1]
-    first, reasons_first = rt.score_records(model, records, ["risk", "count", "plan"], 2)  # checks the route
-    assert rt._FAST[id(model)] in ("raw", "proba")
-    fast, reasons_fast = rt.score_records(model, records, ["risk", "count", "plan"], 2)
+    first, reasons_first = scoring.score_records(model, records, ["risk", "count", "plan"], 2)  # checks the route
+    assert scoring._FAST[id(model)] in ("raw", "proba")
+    fast, reasons_fast = scoring.score_records(model, records, ["risk", "count", "plan"], 2)
     np.testing.assert_allclose(first, expected, atol=1e-12)
     np.testing.assert_allclose(fast, expected, atol=1e-9)
     assert [[f for f, _ in r] for r in reasons_fast] == [[f for f, _ in r] for r in reasons_first]
@@ -327,72 +349,19 @@ def test_the_inference_log_writes_within_its_flush_interval(tmp_path: Path) -> N
 
 def test_refresh_loads_the_champions_there_are_and_is_not_degraded_by_missing_ones(tmp_path: Path) -> None:
     """A registered model without @champion, and a model never registered, are 'nothing promoted yet'."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    import serving.runtime as rt
-
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    MlflowClient().create_registered_model("custintel-churn")  # registered, never promoted
-    runtime = rt.Runtime.__new__(rt.Runtime)
-    runtime.families, runtime.models, runtime.state = ["churn", "recommendation"], {}, rt.RegistryState()
-    assert runtime.refresh() == []
-    assert runtime.state.degraded is None and runtime.state.polled_at is not None
-    assert not runtime.ready  # read, but nothing to serve
-
-
-def test_raw_documents_merge_like_parsed_ones(tmp_path: Path) -> None:
-    from features.featurestore.online import SQLiteOnlineStore
-    from serving.runtime import _merged, _merged_many
-
-    store = SQLiteOnlineStore(tmp_path / "online.sqlite")
-    store.replace_set(
-        "b@1", [("k1", '{"as_of":"2025-02-01","x":2,"y":null}'), ("k2", '{"as_of":"2025-03-01","y":"z"}')], {}
-    )
-    store.replace_set("a@1", [("k1", '{"as_of":"2025-01-01","x":1,"w":[{"p":1}]}'), ("k4", '{"as_of":"2025-01-01"}')],
-                      {})  # fmt: skip
-    keys = ["k2", "k1", "k3", "k1", "k4"]
-    raw = store.raw_documents_many(keys)
-    assert set(raw) == {"k1", "k2", "k4"}
-    assert store.raw_documents_many(keys, ["a@1"]) == {"k1": [raw["k1"][0]], "k4": raw["k4"]}
-    merged = _merged_many(raw, None).rows
-    for key, docs in store.lookup_many(keys).items():
-        assert merged[key] == _merged(docs)
-        assert _merged_many({key: raw[key][:1]}, None).rows[key] == _merged(dict(list(docs.items())[:1]))
-    store.replace_set("c@1", [("k1", '{ "x": 3 }')], {})  # not as the feature store writes: parsed one by one
-    raw = store.raw_documents_many(keys)
-    assert _merged_many(raw, None).rows == {k: _merged(d) for k, d in store.lookup_many(keys).items()}
-    # NaN and infinities, which orjson refuses, read as Python's json reads them
-    nan = _merged_many({"k": ['{"as_of":"2025-01-01","x":NaN,"y":-Infinity}']}, None).rows["k"]
-    assert np.isnan(nan["x"]) and nan["y"] == float("-inf") and nan["_as_of"] == "2025-01-01"
-    store.close()
-
-
-def test_a_model_reads_only_the_sets_holding_its_inputs() -> None:
-    from serving.runtime import SetView, set_view
-
-    metas = {
-        "a@1": {"columns": ["x", "y"], "numeric": ["x", "y"], "grouped": False},
-        "b@1": {"columns": ["plan"], "numeric": [], "grouped": False},
-        "items@1": {"columns": ["items"], "numeric": [], "grouped": True},
-    }
-    assert set_view(metas, ["x", "y", "plan"]) == SetView(("a@1", "b@1"), True, frozenset({"x", "y"}))
-    assert set_view(metas, ["x"]) == SetView(("a@1",), False)  # y would be logged as an input: not exact
-    assert set_view(metas, ["x", "y", "plan", "other"]) == SetView(("a@1", "b@1"), False)
-    assert set_view(metas, ["x", "y", "items"]) == SetView(("a@1", "items@1"), False)  # grouped: not flat
-    overlapping = {**metas, "c@1": {"columns": ["y"], "numeric": ["y"], "grouped": False}}
-    assert set_view(overlapping, ["x", "y", "plan"]) == SetView(("a@1", "b@1", "c@1"), False)
-    assert set_view({**metas, "old@1": {"as_of": "2025-01-01"}}, ["x"]) == SetView(None)  # columns unrecorded
-    assert set_view({}, ["x"]) == SetView(None)
+    settings = Settings(home=tmp_path)
+    champions = Champions(settings, registered_names(settings, ["churn", "recommendation"]))
+    champions.registry.client.create_registered_model("custintel-churn")  # registered, never promoted
+    assert champions.refresh() == []
+    assert champions.state.degraded is None and champions.state.polled_at is not None
+    assert not champions.ready  # read, but nothing to serve
 
 
 def test_stored_texts_are_the_model_inputs_the_log_would_write(tmp_path: Path) -> None:
     """The JSON text kept for the log parses to what `input_values` takes from the merged row."""
     import orjson
 
-    from features.featurestore.online import SQLiteOnlineStore
-    from serving.runtime import ServedModel, _merged_many, set_view
+    from features.featurestore.online import SQLiteOnlineStore, set_view
 
     store = SQLiteOnlineStore(tmp_path / "online.sqlite")
     store.replace_set("a@1", [("k1", '{"as_of":"2025-01-01","x":1,"y":null}'),
@@ -403,7 +372,7 @@ def test_stored_texts_are_the_model_inputs_the_log_would_write(tmp_path: Path) -
                       {"columns": ["items"], "grouped": True})  # fmt: skip
     model = ServedModel("churn", "m", "1", None, ["x", "y", "plan"], None, None, "now")
     view = set_view(store.sets(), model.inputs)
-    found = _merged_many(store.raw_documents_many(["k1", "k2", "k3"], view.set_keys), view)
+    found = store.merged_many(["k1", "k2", "k3"], view)
     assert set(found.rows) == {"k1", "k2"} and "items" not in found.rows["k1"]
     assert found.rows["k1"]["_as_of"] == "2025-02-01" and found.rows["k2"]["_as_of"] == "2025-01-01"
     assert set(found.texts) == {"k1"}  # k2 lacks set b: its entry takes the row's values (plan: None)
@@ -413,7 +382,7 @@ def test_stored_texts_are_the_model_inputs_the_log_would_write(tmp_path: Path) -
 
 
 def test_log_entries_from_texts_equal_entries_from_rows(tmp_path: Path) -> None:
-    from serving.runtime import ServedModel, audit_entries
+    from serving.inference_log import audit_entries
 
     model = ServedModel("churn", "m", "1", None, ["x", "plan"], None, None, "now")
     rows = [{"x": 1.5, "plan": "a", "_as_of": "2025-01-01"}, {"x": None, "plan": None, "_as_of": "2025-01-01"}]
@@ -476,8 +445,7 @@ def test_consent_for_one_purpose_decides_like_the_full_lookup(tmp_path: Path) ->
 
 
 def test_a_snapshot_holds_what_the_store_holds_and_knows_its_state(tmp_path: Path, monkeypatch: Any) -> None:
-    from features.featurestore.online import SQLiteOnlineStore
-    from serving.runtime import _merged_many, set_view
+    from features.featurestore.online import SQLiteOnlineStore, set_view
     from serving.snapshot import Snapshots, StoreMoved, build_snapshot
 
     prepare = FramePreparer(["risk", "count"], ["plan"]).fit(
@@ -493,7 +461,7 @@ def test_a_snapshot_holds_what_the_store_holds_and_knows_its_state(tmp_path: Pat
     assert view.set_keys == ("c@1", "n@1") and view.exact
     snap = build_snapshot(store, "m@1", prepare, view.set_keys, max_customers=10)
     assert snap is not None and snap.customers == 3 and snap.state == store.state(view.set_keys)
-    rows = _merged_many(store.raw_documents_many(["k1", "k2", "k3"], view.set_keys), view).rows
+    rows = store.merged_many(["k1", "k2", "k3"], view).rows
     matrix, inputs, cutoffs = snap.rows([snap.index[k] for k in ("k3", "k1", "k2")])
     np.testing.assert_array_equal(matrix, prepare.records_matrix([rows["k3"], rows["k1"], rows["k2"]]))
     assert cutoffs == ["2025-02-01", "2025-02-01", "2025-01-01"]
@@ -513,3 +481,102 @@ def test_a_snapshot_holds_what_the_store_holds_and_knows_its_state(tmp_path: Pat
     with pytest.raises(StoreMoved):
         build_snapshot(store, "m@1", prepare, view.set_keys, max_customers=10)
     store.close()
+
+
+def test_log_entries_read_back_through_the_logs_own_layout(tmp_path: Path) -> None:
+    """What the writer makes (`audit_entry`, `audit_entries`) is what a reader of `entries_sql` gets, typed."""
+    import duckdb
+
+    from serving.inference_log import (
+        ENTRY_TYPES,
+        SUPPRESSED,
+        InferenceEntry,
+        audit_entries,
+        audit_entry,
+        day_file,
+        day_files,
+        entries_sql,
+    )
+
+    assert list(ENTRY_TYPES) == list(InferenceEntry.__annotations__)  # the reader's fields are the entry's
+    policy = load_serving_policy(None)
+    model = ServedModel("churn", "m", "3", None, ["x", "plan"], None, None, "now")
+    log = InferenceLog(tmp_path, "plain", salt="s")
+    log.record(audit_entry(policy, log, "key-1", "/churn/score", model, "k0", {}, True, False))
+    log.record(audit_entry(policy, log, "key-1", "/churn/score", model, "k1", {"score": 0.25}, False, False,
+                           {"x": 1.5, "plan": "a", "_as_of": "2025-01-01"}))  # fmt: skip
+    log.record_many(audit_entries(policy, log, "key-2", "/churn/score/batch", model, ["k2", "k3"],
+                                  [{"score": 0.5}, {"score": 0.75}], [False, True],
+                                  [{"x": None, "plan": None, "_as_of": "2025-02-01"}, {"x": 2.0}]))  # fmt: skip
+    log.close()
+    today = dt.datetime.now(dt.UTC)
+    assert day_files(tmp_path, today, today) == [day_file(tmp_path, today.date())]
+    assert day_files(tmp_path, today + dt.timedelta(days=3), today + dt.timedelta(days=4)) == []
+    with duckdb.connect() as con:
+        sql = f"SELECT * FROM {entries_sql(day_files(tmp_path, today, today), list(ENTRY_TYPES))} ORDER BY customer"
+        frame = con.execute(sql).df()
+        kinds = {row[0]: row[1] for row in con.execute(f"DESCRIBE {sql}").fetchall()}
+    assert {k: str(v) for k, v in kinds.items()} == ENTRY_TYPES
+    assert frame["customer"].tolist()[:2] == ["k1", "k2"] and frame["customer"].isna().sum() == 2
+    suppressed = frame[frame["status"] == SUPPRESSED]
+    assert len(suppressed) == 1 and suppressed["answer"].isna().all() and suppressed["customer"].isna().all()
+    given = frame[frame["status"].isna()].set_index("answer")
+    assert given.loc['{"score":0.25}', ["customer", "as_of", "caller", "version"]].tolist() == [
+        "k1", "2025-01-01", "key-1", "3"]  # fmt: skip
+    assert json.loads(given.loc['{"score":0.25}', "inputs"]) == {"x": 1.5, "plan": "a"}
+    assert json.loads(given.loc['{"score":0.5}', "inputs"]) == {"x": None, "plan": None}
+    masked = given.loc['{"score":0.75}']
+    assert masked["customer"] is None and masked["inputs"] is None and masked["endpoint"] == "/churn/score/batch"
+
+
+def test_a_batch_gets_the_workers_cores_only_when_scored_alone() -> None:
+    from serving.scoring import PARALLEL_ROWS, ScoringThreads
+
+    threads = ScoringThreads(share=4)
+    with threads.lease(PARALLEL_ROWS - 1) as small:
+        assert small == 1
+    with threads.lease(PARALLEL_ROWS) as first:
+        assert first == 4
+        with threads.lease(10 * PARALLEL_ROWS) as second:
+            assert second == 1  # another batch is being scored: one thread each
+    with pytest.raises(RuntimeError), threads.lease(PARALLEL_ROWS):
+        raise RuntimeError("a failed batch")
+    with threads.lease(PARALLEL_ROWS) as again:
+        assert again == 4  # a failed batch gives its lease back
+
+
+def test_consent_checks_of_a_batch_equal_checks_one_by_one(tmp_path: Path) -> None:
+    import sqlite3
+
+    from serving.consent import ConsentChecks, ConsentStore
+
+    path = tmp_path / "consent.sqlite"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE consent (customer_key TEXT, purpose TEXT, status TEXT, recorded_at TEXT, "
+                    "PRIMARY KEY (customer_key, purpose)) WITHOUT ROWID")  # fmt: skip
+        con.execute("CREATE TABLE customers (customer_key TEXT PRIMARY KEY, birth_date TEXT) WITHOUT ROWID")
+        decisions = [("a", "profiling", "granted"), ("b", "profiling", "withdrawn"), ("m", "profiling", "granted")]
+        con.executemany("INSERT INTO consent VALUES (?, ?, ?, 'x')", decisions)
+        con.executemany("INSERT INTO customers VALUES (?, ?)", [("m", f"{dt.date.today().year - 10}-01-01")])
+    strict = load_serving_policy(None).model_copy(update={"unknown_consent": {"profiling": "suppress"}})
+    checks = ConsentChecks(ConsentStore(path), strict)
+    keys = ["a", None, "b", "m", "unknown", "a"]
+    one_by_one = [checks.check(k, "profiling") for k in keys]
+    assert one_by_one[0] == (None, False) and one_by_one[1] == (None, False)  # granted; anonymous
+    assert "withdrew" in str(one_by_one[2][0]) and "minor" in str(one_by_one[3][0])
+    assert "no recorded consent" in str(one_by_one[4][0])
+    assert checks.check_many(keys, "profiling") == one_by_one
+    assert checks.check_many(keys, "profiling") == one_by_one  # again, from the decisions kept for today
+
+
+def test_monitoring_reads_the_log_without_loading_the_service() -> None:
+    """The log's reader side (`serving.inference_log`) stands alone: no service runtime, no MLflow."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, monitoring.served, serving.inference_log, serving.snapshot; "
+        "print(sorted(m for m in ('serving.runtime', 'serving.champions', 'mlflow', 'bentoml') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

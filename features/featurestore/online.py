@@ -5,15 +5,23 @@ and Redis (when `CUSTINTEL_REDIS_URL` is set). Each stores, per customer and fea
 set, the same JSON document, made once by DuckDB from the offline rows, so both
 backends return identical answers. Materialising a set replaces it whole: customers
 no longer in the set (churned) disappear from it.
+
+This module owns the documents' format, both ways: `online_documents` and `set_layout`
+write a set's documents and the metadata describing them; `OnlineStore.merged` and
+`OnlineStore.merged_many` read a customer's documents back as one row of features (the
+sets merged, the newest cutoff under `AS_OF`), the latter for many customers in one round
+trip and one parse, with `set_view` choosing the sets a model's inputs are in.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,8 @@ import pyarrow as pa
 
 _BATCH = 20_000
 _SQLITE_LAYOUT = 2  # PRAGMA user_version of the SQLite store's layout
+AS_OF = "_as_of"  # a merged row's key for the stored features' newest cutoff (not a feature)
+_CUTOFF_FIRST = '{"as_of":"'  # how `online_documents` starts a document: its cutoff first
 
 
 class OnlineStoreError(RuntimeError):
@@ -58,6 +68,137 @@ def online_documents(table: pa.Table, grouped: bool = False) -> Iterator[tuple[s
             keys = batch.column(0).to_pylist()
             docs = batch.column(1).to_pylist()
             yield from zip(keys, docs, strict=True)
+
+
+def set_layout(table: pa.Table, grouped: bool) -> dict[str, Any]:
+    """What a set's online documents hold: their keys besides `as_of`, the numeric ones, whether grouped.
+
+    A grouped set's documents hold one key, `items` (a list of rows with `item_columns`).
+    Stored as the set's metadata, it lets a reader fetch only the sets it needs (`set_view`).
+    """
+    fields = [f for f in table.schema if f.name not in ("customer_key", "as_of")]
+    if grouped:
+        return {"columns": ["items"], "numeric": [], "grouped": True, "item_columns": [f.name for f in fields]}
+    numeric = [
+        f.name
+        for f in fields
+        if pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)
+        or pa.types.is_decimal(f.type)
+    ]  # fmt: skip
+    return {"columns": [f.name for f in fields], "numeric": numeric, "grouped": grouped}
+
+
+@dataclass(frozen=True)
+class SetView:
+    """Which online sets a model reads, and what their documents promise.
+
+    `set_keys`: the sets holding any of the model's inputs (None: every set, when the store does
+    not record its sets' columns). `exact`: those sets are flat, share no column, and together
+    hold exactly the model's inputs, so a customer's documents joined are the model's inputs
+    as JSON. `numeric`: then, the inputs that are a JSON number or null in every document.
+    """
+
+    set_keys: tuple[str, ...] | None
+    exact: bool = False
+    numeric: frozenset[str] = frozenset()
+
+
+def set_view(metas: dict[str, dict[str, Any]], inputs: Sequence[str]) -> SetView:
+    """The sets a model with these inputs reads, from the sets' metadata (`OnlineStore.sets`, `set_layout`)."""
+    if not metas or any(not isinstance(m.get("columns"), list) for m in metas.values()):
+        return SetView(None)
+    wanted = set(inputs)
+    chosen = [k for k, m in sorted(metas.items()) if wanted & set(m["columns"])]
+    columns = [c for k in chosen for c in metas[k]["columns"]]
+    exact = (
+        bool(chosen)
+        and not any(metas[k].get("grouped") for k in chosen)
+        and len(columns) == len(set(columns)) == len(wanted)
+        and set(columns) == wanted
+    )
+    numeric = frozenset(c for k in chosen for c in metas[k].get("numeric", ())) if exact else frozenset()
+    return SetView(tuple(chosen), exact, numeric)
+
+
+@dataclass
+class StoredFeatures:
+    """Many customers' stored features as a model reads them (`OnlineStore.merged_many`).
+
+    `rows`: per customer found, the documents merged (a later set's value wins) with the
+    newest cutoff under AS_OF. `texts`: per customer whose documents hold exactly the model's
+    inputs (`SetView.exact`, every chosen set present), those inputs as JSON text.
+    """
+
+    rows: dict[str, dict[str, Any]]
+    texts: dict[str, str] = field(default_factory=dict)
+    view: SetView | None = None
+
+
+def merge_documents(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One customer's parsed documents (by set key, in set-key order) as one row: a later set's value wins.
+
+    The documents' `as_of` become one key, AS_OF, holding the newest of them.
+    """
+    merged: dict[str, Any] = {}
+    cutoffs = []
+    for doc in docs.values():
+        merged.update(doc)
+        if doc.get("as_of"):
+            cutoffs.append(str(doc["as_of"]))
+    merged.pop("as_of", None)
+    if cutoffs:
+        merged[AS_OF] = max(cutoffs)
+    return merged
+
+
+def parse_documents(found: dict[str, list[str]], view: SetView | None = None) -> StoredFeatures:
+    """`merge_documents` of many customers' raw JSON documents (each customer's in set-key order), in one parse.
+
+    `online_documents` writes each document as a flat object with its cutoff first, so a
+    customer's document bodies after their cutoffs, joined into one object, are their features
+    merged (a later key wins when parsed, as in `dict.update`), and each cutoff is read off its
+    document's start; all customers' objects then parse as one JSON array. Anything else is
+    parsed document by document. Values JSON has no word for (NaN, infinities) are read as Python's
+    `json` reads them.
+    """
+    texts, cutoffs = [], []
+    for docs in found.values():
+        parts, newest = [], ""
+        for doc in docs:
+            end = doc.find('"', 10)
+            if not doc.startswith(_CUTOFF_FIRST) or doc[-1] != "}" or end <= 10 or "\\" in doc[10:end]:
+                return _parse_one_by_one(found)
+            after = doc[end + 1]
+            if after == ",":
+                parts.append(doc[end + 2 : -1])
+            elif after != "}":
+                return _parse_one_by_one(found)
+            cutoff = doc[10:end]
+            if cutoff > newest:
+                newest = cutoff
+        texts.append("{" + ",".join(parts) + "}")
+        cutoffs.append(newest)
+    parsed: list[dict[str, Any]] = _loads("[" + ",".join(texts) + "]")
+    rows = {}
+    for key, row, cutoff in zip(found, parsed, cutoffs, strict=True):
+        row[AS_OF] = cutoff
+        rows[key] = row
+    kept: dict[str, str] = {}
+    if view is not None and view.exact and view.set_keys is not None:
+        complete = len(view.set_keys)
+        kept = {k: t for (k, docs), t in zip(found.items(), texts, strict=True) if len(docs) == complete}
+    return StoredFeatures(rows, kept, view)
+
+
+def _parse_one_by_one(found: dict[str, list[str]]) -> StoredFeatures:
+    return StoredFeatures({k: merge_documents({str(i): _loads(d) for i, d in enumerate(v)}) for k, v in found.items()})
+
+
+def _loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)  # NaN and infinities, which orjson refuses
 
 
 class OnlineStore(ABC):
@@ -109,8 +250,8 @@ class OnlineStore(ABC):
     ) -> dict[str, list[str]]:
         """Raw JSON documents of many customers, each customer's in set-key order (the order `lookup` merges in).
 
-        For a reader that parses the documents itself (the scoring service); only the sets in
-        `set_keys` when given; customers in none of them are left out.
+        What `merged_many` parses; only the sets in `set_keys` when given; customers in none of
+        them are left out.
         """
         out: dict[str, list[str]] = {}
         for key, docs in self._documents_many(customer_keys).items():
@@ -118,6 +259,19 @@ class OnlineStore(ABC):
             if found:
                 out[key] = found
         return out
+
+    def merged(self, customer_key: str) -> dict[str, Any] | None:
+        """A customer's features merged over every set (`merge_documents`); None when the customer is in none."""
+        docs = self.lookup(customer_key)
+        return None if docs is None else merge_documents(docs)
+
+    def merged_many(self, customer_keys: Sequence[str], view: SetView | None = None) -> StoredFeatures:
+        """Many customers' features merged, reading only the view's sets: one round trip, one parse.
+
+        Customers in none of the sets are left out. Where the view is exact, the answer also
+        keeps each complete customer's inputs as JSON text (`StoredFeatures.texts`).
+        """
+        return parse_documents(self.raw_documents_many(customer_keys, None if view is None else view.set_keys), view)
 
     def state(self, set_keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
         """An opaque token of what is stored for these sets: it changes whenever one is replaced."""

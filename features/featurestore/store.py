@@ -20,7 +20,13 @@ from custintel.settings import Settings
 from features.featurestore.config import FeatureConfig, load_feature_config
 from features.featurestore.inputs import FeatureInputError, InputSummary, load_lake_inputs
 from features.featurestore.offline import write_partitions
-from features.featurestore.online import OnlineStore, RedisOnlineStore, SQLiteOnlineStore, online_documents
+from features.featurestore.online import (
+    OnlineStore,
+    RedisOnlineStore,
+    SQLiteOnlineStore,
+    online_documents,
+    set_layout,
+)
 from features.files import write_text_atomically
 
 
@@ -87,23 +93,6 @@ def materialize_online(
             return None
         layout = set_layout(table, grouped)
         return store.replace_set(set_key, online_documents(table, grouped=grouped), {**meta, **layout})
-
-
-def set_layout(table: pa.Table, grouped: bool) -> dict[str, Any]:
-    """What a set's online documents hold: their keys besides `as_of`, the numeric ones, whether grouped.
-
-    A grouped set's documents hold one key, `items` (a list of rows with `item_columns`).
-    """
-    fields = [f for f in table.schema if f.name not in ("customer_key", "as_of")]
-    if grouped:
-        return {"columns": ["items"], "numeric": [], "grouped": True, "item_columns": [f.name for f in fields]}
-    numeric = [
-        f.name
-        for f in fields
-        if pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type)
-        or pa.types.is_decimal(f.type)
-    ]  # fmt: skip
-    return {"columns": [f.name for f in fields], "numeric": numeric, "grouped": grouped}
 
 
 def write_build_report(settings: Settings, report: dict[str, Any]) -> Path:

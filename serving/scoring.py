@@ -1,0 +1,220 @@
+"""Scores and their reasons from a served model: LightGBM's contributions, in one pass where that is exact.
+
+A churn model is a preprocessing + LightGBM pipeline, possibly calibrated. Its contributions
+(`pred_contrib`) sum to LightGBM's raw score, from which the (calibrated) probability follows,
+so one LightGBM call gives both the score and the reasons. Each model's first call checks
+that shortcut against the model's own `predict_proba` and keeps it only if it is exact
+(`score_with_reasons`), and likewise the pandas-free route from JSON-like records to a float
+matrix (`score_records`, `score_matrix`). `ScoringThreads` gives a batch LightGBM's threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+from sklearn.pipeline import Pipeline
+
+
+def inner_pipeline(model: Any) -> Pipeline | None:
+    """The preprocessing + LightGBM pipeline inside a (possibly calibrated) classifier."""
+    if isinstance(model, Pipeline):
+        return model
+    calibrated = getattr(model, "calibrated_classifiers_", None)
+    if calibrated:
+        inner = calibrated[0].estimator
+        inner = getattr(inner, "estimator", inner)  # FrozenEstimator
+        return inner if isinstance(inner, Pipeline) else None
+    return None
+
+
+_ONE_PASS: dict[int, str] = {}  # id(model) -> how its probability follows from the summed contributions
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _from_raw(model: Any, pipeline: Pipeline, raw: np.ndarray, how: str) -> np.ndarray:
+    if model is pipeline:
+        return _sigmoid(raw)
+    calibrator = model.calibrated_classifiers_[0].calibrators[0]
+    values = raw if how == "raw" else _sigmoid(raw)
+    if type(calibrator).__name__ == "_SigmoidCalibration":  # its predict, without the input checks
+        return np.asarray(expit(-(calibrator.a_ * values + calibrator.b_)), dtype=float)
+    return np.asarray(calibrator.predict(values), dtype=float)
+
+
+def score_with_reasons(
+    model: Any, frame: pd.DataFrame, n_reasons: int
+) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+    """P(positive) per row and, per row, the features pushing it up most (LightGBM's pred_contrib).
+
+    One pass where it can: the contributions sum to LightGBM's raw score, from which the
+    (calibrated) probability follows; the first call checks that against `predict_proba`
+    and the model falls back to two passes if it ever differs.
+    """
+    pipeline = inner_pipeline(model)
+    if pipeline is None or not n_reasons:
+        return np.asarray(model.predict_proba(frame))[:, 1], [[] for _ in range(len(frame))]
+    prepared = pipeline[:-1].transform(frame)
+    contributions = np.asarray(pipeline[-1].predict(prepared, pred_contrib=True))
+    how = _ONE_PASS.get(id(model))
+    single = model is pipeline or len(getattr(model, "calibrated_classifiers_", [])) == 1
+    if how is None:
+        expected = np.asarray(model.predict_proba(frame))[:, 1]
+        how = "slow"
+        for candidate in ("raw", "proba") if single else ():
+            if np.allclose(_from_raw(model, pipeline, contributions.sum(axis=1), candidate), expected, atol=1e-9):
+                how = candidate
+                break
+        _ONE_PASS[id(model)] = how
+        scores = expected
+    elif how == "slow":
+        scores = np.asarray(model.predict_proba(frame))[:, 1]
+    else:
+        scores = _from_raw(model, pipeline, contributions.sum(axis=1), how)
+    return scores, _top_reasons(contributions[:, :-1], [str(c) for c in prepared.columns], n_reasons)
+
+
+# Batches from this many rows may compute contributions on every core (when no other batch is being scored,
+# `ScoringThreads`); smaller ones, and batches scored side by side, use one thread each.
+PARALLEL_ROWS = 256
+_FAST: dict[int, str] = {}  # id(model) -> "raw" | "proba" (the pandas-free route is exact) or "pandas"
+
+
+def _contributions(pipeline: Pipeline, matrix: np.ndarray, threads: int = 1) -> tuple[np.ndarray, list[str]]:
+    """LightGBM's contributions (the bias last) for `records_matrix` rows, and the features' names."""
+    prepare, booster = pipeline[0], pipeline[-1].booster_
+    contributions = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=threads))
+    return contributions, [*prepare.numeric, *prepare.categorical]
+
+
+def _top_reasons(features: np.ndarray, names: list[str], n: int) -> list[list[tuple[str, float]]]:
+    """Per row, the (feature, contribution) pairs of its `n` largest positive contributions, largest first.
+
+    Equal contributions keep column order (a stable sort's first `n`): `n` passes of argmax, which
+    takes the first of equal maxima, cost a tenth of sorting every row.
+    """
+    n = min(n, features.shape[1])
+    left = features.copy()
+    rows = np.arange(len(left))
+    top = np.empty((len(left), n), dtype=np.intp)
+    values = np.empty((len(left), n))
+    for k in range(n):
+        top[:, k] = best = left.argmax(axis=1)
+        values[:, k] = left[rows, best]
+        left[rows, best] = -np.inf
+    return [
+        [(names[j], c) for j, c in zip(columns, contributions, strict=True) if c > 0]
+        for columns, contributions in zip(top.tolist(), values.tolist(), strict=True)
+    ]
+
+
+def score_records(
+    model: Any,
+    records: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    n_reasons: int,
+    numbers_checked: bool = False,
+    threads: int = 1,
+) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+    """`score_with_reasons` for JSON-like records, without pandas where that is exact.
+
+    The records go straight into a float matrix (`FramePreparer.records_matrix`) and one
+    LightGBM call gives the contributions, whose sum gives the (calibrated) probability. The
+    first call for a model compares this route with the pandas pipeline on the same rows and
+    keeps it only if scores and reasons agree; otherwise the model is always scored through pandas.
+    `numbers_checked`: the caller knows every numeric input is a JSON number or null (the
+    online store's typed documents), so the values are not inspected one by one. `threads`:
+    LightGBM's threads for the contributions (0: every core).
+    """
+    pipeline = inner_pipeline(model)
+    route = _FAST.get(id(model))
+    single = pipeline is not None and (model is pipeline or len(getattr(model, "calibrated_classifiers_", [])) == 1)
+    fast_ok = (
+        single and pipeline is not None and hasattr(pipeline[0], "records_matrix") and hasattr(pipeline[-1], "booster_")
+    )
+    if route is None or route == "pandas" or not fast_ok:
+        scores, reasons = score_with_reasons(model, pd.DataFrame(list(records), columns=list(columns)), n_reasons)
+        if route is None:
+            _FAST[id(model)] = (
+                _check_fast_route(model, pipeline, records, scores, reasons, n_reasons) if fast_ok else "pandas"
+            )
+        return scores, reasons
+    assert pipeline is not None
+    return score_matrix(model, pipeline[0].records_matrix(records, numbers_checked=numbers_checked), n_reasons, threads)
+
+
+def score_matrix(
+    model: Any, matrix: np.ndarray, n_reasons: int, threads: int = 1
+) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
+    """`score_records` for rows already in `records_matrix`'s form (a model's snapshot), on its pandas-free route.
+
+    Only for a model whose route was checked exact (`fast_route`).
+    """
+    pipeline = inner_pipeline(model)
+    route = _FAST.get(id(model))
+    assert pipeline is not None and route in ("raw", "proba"), "score_matrix needs a model on the checked fast route"
+    contributions, names = _contributions(pipeline, matrix, threads)
+    scores = _from_raw(model, pipeline, contributions.sum(axis=1), route)
+    return scores, _top_reasons(contributions[:, :-1], names, n_reasons) if n_reasons else [[] for _ in matrix]
+
+
+def fast_route(model: Any) -> bool:
+    """Whether the model's pandas-free route was checked exact on its first call."""
+    return _FAST.get(id(model)) in ("raw", "proba")
+
+
+def _check_fast_route(
+    model: Any,
+    pipeline: Pipeline | None,
+    records: Sequence[dict[str, Any]],
+    scores: np.ndarray,
+    reasons: list[list[tuple[str, float]]],
+    n_reasons: int,
+) -> str:
+    assert pipeline is not None
+    try:
+        contributions, names = _contributions(pipeline, pipeline[0].records_matrix(records))
+    except (ValueError, TypeError, KeyError):
+        return "pandas"
+    for how in ("raw", "proba"):
+        if np.allclose(_from_raw(model, pipeline, contributions.sum(axis=1), how), scores, atol=1e-9):
+            fast = _top_reasons(contributions[:, :-1], names, n_reasons) if n_reasons else [[] for _ in records]
+            same = all([f for f, _ in a] == [f for f, _ in b] for a, b in zip(fast, reasons, strict=True))
+            return how if same else "pandas"
+    return "pandas"
+
+
+class ScoringThreads:
+    """LightGBM's threads for a batch: the worker's share of the cores when the batch is scored alone.
+
+    Thread-safe: it counts the batches being scored right now.
+    """
+
+    def __init__(self, share: int) -> None:
+        self.share = share  # this worker's share of the cores
+        self._scoring = 0  # batches being scored right now
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lease(self, rows: int) -> Iterator[int]:
+        """While scoring `rows` rows: LightGBM's threads for them.
+
+        The worker's share of the cores for a batch from PARALLEL_ROWS rows scored while no
+        other batch is; one thread otherwise.
+        """
+        with self._lock:
+            self._scoring += 1
+            alone = self._scoring == 1
+        try:
+            yield self.share if alone and rows >= PARALLEL_ROWS else 1
+        finally:
+            with self._lock:
+                self._scoring -= 1

@@ -274,12 +274,14 @@ def _fluent(tracking_uri: str, registry_uri: str) -> Iterator[None]:
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     with _FLUENT_LOCK:
-        saved = tracking_utils._tracking_uri, registry_utils._registry_uri
-        tracking_utils._tracking_uri, registry_utils._registry_uri = tracking_uri, registry_uri
+        saved: tuple[Any, Any] = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+        setattr(tracking_utils, "_tracking_uri", tracking_uri)  # noqa: B010 - typed None in MLflow's stubs
+        setattr(registry_utils, "_registry_uri", registry_uri)  # noqa: B010
         try:
             yield
         finally:
-            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+            setattr(tracking_utils, "_tracking_uri", saved[0])  # noqa: B010
+            setattr(registry_utils, "_registry_uri", saved[1])  # noqa: B010
 
 
 # --- the registry ---------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ What differs from the other families: probability calibration, a contact thresho
 from the retention team's weekly capacity, and the survival model. Everything is data
 in, `TrainedModel` out.
 
-Calibration comes, by default, from the newest fully labelled data: a hashed share of the
+Calibration comes, by default, from the newest fully labelled data: a hashed 30% of the
 test cutoff's customers (`calibrate_on: newest_cutoff`), the others being the test rows.
 Tuning and early stopping stay on the validation cutoff. After a shift in the base rate
 (churn rose), a model calibrated on the older validation cutoff would be miscalibrated

@@ -70,7 +70,7 @@ def test_the_shipped_config_is_valid_and_leak_free() -> None:
         ("trials: 20, timeout_seconds: 600", "trials: 0, timeout_seconds: 600", "trials: Input should be greater"),
         ("calibration: sigmoid", "calibration: platt", "churn.calibration"),
         ("calibrate_on: newest_cutoff", "calibrate_on: latest", "churn.calibrate_on: Input should be 'newest_cutoff'"),
-        ("calibration_share: 0.5", "calibration_share: 1.0", "churn.calibration_share: Input should be less than 1"),
+        ("calibration_share: 0.3", "calibration_share: 1.0", "churn.calibration_share: Input should be less than 1"),
         ("calibration_salt: custintel-calibration", "calibration_salt: ''", "churn.calibration_salt"),
         ("valid_as_of: 2025-03-01", "valid_as_of: 2025-05-01", "must not pass train_as_of"),
         ("iterations: {low: 5, high: 40, integer: true}", "epochs: {low: 5, high: 40}", "unknown ALS parameter"),
@@ -327,7 +327,7 @@ def test_a_model_is_calibrated_on_the_newest_cutoff_without_touching_its_test_ro
     assert trained.metrics["rows_test"] == len(test_keys) and trained.metrics["rows_calibration"] == len(
         calibration_keys
     )
-    assert trained.info["calibration"]["cutoffs"] == ["2024-10-01"] and trained.info["calibration"]["share"] == 0.5
+    assert trained.info["calibration"]["cutoffs"] == ["2024-10-01"] and trained.info["calibration"]["share"] == 0.3
     # Churn rose at the newest cutoff: calibrated there, the mean prediction on the test half matches it.
     assert trained.predictions is not None
     y, p = trained.predictions["y"].to_numpy(float), trained.predictions["score"].to_numpy(float)

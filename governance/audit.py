@@ -182,7 +182,7 @@ def _frame(
 
 # The count each rate is a share of: its binomial standard error is sqrt(p (1 - p) / n).
 _DENOMINATOR = {"selection_rate": "rows", "tpr": "positives", "fpr": "negatives", "precision": "selected",
-                "hit_rate": "rows", "fallback_share": "rows", "observed_rate": "rows"}  # fmt: skip
+                "hit_rate": "rows", "fallback_share": "rows"}  # fmt: skip
 
 
 def _standard_error(groups: pd.DataFrame, metric: str, group: str) -> float:

@@ -225,9 +225,11 @@ def check_calibration(evaluation: EvaluationSet, scored: Scored, rules: FamilyPo
         return Check("calibration", True, [f"{summary}; the policy sets no calibration limit"], True, numbers)
     z = float(NormalDist().inv_cdf(confidence))
     problems = []
-    if rule.observed_to_predicted is not None:
-        margin = z * c.se_ratio if np.isfinite(c.se_ratio) else 0.0
-        breach = rule.observed_to_predicted.breached(c.ratio, margin) if np.isfinite(c.ratio) else "not computable"
+    if rule.observed_to_predicted is not None and not np.isfinite(c.ratio):
+        problems.append(f"observed/predicted is not computable (the mean prediction is 0): {summary}")
+    elif rule.observed_to_predicted is not None:
+        margin = z * c.se_ratio
+        breach = rule.observed_to_predicted.breached(c.ratio, margin)
         if breach:
             problems.append(f"observed/predicted = {breach} beyond noise (+/-{margin:.3f}): {summary}")
     if rule.max_gap is not None and abs(c.gap) - z * c.se_gap > rule.max_gap:

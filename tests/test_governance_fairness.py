@@ -194,6 +194,8 @@ def test_calibration_is_reported_for_classifiers_only_and_on_the_card() -> None:
     gap_only = rules.model_copy(update={"calibration": CalibrationRule(max_gap=0.001)})
     failed = gate.check_calibration(evaluation, scored, gap_only, 0.5)
     assert not failed.passed and "|observed - predicted| = " in failed.details[0]
+    nothing = gate.check_calibration(evaluation, gate.Scored(np.zeros(len(frame))), rules, 0.95)
+    assert not nothing.passed and "not computable (the mean prediction is 0)" in nothing.details[0]
 
     audit, _ = _judge(evaluation, _churn_rules())
     verdict = gate.decide([check], "waiver", None)

@@ -3,6 +3,17 @@
 Pure functions over the scored test rows and the customers' sensitive attributes (joined
 for the audit only). Groups smaller than the policy's minimum are reported with their
 numbers but left out of the between-group summaries, which are what the gate judges.
+
+Calibration enters as a disparity between groups, `calibration_ratio`: each group's
+observed rate over its mean prediction (O/E), and the smallest O/E over the largest. A
+model that is off by the same factor for everyone (the base rate moved after training)
+has a ratio of 1 and is judged by the gate's separate, overall calibration check; a model
+that under-predicts one group relative to the others has a ratio below 1. The ratio is
+scale-free on purpose: churn and purchases are rare, and a group with a base rate of 0.03
+and one with 0.15 missed by the same 20% have gaps of 0.006 and 0.03, which an absolute
+difference would call a disparity and a ratio does not. Its noise is that of groups whose
+outcomes follow the model's predictions scaled by the overall O/E (no disparity), from
+their sizes and predicted rates (see `models.evaluation.calibration_in_the_large`).
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, 
 from sklearn.metrics import precision_score, roc_auc_score
 
 from governance.policy import SensitiveFeature
+from models import evaluation as ev
 
 UNKNOWN = "unknown"
 
@@ -55,6 +67,8 @@ class Audit:
     selection: str  # how a row counts as selected, in words
     min_group_size: int
     features: list[FeatureAudit]
+    # all rows: observed rate, mean prediction, their ratio (the factor groups are compared after)
+    overall: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for `audit.json` and the model card."""
@@ -63,6 +77,7 @@ class Audit:
             "rows": self.rows,
             "selection": self.selection,
             "min_group_size": self.min_group_size,
+            "overall": {k: _finite(v) for k, v in self.overall.items()},
             "features": [f.to_dict() for f in self.features],
         }
 
@@ -167,7 +182,7 @@ def _frame(
 
 # The count each rate is a share of: its binomial standard error is sqrt(p (1 - p) / n).
 _DENOMINATOR = {"selection_rate": "rows", "tpr": "positives", "fpr": "negatives", "precision": "selected",
-                "hit_rate": "rows", "fallback_share": "rows", "observed_rate": "rows"}  # fmt: skip
+                "hit_rate": "rows", "fallback_share": "rows"}  # fmt: skip
 
 
 def _standard_error(groups: pd.DataFrame, metric: str, group: str) -> float:
@@ -218,6 +233,37 @@ def _gated(table: pd.DataFrame, min_group_size: int) -> pd.Series:
     return (table["rows"] >= min_group_size) & known
 
 
+def _calibration_ratio(
+    table: pd.DataFrame, noise: Mapping[str, float]
+) -> tuple[float, tuple[str, float, str, float], float]:
+    """Smallest / largest O/E of the gated groups, the two groups, and the ratio's noise under no disparity.
+
+    Under that null each group's O/E is the overall factor c, so the ratio is 1 with the
+    standard error sqrt(rse_lo^2 + rse_hi^2), rse = a group's O/E standard error over c.
+    """
+    values = table.loc[table["gated"], "observed_to_predicted"].astype(float)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return float("nan"), ("", float("nan"), "", float("nan")), float("nan")
+    lo, hi = str(values.idxmin()), str(values.idxmax())
+    ratio = float(values[lo] / values[hi]) if values[hi] > 0 else float("nan")
+    return ratio, (lo, float(values[lo]), hi, float(values[hi])), float(np.hypot(noise[lo], noise[hi]))
+
+
+def _relative_noise(
+    y: np.ndarray, score: np.ndarray, weight: np.ndarray | None, groups: pd.Series, factor: float
+) -> dict[str, float]:
+    """Each group's O/E standard error relative to `factor` (the O/E every group has if none is singled out)."""
+    out = {}
+    labels = groups.to_numpy()
+    for group in pd.unique(labels):
+        member = labels == group
+        w = None if weight is None else weight[member]
+        calibration = ev.calibration_in_the_large(y[member], score[member], w, factor)
+        out[str(group)] = calibration.se_ratio / factor if factor > 0 else float("nan")
+    return out
+
+
 def audit_classifier(
     family: str,
     y: np.ndarray,
@@ -241,6 +287,10 @@ def audit_classifier(
     s = np.asarray(score, dtype=float)
     on_decisions = _ON_DECISIONS if outcome_known else {"selection_rate": selection_rate}
     on_scores = _ON_SCORES if outcome_known else {"mean_score": _mean_pred}
+    overall: dict[str, float] = {}
+    if outcome_known and len(y):
+        whole = ev.calibration_in_the_large(y, s, weight)
+        overall = {"observed_rate": whole.observed, "mean_score": whole.predicted, "observed_to_predicted": whole.ratio}
     features = []
     for name in audited.columns:
         groups_of = audited[name].astype(str).reset_index(drop=True)
@@ -271,16 +321,15 @@ def audit_classifier(
             audit.summary["equalized_odds_difference"] = audit.summary[f"{eo}_difference"]
             audit.noise["equalized_odds_difference"] = audit.noise[f"{eo}_difference"]
             audit.extremes["equalized_odds_difference"] = audit.extremes[f"{eo}_difference"]
-            gaps = table.loc[table["gated"], "calibration_gap"].astype(float).dropna()
-            if len(gaps):
-                worst = str(gaps.abs().idxmax())
-                audit.summary["calibration_gap"] = float(abs(gaps[worst]))
-                audit.noise["calibration_gap"] = _standard_error(table, "observed_rate", worst)
-                predicted = float(table["mean_score"].astype(float)[worst])
-                observed = float(table["observed_rate"].astype(float)[worst])
-                audit.extremes["calibration_gap"] = (worst, predicted, worst, observed)
+            predicted = table["mean_score"].astype(float)
+            table["observed_to_predicted"] = (table["observed_rate"].astype(float) / predicted).where(predicted > 0)
+            factor = overall.get("observed_to_predicted", float("nan"))
+            noise = _relative_noise(y, s, weight, groups_of, factor)
+            ratio, ends, se_ratio = _calibration_ratio(table, noise)
+            audit.summary["calibration_ratio"], audit.noise["calibration_ratio"] = ratio, se_ratio
+            audit.extremes["calibration_ratio"] = ends
         features.append(audit)
-    return Audit(family, len(y), selection, min_group_size, features)
+    return Audit(family, len(y), selection, min_group_size, features, overall)
 
 
 def audit_recommender(

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from governance.audit import Audit, FeatureAudit
-from governance.gate import Scored, Verdict, performance
+from governance.gate import Check, Scored, Verdict, performance
 from models.result import EvaluationSet
 
 Block = str | list[str] | pd.DataFrame | tuple[str, str]  # paragraph | bullets | table | (image file, caption)
@@ -179,12 +179,21 @@ def card_sections(ctx: CardContext) -> list[tuple[str, list[Block]]]:
         ("Training data", [[f"{k}: {v}" for k, v in training.items()]]),
         ("Metrics on the test rows", [metrics]),
     ]
+    calibration = next((c for c in verdict.checks if c.name == "calibration" and c.numbers), None)
+    if calibration is not None:
+        sections.append(("Calibration on the test rows", _calibration_block(calibration)))
     if ctx.threshold:
         sections.append(("Decision threshold", [[f"{k}: {v}" for k, v in ctx.threshold.items()]]))
     fairness: list[Block] = [
         f"Selection: {ctx.audit.selection}. Groups under {ctx.audit.min_group_size} rows, and 'unknown', are "
         "reported but not gated. Sensitive attributes are joined for this audit only."
     ]
+    if ctx.audit.overall:
+        fairness.append(
+            "Calibration between groups: each group's observed rate over its mean prediction (O/E) is compared "
+            f"with the other groups' (calibration_ratio: smallest / largest); over all rows O/E is "
+            f"{ctx.audit.overall.get('observed_to_predicted', float('nan')):.3f}, which the calibration check judges."
+        )
     for feature in ctx.audit.features:
         fairness.append(
             f"By {feature.feature}: " + ", ".join(f"{k} {v:.3f}" for k, v in feature.summary.items() if np.isfinite(v))
@@ -197,6 +206,20 @@ def card_sections(ctx: CardContext) -> list[tuple[str, list[Block]]]:
         ("Caveats", [ctx.caveats or ["none recorded"]]),
     ]
     return sections
+
+
+def _calibration_block(check: Check) -> list[Block]:
+    """The calibration check's numbers: what a reviewer needs to see whether probabilities mean what they say."""
+    n = check.numbers
+    ratio, se = n.get("observed_to_predicted", float("nan")), n.get("observed_to_predicted_se", float("nan"))
+    return [
+        [
+            f"Observed rate {n.get('observed_rate', float('nan')):.4f} against mean prediction "
+            f"{n.get('mean_prediction', float('nan')):.4f} over {n.get('rows', 0):,.0f} test rows",
+            f"Observed / predicted {ratio:.3f} (standard error {se:.3f} for a calibrated model on these rows)",
+            f"Check: {'passed' if check.passed else 'FAILED'}: {'; '.join(check.details)}",
+        ]
+    ]
 
 
 def render_markdown(ctx: CardContext) -> str:

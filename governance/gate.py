@@ -1,10 +1,12 @@
 """The promotion gate's checks and its verdict. Pure: models, rows and numbers in, a decision out.
 
-Four checks, each with the numbers behind it: fairness (the audit against the policy's
-limits), performance (the challenger against the champion on the challenger's own test
-rows), data quality of the training set, and signature compatibility with the champion.
-Fairness and performance failures may be waived by a named approver where the policy
-allows; data-quality and signature failures never are.
+Five checks, each with the numbers behind it: fairness (the audit's between-group
+disparities against the policy's limits), performance (the challenger against the
+champion on the challenger's own test rows), calibration (observed rate against mean
+prediction over all test rows, against the policy's band), data quality of the training
+set, and signature compatibility with the champion. Fairness, performance and
+calibration failures may be waived by a named approver where the policy allows;
+data-quality and signature failures never are.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from governance.audit import Audit
-from governance.policy import DataQualityRule, FamilyPolicy, PerformanceRule
+from governance.audit import Audit, FeatureAudit
+from governance.policy import CalibrationRule, DataQualityRule, FamilyPolicy, PerformanceRule
 from models import evaluation as ev
 from models.result import EvaluationSet
 
@@ -29,7 +31,7 @@ Result = Literal["promoted", "blocked", "waived"]
 class Check:
     """One check's outcome and why."""
 
-    name: str  # fairness | performance | data_quality | signature
+    name: str  # fairness | performance | calibration | data_quality | signature
     passed: bool
     details: list[str] = field(default_factory=list)
     waivable: bool = True
@@ -147,7 +149,7 @@ def check_fairness(audit: Audit, policy: FamilyPolicy, confidence: float) -> Che
                 passed = False
                 details.append(
                     f"{metric} by {feature.feature} = {breach} beyond noise (+/-{margin:.3f}) "
-                    f"({_groups(metric, feature.extremes)})"
+                    f"({_groups(metric, feature)})"
                 )
     judged = sum(1 for v in numbers.values() if np.isfinite(v))
     features = ", ".join(f.feature for f in audit.features)
@@ -164,10 +166,16 @@ def check_fairness(audit: Audit, policy: FamilyPolicy, confidence: float) -> Che
     return Check("fairness", passed, details, True, numbers)
 
 
-def _groups(metric: str, extremes: Mapping[str, tuple[str, float, str, float]]) -> str:
-    lo, lv, hi, hv = extremes.get(metric, ("", float("nan"), "", float("nan")))
-    if metric == "calibration_gap":
-        return f"group {lo}: predicted {lv:.3f}, observed {hv:.3f}"
+def _groups(metric: str, feature: FeatureAudit) -> str:
+    """The groups at either end of a metric; for calibration with their predicted and observed rates."""
+    lo, lv, hi, hv = feature.extremes.get(metric, ("", float("nan"), "", float("nan")))
+    if metric == "calibration_ratio":
+        predicted, observed = feature.groups["mean_score"].astype(float), feature.groups["observed_rate"].astype(float)
+
+        def rates(group: str, ratio: float) -> str:
+            return f"group {group}: predicted {predicted[group]:.3f}, observed {observed[group]:.3f}, O/E {ratio:.2f}"
+
+        return f"{rates(lo, lv)} vs {rates(hi, hv)}"
     return f"group {lo} {lv:.3f} vs group {hi} {hv:.3f}"
 
 
@@ -188,6 +196,48 @@ def check_performance(challenger: float, champion: float | None, rule: Performan
         True,
         numbers,
     )
+
+
+def check_calibration(evaluation: EvaluationSet, scored: Scored, rules: FamilyPolicy, confidence: float) -> Check:
+    """Observed rate against mean prediction on all the challenger's test rows, beyond sampling noise.
+
+    A model off by the same factor for everyone is a performance problem (its probabilities
+    mean less than they say), not a disparity: it fails here, waivably, and the fairness
+    audit compares the groups with that factor taken out. The noise is that of a calibrated
+    model on the same rows (see `models.evaluation.calibration_in_the_large`).
+    """
+    if evaluation.kind != "classifier" or evaluation.label is None:
+        return Check("calibration", True, [f"not judged: a {evaluation.kind} model's scores are not probabilities"])
+    frame = evaluation.frame
+    y = frame[evaluation.label].to_numpy(dtype=float)
+    weight = frame[evaluation.weight].to_numpy(dtype=float) if evaluation.weight else None
+    c = ev.calibration_in_the_large(y, scored.score, weight)
+    numbers = {
+        "rows": float(c.rows), "observed_rate": c.observed, "mean_prediction": c.predicted,
+        "observed_to_predicted": c.ratio, "observed_to_predicted_se": c.se_ratio, "gap": c.gap, "gap_se": c.se_gap,
+    }  # fmt: skip
+    summary = (
+        f"observed rate {c.observed:.4f}, mean prediction {c.predicted:.4f} over {c.rows:,} test rows "
+        f"(observed/predicted {c.ratio:.3f})"
+    )
+    rule: CalibrationRule | None = rules.calibration
+    if rule is None:
+        return Check("calibration", True, [f"{summary}; the policy sets no calibration limit"], True, numbers)
+    z = float(NormalDist().inv_cdf(confidence))
+    problems = []
+    if rule.observed_to_predicted is not None and not np.isfinite(c.ratio):
+        problems.append(f"observed/predicted is not computable (the mean prediction is 0): {summary}")
+    elif rule.observed_to_predicted is not None:
+        margin = z * c.se_ratio
+        breach = rule.observed_to_predicted.breached(c.ratio, margin)
+        if breach:
+            problems.append(f"observed/predicted = {breach} beyond noise (+/-{margin:.3f}): {summary}")
+    if rule.max_gap is not None and abs(c.gap) - z * c.se_gap > rule.max_gap:
+        problems.append(
+            f"|observed - predicted| = {abs(c.gap):.4f} > {rule.max_gap:g} beyond noise (+/-{z * c.se_gap:.4f}): "
+            f"{summary}"
+        )
+    return Check("calibration", not problems, problems or [f"{summary}: within the policy's limits"], True, numbers)
 
 
 def check_data_quality(profile: Mapping[str, Any], rule: DataQualityRule) -> Check:

@@ -29,11 +29,21 @@ CLASSIFIER_METRICS = {
     "fpr_difference",
     "precision_difference",
     "auc_difference",
-    "calibration_gap",  # largest |observed rate - mean score| of any group
+    # smallest / largest of the groups' observed-to-predicted ratios (O/E): 1 when every group is
+    # off by the same factor; overall calibration is the `calibration` check's (a performance check)
+    "calibration_ratio",
+}
+# Metrics a policy may no longer name, and what to write instead (said in the error).
+RETIRED_METRICS = {
+    "calibration_gap": "it was the largest |observed - predicted| of any one group, so a model miscalibrated "
+    "for everyone (a base-rate shift) read as unfair. Rename it to calibration_ratio (smallest / largest of the "
+    "groups' observed-to-predicted ratios, e.g. {min: 0.8}) and limit overall calibration with the family's "
+    "`calibration` rule (e.g. calibration: {observed_to_predicted: {min: 0.8, max: 1.25}})",
 }
 UPLIFT_METRICS = {"demographic_parity_difference", "demographic_parity_ratio"}  # per-row effects are unobserved
 RECOMMENDER_METRICS = {"hit_rate_ratio", "hit_rate_difference", "coverage_ratio", "fallback_share_difference"}
 PERFORMANCE_METRICS = {"auc", "pr_auc", "qini", "ndcg_at_k", "recall_at_k"}
+CALIBRATED_FAMILIES = ("churn", "propensity")  # their scores are probabilities of an outcome the test rows hold
 
 
 class PolicyError(ValueError):
@@ -101,6 +111,25 @@ class PerformanceRule(_Strict):
         return self
 
 
+class CalibrationRule(_Strict):
+    """Overall calibration on the test rows: observed rate against mean prediction, beyond sampling noise.
+
+    A performance check, not a fairness one: a model off by the same factor for everyone
+    (the base rate moved) fails here, waivably, while the fairness audit compares groups.
+    """
+
+    observed_to_predicted: Limit | None = Field(
+        default=None, description="Band for observed rate / mean prediction (O/E), e.g. {min: 0.8, max: 1.25}."
+    )
+    max_gap: float | None = Field(default=None, gt=0, description="Largest |observed rate - mean prediction|.")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> CalibrationRule:
+        if self.observed_to_predicted is None and self.max_gap is None:
+            raise ValueError("a calibration rule needs `observed_to_predicted`, `max_gap` or both")
+        return self
+
+
 class DataQualityRule(_Strict):
     """What the training set must satisfy."""
 
@@ -124,6 +153,10 @@ class FamilyPolicy(_Strict):
     top_share: float = Field(default=0.1, gt=0, lt=1)
     fairness: dict[str, Limit] = Field(min_length=1)
     performance: PerformanceRule
+    calibration: CalibrationRule | None = Field(
+        default=None,
+        description="Overall calibration limits (classifier families); without it calibration is reported only.",
+    )
     data_quality: DataQualityRule = Field(default_factory=DataQualityRule)
     on_failure: Literal["block", "waiver"] = Field(
         default="block",
@@ -166,7 +199,15 @@ class GovernancePolicy(_Strict):
             for group in family.intersections:
                 if len(group) < 2:
                     raise ValueError(f"families.{name}.intersections: {group} needs two or more features")
+            retired = sorted(set(family.fairness) & set(RETIRED_METRICS))
+            if retired:
+                raise ValueError(f"families.{name}.fairness.{retired[0]}: retired: {RETIRED_METRICS[retired[0]]}")
             known = {"recommendation": RECOMMENDER_METRICS, "uplift": UPLIFT_METRICS}.get(name, CLASSIFIER_METRICS)
+            if family.calibration is not None and name not in CALIBRATED_FAMILIES:
+                raise ValueError(
+                    f"families.{name}.calibration: only families scored as probabilities of an observed outcome "
+                    f"({', '.join(CALIBRATED_FAMILIES)}) have a calibration to limit"
+                )
             bad = sorted(set(family.fairness) - known)
             if bad:
                 raise ValueError(f"families.{name}.fairness: unknown metric(s) {bad}; known: {sorted(known)}")

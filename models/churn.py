@@ -1,8 +1,16 @@
 """Churn: a calibrated LightGBM classifier for churn within a horizon, and a Cox model for time to churn.
 
-What differs from the other families: probability calibration on the validation
-cutoffs, a contact threshold set from the retention team's weekly capacity, and the
-survival model. Everything is data in, `TrainedModel` out.
+What differs from the other families: probability calibration, a contact threshold set
+from the retention team's weekly capacity, and the survival model. Everything is data
+in, `TrainedModel` out.
+
+Calibration comes, by default, from the newest fully labelled data: a hashed 30% of the
+test cutoff's customers (`calibrate_on: newest_cutoff`), the others being the test rows.
+Tuning and early stopping stay on the validation cutoff. After a shift in the base rate
+(churn rose), a model calibrated on the older validation cutoff would be miscalibrated
+on test for everyone; calibrated at the newest cutoff, its probabilities are those of the
+present, and what the gate still finds between groups is a real disparity. Platt scaling
+is monotone, so the ranking (AUC, who is contacted) does not depend on where it is fitted.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from models import evaluation as ev
 from models import plots
 from models.config import ChurnConfig, LightGBMConfig, TuningConfig
 from models.result import EvaluationSet, LoggedModel, TrainedModel
-from models.splits import LabelledTable, latest_snapshot
+from models.splits import CALIBRATION, LabelledTable, SplitError, hold_out_for_calibration, latest_snapshot
 from models.tabular import FramePreparer, TabularSchema, infer_schema
 from models.tuning import FitClock, tune_lightgbm_classifier
 
@@ -139,6 +147,34 @@ def importance(pipeline: Pipeline) -> pd.DataFrame:
     return pd.DataFrame({"feature": names, "gain": gain}).sort_values("gain", ascending=False, ignore_index=True)
 
 
+def with_calibration_rows(data: LabelledTable, config: ChurnConfig) -> LabelledTable:
+    """The table with its calibration rows held out of the test stage, when the config calibrates there."""
+    if config.calibrate_on != "newest_cutoff":
+        return data
+    return hold_out_for_calibration(data, config.calibration_share, config.calibration_salt)
+
+
+def calibration_rows(data: LabelledTable, config: ChurnConfig) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """The labelled rows the calibrator is fitted on, their labels, and where they come from in words.
+
+    The table's calibration rows when it has them (`churn_table` holds them out of the test
+    cutoffs), else its validation rows: a user's own table keeps the split it was given.
+    """
+    held_out = bool((data.stage == CALIBRATION).any())
+    rows, y = labelled_rows(data, CALIBRATION if held_out else "valid")
+    where = (
+        f"{config.calibration_share:.0%} of the test cutoffs' customers (salted key hash; the rest are the test rows)"
+        if held_out
+        else "the validation rows"
+    )
+    if np.unique(y).size < 2:
+        raise SplitError(
+            f"churn.calibrate_on {config.calibrate_on}: the calibration rows ({where}) hold "
+            f"{'no labelled row' if y.size == 0 else 'one class only'}; calibrate_on: validation, or more customers"
+        )
+    return rows, y, where
+
+
 def train_churn(
     data: LabelledTable,
     config: ChurnConfig,
@@ -150,12 +186,16 @@ def train_churn(
     schema = infer_schema(data.frame, exclude=data.excluded)
     pipeline, params, study_summary = fit_tuned_pipeline(data, schema, config.lightgbm, config.tuning, study, clock)
 
-    valid, y_valid = labelled_rows(data, "valid")
+    fit_rows, y_fit, where = calibration_rows(data, config)
+    held_out = bool((data.stage == CALIBRATION).any())
     calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=config.calibration)
     with clock.fitting():
-        calibrated.fit(valid, y_valid)
+        calibrated.fit(fit_rows, y_fit)
 
-    # The threshold comes from the newest validation cutoff (one weekly scoring run), never from test.
+    # The threshold comes from the newest validation cutoff (one weekly scoring run) scored by the final,
+    # recalibrated model, never from test. Calibration is monotone: the capacity's customers there are the
+    # same wherever it was fitted; the value is on the scale the served scores have.
+    valid = labelled_rows(data, "valid")[0]
     threshold = ev.capacity_threshold(
         calibrated.predict_proba(latest_snapshot(valid, data.snapshot))[:, 1], weekly_capacity
     )
@@ -164,10 +204,12 @@ def train_churn(
     p_raw = pipeline.predict_proba(test)[:, 1]
     metrics = {f"test_{k}": v for k, v in ev.classification_metrics(y_test, p_test).items()}
     metrics["test_auc_uncalibrated"] = ev.classification_metrics(y_test, p_raw)["auc"]
+    in_the_large = ev.calibration_in_the_large(y_test, p_test)
+    metrics.update(test_mean_score=in_the_large.predicted, test_observed_to_predicted=in_the_large.ratio)
     metrics.update({f"test_{k}": v for k, v in ev.threshold_metrics(y_test, p_test, threshold).items()})
     metrics.update({"threshold": threshold, "weekly_capacity": float(weekly_capacity)})
     metrics.update(study_summary.as_metrics())
-    for stage in ("train", "valid", "test"):
+    for stage in ("train", "valid", "test", CALIBRATION):
         metrics[f"rows_{stage}"] = float(len(labelled_rows(data, stage)[0]))
 
     calibration = ev.calibration_table(y_test, p_test)
@@ -193,7 +235,7 @@ def train_churn(
     return TrainedModel(
         family="churn",
         models=models,
-        params={**params, "calibration": config.calibration, "label": data.label},
+        params={**params, "calibration": config.calibration, "calibrate_on": config.calibrate_on, "label": data.label},
         metrics=metrics,
         figures=figures,
         tables={"calibration": calibration, "gains": gains, "importance": imp},
@@ -202,8 +244,18 @@ def train_churn(
             "threshold": {
                 "value": threshold,
                 "weekly_capacity": weekly_capacity,
-                "rule": "contact customers scoring at or above the value: the capacity-th highest score of the "
-                "newest validation cutoff",
+                "rule": "contact customers scoring at or above the value: the capacity-th highest calibrated score "
+                "of the newest validation cutoff",
+            },
+            "calibration": {
+                "method": config.calibration,
+                "fitted_on": where,
+                "rows": int(len(fit_rows)),
+                "cutoffs": sorted({str(d) for d in pd.to_datetime(fit_rows[data.snapshot]).dt.date})
+                if data.snapshot
+                else [],
+                "share": config.calibration_share if held_out else None,
+                "salt": config.calibration_salt if held_out else None,
             },
             "study": study_summary.history,
         },
@@ -256,7 +308,7 @@ def churn_table(frame: pd.DataFrame, config: ChurnConfig, label_columns: list[st
             f"they have {sorted(c for c in label_columns if c.startswith('churn_'))}"
         )
     others = tuple(c for c in label_columns if c not in (config.label, "time_to_churn_days", "churn_observed"))
-    return LabelledTable(
+    table = LabelledTable(
         frame=frame,
         id_column="customer_key",
         label=config.label,
@@ -267,3 +319,4 @@ def churn_table(frame: pd.DataFrame, config: ChurnConfig, label_columns: list[st
         not_features=others,
         lineage=lineage,
     )
+    return with_calibration_rows(table, config)  # test rows everywhere (gate, oracle) are the test half

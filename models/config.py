@@ -128,6 +128,26 @@ class ChurnConfig(_Strict):
     horizon_days: int = Field(default=90, ge=1, description="Label churn_<horizon>d of the labels set.")
     split: TimeSplit
     calibration: Literal["isotonic", "sigmoid"] = "isotonic"
+    calibrate_on: Literal["newest_cutoff", "validation"] = Field(
+        default="newest_cutoff",
+        description="newest_cutoff: fit the calibrator on a hashed share of the test cutoffs' customers (the newest "
+        "fully labelled data; the others are the test rows), so a model trained before a shift in the base rate "
+        "is judged on probabilities of the present; validation: on the validation cutoffs. A user's own table "
+        "(`train churn --table`) keeps its own split and calibrates on its validation rows.",
+    )
+    calibration_share: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="Share of the test cutoffs' customers held out to calibrate on (Platt scaling has two "
+        "parameters: a few thousand rows fit it; the rest keep the test figures and the audit precise).",
+    )
+    calibration_salt: str = Field(
+        default="custintel-calibration",
+        min_length=1,
+        description="Salt of the customer-key hash that picks them: with the same salt and share, the same "
+        "customers in every training, so a champion was never calibrated on a challenger's test customers.",
+    )
     survival: bool = Field(default=True, description="Also fit a Cox model for time to churn.")
     survival_penalizer: float = Field(default=0.1, ge=0)
     lightgbm: LightGBMConfig = Field(default_factory=LightGBMConfig)

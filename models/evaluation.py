@@ -7,6 +7,7 @@ truth), so "fraction of the oracle" compares like with like.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -74,6 +75,50 @@ def calibration_table(y: np.ndarray, p: np.ndarray, bins: int = 10, weights: np.
             "rows": [int(g.size) for g in groups],
         }
     )
+
+
+@dataclass(frozen=True)
+class CalibrationInTheLarge:
+    """Observed rate against mean prediction over a set of rows, and the noise of that comparison.
+
+    `ratio` is observed / predicted (O/E: 1.3 means 30% more outcomes than predicted);
+    `gap` is observed - predicted. Their standard errors are those of a model whose
+    outcomes follow its predictions scaled by `factor` (1: a calibrated model): each row
+    a Bernoulli draw with probability min(factor * p, 1). That null uses the predictions,
+    known for every row, so it does not collapse when a small group happens to have no
+    outcomes, and for equal predictions it is the binomial standard error.
+    """
+
+    rows: int
+    observed: float
+    predicted: float
+    ratio: float
+    gap: float
+    se_gap: float
+    se_ratio: float
+
+
+def calibration_in_the_large(
+    y: np.ndarray, p: np.ndarray, weights: np.ndarray | None = None, factor: float = 1.0
+) -> CalibrationInTheLarge:
+    """Observed rate, mean prediction, their ratio and difference, with standard errors under `factor`.
+
+    With `weights` (rows standing for 1 / their sampling rate) every figure is the
+    population's, and the noise grows with the weights' spread (sum w^2 over (sum w)^2).
+    """
+    ya, pa = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if ya.shape != pa.shape:
+        raise EvaluationError(f"{ya.size} labels but {pa.size} scores")
+    if ya.size == 0:
+        raise EvaluationError("no rows to score")
+    wa = _weights(weights, ya.size)
+    total = float(wa.sum())
+    observed, predicted = float((wa * ya).sum() / total), float((wa * pa).sum() / total)
+    q = np.clip((factor if np.isfinite(factor) else 1.0) * pa, 0.0, 1.0)
+    se_gap = float(np.sqrt((wa**2 * q * (1 - q)).sum()) / total)
+    ratio = observed / predicted if predicted > 0 else float("nan")
+    se_ratio = se_gap / predicted if predicted > 0 else float("nan")
+    return CalibrationInTheLarge(int(ya.size), observed, predicted, ratio, observed - predicted, se_gap, se_ratio)
 
 
 def gain_table(y: np.ndarray, p: np.ndarray, bins: int = 10, weights: np.ndarray | None = None) -> pd.DataFrame:

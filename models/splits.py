@@ -2,12 +2,16 @@
 
 Rows of one customer and cutoff never straddle stages; across cutoffs, the config's
 horizon check (`TimeSplit.check_horizon`) guarantees no training label reaches into a
-later stage's cutoff.
+later stage's cutoff. A model calibrated on the newest labelled data takes a fourth
+stage, `calibration`: a share of the test stage's customers, picked by a salted hash of
+the customer key, so a customer is in the calibration rows or the test rows, never both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +21,7 @@ import pandas as pd
 from models.config import TimeSplit
 
 STAGES = ("train", "valid", "test")
+CALIBRATION = "calibration"  # held out of the test stage to fit the calibrator on (see hold_out_for_calibration)
 
 
 class SplitError(ValueError):
@@ -30,7 +35,7 @@ class LabelledTable:
     frame: pd.DataFrame
     id_column: str
     label: str
-    stage: pd.Series  # "train" | "valid" | "test" | "unused", aligned with frame
+    stage: pd.Series  # "train" | "valid" | "test" | "calibration" | "unused", aligned with frame
     snapshot: str | None = None  # the column holding each row's cutoff, if any
     duration: str | None = None  # time to the event (or to censoring), for the survival model
     event: str | None = None  # whether the event was observed
@@ -87,6 +92,34 @@ def stage_at_random(labels: pd.Series, seed: int, shares: tuple[float, float, fl
         stage[pos[n_valid : n_valid + n_test]] = "test"
     _check_filled(stage, [s for s, share in zip(STAGES, shares, strict=True) if share > 0])
     return stage
+
+
+def key_fractions(keys: pd.Series, salt: str) -> np.ndarray:
+    """A number in [0, 1) per key from a salted SHA-256: stable across runs, machines and row orders."""
+    values = keys.astype(str).to_numpy()
+    prefix = salt.encode() + b"\x00"
+    digests = [int.from_bytes(hashlib.sha256(prefix + v.encode()).digest()[:8], "big") for v in values]
+    return np.asarray(digests, dtype=np.float64) / 2.0**64
+
+
+def hold_out_for_calibration(table: LabelledTable, share: float, salt: str) -> LabelledTable:
+    """The table with a hashed `share` of the test stage's customers moved to the `calibration` stage.
+
+    Chosen per customer key, so a customer's test rows (at every test cutoff) are all
+    calibration rows or all test rows; the train and valid stages are untouched, so the
+    split's horizon checks still hold. A table that already has calibration rows is returned as is.
+    """
+    if not 0 < share < 1:
+        raise SplitError(f"calibration_share must be between 0 and 1, not {share}")
+    if (table.stage == CALIBRATION).any():
+        return table
+    test = (table.stage == "test").to_numpy()
+    picked = np.zeros(len(table.frame), dtype=bool)
+    picked[test] = key_fractions(table.frame.loc[test, table.id_column], salt) < share
+    stage = table.stage.copy()
+    stage[picked] = CALIBRATION
+    _check_filled(stage, ["test", CALIBRATION])
+    return dataclasses.replace(table, stage=stage)
 
 
 def latest_snapshot(frame: pd.DataFrame, snapshot: str | None) -> pd.DataFrame:

@@ -79,7 +79,7 @@ def test_pass_block_waiver_and_rollback_move_the_aliases_and_leave_a_record(gate
     assert any(a.path.endswith("card.html") for a in registry.client.list_artifacts(run_id, "cards/v1"))
 
     # An impossible fairness limit, judged on the raw value: version 2 is blocked and nothing moves.
-    strict = _with_policy(gated, _policy(tmp_path, "strict", fairness={"calibration_gap": {"max": 0.0}}))
+    strict = _with_policy(gated, _policy(tmp_path, "strict", fairness={"calibration_ratio": {"min": 1.0}}))
     assert strict.governance_policy is not None
     strict_yaml = yaml.safe_load(strict.governance_policy.read_text())
     strict_yaml["confidence"] = 0.5
@@ -87,9 +87,9 @@ def test_pass_block_waiver_and_rollback_move_the_aliases_and_leave_a_record(gate
     strict_policy = load_policy(strict.governance_policy)
     blocked = run_gate(strict, "churn", None, None, me, PLAIN_STEPS)
     assert blocked["result"] == "blocked" and blocked["version"] == "2"
-    assert any("calibration_gap by" in r for r in blocked["reasons"])
+    assert any("calibration_ratio by" in r for r in blocked["reasons"])
     assert _aliases(gated) == {"champion": "1", "challenger": "2"}
-    assert "calibration_gap by" in json.loads(_tags(gated, "2")["custintel.gate.reasons"])[0]
+    assert "calibration_ratio by" in json.loads(_tags(gated, "2")["custintel.gate.reasons"])[0]
     assert any(c["name"] == "performance" and "vs champion" in c["details"][0] for c in blocked["checks"])
 
     # A named approver waives it: champion moves to 2, the former champion is kept as previous.
@@ -143,7 +143,7 @@ def _promote_in_a_process(home: str, config: str, policy: str, version: str, sta
 
 def test_two_processes_promoting_the_same_model_queue_up(gated: Settings, tmp_path: Path) -> None:
     loose = _policy(
-        tmp_path, "loose", fairness={"calibration_gap": {"max": 1.0}}, performance={"metric": "auc", "tolerance": 1.0}
+        tmp_path, "loose", fairness={"calibration_ratio": {"min": 0.0}}, performance={"metric": "auc", "tolerance": 1.0}
     )
     before = len(store.read_decisions(gated))
     ctx = multiprocessing.get_context("spawn")
@@ -208,6 +208,6 @@ def test_the_bias_knob_makes_the_gate_block_naming_the_group_and_metric(biased: 
     out = CliRunner().invoke(app, ["--home", str(biased.home_dir), "promote", "churn", "--engine", "local"], env=env)
     assert out.exit_code == 2, out.output  # blocked
     text = " ".join(out.output.split())
-    assert "blocked" in text and "calibration_gap by gender" in text and "group F" in text
+    assert "blocked" in text and "calibration_ratio by gender" in text and "group F" in text
     assert _aliases(biased) == {"challenger": "1"}
     assert _tags(biased, "1")["custintel.gate.result"] == "blocked"

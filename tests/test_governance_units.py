@@ -34,7 +34,7 @@ sensitive_features:
 families:
   churn:
     sensitive_features: [gender]
-    fairness: {calibration_gap: {max: 0.05}}
+    fairness: {calibration_ratio: {min: 0.8}}
     performance: {metric: auc}
     intended_use: ranking customers by churn risk
 """
@@ -43,10 +43,11 @@ families:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (("calibration_gap: {max: 0.05}", "colour_gap: {max: 0.05}"), "unknown metric(s) ['colour_gap']"),
+        (("calibration_ratio: {min: 0.8}", "colour_gap: {max: 0.05}"), "unknown metric(s) ['colour_gap']"),
         (("sensitive_features: [gender]", "sensitive_features: [gender, religion]"), "unknown sensitive feature"),
-        (("{max: 0.05}", "{}"), "a limit needs `min`, `max` or both"),
-        (("{max: 0.05}", "{min: 0.5, max: 0.1}"), "min 0.5 is above max 0.1"),
+        (("{min: 0.8}", "{}"), "a limit needs `min`, `max` or both"),
+        (("{min: 0.8}", "{min: 0.5, max: 0.1}"), "min 0.5 is above max 0.1"),
+        (("calibration_ratio: {min: 0.8}", "calibration_gap: {max: 0.02}"), "Rename it to calibration_ratio"),
         (("metric: auc", "metric: accuracy"), "unknown performance metric 'accuracy'"),
         (("owner: someone", "owner: someone\nsurprise: 1"), "surprise"),
         (("column: gender}", "column: gender, age_bands: [50, 30]}"), "strictly increasing"),
@@ -62,7 +63,7 @@ def test_the_policy_digest_depends_on_the_rules_not_the_layout(tmp_path: Path) -
     a = load_policy(_policy_yaml(tmp_path, BASE))
     reordered = BASE.replace('version: "7"\nowner: someone', 'owner: someone\nversion: "7"  # same rules')
     b = load_policy(_policy_yaml(tmp_path, reordered))
-    c = load_policy(_policy_yaml(tmp_path, BASE.replace("max: 0.05", "max: 0.06")))
+    c = load_policy(_policy_yaml(tmp_path, BASE.replace("min: 0.8", "min: 0.85")))
     assert a.digest == b.digest != c.digest
     with pytest.raises(PolicyError, match="no rules for the 'uplift' family"):
         a.family("uplift")
@@ -87,6 +88,7 @@ def test_the_audit_matches_a_hand_computed_case() -> None:
     # B: y 1 0 0 0, selected 1 1 0 0, score .8 .7 .2 .1 -> AUC 1
     assert (b["selection_rate"], b["tpr"], b["fpr"], b["precision"], b["auc"]) == pytest.approx((0.5, 1, 1 / 3, 0.5, 1))
     assert (b["mean_score"], b["observed_rate"], b["calibration_gap"]) == pytest.approx((0.45, 0.25, -0.2))
+    assert (a["observed_to_predicted"], b["observed_to_predicted"]) == pytest.approx((1.0, 0.25 / 0.45))
     summary = audit.features[0].summary
     assert summary["demographic_parity_difference"] == pytest.approx(0)
     assert summary["demographic_parity_ratio"] == pytest.approx(1)
@@ -94,7 +96,9 @@ def test_the_audit_matches_a_hand_computed_case() -> None:
     assert summary["fpr_difference"] == pytest.approx(1 / 6)
     assert summary["equalized_odds_difference"] == pytest.approx(0.5)
     assert summary["auc_difference"] == pytest.approx(0.25)
-    assert summary["calibration_gap"] == pytest.approx(0.2)
+    assert summary["calibration_ratio"] == pytest.approx(0.25 / 0.45)  # B's O/E over A's
+    assert audit.features[0].extremes["calibration_ratio"][::2] == ("B", "A")
+    assert audit.overall["observed_to_predicted"] == pytest.approx(0.375 / 0.475)
     assert audit.features[0].extremes["tpr_difference"][0] == "A"
 
 
@@ -130,11 +134,12 @@ def test_sensitive_attributes_come_from_golden_records_and_features_with_age_at_
 
 
 def test_the_fairness_check_names_the_feature_metric_and_groups_and_allows_for_noise() -> None:
-    rules = load_policy(None).family("churn").model_copy(update={"fairness": {"calibration_gap": Limit(max=0.1)}})
+    rules = load_policy(None).family("churn").model_copy(update={"fairness": {"calibration_ratio": Limit(min=0.8)}})
     check = gate.check_fairness(_tiny_audit(), rules, confidence=0.5)  # 0.5: the raw value decides
     assert not check.passed
-    assert "calibration_gap by g = 0.200 > 0.1" in check.details[0] and "group B" in check.details[0]
-    # four rows a group: the observed rate's standard error (0.22) covers the gap at 95%
+    assert "calibration_ratio by g = 0.556 < 0.8" in check.details[0]
+    assert "group B: predicted 0.450, observed 0.250, O/E 0.56 vs group A: predicted 0.500" in check.details[0]
+    # four rows a group: the O/E's standard error (0.5 or more) covers the disparity at 95%
     assert gate.check_fairness(_tiny_audit(), rules, confidence=0.95).passed
     # every group too small to gate: nothing was audited, which fails (a reviewer may waive it)
     unaudited = gate.check_fairness(_tiny_audit(min_group_size=100), rules, confidence=0.95)
@@ -161,12 +166,12 @@ def test_performance_data_quality_and_signature_checks() -> None:
 
 def test_the_verdict_blocks_waives_or_promotes() -> None:
     ok = gate.Check("fairness", True)
-    unfair = gate.Check("fairness", False, ["calibration_gap by gender = 0.2 > 0.1"])
+    unfair = gate.Check("fairness", False, ["calibration_ratio by gender = 0.5 < 0.8"])
     broken = gate.Check("signature", False, ["needs input 'x'"], waivable=False)
     waiver = gate.Waiver("Dana Reviewer", "accepted for the pilot; re-audit after retraining")
     assert gate.decide([ok], "block", None).result == "promoted"
     blocked = gate.decide([ok, unfair], "waiver", None)
-    assert blocked.result == "blocked" and blocked.reasons == ["fairness: calibration_gap by gender = 0.2 > 0.1"]
+    assert blocked.result == "blocked" and blocked.reasons == ["fairness: calibration_ratio by gender = 0.5 < 0.8"]
     assert gate.decide([unfair], "waiver", waiver).result == "waived"
     assert "does not allow waivers" in gate.decide([unfair], "block", waiver).reasons[-1]
     assert "signature cannot be waived" in gate.decide([unfair, broken], "waiver", waiver).reasons[-1]
@@ -210,7 +215,7 @@ def test_a_recommender_is_scored_and_audited_per_group() -> None:
 
 def test_a_card_is_built_from_the_numbers_it_is_given() -> None:
     audit = _tiny_audit()
-    verdict = gate.decide([gate.Check("fairness", False, ["calibration_gap by g = 0.200 > 0.1"])], "block", None)
+    verdict = gate.decide([gate.Check("fairness", False, ["calibration_ratio by g = 0.556 < 0.8"])], "block", None)
     evaluation = EvaluationSet(pd.DataFrame({"y": [1, 1, 0, 0, 1, 0, 0, 0], "x": range(8)}), "classifier", ["x"], "y")
     scored = gate.Scored(np.array([0.9, 0.4, 0.6, 0.1, 0.8, 0.7, 0.2, 0.1]))
     metrics = cards.bootstrap_metrics(evaluation, scored, ["auc", "brier"], reps=50)
@@ -224,7 +229,7 @@ def test_a_card_is_built_from_the_numbers_it_is_given() -> None:
         audit=audit, verdict=verdict, champion_before="2", champion_after="2",
     )  # fmt: skip
     markdown, page = cards.render_markdown(ctx), cards.render_html(ctx)
-    for text in ("custintel-churn v3", "rank churn risk", "pricing", "blocked", "calibration_gap by g", "0.12"):
+    for text in ("custintel-churn v3", "rank churn risk", "pricing", "blocked", "calibration_ratio by g", "0.12"):
         assert text in markdown and text in page
     assert f"{value:.4f}" in markdown and "fairness_g.png" in page
     files = cards.card_files(ctx, cards.fairness_figures(audit), lambda: "{}")

@@ -43,9 +43,16 @@ def test_churn_trains_calibrates_sets_a_threshold_and_fits_the_survival_model(fe
     m = result.metrics
     assert 0.5 < m["test_auc"] <= 1 and m["test_concordance"] > 0.5
     assert m["tuning_trials"] == 2 and 0 < clock.seconds == result.fit_seconds
-    # Calibrated: the mean predicted probability is near the observed churn rate.
+    # Calibrated on half the test cutoff's customers (the newest labelled data), tested on the other half:
+    # the mean predicted probability is near the observed churn rate, and no customer is in both halves.
     assert result.predictions is not None
     assert result.predictions["score"].mean() == pytest.approx(m["test_base_rate"], abs=0.03)
+    calibrated_on = set(data.rows("calibration")["customer_key"])
+    assert result.evaluation_set is not None
+    tested_on = set(result.evaluation_set.frame["customer_key"])
+    assert calibrated_on and tested_on and not calibrated_on & tested_on
+    assert result.info["calibration"]["cutoffs"] == [str(d) for d in config.churn.split.test_as_of]
+    assert m["rows_test"] == len(result.evaluation_set.frame) == len(result.predictions)
     assert result.info["threshold"]["weekly_capacity"] == 40 and m["threshold"] > 0
     assert {"roc", "precision_recall", "calibration", "gains", "importance"} <= set(result.figures)
     names = [lm.name for lm in result.models]

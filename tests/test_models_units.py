@@ -13,9 +13,26 @@ from hypothesis import strategies as st
 
 from models import evaluation as ev
 from models import oracle
-from models.config import TimeSplit, TrainingConfigError, load_training_config
-from models.splits import SplitError, stage_at_random, stage_by_cutoff, stage_by_time
+from models.churn import churn_table, train_churn
+from models.config import (
+    ChurnConfig,
+    LightGBMConfig,
+    TimeSplit,
+    TrainingConfigError,
+    TuningConfig,
+    load_training_config,
+)
+from models.splits import (
+    CALIBRATION,
+    LabelledTable,
+    SplitError,
+    hold_out_for_calibration,
+    stage_at_random,
+    stage_by_cutoff,
+    stage_by_time,
+)
 from models.tabular import FramePreparer, TabularSchemaError, infer_schema
+from models.tuning import FitClock, create_study
 
 D = dt.date
 
@@ -52,6 +69,9 @@ def test_the_shipped_config_is_valid_and_leak_free() -> None:
         ("reg_lambda: {low: 0.001, high: 30, log: true}", "reg_lambda: {low: 0, high: 30, log: true}", "needs low > 0"),
         ("trials: 20, timeout_seconds: 600", "trials: 0, timeout_seconds: 600", "trials: Input should be greater"),
         ("calibration: sigmoid", "calibration: platt", "churn.calibration"),
+        ("calibrate_on: newest_cutoff", "calibrate_on: latest", "churn.calibrate_on: Input should be 'newest_cutoff'"),
+        ("calibration_share: 0.3", "calibration_share: 1.0", "churn.calibration_share: Input should be less than 1"),
+        ("calibration_salt: custintel-calibration", "calibration_salt: ''", "churn.calibration_salt"),
         ("valid_as_of: 2025-03-01", "valid_as_of: 2025-05-01", "must not pass train_as_of"),
         ("iterations: {low: 5, high: 40, integer: true}", "epochs: {low: 5, high: 40}", "unknown ALS parameter"),
     ],
@@ -228,3 +248,99 @@ def test_the_uplift_oracle_reports_the_ceiling_between_model_and_oracle() -> Non
     assert scores["oracle_qini"] > scores["ceiling_qini"] > scores["model_qini"]
     assert scores["qini_fraction_of_ceiling"] == pytest.approx(scores["model_qini"] / scores["ceiling_qini"])
     assert "ceiling_qini" not in oracle.uplift_oracle(predictions, persons, effect)
+
+
+def test_calibration_rows_are_a_hashed_share_of_the_test_customers_never_in_both() -> None:
+    keys = [f"CK{i:05d}" for i in range(2000)]
+    frame = pd.DataFrame({"customer_key": keys * 3, "as_of": ["2024-01-01"] * 2000 + ["2024-06-01"] * 4000})
+    stage = pd.Series(["train"] * 2000 + ["valid"] * 2000 + ["test"] * 2000)
+    frame.loc[4000:, "as_of"] = "2024-10-01"
+    table = LabelledTable(frame, "customer_key", "y", stage, "as_of")
+    held = hold_out_for_calibration(table, 0.3, "salt")
+    assert held.stage[:4000].equals(stage[:4000])  # train and valid untouched: the horizon checks still hold
+    calibrate, test = set(held.rows(CALIBRATION)["customer_key"]), set(held.rows("test")["customer_key"])
+    assert not calibrate & test and len(calibrate | test) == 2000
+    assert 0.27 < len(calibrate) / 2000 < 0.33
+    # By key, not by position: the same customers whatever the row order, and again in the next training.
+    shuffled = LabelledTable(frame.iloc[::-1].reset_index(drop=True), "customer_key", "y",
+                             stage.iloc[::-1].reset_index(drop=True), "as_of")  # fmt: skip
+    assert set(hold_out_for_calibration(shuffled, 0.3, "salt").rows(CALIBRATION)["customer_key"]) == calibrate
+    assert set(hold_out_for_calibration(table, 0.3, "pepper").rows(CALIBRATION)["customer_key"]) != calibrate
+    assert hold_out_for_calibration(held, 0.5, "other") is held  # already held out: kept as it is
+    one = LabelledTable(frame.iloc[4000:4001], "customer_key", "y", stage.iloc[4000:4001], "as_of")
+    with pytest.raises(SplitError, match="no rows for"):
+        hold_out_for_calibration(one, 0.5, "salt")
+
+
+def _drifting_churn(customers: int, seed: int) -> pd.DataFrame:
+    """Monthly snapshots whose churn rate rises at the test cutoff (a base-rate shift, as after a drift)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for as_of, shift in (("2024-01-01", 0.0), ("2024-02-01", 0.0), ("2024-06-01", 0.0), ("2024-10-01", 0.8)):
+        x1, x2 = rng.normal(size=customers), rng.normal(size=customers)
+        risk = 1 / (1 + np.exp(-(-3.0 + 0.9 * x1 + 0.5 * x2 + shift)))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "customer_key": [f"CK{i:05d}" for i in range(customers)],
+                    "as_of": pd.Timestamp(as_of),
+                    "x1": x1,
+                    "x2": x2,
+                    "plan": rng.choice(["basic", "plus"], customers),
+                    "churn_90d": rng.random(customers) < risk,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _small_churn_config(calibrate_on: str) -> ChurnConfig:
+    return ChurnConfig.model_validate(
+        {
+            "feature_sets": ["any@1"],
+            "split": {"train_as_of": [D(2024, 1, 1), D(2024, 2, 1)], "valid_as_of": [D(2024, 6, 1)],
+                      "test_as_of": [D(2024, 10, 1)]},
+            "calibration": "sigmoid",
+            "calibrate_on": calibrate_on,
+            "survival": False,
+            "lightgbm": LightGBMConfig(max_trees=60, early_stopping_rounds=10, threads=1,
+                                       search={"num_leaves": {"low": 4, "high": 8, "integer": True}}),
+            "tuning": TuningConfig(trials=1, timeout_seconds=60),
+        }
+    )  # fmt: skip
+
+
+def test_a_model_is_calibrated_on_the_newest_cutoff_without_touching_its_test_rows() -> None:
+    frame = _drifting_churn(4000, seed=2)
+    results = {}
+    for calibrate_on in ("newest_cutoff", "validation"):
+        config = _small_churn_config(calibrate_on)
+        data = churn_table(frame, config, ["churn_90d"])
+        study = create_study(f"c-{calibrate_on}", config.tuning, None)
+        results[calibrate_on] = (data, train_churn(data, config, 100, study, FitClock()))
+
+    data, trained = results["newest_cutoff"]
+    test_keys = set(trained.evaluation_set.frame["customer_key"]) if trained.evaluation_set is not None else set()
+    calibration_keys = set(data.rows(CALIBRATION)["customer_key"])
+    # The logged test rows (the gate re-scores them) are the test half only: no customer is in both.
+    assert test_keys and calibration_keys and not test_keys & calibration_keys
+    assert trained.metrics["rows_test"] == len(test_keys) and trained.metrics["rows_calibration"] == len(
+        calibration_keys
+    )
+    assert trained.info["calibration"]["cutoffs"] == ["2024-10-01"] and trained.info["calibration"]["share"] == 0.3
+    # Churn rose at the newest cutoff: calibrated there, the mean prediction on the test half matches it.
+    assert trained.predictions is not None
+    y, p = trained.predictions["y"].to_numpy(float), trained.predictions["score"].to_numpy(float)
+    fit = ev.calibration_in_the_large(y, p)
+    assert y.mean() > 1.5 * data.rows("valid")["churn_90d"].mean()
+    assert abs(fit.observed - fit.predicted) < 3 * fit.se_gap, fit
+    # Calibrated on the validation cutoff (the old recipe), the same model predicts the old, lower rate.
+    _, old = results["validation"]
+    assert old.predictions is not None
+    stale = ev.calibration_in_the_large(old.predictions["y"].to_numpy(float), old.predictions["score"].to_numpy(float))
+    assert stale.observed - stale.predicted > 3 * stale.se_gap and stale.ratio > 1.4
+    assert old.metrics["rows_calibration"] == 0 and old.info["calibration"]["fitted_on"] == "the validation rows"
+    # The contact threshold still takes the capacity's customers at the newest validation cutoff.
+    valid = data.rows("valid")
+    assert (trained.primary.model.predict_proba(valid)[:, 1] >= trained.metrics["threshold"]).sum() == 100
+    assert trained.metrics["test_auc"] == pytest.approx(old.metrics["test_auc"], abs=0.03)  # same ranking, other rows

@@ -143,6 +143,7 @@ def judge(candidate: Candidate, policy: GovernancePolicy, waiver: gate.Waiver | 
     disallowed = [spec.column for spec in policy.sensitive_features.values() if not spec.model_input_allowed]
     checks = [
         gate.check_fairness(audit, rules, policy.confidence),
+        gate.check_calibration(ev_set, scored, rules, policy.confidence),
         gate.check_performance(challenger_score, champion_score, rules.performance),
         gate.check_data_quality(candidate.data_quality, rules.data_quality),
         gate.check_signature(candidate.inputs, candidate.champion_inputs, disallowed),

@@ -456,7 +456,7 @@ class Spec:
     module: str  # children run `python -m <module> _worker STEP PARAMS`
     workers: Mapping[str, Worker]
     packages: tuple[str, ...]  # their versions go to the results file
-    measured: tuple[str, ...] = ("features", "custintel/settings.py")  # code digested (paths under the repo)
+    measured: tuple[str, ...] = ("features", "custintel")  # code digested (paths under the repo)
     width: int = 200  # console width when the output is not a terminal
     entries: Mapping[str, Callable[[list[str]], int]] = field(default_factory=dict)  # other child entry points
 

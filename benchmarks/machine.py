@@ -13,7 +13,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def code_digest(measured: Iterable[str] = ("features", "custintel/settings.py")) -> str:
+def code_digest(measured: Iterable[str] = ("features", "custintel")) -> str:
     """SHA-256 over the measured code and contracts, to tell whether it changed during the run.
 
     `measured` are paths under the repository: a folder counts with every .py and .yaml file below it.

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features.yaml_config import load_yaml_model
+from custintel.yaml_config import load_yaml_model
 
 FAMILIES = ("churn", "propensity", "uplift", "recommendation")
 Family = Literal["churn", "propensity", "uplift", "recommendation"]

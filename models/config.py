@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features.yaml_config import load_yaml_model
+from custintel.yaml_config import load_yaml_model
 
 Family = Literal["churn", "propensity", "recommendation"]
 FAMILIES: tuple[Family, ...] = ("churn", "propensity", "recommendation")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from features.yaml_config import load_yaml_model
+from custintel.yaml_config import load_yaml_model
 
 Purpose = Literal["profiling", "marketing", "analytics"]
 

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features.yaml_config import load_yaml_model
+from custintel.yaml_config import load_yaml_model
 
 SourceKind = Literal["accounts", "profiles", "products", "transactions", "tickets", "surveys", "web", "offers"]
 

@@ -21,7 +21,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.files import replace_atomically, write_text_atomically
+from custintel.atomic_files import replace_atomically, write_text_atomically
 
 
 class OfflineStoreError(RuntimeError):

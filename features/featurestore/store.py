@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from custintel.atomic_files import write_text_atomically
 from custintel.settings import Settings
 from features.featurestore.config import FeatureConfig, load_feature_config
 from features.featurestore.inputs import FeatureInputError, InputSummary, load_lake_inputs
@@ -27,7 +28,6 @@ from features.featurestore.online import (
     online_documents,
     set_layout,
 )
-from features.files import write_text_atomically
 
 
 def feature_config(settings: Settings) -> FeatureConfig:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from features.yaml_config import load_yaml_model
+from custintel.yaml_config import load_yaml_model
 
 # Identity fields a source may provide (full_name is split into first and last name).
 IDENTITY_FIELDS = (

@@ -24,8 +24,8 @@ from typing import Any
 
 import pandas as pd
 
+from custintel.atomic_files import replace_atomically, write_text_atomically
 from custintel.settings import Settings
-from features.files import replace_atomically, write_text_atomically
 from features.identity.config import IdentityConfig, load_identity_config
 from features.identity.privacy import check_fields
 from features.identity.records import assemble_identity_records

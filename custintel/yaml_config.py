@@ -1,6 +1,6 @@
 """Reading a YAML configuration into a validated pydantic model, with errors that name the field.
 
-Shared by the identity and the feature configurations: the shipped default lives in a
+Shared by every configuration (identity, features, training, policies): the shipped default lives in a
 package, a user's copy anywhere; either way a problem names the file, the field and why.
 """
 

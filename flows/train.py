@@ -41,6 +41,7 @@ from models.registry import Registry, RunRecord
 from models.result import TrainedModel
 from models.splits import LabelledTable, stage_at_random, stage_by_time
 from models.tuning import FitClock, create_study
+from monitoring.baseline import reference_sample
 from monitoring.policy import load_policy as load_monitoring_policy
 
 LABELS = "labels@1"
@@ -380,6 +381,25 @@ def fit_unit(unit: Unit, data: Loaded, settings: Settings, study_prefix: str) ->
     return train_recommendation(data[0], data[1], unit.config, unit.tuning, study, clock)
 
 
+def monitoring_reference(settings: Settings, data: Loaded, trained: TrainedModel) -> pd.DataFrame | None:
+    """What monitoring will compare this model's served traffic with (see `monitoring.baseline`).
+
+    Its inputs at the newest cutoff it learned from, plus a sample of the earlier cutoffs (their
+    movement sets each input's allowance). Only the labelled tables of sklearn models have one (the
+    recommender's inputs are interactions).
+    """
+    primary = trained.primary
+    if not isinstance(data, LabelledTable) or primary.flavor != "sklearn":
+        return None
+    frame = data.frame[data.stage.to_numpy() != "unused"]
+    frame = frame.rename(
+        columns={data.id_column: "customer_key", **({data.snapshot: "as_of"} if data.snapshot else {})}
+    )
+    columns = [c for c in primary.input_example.columns if c in frame.columns and c != "product_id"]
+    policy = load_monitoring_policy(settings.monitoring_policy)
+    return reference_sample(frame, columns, policy.reference_rows, policy.history_rows, seed=0)
+
+
 def register_unit(
     settings: Settings, config: TrainingConfig, unit: Unit, trained: TrainedModel, lineage: dict[str, Any]
 ) -> RunRecord:
@@ -389,10 +409,7 @@ def register_unit(
     registry = Registry(settings)
     experiment_id = registry.ensure_experiment(config.experiment)
     tags = {"custintel.unit": unit.name, "custintel.feature_sets": ",".join(unit.feature_sets)}
-    reference_rows = load_monitoring_policy(settings.monitoring_policy).reference_rows
-    return registry.log_training_run(
-        trained, experiment_id, tags, lineage, lineage.get("source", ""), reference_rows, actor=actor()
-    )
+    return registry.log_training_run(trained, experiment_id, tags, lineage, lineage.get("source", ""), actor=actor())
 
 
 def verify_unit(settings: Settings, trained: TrainedModel, record: RunRecord) -> float:
@@ -529,6 +546,7 @@ def run_training(
         log(f"{unit.name}: tuning and fitting")
         t = time.perf_counter()
         trained = steps.fit(unit, data, settings, prefix)
+        trained.reference = monitoring_reference(settings, data, trained)
         seconds["fit_total"] = time.perf_counter() - t
         seconds["fit_models"] = trained.fit_seconds
         t = time.perf_counter()

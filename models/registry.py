@@ -192,23 +192,6 @@ def predict_in_memory(logged: LoggedModel, frame: pd.DataFrame) -> Any:
     return logged.model.predict(None, frame)
 
 
-def monitoring_reference(trained: TrainedModel, rows: int, seed: int = 0) -> pd.DataFrame | None:
-    """A seeded sample of the training rows, model inputs only: what monitoring compares served traffic with.
-
-    Rows that repeat a customer at a cutoff (the propensity model's one row per product) are
-    kept once, since monitoring compares one row per answered customer.
-    """
-    frame, primary = trained.training_frame, trained.primary
-    if frame is None or primary.flavor != "sklearn":
-        return None
-    columns = [c for c in primary.input_example.columns if c in frame.columns and c != "product_id"]
-    keys = [c for c in ("customer_key", "as_of") if c in frame.columns]
-    sample = frame.drop_duplicates(subset=keys) if keys and "product_id" in frame.columns else frame
-    if len(sample) > rows:
-        sample = sample.sample(n=rows, random_state=seed)
-    return sample[keys + columns].reset_index(drop=True)
-
-
 def training_dataset(trained: TrainedModel, source: str) -> Any:
     """The run's training data as an MLflow dataset: its schema from a sample, its digest from every row.
 
@@ -375,10 +358,13 @@ class Registry:
         tags: dict[str, str],
         lineage: dict[str, Any],
         dataset_source: str,
-        reference_rows: int = 100_000,
         actor: str | None = None,
     ) -> RunRecord:
-        """Log one trained family as a run; register its models and point `challenger` at the new versions."""
+        """Log one trained family as a run; register its models and point `challenger` at the new versions.
+
+        `trained.reference`, when set, is logged at `monitoring/reference.parquet`: the rows monitoring
+        compares served traffic with.
+        """
         with self._fluent(), mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{trained.family}") as run:
             mlflow.set_tags({"custintel.family": trained.family, "mlflow.source.git.commit": git_commit(), **tags})
             mlflow.log_params(_flat_params(trained.params))
@@ -391,11 +377,10 @@ class Registry:
                 self._log_evaluation_set(run.info.run_id, trained.evaluation_set)
             if trained.training_frame is not None:
                 mlflow.log_input(training_dataset(trained, dataset_source), context="training")
-                reference = monitoring_reference(trained, reference_rows)
-                if reference is not None:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        reference.to_parquet(Path(tmp) / "reference.parquet", index=False)
-                        mlflow.log_artifact(str(Path(tmp) / "reference.parquet"), "monitoring")
+            if trained.reference is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    trained.reference.to_parquet(Path(tmp) / "reference.parquet", index=False)
+                    mlflow.log_artifact(str(Path(tmp) / "reference.parquet"), "monitoring")
             for name, fig in trained.figures.items():
                 mlflow.log_figure(fig, f"plots/{name}.png")
             for name, table in trained.tables.items():

@@ -74,6 +74,7 @@ class TrainedModel:
     evaluation: Any = None  # anything else the oracle comparison needs (e.g. the recommender's test data)
     evaluation_set: EvaluationSet | None = None  # logged for the promotion gate
     data_quality: dict[str, Any] = field(default_factory=dict)  # the training set's profile, for the gate
+    reference: pd.DataFrame | None = None  # model inputs monitoring compares served traffic with (its run artifact)
     fit_seconds: float = 0.0
 
     @property

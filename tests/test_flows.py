@@ -10,7 +10,7 @@ from features.synthetic import WorldConfig, generate_world
 from flows.cli import app
 from flows.ingest import ingest_sources
 from flows.resolve import resolve_identities
-from tests.conftest import flow_runs_and_artifacts
+from tests.conftest import flow_runs_and_artifacts, run_home
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,9 @@ def flow_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_ingest_flow_runs_to_completion_and_publishes_counts(
     prefect_api: None, flow_world: Path, tmp_path: Path
 ) -> None:
-    report = ingest_sources(str(flow_world), str(tmp_path / "home"))
+    from custintel.settings import Settings
+
+    report = ingest_sources(str(flow_world), Settings(home=tmp_path / "home").to_flow())
     assert report.reconciles
     assert report.tables["crm_accounts"].accepted > 1000
     runs, artifacts = flow_runs_and_artifacts()
@@ -36,10 +38,11 @@ def test_ingest_flow_runs_to_completion_and_publishes_counts(
 
 
 def test_ingest_flow_fails_with_the_contract_message(prefect_api: None, flow_world: Path, tmp_path: Path) -> None:
+    from custintel.settings import Settings
     from features.lake import IngestError
 
     with pytest.raises(IngestError, match="no file matching"):
-        ingest_sources(str(tmp_path), str(tmp_path / "home"))
+        ingest_sources(str(tmp_path), Settings(home=tmp_path / "home").to_flow())
 
 
 def test_resolve_flow_runs_and_a_second_run_keeps_every_key(
@@ -51,14 +54,14 @@ def test_resolve_flow_runs_and_a_second_run_keeps_every_key(
     monkeypatch.setenv("CUSTINTEL_IDENTITY_U_MAX_PAIRS", "1e6")
     home = tmp_path / "home"
     ingest_drop(flow_world, Settings(home=home))
-    first = resolve_identities(str(home))
+    first = resolve_identities(Settings(home=home).to_flow())
     assert first["stats"]["customers"] > 1000
     assert first["stats"]["links_by_rule"]["probabilistic"] > 0
-    second = resolve_identities(str(home), reuse_model=True)
+    second = resolve_identities(Settings(home=home).to_flow(), reuse_model=True)
     assert second["stats"]["key_events"] == {}
     assert second["stats"]["customers"] == first["stats"]["customers"]
     runs, artifacts = flow_runs_and_artifacts()
-    ours = [r for r in runs if r.parameters.get("home") == str(home)]
+    ours = [r for r in runs if run_home(r) == str(home)]
     assert len(ours) == 2 and all(r.state is not None and r.state.is_completed() for r in ours)
     assert {"identity-records", "identity-report"} <= {a.key for a in artifacts}
 

@@ -19,6 +19,7 @@ import duckdb
 import pandas as pd
 
 from custintel.settings import Settings
+from custintel.sql import text as sql_text
 from features.featurestore.config import CANONICAL_COLUMNS, FeatureConfig, SourceTable
 from features.lake import lake_table_sql
 
@@ -168,7 +169,7 @@ def load_lake_inputs(
         "CREATE OR REPLACE TABLE crosswalk AS SELECT "
         "substr(record_key, 1, strpos(record_key, ':') - 1) AS record_table, "
         "substr(record_key, strpos(record_key, ':') + 1) AS record_id, customer_key "
-        f"FROM read_parquet('{crosswalk_path}')"
+        f"FROM read_parquet({sql_text(crosswalk_path)})"
     )
     # filled once the customers are numbered; the event views are defined against it before that
     con.execute("CREATE OR REPLACE TABLE crosswalk_cid (record_table VARCHAR, record_id VARCHAR, cid INTEGER)")
@@ -210,7 +211,7 @@ def load_lake_inputs(
     if golden_path is not None:
         kinds.append("golden")
         typed = _typed("golden", {c: f't."{c}"' for c in CANONICAL_COLUMNS["golden"]})
-        golden = f"read_parquet('{golden_path}')"
+        golden = f"read_parquet({sql_text(golden_path)})"
         con.execute(f"CREATE OR REPLACE TEMP VIEW raw_golden AS SELECT t.customer_key, {typed} FROM {golden} t")
     for needed in ("accounts", "products"):
         if needed not in kinds:

@@ -947,6 +947,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.repeats = QUICK["duration"], QUICK["warmup"], QUICK["repeats"]
+        args.limit_calls = QUICK["limit_calls"]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.batch_concurrency = [int(c) for c in args.batch_concurrency.split(",") if c.strip()]
     if args.workers < 1:

@@ -160,16 +160,23 @@ def _work_features(p: dict[str, Any]) -> dict[str, Any]:
 
 def _work_train(p: dict[str, Any]) -> dict[str, Any]:
     """Train every served family with a small budget, register them and promote the new versions to @champion."""
+    from flows.features import PLAIN_STEPS as FEATURE_STEPS
+    from flows.features import run_feature_build
     from flows.train import PLAIN_STEPS, run_training
     from governance import store
     from models.registry import Registry
 
     settings = _settings(p)
     t0 = time.perf_counter()
+
+    def build(days: list[dt.date]) -> None:
+        for day in days:  # the other families' cutoffs, one per build (memory)
+            run_feature_build(settings, [day], False, FEATURE_STEPS, lambda m: emit("progress", step=m[:120]))
+
     outcomes = []
     for family in ("churn", "propensity", "recommendation"):
         outcomes += run_training(
-            settings, family, PLAIN_STEPS, lambda m: emit("progress", step=m[:120]), trials=p["trials"]
+            settings, family, PLAIN_STEPS, lambda m: emit("progress", step=m[:120]), build, trials=p["trials"]
         )
     versions = [r["version"] for o in outcomes for r in o.registered if r["name"] == CHURN]
     if not versions:

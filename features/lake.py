@@ -695,8 +695,12 @@ def _logged_landings(log: Path) -> set[str]:
 
 def _publish_report(settings: Settings, landing: dict[str, object]) -> list[str]:
     """Write a committed landing's report and its `_ingest_log.jsonl` line, unless they already are."""
-    done = []
     report = IngestionReport.from_dict(landing)
+    return _write_report(settings, report) + _log_landing(settings, report)
+
+
+def _write_report(settings: Settings, report: IngestionReport) -> list[str]:
+    done = []
     text = report.to_json() + "\n"
     out = settings.reports_dir / "ingest"
     out.mkdir(parents=True, exist_ok=True)
@@ -704,7 +708,11 @@ def _publish_report(settings: Settings, landing: dict[str, object]) -> list[str]
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             write_text_atomically(path, text)
             done.append(f"wrote {path.relative_to(settings.home_dir)}")
-    _pause("reported")
+    return done
+
+
+def _log_landing(settings: Settings, report: IngestionReport) -> list[str]:
+    done = []
     log = settings.lake_dir / INGEST_LOG
     if report.landing_id not in _logged_landings(log):
         line = {
@@ -826,7 +834,9 @@ def _land(stage: Path, settings: Settings, report: IngestionReport) -> None:
     _pause("flipped")
     _remove_unreferenced(settings, new)
     _pause("cleaned")
-    _publish_report(settings, asdict(report))
+    _write_report(settings, report)
+    _pause("reported")
+    _log_landing(settings, report)
     _pause("logged")
 
 

@@ -828,8 +828,11 @@ def _land(stage: Path, settings: Settings, report: IngestionReport) -> None:
         )
         _write_manifest(settings, new)
     except BaseException:
-        for folder in moved:  # not committed: nobody can have read them
-            shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            landing = read_manifest(settings).landing
+            if landing is None or landing.get("landing_id") != report.landing_id:
+                for folder in moved:  # never committed: nobody can have read them
+                    shutil.rmtree(folder, ignore_errors=True)
         raise
     _pause("flipped")
     _remove_unreferenced(settings, new)

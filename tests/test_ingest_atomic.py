@@ -381,3 +381,42 @@ def test_concurrent_landings_in_one_home_are_serialised(drops: Drops, tmp_path: 
     assert recovering is not None
     os.waitpid(recovering, 0)  # the killed landing's lock is released; the recovery runs and cleans up
     assert _staging(settings) == [] and lake_state(settings) == drops.old
+
+
+def test_a_read_racing_a_landing_resolves_again(drops: Drops, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader that resolved a version a landing has just removed reads the manifest again."""
+    import features.lake as lake
+
+    resolved = lake.lake_files
+    calls = []
+
+    def stale_once(settings: Settings, table: str | None = None) -> list[Path]:
+        calls.append(table)
+        files = resolved(settings, table)
+        return [f.with_name("removed.parquet") for f in files] if len(calls) == 1 else files
+
+    monkeypatch.setattr(lake, "lake_files", stale_once)
+    frame = read_lake_table(drops.base, "crm_accounts", CONTRACTS)
+    assert len(calls) == 2 and len(frame) == drops.old["crm_accounts"][0]  # type: ignore[index]
+
+
+def test_a_failure_while_placing_leaves_the_lake_as_it_was(
+    drops: Drops, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import features.lake as lake
+
+    settings = _copy_home(drops.base, tmp_path / "home")
+    place = lake._place_folder
+    calls = []
+
+    def failing(*args: object) -> str:
+        calls.append(args)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return place(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(lake, "_place_folder", failing)
+    with pytest.raises(OSError, match="disk full"):
+        ingest_drop(drops.b, settings, CONTRACTS)
+    assert lake_state(settings) == drops.old
+    assert _unreferenced_partitions(settings) == [] and _staging(settings) == []

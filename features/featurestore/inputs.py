@@ -21,7 +21,7 @@ import pandas as pd
 from custintel.settings import Settings
 from custintel.sql import text as sql_text
 from features.featurestore.config import CANONICAL_COLUMNS, FeatureConfig, SourceTable
-from features.lake import lake_table_sql
+from features.lake import lake_files, lake_table_sql
 
 _TIMESTAMPS = {
     "birth_date", "event_time", "arrival_time", "opened_at", "closed_at", "created_at", "resolved_at", "assigned_at",
@@ -179,7 +179,7 @@ def load_lake_inputs(
     for kind, sources in config.sources.items():
         selects = []
         for source in sources:
-            if not list((settings.lake_dir / source.table).glob("drop=*/data.parquet")):
+            if not lake_files(settings, source.table):
                 if source.required:
                     raise FeatureInputError(
                         f"sources.{kind}: table {source.table} has not been ingested into {settings.lake_dir}"

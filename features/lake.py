@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 
 from custintel.atomic_files import write_text_atomically
 from custintel.settings import Settings
+from custintel.sql import text as sql_text
 from features.contracts import Contract, ContractSet, load_contracts
 from features.ingest import (
     ISSUE_SCHEMA,
@@ -438,12 +439,12 @@ def _ingest_table(
     issue_glob = f"{q_part}/issues-*.parquet"
     if list(q_part.glob("issues-*.parquet")):
         counts = con.sql(
-            f"SELECT field || ': ' || \"check\" AS k, count(*) AS n FROM read_parquet('{issue_glob}') "
+            f"SELECT field || ': ' || \"check\" AS k, count(*) AS n FROM read_parquet({sql_text(issue_glob)}) "
             "GROUP BY ALL ORDER BY n DESC, k"
         ).fetchall()
         report.reasons = {str(k): int(n) for k, n in counts}
         report.nulled_values = _scalar(
-            con, f"SELECT count(*) FROM read_parquet('{issue_glob}') WHERE action = 'nulled'"
+            con, f"SELECT count(*) FROM read_parquet({sql_text(issue_glob)}) WHERE action = 'nulled'"
         )
 
 
@@ -477,12 +478,12 @@ def _drop_duplicate_keys(
     final = lake_part / "data.parquet"
     lineage = f"'{drop_id}' AS _drop_id, TIMESTAMP '{ctx.as_of:%Y-%m-%d %H:%M:%S}' AS _drop_as_of"
     checked = sorted(work.glob("checked-*.parquet"))
-    src = f"read_parquet('{work}/checked-*.parquet', union_by_name = true)"
+    src = f"read_parquet({sql_text(f'{work}/checked-*.parquet')}, union_by_name = true)"
     if not checked or _scalar(con, f"SELECT count(*) FROM {src}") == 0:
         cols = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in _lake_types(contract))
         con.execute(
             f"COPY (SELECT {cols}, CAST(NULL AS BIGINT) AS {ROW}, CAST(NULL AS VARCHAR) AS _source_file, "
-            f"{lineage} LIMIT 0) TO '{final}' (FORMAT parquet)"
+            f"{lineage} LIMIT 0) TO {sql_text(final)} (FORMAT parquet)"
         )
         return
     dups = 0
@@ -499,26 +500,27 @@ def _drop_duplicate_keys(
             SELECT * FROM r WHERE nth > 1""")
         dups = _scalar(con, "SELECT count(*) FROM dup_rows")
     if dups:
+        issues_file = sql_text(q_part / "issues-duplicates.parquet")
         key_text = " || ', ' || ".join(f"'{k}=' || CAST(\"{k}\" AS VARCHAR)" for k in contract.key)
         con.execute(f"""
             COPY (SELECT {ROW} AS row_number, '{",".join(contract.key)}' AS field, 'duplicate_key' AS "check",
                    'duplicate key (' || {key_text} || '), first seen at row ' || CAST(first_row AS VARCHAR)
                      AS reason,
                    {key_text} AS value, 'rejected' AS action, _source_file
-            FROM dup_rows ORDER BY _source_file, {ROW}) TO '{q_part / "issues-duplicates.parquet"}' (FORMAT parquet)""")
+            FROM dup_rows ORDER BY _source_file, {ROW}) TO {issues_file} (FORMAT parquet)""")
         con.execute(
             f"COPY (SELECT * EXCLUDE (nth, first_row) FROM dup_rows ORDER BY _source_file, {ROW}) "
-            f"TO '{q_part / 'duplicates.parquet'}' (FORMAT parquet)"
+            f"TO {sql_text(q_part / 'duplicates.parquet')} (FORMAT parquet)"
         )
         con.execute(
             # A parallel join emits rows in no fixed order: sort, so the same drop gives the same bytes.
             f"COPY (SELECT s.*, {lineage} FROM {src} s ANTI JOIN dup_rows d USING (_source_file, {ROW}) "
-            f"ORDER BY s._source_file, s.{ROW}) TO '{final}' (FORMAT parquet, COMPRESSION zstd)"
+            f"ORDER BY s._source_file, s.{ROW}) TO {sql_text(final)} (FORMAT parquet, COMPRESSION zstd)"
         )
     else:
-        con.execute(f"COPY (SELECT *, {lineage} FROM {src}) TO '{final}' (FORMAT parquet, COMPRESSION zstd)")
+        con.execute(f"COPY (SELECT *, {lineage} FROM {src}) TO {sql_text(final)} (FORMAT parquet, COMPRESSION zstd)")
     report.quarantined += dups
-    report.accepted = _scalar(con, f"SELECT count(*) FROM read_parquet('{final}')")
+    report.accepted = _scalar(con, f"SELECT count(*) FROM read_parquet({sql_text(final)})")
 
 
 def _lake_types(contract: Contract) -> list[tuple[str, str]]:
@@ -903,8 +905,8 @@ def _stage_tables(
         con.execute("SET threads = 2")
         # DuckDB would otherwise take up to 80% of RAM for the duplicate-key pass over the largest
         # table; with a limit it spills to the staging folder instead, at about the same speed.
-        con.execute(f"SET memory_limit = '{settings.ingest_memory_limit}'")
-        con.execute(f"SET temp_directory = '{stage / 'spill'}'")
+        con.execute(f"SET memory_limit = {sql_text(settings.ingest_memory_limit)}")
+        con.execute(f"SET temp_directory = {sql_text(stage / 'spill')}")
         ctx = ValidationContext(as_of=dt.datetime.fromisoformat(report.as_of))
         for c in contracts.ordered():
             tr = report.tables[c.table]
@@ -927,7 +929,7 @@ def _stage_tables(
                         ctx.reference_values[rule.references] = [
                             str(v[0])
                             for v in con.sql(
-                                f"SELECT DISTINCT \"{col}\" FROM read_parquet('{path}') "
+                                f'SELECT DISTINCT "{col}" FROM read_parquet({sql_text(path)}) '
                                 f'WHERE "{col}" IS NOT NULL ORDER BY 1'
                             ).fetchall()
                         ]

@@ -16,6 +16,7 @@ is monotone, so the ranking (AUC, who is contacted) does not depend on where it 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from typing import Any
 
@@ -124,10 +125,12 @@ class CoxTimeToChurn(BaseEstimator):
 
 
 def _first_lines(caught: Any) -> list[str]:
-    """The first line of each distinct warning, in order."""
+    """The first line of each distinct warning, without lifelines' links to its documentation, in order."""
     lines: list[str] = []
     for w in caught:
-        line = str(w.message).strip().splitlines()[0].strip() if str(w.message).strip() else w.category.__name__
+        text = str(w.message).strip()
+        line = re.sub(r"\s*(Please see|See) .*$", "", text.splitlines()[0].strip()) if text else ""
+        line = line or w.category.__name__
         if line not in lines:
             lines.append(line)
     return lines

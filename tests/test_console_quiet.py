@@ -22,6 +22,9 @@ import pytest
 
 from custintel.settings import Settings
 from features.identity import probabilistic
+from features.identity.config import load_identity_config
+from features.identity.resolve import ResolveOptions, resolve_records
+from features.identity.store import load_identity_records
 from models import registry as registry_module
 from models.churn import CoxTimeToChurn, train_churn
 from models.config import ChurnConfig, LightGBMConfig, TimeSplit, TuningConfig
@@ -227,3 +230,28 @@ def test_a_long_identity_stage_says_it_is_still_running(caplog: pytest.LogCaptur
     assert lines[0] == "identity: estimating u from up to 10 random pairs"
     assert any(line.startswith("identity: estimating u from up to 10 random pairs: still running, ") for line in lines)
     assert lines[-1].startswith("identity: estimating u from up to 10 random pairs: done in 0.")
+
+
+@pytest.mark.slow
+def test_identity_resolution_logs_each_splink_stage_without_splinks_own_chatter(
+    ingested, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_identity_config()
+    records = load_identity_records(ingested.settings, config)
+    with caplog.at_level(logging.INFO):
+        resolve_records(records, config, ResolveOptions(u_max_pairs=1e5))
+    ours = [r.getMessage() for r in caplog.records if r.name == "custintel.identity"]
+    for stage in (
+        "identity: deterministic pass",
+        "identity: estimating the match prior",
+        "identity: estimating u from up to 100,000 random pairs",
+        "identity: estimating m by EM, session 1/",
+        "identity: scoring candidate pairs of",
+        "identity: clustering and keys",
+        "identity: golden records",
+    ):
+        assert any(line.startswith(stage) for line in ours), stage
+    assert any(": done in " in line for line in ours)
+    assert not [r for r in caplog.records if r.name.startswith("splink") and r.levelno >= logging.INFO]
+    printed = capsys.readouterr()
+    assert "splink" not in (printed.out + printed.err).lower()

@@ -25,6 +25,7 @@ from features.identity import probabilistic
 from features.identity.config import load_identity_config
 from features.identity.resolve import ResolveOptions, resolve_records
 from features.identity.store import load_identity_records
+from models import churn as churn_module
 from models import registry as registry_module
 from models.churn import CoxTimeToChurn, train_churn
 from models.config import ChurnConfig, LightGBMConfig, TimeSplit, TuningConfig
@@ -32,6 +33,7 @@ from models.recommendation import Interactions, fit_als, popularity_recommender
 from models.registry import Registry
 from models.result import LoggedModel, TrainedModel
 from models.splits import LabelledTable, hold_out_for_calibration, stage_by_cutoff
+from models.tabular import infer_schema
 from models.tuning import FitClock, TrialProgress, create_study, run_study
 
 CUTOFFS = [dt.date(2025, 1, 1), dt.date(2025, 4, 1), dt.date(2025, 7, 1), dt.date(2025, 10, 1)]
@@ -255,3 +257,29 @@ def test_identity_resolution_logs_each_splink_stage_without_splinks_own_chatter(
     assert not [r for r in caplog.records if r.name.startswith("splink") and r.levelno >= logging.INFO]
     printed = capsys.readouterr()
     assert "splink" not in (printed.out + printed.err).lower()
+
+
+def test_the_trainer_reports_cox_convergence_trouble_once_with_what_to_change(caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=120)
+    frame = pd.DataFrame(
+        {
+            "customer_key": [f"C{i}" for i in range(120)],
+            "x": x,
+            "z": rng.normal(size=120),
+            "duration": np.argsort(np.argsort(-x)).astype(float) + 1,  # ordered exactly by x: complete separation
+            "event": 1.0,
+            "label": False,
+        }
+    )
+    stage = pd.Series(np.where(np.arange(120) < 80, "train", "test"), index=frame.index)
+    data = LabelledTable(frame, "customer_key", "label", stage, duration="duration", event="event")
+    schema = infer_schema(frame, exclude=data.excluded)
+    with caplog.at_level(logging.INFO, logger="custintel.models"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, _ = churn_module._fit_survival(data, schema, 0.0, FitClock())  # noqa: SLF001
+    assert library_warnings(caught) == []
+    problems = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(problems) == 1
+    assert problems[0].startswith("churn: the survival model converged poorly (")
+    assert problems[0].endswith("a larger churn.survival_penalizer (now 0) usually helps")

@@ -15,12 +15,16 @@ is monotone, so the ranking (AUC, who is contacted) does not depend on where it 
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
 from typing import Any
 
 import numpy as np
 import optuna
 import pandas as pd
 from lifelines import CoxPHFitter
+from lifelines.exceptions import ConvergenceWarning
 from lifelines.utils import concordance_index
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
@@ -36,12 +40,16 @@ from models.splits import CALIBRATION, LabelledTable, SplitError, hold_out_for_c
 from models.tabular import FramePreparer, TabularSchema, infer_schema
 from models.tuning import FitClock, tune_lightgbm_classifier
 
+log = logging.getLogger("custintel.models")
+
 
 class CoxTimeToChurn(BaseEstimator):
     """Cox proportional-hazards model on standardised numbers and one-hot categories.
 
     `fit(X, y)` takes y as two columns: time to the event (or to censoring) and whether
     the event was observed. `predict` returns the partial hazard (higher: sooner).
+    lifelines' convergence warnings are kept in `convergence_warnings_` (one line each)
+    rather than printed: the trainer reports them once, with what to change.
     """
 
     def __init__(
@@ -90,7 +98,13 @@ class CoxTimeToChurn(BaseEstimator):
         design["_duration"] = np.maximum(target[:, 0], 1e-3)
         design["_event"] = target[:, 1]
         self.fitter_ = CoxPHFitter(penalizer=self.penalizer)
-        self.fitter_.fit(design, duration_col="_duration", event_col="_event")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            self.fitter_.fit(design, duration_col="_duration", event_col="_event")
+        self.convergence_warnings_ = _first_lines(w for w in caught if issubclass(w.category, ConvergenceWarning))
+        for other in caught:  # anything else lifelines (or numpy under it) says is passed on unchanged
+            if not issubclass(other.category, ConvergenceWarning):
+                warnings.warn_explicit(other.message, other.category, other.filename, other.lineno, source=other.source)
         return self
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:  # noqa: N803
@@ -110,6 +124,18 @@ class CoxTimeToChurn(BaseEstimator):
         return float(concordance_index(target[:, 0], -self.predict(X), target[:, 1]))
 
 
+def _first_lines(caught: Any) -> list[str]:
+    """The first line of each distinct warning, without lifelines' links to its documentation, in order."""
+    lines: list[str] = []
+    for w in caught:
+        text = str(w.message).strip()
+        line = re.sub(r"\s*(Please see|See) .*$", "", text.splitlines()[0].strip()) if text else ""
+        line = line or w.category.__name__
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
 def labelled_rows(data: LabelledTable, stage: str) -> tuple[pd.DataFrame, np.ndarray]:
     """Rows of a stage with a known label, and the label as 0/1."""
     rows = data.rows(stage)
@@ -124,8 +150,12 @@ def fit_tuned_pipeline(
     tuning: TuningConfig,
     study: optuna.Study,
     clock: FitClock,
+    family: str = "churn",
 ) -> tuple[Pipeline, dict[str, Any], Any]:
-    """Preparer + the best LightGBM of the study, as one fitted pipeline (shared with propensity)."""
+    """Preparer + the best LightGBM of the study, as one fitted pipeline (shared with propensity).
+
+    `family` names the study in its progress lines.
+    """
     preparer = FramePreparer(schema.numeric, schema.categorical)
     train, y_train = labelled_rows(data, "train")
     valid, y_valid = labelled_rows(data, "valid")
@@ -134,7 +164,7 @@ def fit_tuned_pipeline(
     weights = train[data.weight].to_numpy(dtype="float64") if data.weight else None
     tuned = tune_lightgbm_classifier(
         (preparer.transform(train), y_train), (preparer.transform(valid), y_valid), lightgbm, tuning, study, clock,
-        sample_weight=weights,
+        sample_weight=weights, label=family,
     )  # fmt: skip
     return Pipeline([("prepare", preparer), ("model", tuned.model)]), tuned.params, tuned.study
 
@@ -184,7 +214,9 @@ def train_churn(
 ) -> TrainedModel:
     """Tune, calibrate, set the contact threshold, score on test, and fit the survival model."""
     schema = infer_schema(data.frame, exclude=data.excluded)
-    pipeline, params, study_summary = fit_tuned_pipeline(data, schema, config.lightgbm, config.tuning, study, clock)
+    pipeline, params, study_summary = fit_tuned_pipeline(
+        data, schema, config.lightgbm, config.tuning, study, clock, "churn"
+    )
 
     fit_rows, y_fit, where = calibration_rows(data, config)
     held_out = bool((data.stage == CALIBRATION).any())
@@ -227,9 +259,11 @@ def train_churn(
             "model", calibrated, "sklearn", test[schema.features].head(5), registered_model=config.registered_model
         )
     ]
+    survival_info: dict[str, Any] = {}
     if config.survival and data.duration and data.event:
         survival, c_index = _fit_survival(data, schema, config.survival_penalizer, clock)
         metrics["test_concordance"] = c_index
+        survival_info = {"penalizer": config.survival_penalizer, "convergence_warnings": survival.convergence_warnings_}
         models.append(LoggedModel("survival", survival, "sklearn", test[schema.features].head(5), "predict"))
 
     return TrainedModel(
@@ -258,6 +292,7 @@ def train_churn(
                 "salt": config.calibration_salt if held_out else None,
             },
             "study": study_summary.history,
+            **({"survival": survival_info} if survival_info else {}),
         },
         training_frame=data.rows("train"),
         evaluation_set=EvaluationSet(
@@ -293,8 +328,14 @@ def _fit_survival(
     train = data.rows("train").dropna(subset=[data.duration, data.event])
     test = data.rows("test").dropna(subset=[data.duration, data.event])
     model = CoxTimeToChurn(tuple(schema.numeric), tuple(schema.categorical), penalizer)
+    log.info("churn: fitting the survival model (Cox, %s rows)", f"{len(train):,}")
     with clock.fitting():
         model.fit(train, train[[data.duration, data.event]].astype("float64"))
+    if model.convergence_warnings_:
+        log.warning(
+            "churn: the survival model converged poorly (%s); a larger churn.survival_penalizer (now %g) usually helps",
+            "; ".join(model.convergence_warnings_)[:300], penalizer,
+        )  # fmt: skip
     return model, model.score(test, test[[data.duration, data.event]].astype("float64"))
 
 

@@ -10,6 +10,7 @@ two-model or X-learner on LightGBM; it is judged by the Qini curve.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any, Literal
 
 import lightgbm as lgb
@@ -29,6 +30,8 @@ from models.result import EvaluationSet, LoggedModel, TrainedModel
 from models.splits import LabelledTable, stage_at_random, stage_by_cutoff
 from models.tabular import FramePreparer, infer_schema
 from models.tuning import FitClock, lightgbm_params, positive_proba
+
+log = logging.getLogger("custintel.models")
 
 HELD = "holds"  # the interactions column: the customer holds the product at the cutoff
 
@@ -70,7 +73,9 @@ def train_propensity(
     schema = infer_schema(data.frame, exclude=data.excluded)
     if "product_id" not in schema.categorical:
         raise ValueError("product_id must be a categorical input of the propensity model")
-    pipeline, params, study_summary = fit_tuned_pipeline(data, schema, config.lightgbm, config.tuning, study, clock)
+    pipeline, params, study_summary = fit_tuned_pipeline(
+        data, schema, config.lightgbm, config.tuning, study, clock, "propensity"
+    )
     test, y_test = labelled_rows(data, "test")
     p_test = pipeline.predict_proba(test)[:, 1]
     w_test = test[data.weight].to_numpy(dtype="float64") if data.weight else None
@@ -236,6 +241,7 @@ def train_uplift(data: LabelledTable, config: UpliftConfig, clock: FitClock, fol
     params = lightgbm_params(config.lightgbm, {}, config.seed)
     train, test = data.rows("train"), data.rows("test")
     preparer = FramePreparer(schema.numeric, schema.categorical)
+    log.info("uplift: fitting the %s on %s experiment rows", config.learner, f"{len(train):,}")
     with clock.fitting():
         preparer.fit(train)
         learner = UpliftLearner(config.learner, params).fit(
@@ -303,6 +309,7 @@ def cross_fitted_uplift(
         fold[pos] = np.arange(pos.size) % folds
     out = np.empty(len(frame))
     for k in range(folds):
+        log.info("uplift: cross-fitting, fold %d/%d", k + 1, folds)
         fit_rows, score_rows = frame[fold != k], frame[fold == k]
         prep = FramePreparer(schema.numeric, schema.categorical)
         with clock.fitting():

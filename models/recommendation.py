@@ -197,16 +197,17 @@ def fit_als(
         shape=(len(users), len(items)),
     )
     matrix.sum_duplicates()
-    model = AlternatingLeastSquares(
-        factors=int(params["factors"]),
-        regularization=float(params["regularization"]),
-        alpha=float(params["alpha"]),
-        iterations=int(params["iterations"]),
-        random_state=seed,
-        num_threads=threads,
-    )
-    # implicit's own threads do the work; OpenBLAS threads underneath them only contend.
+    # implicit's own threads do the work; OpenBLAS threads underneath them only contend. The limit also covers
+    # the model's construction, where implicit checks it (and warns on the console when it is not set).
     with clock.fitting(), threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=int(params["factors"]),
+            regularization=float(params["regularization"]),
+            alpha=float(params["alpha"]),
+            iterations=int(params["iterations"]),
+            random_state=seed,
+            num_threads=threads,
+        )
         model.fit(matrix, show_progress=False)
     segments = {} if data.segments is None else {str(u): str(s) for u, s in data.segments.dropna().items()}
     return ALSRecommender(
@@ -269,7 +270,7 @@ def train_recommendation(
         model = fit_als(valid, params, k, tuning.seed, threads, clock)
         return score_recommender(model, valid, k)[f"ndcg_at_{k}"]
 
-    summary = run_study(study, objective, tuning)
+    summary = run_study(study, objective, tuning, "recommendation", f"NDCG@{k}")
     best = {**ALS_DEFAULTS, **summary.best_params}
     model = fit_als(test, best, k, tuning.seed, threads, clock)
     baseline = popularity_recommender(test, k)

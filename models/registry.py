@@ -16,6 +16,12 @@ registered model (`alias_moves`).
 MLflow's model logging and loading functions only know the process-wide tracking URI; the
 registry sets it for the length of one such call, under a lock, and puts back exactly what
 was there before (`_fluent`).
+
+MLflow talks on the console while it logs and registers: cautions about the pickle format we
+chose on purpose, a schema hint about the training sample's integer columns, a dataset-source
+ambiguity of its own, the creation of a new store's tables, "Successfully registered model".
+None is something a user of custintel can act on, so the registry silences exactly those
+messages around its own calls (`_quiet_mlflow`), and leaves every other warning alone.
 """
 
 from __future__ import annotations
@@ -24,15 +30,19 @@ import contextlib
 import datetime as dt
 import functools
 import hashlib
+import io
 import json
+import logging
 import os
 import re
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import threading
 import urllib.parse
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -61,6 +71,32 @@ REFERENCE_PATH = "monitoring/reference.parquet"
 _REQUIREMENTS = ("scikit-learn", "lightgbm", "pandas", "numpy", "scipy", "cloudpickle", "lifelines", "implicit")
 _FLUENT_LOCK = threading.RLock()
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model, version or alias
+
+# MLflow's log records that a user of custintel cannot act on: (logger, start of the message).
+_MLFLOW_CHATTER = (
+    ("mlflow.store.db.utils", "Creating initial MLflow database tables"),  # a new home's store, once
+    ("mlflow.store.db.utils", "Updating database tables"),
+    # The pickle cautions: cloudpickle is chosen on purpose (skops cannot load LightGBM or our own estimators),
+    # and only the registry of one's own home is ever loaded.
+    ("mlflow.sklearn", "Saving scikit-learn models in the pickle or cloudpickle format"),
+    ("mlflow.pyfunc", "Passing a Python object as `python_model`"),
+    ("mlflow.pyfunc", "Validating input example against model signature"),
+)
+# Python warnings raised under the registry's calls into MLflow: (category, start of the message).
+_MLFLOW_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
+    # Raised for the run's training-data sample (lineage): the models' own signatures declare doubles
+    # (`serving_example`), so a served request may leave a count out.
+    (UserWarning, "Hint: Inferred schema contains integer column"),
+    # MLflow registers its local artifact source twice, then warns that a path matches both.
+    (UserWarning, "The specified dataset source can be interpreted in multiple ways"),
+    # MLflow's SQLAlchemy store on SQLAlchemy 2 (shown only where deprecation warnings are on).
+    (DeprecationWarning, "The ``noload`` loader strategy is deprecated"),
+)
+# What `mlflow.register_model` prints on stderr (not through logging) for every registration.
+_REGISTRATION_CHATTER = re.compile(
+    r"(Successfully registered model '.*'\.|Registered model '.*' already exists\. Creating a new version of this "
+    r"model\.\.\.|Created version '.*' of model '.*'\.)"
+)
 
 
 class RegistryError(RuntimeError):
@@ -270,6 +306,58 @@ def _fluent(tracking_uri: str, registry_uri: str) -> Iterator[None]:
             setattr(registry_utils, "_registry_uri", saved[1])  # noqa: B010
 
 
+class _DropMessages(logging.Filter):
+    """Drops a logger's records whose message starts with one of `prefixes`."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for a record to drop."""
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """MLflow's messages that a user cannot act on (`_MLFLOW_CHATTER`, `_MLFLOW_WARNINGS`) silenced inside the block.
+
+    Only those messages: any other warning or record of MLflow's still shows. Warning filters are
+    process-wide, so the block holds the registry's lock (two threads cannot interleave their restores).
+    """
+    prefixes: dict[str, tuple[str, ...]] = {}
+    for name, prefix in _MLFLOW_CHATTER:
+        prefixes[name] = (*prefixes.get(name, ()), prefix)
+    filters = [(logging.getLogger(name), _DropMessages(p)) for name, p in prefixes.items()]
+    with _FLUENT_LOCK, warnings.catch_warnings():
+        for category, message in _MLFLOW_WARNINGS:
+            warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+        for logger, drop in filters:
+            logger.addFilter(drop)
+        try:
+            yield
+        finally:
+            for logger, drop in filters:
+                logger.removeFilter(drop)
+
+
+@contextlib.contextmanager
+def _without_registration_chatter() -> Iterator[None]:
+    """`mlflow.register_model`'s own progress lines kept off the console; anything else printed meanwhile passes on."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        rest = [
+            line
+            for line in captured.getvalue().splitlines(keepends=True)
+            if not _REGISTRATION_CHATTER.fullmatch(line.rstrip("\n"))
+        ]
+        if rest:
+            sys.stderr.write("".join(rest))
+
+
 # --- the registry ---------------------------------------------------------------------------------------------------
 
 
@@ -355,7 +443,8 @@ class Registry:
     def client(self) -> MlflowClient:
         """MLflow's client on these URIs (made on first use: for SQLite, making it creates the database)."""
         self._relocate()
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        with _quiet_mlflow():
+            return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
 
     def _relocate(self) -> None:
         if not self._relocated:
@@ -441,7 +530,11 @@ class Registry:
         `trained.reference`, when set, is logged at `monitoring/reference.parquet`: the rows monitoring
         compares served traffic with.
         """
-        with self._fluent(), mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{trained.family}") as run:
+        with (
+            _quiet_mlflow(),
+            self._fluent(),
+            mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{trained.family}") as run,
+        ):
             mlflow.set_tags({"custintel.family": trained.family, "mlflow.source.git.commit": git_commit(), **tags})
             mlflow.log_params(_flat_params(trained.params))
             mlflow.log_metrics({k: float(v) for k, v in trained.metrics.items() if np.isfinite(v)})
@@ -467,7 +560,8 @@ class Registry:
                 version = None
                 uri = info.model_uri
                 if logged.registered_model:
-                    mv = mlflow.register_model(info.model_uri, logged.registered_model)
+                    with _without_registration_chatter():
+                        mv = mlflow.register_model(info.model_uri, logged.registered_model)
                     version = int(mv.version)
                     uri = f"models:/{logged.registered_model}/{version}"
                     self.client.set_model_version_tag(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -45,6 +46,7 @@ from monitoring.served import ServedWindow, read_served
 from monitoring.triggers import Evidence, TriggerDecision, decide
 from serving.inference_log import log_key
 
+log = logging.getLogger("custintel.monitoring")
 CHAMPION = "champion"
 LABELS = "labels@1"
 PREDICTION = reports.PREDICTION
@@ -282,6 +284,7 @@ def monitor_family(
     window = read_served(settings.inference_log_dir, name, start, end, inputs, _answer_columns(family))
     window.frame = window.frame[window.frame["version"].astype(str) == champion.version].reset_index(drop=True)
     clock["read_window"] = time.perf_counter() - t
+    log.info("%s: %s v%s, %s served rows in the window", family, name, champion.version, f"{len(window.frame):,}")
 
     t = time.perf_counter()
     current = window.frame
@@ -299,6 +302,7 @@ def monitor_family(
     if family == "churn":
         model = load_model(registry, champion)
         # Every logged cutoff is scored: the score's natural movement is measured like an input's.
+        log.info("%s: scoring the champion's %s reference rows", family, f"{len(logged):,}")
         logged = logged.assign(**{PREDICTION: score_rows(model, logged, columns)})
     if columns and enough:
         compared = compare_window(
@@ -340,6 +344,7 @@ def monitor_family(
     if drift is not None and drift.columns:
         # Evidently refuses a column without a value on either side: it draws the columns we could test.
         tested = {c.column: kinds[c.column] for c in drift.columns}
+        log.info("%s: writing the Evidently drift report (%d columns)", family, len(tested))
         # The baseline's tests: each column's method and threshold (natural movement included), so
         # Evidently's verdicts on the page are the ones the decision used.
         snapshot = reports.evidently_drift(
@@ -359,6 +364,7 @@ def monitor_family(
             )
         )
         if family == "churn" and labelled is not None and len(labelled) and labelled["label"].nunique() == 2:
+            log.info("%s: writing the Evidently performance report (%s labelled rows)", family, f"{len(labelled):,}")
             snap = reports.evidently_performance(labelled, None, champion.threshold)
             files += _save_snapshot(snap, folder / f"{stem}-performance")
             links["Evidently performance report (labelled served rows)"] = f"{stem}-performance.html"

@@ -5,11 +5,17 @@ deterministic pass left in different clusters. Its parameters are estimated
 without labels: the prior from the deterministic rules, u from random pairs,
 m by expectation maximisation over blocked pairs. The trained model is a JSON
 document, so `explain` can score any two records later with the same weights.
+
+Training takes the better part of a minute on a few thousand records: each stage (the
+prior, u, every EM session, predicting) reports its start and its time on the
+`custintel.identity` logger; Splink's own chatter is kept off the console.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +30,9 @@ import splink.comparison_library as cl
 from nicknames import NickNamer
 from splink import DuckDBAPI, Linker, SettingsCreator
 from splink.internals.exceptions import EMTrainingException
+
+log = logging.getLogger("custintel.identity")
+HEARTBEAT_SECONDS = 15.0  # a long stage says it is still running this often
 
 # The columns Splink compares; every one may be left out by the privacy settings.
 MATCH_FIELDS = ("name", "birth_date", "email", "phone", "address", "postcode", "national_id")
@@ -305,6 +314,32 @@ class TrainingDataError(ValueError):
 
 
 @contextmanager
+def _stage(what: str, every: float = HEARTBEAT_SECONDS) -> Iterator[None]:
+    """Log `what` as the stage starts, how long it has run every `every` seconds, and its time when it ends.
+
+    Splink reports nothing from inside one of its calls (and DuckDB's own estimate of a sampling
+    query is no guide), so a long stage says it is still running rather than nothing at all.
+    """
+    name = what.split(" (")[0]
+    log.info("%s", what)
+    start = time.perf_counter()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            log.info("%s: still running, %.0f s so far", name, time.perf_counter() - start)
+
+    beating = threading.Thread(target=beat, name="custintel-identity-progress", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join()
+    log.info("%s: done in %.1f s", name, time.perf_counter() - start)
+
+
+@contextmanager
 def _quiet_splink() -> Iterator[None]:
     """Splink's progress chatter (INFO and WARNING) off for the duration, then as it was."""
     logger = logging.getLogger("splink")
@@ -327,18 +362,24 @@ def train_model(records: pd.DataFrame, det_cluster: pd.Series, config: Probabili
     fields = config.fields
     frame = linker_input(records, det_cluster)
     linker = _new_linker(frame, splink_settings(fields))
+    rules = em_blocking_rules(fields)
     with _quiet_splink():
-        _estimate_prior(linker, frame, fields)
-        linker.training.estimate_u_using_random_sampling(max_pairs=config.u_max_pairs, seed=config.seed)
+        with _stage(f"identity: estimating the match prior ({len(frame):,} records)"):
+            _estimate_prior(linker, frame, fields)
+        with _stage(f"identity: estimating u from up to {config.u_max_pairs:,.0f} random pairs"):
+            linker.training.estimate_u_using_random_sampling(max_pairs=config.u_max_pairs, seed=config.seed)
         trained = []
-        for rule in em_blocking_rules(fields):
+        for i, rule in enumerate(rules, start=1):
             try:
-                linker.training.estimate_parameters_using_expectation_maximisation(
-                    rule, estimate_without_term_frequencies=True
-                )
+                with _stage(f"identity: estimating m by EM, session {i}/{len(rules)} (pairs where {rule})"):
+                    linker.training.estimate_parameters_using_expectation_maximisation(
+                        rule, estimate_without_term_frequencies=True
+                    )
                 trained.append(rule)
             except EMTrainingException:
-                continue  # no pair shares these fields in this data: the other sessions estimate it
+                # no pair shares these fields in this data: the other sessions estimate it
+                log.info("identity: EM session %d/%d found no pair to learn from", i, len(rules))
+                continue
         if not trained:
             raise TrainingDataError(
                 "the probabilistic model cannot be trained: no two records share a name, birth date or "
@@ -434,7 +475,7 @@ def predict_links(
     """Scored pairs at or above the threshold: record_key_l, record_key_r, match_weight, match_probability."""
     frame = linker_input(records, det_cluster)
     linker = _new_linker(frame, model)
-    with _quiet_splink():
+    with _quiet_splink(), _stage(f"identity: scoring candidate pairs of {len(frame):,} records"):
         scored = linker.inference.predict(threshold_match_probability=config.threshold)
     out = scored.as_pandas_dataframe()
     return out[["record_key_l", "record_key_r", "match_weight", "match_probability"]].reset_index(drop=True)

@@ -6,6 +6,7 @@ deterministic pass -> probabilistic pass on the rest -> clusters -> stable keys
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from features.identity.keys import assign_customer_keys
 from features.identity.privacy import HASHED_RULES, PrivacyError, hash_identifiers, restrict_fields
 from features.identity.probabilistic import ProbabilisticConfig, predict_links, train_model
 
+log = logging.getLogger("custintel.identity")
 LINK_COLUMNS = ["record_key_l", "record_key_r", "rule", "value", "match_weight", "match_probability"]
 
 
@@ -72,6 +74,11 @@ def _deterministic(
     return links, cluster_records(match_records["record_key"], links)
 
 
+def log_step(message: str) -> None:
+    """A resolution step's start on the `custintel.identity` logger ("identity: deterministic pass")."""
+    log.info("identity: %s", message)
+
+
 def resolve_records(
     records: pd.DataFrame,
     config: IdentityConfig,
@@ -89,10 +96,10 @@ def resolve_records(
         options: threshold, privacy constraints, sampling.
         previous_crosswalk: the last run's record_key -> customer_key, so keys are kept.
         model: a trained Splink model to reuse; trained on these records when None.
-        progress: called with a short message as each step starts.
+        progress: called with a short message as each step starts (logged on `custintel.identity` when None).
         reserved_keys: every customer key issued before, so a retired key is never reissued.
     """
-    say = progress or (lambda _message: None)
+    say = progress or log_step
     timings: dict[str, float] = {}
     started = time.perf_counter()
 

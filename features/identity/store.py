@@ -29,7 +29,7 @@ from custintel.settings import Settings
 from features.identity.config import IdentityConfig, load_identity_config
 from features.identity.privacy import check_fields
 from features.identity.records import assemble_identity_records
-from features.identity.resolve import Resolution, ResolveOptions, resolve_records
+from features.identity.resolve import Resolution, ResolveOptions, log_step, resolve_records
 from features.lake import read_lake_table
 
 _TABLES = ("records", "match_records", "links", "crosswalk", "golden_records", "conflicts")
@@ -175,7 +175,7 @@ def resolve_from_lake(
     Returns the run summary (as `write_resolution`). The Prefect flow runs the same steps as tasks.
     """
     config, options = identity_config(settings), resolve_options(settings)
-    report = progress or (lambda _: None)
+    report = progress or log_step
     report("reading identity records from the lake")
     records = load_identity_records(settings, config)
     previous = read_previous_run(settings, reuse_model)

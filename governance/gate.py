@@ -79,9 +79,8 @@ def score_evaluation(model: Any, evaluation: EvaluationSet) -> Scored:
     """Run a loaded pyfunc model over the evaluation rows (the same way serving will call it)."""
     frame = evaluation.frame
     if evaluation.kind == "ranking":
-        request = (
-            frame[["customer_key", "segment"]].astype(object).where(frame[["customer_key", "segment"]].notna(), None)
-        )
+        # the signature's input only: MLflow drops (and warns about) columns it does not declare
+        request = frame[["customer_key"]].astype(object).where(frame[["customer_key"]].notna(), None)
         out = pd.DataFrame(model.predict(request))
         grouped = out.sort_values(["customer_key", "rank"]).groupby("customer_key")
         lists = grouped["product_id"].agg(list).to_dict()

@@ -169,3 +169,28 @@ def test_a_separate_process_shows_one_line_under_prefect(tmp_path: Path, contrac
     assert "Traceback" not in out
     assert out.count("cannot read accounts.csv") == 1, out
     assert "error: accounts: cannot read accounts.csv" in done.stdout
+
+
+def _record(message: str, exc: BaseException | None = None) -> logging.LogRecord:
+    exc_info = (type(exc), exc, None) if exc is not None else None
+    return logging.LogRecord("prefect.task_runs", logging.ERROR, __file__, 1, message, (), exc_info)
+
+
+def test_the_filter_drops_an_expected_failure_and_its_state_but_not_a_bug() -> None:
+    from features.lake import IngestError
+    from flows.cli.logs import ExpectedFailures
+
+    quiet = ExpectedFailures((IngestError, ValueError))
+    assert quiet.filter(_record("Beginning flow run 'x' for flow 'ingest_sources'"))
+    assert not quiet.filter(_record("Task run failed with exception", IngestError("a.csv: not UTF-8")))
+    assert not quiet.filter(_record("Finished in state Failed('Task run encountered an exception IngestError: a')"))
+    # a subclass of an expected class is expected too; its state names the subclass
+    assert not quiet.filter(
+        _record("Encountered exception during execution", UnicodeDecodeError("utf-8", b"", 0, 1, "x"))
+    )
+    assert not quiet.filter(
+        _record("Finished in state Failed('Flow run encountered an exception: UnicodeDecodeError: x')")
+    )
+    # a bug keeps its traceback and its failed state
+    assert quiet.filter(_record("Task run failed with exception", RuntimeError("bug")))
+    assert quiet.filter(_record("Finished in state Failed('Task run encountered an exception RuntimeError: bug')"))

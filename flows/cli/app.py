@@ -55,15 +55,16 @@ def progress() -> Progress:
 
 
 @contextlib.contextmanager
-def expected(*errors: type[BaseException]) -> Iterator[None]:
+def expected(*errors: type[BaseException], prefect: bool = False) -> Iterator[None]:
     """Turn the expected errors into one line and exit 1, under either engine (no traceback).
 
-    Under Prefect the failed task and flow runs log the exception with its traceback before it
-    reaches us; for these classes those records are dropped (`quiet_expected_failures`), so the
-    console shows our line only. Any other exception is a bug and keeps its traceback.
+    With `prefect` (a flow runs inside): the failed task and flow runs log the exception with its
+    traceback before it reaches us; for these classes the console drops those records
+    (`quiet_expected_failures`), so it shows our line only. Any other exception is a bug and
+    keeps its traceback.
     """
     try:
-        with quiet_expected_failures(errors):
+        with quiet_expected_failures(errors) if prefect else contextlib.nullcontext():
             yield
     except errors as exc:
         raise fail(str(exc)) from None
@@ -81,7 +82,7 @@ def run_engine(
 
     `locally` gets a callback that shows its progress on the console's status line.
     """
-    with expected(*errors):
+    with expected(*errors, prefect=engine == "prefect"):
         if engine == "prefect":
             with console.status(f"{doing} (Prefect flow {flow_name})…"):
                 return under_prefect()

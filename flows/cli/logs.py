@@ -8,7 +8,9 @@ root logger, where Prefect's console handler would print it a second time).
 
 Under Prefect, a failed task or flow run logs its exception with the traceback before the
 exception reaches the command. For an expected error (bad input, named in one line by the
-command) those records are dropped while the command runs; any other exception keeps them.
+command) Prefect's console handler drops those records while the command runs; its API handler
+still gets them (the Prefect UI shows the failure whole), and any other exception keeps them
+on the console too.
 """
 
 from __future__ import annotations
@@ -72,7 +74,9 @@ class ExpectedFailures(logging.Filter):
         self.seen: set[str] = set()  # the class names of the expected exceptions that failed a run
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """False for a record to drop."""
+        """False for a record to drop (only records of Prefect's flow- and task-run loggers are judged)."""
+        if not record.name.startswith(PREFECT_RUN_LOGGERS):
+            return True
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None:
             if isinstance(exc, self.errors):
@@ -84,18 +88,27 @@ class ExpectedFailures(logging.Filter):
         return not (message.startswith("Finished in state Failed") and any(f"{n}: " in message for n in self.seen))
 
 
+def prefect_console_handlers() -> list[logging.Handler]:
+    """The handlers that print Prefect's records on the console (set up by importing Prefect)."""
+    import prefect.main  # noqa: F401 - its import sets up Prefect's logging (handlers replaced then)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), logging.getLogger("prefect"), *map(logging.getLogger, PREFECT_RUN_LOGGERS)]
+    return [h for logger in loggers for h in logger.handlers if isinstance(h, PrefectConsoleHandler)]
+
+
 @contextlib.contextmanager
 def quiet_expected_failures(errors: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """While inside, Prefect's run loggers drop the records of these exceptions (other failures stay loud)."""
+    """While inside, Prefect's console output drops the run records of these exceptions (other failures stay)."""
     if not errors:
         yield
         return
     quiet = ExpectedFailures(errors)
-    loggers = [logging.getLogger(name) for name in PREFECT_RUN_LOGGERS]
-    for logger in loggers:
-        logger.addFilter(quiet)
+    handlers = prefect_console_handlers()
+    for handler in handlers:
+        handler.addFilter(quiet)
     try:
         yield
     finally:
-        for logger in loggers:
-            logger.removeFilter(quiet)
+        for handler in handlers:
+            handler.removeFilter(quiet)

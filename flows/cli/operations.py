@@ -63,7 +63,7 @@ def run_monitoring(
     from monitoring.policy import MonitoringPolicyError
     from monitoring.served import ServedLogError
 
-    with expected(MonitoringPolicyError, MonitoringError, ServedLogError, ValueError):
+    with expected(MonitoringPolicyError, MonitoringError, ServedLogError, ValueError, prefect=True):
         with console.status("Registering the train and audit deployments…"):
             register_deployments()
         with console.status("Monitoring the served models…"):

@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # ... and its 20 s start-up limit is too short on a busy 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-monitor clean
+.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-monitor bench-drift clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,9 @@ bench-train: install
 
 bench-serve: install
 	$(BIN)/python -m benchmarks.bench_serving
+
+bench-drift: install
+	$(BIN)/python -m benchmarks.bench_drift
 
 bench-monitor: install
 	$(BIN)/python -m benchmarks.bench_monitor

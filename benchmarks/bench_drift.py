@@ -17,13 +17,13 @@ train churn (`run_training` with `--trials` Optuna trials, logged to the world's
 The judgement of each world (not cached, timed): the served rows are the churn inputs at the serving
 cutoff of every active customer (what the service logs when the demo scores everyone), with the
 champion's scores. They are judged twice, with the shipped monitoring policy's triggers:
-- **now**: the monitoring reference a training run logs once issue 17 is wired
-  (`monitoring.baseline.reference_sample` of the model's labelled frame, every stage: the newest
-  cutoff and a panel at each earlier one), through `monitoring.baseline.compare_window` (newest
+- **now**: the monitoring reference a training run logs (`monitoring.baseline.labelled_reference`
+  of the model's labelled table, as `custintel train` logs it: the newest cutoff and a panel at each
+  earlier one), through `monitoring.baseline.compare_window` (newest
   cutoff as reference, thresholds raised by each input's natural movement) and
   `monitoring.triggers.decide`;
-- **before**: the reference `models/registry.py` logs today (a seeded sample of the train-stage rows,
-  cutoffs pooled), judged as before issue 17 (policy `drift.reference: all_cutoffs`, no natural movement).
+- **before**: the reference training runs logged before issue 17 (a seeded sample of the train-stage
+  rows, cutoffs pooled), judged as before issue 17 (policy `drift.reference: all_cutoffs`, no natural movement).
 
 What the generator shifted, empirically (the definition used for precision and recall): an input is
 shifted when, at the serving cutoff, the drift world's distance to *every* no-drift world (the
@@ -210,7 +210,7 @@ def _work_world(argv: list[str]) -> int:
     from models.config import load_training_config
     from models.registry import Registry
     from models.training import load_churn
-    from monitoring.baseline import reference_sample
+    from monitoring.baseline import labelled_reference
     from monitoring.drift import column_kinds
     from monitoring.monitor import score_rows
     from monitoring.policy import NaturalMovement, load_policy
@@ -240,9 +240,10 @@ def _work_world(argv: list[str]) -> int:
     served[PREDICTION] = score_rows(model, served, columns)
     served.to_parquet(root / "served.parquet", index=False)
 
-    now_reference = reference_sample(data.frame, columns, policy.reference_rows, policy.history_rows, seed=0)
+    # what `custintel train` logs as the run's monitoring/reference.parquet (flows/train.py monitoring_reference)
+    now_reference = labelled_reference(data, columns, policy.reference_rows, policy.history_rows)
     now_reference[PREDICTION] = score_rows(model, now_reference, columns)
-    # before issue 17: models/registry.py monitoring_reference, a seeded sample of the train stage's rows
+    # before issue 17: a seeded sample of the train stage's rows, cutoffs pooled
     train = data.rows("train")[["customer_key", "as_of", *columns]]
     before_reference = (
         train if len(train) <= policy.reference_rows else train.sample(n=policy.reference_rows, random_state=0)

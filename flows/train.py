@@ -43,7 +43,7 @@ from models.training import (
     shifted,
     with_budget,
 )
-from monitoring.baseline import reference_sample
+from monitoring.baseline import labelled_reference
 from monitoring.policy import load_policy as load_monitoring_policy
 
 
@@ -57,13 +57,9 @@ def monitoring_reference(settings: Settings, data: Loaded, trained: TrainedModel
     primary = trained.primary
     if not isinstance(data, LabelledTable) or primary.flavor != "sklearn":
         return None
-    frame = data.frame[data.stage.to_numpy() != "unused"]
-    frame = frame.rename(
-        columns={data.id_column: "customer_key", **({data.snapshot: "as_of"} if data.snapshot else {})}
-    )
-    columns = [c for c in primary.input_example.columns if c in frame.columns and c != "product_id"]
+    columns = [c for c in primary.input_example.columns if c in data.frame.columns and c != "product_id"]
     policy = load_monitoring_policy(settings.monitoring_policy)
-    return reference_sample(frame, columns, policy.reference_rows, policy.history_rows, seed=0)
+    return labelled_reference(data, columns, policy.reference_rows, policy.history_rows)
 
 
 def register_unit(

@@ -30,8 +30,9 @@ Evidently's distance test instead, so its movement applies; a p-value test or PS
 explicitly gets no allowance. The decision records either.
 
 `reference_sample` picks the rows a training run logs (the newest cutoff and a panel of customers
-at every earlier cutoff); `build_baseline` turns them into the reference and the per-column tests
-at monitoring time. Pure: frames in, frames and numbers out.
+at every earlier cutoff; `labelled_reference` applies it to a model's labelled table);
+`build_baseline` turns them into the reference and the per-column tests at monitoring time.
+Pure: frames in, frames and numbers out.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from models.splits import LabelledTable
 from monitoring.drift import (
     DEFAULT_THRESHOLDS,
     METRIC_TESTS,
@@ -189,6 +191,18 @@ def reference_sample(
         parts.append(part.nsmallest(limit, "_order"))
     picked = pd.concat(parts).sort_values(["as_of", "_order"])
     return picked[keys + columns].reset_index(drop=True)
+
+
+def labelled_reference(data: LabelledTable, columns: list[str], rows: int, history_rows: int) -> pd.DataFrame:
+    """The monitoring reference of a model trained on `data`: `reference_sample` of the rows it used.
+
+    Every stage's rows (train, validation, calibration, test: the newest cutoff is the test one),
+    not the cutoffs the split left unused; the table's id and snapshot columns are named
+    `customer_key` and `as_of` (a user's own table has its own names). `columns`: the model inputs.
+    """
+    frame = data.frame[data.stage.to_numpy() != "unused"]
+    names = {data.id_column: "customer_key", **({data.snapshot: "as_of"} if data.snapshot else {})}
+    return reference_sample(frame.rename(columns=names), columns, rows, history_rows, seed=0)
 
 
 def served_cutoff(current: pd.DataFrame) -> dt.date | None:

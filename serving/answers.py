@@ -38,12 +38,24 @@ def check_batch(runtime: Runtime, size: int) -> None:
         raise ServingError(413, "customers", f"{size} customers in one call; at most {runtime.policy.max_batch}")
 
 
+def in_time(deadline: float | None) -> None:
+    """Refuse to serve answers computed after the caller's timeout (`time.monotonic()` deadline).
+
+    Called before anything is logged or counted: a batch whose caller was answered 504 is
+    neither logged as served nor counted against the frequency caps.
+    """
+    if deadline is not None and time.monotonic() > deadline:
+        raise ServingError(504, "customers", "the batch took longer than the service's timeout; nothing was served")
+
+
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     # The model's own preparation step (FramePreparer) turns numbers and categories into what it was fitted on.
     return pd.DataFrame(rows, columns=columns)
 
 
-def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: str) -> list[dict[str, Any]]:
+def churn_answers(
+    runtime: Runtime, requests: Sequence[ScoreRequest], caller: str, batch: bool = False, deadline: float | None = None
+) -> list[dict[str, Any]]:
     """Churn scores with decisions and reasons, as `ScoreResponse` documents; suppressed customers are never scored.
 
     Consent and the online store are read once for the whole call, and the customers who may
@@ -51,7 +63,8 @@ def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: st
     inputs from the model's in-memory snapshot of the online store when it is current
     (`Runtime.snapshot_for`), else from the store. The answers are plain JSON-ready dicts
     with every field of `ScoreResponse` (a batch of a thousand is serialised directly: building
-    and validating four thousand response objects cost more than the scoring).
+    and validating four thousand response objects cost more than the scoring). In a `batch` (even of
+    one) an unknown customer is answered `not_found` in place; alone, it is an HTTP 404.
     """
     model = runtime.champions.served("churn")
     purpose = runtime.policy.purposes.churn
@@ -68,7 +81,7 @@ def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: st
     if snapshot is not None:
         scored = _from_snapshot(runtime, model, snapshot, requests, consents, answers, ref, purpose)
     else:
-        scored = _from_store(runtime, model, requests, consents, answers, ref, purpose)
+        scored = _from_store(runtime, model, requests, consents, answers, ref, purpose, batch)
     if scored is None:
         return [a for a in answers if a is not None]
     at, rows, masked_rows, ready, cutoffs, scores, reasons = scored
@@ -86,6 +99,7 @@ def churn_answers(runtime: Runtime, requests: Sequence[ScoreRequest], caller: st
                       "reasons": why}  # fmt: skip
         keys.append(key)
         logged.append({"score": score, "decision": decision})
+    in_time(deadline)
     runtime.audit_scored(caller, "/churn/score", model, keys, logged, masked_rows, rows, ready, cutoffs)
     return [a for a in answers if a is not None]
 
@@ -121,8 +135,7 @@ def _from_snapshot(runtime: Runtime, model: ServedModel, snapshot: Snapshot, req
 
 def _from_store(runtime: Runtime, model: ServedModel, requests: Sequence[ScoreRequest],
                 consents: Sequence[tuple[str | None, bool]], answers: list[dict[str, Any] | None],
-                ref: dict[str, Any], purpose: str) -> Scored | None:  # fmt: skip
-    many = len(requests) > 1
+                ref: dict[str, Any], purpose: str, batch: bool) -> Scored | None:  # fmt: skip
     wanted = [r.customer_key for r, (why, _) in zip(requests, consents, strict=True) if why is None and r.customer_key]
     found = runtime.model_features(model, wanted) if wanted else None
     stored = found.rows if found is not None else {}
@@ -141,11 +154,11 @@ def _from_store(runtime: Runtime, model: ServedModel, requests: Sequence[ScoreRe
             ready.append(texts.get(key) if key else None)
             from_store += 1
             continue
-        field = f"customers[{i}]" if many else "body"
+        field = f"customers[{i}]" if batch else "body"
         try:
             values, _ = runtime.feature_row(model, key, request.features, field, stored.get(key) if key else None)
         except ServingError as exc:
-            if not many or exc.status != 404:
+            if not batch or exc.status != 404:
                 raise
             answers[i] = _churn_answer(key, "not_found", purpose, ref, error=exc.reason)
             continue
@@ -196,9 +209,11 @@ def _churn_answer(
             "threshold": threshold, "model": model, "reasons": reasons or []}  # fmt: skip
 
 
-def score_churn(runtime: Runtime, requests: Sequence[ScoreRequest], caller: str) -> list[ScoreResponse]:
+def score_churn(
+    runtime: Runtime, requests: Sequence[ScoreRequest], caller: str, batch: bool = False
+) -> list[ScoreResponse]:
     """`churn_answers` as validated response models."""
-    return [ScoreResponse.model_validate(a) for a in churn_answers(runtime, requests, caller)]
+    return [ScoreResponse.model_validate(a) for a in churn_answers(runtime, requests, caller, batch)]
 
 
 def feature_value(value: Any) -> float | str | None:
@@ -224,51 +239,81 @@ def product_catalogue(model: ServedModel) -> list[str]:
     return [str(p) for p in categories.get("product_id", [])]
 
 
-def score_propensity(runtime: Runtime, requests: Sequence[PropensityRequest], caller: str) -> list[PropensityResponse]:
-    """Each customer's products by purchase probability (products held are not candidates)."""
+def score_propensity(
+    runtime: Runtime,
+    requests: Sequence[PropensityRequest],
+    caller: str,
+    batch: bool = False,
+    deadline: float | None = None,
+) -> list[PropensityResponse]:
+    """Each customer's products by purchase probability (products held are not candidates).
+
+    Every (customer, product) pair of the call is scored in one pass of the model (a batch of a
+    thousand customers is one frame, not a thousand). In a `batch` (even of one) an unknown
+    customer is answered `not_found` in place; alone, it is an HTTP 404.
+    """
     model = runtime.champions.served("propensity")
     purpose = runtime.policy.purposes.propensity
     catalogue = product_catalogue(model)
-    answers: list[PropensityResponse] = []
+    answers: list[PropensityResponse | None] = [None] * len(requests)
+    pending: list[tuple[int, dict[str, Any], list[str]]] = []  # (position, inputs, candidate products)
     for i, request in enumerate(requests):
-        field = f"customers[{i}]" if len(requests) > 1 else "body"
+        field = f"customers[{i}]" if batch else "body"
         reason, _ = runtime.consent.check(request.customer_key, purpose)
         if reason is not None:
-            answers.append(PropensityResponse(customer_key=request.customer_key, status="suppressed", purpose=purpose,
-                                              suppressed_reason=reason, model=_ref(model)))  # fmt: skip
+            answers[i] = PropensityResponse(customer_key=request.customer_key, status="suppressed", purpose=purpose,
+                                            suppressed_reason=reason, model=_ref(model))  # fmt: skip
             runtime.audit(caller, "/propensity/score", model, request.customer_key, {}, True, False)
             continue
         try:
             values, stored = runtime.feature_row(model, request.customer_key, request.features, field)
         except ServingError as exc:
-            if len(requests) == 1 or exc.status != 404:
+            if not batch or exc.status != 404:
                 raise
-            answers.append(PropensityResponse(customer_key=request.customer_key, status="not_found", purpose=purpose,
-                                              error=exc.reason, model=_ref(model)))  # fmt: skip
+            answers[i] = PropensityResponse(customer_key=request.customer_key, status="not_found", purpose=purpose,
+                                            error=exc.reason, model=_ref(model))  # fmt: skip
             continue
         products = request.product_ids or [p for p in catalogue if p not in _held(stored)]
         unknown = sorted(set(products) - set(catalogue)) if catalogue else []
         if unknown:
             raise ServingError(422, f"{field}.product_ids", f"unknown products {unknown[:5]}")
-        frame = _frame([{**values, "product_id": p} for p in products], model.columns)
-        scores = np.asarray(model.model.predict_proba(frame))[:, 1] if len(frame) else np.array([])
-        order = np.argsort(-scores, kind="stable")[: request.top]
-        ranked = [ProductScore(product_id=products[j], score=float(scores[j])) for j in order]
-        answers.append(PropensityResponse(customer_key=request.customer_key, status="scored", purpose=purpose,
-                                          products=ranked, model=_ref(model)))  # fmt: skip
-        runtime.audit(caller, "/propensity/score", model, request.customer_key,
-                      {"products": [p.model_dump() for p in ranked]}, False, False, values)  # fmt: skip
-    return answers
+        pending.append((i, values, products))
+    rows = [{**values, "product_id": p} for _, values, products in pending for p in products]
+    scores = np.asarray(model.model.predict_proba(_frame(rows, model.columns)))[:, 1] if rows else np.array([])
+    start, served = 0, []
+    for i, values, products in pending:
+        mine = scores[start : start + len(products)]
+        start += len(products)
+        order = np.argsort(-mine, kind="stable")[: requests[i].top]
+        ranked = [ProductScore(product_id=products[j], score=float(mine[j])) for j in order]
+        key = requests[i].customer_key
+        answers[i] = PropensityResponse(customer_key=key, status="scored", purpose=purpose, products=ranked,
+                                        model=_ref(model))  # fmt: skip
+        served.append((key, {"products": [p.model_dump() for p in ranked]}, values))
+    in_time(deadline)
+    for key, answer, values in served:
+        runtime.audit(caller, "/propensity/score", model, key, answer, False, False, values)
+    return [a for a in answers if a is not None]
 
 
-def recommend(runtime: Runtime, requests: Sequence[RecommendRequest], caller: str) -> list[RecommendResponse]:
-    """Top-k after the rules (held, eligibility), the caller's exclusions and the frequency cap."""
+def recommend(
+    runtime: Runtime,
+    requests: Sequence[RecommendRequest],
+    caller: str,
+    batch: bool = False,
+    deadline: float | None = None,
+) -> list[RecommendResponse]:
+    """Top-k after the rules (held, eligibility), the caller's exclusions and the frequency cap.
+
+    In a `batch` (even of one) an unknown customer is answered `not_found` in place; alone, it is an HTTP 404.
+    """
     model = runtime.champions.served("recommendation")
     purpose = runtime.policy.purposes.recommend
     answers: list[RecommendResponse] = []
+    served: list[tuple[str, list[str], bool]] = []
     now = time.time()
     for i, request in enumerate(requests):
-        field = f"customers[{i}]" if len(requests) > 1 else "body"
+        field = f"customers[{i}]" if batch else "body"
         key = request.customer_key
         reason, _ = runtime.consent.check(key, purpose)
         if reason is not None:
@@ -278,7 +323,7 @@ def recommend(runtime: Runtime, requests: Sequence[RecommendRequest], caller: st
             continue
         stored = runtime.customer_features(key)
         if stored is None:
-            if len(requests) == 1:
+            if not batch:
                 raise ServingError(404, f"{field}.customer_key", f"unknown customer {key!r}")
             answers.append(RecommendResponse(customer_key=key, status="not_found", purpose=purpose,
                                              error=f"unknown customer {key!r}", model=_ref(model)))  # fmt: skip
@@ -289,12 +334,14 @@ def recommend(runtime: Runtime, requests: Sequence[RecommendRequest], caller: st
         counts = runtime.caps.counts(key, [c[0] for c in candidates], now)
         capped = [item for item, _, _ in candidates if counts[item] >= runtime.policy.frequency_cap.max_impressions]
         kept = [c for c in candidates if c[0] not in set(capped)][: request.k]
-        runtime.caps.record(key, [item for item, _, _ in kept], now)
         items = [Recommendation(product_id=item, rank=r, score=float(score), source=source)
                  for r, (item, score, source) in enumerate(kept, start=1)]  # fmt: skip
         fallback = bool(kept) and all(source == "popularity" for _, _, source in kept)
         answers.append(RecommendResponse(customer_key=key, status="scored", purpose=purpose, items=items,
                                          fallback=fallback, capped=capped[:20], model=_ref(model)))  # fmt: skip
-        runtime.audit(caller, "/recommend", model, key, {"items": [x.product_id for x in items], "fallback": fallback},
-                      False, False)  # fmt: skip
+        served.append((key, [x.product_id for x in items], fallback))
+    in_time(deadline)
+    for key, shown, fallback in served:  # counted and logged only once the whole call is answered in time
+        runtime.caps.record(key, shown, now)
+        runtime.audit(caller, "/recommend", model, key, {"items": shown, "fallback": fallback}, False, False)
     return answers

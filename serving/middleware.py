@@ -1,4 +1,4 @@
-"""One pure-ASGI gate in front of every endpoint: API key, content type, body size.
+"""One pure-ASGI gate in front of every endpoint: API key, method, content type, body size.
 
 BentoML 1.4 has no authentication and no request-body limit of its own. Health and
 metrics endpoints stay open; everything else needs a key. A POST must be JSON (a pickle
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,21 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/docs.json")
+# The method each protected route answers; any other method gets 405 with an Allow header.
+ROUTES = {
+    **dict.fromkeys(
+        (
+            "/churn/score",
+            "/churn/score/batch",
+            "/propensity/score",
+            "/propensity/score/batch",
+            "/recommend",
+            "/recommend/batch",
+        ),
+        "POST",
+    ),  # fmt: skip
+    "/models": "GET",
+}
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
@@ -99,7 +115,7 @@ class Gatekeeper:
         await send_json(send, 200, document(json.loads(b"".join(parts))))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the request, then hand it on (with its body replayed) or answer 401/413/415."""
+        """Check the request, then hand it on (with its body replayed) or answer 401/405/413/415."""
         if scope["type"] == "http" and scope["path"] == "/docs.json":
             await self._document(scope, receive, send)
             return
@@ -113,6 +129,12 @@ class Gatekeeper:
             await send_json(send, 401, _error("authorization", why), [(b"www-authenticate", b"Bearer")])
             return
         scope.setdefault("state", {})["caller"] = caller or "anonymous"
+        scope["state"]["arrived"] = time.monotonic()  # a batch's deadline counts from here (serving.service)
+        allowed = ROUTES.get(scope["path"])
+        if allowed is not None and scope["method"] != allowed and not (allowed == "GET" and scope["method"] == "HEAD"):
+            why = f"{scope['method']} is not allowed here; use {allowed}"
+            await send_json(send, 405, _error("method", why), [(b"allow", allowed.encode())])
+            return
         if scope["method"] != "POST":
             await self.app(scope, receive, send)
             return

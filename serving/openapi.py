@@ -34,9 +34,11 @@ ERRORS = {
     "401": ("no valid API key", ERROR_BODY),
     "404": ("unknown customer", ERROR_BODY),
     "413": ("the body or the batch is too large", ERROR_BODY),
+    "405": ("the route answers another method (the Allow header names it)", ERROR_BODY),
     "415": ("not application/json", ERROR_BODY),
     "422": ("a value the model cannot use (unknown feature or product)", ERROR_BODY),
     "503": ("no champion promoted yet for this family", ERROR_BODY),
+    "504": ("the answer took longer than the service's timeout", {"type": "object"}),
 }
 SECURITY = {
     "bearer": {"type": "http", "scheme": "bearer"},
@@ -73,7 +75,7 @@ def document(spec: dict[str, Any]) -> dict[str, Any]:
         for operation in operations.values():
             operation["security"] = [{"bearer": []}, {"apiKey": []}]
             responses = operation.setdefault("responses", {})
-            wanted = ["401"] if path == "/models" else list(ERRORS)
+            wanted = ["401", "405"] if path == "/models" else list(ERRORS)
             for status in wanted:
                 description, body = ERRORS[status]
                 responses[status] = {"description": description, "content": {"application/json": {"schema": body}}}

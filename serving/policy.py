@@ -90,6 +90,19 @@ class ServingPolicy(_Strict):
     audit: AuditRules = Field(default_factory=AuditRules)
     reasons: int = Field(default=3, ge=0, le=20)
     max_batch: int = Field(default=1000, ge=1, le=100_000)
+    timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=600,
+        description="A request not answered in this time gets 504; a batch computed later is neither served nor "
+        "logged. Read when the service starts.",
+    )
+    absent_inputs: int = Field(
+        default=0,
+        ge=0,
+        description="Model inputs a request scored from its body alone (no customer_key) may leave out; more get "
+        "422 naming them. A value that is known to be missing is sent as null.",
+    )
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     consent_sources: list[ConsentSource] = Field(default_factory=list)
     snapshot: SnapshotRules = Field(default_factory=SnapshotRules)

@@ -137,6 +137,16 @@ class Runtime:
             unknown = sorted(set(given) - set(model.columns))
             if unknown:
                 raise ServingError(422, f"{field_name}.features", f"not inputs of {model.name}: {unknown[:5]}")
+            check_types(model, given, field_name)
+            if stored is None:
+                absent = [c for c in model.inputs if c not in given]
+                if len(absent) > self.policy.absent_inputs:
+                    raise ServingError(
+                        422,
+                        f"{field_name}.features",
+                        f"{len(absent)} inputs of {model.name} are missing (at most {self.policy.absent_inputs} may "
+                        f"be; send null for a value that is missing): {absent[:10]}",
+                    )
             return {**(stored or {}), **given}, stored
         return (stored if stored is not None else {}), stored  # read-only from here: no copy
 
@@ -159,3 +169,23 @@ class Runtime:
     def close(self) -> None:
         """Flush the log."""
         self.log.close()
+
+
+def check_types(model: ServedModel, given: Mapping[str, Any], field_name: str) -> None:
+    """Refuse a body's feature whose type the model cannot read: a number for a category, or text for a number.
+
+    The schema already refuses booleans and anything but numbers, strings and null; which of the two
+    an input takes is the model's (its preparation step's numeric inputs). Unknown for other models.
+    """
+    numeric = model.numeric_inputs
+    if numeric is None:
+        return
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name in numeric and isinstance(value, str):
+            raise ServingError(
+                422, f"{field_name}.features.{name}", f"a number is expected, got the text {value[:40]!r}"
+            )
+        if name not in numeric and not isinstance(value, str):
+            raise ServingError(422, f"{field_name}.features.{name}", f"a category (text) is expected, got {value!r}")

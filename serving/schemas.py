@@ -1,15 +1,18 @@
 """Typed requests and responses of the scoring service.
 
-Requests are strict: unknown fields, NaN and infinities are refused with the field named.
+Requests are strict: unknown fields, NaN and infinities are refused with the field named, and
+types are not coerced: a number is a JSON number (never a boolean or a string), a category and a
+key are strings, `k` and `top` integers. Whether a feature must be a number or a category depends
+on the model: `Runtime.feature_row` checks it against the served model's inputs (422).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 
-FeatureValue = float | str | None
+FeatureValue = StrictFloat | StrictInt | StrictStr | None
 CustomerKey = str
 
 
@@ -19,6 +22,16 @@ class _Request(BaseModel):
 
 class ScoreRequest(_Request):
     """One customer: by key (features from the online store), or with the features in the body."""
+
+    # what `_something_to_score` enforces, declared in the OpenAPI document
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["customer_key"]},
+                {"required": ["features"], "properties": {"features": {"minProperties": 1}}},
+            ]
+        }
+    )
 
     customer_key: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     features: dict[str, FeatureValue] | None = Field(
@@ -42,7 +55,7 @@ class PropensityRequest(ScoreRequest):
     """One customer's purchase propensity for some products (default: every product not held)."""
 
     product_ids: list[str] | None = Field(default=None, min_length=1, max_length=500)
-    top: int = Field(default=5, ge=1, le=500)
+    top: StrictInt = Field(default=5, ge=1, le=500)
 
 
 class BatchPropensityRequest(_Request):
@@ -55,7 +68,7 @@ class RecommendRequest(_Request):
     """Top-k products for one customer."""
 
     customer_key: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    k: int = Field(default=10, ge=1, le=50)
+    k: StrictInt = Field(default=10, ge=1, le=50)
     exclude: list[str] = Field(default_factory=list, max_length=500, description="Products not to offer now.")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -19,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 
 from custintel.settings import Settings
 from serving import answers
-from serving.errors import ServingError
+from serving.errors import ServingError, quiet_refusals
 from serving.middleware import Gatekeeper
 from serving.policy import load_serving_policy
 from serving.runtime import Runtime
@@ -59,6 +60,21 @@ def _answer(call: Callable[[], T], ctx: bentoml.Context) -> T | JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status)
 
 
+def _timeout() -> float:
+    """The serving policy's `timeout_seconds`; read when BentoML imports us (its traffic timeout)."""
+    try:
+        return load_serving_policy(Settings().serving_policy).timeout_seconds
+    except ValueError:
+        return 30.0  # a bad policy is refused again, with the field named, when a worker starts
+
+
+def _deadline(runtime: Runtime, ctx: bentoml.Context) -> float:
+    """When a batch must be answered by: the timeout from the request's arrival at the gate, less a margin."""
+    arrived = ctx.request.scope.get("state", {}).get("arrived", time.monotonic())
+    timeout = runtime.policy.timeout_seconds
+    return float(arrived) + max(timeout - 1.0, timeout * 0.9)
+
+
 def _workers() -> int:
     """Worker processes, from CUSTINTEL_SERVING_WORKERS (`custintel serve --workers`); read when BentoML imports us."""
     try:
@@ -72,7 +88,7 @@ def _workers() -> int:
     name="custintel",
     workers=_workers(),
     threads=8,
-    traffic={"timeout": 30},
+    traffic={"timeout": _timeout()},
     logging={"access": {"enabled": False}},
     # No trace exporter is configured, yet BentoML builds an OpenTelemetry span per request: about
     # a fifth of a scoring request's CPU (measured). Scoring paths are left out of tracing; a
@@ -89,6 +105,7 @@ class Custintel:
                 "set CUSTINTEL_SERVING_API_KEYS (or CUSTINTEL_SERVING_ALLOW_ANONYMOUS=true for a local trial)"
             )
         self.runtime = Runtime(settings, load_serving_policy(settings.serving_policy))
+        quiet_refusals("bentoml._internal.server.http_app")  # a refused request: one INFO line, not a traceback
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -141,7 +158,8 @@ class Custintel:
 
         def run() -> Response:
             answers.check_batch(self.runtime, len(request.customers))
-            results = answers.churn_answers(self.runtime, request.customers, _caller(ctx))
+            deadline = _deadline(self.runtime, ctx)
+            results = answers.churn_answers(self.runtime, request.customers, _caller(ctx), True, deadline)
             # `BatchScoreResponse` documents made by `churn_answers`, serialised as they are: validating
             # a thousand answers into response models cost more than scoring them (measured).
             return Response(orjson.dumps({"results": results}), media_type="application/json")
@@ -163,7 +181,9 @@ class Custintel:
         def run() -> BatchPropensityResponse:
             answers.check_batch(self.runtime, len(request.customers))
             return BatchPropensityResponse(
-                results=answers.score_propensity(self.runtime, request.customers, _caller(ctx))
+                results=answers.score_propensity(
+                    self.runtime, request.customers, _caller(ctx), True, _deadline(self.runtime, ctx)
+                )
             )
 
         return _answer(run, ctx)  # type: ignore[return-value]
@@ -179,7 +199,11 @@ class Custintel:
 
         def run() -> BatchRecommendResponse:
             answers.check_batch(self.runtime, len(request.customers))
-            return BatchRecommendResponse(results=answers.recommend(self.runtime, request.customers, _caller(ctx)))
+            return BatchRecommendResponse(
+                results=answers.recommend(
+                    self.runtime, request.customers, _caller(ctx), True, _deadline(self.runtime, ctx)
+                )
+            )
 
         return _answer(run, ctx)  # type: ignore[return-value]
 

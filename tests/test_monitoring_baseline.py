@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models.splits import LabelledTable
 from monitoring import reports
 from monitoring.baseline import (
     BaselineError,
     build_baseline,
     compare_window,
+    labelled_reference,
     months_between,
     pair_distance,
     reference_sample,
@@ -256,3 +258,18 @@ def test_the_decision_and_evidentlys_report_use_the_same_raised_thresholds(logge
     assert "as of 2024-12-01 + natural movement over 6.0 months" in checks["drifted_share"].detail
     assert checks["key_feature_drift"].fired and "sessions (wasserstein" in checks["key_feature_drift"].detail
     assert "natural movement" in checks["key_feature_drift"].detail
+
+
+def test_a_labelled_tables_reference_uses_its_own_id_and_snapshot_columns_and_only_staged_rows(
+    logged: pd.DataFrame,
+) -> None:
+    own = logged.rename(columns={"customer_key": "account", "as_of": "snapshot_date"}).assign(churned=0)
+    newest = own["snapshot_date"] == CUTOFFS[-1]
+    stage = pd.Series(np.where(newest, "unused", "train"), index=own.index)  # a split that leaves the newest out
+    table = LabelledTable(own, id_column="account", label="churned", stage=stage, snapshot="snapshot_date")
+    sample = labelled_reference(table, ["sessions", "channel"], rows=1000, history_rows=200)
+    assert list(sample.columns) == ["customer_key", "as_of", "sessions", "channel"]
+    assert sample["as_of"].max() == CUTOFFS[-2]  # the newest cutoff the model learned from, not the unused one
+    assert (sample.groupby("as_of").size().drop(CUTOFFS[-2]) == 200).all()
+    unsnapped = LabelledTable(own.drop(columns="snapshot_date"), "account", "churned", stage)
+    assert len(labelled_reference(unsnapped, ["sessions"], rows=500, history_rows=100)) == 500

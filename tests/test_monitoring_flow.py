@@ -1,5 +1,6 @@
-"""Monitoring end to end: a world whose drift knob shifts the population after 2025-01-01, its churn model
-served over real HTTP, traffic from before and after the drift, `custintel monitor` on Prefect's API.
+"""Monitoring end to end: a world whose drift knob shifts the population after 2025-10-01, its churn model
+(trained on cutoffs up to 2025-06-01, as the demo's) served over real HTTP, traffic from before and after the
+drift, `custintel monitor` on Prefect's API.
 
 Without drift nothing retrains. With drift the monitor retrains on newer cutoffs, the gate audits the
 new challenger, and the running service picks up the new champion when the gate promotes it (or the
@@ -38,8 +39,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 KEY = "monitor-test-key"
 NAME = "custintel-churn"
-DRIFT_DATE = dt.date(2025, 1, 1)
-BEFORE, AFTER = dt.date(2024, 10, 1), dt.date(2025, 10, 1)  # serving cutoffs either side of the drift
+DRIFT_DATE = dt.date(2025, 10, 1)  # after the champion's newest cutoff and its labels (2025-06-01 + 90 days)
+# serving cutoffs either side of the drift: a month after the newest training cutoff (its labels are in the
+# data, before the drift), and two months into the drift
+BEFORE, AFTER = dt.date(2025, 7, 1), dt.date(2025, 12, 1)
 CHURN_CUTOFFS = [dt.date(2024, 9, 1), dt.date(2024, 11, 1), dt.date(2025, 2, 1), dt.date(2025, 6, 1)]
 
 
@@ -133,7 +136,7 @@ def test_without_drift_nothing_retrains(served: Served, prefect_api: None) -> No
     assert entry["action"] == "none", entry
     assert entry["rows"] >= 300
     assert {c["trigger"] for c in entry["checks"]} >= {"drifted_share", "key_feature_drift", "prediction_drift"}
-    # labels have arrived for the served cutoff (2024-10-01 + 90 days is inside the data): performance is judged
+    # labels have arrived for the served cutoff (2025-07-01 + 90 days is inside the data): performance is judged
     perf = next(c for c in entry["checks"] if c["trigger"] == "performance")
     assert perf["value"] is not None and "labelled rows against" in perf["detail"], perf
     assert not [e for e in _decisions(served.settings) if e.get("kind") == "retrain"]

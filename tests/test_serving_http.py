@@ -115,7 +115,9 @@ def test_each_endpoint_answers(server: Server) -> None:
     assert anonymous.status_code == 200, anonymous.text
     assert anonymous.json()["status"] == "scored" and anonymous.json()["score"] == pytest.approx(body["score"])
     partial = server.post("/churn/score", {"features": {"tenure_days": 400.0, "segment": "consumer"}})
-    assert partial.status_code == 200 and partial.json()["status"] == "scored"  # the rest are missing: NaN
+    assert partial.status_code == 422 and "inputs of custintel-churn are missing" in partial.text  # named
+    nulls = server.post("/churn/score", {"features": {**dict.fromkeys(inputs), "tenure_days": 400.0}})
+    assert nulls.status_code == 200 and nulls.json()["status"] == "scored"  # missing values said so: NaN
 
     batch = server.post("/churn/score/batch", {"customers": [{"customer_key": k} for k in server.consenting[:50]]
                                                + [{"customer_key": "CK-UNKNOWN"}]})  # fmt: skip
@@ -123,6 +125,9 @@ def test_each_endpoint_answers(server: Server) -> None:
     results = batch.json()["results"]
     assert len(results) == 51 and results[0]["score"] == pytest.approx(body["score"])
     assert results[-1]["status"] == "not_found"
+    for path in ("/churn/score/batch", "/propensity/score/batch", "/recommend/batch"):  # a batch of one is a batch
+        one = server.post(path, {"customers": [{"customer_key": "CK-UNKNOWN"}]})
+        assert one.status_code == 200 and one.json()["results"][0]["status"] == "not_found", (path, one.text)
 
     propensity = server.post("/propensity/score", {"customer_key": key, "top": 3})
     assert propensity.status_code == 200, propensity.text
@@ -162,6 +167,11 @@ def test_requests_without_a_valid_key_are_refused(server: Server) -> None:
         ("/churn/score", {}, 400, "give a customer_key or features"),
         ("/churn/score", {"customer_key": "CK1", "extra": 1}, 400, "extra"),
         ("/churn/score", {"features": {"tenure_days": "NaN-as-text", "bogus": 1}}, 422, "features"),
+        ("/churn/score", {"customer_key": "CK1", "features": {"tenure_days": True}}, 400, "tenure_days"),
+        ("/churn/score", {"features": {"tenure_days": "abc"}}, 422, "features.tenure_days"),
+        ("/recommend", {"customer_key": "x", "k": "5"}, 400, "k"),
+        ("/recommend", {"customer_key": "x", "k": True}, 400, "k"),
+        ("/propensity/score", {"customer_key": "x", "top": "3"}, 400, "top"),
         ("/recommend", {"customer_key": "x", "k": 0}, 400, "k"),
         ("/recommend", {"k": 3}, 400, "customer_key"),
         ("/propensity/score", {"customer_key": "x", "product_ids": []}, 400, "product_ids"),
@@ -214,6 +224,13 @@ def test_nan_infinity_oversize_and_foreign_content_types_are_refused(server: Ser
         server.url + "/churn/score", content=b'{"customer_key": ', headers={**AUTH, "Content-Type": "application/json"}
     )
     assert broken.status_code == 400
+    wrong = httpx.post(server.url + "/models", content=b"x", headers={**AUTH, "Content-Type": "text/plain"})
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
+    assert httpx.get(server.url + "/churn/score", headers=AUTH).status_code == 405
+    # every refusal above is one INFO line in the service's log, never a traceback
+    time.sleep(0.5)
+    log = (server.settings.home_dir / "serve.log").read_text(errors="replace")
+    assert "refused POST /churn/score" in log and "Traceback" not in log
 
 
 def test_a_customer_who_withdrew_consent_is_suppressed_and_not_logged(server: Server) -> None:
@@ -333,8 +350,12 @@ def test_batches_from_the_snapshot_equal_batches_from_the_store(server: Server) 
     keys = server.consenting[:300]
     body = {"customers": [{"customer_key": k} for k in keys] + [{"customer_key": "CK-UNKNOWN"}]}
     assert server.post("/churn/score/batch", body).status_code == 200  # a model's first call checks its route
-    # A customer given with features in the body sends the whole batch to the store.
-    with_body = {"customers": [*body["customers"], {"features": {"tenure_days": 100.0}}]}
+    # A customer given with features in the body (no key: every input, most of them null) sends the whole batch
+    # to the store.
+    with open_online_store(server.settings) as online:
+        docs = online.lookup(keys[0]) or {}
+    names = {k for s, doc in docs.items() if s != "interactions@1" for k in doc if k != "as_of"}
+    with_body = {"customers": [*body["customers"], {"features": {**dict.fromkeys(names), "tenure_days": 100.0}}]}
     mixed = server.post("/churn/score/batch", with_body)
     assert mixed.status_code == 200, mixed.text
     from_store = {"results": mixed.json()["results"][:-1]}

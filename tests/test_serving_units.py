@@ -119,6 +119,95 @@ def test_the_gate_checks_key_content_type_and_size_before_the_app() -> None:
     )
 
 
+def test_a_wrong_method_gets_405_naming_the_allowed_one() -> None:
+    gate = Gatekeeper(_echo, api_keys=["k1"], max_body_bytes=100, anonymous=False)
+    key = {"X-API-Key": "k1"}
+    status, body = _call(gate, "/models", {**key, "Content-Type": "text/plain"}, [b"x"], method="POST")
+    assert status == 405 and body["error"]["field"] == "method" and "GET" in body["error"]["reason"]
+    status, body = _call(gate, "/churn/score/batch", key, [b""], method="GET")
+    assert status == 405 and "POST" in body["error"]["reason"]
+    assert _call(gate, "/models", key, [b""], method="GET")[0] == 200
+    assert _call(gate, "/models", {}, [b""], method="POST")[0] == 401  # the key is checked first
+
+
+def test_request_types_are_not_coerced() -> None:
+    from pydantic import ValidationError
+
+    from serving.schemas import PropensityRequest, RecommendRequest, ScoreRequest
+
+    for bad in ({"features": {"sessions_30d": True}}, {"features": {"plan": False}}, {"features": {"x": [1]}}):
+        with pytest.raises(ValidationError):
+            ScoreRequest.model_validate(bad)
+    for bad in ({"customer_key": "c", "k": "5"}, {"customer_key": "c", "k": True}, {"customer_key": "c", "k": 2.0}):
+        with pytest.raises(ValidationError, match="k"):
+            RecommendRequest.model_validate(bad)
+    with pytest.raises(ValidationError, match="top"):
+        PropensityRequest.model_validate({"customer_key": "c", "top": "3"})
+    for json_body in ('{"features": {"sessions_30d": true}}', '{"customer_key": 12}'):
+        with pytest.raises(ValidationError):
+            ScoreRequest.model_validate_json(json_body)
+    ok = ScoreRequest.model_validate_json('{"features": {"sessions_30d": 3, "tenure_days": 2.5, "plan": "basic"}}')
+    assert ok.features == {"sessions_30d": 3, "tenure_days": 2.5, "plan": "basic"}
+
+
+def test_a_bodys_features_must_fit_the_models_inputs(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from serving.errors import ServingError
+    from serving.policy import ServingPolicy
+    from serving.runtime import Runtime
+
+    model = SimpleNamespace(name="m", columns=["a", "b", "plan"], inputs=["a", "b", "plan"],
+                            numeric_inputs=frozenset({"a", "b"}))  # fmt: skip
+    runtime = Runtime.__new__(Runtime)  # only the policy is read for a body without a key
+    runtime.policy = ServingPolicy()
+    full = {"a": 1, "b": None, "plan": "basic"}
+    assert runtime.feature_row(model, None, full, "body", None)[0] == full  # type: ignore[arg-type]
+    cases = [({"a": "abc", "b": 1, "plan": "x"}, "body.features.a", "a number"),
+             ({"a": 1, "b": 2, "plan": 3}, "body.features.plan", "a category"),
+             ({"a": 1}, "body.features", "2 inputs of m are missing"),
+             ({"a": 1, "zz": 2}, "body.features", "not inputs of m")]  # fmt: skip
+    for given, field, why in cases:
+        with pytest.raises(ServingError) as caught:
+            runtime.feature_row(model, None, given, "body", None)  # type: ignore[arg-type]
+        assert caught.value.status == 422 and caught.value.field == field and why in caught.value.reason
+    runtime.policy = ServingPolicy(absent_inputs=2)
+    assert runtime.feature_row(model, None, {"a": 1}, "body", None)[0] == {"a": 1}  # type: ignore[arg-type]
+    # with the customer's stored inputs, the body overrides some of them: nothing is absent
+    stored = {"a": 5, "b": 6, "plan": "gold"}
+    runtime.policy = ServingPolicy()
+    assert runtime.feature_row(model, "CK1", {"a": 1}, "body", stored)[0] == {**stored, "a": 1}  # type: ignore[arg-type]
+
+
+def test_a_refused_request_is_logged_as_one_info_line(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from pydantic import ValidationError
+
+    from serving.errors import quiet_refusals
+    from serving.schemas import RecommendRequest
+
+    name = "custintel.test.refusals"
+    quiet_refusals(name)
+    quiet_refusals(name)  # once
+    logger = logging.getLogger(name)
+    assert len(logger.filters) == 1
+    try:
+        RecommendRequest.model_validate({"customer_key": "c", "k": "5"})
+    except ValidationError:
+        with caplog.at_level(logging.INFO, logger=name):
+            logger.error("Exception on %s [%s]", "/recommend", "POST", exc_info=True)
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        with caplog.at_level(logging.INFO, logger=name):
+            logger.error("Exception on %s [%s]", "/recommend", "POST", exc_info=True)
+    refused, bug = caplog.records
+    assert refused.levelname == "INFO" and refused.exc_info is None
+    assert refused.getMessage().startswith("refused POST /recommend: k: ")
+    assert bug.levelname == "ERROR" and bug.exc_info is not None
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_frequency_caps_count_impressions_in_the_window(tmp_path: Path, backend: str) -> None:
     redis_url = "redis://127.0.0.1:6379/0" if backend == "redis" else None
@@ -580,3 +669,63 @@ def test_monitoring_reads_the_log_without_loading_the_service() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class _Proba:
+    """A propensity model: the probability grows with `x` and the product's number."""
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        p = 1 / (1 + np.exp(-(frame["x"].astype(float) / 10 + frame["product_id"].str[1:].astype(float) / 5)))
+        return np.column_stack([1 - p, p])
+
+
+def _propensity_runtime(audits: list[object]) -> Any:
+    from types import SimpleNamespace
+
+    from serving.policy import ServingPolicy
+
+    model = SimpleNamespace(name="custintel-propensity", version="1", columns=["x", "product_id"], inputs=["x"],
+                            model=_Proba(), catalogue=["p1", "p2", "p3"])  # fmt: skip
+    stored = {
+        f"C{i}": {"x": float(i), "items": [{"product_id": "p2", "holds": True}] if i % 2 else []} for i in range(40)
+    }
+
+    def feature_row(m: object, key: str, given: object, field: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        from serving.errors import ServingError
+
+        if key not in stored:
+            raise ServingError(404, f"{field}.customer_key", f"unknown customer {key!r}")
+        return {"x": stored[key]["x"]}, stored[key]
+
+    return SimpleNamespace(
+        champions=SimpleNamespace(served=lambda family: model),
+        policy=ServingPolicy(),
+        consent=SimpleNamespace(check=lambda key, purpose: (None, False)),
+        feature_row=feature_row,
+        audit=lambda *args: audits.append(args),
+    )
+
+
+def test_a_propensity_batch_is_scored_in_one_pass_like_one_customer_at_a_time(monkeypatch: Any) -> None:
+    import time
+
+    from serving import answers
+    from serving.errors import ServingError
+    from serving.schemas import PropensityRequest
+
+    monkeypatch.setattr(answers, "product_catalogue", lambda model: model.catalogue)
+    audits: list[object] = []
+    runtime = _propensity_runtime(audits)
+    requests = [PropensityRequest(customer_key=f"C{i}", top=2) for i in range(40)] + [
+        PropensityRequest(customer_key="C-UNKNOWN")
+    ]
+    together = answers.score_propensity(runtime, requests, "key-1", batch=True)
+    alone = [answers.score_propensity(runtime, [r], "key-1")[0] for r in requests[:-1]]
+    assert [a.model_dump() for a in together[:-1]] == [a.model_dump() for a in alone]
+    assert together[-1].status == "not_found" and together[1].products[0].product_id == "p3"  # p2 is held
+    assert {p.product_id for p in together[1].products} == {"p1", "p3"}
+    assert len(audits) == 80  # 40 in the batch, 40 alone; the unknown customer is not logged
+    audits.clear()
+    with pytest.raises(ServingError) as late:
+        answers.score_propensity(runtime, requests, "key-1", batch=True, deadline=time.monotonic() - 1)
+    assert late.value.status == 504 and audits == []  # computed after the caller's timeout: nothing served

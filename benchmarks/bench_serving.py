@@ -114,10 +114,12 @@ TARGET_BATCH_ROWS = 20_000.0
 STAGES = ("generate", "ingest", "resolve", "features", "train")
 # A cached stage made by an older version of its step is made again (with every stage after it). features 2:
 # the online sets record their columns, which the service needs to read only the sets a model uses.
-STAGE_VERSIONS = {"features": 2}
+STAGE_VERSIONS = {"features": 2, "train": 2}  # train 2: every family is served (the batch limits phase)
+BATCH_ENDPOINTS = ("/churn/score/batch", "/propensity/score/batch", "/recommend/batch")
+LIMIT_SHARE = 0.5  # the largest allowed batch must answer within this share of the service's timeout
 MARKERS = {"A": '"status":"scored"', "B": '"score":'}  # once per scored row in each server's answer
 NAMES = {"A": "A service (BentoML)", "B": "B bare FastAPI"}
-QUICK = {"duration": 3.0, "warmup": 1.0, "repeats": 1}  # --quick: a check that every level runs
+QUICK = {"duration": 3.0, "warmup": 1.0, "repeats": 1, "limit_calls": 1}  # --quick: a check that every level runs
 
 
 # --------------------------------------------------------------------------- child side: setup
@@ -157,20 +159,33 @@ def _work_features(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _work_train(p: dict[str, Any]) -> dict[str, Any]:
-    """Train churn with a small budget, register it and promote the new version to @champion."""
+    """Train every served family with a small budget, register them and promote the new versions to @champion."""
+    from flows.features import PLAIN_STEPS as FEATURE_STEPS
+    from flows.features import run_feature_build
     from flows.train import PLAIN_STEPS, run_training
     from governance import store
     from models.registry import Registry
 
     settings = _settings(p)
     t0 = time.perf_counter()
-    outcomes = run_training(
-        settings, "churn", PLAIN_STEPS, lambda m: emit("progress", step=m[:120]), trials=p["trials"]
-    )
+
+    def build(days: list[dt.date]) -> None:
+        for day in days:  # the other families' cutoffs, one per build (memory)
+            run_feature_build(settings, [day], False, FEATURE_STEPS, lambda m: emit("progress", step=m[:120]))
+
+    outcomes = []
+    for family in ("churn", "propensity", "recommendation"):
+        outcomes += run_training(
+            settings, family, PLAIN_STEPS, lambda m: emit("progress", step=m[:120]), build, trials=p["trials"]
+        )
     versions = [r["version"] for o in outcomes for r in o.registered if r["name"] == CHURN]
     if not versions:
         raise RuntimeError(f"training registered no {CHURN} version: {[o.registered for o in outcomes]}")
-    store.move_champion(Registry(settings), CHURN, str(versions[-1]), "bench_serving")
+    registry = Registry(settings)
+    for o in outcomes:
+        for r in o.registered:
+            if r["name"] and r["version"] is not None and o.family != "uplift":
+                store.move_champion(registry, r["name"], str(r["version"]), "bench_serving")
     return {
         "seconds": time.perf_counter() - t0,
         "version": str(versions[-1]),
@@ -518,6 +533,32 @@ def _work_client(p: dict[str, Any]) -> dict[str, Any]:
     return asyncio.run(_load(p))
 
 
+def _work_limits(p: dict[str, Any]) -> dict[str, Any]:
+    """Each batch endpoint at the policy's largest batch, one call at a time: seconds per call and the answers."""
+    import httpx
+
+    keys = json.loads(Path(p["keys_file"]).read_text(encoding="utf-8"))[: p["size"]]
+    body = json.dumps({"customers": [{"customer_key": k} for k in keys]}).encode()
+    headers = {"X-API-Key": p["token"], "Content-Type": "application/json"}
+    out: dict[str, Any] = {}
+    with httpx.Client(base_url=f"http://127.0.0.1:{p['port']}", timeout=p["timeout"] + 30) as client:
+        for path in BATCH_ENDPOINTS:
+            seconds, statuses, answers = [], [], {}  # type: ignore[var-annotated]
+            for i in range(p["calls"] + 1):  # the first call warms the model's route and snapshot up: not counted
+                emit("progress", step=f"{path} x{len(keys)}", done=i, total=p["calls"] + 1)
+                t = time.perf_counter()
+                r = client.post(path, content=body, headers=headers)
+                if i == 0:
+                    continue
+                seconds.append(time.perf_counter() - t)
+                statuses.append(r.status_code)
+                if r.status_code == 200:
+                    for a in r.json()["results"]:
+                        answers[a["status"]] = answers.get(a["status"], 0) + 1
+            out[path] = {"seconds": seconds, "statuses": statuses, "answers": answers}
+    return {"size": len(keys), "endpoints": out}
+
+
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "generate": TRAIN_WORKERS["generate"],
     "ingest": TRAIN_WORKERS["ingest"],
@@ -526,6 +567,7 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "train": _work_train,
     "keys": _work_keys,
     "client": _work_client,
+    "limits": _work_limits,
 }
 
 
@@ -889,6 +931,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="worker processes of both servers (A: CUSTINTEL_SERVING_WORKERS, B: uvicorn's), default 1",
     )
     ap.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="customers per batch call (default 1000)")
+    ap.add_argument(
+        "--limit-calls", type=int, default=3, help="calls per batch endpoint at the policy's limit (default 3)"
+    )
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per level and contender")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each window")
     ap.add_argument("--repeats", type=int, default=2, help="runs of every level, alternating A B / B A (default 2)")
@@ -909,6 +954,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.repeats = QUICK["duration"], QUICK["warmup"], QUICK["repeats"]
+        args.limit_calls = QUICK["limit_calls"]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.batch_concurrency = [int(c) for c in args.batch_concurrency.split(",") if c.strip()]
     if args.workers < 1:
@@ -1006,10 +1052,11 @@ def _run(session: Session) -> None:
                         f"  {label}: {rate}, p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, errors {r['errors']}"
                     )
                     session.save()
+        limits = session.record["limits"] = _limits(bench, servers["A"], keys_file, args)
         for who, s in servers.items():
             server_info[who]["rss_mib_at_end"] = s.rss_mib()
         analysis = session.record["analysis"] = _analyse(runs, args)
-        session.targets += analysis["targets"]
+        session.targets += analysis["targets"] + limits["targets"]
         if analysis["errors"]:
             session.problems.append(f"{analysis['errors']} failed requests in the measured windows")
         _print(
@@ -1042,6 +1089,32 @@ def _run(session: Session) -> None:
                 f"[dim]Server RSS at the end (all processes): A {rss['A']:,.0f} MiB, B {rss['B']:,.0f} MiB[/]"
             )
         console.print(f"[dim]Server logs in {run_dir}[/]")
+
+
+def _limits(bench: Bench, server: Server, keys_file: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Each batch endpoint at the serving policy's largest batch against the service's timeout."""
+    from serving.policy import load_serving_policy
+
+    policy = load_serving_policy(None)  # the shipped policy: what the service under test reads
+    size, timeout = policy.max_batch, policy.timeout_seconds
+    run = bench.child(
+        "limits",
+        f"each batch endpoint at its limit ({size:,} customers)",
+        {"port": server.port, "token": API_KEY, "keys_file": str(keys_file), "size": size, "calls": args.limit_calls,
+         "timeout": timeout},
+    )  # fmt: skip
+    targets, lines = [], []
+    for path, r in run.data["endpoints"].items():
+        worst = max(r["seconds"]) if r["seconds"] else None
+        ok = worst is not None and all(code == 200 for code in r["statuses"]) and worst <= LIMIT_SHARE * timeout
+        shown = "no answer" if worst is None else f"{worst:,.2f} s of {timeout:,.0f} s ({worst / timeout:.0%})"
+        targets.append(Target(f"{path} x{run.data['size']:,} within {LIMIT_SHARE:.0%} of the timeout", worst,
+                              LIMIT_SHARE * timeout, ok if worst is not None else None, shown))  # fmt: skip
+        med = _median(r["seconds"]) if r["seconds"] else float("nan")
+        lines.append(f"  {path} x{run.data['size']:,}: median {med:,.2f} s, worst {shown}; statuses {r['statuses']}, "
+                     f"answers {r['answers']}")  # fmt: skip
+    bench.console.log("Batch endpoints at the policy's limit, one call at a time:\n" + "\n".join(lines))
+    return {"size": run.data["size"], "timeout": timeout, "endpoints": run.data["endpoints"], "targets": targets}
 
 
 SPEC = Spec(

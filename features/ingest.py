@@ -32,6 +32,7 @@ ISSUE_SCHEMA = pa.schema(
         ("action", pa.string()),
     ]
 )
+SHOWN_CHARS = 100  # of an over-long value, in its quarantine issue
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
 SQL_TYPES = {
@@ -117,12 +118,22 @@ def _shown_bound(bound: float | str) -> str:
     return f"{bound:g}" if isinstance(bound, float) else str(bound)
 
 
-def _checks(rule: ColumnRule, raw: str, parsed: str, ctx: ValidationContext, key: bool) -> list[tuple[str, str, str]]:
+def _checks(
+    rule: ColumnRule, raw: str, parsed: str, ctx: ValidationContext, key: bool, max_length: int | None
+) -> list[tuple[str, str, str]]:
     """(condition, check name, reason SQL) in the order they are tried."""
     out: list[tuple[str, str, str]] = []
     shown_raw = f"CAST({raw} AS VARCHAR)"
     if not rule.nullable or key:
         out.append((f"{raw} IS NULL", "missing", _lit("required value is missing")))
+    if max_length is not None:  # first, so no later reason repeats an over-long value
+        out.append(
+            (
+                f"length({raw}) > {max_length}",
+                "too_long",
+                f"'text of ' || CAST(length({raw}) AS VARCHAR) || ' characters is longer than the limit {max_length}'",
+            )
+        )
     fmt = f" (expected {' or '.join(rule.date_formats)})" if rule.type in ("date", "timestamp") else ""
     out.append(
         (
@@ -195,7 +206,8 @@ def compile_contract(contract: Contract, schema: pa.Schema, ctx: ValidationConte
         )
         raw = f"NULLIF(TRIM({src}), '')" if is_text else src
         parsed = _parse_expr(rule, raw, is_text)
-        checks = _checks(rule, raw, parsed, ctx, rule.name in contract.key)
+        max_length = contract.max_length(rule) if is_text else None
+        checks = _checks(rule, raw, parsed, ctx, rule.name in contract.key, max_length)
         # Nullable columns with an empty value pass every check.
         whens = [f"WHEN {cond} THEN '{name}' || chr(31) || ({msg})" for cond, name, msg in checks]
         if rule.nullable and rule.name not in contract.key:
@@ -207,7 +219,13 @@ def compile_contract(contract: Contract, schema: pa.Schema, ctx: ValidationConte
                 "CASE " + " ".join(f"WHEN {parsed} = {_lit(k)} THEN {_lit(v)}" for k, v in rule.map.items()) + " END"
             )
         selects.append(f"{reason} AS {_q(_REASON + rule.name)}")
-        selects.append(f"CAST({raw} AS VARCHAR) AS {_q(_VALUE + rule.name)}")
+        shown = f"CAST({raw} AS VARCHAR)"
+        if max_length is not None:  # the issue keeps the start of an over-long value, and its length
+            shown = (
+                f"CASE WHEN length({raw}) > {max_length} THEN left({raw}, {SHOWN_CHARS}) || '... ('"
+                f" || CAST(length({raw}) AS VARCHAR) || ' characters)' ELSE {shown} END"
+            )
+        selects.append(f"{shown} AS {_q(_VALUE + rule.name)}")
         selects.append(f"CAST({value} AS {SQL_TYPES[rule.type]}) AS {_q(rule.name)}")
     return "SELECT " + ",\n  ".join(selects) + " FROM batch"
 

@@ -1,7 +1,8 @@
-"""Ingestion's I/O: read a drop, stage checked tables, swap them into the lake.
+"""Ingestion's I/O: read a drop, stage checked tables, land them in the lake in one step.
 
 Layout under the custintel home::
 
+    lake/_manifest.json                              the committed partitions; the last landing's report
     lake/<table>/drop=<drop_id>/data.parquet         accepted rows, typed, with lineage columns
     quarantine/<table>/drop=<drop_id>/issues-*.parquet every failed check: row, field, reason, value
     quarantine/<table>/drop=<drop_id>/rows-*.parquet   rejected rows exactly as read (one file per source file)
@@ -9,19 +10,31 @@ Layout under the custintel home::
     reports/ingest/<drop_id>.json                    counts per table (read = accepted + quarantined)
 
 A drop is identified by the content of its files, so ingesting the same drop
-again replaces its partitions with identical ones (idempotent), and nothing is
-swapped in until every table of the drop has been read and checked: a drop that
-fails (unreadable file, missing column) leaves the lake exactly as it was.
+again gives byte-identical partitions (idempotent). Landing is atomic for
+readers: every table is checked and staged first, the staged partitions are
+moved into the lake under folder names no committed partition uses, and one
+atomic replace of `lake/_manifest.json` commits them all, with the landing's
+report. Readers resolve partitions only through the manifest, so they see the
+lake before the landing or after it, never a mix. A landing killed at any point
+is finished or undone by the next ingestion (`recover_lake`): staging and
+partitions the manifest does not name are removed, and a committed landing's
+report is written if it was not. A drop that fails (unreadable file, missing
+column) leaves the lake exactly as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import fcntl
+import filecmp
 import hashlib
 import json
 import os
 import shutil
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,6 +46,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from custintel.atomic_files import write_text_atomically
 from custintel.settings import Settings
 from features.contracts import Contract, ContractSet, load_contracts
 from features.ingest import (
@@ -46,6 +60,11 @@ from features.ingest import (
 )
 
 CSV_BYTES_PER_ROW = 64  # a generous guess, to turn a row budget into pyarrow's block size
+MANIFEST = "_manifest.json"
+INGEST_LOG = "_ingest_log.jsonl"
+# Fault tests: the landing step named here prints PAUSE_MARKER and the step to stderr, then waits to be killed.
+PAUSE_ENV = "CUSTINTEL_TEST_PAUSE_AT"
+PAUSE_MARKER = "custintel-ingest-paused-at"
 ProgressFn = Callable[[str, int], None]
 
 
@@ -65,6 +84,7 @@ class TableReport:
     nulled_values: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     extra_columns: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     skipped: str | None = None
 
     @property
@@ -84,15 +104,31 @@ class IngestionReport:
     contracts_digest: str
     replaced_existing: bool
     tables: dict[str, TableReport] = field(default_factory=dict)
+    landing_id: str = ""
 
     @property
     def reconciles(self) -> bool:
         """Counts reconcile for every table."""
         return all(t.reconciles for t in self.tables.values())
 
+    @property
+    def warnings(self) -> list[str]:
+        """Every table's warnings (an empty file, for one), each naming its table."""
+        return [f"{name}: {w}" for name, t in self.tables.items() for w in t.warnings]
+
     def to_json(self) -> str:
         """The report as indented JSON."""
         return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> IngestionReport:
+        """The report from its JSON form."""
+        fields = dict(data)
+        tables = fields.pop("tables", {})
+        assert isinstance(tables, dict)
+        report = cls(**fields)  # type: ignore[arg-type]
+        report.tables = {name: TableReport(**t) for name, t in tables.items()}
+        return report
 
 
 def file_digest(path: Path) -> str:
@@ -391,6 +427,10 @@ def _ingest_table(
             done[0] = before
             out = outputs()
             read, quarantined = _ingest_file(con, contract, path, rel, out, ctx, batch_rows, True, on_rows)
+        if read == 0:  # a header and nothing else is readable, but rarely what the sender meant
+            warning = f"{rel} has no rows" + (" (a header only)" if contract.format == "csv" else "")
+            report.warnings.append(warning)
+            out.issues.write(_with_file(_warning_issue("<file>", "empty_file", warning), rel))
         out.close()
         report.read += read
         report.quarantined += quarantined
@@ -405,6 +445,21 @@ def _ingest_table(
         report.nulled_values = _scalar(
             con, f"SELECT count(*) FROM read_parquet('{issue_glob}') WHERE action = 'nulled'"
         )
+
+
+def _warning_issue(field_name: str, check: str, reason: str) -> pa.Table:
+    """One issue that quarantines nothing: the data is kept, the reader is warned."""
+    return pa.table(
+        {
+            "row_number": [0],
+            "field": [field_name],
+            "check": [check],
+            "reason": [reason],
+            "value": [None],
+            "action": ["warning"],
+        },
+        schema=ISSUE_SCHEMA,
+    )
 
 
 def _drop_duplicate_keys(
@@ -456,8 +511,9 @@ def _drop_duplicate_keys(
             f"TO '{q_part / 'duplicates.parquet'}' (FORMAT parquet)"
         )
         con.execute(
-            f"COPY (SELECT s.*, {lineage} FROM {src} s ANTI JOIN dup_rows d USING (_source_file, {ROW})) "
-            f"TO '{final}' (FORMAT parquet, COMPRESSION zstd)"
+            # A parallel join emits rows in no fixed order: sort, so the same drop gives the same bytes.
+            f"COPY (SELECT s.*, {lineage} FROM {src} s ANTI JOIN dup_rows d USING (_source_file, {ROW}) "
+            f"ORDER BY s._source_file, s.{ROW}) TO '{final}' (FORMAT parquet, COMPRESSION zstd)"
         )
     else:
         con.execute(f"COPY (SELECT *, {lineage} FROM {src}) TO '{final}' (FORMAT parquet, COMPRESSION zstd)")
@@ -469,29 +525,328 @@ def _lake_types(contract: Contract) -> list[tuple[str, str]]:
     return [(c.name, SQL_TYPES[c.type]) for c in contract.columns]
 
 
-def _swap_in(stage: Path, settings: Settings, tables: list[str], drop_id: str) -> bool:
-    """Move staged partitions into place; an existing partition of the same drop is replaced."""
-    replaced = False
-    for area, root in (("lake", settings.lake_dir), ("quarantine", settings.quarantine_dir)):
-        for table in tables:
-            src = _partition(stage / area, table, drop_id)
-            if not src.exists():
+# --------------------------------------------------------------------------------------------
+# The manifest: the one file that says which partitions are committed
+
+
+@dataclass
+class Partition:
+    """One drop's committed partition of a table: its folder names under lake/<table>/ and quarantine/<table>/."""
+
+    drop_id: str
+    lake: str
+    quarantine: str | None = None
+
+
+@dataclass
+class LakeManifest:
+    """Every table's committed partitions and the last landing's report; replaced atomically, never edited."""
+
+    generation: int = 0
+    committed_at: str = ""
+    tables: dict[str, list[Partition]] = field(default_factory=dict)
+    landing: dict[str, object] | None = None
+
+    def partition(self, table: str, drop_id: str) -> Partition | None:
+        """A table's committed partition of a drop, if there is one."""
+        return next((p for p in self.tables.get(table, []) if p.drop_id == drop_id), None)
+
+    def to_json(self) -> str:
+        """The manifest as indented JSON."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> LakeManifest:
+        """The manifest from its JSON form."""
+        data = json.loads(text)
+        return cls(
+            generation=int(data["generation"]),
+            committed_at=str(data["committed_at"]),
+            tables={t: [Partition(**p) for p in parts] for t, parts in data["tables"].items()},
+            landing=data.get("landing"),
+        )
+
+
+def _legacy_manifest(settings: Settings) -> LakeManifest:
+    """A lake written before manifests existed: every `drop=*/data.parquet` counts as committed.
+
+    Folders the old in-place swap left behind when killed (`drop=<id>.old-<hex>`) are not partitions.
+    """
+    tables: dict[str, list[Partition]] = {}
+    if settings.lake_dir.is_dir():
+        for data in sorted(settings.lake_dir.glob("*/drop=*/data.parquet")):
+            folder = data.parent
+            if ".old-" in folder.name:
                 continue
-            dst = _partition(root, table, drop_id)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            old = dst.with_name(dst.name + f".old-{uuid.uuid4().hex[:8]}")
-            if dst.exists():
-                replaced = True
-                os.replace(dst, old)
-            os.replace(src, dst)
-            shutil.rmtree(old, ignore_errors=True)
-    return replaced
+            quarantine = settings.quarantine_dir / folder.parent.name / folder.name
+            tables.setdefault(folder.parent.name, []).append(
+                Partition(folder.name.split("=", 1)[1], folder.name, folder.name if quarantine.is_dir() else None)
+            )
+    return LakeManifest(tables=tables)
+
+
+def read_manifest(settings: Settings) -> LakeManifest:
+    """The lake's committed state (for a lake older than manifests, what its folders hold)."""
+    path = settings.lake_dir / MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return _legacy_manifest(settings)
+    try:
+        return LakeManifest.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IngestError(f"{path} is not a readable lake manifest: {exc}") from exc
+
+
+def lake_files(settings: Settings, table: str | None = None) -> list[Path]:
+    """The committed `data.parquet` files of a table (of every table without one): what readers must read."""
+    manifest = read_manifest(settings)
+    tables = [table] if table is not None else sorted(manifest.tables)
+    return [settings.lake_dir / t / p.lake / "data.parquet" for t in tables for p in manifest.tables.get(t, [])]
+
+
+def quarantine_partitions(settings: Settings, table: str) -> list[tuple[str, Path]]:
+    """(drop id, folder) of a table's committed quarantine partitions."""
+    manifest = read_manifest(settings)
+    return [
+        (p.drop_id, settings.quarantine_dir / table / p.quarantine)
+        for p in manifest.tables.get(table, [])
+        if p.quarantine is not None
+    ]
+
+
+def _pause(step: str) -> None:
+    """Fault-test hook: at the step named by $CUSTINTEL_TEST_PAUSE_AT, say so on stderr and wait to be killed."""
+    if os.environ.get(PAUSE_ENV) != step:
+        return
+    sys.stderr.write(f"{PAUSE_MARKER} {step}\n")
+    sys.stderr.flush()
+    while True:
+        time.sleep(60)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush a staged folder's files to disk, so a committed partition survives a power loss too."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _write_manifest(settings: Settings, manifest: LakeManifest) -> None:
+    """The commit point: write beside, flush, and replace the manifest in one step."""
+    settings.lake_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.lake_dir / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(manifest.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    _pause("flipping")
+    os.replace(tmp, path)
+    _fsync_dir(settings.lake_dir)
+
+
+@contextlib.contextmanager
+def _landing_lock(settings: Settings) -> Iterator[None]:
+    """One landing or recovery at a time per home (the kernel drops the lock when its process dies)."""
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.home_dir / ".ingest.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_unreferenced(settings: Settings, manifest: LakeManifest) -> list[str]:
+    """Delete partition folders the manifest does not name: replaced versions, or a landing that never committed."""
+    removed = []
+    for root, area in ((settings.lake_dir, "lake"), (settings.quarantine_dir, "quarantine")):
+        if not root.is_dir():
+            continue
+        for table_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            parts = manifest.tables.get(table_dir.name, [])
+            keep = {p.lake for p in parts} if area == "lake" else {p.quarantine for p in parts}
+            for folder in sorted(table_dir.glob("drop=*")):
+                if folder.name not in keep:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(f"{area}/{table_dir.name}/{folder.name}")
+    return removed
+
+
+def _logged_landings(log: Path) -> set[str]:
+    ids = set()
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError, AttributeError):
+                ids.add(str(json.loads(line).get("landing_id", "")))
+    return ids
+
+
+def _publish_report(settings: Settings, landing: dict[str, object]) -> list[str]:
+    """Write a committed landing's report and its `_ingest_log.jsonl` line, unless they already are."""
+    report = IngestionReport.from_dict(landing)
+    return _write_report(settings, report) + _log_landing(settings, report)
+
+
+def _write_report(settings: Settings, report: IngestionReport) -> list[str]:
+    done = []
+    text = report.to_json() + "\n"
+    out = settings.reports_dir / "ingest"
+    out.mkdir(parents=True, exist_ok=True)
+    for path in (out / f"{report.drop_id}.json", out / "latest.json"):
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            write_text_atomically(path, text)
+            done.append(f"wrote {path.relative_to(settings.home_dir)}")
+    return done
+
+
+def _log_landing(settings: Settings, report: IngestionReport) -> list[str]:
+    done = []
+    log = settings.lake_dir / INGEST_LOG
+    if report.landing_id not in _logged_landings(log):
+        line = {
+            "drop_id": report.drop_id,
+            "landing_id": report.landing_id,
+            "ingested_at": report.ingested_at,
+            "drop_dir": report.drop_dir,
+            "replaced_existing": report.replaced_existing,
+            "tables": {
+                t: {"read": r.read, "accepted": r.accepted, "quarantined": r.quarantined}
+                for t, r in report.tables.items()
+            },
+        }
+        torn = log.is_file() and log.stat().st_size > 0 and not log.read_bytes().endswith(b"\n")
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(("\n" if torn else "") + json.dumps(line, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        done.append(f"logged landing {report.landing_id}")
+    return done
+
+
+def _recover(settings: Settings) -> list[str]:
+    """Finish or undo a landing that was killed (the landing lock is held)."""
+    done = []
+    staging = settings.home_dir / ".staging"
+    if staging.is_dir():
+        for leftover in sorted(staging.iterdir()):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            done.append(f"removed .staging/{leftover.name}")
+    (settings.lake_dir / f".{MANIFEST}.tmp").unlink(missing_ok=True)
+    if (settings.lake_dir / MANIFEST).is_file():
+        manifest = read_manifest(settings)
+    else:
+        # Committed before anything new is moved into the lake, so that a new folder is never taken for
+        # committed by the folder-globbing fallback.
+        manifest = _legacy_manifest(settings)
+        _write_manifest(settings, manifest)
+        done.append(f"wrote the manifest of the existing lake ({sum(map(len, manifest.tables.values()))} partitions)")
+    done += [f"removed {name}" for name in _remove_unreferenced(settings, manifest)]
+    if manifest.landing is not None:
+        done += _publish_report(settings, manifest.landing)
+    return done
+
+
+def recover_lake(settings: Settings) -> list[str]:
+    """Bring a home's lake to a committed state after a killed ingestion; say what was done.
+
+    Before the manifest was replaced the landing is undone (its staging and partitions removed), after it
+    the landing is finished (replaced partitions removed, its report written). `ingest_drop` runs this first.
+    """
+    with _landing_lock(settings):
+        return _recover(settings)
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    names_a = sorted(p.name for p in a.iterdir())
+    if not b.is_dir() or names_a != sorted(p.name for p in b.iterdir()):
+        return False
+    return all(filecmp.cmp(a / n, b / n, shallow=False) for n in names_a)
+
+
+def _place_folder(src: Path, table_root: Path, committed: str | None, drop_id: str) -> str:
+    """Move a staged partition into the lake beside the committed one; return its folder name."""
+    if committed is not None and _same_files(src, table_root / committed):
+        return committed  # the same bytes (the same drop again): the committed folder stays
+    name = f"drop={drop_id}"
+    if (table_root / name).exists():  # the committed version keeps its folder until the manifest moves on
+        name = f"drop={drop_id}.{uuid.uuid4().hex[:8]}"
+    _fsync_tree(src)
+    table_root.mkdir(parents=True, exist_ok=True)
+    os.replace(src, table_root / name)
+    _fsync_dir(table_root)
+    return name
+
+
+def _land(stage: Path, settings: Settings, report: IngestionReport) -> None:
+    """Move the staged partitions in beside the committed ones, then commit them all with one manifest."""
+    drop_id = report.drop_id
+    old = read_manifest(settings)
+    placed: dict[str, Partition] = {}
+    moved: list[Path] = []
+    try:
+        for table in report.tables:
+            lake_src = _partition(stage / "lake", table, drop_id)
+            if not lake_src.is_dir():  # a skipped optional table
+                continue
+            current = old.partition(table, drop_id)
+            lake = _place_folder(lake_src, settings.lake_dir / table, current.lake if current else None, drop_id)
+            if current is None or lake != current.lake:
+                moved.append(settings.lake_dir / table / lake)
+            q_src = _partition(stage / "quarantine", table, drop_id)
+            quarantine = None
+            if q_src.is_dir():
+                committed_q = current.quarantine if current else None
+                quarantine = _place_folder(q_src, settings.quarantine_dir / table, committed_q, drop_id)
+                if quarantine != committed_q:
+                    moved.append(settings.quarantine_dir / table / quarantine)
+            placed[table] = Partition(drop_id, lake, quarantine)
+            _pause(f"placed:{table}")
+        report.replaced_existing = any(old.partition(t, drop_id) is not None for t in placed)
+        tables = {t: [p for p in parts if p.drop_id != drop_id or t not in placed] for t, parts in old.tables.items()}
+        for table, part in placed.items():
+            tables.setdefault(table, []).append(part)
+        new = LakeManifest(
+            generation=old.generation + 1,
+            committed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            tables={t: sorted(parts, key=lambda p: p.drop_id) for t, parts in sorted(tables.items())},
+            landing=asdict(report),
+        )
+        _write_manifest(settings, new)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            landing = read_manifest(settings).landing
+            if landing is None or landing.get("landing_id") != report.landing_id:
+                for folder in moved:  # never committed: nobody can have read them
+                    shutil.rmtree(folder, ignore_errors=True)
+        raise
+    _pause("flipped")
+    _remove_unreferenced(settings, new)
+    _pause("cleaned")
+    _write_report(settings, report)
+    _pause("reported")
+    _log_landing(settings, report)
+    _pause("logged")
 
 
 def ingest_drop(
     drop_dir: Path, settings: Settings, contracts: ContractSet | None = None, progress: ProgressFn | None = None
 ) -> IngestionReport:
-    """Check every table of a drop against its contract and land it in the lake."""
+    """Check every table of a drop against its contract and land it in the lake in one step."""
     drop_dir = Path(drop_dir).resolve()
     if not drop_dir.is_dir():
         raise IngestError(f"source folder {drop_dir} does not exist")
@@ -514,26 +869,50 @@ def ingest_drop(
         ingested_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         contracts_digest=digest,
         replaced_existing=False,
+        landing_id=uuid.uuid4().hex,
     )
-    settings.home_dir.mkdir(parents=True, exist_ok=True)
-    stage = settings.home_dir / ".staging" / f"{drop_id}-{uuid.uuid4().hex[:8]}"
+    for c in contracts.ordered():
+        report.tables[c.table] = TableReport(table=c.table, extra_columns=extra_columns[c.table])
+    with _landing_lock(settings):
+        _recover(settings)
+        _pause("recovered")
+        stage = settings.home_dir / ".staging" / f"{drop_id}-{report.landing_id[:8]}"
+        try:
+            _stage_tables(stage, drop_dir, files, contracts, settings, report, progress)
+            _pause("staged")
+            _land(stage, settings, report)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    return report
+
+
+def _stage_tables(
+    stage: Path,
+    drop_dir: Path,
+    files: dict[str, list[Path]],
+    contracts: ContractSet,
+    settings: Settings,
+    report: IngestionReport,
+    progress: ProgressFn | None,
+) -> None:
+    """Check every table into the staging folder, referenced tables first."""
+    stage.mkdir(parents=True)
     con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET threads = 2")
-    # DuckDB would otherwise take up to 80% of RAM for the duplicate-key pass over the largest
-    # table; with a limit it spills to the staging folder instead, at about the same speed.
-    con.execute(f"SET memory_limit = '{settings.ingest_memory_limit}'")
-    con.execute(f"SET temp_directory = '{stage / 'spill'}'")
     try:
-        ctx = ValidationContext(as_of=as_of)
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET threads = 2")
+        # DuckDB would otherwise take up to 80% of RAM for the duplicate-key pass over the largest
+        # table; with a limit it spills to the staging folder instead, at about the same speed.
+        con.execute(f"SET memory_limit = '{settings.ingest_memory_limit}'")
+        con.execute(f"SET temp_directory = '{stage / 'spill'}'")
+        ctx = ValidationContext(as_of=dt.datetime.fromisoformat(report.as_of))
         for c in contracts.ordered():
-            tr = TableReport(table=c.table, extra_columns=extra_columns[c.table])
-            report.tables[c.table] = tr
+            tr = report.tables[c.table]
             if not files[c.table]:
                 tr.skipped = f"no file matching '{c.files}' (optional source)"
                 continue
             _ingest_table(
-                con, c, files[c.table], drop_dir, stage, drop_id, ctx, tr, progress, settings.ingest_batch_rows
+                con, c, files[c.table], drop_dir, stage, report.drop_id, ctx, tr, progress, settings.ingest_batch_rows
             )
             if not tr.reconciles:
                 raise IngestError(
@@ -544,7 +923,7 @@ def ingest_drop(
                 for rule in other.columns:
                     if rule.references and rule.references.startswith(c.table + "."):
                         col = rule.references.split(".", 1)[1]
-                        path = _partition(stage / "lake", c.table, drop_id) / "data.parquet"
+                        path = _partition(stage / "lake", c.table, report.drop_id) / "data.parquet"
                         ctx.reference_values[rule.references] = [
                             str(v[0])
                             for v in con.sql(
@@ -552,41 +931,26 @@ def ingest_drop(
                                 f'WHERE "{col}" IS NOT NULL ORDER BY 1'
                             ).fetchall()
                         ]
-        report.replaced_existing = _swap_in(stage, settings, list(report.tables), drop_id)
+            _pause(f"staged:{c.table}")
     finally:
         con.close()
-        shutil.rmtree(stage, ignore_errors=True)
-    _write_report(settings, report)
-    return report
 
 
-def _write_report(settings: Settings, report: IngestionReport) -> None:
-    out = settings.reports_dir / "ingest"
-    out.mkdir(parents=True, exist_ok=True)
-    text = report.to_json() + "\n"
-    (out / f"{report.drop_id}.json").write_text(text)
-    (out / "latest.json").write_text(text)
-    settings.lake_dir.mkdir(parents=True, exist_ok=True)
-    line = {
-        "drop_id": report.drop_id,
-        "ingested_at": report.ingested_at,
-        "drop_dir": report.drop_dir,
-        "replaced_existing": report.replaced_existing,
-        "tables": {
-            t: {"read": r.read, "accepted": r.accepted, "quarantined": r.quarantined} for t, r in report.tables.items()
-        },
-    }
-    with open(settings.lake_dir / "_ingest_log.jsonl", "a") as f:
-        f.write(json.dumps(line, sort_keys=True) + "\n")
+def _read_parquet_sql(files: list[Path]) -> str:
+    """`read_parquet` over an explicit list of files; folder names are not columns."""
+    paths = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+    return f"read_parquet([{paths}], union_by_name = true, hive_partitioning = false)"
 
 
 def lake_table_sql(settings: Settings, table: str, contracts: ContractSet | None = None) -> str:
     """SQL for the current rows of a lake table: the newest drop's version of each key."""
+    files = lake_files(settings, table)
+    if not files:
+        raise IngestError(f"table {table} has not been ingested into {settings.lake_dir}")
     contract = (contracts or load_contracts()).get(table)
-    glob = settings.lake_dir / table / "drop=*" / "data.parquet"
-    src = f"read_parquet('{glob}', union_by_name = true)"
+    src = _read_parquet_sql(files)
     # One drop holds each key once (ingestion moves later copies to quarantine): nothing to pick.
-    if not contract.key or len(list(glob.parent.parent.glob("drop=*/data.parquet"))) <= 1:
+    if not contract.key or len(files) <= 1:
         return f"SELECT * FROM {src}"
     key = ", ".join(f'"{k}"' for k in contract.key)
     return (
@@ -597,15 +961,23 @@ def lake_table_sql(settings: Settings, table: str, contracts: ContractSet | None
 
 def read_lake_table(settings: Settings, table: str, contracts: ContractSet | None = None) -> pd.DataFrame:
     """The current rows of a lake table as a data frame."""
-    if not list((settings.lake_dir / table).glob("drop=*/data.parquet")):
-        raise IngestError(f"table {table} has not been ingested into {settings.lake_dir}")
-    with duckdb.connect() as con:
-        return con.sql(lake_table_sql(settings, table, contracts)).df()
+    for attempt in range(3):
+        sql = lake_table_sql(settings, table, contracts)
+        try:
+            with duckdb.connect() as con:
+                return con.sql(sql).df()
+        except duckdb.IOException:
+            # A landing committed meanwhile and removed the version this read had resolved: resolve again.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def read_quarantine(settings: Settings, table: str) -> pd.DataFrame:
-    """Every failed check recorded for a table, across drops."""
-    paths = sorted((settings.quarantine_dir / table).glob("drop=*/issues-*.parquet"))
+    """Every failed check recorded for a table, across its committed drops."""
+    paths = [
+        (d, p) for d, folder in quarantine_partitions(settings, table) for p in sorted(folder.glob("issues-*.parquet"))
+    ]
     if not paths:
         return ISSUE_SCHEMA.empty_table().to_pandas()
-    return pd.concat([pd.read_parquet(p).assign(drop=p.parent.name.split("=", 1)[1]) for p in paths], ignore_index=True)
+    return pd.concat([pd.read_parquet(p).assign(drop=d) for d, p in paths], ignore_index=True)

@@ -27,9 +27,11 @@ import hashlib
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import tempfile
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.models import infer_signature
+from mlflow.tracking._tracking_service import utils as tracking_service_utils
 
 from custintel.settings import Settings
 from models.result import EvaluationSet, LoggedModel, TrainedModel
@@ -270,6 +273,71 @@ def _fluent(tracking_uri: str, registry_uri: str) -> Iterator[None]:
 # --- the registry ---------------------------------------------------------------------------------------------------
 
 
+def relocate_home_store(settings: Settings) -> int:
+    """Make a home's own MLflow store point inside the home it is in now; returns the values rewritten.
+
+    MLflow keeps absolute artifact locations (each experiment's, run's, logged model's and model
+    version's) in `mlflow.db`, and absolute paths in each model's `MLmodel`. A home that was copied,
+    moved or restored from a backup would otherwise write new cards, reports and models into the
+    home it was made in. The home's store is known by its experiments, whose artifact root this
+    module sets to `<home>/artifacts`: when that root is in another folder, the old home's path in
+    every text value of the database and every `MLmodel` under the artifacts becomes this home's, in one SQLite
+    transaction (concurrent processes wait for it and then find nothing to do). A store the
+    settings name (`CUSTINTEL_MLFLOW_TRACKING_URI`: PostgreSQL, a server) is left alone.
+    """
+    if settings.mlflow_tracking_uri:
+        return 0
+    db = settings.home_dir / "mlflow.db"
+    if not db.is_file():
+        return 0
+    new_uri = settings.artifacts_dir.as_uri()
+    con = sqlite3.connect(db, timeout=120, isolation_level=None)
+    try:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return 0
+        query = "SELECT DISTINCT artifact_location FROM experiments WHERE artifact_location LIKE 'file://%/artifacts'"
+        if not {r[0] for r in con.execute(query)} - {new_uri}:
+            return 0
+        con.execute("BEGIN IMMEDIATE")  # one process rebases; the others wait, then find it done
+        olds = {r[0] for r in con.execute(query)} - {new_uri}
+        pairs: list[tuple[str, str]] = []
+        for old_uri in sorted(olds):
+            # the whole home's prefix: artifacts, and the lake paths the logged datasets name
+            old_path = old_uri.removeprefix("file://").removesuffix("artifacts")
+            new_path = new_uri.removeprefix("file://").removesuffix("artifacts")
+            pairs.append((old_path, new_path))  # as a URI's path (percent-encoded)
+            if urllib.parse.unquote(old_path) != old_path:
+                pairs.append((urllib.parse.unquote(old_path), urllib.parse.unquote(new_path)))  # as a plain path
+        changed = 0
+        for table in sorted(tables):
+            columns = [r[1] for r in con.execute(f'PRAGMA table_info("{table}")')
+                       if any(t in (r[2] or "").upper() for t in ("CHAR", "TEXT", "CLOB"))]  # fmt: skip
+            for column in columns:
+                for old, new in pairs:
+                    cursor = con.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                        (old, new, old),
+                    )
+                    changed += max(cursor.rowcount, 0)
+        for model_file in settings.artifacts_dir.rglob("MLmodel"):
+            text = model_file.read_text(encoding="utf-8")
+            moved = text
+            for old, new in pairs:
+                moved = moved.replace(old, new)
+            if moved != text:
+                model_file.write_text(moved, encoding="utf-8")
+                changed += 1
+        con.execute("COMMIT")
+        return changed
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+
+
 class Registry:
     """The MLflow tracking store and model registry that the settings name.
 
@@ -281,11 +349,18 @@ class Registry:
         self.settings = settings
         self.tracking_uri = settings.tracking_uri
         self.registry_uri = settings.tracking_uri
+        self._relocated = False
 
     @functools.cached_property
     def client(self) -> MlflowClient:
         """MLflow's client on these URIs (made on first use: for SQLite, making it creates the database)."""
+        self._relocate()
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+
+    def _relocate(self) -> None:
+        if not self._relocated:
+            relocate_home_store(self.settings)
+            self._relocated = True
 
     # -- the store -------------------------------------------------------------------------------------------------
     @property
@@ -307,6 +382,7 @@ class Registry:
         return self.settings.artifacts_dir.as_uri()
 
     def _fluent(self) -> contextlib.AbstractContextManager[None]:
+        self._relocate()
         return _fluent(self.tracking_uri, self.registry_uri)
 
     def _unreachable(self, exc: Exception) -> RegistryError:
@@ -431,7 +507,20 @@ class Registry:
         with tempfile.TemporaryDirectory() as tmp:
             evaluation.frame.to_parquet(Path(tmp) / "test.parquet", index=False)
             (Path(tmp) / "meta.json").write_text(json.dumps(evaluation.meta(), indent=2))
-            self.client.log_artifacts(run_id, tmp, "evaluation")
+            self._artifacts_of(run_id).log_artifacts(run_id, tmp, "evaluation")
+
+    def _artifacts_of(self, run_id: str) -> MlflowClient:
+        """The client, once MLflow's process-wide cache has forgotten the run's artifact store.
+
+        MLflow caches each run's artifact repository by run id alone, whatever the store: a
+        process that touched a run in one home (a copy's original, a home before it moved) would
+        go on writing that run's artifacts there. Dropping the entry makes the client read the
+        run's location from this registry.
+        """
+        cache = getattr(tracking_service_utils, "_artifact_repos_cache", None)
+        if cache is not None:
+            cache.pop(run_id, None)
+        return self.client
 
     def log_run_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
         """Add metrics to a finished run (e.g. the oracle comparison, computed after registration)."""
@@ -441,7 +530,7 @@ class Registry:
 
     def log_artifacts(self, run_id: str, folder: Path, path: str) -> str:
         """Attach a local folder's files to a run under `path`; returns `path`."""
-        self.client.log_artifacts(run_id, str(folder), path)
+        self._artifacts_of(run_id).log_artifacts(run_id, str(folder), path)
         return path
 
     def run(self, run_id: str) -> RunInfo:
@@ -456,7 +545,7 @@ class Registry:
             saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
             try:
-                return Path(self.client.download_artifacts(run_id, path, dst))
+                return Path(self._artifacts_of(run_id).download_artifacts(run_id, path, dst))
             except (MlflowException, OSError):
                 return None
             finally:

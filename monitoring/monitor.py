@@ -34,6 +34,7 @@ import pandas as pd
 from custintel.settings import Settings
 from features.featurestore.offline import available_as_of, read_offline
 from features.featurestore.store import offline_root
+from features.lake import lake_files
 from models.registry import Registry
 from monitoring import reports
 from monitoring.baseline import Baseline, compare_window, select_reference, served_cutoff
@@ -134,7 +135,7 @@ def load_model(registry: Registry, champion: Champion) -> Any:
 
 def observed_until(settings: Settings) -> dt.date | None:
     """The end of the observed data: the newest drop's as-of over every lake table."""
-    files = list(settings.lake_dir.glob("*/drop=*/data.parquet"))
+    files = lake_files(settings)
     if not files:
         return None
     with duckdb.connect() as con:

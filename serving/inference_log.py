@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import orjson
 
+from custintel.sql import text_list as sql_text_list
 from features.featurestore.online import AS_OF
 from serving.policy import ServingPolicy
 
@@ -103,7 +104,7 @@ def entries_sql(files: Sequence[Path], fields: Sequence[str], inputs_type: str =
     """
     types = {name: inputs_type if name == "inputs" else ENTRY_TYPES[name] for name in fields}
     columns = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in types.items()) + "}"
-    return f"read_json({[str(f) for f in files]!r}, format='newline_delimited', columns={columns})"
+    return f"read_json({sql_text_list(files)}, format='newline_delimited', columns={columns})"
 
 
 class InferenceLog:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from features.contracts import ColumnRule, Contract, ContractSet, load_contracts
+from features.contracts import DEFAULT_MAX_TEXT_LENGTH, ColumnRule, Contract, ContractSet, load_contracts
 from features.synthetic.sources import SOURCE_FILES
 
 SHIPPED_TABLES = {
@@ -131,6 +131,7 @@ def test_invalid_contract_file_gives_value_error_naming_the_file(tmp_path: Path,
         ({"type": "int", "min": "2020-01-01"}, "text bound"),
         ({"type": "date", "min": "not-a-date"}, "Invalid isoformat"),
         ({"type": "string", "references": "product_catalogue"}, "table.column"),
+        ({"type": "string", "max_length": 0}, "greater than or equal to 1"),
     ],
 )
 def test_column_rule_rejects_inconsistent_checks(kwargs: dict[str, object], needle: str) -> None:
@@ -187,3 +188,15 @@ def test_ordered_is_topological_and_deterministic() -> None:
         contracts=[_contract("c", references="b.id"), _contract("b", references="a.id"), _contract("a"), _contract("z")]
     )
     assert [c.table for c in cs.ordered()] == ["a", "z", "b", "c"]
+
+
+def test_text_length_limit_defaults_and_overrides(tmp_path: Path) -> None:
+    shipped = load_contracts()
+    assert all(c.max_text_length == DEFAULT_MAX_TEXT_LENGTH for c in shipped.contracts)
+    (tmp_path / "t.yaml").write_text(
+        "table: t\nsystem: s\nfiles: t.csv\nmax_text_length: 200\n"
+        "columns:\n  - {name: id}\n  - {name: note, max_length: 5000}\n"
+    )
+    contract = load_contracts(tmp_path).get("t")
+    assert contract.max_length(contract.column("id")) == 200
+    assert contract.max_length(contract.column("note")) == 5000

@@ -211,3 +211,35 @@ def test_the_bias_knob_makes_the_gate_block_naming_the_group_and_metric(biased: 
     assert "blocked" in text and "calibration_ratio by gender" in text and "group F" in text
     assert _aliases(biased) == {"challenger": "1"}
     assert _tags(biased, "1")["custintel.gate.result"] == "blocked"
+
+
+def test_a_copied_home_promotes_reports_and_monitors_inside_itself(
+    gated: Settings, tmp_path: Path, prefect_api: None
+) -> None:
+    """A home restored elsewhere (here: copied under a path with a space) writes nothing into the original."""
+    from governance.site import build_site
+    from models.registry import relocate_home_store
+    from tests.conftest import tree_digest
+
+    copy = tmp_path / "restored home" / "home"
+    shutil.copytree(gated.home_dir, copy)
+    original = tree_digest(gated.home_dir)
+    settings = Settings(home=copy, training_config=gated.training_config)
+    registry = Registry(settings)
+    name = "custintel-churn"
+    version = registry.alias_version(name, "challenger") or registry.alias_version(name, "champion")
+    assert version is not None
+    record = run_gate(settings, "churn", version, Waiver("Dana Reviewer", "relocation test"), "tester@ci", PLAIN_STEPS)
+    assert record["result"] in ("promoted", "blocked", "waived"), record
+    site = build_site(settings)
+    result = CliRunner().invoke(app, ["--home", str(copy), "monitor", "--family", "churn", "--no-retrain"])
+    assert result.exit_code in (0, 3), result.output
+    assert tree_digest(gated.home_dir) == original  # not one byte of the original home changed
+    assert site.is_relative_to(copy)
+    # every location MLflow holds now lies inside the copy, and the card went into the copy's artifacts
+    runs = registry.client.search_runs([e.experiment_id for e in registry.client.search_experiments()])
+    assert runs and all(r.info.artifact_uri.startswith(settings.artifacts_dir.as_uri()) for r in runs)
+    assert registry.load_model(name, version, "sklearn") is not None  # the model loads from the copy's artifacts
+    cards = list((copy / "artifacts").rglob("card.md"))
+    assert any(f"cards/v{version}" in str(p) for p in cards), cards
+    assert relocate_home_store(settings) == 0  # already here: nothing more to rewrite

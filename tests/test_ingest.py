@@ -24,7 +24,7 @@ from features.ingest import (
     check_columns,
     validate_batch,
 )
-from features.lake import IngestError, ingest_drop, read_lake_table, read_quarantine
+from features.lake import INGEST_LOG, MANIFEST, IngestError, ingest_drop, read_lake_table, read_quarantine
 from features.synthetic.sources import DUPLICATED_TABLES, MALFORMATIONS, SOURCE_FILES
 from tests.conftest import Ingested, World, tree_digest
 
@@ -127,6 +127,15 @@ VIOLATIONS = [
         ["no such product_catalogue.product_id", "'P-999'"],
     ),
     ("pattern", {"pattern": r"^\d{5}$"}, "02134", "2134a", "pattern", ["does not look like a valid v", "'2134a'"]),
+    ("too-long", {"max_length": 5}, "abcde", "abcdef", "too_long", ["text of 6 characters", "longer than the limit 5"]),
+    (
+        "too-long-before-pattern",
+        {"max_length": 3, "pattern": r"^\d+$"},
+        "123",
+        "12345",
+        "too_long",
+        ["text of 5 characters is longer than the limit 3"],
+    ),
     ("int-below-min", {"type": "int", "min": 1}, "1", "0", "below_minimum", ["value 0 is below the minimum 1"]),
     (
         "int-above-max",
@@ -208,10 +217,33 @@ def test_violation_rejects_row_with_reason(
     assert issue["check"] == check
     assert issue["action"] == "rejected"
     shown = bad.strip() if bad is not None and bad.strip() else None
+    if check == "too_long":
+        assert shown is not None
+        shown += f"... ({len(shown)} characters)"
     assert issue["value"] == shown
     for part in reason_parts:
         assert part in issue["reason"], (part, issue["reason"])
     assert res.issues.num_rows == 1
+
+
+def test_text_length_is_bounded_by_the_contract_default(con: duckdb.DuckDBPyConnection) -> None:
+    """Every text column has a length limit: the contract's max_text_length unless the column sets max_length."""
+    contract = make_contract(ColumnRule(name="name"), ColumnRule(name="note", max_length=20_000_000))
+    assert contract.max_text_length == 1000 and contract.max_length(contract.column("name")) == 1000
+    huge = "x" * (10 << 20)  # a 10 MiB name
+    batch = make_batch({"id": ["ok", "long", "note"], "name": ["Ann", huge, "Bo"], "note": [None, None, huge]})
+    res = validate_batch(con, batch, contract, CTX)
+    assert res.accepted.column("id").to_pylist() == ["ok", "note"]
+    assert res.rejected.column("id").to_pylist() == ["long"]
+    (issue,) = res.issues.to_pylist()
+    assert (issue["field"], issue["check"], issue["action"]) == ("name", "too_long", "rejected")
+    assert issue["reason"] == f"text of {len(huge)} characters is longer than the limit 1000"
+    assert issue["value"] == "x" * 100 + f"... ({len(huge)} characters)", "the issue keeps the start of the value"
+    # a soft column empties the over-long value and keeps the row
+    soft = make_contract(ColumnRule(name="name", max_length=4, on_invalid="null"))
+    res = validate_batch(con, make_batch({"id": ["a", "b"], "name": ["Anne", "Annabel"]}), soft, CTX)
+    assert res.accepted.column("name").to_pylist() == ["Anne", None]
+    assert res.issues.column("action").to_pylist() == ["nulled"]
 
 
 def test_valid_values_are_typed(con: duckdb.DuckDBPyConnection) -> None:
@@ -591,6 +623,23 @@ def test_reingesting_the_same_drop_is_idempotent(ingested: Ingested, home_copy: 
                 fb = fb.sort_values(keys, ignore_index=True)
                 pd.testing.assert_frame_equal(fa, fb)
     assert len((home_copy.lake_dir / "_ingest_log.jsonl").read_text().splitlines()) == 2
+
+
+def test_the_same_drop_gives_the_same_bytes(ingested: Ingested, new_settings: Callable[[str], Settings]) -> None:
+    """Ingesting a drop again writes byte-identical partitions, row order included.
+
+    Small batches make many row groups, so DuckDB scans and joins them in parallel, as on a large drop.
+    """
+    homes = [Settings(home=new_settings(name).home_dir, ingest_batch_rows=2000) for name in ("once", "again")]
+    for home in homes:
+        ingest_drop(ingested.world.path, home)
+    for area in ("lake_dir", "quarantine_dir"):
+        first, second = (tree_digest(getattr(home, area)) for home in homes)
+        for bookkeeping in (MANIFEST, INGEST_LOG):  # they name the landing and its time
+            first.pop(bookkeeping, None)
+            second.pop(bookkeeping, None)
+        differ = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+        assert differ == [], f"{area}: {differ}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Real-world file quirks and invariants of contract checking."""
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import duckdb
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from custintel.settings import Settings
 from features.contracts import ContractSet, load_contracts
 from features.ingest import ROW, ValidationContext, validate_batch
-from features.lake import ingest_drop, read_lake_table
+from features.lake import ingest_drop, read_lake_table, read_quarantine
 
 CONTRACT_YAML = """
 table: accounts
@@ -81,6 +82,42 @@ def test_a_file_in_another_encoding_is_read_with_the_declared_one(tmp_path: Path
     settings = Settings(home=tmp_path / "home")
     ingest_drop(drop, settings, contracts=contracts)
     assert read_lake_table(settings, "accounts", contracts)["note"].tolist() == ["Müller"]
+
+
+def test_a_header_only_file_is_landed_with_a_warning(tmp_path: Path, byo_contracts: ContractSet) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "accounts.csv").write_text("account_id,opened,balance,vip,note\n")
+    settings = Settings(home=tmp_path / "home")
+    report = ingest_drop(drop, settings, contracts=byo_contracts)
+    t = report.tables["accounts"]
+    assert (t.read, t.accepted, t.quarantined) == (0, 0, 0)
+    assert t.warnings == ["accounts.csv has no rows (a header only)"]
+    assert report.warnings == ["accounts: accounts.csv has no rows (a header only)"]
+    # in the reasons, so the console's table of top reasons shows it; and in the quarantine, as a warning
+    assert t.reasons == {"<file>: empty_file": 1}
+    (issue,) = read_quarantine(settings, "accounts").to_dict("records")
+    assert (issue["check"], issue["action"], issue["_source_file"]) == ("empty_file", "warning", "accounts.csv")
+    saved = json.loads((settings.reports_dir / "ingest" / "latest.json").read_text())
+    assert saved["tables"]["accounts"]["warnings"] == t.warnings
+    assert read_lake_table(settings, "accounts", byo_contracts).empty
+
+
+def test_a_10_mib_value_is_quarantined_not_landed(tmp_path: Path, byo_contracts: ContractSet) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    huge = "N" * (10 << 20)
+    (drop / "accounts.csv").write_text(
+        f"account_id,opened,balance,vip,note\nA1,2024-01-01,1,y,{huge}\nA2,2024-01-01,1,y,ok\n"
+    )
+    settings = Settings(home=tmp_path / "home")
+    t = ingest_drop(drop, settings, contracts=byo_contracts).tables["accounts"]
+    assert (t.read, t.accepted, t.quarantined) == (2, 1, 1)
+    assert t.reasons == {"note: too_long": 1}
+    assert read_lake_table(settings, "accounts", byo_contracts)["account_id"].tolist() == ["A2"]
+    issue = read_quarantine(settings, "accounts").iloc[0]
+    assert "longer than the limit 1000" in issue["reason"] and len(issue["value"]) < 200
+    assert t.warnings == []
 
 
 _cell = st.one_of(

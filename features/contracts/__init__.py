@@ -20,6 +20,9 @@ DEFAULT_FORMATS: dict[str, list[str]] = {
     "date": ["%Y-%m-%d"],
     "timestamp": ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S%z"],
 }
+# Longest text value a column takes unless its contract says otherwise: far above any real name, address
+# or ticket subject, far below a value that would bloat the lake and every report that shows it.
+DEFAULT_MAX_TEXT_LENGTH = 1000
 
 
 class ColumnRule(BaseModel):
@@ -36,6 +39,11 @@ class ColumnRule(BaseModel):
     min: float | str | None = None
     max: float | str | None = None
     pattern: str | None = Field(default=None, description="Regular expression a string must match.")
+    max_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most characters a text value may have (default: the contract's max_text_length).",
+    )
     not_in_future: bool = Field(default=False, description="Must not be later than the drop's export time.")
     on_invalid: Literal["reject", "null"] = Field(
         default="reject",
@@ -95,6 +103,11 @@ class Contract(BaseModel):
     encoding: str = "utf-8"
     required: bool = Field(default=True, description="A drop without this table fails the ingestion.")
     key: list[str] = Field(default_factory=list, description="Columns whose values identify a row.")
+    max_text_length: int = Field(
+        default=DEFAULT_MAX_TEXT_LENGTH,
+        ge=1,
+        description="Most characters any text value of this table may have; a column's max_length overrides it.",
+    )
     columns: list[ColumnRule]
 
     @model_validator(mode="after")
@@ -106,6 +119,10 @@ class Contract(BaseModel):
         if missing:
             raise ValueError(f"{self.table}: key columns {missing} are not declared")
         return self
+
+    def max_length(self, rule: ColumnRule) -> int:
+        """The most characters a text value of this column may have."""
+        return rule.max_length or self.max_text_length
 
     def column(self, name: str) -> ColumnRule:
         """The rule for a column by its lake name."""

@@ -19,8 +19,9 @@ import duckdb
 import pandas as pd
 
 from custintel.settings import Settings
+from custintel.sql import text as sql_text
 from features.featurestore.config import CANONICAL_COLUMNS, FeatureConfig, SourceTable
-from features.lake import lake_table_sql
+from features.lake import lake_files, lake_table_sql
 
 _TIMESTAMPS = {
     "birth_date", "event_time", "arrival_time", "opened_at", "closed_at", "created_at", "resolved_at", "assigned_at",
@@ -168,7 +169,7 @@ def load_lake_inputs(
         "CREATE OR REPLACE TABLE crosswalk AS SELECT "
         "substr(record_key, 1, strpos(record_key, ':') - 1) AS record_table, "
         "substr(record_key, strpos(record_key, ':') + 1) AS record_id, customer_key "
-        f"FROM read_parquet('{crosswalk_path}')"
+        f"FROM read_parquet({sql_text(crosswalk_path)})"
     )
     # filled once the customers are numbered; the event views are defined against it before that
     con.execute("CREATE OR REPLACE TABLE crosswalk_cid (record_table VARCHAR, record_id VARCHAR, cid INTEGER)")
@@ -178,7 +179,7 @@ def load_lake_inputs(
     for kind, sources in config.sources.items():
         selects = []
         for source in sources:
-            if not list((settings.lake_dir / source.table).glob("drop=*/data.parquet")):
+            if not lake_files(settings, source.table):
                 if source.required:
                     raise FeatureInputError(
                         f"sources.{kind}: table {source.table} has not been ingested into {settings.lake_dir}"
@@ -210,7 +211,7 @@ def load_lake_inputs(
     if golden_path is not None:
         kinds.append("golden")
         typed = _typed("golden", {c: f't."{c}"' for c in CANONICAL_COLUMNS["golden"]})
-        golden = f"read_parquet('{golden_path}')"
+        golden = f"read_parquet({sql_text(golden_path)})"
         con.execute(f"CREATE OR REPLACE TEMP VIEW raw_golden AS SELECT t.customer_key, {typed} FROM {golden} t")
     for needed in ("accounts", "products"):
         if needed not in kinds:

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from custintel.atomic_files import replace_atomically, write_text_atomically
+from custintel.sql import text as sql_text
+from custintel.sql import text_list as sql_text_list
 
 
 class OfflineStoreError(RuntimeError):
@@ -122,7 +124,9 @@ def read_offline(root: Path, set_key: str, as_of: Sequence[dt.date] | None = Non
     read_offline_check(root, set_key, wanted)
     files = [str(set_dir(root, set_key) / f"as_of={d}" / "data.parquet") for d in wanted]
     with duckdb.connect() as con:
-        return con.sql(f"SELECT * FROM read_parquet({files!r}) ORDER BY as_of, customer_key").to_arrow_table()
+        return con.sql(
+            f"SELECT * FROM read_parquet({sql_text_list(files)}) ORDER BY as_of, customer_key"
+        ).to_arrow_table()
 
 
 def read_training_table(root: Path, set_keys: Sequence[str], labels_key: str, as_of: Sequence[dt.date]) -> pa.Table:
@@ -130,10 +134,10 @@ def read_training_table(root: Path, set_keys: Sequence[str], labels_key: str, as
     for key in (labels_key, *set_keys):
         read_offline_check(root, key, as_of)
     days = ", ".join(f"DATE '{d}'" for d in sorted(set(as_of)))
-    sql = f"SELECT * FROM read_parquet('{partition_glob(root, labels_key)}') l WHERE l.as_of IN ({days})"
+    sql = f"SELECT * FROM read_parquet({sql_text(partition_glob(root, labels_key))}) l WHERE l.as_of IN ({days})"
     for i, key in enumerate(set_keys):
         sql = (
-            f"SELECT * FROM ({sql}) JOIN (SELECT * FROM read_parquet('{partition_glob(root, key)}') "
+            f"SELECT * FROM ({sql}) JOIN (SELECT * FROM read_parquet({sql_text(partition_glob(root, key))}) "
             f"WHERE as_of IN ({days})) f{i} USING (customer_key, as_of)"
         )
     with duckdb.connect() as con:
@@ -174,19 +178,19 @@ def read_item_training_table(
     negative = f"NOT coalesce(l.{label}, false)"
     sql = (
         f"SELECT l.*, CASE WHEN {negative} THEN 1.0 / ({share}) ELSE 1.0 END AS {SAMPLE_WEIGHT} "
-        f"FROM read_parquet('{partition_glob(root, labels_key)}') l "
+        f"FROM read_parquet({sql_text(partition_glob(root, labels_key))}) l "
         f"WHERE l.as_of IN ({days}) AND (NOT ({negative}) OR {bucket} < {share})"
     )
     for i, key in enumerate(item_set_keys):
         sql = (
-            f"SELECT * FROM ({sql}) LEFT JOIN (SELECT * FROM read_parquet('{partition_glob(root, key)}') "
+            f"SELECT * FROM ({sql}) LEFT JOIN (SELECT * FROM read_parquet({sql_text(partition_glob(root, key))}) "
             f"WHERE as_of IN ({days})) i{i} USING (customer_key, as_of, product_id)"
         )
     if exclude_flag:
         sql = f"SELECT * EXCLUDE ({exclude_flag}) FROM ({sql}) WHERE NOT coalesce({exclude_flag}, false)"
     for i, key in enumerate(set_keys):
         sql = (
-            f"SELECT * FROM ({sql}) JOIN (SELECT * FROM read_parquet('{partition_glob(root, key)}') "
+            f"SELECT * FROM ({sql}) JOIN (SELECT * FROM read_parquet({sql_text(partition_glob(root, key))}) "
             f"WHERE as_of IN ({days})) f{i} USING (customer_key, as_of)"
         )
     with duckdb.connect() as con:

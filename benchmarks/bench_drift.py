@@ -111,8 +111,9 @@ def _build(spec: WorldSpec, root: Path, trials: int) -> dict[str, Any]:
     from features.synthetic import WorldConfig, generate_world
     from flows.features import PLAIN_STEPS as FEATURE_STEPS
     from flows.features import run_feature_build
-    from flows.train import PLAIN_STEPS, plan_units, run_training
+    from flows.train import PLAIN_STEPS, run_training
     from models.config import load_training_config
+    from models.training import plan_units
 
     state_path = root / "state.json"
     state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.is_file() else {}
@@ -206,9 +207,9 @@ def _work_world(argv: list[str]) -> int:
     from custintel.settings import Settings
     from features.featurestore.offline import read_offline
     from features.featurestore.store import offline_root
-    from flows.train import load_churn
     from models.config import load_training_config
     from models.registry import Registry
+    from models.training import load_churn
     from monitoring.baseline import labelled_reference
     from monitoring.drift import column_kinds
     from monitoring.monitor import score_rows

@@ -134,8 +134,8 @@ def _settings(p: dict[str, Any]) -> Any:
 def _work_features(p: dict[str, Any]) -> dict[str, Any]:
     """Build what churn training reads (offline, one cutoff per build) and the latest cutoff, online."""
     from flows.features import PLAIN_STEPS, run_feature_build
-    from flows.train import ensure_features, plan_units
     from models.config import load_training_config
+    from models.training import ensure_features, plan_units
 
     settings = _settings(p)
     (unit,) = plan_units(load_training_config(settings.training_config), "churn")

@@ -112,8 +112,8 @@ def _work_resolve(p: dict[str, Any]) -> dict[str, Any]:
 def _work_features(p: dict[str, Any]) -> dict[str, Any]:
     """Build the features at every cutoff the training config reads (full), or only the missing ones."""
     from flows.features import PLAIN_STEPS, run_feature_build
-    from flows.train import ensure_features, plan_units
     from models.config import load_training_config
+    from models.training import ensure_features, plan_units
 
     settings = _settings(p)
     units = plan_units(load_training_config(settings.training_config), "all")
@@ -246,8 +246,8 @@ def _work_bare(p: dict[str, Any]) -> dict[str, Any]:
     import prefect  # noqa: F401 - only because flows.train imports it; a bare script would not
 
     prefect_import = time.perf_counter() - t
-    from flows.train import fit_unit, load_unit, plan_units, with_budget
     from models.config import load_training_config
+    from models.training import fit_unit, load_unit, plan_units, with_budget
 
     imports = time.perf_counter() - t0
     settings = _settings(p)

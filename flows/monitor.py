@@ -34,6 +34,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from custintel.settings import Settings
+from monitoring.decisions import decision_entry, retrain_outcome, window_bounds
 from monitoring.monitor import MonitoringRun, append_decision, monitor_family
 from monitoring.policy import MONITORED, MonitoringPolicy, load_policy
 
@@ -97,45 +98,6 @@ def serving_log_rule(settings: Settings) -> tuple[str, str]:
 
     rule = load_serving_policy(settings.serving_policy).audit.customer_key
     return rule, settings.serving_log_salt or "custintel"
-
-
-def window_bounds(
-    policy: MonitoringPolicy, start: str | None, end: str | None, now: dt.datetime
-) -> tuple[dt.datetime, dt.datetime]:
-    """The window [start, end): the policy's last `window_days` up to now unless given (ISO dates or times, UTC)."""
-
-    def parse(value: str) -> dt.datetime:
-        t = dt.datetime.fromisoformat(value)
-        return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
-
-    until = parse(end) if end else now
-    since = parse(start) if start else until - dt.timedelta(days=policy.window_days)
-    if since >= until:
-        raise ValueError(f"the window's start {since.isoformat()} is not before its end {until.isoformat()}")
-    return since, until
-
-
-def decision_entry(run: MonitoringRun, flow_run_id: str | None) -> dict[str, Any]:
-    """The decision log's line for one family's pass."""
-    d = run.decision
-    return {
-        "at": run.summary["at"],
-        "kind": "monitoring",
-        "family": d.family,
-        "model": d.model,
-        "version": d.version,
-        "action": d.action,
-        "why": d.why,
-        "fired": [c.trigger for c in d.fired],
-        "checks": [c.as_dict() for c in d.checks],
-        "alerts": [a.as_dict() for a in d.alerts],
-        "rows": run.summary["rows"],
-        "window": run.summary["window"],
-        "new_labelled_months": run.summary["new_labelled_months"],
-        "report": str(run.files[0]) if run.files else None,
-        "policy_digest": run.summary["policy_digest"],
-        "flow_run_id": flow_run_id,
-    }
 
 
 def announce(entry: dict[str, Any]) -> None:
@@ -206,9 +168,7 @@ def monitor_models(
             logger.info(f"{family}: no @champion, nothing to monitor")
             continue
         runs[family] = run
-        entry = decision_entry(run, flow_run_id)
-        if entry["action"] == "retrain" and not retrain:
-            entry["action"], entry["why"] = "hold", entry["why"] + "; held: retraining switched off for this run"
+        entry = decision_entry(run, flow_run_id, retrain)
         append_decision(decisions_path, entry)
         entries.append(entry)
         announce(entry)
@@ -241,10 +201,7 @@ def monitor_models(
                         gated.append({"model": r["name"], "version": str(r["version"]), "result": decision["result"],
                                       "reasons": decision["reasons"], "flow_run_id": run_id})  # fmt: skip
                 result["gate"] = gated
-            result["outcome"] = "; ".join(
-                [f"trained {', '.join(result['trained'])}"]
-                + [f"{g['model']} v{g['version']} {g['result']}" for g in result.get("gate", [])]
-            )
+            result["outcome"] = retrain_outcome(result["trained"], result.get("gate", []))
         except Exception as exc:  # noqa: BLE001 - the champion keeps serving; the failure is recorded
             result["outcome"] = f"failed: {type(exc).__name__}: {exc}"[:1000]
             logger.error(f"{family}: retraining {result['outcome']}")

@@ -1,10 +1,11 @@
 """Prefect flow `train_model`: offline features (or a user's own table) -> tuned, tracked, registered models.
 
 Per family: load the labelled rows (building any missing feature cutoffs first), tune
-and fit (steps in `models/`), log the run to MLflow and register the model as
-`@challenger`, check that the registered model scores like the in-memory one, and,
-when the generator's truth is given, log how close the model comes to the oracle.
-`run_training` wires the steps once; the flow passes them as Prefect tasks,
+and fit (`models.training`, `models.own_tables`), log the run to MLflow and register the
+model as `@challenger`, check that the registered model scores like the in-memory one, and,
+when the generator's truth is given, log how close the model comes to the oracle. Only the
+wiring is here, with the monitoring reference (it needs `monitoring`, which `models` may not
+import): `run_training` wires the steps once; the flow passes them as Prefect tasks,
 `--engine local` as they are.
 """
 
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,362 +24,27 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from custintel.settings import Settings
-from features.featurestore.offline import (
-    available_as_of,
-    read_item_training_table,
-    read_manifest,
-    read_offline,
-    read_training_table,
-)
-from features.featurestore.store import offline_root
 from flows.retries import io_task
-from models import oracle
-from models.churn import churn_table, labelled_rows, train_churn
-from models.config import FAMILIES, Family, TrainingConfig, TuningConfig, load_training_config
-from models.propensity import HELD, negative_shares, propensity_table, train_propensity, train_uplift, uplift_table
-from models.recommendation import Interactions, check_interactions, train_recommendation
+from models.config import TrainingConfig, load_training_config
+from models.own_tables import OwnInteractions, OwnTable, own_churn_table, own_interactions
 from models.registry import Registry, RunRecord
 from models.result import TrainedModel
-from models.splits import LabelledTable, stage_at_random, stage_by_time
-from models.tuning import FitClock, create_study
+from models.splits import LabelledTable
+from models.training import (
+    Loaded,
+    TrainingOutcome,
+    Unit,
+    compare_with_truth,
+    ensure_features,
+    fit_unit,
+    lineage_of,
+    load_unit,
+    plan_units,
+    shifted,
+    with_budget,
+)
 from monitoring.baseline import labelled_reference
 from monitoring.policy import load_policy as load_monitoring_policy
-
-LABELS = "labels@1"
-PURCHASE_LABELS = "purchase_labels@1"
-INTERACTIONS = "interactions@1"
-RELATIONSHIP = "relationship@1"
-
-
-class TrainingInputError(ValueError):
-    """A user's own table cannot be trained on; the message names the file, column and reason."""
-
-
-@dataclass(frozen=True)
-class OwnTable:
-    """A user's snapshot table for churn: one row per customer (and snapshot), a binary label."""
-
-    path: Path
-    id_column: str
-    label: str
-    split_by: str | None = None  # a date column: earlier rows train, later ones test
-    duration: str | None = None  # time to the event or censoring: also fit the survival model
-
-
-@dataclass(frozen=True)
-class OwnInteractions:
-    """A user's interactions table for recommendation."""
-
-    path: Path
-    user: str
-    item: str
-    weight: str | None = None
-    time: str | None = None  # with it the holdout is the latest interactions; without, a random share
-
-
-@dataclass
-class TrainingOutcome:
-    """One family's run: where it is logged and what it scored."""
-
-    family: str
-    run_id: str
-    registered: list[dict[str, Any]]
-    metrics: dict[str, float]
-    oracle: dict[str, float] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    schema: list[dict[str, str]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready."""
-        return {
-            "family": self.family,
-            "run_id": self.run_id,
-            "registered": self.registered,
-            "metrics": self.metrics,
-            "oracle": self.oracle,
-            "seconds": self.seconds,
-            "schema": self.schema,
-        }
-
-
-# ---------------------------------------------------------------- data (I/O)
-
-
-def _label_columns(root: Path, key: str) -> list[str]:
-    manifest = read_manifest(root, key) or {}
-    return [c["name"] for c in manifest.get("columns", []) if c["name"] not in ("customer_key", "as_of")]
-
-
-def ensure_features(
-    settings: Settings, set_keys: Sequence[str], as_of: Sequence[dt.date], build: Callable[[list[dt.date]], Any]
-) -> list[dt.date]:
-    """Build the cutoffs any of the sets lacks (all sets, once); returns the cutoffs that were built."""
-    root = offline_root(settings)
-    missing = sorted({d for key in set_keys for d in as_of if d not in set(available_as_of(root, key))})
-    if missing:
-        build(missing)
-    return missing
-
-
-def load_churn(settings: Settings, config: TrainingConfig) -> LabelledTable:
-    """Churn rows from the offline store: the configured sets joined to labels@ at the split's cutoffs."""
-    root, cfg = offline_root(settings), config.churn
-    frame = read_training_table(root, cfg.feature_sets, LABELS, cfg.split.all_as_of()).to_pandas()
-    return churn_table(frame, cfg, _label_columns(root, LABELS), lineage=str(root))
-
-
-def load_propensity(settings: Settings, config: TrainingConfig) -> LabelledTable:
-    """(customer, product) rows: purchase labels joined to the customer sets and the interactions."""
-    root, cfg = offline_root(settings), config.propensity
-    frame = read_item_training_table(
-        root, cfg.feature_sets, PURCHASE_LABELS, [INTERACTIONS], cfg.split.all_as_of(), "bought",
-        keep_negatives=negative_shares(cfg), exclude_flag=HELD,
-    ).to_pandas()  # fmt: skip
-    return propensity_table(frame, cfg, _label_columns(root, PURCHASE_LABELS), lineage=str(root))
-
-
-def load_uplift(settings: Settings, config: TrainingConfig) -> LabelledTable:
-    """The offer test's participants with their features at the test's cutoff."""
-    root, cfg = offline_root(settings), config.propensity
-    assert cfg.uplift is not None
-    frame = read_training_table(root, cfg.feature_sets, LABELS, [cfg.uplift.as_of]).to_pandas()
-    return uplift_table(frame, cfg.uplift, _label_columns(root, LABELS), lineage=str(root))
-
-
-def load_interactions(settings: Settings, as_of: dt.date) -> Interactions:
-    """Purchase history before a cutoff, purchases after it, and segments, from the offline store."""
-    root = offline_root(settings)
-    history = read_offline(root, INTERACTIONS, [as_of]).to_pandas()
-    labels = read_offline(root, PURCHASE_LABELS, [as_of]).to_pandas()
-    relationship = read_offline(root, RELATIONSHIP, [as_of]).to_pandas()
-    bought = labels[labels["bought"].astype("boolean").fillna(False).to_numpy(dtype=bool)]
-    return Interactions(
-        history=pd.DataFrame(
-            {
-                "user": history["customer_key"].astype(str),
-                "item": history["product_id"].astype(str),
-                "weight": history["purchases"].astype(float),
-                "held": history["holds"],
-            }
-        ),
-        holdout=pd.DataFrame({"user": bought["customer_key"].astype(str), "item": bought["product_id"].astype(str)}),
-        segments=relationship.set_index("customer_key")["segment"] if "segment" in relationship.columns else None,
-        catalogue=tuple(sorted(labels["product_id"].astype(str).unique())),
-    )
-
-
-def read_own_table(path: Path) -> pd.DataFrame:
-    """A CSV or Parquet file as a frame (column types inferred)."""
-    if not path.is_file():
-        raise TrainingInputError(f"{path} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path)
-        if suffix in (".csv", ".txt", ".tsv", ".inter"):
-            return pd.read_csv(path, sep=None, engine="python")
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise TrainingInputError(f"{path} cannot be read: {exc}") from exc
-    raise TrainingInputError(f"{path}: expected a .csv or .parquet file, not {suffix or 'no extension'}")
-
-
-def own_churn_table(own: OwnTable, seed: int) -> LabelledTable:
-    """A user's table as labelled rows: label checked to be binary, split by time or at random."""
-    frame = read_own_table(own.path)
-    for role, col in (("--id", own.id_column), ("--label", own.label), ("--split-by", own.split_by),
-                      ("--duration", own.duration)):  # fmt: skip
-        if col and col not in frame.columns:
-            raise TrainingInputError(
-                f"{own.path}: {role} column {col!r} is not in the table; it has {list(frame.columns)}"
-            )
-    label = frame[own.label]
-    known = label.dropna()
-    values = set(known.astype(str).str.lower().unique())
-    truthy, falsy = {"1", "true", "yes", "y", "t", "1.0"}, {"0", "false", "no", "n", "f", "0.0"}
-    if not values <= truthy | falsy or len(values) < 2:
-        raise TrainingInputError(
-            f"{own.path}: label column {own.label!r} must be binary (0/1, true/false, yes/no) with both classes; "
-            f"found {sorted(values)[:10]}"
-        )
-    frame = frame.assign(**{own.label: label.map(lambda v: None if pd.isna(v) else str(v).lower() in truthy)})
-    if frame[own.id_column].duplicated().any() and not own.split_by:
-        raise TrainingInputError(
-            f"{own.path}: ids in {own.id_column!r} repeat; give --split-by <date column> for repeated snapshots"
-        )
-    stage = stage_by_time(frame[own.split_by]) if own.split_by else stage_at_random(frame[own.label], seed)
-    return LabelledTable(
-        frame=frame,
-        id_column=own.id_column,
-        label=own.label,
-        stage=stage,
-        snapshot=own.split_by,
-        duration=own.duration,
-        event=own.label if own.duration else None,
-        lineage=str(own.path.resolve()),
-    )
-
-
-def own_interactions(own: OwnInteractions, seed: int) -> tuple[Interactions, Interactions]:
-    """(validation, test) splits of a user's interactions: by time when a time column is given, else at random per user.
-
-    The test history is everything before the test holdout (train + validation rows); the
-    validation history is the train rows only. Items a user already interacted with are
-    not recommended again.
-    """
-    frame = read_own_table(own.path)
-    try:
-        rows = check_interactions(frame, own.user, own.item, own.weight)
-    except ValueError as exc:
-        raise TrainingInputError(f"{own.path}: {exc}") from exc
-    if own.time:
-        if own.time not in frame.columns:
-            raise TrainingInputError(f"{own.path}: --time column {own.time!r} is not in the table")
-        times = frame[own.time]
-        if pd.api.types.is_numeric_dtype(times):  # epoch seconds, as most interaction logs store them
-            times = pd.to_datetime(times, unit="s", errors="coerce")
-        stage = stage_by_time(times, (0.8, 0.1, 0.1))
-    else:
-        # Each user's interactions split 80/10/10 at random (RecBole's 'RS' split grouped by user).
-        stage = stage_at_random(rows["user"], seed, (0.8, 0.1, 0.1))
-    st = stage.to_numpy()
-    catalogue = tuple(sorted(rows["item"].unique()))
-
-    def part(history: pd.Series, holdout: str) -> Interactions:
-        return Interactions(rows[history.to_numpy()].assign(held=True), rows[st == holdout][["user", "item"]],
-                            None, catalogue)  # fmt: skip
-
-    return part(stage == "train", "valid"), part(stage.isin(["train", "valid"]), "test")
-
-
-# ---------------------------------------------------------------- the steps
-
-
-Loaded = LabelledTable | tuple[Interactions, Interactions]
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One model to train: a family's main model, or the propensity family's uplift model."""
-
-    name: str  # churn | propensity | uplift | recommendation
-    feature_sets: tuple[str, ...]  # offline sets read (lineage)
-    as_of: tuple[dt.date, ...]  # cutoffs read
-    config: Any  # the unit's pydantic config
-    tuning: TuningConfig | None
-
-
-def plan_units(config: TrainingConfig, family: Family | str) -> list[Unit]:
-    """The units a family name stands for ('all': every family), in training order."""
-    families = list(FAMILIES) if family == "all" else [family]
-    units: list[Unit] = []
-    for f in families:
-        if f == "churn":
-            c = config.churn
-            units.append(Unit("churn", (*c.feature_sets, LABELS), tuple(c.split.all_as_of()), c, c.tuning))
-        elif f == "propensity":
-            p = config.propensity
-            sets = (*p.feature_sets, PURCHASE_LABELS, INTERACTIONS)
-            units.append(Unit("propensity", sets, tuple(p.split.all_as_of()), p, p.tuning))
-            if p.uplift is not None:
-                units.append(Unit("uplift", (*p.feature_sets, LABELS), (p.uplift.as_of,), p.uplift, None))
-        elif f == "recommendation":
-            r = config.recommendation
-            sets = (INTERACTIONS, PURCHASE_LABELS, RELATIONSHIP)
-            units.append(Unit("recommendation", sets, (r.valid_as_of, r.train_as_of), r, r.tuning))
-        else:
-            raise ValueError(f"unknown model family {f!r}; choose one of {', '.join(FAMILIES)} or all")
-    return units
-
-
-def with_budget(config: TrainingConfig, trials: int | None, timeout: float | None) -> TrainingConfig:
-    """The config with every study's trial count and/or time budget replaced."""
-    update: dict[str, Any] = {}
-    if trials is not None:
-        update["trials"] = trials
-    if timeout is not None:
-        update["timeout_seconds"] = timeout
-    if not update:
-        return config
-    families = {name: getattr(config, name) for name in FAMILIES}
-    return config.model_copy(
-        update={
-            name: cfg.model_copy(update={"tuning": cfg.tuning.model_copy(update=update)})
-            for name, cfg in families.items()
-        }
-    )
-
-
-def add_months(day: dt.date, months: int) -> dt.date:
-    """The same day `months` later (clamped to the month's last day)."""
-    total = day.year * 12 + day.month - 1 + months
-    year, month = divmod(total, 12)
-    for d in (day.day, 30, 29, 28):
-        try:
-            return dt.date(year, month + 1, d)
-        except ValueError:
-            continue
-    raise AssertionError("unreachable")
-
-
-def shifted(config: TrainingConfig, months: int) -> TrainingConfig:
-    """The config with every training, validation and test cutoff moved `months` later.
-
-    A retrain keeps the recipe and reads newer data. The uplift model's cutoff stays: it is
-    the start of the offer experiment, not a window that moves.
-    """
-    if months == 0:
-        return config
-
-    def move(split: Any) -> Any:
-        return split.model_copy(
-            update={
-                k: [add_months(d, months) for d in getattr(split, k)]
-                for k in ("train_as_of", "valid_as_of", "test_as_of")
-            }
-        )
-
-    r = config.recommendation
-    return config.model_copy(
-        update={
-            "churn": config.churn.model_copy(update={"split": move(config.churn.split)}),
-            "propensity": config.propensity.model_copy(update={"split": move(config.propensity.split)}),
-            "recommendation": r.model_copy(
-                update={
-                    "train_as_of": add_months(r.train_as_of, months),
-                    "valid_as_of": add_months(r.valid_as_of, months),
-                }
-            ),
-        }
-    )
-
-
-def load_unit(settings: Settings, config: TrainingConfig, unit: Unit) -> Loaded:
-    """The unit's rows from the offline store (I/O: retried by the flow)."""
-    if unit.name == "churn":
-        return load_churn(settings, config)
-    if unit.name == "propensity":
-        return load_propensity(settings, config)
-    if unit.name == "uplift":
-        return load_uplift(settings, config)
-    r = config.recommendation
-    return load_interactions(settings, r.valid_as_of), load_interactions(settings, r.train_as_of)
-
-
-def fit_unit(unit: Unit, data: Loaded, settings: Settings, study_prefix: str) -> TrainedModel:
-    """Tune and fit one unit (its Optuna study in memory or in the configured RDB)."""
-    clock = FitClock()
-    study = create_study(f"{study_prefix}-{unit.name}", unit.tuning, settings.optuna_storage) if unit.tuning else None
-    if unit.name == "churn":
-        assert isinstance(data, LabelledTable) and study is not None
-        return train_churn(data, unit.config, settings.retention_calls_per_week, study, clock)
-    if unit.name == "propensity":
-        assert isinstance(data, LabelledTable) and study is not None
-        return train_propensity(data, unit.config, study, clock)
-    if unit.name == "uplift":
-        assert isinstance(data, LabelledTable)
-        return train_uplift(data, unit.config, clock)
-    assert isinstance(data, tuple) and study is not None and unit.tuning is not None
-    return train_recommendation(data[0], data[1], unit.config, unit.tuning, study, clock)
 
 
 def monitoring_reference(settings: Settings, data: Loaded, trained: TrainedModel) -> pd.DataFrame | None:
@@ -414,61 +80,6 @@ def verify_unit(settings: Settings, trained: TrainedModel, record: RunRecord) ->
     return max(
         (registry.verify_round_trip(m, m.registered_model) for m in trained.models if m.registered_model), default=0.0
     )
-
-
-def lineage_of(settings: Settings, unit: Unit, data: Loaded, own: OwnTable | OwnInteractions | None) -> dict[str, Any]:
-    """What the run was trained on: sets, versions, digests and cutoffs (or the user's file), and the config."""
-    config = unit.config.model_dump(mode="json")
-    if own is not None:
-        return {"source": str(own.path.resolve()), "own_table": {k: str(v) for k, v in vars(own).items()},
-                "config": config}  # fmt: skip
-    root = offline_root(settings)
-    sets = {}
-    for key in unit.feature_sets:
-        manifest = read_manifest(root, key) or {}
-        parts = manifest.get("partitions", {})
-        sets[key] = {
-            "digest": manifest.get("digest"),
-            "columns": manifest.get("columns"),
-            "partitions": {str(d): parts.get(str(d)) for d in unit.as_of},
-        }
-    return {"source": str(root), "feature_sets": sets, "as_of": [str(d) for d in unit.as_of], "config": config}
-
-
-def compare_with_truth(
-    settings: Settings, truth: Path, unit: Unit, trained: TrainedModel, data: Loaded | None = None
-) -> dict[str, float]:
-    """The model's score as a fraction of the oracle's, from the generator's truth (evaluation only).
-
-    With the unit's rows (`data`), churn and uplift also get the feature ceiling (see models.oracle).
-    """
-    persons = oracle.customer_persons(
-        pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["customer_key", "record_key"]),
-        pd.read_parquet(truth / "source_records.parquet", columns=["source_table", "record_id", "person_id"]),
-    )
-    if unit.name == "churn":
-        risk_file = truth / "churn_risk.parquet"
-        if not risk_file.is_file():
-            return {}
-        assert trained.predictions is not None
-        test = labelled_rows(data, "test")[0] if isinstance(data, LabelledTable) else None
-        excluded = data.excluded if isinstance(data, LabelledTable) else []
-        return oracle.churn_oracle(
-            trained.predictions, persons, pd.read_parquet(risk_file), unit.config.horizon_days, test, excluded
-        )
-    if unit.name == "propensity":
-        assert trained.predictions is not None
-        affinity = pd.read_parquet(truth / "product_affinity.parquet")
-        return oracle.propensity_oracle(trained.predictions, persons, affinity, unit.config.horizon_days)
-    if unit.name == "uplift":
-        assert trained.predictions is not None
-        effect = pd.read_parquet(truth / "treatment_effect.parquet")
-        if isinstance(data, LabelledTable):
-            return oracle.uplift_oracle(trained.predictions, persons, effect, data.frame, data.excluded)
-        return oracle.uplift_oracle(trained.predictions, persons, effect)
-    model, test = trained.evaluation
-    affinity = pd.read_parquet(truth / "product_affinity.parquet")
-    return oracle.recommendation_oracle(model, test, persons, affinity, unit.config.k)
 
 
 def record_oracle(settings: Settings, record: RunRecord, scores: dict[str, float]) -> None:

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from custintel.settings import Settings
 from features.featurestore.offline import read_offline
-from flows.train import load_churn, load_interactions, load_propensity, load_uplift
 from models.churn import train_churn
 from models.config import TuningConfig, load_training_config
 from models.propensity import train_propensity, train_uplift
 from models.recommendation import ALSRecommender, train_recommendation
+from models.training import load_churn, load_interactions, load_propensity, load_uplift
 from models.tuning import FitClock, create_study, run_study
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.train import add_months, shifted
 from models.config import load_training_config
+from models.training import add_months, shifted
 from monitoring import reports
 from monitoring.checks import data_quality, null_shares, performance
 from monitoring.drift import column_drift, column_kinds, dataset_drift, default_method

@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from custintel.settings import Settings
 from flows.cli import app
-from flows.train import PLAIN_STEPS, load_churn, run_training
+from flows.train import PLAIN_STEPS, run_training
 from models.config import TuningConfig, load_training_config
 from models.registry import CHALLENGER, Registry
+from models.training import load_churn
 from models.tuning import create_study, run_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -1,0 +1,102 @@
+"""The feature build's steps: load the inputs, build and check one set, write it offline, materialise it online.
+
+Each step is a plain function; the flow `flows.features` wires them (as Prefect tasks, the I/O
+ones retried, or as they are for `--engine local`). `check_cutoffs` decides which cutoffs a
+build may use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from custintel.settings import Settings
+from features.featurestore.build import FeatureBuildError
+from features.featurestore.config import FeatureConfig
+from features.featurestore.definitions import Feature, definition_digest
+from features.featurestore.inputs import InputSummary
+from features.featurestore.quality import FeatureQualityError, profile_columns, quality_problems
+from features.featurestore.store import materialize_online, open_feature_inputs, write_offline
+
+
+@dataclass(frozen=True)
+class BuiltSet:
+    """One built feature set (or interactions, or labels), its definition and per-cutoff statistics."""
+
+    key: str
+    table: pa.Table
+    definition: dict[str, Any]
+    digest: str
+    stats: dict[str, dict[str, Any]]
+
+
+def load_inputs(settings: Settings, config: FeatureConfig) -> tuple[duckdb.DuckDBPyConnection, InputSummary]:
+    """The canonical inputs from the lake, joined to customer keys (I/O: retried by the flow)."""
+    return open_feature_inputs(settings, config)
+
+
+def build_one(
+    con: duckdb.DuckDBPyConnection,
+    key: str,
+    build: Callable[[duckdb.DuckDBPyConnection], pa.Table],
+    features: tuple[Feature, ...],
+    definition: dict[str, Any],
+    min_rows: int | None,
+) -> BuiltSet:
+    """Build one set for every cutoff of the spine, profile each cutoff and check its quality.
+
+    With `min_rows` None only bounds are checked (labels, interactions: collapse is allowed).
+    """
+    table = build(con.cursor())
+    stats: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for day in sorted(pc.unique(table.column("as_of")).to_pylist()):
+        part = rows_as_of(table, day)
+        profile = profile_columns(part, [c for c in part.column_names if c not in ("customer_key", "as_of")])
+        problems += [f"as of {day}: {p}" for p in quality_problems(key, features, profile, part.num_rows, min_rows)]
+        stats[day.isoformat()] = {"rows": part.num_rows, "columns": profile}
+    if problems:
+        raise FeatureQualityError(f"feature set {key} failed its data-quality checks:\n  " + "\n  ".join(problems))
+    return BuiltSet(key, table, definition, definition_digest(definition), stats)
+
+
+def rows_as_of(table: pa.Table, day: dt.date) -> pa.Table:
+    """The rows of one cutoff."""
+    return table.filter(pc.equal(table.column("as_of"), pa.scalar(day, pa.date32())))
+
+
+def write_set(settings: Settings, built: BuiltSet, time_range: dict[str, Any]) -> list[str]:
+    """Write a built set's partitions and manifest to the offline store (I/O: retried by the flow)."""
+    stats = {day: {**s, "data_time_range": time_range} for day, s in built.stats.items()}
+    return write_offline(settings, built.key, built.definition, built.digest, built.table, stats)
+
+
+def materialize(settings: Settings, built: BuiltSet, grouped: bool) -> dict[str, Any]:
+    """Write the latest cutoff of a set to the online store (I/O: retried by the flow)."""
+    latest = max(built.stats)
+    table = rows_as_of(built.table, dt.date.fromisoformat(latest))
+    meta = {"digest": built.digest, "as_of": latest}
+    rows = materialize_online(settings, built.key, table, meta, grouped=grouped)
+    store = "redis" if settings.redis_url else "sqlite"
+    if rows is None:
+        return {"as_of": latest, "customers": 0, "store": store, "skipped": "the store holds a later as-of"}
+    return {"as_of": latest, "customers": rows, "store": store}
+
+
+def check_cutoffs(as_of: list[dt.date] | None, observed_until: dt.datetime | None) -> list[dt.date]:
+    """The build's cutoffs (default: the end of the observed data); none may lie after the data ends."""
+    if observed_until is None:
+        raise FeatureBuildError("the lake records no export time (_drop_as_of): cannot tell where the data ends")
+    cutoffs = sorted(set(as_of)) if as_of else [observed_until.date()]
+    late = [d for d in cutoffs if d > observed_until.date()]
+    if late:
+        raise FeatureBuildError(
+            f"as-of {', '.join(map(str, late))} is after the end of the observed data ({observed_until:%Y-%m-%d})"
+        )
+    return cutoffs

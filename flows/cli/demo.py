@@ -1,0 +1,219 @@
+"""`custintel demo`: the whole loop on embedded defaults, from a generated world to a retrain after drift."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from custintel.settings import Settings
+from flows.cli import views
+from flows.cli.app import app, console, fail, progress
+from flows.cli.app import settings as current_settings
+from flows.cli.data import generate, ingest
+from flows.cli.features import run_feature_build
+from flows.cli.identity import resolve_evaluate, run_resolution
+from flows.cli.models import GATED_FAMILIES, run_gate, run_training
+from flows.cli.operations import run_monitoring, serving_environment
+
+
+@contextlib.contextmanager
+def _demo_service(settings: Settings) -> Iterator[tuple[str, str]]:
+    """Start the service on a free port for the demo's last steps; yields (url, API key); stops it after."""
+    import secrets
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    key = settings.api_keys[0] if settings.api_keys else secrets.token_urlsafe(12)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**serving_environment(settings), "CUSTINTEL_SERVING_API_KEYS": key, "CUSTINTEL_SERVING_POLL_SECONDS": "2"}
+    log_path = settings.home_dir / "serving" / "demo-serve.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cli = str(Path(sys.executable).with_name("custintel"))
+    with log_path.open("wb") as log:
+        server = subprocess.Popen([cli, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with console.status("starting the service (loads the three champions)…"):
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                if server.poll() is not None:
+                    raise fail(f"the service stopped; its log: {log_path}")
+                try:
+                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            else:
+                raise fail(f"the service did not become ready in 180 s; its log: {log_path}")
+        yield url, key
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _demo_sample_request(settings: Settings, url: str, key: str) -> str:
+    """Score one consenting customer; returns the curl line."""
+    import json
+
+    import httpx
+    import pandas as pd
+
+    from features.featurestore.store import open_online_store
+    from serving.consent import ConsentStore, consent_store_path
+
+    auth = {"Authorization": f"Bearer {key}"}
+    served = {m["family"] for m in httpx.get(url + "/models", headers=auth, timeout=10).json()["models"]}
+    # churn's endpoint, or the first family the gate let through
+    path = next((p for f, p in DEMO_ENDPOINTS if f in served), "/churn/score")
+    purpose = "profiling" if path == "/churn/score" else "marketing"
+    consent = ConsentStore(consent_store_path(settings))
+    customer = None
+    with open_online_store(settings) as online:
+        keys = pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["customer_key"])
+        for candidate in keys["customer_key"].drop_duplicates().head(2000):
+            withdrawn = {p for p, s in consent.lookup(candidate).statuses.items() if s == "withdrawn"}
+            if online.lookup(candidate) and not withdrawn & {purpose, "profiling"}:
+                customer = candidate
+                break
+    body = json.dumps({"customer_key": customer})
+    answer = httpx.post(url + path, content=body, timeout=30, headers={"Content-Type": "application/json", **auth})
+    console.print(f"POST {path} {body} -> HTTP {answer.status_code}")
+    console.print_json(answer.text)
+    return (
+        f"curl -s -X POST http://127.0.0.1:3000{path} -H 'Content-Type: application/json' "
+        f"-H 'Authorization: Bearer <key>' -d '{body}'"
+    )
+
+
+DEMO_ENDPOINTS = (("churn", "/churn/score"), ("propensity", "/propensity/score"), ("recommendation", "/recommend"))
+
+
+def _demo_drift(settings: Settings, url: str, key: str, trials: int) -> dict[str, Any]:
+    """Score every customer through the batch endpoint, then monitor: drift -> retrain -> gate -> served."""
+    import time
+
+    import httpx
+    import pandas as pd
+
+    keys = pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["customer_key"])
+    customers = sorted(keys["customer_key"].drop_duplicates())
+    start = dt.datetime.now(dt.UTC).isoformat()
+    served = httpx.get(url + "/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()["models"]
+    if not any(m["family"] == "churn" for m in served):
+        console.print(
+            "[yellow]churn has no @champion (the gate blocked it, see step 6), so there is no churn traffic to "
+            "monitor; after a review, `custintel promote churn --approver <name> --reason <why>` and rerun.[/]"
+        )
+        customers = []
+    scored = 0
+    with progress() as bars:
+        job = bars.add_task("scoring every customer (POST /churn/score/batch)", total=len(customers))
+        for i in range(0, len(customers), 1000):
+            chunk = customers[i : i + 1000]
+            answer = httpx.post(url + "/churn/score/batch", json={"customers": [{"customer_key": c} for c in chunk]},
+                                headers={"Authorization": f"Bearer {key}"}, timeout=300)  # fmt: skip
+            if answer.status_code != 200:
+                raise fail(f"the batch endpoint answered HTTP {answer.status_code}: {answer.text[:300]}")
+            scored += sum(r["status"] == "scored" for r in answer.json()["results"])
+            bars.advance(job, len(chunk))
+    console.print(f"{scored:,} customers scored and logged; the others were suppressed by consent or not in the store")
+    time.sleep(1.5)  # the inference log is written off the request path
+    result = run_monitoring(settings, None, start, None, True, trials, "inprocess")
+    views.print_monitoring(settings, result)
+    promoted = [g for r in result["retrains"] for g in r.get("gate", []) if g["result"] == "promoted"]
+    for g in promoted:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            models = httpx.get(url + "/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()
+            if any(m["name"] == g["model"] and m["version"] == g["version"] for m in models["models"]):
+                console.print(f"the running service now answers with {g['model']} v{g['version']} (picked up live)")
+                break
+            time.sleep(1)
+    return result
+
+
+@app.command()
+def demo(
+    customers: Annotated[int, typer.Option(help="Customers in the demo world.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    trials: Annotated[
+        int, typer.Option(min=1, help="Optuna trials per study (`custintel train` uses the configured 20).")
+    ] = 10,
+    drift_date: Annotated[
+        str, typer.Option(help="The world's population and behaviour shift after this date (YYYY-MM-DD).")
+    ] = "2025-09-01",
+    drift_strength: Annotated[float, typer.Option(help="How far they shift (0: no drift).")] = 1.5,
+) -> None:
+    """Run everything that exists end to end on embedded defaults and say where to look."""
+    settings = current_settings()
+    world = settings.default_data_dir / "demo-world"
+    console.rule("[bold]1/8 generate a synthetic customer world (its population drifts after the drift date)")
+    generate(customers=customers, seed=seed, out=world, drift_date=drift_date, drift_strength=drift_strength)
+    console.rule("[bold]2/8 ingest it behind data contracts (Prefect flow ingest_sources)")
+    ingest(source=world)
+    console.rule("[bold]3/8 resolve identities into customers (Prefect flow resolve_identities)")
+    views.print_resolution(run_resolution("prefect", reuse_model=False))
+    resolve_evaluate(truth=world / "_truth")
+    console.rule("[bold]4/8 point-in-time features and labels (Prefect flow build_features)")
+    # The online store holds the latest cutoff: three months into the drift the demo scores and monitors.
+    views.print_feature_build(run_feature_build([dt.date(2025, 3, 1), dt.date(2025, 12, 1)], "prefect", online=True))
+    console.rule(
+        "[bold]5/8 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
+    )
+    outcomes = run_training("all", "prefect", trials, None, world / "_truth", None)
+    views.print_training(settings, outcomes)
+    console.rule("[bold]6/8 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
+    decisions = run_gate(list(GATED_FAMILIES), None, None, None, "prefect")
+    views.print_decisions(settings, decisions)
+    from governance.site import build_site
+
+    site = build_site(settings)
+    console.rule("[bold]7/8 serve the champions with BentoML (custintel serve) and answer a sample request")
+    with _demo_service(settings) as (url, key):
+        curl = _demo_sample_request(settings, url, key)
+        console.rule("[bold]8/8 traffic after the drift, monitoring (Prefect flow monitor_models), retraining")
+        monitored = _demo_drift(settings, url, key, trials)
+    site = build_site(settings)  # again: with the drift reports
+    console.rule("[bold]where to look")
+    console.print(f"- source drop: {world}  (hidden truth: {world / '_truth'})")
+    console.print(f"- lake (accepted rows, Parquet): {settings.lake_dir}")
+    console.print(
+        f"- quarantine (rejected rows and reasons): {settings.quarantine_dir}  -> `custintel quarantine crm_accounts`"
+    )
+    console.print(f"- ingestion report: {settings.reports_dir / 'ingest' / 'latest.json'}")
+    console.print(
+        f"- identity: {settings.identity_dir} (crosswalk, golden_records, conflicts, links, model.json)  "
+        "-> `custintel resolve conflicts`, `custintel resolve explain A B`"
+    )
+    console.print(
+        f"- features: {settings.features_dir / 'offline'} (Parquet per set, version and as-of, manifest.json beside), "
+        f"online store {settings.features_dir / 'online.sqlite'}  -> `custintel features lookup <customer_key>`"
+    )
+    console.print(
+        f"- models: MLflow runs {', '.join(o['family'] + ' ' + o['run_id'] for o in outcomes)}; registered as "
+        f"@challenger  -> `mlflow ui --backend-store-uri {settings.tracking_uri}` (plots, tables, lineage per run)"
+    )
+    console.print(
+        f"- governance: {settings.governance_dir} (decisions.jsonl, cards/<model>/<version>/card.html); "
+        f"reviewers' site {site}  -> `custintel report --serve`"
+    )
+    console.print(f"- serving: `CUSTINTEL_SERVING_API_KEYS=<key> custintel --home {settings.home_dir} serve`, then:")
+    console.print(f"  {curl}", soft_wrap=True)
+    reports = [d["report"] for d in monitored["decisions"] if d.get("report")]
+    console.print(
+        f"- monitoring: decision page {', '.join(reports) or '(none: nothing served)'}; Evidently reports beside it "
+        f"and in `evidently ui --workspace {settings.monitoring_dir / 'workspace'}`; decisions "
+        f"{settings.monitoring_dir / 'decisions.jsonl'}; on the reviewers' site after `custintel report`"
+    )

@@ -1,0 +1,113 @@
+"""`custintel features`: build the point-in-time feature sets, and `status` and `lookup` of the stores."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from flows.cli import views
+from flows.cli.app import Engine, app, console, expected, fail, run_engine, settings
+
+features_app = typer.Typer(
+    help="Point-in-time features: offline store for training, online store for serving.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(features_app, name="features")
+
+
+@features_app.callback()
+def features(
+    ctx: typer.Context,
+    as_of: Annotated[
+        list[dt.datetime] | None,
+        typer.Option(
+            "--as-of",
+            formats=["%Y-%m-%d"],
+            help="Cutoff date (repeatable): features use only what happened and arrived before it. "
+            "Default: the end of the observed data (the serving build).",
+        ),
+    ] = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(help="prefect: run as the Prefect flow build_features (tracked); local: call the steps."),
+    ] = "prefect",
+    online: Annotated[
+        bool, typer.Option(help="Materialise the latest cutoff into the online store (SQLite, or Redis if set).")
+    ] = True,
+) -> None:
+    """Build the feature sets and labels into the offline store (run without a subcommand)."""
+    if ctx.invoked_subcommand is None:
+        days = [d.date() for d in as_of] if as_of else None
+        views.print_feature_build(run_feature_build(days, engine, online))
+
+
+def run_feature_build(as_of: list[dt.date] | None, engine: Engine, online: bool) -> dict[str, Any]:
+    """Build features under the engine; expected errors end the command in one line."""
+    from features.featurestore.build import FeatureBuildError
+    from features.featurestore.config import FeatureConfigError
+    from features.featurestore.inputs import FeatureInputError
+    from features.featurestore.offline import OfflineStoreError
+    from features.featurestore.online import OnlineStoreError
+    from features.featurestore.quality import FeatureQualityError
+    from features.lake import IngestError
+
+    config = settings()
+
+    def under_prefect() -> dict[str, Any]:
+        from flows.features import build_features
+
+        return build_features(config.to_flow(), [str(d) for d in as_of] if as_of else None, online)
+
+    def locally(say: Callable[[str], None]) -> dict[str, Any]:
+        from flows.features import PLAIN_STEPS
+        from flows.features import run_feature_build as build
+
+        return build(config, as_of, online, PLAIN_STEPS, say)
+
+    errors = (FeatureBuildError, FeatureConfigError, FeatureInputError, FeatureQualityError, OfflineStoreError,
+              OnlineStoreError, IngestError)  # fmt: skip
+    return run_engine(engine, "Building features", "build_features", under_prefect, locally, errors)
+
+
+@features_app.command("status")
+def features_status() -> None:
+    """What the offline store holds (sets, versions, as-of dates, rows) and what is online."""
+    from features.featurestore.offline import read_manifest
+    from features.featurestore.online import OnlineStoreError
+    from features.featurestore.store import offline_root, open_online_store
+
+    config = settings()
+    root = offline_root(config)
+    offline = []
+    for manifest_path in sorted(root.glob("*/v*/manifest.json")):
+        key = f"{manifest_path.parent.parent.name}@{manifest_path.parent.name.removeprefix('v')}"
+        manifest = read_manifest(root, key) or {}
+        parts = ", ".join(f"{d}: {p['rows']:,}" for d, p in manifest.get("partitions", {}).items())
+        offline.append((key, manifest.get("digest", ""), parts))
+    views.print_offline_status(root, offline)
+    with expected(OnlineStoreError):
+        with open_online_store(config) as store:
+            sets = store.sets()
+    views.print_online_status(sets)
+
+
+@features_app.command("lookup")
+def features_lookup(
+    customer_key: Annotated[str, typer.Argument(help="A customer key (see the identity crosswalk).")],
+) -> None:
+    """Print a customer's online features (what serving reads), as JSON."""
+    import json
+
+    from features.featurestore.online import OnlineStoreError
+    from features.featurestore.store import open_online_store
+
+    with expected(OnlineStoreError):
+        with open_online_store(settings()) as store:
+            found = store.lookup(customer_key)
+    if found is None:
+        raise fail(f"customer {customer_key} is in no materialised feature set (unknown key, or not active)")
+    console.print_json(json.dumps(found))

@@ -1,0 +1,277 @@
+"""Commands on models: `train`, `promote` (the gate), `rollback`, and `registry history`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+from flows.cli import views
+from flows.cli.app import Engine, app, console, expected, fail, run_engine, settings
+
+if TYPE_CHECKING:
+    from models.training import OwnInteractions, OwnTable
+
+GATED_FAMILIES = ("churn", "propensity", "uplift", "recommendation")
+
+
+@app.command()
+def train(
+    family: Annotated[
+        Literal["churn", "propensity", "recommendation", "all"],
+        typer.Argument(help="Model family: churn, propensity (with the offer's uplift), recommendation, or all."),
+    ] = "all",
+    engine: Annotated[
+        Engine,
+        typer.Option(help="prefect: run as the Prefect flow train_model (tracked); local: call the steps."),
+    ] = "prefect",
+    trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials per study (overrides the config).")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="Seconds per Optuna study (overrides the config).")
+    ] = None,
+    truth: Annotated[
+        Path | None,
+        typer.Option(help="A generated world's _truth folder: also log each model's score against the oracle."),
+    ] = None,
+    table: Annotated[
+        Path | None,
+        typer.Option(help="Churn on your own snapshot table (CSV or Parquet) instead of the feature store."),
+    ] = None,
+    id_column: Annotated[str | None, typer.Option("--id", help="With --table: the customer id column.")] = None,
+    label: Annotated[str | None, typer.Option(help="With --table: the binary label column (churned or not).")] = None,
+    split_by: Annotated[
+        str | None, typer.Option(help="With --table: a date column; earlier rows train, later ones test.")
+    ] = None,
+    duration: Annotated[
+        str | None,
+        typer.Option(help="With --table: time to churn or to the end of observation; adds the survival model."),
+    ] = None,
+    interactions: Annotated[
+        Path | None, typer.Option(help="Recommendation on your own interactions table (CSV or Parquet).")
+    ] = None,
+    user: Annotated[str | None, typer.Option(help="With --interactions: the user column.")] = None,
+    item: Annotated[str | None, typer.Option(help="With --interactions: the item column.")] = None,
+    weight: Annotated[str | None, typer.Option(help="With --interactions: a weight column (counts, spend).")] = None,
+    time_column: Annotated[
+        str | None,
+        typer.Option("--time", help="With --interactions: a time column; the latest interactions are held out."),
+    ] = None,
+) -> None:
+    """Tune, train, track and register models (@challenger), on the feature store or on your own table."""
+    own = own_input(family, table, id_column, label, split_by, duration, interactions, user, item, weight, time_column)
+    outcomes = run_training(family, engine, trials, timeout, truth, own)
+    views.print_training(settings(), outcomes)
+
+
+def own_input(
+    family: str,
+    table: Path | None,
+    id_column: str | None,
+    label: str | None,
+    split_by: str | None,
+    duration: str | None,
+    interactions: Path | None,
+    user: str | None,
+    item: str | None,
+    weight: str | None,
+    time_column: str | None,
+) -> OwnTable | OwnInteractions | None:
+    """The user's own table or interactions the options name (None: the feature store); misuse is one line."""
+    from models.training import OwnInteractions, OwnTable
+
+    if table is not None:
+        if family != "churn":
+            raise fail("--table trains the churn family: use `custintel train churn --table ...`")
+        if not id_column or not label:
+            raise fail("--table needs --id and --label")
+        return OwnTable(table, id_column, label, split_by, duration)
+    if interactions is not None:
+        if family != "recommendation":
+            raise fail("--interactions trains the recommendation family: use `custintel train recommendation ...`")
+        if not user or not item:
+            raise fail("--interactions needs --user and --item")
+        return OwnInteractions(interactions, user, item, weight, time_column)
+    given = {"--id": id_column, "--label": label, "--split-by": split_by, "--duration": duration, "--user": user,
+             "--item": item, "--weight": weight, "--time": time_column}  # fmt: skip
+    stray = [name for name, value in given.items() if value]
+    if stray:
+        raise fail(f"{', '.join(stray)} only apply with --table or --interactions")
+    return None
+
+
+def run_training(
+    family: str,
+    engine: Engine,
+    trials: int | None,
+    timeout: float | None,
+    truth: Path | None,
+    own: OwnTable | OwnInteractions | None,
+) -> list[dict[str, Any]]:
+    """Train under the engine; expected errors end the command in one line."""
+    from dataclasses import asdict
+
+    from models.training import OwnTable
+
+    from features.featurestore.build import FeatureBuildError
+    from features.featurestore.offline import OfflineStoreError
+    from models.config import TrainingConfigError
+    from models.recommendation import RecommendationDataError
+    from models.registry import RegistryError
+    from models.splits import SplitError
+    from models.tabular import TabularSchemaError
+
+    config = settings()
+    if truth is not None and not truth.is_dir():
+        raise fail(f"--truth {truth} is not a folder")
+
+    def under_prefect() -> list[dict[str, Any]]:
+        from flows.train import train_model
+
+        given = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(own).items()} if own else None
+        own_table = given if isinstance(own, OwnTable) else None
+        own_interactions = given if own is not None and not isinstance(own, OwnTable) else None
+        return train_model(config.to_flow(), family, str(truth) if truth else None, trials, timeout,
+                           own_table, own_interactions)  # fmt: skip
+
+    def locally(say: Callable[[str], None]) -> list[dict[str, Any]]:
+        from flows.features import PLAIN_STEPS as FEATURE_STEPS
+        from flows.features import run_feature_build
+        from flows.train import PLAIN_STEPS
+        from flows.train import run_training as train_units
+
+        def build(days: list[dt.date]) -> Any:
+            return run_feature_build(config, days, False, FEATURE_STEPS, say)
+
+        outcomes = train_units(config, family, PLAIN_STEPS, say, build, own, truth, trials, timeout)
+        return [o.as_dict() for o in outcomes]
+
+    errors = (FeatureBuildError, OfflineStoreError, TrainingConfigError, RecommendationDataError, RegistryError,
+              SplitError, TabularSchemaError, ValueError)  # fmt: skip
+    return run_engine(engine, f"Training {family}", "train_model", under_prefect, locally, errors)
+
+
+@app.command()
+def promote(
+    model: Annotated[
+        str,
+        typer.Argument(help="A registered model or a family (churn, propensity, uplift, recommendation), or all."),
+    ],
+    version: Annotated[str | None, typer.Option(help="The version to audit (default: the @challenger).")] = None,
+    approver: Annotated[
+        str | None, typer.Option(help="Waive a failed fairness or performance check: the approver's name.")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="With --approver: why the failure is accepted.")] = None,
+    engine: Annotated[
+        Engine,
+        typer.Option(help="prefect: run as the Prefect flow audit_and_promote (tracked); local: call the steps."),
+    ] = "prefect",
+) -> None:
+    """Audit the challenger (fairness, performance vs champion, data quality, signature); promote it if it passes."""
+    if (approver is None) != (reason is None):
+        raise fail("a waiver needs both --approver and --reason")
+    if model == "all" and (version or approver):
+        raise fail("--version and --approver name one model: not with `all`")
+    decisions = run_gate(list(GATED_FAMILIES) if model == "all" else [model], version, approver, reason, engine)
+    views.print_decisions(settings(), decisions)
+    if any(d["result"] == "blocked" for d in decisions):
+        raise typer.Exit(code=2)
+
+
+def run_gate(
+    models: list[str], version: str | None, approver: str | None, reason: str | None, engine: Engine
+) -> list[dict[str, Any]]:
+    """Audit each model under the engine, one after the other; expected errors end the command in one line."""
+    from governance.gate import Waiver
+    from governance.policy import PolicyError
+    from governance.store import GateError, actor
+
+    config = settings()
+    errors = (GateError, PolicyError, ValueError)
+    with expected(*errors):
+        waiver = Waiver(approver, reason or "") if approver else None
+    decisions = []
+    for model in models:
+
+        def under_prefect(model: str = model) -> dict[str, Any]:
+            from flows.promote import audit_and_promote
+
+            return audit_and_promote(model, config.to_flow(), version, approver, reason, actor())
+
+        def locally(say: Callable[[str], None], model: str = model) -> dict[str, Any]:
+            from flows.promote import PLAIN_STEPS
+            from flows.promote import run_gate as gate
+
+            return gate(config, model, version, waiver, actor(), PLAIN_STEPS)
+
+        decisions.append(run_engine(engine, f"Auditing {model}", "audit_and_promote", under_prefect, locally, errors))
+    return decisions
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="A registered model or a family.")],
+    reason: Annotated[str, typer.Option(help="Why the champion is rolled back (recorded).")],
+) -> None:
+    """Move @champion back to @previous (the demoted version becomes @previous)."""
+    from governance.promotion import rollback as roll_back
+
+    from governance.policy import PolicyError
+    from governance.store import GateError, actor
+
+    config = settings()
+    with expected(GateError, PolicyError):
+        decision = roll_back(config, model, reason, actor())
+    views.print_decisions(config, [decision])
+
+
+registry_app = typer.Typer(help="The model registry: registered models, their aliases, and who held them when.")
+app.add_typer(registry_app, name="registry")
+
+
+def _at(value: str) -> dt.datetime:
+    when = dt.datetime.fromisoformat(value)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+@registry_app.command("history")
+def registry_history(
+    model: Annotated[str, typer.Argument(help="A registered model or a family (churn, propensity, uplift, ...).")],
+    at: Annotated[
+        str | None, typer.Option(help="Only who held each alias at this ISO date or time (UTC unless given).")
+    ] = None,
+    alias: Annotated[
+        list[str] | None, typer.Option(help="Only this alias (champion, challenger, previous); repeatable.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the spans as JSON instead of tables.")] = False,
+) -> None:
+    """Which version was @champion, @challenger and @previous at any date, and why (the gate's decision)."""
+    import json
+
+    from governance.history import alias_spans, holders_at
+    from governance.store import read_decisions
+    from models.registry import Registry, RegistryError
+
+    config = settings()
+    try:
+        when = _at(at) if at else None
+    except ValueError:
+        raise fail(f"--at {at!r} is not an ISO date or time (e.g. 2026-01-15 or 2026-01-15T09:30)") from None
+    registry = Registry(config)
+    if not registry.exists():
+        raise fail(f"no registry at {config.tracking_uri}: train a model first")
+    with expected(RegistryError):
+        name = registry.resolve_model(model)
+        moves = registry.alias_moves(name)
+    spans = [s for s in alias_spans(moves, read_decisions(config, name)) if not alias or s.alias in alias]
+    if when is not None:
+        spans = list(holders_at(spans, when).values())
+    if as_json:
+        console.print_json(json.dumps([s.as_dict() for s in spans]))
+        return
+    if when is not None:
+        views.print_alias_holders(name, when, spans)
+        return
+    views.print_alias_history(config, name, spans)

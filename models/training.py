@@ -1,0 +1,320 @@
+"""What a training run is made of: units, their configuration, their rows, their fit and their lineage.
+
+A family name stands for units (`plan_units`: churn; propensity and its uplift model;
+recommendation). Each unit's rows come from the offline store (`load_unit`, building no
+features: `ensure_features` asks the caller to) or from a user's own table
+(`models.own_tables`); `fit_unit` tunes and fits it. `with_budget` and `shifted` adjust the
+training config (a trial budget; a retrain on newer cutoffs). `compare_with_truth` scores a
+model against the generator's oracle (evaluation only). The flow `flows.train` wires these.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from custintel.settings import Settings
+from features.featurestore.offline import (
+    available_as_of,
+    read_item_training_table,
+    read_manifest,
+    read_offline,
+    read_training_table,
+)
+from features.featurestore.store import offline_root
+from models import oracle
+from models.churn import churn_table, labelled_rows, train_churn
+from models.config import FAMILIES, Family, TrainingConfig, TuningConfig
+from models.own_tables import OwnInteractions, OwnTable
+from models.propensity import HELD, negative_shares, propensity_table, train_propensity, train_uplift, uplift_table
+from models.recommendation import Interactions, train_recommendation
+from models.result import TrainedModel
+from models.splits import LabelledTable
+from models.tuning import FitClock, create_study
+
+LABELS = "labels@1"
+PURCHASE_LABELS = "purchase_labels@1"
+INTERACTIONS = "interactions@1"
+RELATIONSHIP = "relationship@1"
+
+
+@dataclass
+class TrainingOutcome:
+    """One family's run: where it is logged and what it scored."""
+
+    family: str
+    run_id: str
+    registered: list[dict[str, Any]]
+    metrics: dict[str, float]
+    oracle: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    schema: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "family": self.family,
+            "run_id": self.run_id,
+            "registered": self.registered,
+            "metrics": self.metrics,
+            "oracle": self.oracle,
+            "seconds": self.seconds,
+            "schema": self.schema,
+        }
+
+
+# ---------------------------------------------------------------- data (I/O)
+
+
+def _label_columns(root: Path, key: str) -> list[str]:
+    manifest = read_manifest(root, key) or {}
+    return [c["name"] for c in manifest.get("columns", []) if c["name"] not in ("customer_key", "as_of")]
+
+
+def ensure_features(
+    settings: Settings, set_keys: Sequence[str], as_of: Sequence[dt.date], build: Callable[[list[dt.date]], Any]
+) -> list[dt.date]:
+    """Build the cutoffs any of the sets lacks (all sets, once); returns the cutoffs that were built."""
+    root = offline_root(settings)
+    missing = sorted({d for key in set_keys for d in as_of if d not in set(available_as_of(root, key))})
+    if missing:
+        build(missing)
+    return missing
+
+
+def load_churn(settings: Settings, config: TrainingConfig) -> LabelledTable:
+    """Churn rows from the offline store: the configured sets joined to labels@ at the split's cutoffs."""
+    root, cfg = offline_root(settings), config.churn
+    frame = read_training_table(root, cfg.feature_sets, LABELS, cfg.split.all_as_of()).to_pandas()
+    return churn_table(frame, cfg, _label_columns(root, LABELS), lineage=str(root))
+
+
+def load_propensity(settings: Settings, config: TrainingConfig) -> LabelledTable:
+    """(customer, product) rows: purchase labels joined to the customer sets and the interactions."""
+    root, cfg = offline_root(settings), config.propensity
+    frame = read_item_training_table(
+        root, cfg.feature_sets, PURCHASE_LABELS, [INTERACTIONS], cfg.split.all_as_of(), "bought",
+        keep_negatives=negative_shares(cfg), exclude_flag=HELD,
+    ).to_pandas()  # fmt: skip
+    return propensity_table(frame, cfg, _label_columns(root, PURCHASE_LABELS), lineage=str(root))
+
+
+def load_uplift(settings: Settings, config: TrainingConfig) -> LabelledTable:
+    """The offer test's participants with their features at the test's cutoff."""
+    root, cfg = offline_root(settings), config.propensity
+    assert cfg.uplift is not None
+    frame = read_training_table(root, cfg.feature_sets, LABELS, [cfg.uplift.as_of]).to_pandas()
+    return uplift_table(frame, cfg.uplift, _label_columns(root, LABELS), lineage=str(root))
+
+
+def load_interactions(settings: Settings, as_of: dt.date) -> Interactions:
+    """Purchase history before a cutoff, purchases after it, and segments, from the offline store."""
+    root = offline_root(settings)
+    history = read_offline(root, INTERACTIONS, [as_of]).to_pandas()
+    labels = read_offline(root, PURCHASE_LABELS, [as_of]).to_pandas()
+    relationship = read_offline(root, RELATIONSHIP, [as_of]).to_pandas()
+    bought = labels[labels["bought"].astype("boolean").fillna(False).to_numpy(dtype=bool)]
+    return Interactions(
+        history=pd.DataFrame(
+            {
+                "user": history["customer_key"].astype(str),
+                "item": history["product_id"].astype(str),
+                "weight": history["purchases"].astype(float),
+                "held": history["holds"],
+            }
+        ),
+        holdout=pd.DataFrame({"user": bought["customer_key"].astype(str), "item": bought["product_id"].astype(str)}),
+        segments=relationship.set_index("customer_key")["segment"] if "segment" in relationship.columns else None,
+        catalogue=tuple(sorted(labels["product_id"].astype(str).unique())),
+    )
+
+
+# ---------------------------------------------------------------- the units
+
+
+Loaded = LabelledTable | tuple[Interactions, Interactions]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One model to train: a family's main model, or the propensity family's uplift model."""
+
+    name: str  # churn | propensity | uplift | recommendation
+    feature_sets: tuple[str, ...]  # offline sets read (lineage)
+    as_of: tuple[dt.date, ...]  # cutoffs read
+    config: Any  # the unit's pydantic config
+    tuning: TuningConfig | None
+
+
+def plan_units(config: TrainingConfig, family: Family | str) -> list[Unit]:
+    """The units a family name stands for ('all': every family), in training order."""
+    families = list(FAMILIES) if family == "all" else [family]
+    units: list[Unit] = []
+    for f in families:
+        if f == "churn":
+            c = config.churn
+            units.append(Unit("churn", (*c.feature_sets, LABELS), tuple(c.split.all_as_of()), c, c.tuning))
+        elif f == "propensity":
+            p = config.propensity
+            sets = (*p.feature_sets, PURCHASE_LABELS, INTERACTIONS)
+            units.append(Unit("propensity", sets, tuple(p.split.all_as_of()), p, p.tuning))
+            if p.uplift is not None:
+                units.append(Unit("uplift", (*p.feature_sets, LABELS), (p.uplift.as_of,), p.uplift, None))
+        elif f == "recommendation":
+            r = config.recommendation
+            sets = (INTERACTIONS, PURCHASE_LABELS, RELATIONSHIP)
+            units.append(Unit("recommendation", sets, (r.valid_as_of, r.train_as_of), r, r.tuning))
+        else:
+            raise ValueError(f"unknown model family {f!r}; choose one of {', '.join(FAMILIES)} or all")
+    return units
+
+
+def with_budget(config: TrainingConfig, trials: int | None, timeout: float | None) -> TrainingConfig:
+    """The config with every study's trial count and/or time budget replaced."""
+    update: dict[str, Any] = {}
+    if trials is not None:
+        update["trials"] = trials
+    if timeout is not None:
+        update["timeout_seconds"] = timeout
+    if not update:
+        return config
+    families = {name: getattr(config, name) for name in FAMILIES}
+    return config.model_copy(
+        update={
+            name: cfg.model_copy(update={"tuning": cfg.tuning.model_copy(update=update)})
+            for name, cfg in families.items()
+        }
+    )
+
+
+def add_months(day: dt.date, months: int) -> dt.date:
+    """The same day `months` later (clamped to the month's last day)."""
+    total = day.year * 12 + day.month - 1 + months
+    year, month = divmod(total, 12)
+    for d in (day.day, 30, 29, 28):
+        try:
+            return dt.date(year, month + 1, d)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def shifted(config: TrainingConfig, months: int) -> TrainingConfig:
+    """The config with every training, validation and test cutoff moved `months` later.
+
+    A retrain keeps the recipe and reads newer data. The uplift model's cutoff stays: it is
+    the start of the offer experiment, not a window that moves.
+    """
+    if months == 0:
+        return config
+
+    def move(split: Any) -> Any:
+        return split.model_copy(
+            update={
+                k: [add_months(d, months) for d in getattr(split, k)]
+                for k in ("train_as_of", "valid_as_of", "test_as_of")
+            }
+        )
+
+    r = config.recommendation
+    return config.model_copy(
+        update={
+            "churn": config.churn.model_copy(update={"split": move(config.churn.split)}),
+            "propensity": config.propensity.model_copy(update={"split": move(config.propensity.split)}),
+            "recommendation": r.model_copy(
+                update={
+                    "train_as_of": add_months(r.train_as_of, months),
+                    "valid_as_of": add_months(r.valid_as_of, months),
+                }
+            ),
+        }
+    )
+
+
+def load_unit(settings: Settings, config: TrainingConfig, unit: Unit) -> Loaded:
+    """The unit's rows from the offline store (I/O: retried by the flow)."""
+    if unit.name == "churn":
+        return load_churn(settings, config)
+    if unit.name == "propensity":
+        return load_propensity(settings, config)
+    if unit.name == "uplift":
+        return load_uplift(settings, config)
+    r = config.recommendation
+    return load_interactions(settings, r.valid_as_of), load_interactions(settings, r.train_as_of)
+
+
+def fit_unit(unit: Unit, data: Loaded, settings: Settings, study_prefix: str) -> TrainedModel:
+    """Tune and fit one unit (its Optuna study in memory or in the configured RDB)."""
+    clock = FitClock()
+    study = create_study(f"{study_prefix}-{unit.name}", unit.tuning, settings.optuna_storage) if unit.tuning else None
+    if unit.name == "churn":
+        assert isinstance(data, LabelledTable) and study is not None
+        return train_churn(data, unit.config, settings.retention_calls_per_week, study, clock)
+    if unit.name == "propensity":
+        assert isinstance(data, LabelledTable) and study is not None
+        return train_propensity(data, unit.config, study, clock)
+    if unit.name == "uplift":
+        assert isinstance(data, LabelledTable)
+        return train_uplift(data, unit.config, clock)
+    assert isinstance(data, tuple) and study is not None and unit.tuning is not None
+    return train_recommendation(data[0], data[1], unit.config, unit.tuning, study, clock)
+
+
+def lineage_of(settings: Settings, unit: Unit, data: Loaded, own: OwnTable | OwnInteractions | None) -> dict[str, Any]:
+    """What the run was trained on: sets, versions, digests and cutoffs (or the user's file), and the config."""
+    config = unit.config.model_dump(mode="json")
+    if own is not None:
+        return {"source": str(own.path.resolve()), "own_table": {k: str(v) for k, v in vars(own).items()},
+                "config": config}  # fmt: skip
+    root = offline_root(settings)
+    sets = {}
+    for key in unit.feature_sets:
+        manifest = read_manifest(root, key) or {}
+        parts = manifest.get("partitions", {})
+        sets[key] = {
+            "digest": manifest.get("digest"),
+            "columns": manifest.get("columns"),
+            "partitions": {str(d): parts.get(str(d)) for d in unit.as_of},
+        }
+    return {"source": str(root), "feature_sets": sets, "as_of": [str(d) for d in unit.as_of], "config": config}
+
+
+def compare_with_truth(
+    settings: Settings, truth: Path, unit: Unit, trained: TrainedModel, data: Loaded | None = None
+) -> dict[str, float]:
+    """The model's score as a fraction of the oracle's, from the generator's truth (evaluation only).
+
+    With the unit's rows (`data`), churn and uplift also get the feature ceiling (see models.oracle).
+    """
+    persons = oracle.customer_persons(
+        pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["customer_key", "record_key"]),
+        pd.read_parquet(truth / "source_records.parquet", columns=["source_table", "record_id", "person_id"]),
+    )
+    if unit.name == "churn":
+        risk_file = truth / "churn_risk.parquet"
+        if not risk_file.is_file():
+            return {}
+        assert trained.predictions is not None
+        test = labelled_rows(data, "test")[0] if isinstance(data, LabelledTable) else None
+        excluded = data.excluded if isinstance(data, LabelledTable) else []
+        return oracle.churn_oracle(
+            trained.predictions, persons, pd.read_parquet(risk_file), unit.config.horizon_days, test, excluded
+        )
+    if unit.name == "propensity":
+        assert trained.predictions is not None
+        affinity = pd.read_parquet(truth / "product_affinity.parquet")
+        return oracle.propensity_oracle(trained.predictions, persons, affinity, unit.config.horizon_days)
+    if unit.name == "uplift":
+        assert trained.predictions is not None
+        effect = pd.read_parquet(truth / "treatment_effect.parquet")
+        if isinstance(data, LabelledTable):
+            return oracle.uplift_oracle(trained.predictions, persons, effect, data.frame, data.excluded)
+        return oracle.uplift_oracle(trained.predictions, persons, effect)
+    model, test = trained.evaluation
+    affinity = pd.read_parquet(truth / "product_affinity.parquet")
+    return oracle.recommendation_oracle(model, test, persons, affinity, unit.config.k)

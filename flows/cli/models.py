@@ -113,8 +113,6 @@ def run_training(
     """Train under the engine; expected errors end the command in one line."""
     from dataclasses import asdict
 
-    from models.training import OwnTable
-
     from features.featurestore.build import FeatureBuildError
     from features.featurestore.offline import OfflineStoreError
     from models.config import TrainingConfigError
@@ -122,6 +120,7 @@ def run_training(
     from models.registry import RegistryError
     from models.splits import SplitError
     from models.tabular import TabularSchemaError
+    from models.training import OwnTable
 
     config = settings()
     if truth is not None and not truth.is_dir():
@@ -216,9 +215,8 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why the champion is rolled back (recorded).")],
 ) -> None:
     """Move @champion back to @previous (the demoted version becomes @previous)."""
-    from governance.promotion import rollback as roll_back
-
     from governance.policy import PolicyError
+    from governance.promotion import rollback as roll_back
     from governance.store import GateError, actor
 
     config = settings()

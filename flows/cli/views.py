@@ -59,6 +59,8 @@ def print_ingestion(report: IngestionReport) -> None:
     console.print(f"{verdict} (read = accepted + quarantined).")
     if report.replaced_existing:
         console.print("This drop had been ingested before: its partitions were replaced (idempotent).")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/] {escape(warning)}")
 
 
 def print_quarantine(table: str, issues: pd.DataFrame, limit: int) -> None:

@@ -689,7 +689,7 @@ def _remove_unreferenced(settings: Settings, manifest: LakeManifest) -> list[str
 def _logged_landings(log: Path) -> set[str]:
     ids = set()
     if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
+        for line in log.read_text(encoding="utf-8").split("\n"):  # JSON Lines: only \n ends a record
             with contextlib.suppress(ValueError, AttributeError):
                 ids.add(str(json.loads(line).get("landing_id", "")))
     return ids

@@ -60,7 +60,9 @@ def read_decisions(settings: Settings, model: str | None = None) -> list[dict[st
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").split("\n"):  # JSON Lines: only \n ends a record
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:

@@ -191,7 +191,9 @@ def last_retrain(decisions_path: Path, family: str) -> dt.datetime | None:
     if not decisions_path.is_file():
         return None
     latest = None
-    for line in decisions_path.read_text(encoding="utf-8").splitlines():
+    for line in decisions_path.read_text(encoding="utf-8").split("\n"):  # JSON Lines: only \n ends a record
+        if not line.strip():
+            continue
         entry = json.loads(line)
         if entry.get("family") == family and entry.get("action") == "retrain":
             latest = dt.datetime.fromisoformat(entry["at"])

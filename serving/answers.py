@@ -345,3 +345,21 @@ def recommend(
         runtime.caps.record(key, shown, now)
         runtime.audit(caller, "/recommend", model, key, {"items": shown, "fallback": fallback}, False, False)
     return answers
+
+
+def served_inputs(runtime: Runtime) -> dict[str, Any]:
+    """What the OpenAPI document declares about requests, from the champions served now (`serving.openapi`).
+
+    A family whose model's numeric inputs are unknown (not a preparation pipeline) is left out:
+    its features stay declared as numbers or texts by name.
+    """
+    families: dict[str, Any] = {}
+    for family, model in runtime.champions.models.items():
+        numeric = model.numeric_inputs
+        if family == "recommendation" or numeric is None:
+            continue
+        families[family] = {
+            "inputs": {c: "number" if c in numeric else "string" for c in model.inputs},
+            "products": product_catalogue(model) if family == "propensity" else None,
+        }
+    return {"max_batch": runtime.policy.max_batch, "absent_inputs": runtime.policy.absent_inputs, "families": families}

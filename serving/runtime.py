@@ -131,16 +131,17 @@ class Runtime:
         """
         if stored == "lookup":
             stored = self.customer_features(customer_key) if customer_key else None
-        if customer_key and stored is None and not given:
+        if customer_key and stored is None and (not given or self._absent(model, given)):
+            # an unknown customer, and no body that could be scored on its own
             raise ServingError(404, f"{field_name}.customer_key", f"unknown customer {customer_key!r}")
         if given:
-            unknown = sorted(set(given) - set(model.columns))
+            unknown = sorted(set(given) - set(model.inputs))
             if unknown:
                 raise ServingError(422, f"{field_name}.features", f"not inputs of {model.name}: {unknown[:5]}")
             check_types(model, given, field_name)
             if stored is None:
-                absent = [c for c in model.inputs if c not in given]
-                if len(absent) > self.policy.absent_inputs:
+                absent = self._absent(model, given)
+                if absent:
                     raise ServingError(
                         422,
                         f"{field_name}.features",
@@ -149,6 +150,11 @@ class Runtime:
                     )
             return {**(stored or {}), **given}, stored
         return (stored if stored is not None else {}), stored  # read-only from here: no copy
+
+    def _absent(self, model: ServedModel, given: Mapping[str, Any]) -> list[str]:
+        """The model inputs a body leaves out, when more than the policy allows (else none)."""
+        absent = [c for c in model.inputs if c not in given]
+        return absent if len(absent) > self.policy.absent_inputs else []
 
     # -- the log -------------------------------------------------------------------------------------------
     def audit(self, caller: str, endpoint: str, model: ServedModel, customer_key: str | None,

@@ -8,7 +8,7 @@ on the model: `Runtime.feature_row` checks it against the served model's inputs 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 
@@ -18,6 +18,16 @@ CustomerKey = str
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_explicit_nulls(cls, data: Any) -> Any:
+        """An optional field is left out, not sent as null (the OpenAPI document declares none nullable)."""
+        if isinstance(data, dict):
+            nulls = [k for k, v in data.items() if v is None and k in cls.model_fields]
+            if nulls:
+                raise ValueError(f"{nulls[0]}: null is not a value here; leave the field out")
+        return data
 
 
 class ScoreRequest(_Request):

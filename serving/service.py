@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from starlette.responses import JSONResponse, Response
 
 from custintel.settings import Settings
-from serving import answers
+from serving import answers, openapi
 from serving.errors import ServingError, quiet_refusals
 from serving.middleware import Gatekeeper
 from serving.policy import load_serving_policy
@@ -106,6 +106,7 @@ class Custintel:
             )
         self.runtime = Runtime(settings, load_serving_policy(settings.serving_policy))
         quiet_refusals("bentoml._internal.server.http_app")  # a refused request: one INFO line, not a traceback
+        openapi.publish(lambda: answers.served_inputs(self.runtime))  # /docs.json declares what is served now
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 

@@ -305,38 +305,66 @@ def test_a_promotion_is_picked_up_live_with_no_failed_request(server: Server) ->
     assert len(pd.Series(versions).unique()) == 2
 
 
+def _exercise(operation: object, mode: object, checks: list[object]) -> None:
+    """Up to 12 generated requests of one operation in one mode, each answer validated by `checks`."""
+    from hypothesis import given
+
+    @given(case=operation.as_strategy(mode))  # type: ignore[attr-defined]
+    @examples(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    def run(case: schemathesis.Case) -> None:
+        case.validate_response(case.call(headers=AUTH, timeout=30), checks=checks)  # type: ignore[arg-type]
+
+    run()
+
+
 def test_the_service_keeps_to_its_own_openapi_schema(server: Server) -> None:
-    """Generated requests per operation (bounded): never a 5xx, and every answer is one the document declares.
+    """Generated requests per operation (bounded), valid and invalid by the document: never a 5xx, every answer
+    one the document declares, every valid request answered (or 404: a well-formed key of a customer who does not
+    exist), every invalid one refused.
 
     Driven with Hypothesis directly: schemathesis' pytest plugin does not run under pytest 9.
     """
-    from hypothesis import given
+    from schemathesis import GenerationMode
+    from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
     schema = schemathesis.openapi.from_url(server.url + "/docs.json")
+    # 413 refuses a batch over the policy's limit (the document's maxItems): a refusal like 400 and 422
+    rejection = schema.config.checks.negative_data_rejection
+    rejection.expected_statuses = [*rejection.expected_statuses, "413"]
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     tested = []
     for result in schema.get_all_operations():
         operation = result.ok()
         if not operation.path.startswith(("/churn", "/propensity", "/recommend", "/models")):
             continue
-
-        @given(case=operation.as_strategy())
-        @examples(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        def run(case: schemathesis.Case) -> None:
-            # A well-formed key of a customer who does not exist gets 404: declared, so only response-side checks
-            # apply (not "a schema-valid request must be accepted").
-            case.validate_response(case.call(headers=AUTH, timeout=30), checks=checks)
-
-        run()
-        tested.append(operation.label)
-    assert len(tested) == 7, tested
+        for mode, check in ((GenerationMode.POSITIVE, positive_data_acceptance),
+                            (GenerationMode.NEGATIVE, negative_data_rejection)):  # fmt: skip
+            if operation.method.upper() == "GET" and mode == GenerationMode.NEGATIVE:
+                continue  # nothing to send wrong
+            _exercise(operation, mode, [*checks, check])
+            tested.append(f"{operation.label} {mode.value}")
+    assert len(tested) == 13, tested
+    # the document declares what the served models read
+    doc = httpx.get(server.url + "/docs.json").json()
+    score = doc["components"]["schemas"]["ScoreRequest"]
+    inputs = score["properties"]["features"]["properties"]
+    assert score["properties"]["features"]["additionalProperties"] is False and len(inputs) > 40
+    assert {"type": "number", "nullable": True} in inputs.values() and {
+        "type": "string",
+        "nullable": True,
+    } in inputs.values()
+    assert score["anyOf"][1]["properties"]["features"]["required"] == sorted(inputs)
+    batch = doc["paths"]["/churn/score/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert batch["properties"]["customers"]["maxItems"] == 1000
 
 
 def _logged(server: Server, version: str) -> dict[str, dict[str, object]]:
     """The last logged churn entry per hashed customer for one model version."""
     entries = {}
     for path in sorted((server.settings.home_dir / "serving" / "inference").glob("*.jsonl")):
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8").split("\n"):  # JSON Lines: only \n ends a record (not U+2028)
+            if not line:
+                continue
             entry = json.loads(line)
             if entry.get("model") == "custintel-churn" and entry.get("version") == version and entry.get("customer"):
                 entries[entry["customer"]] = entry
@@ -356,12 +384,13 @@ def test_batches_from_the_snapshot_equal_batches_from_the_store(server: Server) 
         docs = online.lookup(keys[0]) or {}
     names = {k for s, doc in docs.items() if s != "interactions@1" for k in doc if k != "as_of"}
     with_body = {"customers": [*body["customers"], {"features": {**dict.fromkeys(names), "tenure_days": 100.0}}]}
+    started = time.time()
     mixed = server.post("/churn/score/batch", with_body)
     assert mixed.status_code == 200, mixed.text
     from_store = {"results": mixed.json()["results"][:-1]}
     version = from_store["results"][0]["model"]["version"]
     time.sleep(0.6)  # the log writer's interval
-    before = _logged(server, version)
+    before = {c: e for c, e in _logged(server, version).items() if float(e["at"]) >= started}  # this batch's
     deadline = time.monotonic() + 60
     held: list[dict[str, object]] = []
     while time.monotonic() < deadline and not held:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,14 +40,29 @@ def check_batch(runtime: Runtime, size: int) -> None:
         raise ServingError(413, "customers", f"{size} customers in one call; at most {runtime.policy.max_batch}")
 
 
-def in_time(deadline: float | None) -> None:
-    """Refuse to serve answers computed after the caller's timeout (`time.monotonic()` deadline).
+@dataclass(frozen=True)
+class Deadline:
+    """When a call's answers stop being wanted: its timeout (a `time.monotonic()` instant) or its caller leaving."""
 
-    Called before anything is logged or counted: a batch whose caller was answered 504 is
-    neither logged as served nor counted against the frequency caps.
-    """
-    if deadline is not None and time.monotonic() > deadline:
-        raise ServingError(504, "customers", "the batch took longer than the service's timeout; nothing was served")
+    at: float
+    gone: threading.Event | None = None  # set by the gate when the client disconnects
+
+    def check(self) -> None:
+        """Refuse to serve answers nobody will read; called before anything is logged or counted.
+
+        A batch whose caller was answered 504, or hung up, is neither logged as served nor
+        counted against the frequency caps.
+        """
+        if self.gone is not None and self.gone.is_set():
+            raise ServingError(499, "request", "the caller went away before the answer; nothing was served")
+        if time.monotonic() > self.at:
+            raise ServingError(504, "customers", "the batch took longer than the service's timeout; nothing was served")
+
+
+def in_time(deadline: Deadline | None) -> None:
+    """`Deadline.check`, when the call has a deadline."""
+    if deadline is not None:
+        deadline.check()
 
 
 def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -54,7 +71,11 @@ def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 
 
 def churn_answers(
-    runtime: Runtime, requests: Sequence[ScoreRequest], caller: str, batch: bool = False, deadline: float | None = None
+    runtime: Runtime,
+    requests: Sequence[ScoreRequest],
+    caller: str,
+    batch: bool = False,
+    deadline: Deadline | None = None,
 ) -> list[dict[str, Any]]:
     """Churn scores with decisions and reasons, as `ScoreResponse` documents; suppressed customers are never scored.
 
@@ -244,7 +265,7 @@ def score_propensity(
     requests: Sequence[PropensityRequest],
     caller: str,
     batch: bool = False,
-    deadline: float | None = None,
+    deadline: Deadline | None = None,
 ) -> list[PropensityResponse]:
     """Each customer's products by purchase probability (products held are not candidates).
 
@@ -301,7 +322,7 @@ def recommend(
     requests: Sequence[RecommendRequest],
     caller: str,
     batch: bool = False,
-    deadline: float | None = None,
+    deadline: Deadline | None = None,
 ) -> list[RecommendResponse]:
     """Top-k after the rules (held, eligibility), the caller's exclusions and the frequency cap.
 

@@ -8,9 +8,11 @@ or not the client announced its length.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -158,12 +160,26 @@ class Gatekeeper:
                 await send_json(send, 413, _error("body", f"more than {self.max_body} bytes"))
                 return
         replayed = False
+        gone, hung_up = threading.Event(), asyncio.Event()
+        scope["state"]["gone"] = gone  # read by a batch before it logs what it served
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            await hung_up.wait()
+            return {"type": "http.disconnect"}
 
-        await self.app(scope, replay, send)
+        async def watch() -> None:
+            # the one reader of the connection once the body is in: a client that hangs up is seen at once
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            hung_up.set()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            watcher.cancel()

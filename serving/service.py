@@ -68,11 +68,16 @@ def _timeout() -> float:
         return 30.0  # a bad policy is refused again, with the field named, when a worker starts
 
 
-def _deadline(runtime: Runtime, ctx: bentoml.Context) -> float:
-    """When a batch must be answered by: the timeout from the request's arrival at the gate, less a margin."""
-    arrived = ctx.request.scope.get("state", {}).get("arrived", time.monotonic())
+def _deadline(runtime: Runtime, ctx: bentoml.Context) -> answers.Deadline:
+    """When a batch's answers stop being wanted.
+
+    The timeout from the request's arrival at the gate, less a margin, or as soon as the caller
+    hangs up (the gate watches the connection).
+    """
+    state = ctx.request.scope.get("state", {})
     timeout = runtime.policy.timeout_seconds
-    return float(arrived) + max(timeout - 1.0, timeout * 0.9)
+    at = float(state.get("arrived", time.monotonic())) + max(timeout - 1.0, timeout * 0.9)
+    return answers.Deadline(at, state.get("gone"))
 
 
 def _workers() -> int:

@@ -426,3 +426,36 @@ def test_batches_from_the_snapshot_equal_batches_from_the_store(server: Server) 
     moved = server.post("/churn/score/batch", body).json()["results"][len(keys) - 1]
     single = server.post("/churn/score", {"customer_key": target}).json()
     assert moved == single != answered
+
+
+def test_a_batch_whose_caller_hangs_up_is_not_logged_as_served(server: Server) -> None:
+    """The gate watches the connection: a batch finished after its caller left is neither served nor logged."""
+    import socket
+    from urllib.parse import urlparse
+
+    keys = (server.consenting * 1000)[:1000]
+    body = json.dumps({"customers": [{"customer_key": k} for k in keys]}).encode()
+
+    def propensity_entries() -> int:
+        time.sleep(0.6)  # the log writer's interval
+        return sum(
+            line.count('"endpoint":"/propensity/score"')
+            for path in (server.settings.home_dir / "serving" / "inference").glob("*.jsonl")
+            for line in path.read_text(encoding="utf-8").split("\n")
+        )
+
+    started, before = time.perf_counter(), propensity_entries()
+    assert server.post("/propensity/score/batch", json.loads(body)).status_code == 200
+    took = time.perf_counter() - started - 0.6
+    after_served = propensity_entries()
+    assert after_served > before  # a batch answered is logged
+    url = urlparse(server.url)
+    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80)) as sock:
+        head = (f"POST /propensity/score/batch HTTP/1.1\r\nHost: {url.hostname}\r\nX-API-Key: {KEY}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")  # fmt: skip
+        sock.sendall(head.encode() + body)
+        time.sleep(max(took / 5, 0.02))  # hang up while the batch is being computed
+    time.sleep(took + 1.0)  # the batch finishes, finds its caller gone
+    assert propensity_entries() == after_served, "answers computed for a caller who left were logged as served"
+    log = (server.settings.home_dir / "serve.log").read_text(errors="replace")
+    assert "Traceback" not in log

@@ -707,6 +707,7 @@ def _propensity_runtime(audits: list[object]) -> Any:
 
 
 def test_a_propensity_batch_is_scored_in_one_pass_like_one_customer_at_a_time(monkeypatch: Any) -> None:
+    import threading
     import time
 
     from serving import answers
@@ -727,5 +728,10 @@ def test_a_propensity_batch_is_scored_in_one_pass_like_one_customer_at_a_time(mo
     assert len(audits) == 80  # 40 in the batch, 40 alone; the unknown customer is not logged
     audits.clear()
     with pytest.raises(ServingError) as late:
-        answers.score_propensity(runtime, requests, "key-1", batch=True, deadline=time.monotonic() - 1)
+        answers.score_propensity(runtime, requests, "key-1", True, answers.Deadline(time.monotonic() - 1))
     assert late.value.status == 504 and audits == []  # computed after the caller's timeout: nothing served
+    gone = threading.Event()
+    gone.set()
+    with pytest.raises(ServingError) as left:
+        answers.score_propensity(runtime, requests, "key-1", True, answers.Deadline(time.monotonic() + 60, gone))
+    assert left.value.status == 499 and audits == []  # the caller hung up: nothing served

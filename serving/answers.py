@@ -91,6 +91,9 @@ def churn_answers(
     purpose = runtime.policy.purposes.churn
     ref = _ref(model).model_dump()
     many = len(requests) > 1
+    for i, request in enumerate(requests):  # what the bodies say is checked before anyone is answered
+        if request.features:
+            runtime.check_features(model, request.features, f"customers[{i}]" if batch else "body")
     answers: list[dict[str, Any] | None] = [None] * len(requests)
     consents = runtime.consent.check_many([r.customer_key for r in requests], purpose)
     for i, (request, (reason, _)) in enumerate(zip(requests, consents, strict=True)):
@@ -278,6 +281,13 @@ def score_propensity(
     catalogue = product_catalogue(model)
     answers: list[PropensityResponse | None] = [None] * len(requests)
     pending: list[tuple[int, dict[str, Any], list[str]]] = []  # (position, inputs, candidate products)
+    for i, request in enumerate(requests):  # what the bodies say is checked before anyone is answered
+        field = f"customers[{i}]" if batch else "body"
+        if request.features:
+            runtime.check_features(model, request.features, field)
+        unknown = sorted(set(request.product_ids or []) - set(catalogue)) if catalogue else []
+        if unknown:
+            raise ServingError(422, f"{field}.product_ids", f"unknown products {unknown[:5]}")
     for i, request in enumerate(requests):
         field = f"customers[{i}]" if batch else "body"
         reason, _ = runtime.consent.check(request.customer_key, purpose)

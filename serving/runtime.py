@@ -131,14 +131,12 @@ class Runtime:
         """
         if stored == "lookup":
             stored = self.customer_features(customer_key) if customer_key else None
+        if given:  # what the body says is checked first, whoever the customer is
+            self.check_features(model, given, field_name)
         if customer_key and stored is None and (not given or self._absent(model, given)):
             # an unknown customer, and no body that could be scored on its own
             raise ServingError(404, f"{field_name}.customer_key", f"unknown customer {customer_key!r}")
         if given:
-            unknown = sorted(set(given) - set(model.inputs))
-            if unknown:
-                raise ServingError(422, f"{field_name}.features", f"not inputs of {model.name}: {unknown[:5]}")
-            check_types(model, given, field_name)
             if stored is None:
                 absent = self._absent(model, given)
                 if absent:
@@ -150,6 +148,13 @@ class Runtime:
                     )
             return {**(stored or {}), **given}, stored
         return (stored if stored is not None else {}), stored  # read-only from here: no copy
+
+    def check_features(self, model: ServedModel, given: Mapping[str, Any], field_name: str) -> None:
+        """Refuse (422) a body's features the model does not take, or whose type it cannot read."""
+        unknown = sorted(set(given) - set(model.inputs))
+        if unknown:
+            raise ServingError(422, f"{field_name}.features", f"not inputs of {model.name}: {unknown[:5]}")
+        check_types(model, given, field_name)
 
     def _absent(self, model: ServedModel, given: Mapping[str, Any]) -> list[str]:
         """The model inputs a body leaves out, when more than the policy allows (else none)."""

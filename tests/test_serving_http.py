@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -39,6 +40,8 @@ from tests.conftest import start_service
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 KEY = "test-key-1"
+# generated requests per operation and mode in the schemathesis test (more for a deeper run by hand)
+EXAMPLES = int(os.environ.get("CUSTINTEL_TEST_SCHEMATHESIS_EXAMPLES", "12"))
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -306,11 +309,11 @@ def test_a_promotion_is_picked_up_live_with_no_failed_request(server: Server) ->
 
 
 def _exercise(operation: object, mode: object, checks: list[object]) -> None:
-    """Up to 12 generated requests of one operation in one mode, each answer validated by `checks`."""
+    """Up to EXAMPLES generated requests of one operation in one mode, each answer validated by `checks`."""
     from hypothesis import given
 
     @given(case=operation.as_strategy(mode))  # type: ignore[attr-defined]
-    @examples(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @examples(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case: schemathesis.Case) -> None:
         case.validate_response(case.call(headers=AUTH, timeout=30), checks=checks)  # type: ignore[arg-type]
 

@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
@@ -548,6 +549,8 @@ class LakeManifest:
     committed_at: str = ""
     tables: dict[str, list[Partition]] = field(default_factory=dict)
     landing: dict[str, object] | None = None
+    # each table's contract as its newest drop was landed under: later steps read the table by it
+    contracts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def partition(self, table: str, drop_id: str) -> Partition | None:
         """A table's committed partition of a drop, if there is one."""
@@ -566,6 +569,7 @@ class LakeManifest:
             committed_at=str(data["committed_at"]),
             tables={t: [Partition(**p) for p in parts] for t, parts in data["tables"].items()},
             landing=data.get("landing"),
+            contracts=dict(data.get("contracts") or {}),
         )
 
 
@@ -794,7 +798,7 @@ def _place_folder(src: Path, table_root: Path, committed: str | None, drop_id: s
     return name
 
 
-def _land(stage: Path, settings: Settings, report: IngestionReport) -> None:
+def _land(stage: Path, settings: Settings, report: IngestionReport, contracts: ContractSet | None = None) -> None:
     """Move the staged partitions in beside the committed ones, then commit them all with one manifest."""
     drop_id = report.drop_id
     old = read_manifest(settings)
@@ -827,6 +831,14 @@ def _land(stage: Path, settings: Settings, report: IngestionReport) -> None:
             committed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             tables={t: sorted(parts, key=lambda p: p.drop_id) for t, parts in sorted(tables.items())},
             landing=asdict(report),
+            contracts={
+                **old.contracts,
+                **(
+                    {c.table: c.model_dump(mode="json") for c in contracts.contracts if c.table in placed}
+                    if contracts is not None
+                    else {}
+                ),
+            },  # fmt: skip
         )
         _write_manifest(settings, new)
     except BaseException:
@@ -882,7 +894,7 @@ def ingest_drop(
         try:
             _stage_tables(stage, drop_dir, files, contracts, settings, report, progress)
             _pause("staged")
-            _land(stage, settings, report)
+            _land(stage, settings, report, contracts)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
     return report
@@ -944,12 +956,30 @@ def _read_parquet_sql(files: list[Path]) -> str:
     return f"read_parquet([{paths}], union_by_name = true, hive_partitioning = false)"
 
 
+def lake_contract(settings: Settings, table: str) -> Contract:
+    """The contract a lake table was landed under (remembered in the manifest), else the shipped one.
+
+    A drop ingested with `--contracts` is read by its own tables' names and keys in every later
+    step, without the folder being given again.
+    """
+    remembered = read_manifest(settings).contracts.get(table)
+    if remembered is not None:
+        return Contract.model_validate(remembered)
+    try:
+        return load_contracts().get(table)
+    except KeyError:
+        raise IngestError(
+            f"table {table} has no contract in {settings.lake_dir / MANIFEST} (ingest it again to record the "
+            "contracts it was landed under) and none is shipped"
+        ) from None
+
+
 def lake_table_sql(settings: Settings, table: str, contracts: ContractSet | None = None) -> str:
     """SQL for the current rows of a lake table: the newest drop's version of each key."""
     files = lake_files(settings, table)
     if not files:
         raise IngestError(f"table {table} has not been ingested into {settings.lake_dir}")
-    contract = (contracts or load_contracts()).get(table)
+    contract = contracts.get(table) if contracts is not None else lake_contract(settings, table)
     src = _read_parquet_sql(files)
     # One drop holds each key once (ingestion moves later copies to quarantine): nothing to pick.
     if not contract.key or len(files) <= 1:

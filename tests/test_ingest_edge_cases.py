@@ -154,3 +154,49 @@ def test_validation_never_loses_or_invents_a_row(rows: list[tuple], byo_contract
     balances = [b for b in res.accepted.column("balance").to_pylist() if b is not None]
     assert all(b >= 0 and b == b and abs(b) != float("inf") for b in balances)
     assert None not in res.accepted.column("account_id").to_pylist()
+
+
+def test_the_contracts_a_drop_was_landed_under_are_remembered(tmp_path: Path, byo_contracts: ContractSet) -> None:
+    """A table of one's own is read by its own name and key later, without the contracts folder given again."""
+    from features.lake import IngestError, lake_contract, read_manifest
+
+    settings = Settings(home=tmp_path / "home")
+    for day, rows in (("2024-03-01", "A1,2024-01-31,10,yes,first\nA2,2024-02-01,0,no,\n"),
+                      ("2024-04-01", "A1,2024-01-31,99,yes,second\n")):  # fmt: skip
+        drop = tmp_path / f"drop-{day}"
+        drop.mkdir()
+        (drop / "accounts.csv").write_text("account_id,opened,balance,vip,note\n" + rows)
+        (drop / "manifest.json").write_text(f'{{"export_date": "{day}"}}')
+        ingest_drop(drop, settings, contracts=byo_contracts)
+    assert read_manifest(settings).contracts["accounts"]["key"] == ["account_id"]
+    assert lake_contract(settings, "accounts") == byo_contracts.get("accounts")
+    lake = read_lake_table(settings, "accounts").sort_values("account_id")  # no contracts given: the remembered key
+    assert list(lake["balance"]) == [99.0, 0.0] and list(lake["note"].fillna("")) == ["second", ""]
+    with pytest.raises(IngestError, match="no contract"):
+        lake_contract(settings, "orders")
+
+
+def test_a_table_wholly_quarantined_fails_the_command_and_its_reasons_come_commonest_first(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    contracts = tmp_path / "contracts"
+    contracts.mkdir()
+    (contracts / "accounts.yaml").write_text(CONTRACT_YAML)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    rows = [f"A{i},2024-13-{i % 28 + 1:02d},1,yes,x" for i in range(30)]  # month 13: every row is rejected
+    rows[0] = "A0,2024-13-01,-5,yes,x"  # one row also breaks the balance's minimum: the rarer reason
+    (drop / "accounts.csv").write_text("account_id,opened,balance,vip,note\n" + "\n".join(rows) + "\n")
+    home = tmp_path / "home"
+    runner = CliRunner()
+    result = runner.invoke(app, ["--home", str(home), "ingest", "--source", str(drop), "--contracts", str(contracts),
+                                 "--engine", "local"])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "every row was quarantined in accounts (30 rows" in " ".join(result.output.split())
+    shown = runner.invoke(app, ["--home", str(home), "quarantine", "accounts", "--limit", "4"])
+    assert shown.exit_code == 0, shown.output
+    rows_shown = [line for line in shown.output.split("examples", 1)[1].splitlines() if "accounts.csv" in line]
+    fields = [line.split("│")[3].strip() for line in rows_shown]
+    assert fields == ["opened", "opened", "balance"]  # the commonest reason first, then an example of every other

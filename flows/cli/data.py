@@ -112,6 +112,14 @@ def ingest(
         f"Lake: [bold]{config.lake_dir}[/]  quarantine: [bold]{config.quarantine_dir}[/]  "
         f"report: [bold]{config.reports_dir / 'ingest' / (report.drop_id + '.json')}[/]"
     )
+    emptied = [name for name, t in report.tables.items() if t.read > 0 and t.accepted == 0]
+    if emptied:  # landed and kept whole in quarantine, but nothing of the table reached the lake
+        reasons = {name: next(iter(report.tables[name].reasons), "see the quarantine") for name in emptied}
+        raise fail(
+            "every row was quarantined in "
+            + "; ".join(f"{name} ({report.tables[name].read:,} rows, mostly {reasons[name]})" for name in emptied)
+            + f": `custintel quarantine {emptied[0]}` shows why"
+        )
 
 
 @app.command()

@@ -64,7 +64,7 @@ def print_ingestion(report: IngestionReport) -> None:
 
 
 def print_quarantine(table: str, issues: pd.DataFrame, limit: int) -> None:
-    """A table's quarantine issues: counts by field, check and action, then examples."""
+    """A table's quarantine issues: counts by field, check and action (commonest first), then examples of each."""
     counts = issues.groupby(["field", "check", "action"]).size().reset_index(name="count")
     summary = Table(title=f"{table}: {len(issues):,} issues")
     for col in ("field", "check", "action", "count"):
@@ -75,8 +75,17 @@ def print_quarantine(table: str, issues: pd.DataFrame, limit: int) -> None:
     examples = Table(title="examples")
     for col in ("file", "row", "field", "reason"):
         examples.add_column(col)
-    for _, r in issues.head(limit).iterrows():
-        examples.add_row(str(r["_source_file"]), str(r["row_number"]), str(r["field"]), str(r["reason"]))
+    # examples of every reason in order of its count (the commonest first), as many of each as the limit allows
+    groups = issues.groupby(["field", "check", "action"], sort=False)
+    order = counts.sort_values("count", ascending=False)
+    each = max(1, limit // max(len(order), 1))
+    shown = 0
+    for key in order[["field", "check", "action"]].itertuples(index=False, name=None):
+        for _, r in groups.get_group(key).head(min(each, limit - shown)).iterrows():
+            examples.add_row(str(r["_source_file"]), str(r["row_number"]), str(r["field"]), str(r["reason"]))
+            shown += 1
+        if shown >= limit:
+            break
     console.print(examples)
 
 

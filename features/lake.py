@@ -152,24 +152,39 @@ def _resolve_files(drop_dir: Path, contracts: ContractSet) -> dict[str, list[Pat
     return files
 
 
-def _drop_identity(drop_dir: Path, files: dict[str, list[Path]]) -> tuple[str, dt.datetime]:
-    """Content-derived id, and the drop's export time (manifest, else newest file)."""
+def export_time(drop_dir: Path, export_date: dt.date | None = None) -> dt.datetime:
+    """When the drop's data was exported: `export_date` when given, else the drop's `manifest.json`.
+
+    Never a file's modification time: that is when the copy was made, and a label window would
+    then count as observed up to that day. Checked before anything slow starts.
+    """
+    if export_date is not None:
+        return dt.datetime.combine(export_date, dt.time()) if not isinstance(export_date, dt.datetime) else export_date
+    manifest = Path(drop_dir) / "manifest.json"
+    if manifest.is_file():
+        try:
+            export = json.loads(manifest.read_text()).get("export_date")
+            if export:
+                return dt.datetime.fromisoformat(export).replace(tzinfo=None)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise IngestError(f"{manifest}: export_date is not readable: {exc}") from exc
+    raise IngestError(
+        f"{drop_dir}: when was this data exported? Give --export-date YYYY-MM-DD, or put "
+        '{"export_date": "YYYY-MM-DD"} in the drop\'s manifest.json (files\' modification times are not used: '
+        "they say when the copy was made)"
+    )
+
+
+def _drop_identity(
+    drop_dir: Path, files: dict[str, list[Path]], export_date: dt.date | None = None
+) -> tuple[str, dt.datetime]:
+    """Content-derived id, and the drop's export time (`export_time`)."""
     h = hashlib.sha256()
     every = sorted({p for ps in files.values() for p in ps})
     for p in every:
         h.update(str(p.relative_to(drop_dir)).encode())
         h.update(file_digest(p).encode())
-    manifest = drop_dir / "manifest.json"
-    as_of: dt.datetime | None = None
-    if manifest.is_file():
-        try:
-            export = json.loads(manifest.read_text()).get("export_date")
-            as_of = dt.datetime.fromisoformat(export) if export else None
-        except (ValueError, TypeError) as exc:
-            raise IngestError(f"manifest.json in {drop_dir} is not readable: {exc}") from exc
-    if as_of is None:
-        newest = max((p.stat().st_mtime for p in every), default=0.0)
-        as_of = dt.datetime.fromtimestamp(newest, dt.UTC).replace(tzinfo=None, microsecond=0)
+    as_of = export_time(drop_dir, export_date)
     return f"{as_of:%Y%m%d}-{h.hexdigest()[:16]}", as_of
 
 
@@ -858,7 +873,11 @@ def _land(stage: Path, settings: Settings, report: IngestionReport, contracts: C
 
 
 def ingest_drop(
-    drop_dir: Path, settings: Settings, contracts: ContractSet | None = None, progress: ProgressFn | None = None
+    drop_dir: Path,
+    settings: Settings,
+    contracts: ContractSet | None = None,
+    progress: ProgressFn | None = None,
+    export_date: dt.date | None = None,
 ) -> IngestionReport:
     """Check every table of a drop against its contract and land it in the lake in one step."""
     drop_dir = Path(drop_dir).resolve()
@@ -874,7 +893,7 @@ def ingest_drop(
                 extra_columns[c.table] += check_columns(c, _file_schema(p, c), str(p.relative_to(drop_dir)))
             except ContractViolation as exc:
                 raise IngestError(str(exc)) from exc
-    drop_id, as_of = _drop_identity(drop_dir, files)
+    drop_id, as_of = _drop_identity(drop_dir, files, export_date)
     digest = hashlib.sha256(contracts.model_dump_json().encode()).hexdigest()[:16]
     report = IngestionReport(
         drop_id=drop_id,

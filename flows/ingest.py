@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from features.lake import IngestionReport, ingest_drop
 
 
 @task(name="check-and-land-drop")
-def land_drop(source_dir: Path, settings: Settings, contracts_dir: Path | None) -> IngestionReport:
+def land_drop(
+    source_dir: Path, settings: Settings, contracts_dir: Path | None, export_date: dt.date | None = None
+) -> IngestionReport:
     """Check every table of the drop and swap it into the lake (all or nothing)."""
     logger = get_run_logger()
     last: dict[str, int] = {}
@@ -25,7 +28,7 @@ def land_drop(source_dir: Path, settings: Settings, contracts_dir: Path | None) 
             last[table] = rows
 
     contracts = load_contracts(contracts_dir) if contracts_dir else None
-    return ingest_drop(source_dir, settings, contracts=contracts, progress=log_progress)
+    return ingest_drop(source_dir, settings, contracts=contracts, progress=log_progress, export_date=export_date)
 
 
 @task(name="publish-ingestion-report")
@@ -62,12 +65,18 @@ def publish_report(report: IngestionReport) -> None:
 
 @flow(name="ingest_sources", log_prints=False)
 def ingest_sources(
-    source_dir: str, settings: dict[str, Any] | None = None, contracts_dir: str | None = None
+    source_dir: str,
+    settings: dict[str, Any] | None = None,
+    contracts_dir: str | None = None,
+    export_date: str | None = None,
 ) -> IngestionReport:
     """Ingest one drop folder: contracts checked, rejects quarantined with reasons, counts reconciled.
 
     `settings`: the starting command's settings (`Settings.to_flow`); this process's environment when None.
     """
-    report = land_drop(Path(source_dir), Settings.from_flow(settings), Path(contracts_dir) if contracts_dir else None)
+    exported = dt.date.fromisoformat(export_date) if export_date else None
+    report = land_drop(
+        Path(source_dir), Settings.from_flow(settings), Path(contracts_dir) if contracts_dir else None, exported
+    )
     publish_report(report)
     return report

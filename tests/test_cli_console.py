@@ -76,7 +76,19 @@ def prefect_records() -> Iterator[tuple[list[logging.LogRecord], list[logging.Lo
 
 
 def _ingest(home: Path, drop: Path, contracts: Path, engine: str):
-    args = ["--home", str(home), "ingest", "--source", str(drop), "--contracts", str(contracts), "--engine", engine]
+    args = [
+        "--home",
+        str(home),
+        "ingest",
+        "--source",
+        str(drop),
+        "--contracts",
+        str(contracts),
+        "--engine",
+        engine,
+        "--export-date",
+        "2024-06-01",
+    ]
     return CliRunner().invoke(app, args)
 
 
@@ -169,7 +181,15 @@ def test_a_separate_process_shows_one_line_under_prefect(tmp_path: Path, contrac
     }
     env.pop("PREFECT_API_URL", None)
     cli = str(Path(sys.executable).with_name("custintel"))
-    args = ["--home", str(tmp_path / "home"), "ingest", "--source", str(_drop(tmp_path, "latin-1"))]
+    args = [
+        "--home",
+        str(tmp_path / "home"),
+        "ingest",
+        "--source",
+        str(_drop(tmp_path, "latin-1")),
+        "--export-date",
+        "2024-06-01",
+    ]
     done = subprocess.run([cli, *args, "--contracts", str(contracts)], capture_output=True, text=True, env=env,
                           timeout=600, cwd=tmp_path)  # fmt: skip
     out = done.stdout + done.stderr

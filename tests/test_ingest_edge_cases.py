@@ -15,6 +15,7 @@ from features.contracts import ContractSet, load_contracts
 from features.ingest import ROW, ValidationContext, validate_batch
 from features.lake import ingest_drop, read_lake_table, read_quarantine
 
+EXPORTED = dt.date(2024, 6, 1)  # the drops here carry no manifest.json: the export date is given
 CONTRACT_YAML = """
 table: accounts
 system: byo
@@ -48,7 +49,7 @@ def test_bom_crlf_and_multiline_quoted_text_are_read_correctly(tmp_path: Path, b
     )
     (drop / "accounts.csv").write_bytes(text.encode("utf-8"))
     settings = Settings(home=tmp_path / "home")
-    report = ingest_drop(drop, settings, contracts=byo_contracts)
+    report = ingest_drop(drop, settings, contracts=byo_contracts, export_date=EXPORTED)
     t = report.tables["accounts"]
     assert (t.read, t.accepted, t.quarantined) == (3, 2, 1)
     lake = read_lake_table(settings, "accounts", byo_contracts).sort_values("account_id")
@@ -62,7 +63,7 @@ def test_multiple_files_of_one_table_keep_keys_unique_across_files(tmp_path: Pat
     drop.mkdir()
     (drop / "accounts-1.csv").write_text("account_id,opened,balance,vip,note\nA1,2024-01-01,1,y,\n")
     (drop / "accounts-2.csv").write_text("account_id,opened,balance,vip,note\nA1,2024-01-02,2,n,\nA2,2024-01-02,2,n,\n")
-    report = ingest_drop(drop, Settings(home=tmp_path / "home"), contracts=byo_contracts)
+    report = ingest_drop(drop, Settings(home=tmp_path / "home"), contracts=byo_contracts, export_date=EXPORTED)
     t = report.tables["accounts"]
     assert (t.read, t.accepted, t.quarantined) == (3, 2, 1)
     assert t.reasons == {"account_id: duplicate_key": 1}
@@ -80,7 +81,7 @@ def test_a_file_in_another_encoding_is_read_with_the_declared_one(tmp_path: Path
         "account_id,opened,balance,vip,note\nA1,2024-01-01,1,y,Müller\n".encode("latin-1")
     )
     settings = Settings(home=tmp_path / "home")
-    ingest_drop(drop, settings, contracts=contracts)
+    ingest_drop(drop, settings, contracts=contracts, export_date=EXPORTED)
     assert read_lake_table(settings, "accounts", contracts)["note"].tolist() == ["Müller"]
 
 
@@ -89,7 +90,7 @@ def test_a_header_only_file_is_landed_with_a_warning(tmp_path: Path, byo_contrac
     drop.mkdir()
     (drop / "accounts.csv").write_text("account_id,opened,balance,vip,note\n")
     settings = Settings(home=tmp_path / "home")
-    report = ingest_drop(drop, settings, contracts=byo_contracts)
+    report = ingest_drop(drop, settings, contracts=byo_contracts, export_date=EXPORTED)
     t = report.tables["accounts"]
     assert (t.read, t.accepted, t.quarantined) == (0, 0, 0)
     assert t.warnings == ["accounts.csv has no rows (a header only)"]
@@ -111,7 +112,7 @@ def test_a_10_mib_value_is_quarantined_not_landed(tmp_path: Path, byo_contracts:
         f"account_id,opened,balance,vip,note\nA1,2024-01-01,1,y,{huge}\nA2,2024-01-01,1,y,ok\n"
     )
     settings = Settings(home=tmp_path / "home")
-    t = ingest_drop(drop, settings, contracts=byo_contracts).tables["accounts"]
+    t = ingest_drop(drop, settings, contracts=byo_contracts, export_date=EXPORTED).tables["accounts"]
     assert (t.read, t.accepted, t.quarantined) == (2, 1, 1)
     assert t.reasons == {"note: too_long": 1}
     assert read_lake_table(settings, "accounts", byo_contracts)["account_id"].tolist() == ["A2"]
@@ -167,7 +168,7 @@ def test_the_contracts_a_drop_was_landed_under_are_remembered(tmp_path: Path, by
         drop.mkdir()
         (drop / "accounts.csv").write_text("account_id,opened,balance,vip,note\n" + rows)
         (drop / "manifest.json").write_text(f'{{"export_date": "{day}"}}')
-        ingest_drop(drop, settings, contracts=byo_contracts)
+        ingest_drop(drop, settings, contracts=byo_contracts, export_date=EXPORTED)
     assert read_manifest(settings).contracts["accounts"]["key"] == ["account_id"]
     assert lake_contract(settings, "accounts") == byo_contracts.get("accounts")
     lake = read_lake_table(settings, "accounts").sort_values("account_id")  # no contracts given: the remembered key
@@ -192,6 +193,7 @@ def test_a_table_wholly_quarantined_fails_the_command_and_its_reasons_come_commo
     home = tmp_path / "home"
     runner = CliRunner()
     result = runner.invoke(app, ["--home", str(home), "ingest", "--source", str(drop), "--contracts", str(contracts),
+                                 "--export-date", "2024-06-01",
                                  "--engine", "local"])  # fmt: skip
     assert result.exit_code == 1, result.output
     assert "every row was quarantined in accounts (30 rows" in " ".join(result.output.split())
@@ -200,3 +202,23 @@ def test_a_table_wholly_quarantined_fails_the_command_and_its_reasons_come_commo
     rows_shown = [line for line in shown.output.split("examples", 1)[1].splitlines() if "accounts.csv" in line]
     fields = [line.split("│")[3].strip() for line in rows_shown]
     assert fields == ["opened", "opened", "balance"]  # the commonest reason first, then an example of every other
+
+
+def test_a_drop_without_an_export_date_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """Files' modification times say when a copy was made, not the data: the export date is given or declared."""
+    from typer.testing import CliRunner
+
+    from features.lake import IngestError, export_time
+    from flows.cli import app
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "accounts.csv").write_text("account_id,opened,balance,vip,note\nA1,2024-01-31,1,yes,x\n")
+    with pytest.raises(IngestError, match="--export-date"):
+        export_time(drop)
+    assert export_time(drop, dt.date(2024, 6, 1)) == dt.datetime(2024, 6, 1)
+    result = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "ingest", "--source", str(drop)])
+    assert result.exit_code == 1 and "when was this data exported?" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "home" / "lake").exists()  # refused before the flow
+    (drop / "manifest.json").write_text('{"export_date": "2024-05-31"}')
+    assert export_time(drop) == dt.datetime(2024, 5, 31)

@@ -90,21 +90,38 @@ def ingest(
         Engine,
         typer.Option(help="prefect: run as the Prefect flow ingest_sources (tracked); local: call the step directly."),
     ] = "prefect",
+    export_date: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d"],
+            help="The day the data was exported (default: export_date in the drop's manifest.json; required "
+            "without one: files' modification times are never used).",
+        ),
+    ] = None,
 ) -> None:
     """Check a drop against its data contracts and land it in the lake; rejects go to quarantine."""
     from features.contracts import load_contracts
-    from features.lake import IngestError, IngestionReport, ingest_drop
+    from features.lake import IngestError, IngestionReport, export_time, ingest_drop
 
     config = settings()
+    exported = export_date.date() if export_date else None
+    if source.is_dir():
+        try:
+            export_time(source, exported)  # before anything slow starts
+        except IngestError as exc:
+            raise fail(str(exc)) from None
 
     def under_prefect() -> IngestionReport:
         from flows.ingest import ingest_sources
 
-        return ingest_sources(str(source), config.to_flow(), str(contracts) if contracts else None)
+        return ingest_sources(
+            str(source), config.to_flow(), str(contracts) if contracts else None, str(exported) if exported else None
+        )
 
     def locally(say: Callable[[str], None]) -> IngestionReport:
         return ingest_drop(source, config, load_contracts(contracts) if contracts else None,
-                           progress=lambda t, n: say(f"Ingesting {t}: {n:,} rows read"))  # fmt: skip
+                           progress=lambda t, n: say(f"Ingesting {t}: {n:,} rows read"),
+                           export_date=exported)  # fmt: skip
 
     report = run_engine(engine, "Ingesting", "ingest_sources", under_prefect, locally, (IngestError, ValueError))
     views.print_ingestion(report)

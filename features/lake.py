@@ -48,8 +48,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from custintel.atomic_files import write_text_atomically
+from custintel.json_lines import json_lines
 from custintel.settings import Settings
 from custintel.sql import text as sql_text
+from custintel.sql import text_list as sql_text_list
 from features.contracts import Contract, ContractSet, load_contracts
 from features.ingest import (
     ISSUE_SCHEMA,
@@ -619,9 +621,12 @@ def read_manifest(settings: Settings) -> LakeManifest:
         raise IngestError(f"{path} is not a readable lake manifest: {exc}") from exc
 
 
-def lake_files(settings: Settings, table: str | None = None) -> list[Path]:
-    """The committed `data.parquet` files of a table (of every table without one): what readers must read."""
-    manifest = read_manifest(settings)
+def lake_files(settings: Settings, table: str | None = None, manifest: LakeManifest | None = None) -> list[Path]:
+    """The committed `data.parquet` files of a table (of every table without one): what readers must read.
+
+    `manifest`: one already read, so that files and contract come from the same landing.
+    """
+    manifest = manifest or read_manifest(settings)
     tables = [table] if table is not None else sorted(manifest.tables)
     return [settings.lake_dir / t / p.lake / "data.parquet" for t in tables for p in manifest.tables.get(t, [])]
 
@@ -708,7 +713,7 @@ def _remove_unreferenced(settings: Settings, manifest: LakeManifest) -> list[str
 def _logged_landings(log: Path) -> set[str]:
     ids = set()
     if log.is_file():
-        for line in log.read_text(encoding="utf-8").split("\n"):  # JSON Lines: only \n ends a record
+        for line in json_lines(log):
             with contextlib.suppress(ValueError, AttributeError):
                 ids.add(str(json.loads(line).get("landing_id", "")))
     return ids
@@ -971,17 +976,16 @@ def _stage_tables(
 
 def _read_parquet_sql(files: list[Path]) -> str:
     """`read_parquet` over an explicit list of files; folder names are not columns."""
-    paths = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-    return f"read_parquet([{paths}], union_by_name = true, hive_partitioning = false)"
+    return f"read_parquet({sql_text_list(files)}, union_by_name = true, hive_partitioning = false)"
 
 
-def lake_contract(settings: Settings, table: str) -> Contract:
+def lake_contract(settings: Settings, table: str, manifest: LakeManifest | None = None) -> Contract:
     """The contract a lake table was landed under (remembered in the manifest), else the shipped one.
 
     A drop ingested with `--contracts` is read by its own tables' names and keys in every later
     step, without the folder being given again.
     """
-    remembered = read_manifest(settings).contracts.get(table)
+    remembered = (manifest or read_manifest(settings)).contracts.get(table)
     if remembered is not None:
         return Contract.model_validate(remembered)
     try:
@@ -995,10 +999,11 @@ def lake_contract(settings: Settings, table: str) -> Contract:
 
 def lake_table_sql(settings: Settings, table: str, contracts: ContractSet | None = None) -> str:
     """SQL for the current rows of a lake table: the newest drop's version of each key."""
-    files = lake_files(settings, table)
+    manifest = read_manifest(settings)  # read once: the files and the contract of the same landing
+    files = lake_files(settings, table, manifest)
     if not files:
         raise IngestError(f"table {table} has not been ingested into {settings.lake_dir}")
-    contract = contracts.get(table) if contracts is not None else lake_contract(settings, table)
+    contract = contracts.get(table) if contracts is not None else lake_contract(settings, table, manifest)
     src = _read_parquet_sql(files)
     # One drop holds each key once (ingestion moves later copies to quarantine): nothing to pick.
     if not contract.key or len(files) <= 1:

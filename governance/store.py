@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from custintel.json_lines import json_lines
 from custintel.settings import Settings
 from models.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, UnknownModelError
 
@@ -60,9 +61,7 @@ def read_decisions(settings: Settings, model: str | None = None) -> list[dict[st
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text(encoding="utf-8").split("\n"):  # JSON Lines: only \n ends a record
-        if not line.strip():
-            continue
+    for line in json_lines(path):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:

@@ -32,6 +32,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from custintel.json_lines import json_lines
 from custintel.settings import Settings
 from features.featurestore.offline import available_as_of, read_offline
 from features.featurestore.store import offline_root
@@ -191,9 +192,7 @@ def last_retrain(decisions_path: Path, family: str) -> dt.datetime | None:
     if not decisions_path.is_file():
         return None
     latest = None
-    for line in decisions_path.read_text(encoding="utf-8").split("\n"):  # JSON Lines: only \n ends a record
-        if not line.strip():
-            continue
+    for line in json_lines(decisions_path):
         entry = json.loads(line)
         if entry.get("family") == family and entry.get("action") == "retrain":
             latest = dt.datetime.fromisoformat(entry["at"])

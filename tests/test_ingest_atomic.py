@@ -390,9 +390,11 @@ def test_a_read_racing_a_landing_resolves_again(drops: Drops, monkeypatch: pytes
     resolved = lake.lake_files
     calls = []
 
-    def stale_once(settings: Settings, table: str | None = None) -> list[Path]:
+    def stale_once(
+        settings: Settings, table: str | None = None, manifest: lake.LakeManifest | None = None
+    ) -> list[Path]:
         calls.append(table)
-        files = resolved(settings, table)
+        files = resolved(settings, table, manifest)
         return [f.with_name("removed.parquet") for f in files] if len(calls) == 1 else files
 
     monkeypatch.setattr(lake, "lake_files", stale_once)

@@ -80,7 +80,7 @@ def _unknown_survivorship_attribute(d: dict[str, Any]) -> None:
 
 
 def _missing_attribute_rule(d: dict[str, Any]) -> None:
-    del d["survivorship"]["gender"]
+    del d["survivorship"]["email"]  # crm maps email
 
 
 def _with_points_to_a_with(d: dict[str, Any]) -> None:
@@ -118,7 +118,7 @@ def _max_group_too_small(d: dict[str, Any]) -> None:
 _INCONSISTENCIES: list[tuple[Callable[[dict[str, Any]], None], str]] = [
     (_unknown_identity_field, "unknown identity field(s) ['nickname']"),
     (_unknown_survivorship_attribute, "unknown attribute(s) ['shoe_size']"),
-    (_missing_attribute_rule, "no rule for attribute(s) ['gender']"),
+    (_missing_attribute_rule, "no rule for attribute(s) ['email'] (a source maps them)"),
     (_with_points_to_a_with, "survivorship.city: 'with: postcode' must name an attribute that has its own rule"),
     (_with_points_to_an_unknown_attribute, "'with: billing_key' must name an attribute"),
     (_both_rule_and_with, "give exactly one of 'rule' or 'with'"),

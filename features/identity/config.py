@@ -26,6 +26,12 @@ GOLDEN_ATTRIBUTES = (
 DeterministicRule = Literal["email", "phone", "billing_key"]
 SurvivorshipRule = Literal["most_trusted", "most_recent", "most_frequent", "non_null"]
 DETERMINISTIC_RULES: tuple[DeterministicRule, ...] = ("email", "phone", "billing_key")
+# match: deterministic rules, then the probabilistic model on what they left apart.
+# ids_only: no model; each source id is a customer, linked to others only by the exact
+# rules the `deterministic` section names (for sources with ids and no names).
+IdentityMode = Literal["match", "ids_only"]
+# Golden-record attributes each mappable source field feeds.
+_FIELD_ATTRIBUTES: dict[str, tuple[str, ...]] = {"full_name": ("first_name", "last_name")}
 
 
 class IdentityConfigError(ValueError):
@@ -39,7 +45,12 @@ class SourceMapping(BaseModel):
 
     table: str
     id: str = Field(description="Column holding the source's own record id.")
-    columns: dict[str, str] = Field(description="identity field -> source column")
+    columns: dict[str, str] = Field(default_factory=dict, description="identity field -> source column")
+    repeated_ids: bool = Field(
+        default=False,
+        description="The table holds many rows per id (e.g. one per purchase): each id is one record, "
+        "taken from its most recently updated row (`updated_at`), else its last row.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SourceMapping:
@@ -82,9 +93,10 @@ class IdentityConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    mode: IdentityMode = "match"
     sources: list[SourceMapping] = Field(min_length=1)
     deterministic: DeterministicConfig = Field(default_factory=DeterministicConfig)
-    survivorship: dict[str, AttributeRule]
+    survivorship: dict[str, AttributeRule] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> IdentityConfig:
@@ -94,9 +106,9 @@ class IdentityConfig(BaseModel):
         unknown = sorted(set(self.survivorship) - set(GOLDEN_ATTRIBUTES))
         if unknown:
             raise ValueError(f"survivorship: unknown attribute(s) {unknown}; known: {list(GOLDEN_ATTRIBUTES)}")
-        missing = sorted(set(GOLDEN_ATTRIBUTES) - set(self.survivorship))
+        missing = [a for a in GOLDEN_ATTRIBUTES if a in self.mapped_attributes and a not in self.survivorship]
         if missing:
-            raise ValueError(f"survivorship: no rule for attribute(s) {missing}")
+            raise ValueError(f"survivorship: no rule for attribute(s) {missing} (a source maps them)")
         for name, rule in self.survivorship.items():
             if rule.with_ is not None:
                 target = self.survivorship.get(rule.with_)
@@ -105,6 +117,19 @@ class IdentityConfig(BaseModel):
                         f"survivorship.{name}: 'with: {rule.with_}' must name an attribute that has its own rule"
                     )
         return self
+
+    @property
+    def mapped_attributes(self) -> set[str]:
+        """Golden-record attributes some source maps (only these need a survivorship rule)."""
+        fields = {f for s in self.sources for f in s.columns}
+        return {a for f in fields for a in _FIELD_ATTRIBUTES.get(f, (f,))} & set(GOLDEN_ATTRIBUTES)
+
+    @property
+    def deterministic_rules(self) -> tuple[str, ...]:
+        """The exact rules to run: as configured; in ids_only mode only those the config names."""
+        if self.mode == "ids_only" and "deterministic" not in self.model_fields_set:
+            return ()
+        return tuple(self.deterministic.rules)
 
     @property
     def trust_order(self) -> list[str]:

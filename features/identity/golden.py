@@ -105,13 +105,14 @@ def build_golden_records(
             "source_tables": _source_sets(frame, n_customers),
         }
     )
-    winners = {
-        a: _winners(frame, a, r.rule) for a in GOLDEN_ATTRIBUTES if (r := config.survivorship[a]).rule is not None
-    }
+    rules = config.survivorship
+    winners = {a: _winners(frame, a, r.rule) for a in GOLDEN_ATTRIBUTES if (r := rules.get(a)) and r.rule is not None}
     for attribute in GOLDEN_ATTRIBUTES:
-        rule = config.survivorship[attribute]
+        rule = rules.get(attribute)
         label: str
-        if rule.rule is not None:
+        if rule is None:  # no source has this attribute, so no rule is needed: it stays empty
+            rows, label = np.array([], dtype=np.int64), ""
+        elif rule.rule is not None:
             rows, label = winners[attribute], rule.rule
         else:
             assert rule.with_ is not None
@@ -172,7 +173,7 @@ def _conflict_log(frame: pd.DataFrame, golden: pd.DataFrame, config: IdentityCon
         )
         candidates = _joined(counted["cust"], counted["text"], " | ")
         codes = candidates.index.to_numpy(dtype=np.int64)
-        rule = config.survivorship[attribute]
+        rule = config.survivorship[attribute]  # disputed values exist, so a source maps it and it has a rule
         parts.append(
             pd.DataFrame(
                 {

@@ -383,7 +383,8 @@ def train_model(records: pd.DataFrame, det_cluster: pd.Series, config: Probabili
         if not trained:
             raise TrainingDataError(
                 "the probabilistic model cannot be trained: no two records share a name, birth date or "
-                f"postcode area among the allowed fields {list(fields)}; allow more fields or add data"
+                f"postcode area among the allowed fields {list(fields)}; for sources with ids and no names set "
+                "'mode: ids_only' in the identity config (each id a customer), or allow more fields or add data"
             )
         model: dict[str, Any] = linker.misc.save_model_to_json()
     model.pop("linker_uid", None)  # a random id per Linker object: not part of the model

@@ -87,7 +87,18 @@ def identity_records_from_source(frame: pd.DataFrame, source: SourceMapping) -> 
             out[name] = pd.Series(pd.NA, index=out.index, dtype="string[pyarrow]")
     out["updated_at"] = out["updated_at"].astype("datetime64[us]")
     # a record without its own id cannot be keyed or traced back: it is left out
-    return out.loc[ids.notna(), IDENTITY_COLUMNS].reset_index(drop=True)
+    out = out.loc[ids.notna(), IDENTITY_COLUMNS].reset_index(drop=True)
+    if source.repeated_ids:
+        out = _latest_row_per_id(out)
+    return out
+
+
+def _latest_row_per_id(records: pd.DataFrame) -> pd.DataFrame:
+    """One record per id from a table with many rows per id: the most recently updated row, else the last."""
+    position = pd.Series(range(len(records)), index=records.index)
+    order = records.assign(_pos=position).sort_values(["updated_at", "_pos"], kind="stable", na_position="first")
+    latest = order.drop_duplicates("record_key", keep="last").sort_values("_pos", kind="stable")
+    return latest.drop(columns="_pos").reset_index(drop=True)
 
 
 def assemble_identity_records(tables: dict[str, pd.DataFrame], sources: list[SourceMapping]) -> pd.DataFrame:
@@ -101,6 +112,7 @@ def assemble_identity_records(tables: dict[str, pd.DataFrame], sources: list[Sou
     dupes = records["record_key"][records["record_key"].duplicated()]
     if not dupes.empty:
         raise IdentityConfigError(
-            f"{dupes.size} record key(s) appear twice (e.g. {dupes.iloc[0]!r}): a source id column must be unique"
+            f"{dupes.size} record key(s) appear twice (e.g. {dupes.iloc[0]!r}): a source id column must be unique, "
+            "or mark a table with many rows per id (e.g. one per purchase) 'repeated_ids: true'"
         )
     return records

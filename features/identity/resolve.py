@@ -114,13 +114,15 @@ def resolve_records(
     # A canonical order makes every later step independent of the input's row order.
     records = records.sort_values("record_key", kind="stable").reset_index(drop=True)
     allowed = restrict_fields(records, options.fields)
-    det_rules: tuple[str, ...] = tuple(r for r in config.deterministic.rules if r in options.fields)
+    det_rules: tuple[str, ...] = tuple(r for r in config.deterministic_rules if r in options.fields)
     if options.hashed:
         if not options.salt:
             raise PrivacyError("the hashed mode needs a secret salt (CUSTINTEL_IDENTITY_HASH_SALT)")
         say("hashing identifiers")
         match_records = hash_identifiers(records, options.salt, options.fields)
         det_rules = tuple(r for r in HASHED_RULES if match_records[r].notna().any())
+        if config.mode == "ids_only":
+            det_rules = tuple(r for r in det_rules if r in config.deterministic_rules)
     else:
         match_records = allowed
     lap("prepare")
@@ -129,7 +131,7 @@ def resolve_records(
     lap("deterministic")
     links = [det_links]
     prob_fields = tuple(f for f in options.fields if f != "billing_key")
-    if not options.hashed and prob_fields and len(records) >= 2:
+    if config.mode == "match" and not options.hashed and prob_fields and len(records) >= 2:
         pconf = ProbabilisticConfig(
             threshold=options.threshold, fields=prob_fields, u_max_pairs=options.u_max_pairs, seed=options.seed
         )

@@ -85,7 +85,7 @@ def resolve_explain(
     opts = run["options"]
     # the rules the run used (older runs did not record them: then today's configuration)
     rules: list[str] = run["stats"].get("deterministic_rules") or (
-        list(HASHED_RULES) if opts["hashed"] else [r for r in identity.deterministic.rules if r in opts["fields"]]
+        list(HASHED_RULES) if opts["hashed"] else [r for r in identity.deterministic_rules if r in opts["fields"]]
     )
     model = read_model(config) if opts["probabilistic"] else None
     with expected(ExplainError):

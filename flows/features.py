@@ -29,7 +29,7 @@ from features.featurestore.build import (
     build_purchase_labels,
     create_spine,
 )
-from features.featurestore.config import FeatureConfig
+from features.featurestore.config import FeatureConfig, FeatureConfigError
 from features.featurestore.definitions import (
     INTERACTION_FEATURES,
     INTERACTIONS_VERSION,
@@ -40,11 +40,9 @@ from features.featurestore.definitions import (
     feature_sets,
 )
 from features.featurestore.inputs import InputSummary
+from features.featurestore.offline import read_manifest
 from features.featurestore.steps import BuiltSet, build_one, check_cutoffs, load_inputs, materialize, write_set
-from features.featurestore.store import (
-    feature_config,
-    write_build_report,
-)
+from features.featurestore.store import feature_config, offline_root, write_build_report
 from flows.retries import io_task
 
 
@@ -109,6 +107,13 @@ def _build(
     log(f"{inputs.customers:,} customers; {rows:,} (customer, cutoff) rows for {', '.join(map(str, cutoffs))}")
     time_range = {k: [None if v is None else str(v) for v in r] for k, r in inputs.time_range.items()}
     absent = set(inputs.absent)
+    missing = inputs.missing()
+    for kind, how in inputs.derived.items():
+        log(f"{kind}: {how}")
+    sets = feature_sets(config)
+    unknown = sorted(set(config.exclude_features) - {f.name for fs in sets for f in fs.features})
+    if unknown:
+        raise FeatureConfigError(f"exclude_features: no feature is called {', '.join(unknown)}")
     report: dict[str, Any] = {
         "build_id": f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{'-'.join(map(str, cutoffs))}"[:80],
         "as_of": [str(d) for d in cutoffs],
@@ -117,6 +122,8 @@ def _build(
             "rows": inputs.rows,
             "unlinked_rows": inputs.unlinked,
             "absent_sources": sorted(absent),
+            "derived_sources": inputs.derived,
+            "unmapped_columns": inputs.unmapped,
             "customers": inputs.customers,
             "time_range": time_range,
         },  # fmt: skip
@@ -127,29 +134,39 @@ def _build(
     online_sets: list[tuple[BuiltSet, bool]] = []  # (set, grouped): what is served
 
     def build(key: str, fn: Callable[[duckdb.DuckDBPyConnection], pa.Table], features: tuple[Feature, ...],
-              definition: dict[str, Any], min_rows: int | None) -> BuiltSet:  # fmt: skip
+              definition: dict[str, Any], min_rows: int | None, **policy: Any) -> BuiltSet:  # fmt: skip
         t = time.perf_counter()
-        b = steps.build_one(con, key, fn, features, definition, min_rows)
+        b = steps.build_one(con, key, fn, features, definition, min_rows, **policy)
         seconds[key] = round(time.perf_counter() - t, 2)
         built.append(b)
         return b
 
-    for fs in feature_sets(config):
-        usable, dropped = fs.without_sources(absent)
+    for fs in sets:
+        usable, dropped = fs.without(missing, config.exclude_features)
         if usable is None:
-            report["sets"][fs.key] = {"skipped": f"needs absent source(s) {sorted(set(fs.sources) & absent)}"}
+            report["sets"][fs.key] = {"skipped": f"needs absent source(s) {sorted(set(fs.sources) & absent)}",
+                                      "dropped_features": dropped}  # fmt: skip
             continue
         fn = partial(build_feature_set, feature_set=usable)
-        b = build(usable.key, fn, usable.features, usable.definition(), config.quality.min_rows)
-        report["sets"][usable.key] = {"digest": usable.digest, "features": len(usable.features),
+        stored = read_manifest(offline_root(settings), usable.key)
+        stored_columns = [c["name"] for c in stored["columns"]] if stored and "columns" in stored else None
+        b = build(usable.key, fn, usable.features, usable.definition(), config.quality.min_rows,
+                  collapsed=config.quality.collapsed, stored_columns=stored_columns)  # fmt: skip
+        for name, why in b.dropped.items():
+            log(f"WARNING {usable.key}.{name} dropped: {why}")
+        dropped |= b.dropped
+        report["sets"][usable.key] = {"digest": b.digest, "features": len(usable.features) - len(b.dropped),
                                       "dropped_features": dropped}  # fmt: skip
         if usable.name not in OFFLINE_ONLY:
             online_sets.append((b, False))
-        log(f"{usable.key}: {b.table.num_rows:,} rows x {len(usable.features)} features")
+        log(f"{usable.key}: {b.table.num_rows:,} rows x {len(usable.features) - len(b.dropped)} features")
     inter_def = {"name": "interactions", "version": INTERACTIONS_VERSION, "grain": "customer x product",
                  "features": [f.name for f in INTERACTION_FEATURES] + ["holds"]}  # fmt: skip
     b = build(f"interactions@{INTERACTIONS_VERSION}", build_interactions, INTERACTION_FEATURES, inter_def, None)
     online_sets.append((b, True))
+    if b.table.num_rows == 0:
+        report["sets"][b.key] = {"empty": "no purchase of a catalogue product before any cutoff"}
+        log(f"{b.key}: empty (no purchase of a catalogue product before any cutoff)")
     label_def = {"name": "labels", "version": LABELS_VERSION, **config.labels.model_dump()}
     build(f"labels@{LABELS_VERSION}", lambda c: build_labels(c, config.labels, observed_until), (), label_def, None)
     purchase_def = {"name": "purchase_labels", "version": PURCHASE_LABELS_VERSION,
@@ -190,7 +207,7 @@ def publish_report(report: dict[str, Any]) -> None:
     lines += ["| set | digest | skipped or dropped |", "|---|---|---|"]
     for k, v in report["sets"].items():
         lines.append(
-            f"| {k} | {v.get('digest', '')} | {v.get('skipped', '') or ', '.join(v.get('dropped_features', []))} |"
+            f"| {k} | {v.get('digest', '')} | {v.get('skipped', '') or ', '.join(v.get('dropped_features', {}))} |"
         )
     create_markdown_artifact("\n".join(lines), key="feature-build")
 

@@ -3,7 +3,10 @@
 Feature definitions are written once against canonical sources (accounts, profiles,
 products, transactions, tickets, surveys, web, offers) with canonical column names;
 this file says which of your tables and columns those are. Bringing your own data is
-an edit to a YAML file, not to the feature code.
+an edit to a YAML file, not to the feature code. Without accounts, a customer is anyone
+with a transaction (from their first one); without a catalogue, the products are the ones
+transactions name; without `kind`, a transaction is a purchase, or a refund when its
+amount is negative; with `quantity`, `amount` is the unit price.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ CANONICAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "accounts": ("opened_at", "closed_at"),
     "profiles": ("created_at", "segment", "region", "acquisition_channel"),
     "products": ("product_id", "is_plan", "is_recurring", "monthly_price"),
-    "transactions": ("event_time", "arrival_time", "kind", "product", "amount"),
+    "transactions": ("event_time", "arrival_time", "kind", "product", "amount", "quantity"),
     "tickets": ("event_time", "channel", "category", "first_contact_resolution", "resolved_at", "csat"),
     "surveys": ("event_time", "score"),
     "web": ("event_time", "arrival_time", "event_type", "page"),
@@ -34,7 +37,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "accounts": ("opened_at",),
     "profiles": ("created_at",),
     "products": ("product_id",),
-    "transactions": ("event_time", "kind", "amount"),
+    "transactions": ("event_time", "amount"),
     "tickets": ("event_time",),
     "surveys": ("event_time", "score"),
     "web": ("event_time", "event_type"),
@@ -83,11 +86,16 @@ class LabelConfig(BaseModel):
 
 
 class QualityConfig(BaseModel):
-    """Data-quality thresholds."""
+    """Data-quality thresholds, and what a collapsed feature does to the build."""
 
     model_config = ConfigDict(extra="forbid")
 
     min_rows: int = Field(default=100, ge=1)
+    collapsed: Literal["warn", "fail"] = Field(
+        default="warn",
+        description="A feature with one value for everyone (or none): warn drops it from its set with a "
+        "warning and the reason in the manifest; fail fails the build naming it.",
+    )
 
 
 class FeatureConfig(BaseModel):
@@ -101,6 +109,9 @@ class FeatureConfig(BaseModel):
     key_pages: list[str] = Field(default_factory=list)
     labels: LabelConfig = Field(default_factory=LabelConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    exclude_features: list[str] = Field(
+        default_factory=list, description="Features not to build (names as in the feature sets), e.g. 'plan'."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FeatureConfig:
@@ -118,9 +129,13 @@ class FeatureConfig(BaseModel):
                 bad_values = sorted(set(t.values) - set(t.columns))
                 if bad_values:
                     raise ValueError(f"{where}: values given for unmapped column(s) {bad_values}")
-        for kind in ("accounts", "products"):
-            if not self.sources.get(kind):
-                raise ValueError(f"sources.{kind} is required: it defines who is a customer and what they can buy")
+        if not self.sources.get("accounts") and not self.sources.get("transactions"):
+            raise ValueError(
+                "sources.accounts or sources.transactions is required: accounts define who is a customer; "
+                "without them a customer is anyone with a transaction"
+            )
+        if len(set(self.exclude_features)) != len(self.exclude_features):
+            raise ValueError("exclude_features lists a feature twice")
         for name in ("ticket_channels", "ticket_categories", "key_pages"):
             codes: list[str] = getattr(self, name)
             if len(set(codes)) != len(codes):

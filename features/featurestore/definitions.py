@@ -9,10 +9,13 @@ any of them and the set must get a new version (the offline store refuses to mix
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from features.featurestore.config import FeatureConfig
 
@@ -32,6 +35,9 @@ class Feature:
     lower: float | None = None
     upper: float | None = None
     derived: bool = False
+    # canonical columns ("source.column") it reads beyond its part's source and time; without
+    # one of them the feature is dropped, with the reason (not part of the definition's digest)
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,13 +88,54 @@ class FeatureSet:
 
         Derived features that read a dropped feature are dropped too; None when nothing is left.
         """
-        parts = tuple(p for p in self.parts if p.source not in absent)
-        dropped = [f.name for p in self.parts if p.source in absent for f in p.features]
-        derived = tuple(f for f in self.derived if not any(re.search(rf"\b{d}\b", f.sql) for d in dropped))
-        dropped += [f.name for f in self.derived if f not in derived]
+        usable, dropped = self.without(dict.fromkeys(absent, "absent"))
+        return usable, list(dropped)
+
+    def without(
+        self, missing: Mapping[str, str], excluded: Collection[str] = ()
+    ) -> tuple[FeatureSet | None, dict[str, str]]:
+        """The set without features whose source or needed column is missing, or that are excluded.
+
+        Args:
+            missing: absent sources ("web") and unmapped columns ("transactions.kind"), each with why.
+            excluded: feature names the configuration switches off.
+
+        Returns:
+            The remaining set (None when nothing is left) and, per dropped feature, the reason.
+            Derived features that read a dropped feature are dropped too.
+        """
+        dropped: dict[str, str] = {}
+
+        def reason(f: Feature, source: str) -> str | None:
+            if source in missing:
+                return f"needs source {source} ({missing[source]})"
+            for need in f.needs:
+                if need in missing:
+                    return f"needs {need} ({missing[need]})"
+            return "excluded by the feature config" if f.name in excluded else None
+
+        parts = []
+        for p in self.parts:
+            kept = []
+            for f in p.features:
+                why = reason(f, p.source)
+                if why is None:
+                    kept.append(f)
+                else:
+                    dropped[f.name] = why
+            if kept:
+                parts.append(dataclasses.replace(p, features=tuple(kept)))
+        derived = []
+        for f in self.derived:
+            reads = [d for d in dropped if re.search(rf"\b{d}\b", f.sql)]
+            why = f"reads dropped feature {reads[0]}" if reads else reason(f, "")
+            if why is None:
+                derived.append(f)
+            else:
+                dropped[f.name] = why
         if not parts:
             return None, dropped
-        return FeatureSet(self.name, self.version, self.description, parts, derived), dropped
+        return FeatureSet(self.name, self.version, self.description, tuple(parts), tuple(derived)), dropped
 
     def definition(self) -> dict[str, object]:
         """The definitions as plain data (for the manifest and the digest)."""
@@ -112,6 +159,17 @@ class FeatureSet:
     def digest(self) -> str:
         """A fingerprint of the definitions: equal digests mean the same features."""
         return definition_digest(self.definition())
+
+
+def definition_without(definition: dict[str, Any], names: Collection[str]) -> dict[str, Any]:
+    """A set's definition (`FeatureSet.definition`) without the named features; parts left empty go too."""
+    parts = []
+    for part in definition.get("parts", []):
+        kept = [f for f in part["features"] if f["name"] not in names]
+        if kept:
+            parts.append({**part, "features": kept})
+    derived = [f for f in definition.get("derived", []) if f["name"] not in names]
+    return {**definition, "parts": parts, "derived": derived}
 
 
 def definition_digest(definition: dict[str, object]) -> str:
@@ -157,15 +215,20 @@ def _count(cond: str, days: int | None = None) -> str:
     return f"count(*) FILTER (WHERE {where})"
 
 
-def _n(name: str, sql: str, description: str) -> Feature:
+def _n(name: str, sql: str, description: str, needs: tuple[str, ...] = ()) -> Feature:
     """A non-negative count, zero when nothing happened."""
-    return Feature(name, sql, description, dtype="BIGINT", fill=0, lower=0)
+    return Feature(name, sql, description, dtype="BIGINT", fill=0, lower=0, needs=needs)
+
+
+# What a transaction kind needs: purchases and refunds are told apart by the amount's sign when
+# no kind column is mapped; discounts and plan changes only a kind column can say.
+_KIND_NEEDS = {"purchase": (), "refund": (), "discount": ("transactions.kind",), "plan_change": ("transactions.kind",)}
 
 
 def _amount(name: str, kind: str, days: int, description: str) -> Feature:
     """A non-negative sum of transaction amounts of one kind over a window, zero when nothing happened."""
     sql = f"coalesce(sum(e.amount) FILTER (WHERE e.kind = '{kind}' AND {_within(days)}), 0)"
-    return Feature(name, sql, description, fill=0, lower=0)
+    return Feature(name, sql, description, fill=0, lower=0, needs=_KIND_NEEDS[kind])
 
 
 def relationship_set() -> FeatureSet:
@@ -196,6 +259,7 @@ def relationship_set() -> FeatureSet:
                         "open_accounts",
                         _count("e.closed_at IS NULL OR e.closed_at >= s.cutoff"),
                         "Accounts open at the cutoff.",
+                        needs=("accounts.closed_at",),
                     ),
                 ),
                 time="opened_at",
@@ -208,12 +272,14 @@ def relationship_set() -> FeatureSet:
                         _latest("e.segment", "e.created_at", "e.segment IS NOT NULL"),
                         "Segment on the newest profile record created before the cutoff.",
                         dtype="VARCHAR",
+                        needs=("profiles.segment",),
                     ),
                     Feature(
                         "region",
                         _latest("e.region", "e.created_at", "e.region IS NOT NULL"),
                         "Region on the newest profile record created before the cutoff.",
                         dtype="VARCHAR",
+                        needs=("profiles.region",),
                     ),
                     Feature(
                         "acquisition_channel",
@@ -222,6 +288,7 @@ def relationship_set() -> FeatureSet:
                         ),
                         "Channel of the first profile record (how the customer came to us).",
                         dtype="VARCHAR",
+                        needs=("profiles.acquisition_channel",),
                     ),
                 ),
                 time="created_at",
@@ -234,9 +301,13 @@ def relationship_set() -> FeatureSet:
                         _latest("e.product", "e.event_time", "e.kind = 'plan_change'"),
                         "Plan after the last plan change before the cutoff.",
                         dtype="VARCHAR",
+                        needs=("transactions.kind", "transactions.product"),
                     ),
                     _n(
-                        "plan_changes_365d", _count("e.kind = 'plan_change'", 365), "Plan changes in the last 365 days."
+                        "plan_changes_365d",
+                        _count("e.kind = 'plan_change'", 365),
+                        "Plan changes in the last 365 days.",
+                        needs=("transactions.kind",),
                     ),
                 ),
                 where="e.kind = 'plan_change'",
@@ -248,6 +319,7 @@ def relationship_set() -> FeatureSet:
                         "products_held",
                         "",
                         "Recurring add-ons held: bought and not refunded, before the cutoff.",
+                        needs=("transactions.product", "products.is_recurring"),
                     ),
                 ),
                 query=holdings,
@@ -271,6 +343,7 @@ def value_set() -> FeatureSet:
             _days_since("max(e.event_time) FILTER (WHERE e.kind = 'discount')"),
             "Days since the last discount (empty if none).",
             lower=0,
+            needs=("transactions.kind",),
         ),
     )
     feats: list[Feature] = []
@@ -278,7 +351,12 @@ def value_set() -> FeatureSet:
         feats.append(_n(f"frequency_{d}d", _count(purchase, d), f"Purchases in the last {d} days."))
         feats.append(_amount(f"monetary_{d}d", "purchase", d, f"Spend on purchases in the last {d} days."))
     feats += [
-        _n("discounts_365d", _count("e.kind = 'discount'", 365), "Discounts granted in the last 365 days."),
+        _n(
+            "discounts_365d",
+            _count("e.kind = 'discount'", 365),
+            "Discounts granted in the last 365 days.",
+            needs=("transactions.kind",),
+        ),
         _amount("discount_amount_365d", "discount", 365, "Value of discounts granted in the last 365 days."),
         _n("refunds_365d", _count("e.kind = 'refund'", 365), "Refunds in the last 365 days."),
         _amount("refund_amount_365d", "refund", 365, "Value refunded in the last 365 days."),
@@ -320,10 +398,22 @@ def service_set(config: FeatureConfig) -> FeatureSet:
         _n("tickets_365d", _count("true", 365), "Tickets opened in the last 365 days."),
     ]
     for c in config.ticket_channels:
-        tickets.append(_n(f"tickets_channel_{c}_90d", _count(f"e.channel = '{c}'", 90), f"Tickets by {c}, 90 days."))
+        tickets.append(
+            _n(
+                f"tickets_channel_{c}_90d",
+                _count(f"e.channel = '{c}'", 90),
+                f"Tickets by {c}, 90 days.",
+                needs=("tickets.channel",),
+            )
+        )
     for c in config.ticket_categories:
         tickets.append(
-            _n(f"tickets_category_{c}_90d", _count(f"e.category = '{c}'", 90), f"Tickets about {c}, 90 days.")
+            _n(
+                f"tickets_category_{c}_90d",
+                _count(f"e.category = '{c}'", 90),
+                f"Tickets about {c}, 90 days.",
+                needs=("tickets.category",),
+            )
         )
     last_ticket = Feature(
         "days_since_last_ticket",
@@ -338,12 +428,14 @@ def service_set(config: FeatureConfig) -> FeatureSet:
             "First-contact resolution rate of tickets resolved before the cutoff, 365 days.",
             lower=0,
             upper=1,
+            needs=("tickets.first_contact_resolution", "tickets.resolved_at"),
         ),
         Feature(
             "csat_mean_365d",
             f"avg(e.csat) FILTER (WHERE {resolved} AND {_within(365)})",
             "Mean CSAT of tickets resolved before the cutoff, 365 days (a score is known once resolved).",
             lower=0,
+            needs=("tickets.csat", "tickets.resolved_at"),
         ),
     ]
     repeat = (
@@ -425,6 +517,7 @@ def digital_set(config: FeatureConfig) -> FeatureSet:
                     f"page_views_{page}_{d}d",
                     _count(f"e.event_type = 'page_view' AND e.page = '{page}'", d),
                     f"Views of the {page} page, {d} days.",
+                    needs=("web.page",),
                 )
             )
     last_session = Feature(

@@ -27,7 +27,7 @@ _TIMESTAMPS = {
     "birth_date", "event_time", "arrival_time", "opened_at", "closed_at", "created_at", "resolved_at", "assigned_at",
     "outcome_window_end",
 }  # fmt: skip
-_DOUBLES = {"amount", "monthly_price", "score", "csat"}
+_DOUBLES = {"amount", "quantity", "monthly_price", "score", "csat"}
 _BOOLEANS = {"is_plan", "is_recurring", "first_contact_resolution", "outcome"}
 TIME_COLUMN = {
     "accounts": "opened_at", "profiles": "created_at", "offers": "assigned_at", "products": None, "golden": None,
@@ -66,13 +66,31 @@ class InputSummary:
     customers: int = 0
     time_range: dict[str, tuple[dt.datetime | None, dt.datetime | None]] = field(default_factory=dict)
     observed_until: dt.datetime | None = None
+    derived: dict[str, str] = field(default_factory=dict)  # source -> how it was derived (no table of its own)
+    unmapped: list[str] = field(default_factory=list)  # "source.column" no table of a present source maps
+
+    def missing(self) -> dict[str, str]:
+        """Why each absent source and each unmapped canonical column is missing (what feature needs name)."""
+        out = {kind: "no table of it was configured or ingested" for kind in self.absent}
+        for need in self.unmapped:
+            kind = need.split(".")[0]
+            how = self.derived.get(kind)
+            out[need] = f"not in the data ({kind} {how})" if how else "no table maps it"
+        if "transactions.kind" in out:
+            out["transactions.kind"] += ": every transaction is a purchase, or a refund when its amount is negative"
+        return out
+
+
+# How a source the configuration does not give is derived from the transactions.
+DERIVED_ACCOUNTS = "derived from transactions: a customer from their first transaction, never closed"
+DERIVED_PRODUCTS = "derived from transactions: the product ids they name"
 
 
 def _typed(kind: str, expr: Mapping[str, str]) -> str:
     return ", ".join(f'CAST({expr.get(c, "NULL")} AS {canonical_type(c)}) AS "{c}"' for c in _columns(kind))
 
 
-def _mapped(source: SourceTable) -> dict[str, str]:
+def _mapped(source: SourceTable, kind: str) -> dict[str, str]:
     out = {}
     for canon, col in source.columns.items():
         value = f't."{col}"'
@@ -81,7 +99,64 @@ def _mapped(source: SourceTable) -> dict[str, str]:
             whens = " ".join(f"WHEN '{k}' THEN '{v}'" for k, v in codes.items())
             value = f"CASE CAST({value} AS VARCHAR) {whens} ELSE CAST({value} AS VARCHAR) END"
         out[canon] = value
+    return _transaction_amounts(out) if kind == "transactions" else out
+
+
+def _transaction_amounts(expr: dict[str, str]) -> dict[str, str]:
+    """A line's amount (unit price x quantity when a quantity is mapped); its kind from its sign when unmapped.
+
+    Canonical amounts are positive and the kind says the sign, so without a kind column a
+    negative amount (a return line) is a refund of that size and every other line a purchase.
+    """
+    out = dict(expr)
+    if "amount" in out and "quantity" in out:
+        out["amount"] = f"(CAST({out['amount']} AS DOUBLE) * CAST({out['quantity']} AS DOUBLE))"
+    if "kind" not in out and "amount" in out:
+        amount = f"CAST({out['amount']} AS DOUBLE)"
+        out["kind"] = f"CASE WHEN {amount} < 0 THEN 'refund' ELSE 'purchase' END"
+        out["amount"] = f"abs({amount})"
     return out
+
+
+def _derive_missing(con: duckdb.DuckDBPyConnection, kinds: list[str], keyed_transactions: str | None) -> dict[str, str]:
+    """Accounts and products from the transactions when no table of them is given.
+
+    `keyed_transactions` is a query of the transactions with `customer_key`, `event_time` and
+    `arrival_time` (accounts need the key before customers are numbered). Returns how each was derived.
+    """
+    derived: dict[str, str] = {}
+    if "accounts" not in kinds and keyed_transactions is not None:
+        con.execute(
+            "CREATE OR REPLACE TEMP VIEW raw_accounts AS SELECT customer_key, min(event_time) AS opened_at, "
+            "CAST(NULL AS TIMESTAMP) AS closed_at, arg_min(arrival_time, event_time) AS arrival_time "
+            f"FROM ({keyed_transactions}) WHERE event_time IS NOT NULL AND customer_key IS NOT NULL "
+            "GROUP BY customer_key"
+        )
+        kinds.append("accounts")
+        derived["accounts"] = DERIVED_ACCOUNTS
+    if "products" not in kinds and "transactions" in kinds:
+        con.execute(
+            "CREATE OR REPLACE TEMP VIEW raw_products AS SELECT DISTINCT CAST(product AS VARCHAR) AS product_id, "
+            "CAST(NULL AS BOOLEAN) AS is_plan, CAST(NULL AS BOOLEAN) AS is_recurring, "
+            "CAST(NULL AS DOUBLE) AS monthly_price FROM raw_transactions WHERE product IS NOT NULL"
+        )
+        kinds.append("products")
+        derived["products"] = DERIVED_PRODUCTS
+    return derived
+
+
+def _unmapped(kinds: list[str], mapped: Mapping[str, set[str]], derived: Mapping[str, str]) -> list[str]:
+    """Canonical columns ("source.column") of present sources that nothing fills."""
+    fills = {k: set(v) for k, v in mapped.items()}
+    fills.setdefault("accounts", set()).update({"opened_at"} if "accounts" in derived else set())
+    fills.setdefault("products", set()).update({"product_id"} if "products" in derived else set())
+    return [
+        f"{kind}.{column}"
+        for kind in kinds
+        if kind != "golden"
+        for column in CANONICAL_COLUMNS[kind]
+        if column != "arrival_time" and column not in fills.get(kind, set())
+    ]
 
 
 def _time_ranges(con: duckdb.DuckDBPyConnection, kinds: list[str]) -> dict[str, tuple[Any, Any]]:
@@ -133,10 +208,10 @@ def register_frames(con: duckdb.DuckDBPyConnection, frames: Mapping[str, pd.Data
     unknown = sorted(set(frames) - set(CANONICAL_COLUMNS))
     if unknown:
         raise FeatureInputError(f"unknown source(s) {unknown}; known: {list(CANONICAL_COLUMNS)}")
-    for kind in ("accounts", "products"):
-        if kind not in frames:
-            raise FeatureInputError(f"the {kind} frame is required")
+    if "accounts" not in frames and "transactions" not in frames:
+        raise FeatureInputError("the accounts frame is required (or transactions, to derive who is a customer)")
     summary = InputSummary()
+    mapped: dict[str, set[str]] = {}
     for kind, frame in frames.items():
         extra = sorted(set(frame.columns) - set(_columns(kind)) - {"customer_key"})
         if extra:
@@ -144,12 +219,20 @@ def register_frames(con: duckdb.DuckDBPyConnection, frames: Mapping[str, pd.Data
         name = f"frame_{kind}"
         con.register(name, frame)
         expr = {c: f't."{c}"' for c in frame.columns if c != "customer_key"}
+        mapped[kind] = set(expr)
+        if kind == "transactions":
+            expr = _transaction_amounts(expr)
         key = "t.customer_key, " if kind != "products" else ""
         con.execute(f"CREATE OR REPLACE TEMP VIEW raw_{kind} AS SELECT {key}{_typed(kind, expr)} FROM {name} t")
         summary.rows[kind] = len(frame)
-    summary.absent = [k for k in CANONICAL_COLUMNS if k not in frames]
-    summary.customers = _finish(con, list(frames))
-    summary.time_range = _time_ranges(con, list(frames))
+    kinds = list(frames)
+    summary.derived = _derive_missing(
+        con, kinds, "SELECT * FROM raw_transactions" if "transactions" in frames else None
+    )
+    summary.absent = [k for k in CANONICAL_COLUMNS if k not in kinds]
+    summary.unmapped = _unmapped(kinds, mapped, summary.derived)
+    summary.customers = _finish(con, kinds)
+    summary.time_range = _time_ranges(con, kinds)
     return summary
 
 
@@ -176,6 +259,8 @@ def load_lake_inputs(
     summary = InputSummary()
     kinds: list[str] = []
     as_of: list[dt.datetime] = []
+    mapped: dict[str, set[str]] = {}
+    keyed_transactions: list[str] = []  # transactions joined by customer_key, to derive accounts from
     for kind, sources in config.sources.items():
         selects = []
         for source in sources:
@@ -195,16 +280,20 @@ def load_lake_inputs(
                 raise FeatureInputError(
                     f"sources.{kind}: table {source.table} has no column(s) {missing} (check the feature config)"
                 )
-            typed = _typed(kind, _mapped(source))
+            typed = _typed(kind, _mapped(source, kind))
+            mapped.setdefault(kind, set()).update(source.columns)
             if kind == "products":
                 selects.append(f"SELECT {typed} FROM ({lake}) t")
             else:
                 # accounts define the customers, so they join the crosswalk by key; the rest join its cid copy
                 key, xwalk = ("customer_key", "crosswalk") if kind == "accounts" else ("cid", "crosswalk_cid")
-                selects.append(
-                    f"SELECT x.{key}, {typed} FROM ({lake}) t JOIN {xwalk} x ON x.record_table = "
+                link = (
+                    f"FROM ({lake}) t JOIN {{xwalk}} x ON x.record_table = "
                     f"'{source.record_table}' AND x.record_id = CAST(t.\"{source.ref}\" AS VARCHAR)"
                 )
+                selects.append(f"SELECT x.{key}, {typed} {link.format(xwalk=xwalk)}")
+                if kind == "transactions":
+                    keyed_transactions.append(f"SELECT x.customer_key, {typed} {link.format(xwalk='crosswalk')}")
         if selects:
             kinds.append(kind)
             con.execute(f"CREATE OR REPLACE TEMP VIEW raw_{kind} AS {' UNION ALL '.join(selects)}")
@@ -213,9 +302,11 @@ def load_lake_inputs(
         typed = _typed("golden", {c: f't."{c}"' for c in CANONICAL_COLUMNS["golden"]})
         golden = f"read_parquet({sql_text(golden_path)})"
         con.execute(f"CREATE OR REPLACE TEMP VIEW raw_golden AS SELECT t.customer_key, {typed} FROM {golden} t")
-    for needed in ("accounts", "products"):
-        if needed not in kinds:
-            raise FeatureInputError(f"sources.{needed}: no table of it has been ingested")
+    summary.derived = _derive_missing(con, kinds, " UNION ALL ".join(keyed_transactions) or None)
+    if "accounts" not in kinds:
+        raise FeatureInputError(
+            "sources.accounts: no table of it has been ingested (nor transactions, to derive customers from)"
+        )
     by_cid = frozenset(k for k in kinds if k not in ("accounts", "products", "golden"))
     summary.customers = _finish(con, kinds, by_cid)
     for linked_kind, sources in config.sources.items():
@@ -225,6 +316,7 @@ def load_lake_inputs(
         total = sum(summary.rows.get(s.table, 0) for s in sources)
         summary.unlinked[linked_kind] = total - (int(linked[0]) if linked else 0)
     summary.absent = [k for k in CANONICAL_COLUMNS if k not in kinds]
+    summary.unmapped = _unmapped(kinds, mapped, summary.derived)
     summary.observed_until = max(as_of) if as_of else None
     summary.time_range = _time_ranges(con, kinds)
     return summary

@@ -78,10 +78,21 @@ def quality_problems(
             problems.append(f"{where}: impossible values below {_show(f.lower)} (min {_show(p['min'])})")
         if f.upper is not None and p.get("max") is not None and p["max"] > f.upper:
             problems.append(f"{where}: impossible values above {_show(f.upper)} (max {_show(p['max'])})")
-        if min_rows is not None and rows >= min_rows:
-            if p["null_rate"] == 1.0:
-                problems.append(f"{where}: collapsed, every one of {rows} values is empty")
-            elif p["distinct"] == 1:
-                value = _show(p.get("min", p.get("most_common")))
-                problems.append(f"{where}: collapsed, every non-empty value of {rows} is the same ({value})")
+        if min_rows is not None and (why := collapse(p, rows, min_rows)):
+            problems.append(f"{where}: {why}")
     return problems
+
+
+def collapse(profile: dict[str, Any], rows: int, min_rows: int) -> str | None:
+    """Why a feature's profile is collapsed (every value empty, or one value for everyone), else None.
+
+    Judged only from `min_rows` rows on: a tiny build is not called collapsed.
+    """
+    if rows < min_rows:
+        return None
+    if profile["null_rate"] == 1.0:
+        return f"collapsed, every one of {rows} values is empty"
+    if profile["distinct"] == 1:
+        value = _show(profile.get("min", profile.get("most_common")))
+        return f"collapsed, every non-empty value of {rows} is the same ({value})"
+    return None

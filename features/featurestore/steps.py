@@ -8,9 +8,9 @@ build may use.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
@@ -19,9 +19,9 @@ import pyarrow.compute as pc
 from custintel.settings import Settings
 from features.featurestore.build import FeatureBuildError
 from features.featurestore.config import FeatureConfig
-from features.featurestore.definitions import Feature, definition_digest
+from features.featurestore.definitions import Feature, definition_digest, definition_without
 from features.featurestore.inputs import InputSummary
-from features.featurestore.quality import FeatureQualityError, profile_columns, quality_problems
+from features.featurestore.quality import FeatureQualityError, collapse, profile_columns, quality_problems
 from features.featurestore.store import materialize_online, open_feature_inputs, write_offline
 
 
@@ -34,6 +34,7 @@ class BuiltSet:
     definition: dict[str, Any]
     digest: str
     stats: dict[str, dict[str, Any]]
+    dropped: dict[str, str] = field(default_factory=dict)  # feature -> why it was dropped after the build
 
 
 def load_inputs(settings: Settings, config: FeatureConfig) -> tuple[duckdb.DuckDBPyConnection, InputSummary]:
@@ -48,22 +49,50 @@ def build_one(
     features: tuple[Feature, ...],
     definition: dict[str, Any],
     min_rows: int | None,
+    collapsed: Literal["warn", "fail"] = "fail",
+    stored_columns: Collection[str] | None = None,
 ) -> BuiltSet:
     """Build one set for every cutoff of the spine, profile each cutoff and check its quality.
 
     With `min_rows` None only bounds are checked (labels, interactions: collapse is allowed).
+    A collapsed feature fails the build (`collapsed="fail"`) or is dropped from the set, its
+    definition and its statistics with the reason (`"warn"`). `stored_columns` are the columns the
+    offline store already holds for this version: a build keeps exactly those where it can, so a
+    feature collapsed at some cutoffs is not dropped from one build and kept in another.
     """
     table = build(con.cursor())
     stats: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
+    collapsed_at: dict[str, str] = {}
+    judge_bounds_only = collapsed == "warn" and min_rows is not None
     for day in sorted(pc.unique(table.column("as_of")).to_pylist()):
         part = rows_as_of(table, day)
         profile = profile_columns(part, [c for c in part.column_names if c not in ("customer_key", "as_of")])
-        problems += [f"as of {day}: {p}" for p in quality_problems(key, features, profile, part.num_rows, min_rows)]
-        stats[day.isoformat()] = {"rows": part.num_rows, "columns": profile}
+        rows = part.num_rows
+        found = quality_problems(key, features, profile, rows, None if judge_bounds_only else min_rows)
+        problems += [f"as of {day}: {p}" for p in found]
+        if judge_bounds_only and min_rows is not None:
+            for f in features:
+                if f.name not in collapsed_at and (why := collapse(profile[f.name], rows, min_rows)):
+                    collapsed_at[f.name] = f"{why} as of {day}"
+        stats[day.isoformat()] = {"rows": rows, "columns": profile}
     if problems:
         raise FeatureQualityError(f"feature set {key} failed its data-quality checks:\n  " + "\n  ".join(problems))
-    return BuiltSet(key, table, definition, definition_digest(definition), stats)
+    dropped = dict(collapsed_at)
+    if stored_columns is not None:
+        dropped = {n: why for n, why in dropped.items() if n not in stored_columns}
+        dropped |= {
+            f.name: "not in the stored version (dropped when it was first built)"
+            for f in features
+            if f.name not in stored_columns
+        }
+    if dropped:
+        table = table.drop_columns([n for n in dropped if n in table.column_names])
+        definition = definition_without(definition, set(dropped))
+        stats = {
+            d: {**s, "columns": {c: v for c, v in s["columns"].items() if c not in dropped}} for d, s in stats.items()
+        }
+    return BuiltSet(key, table, definition, definition_digest(definition), stats, dropped)
 
 
 def rows_as_of(table: pa.Table, day: dt.date) -> pa.Table:
@@ -78,12 +107,17 @@ def write_set(settings: Settings, built: BuiltSet, time_range: dict[str, Any]) -
 
 
 def materialize(settings: Settings, built: BuiltSet, grouped: bool) -> dict[str, Any]:
-    """Write the latest cutoff of a set to the online store (I/O: retried by the flow)."""
+    """Write the latest cutoff of a set to the online store (I/O: retried by the flow).
+
+    A set with no rows (e.g. interactions when nothing was bought before the cutoff) is not written.
+    """
+    store = "redis" if settings.redis_url else "sqlite"
+    if not built.stats:
+        return {"as_of": None, "customers": 0, "store": store, "skipped": "the set has no rows"}
     latest = max(built.stats)
     table = rows_as_of(built.table, dt.date.fromisoformat(latest))
     meta = {"digest": built.digest, "as_of": latest}
     rows = materialize_online(settings, built.key, table, meta, grouped=grouped)
-    store = "redis" if settings.redis_url else "sqlite"
     if rows is None:
         return {"as_of": latest, "customers": 0, "store": store, "skipped": "the store holds a later as-of"}
     return {"as_of": latest, "customers": rows, "store": store}

@@ -189,6 +189,13 @@ def print_feature_build(report: dict[str, Any]) -> None:
         note = s.get("skipped") or (f"dropped {', '.join(s['dropped_features'])}" if s.get("dropped_features") else "")
         table.add_row(key, s.get("digest", ""), parts, note)
     console.print(table)
+    for kind, how in report["inputs"].get("derived_sources", {}).items():
+        console.print(f"{kind}: {how}")
+    for key, s in report["sets"].items():
+        for name, why in s.get("dropped_features", {}).items():
+            console.print(f"[yellow]WARNING[/] {key}.{name} dropped: {why}")
+        if s.get("empty"):
+            console.print(f"[yellow]WARNING[/] {key} is empty: {s['empty']}")
     unlinked = {k: v for k, v in report["inputs"]["unlinked_rows"].items() if v}
     if unlinked:
         console.print(f"rows that found no customer (anonymous or unresolved): {unlinked}")

@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import duckdb
 import pandas as pd
@@ -52,7 +52,7 @@ from custintel.json_lines import json_lines
 from custintel.settings import Settings
 from custintel.sql import text as sql_text
 from custintel.sql import text_list as sql_text_list
-from features.contracts import Contract, ContractSet, load_contracts
+from features.contracts import WHITESPACE, Contract, ContractSet, load_contracts
 from features.ingest import (
     ISSUE_SCHEMA,
     ROW,
@@ -190,10 +190,19 @@ def _drop_identity(
     return f"{as_of:%Y%m%d}-{h.hexdigest()[:16]}", as_of
 
 
+def _records(f: TextIO, contract: Contract) -> Iterator[list[str]]:
+    """A text file's records: CSV with the contract's separator, or fields split on runs of whitespace."""
+    if contract.sep == WHITESPACE:
+        return (line.split() for line in f)
+    return csv.reader(f, delimiter=contract.sep)
+
+
 def _csv_header(path: Path, contract: Contract) -> list[str]:
+    if not contract.header:
+        return [c.source_name for c in contract.columns]
     try:
         with open(path, newline="", encoding=contract.encoding) as f:
-            header = next(csv.reader(f, delimiter=contract.sep), None)
+            header = next(_records(f, contract), None)
     except (OSError, UnicodeDecodeError) as exc:
         raise IngestError(f"{contract.table}: cannot read {path.name}: {exc}") from exc
     if not header:
@@ -238,7 +247,7 @@ def _fast_csv_batches(path: Path, contract: Contract, names: list[str], batch_ro
             block_size=min(64 << 20, max(1 << 20, batch_rows * CSV_BYTES_PER_ROW)),
             encoding=contract.encoding,
             column_names=names,
-            skip_rows=1,
+            skip_rows=1 if contract.header else 0,
         ),
         parse_options=pacsv.ParseOptions(
             delimiter=contract.sep, newlines_in_values=True, invalid_row_handler=on_invalid
@@ -259,8 +268,9 @@ def _exact_csv_batches(
     """Python's csv reader: slower, but it numbers every record, malformed ones included."""
     csv.field_size_limit(16 << 20)
     with open(path, newline="", encoding=contract.encoding) as f:
-        reader = csv.reader(f, delimiter=contract.sep)
-        next(reader, None)
+        reader = _records(f, contract)
+        if contract.header:
+            next(reader, None)
         cols: list[list[str | None]] = [[] for _ in names]
         numbers: list[int] = []
         k = 0
@@ -269,7 +279,7 @@ def _exact_csv_batches(
                 continue
             k += 1
             if len(rec) != len(names):
-                text = contract.sep.join(rec)[:500]
+                text = (" " if contract.sep == WHITESPACE else contract.sep).join(rec)[:500]
                 bad.rows.append((k, f"row has {len(rec)} fields, expected {len(names)}: {text}"))
                 continue
             for j, v in enumerate(rec):
@@ -294,7 +304,7 @@ def _raw_batches(path: Path, contract: Contract, bad: _BadRows, batch_rows: int,
                 first += rb.num_rows
             return
         names = _csv_header(path, contract)
-        if exact:
+        if exact or contract.sep == WHITESPACE:  # pyarrow splits on one character only
             for table, numbers in _exact_csv_batches(path, contract, names, batch_rows, bad):
                 yield table.append_column(ROW, pa.array(numbers, pa.int64()))
             return

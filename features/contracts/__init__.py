@@ -23,6 +23,8 @@ DEFAULT_FORMATS: dict[str, list[str]] = {
 # Longest text value a column takes unless its contract says otherwise: far above any real name, address
 # or ticket subject, far below a value that would bloat the lake and every report that shows it.
 DEFAULT_MAX_TEXT_LENGTH = 1000
+# `sep` of a file whose columns are separated by runs of spaces or tabs.
+WHITESPACE = "whitespace"
 
 
 class ColumnRule(BaseModel):
@@ -99,7 +101,16 @@ class Contract(BaseModel):
     version: int = 1
     files: str = Field(description="Glob, relative to the drop folder, of the files holding the table.")
     format: Literal["csv", "parquet"] = "csv"
-    sep: str = ","
+    sep: str = Field(
+        default=",",
+        description="Column separator: one character, or 'whitespace' for columns separated by runs of "
+        "spaces or tabs (aligned text files; values then cannot hold spaces).",
+    )
+    header: bool = Field(
+        default=True,
+        description="The file's first row names the columns; false: it holds data, and the columns are "
+        "the contract's, in order (by their source names).",
+    )
     encoding: str = "utf-8"
     required: bool = Field(default=True, description="A drop without this table fails the ingestion.")
     key: list[str] = Field(default_factory=list, description="Columns whose values identify a row.")
@@ -109,6 +120,13 @@ class Contract(BaseModel):
         description="Most characters any text value of this table may have; a column's max_length overrides it.",
     )
     columns: list[ColumnRule]
+
+    @field_validator("sep")
+    @classmethod
+    def _one_character_or_whitespace(cls, v: str) -> str:
+        if v != WHITESPACE and len(v) != 1:
+            raise ValueError(f"sep must be one character or '{WHITESPACE}', not {v!r}")
+        return v
 
     @model_validator(mode="after")
     def _key_columns_exist(self) -> Contract:

@@ -155,6 +155,10 @@ def _build(
         for name, why in b.dropped.items():
             log(f"WARNING {usable.key}.{name} dropped: {why}")
         dropped |= b.dropped
+        if len(b.dropped) == len(usable.features):  # nothing left to store or serve
+            built.remove(b)
+            report["sets"][fs.key] = {"skipped": "every feature was dropped", "dropped_features": dropped}
+            continue
         report["sets"][usable.key] = {"digest": b.digest, "features": len(usable.features) - len(b.dropped),
                                       "dropped_features": dropped}  # fmt: skip
         if usable.name not in OFFLINE_ONLY:

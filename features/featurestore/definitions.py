@@ -88,7 +88,7 @@ class FeatureSet:
 
         Derived features that read a dropped feature are dropped too; None when nothing is left.
         """
-        usable, dropped = self.without(dict.fromkeys(absent, "absent"))
+        usable, dropped = self.without({f"source {a}": "absent" for a in absent})
         return usable, list(dropped)
 
     def without(
@@ -97,7 +97,7 @@ class FeatureSet:
         """The set without features whose source or needed column is missing, or that are excluded.
 
         Args:
-            missing: absent sources ("web") and unmapped columns ("transactions.kind"), each with why.
+            missing: absent sources ("source web") and unmapped columns ("transactions.kind"), each with why.
             excluded: feature names the configuration switches off.
 
         Returns:
@@ -107,12 +107,10 @@ class FeatureSet:
         dropped: dict[str, str] = {}
 
         def reason(f: Feature, source: str) -> str | None:
-            if source in missing:
-                return f"needs source {source} ({missing[source]})"
-            for need in f.needs:
+            for need in (f"source {source}", *f.needs):
                 if need in missing:
-                    return f"needs {need} ({missing[need]})"
-            return "excluded by the feature config" if f.name in excluded else None
+                    return f"needs {need}: {missing[need]}"
+            return "excluded by the feature config (exclude_features)" if f.name in excluded else None
 
         parts = []
         for p in self.parts:

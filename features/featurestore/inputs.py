@@ -71,19 +71,19 @@ class InputSummary:
 
     def missing(self) -> dict[str, str]:
         """Why each absent source and each unmapped canonical column is missing (what feature needs name)."""
-        out = {kind: "no table of it was configured or ingested" for kind in self.absent}
+        out = {f"source {kind}": "no table of it was configured or ingested" for kind in self.absent}
         for need in self.unmapped:
             kind = need.split(".")[0]
             how = self.derived.get(kind)
-            out[need] = f"not in the data ({kind} {how})" if how else "no table maps it"
+            out[need] = f"{kind} are {how}" if how else "no table maps it"
         if "transactions.kind" in out:
-            out["transactions.kind"] += ": every transaction is a purchase, or a refund when its amount is negative"
+            out["transactions.kind"] += " (so a transaction is a purchase, or a refund when its amount is negative)"
         return out
 
 
 # How a source the configuration does not give is derived from the transactions.
-DERIVED_ACCOUNTS = "derived from transactions: a customer from their first transaction, never closed"
-DERIVED_PRODUCTS = "derived from transactions: the product ids they name"
+DERIVED_ACCOUNTS = "derived from the transactions (a customer from their first one, never closed)"
+DERIVED_PRODUCTS = "derived from the transactions (the product ids they name)"
 
 
 def _typed(kind: str, expr: Mapping[str, str]) -> str:

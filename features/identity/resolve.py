@@ -156,6 +156,7 @@ def resolve_records(
     golden, conflicts = build_golden_records(records, crosswalk, config)
     lap("golden")
     stats = _stats(records, all_links, crosswalk, key_events, conflicts, timings)
+    stats["mode"] = config.mode
     stats["deterministic_rules"] = list(det_rules)
     stats["max_group"] = config.deterministic.max_group
     return Resolution(match_records, all_links, crosswalk, key_events, golden, conflicts, model, stats)

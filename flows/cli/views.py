@@ -107,8 +107,13 @@ def print_resolution(run: dict[str, Any]) -> None:
         table.add_row(f"conflicts on {attribute}", f"{n:,}")
     console.print(table)
     opts = run["options"]
+    ids_only = stats.get("mode") == "ids_only"
     console.print(
-        f"threshold {opts['threshold']}, fields {', '.join(opts['fields'])}"
+        (
+            f"mode ids_only: each id a customer, exact rules {stats.get('deterministic_rules') or 'none'}"
+            if ids_only
+            else f"threshold {opts['threshold']}, fields {', '.join(opts['fields'])}"
+        )
         + (", hashed identifiers only" if opts["hashed"] else "")
         + f"; seconds per step: {stats['seconds']}"
     )
@@ -186,14 +191,19 @@ def print_feature_build(report: dict[str, Any]) -> None:
         table.add_column(col)
     for key, s in report["sets"].items():
         parts = ", ".join(f"{d}: {p['rows']:,}" for d, p in s.get("partitions", {}).items())
-        note = s.get("skipped") or (f"dropped {', '.join(s['dropped_features'])}" if s.get("dropped_features") else "")
+        note = s.get("skipped") or (f"dropped {len(s['dropped_features'])}" if s.get("dropped_features") else "")
         table.add_row(key, s.get("digest", ""), parts, note)
     console.print(table)
     for kind, how in report["inputs"].get("derived_sources", {}).items():
         console.print(f"{kind}: {how}")
     for key, s in report["sets"].items():
+        by_reason: dict[str, list[str]] = {}
         for name, why in s.get("dropped_features", {}).items():
-            console.print(f"[yellow]WARNING[/] {key}.{name} dropped: {why}")
+            by_reason.setdefault(why, []).append(name)
+        for why, names in by_reason.items():
+            # what the data lacks is expected; a feature that collapsed on this data is worth a look
+            warn = "[yellow]WARNING[/] " if why.startswith("collapsed") else ""
+            console.print(f"{warn}{key}: dropped {', '.join(names)}: {why}")
         if s.get("empty"):
             console.print(f"[yellow]WARNING[/] {key} is empty: {s['empty']}")
     unlinked = {k: v for k, v in report["inputs"]["unlinked_rows"].items() if v}

@@ -93,7 +93,8 @@ def _lines(drop: RetailerDrop) -> pd.DataFrame:
 
 def _offline(home: Path, set_name: str) -> pd.DataFrame:
     files = str(home / "features" / "offline" / set_name / "v1" / "as_of=*" / "data.parquet")
-    return duckdb.sql(f"SELECT * FROM read_parquet('{files}')").df()
+    with duckdb.connect() as con:
+        return con.sql(f"SELECT * FROM read_parquet('{files}')").df()
 
 
 def test_every_row_is_landed_or_quarantined_with_its_reason(loop: Loop) -> None:

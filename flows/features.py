@@ -103,7 +103,8 @@ def _build(
     assert observed_until is not None  # checked with the cutoffs
     rows = create_spine(con, cutoffs)
     if rows == 0:
-        raise FeatureBuildError(f"no customer has an open account at {', '.join(map(str, cutoffs))}")
+        known = "a transaction before" if "accounts" in inputs.derived else "an open account at"
+        raise FeatureBuildError(f"no customer has {known} {', '.join(map(str, cutoffs))}")
     log(f"{inputs.customers:,} customers; {rows:,} (customer, cutoff) rows for {', '.join(map(str, cutoffs))}")
     time_range = {k: [None if v is None else str(v) for v in r] for k, r in inputs.time_range.items()}
     absent = set(inputs.absent)

@@ -29,7 +29,7 @@ from features.featurestore.build import (
     build_purchase_labels,
     create_spine,
 )
-from features.featurestore.config import FeatureConfig, FeatureConfigError
+from features.featurestore.config import FeatureConfig
 from features.featurestore.definitions import (
     INTERACTION_FEATURES,
     INTERACTIONS_VERSION,
@@ -37,6 +37,7 @@ from features.featurestore.definitions import (
     OFFLINE_ONLY,
     PURCHASE_LABELS_VERSION,
     Feature,
+    check_exclusions,
     feature_sets,
 )
 from features.featurestore.inputs import InputSummary
@@ -112,9 +113,7 @@ def _build(
     for kind, how in inputs.derived.items():
         log(f"{kind}: {how}")
     sets = feature_sets(config)
-    unknown = sorted(set(config.exclude_features) - {f.name for fs in sets for f in fs.features})
-    if unknown:
-        raise FeatureConfigError(f"exclude_features: no feature is called {', '.join(unknown)}")
+    check_exclusions(sets, config.exclude_features)
     report: dict[str, Any] = {
         "build_id": f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{'-'.join(map(str, cutoffs))}"[:80],
         "as_of": [str(d) for d in cutoffs],

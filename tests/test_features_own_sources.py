@@ -19,8 +19,8 @@ import pyarrow as pa
 import pytest
 
 from features.featurestore.build import build_feature_set, build_interactions, create_spine
-from features.featurestore.config import FeatureConfig, load_feature_config
-from features.featurestore.definitions import feature_sets
+from features.featurestore.config import FeatureConfig, FeatureConfigError, load_feature_config
+from features.featurestore.definitions import check_exclusions, feature_sets
 from features.featurestore.inputs import FeatureInputError, InputSummary, register_frames
 from features.featurestore.quality import FeatureQualityError
 from features.featurestore.steps import BuiltSet, build_one, materialize
@@ -76,6 +76,12 @@ def test_transactions_alone_define_customers_catalogue_kinds_and_amounts() -> No
 def test_no_accounts_and_no_transactions_is_a_clear_error() -> None:
     with pytest.raises(FeatureInputError, match="accounts frame is required"):
         _inputs({"profiles": pd.DataFrame({"customer_key": ["A"], "created_at": [T("2024-01-01")]})})
+
+
+def test_an_unknown_excluded_feature_is_named() -> None:
+    check_exclusions(list(SETS.values()), ["plan", "recency_days"])
+    with pytest.raises(FeatureConfigError, match="exclude_features: no feature is called recency"):
+        check_exclusions(list(SETS.values()), ["plan", "recency"])
 
 
 def test_excluded_features_are_dropped_with_the_reason() -> None:

@@ -13,11 +13,11 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from features.featurestore.config import FeatureConfig
+from features.featurestore.config import FeatureConfig, FeatureConfigError
 
 # The point-in-time condition every event join carries: happened and arrived before the cutoff.
 PIT = "e.{time} < s.cutoff AND (e.arrival_time IS NULL OR e.arrival_time < s.cutoff)"
@@ -583,6 +583,13 @@ OFFLINE_ONLY = frozenset({"attributes"})
 def feature_sets(config: FeatureConfig) -> tuple[FeatureSet, ...]:
     """The feature sets of this configuration, in build order."""
     return (relationship_set(), value_set(), service_set(config), digital_set(config), attributes_set())
+
+
+def check_exclusions(sets: Sequence[FeatureSet], excluded: Collection[str]) -> None:
+    """Refuse a name in `exclude_features` that no feature has (a typo would switch nothing off)."""
+    unknown = sorted(set(excluded) - {f.name for fs in sets for f in fs.features})
+    if unknown:
+        raise FeatureConfigError(f"exclude_features: no feature is called {', '.join(unknown)}")
 
 
 # Interactions (customer x product) and labels have their own grain and builders; their

@@ -18,8 +18,8 @@ from features.identity.config import IdentityConfig
 from features.identity.deterministic import cluster_records, deterministic_links
 from features.identity.golden import build_golden_records
 from features.identity.keys import assign_customer_keys
-from features.identity.privacy import HASHED_RULES, PrivacyError, hash_identifiers, restrict_fields
-from features.identity.probabilistic import ProbabilisticConfig, predict_links, train_model
+from features.identity.privacy import FIELD_COLUMNS, HASHED_RULES, PrivacyError, hash_identifiers, restrict_fields
+from features.identity.probabilistic import ProbabilisticConfig, TrainingDataError, predict_links, train_model
 
 log = logging.getLogger("custintel.identity")
 LINK_COLUMNS = ["record_key_l", "record_key_r", "rule", "value", "match_weight", "match_probability"]
@@ -136,6 +136,7 @@ def resolve_records(
             threshold=options.threshold, fields=prob_fields, u_max_pairs=options.u_max_pairs, seed=options.seed
         )
         if model is None:
+            _check_something_to_compare(match_records, prob_fields)
             say("training the probabilistic model (u by random sampling, m by EM)")
             model = train_model(match_records, det_cluster, pconf)
             lap("train")
@@ -160,6 +161,16 @@ def resolve_records(
     stats["deterministic_rules"] = list(det_rules)
     stats["max_group"] = config.deterministic.max_group
     return Resolution(match_records, all_links, crosswalk, key_events, golden, conflicts, model, stats)
+
+
+def _check_something_to_compare(records: pd.DataFrame, fields: tuple[str, ...]) -> None:
+    """Fail at once, naming the way out, when no record holds any field the model compares (ids only)."""
+    columns = [c for f in fields for c in FIELD_COLUMNS.get(f, ()) if c in records]
+    if not records[columns].notna().any().any():
+        raise TrainingDataError(
+            f"the probabilistic model cannot be trained: no record has any of the fields {list(fields)} "
+            "(the sources map ids only); set 'mode: ids_only' in the identity config (each id a customer)"
+        )
 
 
 def _stack_links(parts: list[pd.DataFrame]) -> pd.DataFrame:

@@ -70,6 +70,10 @@ def identity_records_from_source(frame: pd.DataFrame, source: SourceMapping) -> 
     if pd.api.types.is_float_dtype(raw_ids):  # integer ids with gaps arrive as floats: 7.0 is record 7
         raw_ids = raw_ids.astype("Int64")
     ids = blank_to_na(raw_ids)
+    if source.repeated_ids:  # chosen before normalising: a table of purchases has far more rows than ids
+        stamps = _timestamps(frame[source.columns["updated_at"]]) if "updated_at" in source.columns else None
+        keep = _latest_row_per_id(ids, stamps)
+        frame, ids = frame.loc[keep], ids.loc[keep]
     out = pd.DataFrame({"source_table": source.table, "record_id": ids}, index=frame.index)
     out["source_table"] = out["source_table"].astype("string[pyarrow]")
     out["record_key"] = (source.table + ":" + ids).astype("string[pyarrow]")
@@ -87,18 +91,18 @@ def identity_records_from_source(frame: pd.DataFrame, source: SourceMapping) -> 
             out[name] = pd.Series(pd.NA, index=out.index, dtype="string[pyarrow]")
     out["updated_at"] = out["updated_at"].astype("datetime64[us]")
     # a record without its own id cannot be keyed or traced back: it is left out
-    out = out.loc[ids.notna(), IDENTITY_COLUMNS].reset_index(drop=True)
-    if source.repeated_ids:
-        out = _latest_row_per_id(out)
-    return out
+    return out.loc[ids.notna(), IDENTITY_COLUMNS].reset_index(drop=True)
 
 
-def _latest_row_per_id(records: pd.DataFrame) -> pd.DataFrame:
-    """One record per id from a table with many rows per id: the most recently updated row, else the last."""
-    position = pd.Series(range(len(records)), index=records.index)
-    order = records.assign(_pos=position).sort_values(["updated_at", "_pos"], kind="stable", na_position="first")
-    latest = order.drop_duplicates("record_key", keep="last").sort_values("_pos", kind="stable")
-    return latest.drop(columns="_pos").reset_index(drop=True)
+def _latest_row_per_id(ids: pd.Series, stamps: pd.Series | None) -> pd.Index:
+    """Index labels of one row per id (a table with many rows per id): the most recently updated, else the last."""
+    order = pd.DataFrame({"id": ids.to_numpy(), "pos": range(len(ids))}, index=ids.index)
+    keys = ["pos"]
+    if stamps is not None:
+        order["stamp"] = stamps.to_numpy()
+        keys = ["stamp", "pos"]
+    latest = order.sort_values(keys, kind="stable", na_position="first").drop_duplicates("id", keep="last")
+    return latest.sort_values("pos", kind="stable").index
 
 
 def assemble_identity_records(tables: dict[str, pd.DataFrame], sources: list[SourceMapping]) -> pd.DataFrame:

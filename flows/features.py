@@ -150,7 +150,7 @@ def _build(
                  "features": [f.name for f in INTERACTION_FEATURES] + ["holds"]}  # fmt: skip
     b = build(f"interactions@{INTERACTIONS_VERSION}", build_interactions, INTERACTION_FEATURES, inter_def, None)
     online_sets.append((b, True))
-    label_def = {"name": "labels", "version": LABELS_VERSION, **config.labels.model_dump()}
+    label_def = {"name": "labels", "version": LABELS_VERSION, **config.labels.definition()}
     build(f"labels@{LABELS_VERSION}", lambda c: build_labels(c, config.labels, observed_until), (), label_def, None)
     purchase_def = {"name": "purchase_labels", "version": PURCHASE_LABELS_VERSION,
                     "horizon_days": config.labels.purchase_horizon_days}  # fmt: skip

@@ -214,7 +214,8 @@ def _lapse_sql(labels: LabelConfig, end: str) -> tuple[str, str, str]:
                    JOIN transactions e ON {mine} AND e.event_time >= s.cutoff AND e.event_time < {end}),
          pts AS (SELECT cid, cutoff, cutoff AS t, false AS bought FROM spine
                  UNION ALL SELECT cid, cutoff, t, true FROM after),
-         gaps AS (SELECT cid, cutoff, t, bought, coalesce(lead(t) OVER (PARTITION BY cid, cutoff ORDER BY t), {end}) AS nxt
+         gaps AS (SELECT cid, cutoff, t, bought,
+                         coalesce(lead(t) OVER (PARTITION BY cid, cutoff ORDER BY t), {end}) AS nxt
                   FROM pts),
          lapse AS (SELECT cid, cutoff, min(t) FILTER (WHERE nxt >= t + INTERVAL {n} DAY) AS lapse_start,
                           min(t) FILTER (WHERE bought) AS next_purchase

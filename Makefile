@@ -17,9 +17,10 @@ $(BIN)/python:
 # constraints.txt locks the set of versions known to work together (see ../shared/DESIGN.md).
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/uv pip install --python $(BIN)/python --constraint constraints.txt -e '.[dev]'
-	# MovieLens-100k ships inside RecBole's wheel: the recommender's real-data test reads it. Only the data
-	# is used, so RecBole's own dependencies (torch, ...) are not installed.
-	$(BIN)/uv pip install --python $(BIN)/python --no-deps recbole==1.2.1
+	# MovieLens-100k ships inside RecBole's wheel, CDNOW inside lifetimes': the recommender's and BG/NBD's
+	# real-data tests read them. Only the data is used (the packages are never imported), so their own
+	# dependencies (torch, autograd, ...) are not installed.
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps recbole==1.2.1 lifetimes==0.11.3
 	touch $(STAMP)
 
 install: $(STAMP)

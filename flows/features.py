@@ -171,7 +171,7 @@ def _build(
     if b.table.num_rows == 0:
         report["sets"][b.key] = {"empty": "no purchase of a catalogue product before any cutoff"}
         log(f"{b.key}: empty (no purchase of a catalogue product before any cutoff)")
-    label_def = {"name": "labels", "version": LABELS_VERSION, **config.labels.model_dump()}
+    label_def = {"name": "labels", "version": LABELS_VERSION, **config.labels.definition()}
     build(f"labels@{LABELS_VERSION}", lambda c: build_labels(c, config.labels, observed_until), (), label_def, None)
     purchase_def = {"name": "purchase_labels", "version": PURCHASE_LABELS_VERSION,
                     "horizon_days": config.labels.purchase_horizon_days}  # fmt: skip

@@ -34,6 +34,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from models import evaluation as ev
 from models import plots
+from models.clv import bgnbd_baseline
 from models.config import ChurnConfig, LightGBMConfig, TuningConfig
 from models.result import EvaluationSet, LoggedModel, TrainedModel
 from models.splits import CALIBRATION, LabelledTable, SplitError, hold_out_for_calibration, latest_snapshot
@@ -243,6 +244,9 @@ def train_churn(
     metrics.update(study_summary.as_metrics())
     for stage in ("train", "valid", "test", CALIBRATION):
         metrics[f"rows_{stage}"] = float(len(labelled_rows(data, stage)[0]))
+    alive = bgnbd_baseline(labelled_rows(data, "train")[0], test, y_test, config.horizon_days)
+    if alive is not None:  # non-contractual churn: the probability-alive baseline, beside the model
+        metrics.update(alive[0])
 
     calibration = ev.calibration_table(y_test, p_test)
     gains = ev.gain_table(y_test, p_test)
@@ -269,7 +273,13 @@ def train_churn(
     return TrainedModel(
         family="churn",
         models=models,
-        params={**params, "calibration": config.calibration, "calibrate_on": config.calibrate_on, "label": data.label},
+        params={
+            **params,
+            "calibration": config.calibration,
+            "calibrate_on": config.calibrate_on,
+            "label": data.label,
+            **({"label_definition": data.label_definition} if data.label_definition else {}),
+        },
         metrics=metrics,
         figures=figures,
         tables={"calibration": calibration, "gains": gains, "importance": imp},
@@ -292,6 +302,8 @@ def train_churn(
                 "salt": config.calibration_salt if held_out else None,
             },
             "study": study_summary.history,
+            "label": {"column": data.label, "horizon_days": config.horizon_days, "definition": data.label_definition},
+            **({"bgnbd": alive[1]} if alive is not None else {}),
             **({"survival": survival_info} if survival_info else {}),
         },
         training_frame=data.rows("train"),
@@ -339,7 +351,9 @@ def _fit_survival(
     return model, model.score(test, test[[data.duration, data.event]].astype("float64"))
 
 
-def churn_table(frame: pd.DataFrame, config: ChurnConfig, label_columns: list[str], lineage: str = "") -> LabelledTable:
+def churn_table(
+    frame: pd.DataFrame, config: ChurnConfig, label_columns: list[str], lineage: str = "", definition: str = ""
+) -> LabelledTable:
     """Feature-store rows (features joined to labels@) as a table staged by cutoff."""
     from models.splits import stage_by_cutoff
 
@@ -359,5 +373,6 @@ def churn_table(frame: pd.DataFrame, config: ChurnConfig, label_columns: list[st
         event="churn_observed" if "churn_observed" in frame.columns else None,
         not_features=others,
         lineage=lineage,
+        label_definition=definition,
     )
     return with_calibration_rows(table, config)  # test rows everywhere (gate, oracle) are the test half

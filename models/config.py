@@ -230,13 +230,53 @@ class RecommendationConfig(_Strict):
         return self
 
 
+DEFAULT_REGISTERED = {
+    "churn": "custintel-churn",
+    "propensity": "custintel-propensity",
+    "uplift": "custintel-uplift",
+    "recommendation": "custintel-recommendation",
+}
+
+
 class TrainingConfig(_Strict):
-    """Every family's configuration."""
+    """The configuration of the families this deployment trains: a section per family, only those trained."""
 
     experiment: str = Field(default="custintel", min_length=1, description="MLflow experiment of every run.")
-    churn: ChurnConfig
-    propensity: PropensityConfig
-    recommendation: RecommendationConfig
+    churn: ChurnConfig | None = None
+    propensity: PropensityConfig | None = None
+    recommendation: RecommendationConfig | None = None
+
+    @model_validator(mode="after")
+    def _some_family(self) -> TrainingConfig:
+        if not self.families():
+            raise ValueError("no family is configured: give at least one of 'churn', 'propensity', 'recommendation'")
+        return self
+
+    def families(self) -> list[Family]:
+        """The configured families, in training order."""
+        return [f for f in FAMILIES if getattr(self, f) is not None]
+
+    def section(self, family: str) -> ChurnConfig | PropensityConfig | RecommendationConfig:
+        """A family's section; a family without one is a `TrainingConfigError` naming the way out."""
+        if family not in FAMILIES:
+            raise TrainingConfigError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+        found = getattr(self, family)
+        if found is None:
+            raise TrainingConfigError(
+                f"the training config has no '{family}' section: add one (models/training.yaml shows every option) "
+                f"or train a configured family ({', '.join(self.families())})"
+            )
+        section: ChurnConfig | PropensityConfig | RecommendationConfig = found
+        return section
+
+    def registered_names(self) -> dict[str, str]:
+        """Family -> registered model name: the section's, or the default for a family not configured here."""
+        names = dict(DEFAULT_REGISTERED)
+        for family in self.families():
+            names[family] = getattr(self, family).registered_model
+        if self.propensity is not None and self.propensity.uplift is not None:
+            names["uplift"] = self.propensity.uplift.registered_model
+        return names
 
 
 def load_training_config(path: Path | None = None) -> TrainingConfig:
@@ -247,5 +287,5 @@ def load_training_config(path: Path | None = None) -> TrainingConfig:
         ("models", "training.yaml"),
         TrainingConfigError,
         "training config",
-        "'churn', 'propensity' and 'recommendation' sections",
+        "a section per family trained ('churn', 'propensity', 'recommendation')",
     )

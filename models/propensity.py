@@ -77,6 +77,7 @@ def train_propensity(
         data, schema, config.lightgbm, config.tuning, study, clock, "propensity"
     )
     test, y_test = labelled_rows(data, "test")
+    snapshot = [data.snapshot] if data.snapshot else []  # a user's pairs may have no cutoff column
     p_test = pipeline.predict_proba(test)[:, 1]
     w_test = test[data.weight].to_numpy(dtype="float64") if data.weight else None
     metrics = {f"test_{k}": v for k, v in ev.classification_metrics(y_test, p_test, w_test).items()}
@@ -94,7 +95,16 @@ def train_propensity(
                 "model", pipeline, "sklearn", test[schema.features].head(5), registered_model=config.registered_model
             )
         ],  # fmt: skip
-        params={**params, "label": "bought", "horizon_days": config.horizon_days},
+        params={
+            **params,
+            "label": "bought",
+            # a user's table defines its own window: say that, not the feature store's horizon
+            **(
+                {"label_definition": data.label_definition}
+                if data.label_definition
+                else {"horizon_days": config.horizon_days}
+            ),
+        },
         metrics=metrics,
         figures={
             "roc": plots.roc_figure(y_test, {"model": p_test}),
@@ -112,7 +122,9 @@ def train_propensity(
         training_frame=data.rows("train"),
         evaluation_set=EvaluationSet(
             capped_sample(
-                test[[data.id_column, "as_of", data.label, *([data.weight] if data.weight else []), *schema.features]],
+                test[
+                    [data.id_column, *snapshot, data.label, *([data.weight] if data.weight else []), *schema.features]
+                ],
                 data.weight,
                 EVALUATION_ROWS,
                 config.tuning.seed,
@@ -121,16 +133,16 @@ def train_propensity(
             schema.features,
             data.label,
             data.id_column,
-            "as_of",
+            data.snapshot,
             data.weight,
         ),
         data_quality=ev.data_profile(
-            labelled_rows(data, "train")[0], schema.features, data.label, [data.id_column, "as_of", "product_id"]
+            labelled_rows(data, "train")[0], schema.features, data.label, [data.id_column, *snapshot, "product_id"]
         ),
         predictions=pd.DataFrame(
             {
                 "customer_key": test[data.id_column].to_numpy(),
-                "as_of": test["as_of"].to_numpy(),
+                "as_of": test[data.snapshot].to_numpy() if data.snapshot else None,
                 "product_id": test["product_id"].astype(str).to_numpy(),
                 "y": y_test,
                 "score": p_test,
@@ -275,7 +287,13 @@ def train_uplift(data: LabelledTable, config: UpliftConfig, clock: FitClock, fol
                 registered_model=config.registered_model,
             )
         ],  # fmt: skip
-        params={**params, "learner": config.learner, "test_share": config.test_share, "as_of": str(config.as_of)},
+        params={
+            **params,
+            "learner": config.learner,
+            "test_share": config.test_share,
+            # a user's experiment table has no cutoff of ours: its outcome's definition instead
+            **({"label_definition": data.label_definition} if data.label_definition else {"as_of": str(config.as_of)}),
+        },
         metrics=metrics,
         figures={"qini": plots.qini_figure({"model (cross-fitted)": qini})},
         tables={"qini": qini},

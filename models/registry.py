@@ -482,15 +482,7 @@ class Registry:
         """Family -> registered model name, from the training config (uplift included)."""
         from models.config import load_training_config
 
-        config = load_training_config(self.settings.training_config)
-        names = {
-            "churn": config.churn.registered_model,
-            "propensity": config.propensity.registered_model,
-            "recommendation": config.recommendation.registered_model,
-        }
-        if config.propensity.uplift is not None:
-            names["uplift"] = config.propensity.uplift.registered_model
-        return names
+        return load_training_config(self.settings.training_config).registered_names()
 
     def resolve_model(self, model: str) -> str:
         """A registered model's name from its name or its family (churn -> the config's churn model)."""

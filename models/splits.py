@@ -42,6 +42,7 @@ class LabelledTable:
     not_features: tuple[str, ...] = ()  # other labels and outcomes in the frame
     weight: str | None = None  # per-row training weight (e.g. undoing negative sampling)
     lineage: str = ""  # where the rows came from (for the run's dataset record)
+    label_definition: str = ""  # what the label means, in words (runs and cards say it)
 
     def rows(self, stage: str) -> pd.DataFrame:
         """The frame's rows of one stage."""

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from custintel.settings import Settings
+from features.featurestore.config import LabelConfig
 from features.featurestore.offline import (
     available_as_of,
     read_item_training_table,
@@ -29,7 +30,15 @@ from features.featurestore.offline import (
 from features.featurestore.store import offline_root
 from models import oracle
 from models.churn import churn_table, labelled_rows, train_churn
-from models.config import FAMILIES, Family, TrainingConfig, TuningConfig
+from models.config import (
+    FAMILIES,
+    ChurnConfig,
+    Family,
+    PropensityConfig,
+    RecommendationConfig,
+    TrainingConfig,
+    TuningConfig,
+)
 from models.own_tables import OwnInteractions, OwnTable
 from models.propensity import HELD, negative_shares, propensity_table, train_propensity, train_uplift, uplift_table
 from models.recommendation import Interactions, train_recommendation
@@ -71,9 +80,34 @@ class TrainingOutcome:
 # ---------------------------------------------------------------- data (I/O)
 
 
+def _churn(config: TrainingConfig) -> ChurnConfig:
+    section = config.section("churn")
+    assert isinstance(section, ChurnConfig)
+    return section
+
+
+def _propensity(config: TrainingConfig) -> PropensityConfig:
+    section = config.section("propensity")
+    assert isinstance(section, PropensityConfig)
+    return section
+
+
+def _recommendation(config: TrainingConfig) -> RecommendationConfig:
+    section = config.section("recommendation")
+    assert isinstance(section, RecommendationConfig)
+    return section
+
+
 def _label_columns(root: Path, key: str) -> list[str]:
     manifest = read_manifest(root, key) or {}
     return [c["name"] for c in manifest.get("columns", []) if c["name"] not in ("customer_key", "as_of")]
+
+
+def _label_definition(root: Path) -> LabelConfig:
+    """The labels' definition the offline store was built with (contractual when it predates the choice)."""
+    stored = (read_manifest(root, LABELS) or {}).get("definition", {})
+    known = {k: v for k, v in stored.items() if k in LabelConfig.model_fields}
+    return LabelConfig.model_validate(known)
 
 
 def ensure_features(
@@ -89,14 +123,15 @@ def ensure_features(
 
 def load_churn(settings: Settings, config: TrainingConfig) -> LabelledTable:
     """Churn rows from the offline store: the configured sets joined to labels@ at the split's cutoffs."""
-    root, cfg = offline_root(settings), config.churn
+    root, cfg = offline_root(settings), _churn(config)
     frame = read_training_table(root, cfg.feature_sets, LABELS, cfg.split.all_as_of()).to_pandas()
-    return churn_table(frame, cfg, _label_columns(root, LABELS), lineage=str(root))
+    definition = _label_definition(root).describe_churn(cfg.horizon_days)
+    return churn_table(frame, cfg, _label_columns(root, LABELS), lineage=str(root), definition=definition)
 
 
 def load_propensity(settings: Settings, config: TrainingConfig) -> LabelledTable:
     """(customer, product) rows: purchase labels joined to the customer sets and the interactions."""
-    root, cfg = offline_root(settings), config.propensity
+    root, cfg = offline_root(settings), _propensity(config)
     frame = read_item_training_table(
         root, cfg.feature_sets, PURCHASE_LABELS, [INTERACTIONS], cfg.split.all_as_of(), "bought",
         keep_negatives=negative_shares(cfg), exclude_flag=HELD,
@@ -106,7 +141,7 @@ def load_propensity(settings: Settings, config: TrainingConfig) -> LabelledTable
 
 def load_uplift(settings: Settings, config: TrainingConfig) -> LabelledTable:
     """The offer test's participants with their features at the test's cutoff."""
-    root, cfg = offline_root(settings), config.propensity
+    root, cfg = offline_root(settings), _propensity(config)
     assert cfg.uplift is not None
     frame = read_training_table(root, cfg.feature_sets, LABELS, [cfg.uplift.as_of]).to_pandas()
     return uplift_table(frame, cfg.uplift, _label_columns(root, LABELS), lineage=str(root))
@@ -153,20 +188,22 @@ class Unit:
 
 def plan_units(config: TrainingConfig, family: Family | str) -> list[Unit]:
     """The units a family name stands for ('all': every family), in training order."""
-    families = list(FAMILIES) if family == "all" else [family]
+    if family not in (*FAMILIES, "all"):
+        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)} or all")
+    families = config.families() if family == "all" else [family]
     units: list[Unit] = []
     for f in families:
         if f == "churn":
-            c = config.churn
+            c = _churn(config)
             units.append(Unit("churn", (*c.feature_sets, LABELS), tuple(c.split.all_as_of()), c, c.tuning))
         elif f == "propensity":
-            p = config.propensity
+            p = _propensity(config)
             sets = (*p.feature_sets, PURCHASE_LABELS, INTERACTIONS)
             units.append(Unit("propensity", sets, tuple(p.split.all_as_of()), p, p.tuning))
             if p.uplift is not None:
                 units.append(Unit("uplift", (*p.feature_sets, LABELS), (p.uplift.as_of,), p.uplift, None))
         elif f == "recommendation":
-            r = config.recommendation
+            r = _recommendation(config)
             sets = (INTERACTIONS, PURCHASE_LABELS, RELATIONSHIP)
             units.append(Unit("recommendation", sets, (r.valid_as_of, r.train_as_of), r, r.tuning))
         else:
@@ -183,7 +220,7 @@ def with_budget(config: TrainingConfig, trials: int | None, timeout: float | Non
         update["timeout_seconds"] = timeout
     if not update:
         return config
-    families = {name: getattr(config, name) for name in FAMILIES}
+    families = {name: getattr(config, name) for name in config.families()}
     return config.model_copy(
         update={
             name: cfg.model_copy(update={"tuning": cfg.tuning.model_copy(update=update)})
@@ -221,19 +258,17 @@ def shifted(config: TrainingConfig, months: int) -> TrainingConfig:
             }
         )
 
+    update: dict[str, Any] = {}
+    for name in ("churn", "propensity"):
+        section = getattr(config, name)
+        if section is not None:
+            update[name] = section.model_copy(update={"split": move(section.split)})
     r = config.recommendation
-    return config.model_copy(
-        update={
-            "churn": config.churn.model_copy(update={"split": move(config.churn.split)}),
-            "propensity": config.propensity.model_copy(update={"split": move(config.propensity.split)}),
-            "recommendation": r.model_copy(
-                update={
-                    "train_as_of": add_months(r.train_as_of, months),
-                    "valid_as_of": add_months(r.valid_as_of, months),
-                }
-            ),
-        }
-    )
+    if r is not None:
+        update["recommendation"] = r.model_copy(
+            update={"train_as_of": add_months(r.train_as_of, months), "valid_as_of": add_months(r.valid_as_of, months)}
+        )
+    return config.model_copy(update=update)
 
 
 def load_unit(settings: Settings, config: TrainingConfig, unit: Unit) -> Loaded:
@@ -244,7 +279,7 @@ def load_unit(settings: Settings, config: TrainingConfig, unit: Unit) -> Loaded:
         return load_propensity(settings, config)
     if unit.name == "uplift":
         return load_uplift(settings, config)
-    r = config.recommendation
+    r = _recommendation(config)
     return load_interactions(settings, r.valid_as_of), load_interactions(settings, r.train_as_of)
 
 

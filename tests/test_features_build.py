@@ -294,3 +294,41 @@ def test_a_set_without_its_source_drops_those_features_and_what_derives_from_the
     digital, dropped = SETS["digital"].without_sources({"web"})
     assert digital is None and "sessions_trend" in dropped
     assert service.digest != SETS["service"].digest
+
+
+RETAIL = LabelConfig(churn_definition="non_contractual", churn_horizons_days=[30, 90], purchase_horizon_days=90)
+
+
+def _retail_labels(con: duckdb.DuckDBPyConnection, until: str) -> dict[str, dict]:
+    rows = build_labels(con, RETAIL, dt.datetime.fromisoformat(until)).to_pylist()
+    return {r.pop("customer_key"): r for r in rows}
+
+
+def test_non_contractual_churn_is_no_purchase_within_the_horizon(con: duckdb.DuckDBPyConnection) -> None:
+    a, b = _retail_labels(con, "2025-06-01").values()
+    # A buys on 2025-01-05, then nothing until the end of the data: churned 90 days after that purchase
+    assert (a["churn_30d"], a["churn_90d"], a["churn_observed"], a["time_to_churn_days"]) == (False, False, True, 94.0)
+    # B never buys: churned once 90 days pass from the cutoff, so "churned within 90 days" is churn_90d
+    assert (b["churn_30d"], b["churn_90d"], b["churn_observed"], b["time_to_churn_days"]) == (True, True, True, 90.0)
+    # BG/NBD inputs from purchase days before the cutoff that had arrived (the late 2024-12-31 one had not)
+    assert (a["rfm_repeat_days"], a["rfm_t_x_days"], a["rfm_age_days"]) == (2, 202, 214)
+    assert (b["rfm_repeat_days"], b["rfm_t_x_days"], b["rfm_age_days"]) == (0, 0, 0)
+    assert a["buys_any_90d"] is True and b["buys_any_90d"] is False
+
+
+def test_non_contractual_labels_wait_for_their_window(con: duckdb.DuckDBPyConnection) -> None:
+    a, b = _retail_labels(con, "2025-02-01").values()
+    assert (a["churn_30d"], a["churn_90d"]) == (False, False)  # a purchase already decided both
+    assert (b["churn_30d"], b["churn_90d"]) == (True, None)  # 90 days have not passed yet
+    # no 90-day gap has completed by the end of the data: both censored there
+    assert (a["churn_observed"], a["time_to_churn_days"]) == (False, 31.0)
+    assert (b["churn_observed"], b["time_to_churn_days"]) == (False, 31.0)
+
+
+def test_label_definitions_are_checked_and_stored_compatibly() -> None:
+    assert LABELS.definition() == {"churn_horizons_days": [30, 90], "purchase_horizon_days": 90}
+    assert RETAIL.definition()["churn_definition"] == "non_contractual"
+    assert RETAIL.definition()["inactivity_days"] == 90
+    assert "no purchase within 90 days" in RETAIL.describe_churn(90)
+    with pytest.raises(ValueError, match="inactivity_days applies to churn_definition: non_contractual"):
+        LabelConfig(inactivity_days=30)

@@ -344,3 +344,43 @@ def test_a_model_is_calibrated_on_the_newest_cutoff_without_touching_its_test_ro
     valid = data.rows("valid")
     assert (trained.primary.model.predict_proba(valid)[:, 1] >= trained.metrics["threshold"]).sum() == 100
     assert trained.metrics["test_auc"] == pytest.approx(old.metrics["test_auc"], abs=0.03)  # same ranking, other rows
+
+
+def test_a_config_holds_sections_only_for_the_families_it_trains(tmp_path: Path) -> None:
+    from models.training import plan_units, shifted, with_budget
+
+    text = _config_text()
+    churn_only = text[: text.index("\npropensity:")] + "\n"
+    path = tmp_path / "training.yaml"
+    path.write_text(churn_only)
+    config = load_training_config(path)
+    assert config.families() == ["churn"] and config.propensity is None
+    assert [u.name for u in plan_units(config, "all")] == ["churn"]
+    assert shifted(with_budget(config, 2, None), 3).churn is not None  # absent sections stay absent
+    with pytest.raises(
+        TrainingConfigError, match="has no 'propensity' section: add one .* or train a configured family"
+    ):
+        plan_units(config, "propensity")
+    # a family it does not train keeps the default registered name (promote, rollback, history still resolve it)
+    assert config.registered_names()["recommendation"] == "custintel-recommendation"
+    path.write_text("experiment: custintel\n")
+    with pytest.raises(TrainingConfigError, match="no family is configured"):
+        load_training_config(path)
+
+
+def test_the_bgnbd_baseline_scores_non_contractual_rows_only() -> None:
+    from models.clv import bgnbd_baseline
+
+    rng = np.random.default_rng(0)
+    n = 600
+    repeat = rng.poisson(3, n).astype(float)
+    age = rng.uniform(60, 400, n)
+    t_x = np.where(repeat > 0, age * rng.uniform(0.1, 1.0, n), 0.0)
+    frame = pd.DataFrame({"rfm_repeat_days": repeat, "rfm_t_x_days": t_x, "rfm_age_days": age})
+    silent = (age - t_x) / age  # long silences relative to age churn more
+    y = (rng.random(n) < 0.2 + 0.6 * silent).astype(int)
+    found = bgnbd_baseline(frame.iloc[:300], frame.iloc[300:], y[300:], 90)
+    assert found is not None
+    metrics, params = found
+    assert metrics["baseline_bgnbd_test_auc"] > 0.6 and set(params) == {"r", "alpha", "a", "b"}
+    assert bgnbd_baseline(frame[["rfm_repeat_days"]], frame, y, 90) is None  # contractual labels: no histories

@@ -162,6 +162,8 @@ def test_purchase_features_and_labels_reconcile_with_the_file(loop: Loop) -> Non
     labels = labels[labels["as_of"] == cutoff].reindex(expected.index)
     assert labels["buys_any_90d"].astype(bool).to_dict() == {k: k in set(after["customer_key"]) for k in expected.index}
     assert 0 < labels["buys_any_90d"].mean() < 1  # some come back, some do not
+    # non-contractual churn (the user's labels config): no purchase within 90 days of the cutoff
+    assert (labels["churn_90d"].astype(bool) == ~labels["buys_any_90d"].astype(bool)).all()
 
 
 def test_the_manifest_names_every_dropped_feature_and_why(loop: Loop) -> None:

@@ -127,22 +127,15 @@ def build_interactions(con: duckdb.DuckDBPyConnection) -> pa.Table:
 def build_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_until: dt.datetime) -> pa.Table:
     """Outcomes after each cutoff: churn within horizons, time to churn with censoring, any purchase, offer test.
 
-    A customer churns when the last of their accounts closes. A label whose horizon
-    reaches past `observed_until` (the end of the observed data) is empty unless the
-    event already happened; `time_to_churn_days` is then censored at `observed_until`.
+    Contractual churn: a customer churns when the last of their accounts closes.
+    Non-contractual churn: `churn_<h>d` is no purchase within h days of the cutoff, and
+    the customer has churned once `inactivity_days` pass without a purchase (see
+    `_lapse_sql`); those labels also carry the purchase history a probability-alive
+    baseline needs (`rfm_*`, from before the cutoff only). A label whose horizon reaches
+    past `observed_until` (the end of the observed data) is empty unless the event
+    already decided it; `time_to_churn_days` is then censored at `observed_until`.
     """
     end = _ts(observed_until)
-    cols = []
-    for h in labels.churn_horizons_days:
-        cols.append(
-            f"CASE WHEN ch.churn_time < s.cutoff + INTERVAL {h} DAY AND ch.churn_time <= {end} THEN true "
-            f"WHEN s.cutoff + INTERVAL {h} DAY <= {end} THEN false END AS churn_{h}d"
-        )
-    cols.append(
-        f"date_diff('second', s.cutoff, CASE WHEN ch.churn_time <= {end} THEN ch.churn_time ELSE {end} END) / 86400.0 "
-        "AS time_to_churn_days"
-    )
-    cols.append(f"coalesce(ch.churn_time <= {end}, false) AS churn_observed")
     h = labels.purchase_horizon_days
     window = (
         f"e.event_time >= s.cutoff AND e.event_time < s.cutoff + INTERVAL {h} DAY AND e.event_time < {end} "
@@ -169,18 +162,87 @@ def build_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_u
         else ", CAST(NULL AS VARCHAR) AS offer_group, CAST(NULL AS BOOLEAN) AS offer_outcome"
     )
     offer_join = "LEFT JOIN o ON o.cid = s.cid AND o.cutoff = s.cutoff" if offers else ""
+    if labels.churn_definition == "contractual":
+        churn_ctes, churn_cols, churn_join = _account_churn_sql(labels, end)
+    else:
+        churn_ctes, churn_cols, churn_join = _lapse_sql(labels, end)
     sql = f"""
-    WITH ch AS (SELECT cid, CASE WHEN bool_and(closed_at IS NOT NULL) THEN max(closed_at) END AS churn_time
-                FROM accounts GROUP BY cid),
+    WITH {churn_ctes},
          b AS (SELECT s.cid, s.cutoff, true AS any_purchase
                FROM spine s JOIN transactions e ON e.cid = s.cid AND {window} GROUP BY s.cid, s.cutoff){offer_cte}
-    SELECT c.customer_key, CAST(s.cutoff AS DATE) AS as_of, {", ".join(cols)}, {any_col}{offer_cols}
+    SELECT c.customer_key, CAST(s.cutoff AS DATE) AS as_of, {churn_cols}, {any_col}{offer_cols}
     FROM spine s JOIN customers c ON c.cid = s.cid
-    LEFT JOIN ch ON ch.cid = s.cid
+    {churn_join}
     LEFT JOIN b ON b.cid = s.cid AND b.cutoff = s.cutoff
     {offer_join}
     ORDER BY s.cutoff, s.cid"""
     return con.sql(sql).to_arrow_table()
+
+
+def _account_churn_sql(labels: LabelConfig, end: str) -> tuple[str, str, str]:
+    """Contractual churn: the time the last account closed (never, while one is open)."""
+    cols = [
+        f"CASE WHEN ch.churn_time < s.cutoff + INTERVAL {h} DAY AND ch.churn_time <= {end} THEN true "
+        f"WHEN s.cutoff + INTERVAL {h} DAY <= {end} THEN false END AS churn_{h}d"
+        for h in labels.churn_horizons_days
+    ]
+    cols.append(
+        f"date_diff('second', s.cutoff, CASE WHEN ch.churn_time <= {end} THEN ch.churn_time ELSE {end} END) / 86400.0 "
+        "AS time_to_churn_days"
+    )
+    cols.append(f"coalesce(ch.churn_time <= {end}, false) AS churn_observed")
+    ctes = """ch AS (SELECT cid, CASE WHEN bool_and(closed_at IS NOT NULL) THEN max(closed_at) END AS churn_time
+                FROM accounts GROUP BY cid)"""
+    return ctes, ", ".join(cols), "LEFT JOIN ch ON ch.cid = s.cid"
+
+
+def _lapse_sql(labels: LabelConfig, end: str) -> tuple[str, str, str]:
+    """Non-contractual churn from purchases alone.
+
+    `churn_<h>d`: no purchase in [cutoff, cutoff + h) - true once the window has passed
+    without one, false as soon as a purchase is seen, empty while undecided. Time to churn
+    (`inactivity_days` = N): from the cutoff and each later purchase, the first gap of N
+    days without a purchase; the customer has churned at its start + N, so the time is at
+    least N, and "churned within N days" is exactly `churn_<N>d`. No such gap before the end
+    of the data: censored there. `rfm_*` are a BG/NBD model's inputs in days, from purchase
+    days before the cutoff that had also arrived by then: repeat purchase days, the last
+    one's age since the first (`t_x`), and the first's age at the cutoff (`T`).
+    """
+    n = labels.lapse_days
+    mine = "e.cid = s.cid AND e.kind = 'purchase'"
+    ctes = f"""after AS (SELECT s.cid, s.cutoff, e.event_time AS t FROM spine s
+                   JOIN transactions e ON {mine} AND e.event_time >= s.cutoff AND e.event_time < {end}),
+         pts AS (SELECT cid, cutoff, cutoff AS t, false AS bought FROM spine
+                 UNION ALL SELECT cid, cutoff, t, true FROM after),
+         gaps AS (SELECT cid, cutoff, t, bought,
+                         coalesce(lead(t) OVER (PARTITION BY cid, cutoff ORDER BY t), {end}) AS nxt
+                  FROM pts),
+         lapse AS (SELECT cid, cutoff, min(t) FILTER (WHERE nxt >= t + INTERVAL {n} DAY) AS lapse_start,
+                          min(t) FILTER (WHERE bought) AS next_purchase
+                   FROM gaps GROUP BY cid, cutoff),
+         hist AS (SELECT s.cid, s.cutoff, count(DISTINCT CAST(e.event_time AS DATE)) AS days,
+                         min(CAST(e.event_time AS DATE)) AS first_day, max(CAST(e.event_time AS DATE)) AS last_day
+                  FROM spine s JOIN transactions e ON {mine} AND e.event_time < s.cutoff
+                       AND (e.arrival_time IS NULL OR e.arrival_time < s.cutoff)
+                  GROUP BY s.cid, s.cutoff)"""
+    cols = [
+        f"CASE WHEN l.next_purchase < s.cutoff + INTERVAL {h} DAY THEN false "
+        f"WHEN s.cutoff + INTERVAL {h} DAY <= {end} THEN true END AS churn_{h}d"
+        for h in labels.churn_horizons_days
+    ]
+    churned_at = f"l.lapse_start + INTERVAL {n} DAY"
+    cols += [
+        f"date_diff('second', s.cutoff, coalesce({churned_at}, {end})) / 86400.0 AS time_to_churn_days",
+        "l.lapse_start IS NOT NULL AS churn_observed",
+        "coalesce(hst.days - 1, 0) AS rfm_repeat_days",
+        "coalesce(date_diff('day', hst.first_day, hst.last_day), 0) AS rfm_t_x_days",
+        "coalesce(date_diff('day', hst.first_day, CAST(s.cutoff AS DATE)), 0) AS rfm_age_days",
+    ]
+    joins = (
+        "LEFT JOIN lapse l ON l.cid = s.cid AND l.cutoff = s.cutoff\n"
+        "    LEFT JOIN hist hst ON hst.cid = s.cid AND hst.cutoff = s.cutoff"
+    )
+    return ctes, ", ".join(cols), joins
 
 
 def build_purchase_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_until: dt.datetime) -> pa.Table:

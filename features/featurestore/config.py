@@ -71,18 +71,61 @@ class SourceTable(BaseModel):
 
 
 class LabelConfig(BaseModel):
-    """Label horizons."""
+    """What churn means for this business, and the label horizons.
+
+    `contractual` (subscriptions, telecom, banking): a customer churns when the last of
+    their accounts closes. `non_contractual` (retail, e-commerce): nobody closes anything;
+    `churn_<h>d` is "no purchase within h days of the cutoff", and time to churn is the
+    time until the customer has gone `inactivity_days` without a purchase.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
+    churn_definition: Literal["contractual", "non_contractual"] = Field(
+        default="contractual",
+        description="contractual: the last account closes; non_contractual: no purchase within the horizon.",
+    )
     churn_horizons_days: list[int] = Field(default_factory=lambda: [30, 90], min_length=1)
+    inactivity_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="non_contractual: days without a purchase after which a customer has churned (time to churn, "
+        "survival); default the longest churn horizon.",
+    )
     purchase_horizon_days: int = Field(default=90, ge=1)
 
     @model_validator(mode="after")
     def _positive(self) -> LabelConfig:
         if any(h < 1 for h in self.churn_horizons_days):
             raise ValueError("churn_horizons_days must be positive")
+        if self.inactivity_days is not None and self.churn_definition != "non_contractual":
+            raise ValueError("inactivity_days applies to churn_definition: non_contractual only")
         return self
+
+    @property
+    def lapse_days(self) -> int:
+        """Days without a purchase that make a non-contractual customer churned."""
+        return self.inactivity_days or max(self.churn_horizons_days)
+
+    def definition(self) -> dict[str, object]:
+        """The labels' definition as stored in the offline store's manifest.
+
+        The contractual default keeps the shape stores were built with before non-contractual
+        churn existed, so existing stores stay readable under the same version.
+        """
+        base: dict[str, object] = {
+            "churn_horizons_days": list(self.churn_horizons_days),
+            "purchase_horizon_days": self.purchase_horizon_days,
+        }
+        if self.churn_definition == "contractual":
+            return base
+        return {**base, "churn_definition": self.churn_definition, "inactivity_days": self.lapse_days}
+
+    def describe_churn(self, horizon_days: int) -> str:
+        """The churn label's meaning in words, for runs and cards."""
+        if self.churn_definition == "contractual":
+            return f"the customer's last account closes within {horizon_days} days of the cutoff (contractual)"
+        return f"no purchase within {horizon_days} days of the cutoff (non-contractual)"
 
 
 class QualityConfig(BaseModel):

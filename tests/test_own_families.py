@@ -1,0 +1,98 @@
+"""Uplift and propensity from a user's own table: checked, split and trained (issue 19, item 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.config import load_training_config
+from models.evaluation import qini_coefficient
+from models.own_families import OwnPropensity, OwnUplift, own_propensity_table, own_uplift_table
+from models.own_tables import TrainingInputError
+from models.propensity import train_propensity, train_uplift
+from models.tuning import FitClock, create_study
+
+
+def _experiment(n: int = 1600, seed: int = 0) -> pd.DataFrame:
+    """An offer test: the offer lifts conversion only for recent, engaged customers (the persuadables)."""
+    rng = np.random.default_rng(seed)
+    engaged = rng.uniform(0, 1, n)
+    treated = rng.random(n) < 0.5
+    p = 0.15 + 0.05 * engaged + np.where(treated, 0.35 * (engaged > 0.5), 0.0)
+    return pd.DataFrame(
+        {
+            "member": [f"M{i:05d}" for i in range(n)],
+            "arm": np.where(treated, "offer", "control"),
+            "converted": np.where(rng.random(n) < p, "yes", "no"),
+            "engagement": engaged.round(3),
+            "region": rng.choice(["north", "south"], n),
+        }
+    )
+
+
+def test_uplift_from_a_users_experiment_finds_the_persuadables(tmp_path: Path) -> None:
+    path = tmp_path / "offer_test.csv"
+    _experiment().to_csv(path, index=False)
+    data = own_uplift_table(OwnUplift(path, "member", "arm", "converted"), seed=0)
+    assert data.frame["treated"].mean() == pytest.approx(0.5, abs=0.05)
+    assert set(data.stage.unique()) == {"train", "test"}
+    assert "arm" not in data.frame.columns and "converted" not in data.frame.columns  # never features
+    config = load_training_config().propensity
+    assert config is not None and config.uplift is not None
+    uplift = config.uplift.model_copy(update={"lightgbm": config.uplift.lightgbm.model_copy(update={"max_trees": 60})})
+    trained = train_uplift(data, uplift, FitClock(), folds=3)
+    frame = data.frame
+    oracle = qini_coefficient(frame["retained"], frame["treated"], (frame["engagement"] > 0.5).astype(float))
+    assert trained.metrics["crossfit_qini"] > 0.5 * oracle > 0  # ranks the persuadables first
+    assert trained.metrics["average_treatment_effect"] == pytest.approx(0.175, abs=0.06)
+    assert "as_of" not in trained.params and "converted" in trained.params["label_definition"]
+
+
+def test_propensity_from_a_users_pairs_splits_by_customer(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    customers, products = [f"C{i:04d}" for i in range(400)], ["P1", "P2", "P3"]
+    rows = pd.DataFrame([(c, p) for c in customers for p in products], columns=["customer", "sku"])
+    rows["spend_90d"] = rng.gamma(2, 50, len(rows)).round(2)
+    rows["bought"] = (rng.random(len(rows)) < 1 / (1 + np.exp(-(rows["spend_90d"] - 100) / 30))).astype(int)
+    path = tmp_path / "pairs.parquet"
+    rows.to_parquet(path)
+    data = own_propensity_table(OwnPropensity(path, "customer", "sku", "bought"), seed=0)
+    stages = data.frame.assign(stage=data.stage).groupby("customer")["stage"].nunique()
+    assert (stages == 1).all()  # a customer's pairs are in one stage: the test holds unseen customers
+    config = load_training_config().propensity
+    assert config is not None
+    small = config.model_copy(update={"tuning": config.tuning.model_copy(update={"trials": 2, "timeout_seconds": 60})})
+    trained = train_propensity(data, small, create_study("own-propensity", small.tuning, None), FitClock())
+    assert trained.metrics["test_auc"] > 0.75
+    assert "horizon_days" not in trained.params and "per customer and sku" in trained.params["label_definition"]
+
+
+@pytest.mark.parametrize(
+    ("change", "own", "message"),
+    [
+        ({"arm": "offer"}, OwnUplift(Path("x"), "member", "arm", "converted"), "must hold two arms"),
+        ({"arm": ["a", "b", "c"] * 533 + ["a"]}, OwnUplift(Path("x"), "member", "arm", "converted"), "two arms"),
+        ({"converted": "maybe"}, OwnUplift(Path("x"), "member", "arm", "converted"), "must be binary"),
+        ({}, OwnUplift(Path("x"), "member", "arm", "bought"), "--outcome column 'bought' is not in the table"),
+        ({"member": "M1"}, OwnUplift(Path("x"), "member", "arm", "converted"), "one row per participant"),
+    ],
+)
+def test_uplift_table_errors_name_the_column(change: dict, own: OwnUplift, message: str) -> None:
+    frame = _experiment().assign(**change)
+    with pytest.raises(TrainingInputError, match=message):
+        own_uplift_table(own, seed=0, frame=frame)
+
+
+def test_an_arm_too_small_is_refused() -> None:
+    frame = _experiment().assign(arm=lambda f: np.where(np.arange(len(f)) < 5, "offer", "control"))
+    with pytest.raises(TrainingInputError, match="the treated arm of 'arm' has 5 row"):
+        own_uplift_table(OwnUplift(Path("t.csv"), "member", "arm", "converted"), seed=0, frame=frame)
+
+
+def test_repeated_pairs_are_refused() -> None:
+    frame = pd.DataFrame({"c": ["1", "1"], "p": ["x", "x"], "b": [0, 1]})
+    with pytest.raises(TrainingInputError, match=r"repeat a \(c, p\) pair"):
+        own_propensity_table(OwnPropensity(Path("p.csv"), "c", "p", "b"), seed=0, frame=frame)

@@ -144,8 +144,9 @@ def _build(
     for fs in sets:
         usable, dropped = fs.without(missing, config.exclude_features)
         if usable is None:
-            report["sets"][fs.key] = {"skipped": f"needs absent source(s) {sorted(set(fs.sources) & absent)}",
-                                      "dropped_features": dropped}  # fmt: skip
+            lacking = sorted(set(fs.sources) & absent)
+            why = f"needs absent source(s) {lacking}" if lacking else "every feature was dropped"
+            report["sets"][fs.key] = {"skipped": why, "dropped_features": dropped}
             continue
         fn = partial(build_feature_set, feature_set=usable)
         stored = read_manifest(offline_root(settings), usable.key)

@@ -196,3 +196,50 @@ def test_the_serving_build_under_prefect_is_looked_up_by_customer_key(loop: Loop
     customer_key = str(pd.read_parquet(loop.home / "identity" / "crosswalk.parquet")["customer_key"].iloc[0])
     found = json.loads(run_cli(loop.env, loop.workdir, "features", "lookup", customer_key))
     assert found["value@1"]["as_of"] == "2011-12-10" and found["value@1"]["recency_days"] >= 0
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_non_contractual_churn_is_trained_promoted_and_served_by_customer_key(loop: Loop, tmp_path: Path) -> None:
+    """The rest of the loop: train the retailer's churn (its own training config), promote it, serve it by key."""
+    import httpx
+
+    from tests.conftest import start_service
+
+    env = {
+        **loop.env,
+        "CUSTINTEL_TRAINING_CONFIG": str(RETAILER_EXAMPLE / "training.yaml"),
+        "CUSTINTEL_GOVERNANCE_POLICY": str(RETAILER_EXAMPLE / "policy.yaml"),
+    }
+    trained = run_cli(env, loop.workdir, "train", "churn", "--engine", "local", "--trials", "3")
+    assert "registered retailer-churn version 1 as @challenger" in trained, trained
+    from custintel.settings import Settings
+    from models.registry import Registry
+
+    settings = Settings(home=loop.home, training_config=RETAILER_EXAMPLE / "training.yaml")
+    registry = Registry(settings)
+    run_id = registry.version("retailer-churn", "1").run_id
+    assert run_id is not None
+    run = registry.client.get_run(run_id).data
+    assert run.params["label_definition"] == "no purchase within 90 days of the cutoff (non-contractual)"
+    assert 0.5 < run.metrics["baseline_bgnbd_test_auc"] <= 1  # the probability-alive baseline, beside the model
+    assert run.metrics["test_auc"] > 0.6
+    # no golden record carries a protected attribute: nothing can be audited, which a named approver may waive
+    promoted = run_cli(env, loop.workdir, "promote", "churn", "--engine", "local", "--approver", "Retail Lead",
+                       "--reason", "no protected attribute is held for this retailer's customers")  # fmt: skip
+    assert "retailer-churn v1: waived  champion none -> 1" in promoted, promoted
+    run_cli(env, loop.workdir, "features", "--engine", "local")  # the serving build: online as of the export
+    service_env = {k: v for k, v in env.items() if k.startswith(("CUSTINTEL_", "PREFECT_"))}
+    service_env["CUSTINTEL_SERVING_API_KEYS"] = "retail-key"
+    process, url = start_service(service_env, tmp_path / "serve.log")
+    try:
+        keys = pd.read_parquet(loop.home / "identity" / "crosswalk.parquet")["customer_key"].astype(str)
+        answer = httpx.post(url + "/churn/score", json={"customer_key": keys.iloc[0]},
+                            headers={"Authorization": "Bearer retail-key"}, timeout=30)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["status"] == "scored" and 0 <= body["score"] <= 1, body
+        assert body["model"]["name"] == "retailer-churn" and body["model"]["version"] == "1"
+    finally:
+        process.terminate()
+        process.wait(30)

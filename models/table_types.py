@@ -1,0 +1,486 @@
+"""What each column of a user's own table holds, decided from its values, and why.
+
+A CSV is read as text (`read_text_table`), so nothing is decided by the parser: a
+charges column with a few blank cells stays numeric (the blanks and any stray text
+become missing, and the share is reported), ids keep their leading zeros, and a US or
+European date is recognised as a date instead of becoming a category. `type_columns`
+decides one type per column (numeric, boolean, date, id, text, categorical or drop)
+and one role (id, label, split, duration, weight, feature, dropped), with the reason,
+so the schema can be shown and logged before anything is trained. A `--schema` file
+(`read_schema_overrides`) overrides the inference per column. Only pandas and NumPy
+are imported here: the command line checks a table with it in a second or two,
+before any orchestration starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ColumnType = Literal["numeric", "categorical", "boolean", "date", "id", "text", "drop"]
+COLUMN_TYPES: tuple[str, ...] = ("numeric", "categorical", "boolean", "date", "id", "text", "drop")
+Role = Literal["id", "label", "split", "duration", "weight", "feature", "dropped"]
+
+MISSING_TOKENS = frozenset({"", "na", "n/a", "null", "nan", "?"})  # compared stripped and lower-cased
+NUMERIC_SHARE = 0.95  # a column is numeric when at least this share of its non-blank cells parse as numbers
+MAX_CATEGORIES = 200  # more distinct strings than this is free text, not a category
+MAX_MISSING = 0.98  # a column missing on more rows than this is left out
+MIN_DISTINCT_FOR_ID = 20  # all-distinct strings on at least this many rows look like an identifier
+TRUE_VALUES = frozenset({"1", "true", "yes", "y", "t", "1.0"})
+FALSE_VALUES = frozenset({"0", "false", "no", "n", "f", "0.0"})
+_TIME_NAME = re.compile(r"(time|date|timestamp|epoch|_at$|_ts$|^ts$|^dt$|_dt$|_on$)", re.IGNORECASE)
+_ID_NAME = re.compile(r"((^|[_\s.-])(id|key|num|number|no|code)$)|([a-z](ID|Id)$)|(^ID$)")
+_ISO = re.compile(r"^\d{4}[-/]\d{1,2}[-/]\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?$")
+_DMY = re.compile(
+    r"^(?P<a>\d{1,2})(?P<sep>[/.-])(?P<b>\d{1,2})(?P=sep)(?P<y>\d{4}|\d{2})"
+    r"(?:[ T]+(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2}))?\s*(?P<ampm>[AaPp][Mm])?)?$"
+)
+
+
+class TableTypeError(ValueError):
+    """A column cannot be read as its role needs; the message names the file, the column and the reason."""
+
+
+@dataclass(frozen=True)
+class ColumnReport:
+    """One column's inferred type, its role in training, and why (printed and logged before training)."""
+
+    column: str
+    type: str
+    role: str
+    note: str = ""
+
+    def as_row(self) -> dict[str, str]:
+        """JSON-ready, for the console table and the run's schema artifact."""
+        return {"column": self.column, "type": self.type, "role": self.role, "note": self.note}
+
+
+@dataclass(frozen=True)
+class TypedTable:
+    """A table with its columns converted to their inferred types, and the report of each decision.
+
+    `frame` holds ids as strings, numbers and 0/1 booleans as floats, dates as datetimes
+    and categories as strings; `numeric` and `categorical` are the model's feature columns.
+    """
+
+    frame: pd.DataFrame
+    columns: tuple[ColumnReport, ...]
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+    @property
+    def dropped(self) -> dict[str, str]:
+        """Columns left out as features (not ids, labels or other roles), with the reason."""
+        return {c.column: c.note for c in self.columns if c.role == "dropped"}
+
+    def describe(self) -> list[dict[str, str]]:
+        """One row per column: column, type, role, note."""
+        return [c.as_row() for c in self.columns]
+
+
+# ---------------------------------------------------------------- reading (I/O)
+
+
+def read_text_table(path: Path) -> pd.DataFrame:
+    """A delimited text file as strings (missing cells NaN): the separator sniffed, runs of spaces understood.
+
+    Nothing is converted: `type_columns` decides each column's type from its values.
+    """
+    sample = _head(path)
+    sep = detect_separator(sample)
+    if sep is None:
+        raise TableTypeError(f"{path}: cannot tell how columns are separated (tried , ; tab | and runs of spaces)")
+    for encoding in ("utf-8-sig", "latin-1"):
+        try:
+            frame = pd.read_csv(
+                path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, encoding=encoding,
+                engine="c" if sep == r"\s+" or len(sep) == 1 else "python",
+            )  # fmt: skip
+            break
+        except UnicodeDecodeError:
+            continue
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame.apply(_blank_to_missing)
+
+
+def _head(path: Path, lines: int = 50) -> list[str]:
+    with path.open("rb") as f:
+        raw = [f.readline() for _ in range(lines)]
+    text = [line.decode("utf-8", errors="replace").rstrip("\r\n") for line in raw]
+    return [line for line in text if line.strip()]
+
+
+def detect_separator(lines: list[str]) -> str | None:
+    r"""The column separator of these first lines: one of , ; tab |, or r'\\s+' for whitespace-aligned text.
+
+    A one-character separator wins when every line splits into the same number (at least
+    two) of fields with it, quotes respected; otherwise runs of spaces when every line
+    splits into the same number of fields on them.
+    """
+    if not lines:
+        return None
+    counts: dict[str, int] = {}
+    for sep in (",", "\t", ";", "|"):
+        widths = {len(row) for row in csv.reader(lines, delimiter=sep)}
+        if len(widths) == 1 and (width := widths.pop()) >= 2:
+            counts[sep] = width
+    if counts:
+        return max(counts, key=lambda s: counts[s])  # the separator giving the most columns
+    widths = {len(line.split()) for line in lines}
+    if len(widths) == 1 and widths.pop() >= 2:
+        return r"\s+"
+    return None
+
+
+def _blank_to_missing(values: pd.Series) -> pd.Series:
+    """Strings stripped; the missing tokens ('', NA, N/A, null, NaN, ?) as NaN."""
+    text = values.astype(str).str.strip()
+    return text.mask(text.str.lower().isin(MISSING_TOKENS))
+
+
+def read_schema_overrides(path: Path) -> dict[str, str]:
+    """A `--schema` file (YAML or JSON: column -> type) checked for known types."""
+    if not path.is_file():
+        raise TableTypeError(f"--schema {path} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
+        raise TableTypeError(f"--schema {path} cannot be parsed: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise TableTypeError(f"--schema {path}: expected a mapping of column -> type ({', '.join(COLUMN_TYPES)})")
+    overrides: dict[str, str] = {}
+    for column, kind in data.items():
+        base = str(kind).split(":", 1)[0]
+        if base not in COLUMN_TYPES:
+            raise TableTypeError(
+                f"--schema {path}: column {column!r} has unknown type {kind!r}; use one of {', '.join(COLUMN_TYPES)}"
+            )
+        overrides[str(column)] = str(kind)
+    return overrides
+
+
+# ---------------------------------------------------------------- inference (pure)
+
+
+def type_columns(
+    frame: pd.DataFrame,
+    roles: Mapping[str, Role],
+    source: str,
+    overrides: Mapping[str, str] | None = None,
+    schema_file: str = "--schema",
+    options: Mapping[str, str] | None = None,
+) -> TypedTable:
+    """Each column's type from its values (or `overrides`), converted; its role; and why.
+
+    `roles` names the id, label, split, duration and weight columns (the rest are
+    candidate features). Id columns are always strings. A split column must be dates; a
+    duration or weight column non-negative numbers. `source` (the file) starts every error;
+    `options` names the command-line option that gave a role column (e.g. '--split-by'), for the errors.
+    """
+    overrides = dict(overrides or {})
+    unknown = [c for c in overrides if c not in frame.columns]
+    if unknown:
+        raise TableTypeError(f"{schema_file}: column {unknown[0]!r} is not in {source}; it has {list(frame.columns)}")
+    out: dict[str, pd.Series] = {}
+    reports: list[ColumnReport] = []
+    numeric: list[str] = []
+    categorical: list[str] = []
+    for col in frame.columns:
+        name = str(col)
+        role = roles.get(name, "feature")
+        where = f"{source}: {(options or {}).get(name, 'column')} {name!r}"
+        values, kind, note = _infer(frame[col], name, role, overrides.get(name), where)
+        out[name] = values
+        final_role, why = _feature_role(values, kind, note, role)
+        if final_role == "feature":
+            (numeric if kind == "numeric" or (kind == "boolean" and values.dtype == float) else categorical).append(
+                name
+            )
+        reports.append(ColumnReport(name, kind, final_role, why))
+    return TypedTable(pd.DataFrame(out, index=frame.index), tuple(reports), tuple(numeric), tuple(categorical))
+
+
+def _feature_role(values: pd.Series, kind: str, note: str, role: str) -> tuple[str, str]:
+    """The role a column ends with, and the note: a candidate feature may be left out here, with the reason."""
+    if role != "feature":
+        return role, note
+    if kind in ("drop", "id", "text", "date"):
+        reason = {
+            "drop": "left out (--schema)",
+            "id": "an identifier, not a feature",
+            "text": "free text",
+            "date": "a date is never a feature (derive ages or recencies from it)",
+        }[kind]
+        return "dropped", "; ".join(p for p in (note, reason) if p)
+    missing = float(values.isna().mean()) if len(values) else 1.0
+    if missing > MAX_MISSING:
+        return "dropped", f"{missing:.0%} missing"
+    distinct = values.nunique(dropna=True)
+    if distinct <= 1:
+        shown = "" if distinct == 0 else f" ({values.dropna().iloc[0]!r})"
+        return "dropped", f"constant{shown}"
+    if kind == "categorical" and distinct > MAX_CATEGORIES:
+        return "dropped", f"free text ({distinct} distinct values, more than {MAX_CATEGORIES})"
+    return "feature", note
+
+
+def _infer(raw: pd.Series, name: str, role: str, override: str | None, where: str) -> tuple[pd.Series, str, str]:
+    """(converted values, type, note) of one column; `where` (the file and column) starts every error."""
+    if role == "id" or override == "id":
+        return _as_ids(raw), "id", ""
+    if override is not None:
+        return _forced(raw, override, where)
+    if role == "split":
+        return _as_split(raw, name, where)
+    if role in ("duration", "weight"):
+        return _as_amounts(raw, role, where)
+    if role == "label":
+        text = _text(raw)
+        return text, "boolean" if _boolean_kind(text) else "categorical", ""
+    if pd.api.types.is_bool_dtype(raw):
+        return raw.astype("float64"), "boolean", ""
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        return raw, "date", ""
+    if pd.api.types.is_numeric_dtype(raw):
+        return _typed_numbers(raw, name)
+    return _infer_text(_text(raw), name)
+
+
+def _text(raw: pd.Series) -> pd.Series:
+    """Values as stripped strings, missing tokens as NaN (any dtype in)."""
+    values = raw.astype(object)
+    known = values.notna()
+    return _blank_to_missing(values.where(known, "")).where(known).astype(object)
+
+
+def _as_ids(raw: pd.Series) -> pd.Series:
+    """Ids as strings ('007' stays '007'; a Parquet integer 7 becomes '7'), missing as NaN."""
+    if pd.api.types.is_float_dtype(raw) and raw.dropna().eq(raw.dropna().round()).all():
+        raw = raw.astype("Int64")  # 7.0 (a float column with gaps) is the id '7'
+    return _text(raw)
+
+
+def _forced(raw: pd.Series, kind: str, where: str) -> tuple[pd.Series, str, str]:
+    base, _, fmt = kind.partition(":")
+    note = "set by --schema"
+    if base == "numeric":
+        numbers, unparsed = _parse_numbers(_text(raw) if not pd.api.types.is_numeric_dtype(raw) else raw)
+        return numbers, "numeric", "; ".join(p for p in (note, unparsed) if p)
+    if base == "date":
+        if fmt:
+            text = _text(raw)
+            formatted = pd.to_datetime(text, format=fmt, errors="coerce")
+            unmatched = int((formatted.isna() & text.notna()).sum())
+            if unmatched:
+                raise TableTypeError(f"{where}: {unmatched} value(s) do not match the --schema date format {fmt!r}")
+            return formatted, "date", f"{note} ({fmt})"
+        dates, how = _parse_dates(raw, where, epoch=True)
+        if dates is None:
+            raise TableTypeError(f"{where} is set to date by --schema but {how}")
+        return dates, "date", f"{note} ({how})"
+    if base == "boolean":
+        lowered = _text(raw).str.lower()
+        unknown = lowered.notna() & ~lowered.isin(TRUE_VALUES | FALSE_VALUES)
+        if unknown.any():
+            raise TableTypeError(f"{where} is set to boolean by --schema but holds {lowered[unknown].iloc[0]!r}")
+        return lowered.map(lambda v: v if pd.isna(v) else float(v in TRUE_VALUES)), "boolean", note
+    if base in ("categorical", "text", "drop"):
+        return _text(raw), base, note
+    raise TableTypeError(f"{where}: unknown type {kind!r}")  # read_schema_overrides checked it already
+
+
+def _parse_numbers(values: pd.Series) -> tuple[pd.Series, str]:
+    """Floats (unparsable cells missing) and a note on how many cells did not parse (blank or text)."""
+    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+    text = values.notna() & numbers.isna()
+    blank = int(values.isna().sum())
+    if not text.any() and not blank:
+        return numbers, ""
+    unparsed = blank + int(text.sum())
+    parts = [f"{blank} blank"] if blank else []
+    if text.any():
+        parts.append(f"{int(text.sum())} text, e.g. {', '.join(repr(v) for v in pd.unique(values[text])[:3])}")
+    share = unparsed / max(len(values), 1)
+    return numbers, f"unparsed {unparsed} of {len(values)} ({share:.1%}) set missing: {'; '.join(parts)}"
+
+
+def _typed_numbers(raw: pd.Series, name: str) -> tuple[pd.Series, str, str]:
+    """A numeric (Parquet) column: numbers, unless its name says time and its values are epoch seconds."""
+    numbers = raw.astype("float64")
+    if _TIME_NAME.search(name):
+        parsed, how = _epoch(numbers)
+        if parsed is not None:
+            return parsed, "date", how
+    return _numeric_or_id(numbers, name, "")
+
+
+def _numeric_or_id(numbers: pd.Series, name: str, note: str) -> tuple[pd.Series, str, str]:
+    """Numbers; a whole-number column whose values all differ and count up like row numbers is an identifier."""
+    known = numbers.dropna()
+    distinct = known.nunique()
+    if distinct >= MIN_DISTINCT_FOR_ID and distinct == len(known) and known.eq(known.round()).all():
+        span = known.max() - known.min() + 1
+        if _ID_NAME.search(name) or span <= 1.1 * len(known):
+            return numbers, "id", "; ".join(p for p in (note, f"all {distinct} values distinct whole numbers") if p)
+    if known.isin([0.0, 1.0]).all() and distinct == 2:
+        return numbers, "boolean", note
+    return numbers, "numeric", note
+
+
+def _boolean_kind(text: pd.Series) -> bool:
+    values = set(text.dropna().str.lower().unique())
+    return 1 <= len(values) <= 2 and values <= TRUE_VALUES | FALSE_VALUES
+
+
+def _infer_text(text: pd.Series, name: str) -> tuple[pd.Series, str, str]:
+    """A text column's type: boolean, numeric, date, id, free text or categorical."""
+    known = text.dropna()
+    if known.empty:
+        return text, "categorical", "empty"
+    lowered = set(known.str.lower().unique())
+    if len(lowered) <= 2 and lowered <= TRUE_VALUES | FALSE_VALUES:
+        if lowered <= {"0", "1", "true", "false", "0.0", "1.0"}:  # as JSON numbers and booleans serve them
+            return text.str.lower().map(lambda v: v if pd.isna(v) else float(v in TRUE_VALUES)), "boolean", ""
+        return text, "boolean", f"values {', '.join(sorted(known.unique()))}"
+    numbers = pd.to_numeric(known, errors="coerce")
+    if numbers.notna().mean() >= NUMERIC_SHARE:
+        parsed, note = _parse_numbers(text)
+        if _TIME_NAME.search(name):
+            epoch, how = _epoch(parsed)
+            if epoch is not None:
+                return epoch, "date", how
+        return _numeric_or_id(parsed, name, note)
+    dates, how = _parse_dates(text, name, epoch=False)
+    if dates is not None:
+        return dates, "date", how
+    if how.startswith("day/month order"):
+        return text, "date", how
+    distinct = int(known.nunique())
+    words = known.str.contains(r"\s", regex=True).mean() >= 0.5  # sentences, not codes
+    if distinct == len(known) and distinct >= MIN_DISTINCT_FOR_ID and not words:
+        return text, "id", f"all {distinct} values distinct"
+    if distinct > MAX_CATEGORIES or (distinct == len(known) and distinct >= MIN_DISTINCT_FOR_ID):
+        return text, "text", f"{distinct} distinct values"
+    return text, "categorical", ""
+
+
+def _epoch(numbers: pd.Series) -> tuple[pd.Series | None, str]:
+    """Epoch seconds or milliseconds (values between 1973 and 2286), else None."""
+    known = numbers.dropna()
+    if known.empty:
+        return None, ""
+    if known.between(1e8, 1e10).all():
+        return pd.to_datetime(numbers, unit="s", errors="coerce"), "epoch seconds"
+    if known.between(1e11, 1e13).all():
+        return pd.to_datetime(numbers, unit="ms", errors="coerce"), "epoch ms"
+    return None, ""
+
+
+def _parse_dates(raw: pd.Series, where: str, epoch: bool) -> tuple[pd.Series | None, str]:
+    """Dates from ISO, US (m/d/Y) or European (d/m/Y) text, with or without times; or (None, why not).
+
+    The day/month order is read from the data: a first field above 12 means d/m, a second
+    above 12 means m/d; with neither, the order is undecidable and the reason says so.
+    """
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        return raw, "date"
+    if pd.api.types.is_numeric_dtype(raw):
+        numbers = raw.astype("float64")
+    else:
+        text = _text(raw)
+        known = text.dropna()
+        if known.empty:
+            return None, "it is empty"
+        if known.str.match(_ISO).mean() >= NUMERIC_SHARE:
+            parsed = pd.to_datetime(text.str.replace("/", "-", regex=False), format="ISO8601", errors="coerce",
+                                    utc=True).dt.tz_localize(None)  # fmt: skip
+            return parsed, "date ISO" + _unparsed_note(text, parsed)
+        parts = known.str.extract(_DMY)
+        if parts["a"].notna().mean() >= NUMERIC_SHARE:
+            return _day_month(text, parts.iloc[0]["sep"])
+        numbers = pd.to_numeric(text, errors="coerce")
+        if numbers.notna().sum() < known.size * NUMERIC_SHARE:
+            bad = known[pd.to_numeric(known, errors="coerce").isna()].iloc[0]
+            return None, f"{bad!r} is not a date (ISO, m/d/Y, d/m/Y or epoch)"
+    if epoch:
+        stamps, how = _epoch(numbers)
+        if stamps is not None:
+            return stamps, how
+        known_numbers = numbers.dropna()
+        if (
+            not known_numbers.empty
+            and known_numbers.between(1800, 2200).all()
+            and known_numbers.eq(known_numbers.round()).all()
+        ):
+            return pd.to_datetime(known_numbers.astype(int).astype(str), format="%Y").reindex(numbers.index), "year"
+    return None, "numbers that are neither epoch seconds, epoch milliseconds nor years"
+
+
+def _day_month(text: pd.Series, sep: str) -> tuple[pd.Series | None, str]:
+    parts = text.str.extract(_DMY)
+    a, b = pd.to_numeric(parts["a"]), pd.to_numeric(parts["b"])
+    first_day, second_day = bool((a > 12).any()), bool((b > 12).any())
+    if first_day and second_day:
+        return None, "dates with both the first and the second field above 12 (mixed orders)"
+    if not first_day and not second_day:
+        return None, (
+            f"day/month order undecidable (no field above 12): d{sep}m{sep}Y or m{sep}d{sep}Y? "
+            f"say it in --schema, e.g. date:%d{sep}%m{sep}%Y"
+        )
+    day, month = (a, b) if first_day else (b, a)
+    year = pd.to_numeric(parts["y"])
+    year = year.where(year >= 100, np.where(year < 69, 2000 + year, 1900 + year))  # strptime's %y rule
+    hour = pd.to_numeric(parts["h"]).fillna(0)
+    pm = parts["ampm"].str.lower()
+    hour = hour.where(pm.isna(), (hour % 12) + np.where(pm == "pm", 12, 0))
+    stamp = pd.DataFrame({"year": year, "month": month, "day": day, "hour": hour,
+                          "minute": pd.to_numeric(parts["mi"]).fillna(0),
+                          "second": pd.to_numeric(parts["s"]).fillna(0)})  # fmt: skip
+    parsed = pd.to_datetime(stamp.dropna(subset=["year", "month", "day"]), errors="coerce").reindex(text.index)
+    order = f"d{sep}m{sep}Y" if first_day else f"m{sep}d{sep}Y"
+    return parsed, f"date {order}" + _unparsed_note(text, parsed)
+
+
+def _unparsed_note(text: pd.Series, parsed: pd.Series) -> str:
+    bad = text.notna() & parsed.isna()
+    if not bad.any():
+        return ""
+    n = int(text.notna().sum())
+    return f"; unparsed {int(bad.sum())} of {n} ({bad.sum() / n:.1%}) set missing, e.g. {text[bad].iloc[0]!r}"
+
+
+def _as_split(raw: pd.Series, name: str, where: str) -> tuple[pd.Series, str, str]:
+    """A --split-by or --time column: dates on every row, or a one-line error saying why not."""
+    parsed, how = _parse_dates(raw, where, epoch=True)
+    if parsed is None:
+        raise TableTypeError(f"{where} does not parse as dates: {how}")
+    blank = int(parsed.isna().sum())
+    if blank:
+        raise TableTypeError(f"{where} has no readable date on {blank} of {len(parsed)} row(s)")
+    return parsed, "date", how
+
+
+def _as_amounts(raw: pd.Series, role: str, where: str) -> tuple[pd.Series, str, str]:
+    """A --duration or --weight column: non-negative numbers on every row."""
+    text = raw if pd.api.types.is_numeric_dtype(raw) else _text(raw)
+    numbers = pd.to_numeric(text, errors="coerce").astype("float64")
+    bad = text.notna() & numbers.isna()
+    if bad.any():
+        raise TableTypeError(f"{where} is not numeric: {int(bad.sum())} value(s) such as {text[bad].iloc[0]!r}")
+    if numbers.isna().any():
+        raise TableTypeError(f"{where} is blank on {int(numbers.isna().sum())} row(s)")
+    if (numbers < 0).any():
+        raise TableTypeError(
+            f"{where} must not be negative: {int((numbers < 0).sum())} value(s) such as {numbers.min():g}"
+        )
+    return numbers, "numeric", ""

@@ -136,8 +136,10 @@ def detect_separator(lines: list[str]) -> str | None:
     if counts:
         return max(counts, key=lambda s: counts[s])  # the separator giving the most columns
     widths = {len(line.split()) for line in lines}
-    if len(widths) == 1 and widths.pop() >= 2:
+    if len(widths) == 1 and min(widths) >= 2:
         return r"\s+"
+    if not any(c in line for line in lines for c in ",;\t|"):
+        return ","  # a single column (its values may hold spaces)
     return None
 
 

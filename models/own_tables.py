@@ -229,16 +229,18 @@ def check_own_interactions(own: OwnInteractions) -> TypedTable:
     return TypedTable(typed.frame, reports, (), ())
 
 
-def own_interactions(own: OwnInteractions, seed: int) -> tuple[Interactions, Interactions]:
+def own_interactions(
+    own: OwnInteractions, seed: int, checked: TypedTable | None = None
+) -> tuple[Interactions, Interactions]:
     """(validation, test) splits of a user's interactions: by time when a time column is given, else at random per user.
 
     The test history is everything before the test holdout (train + validation rows); the
     validation history is the train rows only. Items a user already interacted with are
-    not recommended again.
+    not recommended again. `checked`: the table as `check_own_interactions` already read it.
     """
     from models.recommendation import Interactions, check_interactions  # here: checking needs no MLflow
 
-    frame = check_own_interactions(own).frame
+    frame = (checked or check_own_interactions(own)).frame
     try:
         rows = check_interactions(frame, own.user, own.item, own.weight)
     except ValueError as exc:

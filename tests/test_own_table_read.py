@@ -262,3 +262,53 @@ def test_interactions_keep_string_ids_and_read_times(tmp_path: Path) -> None:
     assert rows["ts"]["note"] == "epoch seconds" and rows["note"]["role"] == "unused"
     valid, _test = own_interactions(own, seed=0)
     assert set(valid.history["user"]) <= {f"0{i}" for i in range(6)}
+
+
+def test_integer_looking_ids_join_the_gates_string_keys(tmp_path: Path) -> None:
+    """CSV ids like 1, 2, 3 stay the strings '1', '2', '3': the audit's join to golden records' string keys works."""
+    from governance.audit import sensitive_attributes
+    from governance.policy import SensitiveFeature
+
+    path = _write(tmp_path / "churn.csv", _churn_frame().assign(customerID=range(1, 61)))
+    test = own_churn_table(OwnTable(path, "customerID", "Churn"), seed=0).rows("test")
+    golden = pd.DataFrame({"customer_key": [str(i) for i in range(1, 61)], "gender": ["f", "m"] * 30})
+    groups = sensitive_attributes(test, golden, {"gender": SensitiveFeature(source="golden_records", column="gender")},
+                                  "customerID")  # fmt: skip
+    assert set(groups["gender"]) == {"f", "m"}
+
+
+@pytest.mark.slow
+def test_the_schema_is_shown_before_training_and_logged_with_the_run(new_settings, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from models.registry import Registry
+
+    rng = np.random.default_rng(3)
+    n = 400
+    tenure = rng.integers(0, 72, n)
+    months, days = rng.integers(1, 13, n), rng.integers(13, 29, n)  # a day above 12: m/d/Y is decidable
+    frame = _churn_frame(n).assign(
+        tenure=tenure,
+        signup=[f"{m}/{d}/2021" for m, d in zip(months, days, strict=True)],
+        Churn=np.where(rng.uniform(size=n) < 1 / (1 + np.exp(0.08 * tenure - 2)), "Yes", "No"),
+    )
+    path = _write(tmp_path / "telco.csv", frame)
+    settings = new_settings()
+    args = ["--home", str(settings.home_dir), "train", "churn", "--engine", "local", "--trials", "1",
+            "--table", str(path), "--id", "customerID", "--label", "Churn"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert out.index("inferred schema") < out.index("registered custintel-churn")
+    assert "date m/d/Y; a date is never a feature" in out and "unparsed 2 of 400 (0.5%) set missing" in out
+    client = Registry(settings).client
+    run = client.search_runs([client.get_experiment_by_name("custintel").experiment_id])[0]
+    logged = pd.read_csv(client.download_artifacts(run.info.run_id, "tables/schema.csv"), dtype=str)
+    assert logged.set_index("column").loc["signup", "role"] == "dropped"
+    info = json.loads(Path(client.download_artifacts(run.info.run_id, "info.json")).read_text())
+    assert {r["column"]: r["type"] for r in info["schema"]}["TotalCharges"] == "numeric"
+    evaluation = pd.read_parquet(client.download_artifacts(run.info.run_id, "evaluation/test.parquet"))
+    assert evaluation["customerID"].map(type).eq(str).all()

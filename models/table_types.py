@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +38,11 @@ MAX_MISSING = 0.98  # a column missing on more rows than this is left out
 MIN_DISTINCT_FOR_ID = 20  # all-distinct strings on at least this many rows look like an identifier
 TRUE_VALUES = frozenset({"1", "true", "yes", "y", "t", "1.0"})
 FALSE_VALUES = frozenset({"0", "false", "no", "n", "f", "0.0"})
-_TIME_NAME = re.compile(r"(time|date|timestamp|epoch|_at$|_ts$|^ts$|^dt$|_dt$|_on$)", re.IGNORECASE)
+_TIME_NAME = re.compile(r"(time|date|timestamp|epoch|period|quarter|_at$|_ts$|^ts$|^dt$|_dt$|_on$)", re.IGNORECASE)
 _ID_NAME = re.compile(r"((^|[_\s.-])(id|key|num|number|no|code)$)|([a-z](ID|Id)$)|(^ID$)")
 _ISO = re.compile(r"^\d{4}[-/]\d{1,2}[-/]\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?$")
+_MONTHS = r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\b"
+_MONTH_NAME = re.compile(rf"(?i){_MONTHS}.*\d|\d.*{_MONTHS}")  # a month's name beside a number
 _DMY = re.compile(
     r"^(?P<a>\d{1,2})(?P<sep>[/.-])(?P<b>\d{1,2})(?P=sep)(?P<y>\d{4}|\d{2})"
     r"(?:[ T]+(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2}))?\s*(?P<ampm>[AaPp][Mm])?)?$"
@@ -93,54 +96,72 @@ class TypedTable:
 def read_text_table(path: Path) -> pd.DataFrame:
     """A delimited text file as strings (missing cells NaN): the separator sniffed, runs of spaces understood.
 
-    Nothing is converted: `type_columns` decides each column's type from its values.
+    Leading comment lines (starting with '#') are skipped. Nothing is converted: `type_columns`
+    decides each column's type from its values.
     """
-    sample = _head(path)
-    sep = detect_separator(sample)
+    lines = _head(path)
+    skip = next((i for i, line in enumerate(lines) if line.strip() and not line.startswith("#")), len(lines))
+    sep = detect_separator([line for line in lines[skip:] if line.strip()])
     if sep is None:
         raise TableTypeError(f"{path}: cannot tell how columns are separated (tried , ; tab | and runs of spaces)")
     for encoding in ("utf-8-sig", "latin-1"):
         try:
             frame = pd.read_csv(
-                path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, encoding=encoding,
+                path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, encoding=encoding, skiprows=skip,
                 engine="c" if sep == r"\s+" or len(sep) == 1 else "python",
             )  # fmt: skip
             break
         except UnicodeDecodeError:
             continue
     frame.columns = [str(c).strip() for c in frame.columns]
-    return frame.apply(_blank_to_missing)
+    return frame.reset_index(drop=True).apply(_blank_to_missing)
 
 
 def _head(path: Path, lines: int = 50) -> list[str]:
     with path.open("rb") as f:
         raw = [f.readline() for _ in range(lines)]
-    text = [line.decode("utf-8", errors="replace").rstrip("\r\n") for line in raw]
-    return [line for line in text if line.strip()]
+    return [line.decode("utf-8", errors="replace").rstrip("\r\n") for line in raw if line]
 
 
 def detect_separator(lines: list[str]) -> str | None:
-    r"""The column separator of these first lines: one of , ; tab |, or r'\\s+' for whitespace-aligned text.
+    r"""The column separator of these first lines: one of , ; tab |, or r'\s+' for whitespace-aligned text.
 
-    A one-character separator wins when every line splits into the same number (at least
-    two) of fields with it, quotes respected; otherwise runs of spaces when every line
-    splits into the same number of fields on them.
+    A separator fits when the header splits into at least two fields with it (quotes
+    respected) and at least 90% of the data lines into about as many (`_fitting_width`). The
+    fitting one-character separator giving the most columns wins; runs of spaces are tried
+    only when none fits.
     """
     if not lines:
         return None
-    counts: dict[str, int] = {}
+    widths: dict[str, int] = {}
     for sep in (",", "\t", ";", "|"):
-        widths = {len(row) for row in csv.reader(lines, delimiter=sep)}
-        if len(widths) == 1 and (width := widths.pop()) >= 2:
-            counts[sep] = width
-    if counts:
-        return max(counts, key=lambda s: counts[s])  # the separator giving the most columns
-    widths = {len(line.split()) for line in lines}
-    if len(widths) == 1 and min(widths) >= 2:
+        try:
+            counts = [len(row) for row in csv.reader(lines, delimiter=sep)]
+        except csv.Error:  # e.g. a field longer than the csv module allows: not this separator
+            continue
+        if (width := _fitting_width(counts)) is not None:
+            widths[sep] = width
+    if widths:
+        return max(widths, key=lambda s: widths[s])
+    if _fitting_width([len(line.split()) for line in lines]) is not None:
         return r"\s+"
     if not any(c in line for line in lines for c in ",;\t|"):
         return ","  # a single column (its values may hold spaces)
     return None
+
+
+def _fitting_width(counts: list[int]) -> int | None:
+    """The header's field count when the data lines agree with it (see `detect_separator`), else None.
+
+    Data lines may hold one field more than the header (row names) or fewer (trailing empty
+    cells, read as missing), but most must be as wide as the header or one narrower.
+    """
+    header, data = counts[0], counts[1:] or counts
+    if header < 2:
+        return None
+    fits = sum(2 <= n <= header + 1 for n in data) >= 0.9 * len(data)
+    wide = sum(n >= header - 1 for n in data) >= 0.9 * len(data)
+    return header if fits and wide else None
 
 
 def _blank_to_missing(values: pd.Series) -> pd.Series:
@@ -229,7 +250,8 @@ def _feature_role(values: pd.Series, kind: str, note: str, role: str) -> tuple[s
         return "dropped", f"{missing:.0%} missing"
     distinct = values.nunique(dropna=True)
     if distinct <= 1:
-        shown = "" if distinct == 0 else f" ({values.dropna().iloc[0]!r})"
+        value = values.dropna().iloc[0] if distinct else None
+        shown = "" if value is None else f" ({value!r})" if isinstance(value, str) else f" ({value})"
         return "dropped", f"constant{shown}"
     if kind == "categorical" and distinct > MAX_CATEGORIES:
         return "dropped", f"free text ({distinct} distinct values, more than {MAX_CATEGORIES})"
@@ -286,7 +308,7 @@ def _forced(raw: pd.Series, kind: str, where: str) -> tuple[pd.Series, str, str]
             if unmatched:
                 raise TableTypeError(f"{where}: {unmatched} value(s) do not match the --schema date format {fmt!r}")
             return formatted, "date", f"{note} ({fmt})"
-        dates, how = _parse_dates(raw, where, epoch=True)
+        dates, how = _parse_dates(raw, where, time_column=True)
         if dates is None:
             raise TableTypeError(f"{where} is set to date by --schema but {how}")
         return dates, "date", f"{note} ({how})"
@@ -309,10 +331,11 @@ def _parse_numbers(values: pd.Series) -> tuple[pd.Series, str]:
     if not text.any() and not blank:
         return numbers, ""
     unparsed = blank + int(text.sum())
-    parts = [f"{blank} blank"] if blank else []
-    if text.any():
-        parts.append(f"{int(text.sum())} text, e.g. {', '.join(repr(v) for v in pd.unique(values[text])[:3])}")
     share = unparsed / max(len(values), 1)
+    if not text.any():
+        return numbers, f"{blank} of {len(values)} ({share:.1%}) blank or NA: missing"
+    parts = [f"{blank} blank"] if blank else []
+    parts.append(f"{int(text.sum())} text, e.g. {', '.join(repr(v) for v in pd.unique(values[text])[:3])}")
     return numbers, f"unparsed {unparsed} of {len(values)} ({share:.1%}) set missing: {'; '.join(parts)}"
 
 
@@ -362,7 +385,7 @@ def _infer_text(text: pd.Series, name: str) -> tuple[pd.Series, str, str]:
             if epoch is not None:
                 return epoch, "date", how
         return _numeric_or_id(parsed, name, note)
-    dates, how = _parse_dates(text, name, epoch=False)
+    dates, how = _parse_dates(text, name, time_column=bool(_TIME_NAME.search(name)))
     if dates is not None:
         return dates, "date", how
     if how.startswith("day/month order"):
@@ -376,8 +399,8 @@ def _infer_text(text: pd.Series, name: str) -> tuple[pd.Series, str, str]:
     return text, "categorical", ""
 
 
-def _epoch(numbers: pd.Series) -> tuple[pd.Series | None, str]:
-    """Epoch seconds or milliseconds (values between 1973 and 2286), else None."""
+def _epoch(numbers: pd.Series, years: bool = False) -> tuple[pd.Series | None, str]:
+    """Dates written as numbers, else None: epoch seconds or ms (1973 to 2286), YYYYMMDD, or (`years`) years."""
     known = numbers.dropna()
     if known.empty:
         return None, ""
@@ -385,14 +408,26 @@ def _epoch(numbers: pd.Series) -> tuple[pd.Series | None, str]:
         return pd.to_datetime(numbers, unit="s", errors="coerce"), "epoch seconds"
     if known.between(1e11, 1e13).all():
         return pd.to_datetime(numbers, unit="ms", errors="coerce"), "epoch ms"
+    if not known.eq(known.round()).all():
+        return None, ""
+    digits = numbers.astype("Int64").astype(str).where(numbers.notna())
+    if known.between(18_000_101, 22_001_231).all():
+        compact = pd.to_datetime(digits, format="%Y%m%d", errors="coerce")
+        if compact.notna().sum() >= NUMERIC_SHARE * known.size:
+            return compact, "date YYYYMMDD"
+    if years and known.between(1800, 2200).all():
+        return pd.to_datetime(digits, format="%Y", errors="coerce"), "year"
     return None, ""
 
 
-def _parse_dates(raw: pd.Series, where: str, epoch: bool) -> tuple[pd.Series | None, str]:
+def _parse_dates(raw: pd.Series, where: str, time_column: bool) -> tuple[pd.Series | None, str]:
     """Dates from ISO, US (m/d/Y) or European (d/m/Y) text, with or without times; or (None, why not).
 
     The day/month order is read from the data: a first field above 12 means d/m, a second
-    above 12 means m/d; with neither, the order is undecidable and the reason says so.
+    above 12 means m/d; with neither, the order is undecidable and the reason says so. Month
+    names ('Jan 5, 2024') are read in any column; numbers (epoch, YYYYMMDD, years) and
+    free forms such as quarters ('1974Q1') only in a `time_column` (given as the time split,
+    or named like a time).
     """
     if pd.api.types.is_datetime64_any_dtype(raw):
         return raw, "date"
@@ -412,20 +447,28 @@ def _parse_dates(raw: pd.Series, where: str, epoch: bool) -> tuple[pd.Series | N
             return _day_month(text, parts.iloc[0]["sep"])
         numbers = pd.to_numeric(text, errors="coerce")
         if numbers.notna().sum() < known.size * NUMERIC_SHARE:
+            named = known.str.contains(_MONTH_NAME).mean() >= NUMERIC_SHARE
+            if named or time_column:
+                free = _free_form_dates(text)
+                if free is not None:
+                    return free, ("date with month names" if named else "date") + _unparsed_note(text, free)
             bad = known[pd.to_numeric(known, errors="coerce").isna()].iloc[0]
-            return None, f"{bad!r} is not a date (ISO, m/d/Y, d/m/Y or epoch)"
-    if epoch:
-        stamps, how = _epoch(numbers)
+            return None, f"{bad!r} is not a date (ISO, m/d/Y, d/m/Y, month names or epoch)"
+    if time_column:
+        stamps, how = _epoch(numbers, years=True)
         if stamps is not None:
             return stamps, how
-        known_numbers = numbers.dropna()
-        if (
-            not known_numbers.empty
-            and known_numbers.between(1800, 2200).all()
-            and known_numbers.eq(known_numbers.round()).all()
-        ):
-            return pd.to_datetime(known_numbers.astype(int).astype(str), format="%Y").reindex(numbers.index), "year"
-    return None, "numbers that are neither epoch seconds, epoch milliseconds nor years"
+    return None, "numbers that are neither epoch seconds or ms, YYYYMMDD nor years"
+
+
+def _free_form_dates(text: pd.Series) -> pd.Series | None:
+    """Dates in whatever form pandas reads ('Jan-1-1995', '5 March 2024', '1974Q1'), when nearly all parse."""
+    sample = text.dropna().head(200)
+    with warnings.catch_warnings():  # pandas warns that it parses value by value: that is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        if pd.to_datetime(sample, format="mixed", errors="coerce").notna().mean() < NUMERIC_SHARE:
+            return None
+        return pd.to_datetime(text, format="mixed", errors="coerce")
 
 
 def _day_month(text: pd.Series, sep: str) -> tuple[pd.Series | None, str]:
@@ -463,7 +506,7 @@ def _unparsed_note(text: pd.Series, parsed: pd.Series) -> str:
 
 def _as_split(raw: pd.Series, name: str, where: str) -> tuple[pd.Series, str, str]:
     """A --split-by or --time column: dates on every row, or a one-line error saying why not."""
-    parsed, how = _parse_dates(raw, where, epoch=True)
+    parsed, how = _parse_dates(raw, where, time_column=True)
     if parsed is None:
         raise TableTypeError(f"{where} does not parse as dates: {how}")
     blank = int(parsed.isna().sum())

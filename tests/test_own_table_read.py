@@ -152,6 +152,29 @@ def test_whitespace_aligned_files_are_read(tmp_path: Path) -> None:
                                      "churned": ["1", "0"]}  # fmt: skip
 
 
+def test_month_names_compact_dates_and_quarters(tmp_path: Path) -> None:
+    frame = pd.DataFrame({
+        "billed": ["Jan-1-1995", "Feb 5, 2024", "5 March 2024 10:00"] * 10,
+        "obs_date": [19580329, 19580405, 19580412] * 10,
+        "period": ["1974Q1", "1974Q2", "1974Q3"] * 10,
+        "month": ["January", "February", "March"] * 10,  # a month of the year is a category, not a date
+    })  # fmt: skip
+    cols = _typed(frame, tmp_path)
+    assert cols["billed"]["note"].startswith("date with month names")
+    assert cols["billed"]["values"][2] == pd.Timestamp("2024-03-05 10:00")
+    assert cols["obs_date"]["note"].startswith("date YYYYMMDD") and cols["obs_date"]["values"][0] == pd.Timestamp(
+        "1958-03-29"
+    )
+    assert cols["period"]["type"] == "date" and cols["period"]["values"][1] == pd.Timestamp("1974-04-01")
+    assert (cols["month"]["type"], cols["month"]["role"]) == ("categorical", "feature")
+
+
+def test_comment_lines_and_row_name_headers_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text('# exported by R\n"a","b"\n"1",2,x\n"2",3,y\n')  # write.csv: row names, one header field fewer
+    assert read_text_table(path).to_dict("list") == {"a": ["2", "3"], "b": ["x", "y"]}
+
+
 @pytest.mark.parametrize(("text", "sep"), [("a,b\n1,2\n", ","), ("a;b\n1,5;2\n", ";"), ("a\tb c\n1\t2 3\n", "\t")])
 def test_one_character_separators_are_sniffed(text: str, sep: str) -> None:
     assert detect_separator(text.splitlines()) == sep
@@ -303,7 +326,7 @@ def test_the_schema_is_shown_before_training_and_logged_with_the_run(new_setting
     assert result.exit_code == 0, result.output
     out = result.output
     assert out.index("inferred schema") < out.index("registered custintel-churn")
-    assert "date m/d/Y; a date is never a feature" in out and "unparsed 2 of 400 (0.5%) set missing" in out
+    assert "date m/d/Y; a date is never a feature" in out and "2 of 400 (0.5%) blank or NA: missing" in out
     client = Registry(settings).client
     run = client.search_runs([client.get_experiment_by_name("custintel").experiment_id])[0]
     logged = pd.read_csv(client.download_artifacts(run.info.run_id, "tables/schema.csv"), dtype=str)

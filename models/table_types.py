@@ -31,6 +31,7 @@ ColumnType = Literal["numeric", "categorical", "boolean", "date", "id", "text", 
 COLUMN_TYPES: tuple[str, ...] = ("numeric", "categorical", "boolean", "date", "id", "text", "drop")
 Role = Literal["id", "label", "split", "duration", "weight", "feature", "dropped"]
 
+STRING = pd.StringDtype("pyarrow")
 MISSING_TOKENS = frozenset({"", "na", "n/a", "null", "nan", "?"})  # compared stripped and lower-cased
 NUMERIC_SHARE = 0.95  # a column is numeric when at least this share of its non-blank cells parse as numbers
 MAX_CATEGORIES = 200  # more distinct strings than this is free text, not a category
@@ -44,7 +45,7 @@ _ISO = re.compile(r"^\d{4}[-/]\d{1,2}[-/]\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)
 _MONTHS = r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\b"
 _MONTH_NAME = re.compile(rf"(?i){_MONTHS}.*\d|\d.*{_MONTHS}")  # a month's name beside a number
 _DMY = re.compile(
-    r"^(?P<a>\d{1,2})(?P<sep>[/.-])(?P<b>\d{1,2})(?P=sep)(?P<y>\d{4}|\d{2})"
+    r"^(?P<a>\d{1,2})(?P<sep>[/.-])(?P<b>\d{1,2})[/.-](?P<y>\d{4}|\d{2})"
     r"(?:[ T]+(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2}))?\s*(?P<ampm>[AaPp][Mm])?)?$"
 )
 
@@ -165,9 +166,34 @@ def _fitting_width(counts: list[int]) -> int | None:
 
 
 def _blank_to_missing(values: pd.Series) -> pd.Series:
-    """Strings stripped; the missing tokens ('', NA, N/A, null, NaN, ?) as NaN."""
-    text = values.astype(str).str.strip()
+    """Values as Arrow-backed strings, stripped; missing values and the missing tokens ('', NA, N/A, null, NaN, ?) NA.
+
+    Arrow's string kernels keep a wide table's checks to seconds (Python string methods take ten times longer).
+    """
+    text = (values if values.dtype == STRING else values.astype(STRING)).str.strip()
     return text.mask(text.str.lower().isin(MISSING_TOKENS))
+
+
+def _objects(values: pd.Series) -> pd.Series:
+    """Arrow strings as Python objects (NaN missing), as the rest of the platform holds text."""
+    if values.dtype != STRING:
+        return values
+    return pd.Series(values.to_numpy(dtype=object, na_value=np.nan), index=values.index, name=values.name)
+
+
+def _floats(values: pd.Series) -> pd.Series:
+    """Numbers as float64 (anything unparsable NaN)."""
+    return pd.to_numeric(_objects(values), errors="coerce").astype("float64")
+
+
+def _sample(known: pd.Series, size: int = 5000) -> pd.Series:
+    """Evenly spaced values of a long column: enough to decide its type, cheap to test."""
+    return known.iloc[:: max(1, len(known) // size)]
+
+
+def _zero_one(lowered: pd.Series) -> pd.Series:
+    """Lower-cased boolean words as 1.0 / 0.0 (missing NaN)."""
+    return lowered.isin(TRUE_VALUES).astype("float64").where(lowered.notna().to_numpy(), np.nan)
 
 
 def read_schema_overrides(path: Path) -> dict[str, str]:
@@ -223,6 +249,7 @@ def type_columns(
         role = roles.get(name, "feature")
         where = f"{source}: {(options or {}).get(name, 'column')} {name!r}"
         values, kind, note = _infer(frame[col], name, role, overrides.get(name), where)
+        values = _objects(values)
         out[name] = values
         final_role, why = _feature_role(values, kind, note, role)
         if final_role == "feature":
@@ -281,10 +308,8 @@ def _infer(raw: pd.Series, name: str, role: str, override: str | None, where: st
 
 
 def _text(raw: pd.Series) -> pd.Series:
-    """Values as stripped strings, missing tokens as NaN (any dtype in)."""
-    values = raw.astype(object)
-    known = values.notna()
-    return _blank_to_missing(values.where(known, "")).where(known).astype(object)
+    """Values as stripped Arrow strings, missing tokens NA (any dtype in)."""
+    return _blank_to_missing(raw)
 
 
 def _as_ids(raw: pd.Series) -> pd.Series:
@@ -298,12 +323,12 @@ def _forced(raw: pd.Series, kind: str, where: str) -> tuple[pd.Series, str, str]
     base, _, fmt = kind.partition(":")
     note = "set by --schema"
     if base == "numeric":
-        numbers, unparsed = _parse_numbers(_text(raw) if not pd.api.types.is_numeric_dtype(raw) else raw)
+        numbers, unparsed = _parse_numbers(raw if pd.api.types.is_numeric_dtype(raw) else _text(raw))
         return numbers, "numeric", "; ".join(p for p in (note, unparsed) if p)
     if base == "date":
         if fmt:
             text = _text(raw)
-            formatted = pd.to_datetime(text, format=fmt, errors="coerce")
+            formatted = pd.to_datetime(_objects(text), format=fmt, errors="coerce")
             unmatched = int((formatted.isna() & text.notna()).sum())
             if unmatched:
                 raise TableTypeError(f"{where}: {unmatched} value(s) do not match the --schema date format {fmt!r}")
@@ -317,7 +342,7 @@ def _forced(raw: pd.Series, kind: str, where: str) -> tuple[pd.Series, str, str]
         unknown = lowered.notna() & ~lowered.isin(TRUE_VALUES | FALSE_VALUES)
         if unknown.any():
             raise TableTypeError(f"{where} is set to boolean by --schema but holds {lowered[unknown].iloc[0]!r}")
-        return lowered.map(lambda v: v if pd.isna(v) else float(v in TRUE_VALUES)), "boolean", note
+        return _zero_one(lowered), "boolean", note
     if base in ("categorical", "text", "drop"):
         return _text(raw), base, note
     raise TableTypeError(f"{where}: unknown type {kind!r}")  # read_schema_overrides checked it already
@@ -325,8 +350,8 @@ def _forced(raw: pd.Series, kind: str, where: str) -> tuple[pd.Series, str, str]
 
 def _parse_numbers(values: pd.Series) -> tuple[pd.Series, str]:
     """Floats (unparsable cells missing) and a note on how many cells did not parse (blank or text)."""
-    numbers = pd.to_numeric(values, errors="coerce").astype("float64")
-    text = values.notna() & numbers.isna()
+    numbers = _floats(values)
+    text = values.notna().to_numpy() & numbers.isna().to_numpy()
     blank = int(values.isna().sum())
     if not text.any() and not blank:
         return numbers, ""
@@ -335,7 +360,7 @@ def _parse_numbers(values: pd.Series) -> tuple[pd.Series, str]:
     if not text.any():
         return numbers, f"{blank} of {len(values)} ({share:.1%}) blank or NA: missing"
     parts = [f"{blank} blank"] if blank else []
-    parts.append(f"{int(text.sum())} text, e.g. {', '.join(repr(v) for v in pd.unique(values[text])[:3])}")
+    parts.append(f"{int(text.sum())} text, e.g. {', '.join(repr(str(v)) for v in values[text].unique()[:3])}")
     return numbers, f"unparsed {unparsed} of {len(values)} ({share:.1%}) set missing: {'; '.join(parts)}"
 
 
@@ -375,16 +400,16 @@ def _infer_text(text: pd.Series, name: str) -> tuple[pd.Series, str, str]:
     lowered = set(known.str.lower().unique())
     if len(lowered) <= 2 and lowered <= TRUE_VALUES | FALSE_VALUES:
         if lowered <= {"0", "1", "true", "false", "0.0", "1.0"}:  # as JSON numbers and booleans serve them
-            return text.str.lower().map(lambda v: v if pd.isna(v) else float(v in TRUE_VALUES)), "boolean", ""
-        return text, "boolean", f"values {', '.join(sorted(known.unique()))}"
-    numbers = pd.to_numeric(known, errors="coerce")
-    if numbers.notna().mean() >= NUMERIC_SHARE:
+            return _zero_one(text.str.lower()), "boolean", ""
+        return text, "boolean", f"values {', '.join(sorted(map(str, known.unique())))}"
+    if _floats(_sample(known)).notna().mean() >= NUMERIC_SHARE:
         parsed, note = _parse_numbers(text)
-        if _TIME_NAME.search(name):
-            epoch, how = _epoch(parsed)
-            if epoch is not None:
-                return epoch, "date", how
-        return _numeric_or_id(parsed, name, note)
+        if parsed.notna().sum() >= NUMERIC_SHARE * len(known):  # the sample spoke for the whole column
+            if _TIME_NAME.search(name):
+                epoch, how = _epoch(parsed)
+                if epoch is not None:
+                    return epoch, "date", how
+            return _numeric_or_id(parsed, name, note)
     dates, how = _parse_dates(text, name, time_column=bool(_TIME_NAME.search(name)))
     if dates is not None:
         return dates, "date", how
@@ -438,22 +463,24 @@ def _parse_dates(raw: pd.Series, where: str, time_column: bool) -> tuple[pd.Seri
         known = text.dropna()
         if known.empty:
             return None, "it is empty"
-        if known.str.match(_ISO).mean() >= NUMERIC_SHARE:
-            parsed = pd.to_datetime(text.str.replace("/", "-", regex=False), format="ISO8601", errors="coerce",
-                                    utc=True).dt.tz_localize(None)  # fmt: skip
+        sample = _sample(known)
+        if sample.str.match(_ISO.pattern).mean() >= NUMERIC_SHARE:
+            iso = _objects(text.str.replace("/", "-", regex=False))
+            parsed = pd.to_datetime(iso, format="ISO8601", errors="coerce", utc=True).dt.tz_localize(None)
             return parsed, "date ISO" + _unparsed_note(text, parsed)
-        parts = known.str.extract(_DMY)
+        parts = sample.str.extract(_DMY.pattern)
         if parts["a"].notna().mean() >= NUMERIC_SHARE:
-            return _day_month(text, parts.iloc[0]["sep"])
-        numbers = pd.to_numeric(text, errors="coerce")
-        if numbers.notna().sum() < known.size * NUMERIC_SHARE:
-            named = known.str.contains(_MONTH_NAME).mean() >= NUMERIC_SHARE
+            return _day_month(text, str(parts["sep"].dropna().iloc[0]))
+        sampled = _floats(sample)
+        if sampled.notna().mean() < NUMERIC_SHARE:
+            named = sample.str.contains(_MONTH_NAME.pattern).mean() >= NUMERIC_SHARE
             if named or time_column:
                 free = _free_form_dates(text)
                 if free is not None:
                     return free, ("date with month names" if named else "date") + _unparsed_note(text, free)
-            bad = known[pd.to_numeric(known, errors="coerce").isna()].iloc[0]
+            bad = sample[sampled.isna().to_numpy()].iloc[0]
             return None, f"{bad!r} is not a date (ISO, m/d/Y, d/m/Y, month names or epoch)"
+        numbers = _floats(text)
     if time_column:
         stamps, how = _epoch(numbers, years=True)
         if stamps is not None:
@@ -463,17 +490,17 @@ def _parse_dates(raw: pd.Series, where: str, time_column: bool) -> tuple[pd.Seri
 
 def _free_form_dates(text: pd.Series) -> pd.Series | None:
     """Dates in whatever form pandas reads ('Jan-1-1995', '5 March 2024', '1974Q1'), when nearly all parse."""
-    sample = text.dropna().head(200)
+    sample = _objects(_sample(text.dropna(), 200))
     with warnings.catch_warnings():  # pandas warns that it parses value by value: that is the point here
         warnings.simplefilter("ignore", UserWarning)
         if pd.to_datetime(sample, format="mixed", errors="coerce").notna().mean() < NUMERIC_SHARE:
             return None
-        return pd.to_datetime(text, format="mixed", errors="coerce")
+        return pd.to_datetime(_objects(text), format="mixed", errors="coerce")
 
 
 def _day_month(text: pd.Series, sep: str) -> tuple[pd.Series | None, str]:
-    parts = text.str.extract(_DMY)
-    a, b = pd.to_numeric(parts["a"]), pd.to_numeric(parts["b"])
+    parts = text.str.extract(_DMY.pattern)
+    a, b = _floats(parts["a"]), _floats(parts["b"])
     first_day, second_day = bool((a > 12).any()), bool((b > 12).any())
     if first_day and second_day:
         return None, "dates with both the first and the second field above 12 (mixed orders)"
@@ -483,14 +510,14 @@ def _day_month(text: pd.Series, sep: str) -> tuple[pd.Series | None, str]:
             f"say it in --schema, e.g. date:%d{sep}%m{sep}%Y"
         )
     day, month = (a, b) if first_day else (b, a)
-    year = pd.to_numeric(parts["y"])
+    year = _floats(parts["y"])
     year = year.where(year >= 100, np.where(year < 69, 2000 + year, 1900 + year))  # strptime's %y rule
-    hour = pd.to_numeric(parts["h"]).fillna(0)
-    pm = parts["ampm"].str.lower()
+    hour = _floats(parts["h"]).fillna(0)
+    pm = _objects(parts["ampm"].str.lower())
     hour = hour.where(pm.isna(), (hour % 12) + np.where(pm == "pm", 12, 0))
     stamp = pd.DataFrame({"year": year, "month": month, "day": day, "hour": hour,
-                          "minute": pd.to_numeric(parts["mi"]).fillna(0),
-                          "second": pd.to_numeric(parts["s"]).fillna(0)})  # fmt: skip
+                          "minute": _floats(parts["mi"]).fillna(0),
+                          "second": _floats(parts["s"]).fillna(0)})  # fmt: skip
     parsed = pd.to_datetime(stamp.dropna(subset=["year", "month", "day"]), errors="coerce").reindex(text.index)
     order = f"d{sep}m{sep}Y" if first_day else f"m{sep}d{sep}Y"
     return parsed, f"date {order}" + _unparsed_note(text, parsed)
@@ -518,8 +545,8 @@ def _as_split(raw: pd.Series, name: str, where: str) -> tuple[pd.Series, str, st
 def _as_amounts(raw: pd.Series, role: str, where: str) -> tuple[pd.Series, str, str]:
     """A --duration or --weight column: non-negative numbers on every row."""
     text = raw if pd.api.types.is_numeric_dtype(raw) else _text(raw)
-    numbers = pd.to_numeric(text, errors="coerce").astype("float64")
-    bad = text.notna() & numbers.isna()
+    numbers = _floats(text)
+    bad = text.notna().to_numpy() & numbers.isna().to_numpy()
     if bad.any():
         raise TableTypeError(f"{where} is not numeric: {int(bad.sum())} value(s) such as {text[bad].iloc[0]!r}")
     if numbers.isna().any():

@@ -125,6 +125,30 @@ def test_ids_keep_leading_zeros_and_stay_strings_from_parquet_too(tmp_path: Path
     assert typed.frame["id"].tolist() == ["7", "10", "100"]
 
 
+def test_parquet_keeps_its_types_and_the_same_rules_apply(tmp_path: Path) -> None:
+    n = 60
+    path = tmp_path / "churn.parquet"
+    pd.DataFrame({
+        "customer": np.arange(1000, 1000 + n),  # integers: the id becomes the strings '1000', ...
+        "spend": np.linspace(0, 1, n),
+        "since": pd.date_range("2020-01-01", periods=n),
+        "region": ["north"] * n,
+        "row": np.arange(n),
+        "churned": [True, False] * (n // 2),
+    }).to_parquet(path)  # fmt: skip
+    typed = check_own_table(OwnTable(path, "customer", "churned"))
+    rows = {r["column"]: (r["type"], r["role"]) for r in typed.describe()}
+    assert rows == {
+        "customer": ("id", "id"),
+        "spend": ("numeric", "feature"),
+        "since": ("date", "dropped"),
+        "region": ("categorical", "dropped"),
+        "row": ("id", "dropped"),
+        "churned": ("boolean", "label"),
+    }
+    assert typed.frame["customer"].iloc[0] == "1000" and typed.numeric == ("spend",)
+
+
 def test_free_text_constants_and_unnamed_identifiers_are_dropped_with_the_reason(tmp_path: Path) -> None:
     n = 300
     frame = pd.DataFrame({
@@ -232,6 +256,12 @@ def _write(path: Path, frame: pd.DataFrame) -> Path:
     return path
 
 
+def _schema(tmp: Path) -> Path:
+    path = tmp / "types.yaml"
+    path.write_text("Contract: postcode\n")
+    return path
+
+
 def _error_cases(tmp: Path) -> list[tuple[list[str], str]]:
     base = _churn_frame()
     ok = _write(tmp / "ok.csv", base)
@@ -249,11 +279,14 @@ def _error_cases(tmp: Path) -> list[tuple[list[str], str]]:
          "--split-by column 'Contract' does not parse as dates"),
         (["--table", str(_write(tmp / "neg.csv", base.assign(tenure=[-1] + [3] * 59))), "--id", "customerID",
           "--label", "Churn", "--duration", "tenure"], "--duration column 'tenure' must not be negative"),
+        (["--table", str(ok), "--id", "customerID", "--label", "Churn", "--schema", str(_schema(tmp))],
+         f"--schema {tmp / 'types.yaml'}: column 'Contract' has unknown type 'postcode'"),
         (["--interactions", str(_write(tmp / "inter.csv", pd.DataFrame({"u": ["a"] * 5, "i": list("vwxyz")}))),
           "--user", "u", "--item", "i"], "--user column 'u' has 1 distinct value(s); at least 2 are needed"),
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["local", "prefect"])
 def test_early_errors_are_one_line_in_seconds_before_any_orchestration(tmp_path: Path, engine: str) -> None:
     env = {**os.environ, "PREFECT_HOME": tempfile.mkdtemp(), "CUSTINTEL_HOME": str(tmp_path / "home"), "COLUMNS": "80"}

@@ -169,7 +169,29 @@ def check_own_table(own: OwnTable) -> TypedTable:
         )
     if not typed.numeric and not typed.categorical:
         raise TrainingInputError(f"{own.path}: no usable feature column; every column was left out: {typed.dropped}")
+    if own.split_by:
+        _check_time_split(own, typed.frame)
     return typed
+
+
+def _check_time_split(own: OwnTable, frame: pd.DataFrame) -> None:
+    """Each stage of the time split holds rows of both classes (a stage's AUC needs them)."""
+    assert own.split_by is not None
+    try:
+        stage = stage_by_time(frame[own.split_by])
+    except SplitError as exc:
+        raise TrainingInputError(f"{own.path}: --split-by column {own.split_by!r}: {exc}") from None
+    label = frame[own.label].astype(str).str.strip().str.lower()
+    known = frame[own.label].notna().to_numpy()
+    for name in ("train", "valid", "test"):
+        rows = (stage == name).to_numpy() & known
+        if label[rows].isin(TRUE_VALUES).nunique() < 2:
+            days = frame.loc[(stage == name).to_numpy(), own.split_by]
+            held = "one class only" if rows.any() else "no labelled row"
+            raise TrainingInputError(
+                f"{own.path}: with --split-by {own.split_by!r}, the {name} rows ({days.min():%Y-%m-%d} to "
+                f"{days.max():%Y-%m-%d}) hold {held}; a time split needs both classes in every stage"
+            )
 
 
 def own_churn_table(own: OwnTable, seed: int) -> LabelledTable:

@@ -97,7 +97,8 @@ class TypedTable:
 def read_text_table(path: Path) -> pd.DataFrame:
     """A delimited text file as strings (missing cells NaN): the separator sniffed, runs of spaces understood.
 
-    Leading comment lines (starting with '#') are skipped. Nothing is converted: `type_columns`
+    Leading comment lines (starting with '#') are skipped; a file without a header (its first
+    row all numbers) gets columns column_1, column_2, ... Nothing is converted: `type_columns`
     decides each column's type from its values.
     """
     lines = _head(path)
@@ -105,17 +106,29 @@ def read_text_table(path: Path) -> pd.DataFrame:
     sep = detect_separator([line for line in lines[skip:] if line.strip()])
     if sep is None:
         raise TableTypeError(f"{path}: cannot tell how columns are separated (tried , ; tab | and runs of spaces)")
-    for encoding in ("utf-8-sig", "latin-1"):
-        try:
-            frame = pd.read_csv(
-                path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, encoding=encoding, skiprows=skip,
-                engine="c" if sep == r"\s+" or len(sep) == 1 else "python",
-            )  # fmt: skip
-            break
-        except UnicodeDecodeError:
-            continue
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = _read_delimited(path, sep, skip, header=True)
+    names = [str(c).strip() for c in frame.columns]
+    if len(names) >= 2 and pd.to_numeric(pd.Series(names), errors="coerce").notna().all():
+        # A header of numbers is the first row of a file without one (MovieLens' u.data): name the columns.
+        frame = _read_delimited(path, sep, skip, header=False)
+        names = [f"column_{i}" for i in range(1, frame.shape[1] + 1)]
+    frame.columns = names
     return frame.reset_index(drop=True).apply(_blank_to_missing)
+
+
+def _read_delimited(path: Path, sep: str, skip: int, header: bool) -> pd.DataFrame:
+    """Every cell as text (nothing parsed), UTF-8 or else Latin-1."""
+    try:
+        return _read_csv(path, sep, skip, header, "utf-8-sig")
+    except UnicodeDecodeError:
+        return _read_csv(path, sep, skip, header, "latin-1")
+
+
+def _read_csv(path: Path, sep: str, skip: int, header: bool, encoding: str) -> pd.DataFrame:
+    return pd.read_csv(
+        path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, encoding=encoding, skiprows=skip,
+        header=0 if header else None, engine="c" if sep == r"\s+" or len(sep) == 1 else "python",
+    )  # fmt: skip
 
 
 def _head(path: Path, lines: int = 50) -> list[str]:

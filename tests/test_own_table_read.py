@@ -238,6 +238,28 @@ def test_schema_file_errors_name_the_file_and_column(tmp_path: Path, content: st
     assert message in str(caught.value) and str(schema) in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_a_time_split_with_one_class_in_a_stage_is_refused_before_training(tmp_path: Path) -> None:
+    frame = _churn_frame().assign(
+        month=[f"{m}/15/2024" for m in np.repeat(np.arange(1, 11), 6)],
+        Churn=["Yes", "No"] * 24 + ["No"] * 12,  # the latest rows (the test stage) never churn
+    )
+    path = _write(tmp_path / "churn.csv", frame)
+    with pytest.raises(TrainingInputError, match=r"with --split-by 'month', the test rows \(2024-09-15 to 2024-10-15\) "
+                       "hold one class only"):  # fmt: skip
+        check_own_table(OwnTable(path, "customerID", "Churn", split_by="month"))
+    six_customers = [f"{i % 6:04d}" for i in range(60)]  # the same six customers, monthly snapshots
+    repeated = _write(tmp_path / "snapshots.csv", frame.assign(customerID=six_customers, Churn=["Yes", "No"] * 30))
+    typed = check_own_table(OwnTable(repeated, "customerID", "Churn", split_by="month"))
+    assert typed.frame["month"].dtype.kind == "M"
+
+
+def test_a_file_without_a_header_gets_numbered_columns(tmp_path: Path) -> None:
+    path = tmp_path / "u.data"
+    path.write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n")
+    assert list(read_text_table(path).columns) == ["column_1", "column_2", "column_3", "column_4"]
+    assert read_text_table(path)["column_1"].tolist() == ["196", "186"]
+
+
 def test_the_labelled_table_carries_the_schema_and_string_ids(tmp_path: Path) -> None:
     path = tmp_path / "churn.csv"
     _churn_frame().to_csv(path, index=False)

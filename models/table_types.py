@@ -44,6 +44,7 @@ _ID_NAME = re.compile(r"((^|[_\s.-])(id|key|num|number|no|code)$)|([a-z](ID|Id)$
 _ISO = re.compile(r"^\d{4}[-/]\d{1,2}[-/]\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(Z|[+-]\d{2}:?\d{2})?$")
 _MONTHS = r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\b"
 _MONTH_NAME = re.compile(rf"(?i){_MONTHS}.*\d|\d.*{_MONTHS}")  # a month's name beside a number
+_FORMATTED_NUMBER = r"^[-+]?[$€£¥]?\s?[-+]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?\s?%?$"
 _DMY = re.compile(
     r"^(?P<a>\d{1,2})(?P<sep>[/.-])(?P<b>\d{1,2})[/.-](?P<y>\d{4}|\d{2})"
     r"(?:[ T]+(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2}))?\s*(?P<ampm>[AaPp][Mm])?)?$"
@@ -423,6 +424,11 @@ def _infer_text(text: pd.Series, name: str) -> tuple[pd.Series, str, str]:
                 if epoch is not None:
                     return epoch, "date", how
             return _numeric_or_id(parsed, name, note)
+    if _sample(known).str.match(_FORMATTED_NUMBER).mean() >= NUMERIC_SHARE:  # $1,234.50  12%  € 30
+        parsed, note = _parse_numbers(text.str.replace(r"[$€£¥%\s,]", "", regex=True))
+        if parsed.notna().sum() >= NUMERIC_SHARE * len(known):
+            written = "numbers written with currency signs, thousands separators or %"
+            return parsed, "numeric", "; ".join(p for p in (written, note) if p)
     dates, how = _parse_dates(text, name, time_column=bool(_TIME_NAME.search(name)))
     if dates is not None:
         return dates, "date", how

@@ -56,6 +56,14 @@ def test_numbers_with_blanks_and_stray_text_are_numeric_and_the_unparsed_share_i
     assert col["values"].dtype == "float64" and col["values"].isna().sum() == 3 and col["values"][0] == 0.5
 
 
+def test_amounts_with_currency_signs_thousands_separators_and_percents_are_numbers(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"charges": ["$1,234.50", "$29.85", "-$5", ""] * 10, "rate": ["12%", "7.5%", "0%", "1%"] * 10})
+    cols = _typed(frame, tmp_path)
+    assert cols["charges"]["type"] == "numeric" and cols["charges"]["values"].tolist()[:3] == [1234.5, 29.85, -5.0]
+    assert cols["charges"]["note"].startswith("numbers written with currency signs")
+    assert cols["rate"]["values"].tolist()[:2] == [12.0, 7.5]
+
+
 def test_mostly_text_with_a_few_numbers_stays_categorical(tmp_path: Path) -> None:
     frame = pd.DataFrame({"plan": ["gold", "silver", "bronze"] * 30 + ["1", "2"] * 5})
     assert _typed(frame, tmp_path)["plan"]["type"] == "categorical"

@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from custintel.settings import Settings
 from flows.retries import io_task
 from models.config import TrainingConfig, load_training_config
-from models.own_tables import OwnInteractions, OwnTable, own_churn_table, own_interactions
+from models.own_tables import OwnInteractions, OwnTable, check_own_interactions, own_churn_table, own_interactions
 from models.registry import Registry, RunRecord
 from models.result import TrainedModel
 from models.splits import LabelledTable
@@ -138,6 +138,7 @@ def run_training(
             log(f"built the missing feature cutoffs {', '.join(map(str, built))}")
     prefix = f"{config.experiment}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
     outcomes = []
+    schema: list[dict[str, str]] = []
     for unit in units:
         seconds: dict[str, float] = {}
         t = time.perf_counter()
@@ -146,13 +147,18 @@ def run_training(
             data = own_churn_table(own, seed=unit.tuning.seed if unit.tuning else 0)
             log(f"{own.path}: {len(data.frame):,} rows; stages {data.stage.value_counts().to_dict()}")
         elif isinstance(own, OwnInteractions):
-            data = own_interactions(own, seed=unit.tuning.seed if unit.tuning else 0)
+            checked = check_own_interactions(own)
+            schema = checked.describe()
+            data = own_interactions(own, seed=unit.tuning.seed if unit.tuning else 0, checked=checked)
         else:
             data = steps.load(settings, config, unit)
         seconds["load"] = time.perf_counter() - t
         log(f"{unit.name}: tuning and fitting")
         t = time.perf_counter()
         trained = steps.fit(unit, data, settings, prefix)
+        if isinstance(own, OwnInteractions):  # the churn table's schema travels in its LabelledTable
+            trained.info["schema"] = schema
+            trained.tables["schema"] = pd.DataFrame(schema)
         trained.reference = monitoring_reference(settings, data, trained)
         seconds["fit_total"] = time.perf_counter() - t
         seconds["fit_models"] = trained.fit_seconds

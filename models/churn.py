@@ -214,7 +214,7 @@ def train_churn(
     clock: FitClock,
 ) -> TrainedModel:
     """Tune, calibrate, set the contact threshold, score on test, and fit the survival model."""
-    schema = infer_schema(data.frame, exclude=data.excluded)
+    schema = data.schema or infer_schema(data.frame, exclude=data.excluded)
     pipeline, params, study_summary = fit_tuned_pipeline(
         data, schema, config.lightgbm, config.tuning, study, clock, "churn"
     )
@@ -282,9 +282,14 @@ def train_churn(
         },
         metrics=metrics,
         figures=figures,
-        tables={"calibration": calibration, "gains": gains, "importance": imp},
+        tables={
+            "calibration": calibration,
+            "gains": gains,
+            "importance": imp,
+            **({"schema": pd.DataFrame(list(data.schema_report))} if data.schema_report else {}),
+        },  # fmt: skip
         info={
-            "schema": schema.describe(),
+            "schema": list(data.schema_report) or schema.describe(),
             "threshold": {
                 "value": threshold,
                 "weekly_capacity": weekly_capacity,

@@ -9,11 +9,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from models.recommendation import Interactions, check_interactions
-from models.splits import LabelledTable, stage_at_random, stage_by_time
+from models.splits import LabelledTable, SplitError, stage_at_random, stage_by_time
+from models.table_types import (
+    FALSE_VALUES,
+    MISSING_TOKENS,
+    TRUE_VALUES,
+    Role,
+    TableTypeError,
+    TypedTable,
+    read_schema_overrides,
+    read_text_table,
+    type_columns,
+)
+
+if TYPE_CHECKING:
+    from models.recommendation import Interactions
+
+MIN_ROWS = 10  # fewer rows cannot fill a train, a validation and a test stage with both classes
+MIN_PER_CLASS = 3  # a stratified split puts at least one row of each class in each stage
 
 
 class TrainingInputError(ValueError):
@@ -29,6 +46,7 @@ class OwnTable:
     label: str
     split_by: str | None = None  # a date column: earlier rows train, later ones test
     duration: str | None = None  # time to the event or censoring: also fit the survival model
+    schema: Path | str | None = None  # a --schema file overriding the inferred column types
 
 
 @dataclass(frozen=True)
@@ -40,47 +58,155 @@ class OwnInteractions:
     item: str
     weight: str | None = None
     time: str | None = None  # with it the holdout is the latest interactions; without, a random share
+    schema: Path | str | None = None  # a --schema file overriding the inferred column types
 
 
 def read_own_table(path: Path) -> pd.DataFrame:
-    """A CSV or Parquet file as a frame (column types inferred)."""
+    """A CSV (or other delimited text) file as strings, or a Parquet file with its own types."""
     if not path.is_file():
         raise TrainingInputError(f"{path} does not exist")
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path)
-        if suffix in (".csv", ".txt", ".tsv", ".inter"):
-            return pd.read_csv(path, sep=None, engine="python")
+        if suffix in (".csv", ".txt", ".tsv", ".inter", ".dat", ".data"):
+            return read_text_table(path)
+    except TableTypeError as exc:
+        raise TrainingInputError(str(exc)) from None
     except (ValueError, OSError, pd.errors.ParserError) as exc:
-        raise TrainingInputError(f"{path} cannot be read: {exc}") from exc
+        raise TrainingInputError(f"{path} cannot be read: {str(exc).strip().splitlines()[0]}") from None
     raise TrainingInputError(f"{path}: expected a .csv or .parquet file, not {suffix or 'no extension'}")
 
 
-def own_churn_table(own: OwnTable, seed: int) -> LabelledTable:
-    """A user's table as labelled rows: label checked to be binary, split by time or at random."""
-    frame = read_own_table(own.path)
-    for role, col in (("--id", own.id_column), ("--label", own.label), ("--split-by", own.split_by),
-                      ("--duration", own.duration)):  # fmt: skip
-        if col and col not in frame.columns:
+def _check_present(path: Path, frame: pd.DataFrame, options: dict[str, str]) -> None:
+    """Each column an option names is in the table (`options`: column -> the option that named it)."""
+    for col, option in options.items():
+        if col not in frame.columns:
             raise TrainingInputError(
-                f"{own.path}: {role} column {col!r} is not in the table; it has {list(frame.columns)}"
+                f"{path}: {option} column {col!r} is not in the table; it has {list(frame.columns)}"
             )
+
+
+def _typed(
+    path: Path, frame: pd.DataFrame, roles: dict[str, Role], options: dict[str, str], schema: Path | str | None
+) -> TypedTable:
+    """The frame typed by `type_columns`, its errors as `TrainingInputError`s naming the option's column."""
+    _check_present(path, frame, options)
+    try:
+        overrides = read_schema_overrides(Path(schema)) if schema else None
+        named = {col: f"{option} column" for col, option in options.items()}
+        return type_columns(frame, roles, str(path), overrides, f"--schema {schema}", named)
+    except TableTypeError as exc:
+        raise TrainingInputError(str(exc)) from None
+
+
+def _rows(n: int) -> str:
+    return f"{n} row{'' if n == 1 else 's'}"
+
+
+def check_own_table(own: OwnTable) -> TypedTable:
+    """Read, type and check a churn table: every problem is one `TrainingInputError` naming the file and column.
+
+    Run by the command line before any orchestration starts, and again (cheaply) by the flow.
+    """
+    frame = read_own_table(own.path)
+    roles: dict[str, Role] = {own.id_column: "id", own.label: "label"}
+    if own.split_by:
+        roles[own.split_by] = "split"
+    if own.duration:
+        roles[own.duration] = "duration"
+    named = [c for c in (own.id_column, own.label, own.split_by, own.duration) if c]
+    if len(set(named)) < len(named):
+        raise TrainingInputError(f"{own.path}: --id, --label, --split-by and --duration must name different columns")
+    options = {own.id_column: "--id", own.label: "--label"}
+    options.update({c: o for c, o in ((own.split_by, "--split-by"), (own.duration, "--duration")) if c})
+    _check_present(own.path, frame, options)
     label = frame[own.label]
-    known = label.dropna()
-    values = set(known.astype(str).str.lower().unique())
-    truthy, falsy = {"1", "true", "yes", "y", "t", "1.0"}, {"0", "false", "no", "n", "f", "0.0"}
-    if not values <= truthy | falsy or len(values) < 2:
+    text = label.dropna().astype(str).str.strip()
+    text = text[~text.str.lower().isin(MISSING_TOKENS)]
+    classes = sorted(text.str.lower().unique())
+    if not set(classes) <= TRUE_VALUES | FALSE_VALUES:
+        if len(classes) > 2:
+            shown = ", ".join(repr(c) for c in sorted(text.unique())[:10])
+            raise TrainingInputError(
+                f"{own.path}: label column {own.label!r} has {len(classes)} classes ({shown}); "
+                "churn needs a binary label (0/1, true/false, yes/no)"
+            )
         raise TrainingInputError(
-            f"{own.path}: label column {own.label!r} must be binary (0/1, true/false, yes/no) with both classes; "
-            f"found {sorted(values)[:10]}"
+            f"{own.path}: label column {own.label!r} must be binary (0/1, true/false, yes/no); found {classes}"
         )
-    frame = frame.assign(**{own.label: label.map(lambda v: None if pd.isna(v) else str(v).lower() in truthy)})
-    if frame[own.id_column].duplicated().any() and not own.split_by:
+    if len(frame) < MIN_ROWS:
+        raise TrainingInputError(f"{own.path} has {_rows(len(frame))}; at least {MIN_ROWS} are needed")
+    churned = text.str.lower().isin(TRUE_VALUES)
+    counts = {"true": int(churned.sum()), "false": int((~churned).sum())}
+    if min(counts.values()) == 0:
         raise TrainingInputError(
-            f"{own.path}: ids in {own.id_column!r} repeat; give --split-by <date column> for repeated snapshots"
+            f"{own.path}: label column {own.label!r} has one class only ({classes[0]!r} on every labelled row); "
+            "both churned and retained rows are needed"
         )
-    stage = stage_by_time(frame[own.split_by]) if own.split_by else stage_at_random(frame[own.label], seed)
+    if not own.split_by and min(counts.values()) < MIN_PER_CLASS:
+        rare = min(counts, key=lambda k: counts[k])
+        raise TrainingInputError(
+            f"{own.path}: label column {own.label!r} has {_rows(counts[rare])} of class {rare}; "
+            f"at least {MIN_PER_CLASS} of each are needed (one per train, validation and test stage)"
+        )
+    typed = _typed(own.path, frame, roles, options, own.schema)
+    ids = typed.frame[own.id_column]
+    if ids.isna().any():
+        raise TrainingInputError(
+            f"{own.path}: --id column {own.id_column!r} is blank on {_rows(int(ids.isna().sum()))}"
+        )
+    if ids.duplicated().any() and not own.split_by:
+        example = ids[ids.duplicated()].iloc[0]
+        raise TrainingInputError(
+            f"{own.path}: ids in {own.id_column!r} repeat ({int(ids.duplicated().sum())} repeats, e.g. {example!r}); "
+            "give --split-by <date column> for repeated snapshots"
+        )
+    if own.split_by and (dup := typed.frame.duplicated([own.id_column, own.split_by])).any():
+        raise TrainingInputError(
+            f"{own.path}: ids in {own.id_column!r} repeat within a date of {own.split_by!r} "
+            f"({int(dup.sum())} repeats, e.g. {ids[dup].iloc[0]!r}); one row per id and date is expected"
+        )
+    if not typed.numeric and not typed.categorical:
+        raise TrainingInputError(f"{own.path}: no usable feature column; every column was left out: {typed.dropped}")
+    if own.split_by:
+        _check_time_split(own, typed.frame)
+    return typed
+
+
+def _check_time_split(own: OwnTable, frame: pd.DataFrame) -> None:
+    """Each stage of the time split holds rows of both classes (a stage's AUC needs them)."""
+    assert own.split_by is not None
+    try:
+        stage = stage_by_time(frame[own.split_by])
+    except SplitError as exc:
+        raise TrainingInputError(f"{own.path}: --split-by column {own.split_by!r}: {exc}") from None
+    label = frame[own.label].astype(str).str.strip().str.lower()
+    known = frame[own.label].notna().to_numpy()
+    for name in ("train", "valid", "test"):
+        rows = (stage == name).to_numpy() & known
+        if label[rows].isin(TRUE_VALUES).nunique() < 2:
+            days = frame.loc[(stage == name).to_numpy(), own.split_by]
+            held = "one class only" if rows.any() else "no labelled row"
+            raise TrainingInputError(
+                f"{own.path}: with --split-by {own.split_by!r}, the {name} rows ({days.min():%Y-%m-%d} to "
+                f"{days.max():%Y-%m-%d}) hold {held}; a time split needs both classes in every stage"
+            )
+
+
+def own_churn_table(own: OwnTable, seed: int) -> LabelledTable:
+    """A user's table as labelled rows: checked (`check_own_table`), split by time or at random."""
+    from models.tabular import TabularSchema  # here: checking a table needs no scikit-learn
+
+    typed = check_own_table(own)
+    label = typed.frame[own.label]
+    frame = typed.frame.assign(
+        **{own.label: label.map(lambda v: None if pd.isna(v) else str(v).strip().lower() in TRUE_VALUES)}
+    )
+    try:
+        stage = stage_by_time(frame[own.split_by]) if own.split_by else stage_at_random(frame[own.label], seed)
+    except SplitError as exc:
+        raise TrainingInputError(f"{own.path}: {exc}") from None
     return LabelledTable(
         frame=frame,
         id_column=own.id_column,
@@ -90,28 +216,59 @@ def own_churn_table(own: OwnTable, seed: int) -> LabelledTable:
         duration=own.duration,
         event=own.label if own.duration else None,
         lineage=str(own.path.resolve()),
+        schema=TabularSchema(list(typed.numeric), list(typed.categorical), typed.dropped),
+        schema_report=tuple(typed.describe()),
     )
 
 
-def own_interactions(own: OwnInteractions, seed: int) -> tuple[Interactions, Interactions]:
+def check_own_interactions(own: OwnInteractions) -> TypedTable:
+    """Read, type and check an interactions table (ids as strings, weights and times readable, two users and items)."""
+    frame = read_own_table(own.path)
+    roles: dict[str, Role] = {own.user: "id", own.item: "id"}
+    if own.weight:
+        roles[own.weight] = "weight"
+    if own.time:
+        roles[own.time] = "split"
+    options = {own.user: "--user", own.item: "--item"}
+    options.update({c: o for c, o in ((own.weight, "--weight"), (own.time, "--time")) if c})
+    if len(options) < 2 + bool(own.weight) + bool(own.time):
+        raise TrainingInputError(f"{own.path}: --user, --item, --weight and --time must name different columns")
+    typed = _typed(own.path, frame, roles, options, own.schema)
+    for option, col in (("--user", own.user), ("--item", own.item)):
+        values = typed.frame[col]
+        if values.isna().any():
+            raise TrainingInputError(
+                f"{own.path}: {option} column {col!r} is blank on {_rows(int(values.isna().sum()))}"
+            )
+        if values.nunique() < 2:
+            raise TrainingInputError(
+                f"{own.path}: {option} column {col!r} has {values.nunique()} distinct value(s); at least 2 are needed"
+            )
+    reports = tuple(
+        r if r.column in roles else type(r)(r.column, r.type, "unused", "not an input of the recommender")
+        for r in typed.columns
+    )
+    return TypedTable(typed.frame, reports, (), ())
+
+
+def own_interactions(
+    own: OwnInteractions, seed: int, checked: TypedTable | None = None
+) -> tuple[Interactions, Interactions]:
     """(validation, test) splits of a user's interactions: by time when a time column is given, else at random per user.
 
     The test history is everything before the test holdout (train + validation rows); the
     validation history is the train rows only. Items a user already interacted with are
-    not recommended again.
+    not recommended again. `checked`: the table as `check_own_interactions` already read it.
     """
-    frame = read_own_table(own.path)
+    from models.recommendation import Interactions, check_interactions  # here: checking needs no MLflow
+
+    frame = (checked or check_own_interactions(own)).frame
     try:
         rows = check_interactions(frame, own.user, own.item, own.weight)
     except ValueError as exc:
         raise TrainingInputError(f"{own.path}: {exc}") from exc
     if own.time:
-        if own.time not in frame.columns:
-            raise TrainingInputError(f"{own.path}: --time column {own.time!r} is not in the table")
-        times = frame[own.time]
-        if pd.api.types.is_numeric_dtype(times):  # epoch seconds, as most interaction logs store them
-            times = pd.to_datetime(times, unit="s", errors="coerce")
-        stage = stage_by_time(times, (0.8, 0.1, 0.1))
+        stage = stage_by_time(frame[own.time], (0.8, 0.1, 0.1))
     else:
         # Each user's interactions split 80/10/10 at random (RecBole's 'RS' split grouped by user).
         stage = stage_at_random(rows["user"], seed, (0.8, 0.1, 0.1))

@@ -14,11 +14,15 @@ import datetime as dt
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from models.config import TimeSplit
+
+if TYPE_CHECKING:
+    from models.tabular import TabularSchema
 
 STAGES = ("train", "valid", "test")
 CALIBRATION = "calibration"  # held out of the test stage to fit the calibrator on (see hold_out_for_calibration)
@@ -43,6 +47,8 @@ class LabelledTable:
     weight: str | None = None  # per-row training weight (e.g. undoing negative sampling)
     lineage: str = ""  # where the rows came from (for the run's dataset record)
     label_definition: str = ""  # what the label means, in words (runs and cards say it)
+    schema: TabularSchema | None = None  # the features, when decided before training (a user's own table)
+    schema_report: tuple[dict[str, str], ...] = ()  # every column's type, role and why (logged with the run)
 
     def rows(self, stage: str) -> pd.DataFrame:
         """The frame's rows of one stage."""

@@ -215,7 +215,8 @@ def test_own_interactions_on_movielens_100k_match_the_published_baseline(new_set
             "--label column 'gone' is not in the table",
         ),
         ("id,churned,x\n1,maybe,2\n2,0,3\n", ["--id", "id", "--label", "churned"], "must be binary"),
-        ("id,churned,x\n1,1,2\n1,0,3\n", ["--id", "id", "--label", "churned"], "ids in 'id' repeat"),
+        ("id,churned,x\n" + "1,1,2\n1,0,3\n" * 6, ["--id", "id", "--label", "churned"], "ids in 'id' repeat"),
+        ("id,churned,x\n007,1,2\n", ["--id", "id", "--label", "churned"], "has 1 row; at least 10 are needed"),
         ("id,churned,x\n1,1,2\n2,0,3\n", ["--id", "id"], "--table needs --id and --label"),
     ],
 )
@@ -254,4 +255,4 @@ def test_interactions_with_negative_weights_are_refused(new_settings, tmp_path: 
     settings = new_settings()
     args = ["train", "recommendation", "--engine", "local", "--interactions", str(path), "--user", "u", "--item", "i"]
     result = CliRunner().invoke(app, ["--home", str(settings.home_dir), *args, "--weight", "w"])
-    assert result.exit_code == 1 and "w: weights must not be negative" in result.output
+    assert result.exit_code == 1 and "--weight column 'w' must not be negative" in result.output

@@ -38,7 +38,7 @@ def settings() -> Settings:
 
 def fail(message: str) -> typer.Exit:
     """Print an expected error as one line; raise the returned exit (code 1)."""
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however long
     return typer.Exit(code=1)
 
 

@@ -13,7 +13,7 @@ from flows.cli import views
 from flows.cli.app import Engine, app, console, expected, fail, run_engine, settings
 
 if TYPE_CHECKING:
-    from models.training import OwnInteractions, OwnTable
+    from models.own_tables import OwnInteractions, OwnTable
 
 GATED_FAMILIES = ("churn", "propensity", "uplift", "recommendation")
 
@@ -59,9 +59,19 @@ def train(
         str | None,
         typer.Option("--time", help="With --interactions: a time column; the latest interactions are held out."),
     ] = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --table or --interactions: a YAML or JSON file of column -> type (numeric, categorical, "
+            "boolean, date, id, text, drop) overriding the inferred types."
+        ),
+    ] = None,
 ) -> None:
     """Tune, train, track and register models (@challenger), on the feature store or on your own table."""
-    own = own_input(family, table, id_column, label, split_by, duration, interactions, user, item, weight, time_column)
+    own = own_input(family, table, id_column, label, split_by, duration, interactions, user, item, weight, time_column,
+                    schema)  # fmt: skip
+    if own is not None:
+        check_own(own)
     outcomes = run_training(family, engine, trials, timeout, truth, own)
     views.print_training(settings(), outcomes)
 
@@ -78,28 +88,43 @@ def own_input(
     item: str | None,
     weight: str | None,
     time_column: str | None,
+    schema: Path | None = None,
 ) -> OwnTable | OwnInteractions | None:
     """The user's own table or interactions the options name (None: the feature store); misuse is one line."""
-    from models.training import OwnInteractions, OwnTable
+    from models.own_tables import OwnInteractions, OwnTable
 
     if table is not None:
         if family != "churn":
             raise fail("--table trains the churn family: use `custintel train churn --table ...`")
         if not id_column or not label:
             raise fail("--table needs --id and --label")
-        return OwnTable(table, id_column, label, split_by, duration)
+        return OwnTable(table, id_column, label, split_by, duration, schema)
     if interactions is not None:
         if family != "recommendation":
             raise fail("--interactions trains the recommendation family: use `custintel train recommendation ...`")
         if not user or not item:
             raise fail("--interactions needs --user and --item")
-        return OwnInteractions(interactions, user, item, weight, time_column)
+        return OwnInteractions(interactions, user, item, weight, time_column, schema)
     given = {"--id": id_column, "--label": label, "--split-by": split_by, "--duration": duration, "--user": user,
-             "--item": item, "--weight": weight, "--time": time_column}  # fmt: skip
+             "--item": item, "--weight": weight, "--time": time_column, "--schema": schema}  # fmt: skip
     stray = [name for name, value in given.items() if value]
     if stray:
         raise fail(f"{', '.join(stray)} only apply with --table or --interactions")
     return None
+
+
+def check_own(own: OwnTable | OwnInteractions) -> None:
+    """Read, type and check the user's table in this process, before any orchestration starts; show its schema.
+
+    Every input error (a missing column, a label that is not binary, one class, repeated ids, too
+    few rows, a split column that is not dates, a negative duration, ...) ends the command here in
+    one line, in seconds, under either engine; the flow checks the same again.
+    """
+    from models.own_tables import OwnTable, TrainingInputError, check_own_interactions, check_own_table
+
+    with expected(TrainingInputError):
+        typed = check_own_table(own) if isinstance(own, OwnTable) else check_own_interactions(own)
+    views.print_schema(f"{own.path.name}: inferred schema ({len(typed.frame):,} rows)", typed.describe())
 
 
 def run_training(
@@ -116,11 +141,11 @@ def run_training(
     from features.featurestore.build import FeatureBuildError
     from features.featurestore.offline import OfflineStoreError
     from models.config import TrainingConfigError
+    from models.own_tables import OwnTable
     from models.recommendation import RecommendationDataError
     from models.registry import RegistryError
     from models.splits import SplitError
     from models.tabular import TabularSchemaError
-    from models.training import OwnTable
 
     config = settings()
     if truth is not None and not truth.is_dir():

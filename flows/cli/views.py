@@ -244,16 +244,20 @@ HEADLINE = (
 )  # fmt: skip
 
 
+def print_schema(title: str, rows: list[dict[str, str]]) -> None:
+    """A table's columns: inferred type, role in training, and why (dropped or coerced columns say so)."""
+    schema = Table(title=title)
+    for col in ("column", "type", "role", "note"):
+        schema.add_column(col)
+    for row in rows:
+        style = "dim" if row.get("role") in ("dropped", "unused") else None
+        schema.add_row(row["column"], row.get("type", ""), row["role"], row["note"], style=style)
+    console.print(schema)
+
+
 def print_training(settings: Settings, outcomes: list[dict[str, Any]]) -> None:
-    """Each run: the inferred schema (own tables), headline metrics, oracle scores, registered versions."""
+    """Each run: headline metrics, oracle scores, registered versions (an own table's schema came before training)."""
     for o in outcomes:
-        if o.get("schema"):
-            schema = Table(title=f"{o['family']}: inferred schema")
-            for col in ("column", "role", "note"):
-                schema.add_column(col)
-            for row in o["schema"]:
-                schema.add_row(row["column"], row["role"], row["note"])
-            console.print(schema)
         table = Table(title=f"{o['family']}: run {o['run_id']}")
         table.add_column("metric")
         table.add_column("value", justify="right")

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.own_tables import TrainingInputError, read_own_table
+from models.own_tables import TrainingInputError, read_own_table, typed_table
 from models.splits import LabelledTable, key_fractions, stage_at_random, stage_by_time
+from models.table_types import Role, TypedTable
 
 TRUTHY = frozenset({"1", "true", "yes", "y", "t", "1.0"})
 FALSY = frozenset({"0", "false", "no", "n", "f", "0.0"})
@@ -34,6 +35,7 @@ class OwnUplift:
     treatment: str  # the arm: 0/1, true/false, or two names one of which is a control name
     outcome: str  # the binary outcome the action should raise (converted, retained, ...)
     test_share: float = 0.3
+    schema: Path | str | None = None  # a --schema file overriding the inferred column types
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class OwnPropensity:
     product: str
     label: str  # bought within the user's own window
     split_by: str | None = None  # a date column: earlier rows train, later ones test; else by customer at random
+    schema: Path | str | None = None  # a --schema file overriding the inferred column types
 
 
 def _check_columns(path: Path, frame: pd.DataFrame, roles: dict[str, str | None]) -> None:
@@ -98,6 +101,9 @@ def own_uplift_table(own: OwnUplift, seed: int, frame: pd.DataFrame | None = Non
         )
     treated = treatment_column(own.path, frame, own.treatment)
     outcome = binary_column(own.path, frame, own.outcome, "--outcome")
+    roles: dict[str, Role] = {own.id_column: "id", own.treatment: "label", own.outcome: "label"}
+    typed = typed_table(own.path, frame, roles, {own.id_column: "--id"}, own.schema)
+    frame = typed.frame
     for name, arm in (("treated", treated), ("control", ~treated)):
         if int(arm.sum()) < MIN_ARM_ROWS:
             raise TrainingInputError(
@@ -117,6 +123,7 @@ def own_uplift_table(own: OwnUplift, seed: int, frame: pd.DataFrame | None = Non
         not_features=("treated",),
         lineage=str(own.path.resolve()),
         label_definition=f"{own.outcome} (from {own.path.name}), treated when {own.treatment} is the treatment arm",
+        **_schema(typed),
     )
 
 
@@ -139,6 +146,11 @@ def own_propensity_table(own: OwnPropensity, seed: int, frame: pd.DataFrame | No
             f"{own.path}: {int(repeated.sum())} row(s) repeat a ({', '.join(keys)}) pair; one row per pair"
         )
     bought = binary_column(own.path, frame, own.label, "--label")
+    roles: dict[str, Role] = {own.id_column: "id", own.product: "feature", own.label: "label"}
+    if own.split_by:
+        roles[own.split_by] = "split"
+    typed = typed_table(own.path, frame, roles, {own.id_column: "--id", own.product: "--product"}, own.schema)
+    frame = typed.frame.assign(**{own.product: typed.frame[own.product].astype("string")})
     rows = frame.drop(columns=[own.label]).rename(columns={own.product: "product_id"})
     rows = rows.assign(
         **{own.id_column: rows[own.id_column].astype(str), "product_id": rows["product_id"].astype(str)},
@@ -162,4 +174,20 @@ def own_propensity_table(own: OwnPropensity, seed: int, frame: pd.DataFrame | No
         snapshot=own.split_by,
         lineage=str(own.path.resolve()),
         label_definition=f"{own.label} (from {own.path.name}) per customer and {own.product}",
+        **_schema(typed, {own.product: "product_id"}),
     )
+
+
+def _schema(typed: TypedTable, renamed: dict[str, str] | None = None) -> dict[str, object]:
+    """The features decided before training, as `LabelledTable` fields (the product always a categorical)."""
+    from models.tabular import TabularSchema  # here: checking a table needs no scikit-learn
+
+    renamed = renamed or {}
+    numeric = [renamed.get(c, c) for c in typed.numeric if c not in renamed]
+    categorical = [renamed.get(c, c) for c in typed.categorical if c not in renamed] + list(renamed.values())
+    report = tuple(
+        {**row, "column": renamed.get(row["column"], row["column"])}
+        | ({"role": "feature", "type": "categorical"} if row["column"] in renamed else {})
+        for row in typed.describe()
+    )
+    return {"schema": TabularSchema(numeric, categorical, typed.dropped), "schema_report": report}

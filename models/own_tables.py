@@ -87,7 +87,7 @@ def _check_present(path: Path, frame: pd.DataFrame, options: dict[str, str]) -> 
             )
 
 
-def _typed(
+def typed_table(
     path: Path, frame: pd.DataFrame, roles: dict[str, Role], options: dict[str, str], schema: Path | str | None
 ) -> TypedTable:
     """The frame typed by `type_columns`, its errors as `TrainingInputError`s naming the option's column."""
@@ -150,7 +150,7 @@ def check_own_table(own: OwnTable) -> TypedTable:
             f"{own.path}: label column {own.label!r} has {_rows(counts[rare])} of class {rare}; "
             f"at least {MIN_PER_CLASS} of each are needed (one per train, validation and test stage)"
         )
-    typed = _typed(own.path, frame, roles, options, own.schema)
+    typed = typed_table(own.path, frame, roles, options, own.schema)
     ids = typed.frame[own.id_column]
     if ids.isna().any():
         raise TrainingInputError(
@@ -233,7 +233,7 @@ def check_own_interactions(own: OwnInteractions) -> TypedTable:
     options.update({c: o for c, o in ((own.weight, "--weight"), (own.time, "--time")) if c})
     if len(options) < 2 + bool(own.weight) + bool(own.time):
         raise TrainingInputError(f"{own.path}: --user, --item, --weight and --time must name different columns")
-    typed = _typed(own.path, frame, roles, options, own.schema)
+    typed = typed_table(own.path, frame, roles, options, own.schema)
     for option, col in (("--user", own.user), ("--item", own.item)):
         values = typed.frame[col]
         if values.isna().any():

@@ -70,7 +70,7 @@ def train_propensity(
     data: LabelledTable, config: PropensityConfig, study: optuna.Study, clock: FitClock
 ) -> TrainedModel:
     """Tune one LightGBM over every candidate (customer, product) pair; score overall and per product."""
-    schema = infer_schema(data.frame, exclude=data.excluded)
+    schema = data.schema or infer_schema(data.frame, exclude=data.excluded)
     if "product_id" not in schema.categorical:
         raise ValueError("product_id must be a categorical input of the propensity model")
     pipeline, params, study_summary = fit_tuned_pipeline(
@@ -249,7 +249,7 @@ def uplift_table(
 
 def train_uplift(data: LabelledTable, config: UpliftConfig, clock: FitClock, folds: int = 5) -> TrainedModel:
     """Fit the uplift learner on the experiment's training share; Qini on the held-out share and cross-fitted."""
-    schema = infer_schema(data.frame, exclude=data.excluded)
+    schema = data.schema or infer_schema(data.frame, exclude=data.excluded)
     params = lightgbm_params(config.lightgbm, {}, config.seed)
     train, test = data.rows("train"), data.rows("test")
     preparer = FramePreparer(schema.numeric, schema.categorical)

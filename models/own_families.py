@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,9 @@ import pandas as pd
 from models.own_tables import TrainingInputError, read_own_table, typed_table
 from models.splits import LabelledTable, key_fractions, stage_at_random, stage_by_time
 from models.table_types import Role, TypedTable
+
+if TYPE_CHECKING:
+    from models.tabular import TabularSchema
 
 TRUTHY = frozenset({"1", "true", "yes", "y", "t", "1.0"})
 FALSY = frozenset({"0", "false", "no", "n", "f", "0.0"})
@@ -113,6 +117,7 @@ def own_uplift_table(own: OwnUplift, seed: int, frame: pd.DataFrame | None = Non
     rows = frame.drop(columns=[own.treatment, own.outcome])
     rows[own.id_column] = rows[own.id_column].astype(str)
     rows["retained"], rows["treated"] = outcome.to_numpy(), treated.to_numpy()
+    decided = _schema(typed)
     strata = rows["treated"].astype(str) + ":" + rows["retained"].astype(str)
     stage = stage_at_random(strata, seed, (1 - own.test_share, 0.0, own.test_share))
     return LabelledTable(
@@ -123,7 +128,8 @@ def own_uplift_table(own: OwnUplift, seed: int, frame: pd.DataFrame | None = Non
         not_features=("treated",),
         lineage=str(own.path.resolve()),
         label_definition=f"{own.outcome} (from {own.path.name}), treated when {own.treatment} is the treatment arm",
-        **_schema(typed),
+        schema=decided[0],
+        schema_report=decided[1],
     )
 
 
@@ -156,6 +162,7 @@ def own_propensity_table(own: OwnPropensity, seed: int, frame: pd.DataFrame | No
         **{own.id_column: rows[own.id_column].astype(str), "product_id": rows["product_id"].astype(str)},
         bought=bought.to_numpy(),
     ).reset_index(drop=True)
+    decided = _schema(typed, {own.product: "product_id"})
     if own.split_by:
         stage = stage_by_time(rows[own.split_by])
     else:
@@ -174,13 +181,16 @@ def own_propensity_table(own: OwnPropensity, seed: int, frame: pd.DataFrame | No
         snapshot=own.split_by,
         lineage=str(own.path.resolve()),
         label_definition=f"{own.label} (from {own.path.name}) per customer and {own.product}",
-        **_schema(typed, {own.product: "product_id"}),
+        schema=decided[0],
+        schema_report=decided[1],
     )
 
 
-def _schema(typed: TypedTable, renamed: dict[str, str] | None = None) -> dict[str, object]:
+def _schema(
+    typed: TypedTable, renamed: dict[str, str] | None = None
+) -> tuple[TabularSchema, tuple[dict[str, str], ...]]:
     """The features decided before training, as `LabelledTable` fields (the product always a categorical)."""
-    from models.tabular import TabularSchema  # here: checking a table needs no scikit-learn
+    from models.tabular import TabularSchema as Schema  # here: checking a table needs no scikit-learn
 
     renamed = renamed or {}
     numeric = [renamed.get(c, c) for c in typed.numeric if c not in renamed]
@@ -190,4 +200,4 @@ def _schema(typed: TypedTable, renamed: dict[str, str] | None = None) -> dict[st
         | ({"role": "feature", "type": "categorical"} if row["column"] in renamed else {})
         for row in typed.describe()
     )
-    return {"schema": TabularSchema(numeric, categorical, typed.dropped), "schema_report": report}
+    return Schema(numeric, categorical, typed.dropped), report

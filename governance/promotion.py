@@ -88,6 +88,7 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
         "feature sets": ", ".join(f"{k} (digest {v.get('digest')})" for k, v in lineage.get("feature_sets", {}).items())
         or lineage.get("source", "user table"),
         "cutoffs (as of)": ", ".join(lineage.get("as_of", [])) or "n/a",
+        **label_lines(lineage),
         "training rows": f"{quality.get('rows', float('nan')):,.0f}",
         "positives": f"{quality.get('positives', float('nan')):,.0f}",
         "test rows": f"{len(evaluation.frame):,}",
@@ -104,6 +105,16 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
         candidate.champion_inputs = registry.model_inputs(name, champion_version)
     candidate.golden = store.read_golden_records(settings)
     return candidate
+
+
+def label_lines(lineage: dict[str, Any]) -> dict[str, str]:
+    """The run's label and its horizon, as the card's training data states them (empty for runs without one)."""
+    label = lineage.get("label")
+    if not isinstance(label, dict):
+        return {}
+    horizon = label.get("horizon_days")
+    return {"label": str(label.get("definition") or label.get("column")),
+            "label horizon": f"{horizon} days" if horizon else "not given"}  # fmt: skip
 
 
 def judge(candidate: Candidate, policy: GovernancePolicy, waiver: gate.Waiver | None, actor: str) -> Judgement:
@@ -172,7 +183,8 @@ def judge(candidate: Candidate, policy: GovernancePolicy, waiver: gate.Waiver | 
     context = cards.CardContext(
         name=candidate.name, version=candidate.version, family=candidate.family, run_id=candidate.run_id,
         owner=policy.owner, policy_version=policy.version, policy_hash=policy.digest,
-        intended_use=rules.intended_use, out_of_scope=rules.out_of_scope, caveats=rules.caveats,
+        intended_use=cards.intended_use_for(rules.intended_use, candidate.training.get("label horizon")),
+        out_of_scope=rules.out_of_scope, caveats=rules.caveats,
         decided_at=decided_at, actor=actor, decision_id=decision_id, training=candidate.training,
         metrics=cards.bootstrap_metrics(ev_set, scored, CARD_METRICS[ev_set.kind]),
         threshold=candidate.threshold, audit=audit, verdict=verdict,

@@ -163,6 +163,9 @@ def run_training(
             extra["leakage"] = leaks.as_dict()
             notes += [f"leak guard: {x.describe()}: excluded; --keep {x.column} to keep it" for x in leaks.excluded]
             notes += [f"leak guard: {x.describe()}: kept (--keep {x.column})" for x in leaks.kept]
+            if not leaks.excluded and not leaks.kept:
+                notes.append(f"leak guard: no column gives the label{' or the duration' if own.duration else ''} "
+                             f"away (measured on {leaks.rows:,} training rows)")  # fmt: skip
             log(f"{own.path}: {len(data.frame):,} rows; stages {data.stage.value_counts().to_dict()}")
         elif isinstance(own, OwnInteractions):
             data = own_interactions(own, seed=seed)

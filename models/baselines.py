@@ -32,6 +32,7 @@ from models.tabular import FramePreparer
 
 METRICS = ("auc", "log_loss", "brier")
 BASELINES = ("logistic", "lightgbm_untuned")
+WORDS = {"logistic": "logistic regression", "lightgbm_untuned": "untuned LightGBM"}
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,12 @@ class BaselineComparison:
 
     def summary(self) -> str:
         """One line for the console and the run: the model's AUC against each baseline's, and the verdict."""
-        figures = ", ".join(f"{b} {self.scores[b]['auc']:.4f}" for b in BASELINES)
+        figures = ", ".join(f"{WORDS[b]} {self.scores[b]['auc']:.4f}" for b in BASELINES)
         verdict = "better than both" if self.beats_baselines else "NOT better than both baselines"
-        return f"test AUC {self.scores['model']['auc']:.4f} against {figures} on {self.rows:,} test rows: {verdict}"
+        return (
+            f"the model's test AUC {self.scores['model']['auc']:.4f} against {figures} on the same {self.rows:,} "
+            f"test rows: {verdict}"
+        )
 
 
 def _as_text(frame: pd.DataFrame) -> pd.DataFrame:

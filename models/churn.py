@@ -39,7 +39,7 @@ from models.config import ChurnConfig, LightGBMConfig, TuningConfig
 from models.result import EvaluationSet, LoggedModel, TrainedModel
 from models.splits import CALIBRATION, LabelledTable, SplitError, hold_out_for_calibration, latest_snapshot
 from models.tabular import FramePreparer, TabularSchema, infer_schema
-from models.tuning import FitClock, tune_lightgbm_classifier
+from models.tuning import FitClock, scaled_to_rows, tune_lightgbm_classifier
 
 log = logging.getLogger("custintel.models")
 
@@ -163,6 +163,7 @@ def fit_tuned_pipeline(
     with clock.fitting():
         preparer.fit(train)
     weights = train[data.weight].to_numpy(dtype="float64") if data.weight else None
+    lightgbm = scaled_to_rows(lightgbm, len(train))
     tuned = tune_lightgbm_classifier(
         (preparer.transform(train), y_train), (preparer.transform(valid), y_valid), lightgbm, tuning, study, clock,
         sample_weight=weights, label=family,

@@ -28,7 +28,7 @@ from custintel.settings import Settings
 from flows.retries import io_task
 from models.baselines import BaselineComparison, compare_with_baselines
 from models.config import TrainingConfig, load_training_config
-from models.leakage import guard_own_table
+from models.leakage import LeakReport, annotate_schema, guard_own_table
 from models.own_tables import OwnInteractions, OwnTable, own_churn_table, own_interactions
 from models.registry import Registry, RunRecord
 from models.result import TrainedModel
@@ -157,6 +157,7 @@ def run_training(
         data: Loaded
         extra: dict[str, Any] = {}
         notes: list[str] = []
+        leaks: LeakReport | None = None
         if isinstance(own, OwnTable):
             data = own_churn_table(own, seed=seed)
             data, leaks = guard_own_table(data, config.leakage, own.keep, own.horizon_days, seed)
@@ -175,6 +176,8 @@ def run_training(
         log(f"{unit.name}: tuning and fitting")
         t = time.perf_counter()
         trained = steps.fit(unit, data, fit_settings, prefix)
+        if leaks is not None and "schema" in trained.info:
+            trained.info["schema"] = annotate_schema(trained.info["schema"], leaks)
         trained.reference = monitoring_reference(settings, data, trained)
         seconds["fit_total"] = time.perf_counter() - t
         seconds["fit_models"] = trained.fit_seconds

@@ -235,6 +235,23 @@ def guard_table(
     return dataclasses.replace(table, not_features=(*table.not_features, *(leak.column for leak in dropped))), report
 
 
+def annotate_schema(schema: list[dict[str, str]], report: LeakReport) -> list[dict[str, str]]:
+    """The schema's rows with each excluded column's note saying why: the guard's figure, not 'id or label'."""
+    why = {leak.column: leak for leak in report.excluded}
+    kept = {leak.column: leak for leak in report.kept}
+    rows = []
+    for row in schema:
+        column = row.get("column", "")
+        if column in why:
+            leak = why[column]
+            figure = f"{leak.measure} {leak.value:.3f} with {leak.target} {leak.target_column}"
+            row = {**row, "note": f"leak guard: {figure}"}
+        elif column in kept and not row.get("note"):
+            row = {**row, "note": f"kept by --keep (leak guard: {kept[column].measure} {kept[column].value:.3f})"}
+        rows.append(row)
+    return rows
+
+
 def check_label_windows(table: LabelledTable, horizon_days: int) -> None:
     """Refuse a time split where a stage's label windows (snapshot + horizon) run past the next stage's first snapshot.
 

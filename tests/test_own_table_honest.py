@@ -198,6 +198,8 @@ def test_a_byo_run_excludes_the_leak_keeps_what_is_kept_fits_baselines_and_logs_
     used = {row["column"] for row in lineage["schema"] if row["role"] in ("numeric", "categorical")}
     assert "TotalCharges" not in used and {"MonthlyCharges", "contract", "cancel_code"} <= used
     assert lineage["leakage"]["excluded"][0]["column"] == "TotalCharges"
+    notes = {row["column"]: row["note"] for row in lineage["schema"]}
+    assert notes["TotalCharges"].startswith("leak guard: |Spearman| ") and "kept by --keep" in notes["cancel_code"]
     # the baselines: logged, on the same test rows, and the verdict agrees with the figures
     for name in ("logistic", "lightgbm_untuned"):
         for metric in ("auc", "log_loss", "brier"):

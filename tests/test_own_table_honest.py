@@ -227,3 +227,34 @@ def test_a_time_split_whose_label_windows_cross_is_refused_before_training(new_s
     assert code == 1 and "Traceback" not in out
     assert "label windows (+90 days) running past the first valid snapshot 2024-07-01" in " ".join(out.split())
     assert "tuning and fitting" not in out
+
+
+@pytest.mark.slow
+def test_capacity_given_and_a_recommendation_run_log_what_they_used(new_settings, tmp_path: Path) -> None:
+    from models.registry import Registry
+
+    path = tmp_path / "telco.csv"
+    telco(600).to_csv(path, index=False)
+    settings = new_settings()
+    code, out = _run(settings.home_dir, "--trials", "1", "--table", str(path), "--id", "customer", "--label",
+                     "churned", "--capacity", "7")  # fmt: skip
+    assert code == 0, out
+    assert "leak guard: no column gives the label away" in out
+    client = Registry(settings).client
+    experiment = client.get_experiment_by_name("custintel").experiment_id
+    (churn,) = client.search_runs([experiment])
+    assert churn.data.metrics["weekly_capacity"] == 7
+
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"user": rng.integers(0, 60, 1500), "item": rng.integers(0, 40, 1500)}).drop_duplicates()
+    inter = tmp_path / "inter.csv"
+    rows.to_csv(inter, index=False)
+    result = CliRunner().invoke(app, ["--home", str(settings.home_dir), "train", "recommendation", "--engine",
+                                      "local", "--trials", "1", "--interactions", str(inter), "--user", "user",
+                                      "--item", "item"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run = next(r for r in client.search_runs([experiment]) if r.data.tags["custintel.family"] == "recommendation")
+    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
+    assert sum(metrics[f"split_rows_{s}"] for s in ("train", "valid", "test")) == len(rows)
+    assert params["split_seed"] == "0" and "at random per user" in params["split_method"]
+    assert "None" not in params.values() and "custintel.feature_sets" not in tags

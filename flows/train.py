@@ -12,7 +12,6 @@ import): `run_training` wires the steps once; the flow passes them as Prefect ta
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from custintel.settings import Settings
 from flows.retries import io_task
-from models.baselines import BaselineComparison, compare_with_baselines
+from models.baselines import add_baselines
 from models.config import TrainingConfig, load_training_config
 from models.leakage import LeakReport, annotate_schema, guard_own_table
 from models.own_tables import OwnInteractions, OwnTable, own_churn_table, own_interactions
@@ -162,11 +161,7 @@ def run_training(
             data = own_churn_table(own, seed=seed)
             data, leaks = guard_own_table(data, config.leakage, own.keep, own.horizon_days, seed)
             extra["leakage"] = leaks.as_dict()
-            notes += [f"leak guard: {x.describe()}: excluded; --keep {x.column} to keep it" for x in leaks.excluded]
-            notes += [f"leak guard: {x.describe()}: kept (--keep {x.column})" for x in leaks.kept]
-            if not leaks.excluded and not leaks.kept:
-                notes.append(f"leak guard: no column gives the label{' or the duration' if own.duration else ''} "
-                             f"away (measured on {leaks.rows:,} training rows)")  # fmt: skip
+            notes += leaks.lines(own.label, own.duration)
             log(f"{own.path}: {len(data.frame):,} rows; stages {data.stage.value_counts().to_dict()}")
         elif isinstance(own, OwnInteractions):
             data = own_interactions(own, seed=seed)
@@ -187,17 +182,10 @@ def run_training(
         if isinstance(own, OwnTable) and isinstance(data, LabelledTable):
             log(f"{unit.name}: fitting the baselines (logistic regression, untuned LightGBM)")
             t = time.perf_counter()
-            comparison = baselines_of(data, trained, seed)
+            comparison = add_baselines(data, trained, seed)
             seconds["baselines"] = time.perf_counter() - t
-            trained.metrics.update(comparison.metrics())
-            trained.tables["baselines"] = comparison.table()
-            extra["baselines"] = {"beats_baselines": comparison.beats_baselines, "summary": comparison.summary(),
-                                  "scores": comparison.scores, "fitted_on": "the training rows"}  # fmt: skip
+            extra["baselines"] = comparison.as_dict()
             notes.append(f"baselines: {comparison.summary()}")
-            if not comparison.beats_baselines:
-                logging.getLogger("custintel.models").warning(
-                    "%s: the model is not better than both baselines on test AUC (%s)", unit.name, comparison.summary()
-                )
         t = time.perf_counter()
         lineage = lineage_of(settings, unit, data, own, trained, seed, extra)
         record = steps.register(settings, config, unit, trained, lineage)
@@ -227,15 +215,6 @@ def run_training(
         log(f"{unit.name}: run {record.run_id}, " + ", ".join(_version_names(outcome)))
         outcomes.append(outcome)
     return outcomes
-
-
-def baselines_of(data: LabelledTable, trained: TrainedModel, seed: int) -> BaselineComparison:
-    """The churn model against the two baselines, on its schema's columns and its test rows' scores."""
-    schema = trained.info.get("schema", [])
-    numeric = [r["column"] for r in schema if r["role"] == "numeric"]
-    categorical = [r["column"] for r in schema if r["role"] == "categorical"]
-    assert trained.predictions is not None
-    return compare_with_baselines(data, numeric, categorical, trained.predictions["score"].to_numpy(), seed)
 
 
 def _version_names(outcome: TrainingOutcome) -> list[str]:

@@ -11,6 +11,7 @@ when the platform's model is not better than both on test AUC.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,8 +28,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from models import evaluation as ev
+from models.result import TrainedModel
 from models.splits import LabelledTable
 from models.tabular import FramePreparer
+
+log = logging.getLogger("custintel.models")
 
 METRICS = ("auc", "log_loss", "brier")
 BASELINES = ("logistic", "lightgbm_untuned")
@@ -58,6 +62,11 @@ class BaselineComparison:
         """One row per model: its test AUC, log loss and Brier score."""
         rows = [{"model": name, **{f"test_{m}": v[m] for m in METRICS}} for name, v in self.scores.items()]
         return pd.DataFrame(rows)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, for the run's lineage and info."""
+        return {"beats_baselines": self.beats_baselines, "summary": self.summary(), "scores": self.scores,
+                "test_rows": self.rows, "fitted_on": "the training rows"}  # fmt: skip
 
     def summary(self) -> str:
         """One line for the console and the run: the model's AUC against each baseline's, and the verdict."""
@@ -145,3 +154,24 @@ def compare_with_baselines(
 def _figures(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     m = ev.classification_metrics(y, p)
     return {k: float(m[k]) for k in METRICS}
+
+
+def add_baselines(data: LabelledTable, trained: TrainedModel, seed: int = 0) -> BaselineComparison:
+    """Compare a trained churn model with both baselines and add the figures to its run (metrics, table, info).
+
+    The baselines take the columns the model's schema used (numeric and categorical) and the
+    model's scores of the test rows; a model not better than both is warned about.
+    """
+    schema = trained.info.get("schema", [])
+    numeric = [r["column"] for r in schema if r["role"] == "numeric"]
+    categorical = [r["column"] for r in schema if r["role"] == "categorical"]
+    if trained.predictions is None:
+        raise ValueError("the trained model kept no test predictions to compare with the baselines")
+    comparison = compare_with_baselines(data, numeric, categorical, trained.predictions["score"].to_numpy(), seed)
+    trained.metrics.update(comparison.metrics())
+    trained.tables["baselines"] = comparison.table()
+    trained.info["baselines"] = comparison.as_dict()
+    if not comparison.beats_baselines:
+        log.warning("%s: the model is not better than both baselines on test AUC (%s)", trained.family,
+                    comparison.summary())  # fmt: skip
+    return comparison

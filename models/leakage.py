@@ -75,6 +75,15 @@ class LeakReport:
     thresholds: dict[str, float]
     rows: int  # training rows measured
 
+    def lines(self, label: str, duration: str | None) -> list[str]:
+        """What the guard did, one line per column, for the training summary."""
+        out = [f"leak guard: {x.describe()}: excluded; --keep {x.column} to keep it" for x in self.excluded]
+        out += [f"leak guard: {x.describe()}: kept (--keep {x.column})" for x in self.kept]
+        if not out:
+            what = f"label {label}" + (f" or the duration {duration}" if duration else "")
+            out.append(f"leak guard: no column gives the {what} away (measured on {self.rows:,} training rows)")
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for the run's lineage."""
         return {

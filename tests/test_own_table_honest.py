@@ -239,7 +239,7 @@ def test_capacity_given_and_a_recommendation_run_log_what_they_used(new_settings
     code, out = _run(settings.home_dir, "--trials", "1", "--table", str(path), "--id", "customer", "--label",
                      "churned", "--capacity", "7")  # fmt: skip
     assert code == 0, out
-    assert "leak guard: no column gives the label away" in out
+    assert "leak guard: no column gives the label churned away" in out
     client = Registry(settings).client
     experiment = client.get_experiment_by_name("custintel").experiment_id
     (churn,) = client.search_runs([experiment])

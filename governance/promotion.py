@@ -113,8 +113,11 @@ def label_lines(lineage: dict[str, Any]) -> dict[str, str]:
     if not isinstance(label, dict):
         return {}
     horizon = label.get("horizon_days")
-    return {"label": str(label.get("definition") or label.get("column")),
-            "label horizon": f"{horizon} days" if horizon else "not given"}  # fmt: skip
+    lines = {"label": str(label.get("definition") or label.get("column")),
+             "label horizon": f"{horizon} days" if horizon else "not given"}  # fmt: skip
+    if lineage.get("sha256"):
+        lines["file sha256"] = str(lineage["sha256"])
+    return lines
 
 
 def judge(candidate: Candidate, policy: GovernancePolicy, waiver: gate.Waiver | None, actor: str) -> Judgement:

@@ -302,4 +302,9 @@ def guard_own_table(
     """Both guards on a user's table, before anything trains: label windows across stages, then leaking columns."""
     if horizon_days is not None:
         check_label_windows(table, horizon_days)
+    elif table.snapshot is not None:
+        log.warning(
+            "--split-by %s without --horizon: whether training labels' windows run past the validation snapshots "
+            "cannot be checked; give --horizon DAYS (the label's window)", table.snapshot
+        )  # fmt: skip
     return guard_table(table, config, keep, seed)

@@ -127,6 +127,14 @@ def test_label_windows_crossing_the_next_stage_are_refused_with_counts_and_dates
     check_label_windows(table, 28)  # a month apart, a 28-day label: no window crosses
 
 
+def test_a_time_split_without_a_horizon_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from models.leakage import guard_own_table
+
+    with caplog.at_level("WARNING", logger="custintel.models"):
+        guard_own_table(_snapshots(), LeakageConfig(), (), None)
+    assert "--split-by snapshot without --horizon" in caplog.text
+
+
 def test_the_capacity_is_a_share_of_the_scored_customers_unless_given() -> None:
     assert contact_capacity(None, 0.05, 1000) == (50, contact_capacity(None, 0.05, 1000)[1])
     assert "5.0% of the 1,000 customers scored" in contact_capacity(None, 0.05, 1000)[1]
@@ -144,6 +152,7 @@ def test_the_card_says_the_runs_horizon_and_the_gate_says_how_to_waive() -> None
     assert "next 90 days" in text
     lines = label_lines({"label": {"column": "churned", "horizon_days": 182, "definition": "column 'churned'"}})
     assert lines == {"label": "column 'churned'", "label horizon": "182 days"}
+    assert label_lines({"sha256": "ab12", "label": {"column": "churned"}})["file sha256"] == "ab12"
     card = intended_use_for(text, lines["label horizon"])
     assert "within 182 days" in card and "90 days" not in card
     assert "horizon was not given" in intended_use_for(text, "not given")

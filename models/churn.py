@@ -284,7 +284,12 @@ def train_churn(
     return TrainedModel(
         family="churn",
         models=models,
-        params={**params, "calibration": config.calibration, "calibrate_on": config.calibrate_on, "label": data.label},
+        params={
+            **params,
+            "calibration": config.calibration,
+            "label": data.label,
+            "calibrate_on": config.calibrate_on if held_out else "validation",
+        },  # where it really was fitted
         metrics=metrics,
         figures=figures,
         tables={"calibration": calibration, "gains": gains, "importance": imp},

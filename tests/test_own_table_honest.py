@@ -197,6 +197,7 @@ def test_a_byo_run_excludes_the_leak_keeps_what_is_kept_fits_baselines_and_logs_
     assert tags["custintel.table_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert tags["custintel.leakage.excluded"] == "TotalCharges" and tags["custintel.leakage.kept"] == "cancel_code"
     assert "None" not in params.values() and params["split_seed"] == "0" and "at random" in params["split_method"]
+    assert params["calibrate_on"] == "validation"  # an own table calibrates on its validation rows, whatever the config
     lineage = registry.read_run_json(run.info.run_id, "lineage/lineage.json")
     assert lineage["options"] == {"path": str(path), "id_column": "customer", "label": "churned",
                                   "duration": "tenure", "keep": ["cancel_code"], "horizon_days": 182}  # fmt: skip

@@ -154,6 +154,7 @@ def check_fairness(audit: Audit, policy: FamilyPolicy, confidence: float) -> Che
     features = ", ".join(f.feature for f in audit.features)
     if judged == 0:
         passed = False
+        details = [d for d in details if "not computable" not in d]  # every metric of every feature: one line says it
         details.insert(
             0,
             f"nothing could be audited: no feature among {features} has two gated groups; "

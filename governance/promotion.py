@@ -85,9 +85,7 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
     lineage = registry.read_run_json(run_id, "lineage/lineage.json")
     quality = registry.read_run_json(run_id, "data_quality.json")
     training = {
-        "feature sets": ", ".join(f"{k} (digest {v.get('digest')})" for k, v in lineage.get("feature_sets", {}).items())
-        or lineage.get("source", "user table"),
-        "cutoffs (as of)": ", ".join(lineage.get("as_of", [])) or "n/a",
+        **source_lines(lineage),
         **label_lines(lineage),
         "training rows": f"{quality.get('rows', float('nan')):,.0f}",
         "positives": f"{quality.get('positives', float('nan')):,.0f}",
@@ -105,6 +103,20 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
         candidate.champion_inputs = registry.model_inputs(name, champion_version)
     candidate.golden = store.read_golden_records(settings)
     return candidate
+
+
+def source_lines(lineage: dict[str, Any]) -> dict[str, str]:
+    """What the run read, as the card states it: the feature sets and cutoffs, or the user's file and its split."""
+    sets = lineage.get("feature_sets")
+    if sets:
+        return {"feature sets": ", ".join(f"{k} (digest {v.get('digest')})" for k, v in sets.items()),
+                "cutoffs (as of)": ", ".join(lineage.get("as_of", [])) or "n/a"}  # fmt: skip
+    lines = {"source file": str(lineage.get("source", "a user's table"))}
+    split = lineage.get("split")
+    if isinstance(split, dict):
+        sizes = ", ".join(f"{k} {v:,}" for k, v in split.get("sizes", {}).items())
+        lines["split"] = f"{split.get('method')} (seed {split.get('seed')}; rows: {sizes})"
+    return lines
 
 
 def label_lines(lineage: dict[str, Any]) -> dict[str, str]:

@@ -146,13 +146,18 @@ def test_the_card_says_the_runs_horizon_and_the_gate_says_how_to_waive() -> None
     from governance.cards import intended_use_for
     from governance.gate import waiver_hint
     from governance.policy import load_policy
-    from governance.promotion import label_lines
+    from governance.promotion import label_lines, source_lines
 
     text = load_policy(None).family("churn").intended_use
     assert "next 90 days" in text
     lines = label_lines({"label": {"column": "churned", "horizon_days": 182, "definition": "column 'churned'"}})
     assert lines == {"label": "column 'churned'", "label horizon": "182 days"}
     assert label_lines({"sha256": "ab12", "label": {"column": "churned"}})["file sha256"] == "ab12"
+    own = source_lines({"source": "/data/telco.csv", "split": {"method": "at random", "seed": 0,
+                                                                 "sizes": {"test": 240, "train": 720}}})  # fmt: skip
+    assert own == {"source file": "/data/telco.csv", "split": "at random (seed 0; rows: test 240, train 720)"}
+    store = source_lines({"feature_sets": {"value@1": {"digest": "d1"}}, "as_of": ["2025-06-01"]})
+    assert store == {"feature sets": "value@1 (digest d1)", "cutoffs (as of)": "2025-06-01"}
     card = intended_use_for(text, lines["label horizon"])
     assert "within 182 days" in card and "90 days" not in card
     assert "horizon was not given" in intended_use_for(text, "not given")

@@ -157,10 +157,12 @@ class Settings(BaseSettings):
     serving_log_salt: str | None = Field(
         default=None, description="Salt of the customer-key hash in the inference log (set it in production)."
     )
-    retention_calls_per_week: int = Field(
-        default=500,
+    retention_calls_per_week: int | None = Field(
+        default=None,
         ge=1,
-        description="Customers the retention team can call a week: sets the churn model's contact threshold.",
+        description="Customers the retention team can call a week: sets the churn model's contact threshold "
+        "(overrides the training config's churn.weekly_capacity). Unset and unconfigured: the config's "
+        "churn.contact_share of the scored customers.",
     )
 
     def to_flow(self) -> dict[str, Any]:

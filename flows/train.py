@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ from prefect.cache_policies import NO_CACHE
 
 from custintel.settings import Settings
 from flows.retries import io_task
+from models.baselines import add_baselines
 from models.config import TrainingConfig, load_training_config
+from models.leakage import LeakReport, annotate_schema, guard_own_table
 from models.own_tables import OwnInteractions, OwnTable, check_own_interactions, own_churn_table, own_interactions
 from models.registry import Registry, RunRecord
 from models.result import TrainedModel
@@ -40,7 +42,10 @@ from models.training import (
     lineage_of,
     load_unit,
     plan_units,
+    run_tags,
     shifted,
+    split_record,
+    split_seed,
     with_budget,
 )
 from monitoring.baseline import labelled_reference
@@ -70,7 +75,7 @@ def register_unit(
 
     registry = Registry(settings)
     experiment_id = registry.ensure_experiment(config.experiment)
-    tags = {"custintel.unit": unit.name, "custintel.feature_sets": ",".join(unit.feature_sets)}
+    tags = run_tags(unit, lineage)
     return registry.log_training_run(trained, experiment_id, tags, lineage, lineage.get("source", ""), actor=actor())
 
 
@@ -136,34 +141,60 @@ def run_training(
         built = ensure_features(settings, sets, cutoffs, build_features)
         if built:
             log(f"built the missing feature cutoffs {', '.join(map(str, built))}")
+    fit_settings = settings
+    if isinstance(own, OwnTable):  # the store's weekly capacity is its customers'; a user's table has its own
+        fit_settings = settings.model_copy(
+            update={"retention_calls_per_week": own.capacity or settings.retention_calls_per_week}
+        )
+        units = [replace(u, config=u.config.model_copy(update={"weekly_capacity": None})) for u in units]
     prefix = f"{config.experiment}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
     outcomes = []
     schema: list[dict[str, str]] = []
     for unit in units:
         seconds: dict[str, float] = {}
         t = time.perf_counter()
+        seed = split_seed(unit)
         data: Loaded
+        extra: dict[str, Any] = {}
+        notes: list[str] = []
+        leaks: LeakReport | None = None
         if isinstance(own, OwnTable):
-            data = own_churn_table(own, seed=unit.tuning.seed if unit.tuning else 0)
+            data = own_churn_table(own, seed=seed)
+            data, leaks = guard_own_table(data, config.leakage, own.keep, own.horizon_days, seed)
+            extra["leakage"] = leaks.as_dict()
+            notes += leaks.lines(own.label, own.duration)
             log(f"{own.path}: {len(data.frame):,} rows; stages {data.stage.value_counts().to_dict()}")
         elif isinstance(own, OwnInteractions):
             checked = check_own_interactions(own)
             schema = checked.describe()
-            data = own_interactions(own, seed=unit.tuning.seed if unit.tuning else 0, checked=checked)
+            data = own_interactions(own, seed=seed, checked=checked)
         else:
             data = steps.load(settings, config, unit)
         seconds["load"] = time.perf_counter() - t
         log(f"{unit.name}: tuning and fitting")
         t = time.perf_counter()
-        trained = steps.fit(unit, data, settings, prefix)
+        trained = steps.fit(unit, data, fit_settings, prefix)
         if isinstance(own, OwnInteractions):  # the churn table's schema travels in its LabelledTable
             trained.info["schema"] = schema
             trained.tables["schema"] = pd.DataFrame(schema)
+        if leaks is not None and "schema" in trained.info:
+            trained.info["schema"] = annotate_schema(trained.info["schema"], leaks)
         trained.reference = monitoring_reference(settings, data, trained)
         seconds["fit_total"] = time.perf_counter() - t
         seconds["fit_models"] = trained.fit_seconds
+        split = split_record(data, seed, own)
+        trained.params.update({"split_method": split["method"], "split_seed": seed})
+        trained.metrics.update({f"split_rows_{k}": float(v) for k, v in split["sizes"].items()})
+        if isinstance(own, OwnTable) and isinstance(data, LabelledTable):
+            log(f"{unit.name}: fitting the baselines (logistic regression, untuned LightGBM)")
+            t = time.perf_counter()
+            comparison = add_baselines(data, trained, seed)
+            seconds["baselines"] = time.perf_counter() - t
+            extra["baselines"] = comparison.as_dict()
+            notes.append(f"baselines: {comparison.summary()}")
         t = time.perf_counter()
-        record = steps.register(settings, config, unit, trained, lineage_of(settings, unit, data, own))
+        lineage = lineage_of(settings, unit, data, own, trained, seed, extra)
+        record = steps.register(settings, config, unit, trained, lineage)
         seconds["log_and_register"] = time.perf_counter() - t
         t = time.perf_counter()
         steps.verify(settings, trained, record)
@@ -185,6 +216,7 @@ def run_training(
             oracle=scores,
             seconds={k: round(v, 3) for k, v in seconds.items()},
             schema=list(trained.info.get("schema", [])) if own is not None else [],  # printed for own tables
+            notes=notes,
         )
         log(f"{unit.name}: run {record.run_id}, " + ", ".join(_version_names(outcome)))
         outcomes.append(outcome)
@@ -234,7 +266,7 @@ def train_model(
     logger = get_run_logger()
     own: OwnTable | OwnInteractions | None = None
     if own_table:
-        own = OwnTable(**{**own_table, "path": Path(own_table["path"])})
+        own = OwnTable(**{**own_table, "path": Path(own_table["path"]), "keep": tuple(own_table.get("keep") or ())})
     elif own_interactions:
         own = OwnInteractions(**{**own_interactions, "path": Path(own_interactions["path"])})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,21 @@ class CardContext:
     verdict: Verdict
     champion_before: str | None
     champion_after: str | None
+
+
+_HORIZON_WORDS = re.compile(r"(?:in |within )?the next \d+ days")
+
+
+def intended_use_for(text: str, horizon: str | None) -> str:
+    """The policy's intended use with its label window replaced by the run's ('next 90 days' for a 26-week label).
+
+    `horizon` is what the run recorded ('182 days', or 'not given'); None (no label record) keeps the text.
+    """
+    if horizon is None:
+        return text
+    window = f"within {horizon}" if horizon != "not given" else "within the label's window (its horizon was not given)"
+    replaced, count = _HORIZON_WORDS.subn(window, text)
+    return replaced if count else f"{text} (Label window: {horizon}.)"
 
 
 _FAST: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]] = {

@@ -154,7 +154,12 @@ def check_fairness(audit: Audit, policy: FamilyPolicy, confidence: float) -> Che
     features = ", ".join(f.feature for f in audit.features)
     if judged == 0:
         passed = False
-        details.insert(0, f"nothing could be audited: no feature among {features} has two gated groups")
+        details = [d for d in details if "not computable" not in d]  # every metric of every feature: one line says it
+        details.insert(
+            0,
+            f"nothing could be audited: no feature among {features} has two gated groups; "
+            + waiver_hint(policy, audit.min_group_size),
+        )
     elif passed:
         details.insert(0, f"{judged} limits met (by {features})")
     small = [
@@ -163,6 +168,17 @@ def check_fairness(audit: Audit, policy: FamilyPolicy, confidence: float) -> Che
     if small:
         details.append(f"reported, not gated (under {audit.min_group_size} rows or unknown): {', '.join(small)}")
     return Check("fairness", passed, details, True, numbers)
+
+
+def waiver_hint(policy: FamilyPolicy, min_group_size: int) -> str:
+    """How an unaudited model can still be promoted: the waiver the policy allows, or the setting that allows one."""
+    fix = f"groups need {min_group_size} test rows with a known attribute (min_group_size in the governance policy)"
+    if policy.on_failure == "waiver":
+        return f"{fix}, or a named approver waives it: `custintel promote <model> --approver NAME --reason TEXT`"
+    return (
+        f"{fix}; this family's policy has on_failure: block, so no waiver: set on_failure: waiver in a copy of the "
+        "policy (CUSTINTEL_GOVERNANCE_POLICY), then `custintel promote <model> --approver NAME --reason TEXT`"
+    )
 
 
 def _groups(metric: str, feature: FeatureAudit) -> str:

@@ -85,9 +85,8 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
     lineage = registry.read_run_json(run_id, "lineage/lineage.json")
     quality = registry.read_run_json(run_id, "data_quality.json")
     training = {
-        "feature sets": ", ".join(f"{k} (digest {v.get('digest')})" for k, v in lineage.get("feature_sets", {}).items())
-        or lineage.get("source", "user table"),
-        "cutoffs (as of)": ", ".join(lineage.get("as_of", [])) or "n/a",
+        **source_lines(lineage),
+        **label_lines(lineage),
         "training rows": f"{quality.get('rows', float('nan')):,.0f}",
         "positives": f"{quality.get('positives', float('nan')):,.0f}",
         "test rows": f"{len(evaluation.frame):,}",
@@ -104,6 +103,33 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
         candidate.champion_inputs = registry.model_inputs(name, champion_version)
     candidate.golden = store.read_golden_records(settings)
     return candidate
+
+
+def source_lines(lineage: dict[str, Any]) -> dict[str, str]:
+    """What the run read, as the card states it: the feature sets and cutoffs, or the user's file and its split."""
+    sets = lineage.get("feature_sets")
+    if sets:
+        return {"feature sets": ", ".join(f"{k} (digest {v.get('digest')})" for k, v in sets.items()),
+                "cutoffs (as of)": ", ".join(lineage.get("as_of", [])) or "n/a"}  # fmt: skip
+    lines = {"source file": str(lineage.get("source", "a user's table"))}
+    split = lineage.get("split")
+    if isinstance(split, dict):
+        sizes = ", ".join(f"{k} {v:,}" for k, v in split.get("sizes", {}).items())
+        lines["split"] = f"{split.get('method')} (seed {split.get('seed')}; rows: {sizes})"
+    return lines
+
+
+def label_lines(lineage: dict[str, Any]) -> dict[str, str]:
+    """The run's label and its horizon, as the card's training data states them (empty for runs without one)."""
+    label = lineage.get("label")
+    if not isinstance(label, dict):
+        return {}
+    horizon = label.get("horizon_days")
+    lines = {"label": str(label.get("definition") or label.get("column")),
+             "label horizon": f"{horizon} days" if horizon else "not given"}  # fmt: skip
+    if lineage.get("sha256"):
+        lines["file sha256"] = str(lineage["sha256"])
+    return lines
 
 
 def judge(candidate: Candidate, policy: GovernancePolicy, waiver: gate.Waiver | None, actor: str) -> Judgement:
@@ -172,7 +198,8 @@ def judge(candidate: Candidate, policy: GovernancePolicy, waiver: gate.Waiver | 
     context = cards.CardContext(
         name=candidate.name, version=candidate.version, family=candidate.family, run_id=candidate.run_id,
         owner=policy.owner, policy_version=policy.version, policy_hash=policy.digest,
-        intended_use=rules.intended_use, out_of_scope=rules.out_of_scope, caveats=rules.caveats,
+        intended_use=cards.intended_use_for(rules.intended_use, candidate.training.get("label horizon")),
+        out_of_scope=rules.out_of_scope, caveats=rules.caveats,
         decided_at=decided_at, actor=actor, decision_id=decision_id, training=candidate.training,
         metrics=cards.bootstrap_metrics(ev_set, scored, CARD_METRICS[ev_set.kind]),
         threshold=candidate.threshold, audit=audit, verdict=verdict,

@@ -16,6 +16,7 @@ is monotone, so the ranking (AUC, who is contacted) does not depend on where it 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import warnings
 from typing import Any
@@ -39,7 +40,7 @@ from models.config import ChurnConfig, LightGBMConfig, TuningConfig
 from models.result import EvaluationSet, LoggedModel, TrainedModel
 from models.splits import CALIBRATION, LabelledTable, SplitError, hold_out_for_calibration, latest_snapshot
 from models.tabular import FramePreparer, TabularSchema, infer_schema
-from models.tuning import FitClock, tune_lightgbm_classifier
+from models.tuning import FitClock, scaled_to_rows, tune_lightgbm_classifier
 
 log = logging.getLogger("custintel.models")
 
@@ -163,6 +164,7 @@ def fit_tuned_pipeline(
     with clock.fitting():
         preparer.fit(train)
     weights = train[data.weight].to_numpy(dtype="float64") if data.weight else None
+    lightgbm = scaled_to_rows(lightgbm, len(train))
     tuned = tune_lightgbm_classifier(
         (preparer.transform(train), y_train), (preparer.transform(valid), y_valid), lightgbm, tuning, study, clock,
         sample_weight=weights, label=family,
@@ -206,10 +208,22 @@ def calibration_rows(data: LabelledTable, config: ChurnConfig) -> tuple[pd.DataF
     return rows, y, where
 
 
+def contact_capacity(given: int | None, share: float, scored: int) -> tuple[int, str]:
+    """How many customers the retention team contacts, and where that number comes from in words.
+
+    An absolute number when one is given; else `share` of the scored customers (at least one),
+    so a 1,000-row table is not half flagged by a capacity sized for a whole customer base.
+    """
+    if given is not None:
+        return given, f"{given:,} customers a week (given)"
+    capacity = max(1, math.ceil(share * scored))
+    return capacity, f"{share:.1%} of the {scored:,} customers scored (churn.contact_share; no absolute capacity given)"
+
+
 def train_churn(
     data: LabelledTable,
     config: ChurnConfig,
-    weekly_capacity: int,
+    weekly_capacity: int | None,
     study: optuna.Study,
     clock: FitClock,
 ) -> TrainedModel:
@@ -229,9 +243,9 @@ def train_churn(
     # recalibrated model, never from test. Calibration is monotone: the capacity's customers there are the
     # same wherever it was fitted; the value is on the scale the served scores have.
     valid = labelled_rows(data, "valid")[0]
-    threshold = ev.capacity_threshold(
-        calibrated.predict_proba(latest_snapshot(valid, data.snapshot))[:, 1], weekly_capacity
-    )
+    scored = latest_snapshot(valid, data.snapshot)
+    capacity, capacity_rule = contact_capacity(weekly_capacity, config.contact_share, len(scored))
+    threshold = ev.capacity_threshold(calibrated.predict_proba(scored)[:, 1], capacity)
     test, y_test = labelled_rows(data, "test")
     p_test = calibrated.predict_proba(test)[:, 1]
     p_raw = pipeline.predict_proba(test)[:, 1]
@@ -240,7 +254,8 @@ def train_churn(
     in_the_large = ev.calibration_in_the_large(y_test, p_test)
     metrics.update(test_mean_score=in_the_large.predicted, test_observed_to_predicted=in_the_large.ratio)
     metrics.update({f"test_{k}": v for k, v in ev.threshold_metrics(y_test, p_test, threshold).items()})
-    metrics.update({"threshold": threshold, "weekly_capacity": float(weekly_capacity)})
+    metrics.update({"threshold": threshold, "weekly_capacity": float(capacity),
+                    "contact_share": capacity / max(len(scored), 1)})  # fmt: skip
     metrics.update(study_summary.as_metrics())
     for stage in ("train", "valid", "test", CALIBRATION):
         metrics[f"rows_{stage}"] = float(len(labelled_rows(data, stage)[0]))
@@ -276,8 +291,8 @@ def train_churn(
         params={
             **params,
             "calibration": config.calibration,
-            "calibrate_on": config.calibrate_on,
             "label": data.label,
+            "calibrate_on": config.calibrate_on if held_out else "validation",  # where it really was fitted
             **({"label_definition": data.label_definition} if data.label_definition else {}),
         },
         metrics=metrics,
@@ -292,7 +307,8 @@ def train_churn(
             "schema": list(data.schema_report) or schema.describe(),
             "threshold": {
                 "value": threshold,
-                "weekly_capacity": weekly_capacity,
+                "weekly_capacity": capacity,
+                "capacity": capacity_rule,
                 "rule": "contact customers scoring at or above the value: the capacity-th highest calibrated score "
                 "of the newest validation cutoff",
             },

@@ -120,6 +120,19 @@ LIGHTGBM_PARAMS = frozenset(
 )  # fmt: skip
 
 
+class LeakageConfig(_Strict):
+    """The leakage guard of a user's own table (`models.leakage`): at or above a threshold, a column is excluded."""
+
+    label_auc: float = Field(
+        default=0.98, gt=0.5, le=1, description="A column whose AUC alone (either direction) against the label "
+        "reaches this gives the answer away.",
+    )  # fmt: skip
+    duration_spearman: float = Field(
+        default=0.98, gt=0, le=1, description="With --duration: a column whose |Spearman| with the duration reaches "
+        "this, alone or divided by another numeric column, is a near-deterministic function of it.",
+    )  # fmt: skip
+
+
 class ChurnConfig(_Strict):
     """Churn within a horizon (calibrated LightGBM) and time to churn (Cox model)."""
 
@@ -147,6 +160,20 @@ class ChurnConfig(_Strict):
         min_length=1,
         description="Salt of the customer-key hash that picks them: with the same salt and share, the same "
         "customers in every training, so a champion was never calibrated on a challenger's test customers.",
+    )
+    weekly_capacity: int | None = Field(
+        default=None,
+        ge=1,
+        description="Customers the retention team can call a week, on the feature store (like its feature sets and "
+        "cutoffs, not applied to a user's own table, which takes `--capacity`). CUSTINTEL_RETENTION_CALLS_PER_WEEK "
+        "overrides it; with neither, the contact threshold is `contact_share` of the scored customers.",
+    )
+    contact_share: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Without an absolute capacity: the share of the scored customers (the newest validation "
+        "snapshot) the retention team contacts.",
     )
     survival: bool = Field(default=True, description="Also fit a Cox model for time to churn.")
     survival_penalizer: float = Field(default=0.1, ge=0)
@@ -245,6 +272,7 @@ class TrainingConfig(_Strict):
     churn: ChurnConfig | None = None
     propensity: PropensityConfig | None = None
     recommendation: RecommendationConfig | None = None
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig)
 
     @model_validator(mode="after")
     def _some_family(self) -> TrainingConfig:

@@ -47,6 +47,9 @@ class OwnTable:
     split_by: str | None = None  # a date column: earlier rows train, later ones test
     duration: str | None = None  # time to the event or censoring: also fit the survival model
     schema: Path | str | None = None  # a --schema file overriding the inferred column types
+    keep: tuple[str, ...] = ()  # columns the leakage guard flags but the user keeps (models.leakage)
+    horizon_days: int | None = None  # the label's window: churned within this many days of the snapshot
+    capacity: int | None = None  # customers contacted a week (unset: churn.contact_share of those scored)
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,8 @@ def pip_requirements() -> list[str]:
 
 
 def _flat_params(params: dict[str, Any]) -> dict[str, str]:
-    return {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in params.items()}
+    """Params as MLflow strings; unset ones (None) are left out rather than logged as 'None'."""
+    return {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in params.items() if v is not None}
 
 
 def serving_example(logged: LoggedModel) -> pd.DataFrame:

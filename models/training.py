@@ -11,6 +11,7 @@ model against the generator's oracle (evaluation only). The flow `flows.train` w
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class TrainingOutcome:
     oracle: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     schema: list[dict[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the guards found and the baselines' verdict, for the summary
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -74,6 +76,7 @@ class TrainingOutcome:
             "oracle": self.oracle,
             "seconds": self.seconds,
             "schema": self.schema,
+            "notes": self.notes,
         }
 
 
@@ -289,7 +292,8 @@ def fit_unit(unit: Unit, data: Loaded, settings: Settings, study_prefix: str) ->
     study = create_study(f"{study_prefix}-{unit.name}", unit.tuning, settings.optuna_storage) if unit.tuning else None
     if unit.name == "churn":
         assert isinstance(data, LabelledTable) and study is not None
-        return train_churn(data, unit.config, settings.retention_calls_per_week, study, clock)
+        capacity = settings.retention_calls_per_week or unit.config.weekly_capacity
+        return train_churn(data, unit.config, capacity, study, clock)
     if unit.name == "propensity":
         assert isinstance(data, LabelledTable) and study is not None
         return train_propensity(data, unit.config, study, clock)
@@ -300,12 +304,95 @@ def fit_unit(unit: Unit, data: Loaded, settings: Settings, study_prefix: str) ->
     return train_recommendation(data[0], data[1], unit.config, unit.tuning, study, clock)
 
 
-def lineage_of(settings: Settings, unit: Unit, data: Loaded, own: OwnTable | OwnInteractions | None) -> dict[str, Any]:
-    """What the run was trained on: sets, versions, digests and cutoffs (or the user's file), and the config."""
+# Config keys that describe the feature store's data (its sets, cutoffs, label horizon and team): a user's own
+# table never used them, so its run does not record them as if it had.
+STORE_ONLY = frozenset({"feature_sets", "split", "horizon_days", "weekly_capacity", "calibrate_on",
+                        "calibration_share", "calibration_salt", "train_as_of", "valid_as_of", "uplift"})  # fmt: skip
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def options_given(own: OwnTable | OwnInteractions) -> dict[str, Any]:
+    """The options of a user's table that were set (no None, no empty list), JSON-ready."""
+    out: dict[str, Any] = {}
+    for key, value in vars(own).items():
+        if value is None or value == ():
+            continue
+        out[key] = str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def split_record(data: Loaded, seed: int, own: OwnTable | OwnInteractions | None) -> dict[str, Any]:
+    """How the rows were split: the method, the seed, and the rows per stage."""
+    if isinstance(data, LabelledTable):
+        sizes = {str(k): int(v) for k, v in data.stage.value_counts().sort_index().items()}
+        if own is None:
+            method = "by cutoff (the config's train, valid and test cutoffs)"
+        elif data.snapshot:
+            method = f"by time: rows ranked by {data.snapshot}, earliest 60% train, next 20% valid, latest 20% test"
+        else:
+            method = "at random, stratified by the label: 60% train, 20% valid, 20% test"
+        return {"method": method, "seed": seed, "sizes": sizes}
+    valid, test = data
+    if isinstance(own, OwnInteractions):
+        method = (
+            f"by time: interactions ranked by {own.time}, earliest 80% train, next 10% valid, latest 10% test"
+            if own.time
+            else "at random per user: 80% train, 10% valid, 10% test"
+        )
+    else:
+        method = "by cutoff (the config's valid_as_of and train_as_of)"
+    sizes = {"train": len(valid.history), "valid": len(valid.holdout), "test": len(test.holdout)}
+    return {"method": method, "seed": seed, "sizes": sizes}
+
+
+def label_record(own: OwnTable | None, unit: Unit) -> dict[str, Any]:
+    """What the label means and over what horizon, as the run records it (and the model card says it)."""
+    if own is None:
+        horizon = getattr(unit.config, "horizon_days", None)
+        definition = f"the feature store's label, observed over the {horizon} days after each cutoff"
+        return {"column": getattr(unit.config, "label", None) or unit.name, "horizon_days": horizon,
+                "definition": definition}  # fmt: skip
+    horizon = f"within {own.horizon_days} days of the snapshot" if own.horizon_days else "horizon not given (--horizon)"
+    return {"column": own.label, "horizon_days": own.horizon_days,
+            "definition": f"column {own.label!r} of the user's table (true: churned), {horizon}"}  # fmt: skip
+
+
+def lineage_of(
+    settings: Settings,
+    unit: Unit,
+    data: Loaded,
+    own: OwnTable | OwnInteractions | None,
+    trained: TrainedModel | None = None,
+    seed: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What the run was trained on: sets, versions, digests and cutoffs (or the user's file), the split and the config.
+
+    A user's file is recorded by its sha256, the options given, the columns used (the schema),
+    the split and the label; the config without the feature store's sets and cutoffs, which it
+    never read. `extra` (the leakage guard's and the baselines' records) is added as is.
+    """
     config = unit.config.model_dump(mode="json")
     if own is not None:
-        return {"source": str(own.path.resolve()), "own_table": {k: str(v) for k, v in vars(own).items()},
-                "config": config}  # fmt: skip
+        record = {
+            "source": str(own.path.resolve()),
+            "sha256": file_sha256(own.path),
+            "options": options_given(own),
+            "schema": list(trained.info.get("schema", [])) if trained is not None else [],
+            "split": split_record(data, seed, own),
+            "config": {k: v for k, v in config.items() if k not in STORE_ONLY},
+        }
+        if isinstance(own, OwnTable):
+            record["label"] = label_record(own, unit)
+        return {**record, **(extra or {})}
     root = offline_root(settings)
     sets = {}
     for key in unit.feature_sets:
@@ -316,7 +403,36 @@ def lineage_of(settings: Settings, unit: Unit, data: Loaded, own: OwnTable | Own
             "columns": manifest.get("columns"),
             "partitions": {str(d): parts.get(str(d)) for d in unit.as_of},
         }
-    return {"source": str(root), "feature_sets": sets, "as_of": [str(d) for d in unit.as_of], "config": config}
+    split = split_record(data, seed, None)
+    label = label_record(None, unit) if unit.name == "churn" else None
+    return {"source": str(root), "feature_sets": sets, "as_of": [str(d) for d in unit.as_of], "split": split,
+            **({"label": label} if label else {}), "config": config, **(extra or {})}  # fmt: skip
+
+
+def run_tags(unit: Unit, lineage: dict[str, Any]) -> dict[str, str]:
+    """The run's tags: what it read (feature sets, or the user's file and its digest), and what the guards found."""
+    tags = {"custintel.unit": unit.name}
+    if "feature_sets" in lineage:
+        tags["custintel.feature_sets"] = ",".join(unit.feature_sets)
+    else:
+        tags["custintel.source"] = "own_table"
+        tags["custintel.table_sha256"] = str(lineage.get("sha256", ""))
+    leakage = lineage.get("leakage")
+    if leakage:
+        tags["custintel.leakage.excluded"] = ",".join(x["column"] for x in leakage["excluded"]) or "none"
+        if leakage["kept"]:
+            tags["custintel.leakage.kept"] = ",".join(x["column"] for x in leakage["kept"])
+    baselines = lineage.get("baselines")
+    if baselines:
+        tags["custintel.beats_baselines"] = "true" if baselines["beats_baselines"] else "false"
+    return tags
+
+
+def split_seed(unit: Unit) -> int:
+    """The seed of a unit's split (a random split of a user's table) and of its tuning."""
+    if unit.tuning is not None:
+        return unit.tuning.seed
+    return int(getattr(unit.config, "seed", 0))
 
 
 def compare_with_truth(

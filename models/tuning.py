@@ -205,6 +205,31 @@ class TunedClassifier:
     study: StudySummary
 
 
+LEAF_SHARE = 0.1  # a leaf of at most this share of the training rows: larger and the trees cannot split at all
+
+
+def scaled_to_rows(config: LightGBMConfig, rows: int) -> LightGBMConfig:
+    """The config with `min_child_samples` at most LEAF_SHARE of the training rows.
+
+    A search space sized for a large customer base (leaves of 50 to 800 rows) on a table of
+    a few hundred rows draws trees that cannot split: a constant model. Ranges already
+    below the cap are returned unchanged, so large tables are searched as configured.
+    """
+    cap = max(2, int(rows * LEAF_SHARE))
+    update: dict[str, Any] = {}
+    space = config.search.get("min_child_samples")
+    if space is not None and space.high > cap:
+        low = min(space.low, max(1, cap // 2))
+        update["search"] = {**config.search, "min_child_samples": space.model_copy(update={"low": low, "high": cap})}
+    fixed = config.fixed.get("min_child_samples")
+    if isinstance(fixed, (int, float)) and not isinstance(fixed, bool) and fixed > cap:
+        update["fixed"] = {**config.fixed, "min_child_samples": cap}
+    if not update:
+        return config
+    log.info("min_child_samples capped at %s (%.0f%% of the %s training rows)", cap, LEAF_SHARE * 100, f"{rows:,}")
+    return config.model_copy(update=update)
+
+
 def lightgbm_params(config: LightGBMConfig, drawn: dict[str, Any], seed: int) -> dict[str, Any]:
     """The full parameter set of one LightGBM fit."""
     return {

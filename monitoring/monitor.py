@@ -100,7 +100,7 @@ def read_champion(registry: Registry, family: str, name: str) -> Champion | None
     run = registry.run(mv.run_id) if mv.run_id else None
     lineage = registry.read_run_json(mv.run_id, "lineage/lineage.json") if mv.run_id else {}
     cutoffs = [dt.date.fromisoformat(d) for d in lineage.get("as_of", [])]
-    horizon = (lineage.get("config") or {}).get("horizon_days")
+    horizon = (lineage.get("config") or {}).get("horizon_days") or (lineage.get("label") or {}).get("horizon_days")
     metrics = dict(run.metrics) if run else {}
     return Champion(
         family=family,

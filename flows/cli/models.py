@@ -49,6 +49,24 @@ def train(
         str | None,
         typer.Option(help="With --table: time to churn or to the end of observation; adds the survival model."),
     ] = None,
+    keep: Annotated[
+        list[str] | None,
+        typer.Option(help="With --table: keep this column although the leak guard flags it (repeatable; recorded)."),
+    ] = None,
+    horizon: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --table: the label's window in days (churned within it); with --split-by, "
+            "label windows crossing a later stage's first snapshot are refused.",
+        ),
+    ] = None,  # fmt: skip
+    capacity: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="With --table: customers the team can contact (default: churn.contact_share of those scored)."
+        ),
+    ] = None,  # fmt: skip
     interactions: Annotated[
         Path | None, typer.Option(help="Recommendation on your own interactions table (CSV or Parquet).")
     ] = None,
@@ -69,7 +87,7 @@ def train(
 ) -> None:
     """Tune, train, track and register models (@challenger), on the feature store or on your own table."""
     own = own_input(family, table, id_column, label, split_by, duration, interactions, user, item, weight, time_column,
-                    schema)  # fmt: skip
+                    schema, tuple(keep or ()), horizon, capacity)  # fmt: skip
     if own is not None:
         check_own(own)
     outcomes = run_training(family, engine, trials, timeout, truth, own)
@@ -89,6 +107,9 @@ def own_input(
     weight: str | None,
     time_column: str | None,
     schema: Path | None = None,
+    keep: tuple[str, ...] = (),
+    horizon: int | None = None,
+    capacity: int | None = None,
 ) -> OwnTable | OwnInteractions | None:
     """The user's own table or interactions the options name (None: the feature store); misuse is one line."""
     from models.own_tables import OwnInteractions, OwnTable
@@ -98,7 +119,7 @@ def own_input(
             raise fail("--table trains the churn family: use `custintel train churn --table ...`")
         if not id_column or not label:
             raise fail("--table needs --id and --label")
-        return OwnTable(table, id_column, label, split_by, duration, schema)
+        return OwnTable(table, id_column, label, split_by, duration, schema, keep, horizon, capacity)
     if interactions is not None:
         if family != "recommendation":
             raise fail("--interactions trains the recommendation family: use `custintel train recommendation ...`")
@@ -106,7 +127,8 @@ def own_input(
             raise fail("--interactions needs --user and --item")
         return OwnInteractions(interactions, user, item, weight, time_column, schema)
     given = {"--id": id_column, "--label": label, "--split-by": split_by, "--duration": duration, "--user": user,
-             "--item": item, "--weight": weight, "--time": time_column, "--schema": schema}  # fmt: skip
+             "--item": item, "--weight": weight, "--time": time_column, "--schema": schema, "--keep": keep,
+             "--horizon": horizon, "--capacity": capacity}  # fmt: skip
     stray = [name for name, value in given.items() if value]
     if stray:
         raise fail(f"{', '.join(stray)} only apply with --table or --interactions")

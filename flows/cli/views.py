@@ -267,6 +267,9 @@ def print_training(settings: Settings, outcomes: list[dict[str, Any]]) -> None:
         for key, value in o.get("oracle", {}).items():
             table.add_row(key, f"{value:.4f}")
         console.print(table)
+        for note in o.get("notes", []):
+            colour = "yellow" if "NOT better" in note or "excluded" in note or "kept" in note else "white"
+            console.print(f"[{colour}]{escape(note)}[/]")
         for r in o["registered"]:
             console.print(f"registered [bold]{r['name']}[/] version {r['version']} as @challenger ({r['uri']})")
     console.print(f"MLflow UI: [bold]mlflow ui --backend-store-uri {settings.tracking_uri}[/]")

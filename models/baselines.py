@@ -162,9 +162,12 @@ def add_baselines(data: LabelledTable, trained: TrainedModel, seed: int = 0) -> 
     The baselines take the columns the model's schema used (numeric and categorical) and the
     model's scores of the test rows; a model not better than both is warned about.
     """
-    schema = trained.info.get("schema", [])
-    numeric = [r["column"] for r in schema if r["role"] == "numeric"]
-    categorical = [r["column"] for r in schema if r["role"] == "categorical"]
+    if data.schema is not None:  # the features decided before training (the leak guard's exclusions applied)
+        numeric, categorical = list(data.schema.numeric), list(data.schema.categorical)
+    else:
+        schema = trained.info.get("schema", [])
+        numeric = [r["column"] for r in schema if r["role"] == "numeric"]
+        categorical = [r["column"] for r in schema if r["role"] == "categorical"]
     if trained.predictions is None:
         raise ValueError("the trained model kept no test predictions to compare with the baselines")
     comparison = compare_with_baselines(data, numeric, categorical, trained.predictions["score"].to_numpy(), seed)

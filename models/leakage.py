@@ -264,7 +264,7 @@ def annotate_schema(schema: list[dict[str, str]], report: LeakReport) -> list[di
         if column in why:
             leak = why[column]
             figure = f"{leak.measure} {leak.value:.3f} with {leak.target} {leak.target_column}"
-            row = {**row, "note": f"leak guard: {figure}"}
+            row = {**row, "role": "dropped", "note": f"leak guard: {figure}"}
         elif column in kept and not row.get("note"):
             row = {**row, "note": f"kept by --keep (leak guard: {kept[column].measure} {kept[column].value:.3f})"}
         rows.append(row)

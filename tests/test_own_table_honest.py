@@ -210,8 +210,9 @@ def test_a_byo_run_excludes_the_leak_keeps_what_is_kept_fits_baselines_and_logs_
     assert lineage["label"]["horizon_days"] == 182 and "churned" in lineage["label"]["definition"]
     assert not {"feature_sets", "split", "horizon_days", "weekly_capacity"} & set(lineage["config"])
     assert "as_of" not in lineage and "None" not in str(lineage)
-    used = {row["column"] for row in lineage["schema"] if row["role"] in ("numeric", "categorical")}
+    used = {row["column"] for row in lineage["schema"] if row["role"] in ("feature", "numeric", "categorical")}
     assert "TotalCharges" not in used and {"MonthlyCharges", "contract", "cancel_code"} <= used
+    assert {row["column"]: row["role"] for row in lineage["schema"]}["TotalCharges"] == "dropped"
     assert lineage["leakage"]["excluded"][0]["column"] == "TotalCharges"
     notes = {row["column"]: row["note"] for row in lineage["schema"]}
     assert notes["TotalCharges"].startswith("leak guard: |Spearman| ") and "kept by --keep" in notes["cancel_code"]

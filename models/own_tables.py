@@ -7,6 +7,7 @@ the file is a `TrainingInputError` naming the file, the column and the reason.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -283,3 +284,52 @@ def own_interactions(
                             None, catalogue)  # fmt: skip
 
     return part(stage == "train", "valid"), part(stage.isin(["train", "valid"]), "test")
+
+
+def own_online_rows(
+    path: Path,
+    id_column: str,
+    split_by: str | None = None,
+    exclude: tuple[str, ...] = (),
+    schema: Path | str | None = None,
+    today: dt.date | None = None,
+) -> tuple[pd.DataFrame, TypedTable]:
+    """A user's table as online rows: the latest row per id, typed exactly as training types it.
+
+    Returns (`customer_key`, `as_of` and the feature columns; the typed table with every
+    column's decision). With `split_by` each id's newest row is kept and its date is the
+    row's `as_of`; without, the table is one snapshot as of `today`. Columns in `exclude`
+    (the label, outcomes) are never written; the id must be unique without `split_by`.
+    """
+    frame = read_own_table(path)
+    missing = [c for c in exclude if c not in frame.columns]
+    if missing:
+        raise TrainingInputError(f"{path}: --exclude column {missing[0]!r} is not in the table")
+    roles: dict[str, Role] = {id_column: "id", **dict.fromkeys(exclude, "dropped")}
+    options = {id_column: "--id"}
+    if split_by:
+        roles[split_by], options[split_by] = "split", "--split-by"
+    typed = typed_table(path, frame.drop(columns=list(exclude)), roles, options, schema)
+    rows = typed.frame
+    if rows[id_column].isna().any():
+        raise TrainingInputError(
+            f"{path}: --id column {id_column!r} is blank on {_rows(int(rows[id_column].isna().sum()))}"
+        )
+    if split_by:
+        rows = rows.sort_values(split_by, kind="stable").drop_duplicates(id_column, keep="last")
+        as_of: pd.Series = pd.to_datetime(rows[split_by]).dt.date
+    else:
+        repeated = rows[id_column].duplicated()
+        if repeated.any():
+            raise TrainingInputError(
+                f"{path}: ids in {id_column!r} repeat ({int(repeated.sum())} repeats); give --split-by <date column> "
+                "to keep each id's newest row"
+            )
+        as_of = pd.Series([today or dt.datetime.now(dt.UTC).date()] * len(rows), index=rows.index, dtype=object)
+    features = [*typed.numeric, *typed.categorical]
+    out = pd.DataFrame({"customer_key": rows[id_column].astype(str), "as_of": as_of})
+    for col in typed.numeric:
+        out[col] = pd.to_numeric(rows[col], errors="coerce").astype("float64")
+    for col in typed.categorical:
+        out[col] = rows[col].astype("object").where(rows[col].notna(), None)
+    return out[["customer_key", "as_of", *features]].reset_index(drop=True), typed

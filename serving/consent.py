@@ -48,7 +48,14 @@ def consent_store_path(settings: Settings) -> Path:
 
 def build_consent_store(settings: Settings, policy: ServingPolicy) -> int:
     """(Re)write the consent file from the lake and the identity store; returns the customers with a decision."""
-    crosswalk = pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["record_key", "customer_key"])
+    crosswalk_path = settings.identity_dir / "crosswalk.parquet"
+    # No identity run (a model trained on the user's own table): no consent record can reach a customer key, so
+    # every customer's consent is unknown and follows the policy's `unknown_consent`.
+    crosswalk = (
+        pd.read_parquet(crosswalk_path, columns=["record_key", "customer_key"])
+        if crosswalk_path.is_file()
+        else pd.DataFrame({"record_key": pd.Series(dtype=str), "customer_key": pd.Series(dtype=str)})
+    )
     by_record = crosswalk.set_index("record_key")["customer_key"]
     parts = []
     for source in policy.consent_sources:

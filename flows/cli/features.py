@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -111,3 +112,54 @@ def features_lookup(
     if found is None:
         raise fail(f"customer {customer_key} is in no materialised feature set (unknown key, or not active)")
     console.print_json(json.dumps(found))
+
+
+@features_app.command("own")
+def features_own(
+    table: Annotated[Path, typer.Option(help="Your own table (CSV or Parquet), as given to `train --table`.")],
+    id_column: Annotated[str, typer.Option("--id", help="The customer id column: the key serving looks up.")],
+    split_by: Annotated[
+        str | None, typer.Option(help="A date column: each id's newest row is served, as of its date.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="A column never written (the label, an outcome; repeatable)."),
+    ] = None,
+    schema: Annotated[
+        Path | None, typer.Option(help="The --schema file the model was trained with (column -> type).")
+    ] = None,
+    set_name: Annotated[
+        str | None, typer.Option("--set", help="The online set's name (default: own_<file name>).")
+    ] = None,
+) -> None:
+    """Put your own table into the online store, so a model trained on it (`train --table`) is served by key.
+
+    Each id's latest row, typed exactly as training types the table, becomes the customer's
+    document of the set `<name>@1`; the service reads the inputs a model needs from whichever
+    sets hold them. Materialising again replaces the set whole.
+    """
+    import re
+
+    from features.featurestore.online import OnlineStoreError
+    from features.featurestore.store import materialize_online
+    from models.own_tables import TrainingInputError, own_online_rows
+
+    name = set_name or "own_" + re.sub(r"[^a-z0-9_]+", "_", table.stem.lower()).strip("_")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise fail(f"--set {name!r}: use lower-case letters, digits and underscores, starting with a letter")
+    with expected(TrainingInputError):
+        rows, typed = own_online_rows(table, id_column, split_by, tuple(exclude or ()), schema)
+    views.print_schema(f"{table.name}: inferred schema ({len(typed.frame):,} rows)", typed.describe())
+    import pyarrow as pa
+
+    newest = str(max(rows["as_of"])) if len(rows) else None
+    if newest is None:
+        raise fail(f"{table}: no row to materialise")
+    with expected(OnlineStoreError):
+        written = materialize_online(settings(), f"{name}@1", pa.Table.from_pandas(rows, preserve_index=False),
+                                     {"as_of": newest, "source": str(table.resolve())})  # fmt: skip
+    if written is None:
+        raise fail(f"the online store holds {name}@1 as of a later date than {newest}: nothing written")
+    features = len(rows.columns) - 2
+    console.print(f"online: {name}@1, {written:,} customers x {features} features as of {newest} "
+                  f"(`custintel features lookup <{id_column}>` shows one)")  # fmt: skip

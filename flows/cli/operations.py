@@ -121,6 +121,10 @@ def serve(
         except (ServingPolicyError, FileNotFoundError) as exc:
             raise fail(f"cannot build the consent snapshot: {exc}") from None
         console.print(f"consent snapshot: {customers:,} customers with a recorded decision")
+        if not (config.identity_dir / "crosswalk.parquet").is_file():
+            unknown = load_serving_policy(config.serving_policy).unknown_consent
+            console.print("  no identity crosswalk (no `custintel resolve` in this home): every customer's consent is "
+                          f"unknown and follows the serving policy's unknown_consent {dict(unknown)}")  # fmt: skip
     console.print(f"serving on http://{host}:{port}  (OpenAPI: /docs.json; health: /livez, /readyz; metrics: /metrics)")
     bentoml = str(Path(sys.executable).with_name("bentoml"))
     os.execvpe(bentoml, [bentoml, "serve", "serving.service:Custintel", "--host", host, "--port", str(port)], env)

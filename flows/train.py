@@ -26,14 +26,16 @@ from prefect.cache_policies import NO_CACHE
 from custintel.settings import Settings
 from flows.retries import io_task
 from models.baselines import add_baselines
-from models.config import TrainingConfig, load_training_config
+from models.config import TrainingConfig, TrainingConfigError, load_training_config
 from models.leakage import LeakReport, annotate_schema, guard_own_table
+from models.own_families import OwnPropensity, OwnUplift, own_propensity_table, own_uplift_table
 from models.own_tables import OwnInteractions, OwnTable, check_own_interactions, own_churn_table, own_interactions
 from models.registry import Registry, RunRecord
 from models.result import TrainedModel
 from models.splits import LabelledTable
 from models.training import (
     Loaded,
+    OwnInput,
     TrainingOutcome,
     Unit,
     compare_with_truth,
@@ -121,7 +123,7 @@ def run_training(
     steps: Steps,
     log: Callable[[str], None],
     build_features: Callable[[list[dt.date]], Any] | None = None,
-    own: OwnTable | OwnInteractions | None = None,
+    own: OwnInput | None = None,
     truth: Path | None = None,
     trials: int | None = None,
     timeout: float | None = None,
@@ -132,10 +134,16 @@ def run_training(
     `shift_months` moves every cutoff later (a retrain on newer data, see `shifted`).
     """
     config = shifted(with_budget(load_training_config(settings.training_config), trials, timeout), shift_months)
-    units = plan_units(config, family)
-    if own is not None:
-        units = [u for u in units if u.name == family]
-    elif build_features is not None:
+    if own is not None:  # the family's own unit only (uplift is planned under the propensity section)
+        units = [u for u in plan_units(config, "propensity" if family == "uplift" else family) if u.name == family]
+        if not units:
+            raise TrainingConfigError(
+                "the training config's propensity section has no uplift section: `train uplift --table` takes the "
+                "learner and its LightGBM parameters from there"
+            )
+    else:
+        units = plan_units(config, family)
+    if own is None and build_features is not None:
         cutoffs = sorted({d for u in units for d in u.as_of})
         sets = sorted({s for u in units for s in u.feature_sets})
         built = ensure_features(settings, sets, cutoffs, build_features)
@@ -164,6 +172,13 @@ def run_training(
             extra["leakage"] = leaks.as_dict()
             notes += leaks.lines(own.label, own.duration)
             log(f"{own.path}: {len(data.frame):,} rows; stages {data.stage.value_counts().to_dict()}")
+        elif isinstance(own, OwnUplift):
+            data = own_uplift_table(own, seed=seed)
+            log(f"{own.path}: {len(data.frame):,} participants; treated share {data.frame['treated'].mean():.1%}")
+        elif isinstance(own, OwnPropensity):
+            data = own_propensity_table(own, seed=seed)
+            stages = data.stage.value_counts().to_dict()
+            log(f"{own.path}: {len(data.frame):,} (customer, product) pairs; stages {stages}")
         elif isinstance(own, OwnInteractions):
             checked = check_own_interactions(own)
             schema = checked.describe()
@@ -254,6 +269,8 @@ def train_model(
     own_table: dict[str, Any] | None = None,
     own_interactions: dict[str, Any] | None = None,
     shift_months: int = 0,
+    own_uplift: dict[str, Any] | None = None,
+    own_propensity: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Tune, fit, track and register the models of a family (or all), as @challenger.
 
@@ -264,8 +281,12 @@ def train_model(
 
     config = Settings.from_flow(settings)
     logger = get_run_logger()
-    own: OwnTable | OwnInteractions | None = None
-    if own_table:
+    own: OwnInput | None = None
+    if own_uplift:
+        own = OwnUplift(**{**own_uplift, "path": Path(own_uplift["path"])})
+    elif own_propensity:
+        own = OwnPropensity(**{**own_propensity, "path": Path(own_propensity["path"])})
+    elif own_table:
         own = OwnTable(**{**own_table, "path": Path(own_table["path"]), "keep": tuple(own_table.get("keep") or ())})
     elif own_interactions:
         own = OwnInteractions(**{**own_interactions, "path": Path(own_interactions["path"])})

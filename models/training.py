@@ -40,6 +40,7 @@ from models.config import (
     TrainingConfig,
     TuningConfig,
 )
+from models.own_families import OwnPropensity, OwnUplift
 from models.own_tables import OwnInteractions, OwnTable
 from models.propensity import HELD, negative_shares, propensity_table, train_propensity, train_uplift, uplift_table
 from models.recommendation import Interactions, train_recommendation
@@ -176,6 +177,7 @@ def load_interactions(settings: Settings, as_of: dt.date) -> Interactions:
 
 
 Loaded = LabelledTable | tuple[Interactions, Interactions]
+OwnInput = OwnTable | OwnInteractions | OwnUplift | OwnPropensity  # a user's own table, per family
 
 
 @dataclass(frozen=True)
@@ -319,7 +321,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def options_given(own: OwnTable | OwnInteractions) -> dict[str, Any]:
+def options_given(own: OwnInput) -> dict[str, Any]:
     """The options of a user's table that were set (no None, no empty list), JSON-ready."""
     out: dict[str, Any] = {}
     for key, value in vars(own).items():
@@ -329,12 +331,18 @@ def options_given(own: OwnTable | OwnInteractions) -> dict[str, Any]:
     return out
 
 
-def split_record(data: Loaded, seed: int, own: OwnTable | OwnInteractions | None) -> dict[str, Any]:
+def split_record(data: Loaded, seed: int, own: OwnInput | None) -> dict[str, Any]:
     """How the rows were split: the method, the seed, and the rows per stage."""
     if isinstance(data, LabelledTable):
         sizes = {str(k): int(v) for k, v in data.stage.value_counts().sort_index().items()}
         if own is None:
             method = "by cutoff (the config's train, valid and test cutoffs)"
+        elif isinstance(own, OwnUplift):
+            method = f"at random within arm x outcome: {1 - own.test_share:.0%} train, {own.test_share:.0%} test"
+        elif isinstance(own, OwnPropensity) and not own.split_by:
+            method = (
+                "by customer (a salted hash of the id): 60% train, 20% valid, 20% test, a customer's pairs together"
+            )
         elif data.snapshot:
             method = f"by time: rows ranked by {data.snapshot}, earliest 60% train, next 20% valid, latest 20% test"
         else:
@@ -369,7 +377,7 @@ def lineage_of(
     settings: Settings,
     unit: Unit,
     data: Loaded,
-    own: OwnTable | OwnInteractions | None,
+    own: OwnInput | None,
     trained: TrainedModel | None = None,
     seed: int = 0,
     extra: dict[str, Any] | None = None,
@@ -392,6 +400,8 @@ def lineage_of(
         }
         if isinstance(own, OwnTable):
             record["label"] = label_record(own, unit)
+        elif isinstance(data, LabelledTable) and data.label_definition:
+            record["label"] = {"column": data.label, "definition": data.label_definition}
         return {**record, **(extra or {})}
     root = offline_root(settings)
     sets = {}

@@ -217,7 +217,7 @@ def test_own_interactions_on_movielens_100k_match_the_published_baseline(new_set
         ("id,churned,x\n1,maybe,2\n2,0,3\n", ["--id", "id", "--label", "churned"], "must be binary"),
         ("id,churned,x\n" + "1,1,2\n1,0,3\n" * 6, ["--id", "id", "--label", "churned"], "ids in 'id' repeat"),
         ("id,churned,x\n007,1,2\n", ["--id", "id", "--label", "churned"], "has 1 row; at least 10 are needed"),
-        ("id,churned,x\n1,1,2\n2,0,3\n", ["--id", "id"], "--table needs --id and --label"),
+        ("id,churned,x\n1,1,2\n2,0,3\n", ["--id", "id"], "churn --table needs --label"),
     ],
 )
 def test_own_table_errors_name_the_column_and_reason(
@@ -237,8 +237,17 @@ def test_own_table_errors_name_the_column_and_reason(
     ("args", "message"),
     [
         (["train", "churn", "--table", "/nonexistent/x.csv", "--id", "a", "--label", "b"], "does not exist"),
-        (["train", "propensity", "--table", "x.csv"], "--table trains the churn family"),
-        (["train", "recommendation", "--interactions", "x.csv"], "--interactions needs --user and --item"),
+        (["train", "propensity", "--table", "x.csv"], "propensity --table needs --id and --product and --label"),
+        (["train", "recommendation", "--table", "x.csv"], "--table trains churn, uplift or propensity"),
+        (["train", "uplift"], "uplift alone trains on your own experiment"),
+        (
+            ["train", "churn", "--table", "x.csv", "--id", "i", "--label", "l", "--treatment", "t"],
+            "--treatment do(es) not apply to churn --table",
+        ),
+        (
+            ["train", "recommendation", "--interactions", "x.csv"],
+            "recommendation --interactions needs --user and --item",
+        ),
         (["train", "all", "--user", "u"], "--user only apply with --table or --interactions"),
         (["train", "churn", "--truth", "/nonexistent"], "is not a folder"),
     ],

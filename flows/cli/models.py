@@ -13,7 +13,7 @@ from flows.cli import views
 from flows.cli.app import Engine, app, console, expected, fail, run_engine, settings
 
 if TYPE_CHECKING:
-    from models.own_tables import OwnInteractions, OwnTable
+    from models.training import OwnInput
 
 GATED_FAMILIES = ("churn", "propensity", "uplift", "recommendation")
 
@@ -21,8 +21,11 @@ GATED_FAMILIES = ("churn", "propensity", "uplift", "recommendation")
 @app.command()
 def train(
     family: Annotated[
-        Literal["churn", "propensity", "recommendation", "all"],
-        typer.Argument(help="Model family: churn, propensity (with the offer's uplift), recommendation, or all."),
+        Literal["churn", "propensity", "uplift", "recommendation", "all"],
+        typer.Argument(
+            help="Model family: churn, propensity (with the offer's uplift), recommendation, or all; uplift alone "
+            "with --table (your own experiment)."
+        ),
     ] = "all",
     engine: Annotated[
         Engine,
@@ -84,69 +87,98 @@ def train(
             "boolean, date, id, text, drop) overriding the inferred types."
         ),
     ] = None,
+    treatment: Annotated[
+        str | None,
+        typer.Option(help="uplift --table: the arm column (0/1, or a treatment and a control name)."),
+    ] = None,
+    outcome: Annotated[
+        str | None, typer.Option(help="uplift --table: the binary outcome the action should raise.")
+    ] = None,
+    product: Annotated[
+        str | None, typer.Option(help="propensity --table: the product column (one row per customer and product).")
+    ] = None,
 ) -> None:
     """Tune, train, track and register models (@challenger), on the feature store or on your own table."""
-    own = own_input(family, table, id_column, label, split_by, duration, interactions, user, item, weight, time_column,
-                    schema, tuple(keep or ()), horizon, capacity)  # fmt: skip
+    own = own_input(family, {"table": table, "--id": id_column, "--label": label, "--split-by": split_by,
+                             "--duration": duration, "interactions": interactions, "--user": user, "--item": item,
+                             "--weight": weight, "--time": time_column, "--schema": schema, "--keep": tuple(keep or ()),
+                             "--horizon": horizon, "--capacity": capacity, "--treatment": treatment,
+                             "--outcome": outcome, "--product": product})  # fmt: skip
     if own is not None:
         check_own(own)
     outcomes = run_training(family, engine, trials, timeout, truth, own)
     views.print_training(settings(), outcomes)
 
 
-def own_input(
-    family: str,
-    table: Path | None,
-    id_column: str | None,
-    label: str | None,
-    split_by: str | None,
-    duration: str | None,
-    interactions: Path | None,
-    user: str | None,
-    item: str | None,
-    weight: str | None,
-    time_column: str | None,
-    schema: Path | None = None,
-    keep: tuple[str, ...] = (),
-    horizon: int | None = None,
-    capacity: int | None = None,
-) -> OwnTable | OwnInteractions | None:
+# Which options each own-table family takes (beyond --table/--interactions): required, then optional.
+OWN_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "churn": (("--id", "--label"), ("--split-by", "--duration", "--schema", "--keep", "--horizon", "--capacity")),
+    "uplift": (("--id", "--treatment", "--outcome"), ("--schema",)),
+    "propensity": (("--id", "--product", "--label"), ("--split-by", "--schema")),
+    "recommendation": (("--user", "--item"), ("--weight", "--time", "--schema")),
+}
+
+
+def own_input(family: str, options: dict[str, Any]) -> OwnInput | None:
     """The user's own table or interactions the options name (None: the feature store); misuse is one line."""
+    from models.own_families import OwnPropensity, OwnUplift
     from models.own_tables import OwnInteractions, OwnTable
 
-    if table is not None:
-        if family != "churn":
-            raise fail("--table trains the churn family: use `custintel train churn --table ...`")
-        if not id_column or not label:
-            raise fail("--table needs --id and --label")
-        return OwnTable(table, id_column, label, split_by, duration, schema, keep, horizon, capacity)
-    if interactions is not None:
-        if family != "recommendation":
-            raise fail("--interactions trains the recommendation family: use `custintel train recommendation ...`")
-        if not user or not item:
-            raise fail("--interactions needs --user and --item")
-        return OwnInteractions(interactions, user, item, weight, time_column, schema)
-    given = {"--id": id_column, "--label": label, "--split-by": split_by, "--duration": duration, "--user": user,
-             "--item": item, "--weight": weight, "--time": time_column, "--schema": schema, "--keep": keep,
-             "--horizon": horizon, "--capacity": capacity}  # fmt: skip
-    stray = [name for name, value in given.items() if value]
+    table, interactions = options.pop("table"), options.pop("interactions")
+    given = {name for name, value in options.items() if value}
+    if table is None and interactions is None:
+        if given:
+            raise fail(f"{', '.join(sorted(given))} only apply with --table or --interactions")
+        if family == "uplift":
+            raise fail(
+                "uplift alone trains on your own experiment: `custintel train uplift --table F --id C --treatment T "
+                "--outcome O` (the feature store's uplift trains with `train propensity`)"
+            )
+        return None
+    if interactions is not None and family != "recommendation":
+        raise fail("--interactions trains the recommendation family: use `custintel train recommendation ...`")
+    if table is not None and family not in ("churn", "uplift", "propensity"):
+        raise fail("--table trains churn, uplift or propensity: e.g. `custintel train churn --table ...`")
+    source = "--table" if table is not None else "--interactions"
+    required, optional = OWN_OPTIONS[family]
+    missing = [name for name in required if not options[name]]
+    if missing:
+        raise fail(f"{family} {source} needs {' and '.join(missing)}")
+    stray = sorted(given - set(required) - set(optional))
     if stray:
-        raise fail(f"{', '.join(stray)} only apply with --table or --interactions")
-    return None
+        raise fail(
+            f"{', '.join(stray)} do(es) not apply to {family} {source}; it takes {', '.join(required + optional)}"
+        )
+    o = options
+    if family == "churn":
+        return OwnTable(table, o["--id"], o["--label"], o["--split-by"], o["--duration"], o["--schema"], o["--keep"],
+                        o["--horizon"], o["--capacity"])  # fmt: skip
+    if family == "uplift":
+        return OwnUplift(table, o["--id"], o["--treatment"], o["--outcome"], schema=o["--schema"])
+    if family == "propensity":
+        return OwnPropensity(table, o["--id"], o["--product"], o["--label"], o["--split-by"], o["--schema"])
+    return OwnInteractions(interactions, o["--user"], o["--item"], o["--weight"], o["--time"], o["--schema"])
 
 
-def check_own(own: OwnTable | OwnInteractions) -> None:
+def check_own(own: OwnInput) -> None:
     """Read, type and check the user's table in this process, before any orchestration starts; show its schema.
 
     Every input error (a missing column, a label that is not binary, one class, repeated ids, too
     few rows, a split column that is not dates, a negative duration, ...) ends the command here in
     one line, in seconds, under either engine; the flow checks the same again.
     """
+    from models.own_families import OwnPropensity, OwnUplift, own_propensity_table, own_uplift_table
     from models.own_tables import OwnTable, TrainingInputError, check_own_interactions, check_own_table
+    from models.splits import SplitError
 
-    with expected(TrainingInputError):
-        typed = check_own_table(own) if isinstance(own, OwnTable) else check_own_interactions(own)
-    views.print_schema(f"{own.path.name}: inferred schema ({len(typed.frame):,} rows)", typed.describe())
+    with expected(TrainingInputError, SplitError):
+        if isinstance(own, OwnUplift | OwnPropensity):
+            data = own_uplift_table(own, 0) if isinstance(own, OwnUplift) else own_propensity_table(own, 0)
+            rows, described = len(data.frame), list(data.schema_report)
+        else:
+            typed = check_own_table(own) if isinstance(own, OwnTable) else check_own_interactions(own)
+            rows, described = len(typed.frame), typed.describe()
+    views.print_schema(f"{own.path.name}: inferred schema ({rows:,} rows)", described)
 
 
 def run_training(
@@ -155,7 +187,7 @@ def run_training(
     trials: int | None,
     timeout: float | None,
     truth: Path | None,
-    own: OwnTable | OwnInteractions | None,
+    own: OwnInput | None,
 ) -> list[dict[str, Any]]:
     """Train under the engine; expected errors end the command in one line."""
     from dataclasses import asdict
@@ -163,7 +195,8 @@ def run_training(
     from features.featurestore.build import FeatureBuildError
     from features.featurestore.offline import OfflineStoreError
     from models.config import TrainingConfigError
-    from models.own_tables import OwnTable
+    from models.own_families import OwnPropensity, OwnUplift
+    from models.own_tables import OwnInteractions, OwnTable
     from models.recommendation import RecommendationDataError
     from models.registry import RegistryError
     from models.splits import SplitError
@@ -177,10 +210,14 @@ def run_training(
         from flows.train import train_model
 
         given = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(own).items()} if own else None
-        own_table = given if isinstance(own, OwnTable) else None
-        own_interactions = given if own is not None and not isinstance(own, OwnTable) else None
+        kind = {OwnTable: "own_table", OwnInteractions: "own_interactions", OwnUplift: "own_uplift",
+                OwnPropensity: "own_propensity"}  # fmt: skip
+        mine: dict[str, dict[str, Any] | None] = {name: None for name in kind.values()}
+        if own is not None:
+            mine[kind[type(own)]] = given
         return train_model(config.to_flow(), family, str(truth) if truth else None, trials, timeout,
-                           own_table, own_interactions)  # fmt: skip
+                           own_table=mine["own_table"], own_interactions=mine["own_interactions"],
+                           own_uplift=mine["own_uplift"], own_propensity=mine["own_propensity"])  # fmt: skip
 
     def locally(say: Callable[[str], None]) -> list[dict[str, Any]]:
         from flows.features import PLAIN_STEPS as FEATURE_STEPS

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
 from models.recommendation import Interactions, check_interactions
-from models.splits import LabelledTable, stage_at_random, stage_by_time
+from models.splits import LabelledTable, stage_at_random, stage_by_time, stage_latest_per_group
+
+SplitMethod = Literal["per-user", "global", "random"]
 
 
 class TrainingInputError(ValueError):
@@ -40,6 +43,7 @@ class OwnInteractions:
     item: str
     weight: str | None = None
     time: str | None = None  # with it the holdout is the latest interactions; without, a random share
+    split: SplitMethod | None = None  # None: per-user with a time column, random without
 
 
 def read_own_table(path: Path) -> pd.DataFrame:
@@ -94,8 +98,12 @@ def own_churn_table(own: OwnTable, seed: int) -> LabelledTable:
 
 
 def own_interactions(own: OwnInteractions, seed: int) -> tuple[Interactions, Interactions]:
-    """(validation, test) splits of a user's interactions: by time when a time column is given, else at random per user.
+    """(validation, test) splits of a user's interactions, 80/10/10 by the split method.
 
+    per-user (the default with a time column): each user's latest 10% of interactions test,
+    the 10% before them validate (leave-last-out by share: every active user has a history).
+    global: one time cutoff for everyone (a user seen only late has no history to score from).
+    random (the default without a time column): each user's interactions at random.
     The test history is everything before the test holdout (train + validation rows); the
     validation history is the train rows only. Items a user already interacted with are
     not recommended again.
@@ -105,13 +113,22 @@ def own_interactions(own: OwnInteractions, seed: int) -> tuple[Interactions, Int
         rows = check_interactions(frame, own.user, own.item, own.weight)
     except ValueError as exc:
         raise TrainingInputError(f"{own.path}: {exc}") from exc
-    if own.time:
+    method = own.split or ("per-user" if own.time else "random")
+    if method != "random":
+        if not own.time:
+            raise TrainingInputError(f"{own.path}: --split {method} needs --time (the column that orders interactions)")
         if own.time not in frame.columns:
             raise TrainingInputError(f"{own.path}: --time column {own.time!r} is not in the table")
         times = frame[own.time]
         if pd.api.types.is_numeric_dtype(times):  # epoch seconds, as most interaction logs store them
             times = pd.to_datetime(times, unit="s", errors="coerce")
-        stage = stage_by_time(times, (0.8, 0.1, 0.1))
+        try:
+            if method == "global":
+                stage = stage_by_time(times, (0.8, 0.1, 0.1))
+            else:
+                stage = stage_latest_per_group(rows["user"], times, (0.8, 0.1, 0.1))
+        except ValueError as exc:
+            raise TrainingInputError(f"{own.path}: --time column {own.time!r}: {exc}") from exc
     else:
         # Each user's interactions split 80/10/10 at random (RecBole's 'RS' split grouped by user).
         stage = stage_at_random(rows["user"], seed, (0.8, 0.1, 0.1))

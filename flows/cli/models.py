@@ -59,9 +59,19 @@ def train(
         str | None,
         typer.Option("--time", help="With --interactions: a time column; the latest interactions are held out."),
     ] = None,
+    split: Annotated[
+        Literal["per-user", "global", "random"] | None,
+        typer.Option(
+            help="With --interactions: how interactions are held out, 80/10/10. per-user (the default with --time): "
+            "each user's latest ones; global: one time cutoff for all (users seen only late have no history); "
+            "random (the default without --time): each user's at random."
+        ),
+    ] = None,
 ) -> None:
     """Tune, train, track and register models (@challenger), on the feature store or on your own table."""
-    own = own_input(family, table, id_column, label, split_by, duration, interactions, user, item, weight, time_column)
+    own = own_input(
+        family, table, id_column, label, split_by, duration, interactions, user, item, weight, time_column, split
+    )
     outcomes = run_training(family, engine, trials, timeout, truth, own)
     views.print_training(settings(), outcomes)
 
@@ -78,6 +88,7 @@ def own_input(
     item: str | None,
     weight: str | None,
     time_column: str | None,
+    split: Literal["per-user", "global", "random"] | None = None,
 ) -> OwnTable | OwnInteractions | None:
     """The user's own table or interactions the options name (None: the feature store); misuse is one line."""
     from models.training import OwnInteractions, OwnTable
@@ -93,9 +104,11 @@ def own_input(
             raise fail("--interactions trains the recommendation family: use `custintel train recommendation ...`")
         if not user or not item:
             raise fail("--interactions needs --user and --item")
-        return OwnInteractions(interactions, user, item, weight, time_column)
+        if split in ("per-user", "global") and not time_column:
+            raise fail(f"--split {split} needs --time (the column that orders the interactions)")
+        return OwnInteractions(interactions, user, item, weight, time_column, split)
     given = {"--id": id_column, "--label": label, "--split-by": split_by, "--duration": duration, "--user": user,
-             "--item": item, "--weight": weight, "--time": time_column}  # fmt: skip
+             "--item": item, "--weight": weight, "--time": time_column, "--split": split}  # fmt: skip
     stray = [name for name, value in given.items() if value]
     if stray:
         raise fail(f"{', '.join(stray)} only apply with --table or --interactions")

@@ -127,7 +127,11 @@ class ChurnConfig(_Strict):
     feature_sets: list[str] = Field(min_length=1)
     horizon_days: int = Field(default=90, ge=1, description="Label churn_<horizon>d of the labels set.")
     split: TimeSplit
-    calibration: Literal["isotonic", "sigmoid"] = "isotonic"
+    calibration: Literal["auto", "isotonic", "sigmoid", "none"] = Field(
+        default="auto",
+        description="auto: none, sigmoid or isotonic, whichever has the lowest log loss cross-fitted on the "
+        "calibration rows (none unless a calibrator improves it); or one method, always applied.",
+    )
     calibrate_on: Literal["newest_cutoff", "validation"] = Field(
         default="newest_cutoff",
         description="newest_cutoff: fit the calibrator on a hashed share of the test cutoffs' customers (the newest "

@@ -68,7 +68,7 @@ def test_the_shipped_config_is_valid_and_leak_free() -> None:
         ("learning_rate: {low: 0.01, high: 0.2, log: true}", "learning_rate: {low: 0.3, high: 0.2}", "must be below"),
         ("reg_lambda: {low: 0.001, high: 30, log: true}", "reg_lambda: {low: 0, high: 30, log: true}", "needs low > 0"),
         ("trials: 20, timeout_seconds: 600", "trials: 0, timeout_seconds: 600", "trials: Input should be greater"),
-        ("calibration: sigmoid", "calibration: platt", "churn.calibration"),
+        ("calibration: auto", "calibration: platt", "churn.calibration"),
         ("calibrate_on: newest_cutoff", "calibrate_on: latest", "churn.calibrate_on: Input should be 'newest_cutoff'"),
         ("calibration_share: 0.3", "calibration_share: 1.0", "churn.calibration_share: Input should be less than 1"),
         ("calibration_salt: custintel-calibration", "calibration_salt: ''", "churn.calibration_salt"),
@@ -344,3 +344,17 @@ def test_a_model_is_calibrated_on_the_newest_cutoff_without_touching_its_test_ro
     valid = data.rows("valid")
     assert (trained.primary.model.predict_proba(valid)[:, 1] >= trained.metrics["threshold"]).sum() == 100
     assert trained.metrics["test_auc"] == pytest.approx(old.metrics["test_auc"], abs=0.03)  # same ranking, other rows
+
+
+def test_auto_calibration_recalibrates_after_a_shift_and_logs_every_method() -> None:
+    """Churn rose at the newest cutoff: the plain model under-predicts there, so a calibrator earns its place."""
+    frame = _drifting_churn(4000, seed=2)
+    config = _small_churn_config("newest_cutoff").model_copy(update={"calibration": "auto"})
+    data = churn_table(frame, config, ["churn_90d"])
+    trained = train_churn(data, config, 100, create_study("c-auto", config.tuning, None), FitClock())
+    m = trained.metrics
+    logged = {k: m[f"calibration_{k}_log_loss"] for k in ("none", "sigmoid", "isotonic")}
+    assert trained.params["calibration"] in ("sigmoid", "isotonic") and trained.params["calibration_setting"] == "auto"
+    assert logged[trained.params["calibration"]] == min(logged.values()) < logged["none"]
+    assert all(f"calibration_{k}_brier" in m for k in logged)
+    assert trained.info["calibration"]["summary"].startswith(f"calibration {trained.params['calibration']} (the lowest")

@@ -433,7 +433,8 @@ def recommendation_candidates(
         info["als"] = {"study": summary.history, "metrics": summary.as_metrics()}
         found.append(Candidate("als", best, summary.best_value,
                                lambda data: fit_als(data, best, k, tuning.seed, threads, clock)))  # fmt: skip
-    return found, info
+    order: list[str] = list(config.candidates)
+    return sorted(found, key=lambda c: order.index(c.name)), info
 
 
 def train_recommendation(
@@ -455,7 +456,7 @@ def train_recommendation(
     if not valid.relevant() or not test.relevant():
         raise RecommendationDataError("no customer bought anything new after the validation or the test cutoff")
     candidates, tried = recommendation_candidates(valid, config, tuning, study, clock, threads)
-    # The first of equal scores wins: popularity, then EASE, then ALS (the simpler model on a tie).
+    # The first of equal scores wins, in the configured order (by default popularity, EASE, ALS: the simpler).
     chosen = max(candidates, key=lambda c: c.valid_ndcg)
     log.info(
         "recommendation: chose %s (validation NDCG@%d %.4f; %s)", chosen.name, k, chosen.valid_ndcg,

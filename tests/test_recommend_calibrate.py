@@ -106,6 +106,18 @@ def test_the_candidate_with_the_best_validation_ndcg_is_served_and_every_candida
     assert set(out[out["customer_key"] == "nobody"]["source"]) == {"popularity"}
 
 
+def test_a_tie_goes_to_the_candidate_configured_first() -> None:
+    valid, test = _blocks()
+    # what was bought after the validation cutoff is outside the catalogue: every candidate scores 0 there
+    valid = Interactions(valid.history, valid.holdout.assign(item="not-in-the-catalogue"), None, valid.catalogue)
+    tuning = TuningConfig(trials=1)
+    for order in (["popularity", "ease"], ["ease", "popularity"]):
+        config = _config(candidates=order, ease_lambdas=[1.0])
+        result = train_recommendation(valid, test, config, tuning, create_study("r", tuning, None), FitClock(), 1)
+        assert list(result.tables["candidates"]["candidate"]) == order
+        assert result.params["recommender"] == order[0]
+
+
 def test_ease_is_skipped_above_the_item_limit_saying_so() -> None:
     valid, test = _blocks()
     config = _config(ease_max_items=5, candidates=["popularity", "ease"])

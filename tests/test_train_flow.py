@@ -282,3 +282,22 @@ def test_interactions_with_negative_weights_are_refused(new_settings, tmp_path: 
     args = ["train", "recommendation", "--engine", "local", "--interactions", str(path), "--user", "u", "--item", "i"]
     result = CliRunner().invoke(app, ["--home", str(settings.home_dir), *args, "--weight", "w"])
     assert result.exit_code == 1 and "w: weights must not be negative" in result.output
+
+
+def test_own_interactions_with_a_time_column_are_split_per_user_by_default(new_settings, tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    # each user buys 10 distinct items of their group's 12, one every 10 minutes, users starting 2 hours apart
+    rows = [(f"u{u}", f"i{(u % 3) * 12 + j}", 1_700_000_000 + u * 7_200 + t * 600)
+            for u in range(60) for t, j in enumerate(rng.permutation(12)[:10])]  # fmt: skip
+    path = tmp_path / "log.csv"
+    pd.DataFrame(rows, columns=["user", "item", "ts"]).to_csv(path, index=False)
+    settings = new_settings()
+    _invoke(settings, "train", "recommendation", "--engine", "local", "--trials", "1", "--interactions", str(path),
+            "--user", "user", "--item", "item", "--time", "ts")  # fmt: skip
+    registry = Registry(settings)
+    run = registry.client.search_runs([registry.client.get_experiment_by_name("custintel").experiment_id])[0]
+    lineage = registry.read_run_json(run.info.run_id, "lineage/lineage.json")
+    assert lineage["own_table"]["split"] == "per-user" and lineage["own_table"]["time"] == "ts"
+    # per-user: every user has a history, so nobody is scored from popularity alone
+    assert run.data.metrics["test_users_evaluated"] == 60
+    assert run.data.params["recommender"] in ("popularity", "ease", "als")

@@ -106,7 +106,8 @@ def own_input(
             raise fail("--interactions needs --user and --item")
         if split in ("per-user", "global") and not time_column:
             raise fail(f"--split {split} needs --time (the column that orders the interactions)")
-        return OwnInteractions(interactions, user, item, weight, time_column, split)
+        method = split or ("per-user" if time_column else "random")  # recorded in the run as used
+        return OwnInteractions(interactions, user, item, weight, time_column, method)
     given = {"--id": id_column, "--label": label, "--split-by": split_by, "--duration": duration, "--user": user,
              "--item": item, "--weight": weight, "--time": time_column, "--split": split}  # fmt: skip
     stray = [name for name, value in given.items() if value]

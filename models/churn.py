@@ -354,7 +354,7 @@ def train_churn(
             "calibration_setting": config.calibration,
             "calibrate_on": config.calibrate_on,
             "label": data.label,
-        },  # fmt: skip
+        },
         metrics=metrics,
         figures=figures,
         tables={"calibration": calibration, "gains": gains, "importance": imp},

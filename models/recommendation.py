@@ -456,6 +456,11 @@ def train_recommendation(
     if not valid.relevant() or not test.relevant():
         raise RecommendationDataError("no customer bought anything new after the validation or the test cutoff")
     candidates, tried = recommendation_candidates(valid, config, tuning, study, clock, threads)
+    if not candidates:
+        raise RecommendationDataError(
+            f"no recommender left to train: recommendation.candidates is {config.candidates} and "
+            f"{tried.get('ease', {}).get('skipped', 'none was trained')}; add popularity or als"
+        )
     # The first of equal scores wins, in the configured order (by default popularity, EASE, ALS: the simpler).
     chosen = max(candidates, key=lambda c: c.valid_ndcg)
     log.info(

@@ -74,6 +74,8 @@ def test_the_shipped_config_is_valid_and_leak_free() -> None:
         ("calibration_salt: custintel-calibration", "calibration_salt: ''", "churn.calibration_salt"),
         ("valid_as_of: 2025-03-01", "valid_as_of: 2025-05-01", "must not pass train_as_of"),
         ("iterations: {low: 5, high: 40, integer: true}", "epochs: {low: 5, high: 40}", "unknown ALS parameter"),
+        ("candidates: [popularity, ease, als]", "candidates: [popularity, slim]", "recommendation.candidates"),
+        ("ease_max_items: 10000", "ease_max_items: 10000\n  ease_lambdas: [0, 10]", "ease_lambdas must be positive"),
     ],
 )
 def test_config_errors_name_the_field_and_reason(tmp_path: Path, old: str, new: str, message: str) -> None:

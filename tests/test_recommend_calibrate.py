@@ -126,6 +126,9 @@ def test_ease_is_skipped_above_the_item_limit_saying_so() -> None:
     assert "8 items is above recommendation.ease_max_items (5" in result.info["ease"]["skipped"]
     assert list(result.tables["candidates"]["candidate"]) == ["popularity"]
     assert result.params["recommender"] == "popularity"
+    with pytest.raises(ValueError, match="no recommender left to train.*EASE skipped: 8 items"):
+        config = _config(ease_max_items=5, candidates=["ease"])
+        train_recommendation(valid, test, config, tuning, create_study("r2", tuning, None), FitClock(), 1)
 
 
 # ---------------------------------------------------------------- splits of a user's interactions

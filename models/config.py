@@ -225,9 +225,9 @@ class RecommendationConfig(_Strict):
         "to the earlier one in this list).",
     )
     ease_lambdas: list[float] = Field(
-        default=[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0],
+        default_factory=lambda: [10 ** (i / 5) for i in range(21)],
         min_length=1,
-        description="EASE's L2 penalties tried on validation (then the geometric midpoints around the best).",
+        description="EASE's L2 penalties tried on validation (default: 1 to 10,000, five per decade).",
     )
     ease_max_items: int = Field(
         default=10_000,

@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # ... and its 20 s start-up limit is too short on a busy 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-monitor bench-drift clean
+.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-monitor bench-drift bench-recommend clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,9 @@ bench-online: install
 
 bench-train: install
 	$(BIN)/python -m benchmarks.bench_train
+
+bench-recommend: install
+	$(BIN)/python -m benchmarks.bench_recommend
 
 bench-serve: install
 	$(BIN)/python -m benchmarks.bench_serving

@@ -93,6 +93,9 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
         "datasets": ", ".join(f"{n} (digest {d})" for n, d in run.datasets) or "none logged",
         "git commit": run.tags.get("mlflow.source.git.commit", "unknown"),
     }
+    calibration = info.get("calibration")
+    if isinstance(calibration, dict) and calibration.get("summary"):
+        training["calibration"] = str(calibration["summary"])
     champion_version = registry.alias_version(name, store.CHAMPION)
     candidate = Candidate(
         name, version, family, run_id, evaluation, quality, threshold, training,

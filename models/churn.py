@@ -11,6 +11,9 @@ Tuning and early stopping stay on the validation cutoff. After a shift in the ba
 on test for everyone; calibrated at the newest cutoff, its probabilities are those of the
 present, and what the gate still finds between groups is a real disparity. Platt scaling
 is monotone, so the ranking (AUC, who is contacted) does not depend on where it is fitted.
+A calibrator is applied only when it earns its place (`calibration: auto`): none, sigmoid and
+isotonic are compared by log loss cross-fitted on the calibration rows, and the plain model is
+kept unless a calibrator improves it (every method's log loss and Brier are logged).
 """
 
 from __future__ import annotations
@@ -220,6 +223,80 @@ def contact_capacity(given: int | None, share: float, scored: int) -> tuple[int,
     return capacity, f"{share:.1%} of the {scored:,} customers scored (churn.contact_share; no absolute capacity given)"
 
 
+CALIBRATION_FOLDS = 5
+# A calibrator is kept only when it lowers the cross-fitted log loss by more than this share: below it the gain is
+# fold noise, and the plain model (no second fit, its scores untouched) is the better default.
+MIN_LOG_LOSS_GAIN = 0.001
+CALIBRATORS = ("none", "sigmoid", "isotonic")
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    q = np.clip(p, 1e-15, 1 - 1e-15)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+
+def cross_fitted_calibration(
+    model: Any, rows: pd.DataFrame, y: np.ndarray, methods: tuple[str, ...] = CALIBRATORS, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Log loss and Brier of each method on the calibration rows, each row scored by a calibrator fitted without it.
+
+    `none` is the model's own probability. Stratified folds (at most `CALIBRATION_FOLDS`, fewer
+    when the rarer class has fewer rows); an empty dict when the rarer class has under two rows.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y, dtype=int)
+    folds = min(CALIBRATION_FOLDS, int(np.bincount(y, minlength=2).min()))
+    if folds < 2:
+        return {}
+    raw = np.asarray(model.predict_proba(rows))[:, 1]
+    out: dict[str, dict[str, float]] = {}
+    for method in methods:
+        if method == "none":
+            p = raw
+        else:
+            p = np.empty(len(y))
+            for fit_idx, score_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(raw, y):
+                calibrator = CalibratedClassifierCV(FrozenEstimator(model), method=method)
+                calibrator.fit(rows.iloc[fit_idx], y[fit_idx])
+                p[score_idx] = calibrator.predict_proba(rows.iloc[score_idx])[:, 1]
+        out[method] = {"log_loss": _log_loss(y, p), "brier": float(np.mean((p - y) ** 2))}
+    return out
+
+
+def choose_calibration(figures: dict[str, dict[str, float]]) -> str:
+    """The method with the lowest cross-fitted log loss; `none` unless a calibrator beats it by `MIN_LOG_LOSS_GAIN`."""
+    if "none" not in figures:
+        return min(figures, key=lambda m: figures[m]["log_loss"])
+    best = min(figures, key=lambda m: (figures[m]["log_loss"], m != "none"))
+    gain = 1 - figures[best]["log_loss"] / max(figures["none"]["log_loss"], 1e-12)
+    return best if best != "none" and gain > MIN_LOG_LOSS_GAIN else "none"
+
+
+def calibrate(
+    pipeline: Pipeline, rows: pd.DataFrame, y: np.ndarray, setting: str, clock: FitClock
+) -> tuple[Any, str, dict[str, dict[str, float]]]:
+    """(the model to serve, the method used, every method's cross-fitted figures) for the `calibration` setting.
+
+    `auto` compares none, sigmoid and isotonic on the calibration rows and keeps a calibrator only
+    when it improves log loss; a named method is fitted as asked (its figures still logged).
+    """
+    with clock.fitting():
+        figures = cross_fitted_calibration(pipeline, rows, y)
+    if setting == "auto":
+        method = choose_calibration(figures) if figures else "none"
+        if not figures:
+            log.warning("churn: too few positive or negative calibration rows to compare calibrators; not calibrated")
+    else:
+        method = setting
+    if method == "none":
+        return pipeline, method, figures
+    calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
+    with clock.fitting():
+        calibrated.fit(rows, y)
+    return calibrated, method, figures
+
+
 def train_churn(
     data: LabelledTable,
     config: ChurnConfig,
@@ -235,9 +312,9 @@ def train_churn(
 
     fit_rows, y_fit, where = calibration_rows(data, config)
     held_out = bool((data.stage == CALIBRATION).any())
-    calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=config.calibration)
-    with clock.fitting():
-        calibrated.fit(fit_rows, y_fit)
+    calibrated, method, calibration_figures = calibrate(pipeline, fit_rows, y_fit, config.calibration, clock)
+    calibration_summary = _calibration_summary(config.calibration, method, calibration_figures, where)
+    log.info("churn: %s", calibration_summary)
 
     # The threshold comes from the newest validation cutoff (one weekly scoring run) scored by the final,
     # recalibrated model, never from test. Calibration is monotone: the capacity's customers there are the
@@ -257,6 +334,8 @@ def train_churn(
     metrics.update({"threshold": threshold, "weekly_capacity": float(capacity),
                     "contact_share": capacity / max(len(scored), 1)})  # fmt: skip
     metrics.update(study_summary.as_metrics())
+    for name, numbers in calibration_figures.items():
+        metrics.update({f"calibration_{name}_{k}": v for k, v in numbers.items()})
     for stage in ("train", "valid", "test", CALIBRATION):
         metrics[f"rows_{stage}"] = float(len(labelled_rows(data, stage)[0]))
     alive = bgnbd_baseline(labelled_rows(data, "train")[0], test, y_test, config.horizon_days)
@@ -290,7 +369,8 @@ def train_churn(
         models=models,
         params={
             **params,
-            "calibration": config.calibration,
+            "calibration": method,
+            "calibration_setting": config.calibration,
             "label": data.label,
             "calibrate_on": config.calibrate_on if held_out else "validation",  # where it really was fitted
             **({"label_definition": data.label_definition} if data.label_definition else {}),
@@ -313,7 +393,10 @@ def train_churn(
                 "of the newest validation cutoff",
             },
             "calibration": {
-                "method": config.calibration,
+                "method": method,
+                "setting": config.calibration,
+                "summary": calibration_summary,
+                "cross_fitted": calibration_figures,
                 "fitted_on": where,
                 "rows": int(len(fit_rows)),
                 "cutoffs": sorted({str(d) for d in pd.to_datetime(fit_rows[data.snapshot]).dt.date})
@@ -352,6 +435,15 @@ def train_churn(
         ),  # fmt: skip
         fit_seconds=clock.seconds,
     )
+
+
+def _calibration_summary(setting: str, method: str, figures: dict[str, dict[str, float]], where: str) -> str:
+    """One sentence for the run and the card: the method used, why, and every method's cross-fitted figures."""
+    numbers = "; ".join(f"{m} log loss {f['log_loss']:.4f}, Brier {f['brier']:.4f}" for m, f in figures.items())
+    why = "the lowest cross-fitted log loss" if method != "none" else "no calibrator lowered the cross-fitted log loss"
+    chosen = f"{method} ({why})" if setting == "auto" else f"{method} (as configured)"
+    folds = f"{CALIBRATION_FOLDS}-fold cross-fitted on {where}"
+    return f"calibration {chosen}; {folds}: {numbers}" if figures else f"calibration {chosen}; nothing compared"
 
 
 def _fit_survival(

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from models import evaluation as ev
-from models.recommendation import ALSRecommender, Interactions
+from models.recommendation import Interactions, Recommender
 from models.tabular import FramePreparer, infer_schema
 
 log = logging.getLogger("custintel.models")
@@ -166,7 +166,7 @@ def uplift_oracle(
 
 
 def recommendation_oracle(
-    model: ALSRecommender, test: Interactions, persons: pd.Series, affinity: pd.DataFrame, k: int
+    model: Recommender, test: Interactions, persons: pd.Series, affinity: pd.DataFrame, k: int
 ) -> dict[str, float]:
     """NDCG@k of the model against ranking by the true affinity, both under the same business rules."""
     relevant = {u: items for u, items in test.relevant().items() if u in persons.index}

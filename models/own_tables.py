@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
-from models.splits import LabelledTable, SplitError, stage_at_random, stage_by_time
+from models.splits import LabelledTable, SplitError, stage_at_random, stage_by_time, stage_latest_per_group
 from models.table_types import (
     FALSE_VALUES,
     MISSING_TOKENS,
@@ -30,6 +30,7 @@ from models.table_types import (
 if TYPE_CHECKING:
     from models.recommendation import Interactions
 
+SplitMethod = Literal["per-user", "global", "random"]
 MIN_ROWS = 10  # fewer rows cannot fill a train, a validation and a test stage with both classes
 MIN_PER_CLASS = 3  # a stratified split puts at least one row of each class in each stage
 
@@ -63,6 +64,7 @@ class OwnInteractions:
     weight: str | None = None
     time: str | None = None  # with it the holdout is the latest interactions; without, a random share
     schema: Path | str | None = None  # a --schema file overriding the inferred column types
+    split: SplitMethod | None = None  # None: per-user with a time column, random without
 
 
 def read_own_table(path: Path) -> pd.DataFrame:
@@ -258,8 +260,12 @@ def check_own_interactions(own: OwnInteractions) -> TypedTable:
 def own_interactions(
     own: OwnInteractions, seed: int, checked: TypedTable | None = None
 ) -> tuple[Interactions, Interactions]:
-    """(validation, test) splits of a user's interactions: by time when a time column is given, else at random per user.
+    """(validation, test) splits of a user's interactions, 80/10/10 by the split method.
 
+    per-user (the default with a time column): each user's latest 10% of interactions test,
+    the 10% before them validate (leave-last-out by share: every active user has a history).
+    global: one time cutoff for everyone (a user seen only late has no history to score from).
+    random (the default without a time column): each user's interactions at random.
     The test history is everything before the test holdout (train + validation rows); the
     validation history is the train rows only. Items a user already interacted with are
     not recommended again. `checked`: the table as `check_own_interactions` already read it.
@@ -271,8 +277,22 @@ def own_interactions(
         rows = check_interactions(frame, own.user, own.item, own.weight)
     except ValueError as exc:
         raise TrainingInputError(f"{own.path}: {exc}") from exc
-    if own.time:
-        stage = stage_by_time(frame[own.time], (0.8, 0.1, 0.1))
+    method = own.split or ("per-user" if own.time else "random")
+    if method != "random":
+        if not own.time:
+            raise TrainingInputError(f"{own.path}: --split {method} needs --time (the column that orders interactions)")
+        if own.time not in frame.columns:
+            raise TrainingInputError(f"{own.path}: --time column {own.time!r} is not in the table")
+        times = frame[own.time]
+        if pd.api.types.is_numeric_dtype(times):  # epoch seconds, as most interaction logs store them
+            times = pd.to_datetime(times, unit="s", errors="coerce")
+        try:
+            if method == "global":
+                stage = stage_by_time(times, (0.8, 0.1, 0.1))
+            else:
+                stage = stage_latest_per_group(rows["user"], times, (0.8, 0.1, 0.1))
+        except ValueError as exc:
+            raise TrainingInputError(f"{own.path}: --time column {own.time!r}: {exc}") from exc
     else:
         # Each user's interactions split 80/10/10 at random (RecBole's 'RS' split grouped by user).
         stage = stage_at_random(rows["user"], seed, (0.8, 0.1, 0.1))

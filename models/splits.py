@@ -101,6 +101,34 @@ def stage_at_random(labels: pd.Series, seed: int, shares: tuple[float, float, fl
     return stage
 
 
+def stage_latest_per_group(
+    groups: pd.Series, times: pd.Series, shares: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> pd.Series:
+    """Each group's latest rows test, the ones before them validate, its earlier ones train (leave-last-out by share).
+
+    For interaction logs split per user: every user with enough rows has a history and a
+    holdout, which a global time split does not give (a user active only late has no history).
+    Within a group rows go by time, equal times in row order; a group's test and validation
+    counts are its size times the shares, rounded, so a user with few rows may hold out none.
+    """
+    t = pd.to_datetime(times, errors="coerce")
+    if t.isna().any():
+        raise SplitError(f"{int(t.isna().sum())} row(s) have no readable time; a time split needs one on every row")
+    order = pd.DataFrame({"group": groups.astype(str).to_numpy(), "time": t.to_numpy(), "pos": np.arange(len(t))})
+    order = order.sort_values(["group", "time", "pos"], kind="stable")
+    by_group = order.groupby("group", sort=False)["pos"]
+    size = by_group.transform("size").to_numpy()
+    from_end = size - by_group.cumcount().to_numpy() - 1  # 0: the group's latest row
+    n_test = np.round(shares[2] * size)
+    n_valid = np.round(shares[1] * size)
+    labels = np.where(from_end < n_test, "test", np.where(from_end < n_test + n_valid, "valid", "train"))
+    stage = np.empty(len(t), dtype=object)
+    stage[order["pos"].to_numpy()] = labels
+    out = pd.Series(stage, index=times.index, dtype=object)
+    _check_filled(out, [s for s, share in zip(STAGES, shares, strict=True) if share > 0])
+    return out
+
+
 def key_fractions(keys: pd.Series, salt: str) -> np.ndarray:
     """A number in [0, 1) per key from a salted SHA-256: stable across runs, machines and row orders."""
     values = keys.astype(str).to_numpy()

@@ -16,7 +16,7 @@ from features.featurestore.offline import read_offline
 from models.churn import train_churn
 from models.config import TuningConfig, load_training_config
 from models.propensity import train_propensity, train_uplift
-from models.recommendation import ALSRecommender, train_recommendation
+from models.recommendation import ALSRecommender, Recommender, train_recommendation
 from models.training import load_churn, load_interactions, load_propensity, load_uplift
 from models.tuning import FitClock, create_study, run_study
 
@@ -100,7 +100,7 @@ def test_recommendation_keeps_its_business_rules_and_falls_back_to_popularity(fe
     result = train_recommendation(valid, test, r, r.tuning, create_study("r", r.tuning, None), FitClock())
     m = result.metrics
     assert 0 < m["test_ndcg_at_10"] <= 1 and 0 < m["test_popularity_ndcg_at_10"] <= 1
-    model: ALSRecommender = result.primary.model
+    model: Recommender = result.primary.model
     held = test.held()
     assert held, "the tiny world has customers holding products"
     for user, items in list(held.items())[:200]:

@@ -68,12 +68,14 @@ def test_the_shipped_config_is_valid_and_leak_free() -> None:
         ("learning_rate: {low: 0.01, high: 0.2, log: true}", "learning_rate: {low: 0.3, high: 0.2}", "must be below"),
         ("reg_lambda: {low: 0.001, high: 30, log: true}", "reg_lambda: {low: 0, high: 30, log: true}", "needs low > 0"),
         ("trials: 20, timeout_seconds: 600", "trials: 0, timeout_seconds: 600", "trials: Input should be greater"),
-        ("calibration: sigmoid", "calibration: platt", "churn.calibration"),
+        ("calibration: auto", "calibration: platt", "churn.calibration"),
         ("calibrate_on: newest_cutoff", "calibrate_on: latest", "churn.calibrate_on: Input should be 'newest_cutoff'"),
         ("calibration_share: 0.3", "calibration_share: 1.0", "churn.calibration_share: Input should be less than 1"),
         ("calibration_salt: custintel-calibration", "calibration_salt: ''", "churn.calibration_salt"),
         ("valid_as_of: 2025-03-01", "valid_as_of: 2025-05-01", "must not pass train_as_of"),
         ("iterations: {low: 5, high: 40, integer: true}", "epochs: {low: 5, high: 40}", "unknown ALS parameter"),
+        ("candidates: [popularity, ease, als]", "candidates: [popularity, slim]", "recommendation.candidates"),
+        ("ease_max_items: 10000", "ease_max_items: 10000\n  ease_lambdas: [0, 10]", "ease_lambdas must be positive"),
     ],
 )
 def test_config_errors_name_the_field_and_reason(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -384,3 +386,17 @@ def test_the_bgnbd_baseline_scores_non_contractual_rows_only() -> None:
     metrics, params = found
     assert metrics["baseline_bgnbd_test_auc"] > 0.6 and set(params) == {"r", "alpha", "a", "b"}
     assert bgnbd_baseline(frame[["rfm_repeat_days"]], frame, y, 90) is None  # contractual labels: no histories
+
+
+def test_auto_calibration_recalibrates_after_a_shift_and_logs_every_method() -> None:
+    """Churn rose at the newest cutoff: the plain model under-predicts there, so a calibrator earns its place."""
+    frame = _drifting_churn(4000, seed=2)
+    config = _small_churn_config("newest_cutoff").model_copy(update={"calibration": "auto"})
+    data = churn_table(frame, config, ["churn_90d"])
+    trained = train_churn(data, config, 100, create_study("c-auto", config.tuning, None), FitClock())
+    m = trained.metrics
+    logged = {k: m[f"calibration_{k}_log_loss"] for k in ("none", "sigmoid", "isotonic")}
+    assert trained.params["calibration"] in ("sigmoid", "isotonic") and trained.params["calibration_setting"] == "auto"
+    assert logged[trained.params["calibration"]] == min(logged.values()) < logged["none"]
+    assert all(f"calibration_{k}_brier" in m for k in logged)
+    assert trained.info["calibration"]["summary"].startswith(f"calibration {trained.params['calibration']} (the lowest")

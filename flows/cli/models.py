@@ -97,13 +97,21 @@ def train(
     product: Annotated[
         str | None, typer.Option(help="propensity --table: the product column (one row per customer and product).")
     ] = None,
+    split: Annotated[
+        Literal["per-user", "global", "random"] | None,
+        typer.Option(
+            help="With --interactions: how interactions are held out, 80/10/10. per-user (the default with --time): "
+            "each user's latest ones; global: one time cutoff for all (users seen only late have no history); "
+            "random (the default without --time): each user's at random."
+        ),
+    ] = None,
 ) -> None:
     """Tune, train, track and register models (@challenger), on the feature store or on your own table."""
     own = own_input(family, {"table": table, "--id": id_column, "--label": label, "--split-by": split_by,
                              "--duration": duration, "interactions": interactions, "--user": user, "--item": item,
                              "--weight": weight, "--time": time_column, "--schema": schema, "--keep": tuple(keep or ()),
                              "--horizon": horizon, "--capacity": capacity, "--treatment": treatment,
-                             "--outcome": outcome, "--product": product})  # fmt: skip
+                             "--outcome": outcome, "--product": product, "--split": split})  # fmt: skip
     if own is not None:
         check_own(own)
     outcomes = run_training(family, engine, trials, timeout, truth, own)
@@ -115,14 +123,14 @@ OWN_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "churn": (("--id", "--label"), ("--split-by", "--duration", "--schema", "--keep", "--horizon", "--capacity")),
     "uplift": (("--id", "--treatment", "--outcome"), ("--schema",)),
     "propensity": (("--id", "--product", "--label"), ("--split-by", "--schema")),
-    "recommendation": (("--user", "--item"), ("--weight", "--time", "--schema")),
+    "recommendation": (("--user", "--item"), ("--weight", "--time", "--schema", "--split")),
 }
 
 
 def own_input(family: str, options: dict[str, Any]) -> OwnInput | None:
     """The user's own table or interactions the options name (None: the feature store); misuse is one line."""
     from models.own_families import OwnPropensity, OwnUplift
-    from models.own_tables import OwnInteractions, OwnTable
+    from models.own_tables import OwnInteractions, OwnTable, SplitMethod
 
     table, interactions = options.pop("table"), options.pop("interactions")
     given = {name for name, value in options.items() if value}
@@ -157,7 +165,10 @@ def own_input(family: str, options: dict[str, Any]) -> OwnInput | None:
         return OwnUplift(table, o["--id"], o["--treatment"], o["--outcome"], schema=o["--schema"])
     if family == "propensity":
         return OwnPropensity(table, o["--id"], o["--product"], o["--label"], o["--split-by"], o["--schema"])
-    return OwnInteractions(interactions, o["--user"], o["--item"], o["--weight"], o["--time"], o["--schema"])
+    if o["--split"] in ("per-user", "global") and not o["--time"]:
+        raise fail(f"--split {o['--split']} needs --time (the column that orders the interactions)")
+    method: SplitMethod = o["--split"] or ("per-user" if o["--time"] else "random")  # recorded in the run as used
+    return OwnInteractions(interactions, o["--user"], o["--item"], o["--weight"], o["--time"], o["--schema"], method)
 
 
 def check_own(own: OwnInput) -> None:

@@ -241,6 +241,8 @@ HEADLINE = (
     "test_auc", "test_pr_auc", "test_brier", "test_lift_top_decile", "test_concordance", "threshold",
     "test_auc_mean_per_product", "test_qini", "crossfit_qini", "test_ndcg_at_10", "test_recall_at_10",
     "test_precision_at_10", "test_coverage", "test_popularity_ndcg_at_10", "test_ndcg_at_10_vs_popularity",
+    "valid_popularity_ndcg_at_10", "valid_ease_ndcg_at_10", "valid_als_ndcg_at_10",  # the choice of recommender
+    "calibration_none_log_loss", "calibration_sigmoid_log_loss", "calibration_isotonic_log_loss",  # and calibrator
 )  # fmt: skip
 
 

@@ -350,11 +350,10 @@ def split_record(data: Loaded, seed: int, own: OwnInput | None) -> dict[str, Any
         return {"method": method, "seed": seed, "sizes": sizes}
     valid, test = data
     if isinstance(own, OwnInteractions):
-        method = (
-            f"by time: interactions ranked by {own.time}, earliest 80% train, next 10% valid, latest 10% test"
-            if own.time
-            else "at random per user: 80% train, 10% valid, 10% test"
-        )
+        method = {
+            "per-user": f"per user by time ({own.time}): each user's first 80% train, next 10% valid, last 10% test",
+            "global": f"by time ({own.time}), one cutoff for all: earliest 80% train, next 10% valid, latest 10% test",
+        }.get(own.split or "", "at random per user: 80% train, 10% valid, 10% test")
     else:
         method = "by cutoff (the config's valid_as_of and train_as_of)"
     sizes = {"train": len(valid.history), "valid": len(valid.holdout), "test": len(test.holdout)}

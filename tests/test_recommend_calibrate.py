@@ -158,7 +158,7 @@ def _log(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("split", ["per-user", None])
 def test_a_per_user_time_split_gives_every_user_a_history_and_a_holdout(tmp_path: Path, split: str | None) -> None:
     path = _log(tmp_path)
-    valid, test = own_interactions(OwnInteractions(path, "user", "item", None, "ts", split), seed=0)  # type: ignore[arg-type]
+    valid, test = own_interactions(OwnInteractions(path, "user", "item", None, "ts", split=split), seed=0)  # type: ignore[arg-type]
     assert set(test.holdout["user"]) == set(test.history["user"]) == {f"u{u}" for u in range(30)}
     frame = pd.read_csv(path)
     last = frame.sort_values("ts").groupby("user").tail(1)
@@ -169,13 +169,13 @@ def test_a_per_user_time_split_gives_every_user_a_history_and_a_holdout(tmp_path
 
 
 def test_a_global_time_split_leaves_late_users_without_history(tmp_path: Path) -> None:
-    valid, test = own_interactions(OwnInteractions(_log(tmp_path), "user", "item", None, "ts", "global"), seed=0)
+    valid, test = own_interactions(OwnInteractions(_log(tmp_path), "user", "item", None, "ts", split="global"), seed=0)
     assert set(test.holdout["user"]) - set(test.history["user"])  # users seen only after the cutoff
 
 
 def test_a_time_split_without_a_time_column_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TrainingInputError, match="--split per-user needs --time"):
-        own_interactions(OwnInteractions(_log(tmp_path), "user", "item", None, None, "per-user"), seed=0)
+        own_interactions(OwnInteractions(_log(tmp_path), "user", "item", None, None, split="per-user"), seed=0)
 
 
 # ---------------------------------------------------------------- calibration only when it improves

@@ -307,7 +307,8 @@ def test_own_interactions_with_a_time_column_are_split_per_user_by_default(new_s
     registry = Registry(settings)
     run = registry.client.search_runs([registry.client.get_experiment_by_name("custintel").experiment_id])[0]
     lineage = registry.read_run_json(run.info.run_id, "lineage/lineage.json")
-    assert lineage["own_table"]["split"] == "per-user" and lineage["own_table"]["time"] == "ts"
+    assert lineage["options"]["split"] == "per-user" and lineage["options"]["time"] == "ts"
+    assert lineage["split"]["method"].startswith("per user by time")
     # per-user: every user has a history, so nobody is scored from popularity alone
     assert run.data.metrics["test_users_evaluated"] == 60
     assert run.data.params["recommender"] in ("popularity", "ease", "als")

@@ -243,6 +243,7 @@ HEADLINE = (
     "test_precision_at_10", "test_coverage", "test_popularity_ndcg_at_10", "test_ndcg_at_10_vs_popularity",
     "valid_popularity_ndcg_at_10", "valid_ease_ndcg_at_10", "valid_als_ndcg_at_10",  # the choice of recommender
     "calibration_none_log_loss", "calibration_sigmoid_log_loss", "calibration_isotonic_log_loss",  # and calibrator
+    "baseline_bgnbd_test_auc", "baseline_logistic_test_auc", "baseline_lightgbm_untuned_test_auc",  # baselines
 )  # fmt: skip
 
 

@@ -243,6 +243,10 @@ def test_a_time_split_whose_label_windows_cross_is_refused_before_training(new_s
     assert code == 1 and "Traceback" not in out
     assert "label windows (+90 days) running past the first valid snapshot 2024-07-01" in " ".join(out.split())
     assert "tuning and fitting" not in out
+    assert not (settings.home_dir / "mlflow.db").exists()  # refused by the command's own checks, before any run
+    code, out = _run(settings.home_dir, "--table", str(path), "--id", "customer", "--label", "churned",
+                     "--split-by", "snapshot", "--keep", "no_such_column")  # fmt: skip
+    assert code == 1 and "--keep column(s) ['no_such_column'] are not in the table" in out
 
 
 @pytest.mark.slow

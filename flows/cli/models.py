@@ -13,6 +13,7 @@ from flows.cli import views
 from flows.cli.app import Engine, app, console, expected, fail, run_engine, settings
 
 if TYPE_CHECKING:
+    from models.own_tables import OwnTable
     from models.training import OwnInput
 
 GATED_FAMILIES = ("churn", "propensity", "uplift", "recommendation")
@@ -189,7 +190,21 @@ def check_own(own: OwnInput) -> None:
         else:
             typed = check_own_table(own) if isinstance(own, OwnTable) else check_own_interactions(own)
             rows, described = len(typed.frame), typed.describe()
+        if isinstance(own, OwnTable):
+            check_own_guards(own, list(typed.frame.columns))
     views.print_schema(f"{own.path.name}: inferred schema ({rows:,} rows)", described)
+
+
+def check_own_guards(own: OwnTable, columns: list[str]) -> None:
+    """The leak guard's input checks, before anything starts: --keep names columns; label windows fit the split."""
+    from models.leakage import check_label_windows
+    from models.own_tables import TrainingInputError, own_churn_table
+
+    unknown = [c for c in own.keep if c not in columns]
+    if unknown:
+        raise TrainingInputError(f"{own.path}: --keep column(s) {unknown} are not in the table; it has {columns}")
+    if own.horizon_days and own.split_by:
+        check_label_windows(own_churn_table(own, seed=0), own.horizon_days)
 
 
 def run_training(

@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 
 from custintel.settings import Settings
 from flows.retries import io_task
-from models.baselines import add_baselines
+from models.baselines import add_baselines, add_uplift_baseline
 from models.config import TrainingConfig, TrainingConfigError, load_training_config
 from models.leakage import LeakReport, annotate_schema, guard_own_table
 from models.own_families import OwnPropensity, OwnUplift, own_propensity_table, own_uplift_table
@@ -200,7 +200,13 @@ def run_training(
         split = split_record(data, seed, own)
         trained.params.update({"split_method": split["method"], "split_seed": seed})
         trained.metrics.update({f"split_rows_{k}": float(v) for k, v in split["sizes"].items()})
-        if isinstance(own, OwnTable) and isinstance(data, LabelledTable):
+        if isinstance(own, OwnUplift) and isinstance(data, LabelledTable):
+            log("uplift: cross-fitting the response-model baseline (untuned LightGBM of the outcome)")
+            t = time.perf_counter()
+            notes.append(f"baseline: {add_uplift_baseline(data, trained, seed)}")
+            seconds["baselines"] = time.perf_counter() - t
+            extra["baselines"] = trained.info["baselines"]
+        if isinstance(own, OwnTable | OwnPropensity) and isinstance(data, LabelledTable):
             log(f"{unit.name}: fitting the baselines (logistic regression, untuned LightGBM)")
             t = time.perf_counter()
             comparison = add_baselines(data, trained, seed)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models.baselines import add_uplift_baseline
 from models.config import load_training_config
 from models.evaluation import qini_coefficient
 from models.own_families import OwnPropensity, OwnUplift, own_propensity_table, own_uplift_table
@@ -52,6 +53,11 @@ def test_uplift_from_a_users_experiment_finds_the_persuadables(tmp_path: Path) -
     assert trained.metrics["crossfit_qini"] > 0.5 * oracle > 0  # ranks the persuadables first
     assert trained.metrics["average_treatment_effect"] == pytest.approx(0.175, abs=0.06)
     assert "as_of" not in trained.params and "converted" in trained.params["label_definition"]
+    # the response model (who converts, not who is persuaded) is logged beside it, and the verdict follows the figures
+    said = add_uplift_baseline(data, trained)
+    baseline = trained.metrics["baseline_response_crossfit_qini"]
+    assert said.startswith("better than" if trained.metrics["crossfit_qini"] > baseline else "NOT better than")
+    assert trained.metrics["beats_baselines"] == float(trained.metrics["crossfit_qini"] > baseline)
 
 
 def test_propensity_from_a_users_pairs_splits_by_customer(tmp_path: Path) -> None:
@@ -124,6 +130,7 @@ def test_uplift_and_propensity_from_users_tables_through_the_command_line(tmp_pa
     out = done.stdout + done.stderr
     assert done.returncode == 0 and "Traceback" not in out, out
     assert "inferred schema (1,600 rows)" in out and "registered custintel-uplift version 1" in out
+    assert "response model" in out  # the baseline's verdict, in the summary
     pairs = tmp_path / "pairs.csv"
     rng = np.random.default_rng(2)
     rows = pd.DataFrame([(f"C{i:03d}", p) for i in range(300) for p in ("P1", "P2")], columns=["customer", "sku"])
@@ -134,4 +141,4 @@ def test_uplift_and_propensity_from_users_tables_through_the_command_line(tmp_pa
                 "--label", "bought", "--engine", "local", "--trials", "1")  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0 and "Traceback" not in out, out
-    assert "registered custintel-propensity version 1" in out
+    assert "registered custintel-propensity version 1" in out and "untuned LightGBM" in out

@@ -42,12 +42,19 @@ def train(
     ] = None,
     table: Annotated[
         Path | None,
-        typer.Option(help="Churn on your own snapshot table (CSV or Parquet) instead of the feature store."),
+        typer.Option(
+            help="Your own table (CSV, delimited text or Parquet) instead of the feature store: churn (a snapshot "
+            "with a label), uplift (an experiment: --treatment, --outcome), propensity (customer x product: --product)."
+        ),
     ] = None,
     id_column: Annotated[str | None, typer.Option("--id", help="With --table: the customer id column.")] = None,
-    label: Annotated[str | None, typer.Option(help="With --table: the binary label column (churned or not).")] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(help="With --table: the binary label column (churn: churned or not; propensity: bought or not)."),
+    ] = None,
     split_by: Annotated[
-        str | None, typer.Option(help="With --table: a date column; earlier rows train, later ones test.")
+        str | None,
+        typer.Option(help="With churn or propensity --table: a date column; earlier rows train, later ones test."),
     ] = None,
     duration: Annotated[
         str | None,

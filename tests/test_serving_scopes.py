@@ -131,3 +131,13 @@ def test_the_document_declares_403_and_each_operations_scope() -> None:
         forbidden = out[path][method]["responses"]["403"]["content"]["application/json"]["schema"]
         assert forbidden["properties"]["error"]["properties"]["scope"]["enum"] == ["score", "recommend", "admin"]
     assert "403" not in out["/livez"]["get"].get("responses", {}) and "x-scope" not in out["/livez"]["get"]
+
+
+def test_a_worker_reads_the_scopes_from_its_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CUSTINTEL_HOME", str(tmp_path))
+    monkeypatch.setenv("CUSTINTEL_SERVING_API_KEYS", "scorer:score,ops")
+    gate = Gatekeeper(_app())  # type: ignore[arg-type]  # as BentoML builds it in a worker
+    assert {k.secret: k.scopes for k in gate.keys} == {b"scorer": {"score"}, b"ops": ALL_SCOPES}
+    monkeypatch.setenv("CUSTINTEL_SERVING_API_KEYS", f"{SECRET}:score+root")
+    with pytest.raises(ApiKeysError, match="unknown scope 'root'"):
+        Gatekeeper(_app())  # type: ignore[arg-type]

@@ -140,8 +140,9 @@ class Settings(BaseSettings):
     )
     serving_api_keys: str = Field(
         default="",
-        description="Comma-separated API keys the scoring endpoints accept (Authorization: Bearer <key> or "
-        "X-API-Key). Empty: the service refuses to start unless CUSTINTEL_SERVING_ALLOW_ANONYMOUS is true.",
+        description="Comma-separated API keys the service accepts (Authorization: Bearer <key> or X-API-Key), "
+        "each `key` (every scope) or `key:scope+scope` (score, recommend, admin). Empty: the service refuses to "
+        "start unless CUSTINTEL_SERVING_ALLOW_ANONYMOUS is true.",
     )
     serving_allow_anonymous: bool = Field(default=False, description="Serve without API keys (local trials only).")
     serving_poll_seconds: float = Field(
@@ -243,8 +244,9 @@ class Settings(BaseSettings):
 
     @property
     def api_keys(self) -> list[str]:
-        """The scoring endpoints' API keys."""
-        return [k.strip() for k in self.serving_api_keys.split(",") if k.strip()]
+        """The service's API keys without their scopes (`serving.keys` parses and checks the scopes)."""
+        entries = [e.strip() for e in self.serving_api_keys.split(",") if e.strip()]
+        return [e.rpartition(":")[0].strip() if ":" in e else e for e in entries]
 
     @property
     def governance_dir(self) -> Path:

@@ -1,7 +1,8 @@
-"""One pure-ASGI gate in front of every endpoint: API key, method, content type, body size.
+"""One pure-ASGI gate in front of every endpoint: API key and its scope, method, content type, body size.
 
 BentoML 1.4 has no authentication and no request-body limit of its own. Health and
-metrics endpoints stay open; everything else needs a key. A POST must be JSON (a pickle
+metrics endpoints stay open; everything else needs a key (401 without one) holding the
+route's scope (403 naming the scope otherwise; `serving.keys`). A POST must be JSON (a pickle
 or any other content type gets 415) and no larger than the policy allows (413), whether
 or not the client announced its length.
 """
@@ -9,13 +10,13 @@ or not the client announced its length.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+from serving.keys import SCOPES, ApiKey, identify, parse_api_keys, scope_for
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -63,12 +64,12 @@ def _error(field: str, reason: str) -> dict[str, Any]:
 
 
 class Gatekeeper:
-    """API key on every non-health path; JSON-only, size-limited POST bodies."""
+    """API key with the route's scope on every non-health path; JSON-only, size-limited POST bodies."""
 
     def __init__(
         self,
         app: ASGIApp,
-        api_keys: Sequence[str] | None = None,
+        api_keys: str | Sequence[str | ApiKey] | None = None,
         max_body_bytes: int | None = None,
         anonymous: bool | None = None,
     ) -> None:
@@ -78,23 +79,24 @@ class Gatekeeper:
             from serving.policy import load_serving_policy
 
             settings = Settings()
-            api_keys = settings.api_keys if api_keys is None else api_keys
+            api_keys = settings.serving_api_keys if api_keys is None else api_keys
             max_body_bytes = max_body_bytes or load_serving_policy(settings.serving_policy).max_body_bytes
             anonymous = settings.serving_allow_anonymous if anonymous is None else anonymous
-        self.keys = [k.encode() for k in api_keys if k]
+        # the setting's text (`key` or `key:scope+scope`, comma-separated), parsed: ApiKeysError names a bad entry
+        if isinstance(api_keys, str):
+            api_keys = [api_keys]
+        self.keys = [k for k in api_keys if isinstance(k, ApiKey)]
+        self.keys += parse_api_keys(",".join(k for k in api_keys if isinstance(k, str)))
         self.max_body = max_body_bytes
         self.anonymous = anonymous
 
-    def _caller(self, headers: dict[bytes, bytes]) -> str | None:
-        """The key's short fingerprint when it is valid, else None."""
+    def _caller(self, headers: dict[bytes, bytes]) -> ApiKey | None:
+        """The key the request carries when it is valid, else None."""
         token = headers.get(b"x-api-key", b"")
         auth = headers.get(b"authorization", b"")
         if not token and auth.lower().startswith(b"bearer "):
             token = auth[7:].strip()
-        for key in self.keys:
-            if token and hmac.compare_digest(token, key):
-                return "key-" + hashlib.sha256(key).hexdigest()[:8]  # who called, without the secret
-        return None
+        return identify(self.keys, token)
 
     async def _document(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve BentoML's OpenAPI document as rewritten by `serving.openapi.document`."""
@@ -117,7 +119,7 @@ class Gatekeeper:
         await send_json(send, 200, document(json.loads(b"".join(parts))))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the request, then hand it on (with its body replayed) or answer 401/405/413/415."""
+        """Check the request, then hand it on (with its body replayed) or answer 401/403/405/413/415."""
         if scope["type"] == "http" and scope["path"] == "/docs.json":
             await self._document(scope, receive, send)
             return
@@ -130,7 +132,16 @@ class Gatekeeper:
             why = "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"
             await send_json(send, 401, _error("authorization", why), [(b"www-authenticate", b"Bearer")])
             return
-        scope.setdefault("state", {})["caller"] = caller or "anonymous"
+        needed = scope_for(scope["path"])
+        if caller is not None and needed not in caller.scopes:  # anonymous (local trials only) has every scope
+            held = ", ".join(s for s in SCOPES if s in caller.scopes)
+            why = f"this API key ({caller.fingerprint}) lacks the '{needed}' scope this route needs; it holds {held}"
+            refusal = _error("scope", why)
+            refusal["error"]["scope"] = needed
+            await send_json(send, 403, refusal)
+            return
+        # who called, by fingerprint only: the inference log and every message name the key this way
+        scope.setdefault("state", {})["caller"] = caller.fingerprint if caller is not None else "anonymous"
         scope["state"]["arrived"] = time.monotonic()  # a batch's deadline counts from here (serving.service)
         allowed = ROUTES.get(scope["path"])
         if allowed is not None and scope["method"] != allowed and not (allowed == "GET" and scope["method"] == "HEAD"):

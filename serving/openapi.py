@@ -5,7 +5,8 @@ and 500, with bodies the service does not send, writes nullable fields as JSON S
 `anyOf [..., {"type": "null"}]` (not OpenAPI 3.0) or drops the null branch, and adds a
 non-standard `root_input` key. `document` rewrites the generated document: nullable as
 OpenAPI 3.0 says, every error status with the body the service really sends, and the API
-key as a security scheme. The gate middleware applies it to every `/docs.json` answer.
+key as a security scheme, with the scope each operation needs (`x-scope`, `serving.keys`).
+The gate middleware applies it to every `/docs.json` answer.
 
 Requests are declared as strictly as the service reads them, from the models it serves now
 (`publish`): a body needs a `customer_key` or every model input in `features` (each a number
@@ -21,6 +22,8 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from serving.keys import SCOPES, scope_for
+
 ERROR_BODY = {
     "type": "object",
     "required": ["error"],
@@ -32,6 +35,21 @@ ERROR_BODY = {
         }
     },
 }
+FORBIDDEN_BODY = {  # 403: the error names the scope the key lacks
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["field", "reason", "scope"],
+            "properties": {
+                "field": {"type": "string"},
+                "reason": {"type": "string"},
+                "scope": {"type": "string", "enum": list(SCOPES)},
+            },
+        }
+    },
+}
 VALIDATION_BODY = {  # BentoML's answer to a request that fails the pydantic model
     "type": "object",
     "required": ["error"],
@@ -40,6 +58,7 @@ VALIDATION_BODY = {  # BentoML's answer to a request that fails the pydantic mod
 ERRORS = {
     "400": ("the body is not valid JSON or fails the request model (detail[].loc names the field)", VALIDATION_BODY),
     "401": ("no valid API key", ERROR_BODY),
+    "403": ("the API key lacks this route's scope (error.scope names it)", FORBIDDEN_BODY),
     "404": ("unknown customer", ERROR_BODY),
     "413": ("the body or the batch is too large", ERROR_BODY),
     "405": ("the route answers another method (the Allow header names it)", ERROR_BODY),
@@ -159,10 +178,11 @@ def document(spec: dict[str, Any]) -> dict[str, Any]:
             continue
         for operation in operations.values():
             operation["security"] = [{"bearer": []}, {"apiKey": []}]
+            operation["x-scope"] = scope_for(path)  # the key's scope this route needs (else 403)
             if "requestBody" in operation:
                 operation["requestBody"]["required"] = True  # a POST without a JSON body is refused (415)
             responses = operation.setdefault("responses", {})
-            wanted = ["401", "405"] if path == "/models" else list(ERRORS)
+            wanted = ["401", "403", "405"] if path == "/models" else list(ERRORS)
             for status in wanted:
                 description, body = ERRORS[status]
                 responses[status] = {"description": description, "content": {"application/json": {"schema": body}}}

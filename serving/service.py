@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from custintel.settings import Settings
 from serving import answers, openapi
 from serving.errors import ServingError, quiet_refusals
+from serving.keys import parse_api_keys
 from serving.middleware import Gatekeeper
 from serving.policy import load_serving_policy
 from serving.runtime import Runtime
@@ -109,6 +110,7 @@ class Custintel:
             raise RuntimeError(
                 "set CUSTINTEL_SERVING_API_KEYS (or CUSTINTEL_SERVING_ALLOW_ANONYMOUS=true for a local trial)"
             )
+        parse_api_keys(settings.serving_api_keys)  # a malformed entry stops the worker, named (by fingerprint)
         self.runtime = Runtime(settings, load_serving_policy(settings.serving_policy))
         quiet_refusals("bentoml._internal.server.http_app")  # a refused request: one INFO line, not a traceback
         openapi.publish(lambda: answers.served_inputs(self.runtime))  # /docs.json declares what is served now

@@ -35,6 +35,7 @@ from flows.train import PLAIN_STEPS as TRAIN_STEPS
 from flows.train import run_training
 from governance import store
 from models.registry import Registry
+from serving.keys import fingerprint
 from tests.conftest import start_service
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -76,7 +77,7 @@ def server(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iter
     run_feature_build(settings, [dt.date(2025, 6, 1)], True, FEATURE_STEPS, lambda _: None)
     env = {
         "CUSTINTEL_HOME": str(home),
-        "CUSTINTEL_SERVING_API_KEYS": f"{KEY},other-key",
+        "CUSTINTEL_SERVING_API_KEYS": f"{KEY},other-key:score",  # the first: every scope; the other: scoring only
         "CUSTINTEL_SERVING_POLL_SECONDS": "1",
     }
     process, url = start_service(env, home / "serve.log")
@@ -157,9 +158,15 @@ def test_requests_without_a_valid_key_are_refused(server: Server) -> None:
         r = httpx.post(server.url + "/churn/score", json={"customer_key": key}, headers=headers)
         assert r.status_code == 401 and r.json()["error"]["field"] == "authorization"
     assert httpx.get(server.url + "/models").status_code == 401
-    assert httpx.post(
-        server.url + "/churn/score", json={"customer_key": key}, headers={"X-API-Key": "other-key"}
-    ).is_success
+    scorer = {"X-API-Key": "other-key"}
+    assert httpx.post(server.url + "/churn/score", json={"customer_key": key}, headers=scorer).is_success
+    refused = httpx.post(server.url + "/recommend", json={"customer_key": key}, headers=scorer)
+    assert refused.status_code == 403 and refused.json()["error"]["scope"] == "recommend"
+    assert httpx.get(server.url + "/models", headers=scorer).json()["error"]["scope"] == "admin"
+    time.sleep(1.5)  # the log is written off the request path: callers are fingerprints, never keys
+    logged = "".join(p.read_text() for p in (server.settings.home_dir / "serving" / "inference").glob("*.jsonl"))
+    logged += (server.settings.home_dir / "serve.log").read_text(errors="replace")  # the service's own log
+    assert fingerprint("other-key") in logged and "other-key" not in logged and KEY not in logged
 
 
 @pytest.mark.parametrize(

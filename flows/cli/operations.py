@@ -112,6 +112,12 @@ def serve(
         env["CUSTINTEL_SERVING_WORKERS"] = str(workers)
     if not config.api_keys and not config.serving_allow_anonymous:
         raise fail("set CUSTINTEL_SERVING_API_KEYS (comma-separated), or CUSTINTEL_SERVING_ALLOW_ANONYMOUS=true")
+    from serving.keys import ApiKeysError, parse_api_keys
+
+    try:
+        parse_api_keys(config.serving_api_keys)
+    except ApiKeysError as exc:
+        raise fail(str(exc)) from None
     if refresh_consent:
         from serving.consent import build_consent_store
         from serving.policy import ServingPolicyError, load_serving_policy

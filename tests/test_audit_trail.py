@@ -227,6 +227,9 @@ def test_the_cli_verifies_and_shows(home: Settings) -> None:
     assert [json.loads(line)["seq"] for line in shown.output.splitlines()] == [4, 5]
     table = runner.invoke(app, [*args, "show", "--decisions"])
     assert table.exit_code == 0 and "custintel-churn v1" in table.output
+    trail.record(home, "export", "[red]vendor[/red]", {"rows": 3})  # data is printed as it is, not as markup
+    table = runner.invoke(app, [*args, "show", "--last", "1"])
+    assert table.exit_code == 0 and "[red]vendor[/red]" in table.output
 
     lines = _lines(path)
     lines[1] = lines[1].replace("C0001", "C0666")

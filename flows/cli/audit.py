@@ -73,14 +73,7 @@ def audit_show(
             details = {k: e.get(k) for k in ("id", "champion_before", "champion_after", "reasons") if k in e}
         else:
             action, subject, details = str(e.get("action", "")), str(e.get("subject", "")), e.get("details", {})
-        table.add_row(
-            str(e.get("seq", "")),
-            str(e.get("time", "")),
-            str(e.get("actor", "")),
-            action,
-            subject,
-            json.dumps(details, sort_keys=True, default=str),
-            str(e.get("hash", ""))[:12],
-            end_section=False,
-        )
+        cells = [str(e.get("seq", "")), str(e.get("time", "")), str(e.get("actor", "")), action, subject]
+        cells += [json.dumps(details, sort_keys=True, default=str), str(e.get("hash", ""))[:12]]
+        table.add_row(*(escape(cell) for cell in cells))  # values are data, never rich markup
     console.print(table)

@@ -222,6 +222,10 @@ def test_the_cli_verifies_and_shows(home: Settings) -> None:
     ok = runner.invoke(app, [*args, "verify", "--decisions"])
     assert ok.exit_code == 0, ok.output
     assert "intact, 5 entries" in ok.output and "intact, 1 entries" in ok.output
+    head = trail.verify(path).head_hash
+    assert head and runner.invoke(app, [*args, "verify", "--anchor", head]).exit_code == 0
+    unknown = runner.invoke(app, [*args, "verify", "--anchor", "f" * 64])
+    assert unknown.exit_code == 1 and "is not the hash of any entry" in " ".join(unknown.output.split())
     shown = runner.invoke(app, [*args, "show", "--last", "2", "--json"])
     assert shown.exit_code == 0
     assert [json.loads(line)["seq"] for line in shown.output.splitlines()] == [4, 5]

@@ -242,3 +242,20 @@ def test_the_cli_verifies_and_shows(home: Settings) -> None:
     assert bad.exit_code == 1
     assert "TAMPERED" in bad.output and "line 2 (seq 2): edited" in " ".join(bad.output.split())
     assert "Traceback" not in bad.output
+
+
+def test_the_reviewers_site_shows_each_chain_intact_or_names_the_bad_line(home: Settings) -> None:
+    from governance import site, store
+
+    store.append_decision(home, _decision("promoted", "1"))
+    store.append_decision(home, _decision("blocked", "2"))
+    index = site.build_site(home)
+    text = " ".join(index.read_text(encoding="utf-8").split())
+    assert "decisions.jsonl: intact, 2 entries" in text and "audit_trail.jsonl: intact, 2 entries" in text
+    log = store.decision_log(home)
+    _write(log, [line.replace('"reasons": ["ok"]', '"reasons": ["fine"]') for line in _lines(log)])
+    site.build_site(home)
+    for page in ("index.html", "decisions.html"):
+        text = " ".join((home.site_dir / page).read_text(encoding="utf-8").split())
+        assert 'decisions.jsonl: <span class="waiver">TAMPERED</span>' in text
+        assert "line 1 (seq 1): edited" in text and "line 2 (seq 2): edited" in text

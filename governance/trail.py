@@ -254,6 +254,7 @@ def verify(path: Path, anchor: str | None = None) -> Verification:
     """
     result = Verification(path)
     if not path.is_file():
+        _check_head(path, result, {})
         if anchor:
             result.problems.append(Problem(None, None, f"the log does not exist, so anchor {anchor} is not in it"))
         return result
@@ -295,7 +296,8 @@ def verify(path: Path, anchor: str | None = None) -> Verification:
                 sealed = "the lines before it" if start else "nothing (64 zeros)"
                 wrong.append(f"prev_hash should seal {sealed}: lines before it were inserted, edited or deleted")
             if seq != 1:
-                wrong.append(f"the first entry has seq {seq}, not 1: entries 1..{seq - 1} were deleted")
+                gone = "seq 1" if seq == 2 else f"seq 1..{seq - 1}"
+                wrong.append(f"the first entry has seq {seq}, not 1: {gone} deleted")
         elif expected_seq is not None:
             if seq > expected_seq:
                 gone = f"seq {expected_seq}" if seq == expected_seq + 1 else f"seq {expected_seq}..{seq - 1}"
@@ -342,7 +344,11 @@ def _check_head(path: Path, result: Verification, hashes: Mapping[int, str]) -> 
         result.problems.append(Problem(None, None, f"{head_file.name} is unreadable: it was edited"))
         return
     last = result.head_seq or 0
-    if seq > last:
+    if result.head_seq is None and seq > 0:
+        gone = "missing" if not path.is_file() else "without entries"
+        result.problems.append(Problem(None, None, f"the log is {gone} but {head_file.name} records seq {seq}: "
+                                       f"all {seq} entries were removed"))  # fmt: skip
+    elif seq > last:
         result.problems.append(
             Problem(None, result.head_seq, f"the log ends at seq {last} but {head_file.name} records seq {seq}: "
                     f"the last {seq - last} entr{'y was' if seq - last == 1 else 'ies were'} removed")

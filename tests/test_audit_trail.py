@@ -89,6 +89,13 @@ def test_a_deleted_line_is_named_by_the_gap(home: Settings) -> None:
     problems = trail.verify(path).problems
     assert [(p.line, p.seq) for p in problems] == [(4, 5)]
     assert "seq 4 deleted" in problems[0].message and "prev_hash" in problems[0].message
+    _write(path, _lines(path)[1:])  # the first line too
+    problems = trail.verify(path).problems
+    assert [(p.line, p.seq) for p in problems] == [(1, 2), (3, 5)] and "seq 1 deleted" in problems[0].message
+    path.unlink()  # the whole log: its head file still says how far it went
+    problems = trail.verify(path).problems
+    assert len(problems) == 1 and "the log is missing" in problems[0].message
+    assert "all 10 entries were removed" in problems[0].message
 
 
 def test_an_inserted_line_is_named(home: Settings) -> None:

@@ -173,6 +173,8 @@ def test_two_processes_promoting_the_same_model_queue_up(gated: Settings, tmp_pa
     assert first["result"] == second["result"] == "promoted"
     # The second saw the first's outcome: one chain, one champion.
     assert second["champion_before"] == first["champion_after"]
+    assert second["seq"] == first["seq"] + 1 and second["prev_hash"] == first["hash"]
+    assert trail.verify(store.decision_log(gated)).ok and trail.verify(trail.trail_path(gated)).ok
     aliases = _aliases(gated)
     assert aliases["champion"] == second["champion_after"]
     assert aliases.get("previous") not in (None, aliases["champion"])

@@ -32,7 +32,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from custintel.settings import Settings
-from governance.store import GATE_TAG_PREFIX
+from governance.store import GATE_TAG_PREFIX, decision_log
+from governance.trail import Verification, trail_path, verify
 
 GATE_RESULT_TAG = GATE_TAG_PREFIX + "result"
 GATE_REASONS_TAG = GATE_TAG_PREFIX + "reasons"
@@ -58,7 +59,7 @@ th{background:#eef1f4}td.when{white-space:nowrap}td ul{margin:0;padding-left:1.1
 .promoted{background:#1e7d32}.blocked{background:#b3261e}.waived{background:#b26a00}.rolled_back{background:#5f6b76}
 .unknown{background:#8a94a0}.alias{background:#1f3a5f}
 tr.waived-row{background:#fff4e0}.waiver{font-weight:600;color:#8a4f00}
-tr.malformed td{background:#fdecea;font-family:monospace}
+tr.malformed td,li.malformed{background:#fdecea;font-family:monospace}
 .muted{color:#66707a}figure{display:inline-block;margin:.5rem 1rem .5rem 0}
 figure img{max-width:420px;border:1px solid #d5dbe1;background:#fff}figcaption{font-size:.85em;color:#66707a}
 footer{color:#66707a;font-size:.85em;padding:0 1.5rem 1.5rem}
@@ -389,8 +390,29 @@ def _latest_decision(entries: Sequence[DecisionEntry], model: str) -> DecisionEn
     return None
 
 
+def render_chains(chains: Sequence[Verification]) -> str:
+    """The hash chains' state (`custintel audit verify`): intact with the head hash, or every problem named."""
+    if not chains:
+        return ""
+    items = []
+    for chain in chains:
+        name = _e(chain.path.name)
+        if chain.ok:
+            head = f"head seq {chain.head_seq} <code>{_e(chain.head_hash)}</code>" if chain.head_hash else "empty"
+            items.append(f"<li>{name}: intact, {chain.entries} entries; {head}</li>")
+        else:
+            problems = "".join(f'<li class="malformed">{_e(p)}</li>' for p in chain.problems)
+            items.append(f'<li>{name}: <span class="waiver">TAMPERED</span><ul>{problems}</ul></li>')
+    command = "<code>custintel audit verify --decisions</code>"
+    return f'<p>Hash chains ({command}):</p><ul class="chains">{"".join(items)}</ul>'
+
+
 def render_index(
-    models: Sequence[ModelSummary], decisions: Sequence[DecisionEntry], drift: Sequence[DriftReport], built: dt.datetime
+    models: Sequence[ModelSummary],
+    decisions: Sequence[DecisionEntry],
+    drift: Sequence[DriftReport],
+    built: dt.datetime,
+    chains: Sequence[Verification] = (),
 ) -> str:
     """The landing page: every model with its aliases and latest decision, a link to the log, drift reports."""
     rows = []
@@ -420,6 +442,7 @@ def render_index(
             ["model", *MAIN_ALIASES, "other aliases", "versions", "latest decision"], rows, "No registered model yet."
         )
         + f'<h2>Decisions</h2><p><a href="decisions.html">The decision log</a> ({_e(log_note)}), newest first.</p>'
+        + render_chains(chains)
         + '<h2 id="drift">Drift reports</h2>'
         + _table(["report", "written"], drift_rows, "No drift report yet.")
     )
@@ -490,11 +513,15 @@ def render_model_page(
 
 
 def render_decisions_page(
-    decisions: Sequence[DecisionEntry], cards: dict[tuple[str, str], CardFiles], built: dt.datetime
+    decisions: Sequence[DecisionEntry],
+    cards: dict[tuple[str, str], CardFiles],
+    built: dt.datetime,
+    chains: Sequence[Verification] = (),
 ) -> str:
     """The whole decision log, newest (last appended) first, malformed lines shown where they are."""
     rows = render_decision_rows(list(reversed(decisions)), cards, 0)
-    body = "<h1>Decision log</h1>" + _table(_decision_headers(True), rows, "No gate decision yet.")
+    table = _table(_decision_headers(True), rows, "No gate decision yet.")
+    body = "<h1>Decision log</h1>" + render_chains(chains) + table
     return _page("Decision log: custintel governance", body, 0, built)
 
 
@@ -519,6 +546,7 @@ def build_site(settings: Settings) -> Path:
     """
     models = read_registry(settings)
     decisions = read_decisions(settings.governance_dir / "decisions.jsonl")
+    chains = [verify(decision_log(settings)), verify(trail_path(settings))]
     built = dt.datetime.now(dt.UTC)
     target = settings.site_dir
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -530,8 +558,8 @@ def build_site(settings: Settings) -> Path:
         models = _with_unregistered(models, decisions, card_files)
         (staging / "models").mkdir()
         pages = {
-            "index.html": render_index(models, decisions, drift, built),
-            "decisions.html": render_decisions_page(decisions, cards, built),
+            "index.html": render_index(models, decisions, drift, built, chains),
+            "decisions.html": render_decisions_page(decisions, cards, built, chains),
         }
         for model in models:
             pages[model_page_path(model.name)] = render_model_page(model, decisions, cards, built)

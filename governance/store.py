@@ -1,18 +1,15 @@
 """The gate's I/O: the registry's versions and aliases, the per-model lock, the decision log, card files.
 
-Paths come from settings. The decision log is append-only JSON lines; each append holds
-an exclusive lock on the file and is flushed to disk before the lock is released.
+Paths come from settings. The decision log is append-only, hash-chained JSON lines (`governance.trail`); each
+append holds an exclusive lock and is flushed to disk before the lock is released.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import getpass
 import hashlib
 import json
-import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ import pandas as pd
 
 from custintel.json_lines import json_lines
 from custintel.settings import Settings
+from governance import trail
 from models.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, UnknownModelError
 
 GATE_TAG_PREFIX = "custintel.gate."  # model-version tags: result, reasons, decision, policy_hash, card
@@ -32,7 +30,7 @@ class GateError(RuntimeError):
 
 def actor() -> str:
     """Who is acting: CUSTINTEL_ACTOR when set (e.g. a CI job), else user@host."""
-    return os.environ.get("CUSTINTEL_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+    return trail.default_actor()
 
 
 def decision_log(settings: Settings) -> Path:
@@ -40,19 +38,39 @@ def decision_log(settings: Settings) -> Path:
     return settings.governance_dir / "decisions.jsonl"
 
 
-def append_decision(settings: Settings, record: dict[str, Any]) -> None:
-    """Append one decision (never rewrites earlier lines)."""
-    path = decision_log(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, sort_keys=True, default=str)
-    with path.open("a", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def append_decision(settings: Settings, record: dict[str, Any]) -> dict[str, Any]:
+    """Append one decision to the hash-chained decision log and its entry to the audit trail.
+
+    The decision log never rewrites earlier lines; each record gains seq, prev_hash and hash
+    (readers ignore them, `custintel audit verify --decisions` checks them). A policy whose
+    digest differs from the previous decision's is recorded as a policy change first. Returns
+    the line written.
+    """
+    written, previous = trail.append_chained(decision_log(settings), record)
+    who = str(record.get("actor") or actor())
+    old_policy, new_policy = (previous or {}).get("policy_hash"), record.get("policy_hash")
+    if previous is not None and new_policy and old_policy != new_policy:
+        details = {"from": old_policy, "to": new_policy, "policy_version": record.get("policy_version")}
+        trail.record(settings, "policy_change", "governance policy", details, who)
+    action = {"promoted": "promotion", "waived": "waiver", "blocked": "promotion", "rolled_back": "rollback"}
+    trail.record(
+        settings,
+        action.get(str(record.get("result")), str(record.get("action") or "decision")),
+        f"{record.get('model')} v{record.get('version')}",
+        {
+            "decision": record.get("id"),
+            "decision_seq": written["seq"],
+            "decision_hash": written["hash"],
+            "result": record.get("result"),
+            "champion_before": record.get("champion_before"),
+            "champion_after": record.get("champion_after"),
+            "policy_hash": new_policy,
+            "waiver": record.get("waiver"),
+            "reasons": record.get("reasons"),
+        },
+        who,
+    )
+    return written
 
 
 def read_decisions(settings: Settings, model: str | None = None) -> list[dict[str, Any]]:

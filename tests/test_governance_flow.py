@@ -19,7 +19,7 @@ from flows.cli import app
 from flows.promote import PLAIN_STEPS, run_gate
 from flows.train import PLAIN_STEPS as TRAIN_STEPS
 from flows.train import run_training
-from governance import store
+from governance import store, trail
 from governance.gate import Waiver
 from governance.policy import load_policy
 from models.registry import Registry
@@ -108,6 +108,13 @@ def test_pass_block_waiver_and_rollback_move_the_aliases_and_leave_a_record(gate
     assert [d["champion_after"] for d in log] == ["1", "1", "2", "1"]
     assert log[0]["policy_hash"] == load_policy().digest != strict_policy.digest == log[1]["policy_hash"]
     assert all(d["actor"] == me for d in log[:3])
+    # Both logs are hash-chained and intact: one trail entry per decision, one per policy change.
+    assert trail.verify(store.decision_log(gated)).ok and [d["seq"] for d in log] == [1, 2, 3, 4]
+    assert trail.verify(trail.trail_path(gated)).ok
+    entries = trail.read_entries(trail.trail_path(gated))
+    actions = ["promotion", "policy_change", "promotion", "waiver", "policy_change", "rollback"]
+    assert [e["action"] for e in entries] == actions
+    assert [e["details"].get("decision") for e in entries if e["action"] != "policy_change"] == [d["id"] for d in log]
 
     # The history: which version held each alias, from when to when, and the gate decision behind each move.
     out = CliRunner().invoke(app, ["--home", str(gated.home_dir), "registry", "history", "churn", "--json"])
@@ -166,6 +173,8 @@ def test_two_processes_promoting_the_same_model_queue_up(gated: Settings, tmp_pa
     assert first["result"] == second["result"] == "promoted"
     # The second saw the first's outcome: one chain, one champion.
     assert second["champion_before"] == first["champion_after"]
+    assert second["seq"] == first["seq"] + 1 and second["prev_hash"] == first["hash"]
+    assert trail.verify(store.decision_log(gated)).ok and trail.verify(trail.trail_path(gated)).ok
     aliases = _aliases(gated)
     assert aliases["champion"] == second["champion_after"]
     assert aliases.get("previous") not in (None, aliases["champion"])

@@ -1,7 +1,7 @@
 """The `custintel` command line: parse, load settings, call one function.
 
 `app` builds the Typer app, its callback and the one engine dispatch (`run_engine`); the commands
-live by topic (`data`, `identity`, `features`, `models`, `operations`, `demo`) and render through
+live by topic (`data`, `identity`, `features`, `models`, `audit`, `operations`, `demo`) and render through
 `views`; `logs` shows custintel's own log records and keeps Prefect quiet about expected errors.
 Importing this package registers every command on `app` (the `custintel` entry point).
 """
@@ -9,6 +9,6 @@ Importing this package registers every command on `app` (the `custintel` entry p
 from flows.cli.app import app
 
 # Imported in the order `custintel --help` lists the commands and groups.
-from flows.cli import data, identity, features, models, operations, demo  # noqa: I001  # isort: skip
+from flows.cli import data, identity, features, models, audit, operations, demo  # noqa: I001  # isort: skip
 
-__all__ = ["app", "data", "demo", "features", "identity", "models", "operations"]
+__all__ = ["app", "audit", "data", "demo", "features", "identity", "models", "operations"]

@@ -206,8 +206,8 @@ def demo(
         f"@challenger  -> `mlflow ui --backend-store-uri {settings.tracking_uri}` (plots, tables, lineage per run)"
     )
     console.print(
-        f"- governance: {settings.governance_dir} (decisions.jsonl, cards/<model>/<version>/card.html); "
-        f"reviewers' site {site}  -> `custintel report --serve`"
+        f"- governance: {settings.governance_dir} (decisions.jsonl, audit_trail.jsonl, "
+        f"cards/<model>/<version>/card.html); reviewers' site {site}  -> `custintel report --serve`"
     )
     console.print(f"- serving: `CUSTINTEL_SERVING_API_KEYS=<key> custintel --home {settings.home_dir} serve`, then:")
     console.print(f"  {curl}", soft_wrap=True)

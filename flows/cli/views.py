@@ -294,7 +294,10 @@ def print_decisions(settings: Settings, decisions: list[dict[str, Any]]) -> None
             console.print(f"  waived by {d['waiver']['approver']}: {d['waiver']['reason']}")
         if d.get("card"):
             console.print(f"  model card: {settings.governance_dir / d['card']}")
-    console.print(f"decision log: {settings.governance_dir / 'decisions.jsonl'}  -> `custintel report`")
+    console.print(
+        f"decision log: {settings.governance_dir / 'decisions.jsonl'}  -> `custintel report`; "
+        "hash-chained with the audit trail  -> `custintel audit verify --decisions`"
+    )
 
 
 def print_alias_holders(name: str, when: dt.datetime, spans: list[AliasSpan]) -> None:

@@ -257,3 +257,37 @@ def test_a_customer_who_withdrew_profiling_gives_no_row_to_the_churn_run(trainab
                         assert subject not in set(frame[column].astype(str)), f"{path.name}:{column}"
             else:
                 assert subject.encode() not in path.read_bytes(), path.name
+
+
+def test_a_run_on_the_users_own_table_says_consent_was_not_applied(tmp_path: Path) -> None:
+    import numpy as np
+
+    from flows.train import PLAIN_STEPS, run_training
+    from models.own_families import OwnUplift
+    from models.registry import RunRecord
+
+    rng = np.random.default_rng(0)
+    n = 800
+    treated = rng.random(n) < 0.5
+    path = tmp_path / "offer_test.csv"
+    pd.DataFrame(
+        {
+            "member": [f"M{i:05d}" for i in range(n)],
+            "arm": np.where(treated, "offer", "control"),
+            "converted": np.where(rng.random(n) < 0.2 + 0.2 * treated, "yes", "no"),
+            "engagement": rng.uniform(0, 1, n).round(3),
+        }
+    ).to_csv(path, index=False)
+    logged: dict[str, Any] = {}
+
+    def register(settings: Settings, config: Any, unit: Any, trained: Any, lineage: dict[str, Any]) -> RunRecord:
+        logged.update(params=trained.params, metrics=trained.metrics, lineage=lineage)
+        return RunRecord("run", "0", unit.name)
+
+    steps = replace(PLAIN_STEPS, register=register, verify=lambda *_: 0.0)
+    (outcome,) = run_training(Settings(home=tmp_path / "home"), "uplift", steps, lambda _: None,
+                              own=OwnUplift(path, "member", "arm", "converted"))  # fmt: skip
+    assert logged["params"]["consent"] == "not applied: own table"
+    assert logged["lineage"]["consent"] == {"applied": False, "summary": "not applied: own table"}
+    assert not any(k.startswith("consent_") for k in logged["metrics"])
+    assert "consent: not applied: own table" in outcome.notes

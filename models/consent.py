@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from models.splits import LabelledTable
+from models.splits import LabelledTable, SplitError
 
 if TYPE_CHECKING:
     from models.recommendation import Interactions
@@ -191,7 +191,18 @@ def filter_table(table: LabelledTable, rule: ConsentRule) -> tuple[LabelledTable
         raise ValueError("consent is applied per cutoff: the table has no cutoff (snapshot) column")
     keep, report = _keep(table.frame[table.id_column], table.frame[table.snapshot], table.stage, rule)
     kept = dataclasses.replace(table, frame=table.frame[keep], stage=table.stage[keep])
+    _refuse_emptied(report, set(table.stage.astype(str)) - set(kept.stage.astype(str)) - {"unused"})
     return kept, report
+
+
+def _refuse_emptied(report: ConsentExclusion, emptied: set[str]) -> None:
+    """A stage consent left without a row cannot train or test a model: say so in one line."""
+    if emptied:
+        raise SplitError(
+            f"consent ({report.purpose}): every row of the {', '.join(sorted(emptied))} stage(s) was excluded "
+            f"({report.withdrawn_rows:,} withdrawn, {report.unknown_rows:,} with no decision); the governance "
+            f"policy's unknown_consent.{report.purpose} is {report.unknown}"
+        )
 
 
 def filter_interactions(
@@ -228,4 +239,13 @@ def filter_interactions(
             )
         )
     report.excluded_customers = len(excluded)
+    _refuse_emptied(
+        report,
+        {
+            name
+            for part in kept
+            for name, frame in (("history", part.history), ("held-out", part.holdout))
+            if frame.empty
+        },
+    )
     return kept, report

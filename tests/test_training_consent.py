@@ -21,7 +21,7 @@ import pytest
 from custintel.settings import Settings
 from models.consent import ConsentRule, exclude_withdrawn, filter_interactions, filter_table, status_before
 from models.recommendation import Interactions
-from models.splits import LabelledTable
+from models.splits import LabelledTable, SplitError
 
 CUTOFF = dt.date(2025, 3, 1)
 
@@ -85,22 +85,31 @@ def test_unknown_consent_follows_the_policy() -> None:
 def test_a_labelled_table_loses_the_rows_of_every_stage_and_counts_them_per_stage() -> None:
     frame = pd.DataFrame(
         {
-            "customer_key": ["a", "a", "b", "b", "c"],
-            "as_of": pd.to_datetime(["2024-09-01", "2025-03-01", "2024-09-01", "2025-03-01", "2025-03-01"]),
-            "x": [1.0, 2.0, 3.0, 4.0, 5.0],
-            "churned": [0, 1, 0, 0, 1],
+            "customer_key": ["a", "a", "b", "b", "c", "d"],
+            "as_of": pd.to_datetime(
+                ["2024-09-01", "2025-03-01", "2024-09-01", "2025-03-01", "2025-03-01", "2025-03-01"]
+            ),  # fmt: skip
+            "x": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "churned": [0, 1, 0, 0, 1, 0],
         }
     )
-    stage = pd.Series(["train", "test", "train", "calibration", "test"])
+    stage = pd.Series(["train", "test", "train", "calibration", "test", "calibration"])
     table = LabelledTable(frame, "customer_key", "churned", stage, snapshot="as_of")
     history = _history(("a", "profiling", "withdrawn", "2024-12-01"), ("b", "profiling", "withdrawn", "2024-01-01"))
     kept, report = filter_table(table, ConsentRule("profiling", "allow", history))
-    assert kept.frame["x"].tolist() == [1.0, 5.0] and kept.stage.tolist() == ["train", "test"]
+    assert kept.frame["x"].tolist() == [1.0, 5.0, 6.0] and kept.stage.tolist() == ["train", "test", "calibration"]
     assert report.rows == {"train": 1, "test": 1, "calibration": 1}
     assert report.customers == {"train": 1, "test": 1, "calibration": 1} and report.excluded_customers == 2
     assert "3 row(s) of 2 customer(s) excluded" in report.summary()
     with pytest.raises(ValueError, match="cutoff"):
         filter_table(replace(table, snapshot=None), ConsentRule("profiling", "allow", history))
+    # A stage left without a row is refused in one line naming the stage and the policy's rule.
+    granted_c = pd.concat(
+        [history, _history(("c", "profiling", "granted", "2024-01-01"), ("d", "profiling", "granted", "2024-01-01"))],
+        ignore_index=True,
+    )
+    with pytest.raises(SplitError, match=r"consent \(profiling\): every row of the train stage\(s\) was excluded"):
+        filter_table(table, ConsentRule("profiling", "exclude", granted_c))  # a had no decision yet at 2024-09-01
 
 
 def test_interactions_lose_the_users_excluded_at_each_cutoff() -> None:

@@ -73,6 +73,10 @@ def test_pass_block_waiver_and_rollback_move_the_aliases_and_leave_a_record(gate
     assert {"card.md", "card.html", "audit.json"} <= {p.name for p in card.iterdir()}
     page = (card / "card.html").read_text()
     assert "Intended use" in page and "Fairness audit" in page and "promoted" in page
+    # consent in training: the card's training data and the gate's informational check state the exclusions
+    assert "consent: profiling: " in page and "customer(s) excluded" in page
+    (consent,) = [c for c in first["checks"] if c["name"] == "consent"]
+    assert consent["passed"] and consent["numbers"]["excluded_rows"] > 0 and "informational" in consent["details"][0]
     registry = Registry(gated)
     run_id = registry.version(NAME, "1").run_id
     assert run_id is not None

@@ -24,9 +24,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from custintel.settings import Settings
+from features.consent import ConsentTable, read_consent_history
 from flows.retries import io_task
 from models.baselines import add_baselines, add_uplift_baseline
 from models.config import TrainingConfig, TrainingConfigError, load_training_config
+from models.consent import ConsentRule, not_applied
 from models.leakage import LeakReport, annotate_schema, guard_own_table
 from models.own_families import OwnPropensity, OwnUplift, own_propensity_table, own_uplift_table
 from models.own_tables import OwnInteractions, OwnTable, check_own_interactions, own_churn_table, own_interactions
@@ -38,6 +40,7 @@ from models.training import (
     OwnInput,
     TrainingOutcome,
     Unit,
+    apply_consent,
     compare_with_truth,
     ensure_features,
     fit_unit,
@@ -67,6 +70,29 @@ def monitoring_reference(settings: Settings, data: Loaded, trained: TrainedModel
     columns = [c for c in primary.input_example.columns if c in data.frame.columns and c != "product_id"]
     policy = load_monitoring_policy(settings.monitoring_policy)
     return labelled_reference(data, columns, policy.reference_rows, policy.history_rows)
+
+
+def consent_rules(settings: Settings, units: list[Unit]) -> dict[str, ConsentRule]:
+    """Per unit, its family's consent purpose and unknown-consent rule (governance policy), with the lake's history.
+
+    The history is read once for the run, from the consent tables the serving policy names; a
+    unit whose family names no purpose is not filtered.
+    """
+    from governance.policy import load_policy as load_governance_policy
+    from serving.policy import load_serving_policy
+
+    policy = load_governance_policy(settings.governance_policy)
+    purposes = {u.name: policy.families[u.name].purpose for u in units if u.name in policy.families}
+    if not any(purposes.values()):
+        return {}
+    sources = load_serving_policy(settings.serving_policy).consent_sources
+    tables = [ConsentTable(s.table, s.record_table, s.record_id, s.purpose, s.status, s.recorded_at) for s in sources]
+    history = read_consent_history(settings, tables)
+    return {
+        name: ConsentRule(purpose, policy.unknown_consent.get(purpose, "allow"), history)
+        for name, purpose in purposes.items()
+        if purpose is not None
+    }
 
 
 def register_unit(
@@ -156,6 +182,7 @@ def run_training(
         )
         units = [replace(u, config=u.config.model_copy(update={"weekly_capacity": None})) for u in units]
     prefix = f"{config.experiment}-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+    rules = consent_rules(settings, units) if own is None else {}
     outcomes = []
     schema: list[dict[str, str]] = []
     for unit in units:
@@ -185,6 +212,15 @@ def run_training(
             data = own_interactions(own, seed=seed, checked=checked)
         else:
             data = steps.load(settings, config, unit)
+        consent: dict[str, Any] = not_applied("own table" if own is not None else "the policy names no purpose")
+        consent_figures: dict[str, float] = {}
+        rule = rules.get(unit.name)
+        if rule is not None:
+            data, excluded = apply_consent(unit, data, rule)
+            consent, consent_figures = excluded.as_dict(), excluded.metrics()
+        log(f"{unit.name}: consent {consent['summary']}")
+        extra["consent"] = consent
+        notes.append(f"consent: {consent['summary']}")
         seconds["load"] = time.perf_counter() - t
         log(f"{unit.name}: tuning and fitting")
         t = time.perf_counter()
@@ -199,6 +235,8 @@ def run_training(
         seconds["fit_models"] = trained.fit_seconds
         split = split_record(data, seed, own)
         trained.params.update({"split_method": split["method"], "split_seed": seed})
+        trained.params.update({"consent": consent["summary"][:500]} if rule is None else excluded.params())
+        trained.metrics.update(consent_figures)
         trained.metrics.update({f"split_rows_{k}": float(v) for k, v in split["sizes"].items()})
         if isinstance(own, OwnUplift) and isinstance(data, LabelledTable):
             log("uplift: cross-fitting the response-model baseline (untuned LightGBM of the outcome)")

@@ -31,7 +31,7 @@ Result = Literal["promoted", "blocked", "waived"]
 class Check:
     """One check's outcome and why."""
 
-    name: str  # fairness | performance | calibration | data_quality | signature
+    name: str  # fairness | performance | calibration | data_quality | signature | consent (informational)
     passed: bool
     details: list[str] = field(default_factory=list)
     waivable: bool = True
@@ -299,6 +299,18 @@ def check_signature(
                 problems.append(f"input {column!r} is {kind}, the champion's is {theirs[column]}")
     ok = f"{len(challenger)} inputs" + (", compatible with the champion's" if champion is not None else "")
     return Check("signature", not problems, problems or [ok], False)
+
+
+def check_consent(record: Mapping[str, Any] | None) -> Check:
+    """Informational: how many rows and customers the run left out for consent (never fails; the run applied it)."""
+    if not record:
+        return Check("consent", True, ["not recorded: the run predates consent in training"], True)
+    numbers = {} if not record.get("applied") else {
+        "excluded_rows": float(record.get("excluded_rows", 0)),
+        "excluded_customers": float(record.get("excluded_customers", 0)),
+        **{f"excluded_rows_{k}": float(v) for k, v in dict(record.get("rows", {})).items()},
+    }  # fmt: skip
+    return Check("consent", True, [f"informational: {record.get('summary', 'no summary recorded')}"], True, numbers)
 
 
 def decide(checks: Sequence[Check], on_failure: str, waiver: Waiver | None) -> Verdict:

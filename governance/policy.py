@@ -18,6 +18,7 @@ from custintel.yaml_config import load_yaml_model
 
 FAMILIES = ("churn", "propensity", "uplift", "recommendation")
 Family = Literal["churn", "propensity", "uplift", "recommendation"]
+Purpose = Literal["profiling", "marketing", "analytics"]  # the consent purposes of the consent contract
 
 # Between-group summaries the audit computes (see governance.audit). `*_ratio` are
 # smallest / largest group value (1 = equal); `*_difference` largest - smallest.
@@ -163,6 +164,11 @@ class FamilyPolicy(_Strict):
         description="block: a failed fairness or performance check stops the promotion; waiver: a named approver "
         "with a reason may let it through (data-quality and signature failures are never waivable).",
     )
+    purpose: Purpose | None = Field(
+        default=None,
+        description="The consent purpose the family's use needs: training, validation, test, calibration and "
+        "reference rows leave out customers who withdrew it before each row's cutoff (None: consent not applied).",
+    )
     intended_use: str = Field(min_length=1)
     out_of_scope: list[str] = Field(default_factory=list)
     caveats: list[str] = Field(default_factory=list)
@@ -184,6 +190,11 @@ class GovernancePolicy(_Strict):
         "(0.5: the raw value decides).",
     )
     sensitive_features: dict[str, SensitiveFeature] = Field(min_length=1)
+    unknown_consent: dict[Purpose, Literal["allow", "exclude"]] = Field(
+        default_factory=dict,
+        description="Per purpose, training rows of a customer with no decision recorded before the cutoff: allow "
+        "(default, kept) or exclude.",
+    )
     families: dict[Family, FamilyPolicy]
 
     @model_validator(mode="after")

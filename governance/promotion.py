@@ -45,6 +45,7 @@ class Candidate:
     champion: Any = None
     champion_inputs: list[tuple[str, str]] | None = None
     golden: Any = None
+    consent: dict[str, Any] | None = None  # what the run left out for consent (its lineage record)
 
 
 @dataclass
@@ -93,13 +94,15 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
         "datasets": ", ".join(f"{n} (digest {d})" for n, d in run.datasets) or "none logged",
         "git commit": run.tags.get("mlflow.source.git.commit", "unknown"),
     }
+    consent = lineage.get("consent") if isinstance(lineage.get("consent"), dict) else None
+    training["consent"] = str(consent["summary"]) if consent else "not recorded (the run predates consent in training)"
     calibration = info.get("calibration")
     if isinstance(calibration, dict) and calibration.get("summary"):
         training["calibration"] = str(calibration["summary"])
     champion_version = registry.alias_version(name, store.CHAMPION)
     candidate = Candidate(
         name, version, family, run_id, evaluation, quality, threshold, training,
-        registry.load_model(name, version), registry.model_inputs(name, version), champion_version,
+        registry.load_model(name, version), registry.model_inputs(name, version), champion_version, consent=consent,
     )  # fmt: skip
     if champion_version is not None and champion_version != version:
         candidate.champion = registry.load_model(name, champion_version)
@@ -171,6 +174,7 @@ def judge(candidate: Candidate, policy: GovernancePolicy, waiver: gate.Waiver | 
         gate.check_performance(challenger_score, champion_score, rules.performance),
         gate.check_data_quality(candidate.data_quality, rules.data_quality),
         gate.check_signature(candidate.inputs, candidate.champion_inputs, disallowed),
+        gate.check_consent(candidate.consent),
     ]
     verdict = gate.decide(checks, rules.on_failure, waiver)
     moves = verdict.result in ("promoted", "waived")

@@ -40,6 +40,7 @@ from models.config import (
     TrainingConfig,
     TuningConfig,
 )
+from models.consent import ConsentExclusion, ConsentRule, filter_interactions, filter_table
 from models.own_families import OwnPropensity, OwnUplift
 from models.own_tables import OwnInteractions, OwnTable
 from models.propensity import HELD, negative_shares, propensity_table, train_propensity, train_uplift, uplift_table
@@ -286,6 +287,23 @@ def load_unit(settings: Settings, config: TrainingConfig, unit: Unit) -> Loaded:
         return load_uplift(settings, config)
     r = _recommendation(config)
     return load_interactions(settings, r.valid_as_of), load_interactions(settings, r.train_as_of)
+
+
+def apply_consent(unit: Unit, data: Loaded, rule: ConsentRule) -> tuple[Loaded, ConsentExclusion]:
+    """The unit's rows without those of customers whose consent for the purpose was withdrawn before each cutoff.
+
+    A labelled table is filtered per (customer, cutoff) over every stage; the recommender's
+    interactions per user at each of its two cutoffs (the validation fit's history and held-out
+    purchases at `valid_as_of`, the final fit's at `train_as_of`).
+    """
+    if isinstance(data, LabelledTable):
+        return filter_table(data, rule)
+    r = unit.config
+    assert isinstance(r, RecommendationConfig)
+    (valid, test), report = filter_interactions(
+        [(data[0], r.valid_as_of, "train", "valid"), (data[1], r.train_as_of, "refit", "test")], rule
+    )
+    return (valid, test), report
 
 
 def fit_unit(unit: Unit, data: Loaded, settings: Settings, study_prefix: str) -> TrainedModel:

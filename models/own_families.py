@@ -17,15 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from models.own_tables import TrainingInputError, read_own_table, typed_table
+from models.own_tables import TrainingInputError, check_present, read_own_table, typed_table
 from models.splits import LabelledTable, key_fractions, stage_at_random, stage_by_time
-from models.table_types import Role, TypedTable
+from models.table_types import FALSE_VALUES, TRUE_VALUES, Role, TypedTable
 
 if TYPE_CHECKING:
     from models.tabular import TabularSchema
 
-TRUTHY = frozenset({"1", "true", "yes", "y", "t", "1.0"})
-FALSY = frozenset({"0", "false", "no", "n", "f", "0.0"})
 CONTROL_NAMES = frozenset({"control", "ctrl", "holdout", "hold-out", "hold_out", "baseline", "a"})
 MIN_ARM_ROWS = 20  # fewer rows in an arm cannot estimate its outcome rate, let alone heterogeneity
 
@@ -54,14 +52,6 @@ class OwnPropensity:
     schema: Path | str | None = None  # a --schema file overriding the inferred column types
 
 
-def _check_columns(path: Path, frame: pd.DataFrame, roles: dict[str, str | None]) -> None:
-    for role, column in roles.items():
-        if column and column not in frame.columns:
-            raise TrainingInputError(
-                f"{path}: {role} column {column!r} is not in the table; it has {list(frame.columns)}"
-            )
-
-
 def binary_column(path: Path, frame: pd.DataFrame, column: str, role: str) -> pd.Series:
     """A 0/1-like column as booleans; anything else (or one value only) is an error naming the values."""
     values = frame[column]
@@ -69,12 +59,12 @@ def binary_column(path: Path, frame: pd.DataFrame, column: str, role: str) -> pd
         raise TrainingInputError(f"{path}: {role} column {column!r} is empty on {int(values.isna().sum())} row(s)")
     text = values.astype(str).str.strip().str.lower()
     found = set(text.unique())
-    if not found <= TRUTHY | FALSY or len(found) < 2:
+    if not found <= TRUE_VALUES | FALSE_VALUES or len(found) < 2:
         raise TrainingInputError(
             f"{path}: {role} column {column!r} must be binary (0/1, true/false, yes/no) with both values; "
             f"found {sorted(found)[:10]}"
         )
-    return text.isin(TRUTHY)
+    return text.isin(TRUE_VALUES)
 
 
 def treatment_column(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
@@ -84,8 +74,8 @@ def treatment_column(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
         raise TrainingInputError(f"{path}: --treatment column {column!r} is empty on {int(values.isna().sum())} row(s)")
     text = values.astype(str).str.strip().str.lower()
     arms = sorted(text.unique())
-    if set(arms) <= TRUTHY | FALSY and len(arms) == 2:
-        return text.isin(TRUTHY)
+    if set(arms) <= TRUE_VALUES | FALSE_VALUES and len(arms) == 2:
+        return text.isin(TRUE_VALUES)
     control = [a for a in arms if a in CONTROL_NAMES]
     if len(arms) != 2 or len(control) != 1:
         raise TrainingInputError(
@@ -98,7 +88,7 @@ def treatment_column(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
 def own_uplift_table(own: OwnUplift, seed: int, frame: pd.DataFrame | None = None) -> LabelledTable:
     """The experiment's rows as `retained` (the outcome) and `treated`, split at random within arm x outcome."""
     frame = read_own_table(own.path) if frame is None else frame
-    _check_columns(own.path, frame, {"--id": own.id_column, "--treatment": own.treatment, "--outcome": own.outcome})
+    check_present(own.path, frame, {own.id_column: "--id", own.treatment: "--treatment", own.outcome: "--outcome"})
     if frame[own.id_column].duplicated().any():
         raise TrainingInputError(
             f"{own.path}: ids in {own.id_column!r} repeat; an experiment table has one row per participant"
@@ -140,11 +130,8 @@ def own_propensity_table(own: OwnPropensity, seed: int, frame: pd.DataFrame | No
     customers), so the test measures customers the model never saw.
     """
     frame = read_own_table(own.path) if frame is None else frame
-    _check_columns(
-        own.path,
-        frame,
-        {"--id": own.id_column, "--product": own.product, "--label": own.label, "--split-by": own.split_by},
-    )
+    options = {own.id_column: "--id", own.product: "--product", own.label: "--label"}
+    check_present(own.path, frame, options | ({own.split_by: "--split-by"} if own.split_by else {}))
     keys = [own.id_column, own.product, *([own.split_by] if own.split_by else [])]
     repeated = frame.duplicated(subset=keys)
     if repeated.any():

@@ -84,7 +84,7 @@ def read_own_table(path: Path) -> pd.DataFrame:
     raise TrainingInputError(f"{path}: expected a .csv or .parquet file, not {suffix or 'no extension'}")
 
 
-def _check_present(path: Path, frame: pd.DataFrame, options: dict[str, str]) -> None:
+def check_present(path: Path, frame: pd.DataFrame, options: dict[str, str]) -> None:
     """Each column an option names is in the table (`options`: column -> the option that named it)."""
     for col, option in options.items():
         if col not in frame.columns:
@@ -97,7 +97,7 @@ def typed_table(
     path: Path, frame: pd.DataFrame, roles: dict[str, Role], options: dict[str, str], schema: Path | str | None
 ) -> TypedTable:
     """The frame typed by `type_columns`, its errors as `TrainingInputError`s naming the option's column."""
-    _check_present(path, frame, options)
+    check_present(path, frame, options)
     try:
         overrides = read_schema_overrides(Path(schema)) if schema else None
         named = {col: f"{option} column" for col, option in options.items()}
@@ -126,7 +126,7 @@ def check_own_table(own: OwnTable) -> TypedTable:
         raise TrainingInputError(f"{own.path}: --id, --label, --split-by and --duration must name different columns")
     options = {own.id_column: "--id", own.label: "--label"}
     options.update({c: o for c, o in ((own.split_by, "--split-by"), (own.duration, "--duration")) if c})
-    _check_present(own.path, frame, options)
+    check_present(own.path, frame, options)
     label = frame[own.label]
     text = label.dropna().astype(str).str.strip()
     text = text[~text.str.lower().isin(MISSING_TOKENS)]

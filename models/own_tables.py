@@ -200,11 +200,14 @@ def _check_time_split(own: OwnTable, frame: pd.DataFrame) -> None:
             )
 
 
-def own_churn_table(own: OwnTable, seed: int) -> LabelledTable:
-    """A user's table as labelled rows: checked (`check_own_table`), split by time or at random."""
+def own_churn_table(own: OwnTable, seed: int, checked: TypedTable | None = None) -> LabelledTable:
+    """A user's table as labelled rows: checked (`check_own_table`), split by time or at random.
+
+    `checked`: the table as `check_own_table` already read and typed it (not read again).
+    """
     from models.tabular import TabularSchema  # here: checking a table needs no scikit-learn
 
-    typed = check_own_table(own)
+    typed = checked or check_own_table(own)
     label = typed.frame[own.label]
     frame = typed.frame.assign(
         **{own.label: label.map(lambda v: None if pd.isna(v) else str(v).strip().lower() in TRUE_VALUES)}

@@ -14,6 +14,7 @@ from flows.cli.app import Engine, app, console, expected, fail, run_engine, sett
 
 if TYPE_CHECKING:
     from models.own_tables import OwnTable
+    from models.table_types import TypedTable
     from models.training import OwnInput
 
 GATED_FAMILIES = ("churn", "propensity", "uplift", "recommendation")
@@ -198,20 +199,24 @@ def check_own(own: OwnInput) -> None:
             typed = check_own_table(own) if isinstance(own, OwnTable) else check_own_interactions(own)
             rows, described = len(typed.frame), typed.describe()
         if isinstance(own, OwnTable):
-            check_own_guards(own, list(typed.frame.columns))
+            check_own_guards(own, typed)
     views.print_schema(f"{own.path.name}: inferred schema ({rows:,} rows)", described)
 
 
-def check_own_guards(own: OwnTable, columns: list[str]) -> None:
-    """The leak guard's input checks, before anything starts: --keep names columns; label windows fit the split."""
+def check_own_guards(own: OwnTable, typed: TypedTable) -> None:
+    """The leak guard's input checks, before anything starts: --keep names columns; label windows fit the split.
+
+    `typed`: the table as `check_own_table` read it (the file is not read again).
+    """
     from models.leakage import check_label_windows
     from models.own_tables import TrainingInputError, own_churn_table
 
+    columns = list(typed.frame.columns)
     unknown = [c for c in own.keep if c not in columns]
     if unknown:
         raise TrainingInputError(f"{own.path}: --keep column(s) {unknown} are not in the table; it has {columns}")
     if own.horizon_days and own.split_by:
-        check_label_windows(own_churn_table(own, seed=0), own.horizon_days)
+        check_label_windows(own_churn_table(own, seed=0, checked=typed), own.horizon_days)
 
 
 def run_training(

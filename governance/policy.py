@@ -174,6 +174,53 @@ class FamilyPolicy(_Strict):
     caveats: list[str] = Field(default_factory=list)
 
 
+DATA_CLASSES = ("direct_identifier", "quasi_identifier", "sensitive", "behavioural", "inferred")
+DataClass = Literal["direct_identifier", "quasi_identifier", "sensitive", "behavioural", "inferred"]
+
+
+class ExportPolicy(_Strict):
+    """What data leaving the platform (`custintel export`) must satisfy: see governance.export."""
+
+    k: int = Field(default=5, ge=2, description="Every released quasi-identifier combination is shared by >= k rows.")
+    l: int = Field(  # noqa: E741  # the l of l-diversity
+        default=2, ge=1, description="Each such group holds >= l distinct values of every sensitive column."
+    )
+    max_suppressed_share: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="Most rows that may be left out (groups still too small) to reach k and l.",
+    )
+    direct_identifiers: Literal["pseudonymise", "drop"] = Field(
+        default="pseudonymise", description="pseudonymise: keyed HMAC-SHA256 pseudonyms; drop: left out."
+    )
+    max_singling_out_risk: float = Field(
+        default=0.05, ge=0, le=1, description="Refuse when the measured singling-out risk (multivariate) is above this."
+    )
+    singling_out_classes: list[DataClass] = Field(
+        default_factory=lambda: list[DataClass](["quasi_identifier", "sensitive"]),
+        min_length=1,
+        description="The columns an attacker is assumed to know: the singling-out attacks are built on these.",
+    )
+    singling_out_attacks: int = Field(default=500, ge=10, le=100_000)
+    control_share: float = Field(
+        default=0.5, gt=0, lt=1, description="Share of rows held out as the attack's control set (measurement only)."
+    )
+    seed: int = Field(
+        default=0, description="Seed of the sample and of the attacks: the same input gives the same export."
+    )
+    hierarchies: dict[str, Literal["date", "number", "prefix", "category"]] = Field(
+        default_factory=dict, description="Per column, the generalisation hierarchy (default: from its type and name)."
+    )
+    max_levels: dict[str, int] = Field(
+        default_factory=dict, description="Per column, the most general level allowed (e.g. birth_date: 2 = year)."
+    )
+    classes: dict[str, DataClass] = Field(
+        default_factory=dict,
+        description="Per column, its data class: overrides and completes the classes of the contracts and features.",
+    )
+
+
 class GovernancePolicy(_Strict):
     """The whole policy."""
 
@@ -196,6 +243,7 @@ class GovernancePolicy(_Strict):
         "(default, kept) or exclude.",
     )
     families: dict[Family, FamilyPolicy]
+    export: ExportPolicy = Field(default_factory=ExportPolicy, description="Exports leaving the platform.")
 
     @model_validator(mode="after")
     def _consistent(self) -> GovernancePolicy:

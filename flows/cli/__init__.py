@@ -9,6 +9,6 @@ Importing this package registers every command on `app` (the `custintel` entry p
 from flows.cli.app import app
 
 # Imported in the order `custintel --help` lists the commands and groups.
-from flows.cli import data, identity, features, models, audit, operations, demo  # noqa: I001  # isort: skip
+from flows.cli import data, identity, features, models, audit, operations, demo, export  # noqa: I001  # isort: skip
 
-__all__ = ["app", "audit", "data", "demo", "features", "identity", "models", "operations"]
+__all__ = ["app", "audit", "data", "demo", "export", "features", "identity", "models", "operations"]

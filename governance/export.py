@@ -261,20 +261,27 @@ def build_hierarchy(column: str, values: pd.Series, kind: HierarchyKind) -> Hier
         "category": lambda _: ([], []),
     }
     names, levels = builders[kind](values)
-    labels = [values, *levels, pd.Series(TOP, index=values.index)]
-    all_names = ("value", *names, TOP)
     raw_codes, _ = pd.factorize(_as_text(values), use_na_sentinel=False)
     distinct = int(raw_codes.max()) + 1 if len(raw_codes) else 1
+    labels: list[pd.Series] = []
+    all_names: list[str] = []
     codes, losses = [], []
-    for level in labels:
+    previous_groups = -1
+    for name, level in zip(("value", *names, TOP), (values, *levels, pd.Series(TOP, index=values.index)), strict=True):
         level_codes, _ = pd.factorize(_as_text(level), use_na_sentinel=False)
+        groups = int(level_codes.max()) + 1 if len(level_codes) else 0
+        if groups == previous_groups and name != TOP:
+            continue  # each level merges the one below: as many groups means the same partition (bins of 1 on ages)
+        previous_groups = groups
+        labels.append(level)
+        all_names.append(name)
         codes.append(level_codes.astype(np.int64))
         # how many distinct original values share each row's generalised value (1 = none lumped)
         pairs = pd.DataFrame({"g": level_codes, "v": raw_codes}).drop_duplicates()
         per_group = pairs.groupby("g").size()
         lumped = per_group.reindex(level_codes).to_numpy(dtype=float)
         losses.append(float(np.mean((lumped - 1) / (distinct - 1))) if distinct > 1 and len(lumped) else 0.0)
-    return Hierarchy(column, kind, all_names, tuple(labels), tuple(codes), tuple(losses))
+    return Hierarchy(column, kind, tuple(all_names), tuple(labels), tuple(codes), tuple(losses))
 
 
 # ----------------------------------------------------------------------------------- k and l
@@ -378,7 +385,8 @@ def search_generalisation(
     """Greedy bottom-up search for the least generalisation reaching k and l within the suppression budget.
 
     From every column at its own values, each step raises the one quasi-identifier whose next level
-    leaves the fewest rows failing (ties: the least information lost), until the failing rows fit in
+    brings the most failing rows into groups per unit of information lost (Datafly's greedy step with
+    a utility price; ties: the fewest rows left failing), until the failing rows fit in
     `max_suppressed_share`; then each column is lowered again while the budget still holds, so no
     column is more general than it needs to be given the others.
 
@@ -398,6 +406,7 @@ def search_generalisation(
     levels = [0] * len(hierarchies)
     steps: list[dict[str, Any]] = []
     current = failing_at(levels)
+    current_loss = loss(levels)
     while n_rows < rules.k or int(current.rows.sum()) > allowed:
         candidates = [i for i in range(len(hierarchies)) if levels[i] < caps[i]]
         if not candidates or n_rows < rules.k:
@@ -407,8 +416,11 @@ def search_generalisation(
             trial = [*levels]
             trial[i] += 1
             result = failing_at(trial)
-            scored.append((int(result.rows.sum()), loss(trial), i, trial, result))
-        failing_count, _, i, levels, current = min(scored, key=lambda s: (s[0], s[1], s[2]))
+            gained = int(current.rows.sum()) - int(result.rows.sum())
+            price = gained / max(loss(trial) - current_loss, 1e-9)
+            scored.append((-price, int(result.rows.sum()), i, trial, result))
+        _, failing_count, i, levels, current = min(scored, key=lambda s: (s[0], s[1], s[2]))
+        current_loss = loss(levels)
         steps.append({"raise": hierarchies[i].column, "to": hierarchies[i].names[levels[i]], "failing": failing_count})
     for i in range(len(hierarchies)):  # minimality: undo what the later steps made unnecessary
         while levels[i] > 0:

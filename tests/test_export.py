@@ -154,15 +154,16 @@ def test_classes_missing_unknown_and_globs() -> None:
 
 
 def test_hierarchies() -> None:
-    dates = pd.Series(pd.to_datetime(["1987-03-14", "1989-11-02", None]))
+    dates = pd.Series(pd.to_datetime(["1987-03-14", "1987-03-20", "1987-05-02", "1989-11-02", "1991-01-01", None]))
     h = build_hierarchy("birth_date", dates, hierarchy_kind("birth_date", dates))
     assert h.names == ("value", "month", "year", "decade", "*")
-    assert h.labels[1].tolist() == ["1987-03", "1989-11", "<missing>"]
-    assert h.labels[3].tolist() == ["1980s", "1980s", "<missing>"]
+    assert h.labels[1].tolist() == ["1987-03", "1987-03", "1987-05", "1989-11", "1991-01", "<missing>"]
+    assert h.labels[3].tolist() == ["1980s"] * 4 + ["1990s", "<missing>"]
     assert hierarchy_kind("birth_date", pd.Series(["1977-05-06", "1980-01-31"])) == "date"
-    ages = pd.Series([18, 23, 37, 64, 90])
+    ages = pd.Series(range(18, 91))
     h = build_hierarchy("age", ages, "number")
-    assert h.labels[1].tolist() == ["[18, 19)", "[23, 24)", "[37, 38)", "[64, 65)", "[90, 91)"]
+    # bins of 1 would split whole ages exactly as the values do: that level is left out
+    assert h.names[1] == "bins of 2" and h.labels[1].iloc[:3].tolist() == ["[18, 20)", "[18, 20)", "[20, 22)"]
     widths = [
         float(label.split(", ")[1].rstrip(")")) - float(label[1:].split(",")[0])
         for label in (level.iloc[0] for level in h.labels[1:-1])
@@ -170,7 +171,8 @@ def test_hierarchies() -> None:
     assert widths == sorted(widths) and widths[-1] > 90 - 18  # growing, the last holds every value
     codes = pd.Series(["SW1A 1AA", "SW1A 2BB", "EC1 4XY"])
     h = build_hierarchy("postcode", codes, hierarchy_kind("postcode", codes))
-    assert h.kind == "prefix" and h.labels[3].tolist() == ["SW1A*", "SW1A*", "EC14*"]
+    assert h.kind == "prefix" and h.names == ("value", "first 4", "*")  # levels that merge nothing are left out
+    assert h.labels[1].tolist() == ["SW1A*", "SW1A*", "EC14*"]
     assert h.labels[-1].tolist() == ["*"] * 3
     assert h.losses[0] == 0 and h.losses[-1] == 1 and h.losses == tuple(sorted(h.losses))
 

@@ -37,6 +37,7 @@ import os
 import secrets
 import shutil
 import stat
+import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -136,14 +137,20 @@ def _is_pattern(name: str) -> bool:
 
 def pseudonymise(values: pd.Series, key: bytes) -> pd.Series:
     """Keyed pseudonyms (HMAC-SHA256 of the value's text): stable under one key, unlinkable without it."""
+    keyed = hmac.new(key, digestmod=hashlib.sha256)
+    present = values.notna()
+    text = values[present].astype(str)
+    distinct = pd.unique(text.to_numpy(dtype=object))
 
-    def one(value: object) -> str | None:
-        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-            return None
-        digest = hmac.new(key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
-        return PSEUDONYM_PREFIX + digest[:PSEUDONYM_HEX]
+    def one(value: str) -> str:
+        mac = keyed.copy()
+        mac.update(value.encode("utf-8"))
+        return PSEUDONYM_PREFIX + mac.hexdigest()[:PSEUDONYM_HEX]
 
-    return pd.Series([one(v) for v in values.tolist()], index=values.index, dtype="object", name=values.name)
+    mapping = {value: one(value) for value in distinct}
+    out = pd.Series(None, index=values.index, dtype="object", name=values.name)
+    out[present] = text.map(mapping)
+    return out
 
 
 # -------------------------------------------------------------------------------------- hierarchies
@@ -463,9 +470,7 @@ class Risk:
 
 def wilson(n_total: int, n_success: float, confidence: float = 0.95) -> tuple[float, float]:
     """Success rate and its error (Wilson score interval), as anonymeter's `success_rate`."""
-    from scipy.stats import norm
-
-    z = float(norm.ppf(0.5 * (1.0 + confidence)))
+    z = statistics.NormalDist().inv_cdf(0.5 * (1.0 + confidence))
     z2 = z * z
     variance = n_success * (n_total - n_success) / n_total
     denominator = n_total + z2

@@ -16,8 +16,13 @@ A test extract for a vendor or a sample for analysts goes out only in a form the
 - the singling-out risk is measured the way anonymeter does (Giomi et al. 2022, PoPETs 2023):
   queries that single out one released record are run against the original records and against a
   held-out control set; the risk is the excess success over the control's, with a Wilson interval.
-  anonymeter itself does not install here (it pins numpy<1.27), so this module carries the method;
-  tests check it on hand-computed cases.
+  anonymeter itself does not install here (it pins numpy<1.27 and needs polars), so this module
+  carries the method; tests check it on hand-computed cases and against anonymeter 1.1.0's figures
+  taken in a separate environment (the univariate attack gives the same counts and risk; the
+  multivariate one, random, agreed within noise: mean 0.226 here, 0.215 anonymeter, over 5 seeds).
+  One deliberate difference: anonymeter merges identical rows (right for synthetic data); here rows
+  are people, so k identical generalised records are k people and a query matching them singles
+  out nobody.
 
 When the policy cannot be met the export is refused (`ExportRefused`) with the reason: which column
 and class stops k or l, or the risk measured. Everything here is pure but `privacy_key`,

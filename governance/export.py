@@ -36,6 +36,7 @@ import fnmatch
 import hashlib
 import hmac
 import html
+import itertools
 import json
 import math
 import os
@@ -62,6 +63,9 @@ MISSING = "<missing>"
 # Names that mark a postcode-like code: generalised by leading characters, not as a category.
 _PREFIX_NAMES = ("postcode", "postal_code", "zip", "zipcode", "post_code")
 KEY_ENV = "CUSTINTEL_PRIVACY_KEY"
+# The exact search after the greedy one: lattices up to this many level combinations, this many tried at most.
+LATTICE_NODES = 50_000
+LATTICE_EVALUATIONS = 300
 
 
 class ExportError(ValueError):
@@ -413,7 +417,7 @@ def search_generalisation(
         return failing_rows(group_ids(codes, n_rows), sensitive, rules.k, rules.l)
 
     def loss(levels: Sequence[int]) -> float:
-        return sum(h.losses[levels[i]] for i, h in enumerate(hierarchies))
+        return float(sum(h.losses[levels[i]] for i, h in enumerate(hierarchies)))
 
     levels = [0] * len(hierarchies)
     steps: list[dict[str, Any]] = []
@@ -443,6 +447,26 @@ def search_generalisation(
                 break
             levels, current = trial, result
             steps.append({"lower": hierarchies[i].column, "to": hierarchies[i].names[levels[i]]})
+    # Then, when the lattice of level combinations is small, the combinations losing less than the greedy
+    # choice are tried cheapest first (within a budget): the first that fits is the least generalisation.
+    sizes = [c + 1 for c in caps]
+    if 0 < math.prod(sizes) <= LATTICE_NODES:
+        bound = loss(levels)
+        cheaper = sorted(
+            (node for node in itertools.product(*(range(n) for n in sizes)) if loss(node) < bound - 1e-12), key=loss
+        )
+        tried = cheaper[:LATTICE_EVALUATIONS]
+        for n, node in enumerate(tried, start=1):
+            result = failing_at(node)
+            if int(result.rows.sum()) <= allowed:
+                levels, current = list(node), result
+                steps.append({"lattice": {h.column: h.names[node[i]] for i, h in enumerate(hierarchies)}, "tried": n})
+                break
+        else:
+            complete = len(tried) == len(cheaper)
+            steps.append(
+                {"lattice": "no cheaper combination fits" if complete else "budget spent", "tried": len(tried)}
+            )
     return Search({h.column: levels[i] for i, h in enumerate(hierarchies)}, current.rows, steps)
 
 

@@ -84,6 +84,27 @@ def test_k_and_l_reached_and_match_pycanon(k: int, l: int) -> None:  # noqa: E74
     assert set(report["singling_out"]) == {"columns", "univariate", "multivariate"}
 
 
+def test_the_search_finds_the_least_lossy_combination_that_fits() -> None:
+    import itertools
+
+    from governance.export import failing_rows, group_ids, hierarchy_kind, search_generalisation
+
+    frame = people(400, seed=9)
+    rules = ExportPolicy(k=4, l=2)
+    hierarchies = [build_hierarchy(c, frame[c], hierarchy_kind(c, frame[c])) for c in QUASI]
+    sensitive = {"diagnosis": pd.factorize(frame["diagnosis"])[0]}
+    chosen = search_generalisation(hierarchies, sensitive, rules, len(frame))
+    allowed = math.floor(rules.max_suppressed_share * len(frame))
+    fitting = []
+    for node in itertools.product(*(range(h.top + 1) for h in hierarchies)):
+        codes = [h.codes[node[i]] for i, h in enumerate(hierarchies)]
+        if failing_rows(group_ids(codes, len(frame)), sensitive, 4, 2).rows.sum() <= allowed:
+            fitting.append(sum(h.losses[node[i]] for i, h in enumerate(hierarchies)))
+    best = min(fitting)  # brute force over every combination of levels
+    assert sum(h.losses[chosen.levels[h.column]] for h in hierarchies) == pytest.approx(best)
+    assert chosen.suppressed.sum() <= allowed
+
+
 def test_generalisation_is_minimal_given_the_search() -> None:
     # a frame already 5-anonymous needs no generalisation at all
     frame = pd.DataFrame({"zip": ["12345"] * 5 + ["54321"] * 5, "age": [30] * 5 + [40] * 5, "note": range(10)})

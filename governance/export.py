@@ -547,27 +547,59 @@ class _Encoded:
         self.parts = [matrix[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def _count(data: np.ndarray, query: Query) -> int:
-    mask = np.ones(len(data), dtype=bool)
-    for column, op, value in query:
-        x = data[:, column]
-        if math.isnan(value):
-            hit = np.isnan(x) if op in ("==", "<=", ">=") else ~np.isnan(x)
-        elif op == "==":
-            hit = x == value
-        elif op == "!=":
-            hit = x != value
-        elif op == "<=":
-            hit = x <= value
-        elif op == ">=":
-            hit = x >= value
-        elif op == "<":
-            hit = x < value
-        else:
-            hit = x > value
-        mask &= hit
-        if not mask.any():
+class _Rows:
+    """One encoded frame, with a per-column index (value -> rows) so an equality narrows a query at once."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = data
+        self._index: dict[int, dict[float, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def rows_equal(self, column: int, value: float) -> np.ndarray:
+        if column not in self._index:
+            x = self.data[:, column]
+            order = np.argsort(x, kind="stable")
+            values, starts = np.unique(x[order], return_index=True)
+            ends = [*starts[1:], len(order)]
+            self._index[column] = {
+                float(v): order[a:b] for v, a, b in zip(values, starts, ends, strict=True) if not math.isnan(v)
+            }
+        return self._index[column].get(value, _NO_ROWS)
+
+
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def _hits(x: np.ndarray, op: str, value: float) -> np.ndarray:
+    if math.isnan(value):
+        return np.isnan(x) if op in ("==", "<=", ">=") else ~np.isnan(x)
+    if op == "==":
+        return x == value
+    if op == "!=":
+        return x != value
+    if op == "<=":
+        return x <= value
+    if op == ">=":
+        return x >= value
+    return x < value if op == "<" else x > value
+
+
+def _count(rows: _Rows, query: Query) -> int:
+    """How many rows the query matches."""
+    equalities = [(c, v) for c, op, v in query if op == "==" and not math.isnan(v)]
+    if equalities:
+        candidates = min((rows.rows_equal(c, v) for c, v in equalities), key=len)
+        if not len(candidates):
             return 0
+        mask = np.ones(len(candidates), dtype=bool)
+        for column, op, value in query:
+            mask &= _hits(rows.data[candidates, column], op, value)
+        return int(mask.sum())
+    mask = np.ones(len(rows), dtype=bool)
+    for column, op, value in query:
+        mask &= _hits(rows.data[:, column], op, value)
     return int(mask.sum())
 
 
@@ -608,6 +640,7 @@ def singling_out_risk(
     columns = list(syn.columns)
     encoded = _Encoded([ori, syn, control], columns)
     ori_m, syn_m, control_m = encoded.parts
+    ori_rows, syn_rows, control_rows = _Rows(ori_m), _Rows(syn_m), _Rows(control_m)
     rng = np.random.default_rng(seed)
     n_cols = min(n_cols, len(columns))
     candidates: list[Query] = []
@@ -635,11 +668,11 @@ def singling_out_risk(
                 op = "==" if not encoded.numeric[j] or math.isnan(value) else (">=" if value > medians[j] else "<=")
                 parts.append((j, op, value))
             query = tuple(parts)
-        if query not in seen and _count(syn_m, query) == 1:
+        if query not in seen and _count(syn_rows, query) == 1:
             seen.add(query)
             found.append(query)
-    successes = sum(_count(ori_m, q) == 1 for q in found)
-    control_successes = sum(_count(control_m, q) == 1 for q in found)
+    successes = sum(_count(ori_rows, q) == 1 for q in found)
+    control_successes = sum(_count(control_rows, q) == 1 for q in found)
     baseline = 0
     for _ in range(n_attacks if len(syn_m) and columns else 0):
         picked = rng.choice(len(columns), size=1 if mode == "univariate" else n_cols, replace=False).tolist()
@@ -648,7 +681,7 @@ def singling_out_risk(
             values = np.unique(syn_m[:, j])
             ops = ["==", "!=", "<", ">", "<=", ">="] if encoded.numeric[j] else ["==", "!="]
             parts.append((j, str(rng.choice(ops)), float(rng.choice(values))))
-        baseline += _count(ori_m, tuple(parts)) == 1
+        baseline += _count(ori_rows, tuple(parts)) == 1
     value, ci = residual_risk(n_attacks, successes, control_successes)
     return Risk(mode, value, ci, n_attacks, len(found), successes, control_successes, baseline)
 

@@ -625,7 +625,7 @@ def singling_out_risk(
     n_attacks: int = 500,
     n_cols: int = 3,
     seed: int = 0,
-    max_attempts: int = 20_000,
+    max_attempts: int | None = None,
 ) -> Risk:
     """The singling-out risk of releasing `syn`, made from `ori` and not from `control` (anonymeter's method).
 
@@ -650,7 +650,7 @@ def singling_out_risk(
     found: list[Query] = []
     seen: set[Query] = set()
     medians = np.nanmedian(syn_m, axis=0) if len(syn_m) else np.zeros(len(columns))
-    attempts = 0
+    attempts, max_attempts = 0, max_attempts or 40 * n_attacks  # anonymeter's default (10 million) is unbounded here
     while len(found) < n_attacks and len(syn_m) and columns:
         if mode == "univariate":
             if not candidates:

@@ -60,7 +60,8 @@ def export(
     config = settings()
     with expected(ExportError, PolicyError, IngestError, IdentityStoreError, OfflineStoreError):
         # options first: nothing is read when the command itself is wrong
-        rules = effective_rules(load_policy(config.governance_policy).export, k, l)
+        policy = load_policy(config.governance_policy)
+        rules = effective_rules(policy.export, k, l)
         parse_source(source)
         check_out_dir(out)
         wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
@@ -83,6 +84,9 @@ def export(
         "generalisation": {c: g["name"] for c, g in report["generalisation"].items()},
         "columns": report["columns_out"],
         "out": str(out.resolve()),
+        "policy_digest": policy.digest,
+        "k_asked": rules.k,
+        "l_asked": rules.l,
     }
     record(config, "data_export", source, figures)
     risk = figures["singling_out"]

@@ -728,12 +728,13 @@ def anonymise(
     frame: pd.DataFrame,
     classes: Mapping[str, str],
     rules: ExportPolicy,
-    key: bytes,
+    key: bytes | Callable[[], bytes],
     source: str = "frame",
 ) -> ExportResult:
     """Make `frame` fit to leave the platform under `rules`, and measure what it still risks.
 
-    `classes` gives each column's data class (see `classify_columns`). Direct identifiers are
+    `classes` gives each column's data class (see `classify_columns`); `key` is the pseudonym key, or a
+    function giving it, called only once the export is accepted (a refused one creates no key). Direct identifiers are
     pseudonymised or dropped, quasi-identifiers generalised (`search_generalisation`), rows of groups
     still failing k or l suppressed, and the singling-out risk measured on a split of the rows.
 
@@ -751,13 +752,7 @@ def anonymise(
     sensitive_codes = _sensitive_codes(frame, sensitive)
     search = search_generalisation(hierarchies, sensitive_codes, rules, n_rows)
 
-    released = generalised(frame, hierarchies, search.levels)
-    for column in direct:
-        if rules.direct_identifiers == "drop":
-            released = released.drop(columns=column)
-        else:
-            released[column] = pseudonymise(released[column], key)
-    data = released.loc[~search.suppressed].reset_index(drop=True)
+    data = generalised(frame, hierarchies, search.levels).loc[~search.suppressed].reset_index(drop=True)
 
     k = measured_k(data, quasi)
     l_values = {c: measured_l(data, quasi, c) for c in sensitive}
@@ -801,6 +796,13 @@ def anonymise(
             f"{worst.control_successes} on the control set) is above the policy's max_singling_out_risk "
             f"{rules.max_singling_out_risk:g} at k={k}: raise k, or generalise further with export.max_levels"
         )
+    if direct and rules.direct_identifiers == "drop":
+        data = data.drop(columns=direct)
+    elif direct:
+        secret = key() if callable(key) else key
+        for column in direct:
+            data[column] = pseudonymise(data[column], secret)
+    report["columns_out"] = list(data.columns)
     return ExportResult(data, report)
 
 

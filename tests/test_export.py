@@ -138,8 +138,11 @@ def test_direct_identifiers_never_leave_and_pseudonyms_are_stable_and_keyed(tmp_
 
 
 def test_refused_when_rows_are_fewer_than_k() -> None:
+    def no_key() -> bytes:
+        raise AssertionError("a refused export must not create or read the pseudonym key")
+
     with pytest.raises(ExportRefused, match=r"only 3 rows: fewer than k=5"):
-        anonymise(people(3), CLASSES, ExportPolicy(k=5), KEY)
+        anonymise(people(3), CLASSES, ExportPolicy(k=5), no_key)
 
 
 def test_refused_naming_the_capped_quasi_identifier_that_stops_k() -> None:

@@ -71,7 +71,7 @@ def export(
         frame = sample_rows(select_columns(read.frame, wanted), sample, rules.seed)
         classes = classify_columns(list(frame.columns), read.classes, rules.classes)
         with console.status(f"de-identifying {len(frame)} rows of {source}…"):
-            result = anonymise(frame, classes, rules, privacy_key(config), source=source)
+            result = anonymise(frame, classes, rules, lambda: privacy_key(config), source=source)
         paths = write_export(out, result)
     report = result.report
     figures = {key: report[key] for key in ("rows_in", "rows_out", "suppressed_rows", "suppressed_share", "k", "l")} | {

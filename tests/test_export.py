@@ -406,3 +406,37 @@ def test_property_identifiers_never_leak_and_k_holds_or_refused(rows: list[tuple
     assert set(released["email"]).isdisjoint(frame["email"])
     assert result.report["k"] >= k and anonymity.k_anonymity(released, ["age", "gender"]) >= k
     assert len(released) >= len(frame) * 0.8
+
+
+def test_features_source_joins_every_set_stored_at_the_cutoff(tmp_path: Path) -> None:
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from features.featurestore.offline import write_partitions
+    from features.featurestore.store import offline_root
+    from governance.export import read_export_source
+
+    settings = Settings(home=tmp_path / "home")
+    rng = np.random.default_rng(2)
+    keys = [f"CK{i:06d}" for i in range(200)]
+    cutoff = dt.date(2025, 9, 1)
+    sets = {
+        "attributes@1": {"age_years": rng.integers(18, 90, 200).astype(float), "gender": rng.choice(["F", "M"], 200)},
+        "relationship@1": {
+            "tenure_days": rng.integers(0, 3000, 200).astype(float),
+            "segment": rng.choice(["a", "b"], 200),
+        },
+    }
+    for key, columns in sets.items():
+        table = pa.table({"customer_key": keys, "as_of": [cutoff] * 200, **columns})
+        write_partitions(offline_root(settings), key, {"name": key}, key, table, {cutoff.isoformat(): {"rows": 200}})
+    source = read_export_source(settings, "features:2025-09-01")
+    assert len(source.frame) == 200 and source.frame["customer_key"].is_unique
+    assert {"age_years", "gender", "tenure_days", "segment"} <= set(source.frame.columns)
+    classes = {"customer_key": "direct_identifier", "as_of": "behavioural", "age_years": "quasi_identifier"}
+    classes |= {"gender": "quasi_identifier", "tenure_days": "behavioural", "segment": "sensitive"}
+    result = anonymise(source.frame, classes, ExportPolicy(k=5, l=2, max_singling_out_risk=1.0), KEY)
+    assert anonymity.k_anonymity(result.data, ["age_years", "gender"]) == result.report["k"] >= 5
+    with pytest.raises(ExportError, match=r"no feature set is stored at 2025-10-01"):
+        read_export_source(settings, "features:2025-10-01")

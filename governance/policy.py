@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -212,7 +212,7 @@ class ExportPolicy(_Strict):
     hierarchies: dict[str, Literal["date", "number", "prefix", "category"]] = Field(
         default_factory=dict, description="Per column, the generalisation hierarchy (default: from its type and name)."
     )
-    max_levels: dict[str, int] = Field(
+    max_levels: dict[str, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict, description="Per column, the most general level allowed (e.g. birth_date: 2 = year)."
     )
     classes: dict[str, DataClass] = Field(

@@ -195,7 +195,7 @@ class ExportPolicy(_Strict):
         default="pseudonymise", description="pseudonymise: keyed HMAC-SHA256 pseudonyms; drop: left out."
     )
     max_singling_out_risk: float = Field(
-        default=0.05, ge=0, le=1, description="Refuse when the measured singling-out risk (multivariate) is above this."
+        default=0.10, ge=0, le=1, description="Refuse when either singling-out risk (uni-, multivariate) passes it."
     )
     singling_out_classes: list[DataClass] = Field(
         default_factory=lambda: list[DataClass](["quasi_identifier", "sensitive"]),

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from custintel.yaml_config import load_yaml_model
+from governance.retention import RetentionPolicy
 
 FAMILIES = ("churn", "propensity", "uplift", "recommendation")
 Family = Literal["churn", "propensity", "uplift", "recommendation"]
@@ -196,6 +197,11 @@ class GovernancePolicy(_Strict):
         "(default, kept) or exclude.",
     )
     families: dict[Family, FamilyPolicy]
+    retention: RetentionPolicy | None = Field(
+        default=None,
+        description="How long each store keeps personal data, per store and data class (governance.retention); "
+        "None: every store keeps everything.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> GovernancePolicy:

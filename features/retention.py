@@ -96,7 +96,7 @@ def expire_lake(
             for part in parts:
                 day = drop_date(part.drop_id)
                 dated = day or dt.date.min
-                undated = "the drop id holds no export date: kept"
+                undated = "the drop id holds no export date"
                 q_place = f"quarantine/{table}/{part.quarantine}"
                 q_folder = settings.quarantine_dir / table / str(part.quarantine)
                 if drops_before is not None:

@@ -191,7 +191,7 @@ def expire_dsar_exports(folder: Path, before: dt.date, dry_run: bool = False) ->
         files = sum(1 for p in bundle.rglob("*") if p.is_file())
         item = Item(bundle.name, day or dt.date.min, files)
         if day is None:
-            item.reason = "no date in bundle.json nor in the folder name: kept"
+            item.reason = "no date in bundle.json nor in the folder name"
             expiry.kept.append(item)
         elif day < before:
             if not dry_run:

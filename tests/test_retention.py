@@ -189,6 +189,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     _offline(settings)
     _registry(settings)
     _identity_and_dsar(settings)
+    from governance.site import build_site
+
+    build_site(settings)  # copies the monitoring pages
     return settings
 
 
@@ -295,6 +298,8 @@ def test_a_pass_removes_exactly_what_is_due_and_a_dry_run_nothing(home: Settings
     assert [p.endswith("20251001T030000Z") for p in _kept(report, "evidently_workspace")] == [True]
     from evidently.ui.workspace import Workspace
 
+    assert report["site_rebuilt"] and sorted(p.name for p in (home.site_dir / "drift").iterdir()) == [
+        "custintel-churn-v1-20251001T030000Z-evidently.html", "custintel-churn-v1-20251001T030000Z.html"]  # fmt: skip
     workspace = Workspace(str(home.monitoring_dir / "workspace"))
     assert [len(workspace.list_runs(p.id)) for p in workspace.list_projects()] == [1]
 
@@ -348,37 +353,45 @@ def _cli_env(tmp_path: Path, api: bool) -> dict[str, str]:
     return env
 
 
-def test_the_cli_from_another_directory(home: Settings, prefect_api: None, tmp_path: Path) -> None:
-    """`custintel --home H retention apply` as a scheduler runs it: another process and working directory."""
+def test_the_cli_from_another_directory(
+    home: Settings, prefect_api: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`custintel --home H retention apply` as a scheduler runs it: another working directory (and process)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**_cli_env(tmp_path, api=True), "CUSTINTEL_GOVERNANCE_POLICY": str(home.governance_policy)}
-    cli = [str(Path(sys.executable).with_name("custintel")), "--home", str(home.home_dir), "retention"]
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*cli, *args], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
-
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("CUSTINTEL_GOVERNANCE_POLICY", str(home.governance_policy))
+    runner, args = CliRunner(), ["--home", str(home.home_dir), "retention", "apply"]
     before = tree_digest(home.home_dir)
-    dry = run("apply", "--dry-run", "--as-of", AS_OF)
-    assert dry.returncode == 0, dry.stdout + dry.stderr
-    out = " ".join(dry.stdout.split())
+    dry = runner.invoke(app, [*args, "--dry-run", "--as-of", AS_OF])
+    assert dry.exit_code == 0, dry.output
+    out = " ".join(dry.output.split())
     assert "dry run: nothing changed" in out and "would remove 2025-09-01.jsonl (dated 2025-09-01)" in out
-    assert "kept lake/profiles/drop=20250110" in out and "Traceback" not in dry.stdout + dry.stderr
+    assert "kept lake/profiles/drop=20250110" in out and "the latest drop of profiles" in out
     assert tree_digest(home.home_dir) == before
 
-    bad = run("apply", "--as-of", "2026-13-01")
-    assert bad.returncode == 1 and "error: --as-of: '2026-13-01' is not a date (YYYY-MM-DD)" in bad.stdout
+    bad = runner.invoke(app, [*args, "--as-of", "2026-13-01"])
+    assert bad.exit_code == 1 and bad.output.strip() == "error: --as-of: '2026-13-01' is not a date (YYYY-MM-DD)"
     bad_policy = _policy_file(tmp_path / "bad.yaml", {"stores": {"inference_log": {"max_age_days": -3}}})
-    refused = subprocess.run([*cli, "apply", "--as-of", AS_OF], cwd=elsewhere, capture_output=True, text=True,
-                             env={**env, "CUSTINTEL_GOVERNANCE_POLICY": str(bad_policy)}, timeout=600)  # fmt: skip
-    assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "stores.inference_log.max_age_days: -3 days: an age cannot be negative" in " ".join(refused.stdout.split())
-    assert len(refused.stdout.strip().splitlines()) == 1 and tree_digest(home.home_dir) == before
+    monkeypatch.setenv("CUSTINTEL_GOVERNANCE_POLICY", str(bad_policy))
+    refused = runner.invoke(app, [*args, "--as-of", AS_OF])
+    assert refused.exit_code == 1, refused.output
+    assert "stores.inference_log.max_age_days: -3 days: an age cannot be negative" in " ".join(refused.output.split())
+    assert refused.output.startswith("error: ") and "Traceback" not in refused.output
+    assert tree_digest(home.home_dir) == before
 
-    done = run("apply", "--as-of", AS_OF, "--json")
+    env = {**_cli_env(tmp_path, api=True), "CUSTINTEL_GOVERNANCE_POLICY": str(home.governance_policy)}
+    cli = str(Path(sys.executable).with_name("custintel"))
+    done = subprocess.run([cli, *args, "--as-of", AS_OF, "--json"], cwd=elsewhere, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
     assert report["counts"]["dsar_exports"]["removed"] == 1 and Path(report["report"]).is_relative_to(home.home_dir)
+    assert report["counts"]["lake"]["removed"] == 2 and not (home.inference_log_dir / "2025-09-01.jsonl").exists()
     assert list(elsewhere.iterdir()) == []
 
 
@@ -402,11 +415,12 @@ def test_schedule_creates_a_cron_deployment_or_prints_the_commands(
     bad = runner.invoke(app, ["--home", str(home.home_dir), "retention", "schedule", "--cron", "every day"])
     assert bad.exit_code == 1 and "--cron: Invalid cron string" in bad.output
 
-    cli = str(Path(sys.executable).with_name("custintel"))
-    printed = subprocess.run([cli, "--home", str(home.home_dir), "retention", "schedule", "--cron", "0 3 * * *"],
-                             cwd=tmp_path, env=_cli_env(tmp_path, api=False), capture_output=True, text=True,
-                             timeout=300)  # fmt: skip
-    assert printed.returncode == 0, printed.stdout + printed.stderr
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        printed = runner.invoke(app, ["--home", str(home.home_dir), "retention", "schedule", "--cron", "0 3 * * *"])
+    assert printed.exit_code == 0, printed.output
+    assert "no Prefect server is configured" in printed.output
     assert "prefect --no-prompt deploy flows/retention.py:retention_apply --name custintel --cron '0 3 * * *'" in (
-        printed.stdout
+        printed.output
     )

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from flows.cli.app import app, console, expected, fail, settings
 
+SHOWN = 12  # places listed per store on the console (the JSON report lists every one)
 retention_app = typer.Typer(
     help="Retention: delete personal data older than the policy allows, per store and data class.",
     no_args_is_help=True,
@@ -59,16 +60,14 @@ def print_report(report: dict[str, Any]) -> None:
                       str(len(s["kept"])), s["next_due"] or "")  # fmt: skip
     console.print(table)
     for name, s in report["stores"].items():
-        for item in s["removed"]:
-            console.print(f"  {name}: {verb} {escape(item['place'])} (dated {item['dated']})", soft_wrap=True)
-        for item in s["trimmed"]:
-            console.print(f"  {name}: {escape(item['place'])}: {escape(item['reason'])} from {item['count']:,} entries",
-                          soft_wrap=True)  # fmt: skip
-        for item in s["kept"]:
-            if item.get("reason"):
-                console.print(f"  {name}: kept {escape(item['place'])}: {escape(item['reason'])}", soft_wrap=True)
-        for note in s["notes"]:
-            console.print(f"  {name}: {escape(note)}", soft_wrap=True)
+        lines = [f"{verb} {escape(i['place'])} (dated {i['dated']})" for i in s["removed"]]
+        lines += [f"{escape(i['place'])}: {escape(i['reason'])} from {i['count']:,} entries" for i in s["trimmed"]]
+        lines += [f"kept {escape(i['place'])}: {escape(i['reason'])}" for i in s["kept"] if i.get("reason")]
+        lines += [escape(note) for note in s["notes"]]
+        for line in lines[:SHOWN]:
+            console.print(f"  {name}: {line}", soft_wrap=True)
+        if len(lines) > SHOWN:
+            console.print(f"  {name}: … and {len(lines) - SHOWN:,} more (`--json`, or the report file, lists them all)")
     for name, why in report["skipped"].items():
         console.print(f"  {name}: skipped: {escape(why)}", soft_wrap=True)
     if not dry:

@@ -121,6 +121,10 @@ def expire_lake(
                 tables[table].append(part)
         if (lake.removed or quarantine.removed) and not dry_run:
             _commit(settings, manifest, tables)
+        elif not dry_run:  # a pass killed after its commit left folders the manifest no longer names
+            lake.notes += [
+                f"removed {name}: left by an earlier pass" for name in _remove_unreferenced(settings, manifest)
+            ]
     return lake, quarantine
 
 

@@ -50,10 +50,10 @@ STORES: dict[str, tuple[str, frozenset[str]]] = {
     "evidently_workspace": ("monitoring/workspace/: Evidently snapshots (samples)", frozenset(
         {"behavioural", "inferred"})),
     "identity_reports": ("reports/identity/<run id>.json: resolution runs' counts and timings", frozenset()),
-    "dsar_exports": ("governance/dsar/<request>/bundle.json: access-request bundles", _ALL),
+    "dsar_exports": ("governance/dsar/<request>/export/: access-request bundles", _ALL),
 }  # fmt: skip
 _STAMP = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})")
-_BUNDLE_DATES = ("created_at", "exported_at", "generated_at", "at", "time")
+_BUNDLE_DATES = ("written_at", "created_at", "exported_at", "at")
 
 
 class RetentionPolicyError(ValueError):
@@ -179,23 +179,27 @@ def _bundle_date(folder: Path) -> dt.date | None:
 
 
 def expire_dsar_exports(folder: Path, before: dt.date, dry_run: bool = False) -> Expiry:
-    """Remove access-request export bundles (folders holding a `bundle.json`) made before `before`.
+    """Remove access-request export bundles made before `before`; a request folder left empty goes too.
 
-    Erasure journals (no bundle) stay: they hold keyed hashes only, and a rerun of an unfinished
-    erasure needs them. A bundle without a readable date stays, with the reason.
+    A bundle is `<request>/export/` as `custintel dsar export` writes it (or any folder holding a
+    `bundle.json`), dated by the `written_at` its bundle.json records. Erasure journals
+    (`<request>/journal.json`, no bundle) stay: they hold keyed hashes only, and a rerun of an
+    unfinished erasure needs them. A bundle without a readable date stays, with the reason.
     """
     expiry = Expiry("dsar_exports")
-    bundles = sorted(p.parent for p in folder.glob("*/bundle.json")) if folder.is_dir() else []
-    for bundle in bundles:
+    found = {*folder.glob("*/bundle.json"), *folder.glob("*/export/bundle.json")} if folder.is_dir() else set()
+    for bundle in sorted(p.parent for p in found):
         day = _bundle_date(bundle)
         files = sum(1 for p in bundle.rglob("*") if p.is_file())
-        item = Item(bundle.name, day or dt.date.min, files)
+        item = Item(str(bundle.relative_to(folder)), day or dt.date.min, files)
         if day is None:
             item.reason = "no date in bundle.json nor in the folder name"
             expiry.kept.append(item)
         elif day < before:
             if not dry_run:
                 shutil.rmtree(bundle, ignore_errors=True)
+                if bundle.parent != folder and not any(bundle.parent.iterdir()):
+                    bundle.parent.rmdir()
             expiry.removed.append(item)
         else:
             expiry.kept.append(item)

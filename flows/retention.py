@@ -197,3 +197,17 @@ def deployment(config: Settings, cron: str, timezone: str = "UTC", pool: str | N
         description="Delete what the retention policy says is due (custintel retention apply).",
     )
     return str(runner.apply(work_pool_name=pool))  # type: ignore[union-attr]
+
+
+def serve_schedule(config: Settings, cron: str, timezone: str = "UTC") -> None:
+    """Serve `retention-apply/custintel` on this cron from this process (blocks until Ctrl-C); no work pool needed."""
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+
+    retention_apply.serve(
+        name=DEPLOYMENT_NAME,
+        schedule=Cron(cron, timezone=timezone),
+        parameters={"settings": config.to_flow()},
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        print_starting_message=False,
+    )

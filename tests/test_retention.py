@@ -372,13 +372,24 @@ def test_the_cli_from_another_directory(
     assert refused.output.startswith("error: ") and "Traceback" not in refused.output
     assert tree_digest(home.home_dir) == before
 
+    monkeypatch.setenv("CUSTINTEL_GOVERNANCE_POLICY", str(_policy_file(tmp_path / "none.yaml", None)))
+    untouched = runner.invoke(app, [*args, "--as-of", AS_OF])
+    assert untouched.exit_code == 0, untouched.output
+    assert "lake: skipped: the governance policy has no retention section: everything kept" in untouched.output
+    assert {k: v for k, v in tree_digest(home.home_dir).items() if "governance/audit_trail" not in k
+            and "reports/retention" not in k} == before  # fmt: skip
+
+    # A folder the lake manifest does not name (a pass killed after its commit) goes with the next pass.
+    stray = home.lake_dir / "visits" / "drop=20240101-0123456789abcdef"
+    stray.mkdir()
     monkeypatch.setenv("CUSTINTEL_GOVERNANCE_POLICY", str(home.governance_policy))
     done = runner.invoke(app, [*args, "--as-of", AS_OF, "--json"])
     assert done.exit_code == 0, done.output
     report = json.loads(done.output)
     assert report["counts"]["dsar_exports"]["removed"] == 1 and Path(report["report"]).is_relative_to(home.home_dir)
     assert report["counts"]["lake"]["removed"] == 2 and not (home.inference_log_dir / "2025-09-01.jsonl").exists()
-    assert list(elsewhere.iterdir()) == []
+    assert list(elsewhere.iterdir()) == [] and not stray.exists()
+    assert report["stores"]["lake"]["notes"] == []  # removed in the pass's own commit
 
 
 def test_schedule_creates_a_cron_deployment_or_prints_the_commands(
@@ -400,6 +411,8 @@ def test_schedule_creates_a_cron_deployment_or_prints_the_commands(
 
     bad = runner.invoke(app, ["--home", str(home.home_dir), "retention", "schedule", "--cron", "every day"])
     assert bad.exit_code == 1 and "--cron: Invalid cron string" in bad.output
+    both = runner.invoke(app, ["retention", "schedule", "--cron", "0 3 * * *", "--pool", "p", "--serve"])
+    assert both.exit_code == 1 and "choose one" in both.output
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -81,23 +81,34 @@ def retention_schedule(
     cron: Annotated[str, typer.Option(help='When to run, a cron expression, e.g. "0 3 * * *" (03:00 daily).')],
     timezone: Annotated[str, typer.Option(help="The cron's time zone (IANA name).")] = "UTC",
     pool: Annotated[
-        str | None, typer.Option(help="A Prefect work pool whose workers run it (default: a process serving it).")
+        str | None,
+        typer.Option(help="A Prefect work pool whose workers run it (default: a process serving it, see --serve)."),
     ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Serve the schedule from this process (foreground, Ctrl-C stops).")
+    ] = False,
 ) -> None:
     """Schedule retention-apply: a Prefect deployment with a cron on the configured server, else the commands."""
-    from prefect.settings import get_current_settings
-
-    config = settings()
     from prefect.client.schemas.schedules import CronSchedule
+    from prefect.settings import get_current_settings
     from pydantic import ValidationError
 
+    config = settings()
     try:
         CronSchedule(cron=cron, timezone=timezone)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise fail(f"--{first['loc'][0]}: {first['msg'].removeprefix('Value error, ')}") from None
+    if serve and pool:
+        raise fail("--serve runs the schedule in this process; --pool leaves it to the pool's workers: choose one")
     if get_current_settings().api.url:
-        from flows.retention import DEPLOYMENT_NAME, FLOW_NAME, deployment
+        from flows.retention import DEPLOYMENT_NAME, FLOW_NAME, deployment, serve_schedule
+
+        if serve:
+            console.print(f"serving {FLOW_NAME}/{DEPLOYMENT_NAME}: cron {cron!r} ({timezone}), home {config.home_dir} "
+                          "(Ctrl-C stops)", soft_wrap=True)  # fmt: skip
+            serve_schedule(config, cron, timezone)
+            return
 
         with expected(ValueError, RuntimeError, OSError):
             deployment_id = deployment(config, cron, timezone, pool)
@@ -106,8 +117,15 @@ def retention_schedule(
         if pool:
             console.print(f"runs go to work pool {pool}: start a worker with `prefect worker start --pool {pool}`")
         else:
-            console.print("its runs need a worker: re-run with --pool POOL and `prefect worker start --pool POOL`")
+            console.print(
+                "its runs need a process to run them: `custintel retention schedule --cron ... --serve` "
+                "(foreground), or --pool POOL and `prefect worker start --pool POOL`",
+                soft_wrap=True,
+            )
         return
+    if serve:
+        raise fail("--serve needs a Prefect server to schedule the runs: start one (`prefect server start`) and set "
+                   "PREFECT_API_URL")  # fmt: skip
     params = json.dumps({"settings": config.to_flow()}, sort_keys=True)
     pool_name = pool or "custintel"
     console.print("no Prefect server is configured (PREFECT_API_URL): start one (`prefect server start`), set "
@@ -121,3 +139,6 @@ def retention_schedule(
     ]
     for command in commands:
         console.print(f"  {command}", soft_wrap=True, markup=False, highlight=False)
+    console.print("(Prefect 3.8's `deploy` creates the deployment, then may fail its check for active workers with a "
+                  "422 on this stack's pinned FastAPI; `prefect deployment inspect retention-apply/custintel` shows "
+                  "it was made.)", soft_wrap=True)  # fmt: skip

@@ -109,6 +109,10 @@ def _store_calls(config: Settings, policy: RetentionPolicy, as_of: dt.date, dry_
         elif store == "evidently_workspace":
             workspace = config.monitoring_dir / "workspace"
             calls[store] = partial(monitoring_retention.expire_workspace, workspace, due, dry_run)
+        elif store == "mlflow_monitoring_reports":
+            from models.registry import Registry
+
+            calls[store] = partial(monitoring_retention.expire_mlflow_reports, Registry(config), due, dry_run)
         elif store == "identity_reports":
             calls[store] = partial(features_retention.expire_identity_reports, config, due, dry_run)
         elif store == "dsar_exports":
@@ -140,6 +144,7 @@ def retention_apply(
     """Delete what the retention policy says is due as of `as_of` (default today, UTC); report per store."""
     from governance.policy import load_policy
     from governance.trail import record
+    from models.registry import RegistryError
 
     config = Settings.from_flow(settings)
     logger = get_run_logger()
@@ -154,7 +159,13 @@ def retention_apply(
         calls = _store_calls(config, policy, day, dry_run, skipped)
     expiries = []
     for store, call in calls.items():
-        for expiry in task(name=f"expire-{store}", cache_policy=NO_CACHE)(_expire)(store, call):
+        try:
+            done = task(name=f"expire-{store}", cache_policy=NO_CACHE)(_expire)(store, call)
+        except RegistryError as exc:  # nothing is deleted that could not be checked; the other stores go on
+            skipped[store] = f"the registry could not be read: {exc}"
+            logger.warning(f"{store}: skipped: {skipped[store]}")
+            continue
+        for expiry in done:
             if expiry.store in skipped:
                 continue
             expiries.append(expiry)

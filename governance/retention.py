@@ -49,6 +49,8 @@ STORES: dict[str, tuple[str, frozenset[str]]] = {
                            frozenset({"behavioural", "inferred"})),
     "evidently_workspace": ("monitoring/workspace/: Evidently snapshots (samples)", frozenset(
         {"behavioural", "inferred"})),
+    "mlflow_monitoring_reports": ("the registered versions' runs' monitoring/<stamp>/: copies of the pages",
+                                  frozenset({"behavioural", "inferred"})),
     "identity_reports": ("reports/identity/<run id>.json: resolution runs' counts and timings", frozenset()),
     "dsar_exports": ("governance/dsar/<request>/export/: access-request bundles", _ALL),
 }  # fmt: skip

@@ -1,6 +1,7 @@
 """Retention of monitoring's stores: the report files and the Evidently workspace's snapshots.
 
-Both hold samples of served model inputs and predictions (Evidently's pages embed them), so
+The same pages are logged to the champion's MLflow run under `monitoring/<stamp>/`
+(`expire_mlflow_reports`). All hold samples of served model inputs and predictions (Evidently's pages embed them), so
 they age out like the inference log they were drawn from. A report's date is its stamp (the
 monitoring pass's UTC time, in its file name, see `monitoring.reports.stamp`); a workspace
 snapshot's is the time Evidently recorded when the report ran. File times are never read.
@@ -13,7 +14,9 @@ import re
 from pathlib import Path
 
 from custintel.retention import Expiry, Item
+from models.registry import Registry
 
+_STAMP = re.compile(r"^\d{8}T\d{6}Z$")
 # <model>-v<version>-<stamp>[-evidently|-performance].(html|json), as monitoring.monitor names them
 _REPORT = re.compile(r"^(?P<stem>.+-v[^-]+-(?P<stamp>\d{8}T\d{6}Z))(?:-evidently|-performance)?\.(?:html|json)$")
 
@@ -65,6 +68,35 @@ def expire_workspace(workspace_dir: Path, before: dt.date, dry_run: bool = False
             if day < before:
                 if not dry_run:
                     workspace.delete_run(project.id, run_id)
+                expiry.removed.append(item)
+            else:
+                expiry.kept.append(item)
+    return expiry
+
+
+def expire_mlflow_reports(registry: Registry, before: dt.date, dry_run: bool = False) -> Expiry:
+    """Remove the monitoring pages logged to registered versions' runs (`monitoring/<stamp>/`) stamped before `before`.
+
+    Only stamped folders go: the run's training reference (`monitoring/reference.parquet`) is the
+    model's, not a report's. Raises `models.registry.RegistryError` when the registry cannot be read.
+    """
+    expiry = Expiry("mlflow_monitoring_reports")
+    runs = sorted({(m.name, v.version, v.run_id) for m in registry.list_models() for v in m.versions if v.run_id})
+    seen: set[str] = set()
+    for name, version, run_id in runs:
+        if run_id in seen or run_id is None:
+            continue
+        seen.add(run_id)
+        for folder in registry.artifact_folders(run_id, "monitoring"):
+            stamp = folder.rsplit("/", 1)[-1]
+            if not _STAMP.match(stamp):
+                continue
+            item = Item(
+                f"{name} v{version} (run {run_id[:12]}): {folder}", dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").date()
+            )
+            if item.dated < before:
+                if not dry_run:
+                    registry.delete_artifacts(run_id, folder)
                 expiry.removed.append(item)
             else:
                 expiry.kept.append(item)

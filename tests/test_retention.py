@@ -31,6 +31,7 @@ POLICY = {
         "lake": {"max_age_days": 300},  # 2025-03-07
         "monitoring_reports": {"max_age_days": 180},  # 2025-07-05
         "evidently_workspace": {"max_age_days": 180},
+        "mlflow_monitoring_reports": {"max_age_days": 180},
         "offline_features": {"max_age_days": 365},  # 2025-01-01
         "identity_reports": {"max_age_days": 180},
         "dsar_exports": {"max_age_days": 30},
@@ -135,7 +136,7 @@ def _registry(settings: Settings) -> None:
     from models.registry import Registry
 
     client = Registry(settings).client
-    experiment = client.create_experiment("retention-test", artifact_location=str(settings.artifacts_dir))
+    experiment = client.create_experiment("retention-test", artifact_location=settings.artifacts_dir.as_uri())
     client.create_registered_model("custintel-churn")
     for cutoff in ("2024-06-01", "2024-03-01"):
         run = client.create_run(experiment)
@@ -143,6 +144,15 @@ def _registry(settings: Settings) -> None:
         client.log_dict(run.info.run_id, lineage, "lineage/lineage.json")
         client.create_model_version("custintel-churn", f"{run.info.artifact_uri}/model", run.info.run_id)
     client.set_registered_model_alias("custintel-churn", "champion", "1")
+    run_id = client.get_model_version("custintel-churn", "1").run_id
+    pages = settings.home_dir / "pages"
+    for stamp in ("20250501T030000Z", "20251001T030000Z"):  # as monitoring logs its pages to the champion's run
+        (pages / stamp).mkdir(parents=True)
+        (pages / stamp / f"custintel-churn-v1-{stamp}.html").write_text("<p>samples</p>", encoding="utf-8")
+        client.log_artifacts(run_id, str(pages / stamp), f"monitoring/{stamp}")
+    (pages / "reference.parquet").write_bytes(b"PAR1")
+    client.log_artifact(run_id, str(pages / "reference.parquet"), "monitoring")
+    shutil.rmtree(pages)
 
 
 def _identity_and_dsar(settings: Settings) -> None:
@@ -194,8 +204,12 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture
 def home(template: Settings, tmp_path: Path) -> Settings:
+    from models.registry import relocate_home_store
+
     shutil.copytree(template.home_dir, tmp_path / "home")
-    return Settings(home=tmp_path / "home", governance_policy=template.governance_policy)
+    settings = Settings(home=tmp_path / "home", governance_policy=template.governance_policy)
+    assert relocate_home_store(settings) > 0  # the copy's MLflow store points into the copy (as any command does)
+    return settings
 
 
 def _removed(report: dict[str, Any], store: str) -> list[str]:
@@ -212,7 +226,7 @@ def test_the_policy_is_checked_naming_the_key(tmp_path: Path) -> None:
     shipped = load_policy().retention
     assert shipped is not None and set(shipped.stores) == {
         "inference_log", "quarantine", "lake", "monitoring_reports", "evidently_workspace", "offline_features",
-        "identity_reports", "dsar_exports",
+        "identity_reports", "dsar_exports", "mlflow_monitoring_reports",
     }  # fmt: skip
     bad = {
         "stores.bogus: unknown store": {"stores": {"bogus": {"max_age_days": 3}}},
@@ -299,6 +313,17 @@ def test_a_pass_removes_exactly_what_is_due_and_a_dry_run_nothing(home: Settings
         "custintel-churn-v1-20251001T030000Z-evidently.html", "custintel-churn-v1-20251001T030000Z.html"]  # fmt: skip
     workspace = Workspace(str(home.monitoring_dir / "workspace"))
     assert [len(workspace.list_runs(p.id)) for p in workspace.list_projects()] == [1]
+
+    # MLflow: the May pages logged to the champion's run go; October's and the run's training reference stay.
+    from models.registry import Registry
+
+    registry = Registry(home)
+    run_id = registry.version("custintel-churn", "1").run_id
+    assert run_id and registry.artifact_folders(run_id, "monitoring") == ["monitoring/20251001T030000Z"]
+    assert [f.path for f in registry.client.list_artifacts(run_id, "monitoring") if not f.is_dir] == [
+        "monitoring/reference.parquet"]  # fmt: skip
+    assert [p.rsplit(": ", 1)[1] for p in _removed(report, "mlflow_monitoring_reports")] == [
+        "monitoring/20250501T030000Z"]  # fmt: skip
 
     # Offline: cutoffs over a year old go, except the @champion's (the archived version protects nothing).
     for key in ("relationship", "labels"):
@@ -388,6 +413,7 @@ def test_the_cli_from_another_directory(
     report = json.loads(done.output)
     assert report["counts"]["dsar_exports"]["removed"] == 1 and Path(report["report"]).is_relative_to(home.home_dir)
     assert report["counts"]["lake"]["removed"] == 2 and not (home.inference_log_dir / "2025-09-01.jsonl").exists()
+    assert report["counts"]["mlflow_monitoring_reports"]["removed"] == 1  # this copy's own MLflow artifacts
     assert list(elsewhere.iterdir()) == [] and not stray.exists()
     assert report["stores"]["lake"]["notes"] == []  # removed in the pass's own commit
 

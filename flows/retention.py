@@ -110,9 +110,15 @@ def _store_calls(config: Settings, policy: RetentionPolicy, as_of: dt.date, dry_
             workspace = config.monitoring_dir / "workspace"
             calls[store] = partial(monitoring_retention.expire_workspace, workspace, due, dry_run)
         elif store == "mlflow_monitoring_reports":
-            from models.registry import Registry
+            from models.registry import Registry, RegistryError
 
-            calls[store] = partial(monitoring_retention.expire_mlflow_reports, Registry(config), due, dry_run)
+            registry = Registry(config)
+            try:
+                registry.list_models()  # reachable? (a task failing on it would log a traceback for a known skip)
+            except RegistryError as exc:
+                skipped[store] = f"the registry could not be read: {exc}"
+                continue
+            calls[store] = partial(monitoring_retention.expire_mlflow_reports, registry, due, dry_run)
         elif store == "identity_reports":
             calls[store] = partial(features_retention.expire_identity_reports, config, due, dry_run)
         elif store == "dsar_exports":
@@ -123,6 +129,27 @@ def _store_calls(config: Settings, policy: RetentionPolicy, as_of: dt.date, dry_
 def _expire(store: str, call: Callable[[], Expiry | tuple[Expiry, ...]]) -> list[Expiry]:
     done = call()
     return list(done) if isinstance(done, tuple) else [done]
+
+
+def refresh_site(config: Settings, stems: list[str]) -> dict[str, Any]:
+    """The reviewers' site holds copies of the monitoring pages: rebuild it without the removed ones.
+
+    When it cannot be rebuilt (the registry unreachable), the copies of the removed pages are
+    deleted from it all the same (their links then lead nowhere until `custintel report`).
+    """
+    from governance.site import SiteError, build_site, safe_name
+
+    try:
+        build_site(config)
+        return {"site_rebuilt": True}
+    except SiteError as exc:
+        drift = config.site_dir / "drift"
+        for stem in stems:
+            for suffix in (".html", "-evidently.html", "-performance.html"):
+                (drift / safe_name(stem + suffix)).unlink(missing_ok=True)
+        get_run_logger().warning(f"the reviewers' site could not be rebuilt ({exc}); the removed pages' copies "
+                                 "were deleted from it: run `custintel report` once the registry answers")  # fmt: skip
+        return {"site_rebuilt": False, "site_error": str(exc)}
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
@@ -182,10 +209,7 @@ def retention_apply(
         report["trail_seq"] = entry.get("seq")
         pages_gone = report["stores"].get("monitoring_reports", {}).get("removed")
         if pages_gone and config.site_dir.is_dir():
-            from governance.site import build_site
-
-            build_site(config)  # the site holds copies of the monitoring pages: rebuilt without them
-            report["site_rebuilt"] = True
+            report.update(refresh_site(config, [i["place"] for i in pages_gone]))
     create_markdown_artifact(summary_markdown(report), key="retention")
     return report
 

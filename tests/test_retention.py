@@ -351,6 +351,26 @@ def test_a_pass_removes_exactly_what_is_due_and_a_dry_run_nothing(home: Settings
     assert all(not s["removed"] and not s["trimmed"] for s in again["stores"].values()), again["counts"]
 
 
+def test_an_unreachable_registry_skips_the_stores_it_guards(
+    home: Settings, prefect_api: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the registry the live models' cutoffs are unknown: the offline store is left whole, the rest goes on."""
+    from flows.retention import retention_apply
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    offline = tree_digest(home.features_dir)
+    cut_off = home.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:9"})
+    report = retention_apply(cut_off.to_flow(), AS_OF)
+    assert sorted(report["skipped"]) == ["mlflow_monitoring_reports", "offline_features"]
+    assert all("could not be read" in why for why in report["skipped"].values())
+    assert tree_digest(home.features_dir) == offline
+    assert _removed(report, "inference_log") == ["2025-09-01.jsonl"] and report["counts"]["lake"]["removed"] == 2
+    # The site (built from the registry) cannot be rebuilt: the removed pages' copies leave it all the same.
+    assert report["site_rebuilt"] is False and "cannot reach the MLflow tracking store" in report["site_error"]
+    assert sorted(p.name for p in (home.site_dir / "drift").iterdir()) == [
+        "custintel-churn-v1-20251001T030000Z-evidently.html", "custintel-churn-v1-20251001T030000Z.html"]  # fmt: skip
+
+
 def test_the_inference_log_never_touches_the_day_being_written(tmp_path: Path) -> None:
     from serving.inference_log import day_file, expire
 

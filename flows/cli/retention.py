@@ -74,6 +74,12 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(f"report: {report['report']}; audit trail entry seq {report.get('trail_seq')}", soft_wrap=True)
         if report.get("site_rebuilt"):
             console.print("the reviewers' site was rebuilt without the removed monitoring pages")
+        elif "site_error" in report:
+            console.print(
+                f"[yellow]warning:[/] the reviewers' site could not be rebuilt ({escape(report['site_error'])}); "
+                "the removed pages' copies were deleted from it: run `custintel report` later",
+                soft_wrap=True,
+            )
 
 
 @retention_app.command("schedule")

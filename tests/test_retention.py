@@ -371,6 +371,25 @@ def test_an_unreachable_registry_skips_the_stores_it_guards(
         "custintel-churn-v1-20251001T030000Z-evidently.html", "custintel-churn-v1-20251001T030000Z.html"]  # fmt: skip
 
 
+def test_an_offline_pass_killed_between_manifest_and_folders_is_finished_by_the_next(tmp_path: Path) -> None:
+    from features.featurestore.offline import available_as_of, read_manifest
+    from features.featurestore.store import offline_root
+    from features.retention import expire_offline
+
+    settings = Settings(home=tmp_path / "home")
+    _offline(settings)
+    root = offline_root(settings)
+    manifest_path = root / "labels" / "v1" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["partitions"]["2024-03-01"]  # the manifest was rewritten, then the pass was killed
+    manifest_path.write_text(json.dumps(manifest))
+    expiry = expire_offline(settings, dt.date(2024, 6, 1))
+    assert sorted(i.place for i in expiry.removed) == ["labels/v1/as_of=2024-03-01", "relationship/v1/as_of=2024-03-01"]
+    for key in ("labels@1", "relationship@1"):
+        assert available_as_of(root, key)[0] == dt.date(2024, 6, 1)
+        assert sorted((read_manifest(root, key) or {})["partitions"]) == CUTOFFS[1:]
+
+
 def test_the_inference_log_never_touches_the_day_being_written(tmp_path: Path) -> None:
     from serving.inference_log import day_file, expire
 

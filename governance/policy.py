@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from custintel.yaml_config import load_yaml_model
+from governance.retention import RetentionPolicy
 
 FAMILIES = ("churn", "propensity", "uplift", "recommendation")
 Family = Literal["churn", "propensity", "uplift", "recommendation"]
@@ -244,6 +245,12 @@ class GovernancePolicy(_Strict):
     )
     families: dict[Family, FamilyPolicy]
     export: ExportPolicy = Field(default_factory=ExportPolicy, description="Exports leaving the platform.")
+
+    retention: RetentionPolicy | None = Field(
+        default=None,
+        description="How long each store keeps personal data, per store and data class (governance.retention); "
+        "None: every store keeps everything.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> GovernancePolicy:

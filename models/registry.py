@@ -814,3 +814,22 @@ class Registry:
                           r.get("decision"), r.get("actor"))
             )  # fmt: skip
         return sorted(moves, key=lambda m: m.at)
+
+    # -- retention ---------------------------------------------------------------------------------------------------
+    def artifact_folders(self, run_id: str, path: str) -> list[str]:
+        """The folders directly under a run's artifact `path` (e.g. `monitoring/<stamp>`); [] when it has none."""
+        try:
+            listed = self._artifacts_of(run_id).list_artifacts(run_id, path)
+        except Exception as exc:  # any store failure means the same to a reader
+            raise self._unreachable(exc) from exc
+        return sorted(f.path for f in listed if f.is_dir)
+
+    def delete_artifacts(self, run_id: str, path: str) -> None:
+        """Delete a run's artifacts under `path` from the run's own artifact store (local files or a served store)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            uri = self.client.get_run(run_id).info.artifact_uri
+            get_artifact_repository(uri, tracking_uri=self.tracking_uri).delete_artifacts(path)
+        except Exception as exc:
+            raise self._unreachable(exc) from exc

@@ -21,11 +21,14 @@ import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import orjson
 
+from custintel.atomic_files import replace_atomically
+from custintel.retention import Expiry, Item
 from custintel.sql import text_list as sql_text_list
 from features.featurestore.online import AS_OF
 from serving.policy import ServingPolicy
@@ -219,3 +222,78 @@ def audit_entries(policy: ServingPolicy, log: InferenceLog, caller: str, endpoin
             entry["inputs"] = take(row) if given is None else fragment(given) if type(given) is str else given
         entries.append(entry)
     return entries
+
+
+# The data class of each field that holds personal data (the others say who called what, when): retention can
+# strip a class's fields from entries older than that class may be kept, before the whole day file is due.
+FIELD_CLASSES: dict[str, str] = {"customer": "quasi_identifier", "inputs": "behavioural", "answer": "inferred"}
+
+
+def expire(
+    folder: Path,
+    before: dt.date,
+    strip: Mapping[str, dt.date] | None = None,
+    dry_run: bool = False,
+    today: dt.date | None = None,
+) -> Expiry:
+    """Delete the day files of days before `before`; strip fields from younger ones; say what went and what stays.
+
+    A day's date is its file name's (the day its answers were given), never the file's
+    modification time. `strip` maps a field to a date: entries of days before it lose that
+    field (e.g. the model inputs, kept for a shorter time than the answers). The current UTC
+    day's file (`today`) is never touched: the service may be appending to it. `dry_run`:
+    report only.
+    """
+    today = today or dt.datetime.now(dt.UTC).date()
+    expiry = Expiry("inference_log")
+    if not folder.is_dir():
+        return expiry
+    for path in sorted(folder.glob("*.jsonl")):
+        try:
+            day = dt.date.fromisoformat(path.stem)
+        except ValueError:
+            expiry.notes.append(f"{path.name}: not a day file (YYYY-MM-DD.jsonl), left alone")
+            continue
+        data = path.read_bytes()
+        entries = sum(1 for line in data.split(b"\n") if line.strip())
+        item = Item(path.name, day, entries)
+        if day >= today:
+            if day < before or any(day < until for until in (strip or {}).values()):
+                item.reason = "the service is writing this day's file"
+            expiry.kept.append(item)
+            continue
+        if day < before:
+            if not dry_run:
+                path.unlink(missing_ok=True)
+            expiry.removed.append(item)
+            continue
+        fields = sorted(name for name, until in (strip or {}).items() if day < until)
+        if fields:
+            lines, stripped = _without_fields(data, fields)
+            if stripped:
+                if not dry_run:
+                    replace_atomically(path, partial(_write_bytes, data=lines))
+                expiry.trimmed.append(Item(path.name, day, stripped, f"removed {', '.join(fields)}"))
+        expiry.kept.append(item)
+    return expiry
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def _without_fields(data: bytes, fields: Sequence[str]) -> tuple[bytes, int]:
+    """The day file's bytes with `fields` taken out of every entry; how many entries lost something."""
+    out, changed = [], 0
+    for line in data.split(b"\n"):
+        try:
+            entry = orjson.loads(line) if line.strip() else None
+        except orjson.JSONDecodeError:
+            entry = None  # a torn line stays as it is
+        if isinstance(entry, dict) and any(f in entry for f in fields):
+            for f in fields:
+                entry.pop(f, None)
+            line = orjson.dumps(entry)
+            changed += 1
+        out.append(line)
+    return b"\n".join(out), changed

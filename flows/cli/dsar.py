@@ -41,8 +41,17 @@ def _errors() -> tuple[type[BaseException], ...]:
     return (ValueError, DsarError, IdentityStoreError, IngestError, OSError)
 
 
-def _say(message: str) -> None:
-    console.print(f"  {escape(message)}", soft_wrap=True, highlight=False)
+class _Steps:
+    """Progress lines of one command, under a header printed before the first (none when nothing happened)."""
+
+    def __init__(self, header: str) -> None:
+        self.header, self.lines = header, 0
+
+    def __call__(self, message: str) -> None:
+        if not self.lines:
+            console.print(self.header)
+        self.lines += 1
+        console.print(f"  {escape(message)}", soft_wrap=True, highlight=False)
 
 
 @dsar_app.command("export")
@@ -60,8 +69,7 @@ def dsar_export(
         raise fail("subject: give the person to export (a customer key, email, phone, record id or name|birth-date)")
     config = settings()
     with expected(*_errors()):
-        console.print("searching every store:")
-        result = export_subject(config, subject, customer, out, _say)
+        result = export_subject(config, subject, customer, out, _Steps("searching every store:"))
     total = sum(result.counts.values())
     console.print(
         f"[green]exported[/] {total} row(s) from {len(result.counts)} store(s) in {len(result.holdings)} place(s)"
@@ -93,7 +101,7 @@ def dsar_erase(
 
     config = settings()
     with expected(*_errors()):
-        result = erase_subjects(config, subject, customer, file, _say, confirm=confirm)
+        result = erase_subjects(config, subject, customer, file, _Steps("erasing:"), confirm=confirm)
     if result is None:
         raise fail("erasure: not confirmed, nothing changed (add --yes to skip the question)")
     journal = result.journal
@@ -123,8 +131,7 @@ def dsar_verify(
 
     config = settings()
     with expected(*_errors()):
-        console.print("searching every store:")
-        result = verify_subjects(config, subject, customer, file, _say)
+        result = verify_subjects(config, subject, customer, file, _Steps("searching every store:"))
     if result.clean:
         console.print(f"[green]nothing found[/] in {result.stores_searched} stores "
                       f"(receipt: audit trail seq {result.receipt['seq']})")  # fmt: skip

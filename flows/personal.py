@@ -60,15 +60,19 @@ def catalogue(settings: Settings) -> list[PersonalStore]:
     ]
 
 
-def with_log_keys(settings: Settings, subject: Subject) -> Subject:
-    """The subject with the inference log's form of each customer key (the serving policy's key rule)."""
+def log_keys_of(settings: Settings) -> Callable[[Subject], Subject]:
+    """Adds the inference log's form of each customer key to a subject (the serving policy's key rule, read once)."""
     from serving.inference_log import log_key
     from serving.policy import load_serving_policy
 
     rule = load_serving_policy(settings.serving_policy).audit.customer_key
     salt = settings.serving_log_salt or "custintel"  # as serving.runtime logs them
-    keys = {k for k in (log_key(rule, salt, c) for c in subject.customer_keys) if k}
-    return replace(subject, log_keys=tuple(sorted({*subject.log_keys, *keys})))
+
+    def add(subject: Subject) -> Subject:
+        keys = {k for k in (log_key(rule, salt, c) for c in subject.customer_keys) if k}
+        return replace(subject, log_keys=tuple(sorted({*subject.log_keys, *keys})))
+
+    return add
 
 
 def request_lines(subject: str | None, customer: str | None, file: Path | None) -> list[SubjectLine]:
@@ -89,7 +93,8 @@ def _resolve(settings: Settings, lines: Sequence[SubjectLine], file: Path | None
         subjects = [resolve_request(index, lines[0].request, lines[0].customer)]
     else:
         subjects = resolve_lines(index, lines, f"--file {file}")
-    return [with_log_keys(settings, s) for s in subjects]
+    with_log_keys = log_keys_of(settings)
+    return [with_log_keys(s) for s in subjects]
 
 
 def _id(settings: Settings, kind: str, lines: Sequence[SubjectLine]) -> str:
@@ -163,10 +168,10 @@ def verify_subjects(
     """
     lines = request_lines(subject, customer, file)
     index = load_subject_index(settings)
-    subjects, problems = [], []
+    subjects, problems, with_log_keys = [], [], log_keys_of(settings)
     for line in lines:
         try:
-            subjects.append(with_log_keys(settings, request_subject(index, line.request, line.customer)))
+            subjects.append(with_log_keys(request_subject(index, line.request, line.customer)))
         except SubjectError as exc:
             problems.append(f"line {line.line}: {exc}" if file is not None else str(exc))
     if problems:

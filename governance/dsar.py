@@ -311,7 +311,12 @@ def render_bundle_html(request: str, subjects: Sequence[Subject], holdings: Sequ
     parts.append("<h2>Models your data went into</h2>")
     if models:
         versions = sorted(
-            {f"{r.get('model')} version {r.get('version')}" for h in models for r in h.rows if r.get("model")}
+            {
+                f"{r['model']} version {r['version']}"
+                for h in models
+                for r in h.rows
+                if r.get("model") and r.get("version")
+            }
         )
         if versions:
             parts.append("<ul>" + "".join(f"<li>{_e(v)}</li>" for v in versions) + "</ul>")
@@ -565,9 +570,16 @@ def raw_token_hits(
     Parquet files are skipped (columnar and compressed, so a byte search cannot see into them:
     the store that owns each searches it by value); SQLite files, JSON, CSV, HTML and the rest are
     searched as bytes, free pages included, so a deleted-but-not-vacuumed row is still a hit.
+    One pattern covers every subject, so a file is read and scanned once however many there are.
     """
     skipped = {p.resolve() for p in skip}
-    patterns = [(s, _token_pattern(s.tokens())) for s in subjects]
+    owners: dict[str, list[int]] = {}
+    for i, subject in enumerate(subjects):
+        for token in subject.tokens():
+            owners.setdefault(token.lower(), []).append(i)
+    pattern = _token_pattern(owners)
+    if pattern is None:
+        return []
     base = relative_to or root
     hits: list[Holding] = []
     for folder, dirs, files in os.walk(root):
@@ -581,13 +593,15 @@ def raw_token_hits(
                 data = path.read_bytes()
             except OSError:
                 continue
-            for subject, pattern in patterns:
-                if pattern is None:
-                    continue
-                found = sorted({m.group(0).decode("utf-8", errors="replace") for m in pattern.finditer(data)})
-                if found:
-                    place = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
-                    hits.append(Holding(RAW_SEARCH, place, subject.request, [{"token": mask_token(t)} for t in found]))
+            found: dict[int, set[str]] = {}
+            for match in pattern.finditer(data):
+                token = match.group(0).decode("utf-8", errors="replace")
+                for i in owners.get(token.lower(), []):
+                    found.setdefault(i, set()).add(token)
+            place = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+            for i, tokens in sorted(found.items()):
+                rows = [{"token": mask_token(t)} for t in sorted(tokens)]
+                hits.append(Holding(RAW_SEARCH, place, subjects[i].request, rows))
     return hits
 
 

@@ -631,10 +631,10 @@ def verify_request(
     """Search every store and the home's files for the subjects; the receipt lists hits per store (counts only)."""
     report = progress or (lambda _: None)
     hits = find_everywhere(stores, subjects, report)
-    reported = {h.place for h in hits}
+    reported = {h.place.split("#", 1)[0].rstrip("/") for h in hits}  # `file#table` names the file
 
     def already(place: str) -> bool:  # a store named the file, or the folder it is in
-        return any(place == p or place.startswith(p.rstrip("/") + "/") for p in reported)
+        return any(place == p or place.startswith(p + "/") for p in reported)
 
     raw = [h for h in raw_token_hits(settings.home_dir, subjects, skip) if not already(h.place)]
     report(f"{RAW_SEARCH}: {len(raw)} file(s) under {settings.home_dir}")

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -530,8 +531,9 @@ def _erase_locked(
         report(f"resuming: {sum(s['status'] == 'done' for s in journal.stores)} of {len(journal.stores)} stores done")
     journal.save(path)
     if journal.suppressed is None:
+        started = time.perf_counter()
         added = suppress(settings, subjects)
-        journal.suppressed = {"added": added, "at": _now()}
+        journal.suppressed = {"added": added, "at": _now(), "seconds": round(time.perf_counter() - started, 3)}
         journal.save(path)
         report(f"suppression list: {added} identifier(s) added")
     for store in stores:
@@ -539,6 +541,7 @@ def _erase_locked(
         if entry["status"] == "done":
             report(f"{store.name}: done earlier ({entry['removed']} removed)")
             continue
+        started = time.perf_counter()
         try:
             erased = store.erase(subjects)
         except Exception as exc:
@@ -551,9 +554,10 @@ def _erase_locked(
         entry.pop("error", None)
         entry["erased"] += [asdict(e) for e in erased]
         entry["removed"] = int(entry["removed"]) + sum(e.removed for e in erased)
-        entry["status"], entry["finished_at"] = "done", _now()
+        seconds = round(time.perf_counter() - started, 3)
+        entry["status"], entry["finished_at"], entry["seconds"] = "done", _now(), seconds
         journal.save(path)
-        report(f"{store.name}: {sum(e.removed for e in erased)} removed in {len(erased)} place(s)")
+        report(f"{store.name}: {sum(e.removed for e in erased)} removed in {len(erased)} place(s) ({seconds:.1f} s)")
     receipt = record(
         settings,
         "dsar_erase",

@@ -412,3 +412,17 @@ def test_erase_asks_before_changing_anything(home: Settings, person: Person, sto
     assert result.exit_code == 1 and "not confirmed, nothing changed" in result.output
     assert "about to erase 1 person(s)" in result.output
     assert tree_digest(home.home_dir) == before
+
+
+def test_a_file_of_requests_is_erased_in_one_pass(
+    home: Settings, person: Person, stores: list[JsonStore], tmp_path: Path
+):
+    other = next(r["customer_key"] for r in json.loads(stores[0].path.read_text()) if r["customer_key"] != person.key)
+    requests = tmp_path / "requests.txt"
+    requests.write_text(f"# two people, one of them twice\n{person.raw_email}\n{other}\n{person.key}\n")
+    result = cli(home, "dsar", "erase", "--file", str(requests), "--yes")
+    assert result.exit_code == 0, result.output
+    assert "about to erase 2 person(s)" in result.output and "profiles: 2 removed in 1 place(s)" in result.output
+    assert json.loads(stores[0].path.read_text()) == [] and all(s.erase_calls == 1 for s in stores)
+    journal = read_journal(home, next(p.name for p in (home.governance_dir / "dsar").glob("erase-*")))
+    assert journal is not None and len(journal.subjects) == 2 and journal.status == "done"

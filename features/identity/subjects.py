@@ -336,7 +336,7 @@ def subject_of(index: SubjectIndex, request: str, group: str) -> Subject:
         if "phone" in row:
             phones.add(row["phone"])
         first, last, born = (row.get(c, "") for c in ("first_name", "last_name", "birth_date"))
-        if (first or last) and born:  # a name alone names nobody
+        if first and last and born:  # a name alone, or half of one, names nobody
             names.add((first.lower(), last.lower(), born))
     source_records = sorted(tuple(k.split(":", 1)) for k in record_keys)  # (table, id)
     return Subject(

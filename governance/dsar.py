@@ -12,7 +12,9 @@ in by the caller (`flows.personal.catalogue`); this module walks them:
   `erase`, the journal updated after each. A rerun of the same request resumes from the journal and
   finishes; the subjects it needs are kept in `pending.json` beside it only until the erasure is done
   (the stores may already have lost the identifiers resolution needs);
-- **verify**: every store's `find` plus a raw search of the home's files for the subjects' tokens.
+- **verify**: every store's `find` plus a raw search of the home's files for the subjects' tokens; the
+  report (`<home>/governance/dsar/<request id>/verify.json`) lists each hit's store, place and row count,
+  never the data.
 
 Each writes a receipt to the audit trail (`governance.trail.record`, actions `dsar_export`,
 `dsar_erase`, `dsar_verify`) holding keyed hashes of the subjects (HMAC-SHA256 with the privacy
@@ -647,11 +649,28 @@ class VerifyResult:
     hits: list[Holding]
     stores_searched: int
     receipt: dict[str, Any]
+    report: Path | None = None
 
     @property
     def clean(self) -> bool:
         """Nothing found anywhere."""
         return not self.hits
+
+
+def verify_report(key: bytes, request: str, subjects: Sequence[Subject], hits: Sequence[Holding],
+                  stores: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+    """What a verify found, without the data: per hit its store, place, subject (keyed hash) and row count. Pure."""
+    return {
+        "request_id": request,
+        "at": _now(),
+        "stores_searched": [*stores, RAW_SEARCH],
+        "subjects": [subject_hashes(key, s) for s in subjects],
+        "clean": not hits,
+        "hits": [
+            {"store": h.store, "place": h.place, "subject": keyed_hash(key, h.subject), "rows": len(h.rows)}
+            for h in hits
+        ],
+    }
 
 
 def verify_request(
@@ -674,15 +693,20 @@ def verify_request(
     report(f"{RAW_SEARCH}: {len(raw)} file(s) under {settings.home_dir}")
     hits += raw
     key = privacy_key(settings)
+    report_path = dsar_dir(settings, request) / "verify.json"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    document = verify_report(key, request, subjects, hits, [s.name for s in stores])
+    write_text_atomically(report_path, json.dumps(document, indent=2, sort_keys=True) + "\n")
     receipt = record(
         settings,
         "dsar_verify",
         request,
         {
-            "subjects": [subject_hashes(key, s) for s in subjects],
+            "subjects": document["subjects"],
             "hits": _counts(hits),
             "stores_searched": len(stores) + 1,
             "clean": not hits,
+            "report": _relative(settings, report_path),
         },
     )
-    return VerifyResult(request, hits, len(stores) + 1, receipt)
+    return VerifyResult(request, hits, len(stores) + 1, receipt, report_path)

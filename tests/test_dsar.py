@@ -380,6 +380,12 @@ def test_verify_lists_hits_then_finds_nothing_after_erasure_from_the_request_alo
     assert before.exit_code == 1, before.output
     for store in stores:
         assert f"{store.name}  {store.place}  1 row(s)" in before.output
+    report = next(home.governance_dir.glob("dsar/verify-*/verify.json"))
+    document = json.loads(report.read_text())
+    assert not document["clean"] and {(h["store"], h["rows"]) for h in document["hits"]} == {
+        ("profiles", 1), ("consent", 1), ("mlflow", 1)
+    }  # fmt: skip
+    assert person.key not in report.read_text() and person.raw_email.lower() not in report.read_text().lower()
 
     leftover = home.home_dir / "reports" / "notes.txt"  # a file no store knows: the raw search finds it
     leftover.write_text(f"called {person.raw_phone} about the bill\n")

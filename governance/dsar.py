@@ -38,10 +38,11 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from custintel.atomic_files import write_text_atomically
+from custintel.atomic_files import replace_atomically, write_text_atomically
 from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
 from governance.trail import record
@@ -52,6 +53,7 @@ _KEY_FILE = "privacy.key"
 _ROWS_SHOWN = 200  # rows per place shown on the HTML page (the CSV and JSON hold them all)
 _RAW_SKIP_SUFFIXES = (".parquet",)  # columnar and compressed: their stores search them by value
 _WORD = "A-Za-z0-9"
+_CHUNK = 8 << 20  # bytes the raw search reads at a time
 
 Progress = Callable[[str], None]
 Suppress = Callable[[Settings, Sequence[Subject]], int]
@@ -418,6 +420,13 @@ class Journal:
             raise DsarError(f"{path} is not a readable erasure journal ({exc}); move it away to start over") from exc
 
 
+def _write_private(text: str, path: Path) -> None:
+    """Write a file only its owner can read (the pending subjects hold raw identifiers)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
 def journal_path(settings: Settings, request: str) -> Path:
     """`<home>/governance/dsar/<request id>/journal.json`."""
     return dsar_dir(settings, request) / "journal.json"
@@ -527,7 +536,7 @@ def _erase_locked(
         for store in stores:
             journal.store(store.name)
         pending.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(pending, json.dumps([asdict(s) for s in subjects], sort_keys=True) + "\n")
+        replace_atomically(pending, partial(_write_private, json.dumps([asdict(s) for s in subjects]) + "\n"))
     else:
         journal.runs += 1
         report(f"resuming: {sum(s['status'] == 'done' for s in journal.stores)} of {len(journal.stores)} stores done")
@@ -617,6 +626,7 @@ def raw_token_hits(
     if pattern is None:
         return []
     base = relative_to or root
+    overlap = max(len(t.encode("utf-8")) for t in owners) + 2  # a token cut by a chunk edge is whole in the next
     hits: list[Holding] = []
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
@@ -625,20 +635,30 @@ def raw_token_hits(
             path = here / name
             if path.suffix in _RAW_SKIP_SUFFIXES or path.is_symlink() or path.resolve() in skipped:
                 continue
+            found: dict[int, set[str]] = {}
             try:
-                data = path.read_bytes()
+                for token in _tokens_in(path, pattern, overlap):
+                    for i in owners.get(token.lower(), []):
+                        found.setdefault(i, set()).add(token)
             except OSError:
                 continue
-            found: dict[int, set[str]] = {}
-            for match in pattern.finditer(data):
-                token = match.group(0).decode("utf-8", errors="replace")
-                for i in owners.get(token.lower(), []):
-                    found.setdefault(i, set()).add(token)
             place = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
             for i, tokens in sorted(found.items()):
                 rows = [{"token": mask_token(t)} for t in sorted(tokens)]
                 hits.append(Holding(RAW_SEARCH, place, subjects[i].request, rows))
     return hits
+
+
+def _tokens_in(path: Path, pattern: re.Pattern[bytes], overlap: int) -> set[str]:
+    """Every token `pattern` finds in a file, read in chunks (an MLflow database or a log can be large)."""
+    found: set[str] = set()
+    tail = b""
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            data = tail + chunk
+            found.update(m.group(0).decode("utf-8", errors="replace") for m in pattern.finditer(data))
+            tail = data[-overlap:]
+    return found
 
 
 @dataclass

@@ -33,7 +33,7 @@ from features.identity.subjects import (
 )
 from features.lake import read_lake_table
 from flows.cli import app
-from governance.dsar import DsarError, journal_path, pending_path, read_journal
+from governance.dsar import DsarError, journal_path, pending_path, raw_token_hits, read_journal
 from governance.trail import read_entries, trail_path
 from tests.conftest import Ingested, tree_digest
 
@@ -432,3 +432,23 @@ def test_a_file_of_requests_is_erased_in_one_pass(
     assert json.loads(stores[0].path.read_text()) == [] and all(s.erase_calls == 1 for s in stores)
     journal = read_journal(home, next(p.name for p in (home.governance_dir / "dsar").glob("erase-*")))
     assert journal is not None and len(journal.subjects) == 2 and journal.status == "done"
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_the_raw_search_finds_whole_identifiers_in_any_case_across_chunk_edges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+):
+    import governance.dsar
+
+    monkeypatch.setattr(governance.dsar, "_CHUNK", chunk)
+    subject = Subject("r", customer_keys=("CK0001",), emails=("jane@example.com",), phones=("+13125550143",))
+    (tmp_path / "log.jsonl").write_text('{"who": "JANE@Example.com", "id": "xxCK0001"}\n' * 3)
+    (tmp_path / "notes.txt").write_text("CK00012 and CK0001x are someone else; +131255501439 too\n")
+    (tmp_path / "keys.csv").write_text("a,b\n1,CK0001\n")
+    (tmp_path / "data.parquet").write_bytes(b"CK0001")  # the stores search Parquet by value
+    (tmp_path / "drops").mkdir()
+    (tmp_path / "drops" / "crm.csv").write_text("jane@example.com\n")
+    hits = raw_token_hits(tmp_path, [subject], skip=[tmp_path / "drops"])
+    assert {(h.place, tuple(r["token"] for r in h.rows)) for h in hits} == {
+        ("log.jsonl", ("JA************om",)), ("keys.csv", ("CK**01",))
+    }  # fmt: skip

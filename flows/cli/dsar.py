@@ -56,7 +56,7 @@ class _Steps:
 
 @dsar_app.command("export")
 def dsar_export(
-    subject: SubjectArg,
+    subject: SubjectArg = None,
     customer: CustomerOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder of the bundle. Default: <home>/governance/dsar/<request id>/export.")

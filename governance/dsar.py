@@ -558,6 +558,9 @@ def _erase_locked(
         except Exception as exc:
             entry["error"] = f"{type(exc).__name__}: {exc}"[:300]
             journal.save(path)
+            # The trail records the partial change too (the store and the error's kind, never its message).
+            _erase_receipt(settings, journal, path, "incomplete", {"failed_store": store.name,
+                                                                   "error": type(exc).__name__})  # fmt: skip
             raise DsarError(
                 f"erasure {request}: store {store.name} failed ({type(exc).__name__}: {exc}); run the same command "
                 f"again to finish it (journal {path})"
@@ -569,24 +572,33 @@ def _erase_locked(
         entry["status"], entry["finished_at"], entry["seconds"] = "done", _now(), seconds
         journal.save(path)
         report(f"{store.name}: {sum(e.removed for e in erased)} removed in {len(erased)} place(s) ({seconds:.1f} s)")
-    receipt = record(
-        settings,
-        "dsar_erase",
-        request,
-        {
-            "subjects": journal.subjects,
-            "stores": {s["name"]: int(s["removed"]) for s in journal.stores},
-            "places": sum(len(s["erased"]) for s in journal.stores),
-            "suppressed": (journal.suppressed or {}).get("added", 0),
-            "runs": journal.runs,
-            "journal": _relative(settings, path),
-        },
-    )
+    receipt = _erase_receipt(settings, journal, path, "complete")
     journal.status, journal.finished_at = "done", _now()
     journal.receipt = {"seq": receipt["seq"], "hash": receipt["hash"]}
     journal.save(path)
     pending.unlink(missing_ok=True)  # the identifiers were needed only to finish
     return EraseResult(request, journal, path)
+
+
+def _erase_receipt(
+    settings: Settings, journal: Journal, path: Path, status: str, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The erasure's entry in the audit trail: keyed hashes of the subjects, counts per store, the journal."""
+    return record(
+        settings,
+        "dsar_erase",
+        journal.request_id,
+        {
+            "status": status,
+            "subjects": journal.subjects,
+            "stores": {s["name"]: int(s["removed"]) for s in journal.stores if s["status"] == "done"},
+            "places": sum(len(s["erased"]) for s in journal.stores),
+            "suppressed": (journal.suppressed or {}).get("added", 0),
+            "runs": journal.runs,
+            "journal": _relative(settings, path),
+            **(extra or {}),
+        },
+    )
 
 
 # --- verify --------------------------------------------------------------------------------------------------------

@@ -361,9 +361,12 @@ def test_an_erasure_that_dies_half_way_resumes_from_its_journal(home: Settings, 
     assert again is not None and again.already_done and first.erase_calls == 1
 
     receipts = [e for e in read_entries(trail_path(home)) if e["action"] == "dsar_erase"]
-    assert len(receipts) == 1 and receipts[0]["subject"] == request
-    assert receipts[0]["details"]["stores"] == {"first": 1, "flaky": 1, "last": 1}
-    assert receipts[0]["details"]["runs"] == 2
+    assert [r["subject"] for r in receipts] == [request, request]
+    assert [r["details"]["status"] for r in receipts] == ["incomplete", "complete"]
+    assert receipts[0]["details"]["stores"] == {"first": 1}
+    assert receipts[0]["details"]["failed_store"] == "flaky" and receipts[0]["details"]["error"] == "OSError"
+    assert receipts[1]["details"]["stores"] == {"first": 1, "flaky": 1, "last": 1}
+    assert receipts[1]["details"]["runs"] == 2
     trail = trail_path(home).read_text()
     assert person.key not in trail and person.raw_email.lower() not in trail.lower()
     verified = cli(home, "audit", "verify")

@@ -455,3 +455,35 @@ def test_the_raw_search_finds_whole_identifiers_in_any_case_across_chunk_edges(
     assert {(h.place, tuple(r["token"] for r in h.rows)) for h in hits} == {
         ("log.jsonl", ("JA************om",)), ("keys.csv", ("CK**01",))
     }  # fmt: skip
+
+
+def test_resolution_rules_on_a_tiny_index():
+    from features.identity.subjects import SubjectIndex
+
+    rows = {
+        "crm_accounts:C1": {"record_id": "C1", "first_name": "jane", "last_name": "doe", "birth_date": "1970-01-31",
+                            "email": "janedoe@gmail.com"},
+        "billing_accounts:B1": {"record_id": "B1", "email": "janedoe@gmail.com"},
+        "crm_accounts:C2": {"record_id": "C2", "first_name": "john", "last_name": "roe", "birth_date": "1980-05-05"},
+        "billing_accounts:C2": {"record_id": "C2"},  # the same bare id in another table, another customer
+        "northwind_customers:N9": {"record_id": "N9", "email": "late@example.org"},  # ingested after resolve
+    }  # fmt: skip
+    customer_of = {"crm_accounts:C1": "K1", "billing_accounts:B1": "K1", "crm_accounts:C2": "K2",
+                   "billing_accounts:C2": "K3"}  # fmt: skip
+    raw_phones = {"crm_accounts:C2": {"000-000-0000"}}  # a placeholder normalisation rejects, still held as written
+    index = SubjectIndex(rows, customer_of, {"crm_accounts:C1": {"Jane.Doe@GMail.com"}}, raw_phones,
+                         ("crm_accounts", "billing_accounts", "northwind_customers"))  # fmt: skip
+    jane = resolve_request(index, "K1")
+    assert jane.source_records == (("billing_accounts", "B1"), ("crm_accounts", "C1"))
+    assert jane.emails == ("Jane.Doe@GMail.com", "janedoe@gmail.com") and jane.names == (("jane", "doe", "1970-01-31"),)
+    for request in ("jane.doe+news@googlemail.com", "DOE, Jane|31/01/1970", "Doe Jane|1970-01-31", "B1"):
+        assert resolve_request(index, request).customer_keys == ("K1",), request
+    assert resolve_request(index, "000-000-0000").customer_keys == ("K2",)
+    with pytest.raises(AmbiguousSubject, match=r"held by 2 customers: K2 .*; K3 ") as caught:
+        resolve_request(index, "C2")
+    assert [c.key for c in caught.value.candidates] == ["K2", "K3"]
+    assert resolve_request(index, "C2", customer="K3").source_records == (("billing_accounts", "C2"),)
+    late = resolve_request(index, "late@example.org")  # no customer key yet: the record alone
+    assert late.customer_keys == () and late.source_records == (("northwind_customers", "N9"),)
+    searched = request_subject(index, "gone@example.org", customer="K9")  # after erasure: the request itself
+    assert searched.emails == ("gone@example.org",) and searched.customer_keys == ("K9",)

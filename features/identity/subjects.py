@@ -101,6 +101,17 @@ class SubjectIndex:
             self._by[column] = index
         return set(self._by[column].get(value, set()))
 
+    def lookup_raw(self, kind: str, value: str) -> set[str]:
+        """Record keys holding `value` exactly as written (any case): what normalisation rejected is still held."""
+        name = f"raw_{kind}"
+        if name not in self._by:
+            index: dict[str, set[str]] = defaultdict(set)
+            for record_key, values in (self.raw_emails if kind == "email" else self.raw_phones).items():
+                for held in values:
+                    index[held.lower()].add(record_key)
+            self._by[name] = index
+        return set(self._by[name].get(value.strip().lower(), set()))
+
     def records_of(self, customer_key: str) -> list[str]:
         """Every record key the crosswalk gives the customer."""
         return list(self._records_of.get(customer_key, []))
@@ -249,10 +260,10 @@ def _matching_records(index: SubjectIndex, request: str) -> set[str]:
                     found.add(key)
         elif kind == "record_id":
             found.update(index.lookup("record_id", request))
-        elif kind == "email" and (email := index.normalised("email", [request])[0]):
-            found.update(index.lookup("email", email))
-        elif kind == "phone" and (phone := index.normalised("phone", [request])[0]):
-            found.update(index.lookup("phone", phone))
+        elif kind in ("email", "phone"):
+            found.update(index.lookup_raw(kind, request))
+            if normalised := index.normalised(kind, [request])[0]:
+                found.update(index.lookup(kind, normalised))
         elif kind == "name_birth":
             first, last, born = _name_and_birth(request)
             if last and born:

@@ -256,6 +256,23 @@ def write_bundle(
     return files
 
 
+# What each store is, in words a person can read on the bundle's page.
+STORE_DESCRIPTIONS = {
+    "lake": "your records from each source system (CRM, billing, support, web, consent, the acquired company), "
+    "as they were received",
+    "quarantine": "records of yours a data check rejected on arrival, kept with the reason",
+    "identity": "how your records in different systems were recognised as one person, and the combined record",
+    "features.offline": "figures computed about you at each date the models learn from (e.g. spend, tickets)",
+    "features.online": "the latest of those figures, used when a score is asked for",
+    "mlflow": "model training and test data that included you, and the model versions built from them",
+    "inference_log": "scores and recommendations served about you",
+    "serving.caps": "how often you were shown an offer (frequency limits)",
+    "serving.consent": "the consent decisions the scoring service checks",
+    "monitoring": "samples of served data used to check the models still work",
+    "governance": "model cards and reviewers' pages that showed your data",
+    EXPORT_STORE: "earlier copies of an export like this one",
+}
+
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232a;background:#fafbfc}
 header{background:#1f3a5f;color:#fff;padding:.8rem 1.5rem}main{padding:1rem 1.5rem 2rem;max-width:1400px}
@@ -301,10 +318,12 @@ def render_bundle_html(request: str, subjects: Sequence[Subject], holdings: Sequ
     if not holdings:
         parts.append('<p class="note">No store holds anything about this request.</p>')
     else:
-        parts.append("<table><tr><th>store</th><th>places</th><th>rows</th></tr>")
+        parts.append("<table><tr><th>store</th><th>what it is</th><th>places</th><th>rows</th></tr>")
         for name in sorted(counts):
             places = sorted({h.place for h in holdings if h.store == name})
-            parts.append(f"<tr><td>{_e(name)}</td><td>{_e(len(places))}</td><td>{_e(counts[name])}</td></tr>")
+            what = STORE_DESCRIPTIONS.get(name, "")
+            parts.append(f"<tr><td>{_e(name)}</td><td>{_e(what)}</td><td>{_e(len(places))}</td>"
+                         f"<td>{_e(counts[name])}</td></tr>")  # fmt: skip
         parts.append("</table>")
     consent = [h for h in holdings if "consent" in h.place.lower()]
     parts.append("<h2>Consent history</h2>")

@@ -301,6 +301,7 @@ def test_the_bundle_page_reads_in_headless_chromium(home: Settings, person: Pers
     assert sections == ["Who", "Where your data is", "Consent history", "Models your data went into",
                         "Every place, row by row"]  # fmt: skip
     assert person.key in text and "withdrawn" in text and "custintel-churn version 3" in text
+    assert "model training and test data that included you" in text  # each store said in plain words
     assert loaded == [] and severe == [], (loaded, severe)  # nothing fetched: self-contained
     assert shot.stat().st_size > 10_000
 

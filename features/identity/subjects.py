@@ -154,7 +154,9 @@ def load_subject_index(settings: Settings) -> SubjectIndex:
     config = identity_config(settings)
     tables = tuple(s.table for s in config.sources)
     records_path = settings.identity_dir / "records.parquet"
-    rows = _field_rows(pd.read_parquet(records_path)) if records_path.is_file() else {}
+    rows = (
+        _field_rows(pd.read_parquet(records_path, columns=["record_key", *_FIELDS])) if records_path.is_file() else {}
+    )
     raw_emails: dict[str, set[str]] = defaultdict(set)
     raw_phones: dict[str, set[str]] = defaultdict(set)
     lake = _read_identity_tables(settings, tables)

@@ -7,8 +7,8 @@
   `Subject.log_keys` given. An entry of theirs holds their answer and, when the policy logs inputs,
   their features. Erasure rewrites each day file that holds a hit once for the whole batch:
   written beside it, flushed, then renamed over it (atomic), under the same file lock the service's
-  writer takes, so no appended line is lost while the file is replaced (lines the writer appended
-  to the old file meanwhile are carried over, filtered).
+  writer takes; a writer that waited on the lock appends to the new file (it checks, once it holds
+  the lock, that its file is still the one the path names), so no line is lost to the replaced file.
 - "serving.caps": the frequency-cap impressions by customer key (SQLite or Redis, `serving.caps`).
 - "serving.consent": the consent snapshot the service reads (`consent.sqlite`: decisions and birth
   date per customer key); rows are deleted in one transaction. (The in-memory batch snapshots of
@@ -103,11 +103,14 @@ class InferenceLogStore:
         return out
 
     def _rewrite(self, path: Path, owners: dict[bytes, str]) -> int:
+        """Replace the day file by its lines without the subjects', under the lock the service's writer takes.
+
+        A writer waiting on the lock appends to the new file once it holds it (`inference_log._append_locked`).
+        """
         with path.open("rb") as old:
-            fcntl.flock(old, fcntl.LOCK_EX)  # the service's writer appends under this lock
+            fcntl.flock(old, fcntl.LOCK_EX)
             try:
-                data = old.read()
-                kept, removed = self._filtered(data, owners)
+                kept, removed = self._filtered(old.read(), owners)
                 tmp = path.with_name(f".{path.name}.erasing-{os.getpid()}")
                 with tmp.open("wb") as fh:
                     fh.write(kept)
@@ -116,17 +119,6 @@ class InferenceLogStore:
                 os.replace(tmp, path)
             finally:
                 fcntl.flock(old, fcntl.LOCK_UN)
-            # A writer that opened the old file before the rename and waited on the lock appends there: carry it over.
-            tail = old.read()
-        if tail:
-            kept_tail, removed_tail = self._filtered(tail, owners)
-            with path.open("ab") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
-                    fh.write(kept_tail)
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-            removed += removed_tail
         return removed
 
     def _filtered(self, data: bytes, owners: dict[bytes, str]) -> tuple[bytes, int]:

@@ -259,6 +259,11 @@ def test_card_notes_are_replaced_not_repeated() -> None:
     once = cards.with_erasure_note(html, "2 erased", False)
     assert cards.with_erasure_note(once, "2 erased", False) == once
     assert cards.with_erasure_note(once, "5 erased", False).count('class="erasure"') == 1
+    assert cards.erasure_line({}) is None
+    line = cards.erasure_line(
+        {cards.ERASURE_SUBJECTS: "2", cards.ERASURE_AT: "2026-01-01", cards.ERASURE_RETRAIN: "required"}
+    )
+    assert line is not None and line.startswith("2 erased person(s)") and "retrain required" in line
     noted = cards.with_erasure_note(md, "2 erased", True)
     assert noted == "# Model card: m v1\n> Erasure: 2 erased\n\n## Model\n"
     assert cards.with_erasure_note(noted, "2 erased", True) == noted
@@ -349,3 +354,28 @@ def test_an_erasure_killed_midway_finishes_on_rerun_and_counts_once(
     assert store.find(subjects) == []
     tags = registry.version(NAME, "1").tags
     assert tags[ERASURE_SUBJECTS] == str(before + 2) and ERASURE_PENDING not in tags
+
+
+def test_a_log_writer_waiting_on_the_lock_appends_to_the_file_that_replaced_it(tmp_path: Path) -> None:
+    """The eraser holds the day file's lock and renames a rewritten file over it: the waiting writer's lines
+    land in the new file, none in the replaced one."""
+    import fcntl
+    import os
+    import threading
+
+    from serving.inference_log import _append_locked
+
+    path = tmp_path / "2026-01-01.jsonl"
+    path.write_bytes(b'{"customer": "erased"}\n{"customer": "kept"}\n')
+    with path.open("rb") as old:
+        fcntl.flock(old, fcntl.LOCK_EX)
+        writer = threading.Thread(target=_append_locked, args=(path, b'{"customer": "late"}\n'))
+        writer.start()
+        time.sleep(0.3)  # the writer has opened the old file and waits on its lock
+        fresh = tmp_path / "fresh"
+        fresh.write_bytes(b'{"customer": "kept"}\n')
+        os.replace(fresh, path)
+        fcntl.flock(old, fcntl.LOCK_UN)
+        writer.join(10)
+        assert old.read() == b'{"customer": "erased"}\n{"customer": "kept"}\n'  # nothing went to the old file
+    assert path.read_bytes() == b'{"customer": "kept"}\n{"customer": "late"}\n'

@@ -180,21 +180,24 @@ class MLflowStore:
                 if example is None or example.empty:
                     continue
                 place = _Place(f"models:/{model_id}/{name}", "example", scan.run.run_id, location)
-                for request, own in keys.items():
-                    rows: list[dict[str, Any]] = []
-                    for column in {id_column, "customer_key"} & set(example.columns):
-                        rows += _records(example[example[column].astype(str).isin(own)])
-                    if not rows and test is not None and id_column in test.columns:
-                        theirs = test[test[id_column].astype(str).isin(own)]
-                        columns = [c for c in example.columns if c in theirs.columns]
-                        if columns and len(theirs):
-                            for _, row in example.iterrows():
-                                for _, candidate in theirs[columns].iterrows():
-                                    if all(_same(row[c], candidate[c]) for c in columns):
-                                        rows.append(json.loads(row.to_json(default_handler=str)))
-                                        break
-                    if rows:
-                        place.found[request] = [{"model": model_name, **r} for r in rows]
+                owner = {k: r for r, own in keys.items() for k in own}
+                for column in {id_column, "customer_key"} & set(example.columns):
+                    ids = example[column].astype(str)
+                    for request, hit in example[ids.isin(owner)].groupby(ids.map(owner), sort=False):
+                        place.found.setdefault(str(request), []).extend(_records(hit))
+                tested = [r for r, roles in scan.members.items() if "test" in roles and r not in place.found]
+                if tested and test is not None and id_column in test.columns:
+                    # An example logged before `models.examples`: the first test rows, without their key.
+                    columns = [c for c in example.columns if c in test.columns]
+                    theirs = test[test[id_column].astype(str).isin({k for r in tested for k in keys[r]})]
+                    for _, row in example.iterrows():
+                        for _, candidate in theirs.iterrows():
+                            if columns and all(_same(row[c], candidate[c]) for c in columns):
+                                request = owner[str(candidate[id_column])]
+                                place.found.setdefault(request, []).append(json.loads(row.to_json(default_handler=str)))
+                                break
+                for request, rows in place.found.items():
+                    place.found[request] = [{"model": model_name, **r} for r in rows]
                 if place.found:
                     scan.places.append(place)
 

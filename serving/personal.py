@@ -62,14 +62,15 @@ class InferenceLogStore:
         return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
 
     @staticmethod
-    def _hits(data: bytes, owners: dict[bytes, str]) -> list[tuple[int, str]]:
+    def _hits(lines: Sequence[bytes], owners: dict[bytes, str]) -> list[tuple[int, str]]:
         """(line index, subject request) of every line whose customer is one of the subjects' log keys.
 
         One pass over the file whatever the number of subjects: each line's customer is looked up in a set.
         """
+        search = _CUSTOMER.search
         out = []
-        for i, line in enumerate(data.split(b"\n")):
-            match = _CUSTOMER.search(line)
+        for i, line in enumerate(lines):
+            match = search(line)
             if match is not None and match.group(1) in owners:
                 out.append((i, owners[match.group(1)]))
         return out
@@ -81,10 +82,9 @@ class InferenceLogStore:
         if not owners:
             return out
         for path in self._files():
-            data = path.read_bytes()
-            lines = data.split(b"\n")
+            lines = path.read_bytes().split(b"\n")
             found: dict[str, list[dict[str, Any]]] = {}
-            for i, request in self._hits(data, owners):
+            for i, request in self._hits(lines, owners):
                 found.setdefault(request, []).append(json.loads(lines[i]))
             out += [Holding(self.name, _relative(self.settings, path), r, rows) for r, rows in found.items()]
         return out
@@ -96,9 +96,9 @@ class InferenceLogStore:
         if not owners:
             return out
         for path in self._files():
-            if not self._hits(path.read_bytes(), owners):
-                continue
             removed = self._rewrite(path, owners)
+            if not removed:
+                continue
             out.append(Erased(self.name, _relative(self.settings, path), removed, "day file rewritten without them"))
         return out
 
@@ -111,6 +111,8 @@ class InferenceLogStore:
             fcntl.flock(old, fcntl.LOCK_EX)
             try:
                 kept, removed = self._filtered(old.read(), owners)
+                if not removed:
+                    return 0  # nothing of theirs: the file is left as it is
                 tmp = path.with_name(f".{path.name}.erasing-{os.getpid()}")
                 with tmp.open("wb") as fh:
                     fh.write(kept)
@@ -122,10 +124,10 @@ class InferenceLogStore:
         return removed
 
     def _filtered(self, data: bytes, owners: dict[bytes, str]) -> tuple[bytes, int]:
-        drop = {i for i, _ in self._hits(data, owners)}
+        lines = data.split(b"\n")
+        drop = {i for i, _ in self._hits(lines, owners)}
         if not drop:
             return data, 0
-        lines = data.split(b"\n")
         return b"\n".join(line for i, line in enumerate(lines) if i not in drop), len(drop)
 
 

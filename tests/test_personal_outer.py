@@ -356,6 +356,31 @@ def test_an_erasure_killed_midway_finishes_on_rerun_and_counts_once(
     assert tags[ERASURE_SUBJECTS] == str(before + 2) and ERASURE_PENDING not in tags
 
 
+def test_an_example_logged_before_impersonal_examples_is_found_by_its_values_and_replaced(home: Home) -> None:
+    """Examples used to be the first test rows (features only, no key): matched to the subject's test rows."""
+    settings = home.settings
+    registry = Registry(settings)
+    test = pd.read_parquet(_artifact(settings, home.run_id, "evaluation/test.parquet"))
+    (model_id, _, location) = next(m for m in registry.run_models(home.run_id) if m[1] == "model")
+    current = json.loads((Path(location.removeprefix("file://")) / "input_example.json").read_text())
+    old_style = test[current["columns"]].head(3)
+    legacy = settings.home_dir / "legacy" / "input_example.json"
+    legacy.parent.mkdir()
+    legacy.write_text(old_style.to_json(orient="split", index=False))
+    registry.replace_model_file(location, legacy)
+    keys = test["customer_key"].head(3).tolist()
+    subjects = [Subject(request=k, customer_keys=(k,)) for k in keys]
+    store = MLflowStore(settings)
+    place = f"models:/{model_id}/input_example.json"
+    found = [h for h in store.find(subjects) if h.place == place]
+    assert sorted(h.subject for h in found) == sorted(keys) and all(len(h.rows) == 1 for h in found)
+    erased = {e.place: e for e in store.erase(subjects)}
+    assert erased[place].removed == 3 and "impersonal" in erased[place].detail
+    replaced = json.loads((Path(location.removeprefix("file://")) / "input_example.json").read_text())
+    assert replaced["columns"] == current["columns"] and len(replaced["data"]) == 1
+    assert store.find(subjects) == []
+
+
 def test_a_log_writer_waiting_on_the_lock_appends_to_the_file_that_replaced_it(tmp_path: Path) -> None:
     """The eraser holds the day file's lock and renames a rewritten file over it: the waiting writer's lines
     land in the new file, none in the replaced one."""

@@ -52,6 +52,7 @@ ERASED = "[erased]"
 EXAMPLE_FILES = ("input_example.json", "serving_input_example.json")
 TEXT_SUFFIXES = (".json", ".html", ".htm", ".md", ".txt", ".yaml", ".yml")
 MAX_TEXT_BYTES = 50 * 2**20  # a text artifact larger than this is not searched (say so)
+MAX_MODEL_BYTES = 500 * 2**20  # a model file larger than this is not searched for keys
 MEMBER_PLACES = ("evaluation/test.parquet", "monitoring/reference.parquet", "lineage/members.parquet")
 _ROLE = {"evaluation/test.parquet": "test", "monitoring/reference.parquet": "reference",
          "lineage/members.parquet": "training"}  # fmt: skip
@@ -200,6 +201,27 @@ class MLflowStore:
                     place.found[request] = [{"model": model_name, **r} for r in rows]
                 if place.found:
                     scan.places.append(place)
+            self._scan_model_files(scan, model_id, model_name, location, keys, folder / f"{model_id}-files")
+
+    def _scan_model_files(
+        self, scan: _RunScan, model_id: str, model_name: str, location: str, keys: dict[str, set[str]], dst: Path
+    ) -> None:
+        """A model's own files holding a subject's key: what it learned keeps them (a recommender's history)."""
+        root = self.registry.download_model(location, dst)
+        # as Python and pandas pickle a string (UTF-8), and as NumPy keeps one (UTF-32)
+        owners = {r: own | {k.encode("utf-32-le").decode("latin-1") for k in own} for r, own in keys.items() if own}
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in EXAMPLE_FILES):
+            if path.stat().st_size > MAX_MODEL_BYTES:
+                continue
+            text = path.read_bytes().decode("latin-1")
+            found = occurrences(text, owners)
+            if not found:
+                continue
+            place = _Place(f"models:/{model_id}/{path.relative_to(root)}", "model", scan.run.run_id, location)
+            for request, count in found.items():
+                place.found[request] = [{"model": model_name, "key_occurrences": count}]
+                scan.members.setdefault(request, set()).add("model")
+            scan.places.append(place)
 
     @staticmethod
     def _scan_fields(scan: _RunScan, tokens: dict[str, set[str]]) -> None:
@@ -280,6 +302,10 @@ class MLflowStore:
     def _rewrite(self, scan: _RunScan, place: _Place, keys: set[str], tokens: set[str], tmp: Path) -> Erased:
         tmp.mkdir(parents=True, exist_ok=True)
         registry, run_id = self.registry, place.run_id
+        if place.kind == "model":
+            return Erased(STORE, place.place, 0, f"the model's own file holds {place.count} of their keys (what it "
+                          "learned, e.g. a recommender's history): not erased; its version is flagged, retrain it "
+                          "(the governance policy's erasure.retrain)")  # fmt: skip
         if place.kind in ("params", "datasets"):
             return Erased(STORE, place.place, 0, f"{place.count} {place.kind} value(s) name the subject: MLflow keeps "
                           f"{place.kind} immutable, they are not erased (delete the run to remove them)")  # fmt: skip

@@ -275,7 +275,8 @@ def training_members(trained: TrainedModel) -> pd.DataFrame | None:
     frame = trained.training_frame
     if frame is None:
         return None
-    column = next((c for c in ("customer_key", *sorted(_id_columns(trained))) if c in frame.columns), None)
+    # the recommender's training frame is its interaction history, keyed by `user`
+    column = next((c for c in ("customer_key", *sorted(_id_columns(trained)), "user") if c in frame.columns), None)
     if column is None:
         return None
     keys = pd.Series(frame[column].dropna().astype(str).unique(), dtype=str).sort_values(ignore_index=True)
@@ -783,6 +784,14 @@ class Registry:
                 return None
             dst.mkdir(parents=True, exist_ok=True)
             return Path(repo.download_artifacts(name, str(dst)))
+
+    def download_model(self, location: str, dst: Path) -> Path:
+        """Every file of a logged model, downloaded under `dst`; returns the local folder."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        dst.mkdir(parents=True, exist_ok=True)
+        with self._fluent(), _no_progress_bar():
+            return Path(get_artifact_repository(location).download_artifacts("", str(dst)))
 
     def replace_model_file(self, location: str, local: Path) -> None:
         """Overwrite one file at the root of a logged model's artifacts (the local file's name)."""

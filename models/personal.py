@@ -11,7 +11,10 @@ talks to MLflow):
 - the logged models' input examples (`input_example.json`, `serving_input_example.json`): rows
   with the subject's key, or equal, column by column, to one of the subject's test rows (examples
   logged before `models.examples` were the first test rows);
-- params, tags and the logged datasets' names and sources: values holding an identifier.
+- params, tags and the logged datasets' names and sources: values holding an identifier;
+- the logged models' own files (pickles): the subject's key as Python/pandas (UTF-8) or NumPy (UTF-32)
+  keeps a string. A recommender keeps its users' history: what a model learned is not rewritten,
+  it is reported and its version flagged (retrain per the governance policy).
 
 `erase` rewrites every affected artifact once for the whole batch of subjects, at the same path:
 Parquet and CSV without the rows, text with each identifier replaced by `[erased]`, an input

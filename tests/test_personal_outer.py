@@ -381,6 +381,25 @@ def test_an_example_logged_before_impersonal_examples_is_found_by_its_values_and
     assert store.find(subjects) == []
 
 
+def test_a_card_naming_someone_is_scrubbed_and_the_site_rebuilt(home: Home) -> None:
+    """Cards hold aggregates; one that names a person (a reviewer's note pasted in, say) is found and scrubbed."""
+    from governance.site import build_site
+
+    settings = home.settings
+    key = home.others[10]
+    card = settings.governance_dir / "cards" / NAME / "1" / "card.md"
+    card.write_text(card.read_text() + f"\nReviewer note: customer {key} complained.\n")
+    build_site(settings)
+    subject = [Subject(request=key, customer_keys=(key,))]
+    store = GovernanceStore(settings)
+    found = {h.place for h in store.find(subject)}
+    assert f"governance/cards/{NAME}/1/card.md" in found and any(p.startswith("site/") for p in found), found
+    erased = {e.place: e for e in store.erase(subject)}
+    assert erased[f"governance/cards/{NAME}/1/card.md"].removed == 1 and erased["site"].removed >= 1
+    assert "customer [erased] complained" in card.read_text()
+    assert store.find(subject) == []
+
+
 def test_a_log_writer_waiting_on_the_lock_appends_to_the_file_that_replaced_it(tmp_path: Path) -> None:
     """The eraser holds the day file's lock and renames a rewritten file over it: the waiting writer's lines
     land in the new file, none in the replaced one."""

@@ -423,3 +423,21 @@ def test_a_log_writer_waiting_on_the_lock_appends_to_the_file_that_replaced_it(t
         writer.join(10)
         assert old.read() == b'{"customer": "erased"}\n{"customer": "kept"}\n'  # nothing went to the old file
     assert path.read_bytes() == b'{"customer": "kept"}\n{"customer": "late"}\n'
+
+
+def test_each_package_offers_its_stores_by_the_catalogue_name(tmp_path: Path) -> None:
+    import governance.personal
+    import models.personal
+    import monitoring.personal
+    import serving.personal
+
+    settings = Settings(home=tmp_path / "empty-home")
+    stores = [s for m in (models.personal, serving.personal, monitoring.personal, governance.personal)
+              for s in m.personal_stores(settings)]  # fmt: skip
+    assert all(isinstance(s, PersonalStore) for s in stores)
+    assert [s.name for s in stores] == ["mlflow", "inference_log", "serving.caps", "serving.consent", "monitoring",
+                                        "governance"]  # fmt: skip
+    someone = [Subject(request="CK0000000000001", customer_keys=("CK0000000000001",))]
+    # a home with nothing in it: nothing found, nothing erased, nothing created
+    assert [h for s in stores for h in s.find(someone)] == [] and [e for s in stores for e in s.erase(someone)] == []
+    assert not settings.home_dir.exists()

@@ -52,9 +52,11 @@ def catalogue(settings: Settings) -> list[PersonalStore]:
 
     return [
         *feature_stores(settings),
+        # monitoring before the inference log and MLflow: a pass written before members files existed is recognised
+        # by the rows those still hold; governance last, as it tags the versions MLflow flagged and rebuilds the site
+        *monitoring_stores(settings),
         *model_stores(settings),
         *serving_stores(settings),
-        *monitoring_stores(settings),
         *governance_stores(settings),
         ExportBundleStore(settings),
     ]

@@ -222,6 +222,16 @@ class ExportPolicy(_Strict):
     )
 
 
+class ErasurePolicy(_Strict):
+    """What an erasure request means for the model versions trained or tested on an erased person's rows."""
+
+    retrain: Literal["required", "not_required"] = Field(
+        default="not_required",
+        description="required: a flagged version must be retrained before it serves again (the tag and the card "
+        "say so); not_required: the flag informs, the model keeps what it learned.",
+    )
+
+
 class GovernancePolicy(_Strict):
     """The whole policy."""
 
@@ -251,6 +261,8 @@ class GovernancePolicy(_Strict):
         description="How long each store keeps personal data, per store and data class (governance.retention); "
         "None: every store keeps everything.",
     )
+
+    erasure: ErasurePolicy = Field(default_factory=ErasurePolicy)
 
     @model_validator(mode="after")
     def _consistent(self) -> GovernancePolicy:

@@ -424,8 +424,10 @@ def lineage_of(
         return {**record, **(extra or {})}
     root = offline_root(settings)
     sets = {}
+    columns: set[str] = set()
     for key in unit.feature_sets:
         manifest = read_manifest(root, key) or {}
+        columns.update(c["name"] for c in manifest.get("columns") or [])
         parts = manifest.get("partitions", {})
         sets[key] = {
             "digest": manifest.get("digest"),
@@ -434,7 +436,6 @@ def lineage_of(
         }
     split = split_record(data, seed, None)
     label = label_record(None, unit) if unit.name == "churn" else None
-    columns = {c["name"] for held in sets.values() for c in held["columns"] or []}
     classes = {k: v for k, v in feature_classes(feature_config(settings)).items() if k in columns}
     return {"source": str(root), "feature_sets": sets, "as_of": [str(d) for d in unit.as_of], "split": split,
             **({"label": label} if label else {}), "config": config, "data_classes": dict(sorted(classes.items())),

@@ -536,6 +536,10 @@ class Registry:
         `trained.reference`, when set, is logged at `monitoring/reference.parquet`: the rows monitoring
         compares served traffic with.
         """
+        classes = run_data_classes(trained, lineage)
+        for logged in trained.models:
+            # A model reading a direct identifier would log it in its input example: refuse before the run starts.
+            check_no_direct_identifiers(logged.input_example, classes, f"{trained.family} model {logged.name} inputs")
         with (
             _quiet_mlflow(),
             self._fluent(),
@@ -548,7 +552,6 @@ class Registry:
             mlflow.log_dict(trained.info, "info.json")
             if trained.data_quality:
                 mlflow.log_dict(trained.data_quality, "data_quality.json")
-            classes = run_data_classes(trained, lineage)
             if trained.evaluation_set is not None:
                 self._log_evaluation_set(run.info.run_id, trained.evaluation_set, classes)
             if trained.training_frame is not None:
@@ -563,10 +566,6 @@ class Registry:
                 mlflow.log_text(loggable(table, classes).to_csv(index=False), f"tables/{name}.csv")
             record = RunRecord(run.info.run_id, experiment_id, trained.family, metrics=dict(trained.metrics))
             for logged in trained.models:
-                # A model whose inputs hold a direct identifier would log it in its input example: refuse.
-                check_no_direct_identifiers(
-                    logged.input_example, classes, f"{trained.family} model {logged.name} inputs"
-                )
                 info = self._log_model(logged)
                 version = None
                 uri = info.model_uri

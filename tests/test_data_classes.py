@@ -278,14 +278,12 @@ def test_mlflow_logged_rows_hold_no_direct_identifier(tmp_path: Path) -> None:
     # No email anywhere: every artifact (input example, model, tables, samples) and the tracking database.
     leaked = [str(p) for p in settings.home_dir.rglob("*") if p.is_file() and b"@example.org" in p.read_bytes()]
     assert leaked == []
-
-
-def test_a_model_reading_a_direct_identifier_is_not_logged(tmp_path: Path) -> None:
-    registry = Registry(Settings(home=tmp_path / "home"))
-    trained = _trained_with_emails()
+    # A model reading a direct identifier is refused before its run starts.
     trained.data_classes = {"x2": "direct_identifier"}
+    runs = len(registry.client.search_runs([record.experiment_id]))
     with pytest.raises(DataClassError, match="churn model model inputs: column\\(s\\) x2 are direct identifiers"):
-        registry.log_training_run(trained, registry.ensure_experiment("classes"), {}, {}, "rows.parquet")
+        registry.log_training_run(trained, record.experiment_id, {}, {}, "rows.parquet")
+    assert len(registry.client.search_runs([record.experiment_id])) == runs
 
 
 def test_the_inference_log_keeps_no_direct_identifier(tmp_path: Path) -> None:

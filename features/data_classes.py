@@ -63,14 +63,14 @@ def lake_classes(settings: Settings) -> dict[str, dict[str, str]]:
     tables not landed yet are listed too, so a reviewer sees every class before the first drop.
     """
     from features.contracts import load_contracts
-    from features.lake import lake_contract, read_manifest
+    from features.lake import IngestError, lake_contract, read_manifest
 
     manifest = read_manifest(settings)
     out = {c.table: contract_classes(c) for c in load_contracts().contracts}
     for table in sorted({*manifest.tables, *manifest.contracts}):
         try:
             out[table] = contract_classes(lake_contract(settings, table, manifest))
-        except ValueError:  # a table without a contract (IngestError) has no classes to show
+        except IngestError:  # landed before manifests remembered contracts, and none shipped: nothing to show
             continue
     return dict(sorted(out.items()))
 
@@ -113,15 +113,19 @@ def check_no_direct_identifiers(frame: pd.DataFrame, classes: Mapping[str, str],
 
 
 # Names of columns a person can be told by, for a user's own table whose columns nobody classed.
+_NUMBER = r"([_\s.-]?(no|num|number|nr|address|addr))?$"
 _DIRECT_NAME = re.compile(
-    r"(e[-_ ]?mail|phone|mobile|cell|fax|(^|[_\s.-])tel($|[_\s.-])|"
+    # Named for what they hold, not what is counted about them: `phone`, `email_address`, not `phone_calls_90d`.
+    rf"((tele)?phone{_NUMBER}|e[-_ ]?mail{_NUMBER}|mobile{_NUMBER}|(^|[_\s.-])(cell|fax|tel){_NUMBER}|"
     r"^(first|last|full|given|family|middle|sur|user|customer|account|holder|contact|person)?[_\s.-]?name$|"
-    r"address|street|ssn|social_security|passport|national_?id|tax_?id|iban|card_?number|ip_?addr|^ip$)",
+    r"(address|street)([_\s.-]?line)?([_\s.-]?\d)?$|(^|[_\s.-])ssn$|social[_\s.-]?security|passport|"
+    r"national[_\s.-]?id|tax[_\s.-]?id|iban|card[_\s.-]?number|ip[_\s.-]?addr|^ip$)",
     re.IGNORECASE,
 )
 _QUASI_NAME = re.compile(
     r"(birth|dob|(^|[_\s.-])age(s|_?years|_?band|_?group)?($|[_\s.-])|senior|postcode|post_code|postal|zip|"
-    r"gender|(^|[_\s.-])sex($|[_\s.-])|city|state|region|county|country|nationality|marital)",
+    r"gender|(^|[_\s.-])sex($|[_\s.-])|(^|[_\s.-]|home|billing)(city|state|region|county|country)($|[_\s.-]|code)|"
+    r"nationality|marital)",
     re.IGNORECASE,
 )
 _SENSITIVE_NAME = re.compile(

@@ -81,6 +81,23 @@ def test_a_contract_column_without_a_known_class_is_refused_naming_table_and_col
         assert needle in str(err.value)
 
 
+def test_ingest_with_an_unclassed_column_fails_in_one_line_and_lands_nothing(tmp_path: Path) -> None:
+    (tmp_path / "contracts").mkdir()
+    (tmp_path / "contracts" / "members.yaml").write_text(CONTRACT.replace(", class: quasi_identifier", ""))
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "members.csv").write_text("member_id,email,postcode,visits\nM1,a@example.org,10001,3\n")
+    (drop / "manifest.json").write_text('{"export_date": "2025-01-31"}')
+    home = tmp_path / "home"
+    args = ["--home", str(home), "ingest", "--source", str(drop), "--contracts", str(tmp_path / "contracts"),
+            "--engine", "local"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "members.yaml: members: column postcode: declares no data class" in lines[0]
+    assert not (home / "lake").exists()
+
+
 def test_classes_are_read_from_class_or_data_class_and_listed_per_column(tmp_path: Path) -> None:
     (tmp_path / "members.yaml").write_text(CONTRACT)
     contract = load_contracts(tmp_path).get("members")

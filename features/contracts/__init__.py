@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from features.data_classes import DATA_CLASSES, DataClass, check_data_class
 
@@ -222,6 +222,12 @@ class ContractSet(BaseModel):
         raise KeyError(table)
 
 
+def _problem(loc: tuple[int | str, ...], msg: str) -> str:
+    where = ".".join(str(p) for p in loc)
+    msg = msg.removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
 def load_contracts(folder: Path | None = None) -> ContractSet:
     """Load every `*.yaml` contract file in `folder` (default: the contracts shipped here)."""
     if folder is None:
@@ -241,6 +247,9 @@ def load_contracts(folder: Path | None = None) -> ContractSet:
         for item in items:
             try:
                 contracts.append(Contract.model_validate(item))
+            except ValidationError as exc:  # one line: each problem where it is, without pydantic's banner
+                problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
+                raise ValueError(f"contract file {name}: {problems}") from exc
             except ValueError as exc:
                 raise ValueError(f"contract file {name}: {exc}") from exc
     return ContractSet(contracts=contracts)

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sklearn.linear_model import LogisticRegression
 from typer.testing import CliRunner
 
@@ -255,6 +257,17 @@ def test_strip_and_guard() -> None:
     with pytest.raises(DataClassError, match="inference log: column\\(s\\) email are direct identifiers"):
         check_no_direct_identifiers(frame, classes, "inference log")
     check_no_direct_identifiers(frame[["customer_key", "x"]], classes, "inference log")
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), st.sampled_from([*DATA_CLASSES, None]), max_size=8))
+def test_stripping_never_leaks_a_direct_identifier_and_keeps_everything_else_in_order(
+    classed: dict[str, str | None],
+) -> None:
+    frame = pd.DataFrame({name: [1] for name in classed})
+    classes = {name: c for name, c in classed.items() if c is not None}
+    kept = without_direct_identifiers(frame, classes)
+    assert list(kept.columns) == [n for n in classed if classes.get(n) != "direct_identifier"]
+    check_no_direct_identifiers(kept, classes, "anywhere")
 
 
 def _trained_with_emails(n: int = 60) -> TrainedModel:

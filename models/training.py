@@ -21,7 +21,7 @@ import pandas as pd
 
 from custintel.settings import Settings
 from features.data_classes import feature_classes
-from features.featurestore.config import LabelConfig
+from features.featurestore.config import FeatureConfigError, LabelConfig
 from features.featurestore.offline import (
     available_as_of,
     read_item_training_table,
@@ -425,9 +425,11 @@ def lineage_of(
     root = offline_root(settings)
     sets = {}
     columns: set[str] = set()
+    built: dict[str, str] = {}  # the classes the sets were built with
     for key in unit.feature_sets:
         manifest = read_manifest(root, key) or {}
         columns.update(c["name"] for c in manifest.get("columns") or [])
+        built.update(manifest.get("data_classes") or {})
         parts = manifest.get("partitions", {})
         sets[key] = {
             "digest": manifest.get("digest"),
@@ -436,7 +438,13 @@ def lineage_of(
         }
     split = split_record(data, seed, None)
     label = label_record(None, unit) if unit.name == "churn" else None
-    classes = {k: v for k, v in feature_classes(feature_config(settings)).items() if k in columns}
+    # Today's configuration decides what may be logged (a feature reclassified since the build included);
+    # the classes recorded at the build stand in for features it no longer defines, or when it cannot be read.
+    try:
+        configured = feature_classes(feature_config(settings))
+    except FeatureConfigError:
+        configured = {}
+    classes = {k: v for k, v in {**built, **configured}.items() if k in columns}
     return {"source": str(root), "feature_sets": sets, "as_of": [str(d) for d in unit.as_of], "split": split,
             **({"label": label} if label else {}), "config": config, "data_classes": dict(sorted(classes.items())),
             "subject_key": "customer_key", **(extra or {})}  # fmt: skip

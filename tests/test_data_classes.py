@@ -173,6 +173,22 @@ def test_every_feature_declares_a_class_and_the_config_may_reclassify_by_name() 
         feature_sets(FeatureConfig.model_validate({**data, "classes": {"regoin": "sensitive"}}))
 
 
+def test_the_offline_manifest_records_each_features_class_as_built(tmp_path: Path) -> None:
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from features.featurestore.offline import read_manifest
+    from features.featurestore.store import offline_root, write_offline
+
+    settings = Settings(home=tmp_path / "home")
+    table = pa.table({"customer_key": ["K1"], "as_of": [dt.date(2025, 3, 1)], "region": ["West"], "tenure_days": [3.0]})
+    write_offline(settings, "relationship@1", {}, "d1", table, {"2025-03-01": {"rows": 1}})
+    manifest = read_manifest(offline_root(settings), "relationship@1")
+    assert manifest is not None
+    assert manifest["data_classes"] == {"region": "quasi_identifier", "tenure_days": "behavioural"}
+
+
 def test_check_data_class_names_the_place_and_the_allowed_values() -> None:
     assert check_data_class("inferred", "x") == "inferred"
     with pytest.raises(DataClassError, match=r"column email: unknown data class 'pii'; use one of direct_identifier"):

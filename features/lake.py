@@ -997,7 +997,7 @@ def lake_contract(settings: Settings, table: str, manifest: LakeManifest | None 
     """
     remembered = (manifest or read_manifest(settings)).contracts.get(table)
     if remembered is not None:
-        return Contract.model_validate(remembered)
+        return Contract.model_validate(_classed(remembered))
     try:
         return load_contracts().get(table)
     except KeyError:
@@ -1005,6 +1005,24 @@ def lake_contract(settings: Settings, table: str, manifest: LakeManifest | None 
             f"table {table} has no contract in {settings.lake_dir / MANIFEST} (ingest it again to record the "
             "contracts it was landed under) and none is shipped"
         ) from None
+
+
+def _classed(remembered: dict[str, Any]) -> dict[str, Any]:
+    """A contract remembered by a lake landed before columns had data classes, with the shipped contract's classes.
+
+    A column the shipped contract does not class stays unclassed, so validation names it: ingest the
+    table again under a contract that declares `class` on every column.
+    """
+    columns = remembered.get("columns")
+    if not isinstance(columns, list) or all("data_class" in c or "class" in c for c in columns):
+        return remembered
+    try:
+        shipped = {c.name: c.data_class for c in load_contracts().get(str(remembered.get("table"))).columns}
+    except KeyError:
+        shipped = {}
+    filled = [c if "data_class" in c or c["name"] not in shipped else {**c, "data_class": shipped[c["name"]]}
+              for c in columns]  # fmt: skip
+    return {**remembered, "columns": filled}
 
 
 def lake_table_sql(settings: Settings, table: str, contracts: ContractSet | None = None) -> str:

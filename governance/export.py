@@ -53,7 +53,8 @@ import numpy as np
 import pandas as pd
 
 from custintel.settings import Settings
-from governance.policy import DATA_CLASSES, ExportPolicy
+from features.data_classes import DATA_CLASSES
+from governance.policy import ExportPolicy
 
 HierarchyKind = Literal["date", "number", "prefix", "category"]
 PSEUDONYM_PREFIX = "p_"

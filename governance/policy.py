@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from custintel.yaml_config import load_yaml_model
+from features.data_classes import DataClass
 from governance.retention import RetentionPolicy
 
 FAMILIES = ("churn", "propensity", "uplift", "recommendation")
@@ -173,10 +174,6 @@ class FamilyPolicy(_Strict):
     intended_use: str = Field(min_length=1)
     out_of_scope: list[str] = Field(default_factory=list)
     caveats: list[str] = Field(default_factory=list)
-
-
-DATA_CLASSES = ("direct_identifier", "quasi_identifier", "sensitive", "behavioural", "inferred")
-DataClass = Literal["direct_identifier", "quasi_identifier", "sensitive", "behavioural", "inferred"]
 
 
 class ExportPolicy(_Strict):

@@ -34,8 +34,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from custintel.retention import Expiry, Item, day_before
 from custintel.settings import Settings
+from features.data_classes import DATA_CLASSES
 
-DATA_CLASSES = ("direct_identifier", "quasi_identifier", "sensitive", "behavioural", "inferred")
 _ALL = frozenset(DATA_CLASSES)
 # Every store retention covers: what it is, and the data classes it holds (a class age applies to these only).
 STORES: dict[str, tuple[str, frozenset[str]]] = {

@@ -142,7 +142,14 @@ def own_propensity_table(own: OwnPropensity, seed: int, frame: pd.DataFrame | No
     roles: dict[str, Role] = {own.id_column: "id", own.product: "feature", own.label: "label"}
     if own.split_by:
         roles[own.split_by] = "split"
-    typed = typed_table(own.path, frame, roles, {own.id_column: "--id", own.product: "--product"}, own.schema)
+    typed = typed_table(
+        own.path,
+        frame,
+        roles,
+        {own.id_column: "--id", own.product: "--product"},
+        own.schema,
+        {own.product: "behavioural"},
+    )
     frame = typed.frame.assign(**{own.product: typed.frame[own.product].astype("string")})
     rows = frame.drop(columns=[own.label]).rename(columns={own.product: "product_id"})
     rows = rows.assign(

@@ -22,7 +22,7 @@ from models.table_types import (
     Role,
     TableTypeError,
     TypedTable,
-    read_schema_overrides,
+    read_schema,
     read_text_table,
     type_columns,
 )
@@ -94,14 +94,25 @@ def check_present(path: Path, frame: pd.DataFrame, options: dict[str, str]) -> N
 
 
 def typed_table(
-    path: Path, frame: pd.DataFrame, roles: dict[str, Role], options: dict[str, str], schema: Path | str | None
+    path: Path,
+    frame: pd.DataFrame,
+    roles: dict[str, Role],
+    options: dict[str, str],
+    schema: Path | str | None,
+    classes: dict[str, str] | None = None,
 ) -> TypedTable:
-    """The frame typed by `type_columns`, its errors as `TrainingInputError`s naming the option's column."""
+    """The frame typed by `type_columns`, its errors as `TrainingInputError`s naming the option's column.
+
+    `classes`: data classes the caller knows (an item column is a product's, not a person's);
+    the `--schema` file's override them.
+    """
     check_present(path, frame, options)
     try:
-        overrides = read_schema_overrides(Path(schema)) if schema else None
+        overrides, schema_classes = read_schema(Path(schema)) if schema else ({}, {})
         named = {col: f"{option} column" for col, option in options.items()}
-        return type_columns(frame, roles, str(path), overrides, f"--schema {schema}", named)
+        return type_columns(
+            frame, roles, str(path), overrides, f"--schema {schema}", named, {**(classes or {}), **schema_classes}
+        )
     except TableTypeError as exc:
         raise TrainingInputError(str(exc)) from None
 
@@ -242,7 +253,8 @@ def check_own_interactions(own: OwnInteractions) -> TypedTable:
     options.update({c: o for c, o in ((own.weight, "--weight"), (own.time, "--time")) if c})
     if len(options) < 2 + bool(own.weight) + bool(own.time):
         raise TrainingInputError(f"{own.path}: --user, --item, --weight and --time must name different columns")
-    typed = typed_table(own.path, frame, roles, options, own.schema)
+    # The item is a product's id, not a person's.
+    typed = typed_table(own.path, frame, roles, options, own.schema, {own.item: "behavioural"})
     for option, col in (("--user", own.user), ("--item", own.item)):
         values = typed.frame[col]
         if values.isna().any():

@@ -60,6 +60,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking._tracking_service import utils as tracking_service_utils
 
 from custintel.settings import Settings
+from features.data_classes import check_no_direct_identifiers, without_direct_identifiers
 from models.examples import impersonal_example
 from models.result import EvaluationSet, LoggedModel, TrainedModel
 
@@ -246,17 +247,19 @@ def predict_in_memory(logged: LoggedModel, frame: pd.DataFrame) -> Any:
     return logged.model.predict(None, frame)
 
 
-def training_dataset(trained: TrainedModel, source: str) -> Any:
+def training_dataset(trained: TrainedModel, source: str, classes: dict[str, str] | None = None) -> Any:
     """The run's training data as an MLflow dataset: its schema from a sample, its digest from every row.
 
     Hashing rows with pandas takes a fraction of a second where MLflow's own profile of
-    a large frame takes many; the sample keeps the logged schema and preview small.
+    a large frame takes many; the sample keeps the logged schema and preview small. The sample
+    holds no direct identifier (`classes`: column -> data class); the digest is of the rows as trained on.
     """
     frame = trained.training_frame
     assert frame is not None
     digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()[:16]
+    sample = without_direct_identifiers(frame.head(1000), classes or trained.data_classes)
     return mlflow.data.pandas_dataset.from_pandas(
-        frame.head(1000), source=source, name=f"{trained.family}-train-{len(frame)}-rows", digest=digest
+        sample, source=source, name=f"{trained.family}-train-{len(frame)}-rows", digest=digest
     )
 
 
@@ -281,6 +284,16 @@ def training_members(trained: TrainedModel) -> pd.DataFrame | None:
         return None
     keys = pd.Series(frame[column].dropna().astype(str).unique(), dtype=str).sort_values(ignore_index=True)
     return pd.DataFrame({"customer_key": keys})
+
+
+def run_data_classes(trained: TrainedModel, lineage: dict[str, Any]) -> dict[str, str]:
+    """The data classes of a run's columns: the lineage's record, and what the trainer says."""
+    return {**dict(lineage.get("data_classes") or {}), **trained.data_classes}
+
+
+def loggable(frame: pd.DataFrame, classes: dict[str, str]) -> pd.DataFrame:
+    """Rows as MLflow may keep them: without direct identifiers (the subject key stays: erasure finds rows by it)."""
+    return without_direct_identifiers(frame, classes)
 
 
 def _max_difference(expected: Any, got: Any) -> float:
@@ -594,6 +607,10 @@ class Registry:
         `trained.reference`, when set, is logged at `monitoring/reference.parquet`: the rows monitoring
         compares served traffic with.
         """
+        classes = run_data_classes(trained, lineage)
+        for logged in trained.models:
+            # A model reading a direct identifier would log it in its input example: refuse before the run starts.
+            check_no_direct_identifiers(logged.input_example, classes, f"{trained.family} model {logged.name} inputs")
         with (
             _quiet_mlflow(),
             self._fluent(),
@@ -607,9 +624,9 @@ class Registry:
             if trained.data_quality:
                 mlflow.log_dict(trained.data_quality, "data_quality.json")
             if trained.evaluation_set is not None:
-                self._log_evaluation_set(run.info.run_id, trained.evaluation_set)
+                self._log_evaluation_set(run.info.run_id, trained.evaluation_set, classes)
             if trained.training_frame is not None:
-                mlflow.log_input(training_dataset(trained, dataset_source), context="training")
+                mlflow.log_input(training_dataset(trained, dataset_source, classes), context="training")
                 members = training_members(trained)
                 if members is not None:
                     with tempfile.TemporaryDirectory() as tmp:
@@ -617,12 +634,12 @@ class Registry:
                         mlflow.log_artifact(str(Path(tmp) / "members.parquet"), "lineage")
             if trained.reference is not None:
                 with tempfile.TemporaryDirectory() as tmp:
-                    trained.reference.to_parquet(Path(tmp) / "reference.parquet", index=False)
+                    loggable(trained.reference, classes).to_parquet(Path(tmp) / "reference.parquet", index=False)
                     mlflow.log_artifact(str(Path(tmp) / "reference.parquet"), "monitoring")
             for name, fig in trained.figures.items():
                 mlflow.log_figure(fig, f"plots/{name}.png")
             for name, table in trained.tables.items():
-                mlflow.log_text(table.to_csv(index=False), f"tables/{name}.csv")
+                mlflow.log_text(loggable(table, classes).to_csv(index=False), f"tables/{name}.csv")
             record = RunRecord(run.info.run_id, experiment_id, trained.family, metrics=dict(trained.metrics))
             for logged in trained.models:
                 # The logged example is built from the training columns' medians and modes: no person's row.
@@ -667,10 +684,10 @@ class Registry:
             pip_requirements=pip_requirements(),
         )
 
-    def _log_evaluation_set(self, run_id: str, evaluation: EvaluationSet) -> None:
-        """Log the test rows and their layout under the run's `evaluation/`."""
+    def _log_evaluation_set(self, run_id: str, evaluation: EvaluationSet, classes: dict[str, str]) -> None:
+        """Log the test rows (without direct identifiers) and their layout under the run's `evaluation/`."""
         with tempfile.TemporaryDirectory() as tmp:
-            evaluation.frame.to_parquet(Path(tmp) / "test.parquet", index=False)
+            loggable(evaluation.frame, classes).to_parquet(Path(tmp) / "test.parquet", index=False)
             (Path(tmp) / "meta.json").write_text(json.dumps(evaluation.meta(), indent=2))
             self._artifacts_of(run_id).log_artifacts(run_id, tmp, "evaluation")
 

@@ -75,6 +75,9 @@ class TrainedModel:
     evaluation_set: EvaluationSet | None = None  # logged for the promotion gate
     data_quality: dict[str, Any] = field(default_factory=dict)  # the training set's profile, for the gate
     reference: pd.DataFrame | None = None  # model inputs monitoring compares served traffic with (its run artifact)
+    # column -> data class (features.data_classes) of the rows above: the registry strips direct identifiers
+    # from every logged row (with the run lineage's `data_classes`)
+    data_classes: dict[str, str] = field(default_factory=dict)
     fit_seconds: float = 0.0
 
     @property

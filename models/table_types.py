@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from features.data_classes import DATA_CLASSES, DIRECT_IDENTIFIER, infer_data_class
+
 ColumnType = Literal["numeric", "categorical", "boolean", "date", "id", "text", "drop"]
 COLUMN_TYPES: tuple[str, ...] = ("numeric", "categorical", "boolean", "date", "id", "text", "drop")
 Role = Literal["id", "label", "split", "duration", "weight", "feature", "dropped"]
@@ -63,10 +65,12 @@ class ColumnReport:
     type: str
     role: str
     note: str = ""
+    data_class: str = ""  # features.data_classes: set by --schema, else inferred from the name and type
 
     def as_row(self) -> dict[str, str]:
         """JSON-ready, for the console table and the run's schema artifact."""
-        return {"column": self.column, "type": self.type, "role": self.role, "note": self.note}
+        return {"column": self.column, "type": self.type, "role": self.role, "class": self.data_class,
+                "note": self.note}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -88,8 +92,13 @@ class TypedTable:
         return {c.column: c.note for c in self.columns if c.role == "dropped"}
 
     def describe(self) -> list[dict[str, str]]:
-        """One row per column: column, type, role, note."""
+        """One row per column: column, type, role, class, note."""
         return [c.as_row() for c in self.columns]
+
+    @property
+    def data_classes(self) -> dict[str, str]:
+        """Each column's data class."""
+        return {c.column: c.data_class for c in self.columns}
 
 
 # ---------------------------------------------------------------- reading (I/O)
@@ -211,7 +220,16 @@ def _zero_one(lowered: pd.Series) -> pd.Series:
 
 
 def read_schema_overrides(path: Path) -> dict[str, str]:
-    """A `--schema` file (YAML or JSON: column -> type) checked for known types."""
+    """The column types a `--schema` file sets (see `read_schema`)."""
+    return read_schema(path)[0]
+
+
+def read_schema(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """A `--schema` file (YAML or JSON), checked: (column -> type, column -> data class).
+
+    Each column maps to a type (numeric, date:%d/%m/%Y, ...), a data class (direct_identifier,
+    quasi_identifier, sensitive, behavioural, inferred), or both as `{type: ..., class: ...}`.
+    """
     if not path.is_file():
         raise TableTypeError(f"--schema {path} does not exist")
     text = path.read_text()
@@ -222,14 +240,34 @@ def read_schema_overrides(path: Path) -> dict[str, str]:
     if not isinstance(data, dict):
         raise TableTypeError(f"--schema {path}: expected a mapping of column -> type ({', '.join(COLUMN_TYPES)})")
     overrides: dict[str, str] = {}
-    for column, kind in data.items():
-        base = str(kind).split(":", 1)[0]
-        if base not in COLUMN_TYPES:
-            raise TableTypeError(
-                f"--schema {path}: column {column!r} has unknown type {kind!r}; use one of {', '.join(COLUMN_TYPES)}"
-            )
-        overrides[str(column)] = str(kind)
-    return overrides
+    classes: dict[str, str] = {}
+    for column, value in data.items():
+        if isinstance(value, dict):
+            unknown_keys = sorted(set(map(str, value)) - {"type", "class"})
+            if unknown_keys:
+                raise TableTypeError(
+                    f"--schema {path}: column {column!r}: unknown key(s) {unknown_keys}; use type, class"
+                )
+            kind, data_class = value.get("type"), value.get("class")
+            if "class" in value and data_class not in DATA_CLASSES:
+                raise TableTypeError(
+                    f"--schema {path}: column {column!r} has unknown data class {data_class!r}; "
+                    f"use one of {', '.join(DATA_CLASSES)}"
+                )
+        elif str(value) in DATA_CLASSES:
+            kind, data_class = None, str(value)
+        else:
+            kind, data_class = value, None
+        if kind is not None:
+            if str(kind).split(":", 1)[0] not in COLUMN_TYPES:
+                raise TableTypeError(
+                    f"--schema {path}: column {column!r} has unknown type {kind!r}; use one of "
+                    f"{', '.join(COLUMN_TYPES)} (or a data class: {', '.join(DATA_CLASSES)})"
+                )
+            overrides[str(column)] = str(kind)
+        if data_class is not None:
+            classes[str(column)] = str(data_class)
+    return overrides, classes
 
 
 # ---------------------------------------------------------------- inference (pure)
@@ -242,8 +280,12 @@ def type_columns(
     overrides: Mapping[str, str] | None = None,
     schema_file: str = "--schema",
     options: Mapping[str, str] | None = None,
+    classes: Mapping[str, str] | None = None,
 ) -> TypedTable:
-    """Each column's type from its values (or `overrides`), converted; its role; and why.
+    """Each column's type from its values (or `overrides`), converted; its role; its data class; and why.
+
+    A column's data class is `classes`' (a `--schema` file's), else inferred from its name and
+    type (`features.data_classes.infer_data_class`); a direct identifier is never a feature.
 
     `roles` names the id, label, split, duration and weight columns (the rest are
     candidate features). Id columns are always strings. A split column must be dates; a
@@ -251,7 +293,8 @@ def type_columns(
     `options` names the command-line option that gave a role column (e.g. '--split-by'), for the errors.
     """
     overrides = dict(overrides or {})
-    unknown = [c for c in overrides if c not in frame.columns]
+    classes = dict(classes or {})
+    unknown = [c for c in [*overrides, *classes] if c not in frame.columns]
     if unknown:
         raise TableTypeError(f"{schema_file}: column {unknown[0]!r} is not in {source}; it has {list(frame.columns)}")
     out: dict[str, pd.Series] = {}
@@ -266,11 +309,16 @@ def type_columns(
         values = _objects(values)
         out[name] = values
         final_role, why = _feature_role(values, kind, note, role)
+        data_class = classes.get(name) or infer_data_class(name, kind)
+        if final_role == "feature" and data_class == DIRECT_IDENTIFIER:
+            final_role = "dropped"
+            said = " (class from --schema)" if name in classes else ""
+            why = "; ".join(p for p in (why, f"a direct identifier, never a feature{said}") if p)
         if final_role == "feature":
             (numeric if kind == "numeric" or (kind == "boolean" and values.dtype == float) else categorical).append(
                 name
             )
-        reports.append(ColumnReport(name, kind, final_role, why))
+        reports.append(ColumnReport(name, kind, final_role, why, data_class))
     return TypedTable(pd.DataFrame(out, index=frame.index), tuple(reports), tuple(numeric), tuple(categorical))
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from custintel.settings import Settings
-from features.featurestore.config import LabelConfig
+from features.data_classes import feature_classes
+from features.featurestore.config import FeatureConfigError, LabelConfig
 from features.featurestore.offline import (
     available_as_of,
     read_item_training_table,
@@ -28,7 +29,7 @@ from features.featurestore.offline import (
     read_offline,
     read_training_table,
 )
-from features.featurestore.store import offline_root
+from features.featurestore.store import feature_config, offline_root
 from models import oracle
 from models.churn import churn_table, labelled_rows, train_churn
 from models.config import (
@@ -412,6 +413,7 @@ def lineage_of(
             "sha256": file_sha256(own.path),
             "options": options_given(own),
             "schema": list(trained.info.get("schema", [])) if trained is not None else [],
+            **own_data_classes(own, trained),
             "split": split_record(data, seed, own),
             "config": {k: v for k, v in config.items() if k not in STORE_ONLY},
         }
@@ -422,8 +424,12 @@ def lineage_of(
         return {**record, **(extra or {})}
     root = offline_root(settings)
     sets = {}
+    columns: set[str] = set()
+    built: dict[str, str] = {}  # the classes the sets were built with
     for key in unit.feature_sets:
         manifest = read_manifest(root, key) or {}
+        columns.update(c["name"] for c in manifest.get("columns") or [])
+        built.update(manifest.get("data_classes") or {})
         parts = manifest.get("partitions", {})
         sets[key] = {
             "digest": manifest.get("digest"),
@@ -432,8 +438,28 @@ def lineage_of(
         }
     split = split_record(data, seed, None)
     label = label_record(None, unit) if unit.name == "churn" else None
+    # Today's configuration decides what may be logged (a feature reclassified since the build included);
+    # the classes recorded at the build stand in for features it no longer defines, or when it cannot be read.
+    try:
+        configured = feature_classes(feature_config(settings))
+    except FeatureConfigError:
+        configured = {}
+    classes = {k: v for k, v in {**built, **configured}.items() if k in columns}
     return {"source": str(root), "feature_sets": sets, "as_of": [str(d) for d in unit.as_of], "split": split,
-            **({"label": label} if label else {}), "config": config, **(extra or {})}  # fmt: skip
+            **({"label": label} if label else {}), "config": config, "data_classes": dict(sorted(classes.items())),
+            "subject_key": "customer_key", **(extra or {})}  # fmt: skip
+
+
+def own_data_classes(own: OwnInput, trained: TrainedModel | None) -> dict[str, Any]:
+    """An own table's data classes (column -> class, from its schema) and its subject key, as the run records them.
+
+    The subject key (--id, --user) is the run's pseudonym of a person, left out of the classes: it stays in
+    logged rows so access and erasure requests find them; every other direct identifier is stripped.
+    """
+    key = getattr(own, "id_column", None) or getattr(own, "user", None)
+    rows = trained.info.get("schema", []) if trained is not None else []
+    classes = {r["column"]: r["class"] for r in rows if r.get("class") and r["column"] != key}
+    return {"data_classes": classes, "subject_key": key}
 
 
 def run_tags(unit: Unit, lineage: dict[str, Any]) -> dict[str, str]:

@@ -34,6 +34,7 @@ import pandas as pd
 
 from custintel.json_lines import json_lines
 from custintel.settings import Settings
+from features.data_classes import without_direct_identifiers
 from features.featurestore.offline import available_as_of, read_offline
 from features.featurestore.store import offline_root
 from features.lake import lake_files
@@ -70,6 +71,8 @@ class Champion:
     horizon_days: int | None
     threshold: float | None
     test_metrics: dict[str, float]
+    # column -> data class, from the run's lineage: no direct identifier reaches a sample or a report
+    data_classes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +115,7 @@ def read_champion(registry: Registry, family: str, name: str) -> Champion | None
         horizon_days=int(horizon) if horizon else None,
         threshold=metrics.get("threshold"),
         test_metrics={k.removeprefix("test_"): float(v) for k, v in metrics.items() if k.startswith("test_")},
+        data_classes=dict(lineage.get("data_classes") or {}),
     )
 
 
@@ -274,7 +278,8 @@ def monitor_family(
     columns: list[str] = []
     kinds: dict[str, Kind] = {}
     if family != "recommendation":
-        logged = load_reference(registry, champion)
+        # Samples and reports are made from these columns: no direct identifier among them.
+        logged = without_direct_identifiers(load_reference(registry, champion), champion.data_classes)
         columns = [c for c in logged.columns if c not in ("customer_key", "as_of")]
         kinds = column_kinds(logged, columns)
         tests = _tests(policy, columns)
@@ -284,6 +289,7 @@ def monitor_family(
     inputs = {c: logged[c].dtype for c in columns}
     window = read_served(settings.inference_log_dir, name, start, end, inputs, _answer_columns(family))
     window.frame = window.frame[window.frame["version"].astype(str) == champion.version].reset_index(drop=True)
+    window.frame = without_direct_identifiers(window.frame, champion.data_classes)
     clock["read_window"] = time.perf_counter() - t
     log.info("%s: %s v%s, %s served rows in the window", family, name, champion.version, f"{len(window.frame):,}")
 
@@ -348,8 +354,8 @@ def monitor_family(
         log.info("%s: writing the Evidently drift report (%d columns)", family, len(tested))
         # The baseline's tests: each column's method and threshold (natural movement included), so
         # Evidently's verdicts on the page are the ones the decision used.
-        reference_sample = reports.sample_rows(reference, policy.report_rows)
-        current_sample = reports.sample_rows(current, policy.report_rows)
+        reference_sample = reports.sample_rows(reference, policy.report_rows, champion.data_classes)
+        current_sample = reports.sample_rows(current, policy.report_rows, champion.data_classes)
         snapshot = reports.evidently_drift(
             reference_sample,
             current_sample,

@@ -23,19 +23,27 @@ import datetime as dt
 import html
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from features.data_classes import without_direct_identifiers
 from monitoring.drift import DatasetDrift, Kind
 
 PREDICTION = "prediction"
 
 
-def sample_rows(frame: pd.DataFrame, rows: int, seed: int = 0) -> pd.DataFrame:
-    """At most `rows` rows, seeded (all of them when fewer)."""
+def sample_rows(
+    frame: pd.DataFrame, rows: int, classes: Mapping[str, str] | None = None, seed: int = 0
+) -> pd.DataFrame:
+    """At most `rows` rows, seeded (all of them when fewer), without direct identifiers (`classes`: column -> class).
+
+    The sample is what Evidently's pages and workspace snapshots embed.
+    """
+    frame = without_direct_identifiers(frame, classes or {})
     return frame if len(frame) <= rows else frame.sample(n=rows, random_state=seed)
 
 

@@ -22,6 +22,7 @@ from operator import itemgetter
 from typing import Any
 
 from custintel.settings import Settings
+from features.data_classes import direct_identifiers
 from governance.store import GATE_TAG_PREFIX
 from models.registry import Registry
 from serving.errors import ServingError
@@ -52,19 +53,35 @@ class ServedModel:
     card: str | None
     loaded_at: str
     wide: Any = None  # recommender: a copy drawing WIDE_K items
+    # column -> data class, from the run's lineage: the inference log never keeps a direct identifier
+    data_classes: dict[str, str] = field(default_factory=dict)
 
     @cached_property
     def inputs(self) -> list[str]:
         """The columns the model reads from a customer's features (the signature's, but the product)."""
         return [c for c in self.columns if c != "product_id"]
 
+    @cached_property
+    def withheld(self) -> frozenset[str]:
+        """Inputs the inference log may not keep: direct identifiers (none, unless a class was changed)."""
+        return frozenset(direct_identifiers(self.inputs, self.data_classes))
+
+    @cached_property
+    def logged_inputs(self) -> list[str]:
+        """The inputs the inference log keeps."""
+        return [c for c in self.inputs if c not in self.withheld]
+
     def input_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """The model's inputs taken from a customer's features (a missing one as None)."""
+        """The model's inputs as the inference log keeps them, from a customer's features (a missing one as None).
+
+        Direct identifiers are left out (`withheld`).
+        """
         try:
             taken = self._take(values)  # one C call for the whole row
         except KeyError:
-            return {c: values.get(c) for c in self.inputs}
-        return dict(zip(self.inputs, taken, strict=False)) if self._several else {c: taken for c in self.inputs}
+            return {c: values.get(c) for c in self.logged_inputs}
+        names = self.logged_inputs
+        return dict(zip(names, taken, strict=False)) if self._several else {c: taken for c in names}
 
     @cached_property
     def numeric_inputs(self) -> frozenset[str] | None:
@@ -75,11 +92,11 @@ class ServedModel:
 
     @cached_property
     def _several(self) -> bool:
-        return len(self.inputs) != 1
+        return len(self.logged_inputs) != 1
 
     @cached_property
     def _take(self) -> Any:
-        return itemgetter(*self.inputs) if self.inputs else (lambda _: ())
+        return itemgetter(*self.logged_inputs) if self.logged_inputs else (lambda _: ())
 
 
 def load_served(registry: Registry, family: str, name: str, version: str) -> ServedModel:
@@ -99,9 +116,11 @@ def load_served(registry: Registry, family: str, name: str, version: str) -> Ser
             # service's own threads already use the cores.
             inner[-1].set_params(n_jobs=1)
     threshold = registry.run(mv.run_id).metrics.get("threshold") if mv.run_id else None
+    lineage = registry.read_run_json(mv.run_id, "lineage/lineage.json") if mv.run_id else {}
     return ServedModel(
         family, name, str(version), model, columns, threshold,
         mv.tags.get(GATE_TAG_PREFIX + "card"), dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), wide,
+        dict(lineage.get("data_classes") or {}),
     )  # fmt: skip
 
 

@@ -238,6 +238,8 @@ def audit_entries(policy: ServingPolicy, log: InferenceLog, caller: str, endpoin
     """
     at, key, log_inputs = time.time(), log.key, policy.audit.log_inputs
     take, fragment = model.input_values, orjson.Fragment
+    if model.withheld:  # the ready texts hold every input: take the loggable ones instead
+        ready = None
     entries = []
     for i, (customer_key, answer, hidden, row) in enumerate(zip(customer_keys, answers, masked, inputs, strict=True)):
         entry: InferenceEntry = {"at": at, "caller": caller, "endpoint": endpoint, "model": model.name,

@@ -23,9 +23,9 @@ system: byo
 files: accounts*.csv
 key: [account_id]
 columns:
-  - {name: account_id, nullable: false}
-  - {name: opened, type: date, nullable: false}
-  - {name: note}
+  - {name: account_id, class: direct_identifier, nullable: false}
+  - {name: opened, class: behavioural, type: date, nullable: false}
+  - {name: note, class: behavioural}
 """
 ROWS = "account_id,opened,note\nA1,2024-01-01,Müller\n"
 

@@ -30,8 +30,8 @@ system: test
 files: things/*.csv
 key: [thing_id]
 columns:
-  - {name: thing_id, nullable: false}
-  - {name: size, type: int, min: 0}
+  - {name: thing_id, class: direct_identifier, nullable: false}
+  - {name: size, class: behavioural, type: int, min: 0}
 """
 
 
@@ -94,7 +94,7 @@ def test_load_contracts_from_folder(tmp_path: Path) -> None:
         (GOOD_CONTRACT.replace("type: int", "type: integer"), "type"),  # an unknown column type
         (GOOD_CONTRACT.replace("key: [thing_id]", "key: [other_id]"), "other_id"),  # key not declared
         (GOOD_CONTRACT.replace("table: things", "table: Things-1"), "table"),  # bad table name
-        (GOOD_CONTRACT + "  - {name: size}\n", "duplicate column"),
+        (GOOD_CONTRACT + "  - {name: size, class: behavioural}\n", "duplicate column"),
         (GOOD_CONTRACT.replace("min: 0", "pattern: '(unclosed'"), "pattern"),  # regex that does not compile
         (GOOD_CONTRACT.replace("min: 0", "on_invalid: drop"), "on_invalid"),
         ("", "bad.yaml"),  # an empty file is not a contract either
@@ -136,17 +136,19 @@ def test_invalid_contract_file_gives_value_error_naming_the_file(tmp_path: Path,
 )
 def test_column_rule_rejects_inconsistent_checks(kwargs: dict[str, object], needle: str) -> None:
     with pytest.raises(ValidationError) as err:
-        ColumnRule(name="col", **kwargs)  # type: ignore[arg-type]
+        ColumnRule(data_class="behavioural", name="col", **kwargs)  # type: ignore[arg-type]
     assert needle in str(err.value)
 
 
 def test_column_rule_accepts_consistent_checks() -> None:
-    d = ColumnRule(name="d", type="date", formats=["%d/%m/%Y"], min="1900-01-01", not_in_future=True)
+    d = ColumnRule(
+        data_class="behavioural", name="d", type="date", formats=["%d/%m/%Y"], min="1900-01-01", not_in_future=True
+    )
     assert d.date_formats == ["%d/%m/%Y"]
-    assert ColumnRule(name="t", type="timestamp").date_formats[0] == "%Y-%m-%d %H:%M:%S"
-    assert ColumnRule(name="s").date_formats == []
-    assert ColumnRule(name="x", source="X").source_name == "X"
-    assert ColumnRule(name="x").source_name == "x"
+    assert ColumnRule(data_class="behavioural", name="t", type="timestamp").date_formats[0] == "%Y-%m-%d %H:%M:%S"
+    assert ColumnRule(data_class="behavioural", name="s").date_formats == []
+    assert ColumnRule(data_class="behavioural", name="x", source="X").source_name == "X"
+    assert ColumnRule(data_class="behavioural", name="x").source_name == "x"
 
 
 def _contract(table: str, *, references: str | None = None) -> Contract:
@@ -155,7 +157,10 @@ def _contract(table: str, *, references: str | None = None) -> Contract:
         system="test",
         files=f"{table}.csv",
         key=["id"],
-        columns=[ColumnRule(name="id", nullable=False), ColumnRule(name="ref", references=references)],
+        columns=[
+            ColumnRule(data_class="direct_identifier", name="id", nullable=False),
+            ColumnRule(data_class="behavioural", name="ref", references=references),
+        ],
     )
 
 
@@ -195,7 +200,7 @@ def test_text_length_limit_defaults_and_overrides(tmp_path: Path) -> None:
     assert all(c.max_text_length == DEFAULT_MAX_TEXT_LENGTH for c in shipped.contracts)
     (tmp_path / "t.yaml").write_text(
         "table: t\nsystem: s\nfiles: t.csv\nmax_text_length: 200\n"
-        "columns:\n  - {name: id}\n  - {name: note, max_length: 5000}\n"
+        "columns:\n  - {name: id, class: direct_identifier}\n  - {name: note, class: behavioural, max_length: 5000}\n"
     )
     contract = load_contracts(tmp_path).get("t")
     assert contract.max_length(contract.column("id")) == 200

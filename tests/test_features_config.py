@@ -91,9 +91,9 @@ def test_codes_from_the_config_become_features_and_change_the_digest(tmp_path: P
     assert digital.digest != shipped.digest
 
 
-COUNT = Feature("tickets_90d", "", "", dtype="BIGINT", fill=0, lower=0)
-RATE = Feature("fcr_rate_365d", "", "", lower=0, upper=1)
-SEGMENT = Feature("segment", "", "", dtype="VARCHAR")
+COUNT = Feature("tickets_90d", "", "", dtype="BIGINT", fill=0, lower=0, data_class="behavioural")
+RATE = Feature("fcr_rate_365d", "", "", lower=0, upper=1, data_class="behavioural")
+SEGMENT = Feature("segment", "", "", dtype="VARCHAR", data_class="inferred")
 
 
 def _problems(columns: dict[str, list], min_rows: int = 3) -> list[str]:

@@ -43,7 +43,11 @@ def con() -> Iterator[duckdb.DuckDBPyConnection]:
 
 def make_contract(*rules: ColumnRule, key: tuple[str, ...] = ("id",)) -> Contract:
     return Contract(
-        table="t", system="test", files="t.csv", key=list(key), columns=[ColumnRule(name="id", nullable=False), *rules]
+        table="t",
+        system="test",
+        files="t.csv",
+        key=list(key),
+        columns=[ColumnRule(data_class="direct_identifier", name="id", nullable=False), *rules],
     )
 
 
@@ -201,7 +205,7 @@ def test_violation_rejects_row_with_reason(
     check: str,
     reason_parts: list[str],
 ) -> None:
-    contract = make_contract(ColumnRule(name="v", **rule_kw))  # type: ignore[arg-type]
+    contract = make_contract(ColumnRule(data_class="behavioural", name="v", **rule_kw))  # type: ignore[arg-type]
     # r3 is empty, which passes every check of an optional column.
     batch = make_batch({"id": ["r1", "r2", "r3"], "v": [good, bad, good if check == "missing" else None]})
     res = validate_batch(con, batch, contract, CTX)
@@ -228,7 +232,10 @@ def test_violation_rejects_row_with_reason(
 
 def test_text_length_is_bounded_by_the_contract_default(con: duckdb.DuckDBPyConnection) -> None:
     """Every text column has a length limit: the contract's max_text_length unless the column sets max_length."""
-    contract = make_contract(ColumnRule(name="name"), ColumnRule(name="note", max_length=20_000_000))
+    contract = make_contract(
+        ColumnRule(data_class="direct_identifier", name="name"),
+        ColumnRule(data_class="behavioural", name="note", max_length=20_000_000),
+    )
     assert contract.max_text_length == 1000 and contract.max_length(contract.column("name")) == 1000
     huge = "x" * (10 << 20)  # a 10 MiB name
     batch = make_batch({"id": ["ok", "long", "note"], "name": ["Ann", huge, "Bo"], "note": [None, None, huge]})
@@ -240,7 +247,7 @@ def test_text_length_is_bounded_by_the_contract_default(con: duckdb.DuckDBPyConn
     assert issue["reason"] == f"text of {len(huge)} characters is longer than the limit 1000"
     assert issue["value"] == "x" * 100 + f"... ({len(huge)} characters)", "the issue keeps the start of the value"
     # a soft column empties the over-long value and keeps the row
-    soft = make_contract(ColumnRule(name="name", max_length=4, on_invalid="null"))
+    soft = make_contract(ColumnRule(data_class="direct_identifier", name="name", max_length=4, on_invalid="null"))
     res = validate_batch(con, make_batch({"id": ["a", "b"], "name": ["Anne", "Annabel"]}), soft, CTX)
     assert res.accepted.column("name").to_pylist() == ["Anne", None]
     assert res.issues.column("action").to_pylist() == ["nulled"]
@@ -248,12 +255,12 @@ def test_text_length_is_bounded_by_the_contract_default(con: duckdb.DuckDBPyConn
 
 def test_valid_values_are_typed(con: duckdb.DuckDBPyConnection) -> None:
     contract = make_contract(
-        ColumnRule(name="i", type="int"),
-        ColumnRule(name="f", type="float"),
-        ColumnRule(name="b", type="bool"),
-        ColumnRule(name="d", type="date"),
-        ColumnRule(name="ts", type="timestamp"),
-        ColumnRule(name="s"),
+        ColumnRule(data_class="behavioural", name="i", type="int"),
+        ColumnRule(data_class="behavioural", name="f", type="float"),
+        ColumnRule(data_class="behavioural", name="b", type="bool"),
+        ColumnRule(data_class="behavioural", name="d", type="date"),
+        ColumnRule(data_class="behavioural", name="ts", type="timestamp"),
+        ColumnRule(data_class="behavioural", name="s"),
     )
     batch = make_batch(
         {
@@ -316,8 +323,10 @@ def test_mapped_codes_are_translated(con: duckdb.DuckDBPyConnection) -> None:
 
 def test_on_invalid_null_empties_the_value_and_keeps_the_row(con: duckdb.DuckDBPyConnection) -> None:
     contract = make_contract(
-        ColumnRule(name="bd", type="date", min="1900-01-01", on_invalid="null"),
-        ColumnRule(name="email", pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", on_invalid="null"),
+        ColumnRule(data_class="quasi_identifier", name="bd", type="date", min="1900-01-01", on_invalid="null"),
+        ColumnRule(
+            data_class="direct_identifier", name="email", pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", on_invalid="null"
+        ),
     )
     batch = make_batch(
         {
@@ -347,7 +356,10 @@ def test_key_column_null_always_rejects(con: duckdb.DuckDBPyConnection) -> None:
         system="test",
         files="t.csv",
         key=["k"],
-        columns=[ColumnRule(name="k", on_invalid="null"), ColumnRule(name="v")],
+        columns=[
+            ColumnRule(data_class="behavioural", name="k", on_invalid="null"),
+            ColumnRule(data_class="behavioural", name="v"),
+        ],
     )
     batch = make_batch({"k": ["a", None, " "], "v": ["1", "2", "3"]})
     res = validate_batch(con, batch, contract, CTX)
@@ -362,9 +374,9 @@ def test_key_column_null_always_rejects(con: duckdb.DuckDBPyConnection) -> None:
 
 def test_several_failures_in_one_row(con: duckdb.DuckDBPyConnection) -> None:
     contract = make_contract(
-        ColumnRule(name="n", type="int", max=5),
-        ColumnRule(name="c", allowed=["a"]),
-        ColumnRule(name="e", pattern="^x$", on_invalid="null"),
+        ColumnRule(data_class="behavioural", name="n", type="int", max=5),
+        ColumnRule(data_class="behavioural", name="c", allowed=["a"]),
+        ColumnRule(data_class="behavioural", name="e", pattern="^x$", on_invalid="null"),
     )
     batch = make_batch({"id": ["r1", "r2"], "n": ["abc", "1"], "c": ["zzz", "a"], "e": ["y", "x"]})
     res = validate_batch(con, batch, contract, CTX)
@@ -377,7 +389,10 @@ def test_several_failures_in_one_row(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def test_non_text_columns_are_checked_too(con: duckdb.DuckDBPyConnection) -> None:
-    contract = make_contract(ColumnRule(name="x", type="float", min=0), ColumnRule(name="n", type="int", max=3))
+    contract = make_contract(
+        ColumnRule(data_class="behavioural", name="x", type="float", min=0),
+        ColumnRule(data_class="behavioural", name="n", type="int", max=3),
+    )
     batch = pa.table(
         {
             "id": ["a", "b", "c", "d"],

@@ -287,7 +287,8 @@ def relanded(drops: Drops, tmp_path_factory: pytest.TempPathFactory) -> Relanded
     folder = _contracts_folder(
         root / "contracts",
         lambda text: text.replace(
-            "  - {name: first_name}", '  - {name: first_name, max_length: 3, on_invalid: "null"}'
+            "  - {name: first_name, class: direct_identifier}",
+            '  - {name: first_name, class: direct_identifier, max_length: 3, on_invalid: "null"}',
         ),
     )
     tight = load_contracts(folder)

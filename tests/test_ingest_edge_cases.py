@@ -22,11 +22,11 @@ system: byo
 files: accounts*.csv
 key: [account_id]
 columns:
-  - {name: account_id, nullable: false}
-  - {name: opened, type: date, nullable: false, formats: ["%Y-%m-%d", "%d/%m/%Y"]}
-  - {name: balance, type: float, min: 0}
-  - {name: vip, type: bool}
-  - {name: note}
+  - {name: account_id, class: direct_identifier, nullable: false}
+  - {name: opened, class: behavioural, type: date, nullable: false, formats: ["%Y-%m-%d", "%d/%m/%Y"]}
+  - {name: balance, class: behavioural, type: float, min: 0}
+  - {name: vip, class: inferred, type: bool}
+  - {name: note, class: behavioural}
 """
 
 

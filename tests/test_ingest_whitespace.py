@@ -20,10 +20,10 @@ files: purchases.txt
 sep: whitespace
 {header}
 columns:
-  - {{name: customer_id, nullable: false}}
-  - {{name: day, type: date, nullable: false, formats: ["%Y%m%d"]}}
-  - {{name: cds, type: int, min: 0}}
-  - {{name: dollars, type: float}}
+  - {{name: customer_id, class: direct_identifier, nullable: false}}
+  - {{name: day, class: behavioural, type: date, nullable: false, formats: ["%Y%m%d"]}}
+  - {{name: cds, class: behavioural, type: int, min: 0}}
+  - {{name: dollars, class: behavioural, type: float}}
 """
 ALIGNED = [
     "00001 19970101  1  11.77",
@@ -66,7 +66,7 @@ def test_columns_separated_by_runs_of_spaces_are_read(tmp_path: Path, header: bo
 
 
 def test_a_separator_is_one_character_or_whitespace() -> None:
-    base = {"table": "t", "system": "s", "files": "t.txt", "columns": [{"name": "a"}]}
+    base = {"table": "t", "system": "s", "files": "t.txt", "columns": [{"name": "a", "class": "behavioural"}]}
     assert Contract.model_validate({**base, "sep": "whitespace"}).sep == "whitespace"
     with pytest.raises(ValueError, match="sep must be one character or 'whitespace'"):
         Contract.model_validate({**base, "sep": "  "})

@@ -398,3 +398,8 @@ def test_the_schema_is_shown_before_training_and_logged_with_the_run(new_setting
     assert {r["column"]: r["type"] for r in info["schema"]}["TotalCharges"] == "numeric"
     evaluation = pd.read_parquet(client.download_artifacts(run.info.run_id, "evaluation/test.parquet"))
     assert evaluation["customerID"].map(type).eq(str).all()
+    # Each column's data class is shown and recorded; the --id column is the run's subject key, kept.
+    assert "class" in out and "behavioural" in out
+    lineage = json.loads(Path(client.download_artifacts(run.info.run_id, "lineage/lineage.json")).read_text())
+    assert lineage["subject_key"] == "customerID" and "customerID" not in lineage["data_classes"]
+    assert lineage["data_classes"]["tenure"] == "behavioural"

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from features.data_classes import DATA_CLASSES, DataClass, check_data_class
 
 ColumnType = Literal["string", "int", "float", "bool", "date", "timestamp"]
 DEFAULT_FORMATS: dict[str, list[str]] = {
@@ -28,9 +30,18 @@ WHITESPACE = "whitespace"
 
 
 class ColumnRule(BaseModel):
-    """One column: where it comes from, its type and the checks it must pass."""
+    """One column: where it comes from, its type, its data class and the checks it must pass."""
+
+    # `class` in YAML (a Python keyword, so `data_class` here; both are accepted).
+    model_config = ConfigDict(populate_by_name=True)
 
     name: str = Field(description="Name in the lake.")
+    data_class: DataClass = Field(
+        alias="class",
+        description="What kind of personal data the column is (features.data_classes): "
+        + ", ".join(DATA_CLASSES)
+        + ". Decides what may be logged and exported.",
+    )
     source: str | None = Field(default=None, description="Column name in the source file, if different.")
     type: ColumnType = "string"
     nullable: bool = True
@@ -63,6 +74,14 @@ class ColumnRule(BaseModel):
     def date_formats(self) -> list[str]:
         """Formats tried in order for dates and timestamps."""
         return self.formats or DEFAULT_FORMATS.get(self.type, [])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _class_named(cls, data: object) -> object:
+        """A missing or unknown class names the column and the allowed values (pydantic's own message would not)."""
+        if isinstance(data, dict):
+            check_data_class(data.get("class", data.get("data_class")), f"column {data.get('name', '?')}")
+        return data
 
     @field_validator("pattern")
     @classmethod
@@ -120,6 +139,17 @@ class Contract(BaseModel):
         description="Most characters any text value of this table may have; a column's max_length overrides it.",
     )
     columns: list[ColumnRule]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_column_classed(cls, data: object) -> object:
+        """A column without a class, or with an unknown one, is named with its table (one line)."""
+        if isinstance(data, dict) and isinstance(data.get("columns"), list):
+            for column in data["columns"]:
+                if isinstance(column, dict):
+                    where = f"{data.get('table', '?')}: column {column.get('name', '?')}"
+                    check_data_class(column.get("class", column.get("data_class")), where)
+        return data
 
     @field_validator("sep")
     @classmethod
@@ -192,6 +222,12 @@ class ContractSet(BaseModel):
         raise KeyError(table)
 
 
+def _problem(loc: tuple[int | str, ...], msg: str) -> str:
+    where = ".".join(str(p) for p in loc)
+    msg = msg.removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
 def load_contracts(folder: Path | None = None) -> ContractSet:
     """Load every `*.yaml` contract file in `folder` (default: the contracts shipped here)."""
     if folder is None:
@@ -211,6 +247,9 @@ def load_contracts(folder: Path | None = None) -> ContractSet:
         for item in items:
             try:
                 contracts.append(Contract.model_validate(item))
+            except ValidationError as exc:  # one line: each problem where it is, without pydantic's banner
+                problems = "; ".join(_problem(e["loc"], e["msg"]) for e in exc.errors())
+                raise ValueError(f"contract file {name}: {problems}") from exc
             except ValueError as exc:
                 raise ValueError(f"contract file {name}: {exc}") from exc
     return ContractSet(contracts=contracts)

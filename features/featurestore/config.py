@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from custintel.yaml_config import load_yaml_model
+from features.data_classes import DataClass, check_data_class
 
 SourceKind = Literal["accounts", "profiles", "products", "transactions", "tickets", "surveys", "web", "offers"]
 
@@ -155,6 +156,20 @@ class FeatureConfig(BaseModel):
     exclude_features: list[str] = Field(
         default_factory=list, description="Features not to build (names as in the feature sets), e.g. 'plan'."
     )
+    classes: dict[str, DataClass] = Field(
+        default_factory=dict,
+        description="Feature name -> data class, overriding the class its definition declares (e.g. a region "
+        "that identifies in a small market: sensitive). Every feature has a class; this only changes one.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classes_named(cls, data: object) -> object:
+        """An unknown class names the feature and the allowed values."""
+        if isinstance(data, dict) and isinstance(data.get("classes"), dict):
+            for name, value in data["classes"].items():
+                check_data_class(value, f"classes: feature {name}")
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> FeatureConfig:

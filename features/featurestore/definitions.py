@@ -17,6 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from features.data_classes import DataClass, check_data_class
 from features.featurestore.config import FeatureConfig, FeatureConfigError
 
 # The point-in-time condition every event join carries: happened and arrived before the cutoff.
@@ -38,6 +39,12 @@ class Feature:
     # canonical columns ("source.column") it reads beyond its part's source and time; without
     # one of them the feature is dropped, with the reason (not part of the definition's digest)
     needs: tuple[str, ...] = ()
+    # what kind of personal data it is (features.data_classes); required: decides what may be logged
+    # and exported (not part of the digest: reclassifying changes no value)
+    data_class: DataClass | str = ""
+
+    def __post_init__(self) -> None:
+        check_data_class(self.data_class, f"feature {self.name}")
 
 
 @dataclass(frozen=True)
@@ -214,8 +221,8 @@ def _count(cond: str, days: int | None = None) -> str:
 
 
 def _n(name: str, sql: str, description: str, needs: tuple[str, ...] = ()) -> Feature:
-    """A non-negative count, zero when nothing happened."""
-    return Feature(name, sql, description, dtype="BIGINT", fill=0, lower=0, needs=needs)
+    """A non-negative count of the customer's events, zero when nothing happened (behavioural: what they did)."""
+    return Feature(name, sql, description, dtype="BIGINT", fill=0, lower=0, needs=needs, data_class="behavioural")
 
 
 # What a transaction kind needs: purchases and refunds are told apart by the amount's sign when
@@ -226,7 +233,7 @@ _KIND_NEEDS = {"purchase": (), "refund": (), "discount": ("transactions.kind",),
 def _amount(name: str, kind: str, days: int, description: str) -> Feature:
     """A non-negative sum of transaction amounts of one kind over a window, zero when nothing happened."""
     sql = f"coalesce(sum(e.amount) FILTER (WHERE e.kind = '{kind}' AND {_within(days)}), 0)"
-    return Feature(name, sql, description, fill=0, lower=0, needs=_KIND_NEEDS[kind])
+    return Feature(name, sql, description, fill=0, lower=0, needs=_KIND_NEEDS[kind], data_class="behavioural")
 
 
 def relationship_set() -> FeatureSet:
@@ -252,6 +259,7 @@ def relationship_set() -> FeatureSet:
                         _days_since("min(e.opened_at)"),
                         "Days since the first account was opened.",
                         lower=0,
+                        data_class="behavioural",
                     ),
                     _n(
                         "open_accounts",
@@ -271,6 +279,7 @@ def relationship_set() -> FeatureSet:
                         "Segment on the newest profile record created before the cutoff.",
                         dtype="VARCHAR",
                         needs=("profiles.segment",),
+                        data_class="inferred",
                     ),
                     Feature(
                         "region",
@@ -278,6 +287,7 @@ def relationship_set() -> FeatureSet:
                         "Region on the newest profile record created before the cutoff.",
                         dtype="VARCHAR",
                         needs=("profiles.region",),
+                        data_class="quasi_identifier",
                     ),
                     Feature(
                         "acquisition_channel",
@@ -287,6 +297,7 @@ def relationship_set() -> FeatureSet:
                         "Channel of the first profile record (how the customer came to us).",
                         dtype="VARCHAR",
                         needs=("profiles.acquisition_channel",),
+                        data_class="behavioural",
                     ),
                 ),
                 time="created_at",
@@ -300,6 +311,7 @@ def relationship_set() -> FeatureSet:
                         "Plan after the last plan change before the cutoff.",
                         dtype="VARCHAR",
                         needs=("transactions.kind", "transactions.product"),
+                        data_class="behavioural",
                     ),
                     _n(
                         "plan_changes_365d",
@@ -335,6 +347,7 @@ def value_set() -> FeatureSet:
             _days_since(f"max(e.event_time) FILTER (WHERE {purchase})"),
             "Days since the last purchase (empty if none).",
             lower=0,
+            data_class="behavioural",
         ),
         Feature(
             "days_since_last_discount",
@@ -342,6 +355,7 @@ def value_set() -> FeatureSet:
             "Days since the last discount (empty if none).",
             lower=0,
             needs=("transactions.kind",),
+            data_class="behavioural",
         ),
     )
     feats: list[Feature] = []
@@ -367,6 +381,7 @@ def value_set() -> FeatureSet:
             lower=0,
             upper=1,
             derived=True,
+            data_class="behavioural",
         ),
         Feature(
             "refund_rate_365d",
@@ -374,6 +389,7 @@ def value_set() -> FeatureSet:
             "Refunds per purchase over 365 days (empty without purchases).",
             lower=0,
             derived=True,
+            data_class="behavioural",
         ),
     )
     return FeatureSet(
@@ -418,6 +434,7 @@ def service_set(config: FeatureConfig) -> FeatureSet:
         _days_since("max(e.event_time)"),
         "Days since the last ticket (empty if none).",
         lower=0,
+        data_class="behavioural",
     )
     tickets += [
         Feature(
@@ -427,6 +444,7 @@ def service_set(config: FeatureConfig) -> FeatureSet:
             lower=0,
             upper=1,
             needs=("tickets.first_contact_resolution", "tickets.resolved_at"),
+            data_class="behavioural",
         ),
         Feature(
             "csat_mean_365d",
@@ -434,6 +452,7 @@ def service_set(config: FeatureConfig) -> FeatureSet:
             "Mean CSAT of tickets resolved before the cutoff, 365 days (a score is known once resolved).",
             lower=0,
             needs=("tickets.csat", "tickets.resolved_at"),
+            data_class="behavioural",
         ),
     ]
     repeat = (
@@ -465,6 +484,7 @@ def service_set(config: FeatureConfig) -> FeatureSet:
                         "Latest NPS answer (0-10) before the cutoff.",
                         lower=0,
                         upper=10,
+                        data_class="behavioural",
                     ),
                     Feature(
                         "nps_mean_365d",
@@ -472,12 +492,14 @@ def service_set(config: FeatureConfig) -> FeatureSet:
                         "Mean NPS answer, 365 days.",
                         lower=0,
                         upper=10,
+                        data_class="behavioural",
                     ),
                     Feature(
                         "days_since_nps",
                         _days_since("max(e.event_time)"),
                         "Days since the last NPS answer.",
                         lower=0,
+                        data_class="behavioural",
                     ),
                 ),
             ),
@@ -523,6 +545,7 @@ def digital_set(config: FeatureConfig) -> FeatureSet:
         _days_since("max(e.event_time) FILTER (WHERE e.event_type = 'session')"),
         "Days since the last session (empty if none).",
         lower=0,
+        data_class="behavioural",
     )
     derived = (
         Feature(
@@ -530,6 +553,7 @@ def digital_set(config: FeatureConfig) -> FeatureSet:
             "sessions_30d - (sessions_90d - sessions_30d) / 2.0",
             "Sessions in the last 30 days minus the monthly average of the 60 days before.",
             derived=True,
+            data_class="behavioural",
         ),
     )
     return FeatureSet(
@@ -566,9 +590,24 @@ def attributes_set() -> FeatureSet:
             Part(
                 "golden",
                 (
-                    Feature("age_years", "", "Age in whole years at the cutoff.", lower=0, upper=120),
-                    Feature("age_band", "", "under_18, 18-24, 25-34, 35-49, 50-64 or 65+.", dtype="VARCHAR"),
-                    Feature("gender", "", "Gender on the golden record.", dtype="VARCHAR"),
+                    Feature(
+                        "age_years",
+                        "",
+                        "Age in whole years at the cutoff.",
+                        lower=0,
+                        upper=120,
+                        data_class="quasi_identifier",
+                    ),
+                    Feature(
+                        "age_band",
+                        "",
+                        "under_18, 18-24, 25-34, 35-49, 50-64 or 65+.",
+                        dtype="VARCHAR",
+                        data_class="quasi_identifier",
+                    ),
+                    Feature(
+                        "gender", "", "Gender on the golden record.", dtype="VARCHAR", data_class="quasi_identifier"
+                    ),
                 ),
                 query=query,
             ),
@@ -581,8 +620,28 @@ OFFLINE_ONLY = frozenset({"attributes"})
 
 
 def feature_sets(config: FeatureConfig) -> tuple[FeatureSet, ...]:
-    """The feature sets of this configuration, in build order."""
-    return (relationship_set(), value_set(), service_set(config), digital_set(config), attributes_set())
+    """The feature sets of this configuration, in build order, classed as the definitions and `classes` say."""
+    sets = (relationship_set(), value_set(), service_set(config), digital_set(config), attributes_set())
+    return reclassified(sets, config.classes) if config.classes else sets
+
+
+def reclassified(sets: Sequence[FeatureSet], classes: Mapping[str, str]) -> tuple[FeatureSet, ...]:
+    """The sets with the features `classes` names given that class; a name no feature has is an error."""
+    unknown = sorted(set(classes) - {f.name for fs in sets for f in fs.features})
+    if unknown:
+        raise FeatureConfigError(f"classes: no feature is called {', '.join(unknown)}")
+
+    def one(f: Feature) -> Feature:
+        return dataclasses.replace(f, data_class=classes[f.name]) if f.name in classes else f
+
+    return tuple(
+        dataclasses.replace(
+            fs,
+            parts=tuple(dataclasses.replace(p, features=tuple(one(f) for f in p.features)) for p in fs.parts),
+            derived=tuple(one(f) for f in fs.derived),
+        )
+        for fs in sets
+    )
 
 
 def check_exclusions(sets: Sequence[FeatureSet], excluded: Collection[str]) -> None:
@@ -597,10 +656,19 @@ def check_exclusions(sets: Sequence[FeatureSet], excluded: Collection[str]) -> N
 INTERACTIONS_VERSION = 1
 # The interactions' numeric columns, with their bounds for the quality checks.
 INTERACTION_FEATURES = (
-    Feature("purchases", "", "Purchases of the product before the cutoff.", dtype="BIGINT", lower=0),
-    Feature("refunds", "", "Refunds of the product before the cutoff.", dtype="BIGINT", lower=0),
-    Feature("spend", "", "Spend on the product before the cutoff.", lower=0),
-    Feature("days_since_purchase", "", "Days since the product was last bought.", lower=0),
+    Feature(
+        "purchases",
+        "",
+        "Purchases of the product before the cutoff.",
+        dtype="BIGINT",
+        lower=0,
+        data_class="behavioural",
+    ),
+    Feature(
+        "refunds", "", "Refunds of the product before the cutoff.", dtype="BIGINT", lower=0, data_class="behavioural"
+    ),
+    Feature("spend", "", "Spend on the product before the cutoff.", lower=0, data_class="behavioural"),
+    Feature("days_since_purchase", "", "Days since the product was last bought.", lower=0, data_class="behavioural"),
 )
 LABELS_VERSION = 1
 PURCHASE_LABELS_VERSION = 1

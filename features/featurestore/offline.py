@@ -52,10 +52,12 @@ def write_partitions(
     digest: str,
     table: pa.Table,
     stats: dict[str, dict[str, Any]],
+    data_classes: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write one partition per as-of date in `table`, and merge their statistics into the manifest.
 
-    `stats` maps each as-of date (ISO) to what the manifest records for it.
+    `stats` maps each as-of date (ISO) to what the manifest records for it; `data_classes` each
+    feature's class as built (recorded so a run's lineage says what it trained on; None keeps the recorded).
     """
     folder = set_dir(root, set_key)
     manifest = read_manifest(root, set_key)
@@ -90,6 +92,9 @@ def write_partitions(
         "partitions": dict(sorted(partitions.items())),
         "updated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    classes = (manifest or {}).get("data_classes") if data_classes is None else data_classes
+    if classes is not None:
+        new_manifest["data_classes"] = {c["name"]: classes[c["name"]] for c in columns if c["name"] in classes}
     write_text_atomically(folder / "manifest.json", json.dumps(new_manifest, indent=2, default=str))
     return written
 

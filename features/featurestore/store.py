@@ -66,8 +66,12 @@ def open_feature_inputs(settings: Settings, config: FeatureConfig) -> tuple[duck
 def write_offline(
     settings: Settings, set_key: str, definition: dict[str, Any], digest: str, table: pa.Table, stats: dict[str, Any]
 ) -> list[str]:
-    """Write a built set's partitions to the offline store; return their paths."""
-    return [str(p) for p in write_partitions(offline_root(settings), set_key, definition, digest, table, stats)]
+    """Write a built set's partitions to the offline store, with its features' data classes; return their paths."""
+    from features.data_classes import feature_classes
+
+    classes = feature_classes(feature_config(settings))
+    root = offline_root(settings)
+    return [str(p) for p in write_partitions(root, set_key, definition, digest, table, stats, classes)]
 
 
 def open_online_store(settings: Settings) -> OnlineStore:

@@ -76,10 +76,12 @@ def run_feature_build(as_of: list[dt.date] | None, engine: Engine, online: bool)
 
 @features_app.command("status")
 def features_status() -> None:
-    """What the offline store holds (sets, versions, as-of dates, rows) and what is online."""
+    """What the offline store holds (sets, versions, as-of dates, rows), what is online, each feature's class."""
+    from features.data_classes import feature_classes
+    from features.featurestore.config import FeatureConfigError
     from features.featurestore.offline import read_manifest
     from features.featurestore.online import OnlineStoreError
-    from features.featurestore.store import offline_root, open_online_store
+    from features.featurestore.store import feature_config, offline_root, open_online_store
 
     config = settings()
     root = offline_root(config)
@@ -94,6 +96,9 @@ def features_status() -> None:
         with open_online_store(config) as store:
             sets = store.sets()
     views.print_online_status(sets)
+    with expected(FeatureConfigError):
+        classes = feature_classes(feature_config(config))
+    views.print_feature_classes(classes)
 
 
 @features_app.command("lookup")

@@ -228,6 +228,18 @@ def print_offline_status(root: Path, offline: list[tuple[str, str, str]]) -> Non
     console.print(table if table.row_count else f"nothing built under {root}: run `custintel features`")
 
 
+def print_feature_classes(classes: dict[str, str]) -> None:
+    """The features per data class, for reviewers: which are identifying, which are behavioural."""
+    from features.data_classes import classes_by_class
+
+    table = Table(title="Features by data class (direct identifiers are never logged or exported)")
+    table.add_column("class")
+    table.add_column("features")
+    for data_class, names in classes_by_class(classes).items():
+        table.add_row(data_class, ", ".join(names))
+    console.print(table)
+
+
 def print_online_status(online: dict[str, dict[str, Any]]) -> None:
     """What the online store holds: per set its cutoff, customers and when it was materialised."""
     for key, meta in online.items():
@@ -248,13 +260,13 @@ HEADLINE = (
 
 
 def print_schema(title: str, rows: list[dict[str, str]]) -> None:
-    """A table's columns: inferred type, role in training, and why (dropped or coerced columns say so)."""
+    """A table's columns: inferred type, role in training, data class, and why (dropped or coerced columns say so)."""
     schema = Table(title=title)
-    for col in ("column", "type", "role", "note"):
+    for col in ("column", "type", "role", "class", "note"):
         schema.add_column(col)
     for row in rows:
         style = "dim" if row.get("role") in ("dropped", "unused") else None
-        schema.add_row(row["column"], row.get("type", ""), row["role"], row["note"], style=style)
+        schema.add_row(row["column"], row.get("type", ""), row["role"], row.get("class", ""), row["note"], style=style)
     console.print(schema)
 
 

@@ -213,6 +213,14 @@ class OnlineStore(ABC):
         """Raw JSON documents of one customer, by set key."""
 
     @abstractmethod
+    def delete_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
+        """Remove every document of these customers from every set (erasure); return the documents removed per set.
+
+        Each set's `rows` is lowered to match; sets without any of them are not touched. A second
+        call removes nothing.
+        """
+
+    @abstractmethod
     def sets(self) -> dict[str, dict[str, Any]]:
         """What is materialised: per set key, its version digest, as_of, rows and time."""
 
@@ -348,6 +356,32 @@ class SQLiteOnlineStore(OnlineStore):
             cur.execute("ROLLBACK")
             raise
         return n
+
+    def delete_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
+        """See OnlineStore.delete_customers: deleted pages are zeroed (`secure_delete`), the WAL truncated."""
+        keys = orjson.dumps(sorted(set(customer_keys))).decode()
+        removed: dict[str, int] = {}
+        cur = self._con.cursor()
+        cur.execute("PRAGMA secure_delete = ON")  # the deleted documents' bytes do not linger in free pages
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for set_key, tbl, meta in cur.execute("SELECT feature_set, tbl, meta FROM online_sets").fetchall():
+                n = cur.execute(f"DELETE FROM {tbl} WHERE customer_key IN (SELECT value FROM json_each(?))", (keys,))
+                if n.rowcount > 0:
+                    removed[set_key] = n.rowcount
+                    data = orjson.loads(meta)
+                    if isinstance(data.get("rows"), int):
+                        data["rows"] = max(0, data["rows"] - n.rowcount)
+                    cur.execute(
+                        "UPDATE online_sets SET meta = ? WHERE feature_set = ?", (orjson.dumps(data).decode(), set_key)
+                    )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        if removed:
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
 
     @staticmethod
     def _recreate_view(cur: sqlite3.Cursor) -> None:
@@ -529,6 +563,40 @@ class RedisOnlineStore(OnlineStore):
         pipe.execute()
         self._r.delete(members)
         self._r.srem(self._generations(set_key), generation)
+
+    def delete_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
+        """See OnlineStore.delete_customers: each customer's hash is deleted whole, with every generation's fields."""
+        keys = sorted(set(customer_keys))
+        if not keys:
+            return {}
+        current = {str(k): str(orjson.loads(v)["generation"]) for k, v in self._r.hgetall(self._sets_key).items()}
+        by_field = {f"{k}#{g}": k for k, g in current.items()}
+        removed: dict[str, int] = {}
+        pipe = self._r.pipeline(transaction=False)
+        for key in keys:
+            pipe.hkeys(self._key(key))
+        for fields in pipe.execute():
+            for f in fields:
+                if str(f) in by_field:
+                    removed[by_field[str(f)]] = removed.get(by_field[str(f)], 0) + 1
+        for key in keys:
+            pipe.delete(self._key(key))
+        pipe.execute()
+        members: dict[str, int] = {}
+        for set_key in sorted(current):  # every generation: one a failed replacement left behind holds keys too
+            for generation in [current[set_key], *self._r.smembers(self._generations(set_key))]:
+                n = int(self._r.srem(self._members(set_key, str(generation)), *keys))
+                if str(generation) == current[set_key]:
+                    members[set_key] = members.get(set_key, 0) + n
+        for set_key, n in members.items():
+            if not n:
+                continue
+            removed[set_key] = max(removed.get(set_key, 0), n)
+            meta = orjson.loads(self._r.hget(self._sets_key, set_key) or "{}")
+            if isinstance(meta.get("rows"), int):
+                meta["rows"] = max(0, meta["rows"] - n)
+                self._r.hset(self._sets_key, set_key, orjson.dumps(meta))
+        return removed
 
     def _documents(self, customer_key: str) -> dict[str, str]:
         pipe = self._r.pipeline(transaction=False)

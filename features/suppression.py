@@ -1,0 +1,258 @@
+"""The suppression list: people erased from the platform, whose data must never come back.
+
+An erasure removes a person's rows from every store; the suppression list keeps them out
+afterwards, when the same drop is ingested again or late rows arrive. It holds only keyed
+hashes (HMAC-SHA256) of the person's identifiers, never the identifiers: normalised emails
+and phones, (lake table, record id), bare record ids, customer keys, and (folded first name,
+folded last name, birth date). Ingestion, identity resolution and feature builds ask
+`suppressed_rows` which of their rows match.
+
+Layout under the custintel home::
+
+    governance/suppression.parquet   kind, digest, added_at (one row per hashed identifier)
+    governance/privacy.key           the HMAC key, when CUSTINTEL_PRIVACY_KEY is not set (mode 0600)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from custintel.atomic_files import replace_atomically
+from custintel.personal import Subject
+from custintel.settings import Settings
+from features.identity.normalise import fold_names, normalise_birth_dates, normalise_emails, normalise_phones
+
+SUPPRESSION_FILE = "suppression.parquet"
+KEY_FILE = "privacy.key"
+KINDS = ("email", "phone", "record", "record_id", "customer_key", "name_birth")
+SCHEMA = pa.schema([("kind", pa.string()), ("digest", pa.string()), ("added_at", pa.timestamp("s", tz="UTC"))])
+_SEP = "\x1f"
+
+
+class SuppressionError(RuntimeError):
+    """The suppression list or its key cannot be read; the message names the file."""
+
+
+def suppression_path(settings: Settings) -> Path:
+    """Where the suppression list is kept."""
+    return settings.governance_dir / SUPPRESSION_FILE
+
+
+def privacy_key(settings: Settings) -> bytes:
+    """The HMAC key: CUSTINTEL_PRIVACY_KEY, else the home's key file (created once, readable by its owner only)."""
+    if settings.privacy_key is not None:
+        return settings.privacy_key.get_secret_value().encode("utf-8")
+    path = settings.governance_dir / KEY_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secrets.token_hex(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process created it first: theirs is the key
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    key = path.read_text(encoding="utf-8").strip()
+    if not key:
+        raise SuppressionError(f"{path} is empty: restore the key file (without it the suppression list is useless)")
+    return key.encode("utf-8")
+
+
+def digest(key: bytes, kind: str, value: str) -> str:
+    """The keyed hash of one identifier of one kind (the kind is part of the message)."""
+    return hmac.new(key, f"{kind}{_SEP}{value}".encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """The loaded suppression list: its key and the digests it holds."""
+
+    key: bytes = field(repr=False)
+    digests: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.digests)
+
+    def __len__(self) -> int:
+        return len(self.digests)
+
+    def holds(self, kind: str, values: Iterable[str]) -> set[str]:
+        """The values (of one kind, already normalised) that are suppressed."""
+        return {v for v in values if digest(self.key, kind, v) in self.digests}
+
+
+def identifiers(subject: Subject) -> list[tuple[str, str]]:
+    """(kind, normalised value) of every identifier of a subject the list keeps."""
+    out: list[tuple[str, str]] = []
+    if subject.emails:
+        out += [("email", e) for e in normalise_emails(pd.Series(list(subject.emails))).dropna().unique()]
+    if subject.phones:
+        out += [("phone", p) for p in normalise_phones(pd.Series(list(subject.phones))).dropna().unique()]
+    for table, record_id in subject.source_records:
+        out += [("record", f"{table}{_SEP}{record_id}"), ("record_id", record_id)]
+    out += [("customer_key", k) for k in subject.customer_keys]
+    if subject.names:
+        names = pd.DataFrame(list(subject.names), columns=["first_name", "last_name", "birth_date"])
+        out += [("name_birth", v) for v in _name_birth(names["first_name"], names["last_name"], names["birth_date"])]
+    return sorted({(k, v) for k, v in out if v})
+
+
+@contextlib.contextmanager
+def _locked(settings: Settings) -> Iterator[None]:
+    settings.governance_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.governance_dir / ".suppression.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_list(path: Path) -> pa.Table:
+    if not path.is_file():
+        return SCHEMA.empty_table()
+    try:
+        return pq.read_table(path).cast(SCHEMA)
+    except (OSError, pa.ArrowException) as exc:
+        raise SuppressionError(f"{path} is not a readable suppression list: {exc}") from exc
+
+
+def suppress(settings: Settings, subjects: Sequence[Subject]) -> int:
+    """Add the subjects' identifiers, keyed-hashed, to the suppression list; return how many were new.
+
+    Safe to call again with the same subjects (nothing is added twice) and from several
+    processes (one writer at a time; the list is replaced atomically).
+    """
+    key = privacy_key(settings)
+    wanted = {(kind, digest(key, kind, value)) for s in subjects for kind, value in identifiers(s)}
+    path = suppression_path(settings)
+    with _locked(settings):
+        current = _read_list(path)
+        held = set(zip(current.column("kind").to_pylist(), current.column("digest").to_pylist(), strict=True))
+        new = sorted(wanted - held)
+        if not new:
+            return 0
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        added = pa.table(
+            {"kind": [k for k, _ in new], "digest": [d for _, d in new], "added_at": [now] * len(new)}, schema=SCHEMA
+        )
+        table = pa.concat_tables([current, added])
+        replace_atomically(path, partial(pq.write_table, table, compression="zstd"))
+    return len(new)
+
+
+def load_suppression(settings: Settings) -> Suppression:
+    """The suppression list (empty, with no key file created, when nothing was ever suppressed)."""
+    path = suppression_path(settings)
+    table = _read_list(path)
+    if table.num_rows == 0:
+        return Suppression(b"")
+    return Suppression(privacy_key(settings), frozenset(table.column("digest").to_pylist()))
+
+
+def _name_birth(first: pd.Series, last: pd.Series, birth: pd.Series) -> pd.Series:
+    """`first|last|birth` (folded names, ISO birth date); <NA> where any part is missing."""
+    first, last = fold_names(first.reset_index(drop=True)), fold_names(last.reset_index(drop=True))
+    born = normalise_birth_dates(birth.reset_index(drop=True))
+    joined = first + _SEP + last + _SEP + born
+    return joined.set_axis(birth.index)
+
+
+def _matches(suppression: Suppression, kind: str, values: pd.Series) -> pd.Series:
+    """Which values (already normalised, <NA> for none) are suppressed: each distinct value hashed once."""
+    distinct = values.dropna().unique()
+    hit = suppression.holds(kind, (str(v) for v in distinct))
+    return values.isin(hit).fillna(False).astype(bool)
+
+
+def suppressed_rows(
+    frame: pd.DataFrame,
+    suppression: Suppression,
+    links: Mapping[str, str] | None = None,
+    emails: Sequence[str] = ("email",),
+    phones: Sequence[str] = ("phone",),
+    names: tuple[str, str, str] | None = ("first_name", "last_name", "birth_date"),
+    full_name: tuple[str, str] | None = None,
+    customer_keys: Sequence[str] = ("customer_key",),
+    record_ids: Sequence[str] = (),
+) -> pd.Series:
+    """Which rows of a frame of identity-like columns belong to a suppressed person (pure).
+
+    Columns absent from the frame are skipped. `links` maps a column to the identity record
+    table whose ids it holds; a frame with `source_table` and `record_id` (identity records)
+    is matched on both. Emails and phones are normalised, names folded and birth dates made
+    ISO here, so raw and normalised frames match alike. `record_ids`: columns holding a record
+    id of no known table (a user's own table's ids), matched against every table's ids.
+    """
+    hit = pd.Series(False, index=frame.index)
+    if not suppression or frame.empty:
+        return hit
+    for column, table in (links or {}).items():
+        if column in frame:
+            ids = _text(frame[column])
+            hit |= _matches(suppression, "record", (table + _SEP + ids).astype("string"))
+    if "source_table" in frame and "record_id" in frame:
+        both = _text(frame["source_table"]) + _SEP + _text(frame["record_id"])
+        hit |= _matches(suppression, "record", both)
+    for column in emails:
+        if column in frame:
+            hit |= _by_distinct(frame[column], suppression, "email", normalise_emails)
+    for column in phones:
+        if column in frame:
+            hit |= _by_distinct(frame[column], suppression, "phone", normalise_phones)
+    for column in customer_keys:
+        if column in frame:
+            hit |= _matches(suppression, "customer_key", _text(frame[column]))
+    for column in record_ids:
+        if column in frame:
+            hit |= _matches(suppression, "record_id", _text(frame[column]))
+    birth: pd.Series | None = None
+    first = last = None
+    if names is not None and all(c in frame for c in names):
+        first, last, birth = frame[names[0]], frame[names[1]], frame[names[2]]
+    elif full_name is not None and all(c in frame for c in full_name):
+        from features.identity.normalise import split_full_names
+
+        split = split_full_names(frame[full_name[0]])
+        first, last, birth = split["first_name"], split["last_name"], frame[full_name[1]]
+    if first is not None and last is not None and birth is not None:
+        hit |= _matches(suppression, "name_birth", _name_birth(first, last, birth))
+    return hit
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Values as trimmed text (<NA> for missing or blank); integer ids without a trailing '.0'."""
+    if pd.api.types.is_float_dtype(values):
+        values = values.astype("Int64")
+    text = values.astype("string").str.strip()
+    return text.mask(text == "")
+
+
+def _by_distinct(values: pd.Series, suppression: Suppression, kind: str, normalise: object) -> pd.Series:
+    """Normalise each distinct raw value once, hash it, and mark the rows holding a suppressed one."""
+    raw = _text(values)
+    distinct = pd.Series(raw.dropna().unique(), dtype="string")
+    if distinct.empty:
+        return pd.Series(False, index=values.index)
+    normalised = normalise(distinct)  # type: ignore[operator]
+    hit = _matches(suppression, kind, normalised)
+    return raw.isin(set(distinct[hit.to_numpy()])).fillna(False).astype(bool)

@@ -289,6 +289,7 @@ def test_suppression_keeps_them_out_of_ingest_resolve_and_features(home: Home, t
     others = crosswalk[~crosswalk["customer_key"].isin(home.keys)].reset_index(drop=True)
     added = suppress(settings, subjects)
     assert added == len({(k, v) for s in subjects for k, v in identifiers(s)}) and suppress(settings, subjects) == 0
+    assert load_suppression(settings)
     _erase(settings, subjects)
 
     from typer.testing import CliRunner
@@ -375,6 +376,26 @@ def test_the_list_holds_keyed_hashes_only(tmp_path: Path) -> None:
     other = set(pq.read_table(suppression_path(keyed)).column("digest").to_pylist())
     assert other.isdisjoint(table.column("digest").to_pylist())  # another key, other hashes
     assert "privacy_key" not in json.dumps(keyed.to_flow()["values"])
+
+
+def test_an_identifier_another_customer_holds_is_neither_matched_nor_suppressed(home: Home, tmp_path: Path) -> None:
+    settings = home.settings
+    mine, other = subject_for_keys(settings, [home.keys[0]]), subject_for_keys(settings, [home.keys[1]])
+    # a request naming the other customer's email and phone too (a shared family address, say)
+    mixed = Subject(mine.request, mine.customer_keys, mine.source_records, mine.emails + other.emails,
+                    mine.phones + other.phones, mine.names)  # fmt: skip
+    lake = personal_stores(settings)[0].find([mixed])
+    assert lake and all(h.subject == mine.request for h in lake)
+    assert {(h.place, len(h.rows)) for h in lake} == {
+        (h.place, len(h.rows)) for h in personal_stores(settings)[0].find([mine])
+    }
+    copy = Settings(home=tmp_path / "home")
+    shutil.copytree(settings.identity_dir, copy.identity_dir)
+    suppress(copy, [mixed])
+    suppression = load_suppression(copy)
+    for column, values in (("email", other.emails), ("phone", other.phones)):
+        assert not suppressed_rows(pd.DataFrame({column: list(values)}), suppression).any()  # theirs still land
+    assert suppressed_rows(pd.DataFrame({"email": list(mine.emails)}), suppression).all()
 
 
 def _own_table(path: Path, ids: list[str]) -> Path:

@@ -102,18 +102,32 @@ class Suppression:
 
 def identifiers(subject: Subject) -> list[tuple[str, str]]:
     """(kind, normalised value) of every identifier of a subject the list keeps."""
-    out: list[tuple[str, str]] = []
-    if subject.emails:
-        out += [("email", e) for e in normalise_emails(pd.Series(list(subject.emails))).dropna().unique()]
-    if subject.phones:
-        out += [("phone", p) for p in normalise_phones(pd.Series(list(subject.phones))).dropna().unique()]
-    for table, record_id in subject.source_records:
-        out += [("record", f"{table}{_SEP}{record_id}"), ("record_id", record_id)]
-    out += [("customer_key", k) for k in subject.customer_keys]
-    if subject.names:
-        names = pd.DataFrame(list(subject.names), columns=["first_name", "last_name", "birth_date"])
-        out += [("name_birth", v) for v in _name_birth(names["first_name"], names["last_name"], names["birth_date"])]
-    return sorted({(k, v) for k, v in out if v})
+    return sorted(identifiers_of([subject])[0])
+
+
+def identifiers_of(subjects: Sequence[Subject]) -> list[set[tuple[str, str]]]:
+    """Each subject's identifiers (as `identifiers`), normalised for the whole batch at once."""
+    out: list[set[tuple[str, str]]] = [set() for _ in subjects]
+    emails = [(i, e) for i, s in enumerate(subjects) for e in s.emails]
+    phones = [(i, p) for i, s in enumerate(subjects) for p in s.phones]
+    names = [(i, *n) for i, s in enumerate(subjects) for n in s.names]
+    for kind, held, normalise in (("email", emails, normalise_emails), ("phone", phones, normalise_phones)):
+        if held:
+            values = normalise(pd.Series([v for _, v in held], dtype="string"))
+            for (i, _), v in zip(held, values.tolist(), strict=True):
+                if isinstance(v, str) and v:
+                    out[i].add((kind, v))
+    if names:
+        frame = pd.DataFrame(names, columns=["s", "first_name", "last_name", "birth_date"])
+        joined = _name_birth(frame["first_name"], frame["last_name"], frame["birth_date"])
+        for i, v in zip(frame["s"], joined.tolist(), strict=True):
+            if isinstance(v, str) and v:
+                out[int(i)].add(("name_birth", v))
+    for i, s in enumerate(subjects):
+        for table, record_id in s.source_records:
+            out[i] |= {("record", f"{table}{_SEP}{record_id}"), ("record_id", record_id)}
+        out[i] |= {("customer_key", k) for k in s.customer_keys if k}
+    return out
 
 
 @contextlib.contextmanager
@@ -163,7 +177,7 @@ def shared_identifiers(settings: Settings, subjects: Sequence[Subject]) -> set[t
     if {"first_name", "last_name", "birth_date"} <= set(others.columns):
         names = _name_birth(others["first_name"], others["last_name"], others["birth_date"])
         held |= {("name_birth", str(v)) for v in names.dropna().unique()}
-    return {(k, v) for s in subjects for k, v in identifiers(s)} & held
+    return set().union(*identifiers_of(subjects)) & held
 
 
 def suppress(settings: Settings, subjects: Sequence[Subject]) -> int:
@@ -175,12 +189,7 @@ def suppress(settings: Settings, subjects: Sequence[Subject]) -> int:
     """
     key = privacy_key(settings)
     shared = shared_identifiers(settings, subjects)
-    wanted = {
-        (kind, digest(key, kind, value))
-        for s in subjects
-        for kind, value in identifiers(s)
-        if (kind, value) not in shared
-    }
+    wanted = {(kind, digest(key, kind, value)) for kind, value in set().union(*identifiers_of(subjects)) - shared}
     path = suppression_path(settings)
     with _locked(settings):
         current = _read_list(path)

@@ -153,6 +153,13 @@ def test_the_stores_are_personal_stores(home: Home) -> None:
     assert all(isinstance(s, PersonalStore) for s in stores)
 
 
+def test_an_empty_home_holds_nothing(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    subject = Subject("a@b.com", ("CK0001",), (("crm_accounts", "C0001"),), ("a@b.com",), ("+12125550143",))
+    assert _find(settings, [subject]) == [] and _erase(settings, [subject]) == []
+    assert not settings.home_dir.exists() or not any(settings.home_dir.rglob("*.parquet"))
+
+
 def test_find_returns_each_subjects_rows_and_nobody_elses(home: Home) -> None:
     settings = home.settings
     subjects = _subjects(settings, home.keys)

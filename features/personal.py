@@ -224,8 +224,8 @@ def _pairs_sql(src: str, rules: _Rules, columns: set[str]) -> str | None:
         )
         parts += [
             "SELECT v.n, w.s FROM v JOIN w_raw w ON w.value = v.value",
-            "SELECT v.n, w.s FROM v JOIN w_emails w ON w.value = email_lower(v.value)",
-            "SELECT v.n, w.s FROM v JOIN w_emails w ON w.value = email_norm(v.value)",
+            "SELECT v.n, w.s FROM v JOIN w_emails w ON w.value = email_lower(v.value) WHERE contains(v.value, '@')",
+            "SELECT v.n, w.s FROM v JOIN w_emails w ON w.value = email_norm(v.value) WHERE contains(v.value, '@')",
             f"SELECT v.n, w.s FROM v JOIN w_phones w ON w.value = phone_digits(v.value) "
             f"AND length(w.value) >= {_MIN_PHONE_DIGITS}",
         ]
@@ -317,7 +317,7 @@ def rewrite_without(path: Path, positions: set[int]) -> int:
     def write(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             start = 0
-            for batch in source.iter_batches(batch_size=1 << 20):
+            for batch in source.iter_batches(batch_size=1 << 19):
                 index = np.arange(start, start + batch.num_rows, dtype=np.int64)
                 keep = ~np.isin(index, gone)
                 removed[0] += int((~keep).sum())

@@ -661,7 +661,8 @@ class IdentityStore:
 
     def _reports(self) -> list[Path]:
         reports = sorted((self.settings.reports_dir / "identity").glob("*.json"))
-        return [p for p in (self.settings.identity_dir / "run.json", *reports) if p.is_file()]
+        own = (self.settings.identity_dir / "run.json", self.settings.identity_dir / "model.json")
+        return [p for p in (*own, *reports) if p.is_file()]
 
     def find(self, subjects: Sequence[Subject]) -> list[Holding]:
         """Each subject's rows in each identity output, and the run reports' values naming them."""

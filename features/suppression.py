@@ -39,6 +39,7 @@ from features.identity.normalise import fold_names, normalise_birth_dates, norma
 SUPPRESSION_FILE = "suppression.parquet"
 KEY_FILE = "privacy.key"
 KINDS = ("email", "phone", "record", "record_id", "customer_key", "name_birth")
+KEY_CHECK = "key_check"
 SCHEMA = pa.schema([("kind", pa.string()), ("digest", pa.string()), ("added_at", pa.timestamp("s", tz="UTC"))])
 _SEP = "\x1f"
 
@@ -52,11 +53,19 @@ def suppression_path(settings: Settings) -> Path:
     return settings.governance_dir / SUPPRESSION_FILE
 
 
-def privacy_key(settings: Settings) -> bytes:
-    """The HMAC key: CUSTINTEL_PRIVACY_KEY, else the home's key file (created once, readable by its owner only)."""
+def privacy_key(settings: Settings, create: bool = True) -> bytes:
+    """The HMAC key: CUSTINTEL_PRIVACY_KEY, else the home's key file (created once, readable by its owner only).
+
+    With `create` False a missing key file is an error: a list written under a lost key cannot be matched.
+    """
     if settings.privacy_key is not None:
         return settings.privacy_key.get_secret_value().encode("utf-8")
     path = settings.governance_dir / KEY_FILE
+    if not path.is_file() and not create:
+        raise SuppressionError(
+            f"{path} is missing, and CUSTINTEL_PRIVACY_KEY is not set: the suppression list was written under that "
+            "key; restore the file (or set the variable to the key) so erased people stay out"
+        )
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.tmp")
@@ -75,6 +84,11 @@ def privacy_key(settings: Settings) -> bytes:
     if not key:
         raise SuppressionError(f"{path} is empty: restore the key file (without it the suppression list is useless)")
     return key.encode("utf-8")
+
+
+def _check(key: bytes) -> str:
+    """The digest a list keeps of its own key: a list read under another key is refused, not silently useless."""
+    return digest(key, KEY_CHECK, "custintel suppression list")
 
 
 def digest(key: bytes, kind: str, value: str) -> str:
@@ -187,12 +201,16 @@ def suppress(settings: Settings, subjects: Sequence[Subject]) -> int:
     again with the same subjects (nothing is added twice) and from several processes (one
     writer at a time; the list is replaced atomically).
     """
-    key = privacy_key(settings)
+    path = suppression_path(settings)
+    key = privacy_key(settings, create=not path.is_file())
     shared = shared_identifiers(settings, subjects)
     wanted = {(kind, digest(key, kind, value)) for kind, value in set().union(*identifiers_of(subjects)) - shared}
-    path = suppression_path(settings)
     with _locked(settings):
         current = _read_list(path)
+        if current.num_rows:
+            _verify_key(current, key, path)
+        else:
+            wanted.add((KEY_CHECK, _check(key)))
         held = set(zip(current.column("kind").to_pylist(), current.column("digest").to_pylist(), strict=True))
         new = sorted(wanted - held)
         if not new:
@@ -212,7 +230,22 @@ def load_suppression(settings: Settings) -> Suppression:
     table = _read_list(path)
     if table.num_rows == 0:
         return Suppression(b"")
-    return Suppression(privacy_key(settings), frozenset(table.column("digest").to_pylist()))
+    key = privacy_key(settings, create=False)
+    _verify_key(table, key, path)
+    kinds = table.column("kind").to_pylist()
+    digests = [d for k, d in zip(kinds, table.column("digest").to_pylist(), strict=True) if k != KEY_CHECK]
+    return Suppression(key, frozenset(digests))
+
+
+def _verify_key(table: pa.Table, key: bytes, path: Path) -> None:
+    """Refuse a list written under another key (its hashes would match nobody)."""
+    checks = {d for k, d in zip(table.column("kind").to_pylist(), table.column("digest").to_pylist(), strict=True)
+              if k == KEY_CHECK}  # fmt: skip
+    if checks and _check(key) not in checks:
+        raise SuppressionError(
+            f"{path} was written under another privacy key than the one set now (CUSTINTEL_PRIVACY_KEY or "
+            f"{path.with_name(KEY_FILE)}): use the key it was written with"
+        )
 
 
 def _name_birth(first: pd.Series, last: pd.Series, birth: pd.Series) -> pd.Series:

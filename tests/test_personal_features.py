@@ -29,7 +29,14 @@ from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
 from features.lake import ingest_drop, read_lake_table
 from features.personal import _jsonable, personal_stores
-from features.suppression import identifiers, load_suppression, suppress, suppressed_rows, suppression_path
+from features.suppression import (
+    SuppressionError,
+    identifiers,
+    load_suppression,
+    suppress,
+    suppressed_rows,
+    suppression_path,
+)
 from features.synthetic import WorldConfig, generate_world
 from tests.conftest import tree_digest
 
@@ -295,7 +302,8 @@ def test_suppression_keeps_them_out_of_ingest_resolve_and_features(home: Home, t
     crosswalk = pd.read_parquet(settings.identity_dir / "crosswalk.parquet")
     others = crosswalk[~crosswalk["customer_key"].isin(home.keys)].reset_index(drop=True)
     added = suppress(settings, subjects)
-    assert added == len({(k, v) for s in subjects for k, v in identifiers(s)}) and suppress(settings, subjects) == 0
+    expected = len({(k, v) for s in subjects for k, v in identifiers(s)}) + 1  # and the key's own check
+    assert added == expected and suppress(settings, subjects) == 0
     assert load_suppression(settings)
     _erase(settings, subjects)
 
@@ -374,7 +382,8 @@ def test_the_list_holds_keyed_hashes_only(tmp_path: Path) -> None:
     raw = suppression_path(settings).read_bytes()
     table = pq.read_table(suppression_path(settings))
     assert all(token.encode() not in raw for token in ("a@b.com", "CK0001", "C0001", "2125550143"))
-    assert set(table.column("kind").to_pylist()) == {"email", "phone", "record", "record_id", "customer_key"}
+    kinds = {"email", "phone", "record", "record_id", "customer_key", "key_check"}
+    assert set(table.column("kind").to_pylist()) == kinds
     key_file = settings.governance_dir / "privacy.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     keyed = Settings(home=tmp_path / "other", privacy_key="a secret")  # type: ignore[arg-type]
@@ -383,6 +392,18 @@ def test_the_list_holds_keyed_hashes_only(tmp_path: Path) -> None:
     other = set(pq.read_table(suppression_path(keyed)).column("digest").to_pylist())
     assert other.isdisjoint(table.column("digest").to_pylist())  # another key, other hashes
     assert "privacy_key" not in json.dumps(keyed.to_flow()["values"])
+    # a list is only ever read under the key it was written with
+    wrong = Settings(home=tmp_path / "other", privacy_key="another secret")  # type: ignore[arg-type]
+    with pytest.raises(SuppressionError, match="another privacy key"):
+        load_suppression(wrong)
+    with pytest.raises(SuppressionError, match="another privacy key"):
+        suppress(wrong, [person])
+    key_file.unlink()
+    with pytest.raises(SuppressionError, match=r"privacy\.key is missing"):
+        load_suppression(settings)
+    with pytest.raises(SuppressionError, match=r"privacy\.key is missing"):
+        suppress(settings, [person])
+    assert not key_file.exists()  # no new key was made up under the old list
 
 
 def test_an_identifier_another_customer_holds_is_neither_matched_nor_suppressed(home: Home, tmp_path: Path) -> None:

@@ -374,7 +374,8 @@ def _lake_rules(settings: Settings, con: duckdb.DuckDBPyConnection, files: dict[
     """Each lake table's rules, from its columns and the identity and feature configurations."""
     from features.identity.config import load_identity_config
 
-    tables = {t: list(_file_columns(ps[0])) for t, ps in files.items() if ps}
+    # every partition's columns: a later drop may carry a column the first did not
+    tables = {t: sorted({c for p in ps for c in _file_columns(p)}) for t, ps in files.items() if ps}
     sources = {s.table for s in load_identity_config(settings.identity_config).sources}
     return {t: _Rules.of(p, sources) for t, p in person_columns(settings, tables).items()}
 

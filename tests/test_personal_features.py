@@ -485,3 +485,50 @@ def test_online_redis_and_sqlite_find_erase_and_refuse_suppressed_keys(home: Hom
     finally:
         with RedisOnlineStore(REDIS_URL, namespace) as redis_store:
             redis_store.drop_namespace()
+
+
+PEOPLE_CONTRACT = """
+table: people
+system: byo
+files: people.csv
+key: [person_id]
+columns:
+  - {name: person_id, nullable: false}
+  - {name: email}
+  - {name: phone}
+  - {name: note}
+"""
+
+
+def test_suppressed_rows_are_neither_landed_nor_quarantined(tmp_path: Path) -> None:
+    from features.contracts import load_contracts
+    from features.lake import read_quarantine
+
+    (tmp_path / "contracts").mkdir()
+    (tmp_path / "contracts" / "people.yaml").write_text(PEOPLE_CONTRACT)
+    contracts = load_contracts(tmp_path / "contracts")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "people.csv").write_text(
+        "person_id,email,phone,note\n"
+        "P1,Jane.Doe@GMAIL.com,,accepted: theirs\n"
+        "P2,bob@example.com,,accepted: someone else\n"
+        ",janedoe+news@gmail.com,,rejected (no id): theirs\n"
+        "P4,x@y.com,(212) 555-0143,unsplittable,theirs\n"
+        "P5,carol@example.com,,unsplittable,someone else\n"
+    )
+    settings = Settings(home=tmp_path / "home")
+    suppress(settings, [Subject("jane", emails=("janedoe@gmail.com",), phones=("+12125550143",))])
+    report = ingest_drop(drop, settings, contracts=contracts, export_date=dt.date(2024, 6, 1))
+    t = report.tables["people"]
+    assert (t.read, t.accepted, t.quarantined, t.suppressed) == (5, 1, 1, 3) and report.reconciles
+    assert list(read_lake_table(settings, "people", contracts)["person_id"]) == ["P2"]
+    issues = read_quarantine(settings, "people")
+    assert list(issues["row_number"]) == [5] and "carol@example.com" in issues["reason"].iloc[0]
+    held = " ".join(
+        str(pq.read_table(p).to_pylist()) if p.suffix == ".parquet" else p.read_text(errors="replace")
+        for p in settings.home_dir.rglob("*")
+        if p.is_file() and p.suffix in (".parquet", ".json", ".jsonl")
+    )
+    assert "carol@example.com" in held and "bob@example.com" in held  # the search would see them
+    assert not any(v in held for v in ("Jane.Doe", "janedoe", "555-0143"))

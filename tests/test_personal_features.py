@@ -461,7 +461,16 @@ def test_online_redis_and_sqlite_find_erase_and_refuse_suppressed_keys(home: Hom
             everyone = redis_store.customer_keys(["relationship@1", "own_x@1"])
             before = redis_store.lookup_many(everyone)
             rows_before = {k: m["rows"] for k, m in redis_store.sets().items()}
+            redis_state = redis_store.state(["relationship@1", "own_x@1"])
+        with _online(sqlite) as sqlite_store:
+            sqlite_state = sqlite_store.state(["relationship@1", "own_x@1"])
         erased = personal_stores(settings)[-1].erase(subjects)
+        # the stores' state moves, so a service's in-memory copy of a set is rebuilt without them
+        with _online(sqlite) as sqlite_store:
+            moved = sqlite_store.state(["relationship@1", "own_x@1"])
+            assert moved != sqlite_state and [k for k, _ in moved] == [k for k, _ in sqlite_state]
+        with RedisOnlineStore(REDIS_URL, namespace) as redis_store:
+            assert redis_store.state(["relationship@1", "own_x@1"]) != redis_state
         assert {e.place.split("#")[0] for e in erased} == places
         assert personal_stores(settings)[-1].find(subjects) == []
         assert personal_stores(settings)[-1].erase(subjects) == []

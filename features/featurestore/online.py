@@ -201,6 +201,12 @@ def _loads(text: str) -> Any:
         return json.loads(text)  # NaN and infinities, which orjson refuses
 
 
+def _with_erasures(token: str, meta: str | bytes) -> str:
+    """A set's state token, moved on by each erasure from it (`delete_customers`)."""
+    erasures = orjson.loads(meta).get("erasures")
+    return f"{token}#erased{erasures}" if erasures else token
+
+
 class OnlineStore(ABC):
     """Latest features per customer; the same answers whatever the backend."""
 
@@ -216,8 +222,9 @@ class OnlineStore(ABC):
     def delete_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
         """Remove every document of these customers from every set (erasure); return the documents removed per set.
 
-        Each set's `rows` is lowered to match; sets without any of them are not touched. A second
-        call removes nothing.
+        Each set's `rows` is lowered to match and its `erasures` counted up (so `state` moves and a
+        reader's in-memory copy of the set is rebuilt without them); sets without any of them are not
+        touched. A second call removes nothing.
         """
 
     @abstractmethod
@@ -282,7 +289,7 @@ class OnlineStore(ABC):
         return parse_documents(self.raw_documents_many(customer_keys, None if view is None else view.set_keys), view)
 
     def state(self, set_keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
-        """An opaque token of what is stored for these sets: it changes whenever one is replaced."""
+        """An opaque token of what is stored for these sets: it changes whenever one is replaced or erased from."""
         raise NotImplementedError
 
     def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
@@ -372,6 +379,7 @@ class SQLiteOnlineStore(OnlineStore):
                     data = orjson.loads(meta)
                     if isinstance(data.get("rows"), int):
                         data["rows"] = max(0, data["rows"] - n.rowcount)
+                    data["erasures"] = int(data.get("erasures", 0)) + 1
                     cur.execute(
                         "UPDATE online_sets SET meta = ? WHERE feature_set = ?", (orjson.dumps(data).decode(), set_key)
                     )
@@ -458,10 +466,15 @@ class SQLiteOnlineStore(OnlineStore):
         return {k: orjson.loads(v) for k, v in rows}
 
     def state(self, set_keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
-        """See OnlineStore.state: the sets' tables (a replacement writes a new one)."""
+        """See OnlineStore.state: the sets' tables (a replacement writes a new one), and their erasures."""
+        wanted = set(set_keys)
+        rows = self._con.execute("SELECT feature_set, tbl, meta FROM online_sets ORDER BY feature_set").fetchall()
+        return tuple((k, _with_erasures(t, m)) for k, t, m in rows if k in wanted)
+
+    def _tables(self, set_keys: Sequence[str]) -> list[str]:
         wanted = set(set_keys)
         rows = self._con.execute("SELECT feature_set, tbl FROM online_sets ORDER BY feature_set").fetchall()
-        return tuple((k, t) for k, t in rows if k in wanted)
+        return [t for k, t in rows if k in wanted]
 
     def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
         """See OnlineStore.customer_keys."""
@@ -470,7 +483,7 @@ class SQLiteOnlineStore(OnlineStore):
         if not in_transaction:
             cur.execute("BEGIN")
         try:
-            tables = [t for k, t in self.state(set_keys)]
+            tables = self._tables(set_keys)
             if not tables:
                 return []
             union = " UNION ".join(f"SELECT customer_key FROM {t}" for t in tables)
@@ -593,8 +606,10 @@ class RedisOnlineStore(OnlineStore):
                 continue
             removed[set_key] = max(removed.get(set_key, 0), n)
             meta = orjson.loads(self._r.hget(self._sets_key, set_key) or "{}")
-            if isinstance(meta.get("rows"), int):
-                meta["rows"] = max(0, meta["rows"] - n)
+            if meta:
+                if isinstance(meta.get("rows"), int):
+                    meta["rows"] = max(0, meta["rows"] - n)
+                meta["erasures"] = int(meta.get("erasures", 0)) + 1
                 self._r.hset(self._sets_key, set_key, orjson.dumps(meta))
         return removed
 
@@ -622,13 +637,18 @@ class RedisOnlineStore(OnlineStore):
         return out
 
     def state(self, set_keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
-        """See OnlineStore.state: the sets' current generations."""
+        """See OnlineStore.state: the sets' current generations, and their erasures."""
         raw, wanted = self._r.hgetall(self._sets_key), set(set_keys)
-        return tuple((str(k), str(orjson.loads(raw[k])["generation"])) for k in sorted(raw) if k in wanted)
+        return tuple((str(k), _with_erasures(str(orjson.loads(raw[k])["generation"]), raw[k])) for k in sorted(raw)
+                     if k in wanted)  # fmt: skip
+
+    def _generations_of(self, set_keys: Sequence[str]) -> list[tuple[str, str]]:
+        raw, wanted = self._r.hgetall(self._sets_key), set(set_keys)
+        return [(str(k), str(orjson.loads(raw[k])["generation"])) for k in sorted(raw) if k in wanted]
 
     def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
         """See OnlineStore.customer_keys: the union of the current generations' member sets."""
-        members = [self._members(k, g) for k, g in self.state(set_keys)]
+        members = [self._members(k, g) for k, g in self._generations_of(set_keys)]
         return sorted(str(k) for k in self._r.sunion(members)) if members else []
 
     def sets(self) -> dict[str, dict[str, Any]]:

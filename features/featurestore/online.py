@@ -207,6 +207,11 @@ def _with_erasures(token: str, meta: str | bytes) -> str:
     return f"{token}#erased{erasures}" if erasures else token
 
 
+def _token_base(token: str) -> str:
+    """The table (SQLite) or generation (Redis) a state token names, without its erasures."""
+    return token.split("#erased", 1)[0]
+
+
 class OnlineStore(ABC):
     """Latest features per customer; the same answers whatever the backend."""
 
@@ -471,11 +476,6 @@ class SQLiteOnlineStore(OnlineStore):
         rows = self._con.execute("SELECT feature_set, tbl, meta FROM online_sets ORDER BY feature_set").fetchall()
         return tuple((k, _with_erasures(t, m)) for k, t, m in rows if k in wanted)
 
-    def _tables(self, set_keys: Sequence[str]) -> list[str]:
-        wanted = set(set_keys)
-        rows = self._con.execute("SELECT feature_set, tbl FROM online_sets ORDER BY feature_set").fetchall()
-        return [t for k, t in rows if k in wanted]
-
     def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
         """See OnlineStore.customer_keys."""
         cur = self._con.cursor()
@@ -483,7 +483,7 @@ class SQLiteOnlineStore(OnlineStore):
         if not in_transaction:
             cur.execute("BEGIN")
         try:
-            tables = self._tables(set_keys)
+            tables = [_token_base(t) for _, t in self.state(set_keys)]
             if not tables:
                 return []
             union = " UNION ".join(f"SELECT customer_key FROM {t}" for t in tables)
@@ -642,13 +642,9 @@ class RedisOnlineStore(OnlineStore):
         return tuple((str(k), _with_erasures(str(orjson.loads(raw[k])["generation"]), raw[k])) for k in sorted(raw)
                      if k in wanted)  # fmt: skip
 
-    def _generations_of(self, set_keys: Sequence[str]) -> list[tuple[str, str]]:
-        raw, wanted = self._r.hgetall(self._sets_key), set(set_keys)
-        return [(str(k), str(orjson.loads(raw[k])["generation"])) for k in sorted(raw) if k in wanted]
-
     def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
         """See OnlineStore.customer_keys: the union of the current generations' member sets."""
-        members = [self._members(k, g) for k, g in self._generations_of(set_keys)]
+        members = [self._members(k, _token_base(g)) for k, g in self.state(set_keys)]
         return sorted(str(k) for k in self._r.sunion(members)) if members else []
 
     def sets(self) -> dict[str, dict[str, Any]]:

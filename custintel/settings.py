@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Never passed to another process as a flow parameter (Prefect stores and shows parameters): each
 # process that runs a flow reads them from its own environment.
-SECRET_FIELDS = frozenset({"identity_hash_salt", "serving_api_keys", "serving_log_salt"})
+SECRET_FIELDS = frozenset({"identity_hash_salt", "serving_api_keys", "serving_log_salt", "privacy_key"})
 _URL_PASSWORD = re.compile(r"//[^/@:]*:[^/@]*@")
 
 
@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         description="Customers the retention team can call a week: sets the churn model's contact threshold "
         "(overrides the training config's churn.weekly_capacity). Unset and unconfigured: the config's "
         "churn.contact_share of the scored customers.",
+    )
+
+    privacy_key: SecretStr | None = Field(
+        default=None,
+        description="Secret key (HMAC-SHA256) of the suppression list's hashed identifiers; when unset, a key file "
+        "created once under <home>/governance/privacy.key (mode 0600).",
     )
 
     def to_flow(self) -> dict[str, Any]:

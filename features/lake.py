@@ -7,7 +7,7 @@ Layout under the custintel home::
     quarantine/<table>/drop=<drop_id>/issues-*.parquet every failed check: row, field, reason, value
     quarantine/<table>/drop=<drop_id>/rows-*.parquet   rejected rows exactly as read (one file per source file)
     quarantine/<table>/drop=<drop_id>/duplicates.parquet later copies of a key, typed
-    reports/ingest/<drop_id>.json                    counts per table (read = accepted + quarantined)
+    reports/ingest/<drop_id>.json                    counts per table (read = accepted + quarantined + suppressed)
 
 A drop is identified by the content of its files, so ingesting the same drop
 again gives byte-identical partitions (idempotent). Landing is atomic for
@@ -20,6 +20,10 @@ is finished or undone by the next ingestion (`recover_lake`): staging and
 partitions the manifest does not name are removed, and a committed landing's
 report is written if it was not. A drop that fails (unreadable file, missing
 column) leaves the lake exactly as it was.
+
+Rows of a person on the suppression list (`features.suppression`: erased, never to come
+back) are neither landed nor quarantined (quarantine would keep them): they are counted as
+`suppressed`, with their issues left out.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import Any, TextIO
 import duckdb
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -57,11 +62,14 @@ from features.ingest import (
     ISSUE_SCHEMA,
     ROW,
     SQL_TYPES,
+    BatchResult,
     ContractViolation,
     ValidationContext,
     check_columns,
     validate_batch,
 )
+from features.person_links import PersonColumns, person_columns
+from features.suppression import Suppression, load_suppression, suppressed_rows
 
 CSV_BYTES_PER_ROW = 64  # a generous guess, to turn a row budget into pyarrow's block size
 MANIFEST = "_manifest.json"
@@ -85,6 +93,7 @@ class TableReport:
     read: int = 0
     accepted: int = 0
     quarantined: int = 0
+    suppressed: int = 0  # rows of people on the suppression list: neither landed nor quarantined
     nulled_values: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     extra_columns: list[str] = field(default_factory=list)
@@ -93,8 +102,8 @@ class TableReport:
 
     @property
     def reconciles(self) -> bool:
-        """Every row read was either accepted or quarantined."""
-        return self.read == self.accepted + self.quarantined
+        """Every row read was accepted, quarantined or suppressed."""
+        return self.read == self.accepted + self.quarantined + self.suppressed
 
 
 @dataclass
@@ -370,6 +379,82 @@ class _FileOutputs:
             w.path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class _Suppressor:
+    """Which rows of one table belong to people on the suppression list."""
+
+    suppression: Suppression
+    columns: PersonColumns  # lake column names
+    source_names: dict[str, str]  # lake column name -> the source file's name for it
+    sep: str
+
+    def _matched(self, frame: pd.DataFrame) -> pd.Series:
+        c = self.columns
+        names = (c.first_name, c.last_name, c.birth_date)
+        return suppressed_rows(
+            frame,
+            self.suppression,
+            links=c.links,
+            emails=c.emails,
+            phones=c.phones,
+            names=names if all(names) else None,  # type: ignore[arg-type]
+            full_name=(c.full_name, c.birth_date) if c.full_name and c.birth_date else None,
+            customer_keys=(),
+        )
+
+    def _used(self) -> list[str]:
+        c = self.columns
+        named = [c.first_name, c.last_name, c.full_name, c.birth_date]
+        return sorted({*c.links, *c.emails, *c.phones, *(n for n in named if n)})
+
+    def row_numbers(self, result: BatchResult) -> set[int]:
+        """Row numbers of the batch's suppressed rows: accepted ones by their typed values, rejected by raw."""
+        used = self._used()
+        found: set[int] = set()
+        for table, rename in ((result.accepted, {}), (result.rejected, self.source_names)):
+            if table.num_rows == 0:
+                continue
+            names = {rename.get(n, n): n for n in used}
+            present = [src for src in names if src in table.column_names]
+            frame = table.select([*present, ROW]).to_pandas().rename(columns=names)
+            found |= set(frame.loc[self._matched(frame).to_numpy(), ROW].astype(int))
+        return found
+
+    def bad_row(self, text: str) -> bool:
+        """A row the parser could not split: any of its fields an identifier of a suppressed person."""
+        fields = [f.strip().strip('"') for f in (text.split() if self.sep == WHITESPACE else text.split(self.sep))]
+        values = pd.Series([f for f in fields if f], dtype="string")
+        if values.empty:
+            return False
+        frame = pd.DataFrame({"email": values, "phone": values, **{f"id:{t}": values for t in self.links_to()}})
+        matched = suppressed_rows(frame, self.suppression, links={f"id:{t}": t for t in self.links_to()})
+        return bool(matched.any())
+
+    def links_to(self) -> list[str]:
+        """The identity record tables this table's rows refer to."""
+        return sorted(set(self.columns.links.values()))
+
+
+def _suppressors(settings: Settings, contracts: ContractSet) -> dict[str, _Suppressor]:
+    """A suppressor per table that says whose rows it holds; none at all while the list is empty."""
+    suppression = load_suppression(settings)
+    if not suppression:
+        return {}
+    tables = {c.table: [r.name for r in c.columns] for c in contracts.contracts}
+    found = person_columns(settings, tables)
+    out = {}
+    for c in contracts.contracts:
+        if not found[c.table].empty:
+            out[c.table] = _Suppressor(suppression, found[c.table], {r.name: r.source_name for r in c.columns}, c.sep)
+    return out
+
+
+def _without_rows(table: pa.Table, column: str, rows: set[int]) -> pa.Table:
+    if not rows or table.num_rows == 0:
+        return table
+    return table.filter(pc.invert(pc.is_in(table.column(column), pa.array(sorted(rows), pa.int64()))))
+
+
 def _ingest_file(
     con: duckdb.DuckDBPyConnection,
     contract: Contract,
@@ -380,18 +465,33 @@ def _ingest_file(
     batch_rows: int,
     exact: bool,
     on_rows: Callable[[int], None],
-) -> tuple[int, int]:
-    """Check one file; return (rows read, rows quarantined)."""
+    suppressor: _Suppressor | None = None,
+) -> tuple[int, int, int]:
+    """Check one file; return (rows read, rows quarantined, rows suppressed)."""
     bad = _BadRows()
-    read = quarantined = 0
+    read = quarantined = suppressed = 0
     for raw in _raw_batches(path, contract, bad, batch_rows, exact):
         res = validate_batch(con, raw, contract, ctx)
+        if suppressor is not None:
+            gone = suppressor.row_numbers(res)
+            if gone:
+                res = BatchResult(
+                    _without_rows(res.accepted, ROW, gone),
+                    _without_rows(res.rejected, ROW, gone),
+                    _without_rows(res.issues, "row_number", gone),
+                )
+                suppressed += len(gone)
         out.checked.write(_with_file(res.accepted, rel))
         out.rejected.write(_with_file(res.rejected, rel))
         out.issues.write(_with_file(res.issues, rel))
         read += raw.num_rows
         quarantined += res.rejected.num_rows
         on_rows(raw.num_rows)
+    if suppressor is not None and bad.rows:
+        kept = [(k, m) for k, m in bad.rows if not suppressor.bad_row(m.partition(": ")[2])]
+        suppressed += len(bad.rows) - len(kept)
+        read += len(bad.rows) - len(kept)
+        bad.rows = kept
     if bad.rows:  # rows the CSV parser could not even split into fields
         out.issues.write(
             _with_file(
@@ -411,7 +511,7 @@ def _ingest_file(
         )
         read += len(bad.rows)
         quarantined += len(bad.rows)
-    return read, quarantined
+    return read, quarantined, suppressed
 
 
 def _ingest_table(
@@ -425,6 +525,7 @@ def _ingest_table(
     report: TableReport,
     progress: ProgressFn | None,
     batch_rows: int,
+    suppressor: _Suppressor | None = None,
 ) -> None:
     lake_part = _partition(stage / "lake", contract.table, drop_id)
     q_part = _partition(stage / "quarantine", contract.table, drop_id)
@@ -450,12 +551,16 @@ def _ingest_table(
         out = outputs()
         before = done[0]
         try:
-            read, quarantined = _ingest_file(con, contract, path, rel, out, ctx, batch_rows, False, on_rows)
+            read, quarantined, suppressed = _ingest_file(
+                con, contract, path, rel, out, ctx, batch_rows, False, on_rows, suppressor
+            )
         except _BadShape:
             out.discard()
             done[0] = before
             out = outputs()
-            read, quarantined = _ingest_file(con, contract, path, rel, out, ctx, batch_rows, True, on_rows)
+            read, quarantined, suppressed = _ingest_file(
+                con, contract, path, rel, out, ctx, batch_rows, True, on_rows, suppressor
+            )
         if read == 0:  # a header and nothing else is readable, but rarely what the sender meant
             warning = f"{rel} has no rows" + (" (a header only)" if contract.format == "csv" else "")
             report.warnings.append(warning)
@@ -463,6 +568,7 @@ def _ingest_table(
         out.close()
         report.read += read
         report.quarantined += quarantined
+        report.suppressed += suppressed
     _drop_duplicate_keys(con, contract, work, lake_part, q_part, drop_id, ctx, report)
     issue_glob = f"{q_part}/issues-*.parquet"
     if list(q_part.glob("issues-*.parquet")):
@@ -704,6 +810,11 @@ def _landing_lock(settings: Settings) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def lake_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
+    """Hold the home's landing lock: no ingestion lands or recovers meanwhile (an erasure rewrites partitions)."""
+    return _landing_lock(settings)
+
+
 def _remove_unreferenced(settings: Settings, manifest: LakeManifest) -> list[str]:
     """Delete partition folders the manifest does not name: replaced versions, or a landing that never committed."""
     removed = []
@@ -759,6 +870,7 @@ def _log_landing(settings: Settings, report: IngestionReport) -> list[str]:
             "replaced_existing": report.replaced_existing,
             "tables": {
                 t: {"read": r.read, "accepted": r.accepted, "quarantined": r.quarantined}
+                | ({"suppressed": r.suppressed} if r.suppressed else {})
                 for t, r in report.tables.items()
             },
         }
@@ -954,18 +1066,20 @@ def _stage_tables(
         con.execute(f"SET memory_limit = {sql_text(settings.ingest_memory_limit)}")
         con.execute(f"SET temp_directory = {sql_text(stage / 'spill')}")
         ctx = ValidationContext(as_of=dt.datetime.fromisoformat(report.as_of))
+        suppressors = _suppressors(settings, contracts)
         for c in contracts.ordered():
             tr = report.tables[c.table]
             if not files[c.table]:
                 tr.skipped = f"no file matching '{c.files}' (optional source)"
                 continue
             _ingest_table(
-                con, c, files[c.table], drop_dir, stage, report.drop_id, ctx, tr, progress, settings.ingest_batch_rows
-            )
+                con, c, files[c.table], drop_dir, stage, report.drop_id, ctx, tr, progress, settings.ingest_batch_rows,
+                suppressors.get(c.table),
+            )  # fmt: skip
             if not tr.reconciles:
                 raise IngestError(
                     f"{c.table}: counts do not reconcile: read {tr.read}, accepted {tr.accepted},"
-                    f" quarantined {tr.quarantined}"
+                    f" quarantined {tr.quarantined}, suppressed {tr.suppressed}"
                 )
             for other in contracts.contracts:
                 for rule in other.columns:

@@ -22,6 +22,7 @@ from custintel.settings import Settings
 from custintel.sql import text as sql_text
 from features.featurestore.config import CANONICAL_COLUMNS, FeatureConfig, SourceTable
 from features.lake import lake_files, lake_table_sql
+from features.suppression import Suppression, suppressed_rows
 
 _TIMESTAMPS = {
     "birth_date", "event_time", "arrival_time", "opened_at", "closed_at", "created_at", "resolved_at", "assigned_at",
@@ -242,10 +243,13 @@ def load_lake_inputs(
     config: FeatureConfig,
     crosswalk_path: str,
     golden_path: str | None = None,
+    suppression: Suppression | None = None,
 ) -> InputSummary:
     """The configured lake tables, joined to customer keys through the identity crosswalk.
 
     With `golden_path`, the golden records' birth date and gender become the `golden` source.
+    Records and customers on the `suppression` list are taken out of the crosswalk first, so
+    none of their rows is joined to a customer and no feature or label is built for them.
     """
     # Split `<record_table>:<id>` once here, so each event joins on its id without building strings.
     con.execute(
@@ -254,6 +258,8 @@ def load_lake_inputs(
         "substr(record_key, strpos(record_key, ':') + 1) AS record_id, customer_key "
         f"FROM read_parquet({sql_text(crosswalk_path)})"
     )
+    if suppression:
+        _drop_suppressed(con, suppression)
     # filled once the customers are numbered; the event views are defined against it before that
     con.execute("CREATE OR REPLACE TABLE crosswalk_cid (record_table VARCHAR, record_id VARCHAR, cid INTEGER)")
     summary = InputSummary()
@@ -320,6 +326,20 @@ def load_lake_inputs(
     summary.observed_until = max(as_of) if as_of else None
     summary.time_range = _time_ranges(con, kinds)
     return summary
+
+
+def _drop_suppressed(con: duckdb.DuckDBPyConnection, suppression: Suppression) -> None:
+    """Delete the crosswalk rows of suppressed records, and every record of a suppressed customer."""
+    crosswalk = con.sql("SELECT record_table AS source_table, record_id, customer_key FROM crosswalk").df()
+    gone = suppressed_rows(crosswalk, suppression, emails=(), phones=(), names=None)
+    keys = crosswalk.loc[gone.to_numpy(), "customer_key"].drop_duplicates()
+    if keys.empty:
+        return
+    con.register("suppressed_customers", pd.DataFrame({"customer_key": keys.astype(str).to_numpy()}))
+    try:
+        con.execute("DELETE FROM crosswalk WHERE customer_key IN (SELECT customer_key FROM suppressed_customers)")
+    finally:
+        con.unregister("suppressed_customers")
 
 
 def _missing_columns(con: duckdb.DuckDBPyConnection, lake: str, source: SourceTable) -> list[str]:

@@ -201,6 +201,17 @@ def _loads(text: str) -> Any:
         return json.loads(text)  # NaN and infinities, which orjson refuses
 
 
+def _with_erasures(token: str, meta: str | bytes) -> str:
+    """A set's state token, moved on by each erasure from it (`delete_customers`)."""
+    erasures = orjson.loads(meta).get("erasures")
+    return f"{token}#erased{erasures}" if erasures else token
+
+
+def _token_base(token: str) -> str:
+    """The table (SQLite) or generation (Redis) a state token names, without its erasures."""
+    return token.split("#erased", 1)[0]
+
+
 class OnlineStore(ABC):
     """Latest features per customer; the same answers whatever the backend."""
 
@@ -211,6 +222,15 @@ class OnlineStore(ABC):
     @abstractmethod
     def _documents(self, customer_key: str) -> dict[str, str]:
         """Raw JSON documents of one customer, by set key."""
+
+    @abstractmethod
+    def delete_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
+        """Remove every document of these customers from every set (erasure); return the documents removed per set.
+
+        Each set's `rows` is lowered to match and its `erasures` counted up (so `state` moves and a
+        reader's in-memory copy of the set is rebuilt without them); sets without any of them are not
+        touched. A second call removes nothing.
+        """
 
     @abstractmethod
     def sets(self) -> dict[str, dict[str, Any]]:
@@ -274,7 +294,7 @@ class OnlineStore(ABC):
         return parse_documents(self.raw_documents_many(customer_keys, None if view is None else view.set_keys), view)
 
     def state(self, set_keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
-        """An opaque token of what is stored for these sets: it changes whenever one is replaced."""
+        """An opaque token of what is stored for these sets: it changes whenever one is replaced or erased from."""
         raise NotImplementedError
 
     def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
@@ -348,6 +368,33 @@ class SQLiteOnlineStore(OnlineStore):
             cur.execute("ROLLBACK")
             raise
         return n
+
+    def delete_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
+        """See OnlineStore.delete_customers: deleted pages are zeroed (`secure_delete`), the WAL truncated."""
+        keys = orjson.dumps(sorted(set(customer_keys))).decode()
+        removed: dict[str, int] = {}
+        cur = self._con.cursor()
+        cur.execute("PRAGMA secure_delete = ON")  # the deleted documents' bytes do not linger in free pages
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            for set_key, tbl, meta in cur.execute("SELECT feature_set, tbl, meta FROM online_sets").fetchall():
+                n = cur.execute(f"DELETE FROM {tbl} WHERE customer_key IN (SELECT value FROM json_each(?))", (keys,))
+                if n.rowcount > 0:
+                    removed[set_key] = n.rowcount
+                    data = orjson.loads(meta)
+                    if isinstance(data.get("rows"), int):
+                        data["rows"] = max(0, data["rows"] - n.rowcount)
+                    data["erasures"] = int(data.get("erasures", 0)) + 1
+                    cur.execute(
+                        "UPDATE online_sets SET meta = ? WHERE feature_set = ?", (orjson.dumps(data).decode(), set_key)
+                    )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        if removed:
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
 
     @staticmethod
     def _recreate_view(cur: sqlite3.Cursor) -> None:
@@ -424,10 +471,10 @@ class SQLiteOnlineStore(OnlineStore):
         return {k: orjson.loads(v) for k, v in rows}
 
     def state(self, set_keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
-        """See OnlineStore.state: the sets' tables (a replacement writes a new one)."""
+        """See OnlineStore.state: the sets' tables (a replacement writes a new one), and their erasures."""
         wanted = set(set_keys)
-        rows = self._con.execute("SELECT feature_set, tbl FROM online_sets ORDER BY feature_set").fetchall()
-        return tuple((k, t) for k, t in rows if k in wanted)
+        rows = self._con.execute("SELECT feature_set, tbl, meta FROM online_sets ORDER BY feature_set").fetchall()
+        return tuple((k, _with_erasures(t, m)) for k, t, m in rows if k in wanted)
 
     def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
         """See OnlineStore.customer_keys."""
@@ -436,7 +483,7 @@ class SQLiteOnlineStore(OnlineStore):
         if not in_transaction:
             cur.execute("BEGIN")
         try:
-            tables = [t for k, t in self.state(set_keys)]
+            tables = [_token_base(t) for _, t in self.state(set_keys)]
             if not tables:
                 return []
             union = " UNION ".join(f"SELECT customer_key FROM {t}" for t in tables)
@@ -530,6 +577,42 @@ class RedisOnlineStore(OnlineStore):
         self._r.delete(members)
         self._r.srem(self._generations(set_key), generation)
 
+    def delete_customers(self, customer_keys: Sequence[str]) -> dict[str, int]:
+        """See OnlineStore.delete_customers: each customer's hash is deleted whole, with every generation's fields."""
+        keys = sorted(set(customer_keys))
+        if not keys:
+            return {}
+        current = {str(k): str(orjson.loads(v)["generation"]) for k, v in self._r.hgetall(self._sets_key).items()}
+        by_field = {f"{k}#{g}": k for k, g in current.items()}
+        removed: dict[str, int] = {}
+        pipe = self._r.pipeline(transaction=False)
+        for key in keys:
+            pipe.hkeys(self._key(key))
+        for fields in pipe.execute():
+            for f in fields:
+                if str(f) in by_field:
+                    removed[by_field[str(f)]] = removed.get(by_field[str(f)], 0) + 1
+        for key in keys:
+            pipe.delete(self._key(key))
+        pipe.execute()
+        members: dict[str, int] = {}
+        for set_key in sorted(current):  # every generation: one a failed replacement left behind holds keys too
+            for generation in [current[set_key], *self._r.smembers(self._generations(set_key))]:
+                n = int(self._r.srem(self._members(set_key, str(generation)), *keys))
+                if str(generation) == current[set_key]:
+                    members[set_key] = members.get(set_key, 0) + n
+        for set_key, n in members.items():
+            if not n:
+                continue
+            removed[set_key] = max(removed.get(set_key, 0), n)
+            meta = orjson.loads(self._r.hget(self._sets_key, set_key) or "{}")
+            if meta:
+                if isinstance(meta.get("rows"), int):
+                    meta["rows"] = max(0, meta["rows"] - n)
+                meta["erasures"] = int(meta.get("erasures", 0)) + 1
+                self._r.hset(self._sets_key, set_key, orjson.dumps(meta))
+        return removed
+
     def _documents(self, customer_key: str) -> dict[str, str]:
         pipe = self._r.pipeline(transaction=False)
         pipe.hgetall(self._key(customer_key))
@@ -554,13 +637,14 @@ class RedisOnlineStore(OnlineStore):
         return out
 
     def state(self, set_keys: Sequence[str]) -> tuple[tuple[str, str], ...]:
-        """See OnlineStore.state: the sets' current generations."""
+        """See OnlineStore.state: the sets' current generations, and their erasures."""
         raw, wanted = self._r.hgetall(self._sets_key), set(set_keys)
-        return tuple((str(k), str(orjson.loads(raw[k])["generation"])) for k in sorted(raw) if k in wanted)
+        return tuple((str(k), _with_erasures(str(orjson.loads(raw[k])["generation"]), raw[k])) for k in sorted(raw)
+                     if k in wanted)  # fmt: skip
 
     def customer_keys(self, set_keys: Sequence[str]) -> list[str]:
         """See OnlineStore.customer_keys: the union of the current generations' member sets."""
-        members = [self._members(k, g) for k, g in self.state(set_keys)]
+        members = [self._members(k, _token_base(g)) for k, g in self.state(set_keys)]
         return sorted(str(k) for k in self._r.sunion(members)) if members else []
 
     def sets(self) -> dict[str, dict[str, Any]]:

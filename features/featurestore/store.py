@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from custintel.atomic_files import write_text_atomically
 from custintel.settings import Settings
@@ -28,6 +29,7 @@ from features.featurestore.online import (
     online_documents,
     set_layout,
 )
+from features.suppression import load_suppression, suppressed_rows
 
 
 def feature_config(settings: Settings) -> FeatureConfig:
@@ -56,7 +58,9 @@ def open_feature_inputs(settings: Settings, config: FeatureConfig) -> tuple[duck
     )
     try:
         golden = settings.identity_dir / "golden_records.parquet"
-        summary = load_lake_inputs(con, settings, config, str(crosswalk), str(golden) if golden.is_file() else None)
+        summary = load_lake_inputs(
+            con, settings, config, str(crosswalk), str(golden) if golden.is_file() else None, load_suppression(settings)
+        )
     except BaseException:
         con.close()
         raise
@@ -66,10 +70,14 @@ def open_feature_inputs(settings: Settings, config: FeatureConfig) -> tuple[duck
 def write_offline(
     settings: Settings, set_key: str, definition: dict[str, Any], digest: str, table: pa.Table, stats: dict[str, Any]
 ) -> list[str]:
-    """Write a built set's partitions to the offline store, with its features' data classes; return their paths."""
+    """Write a built set's partitions (with their features' data classes) to the offline store; return their paths.
+
+    A suppressed customer's row is never written.
+    """
     from features.data_classes import feature_classes
 
     classes = feature_classes(feature_config(settings))
+    table = without_suppressed(settings, table)
     root = offline_root(settings)
     return [str(p) for p in write_partitions(root, set_key, definition, digest, table, stats, classes)]
 
@@ -79,6 +87,23 @@ def open_online_store(settings: Settings) -> OnlineStore:
     if settings.redis_url:
         return RedisOnlineStore(settings.redis_url, settings.online_namespace)
     return SQLiteOnlineStore(settings.features_dir / "online.sqlite")
+
+
+def without_suppressed(settings: Settings, table: pa.Table) -> pa.Table:
+    """The rows of a feature table whose `customer_key` is not on the suppression list.
+
+    A customer key is matched as a key and as a record id (a user's own table is keyed by
+    its own ids, e.g. the CRM's).
+    """
+    suppression = load_suppression(settings)
+    if not suppression or "customer_key" not in table.column_names or table.num_rows == 0:
+        return table
+    keys = pa.table({"customer_key": pc.unique(table.column("customer_key"))}).to_pandas()
+    gone = keys.loc[suppressed_rows(keys, suppression, record_ids=("customer_key",)).to_numpy(), "customer_key"]
+    if gone.empty:
+        return table
+    column = table.column("customer_key")
+    return table.filter(pc.invert(pc.is_in(column, pa.array(gone.tolist()).cast(column.type))))
 
 
 def materialize_online(
@@ -95,6 +120,7 @@ def materialize_online(
         online_as_of = store.sets().get(set_key, {}).get("as_of")
         if online_as_of is not None and str(online_as_of) > str(meta["as_of"]):
             return None
+        table = without_suppressed(settings, table)
         layout = set_layout(table, grouped)
         return store.replace_set(set_key, online_documents(table, grouped=grouped), {**meta, **layout})
 

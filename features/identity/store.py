@@ -31,6 +31,7 @@ from features.identity.privacy import check_fields
 from features.identity.records import assemble_identity_records
 from features.identity.resolve import Resolution, ResolveOptions, log_step, resolve_records
 from features.lake import read_lake_table
+from features.suppression import load_suppression, suppressed_rows
 
 _TABLES = ("records", "match_records", "links", "crosswalk", "golden_records", "conflicts")
 
@@ -57,9 +58,23 @@ def resolve_options(settings: Settings) -> ResolveOptions:
 
 
 def load_identity_records(settings: Settings, config: IdentityConfig) -> pd.DataFrame:
-    """Identity records of every configured source, read from the lake."""
+    """Identity records of every configured source, read from the lake, without those of suppressed people.
+
+    A record on the suppression list (by its id, email, phone, name and birth date, or the
+    customer key the last run gave it) never reaches the crosswalk or a golden record.
+    """
     tables = {s.table: read_lake_table(settings, s.table) for s in config.sources}
-    return assemble_identity_records(tables, config.sources)
+    records = assemble_identity_records(tables, config.sources)
+    suppression = load_suppression(settings)
+    if not suppression:
+        return records
+    gone = suppressed_rows(records, suppression, customer_keys=())
+    previous = read_previous_crosswalk(settings)
+    if previous is not None and not previous.empty:
+        keys = previous.set_index("record_key")["customer_key"]
+        keyed = pd.DataFrame({"customer_key": records["record_key"].map(keys)}, index=records.index)
+        gone |= suppressed_rows(keyed, suppression)
+    return records.loc[~gone.to_numpy()].reset_index(drop=True)
 
 
 def read_identity_table(settings: Settings, name: str) -> pd.DataFrame:

@@ -174,6 +174,16 @@ class FamilyPolicy(_Strict):
     caveats: list[str] = Field(default_factory=list)
 
 
+class ErasurePolicy(_Strict):
+    """What an erasure request means for the model versions trained or tested on an erased person's rows."""
+
+    retrain: Literal["required", "not_required"] = Field(
+        default="not_required",
+        description="required: a flagged version must be retrained before it serves again (the tag and the card "
+        "say so); not_required: the flag informs, the model keeps what it learned.",
+    )
+
+
 class GovernancePolicy(_Strict):
     """The whole policy."""
 
@@ -196,6 +206,7 @@ class GovernancePolicy(_Strict):
         "(default, kept) or exclude.",
     )
     families: dict[Family, FamilyPolicy]
+    erasure: ErasurePolicy = Field(default_factory=ErasurePolicy)
 
     @model_validator(mode="after")
     def _consistent(self) -> GovernancePolicy:

@@ -96,6 +96,9 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
     }
     consent = lineage.get("consent") if isinstance(lineage.get("consent"), dict) else None
     training["consent"] = str(consent["summary"]) if consent else "not recorded (the run predates consent in training)"
+    erasure = cards.erasure_line(mv.tags)
+    if erasure:
+        training["erasure"] = erasure
     calibration = info.get("calibration")
     if isinstance(calibration, dict) and calibration.get("summary"):
         training["calibration"] = str(calibration["summary"])

@@ -27,6 +27,7 @@ messages around its own calls (`_quiet_mlflow`), and leaves every other warning 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -59,6 +60,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking._tracking_service import utils as tracking_service_utils
 
 from custintel.settings import Settings
+from models.examples import impersonal_example
 from models.result import EvaluationSet, LoggedModel, TrainedModel
 
 CHALLENGER = "challenger"
@@ -68,6 +70,7 @@ ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
 ALIAS_MOVE_TAG = "custintel.alias_move."  # + a sortable stamp: one registered-model tag per move
 LEGACY_HISTORY_TAG = "custintel.alias_history"  # the last 25 moves in one tag (homes written before alias_move)
 REFERENCE_PATH = "monitoring/reference.parquet"
+MEMBERS_PATH = "lineage/members.parquet"  # the customer keys of a run's training rows (erasure requests read it)
 _REQUIREMENTS = ("scikit-learn", "lightgbm", "pandas", "numpy", "scipy", "cloudpickle", "lifelines", "implicit")
 _FLUENT_LOCK = threading.RLock()
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no such model, version or alias
@@ -146,6 +149,17 @@ class RunInfo:
     run_id: str
     tags: dict[str, str]
     metrics: dict[str, float]
+    datasets: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run as an access or erasure request reads it: its tags, params and logged datasets (name, source)."""
+
+    run_id: str
+    experiment_id: str
+    tags: dict[str, str]
+    params: dict[str, str]
     datasets: list[tuple[str, str]]
 
 
@@ -246,6 +260,28 @@ def training_dataset(trained: TrainedModel, source: str) -> Any:
     )
 
 
+def _id_columns(trained: TrainedModel) -> set[str]:
+    ids = {"customer_key"}
+    if trained.evaluation_set is not None:
+        ids.add(trained.evaluation_set.id_column)
+    return ids
+
+
+def training_members(trained: TrainedModel) -> pd.DataFrame | None:
+    """The customer keys of the training rows, one column: what an erasure request checks a version against.
+
+    None when the training frame has no id column (nothing to name a person by).
+    """
+    frame = trained.training_frame
+    if frame is None:
+        return None
+    column = next((c for c in ("customer_key", *sorted(_id_columns(trained))) if c in frame.columns), None)
+    if column is None:
+        return None
+    keys = pd.Series(frame[column].dropna().astype(str).unique(), dtype=str).sort_values(ignore_index=True)
+    return pd.DataFrame({"customer_key": keys})
+
+
 def _max_difference(expected: Any, got: Any) -> float:
     if isinstance(expected, pd.DataFrame):
         got = pd.DataFrame(got)
@@ -305,6 +341,21 @@ def _fluent(tracking_uri: str, registry_uri: str) -> Iterator[None]:
         finally:
             setattr(tracking_utils, "_tracking_uri", saved[0])  # noqa: B010
             setattr(registry_utils, "_registry_uri", saved[1])  # noqa: B010
+
+
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow draws a progress bar per download by default; the gate, monitoring and erasure read many small files."""
+    with _FLUENT_LOCK:
+        saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+            else:
+                os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
 
 
 class _DropMessages(logging.Filter):
@@ -539,6 +590,11 @@ class Registry:
                 self._log_evaluation_set(run.info.run_id, trained.evaluation_set)
             if trained.training_frame is not None:
                 mlflow.log_input(training_dataset(trained, dataset_source), context="training")
+                members = training_members(trained)
+                if members is not None:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        members.to_parquet(Path(tmp) / "members.parquet", index=False)
+                        mlflow.log_artifact(str(Path(tmp) / "members.parquet"), "lineage")
             if trained.reference is not None:
                 with tempfile.TemporaryDirectory() as tmp:
                     trained.reference.to_parquet(Path(tmp) / "reference.parquet", index=False)
@@ -549,7 +605,9 @@ class Registry:
                 mlflow.log_text(table.to_csv(index=False), f"tables/{name}.csv")
             record = RunRecord(run.info.run_id, experiment_id, trained.family, metrics=dict(trained.metrics))
             for logged in trained.models:
-                info = self._log_model(logged)
+                # The logged example is built from the training columns' medians and modes: no person's row.
+                example = impersonal_example(logged.input_example, trained.training_frame, _id_columns(trained))
+                info = self._log_model(dataclasses.replace(logged, input_example=example))
                 version = None
                 uri = info.model_uri
                 if logged.registered_model:
@@ -627,19 +685,11 @@ class Registry:
         return RunInfo(run_id, dict(run.data.tags), dict(run.data.metrics), datasets)
 
     def _download(self, run_id: str, path: str, dst: str) -> Path | None:
-        # MLflow draws a progress bar per download by default; the gate and monitoring read several small files.
-        with _FLUENT_LOCK:
-            saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        with _no_progress_bar():
             try:
                 return Path(self._artifacts_of(run_id).download_artifacts(run_id, path, dst))
             except (MlflowException, OSError):
                 return None
-            finally:
-                if saved is None:
-                    os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-                else:
-                    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
 
     def read_run_json(self, run_id: str, path: str) -> dict[str, Any]:
         """A JSON artifact of a run ({} when the run has none)."""
@@ -665,6 +715,94 @@ class Registry:
         with tempfile.TemporaryDirectory() as tmp:
             local = self._download(run_id, REFERENCE_PATH, tmp)
             return pd.read_parquet(local) if local is not None and local.is_file() else None
+
+    # -- personal data: what an access or erasure request reads and rewrites ---------------------------------------
+    def all_runs(self) -> list[RunSummary]:
+        """Every run of every experiment in the store (an embedded store never written: none)."""
+        if not self.exists():
+            return []
+        experiments = self._all_pages(self.client.search_experiments)
+        ids = [e.experiment_id for e in experiments]
+        if not ids:
+            return []
+        runs = self._all_pages(functools.partial(self.client.search_runs, ids))
+        out = []
+        for run in runs:
+            datasets = [(d.dataset.name, d.dataset.source) for d in (run.inputs.dataset_inputs if run.inputs else [])]
+            out.append(RunSummary(run.info.run_id, run.info.experiment_id, dict(run.data.tags),
+                                  dict(run.data.params), datasets))  # fmt: skip
+        return out
+
+    def run_files(self, run_id: str, path: str | None = None) -> list[str]:
+        """Every artifact file of a run (paths relative to the run's artifact root)."""
+        client = self._artifacts_of(run_id)
+        files: list[str] = []
+        for item in client.list_artifacts(run_id, path):
+            if item.is_dir:
+                files += self.run_files(run_id, item.path)
+            else:
+                files.append(item.path)
+        return files
+
+    def download_run_file(self, run_id: str, path: str, dst: Path) -> Path | None:
+        """One artifact of a run, downloaded under `dst` (None when the run has no such file)."""
+        local = self._download(run_id, path, str(dst))
+        return local if local is not None and local.is_file() else None
+
+    def replace_run_file(self, run_id: str, path: str, local: Path) -> None:
+        """Overwrite one artifact of a run (same path) with a local file's content."""
+        folder, _, name = path.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / name
+            staged.write_bytes(local.read_bytes())
+            self._artifacts_of(run_id).log_artifact(run_id, str(staged), folder or None)
+
+    def delete_run_file(self, run_id: str, path: str) -> None:
+        """Delete one artifact (file or folder) of a run."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        uri = self.client.get_run(run_id).info.artifact_uri
+        get_artifact_repository(uri).delete_artifacts(path)
+
+    def run_models(self, run_id: str) -> list[tuple[str, str, str]]:
+        """The models a run logged: (model id, name, artifact location)."""
+        run = self.client.get_run(run_id)
+        found = self._all_pages(
+            functools.partial(self.client.search_logged_models, [run.info.experiment_id], f"source_run_id = '{run_id}'")
+        )
+        return [(m.model_id, m.name, m.artifact_location) for m in found]
+
+    @staticmethod
+    def download_model_file(location: str, name: str, dst: Path) -> Path | None:
+        """One file at the root of a logged model's artifacts (None when it has none)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(location)
+        if name not in {Path(f.path).name for f in repo.list_artifacts() if not f.is_dir}:
+            return None
+        dst.mkdir(parents=True, exist_ok=True)
+        with _no_progress_bar():
+            return Path(repo.download_artifacts(name, str(dst)))
+
+    @staticmethod
+    def replace_model_file(location: str, local: Path) -> None:
+        """Overwrite one file at the root of a logged model's artifacts (the local file's name)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        get_artifact_repository(location).log_artifact(str(local))
+
+    def run_versions(self, run_id: str) -> list[VersionInfo]:
+        """The registered versions a run produced."""
+        found = self._all_pages(functools.partial(self.client.search_model_versions, f"run_id = '{run_id}'"))
+        return [_version_info(mv) for mv in found]
+
+    def delete_version_tag(self, name: str, version: str, key: str) -> None:
+        """Remove one tag of a model version (absent: nothing to do)."""
+        try:
+            self.client.delete_model_version_tag(name, str(version), key)
+        except MlflowException as exc:
+            if not _missing(exc):
+                raise
 
     # -- versions, tags, models ------------------------------------------------------------------------------------
     def version(self, name: str, version: str) -> VersionInfo:

@@ -348,9 +348,11 @@ def monitor_family(
         log.info("%s: writing the Evidently drift report (%d columns)", family, len(tested))
         # The baseline's tests: each column's method and threshold (natural movement included), so
         # Evidently's verdicts on the page are the ones the decision used.
+        reference_sample = reports.sample_rows(reference, policy.report_rows)
+        current_sample = reports.sample_rows(current, policy.report_rows)
         snapshot = reports.evidently_drift(
-            reports.sample_rows(reference, policy.report_rows),
-            reports.sample_rows(current, policy.report_rows),
+            reference_sample,
+            current_sample,
             tested,
             baseline.tests if baseline is not None else tests,
             policy.drift.drift_share,
@@ -358,6 +360,7 @@ def monitor_family(
         )
         folder.mkdir(parents=True, exist_ok=True)
         files += _save_snapshot(snapshot, folder / f"{stem}-evidently")
+        members = {"reference": reference_sample, "served": current_sample}
         links["Evidently data drift report"] = f"{stem}-evidently.html"
         workspace_runs.append(
             reports.add_to_workspace(
@@ -367,6 +370,7 @@ def monitor_family(
         if family == "churn" and labelled is not None and len(labelled) and labelled["label"].nunique() == 2:
             log.info("%s: writing the Evidently performance report (%s labelled rows)", family, f"{len(labelled):,}")
             snap = reports.evidently_performance(labelled, None, champion.threshold)
+            members["labelled"] = labelled
             files += _save_snapshot(snap, folder / f"{stem}-performance")
             links["Evidently performance report (labelled served rows)"] = f"{stem}-performance.html"
             workspace_runs.append(
@@ -374,6 +378,8 @@ def monitor_family(
                     settings.monitoring_dir / "workspace", name, snap, f"v{champion.version} {stem} performance"
                 )
             )
+        # Whose rows the Evidently reports drew on (keys only, local): what an erasure request looks them up by.
+        reports.write_members(folder / f"{stem}-members.parquet", members)
     clock["reports"] = time.perf_counter() - t
     summary = {
         "family": family,

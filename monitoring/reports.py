@@ -257,6 +257,27 @@ def write_summary(folder: Path, stem: str, summary: dict[str, Any]) -> tuple[Pat
     return page, data
 
 
+MEMBERS_SUFFIX = "-members.parquet"
+
+
+def write_members(path: Path, samples: dict[str, pd.DataFrame]) -> Path:
+    """The keys of the rows each report of a pass drew on: `side` (reference, served, labelled) and `key`.
+
+    The reference's rows are named by customer key, served rows by the inference log's key. Kept beside the
+    reports (never logged to MLflow) so an erasure request finds the reports that embed a person's rows.
+    """
+    parts = []
+    for side, frame in samples.items():
+        column = "customer_key" if "customer_key" in frame.columns else "customer" if "customer" in frame else None
+        if column is None:
+            continue
+        keys = frame[column].dropna().astype(str).unique()
+        parts.append(pd.DataFrame({"side": side, "key": keys}))
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({"side": [], "key": []}, dtype=str)
+    table.to_parquet(path, index=False)
+    return path
+
+
 def stamp(now: dt.datetime) -> str:
     """A sortable, file-safe time stamp."""
     return now.strftime("%Y%m%dT%H%M%SZ")

@@ -8,12 +8,14 @@ impressions newer than the window.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from custintel.settings import Settings
 
@@ -44,6 +46,14 @@ class FrequencyCaps(ABC):
     def record(self, customer_key: str, products: Sequence[str], now: float) -> None:
         """Count one impression of each product."""
 
+    @abstractmethod
+    def impressions(self, customer_keys: Sequence[str]) -> list[tuple[str, str, float]]:
+        """Every impression kept of these customers: (customer key, product, time)."""
+
+    @abstractmethod
+    def delete(self, customer_keys: Sequence[str]) -> int:
+        """Forget every impression of these customers (an erasure request); returns how many were removed."""
+
 
 class SQLiteFrequencyCaps(FrequencyCaps):
     """Impressions as rows of one SQLite table (WAL), behind a lock shared by the service's threads."""
@@ -72,6 +82,25 @@ class SQLiteFrequencyCaps(FrequencyCaps):
         """See FrequencyCaps.record."""
         with self._lock:
             self._db.executemany("INSERT INTO shown VALUES (?, ?, ?)", [(customer_key, p, now) for p in products])
+
+    def impressions(self, customer_keys: Sequence[str]) -> list[tuple[str, str, float]]:
+        """See FrequencyCaps.impressions."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT customer_key, product_id, at FROM shown WHERE customer_key IN (SELECT value FROM json_each(?)) "
+                "ORDER BY customer_key, at",
+                (json.dumps(list(customer_keys)),),
+            ).fetchall()
+        return [(str(k), str(p), float(a)) for k, p, a in rows]
+
+    def delete(self, customer_keys: Sequence[str]) -> int:
+        """See FrequencyCaps.delete (one statement, one transaction)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "DELETE FROM shown WHERE customer_key IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(customer_keys)),),
+            )
+        return max(cursor.rowcount, 0)
 
 
 class RedisFrequencyCaps(FrequencyCaps):
@@ -104,3 +133,33 @@ class RedisFrequencyCaps(FrequencyCaps):
 
     def _key(self, customer_key: str, product: str) -> str:
         return f"{self._namespace}:cap:{customer_key}:{product}"
+
+    def _keys_of(self, customer_key: str) -> list[bytes]:
+        # Redis glob syntax: the key is escaped so a key holding * or [ matches only itself.
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in f"{self._namespace}:cap:{customer_key}:")
+        return list(self._redis.scan_iter(match=escaped + "*", count=1000))
+
+    def impressions(self, customer_keys: Sequence[str]) -> list[tuple[str, str, float]]:
+        """See FrequencyCaps.impressions."""
+        out = []
+        for customer_key in customer_keys:
+            prefix = f"{self._namespace}:cap:{customer_key}:"
+            for key in self._keys_of(customer_key):
+                product = key.decode()[len(prefix) :]
+                scored: Any = self._redis.zrange(key, 0, -1, withscores=True)
+                out += [(customer_key, product, float(pair[1])) for pair in scored]
+        return out
+
+    def delete(self, customer_keys: Sequence[str]) -> int:
+        """See FrequencyCaps.delete: the customers' sorted sets are removed (their sizes counted first)."""
+        removed = 0
+        for customer_key in customer_keys:
+            keys = self._keys_of(customer_key)
+            if not keys:
+                continue
+            pipe = self._redis.pipeline()
+            for key in keys:
+                pipe.zcard(key)
+            removed += sum(int(n) for n in pipe.execute())
+            self._redis.delete(*keys)
+        return removed

@@ -77,6 +77,17 @@ def log_key(rule: str, salt: str, customer_key: str | None) -> str | None:
     return hashlib.sha256(f"{salt}:{customer_key}".encode()).hexdigest()[:24]
 
 
+def subject_log_keys(salt: str, customer_keys: Sequence[str], given: Sequence[str] = ()) -> set[str]:
+    """Every form the log can hold these customer keys in (hashed with `salt`, plain), plus log keys `given`.
+
+    An access or erasure request looks a person up by all of them: a home whose key rule changed holds both.
+    """
+    keys = {k for k in given if k}
+    for customer_key in customer_keys:
+        keys |= {v for v in (log_key("hash", salt, customer_key), log_key("plain", salt, customer_key)) if v}
+    return keys
+
+
 def day_file(folder: Path, day: dt.date) -> Path:
     """The file holding one UTC day's entries."""
     return folder / f"{day.isoformat()}.jsonl"

@@ -1,0 +1,320 @@
+"""The outer personal stores (MLflow, the inference log, frequency caps, the consent file, monitoring, governance):
+find a few customers, erase them, find nothing; everyone else's rows unchanged; versions flagged.
+
+One home for the module: the session's featured world, a churn model trained on it (MLflow on SQLite), audited
+(card), made champion, served (inference log entries written by the service's own writer, frequency caps,
+the consent file), monitored (Evidently reports, workspace) and published (the reviewers' site). The PostgreSQL
+case trains on a fresh database that the test creates and drops.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from custintel.personal import Erased, Holding, PersonalStore, Subject
+from custintel.settings import Settings
+from flows.train import PLAIN_STEPS, run_training
+from governance import cards
+from governance.personal import GovernanceStore
+from models.examples import PLACEHOLDER_KEY, impersonal_example
+from models.personal import ERASURE_AT, ERASURE_PENDING, ERASURE_SUBJECTS, MLflowStore
+from models.registry import REFERENCE_PATH, Registry
+from monitoring.personal import MonitoringStore
+from serving.caps import RedisFrequencyCaps, open_frequency_caps
+from serving.inference_log import InferenceLog, log_key
+from serving.personal import CapsStore, ConsentSnapshotStore, InferenceLogStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+NAME = "custintel-churn"
+SALT = "custintel"  # the service's salt when CUSTINTEL_SERVING_LOG_SALT is unset
+
+
+@dataclass
+class Home:
+    settings: Settings
+    run_id: str
+    subjects: list[Subject]
+    others: list[str]  # customer keys served and tested, not erased
+    stem: str  # the monitoring pass
+
+
+def _stores(settings: Settings) -> list[PersonalStore]:
+    """In the order erasure runs them: MLflow, serving, monitoring, governance (the site last)."""
+    return [MLflowStore(settings), InferenceLogStore(settings), CapsStore(settings), ConsentSnapshotStore(settings),
+            MonitoringStore(settings), GovernanceStore(settings)]  # fmt: skip
+
+
+def _by_store(holdings: Sequence[Holding]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for h in holdings:
+        out.setdefault(h.store, set()).add(h.subject)
+    return out
+
+
+def _artifact(settings: Settings, run_id: str, path: str) -> Path:
+    return settings.artifacts_dir / run_id / "artifacts" / path
+
+
+def _serve(settings: Settings, reference: pd.DataFrame, keys: list[str]) -> None:
+    """Inference-log entries as the service writes them (its writer), for these customers' newest reference rows."""
+    newest = reference[reference["as_of"] == reference["as_of"].max()].set_index("customer_key")
+    features = [c for c in reference.columns if c not in ("customer_key", "as_of")]
+    log = InferenceLog(settings.inference_log_dir, "hash", SALT, flush_seconds=0.05)
+    rng = np.random.default_rng(3)
+    entries = []
+    for key in keys:
+        row = newest.loc[key]
+        score = float(rng.uniform(0, 0.3))
+        entries.append({"at": time.time(), "caller": "test", "endpoint": "/churn/score", "model": NAME, "version": "1",
+                        "customer": log.key(key), "answer": {"score": score, "decision": score > 0.2},
+                        "as_of": str(pd.Timestamp(row["as_of"]).date()),
+                        "inputs": {c: (None if pd.isna(row[c]) else row[c].item() if hasattr(row[c], "item")
+                                       else row[c]) for c in features}})  # fmt: skip
+    log.record_many(entries)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def home(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
+    from flows.promote import PLAIN_STEPS as GATE_STEPS
+    from flows.promote import run_gate
+    from governance import store
+    from governance.site import build_site
+    from monitoring.monitor import monitor_family
+    from monitoring.policy import load_policy as load_monitoring_policy
+    from serving.consent import build_consent_store
+    from serving.policy import load_serving_policy
+
+    root = tmp_path_factory.mktemp("personal-outer")
+    shutil.copytree(featured.home_dir, root / "home", ignore=shutil.ignore_patterns("mlflow.db", "artifacts"))
+    settings = Settings(home=root / "home", training_config=featured.training_config)
+    (churn,) = run_training(settings, "churn", PLAIN_STEPS, lambda _: None, trials=1)
+    run_gate(settings, "churn", None, None, "tester", GATE_STEPS)
+    registry = Registry(settings)
+    if registry.alias_version(NAME, "champion") != "1":
+        store.move_champion(registry, NAME, "1", "the personal-data test's champion")
+
+    reference = pd.read_parquet(_artifact(settings, churn.run_id, REFERENCE_PATH))
+    test = pd.read_parquet(_artifact(settings, churn.run_id, "evaluation/test.parquet"))
+    members = pd.read_parquet(_artifact(settings, churn.run_id, "lineage/members.parquet"))
+    newest = reference[reference["as_of"] == reference["as_of"].max()]
+    served = sorted(set(newest["customer_key"]) & set(test["customer_key"]) & set(members["customer_key"]))
+    assert len(served) >= 200, len(served)
+    chosen, others = served[:3], served[3:400]
+    _serve(settings, reference, chosen + others)
+
+    policy = load_serving_policy(settings.serving_policy)
+    build_consent_store(settings, policy)
+    caps = open_frequency_caps(settings, 3, 7)
+    for key in chosen + others[:5]:
+        caps.record(key, ["P001", "P002"], time.time())
+
+    monitoring = load_monitoring_policy(None)
+    monitoring = monitoring.model_copy(update={"drift": monitoring.drift.model_copy(update={"min_rows": 100})})
+    now = dt.datetime.now(dt.UTC)
+    ran = monitor_family(settings, monitoring, "churn", now - dt.timedelta(hours=1), now + dt.timedelta(minutes=1),
+                         now, ("hash", SALT))  # fmt: skip
+    assert ran is not None and ran.summary["links"], ran
+    build_site(settings)
+    subjects = [Subject(request=k, customer_keys=(k,)) for k in chosen]
+    yield Home(settings, churn.run_id, subjects, others, ran.summary["model"] + "-v1-" + ran.summary["stamp"])
+
+
+def test_new_input_examples_hold_no_persons_row(home: Home) -> None:
+    registry = Registry(home.settings)
+    test = pd.read_parquet(_artifact(home.settings, home.run_id, "evaluation/test.parquet"))
+    for _, _, location in registry.run_models(home.run_id):
+        example = json.loads((Path(location.removeprefix("file://")) / "input_example.json").read_text())
+        frame = pd.DataFrame(example["data"], columns=example["columns"])
+        assert len(frame) == 1
+        same = pd.Series(True, index=test.index)
+        for column in frame.columns:
+            value = frame[column].iloc[0]
+            if pd.api.types.is_numeric_dtype(test[column]):
+                same &= np.isclose(test[column].astype(float), float(value), equal_nan=True)
+            else:
+                same &= test[column].astype(str) == str(value)
+        assert not same.any()  # nobody's row
+        assert same.size and len(frame.columns) > 10
+    members = pd.read_parquet(_artifact(home.settings, home.run_id, "lineage/members.parquet"))
+    assert list(members.columns) == ["customer_key"] and members["customer_key"].is_unique and len(members) > 500
+
+
+def test_an_impersonal_example_keeps_dtypes_and_replaces_identifiers() -> None:
+    frame = pd.DataFrame({"customer_key": ["a", "b", "c"], "n": [1, 2, 10], "x": [0.5, np.nan, 1.5],
+                          "seg": pd.Categorical(["s", "s", "t"]), "flag": [True, False, True]})  # fmt: skip
+    out = impersonal_example(frame.head(2), frame)
+    assert out.dtypes.equals(frame.dtypes) and len(out) == 1
+    assert out.iloc[0].tolist() == [PLACEHOLDER_KEY, 2, 1.0, "s", True]
+
+
+def test_find_then_erase_then_nothing_in_any_outer_store(home: Home) -> None:
+    settings, subjects = home.settings, home.subjects
+    requests = {s.request for s in subjects}
+    log_dir = settings.inference_log_dir
+    before_log = {p.name: p.read_bytes().splitlines() for p in log_dir.glob("*.jsonl")}
+    test_path = _artifact(settings, home.run_id, "evaluation/test.parquet")
+    test_before = pd.read_parquet(test_path)
+    ref_before = pd.read_parquet(_artifact(settings, home.run_id, REFERENCE_PATH))
+    monitoring_dir = settings.reports_dir / "monitoring"
+    assert (monitoring_dir / f"{home.stem}-evidently.html").is_file()
+    assert (settings.site_dir / "drift" / f"{home.stem}-evidently.html").is_file()
+
+    found = [h for store in _stores(settings) for h in store.find(subjects)]
+    by_store = _by_store(found)
+    for store in ("mlflow", "inference_log", "serving.caps", "monitoring"):
+        assert by_store.get(store) == requests, (store, by_store)
+    # consent decisions exist for some of them only; the file is built from the lake
+    assert by_store.get("serving.consent", set()) <= requests
+    places = {h.place for h in found if h.store == "mlflow"}
+    assert {f"runs:/{home.run_id}/evaluation/test.parquet", f"runs:/{home.run_id}/monitoring/reference.parquet",
+            f"runs:/{home.run_id}/lineage/members.parquet", f"models:/{NAME}/1"} <= places  # fmt: skip
+    versions = [h for h in found if h.place == f"models:/{NAME}/1"]
+    assert all(set(h.rows[0]["rows_in"]) == {"training", "test", "reference"} for h in versions), versions
+    # every row found belongs to its subject, nobody else
+    for h in found:
+        for row in h.rows:
+            if "customer_key" in row:
+                assert row["customer_key"] == h.subject
+    served = [r for h in found if h.store == "inference_log" for r in h.rows]
+    assert {r["customer"] for r in served} == {log_key("hash", SALT, k) for k in requests}
+    # the legal records hold no identifier
+    assert not [h for h in found if h.place.endswith(("audit_trail.jsonl", "decisions.jsonl"))]
+
+    erased: list[Erased] = []
+    for store in _stores(settings):
+        erased += store.erase(subjects)
+    assert sum(e.removed for e in erased if e.store == "inference_log") == len(subjects)
+    assert sum(e.removed for e in erased if e.place.endswith("evaluation/test.parquet")) == (
+        test_before["customer_key"].isin(requests).sum()
+    )
+    legal = [e for e in erased if e.place.endswith(("audit_trail.jsonl", "decisions.jsonl"))]
+    assert legal and all("holds no identifier" in e.detail for e in legal), legal
+
+    assert [h for store in _stores(settings) for h in store.find(subjects)] == []
+    again = [e for store in _stores(settings) for e in store.erase(subjects)]
+    assert sum(e.removed for e in again) == 0, [e for e in again if e.removed]
+
+    # everyone else: the same rows, the same log lines, their impressions kept
+    test_after = pd.read_parquet(test_path)
+    pd.testing.assert_frame_equal(test_after, test_before[~test_before["customer_key"].isin(requests)]
+                                  .reset_index(drop=True))  # fmt: skip
+    ref_after = pd.read_parquet(_artifact(settings, home.run_id, REFERENCE_PATH))
+    pd.testing.assert_frame_equal(ref_after, ref_before[~ref_before["customer_key"].isin(requests)]
+                                  .reset_index(drop=True))  # fmt: skip
+    hashed = {log_key("hash", SALT, k).encode() for k in requests}
+    for name, lines in before_log.items():
+        after = (log_dir / name).read_bytes().splitlines()
+        assert after == [line for line in lines if not any(h in line for h in hashed)]
+    others = CapsStore(settings).find([Subject(request=k, customer_keys=(k,)) for k in home.others[:5]])
+    assert len(others) == 5 and all(len(h.rows) == 2 for h in others)
+
+    # the version is flagged, the policy's retrain rule beside it, and the card says so
+    tags = Registry(settings).version(NAME, "1").tags
+    assert tags[ERASURE_SUBJECTS] == str(len(subjects)) and tags[ERASURE_AT] and ERASURE_PENDING not in tags
+    assert tags[cards.ERASURE_RETRAIN] == "not_required"
+    card = settings.governance_dir / "cards" / NAME / "1" / "card.html"
+    assert card.read_text().count('<p class="erasure">Erasure: 3 erased person(s)') == 1
+    assert "> Erasure: 3 erased person(s)" in card.with_name("card.md").read_text()
+    # monitoring: the Evidently reports that drew on their rows are gone (workspace and site too), the page stays
+    assert not list(monitoring_dir.glob(f"{home.stem}-evidently.*"))
+    assert (monitoring_dir / f"{home.stem}.html").is_file()
+    summary = json.loads((monitoring_dir / f"{home.stem}.json").read_text())
+    assert summary["links"] == {} and summary["workspace_runs"] == [] and "erased" in summary
+    from evidently.ui.workspace import Workspace
+
+    workspace = Workspace(str(settings.monitoring_dir / "workspace"))
+    assert all(not workspace.list_runs(p.id) for p in workspace.list_projects())
+    assert not (settings.site_dir / "drift" / f"{home.stem}-evidently.html").exists()
+    members = pd.read_parquet(monitoring_dir / f"{home.stem}-members.parquet")
+    assert not members["key"].isin(requests | {h.decode() for h in hashed}).any() and len(members) > 300
+
+
+def test_erasing_a_stranger_changes_nothing(home: Home) -> None:
+    stranger = [Subject(request="CK-NOBODY", customer_keys=("CK-NOBODY",))]
+    before = {p: p.stat().st_mtime_ns for p in home.settings.home_dir.rglob("*") if p.is_file()}
+    assert [h for store in _stores(home.settings) for h in store.find(stranger)] == []
+    erased = [e for store in _stores(home.settings) for e in store.erase(stranger)]
+    assert sum(e.removed for e in erased) == 0
+    after = {p: p.stat().st_mtime_ns for p in home.settings.home_dir.rglob("*") if p.is_file()}
+    changed = {str(p) for p in before if after.get(p) != before[p]} - {str(home.settings.home_dir / "mlflow.db")}
+    assert changed == set()
+
+
+def test_card_notes_are_replaced_not_repeated() -> None:
+    html = "<html><body><h1>Model card: m v1</h1>\n<h2>Model</h2></body></html>"
+    md = "# Model card: m v1\n\n## Model\n"
+    once = cards.with_erasure_note(html, "2 erased", False)
+    assert cards.with_erasure_note(once, "2 erased", False) == once
+    assert cards.with_erasure_note(once, "5 erased", False).count('class="erasure"') == 1
+    noted = cards.with_erasure_note(md, "2 erased", True)
+    assert noted == "# Model card: m v1\n> Erasure: 2 erased\n\n## Model\n"
+    assert cards.with_erasure_note(noted, "2 erased", True) == noted
+
+
+def test_frequency_caps_in_redis_forget_a_customer() -> None:
+    import redis
+
+    namespace = f"test-personal-{uuid.uuid4().hex[:8]}"
+    settings = Settings(home=Path("/nonexistent-home"), redis_url="redis://127.0.0.1:6379/0",
+                        online_namespace=namespace)  # fmt: skip
+    caps = open_frequency_caps(settings, 3, 7)
+    assert isinstance(caps, RedisFrequencyCaps)
+    now = time.time()
+    caps.record("CK1", ["P1", "P2"], now)
+    caps.record("CK1", ["P1"], now + 1)
+    caps.record("CK2", ["P1"], now)
+    store = CapsStore(settings)
+    try:
+        found = store.find([Subject("CK1", ("CK1",))])
+        assert [(r["product_id"]) for r in found[0].rows] == ["P1", "P1", "P2"]
+        assert store.erase([Subject("CK1", ("CK1",))])[0].removed == 3
+        assert store.find([Subject("CK1", ("CK1",))]) == [] and store.erase([Subject("CK1", ("CK1",))]) == []
+        assert caps.counts("CK2", ["P1"], now) == {"P1": 1}
+    finally:
+        client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            client.delete(*keys)
+
+
+def test_mlflow_on_postgresql(featured: Settings, tmp_path: Path) -> None:
+    import psycopg
+
+    database = f"custintel_personal_{uuid.uuid4().hex[:8]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/test"
+    with psycopg.connect(admin, autocommit=True) as con:
+        con.execute(f'CREATE DATABASE "{database}"')
+    try:
+        shutil.copytree(featured.home_dir, tmp_path / "home", ignore=shutil.ignore_patterns("mlflow.db", "artifacts"))
+        settings = Settings(home=tmp_path / "home", training_config=featured.training_config,
+                            mlflow_tracking_uri=f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}")  # fmt: skip
+        (churn,) = run_training(settings, "churn", PLAIN_STEPS, lambda _: None, trials=1)
+        test = pd.read_parquet(_artifact(settings, churn.run_id, "evaluation/test.parquet"))
+        keys = test["customer_key"].drop_duplicates().head(2).tolist()
+        subjects = [Subject(request=k, customer_keys=(k,)) for k in keys]
+        store = MLflowStore(settings)
+        found = store.find(subjects)
+        assert {h.subject for h in found if h.place == f"models:/{NAME}/1"} == set(keys)
+        erased = store.erase(subjects)
+        assert (
+            sum(e.removed for e in erased if e.place.endswith("test.parquet")) == test["customer_key"].isin(keys).sum()
+        )
+        assert store.find(subjects) == [] and sum(e.removed for e in store.erase(subjects)) == 0
+        tags = Registry(settings).version(NAME, "1").tags
+        assert tags[ERASURE_SUBJECTS] == "2" and ERASURE_PENDING not in tags
+    finally:
+        with psycopg.connect(admin, autocommit=True) as con:
+            con.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

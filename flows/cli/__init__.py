@@ -10,5 +10,6 @@ from flows.cli.app import app
 
 # Imported in the order `custintel --help` lists the commands and groups.
 from flows.cli import data, identity, features, models, audit, operations, demo  # noqa: I001  # isort: skip
+from flows.cli import dsar  # noqa: I001  # isort: skip
 
-__all__ = ["app", "audit", "data", "demo", "features", "identity", "models", "operations"]
+__all__ = ["app", "audit", "data", "demo", "features", "identity", "models", "operations", "dsar"]

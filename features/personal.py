@@ -208,16 +208,22 @@ def _pairs_sql(src: str, rules: _Rules, columns: set[str]) -> str | None:
                 f"SELECT t.{_POS} AS n, w.s FROM {src} t JOIN w_phones w ON w.value = phone_digits({_col(column)})"
                 f"{owner_join}{guard}"
             )
-    for column in rules.raw:
-        if column in columns:
-            value = f"trim(CAST({_col(column)} AS VARCHAR))"
-            parts.append(f"SELECT t.{_POS} AS n, w.s FROM {src} t JOIN w_raw w ON w.value = {value}")
-            parts.append(f"SELECT t.{_POS} AS n, w.s FROM {src} t JOIN w_emails w ON w.value = email_lower({value})")
-            parts.append(f"SELECT t.{_POS} AS n, w.s FROM {src} t JOIN w_emails w ON w.value = email_norm({value})")
-            parts.append(
-                f"SELECT t.{_POS} AS n, w.s FROM {src} t JOIN w_phones w ON w.value = phone_digits({value}) "
-                f"AND length(w.value) >= {_MIN_PHONE_DIGITS}"
-            )
+    raw = [c for c in rules.raw if c in columns]
+    cte = ""
+    if raw:  # every text value once, as (position, value): four joins over it instead of four per column
+        listed = ", ".join(f'"{c.replace(chr(34), chr(34) * 2)}"' for c in raw)
+        picked = ", ".join(f'CAST({_col(c)} AS VARCHAR) AS "{c.replace(chr(34), chr(34) * 2)}"' for c in raw)
+        cte = (
+            f"WITH v AS MATERIALIZED (SELECT n, trim(value) AS value FROM (UNPIVOT (SELECT t.{_POS} AS n, {picked} "
+            f"FROM {src} t) ON {listed} INTO NAME col VALUE value) WHERE trim(value) <> '') "
+        )
+        parts += [
+            "SELECT v.n, w.s FROM v JOIN w_raw w ON w.value = v.value",
+            "SELECT v.n, w.s FROM v JOIN w_emails w ON w.value = email_lower(v.value)",
+            "SELECT v.n, w.s FROM v JOIN w_emails w ON w.value = email_norm(v.value)",
+            f"SELECT v.n, w.s FROM v JOIN w_phones w ON w.value = phone_digits(v.value) "
+            f"AND length(w.value) >= {_MIN_PHONE_DIGITS}",
+        ]
     for column in rules.keys:
         if column in columns:
             parts.append(
@@ -225,22 +231,26 @@ def _pairs_sql(src: str, rules: _Rules, columns: set[str]) -> str | None:
             )
     if not parts:
         return None
-    return "SELECT DISTINCT n, s FROM (" + " UNION ALL ".join(parts) + ")"
+    return cte + "SELECT DISTINCT n, s FROM (" + " UNION ALL ".join(parts) + ")"
 
 
 def _src(path: Path) -> str:
-    return f"read_parquet({sql_text(path)}, file_row_number = true)"
+    return f"read_parquet({sql_text(path)}, file_row_number = true, hive_partitioning = false)"
 
 
-def _file_columns(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
-    """A Parquet file's column names and DuckDB types."""
-    rel = con.sql(f"SELECT * FROM read_parquet({sql_text(path)}) LIMIT 0")
-    return {name: str(kind) for name, kind in zip(rel.columns, rel.types, strict=True)}
+def _file_columns(path: Path) -> dict[str, pa.DataType]:
+    """A Parquet file's column names and types (from its footer)."""
+    schema = pq.read_schema(path)
+    return {f.name: f.type for f in schema}
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
 
 def _matches(con: duckdb.DuckDBPyConnection, path: Path, rules: _Rules) -> dict[int, list[int]]:
     """Positions of the rows of a file that belong to the subjects, each with its subjects."""
-    sql = _pairs_sql(_src(path), rules, set(_file_columns(con, path)))
+    sql = _pairs_sql(_src(path), rules, set(_file_columns(path)))
     if sql is None:
         return {}
     out: dict[int, list[int]] = {}
@@ -359,7 +369,7 @@ def _lake_rules(settings: Settings, con: duckdb.DuckDBPyConnection, files: dict[
     """Each lake table's rules, from its columns and the identity and feature configurations."""
     from features.identity.config import load_identity_config
 
-    tables = {t: list(_file_columns(con, ps[0])) for t, ps in files.items() if ps}
+    tables = {t: list(_file_columns(ps[0])) for t, ps in files.items() if ps}
     sources = {s.table for s in load_identity_config(settings.identity_config).sources}
     return {t: _Rules.of(p, sources) for t, p in person_columns(settings, tables).items()}
 
@@ -377,7 +387,7 @@ def _issues_of_rows(
     frame = pd.DataFrame(
         [(f, r, s) for (f, r), owners in rows.items() for s in owners], columns=["f", "r", "s"]
     ).astype({"r": "int64", "s": "int64"})
-    if "_source_file" not in _file_columns(con, issues):
+    if "_source_file" not in _file_columns(issues):
         return {}
     con.register("erased_rows", frame)
     try:
@@ -397,7 +407,7 @@ def _row_ids(
     con: duckdb.DuckDBPyConnection, path: Path, found: dict[int, list[int]]
 ) -> dict[tuple[str, int], list[int]]:
     """(source file, row number) of the rows at these positions (what their issues refer to)."""
-    columns = _file_columns(con, path)
+    columns = _file_columns(path)
     if not found or "_source_file" not in columns or "_row_number" not in columns:
         return {}
     con.register("wanted_positions", pd.DataFrame({"n": sorted(found)}, dtype="int64"))
@@ -502,8 +512,8 @@ class QuarantineStore:
             referred: dict[tuple[str, int], list[int]] = {}
             row_files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("issues-"))
             for path in row_files:
-                columns = _file_columns(con, path)
-                text = tuple(c for c, kind in columns.items() if kind == "VARCHAR" and c != "_source_file")
+                columns = _file_columns(path)
+                text = tuple(c for c, kind in columns.items() if _is_text(kind) and c != "_source_file")
                 base = lake_rules.get(table, _Rules())
                 rules = _Rules(links=base.links, emails=base.emails, phones=base.phones, raw=text)
                 found = _matches(con, path, rules)

@@ -136,14 +136,51 @@ def _read_list(path: Path) -> pa.Table:
         raise SuppressionError(f"{path} is not a readable suppression list: {exc}") from exc
 
 
+def shared_identifiers(settings: Settings, subjects: Sequence[Subject]) -> set[tuple[str, str]]:
+    """(kind, value) of the subjects' emails, phones and names with birth dates that other customers hold too.
+
+    A family's shared email, a switchboard phone: the identity records (when resolution has run)
+    give them to a customer who is not one of the subjects. Suppressing them would keep that
+    other person's rows out of the lake, so `suppress` leaves them out; the subjects' own
+    records stay suppressed by their ids.
+    """
+    records_path = settings.identity_dir / "records.parquet"
+    crosswalk_path = settings.identity_dir / "crosswalk.parquet"
+    if not records_path.is_file() or not crosswalk_path.is_file():
+        return set()
+    columns = ["record_key", "email", "phone", "first_name", "last_name", "birth_date"]
+    present = set(pq.read_schema(records_path).names)
+    records = pd.read_parquet(records_path, columns=[c for c in columns if c in present])
+    crosswalk = pd.read_parquet(crosswalk_path, columns=["record_key", "customer_key"])
+    theirs_keys = {k for s in subjects for k in s.customer_keys}
+    theirs_records = {f"{t}:{r}" for s in subjects for t, r in s.source_records}
+    owner = records["record_key"].map(crosswalk.set_index("record_key")["customer_key"])
+    others = records[~records["record_key"].isin(theirs_records) & ~owner.isin(theirs_keys)]
+    held: set[tuple[str, str]] = set()
+    for kind in ("email", "phone"):
+        if kind in others:
+            held |= {(kind, str(v)) for v in others[kind].dropna().unique()}
+    if {"first_name", "last_name", "birth_date"} <= set(others.columns):
+        names = _name_birth(others["first_name"], others["last_name"], others["birth_date"])
+        held |= {("name_birth", str(v)) for v in names.dropna().unique()}
+    return {(k, v) for s in subjects for k, v in identifiers(s)} & held
+
+
 def suppress(settings: Settings, subjects: Sequence[Subject]) -> int:
     """Add the subjects' identifiers, keyed-hashed, to the suppression list; return how many were new.
 
-    Safe to call again with the same subjects (nothing is added twice) and from several
-    processes (one writer at a time; the list is replaced atomically).
+    Identifiers another customer holds too (`shared_identifiers`) are not added. Safe to call
+    again with the same subjects (nothing is added twice) and from several processes (one
+    writer at a time; the list is replaced atomically).
     """
     key = privacy_key(settings)
-    wanted = {(kind, digest(key, kind, value)) for s in subjects for kind, value in identifiers(s)}
+    shared = shared_identifiers(settings, subjects)
+    wanted = {
+        (kind, digest(key, kind, value))
+        for s in subjects
+        for kind, value in identifiers(s)
+        if (kind, value) not in shared
+    }
     path = suppression_path(settings)
     with _locked(settings):
         current = _read_list(path)

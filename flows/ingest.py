@@ -40,6 +40,7 @@ def publish_report(report: IngestionReport) -> None:
             "read": r.read,
             "accepted": r.accepted,
             "quarantined": r.quarantined,
+            "suppressed": r.suppressed,
             "nulled values": r.nulled_values,
             "reconciles": r.reconciles,
             "skipped": r.skipped or "",

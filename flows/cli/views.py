@@ -56,7 +56,13 @@ def print_ingestion(report: IngestionReport) -> None:
         table.add_row(name, f"{t.read:,}", f"{t.accepted:,}", f"{t.quarantined:,}", f"{t.nulled_values:,}", top)
     console.print(table)
     verdict = "[green]all counts reconcile[/]" if report.reconciles else "[red]counts do not reconcile[/]"
-    console.print(f"{verdict} (read = accepted + quarantined).")
+    suppressed = {name: t.suppressed for name, t in report.tables.items() if t.suppressed}
+    if suppressed:
+        console.print(f"{verdict} (read = accepted + quarantined + suppressed).")
+        shown = ", ".join(f"{name} {n:,}" for name, n in suppressed.items())
+        console.print(f"Rows of people on the suppression list (erased), neither landed nor quarantined: {shown}.")
+    else:
+        console.print(f"{verdict} (read = accepted + quarantined).")
     if report.replaced_existing:
         console.print("This drop had been ingested before: its partitions were replaced (idempotent).")
     for warning in report.warnings:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
+from custintel.token_search import occurrences, scrub
 from governance import cards
 from governance.policy import load_policy
 from models.registry import Registry
@@ -71,11 +72,9 @@ class GovernanceStore:
         out: dict[Path, dict[str, int]] = {}
         tokens = {s.request: s.tokens() for s in subjects}
         for path in files:
-            text = path.read_text(encoding="utf-8", errors="replace")
-            for request, own in tokens.items():
-                count = sum(text.count(t) for t in own)
-                if count:
-                    out.setdefault(path, {})[request] = count
+            found = occurrences(path.read_text(encoding="utf-8", errors="replace"), tokens)
+            if found:
+                out[path] = found
         return out
 
     def find(self, subjects: Sequence[Subject]) -> list[Holding]:
@@ -98,10 +97,7 @@ class GovernanceStore:
         done: list[Erased] = []
         tokens = {t for s in subjects for t in s.tokens()}
         for path in self._hits(self._texts(self.cards_dir), subjects):
-            text = path.read_text(encoding="utf-8", errors="replace")
-            removed = sum(text.count(t) for t in tokens)
-            for token in sorted(tokens, key=len, reverse=True):
-                text = text.replace(token, ERASED)
+            text, removed = scrub(path.read_text(encoding="utf-8", errors="replace"), tokens, ERASED)
             _atomic_write(path, text)
             done.append(Erased(STORE, self._relative(path), removed, "identifiers replaced by [erased]"))
         done += self._flag_versions()

@@ -40,6 +40,7 @@ import pandas as pd
 
 from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
+from custintel.token_search import occurrences, scrub
 from models.examples import impersonal_example
 from models.registry import Registry, RunSummary
 
@@ -142,25 +143,24 @@ class MLflowStore:
                         continue
                     place.id_column = id_column
                     ids = frame[id_column].astype(str)
-                    for request, own in keys.items():
-                        hit = frame[ids.isin(own)]
-                        if len(hit):
-                            place.found[request] = _records(hit)
-                            if path in _ROLE:
-                                scan.members.setdefault(request, set()).add(_ROLE[path])
+                    owner = {k: r for r, own in keys.items() for k in own}
+                    held = frame[ids.isin(owner)]
+                    for request, hit in held.groupby(ids[held.index].map(owner), sort=False):
+                        place.found[str(request)] = _records(hit)
+                        if path in _ROLE:
+                            scan.members.setdefault(str(request), set()).add(_ROLE[path])
                 elif suffix == ".csv":
                     frame = pd.read_csv(local, dtype=str, keep_default_na=False)
                     place.id_column = next((c for c in (scan.id_column, "customer_key") if c in frame.columns), None)
-                    for request in keys:
-                        mask = frame.isin(tokens[request] | keys[request]).any(axis=1)
-                        if mask.any():
-                            place.found[request] = _records(frame[mask])
+                    owner = {t: r for r, own in tokens.items() for t in own | keys[r]}
+                    cells = frame.where(frame.isin(owner))
+                    for request in {owner[v] for v in pd.unique(cells.stack().to_numpy())}:
+                        mine = {t for t, r in owner.items() if r == request}
+                        place.found[request] = _records(frame[frame.isin(mine).any(axis=1)])
                 elif local.stat().st_size <= MAX_TEXT_BYTES:
                     text = local.read_text(encoding="utf-8", errors="replace")
-                    for request in keys:
-                        hits = sorted(t for t in tokens[request] if t in text)
-                        if hits:
-                            place.found[request] = [{"identifier_occurrences": sum(text.count(t) for t in hits)}]
+                    for request, count in occurrences(text, tokens).items():
+                        place.found[request] = [{"identifier_occurrences": count}]
                 if place.found:
                     scan.places.append(place)
             self._scan_examples(scan, keys, folder)
@@ -208,10 +208,9 @@ class MLflowStore:
         }
         for kind, entries in fields.items():
             place = _Place(f"runs:/{run.run_id}#{kind}", kind, run.run_id, "")
-            for request, own in tokens.items():
-                hits = [e for e in entries if any(t in str(v) for v in e.values() for t in own)]
-                if hits:
-                    place.found[request] = hits
+            for entry in entries:
+                for request in occurrences(" ".join(str(v) for v in entry.values()), tokens):
+                    place.found.setdefault(request, []).append(entry)
             if place.found:
                 scan.places.append(place)
 
@@ -284,7 +283,7 @@ class MLflowStore:
         if place.kind == "tags":
             removed = 0
             for key, value in scan.run.tags.items():
-                cleaned = _scrub(value, tokens)
+                cleaned, _ = scrub(value, tokens, ERASED)
                 if cleaned != value:
                     registry.client.set_tag(run_id, key, cleaned)
                     removed += 1
@@ -309,9 +308,8 @@ class MLflowStore:
             removed = len(frame) - len(kept)
             detail = "rewritten without the rows"
         else:
-            text = local.read_text(encoding="utf-8", errors="replace")
-            removed = sum(text.count(t) for t in tokens)
-            out.write_text(_scrub(text, tokens), encoding="utf-8")
+            text, removed = scrub(local.read_text(encoding="utf-8", errors="replace"), tokens, ERASED)
+            out.write_text(text, encoding="utf-8")
             detail = "identifiers replaced by [erased]"
         registry.replace_run_file(run_id, place.path, out)
         return Erased(STORE, place.place, removed, detail)
@@ -331,12 +329,6 @@ class MLflowStore:
         _write_example(local, fresh, out)
         self.registry.replace_model_file(place.path, out)
         return Erased(STORE, place.place, place.count, "replaced by an impersonal example (typical values, no row)")
-
-
-def _scrub(text: str, tokens: set[str]) -> str:
-    for token in sorted(tokens, key=len, reverse=True):
-        text = text.replace(token, ERASED)
-    return text
 
 
 def _read_example(path: Path) -> pd.DataFrame | None:

@@ -762,7 +762,8 @@ class Registry:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         uri = self.client.get_run(run_id).info.artifact_uri
-        get_artifact_repository(uri).delete_artifacts(path)
+        with self._fluent():  # an mlflow-artifacts: URI is resolved against the tracking server
+            get_artifact_repository(uri).delete_artifacts(path)
 
     def run_models(self, run_id: str) -> list[tuple[str, str, str]]:
         """The models a run logged: (model id, name, artifact location)."""
@@ -772,24 +773,23 @@ class Registry:
         )
         return [(m.model_id, m.name, m.artifact_location) for m in found]
 
-    @staticmethod
-    def download_model_file(location: str, name: str, dst: Path) -> Path | None:
+    def download_model_file(self, location: str, name: str, dst: Path) -> Path | None:
         """One file at the root of a logged model's artifacts (None when it has none)."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        repo = get_artifact_repository(location)
-        if name not in {Path(f.path).name for f in repo.list_artifacts() if not f.is_dir}:
-            return None
-        dst.mkdir(parents=True, exist_ok=True)
-        with _no_progress_bar():
+        with self._fluent(), _no_progress_bar():
+            repo = get_artifact_repository(location)
+            if name not in {Path(f.path).name for f in repo.list_artifacts() if not f.is_dir}:
+                return None
+            dst.mkdir(parents=True, exist_ok=True)
             return Path(repo.download_artifacts(name, str(dst)))
 
-    @staticmethod
-    def replace_model_file(location: str, local: Path) -> None:
+    def replace_model_file(self, location: str, local: Path) -> None:
         """Overwrite one file at the root of a logged model's artifacts (the local file's name)."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        get_artifact_repository(location).log_artifact(str(local))
+        with self._fluent():
+            get_artifact_repository(location).log_artifact(str(local))
 
     def run_versions(self, run_id: str) -> list[VersionInfo]:
         """The registered versions a run produced."""

@@ -38,6 +38,7 @@ import pandas as pd
 
 from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
+from custintel.token_search import occurrences
 from models.registry import Registry
 from monitoring import reports
 from serving.inference_log import day_files, subject_log_keys
@@ -151,10 +152,7 @@ class MonitoringStore:
         owners = {k.encode(): s.request for s in subjects for k in self._keys(s)[1]}
         log_dir = self.settings.inference_log_dir
         for path in day_files(log_dir, start, end) if log_dir.is_dir() else []:
-            data = path.read_bytes()
-            if not any(k in data for k in owners):
-                continue
-            for line in data.split(b"\n"):
+            for line in path.read_bytes().split(b"\n"):
                 match = _CUSTOMER.search(line)
                 if match is None or match.group(1) not in owners:
                     continue
@@ -179,12 +177,10 @@ class MonitoringStore:
         for path in files:
             if path.suffix in (".html", ".json", ".jsonl"):
                 texts[path] = path.read_text(encoding="utf-8", errors="replace")
-        for subject in subjects:
-            tokens = subject.tokens() | self._keys(subject)[1]
-            for path, text in texts.items():
-                count = sum(text.count(t) for t in tokens)
-                if count:
-                    out.setdefault(subject.request, {})[self._relative(path)] = count
+        tokens = {s.request: s.tokens() | self._keys(s)[1] for s in subjects}
+        for path, text in texts.items():
+            for request, count in occurrences(text, tokens).items():
+                out.setdefault(request, {})[self._relative(path)] = count
         return out
 
     def _workspace_files(self) -> list[Path]:

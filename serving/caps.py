@@ -148,7 +148,7 @@ class RedisFrequencyCaps(FrequencyCaps):
                 product = key.decode()[len(prefix) :]
                 scored: Any = self._redis.zrange(key, 0, -1, withscores=True)
                 out += [(customer_key, product, float(pair[1])) for pair in scored]
-        return out
+        return sorted(out, key=lambda r: (r[0], r[2], r[1]))  # as SQLite gives them: by customer, then time
 
     def delete(self, customer_keys: Sequence[str]) -> int:
         """See FrequencyCaps.delete: the customers' sorted sets are removed (their sizes counted first)."""

@@ -63,7 +63,10 @@ class InferenceLogStore:
 
     @staticmethod
     def _hits(data: bytes, owners: dict[bytes, str]) -> list[tuple[int, str]]:
-        """(line index, subject request) of every line whose customer is one of the subjects' log keys."""
+        """(line index, subject request) of every line whose customer is one of the subjects' log keys.
+
+        One pass over the file whatever the number of subjects: each line's customer is looked up in a set.
+        """
         out = []
         for i, line in enumerate(data.split(b"\n")):
             match = _CUSTOMER.search(line)
@@ -79,8 +82,6 @@ class InferenceLogStore:
             return out
         for path in self._files():
             data = path.read_bytes()
-            if not any(k in data for k in owners):
-                continue
             lines = data.split(b"\n")
             found: dict[str, list[dict[str, Any]]] = {}
             for i, request in self._hits(data, owners):
@@ -95,8 +96,7 @@ class InferenceLogStore:
         if not owners:
             return out
         for path in self._files():
-            data = path.read_bytes()
-            if not any(k in data for k in owners) or not self._hits(data, owners):
+            if not self._hits(path.read_bytes(), owners):
                 continue
             removed = self._rewrite(path, owners)
             out.append(Erased(self.name, _relative(self.settings, path), removed, "day file rewritten without them"))

@@ -279,7 +279,7 @@ def test_frequency_caps_in_redis_forget_a_customer() -> None:
     store = CapsStore(settings)
     try:
         found = store.find([Subject("CK1", ("CK1",))])
-        assert [(r["product_id"]) for r in found[0].rows] == ["P1", "P1", "P2"]
+        assert [r["product_id"] for r in found[0].rows] == ["P1", "P2", "P1"]  # by time
         assert store.erase([Subject("CK1", ("CK1",))])[0].removed == 3
         assert store.find([Subject("CK1", ("CK1",))]) == [] and store.erase([Subject("CK1", ("CK1",))]) == []
         assert caps.counts("CK2", ["P1"], now) == {"P1": 1}
@@ -318,3 +318,34 @@ def test_mlflow_on_postgresql(featured: Settings, tmp_path: Path) -> None:
     finally:
         with psycopg.connect(admin, autocommit=True) as con:
             con.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_an_erasure_killed_midway_finishes_on_rerun_and_counts_once(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after its first rewrite: the version is already flagged (pending); the rerun finishes, adds nothing."""
+    subjects = [Subject(request=k, customer_keys=(k,)) for k in home.others[-2:]]
+    registry = Registry(home.settings)
+    before = int(registry.version(NAME, "1").tags.get(ERASURE_SUBJECTS, "0"))
+    original = Registry.replace_run_file
+    calls = 0
+
+    def killed_after_one(self: Registry, run_id: str, path: str, local: Path) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise KeyboardInterrupt  # stands for the SIGKILL: nothing after this line of the erasure runs
+        original(self, run_id, path, local)
+
+    monkeypatch.setattr(Registry, "replace_run_file", killed_after_one)
+    store = MLflowStore(home.settings)
+    with pytest.raises(KeyboardInterrupt):
+        store.erase(subjects)
+    tags = registry.version(NAME, "1").tags
+    assert tags[ERASURE_SUBJECTS] == str(before + 2) and ERASURE_PENDING in tags
+    assert store.find(subjects)  # some rows still there
+    monkeypatch.undo()
+    store.erase(subjects)
+    assert store.find(subjects) == []
+    tags = registry.version(NAME, "1").tags
+    assert tags[ERASURE_SUBJECTS] == str(before + 2) and ERASURE_PENDING not in tags

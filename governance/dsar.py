@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import html
@@ -32,7 +33,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,7 @@ header{background:#1f3a5f;color:#fff;padding:.8rem 1.5rem}main{padding:1rem 1.5r
 h1{font-size:1.4rem;margin:0}h2{font-size:1.2rem;margin-top:1.8rem}h3{font-size:1.02rem;margin-bottom:.2rem}
 table{border-collapse:collapse;width:100%;background:#fff;margin:.4rem 0}
 th,td{border:1px solid #d5dbe1;padding:.25rem .45rem;text-align:left;vertical-align:top;font-size:.9em}
-th{background:#eef1f4}code{font-size:.85em}.note{color:#5f6b76}
+th{background:#eef1f4}code{font-size:.85em}.note{color:#5f6b76}.wide{overflow-x:auto}
 """
 
 
@@ -273,7 +274,7 @@ def _rows_table(rows: Sequence[Mapping[str, Any]], limit: int = _ROWS_SHOWN) -> 
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_e(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows[:limit])
     more = f'<p class="note">{len(rows) - limit} more row(s) in the CSV and JSON.</p>' if len(rows) > limit else ""
-    return f"<table><tr>{head}</tr>{body}</table>{more}"
+    return f'<div class="wide"><table><tr>{head}</tr>{body}</table></div>{more}'
 
 
 def render_bundle_html(request: str, subjects: Sequence[Subject], holdings: Sequence[Holding], written_at: str) -> str:
@@ -484,6 +485,35 @@ def erase_request(
     journal at that store: the same command again continues from there.
     """
     report = progress or (lambda _: None)
+    with _erasure_lock(settings, report):
+        return _erase_locked(settings, stores, subjects, request, suppress, report)
+
+
+@contextlib.contextmanager
+def _erasure_lock(settings: Settings, report: Progress) -> Iterator[None]:
+    """One erasure at a time per home: two rewriting the same file would each put back what the other removed."""
+    path = settings.governance_dir / "dsar" / ".erase.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            report("waiting for another erasure in this home to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _erase_locked(
+    settings: Settings,
+    stores: Sequence[PersonalStore],
+    subjects: Sequence[Subject],
+    request: str,
+    suppress: Suppress,
+    report: Progress,
+) -> EraseResult:
     path, pending = journal_path(settings, request), pending_path(settings, request)
     key = privacy_key(settings)
     journal = read_journal(settings, request)
@@ -631,10 +661,10 @@ def verify_request(
     """Search every store and the home's files for the subjects; the receipt lists hits per store (counts only)."""
     report = progress or (lambda _: None)
     hits = find_everywhere(stores, subjects, report)
-    reported = {h.place for h in hits}
+    reported = {h.place.split("#", 1)[0].rstrip("/") for h in hits}  # `file#table` names the file
 
     def already(place: str) -> bool:  # a store named the file, or the folder it is in
-        return any(place == p or place.startswith(p.rstrip("/") + "/") for p in reported)
+        return any(place == p or place.startswith(p + "/") for p in reported)
 
     raw = [h for h in raw_token_hits(settings.home_dir, subjects, skip) if not already(h.place)]
     report(f"{RAW_SEARCH}: {len(raw)} file(s) under {settings.home_dir}")

@@ -319,8 +319,13 @@ def test_an_erasure_that_dies_half_way_resumes_from_its_journal(home: Settings, 
     suppressed: list[Sequence[Subject]] = []
 
     def suppress(settings: Settings, subjects: Sequence[Subject]) -> int:
+        assert first.erase_calls == 0  # the suppression list comes first: nothing re-adds them half-way
+        assert pending_path(home, request_of()).is_file()  # ... after the journal
         suppressed.append(subjects)
         return len(subjects[0].emails)
+
+    def request_of() -> str:
+        return next(p.name for p in (home.governance_dir / "dsar").iterdir())
 
     from flows.personal import erase_subjects
 
@@ -329,7 +334,7 @@ def test_an_erasure_that_dies_half_way_resumes_from_its_journal(home: Settings, 
 
     with pytest.raises(DsarError, match="store flaky failed .*run the same command again"):
         erase()
-    request = next(p.name for p in (home.governance_dir / "dsar").iterdir())
+    request = request_of()
     journal = read_journal(home, request)
     assert journal is not None and journal.status == "in_progress" and journal.suppressed is not None
     assert [(s["name"], s["status"], s["removed"]) for s in journal.stores] == [

@@ -340,7 +340,7 @@ def subject_of(index: SubjectIndex, request: str, group: str) -> Subject:
             if pd.notna(row.get(column)):
                 out.add(str(row[column]))
         first, last, born = (row.get(c) for c in ("first_name", "last_name", "birth_date"))
-        if pd.notna(first) or pd.notna(last):
+        if (pd.notna(first) or pd.notna(last)) and pd.notna(born) and str(born):  # a name alone names nobody
             names.add(tuple("" if pd.isna(v) else str(v).lower() for v in (first, last, born)))  # type: ignore[arg-type]
     source_records = sorted(tuple(k.split(":", 1)) for k in record_keys)  # (table, id)
     return Subject(

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shutil
 import statistics
@@ -68,8 +69,7 @@ TARGET_RATIO = 0.2
 VERIFY_SAMPLE = 20
 U_MAX_PAIRS = 1e6
 CUTOFFS = ("2024-11-01", "2025-02-01", "2025-06-01")
-STAGES = ("generate", "ingest", "resolve", "features", "train", "serve", "pick")
-STAGE_VERSIONS = {"pick": 1}
+STAGES = ("generate", "ingest", "resolve", "features", "train", "serve")
 MODEL = "custintel-churn"
 # The small churn config of the tests (tests/conftest.py SMALL_TRAINING_YAML), on three cutoffs: one per stage.
 TRAINING_YAML = f"""
@@ -405,6 +405,7 @@ def _prepare(args: argparse.Namespace, bench: Bench) -> tuple[dict[str, Any], di
         "prefect_home": str(args.work / "prefect-home"),
         "requests": str(base / f"requests-{args.subjects}.txt"),
         "sample": str(base / f"verify-sample-{args.subjects}.txt"),
+        "pick": str(base / f"picked-{args.subjects}.json"),
     }
 
     def make(stage: str, redo: bool) -> Run | None:
@@ -413,16 +414,22 @@ def _prepare(args: argparse.Namespace, bench: Bench) -> tuple[dict[str, Any], di
         label = f"setup: {stage} ({args.customers:,} customers, untimed)"
         return bench.child(stage, label, params)
 
+    marker = base / "prepared.json"
     state = cached_stages(
         bench,
-        base / f"prepared-{args.subjects}.json",
+        marker,
         STAGES,
         make,
-        identity={"customers": args.customers, "seed": args.seed, "subjects": args.subjects, "cutoffs": CUTOFFS},
-        versions=STAGE_VERSIONS,
-        kept=("rows", "records", "customers", "entries", "log_mib", "kinds", "subjects", "online_customers",
-              "crosswalk_customers"),
-    )  # fmt: skip
+        identity={"customers": args.customers, "seed": args.seed, "cutoffs": list(CUTOFFS)},
+        kept=("rows", "records", "customers", "entries", "log_mib"),
+    )
+    requests = Path(params["requests"])
+    # The subjects of this --subjects, picked again whenever the home was made again since.
+    if not requests.is_file() or requests.stat().st_mtime < marker.stat().st_mtime:
+        requests.unlink(missing_ok=True)
+        pick = bench.child("pick", f"setup: picking {args.subjects:,} subjects (untimed)", params)
+        Path(params["pick"]).write_text(json.dumps(pick.data, default=str), encoding="utf-8")
+    state["pick"] = json.loads(Path(params["pick"]).read_text(encoding="utf-8"))
     return params, state
 
 
@@ -622,7 +629,7 @@ def _run(session: Session) -> None:
     )  # fmt: skip
     params, state = _prepare(args, session.bench)
     stages = state.get("stages", {})
-    pick = stages.get("pick", {})
+    pick = state["pick"]
     console.log(
         f"prepared home {params['home']}: {args.customers:,} customers, "
         f"{stages.get('serve', {}).get('entries', 0):,} inference-log entries; subjects "

@@ -186,7 +186,10 @@ def _work_train(p: dict[str, Any]) -> dict[str, Any]:
     settings = _settings(p)
     for name in ("mlflow.db", "artifacts"):
         target = settings.home_dir / name
-        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
     t0 = time.perf_counter()
     outcomes = _train(settings)
     return {"seconds": time.perf_counter() - t0, "runs": [o.run_id for o in outcomes]}
@@ -406,6 +409,7 @@ def _prepare(args: argparse.Namespace, bench: Bench) -> tuple[dict[str, Any], di
         "requests": str(base / f"requests-{args.subjects}.txt"),
         "sample": str(base / f"verify-sample-{args.subjects}.txt"),
         "pick": str(base / f"picked-{args.subjects}.json"),
+        "runs": str(base / "runs"),  # the runs' copies of the home, removed at the end
     }
 
     def make(stage: str, redo: bool) -> Run | None:
@@ -441,24 +445,35 @@ def _copy(prepared: Path, to: Path) -> float:
     return time.perf_counter() - t0
 
 
-def _measure(session: Session, params: dict[str, Any]) -> list[Run]:
+def _measure(session: Session, params: dict[str, Any], runs: list[Run]) -> None:
+    """The runs, each on a fresh copy of the prepared home, appended to `runs` as they end (kept on Ctrl-C)."""
     args, bench = session.args, session.bench
-    runs_dir = args.work / "runs"
+    runs_dir = Path(params["runs"])
 
     def fresh(step: str, label: str) -> Run:
         home = runs_dir / label.replace(" ", "").replace("#", "-")
         seconds = _copy(Path(params["home"]), home)
         session.console.log(f"{label}: a fresh copy of the prepared home in {seconds:,.0f} s (untimed)")
         try:
-            return bench.child(step, label, {**params, "home": str(home)})
+            run = bench.child(step, label, {**params, "home": str(home)})
         finally:
             shutil.rmtree(home, ignore_errors=True)
+        runs.append(run)
+        session.save()
+        if step == "erase":
+            session.console.log(
+                f"{label} phases (s): "
+                + ", ".join(f"{ph['phase']} {ph['seconds']:,.1f}" for ph in run.data["phases"] if ph["seconds"] >= 0.05)
+            )
+        return run
 
     if args.repeats == 1:
-        return [fresh("erase", "erase #1"), fresh("rebuild", "rebuild #1")]
-    return harness.sandwich(
-        lambda i: fresh("rebuild", f"rebuild #{i}"), lambda i: fresh("erase", f"erase #{i}"), args.repeats
-    )
+        fresh("erase", "erase #1")
+        fresh("rebuild", "rebuild #1")
+    else:
+        harness.sandwich(
+            lambda i: fresh("rebuild", f"rebuild #{i}"), lambda i: fresh("erase", f"erase #{i}"), args.repeats
+        )
 
 
 def _pairs(runs: list[Run]) -> list[tuple[Run, list[Run]]]:
@@ -636,9 +651,9 @@ def _run(session: Session) -> None:
         + ", ".join(f"{k} {v:,}" for k, v in pick.get("kinds", {}).items())
     )
     try:
-        runs.extend(_measure(session, params))
+        _measure(session, params, runs)
     finally:
-        shutil.rmtree(args.work / "runs", ignore_errors=True)
+        shutil.rmtree(params["runs"], ignore_errors=True)
     analysis = _analyse(session, runs, state)
     session.record["analysis"] = analysis
     _print(console, runs, analysis)

@@ -584,8 +584,8 @@ def _print(console: Console, runs: list[Run], a: dict[str, Any]) -> None:
             )
         console.print(t)
     c = Table(title="Side by side (ratio = erase / rebuild, the rebuilds beside each erase)")
-    for col in ("erase", "erase", "rebuild", "time ratio", "peak RSS ratio"):
-        c.add_column(col, justify="left" if col == "erase" else "right")
+    for col in ("run", "erase", "rebuild", "time ratio", "peak RSS ratio"):
+        c.add_column(col, justify="left" if col == "run" else "right")
     for x in a["pairs"]:
         c.add_row(
             x["erase"],
@@ -632,7 +632,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def _run(session: Session) -> None:
     args, console = session.args, session.console
-    session.bench.plan(2 if args.repeats == 1 else 2 * args.repeats + 1)
     runs: list[Run] = []
     session.record.update(
         targets={"customers": TARGET_CUSTOMERS, "subjects": TARGET_SUBJECTS, "erase_seconds": TARGET_SECONDS,
@@ -643,6 +642,7 @@ def _run(session: Session) -> None:
         analysis={},
     )  # fmt: skip
     params, state = _prepare(args, session.bench)
+    session.bench.plan(2 if args.repeats == 1 else 2 * args.repeats + 1)  # the measured runs
     stages = state.get("stages", {})
     pick = state["pick"]
     console.log(

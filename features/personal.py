@@ -100,15 +100,20 @@ class _Wanted:
         for i, s in enumerate(self.subjects):
             rec += [(i, t, r) for t, r in s.source_records]
             emails = [e.strip() for e in s.emails if e and e.strip()]
-            em += [(i, e.lower()) for e in emails]
-            if emails:
-                em += [(i, str(e)) for e in normalise_emails(pd.Series(emails)).dropna()]
+            em += [(i, e) for e in emails]
             phones = [p.strip() for p in s.phones if p and p.strip()]
-            ph += [(i, d) for p in phones if len(d := _digits(p)) >= _MIN_PHONE_DIGITS]
-            if phones:
-                ph += [(i, _digits(str(p))) for p in normalise_phones(pd.Series(phones)).dropna()]
+            ph += [(i, p) for p in phones]
             raw += [(i, t.strip()) for t in (*s.tokens(), *phones) if t.strip()]
             keys += [(i, k) for k in s.customer_keys]
+        # every subject's emails and phones normalised in one call each (a call per subject costs more than the work)
+        em_frame = pd.DataFrame(em, columns=["s", "value"])
+        em = [(i, str(e).lower()) for i, e in em]
+        em += [(int(i), str(e)) for i, e in zip(em_frame["s"], normalise_emails(em_frame["value"]), strict=True)
+               if isinstance(e, str)]  # fmt: skip
+        ph_frame = pd.DataFrame(ph, columns=["s", "value"])
+        normalised = normalise_phones(ph_frame["value"]).tolist() if len(ph_frame) else []
+        ph = [(i, d) for i, p in ph if len(d := _digits(p)) >= _MIN_PHONE_DIGITS]
+        ph += [(int(i), _digits(p)) for i, p in zip(ph_frame["s"], normalised, strict=True) if isinstance(p, str)]
         self.records = pd.DataFrame(rec, columns=["s", "record_table", "record_id"]).drop_duplicates()
         self.emails = pd.DataFrame(em, columns=["s", "value"]).drop_duplicates()
         self.phones = pd.DataFrame(ph, columns=["s", "value"]).drop_duplicates()
@@ -219,8 +224,8 @@ def _pairs_sql(src: str, rules: _Rules, columns: set[str]) -> str | None:
         )
         parts += [
             "SELECT v.n, w.s FROM v JOIN w_raw w ON w.value = v.value",
-            "SELECT v.n, w.s FROM v JOIN w_emails w ON w.value = email_lower(v.value)",
-            "SELECT v.n, w.s FROM v JOIN w_emails w ON w.value = email_norm(v.value)",
+            "SELECT v.n, w.s FROM v JOIN w_emails w ON w.value = email_lower(v.value) WHERE contains(v.value, '@')",
+            "SELECT v.n, w.s FROM v JOIN w_emails w ON w.value = email_norm(v.value) WHERE contains(v.value, '@')",
             f"SELECT v.n, w.s FROM v JOIN w_phones w ON w.value = phone_digits(v.value) "
             f"AND length(w.value) >= {_MIN_PHONE_DIGITS}",
         ]
@@ -312,7 +317,7 @@ def rewrite_without(path: Path, positions: set[int]) -> int:
     def write(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             start = 0
-            for batch in source.iter_batches(batch_size=65_536):
+            for batch in source.iter_batches(batch_size=1 << 19):
                 index = np.arange(start, start + batch.num_rows, dtype=np.int64)
                 keep = ~np.isin(index, gone)
                 removed[0] += int((~keep).sum())
@@ -369,7 +374,8 @@ def _lake_rules(settings: Settings, con: duckdb.DuckDBPyConnection, files: dict[
     """Each lake table's rules, from its columns and the identity and feature configurations."""
     from features.identity.config import load_identity_config
 
-    tables = {t: list(_file_columns(ps[0])) for t, ps in files.items() if ps}
+    # every partition's columns: a later drop may carry a column the first did not
+    tables = {t: sorted({c for p in ps for c in _file_columns(p)}) for t, ps in files.items() if ps}
     sources = {s.table for s in load_identity_config(settings.identity_config).sources}
     return {t: _Rules.of(p, sources) for t, p in person_columns(settings, tables).items()}
 
@@ -403,6 +409,34 @@ def _issues_of_rows(
     return out
 
 
+def _issues_of_lake_rows(
+    con: duckdb.DuckDBPyConnection, issues: Path, lake: Path, links: dict[str, str]
+) -> dict[int, list[int]]:
+    """Positions of the issues about lake rows of the subjects (a value emptied on the way in), with their subjects.
+
+    Joined from the issues' side: only the rows they refer to are looked up in the (large) lake partition.
+    """
+    columns = _file_columns(issues)
+    if not links or "_source_file" not in columns or "action" not in columns:
+        return {}
+    lake_columns = _file_columns(lake)
+    parts = [
+        f"SELECT i.{_POS} AS n, w.s FROM {_src(issues)} i "
+        f"JOIN read_parquet({sql_text(lake)}, hive_partitioning = false) t "
+        "ON t._source_file = i._source_file AND t._row_number = i.row_number "
+        f"JOIN w_records w ON w.record_table = {sql_text(table)} AND w.record_id = CAST({_col(column)} AS VARCHAR) "
+        "WHERE i.action = 'nulled'"
+        for column, table in links.items()
+        if column in lake_columns
+    ]
+    if not parts or "_row_number" not in lake_columns:
+        return {}
+    out: dict[int, list[int]] = {}
+    for n, s in con.sql("SELECT DISTINCT n, s FROM (" + " UNION ALL ".join(parts) + ") ORDER BY n, s").fetchall():
+        out.setdefault(int(n), []).append(int(s))
+    return out
+
+
 def _row_ids(
     con: duckdb.DuckDBPyConnection, path: Path, found: dict[int, list[int]]
 ) -> dict[tuple[str, int], list[int]]:
@@ -419,6 +453,17 @@ def _row_ids(
     finally:
         con.unregister("wanted_positions")
     return {(str(f), int(r)): found[int(n)] for n, f, r in rows if r is not None}
+
+
+def _owned(values: pa.ChunkedArray, lookup: dict[str, list[int]]) -> dict[int, list[int]]:
+    """Positions of the values the lookup holds, each with the subjects it gives."""
+    if not lookup:
+        return {}
+    strings = values.cast(pa.string())
+    hit = pc.is_in(strings, pa.array(sorted(lookup), pa.string())).to_numpy(zero_copy_only=False).astype(bool)
+    positions = np.flatnonzero(hit)
+    held = strings.take(pa.array(positions, pa.int64())).to_pylist() if len(positions) else []
+    return {int(n): list(lookup[str(v)]) for n, v in zip(positions, held, strict=True)}
 
 
 def _merge(into: dict[int, list[int]], more: dict[int, list[int]]) -> dict[int, list[int]]:
@@ -521,11 +566,10 @@ class QuarantineStore:
                     referred[key] = sorted({*referred.get(key, []), *owners})
                 yield path, found
             lake = lake_of.get(folder, (table, self.settings.lake_dir / table / folder.name))[1] / "data.parquet"
-            if lake.is_file() and table in lake_rules:
-                for key, owners in _row_ids(con, lake, _matches(con, lake, lake_rules[table])).items():
-                    referred[key] = sorted({*referred.get(key, []), *owners})
+            links = lake_rules[table].links if lake.is_file() and table in lake_rules else {}
             for issues in _issue_files(folder):
                 found = _issues_of_rows(con, issues, referred)
+                _merge(found, _issues_of_lake_rows(con, issues, lake, links))
                 _merge(found, _matches(con, issues, _Rules(raw=("value",))))
                 _merge(found, self._bad_rows(con, issues))
                 yield issues, found
@@ -613,15 +657,13 @@ class IdentityStore:
                 lookup = by_key if column in ("customer_key", "related_key") else by_record
                 if not lookup:
                     continue
-                values = table.column(column).cast(pa.string())
-                hit = pc.is_in(values, pa.array(sorted(lookup), pa.string()))
-                for n in np.flatnonzero(hit.to_numpy(zero_copy_only=False).astype(bool)):
-                    _merge(found, {int(n): lookup[str(values[int(n)])]})
+                _merge(found, _owned(table.column(column), lookup))
             yield path, found
 
     def _reports(self) -> list[Path]:
         reports = sorted((self.settings.reports_dir / "identity").glob("*.json"))
-        return [p for p in (self.settings.identity_dir / "run.json", *reports) if p.is_file()]
+        own = (self.settings.identity_dir / "run.json", self.settings.identity_dir / "model.json")
+        return [p for p in (*own, *reports) if p.is_file()]
 
     def find(self, subjects: Sequence[Subject]) -> list[Holding]:
         """Each subject's rows in each identity output, and the run reports' values naming them."""
@@ -632,9 +674,16 @@ class IdentityStore:
                 rows = pq.read_table(path).take(pa.array(sorted(found), pa.int64())).to_pylist()
                 by_position = {n: _jsonable(r) for n, r in zip(sorted(found), rows, strict=True)}
                 out += _holdings(self.name, _place(self.settings, path), subjects, found, by_position)
+        tokens: dict[int, list[str]] = {}
+        for i, value in zip(wanted.raw["s"], wanted.raw["value"], strict=True):
+            tokens.setdefault(int(i), []).append(str(value))
+        every = wanted.raw["value"].tolist()
         for path in self._reports():
-            for i, s in enumerate(subjects):
-                hits = _json_hits(json.loads(path.read_text(encoding="utf-8")), _Wanted([s]).raw["value"].tolist())
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not _json_hits(data, every):  # the usual case: counts and timings only
+                continue
+            for i, mine in sorted(tokens.items()):
+                hits = _json_hits(data, mine)
                 if hits:
                     out.append(Holding(self.name, _place(self.settings, path), subjects[i].request, hits))
         return out
@@ -714,8 +763,7 @@ class OfflineFeatureStore:
             lookup[value] = sorted({*lookup.get(value, []), *owners})
         if not lookup:
             return {}
-        hit = pc.is_in(keys, pa.array(sorted(lookup), pa.string())).to_numpy(zero_copy_only=False).astype(bool)
-        return {int(n): lookup[str(keys[int(n)])] for n in np.flatnonzero(hit)}
+        return _owned(keys, lookup)
 
     def find(self, subjects: Sequence[Subject]) -> list[Holding]:
         """Each subject's feature rows, per set version and cutoff."""

@@ -39,6 +39,7 @@ from features.identity.normalise import fold_names, normalise_birth_dates, norma
 SUPPRESSION_FILE = "suppression.parquet"
 KEY_FILE = "privacy.key"
 KINDS = ("email", "phone", "record", "record_id", "customer_key", "name_birth")
+KEY_CHECK = "key_check"
 SCHEMA = pa.schema([("kind", pa.string()), ("digest", pa.string()), ("added_at", pa.timestamp("s", tz="UTC"))])
 _SEP = "\x1f"
 
@@ -52,11 +53,19 @@ def suppression_path(settings: Settings) -> Path:
     return settings.governance_dir / SUPPRESSION_FILE
 
 
-def privacy_key(settings: Settings) -> bytes:
-    """The HMAC key: CUSTINTEL_PRIVACY_KEY, else the home's key file (created once, readable by its owner only)."""
+def privacy_key(settings: Settings, create: bool = True) -> bytes:
+    """The HMAC key: CUSTINTEL_PRIVACY_KEY, else the home's key file (created once, readable by its owner only).
+
+    With `create` False a missing key file is an error: a list written under a lost key cannot be matched.
+    """
     if settings.privacy_key is not None:
         return settings.privacy_key.get_secret_value().encode("utf-8")
     path = settings.governance_dir / KEY_FILE
+    if not path.is_file() and not create:
+        raise SuppressionError(
+            f"{path} is missing, and CUSTINTEL_PRIVACY_KEY is not set: the suppression list was written under that "
+            "key; restore the file (or set the variable to the key) so erased people stay out"
+        )
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.tmp")
@@ -75,6 +84,11 @@ def privacy_key(settings: Settings) -> bytes:
     if not key:
         raise SuppressionError(f"{path} is empty: restore the key file (without it the suppression list is useless)")
     return key.encode("utf-8")
+
+
+def _check(key: bytes) -> str:
+    """The digest a list keeps of its own key: a list read under another key is refused, not silently useless."""
+    return digest(key, KEY_CHECK, "custintel suppression list")
 
 
 def digest(key: bytes, kind: str, value: str) -> str:
@@ -102,18 +116,32 @@ class Suppression:
 
 def identifiers(subject: Subject) -> list[tuple[str, str]]:
     """(kind, normalised value) of every identifier of a subject the list keeps."""
-    out: list[tuple[str, str]] = []
-    if subject.emails:
-        out += [("email", e) for e in normalise_emails(pd.Series(list(subject.emails))).dropna().unique()]
-    if subject.phones:
-        out += [("phone", p) for p in normalise_phones(pd.Series(list(subject.phones))).dropna().unique()]
-    for table, record_id in subject.source_records:
-        out += [("record", f"{table}{_SEP}{record_id}"), ("record_id", record_id)]
-    out += [("customer_key", k) for k in subject.customer_keys]
-    if subject.names:
-        names = pd.DataFrame(list(subject.names), columns=["first_name", "last_name", "birth_date"])
-        out += [("name_birth", v) for v in _name_birth(names["first_name"], names["last_name"], names["birth_date"])]
-    return sorted({(k, v) for k, v in out if v})
+    return sorted(identifiers_of([subject])[0])
+
+
+def identifiers_of(subjects: Sequence[Subject]) -> list[set[tuple[str, str]]]:
+    """Each subject's identifiers (as `identifiers`), normalised for the whole batch at once."""
+    out: list[set[tuple[str, str]]] = [set() for _ in subjects]
+    emails = [(i, e) for i, s in enumerate(subjects) for e in s.emails]
+    phones = [(i, p) for i, s in enumerate(subjects) for p in s.phones]
+    names = [(i, *n) for i, s in enumerate(subjects) for n in s.names]
+    for kind, held, normalise in (("email", emails, normalise_emails), ("phone", phones, normalise_phones)):
+        if held:
+            values = normalise(pd.Series([v for _, v in held], dtype="string"))
+            for (i, _), v in zip(held, values.tolist(), strict=True):
+                if isinstance(v, str) and v:
+                    out[i].add((kind, v))
+    if names:
+        frame = pd.DataFrame(names, columns=["s", "first_name", "last_name", "birth_date"])
+        joined = _name_birth(frame["first_name"], frame["last_name"], frame["birth_date"])
+        for i, v in zip(frame["s"], joined.tolist(), strict=True):
+            if isinstance(v, str) and v:
+                out[int(i)].add(("name_birth", v))
+    for i, s in enumerate(subjects):
+        for table, record_id in s.source_records:
+            out[i] |= {("record", f"{table}{_SEP}{record_id}"), ("record_id", record_id)}
+        out[i] |= {("customer_key", k) for k in s.customer_keys if k}
+    return out
 
 
 @contextlib.contextmanager
@@ -163,7 +191,7 @@ def shared_identifiers(settings: Settings, subjects: Sequence[Subject]) -> set[t
     if {"first_name", "last_name", "birth_date"} <= set(others.columns):
         names = _name_birth(others["first_name"], others["last_name"], others["birth_date"])
         held |= {("name_birth", str(v)) for v in names.dropna().unique()}
-    return {(k, v) for s in subjects for k, v in identifiers(s)} & held
+    return set().union(*identifiers_of(subjects)) & held
 
 
 def suppress(settings: Settings, subjects: Sequence[Subject]) -> int:
@@ -173,17 +201,16 @@ def suppress(settings: Settings, subjects: Sequence[Subject]) -> int:
     again with the same subjects (nothing is added twice) and from several processes (one
     writer at a time; the list is replaced atomically).
     """
-    key = privacy_key(settings)
-    shared = shared_identifiers(settings, subjects)
-    wanted = {
-        (kind, digest(key, kind, value))
-        for s in subjects
-        for kind, value in identifiers(s)
-        if (kind, value) not in shared
-    }
     path = suppression_path(settings)
+    key = privacy_key(settings, create=not path.is_file())
+    shared = shared_identifiers(settings, subjects)
+    wanted = {(kind, digest(key, kind, value)) for kind, value in set().union(*identifiers_of(subjects)) - shared}
     with _locked(settings):
         current = _read_list(path)
+        if current.num_rows:
+            _verify_key(current, key, path)
+        else:
+            wanted.add((KEY_CHECK, _check(key)))
         held = set(zip(current.column("kind").to_pylist(), current.column("digest").to_pylist(), strict=True))
         new = sorted(wanted - held)
         if not new:
@@ -203,7 +230,22 @@ def load_suppression(settings: Settings) -> Suppression:
     table = _read_list(path)
     if table.num_rows == 0:
         return Suppression(b"")
-    return Suppression(privacy_key(settings), frozenset(table.column("digest").to_pylist()))
+    key = privacy_key(settings, create=False)
+    _verify_key(table, key, path)
+    kinds = table.column("kind").to_pylist()
+    digests = [d for k, d in zip(kinds, table.column("digest").to_pylist(), strict=True) if k != KEY_CHECK]
+    return Suppression(key, frozenset(digests))
+
+
+def _verify_key(table: pa.Table, key: bytes, path: Path) -> None:
+    """Refuse a list written under another key (its hashes would match nobody)."""
+    checks = {d for k, d in zip(table.column("kind").to_pylist(), table.column("digest").to_pylist(), strict=True)
+              if k == KEY_CHECK}  # fmt: skip
+    if checks and _check(key) not in checks:
+        raise SuppressionError(
+            f"{path} was written under another privacy key than the one set now (CUSTINTEL_PRIVACY_KEY or "
+            f"{path.with_name(KEY_FILE)}): use the key it was written with"
+        )
 
 
 def _name_birth(first: pd.Series, last: pd.Series, birth: pd.Series) -> pd.Series:

@@ -29,7 +29,14 @@ from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
 from features.lake import ingest_drop, read_lake_table
 from features.personal import _jsonable, personal_stores
-from features.suppression import identifiers, load_suppression, suppress, suppressed_rows, suppression_path
+from features.suppression import (
+    SuppressionError,
+    identifiers,
+    load_suppression,
+    suppress,
+    suppressed_rows,
+    suppression_path,
+)
 from features.synthetic import WorldConfig, generate_world
 from tests.conftest import tree_digest
 
@@ -151,6 +158,13 @@ def test_the_stores_are_personal_stores(home: Home) -> None:
     stores = personal_stores(home.settings)
     assert [s.name for s in stores] == list(STORES)
     assert all(isinstance(s, PersonalStore) for s in stores)
+
+
+def test_an_empty_home_holds_nothing(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    subject = Subject("a@b.com", ("CK0001",), (("crm_accounts", "C0001"),), ("a@b.com",), ("+12125550143",))
+    assert _find(settings, [subject]) == [] and _erase(settings, [subject]) == []
+    assert not settings.home_dir.exists() or not any(settings.home_dir.rglob("*.parquet"))
 
 
 def test_find_returns_each_subjects_rows_and_nobody_elses(home: Home) -> None:
@@ -288,7 +302,8 @@ def test_suppression_keeps_them_out_of_ingest_resolve_and_features(home: Home, t
     crosswalk = pd.read_parquet(settings.identity_dir / "crosswalk.parquet")
     others = crosswalk[~crosswalk["customer_key"].isin(home.keys)].reset_index(drop=True)
     added = suppress(settings, subjects)
-    assert added == len({(k, v) for s in subjects for k, v in identifiers(s)}) and suppress(settings, subjects) == 0
+    expected = len({(k, v) for s in subjects for k, v in identifiers(s)}) + 1  # and the key's own check
+    assert added == expected and suppress(settings, subjects) == 0
     assert load_suppression(settings)
     _erase(settings, subjects)
 
@@ -367,7 +382,8 @@ def test_the_list_holds_keyed_hashes_only(tmp_path: Path) -> None:
     raw = suppression_path(settings).read_bytes()
     table = pq.read_table(suppression_path(settings))
     assert all(token.encode() not in raw for token in ("a@b.com", "CK0001", "C0001", "2125550143"))
-    assert set(table.column("kind").to_pylist()) == {"email", "phone", "record", "record_id", "customer_key"}
+    kinds = {"email", "phone", "record", "record_id", "customer_key", "key_check"}
+    assert set(table.column("kind").to_pylist()) == kinds
     key_file = settings.governance_dir / "privacy.key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     keyed = Settings(home=tmp_path / "other", privacy_key="a secret")  # type: ignore[arg-type]
@@ -376,6 +392,18 @@ def test_the_list_holds_keyed_hashes_only(tmp_path: Path) -> None:
     other = set(pq.read_table(suppression_path(keyed)).column("digest").to_pylist())
     assert other.isdisjoint(table.column("digest").to_pylist())  # another key, other hashes
     assert "privacy_key" not in json.dumps(keyed.to_flow()["values"])
+    # a list is only ever read under the key it was written with
+    wrong = Settings(home=tmp_path / "other", privacy_key="another secret")  # type: ignore[arg-type]
+    with pytest.raises(SuppressionError, match="another privacy key"):
+        load_suppression(wrong)
+    with pytest.raises(SuppressionError, match="another privacy key"):
+        suppress(wrong, [person])
+    key_file.unlink()
+    with pytest.raises(SuppressionError, match=r"privacy\.key is missing"):
+        load_suppression(settings)
+    with pytest.raises(SuppressionError, match=r"privacy\.key is missing"):
+        suppress(settings, [person])
+    assert not key_file.exists()  # no new key was made up under the old list
 
 
 def test_an_identifier_another_customer_holds_is_neither_matched_nor_suppressed(home: Home, tmp_path: Path) -> None:
@@ -457,3 +485,50 @@ def test_online_redis_and_sqlite_find_erase_and_refuse_suppressed_keys(home: Hom
     finally:
         with RedisOnlineStore(REDIS_URL, namespace) as redis_store:
             redis_store.drop_namespace()
+
+
+PEOPLE_CONTRACT = """
+table: people
+system: byo
+files: people.csv
+key: [person_id]
+columns:
+  - {name: person_id, nullable: false}
+  - {name: email}
+  - {name: phone}
+  - {name: note}
+"""
+
+
+def test_suppressed_rows_are_neither_landed_nor_quarantined(tmp_path: Path) -> None:
+    from features.contracts import load_contracts
+    from features.lake import read_quarantine
+
+    (tmp_path / "contracts").mkdir()
+    (tmp_path / "contracts" / "people.yaml").write_text(PEOPLE_CONTRACT)
+    contracts = load_contracts(tmp_path / "contracts")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "people.csv").write_text(
+        "person_id,email,phone,note\n"
+        "P1,Jane.Doe@GMAIL.com,,accepted: theirs\n"
+        "P2,bob@example.com,,accepted: someone else\n"
+        ",janedoe+news@gmail.com,,rejected (no id): theirs\n"
+        "P4,x@y.com,(212) 555-0143,unsplittable,theirs\n"
+        "P5,carol@example.com,,unsplittable,someone else\n"
+    )
+    settings = Settings(home=tmp_path / "home")
+    suppress(settings, [Subject("jane", emails=("janedoe@gmail.com",), phones=("+12125550143",))])
+    report = ingest_drop(drop, settings, contracts=contracts, export_date=dt.date(2024, 6, 1))
+    t = report.tables["people"]
+    assert (t.read, t.accepted, t.quarantined, t.suppressed) == (5, 1, 1, 3) and report.reconciles
+    assert list(read_lake_table(settings, "people", contracts)["person_id"]) == ["P2"]
+    issues = read_quarantine(settings, "people")
+    assert list(issues["row_number"]) == [5] and "carol@example.com" in issues["reason"].iloc[0]
+    held = " ".join(
+        str(pq.read_table(p).to_pylist()) if p.suffix == ".parquet" else p.read_text(errors="replace")
+        for p in settings.home_dir.rglob("*")
+        if p.is_file() and p.suffix in (".parquet", ".json", ".jsonl")
+    )
+    assert "carol@example.com" in held and "bob@example.com" in held  # the search would see them
+    assert not any(v in held for v in ("Jane.Doe", "janedoe", "555-0143"))

@@ -11,7 +11,10 @@ talks to MLflow):
 - the logged models' input examples (`input_example.json`, `serving_input_example.json`): rows
   with the subject's key, or equal, column by column, to one of the subject's test rows (examples
   logged before `models.examples` were the first test rows);
-- params, tags and the logged datasets' names and sources: values holding an identifier.
+- params, tags and the logged datasets' names and sources: values holding an identifier;
+- the logged models' own files (pickles): the subject's key as Python/pandas (UTF-8) or NumPy (UTF-32)
+  keeps a string. A recommender keeps its users' history: what a model learned is not rewritten,
+  it is reported and its version flagged (retrain per the governance policy).
 
 `erase` rewrites every affected artifact once for the whole batch of subjects, at the same path:
 Parquet and CSV without the rows, text with each identifier replaced by `[erased]`, an input
@@ -52,6 +55,7 @@ ERASED = "[erased]"
 EXAMPLE_FILES = ("input_example.json", "serving_input_example.json")
 TEXT_SUFFIXES = (".json", ".html", ".htm", ".md", ".txt", ".yaml", ".yml")
 MAX_TEXT_BYTES = 50 * 2**20  # a text artifact larger than this is not searched (say so)
+MAX_MODEL_BYTES = 500 * 2**20  # a model file larger than this is not searched for keys
 MEMBER_PLACES = ("evaluation/test.parquet", "monitoring/reference.parquet", "lineage/members.parquet")
 _ROLE = {"evaluation/test.parquet": "test", "monitoring/reference.parquet": "reference",
          "lineage/members.parquet": "training"}  # fmt: skip
@@ -180,23 +184,47 @@ class MLflowStore:
                 if example is None or example.empty:
                     continue
                 place = _Place(f"models:/{model_id}/{name}", "example", scan.run.run_id, location)
-                for request, own in keys.items():
-                    rows: list[dict[str, Any]] = []
-                    for column in {id_column, "customer_key"} & set(example.columns):
-                        rows += _records(example[example[column].astype(str).isin(own)])
-                    if not rows and test is not None and id_column in test.columns:
-                        theirs = test[test[id_column].astype(str).isin(own)]
-                        columns = [c for c in example.columns if c in theirs.columns]
-                        if columns and len(theirs):
-                            for _, row in example.iterrows():
-                                for _, candidate in theirs[columns].iterrows():
-                                    if all(_same(row[c], candidate[c]) for c in columns):
-                                        rows.append(json.loads(row.to_json(default_handler=str)))
-                                        break
-                    if rows:
-                        place.found[request] = [{"model": model_name, **r} for r in rows]
+                owner = {k: r for r, own in keys.items() for k in own}
+                for column in {id_column, "customer_key"} & set(example.columns):
+                    ids = example[column].astype(str)
+                    for request, hit in example[ids.isin(owner)].groupby(ids.map(owner), sort=False):
+                        place.found.setdefault(str(request), []).extend(_records(hit))
+                tested = [r for r, roles in scan.members.items() if "test" in roles and r not in place.found]
+                if tested and test is not None and id_column in test.columns:
+                    # An example logged before `models.examples`: the first test rows, without their key.
+                    columns = [c for c in example.columns if c in test.columns]
+                    theirs = test[test[id_column].astype(str).isin({k for r in tested for k in keys[r]})]
+                    for _, row in example.iterrows():
+                        for _, candidate in theirs.iterrows():
+                            if columns and all(_same(row[c], candidate[c]) for c in columns):
+                                request = owner[str(candidate[id_column])]
+                                place.found.setdefault(request, []).append(json.loads(row.to_json(default_handler=str)))
+                                break
+                for request, rows in place.found.items():
+                    place.found[request] = [{"model": model_name, **r} for r in rows]
                 if place.found:
                     scan.places.append(place)
+            self._scan_model_files(scan, model_id, model_name, location, keys, folder / f"{model_id}-files")
+
+    def _scan_model_files(
+        self, scan: _RunScan, model_id: str, model_name: str, location: str, keys: dict[str, set[str]], dst: Path
+    ) -> None:
+        """A model's own files holding a subject's key: what it learned keeps them (a recommender's history)."""
+        root = self.registry.download_model(location, dst)
+        # as Python and pandas pickle a string (UTF-8), and as NumPy keeps one (UTF-32)
+        owners = {r: own | {k.encode("utf-32-le").decode("latin-1") for k in own} for r, own in keys.items() if own}
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in EXAMPLE_FILES):
+            if path.stat().st_size > MAX_MODEL_BYTES:
+                continue
+            text = path.read_bytes().decode("latin-1")
+            found = occurrences(text, owners)
+            if not found:
+                continue
+            place = _Place(f"models:/{model_id}/{path.relative_to(root)}", "model", scan.run.run_id, location)
+            for request, count in found.items():
+                place.found[request] = [{"model": model_name, "key_occurrences": count}]
+                scan.members.setdefault(request, set()).add("model")
+            scan.places.append(place)
 
     @staticmethod
     def _scan_fields(scan: _RunScan, tokens: dict[str, set[str]]) -> None:
@@ -277,6 +305,10 @@ class MLflowStore:
     def _rewrite(self, scan: _RunScan, place: _Place, keys: set[str], tokens: set[str], tmp: Path) -> Erased:
         tmp.mkdir(parents=True, exist_ok=True)
         registry, run_id = self.registry, place.run_id
+        if place.kind == "model":
+            return Erased(STORE, place.place, 0, f"the model's own file holds {place.count} of their keys (what it "
+                          "learned, e.g. a recommender's history): not erased; its version is flagged, retrain it "
+                          "(the governance policy's erasure.retrain)")  # fmt: skip
         if place.kind in ("params", "datasets"):
             return Erased(STORE, place.place, 0, f"{place.count} {place.kind} value(s) name the subject: MLflow keeps "
                           f"{place.kind} immutable, they are not erased (delete the run to remove them)")  # fmt: skip

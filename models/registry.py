@@ -275,7 +275,8 @@ def training_members(trained: TrainedModel) -> pd.DataFrame | None:
     frame = trained.training_frame
     if frame is None:
         return None
-    column = next((c for c in ("customer_key", *sorted(_id_columns(trained))) if c in frame.columns), None)
+    # the recommender's training frame is its interaction history, keyed by `user`
+    column = next((c for c in ("customer_key", *sorted(_id_columns(trained)), "user") if c in frame.columns), None)
     if column is None:
         return None
     keys = pd.Series(frame[column].dropna().astype(str).unique(), dtype=str).sort_values(ignore_index=True)
@@ -341,6 +342,25 @@ def _fluent(tracking_uri: str, registry_uri: str) -> Iterator[None]:
         finally:
             setattr(tracking_utils, "_tracking_uri", saved[0])  # noqa: B010
             setattr(registry_utils, "_registry_uri", saved[1])  # noqa: B010
+
+
+def _local_artifact(root_uri: str, path: str) -> Path | None:
+    """The local file behind an artifact of a `file:` artifact root (None for any other store)."""
+    parsed = urllib.parse.urlparse(root_uri)
+    if parsed.scheme not in ("file", "") or (parsed.scheme == "" and "://" in root_uri):
+        return None
+    root = Path(urllib.parse.unquote(parsed.path))
+    return root / path
+
+
+def _replace_atomically(target: Path, local: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.with_name(f".{target.name}.replacing-{os.getpid()}")
+    with staged.open("wb") as fh:
+        fh.write(local.read_bytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(staged, target)
 
 
 @contextlib.contextmanager
@@ -750,7 +770,15 @@ class Registry:
         return local if local is not None and local.is_file() else None
 
     def replace_run_file(self, run_id: str, path: str, local: Path) -> None:
-        """Overwrite one artifact of a run (same path) with a local file's content."""
+        """Overwrite one artifact of a run (same path) with a local file's content.
+
+        Artifacts on the local disk are replaced atomically (written beside, then renamed over: a kill leaves the
+        old file or the new one); a server's artifact store takes the upload as one request.
+        """
+        target = _local_artifact(self.client.get_run(run_id).info.artifact_uri, path)
+        if target is not None:
+            _replace_atomically(target, local)
+            return
         folder, _, name = path.rpartition("/")
         with tempfile.TemporaryDirectory() as tmp:
             staged = Path(tmp) / name
@@ -784,10 +812,22 @@ class Registry:
             dst.mkdir(parents=True, exist_ok=True)
             return Path(repo.download_artifacts(name, str(dst)))
 
+    def download_model(self, location: str, dst: Path) -> Path:
+        """Every file of a logged model, downloaded under `dst`; returns the local folder."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        dst.mkdir(parents=True, exist_ok=True)
+        with self._fluent(), _no_progress_bar():
+            return Path(get_artifact_repository(location).download_artifacts("", str(dst)))
+
     def replace_model_file(self, location: str, local: Path) -> None:
         """Overwrite one file at the root of a logged model's artifacts (the local file's name)."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
+        target = _local_artifact(location, local.name)
+        if target is not None:
+            _replace_atomically(target, local)
+            return
         with self._fluent():
             get_artifact_repository(location).log_artifact(str(local))
 

@@ -38,7 +38,7 @@ import pandas as pd
 
 from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
-from custintel.token_search import occurrences
+from custintel.token_search import occurrences, scrub
 from models.registry import Registry
 from monitoring import reports
 from serving.inference_log import day_files, subject_log_keys
@@ -228,6 +228,7 @@ class MonitoringStore:
             return done
         registry = self._registry()
         keys = [k for s in subjects for k in (self._keys(s)[0] | self._keys(s)[1])]
+        tokens = {t for s in subjects for t in s.tokens()} | set(keys)
         for one in self._passes():
             affected = bool(self._in_pass(one, subjects, registry if not one.members_path.is_file() else None))
             affected |= bool(self._token_hits(one.files, subjects))
@@ -241,14 +242,18 @@ class MonitoringStore:
                     os.replace(tmp, path)
                     done.append(Erased(STORE, self._relative(path), len(members) - len(kept), "members rewritten"))
             if affected:
-                done += self._drop_reports(one, registry)
+                done += self._drop_reports(one, registry, tokens)
         done += self._drop_workspace_hits(subjects)
         return done
 
-    def _drop_reports(self, one: _Pass, registry: Registry | None) -> list[Erased]:
-        """Delete the pass's Evidently reports (local, workspace, MLflow) and re-render its page without them."""
+    def _drop_reports(self, one: _Pass, registry: Registry | None, tokens: set[str]) -> list[Erased]:
+        """Delete the pass's Evidently reports (local, workspace, MLflow) and re-render its page without them.
+
+        The summary holds aggregates; an identifier in it all the same is replaced by `[erased]`.
+        """
         done = []
-        summary = dict(one.summary)
+        text, scrubbed = scrub(json.dumps(one.summary, default=str), tokens)
+        summary = dict(json.loads(text))
         stamp = str(summary.get("stamp", ""))
         run_id = summary.get("run_id")
         for path in one.evidently_files:
@@ -264,7 +269,7 @@ class MonitoringStore:
             if removed:
                 done.append(Erased(STORE, self._relative(self.workspace), removed, "Evidently workspace runs of "
                                    f"pass {one.stem} deleted through Evidently's API"))  # fmt: skip
-        if summary.get("links") or runs:
+        if summary.get("links") or runs or scrubbed:
             summary["links"] = {}
             summary["workspace_runs"] = []
             summary[ERASED_NOTE] = (

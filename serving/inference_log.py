@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import hashlib
+import os
 import queue
 import threading
 import time
@@ -118,6 +119,30 @@ def entries_sql(files: Sequence[Path], fields: Sequence[str], inputs_type: str =
     return f"read_json({sql_text_list(files)}, format='newline_delimited', columns={columns})"
 
 
+def _append_locked(path: Path, data: bytes) -> None:
+    """Append under the day file's lock, to the file the path names once the lock is held.
+
+    Several worker processes append to the same day file: one locked write per flush keeps each
+    one's lines whole. An erasure replaces a day file (rename) under the same lock: a writer that
+    opened the old file before that finds, once it holds the lock, that the path names another
+    file, and opens it again, so no line goes to the replaced file.
+    """
+    while True:
+        with path.open("ab", buffering=0) as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                if os.fstat(fh.fileno()).st_ino != os.stat(path).st_ino:
+                    continue  # replaced while this writer waited: append to the new file
+                view = memoryview(data)
+                while view:
+                    view = view[fh.write(view) or 0 :]
+                return
+            except FileNotFoundError:
+                continue
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class InferenceLog:
     """Append-only JSON lines per day, written by a background thread off the request path.
 
@@ -164,16 +189,7 @@ class InferenceLog:
                     lines.append(dumps(item, default=str, option=option))
             if lines:
                 lines.append(b"")
-                with day_file(self.folder, dt.datetime.now(dt.UTC).date()).open("ab", buffering=0) as fh:
-                    # Several worker processes append to the same day file: one locked write per flush keeps
-                    # each one's lines whole.
-                    fcntl.flock(fh, fcntl.LOCK_EX)
-                    try:
-                        data = memoryview(b"\n".join(lines))
-                        while data:
-                            data = data[fh.write(data) or 0 :]
-                    finally:
-                        fcntl.flock(fh, fcntl.LOCK_UN)
+                _append_locked(day_file(self.folder, dt.datetime.now(dt.UTC).date()), b"\n".join(lines))
             if stopping:
                 return
 

@@ -7,8 +7,8 @@
   `Subject.log_keys` given. An entry of theirs holds their answer and, when the policy logs inputs,
   their features. Erasure rewrites each day file that holds a hit once for the whole batch:
   written beside it, flushed, then renamed over it (atomic), under the same file lock the service's
-  writer takes, so no appended line is lost while the file is replaced (lines the writer appended
-  to the old file meanwhile are carried over, filtered).
+  writer takes; a writer that waited on the lock appends to the new file (it checks, once it holds
+  the lock, that its file is still the one the path names), so no line is lost to the replaced file.
 - "serving.caps": the frequency-cap impressions by customer key (SQLite or Redis, `serving.caps`).
 - "serving.consent": the consent snapshot the service reads (`consent.sqlite`: decisions and birth
   date per customer key); rows are deleted in one transaction. (The in-memory batch snapshots of
@@ -62,14 +62,15 @@ class InferenceLogStore:
         return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
 
     @staticmethod
-    def _hits(data: bytes, owners: dict[bytes, str]) -> list[tuple[int, str]]:
+    def _hits(lines: Sequence[bytes], owners: dict[bytes, str]) -> list[tuple[int, str]]:
         """(line index, subject request) of every line whose customer is one of the subjects' log keys.
 
         One pass over the file whatever the number of subjects: each line's customer is looked up in a set.
         """
+        search = _CUSTOMER.search
         out = []
-        for i, line in enumerate(data.split(b"\n")):
-            match = _CUSTOMER.search(line)
+        for i, line in enumerate(lines):
+            match = search(line)
             if match is not None and match.group(1) in owners:
                 out.append((i, owners[match.group(1)]))
         return out
@@ -81,10 +82,9 @@ class InferenceLogStore:
         if not owners:
             return out
         for path in self._files():
-            data = path.read_bytes()
-            lines = data.split(b"\n")
+            lines = path.read_bytes().split(b"\n")
             found: dict[str, list[dict[str, Any]]] = {}
-            for i, request in self._hits(data, owners):
+            for i, request in self._hits(lines, owners):
                 found.setdefault(request, []).append(json.loads(lines[i]))
             out += [Holding(self.name, _relative(self.settings, path), r, rows) for r, rows in found.items()]
         return out
@@ -96,18 +96,23 @@ class InferenceLogStore:
         if not owners:
             return out
         for path in self._files():
-            if not self._hits(path.read_bytes(), owners):
-                continue
             removed = self._rewrite(path, owners)
+            if not removed:
+                continue
             out.append(Erased(self.name, _relative(self.settings, path), removed, "day file rewritten without them"))
         return out
 
     def _rewrite(self, path: Path, owners: dict[bytes, str]) -> int:
+        """Replace the day file by its lines without the subjects', under the lock the service's writer takes.
+
+        A writer waiting on the lock appends to the new file once it holds it (`inference_log._append_locked`).
+        """
         with path.open("rb") as old:
-            fcntl.flock(old, fcntl.LOCK_EX)  # the service's writer appends under this lock
+            fcntl.flock(old, fcntl.LOCK_EX)
             try:
-                data = old.read()
-                kept, removed = self._filtered(data, owners)
+                kept, removed = self._filtered(old.read(), owners)
+                if not removed:
+                    return 0  # nothing of theirs: the file is left as it is
                 tmp = path.with_name(f".{path.name}.erasing-{os.getpid()}")
                 with tmp.open("wb") as fh:
                     fh.write(kept)
@@ -116,24 +121,13 @@ class InferenceLogStore:
                 os.replace(tmp, path)
             finally:
                 fcntl.flock(old, fcntl.LOCK_UN)
-            # A writer that opened the old file before the rename and waited on the lock appends there: carry it over.
-            tail = old.read()
-        if tail:
-            kept_tail, removed_tail = self._filtered(tail, owners)
-            with path.open("ab") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                try:
-                    fh.write(kept_tail)
-                finally:
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-            removed += removed_tail
         return removed
 
     def _filtered(self, data: bytes, owners: dict[bytes, str]) -> tuple[bytes, int]:
-        drop = {i for i, _ in self._hits(data, owners)}
+        lines = data.split(b"\n")
+        drop = {i for i, _ in self._hits(lines, owners)}
         if not drop:
             return data, 0
-        lines = data.split(b"\n")
         return b"\n".join(line for i, line in enumerate(lines) if i not in drop), len(drop)
 
 

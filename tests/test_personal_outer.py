@@ -259,6 +259,11 @@ def test_card_notes_are_replaced_not_repeated() -> None:
     once = cards.with_erasure_note(html, "2 erased", False)
     assert cards.with_erasure_note(once, "2 erased", False) == once
     assert cards.with_erasure_note(once, "5 erased", False).count('class="erasure"') == 1
+    assert cards.erasure_line({}) is None
+    line = cards.erasure_line(
+        {cards.ERASURE_SUBJECTS: "2", cards.ERASURE_AT: "2026-01-01", cards.ERASURE_RETRAIN: "required"}
+    )
+    assert line is not None and line.startswith("2 erased person(s)") and "retrain required" in line
     noted = cards.with_erasure_note(md, "2 erased", True)
     assert noted == "# Model card: m v1\n> Erasure: 2 erased\n\n## Model\n"
     assert cards.with_erasure_note(noted, "2 erased", True) == noted
@@ -349,3 +354,90 @@ def test_an_erasure_killed_midway_finishes_on_rerun_and_counts_once(
     assert store.find(subjects) == []
     tags = registry.version(NAME, "1").tags
     assert tags[ERASURE_SUBJECTS] == str(before + 2) and ERASURE_PENDING not in tags
+
+
+def test_an_example_logged_before_impersonal_examples_is_found_by_its_values_and_replaced(home: Home) -> None:
+    """Examples used to be the first test rows (features only, no key): matched to the subject's test rows."""
+    settings = home.settings
+    registry = Registry(settings)
+    test = pd.read_parquet(_artifact(settings, home.run_id, "evaluation/test.parquet"))
+    (model_id, _, location) = next(m for m in registry.run_models(home.run_id) if m[1] == "model")
+    current = json.loads((Path(location.removeprefix("file://")) / "input_example.json").read_text())
+    old_style = test[current["columns"]].head(3)
+    legacy = settings.home_dir / "legacy" / "input_example.json"
+    legacy.parent.mkdir()
+    legacy.write_text(old_style.to_json(orient="split", index=False))
+    registry.replace_model_file(location, legacy)
+    keys = test["customer_key"].head(3).tolist()
+    subjects = [Subject(request=k, customer_keys=(k,)) for k in keys]
+    store = MLflowStore(settings)
+    place = f"models:/{model_id}/input_example.json"
+    found = [h for h in store.find(subjects) if h.place == place]
+    assert sorted(h.subject for h in found) == sorted(keys) and all(len(h.rows) == 1 for h in found)
+    erased = {e.place: e for e in store.erase(subjects)}
+    assert erased[place].removed == 3 and "impersonal" in erased[place].detail
+    replaced = json.loads((Path(location.removeprefix("file://")) / "input_example.json").read_text())
+    assert replaced["columns"] == current["columns"] and len(replaced["data"]) == 1
+    assert store.find(subjects) == []
+
+
+def test_a_card_naming_someone_is_scrubbed_and_the_site_rebuilt(home: Home) -> None:
+    """Cards hold aggregates; one that names a person (a reviewer's note pasted in, say) is found and scrubbed."""
+    from governance.site import build_site
+
+    settings = home.settings
+    key = home.others[10]
+    card = settings.governance_dir / "cards" / NAME / "1" / "card.md"
+    card.write_text(card.read_text() + f"\nReviewer note: customer {key} complained.\n")
+    build_site(settings)
+    subject = [Subject(request=key, customer_keys=(key,))]
+    store = GovernanceStore(settings)
+    found = {h.place for h in store.find(subject)}
+    assert f"governance/cards/{NAME}/1/card.md" in found and any(p.startswith("site/") for p in found), found
+    erased = {e.place: e for e in store.erase(subject)}
+    assert erased[f"governance/cards/{NAME}/1/card.md"].removed == 1 and erased["site"].removed >= 1
+    assert "customer [erased] complained" in card.read_text()
+    assert store.find(subject) == []
+
+
+def test_a_log_writer_waiting_on_the_lock_appends_to_the_file_that_replaced_it(tmp_path: Path) -> None:
+    """The eraser holds the day file's lock and renames a rewritten file over it: the waiting writer's lines
+    land in the new file, none in the replaced one."""
+    import fcntl
+    import os
+    import threading
+
+    from serving.inference_log import _append_locked
+
+    path = tmp_path / "2026-01-01.jsonl"
+    path.write_bytes(b'{"customer": "erased"}\n{"customer": "kept"}\n')
+    with path.open("rb") as old:
+        fcntl.flock(old, fcntl.LOCK_EX)
+        writer = threading.Thread(target=_append_locked, args=(path, b'{"customer": "late"}\n'))
+        writer.start()
+        time.sleep(0.3)  # the writer has opened the old file and waits on its lock
+        fresh = tmp_path / "fresh"
+        fresh.write_bytes(b'{"customer": "kept"}\n')
+        os.replace(fresh, path)
+        fcntl.flock(old, fcntl.LOCK_UN)
+        writer.join(10)
+        assert old.read() == b'{"customer": "erased"}\n{"customer": "kept"}\n'  # nothing went to the old file
+    assert path.read_bytes() == b'{"customer": "kept"}\n{"customer": "late"}\n'
+
+
+def test_each_package_offers_its_stores_by_the_catalogue_name(tmp_path: Path) -> None:
+    import governance.personal
+    import models.personal
+    import monitoring.personal
+    import serving.personal
+
+    settings = Settings(home=tmp_path / "empty-home")
+    stores = [s for m in (models.personal, serving.personal, monitoring.personal, governance.personal)
+              for s in m.personal_stores(settings)]  # fmt: skip
+    assert all(isinstance(s, PersonalStore) for s in stores)
+    assert [s.name for s in stores] == ["mlflow", "inference_log", "serving.caps", "serving.consent", "monitoring",
+                                        "governance"]  # fmt: skip
+    someone = [Subject(request="CK0000000000001", customer_keys=("CK0000000000001",))]
+    # a home with nothing in it: nothing found, nothing erased, nothing created
+    assert [h for s in stores for h in s.find(someone)] == [] and [e for s in stores for e in s.erase(someone)] == []
+    assert not settings.home_dir.exists()

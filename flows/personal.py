@@ -110,6 +110,8 @@ def export_subject(
     stores: Sequence[PersonalStore] | None = None,
 ) -> ExportResult:
     """Everything held about one person, as a bundle (default `<home>/governance/dsar/<id>/export/`)."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder")
     lines = request_lines(subject, customer, None)
     subjects = _resolve(settings, lines, None)  # before anything is written
     catalogue_ = list(stores) if stores is not None else catalogue(settings)

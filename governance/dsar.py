@@ -12,7 +12,9 @@ in by the caller (`flows.personal.catalogue`); this module walks them:
   `erase`, the journal updated after each. A rerun of the same request resumes from the journal and
   finishes; the subjects it needs are kept in `pending.json` beside it only until the erasure is done
   (the stores may already have lost the identifiers resolution needs);
-- **verify**: every store's `find` plus a raw search of the home's files for the subjects' tokens.
+- **verify**: every store's `find` plus a raw search of the home's files for the subjects' tokens; the
+  report (`<home>/governance/dsar/<request id>/verify.json`) lists each hit's store, place and row count,
+  never the data.
 
 Each writes a receipt to the audit trail (`governance.trail.record`, actions `dsar_export`,
 `dsar_erase`, `dsar_verify`) holding keyed hashes of the subjects (HMAC-SHA256 with the privacy
@@ -33,12 +35,14 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from custintel.atomic_files import write_text_atomically
+from custintel.atomic_files import replace_atomically, write_text_atomically
 from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
 from governance.trail import record
@@ -49,6 +53,7 @@ _KEY_FILE = "privacy.key"
 _ROWS_SHOWN = 200  # rows per place shown on the HTML page (the CSV and JSON hold them all)
 _RAW_SKIP_SUFFIXES = (".parquet",)  # columnar and compressed: their stores search them by value
 _WORD = "A-Za-z0-9"
+_CHUNK = 8 << 20  # bytes the raw search reads at a time
 
 Progress = Callable[[str], None]
 Suppress = Callable[[Settings, Sequence[Subject]], int]
@@ -251,6 +256,23 @@ def write_bundle(
     return files
 
 
+# What each store is, in words a person can read on the bundle's page.
+STORE_DESCRIPTIONS = {
+    "lake": "your records from each source system (CRM, billing, support, web, consent, the acquired company), "
+    "as they were received",
+    "quarantine": "records of yours a data check rejected on arrival, kept with the reason",
+    "identity": "how your records in different systems were recognised as one person, and the combined record",
+    "features.offline": "figures computed about you at each date the models learn from (e.g. spend, tickets)",
+    "features.online": "the latest of those figures, used when a score is asked for",
+    "mlflow": "model training and test data that included you, and the model versions built from them",
+    "inference_log": "scores and recommendations served about you",
+    "serving.caps": "how often you were shown an offer (frequency limits)",
+    "serving.consent": "the consent decisions the scoring service checks",
+    "monitoring": "samples of served data used to check the models still work",
+    "governance": "model cards and reviewers' pages that showed your data",
+    EXPORT_STORE: "earlier copies of an export like this one",
+}
+
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232a;background:#fafbfc}
 header{background:#1f3a5f;color:#fff;padding:.8rem 1.5rem}main{padding:1rem 1.5rem 2rem;max-width:1400px}
@@ -296,10 +318,12 @@ def render_bundle_html(request: str, subjects: Sequence[Subject], holdings: Sequ
     if not holdings:
         parts.append('<p class="note">No store holds anything about this request.</p>')
     else:
-        parts.append("<table><tr><th>store</th><th>places</th><th>rows</th></tr>")
+        parts.append("<table><tr><th>store</th><th>what it is</th><th>places</th><th>rows</th></tr>")
         for name in sorted(counts):
             places = sorted({h.place for h in holdings if h.store == name})
-            parts.append(f"<tr><td>{_e(name)}</td><td>{_e(len(places))}</td><td>{_e(counts[name])}</td></tr>")
+            what = STORE_DESCRIPTIONS.get(name, "")
+            parts.append(f"<tr><td>{_e(name)}</td><td>{_e(what)}</td><td>{_e(len(places))}</td>"
+                         f"<td>{_e(counts[name])}</td></tr>")  # fmt: skip
         parts.append("</table>")
     consent = [h for h in holdings if "consent" in h.place.lower()]
     parts.append("<h2>Consent history</h2>")
@@ -415,6 +439,13 @@ class Journal:
             raise DsarError(f"{path} is not a readable erasure journal ({exc}); move it away to start over") from exc
 
 
+def _write_private(text: str, path: Path) -> None:
+    """Write a file only its owner can read (the pending subjects hold raw identifiers)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
 def journal_path(settings: Settings, request: str) -> Path:
     """`<home>/governance/dsar/<request id>/journal.json`."""
     return dsar_dir(settings, request) / "journal.json"
@@ -524,14 +555,15 @@ def _erase_locked(
         for store in stores:
             journal.store(store.name)
         pending.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(pending, json.dumps([asdict(s) for s in subjects], sort_keys=True) + "\n")
+        replace_atomically(pending, partial(_write_private, json.dumps([asdict(s) for s in subjects]) + "\n"))
     else:
         journal.runs += 1
         report(f"resuming: {sum(s['status'] == 'done' for s in journal.stores)} of {len(journal.stores)} stores done")
     journal.save(path)
     if journal.suppressed is None:
+        started = time.perf_counter()
         added = suppress(settings, subjects)
-        journal.suppressed = {"added": added, "at": _now()}
+        journal.suppressed = {"added": added, "at": _now(), "seconds": round(time.perf_counter() - started, 3)}
         journal.save(path)
         report(f"suppression list: {added} identifier(s) added")
     for store in stores:
@@ -539,11 +571,15 @@ def _erase_locked(
         if entry["status"] == "done":
             report(f"{store.name}: done earlier ({entry['removed']} removed)")
             continue
+        started = time.perf_counter()
         try:
             erased = store.erase(subjects)
         except Exception as exc:
             entry["error"] = f"{type(exc).__name__}: {exc}"[:300]
             journal.save(path)
+            # The trail records the partial change too (the store and the error's kind, never its message).
+            _erase_receipt(settings, journal, path, "incomplete", {"failed_store": store.name,
+                                                                   "error": type(exc).__name__})  # fmt: skip
             raise DsarError(
                 f"erasure {request}: store {store.name} failed ({type(exc).__name__}: {exc}); run the same command "
                 f"again to finish it (journal {path})"
@@ -551,27 +587,37 @@ def _erase_locked(
         entry.pop("error", None)
         entry["erased"] += [asdict(e) for e in erased]
         entry["removed"] = int(entry["removed"]) + sum(e.removed for e in erased)
-        entry["status"], entry["finished_at"] = "done", _now()
+        seconds = round(time.perf_counter() - started, 3)
+        entry["status"], entry["finished_at"], entry["seconds"] = "done", _now(), seconds
         journal.save(path)
-        report(f"{store.name}: {sum(e.removed for e in erased)} removed in {len(erased)} place(s)")
-    receipt = record(
-        settings,
-        "dsar_erase",
-        request,
-        {
-            "subjects": journal.subjects,
-            "stores": {s["name"]: int(s["removed"]) for s in journal.stores},
-            "places": sum(len(s["erased"]) for s in journal.stores),
-            "suppressed": (journal.suppressed or {}).get("added", 0),
-            "runs": journal.runs,
-            "journal": _relative(settings, path),
-        },
-    )
+        report(f"{store.name}: {sum(e.removed for e in erased)} removed in {len(erased)} place(s) ({seconds:.1f} s)")
+    receipt = _erase_receipt(settings, journal, path, "complete")
     journal.status, journal.finished_at = "done", _now()
     journal.receipt = {"seq": receipt["seq"], "hash": receipt["hash"]}
     journal.save(path)
     pending.unlink(missing_ok=True)  # the identifiers were needed only to finish
     return EraseResult(request, journal, path)
+
+
+def _erase_receipt(
+    settings: Settings, journal: Journal, path: Path, status: str, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The erasure's entry in the audit trail: keyed hashes of the subjects, counts per store, the journal."""
+    return record(
+        settings,
+        "dsar_erase",
+        journal.request_id,
+        {
+            "status": status,
+            "subjects": journal.subjects,
+            "stores": {s["name"]: int(s["removed"]) for s in journal.stores if s["status"] == "done"},
+            "places": sum(len(s["erased"]) for s in journal.stores),
+            "suppressed": (journal.suppressed or {}).get("added", 0),
+            "runs": journal.runs,
+            "journal": _relative(settings, path),
+            **(extra or {}),
+        },
+    )
 
 
 # --- verify --------------------------------------------------------------------------------------------------------
@@ -611,6 +657,7 @@ def raw_token_hits(
     if pattern is None:
         return []
     base = relative_to or root
+    overlap = max(len(t.encode("utf-8")) for t in owners) + 2  # a token cut by a chunk edge is whole in the next
     hits: list[Holding] = []
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
@@ -619,20 +666,30 @@ def raw_token_hits(
             path = here / name
             if path.suffix in _RAW_SKIP_SUFFIXES or path.is_symlink() or path.resolve() in skipped:
                 continue
+            found: dict[int, set[str]] = {}
             try:
-                data = path.read_bytes()
+                for token in _tokens_in(path, pattern, overlap):
+                    for i in owners.get(token.lower(), []):
+                        found.setdefault(i, set()).add(token)
             except OSError:
                 continue
-            found: dict[int, set[str]] = {}
-            for match in pattern.finditer(data):
-                token = match.group(0).decode("utf-8", errors="replace")
-                for i in owners.get(token.lower(), []):
-                    found.setdefault(i, set()).add(token)
             place = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
             for i, tokens in sorted(found.items()):
                 rows = [{"token": mask_token(t)} for t in sorted(tokens)]
                 hits.append(Holding(RAW_SEARCH, place, subjects[i].request, rows))
     return hits
+
+
+def _tokens_in(path: Path, pattern: re.Pattern[bytes], overlap: int) -> set[str]:
+    """Every token `pattern` finds in a file, read in chunks (an MLflow database or a log can be large)."""
+    found: set[str] = set()
+    tail = b""
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            data = tail + chunk
+            found.update(m.group(0).decode("utf-8", errors="replace") for m in pattern.finditer(data))
+            tail = data[-overlap:]
+    return found
 
 
 @dataclass
@@ -643,11 +700,28 @@ class VerifyResult:
     hits: list[Holding]
     stores_searched: int
     receipt: dict[str, Any]
+    report: Path | None = None
 
     @property
     def clean(self) -> bool:
         """Nothing found anywhere."""
         return not self.hits
+
+
+def verify_report(key: bytes, request: str, subjects: Sequence[Subject], hits: Sequence[Holding],
+                  stores: Sequence[str]) -> dict[str, Any]:  # fmt: skip
+    """What a verify found, without the data: per hit its store, place, subject (keyed hash) and row count. Pure."""
+    return {
+        "request_id": request,
+        "at": _now(),
+        "stores_searched": [*stores, RAW_SEARCH],
+        "subjects": [subject_hashes(key, s) for s in subjects],
+        "clean": not hits,
+        "hits": [
+            {"store": h.store, "place": h.place, "subject": keyed_hash(key, h.subject), "rows": len(h.rows)}
+            for h in hits
+        ],
+    }
 
 
 def verify_request(
@@ -670,15 +744,20 @@ def verify_request(
     report(f"{RAW_SEARCH}: {len(raw)} file(s) under {settings.home_dir}")
     hits += raw
     key = privacy_key(settings)
+    report_path = dsar_dir(settings, request) / "verify.json"
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    document = verify_report(key, request, subjects, hits, [s.name for s in stores])
+    write_text_atomically(report_path, json.dumps(document, indent=2, sort_keys=True) + "\n")
     receipt = record(
         settings,
         "dsar_verify",
         request,
         {
-            "subjects": [subject_hashes(key, s) for s in subjects],
+            "subjects": document["subjects"],
             "hits": _counts(hits),
             "stores_searched": len(stores) + 1,
             "clean": not hits,
+            "report": _relative(settings, report_path),
         },
     )
-    return VerifyResult(request, hits, len(stores) + 1, receipt)
+    return VerifyResult(request, hits, len(stores) + 1, receipt, report_path)

@@ -67,15 +67,18 @@ class Candidate:
         return f"{self.key} ({self.records} {plural}: {', '.join(self.sources)}{hint})"
 
 
+_FIELDS = ("record_id", "first_name", "last_name", "email", "phone", "birth_date")
+
+
 @dataclass
 class SubjectIndex:
-    """The identity records (normalised), their raw emails and phones as held, and their customer keys.
+    """The identity records (normalised fields), their raw emails and phones as held, and their customer keys.
 
     Built once per command (`load_subject_index`) and then asked many requests, so a file of a
-    thousand requests reads the identity outputs and the lake once.
+    thousand requests reads the identity outputs and the lake once; lookups are dictionary hits.
     """
 
-    records: pd.DataFrame  # one row per record_key: source_table, record_id, names, email, phone, birth_date
+    rows: dict[str, dict[str, str]]  # record_key -> its normalised identity fields that hold a value
     customer_of: dict[str, str]  # record_key -> customer_key (the crosswalk)
     raw_emails: dict[str, set[str]] = field(default_factory=dict)  # record_key -> emails as held
     raw_phones: dict[str, set[str]] = field(default_factory=dict)
@@ -83,20 +86,31 @@ class SubjectIndex:
 
     def __post_init__(self) -> None:
         self._by: dict[str, dict[str, set[str]]] = {}
+        self._normalised: dict[str, dict[str, str | None]] = {}
         self._records_of: dict[str, list[str]] = defaultdict(list)
         for record_key, customer_key in self.customer_of.items():
             self._records_of[customer_key].append(record_key)
-        self._rows = self.records.set_index("record_key", drop=False)
 
     def lookup(self, column: str, value: str) -> set[str]:
         """Record keys whose normalised `column` equals `value`."""
         if column not in self._by:
             index: dict[str, set[str]] = defaultdict(set)
-            frame = self.records[["record_key", column]].dropna()
-            for record_key, held in zip(frame["record_key"], frame[column], strict=True):
-                index[str(held)].add(str(record_key))
+            for record_key, fields in self.rows.items():
+                if column in fields:
+                    index[fields[column]].add(record_key)
             self._by[column] = index
         return set(self._by[column].get(value, set()))
+
+    def lookup_raw(self, kind: str, value: str) -> set[str]:
+        """Record keys holding `value` exactly as written (any case): what normalisation rejected is still held."""
+        name = f"raw_{kind}"
+        if name not in self._by:
+            index: dict[str, set[str]] = defaultdict(set)
+            for record_key, values in (self.raw_emails if kind == "email" else self.raw_phones).items():
+                for held in values:
+                    index[held.lower()].add(record_key)
+            self._by[name] = index
+        return set(self._by[name].get(value.strip().lower(), set()))
 
     def records_of(self, customer_key: str) -> list[str]:
         """Every record key the crosswalk gives the customer."""
@@ -106,12 +120,29 @@ class SubjectIndex:
         """Whether the crosswalk knows this customer key."""
         return key in self._records_of
 
-    def row(self, record_key: str) -> pd.Series | None:
+    def row(self, record_key: str) -> dict[str, str] | None:
         """The normalised identity fields of one record (None when only the crosswalk names it)."""
-        if record_key not in self._rows.index:
-            return None
-        found = self._rows.loc[record_key]
-        return found.iloc[0] if isinstance(found, pd.DataFrame) else found
+        return self.rows.get(record_key)
+
+    def normalised(self, kind: str, requests: Sequence[str]) -> list[str | None]:
+        """Requests as `kind` ('email' or 'phone') normalises them, batch-normalised and remembered."""
+        known = self._normalised.setdefault(kind, {})
+        todo = sorted({r for r in requests if r not in known})
+        if todo:
+            normalise = normalise_emails if kind == "email" else normalise_phones
+            for request, value in zip(todo, normalise(pd.Series(todo, dtype="string")).tolist(), strict=True):
+                known[request] = value if isinstance(value, str) else None
+        return [known[r] for r in requests]
+
+
+def _field_rows(frame: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """record_key -> the identity fields that hold a value, from a frame of identity records."""
+    columns = {c: frame[c].astype("string").tolist() for c in _FIELDS if c in frame.columns}
+    out: dict[str, dict[str, str]] = {}
+    for i, record_key in enumerate(frame["record_key"].astype("string").tolist()):
+        if isinstance(record_key, str):
+            out[record_key] = {c: v[i] for c, v in columns.items() if isinstance(v[i], str) and v[i]}
+    return out
 
 
 def load_subject_index(settings: Settings) -> SubjectIndex:
@@ -122,52 +153,39 @@ def load_subject_index(settings: Settings) -> SubjectIndex:
     """
     config = identity_config(settings)
     tables = tuple(s.table for s in config.sources)
-    frames: list[pd.DataFrame] = []
     records_path = settings.identity_dir / "records.parquet"
-    if records_path.is_file():
-        frames.append(pd.read_parquet(records_path))
+    rows = (
+        _field_rows(pd.read_parquet(records_path, columns=["record_key", *_FIELDS])) if records_path.is_file() else {}
+    )
     raw_emails: dict[str, set[str]] = defaultdict(set)
     raw_phones: dict[str, set[str]] = defaultdict(set)
     lake = _read_identity_tables(settings, tables)
-    present = [s for s in config.sources if s.table in lake]
-    if present:
-        frames.append(assemble_identity_records({t: lake[t] for t in lake}, present))
-        for source in present:
-            frame = lake[source.table]
-            ids = frame[source.id].astype("string").str.strip()
-            for kind, out in (("email", raw_emails), ("phone", raw_phones)):
-                column = source.columns.get(kind)
-                if column is None:
-                    continue
-                values = frame[column].astype("string").str.strip()
-                for record_id, value in zip(ids, values, strict=True):
-                    if pd.notna(record_id) and pd.notna(value) and value:
-                        out[f"{source.table}:{record_id}"].add(str(value))
-    records = (
-        pd.concat(frames, ignore_index=True).drop_duplicates("record_key", keep="first")
-        if frames
-        else pd.DataFrame(
-            columns=[
-                "record_key",
-                "source_table",
-                "record_id",
-                "first_name",
-                "last_name",
-                "email",
-                "phone",
-                "birth_date",
-            ]
-        )  # fmt: skip
-    )
-    for column in ("record_key", "source_table", "record_id", "email", "phone", "first_name", "last_name"):
-        records[column] = records[column].astype("string")
-    records["birth_date"] = normalise_birth_dates(records["birth_date"]).astype("string")
+    unresolved: dict[str, pd.DataFrame] = {}
+    for source in (s for s in config.sources if s.table in lake):
+        frame = lake[source.table]
+        ids = frame[source.id]
+        if pd.api.types.is_float_dtype(ids):  # integer ids with gaps arrive as floats (as identity reads them)
+            ids = ids.astype("Int64")
+        keys = [f"{source.table}:{i.strip()}" if isinstance(i, str) else None for i in ids.astype("string").tolist()]
+        for kind, out in (("email", raw_emails), ("phone", raw_phones)):
+            if (column := source.columns.get(kind)) is not None:
+                for key, value in zip(keys, frame[column].astype("string").tolist(), strict=True):
+                    if key and isinstance(value, str) and value.strip():
+                        out[key].add(value.strip())
+        new = [k is not None and k not in rows for k in keys]
+        if any(new):  # normalise only what no resolution has seen
+            unresolved[source.table] = frame.loc[new]
+    if unresolved:
+        sources = [s for s in config.sources if s.table in unresolved]
+        rows.update(
+            {k: v for k, v in _field_rows(assemble_identity_records(unresolved, sources)).items() if k not in rows}
+        )
     customer_of: dict[str, str] = {}
     crosswalk_path = settings.identity_dir / "crosswalk.parquet"
     if crosswalk_path.is_file():
         crosswalk = pd.read_parquet(crosswalk_path, columns=["record_key", "customer_key"])
         customer_of = dict(zip(crosswalk["record_key"].astype(str), crosswalk["customer_key"].astype(str), strict=True))
-    return SubjectIndex(records, customer_of, dict(raw_emails), dict(raw_phones), tables)
+    return SubjectIndex(rows, customer_of, dict(raw_emails), dict(raw_phones), tables)
 
 
 def _read_identity_tables(settings: Settings, tables: Iterable[str]) -> dict[str, pd.DataFrame]:
@@ -217,16 +235,6 @@ def _request_kinds(request: str) -> list[str]:
     return kinds
 
 
-def _normalised_email(request: str) -> str | None:
-    value = normalise_emails(pd.Series([request])).iloc[0]
-    return None if pd.isna(value) else str(value)
-
-
-def _normalised_phone(request: str) -> str | None:
-    value = normalise_phones(pd.Series([request])).iloc[0]
-    return None if pd.isna(value) else str(value)
-
-
 def _name_and_birth(request: str) -> tuple[str | None, str | None, str | None]:
     """Folded first and last name and ISO birth date of a `name|birth-date` request."""
     name, _, birth = request.partition("|")
@@ -254,10 +262,10 @@ def _matching_records(index: SubjectIndex, request: str) -> set[str]:
                     found.add(key)
         elif kind == "record_id":
             found.update(index.lookup("record_id", request))
-        elif kind == "email" and (email := _normalised_email(request)):
-            found.update(index.lookup("email", email))
-        elif kind == "phone" and (phone := _normalised_phone(request)):
-            found.update(index.lookup("phone", phone))
+        elif kind in ("email", "phone"):
+            found.update(index.lookup_raw(kind, request))
+            if normalised := index.normalised(kind, [request])[0]:
+                found.update(index.lookup(kind, normalised))
         elif kind == "name_birth":
             first, last, born = _name_and_birth(request)
             if last and born:
@@ -284,8 +292,8 @@ def _candidate(index: SubjectIndex, group: str) -> Candidate:
         if row is None:
             continue
         first, last, born = row.get("first_name"), row.get("last_name"), row.get("birth_date")
-        initials = " ".join(f"{str(n)[0].upper()}." for n in (first, last) if pd.notna(n) and str(n))
-        year = f"born {str(born)[:4]}" if pd.notna(born) and str(born) else ""
+        initials = " ".join(f"{n[0].upper()}." for n in (first, last) if n)
+        year = f"born {born[:4]}" if born else ""
         hint = ", ".join(p for p in (initials, year) if p)
         if hint:
             break
@@ -336,12 +344,13 @@ def subject_of(index: SubjectIndex, request: str, group: str) -> Subject:
         row = index.row(record_key)
         if row is None:
             continue
-        for column, out in (("email", emails), ("phone", phones)):
-            if pd.notna(row.get(column)):
-                out.add(str(row[column]))
-        first, last, born = (row.get(c) for c in ("first_name", "last_name", "birth_date"))
-        if (pd.notna(first) or pd.notna(last)) and pd.notna(born) and str(born):  # a name alone names nobody
-            names.add(tuple("" if pd.isna(v) else str(v).lower() for v in (first, last, born)))  # type: ignore[arg-type]
+        if "email" in row:
+            emails.add(row["email"])
+        if "phone" in row:
+            phones.add(row["phone"])
+        first, last, born = (row.get(c, "") for c in ("first_name", "last_name", "birth_date"))
+        if first and last and born:  # a name alone, or half of one, names nobody
+            names.add((first.lower(), last.lower(), born))
     source_records = sorted(tuple(k.split(":", 1)) for k in record_keys)  # (table, id)
     return Subject(
         request=request,
@@ -396,11 +405,11 @@ def _bare_subject(index: SubjectIndex, request: str, customer: str | None) -> Su
             records.update((table, request) for table in index.tables)
         elif kind == "email":
             emails.add(request)
-            if email := _normalised_email(request):
+            if email := index.normalised("email", [request])[0]:
                 emails.add(email)
         elif kind == "phone":
             phones.add(request)
-            if phone := _normalised_phone(request):
+            if phone := index.normalised("phone", [request])[0]:
                 phones.add(phone)
         elif kind == "name_birth":
             first, last, born = _name_and_birth(request)
@@ -469,6 +478,8 @@ def resolve_lines(index: SubjectIndex, lines: Sequence[SubjectLine], where: str)
     subjects: list[Subject] = []
     problems: list[str] = []
     seen: dict[tuple[str, ...], int] = {}
+    for kind in ("email", "phone"):  # one vectorised pass over the file, not one per line
+        index.normalised(kind, [line.request for line in lines if kind in _request_kinds(line.request)])
     for line in lines:
         try:
             subject = resolve_request(index, line.request, line.customer)

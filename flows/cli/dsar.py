@@ -56,7 +56,7 @@ class _Steps:
 
 @dsar_app.command("export")
 def dsar_export(
-    subject: SubjectArg,
+    subject: SubjectArg = None,
     customer: CustomerOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="Folder of the bundle. Default: <home>/governance/dsar/<request id>/export.")
@@ -132,12 +132,12 @@ def dsar_verify(
     config = settings()
     with expected(*_errors()):
         result = verify_subjects(config, subject, customer, file, _Steps("searching every store:"))
+    where = f"report: {escape(str(result.report))}; receipt: audit trail seq {result.receipt['seq']}"
     if result.clean:
-        console.print(f"[green]nothing found[/] in {result.stores_searched} stores "
-                      f"(receipt: audit trail seq {result.receipt['seq']})")  # fmt: skip
+        console.print(f"[green]nothing found[/] in {result.stores_searched} stores ({where})", soft_wrap=True)
         return
     console.print(f"[bold red]found[/] in {len(result.hits)} place(s):")
     for hit in result.hits:
         console.print(f"  {escape(hit.store)}  {escape(hit.place)}  {len(hit.rows)} row(s)", soft_wrap=True)
-    console.print(f"receipt: audit trail seq {result.receipt['seq']} (dsar_verify {result.request_id})")
+    console.print(where, soft_wrap=True)
     raise typer.Exit(code=1)

@@ -21,8 +21,10 @@ import datetime as dt
 import decimal
 import json
 import math
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ from features.person_links import PersonColumns, person_columns
 
 _POS = "file_row_number"
 _MIN_PHONE_DIGITS = 7
+_WRITERS = 2  # files rewritten at once
 _IDENTITY_FILES = ("records", "match_records", "links", "crosswalk", "golden_records", "conflicts", "key_events")
 # SQL forms of the identity layer's normalisers (`features.identity.normalise`), close enough to
 # compare a held value with a subject's normalised emails and phones without leaving DuckDB.
@@ -57,10 +60,7 @@ CREATE OR REPLACE MACRO email_norm(x) AS
         (CASE WHEN email_domain(email_lower(x)) = 'gmail.com' THEN replace(email_local(email_lower(x)), '.', '')
          ELSE email_local(email_lower(x)) END) || '@' || email_domain(email_lower(x))
     END;
-CREATE OR REPLACE MACRO phone_digits(x) AS
-    CASE WHEN length(regexp_replace(CAST(x AS VARCHAR), '[^0-9]', '', 'g')) = 10
-         THEN '1' || regexp_replace(CAST(x AS VARCHAR), '[^0-9]', '', 'g')
-         ELSE regexp_replace(CAST(x AS VARCHAR), '[^0-9]', '', 'g') END;
+CREATE OR REPLACE MACRO phone_digits(x) AS regexp_replace(CAST(x AS VARCHAR), '[^0-9]', '', 'g');
 """
 
 
@@ -79,9 +79,17 @@ def personal_stores(settings: Settings) -> list[PersonalStore]:
 # The subjects' identifiers as tables, and matching a file against them
 
 
-def _digits(value: str) -> str:
+def _digits(value: str) -> list[str]:
+    """A phone's digits as a held value may show them: a North American number with and without its leading 1.
+
+    (Held values are compared by their digits alone, one regular expression per value.)
+    """
     d = "".join(ch for ch in value if ch.isdigit())
-    return "1" + d if len(d) == 10 else d
+    if len(d) == 10:
+        return [d, "1" + d]
+    if len(d) == 11 and d.startswith("1"):
+        return [d, d[1:]]
+    return [d]
 
 
 @dataclass
@@ -112,8 +120,9 @@ class _Wanted:
                if isinstance(e, str)]  # fmt: skip
         ph_frame = pd.DataFrame(ph, columns=["s", "value"])
         normalised = normalise_phones(ph_frame["value"]).tolist() if len(ph_frame) else []
-        ph = [(i, d) for i, p in ph if len(d := _digits(p)) >= _MIN_PHONE_DIGITS]
-        ph += [(int(i), _digits(p)) for i, p in zip(ph_frame["s"], normalised, strict=True) if isinstance(p, str)]
+        ph = [(i, d) for i, p in ph for d in _digits(p) if len(d) >= _MIN_PHONE_DIGITS]
+        ph += [(int(i), d) for i, p in zip(ph_frame["s"], normalised, strict=True) if isinstance(p, str)
+               for d in _digits(p)]  # fmt: skip
         self.records = pd.DataFrame(rec, columns=["s", "record_table", "record_id"]).drop_duplicates()
         self.emails = pd.DataFrame(em, columns=["s", "value"]).drop_duplicates()
         self.phones = pd.DataFrame(ph, columns=["s", "value"]).drop_duplicates()
@@ -331,6 +340,14 @@ def rewrite_without(path: Path, positions: set[int]) -> int:
     return removed[0]
 
 
+def _in_parallel(tasks: Sequence[Callable[[], int]]) -> list[int]:
+    """Run rewrites two at a time (Arrow's decoding and encoding release the GIL); results in task order."""
+    if len(tasks) <= 1:
+        return [t() for t in tasks]
+    with ThreadPoolExecutor(max_workers=_WRITERS) as pool:
+        return list(pool.map(lambda t: t(), tasks))
+
+
 def _place(settings: Settings, path: Path) -> str:
     return str(path.relative_to(settings.home_dir))
 
@@ -516,18 +533,27 @@ class LakeStore:
 
     def erase(self, subjects: Sequence[Subject]) -> list[Erased]:
         """Rewrite each partition holding a subject's row without it (and its quarantine notes)."""
-        out = []
-        with lake_lock(self.settings):
+        out: list[Erased] = []
+
+        def rewrite(path: Path, found: set[int], notes: list[tuple[Path, set[int]]]) -> list[Erased]:
+            done = []
+            for issues, positions in notes:  # the notes first: a rerun finds them through the rows
+                n = rewrite_without(issues, positions)
+                if n:
+                    done.append(Erased(self.name, _place(self.settings, issues), n, "notes on the erased rows"))
+            return [*done, Erased(self.name, _place(self.settings, path), rewrite_without(path, found))]
+
+        with lake_lock(self.settings), ThreadPoolExecutor(max_workers=_WRITERS) as pool:
+            jobs = []
             for con, _, path, quarantine, rules in self._walk(subjects):
                 found = _matches(con, path, rules)
                 if not found:
                     continue
                 rows = _row_ids(con, path, found)
-                for issues in _issue_files(quarantine):
-                    n = rewrite_without(issues, set(_issues_of_rows(con, issues, rows)))
-                    if n:
-                        out.append(Erased(self.name, _place(self.settings, issues), n, "notes on the erased rows"))
-                out.append(Erased(self.name, _place(self.settings, path), rewrite_without(path, set(found))))
+                notes = [(i, set(_issues_of_rows(con, i, rows))) for i in _issue_files(quarantine)]
+                jobs.append(pool.submit(rewrite, path, set(found), notes))  # written while the next is searched
+            for job in jobs:
+                out += job.result()
         return out
 
 
@@ -613,12 +639,16 @@ class QuarantineStore:
         with lake_lock(self.settings):
             wanted, con, rules = self._open(subjects)
             try:
-                planned = list(self._plan(con, wanted, rules))
+                planned = [(p, f) for p, f in self._plan(con, wanted, rules) if f]
                 # issues first: they are found through their rows, which a kill must not remove before them
-                for path, found in sorted(planned, key=lambda p: not p[0].name.startswith("issues-")):
-                    n = rewrite_without(path, set(found))
-                    if n:
-                        out.append(Erased(self.name, _place(self.settings, path), n))
+                for phase in (True, False):
+                    todo = [(p, f) for p, f in planned if p.name.startswith("issues-") == phase]
+                    counts = _in_parallel([partial(rewrite_without, p, set(f)) for p, f in todo])
+                    out += [
+                        Erased(self.name, _place(self.settings, p), n)
+                        for (p, _), n in zip(todo, counts, strict=True)
+                        if n
+                    ]
             finally:
                 con.close()
         return out
@@ -780,13 +810,11 @@ class OfflineFeatureStore:
     def erase(self, subjects: Sequence[Subject]) -> list[Erased]:
         """Rewrite each partition holding a subject's row without it; correct the manifest's row count."""
         wanted = _Wanted(subjects)
-        out = []
+        todo = [(path, found) for path in self._files() if (found := self._found(path, wanted))]
+        counts = _in_parallel([partial(rewrite_without, p, set(f)) for p, f in todo])
         for path in self._files():
-            n = rewrite_without(path, set(self._found(path, wanted)))
-            if n:
-                out.append(Erased(self.name, _place(self.settings, path), n))
             _correct_rows(path)
-        return out
+        return [Erased(self.name, _place(self.settings, p), n) for (p, _), n in zip(todo, counts, strict=True) if n]
 
 
 def _correct_rows(partition: Path) -> None:

@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # ... and its 20 s start-up limit is too short on a busy 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-monitor bench-drift bench-recommend clean
+.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-monitor bench-drift bench-recommend bench-erase clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,9 @@ bench-drift: install
 
 bench-monitor: install
 	$(BIN)/python -m benchmarks.bench_monitor
+
+bench-erase: install
+	$(BIN)/python -m benchmarks.bench_erase
 
 clean:
 	rm -rf $(VENV) .custintel .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -105,8 +105,9 @@ def _online_keys(settings: Settings) -> list[str]:
         return sorted(online.customer_keys(sets))
 
 
-def _people(world: Path, settings: Settings) -> list[dict]:
-    """People with records in northwind and another source whose records the resolution put under one key."""
+def _people(world: Path, settings: Settings, scored: set[str]) -> list[dict]:
+    """People with records in northwind and another source whose records the resolution put under one key, and a
+    score served (customers who objected to profiling are answered `suppressed` and leave no key in the log)."""
     truth = pd.read_parquet(world / "_truth" / "source_records.parquet")
     truth = truth[truth["source_table"].isin(IDENTITY_TABLES)]
     crosswalk = pd.read_parquet(settings.identity_dir / "crosswalk.parquet")
@@ -122,7 +123,8 @@ def _people(world: Path, settings: Settings) -> list[dict]:
         under_keys = set(
             map(tuple, keyed.loc[keyed["customer_key"].isin(keys), ["source_table", "record_id"]].to_numpy())
         )
-        if len(keys) != 1 or theirs != under_keys or rows["email"].isna().all() or rows["phone"].isna().all():
+        held = not rows["email"].isna().all() and not rows["phone"].isna().all()
+        if len(keys) != 1 or not keys <= scored or theirs != under_keys or not held:
             continue
         tokens = {*keys, *(r for _, r in theirs), *rows["email"].dropna(), *rows["phone"].dropna()}
         chosen.append({"person_id": int(person_id), "records": theirs, "keys": keys, "tokens": tokens,
@@ -162,20 +164,20 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Home]:
 
     serve_env = {**env, "CUSTINTEL_SERVING_API_KEYS": KEY, "CUSTINTEL_SERVING_POLL_SECONDS": "1"}
     process, url = start_service(serve_env, root / "serve.log")
-    chosen = _people(world, settings)
-    people = {}
-    for person, request in zip(chosen[:3], ("email", "phone", "record"), strict=True):
-        if request == "record":
-            table, record_id = sorted(t for t in person["records"] if t[0] == "northwind_customers")[0]
-            people[f"{table}:{record_id}"] = person
-        else:
-            people[str(person[request])] = person
-    served = Home(settings, env, world, root, url, process, people, chosen[3])
+    served = Home(settings, env, world, root, url, process, {}, {})
     try:
         started = dt.datetime.now(dt.UTC).isoformat()
-        keys = _online_keys(settings)
+        keys, scored = _online_keys(settings), set()
         for i in range(0, len(keys), 1000):
-            served.scores(keys[i : i + 1000])
+            scored |= {k for k, a in served.scores(keys[i : i + 1000]).items() if a["status"] == "scored"}
+        chosen = _people(world, settings, scored)
+        for person, request in zip(chosen[:3], ("email", "phone", "record"), strict=True):
+            if request == "record":
+                table, record_id = sorted(t for t in person["records"] if t[0] == "northwind_customers")[0]
+                served.people[f"{table}:{record_id}"] = person
+            else:
+                served.people[str(person[request])] = person
+        served.spare = chosen[3]
         policy = yaml.safe_load((Path(__file__).parents[1] / "monitoring" / "policy.yaml").read_text())
         policy["drift"]["min_rows"] = 300
         policy["families"]["churn"]["triggers"]["performance"]["min_labelled"] = 300
@@ -304,4 +306,8 @@ def test_erasure_leaves_nothing_and_nothing_comes_back(home: Home, prefect_api: 
     assert home.scores(others) and _other_state(home, others)[1] == answers_before
 
     home.cli("audit", "verify")
-    assert home.cli("audit", "show").count("dsar_erase") >= 2
+    trail = home.settings.governance_dir / "audit_trail.jsonl"
+    actions = [json.loads(line)["action"] for line in trail.read_text().splitlines()]
+    assert actions.count("dsar_erase") >= 2 and actions.count("dsar_verify") >= 2 * len(everyone), actions
+    text = trail.read_text()
+    assert not any(t in text for p in everyone.values() for t in p["tokens"]), "a raw identifier in the audit trail"

@@ -502,10 +502,10 @@ system: byo
 files: people.csv
 key: [person_id]
 columns:
-  - {name: person_id, nullable: false}
-  - {name: email}
-  - {name: phone}
-  - {name: note}
+  - {name: person_id, nullable: false, class: direct_identifier}
+  - {name: email, class: direct_identifier}
+  - {name: phone, class: direct_identifier}
+  - {name: note, class: behavioural}
 """
 
 

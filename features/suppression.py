@@ -53,6 +53,13 @@ def suppression_path(settings: Settings) -> Path:
     return settings.governance_dir / SUPPRESSION_FILE
 
 
+def existing_privacy_key(settings: Settings) -> bytes | None:
+    """The HMAC key if one is configured or its file exists; None otherwise (nothing is written)."""
+    if settings.privacy_key is not None or (settings.governance_dir / KEY_FILE).is_file():
+        return privacy_key(settings, create=False)
+    return None
+
+
 def privacy_key(settings: Settings, create: bool = True) -> bytes:
     """The HMAC key: CUSTINTEL_PRIVACY_KEY, else the home's key file (created once, readable by its owner only).
 

@@ -23,6 +23,7 @@ from features.identity.subjects import (
     resolve_lines,
     resolve_request,
 )
+from features.suppression import existing_privacy_key, privacy_key
 from governance.dsar import (
     EraseResult,
     ExportBundleStore,
@@ -30,10 +31,8 @@ from governance.dsar import (
     Suppress,
     VerifyResult,
     erase_request,
-    existing_privacy_key,
     export_request,
     pending_subjects,
-    privacy_key,
     read_journal,
     request_id,
     verify_request,

@@ -45,11 +45,11 @@ from typing import Any
 from custintel.atomic_files import replace_atomically, write_text_atomically
 from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
+from features.suppression import privacy_key
 from governance.trail import record
 
 EXPORT_STORE = "dsar.exports"
 RAW_SEARCH = "raw search"
-_KEY_FILE = "privacy.key"
 _ROWS_SHOWN = 200  # rows per place shown on the HTML page (the CSV and JSON hold them all)
 _RAW_SKIP_SUFFIXES = (".parquet",)  # columnar and compressed: their stores search them by value
 _WORD = "A-Za-z0-9"
@@ -63,40 +63,7 @@ class DsarError(RuntimeError):
     """A request could not be completed (a store failed, a journal is unreadable); the message says what to do."""
 
 
-# --- keys and hashes -----------------------------------------------------------------------------------------------
-
-
-def existing_privacy_key(settings: Settings) -> bytes | None:
-    """The privacy key if one is configured or was created; None otherwise (nothing is written)."""
-    # `privacy_key` (CUSTINTEL_PRIVACY_KEY) is the setting the suppression list defines.
-    configured = getattr(settings, "privacy_key", None)
-    if configured is not None:
-        secret = configured.get_secret_value() if hasattr(configured, "get_secret_value") else str(configured)
-        if secret:
-            return str(secret).encode()
-    path = settings.governance_dir / _KEY_FILE
-    return path.read_text(encoding="ascii").strip().encode() if path.is_file() else None
-
-
-def privacy_key(settings: Settings) -> bytes:
-    """The HMAC key of every keyed hash (suppression list, journals, receipts).
-
-    CUSTINTEL_PRIVACY_KEY when set; else `<home>/governance/privacy.key`, created once (mode 0600).
-    """
-    existing = existing_privacy_key(settings)
-    if existing is not None:
-        return existing
-    path = settings.governance_dir / _KEY_FILE
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it meanwhile
-            pass
-        else:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(os.urandom(32).hex() + "\n")
-    return path.read_text(encoding="ascii").strip().encode()
+# --- hashes (the key is features.suppression's) -----------------------------------------------------------------------
 
 
 def keyed_hash(key: bytes, value: str) -> str:

@@ -54,6 +54,8 @@ import pandas as pd
 
 from custintel.settings import Settings
 from features.data_classes import DATA_CLASSES
+from features.suppression import SuppressionError
+from features.suppression import privacy_key as shared_privacy_key
 from governance.policy import ExportPolicy
 
 HierarchyKind = Literal["date", "number", "prefix", "category"]
@@ -83,31 +85,23 @@ class ExportRefused(ExportError):
 def privacy_key(settings: Settings) -> bytes:
     """The home's secret key for pseudonyms: the `privacy_key` setting, $CUSTINTEL_PRIVACY_KEY, else a key file.
 
-    The key file (`<home>/governance/privacy.key`, 32 random bytes as hex) is created on first use with
-    mode 0600; a key file others can read is refused, since whoever holds the key can link pseudonyms
-    back to the identifiers they were made from.
+    The key is the suppression list's (`features.suppression.privacy_key`: the file
+    `<home>/governance/privacy.key`, created on first use with mode 0600), so pseudonyms, receipts and the
+    list share one secret. A key file others can read is refused here, since whoever holds the key can link
+    pseudonyms back to the identifiers they were made from.
     """
     configured = getattr(settings, "privacy_key", None)
-    if configured is not None:
-        value = configured.get_secret_value() if hasattr(configured, "get_secret_value") else str(configured)
-        if value:
-            return value.encode()
-    from_env = os.environ.get(KEY_ENV, "")
-    if from_env:
-        return from_env.encode()
+    if configured is None and os.environ.get(KEY_ENV, ""):  # settings built before the variable was set
+        return os.environ[KEY_ENV].encode()
     path = settings.governance_dir / "privacy.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ExportError(f"{path}: the privacy key is readable by others (mode {mode:04o}); chmod 600 it")
-    key = path.read_text(encoding="utf-8").strip()
-    if not key:
-        raise ExportError(f"{path}: the privacy key file is empty")
-    return key.encode()
+    if configured is None and path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ExportError(f"{path}: the privacy key is readable by others (mode {mode:04o}); chmod 600 it")
+    try:
+        return shared_privacy_key(settings)
+    except SuppressionError as exc:
+        raise ExportError(str(exc)) from exc
 
 
 # ------------------------------------------------------------------------------------------ classes

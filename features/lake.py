@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import fcntl
 import filecmp
 import hashlib
 import json
@@ -53,6 +52,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from custintel.atomic_files import write_text_atomically
+from custintel.file_lock import exclusive_lock
 from custintel.json_lines import json_lines
 from custintel.settings import Settings
 from custintel.sql import text as sql_text
@@ -801,13 +801,8 @@ def _write_manifest(settings: Settings, manifest: LakeManifest) -> None:
 @contextlib.contextmanager
 def _landing_lock(settings: Settings) -> Iterator[None]:
     """One landing or recovery at a time per home (the kernel drops the lock when its process dies)."""
-    settings.home_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.home_dir / ".ingest.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with exclusive_lock(settings.home_dir / ".ingest.lock"):
+        yield
 
 
 def lake_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:

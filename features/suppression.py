@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import hmac
 import os
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from custintel.atomic_files import replace_atomically
+from custintel.file_lock import exclusive_lock
 from custintel.personal import Subject
 from custintel.settings import Settings
 from features.identity.normalise import fold_names, normalise_birth_dates, normalise_emails, normalise_phones
@@ -153,13 +153,8 @@ def identifiers_of(subjects: Sequence[Subject]) -> list[set[tuple[str, str]]]:
 
 @contextlib.contextmanager
 def _locked(settings: Settings) -> Iterator[None]:
-    settings.governance_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.governance_dir / ".suppression.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with exclusive_lock(settings.governance_dir / ".suppression.lock"):
+        yield
 
 
 def _read_list(path: Path) -> pa.Table:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import getpass
 import hashlib
 import json
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from custintel.atomic_files import write_text_atomically
+from custintel.file_lock import exclusive_lock
 from custintel.settings import Settings
 
 GENESIS = "0" * 64
@@ -72,13 +72,8 @@ def entry_hash(record: Mapping[str, Any]) -> str:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.with_name(path.name + ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with exclusive_lock(path.with_name(path.name + ".lock")):
+        yield
 
 
 def _head_path(path: Path) -> Path:

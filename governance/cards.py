@@ -351,3 +351,29 @@ def card_files(ctx: CardContext, figures: dict[str, Figure], to_json: Callable[[
     }
     files.update({name: figure_png(fig) for name, fig in figures.items()})
     return files
+
+
+def render_sections_markdown(title: str, sections: Sequence[tuple[str, list[Block]]]) -> str:
+    """Any card's sections as Markdown (a decision policy's card uses the model card's blocks)."""
+    lines = [f"# {title}", ""]
+    for heading, blocks in sections:
+        lines += [f"## {heading}", ""]
+        for block in blocks:
+            lines += [*_markdown_block(block), ""]
+    return "\n".join(lines)
+
+
+def render_sections_html(title: str, result: str, sections: Sequence[tuple[str, list[Block]]]) -> str:
+    """Any card's sections as a standalone HTML page, the gate's result beside the title."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f'<h1>{html.escape(title)} <span class="{html.escape(result)}">[{html.escape(result)}]</span></h1>',
+    ]
+    for heading, blocks in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        parts += [_html_block(b) for b in blocks]
+    parts.append("</body></html>")
+    return "\n".join(parts)

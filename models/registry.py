@@ -71,6 +71,9 @@ ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
 ALIAS_MOVE_TAG = "custintel.alias_move."  # + a sortable stamp: one registered-model tag per move
 LEGACY_HISTORY_TAG = "custintel.alias_history"  # the last 25 moves in one tag (homes written before alias_move)
 REFERENCE_PATH = "monitoring/reference.parquet"
+POLICY_DIR = "policy"  # a decision policy's run: policy/policy.yaml
+POLICY_FILE = "policy.yaml"
+POLICY_DIGEST_TAG = "custintel.policy_digest"
 MEMBERS_PATH = "lineage/members.parquet"  # the customer keys of a run's training rows (erasure requests read it)
 _REQUIREMENTS = ("scikit-learn", "lightgbm", "pandas", "numpy", "scipy", "cloudpickle", "lifelines", "implicit")
 _FLUENT_LOCK = threading.RLock()
@@ -1009,6 +1012,81 @@ class Registry:
                           r.get("decision"), r.get("actor"))
             )  # fmt: skip
         return sorted(moves, key=lambda m: m.at)
+
+    # -- decision policies: versioned like models -------------------------------------------------------------------
+    def register_policy(self, name: str, policy_text: str, digest: str, tags: dict[str, str]) -> str:
+        """Register a decision policy's YAML as a new version of `name` (alias `challenger`); returns the version.
+
+        The text is logged as `policy/policy.yaml` of a run in the experiment of the same name, with
+        the digest as a tag of the run and of the version. A policy whose digest is already
+        registered is not registered again: its version is returned (and becomes `challenger`
+        unless it is the champion), so registering the same file twice leaves one version.
+        """
+        experiment_id = self.ensure_experiment(name)
+        existing = self._policy_by_digest(name, digest)
+        if existing is not None:
+            if self.alias_version(name, CHAMPION) != existing:
+                self.set_alias(name, CHALLENGER, existing, f"policy {digest[:12]} registered again")
+            return existing
+        with _quiet_mlflow():
+            run = self.client.create_run(
+                experiment_id,
+                run_name=f"policy-{digest[:12]}",
+                tags={"custintel.family": "decision_policy", POLICY_DIGEST_TAG: digest,
+                      "mlflow.source.git.commit": git_commit(), **tags},
+            )  # fmt: skip
+            run_id = run.info.run_id
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / POLICY_FILE).write_text(policy_text, encoding="utf-8")
+                self._artifacts_of(run_id).log_artifact(run_id, str(Path(tmp) / POLICY_FILE), POLICY_DIR)
+            self.client.set_terminated(run_id)
+            try:
+                self.client.create_registered_model(name, tags={"custintel.family": "decision_policy"})
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            version = self.client.create_model_version(
+                name,
+                source=f"{run.info.artifact_uri}/{POLICY_DIR}",
+                run_id=run_id,
+                tags={"custintel.family": "decision_policy", POLICY_DIGEST_TAG: digest, **tags},
+            )
+        self.set_alias(name, CHALLENGER, str(version.version), f"policy registered in run {run_id}")
+        return str(version.version)
+
+    def _policy_by_digest(self, name: str, digest: str) -> str | None:
+        try:
+            found = self._all_pages(functools.partial(self.client.search_model_versions, f"name = '{name}'"))
+        except MlflowException as exc:
+            if _missing(exc):
+                return None
+            raise
+        same = [str(mv.version) for mv in found if (mv.tags or {}).get(POLICY_DIGEST_TAG) == digest]
+        return max(same, key=int) if same else None
+
+    def policy_text(self, name: str, version: str) -> str:
+        """The YAML text of one registered policy version."""
+        run_id = self.version(name, version).run_id
+        if run_id is None:
+            raise RegistryError(f"{name} v{version} has no run holding its policy file")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self._download(run_id, f"{POLICY_DIR}/{POLICY_FILE}", tmp)
+            if local is None or not local.is_file():
+                raise RegistryError(f"{name} v{version}: its run {run_id} holds no {POLICY_DIR}/{POLICY_FILE}")
+            return local.read_text(encoding="utf-8")
+
+    def policy_version(self, name: str, alias: str = CHAMPION) -> tuple[str, str] | None:
+        """(version, policy YAML text) of the version `alias` points at; None when there is none.
+
+        What the service polls: a promoted policy is picked up like a model. An unreachable
+        store raises (never read as "no policy").
+        """
+        if not self.exists():
+            return None
+        version = self.alias_version(name, alias)
+        if version is None:
+            return None
+        return version, self.policy_text(name, version)
 
     # -- retention ---------------------------------------------------------------------------------------------------
     def artifact_folders(self, run_id: str, path: str) -> list[str]:

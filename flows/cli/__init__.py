@@ -11,6 +11,7 @@ from flows.cli.app import app
 # Imported in the order `custintel --help` lists the commands and groups.
 from flows.cli import data, identity, features, models, audit, operations, demo, export  # noqa: I001  # isort: skip
 from flows.cli import dsar, retention  # noqa: I001  # isort: skip
+from flows.cli import decisions  # noqa: I001  # isort: skip
 
-__all__ = ["app", "audit", "data", "demo", "dsar", "export", "features", "identity", "models", "operations",
-           "retention"]  # fmt: skip
+__all__ = ["app", "audit", "data", "decisions", "demo", "dsar", "export", "features", "identity", "models",
+           "operations", "retention"]  # fmt: skip

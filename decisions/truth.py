@@ -8,6 +8,9 @@ offers (the capacity), targeting is compared four ways, plus the policy's own ch
 - uplift: the largest predicted uplift (the uplift champion: persuadable customers);
 - churn risk: the largest predicted churn risk (the churn champion: merely risky customers);
 - random: any customers (its expectation, capacity x the mean true uplift);
+- ceiling: the largest true uplift as predicted from the uplift model's own inputs by a regressor fitted
+  to the truth itself (cross-fitted; `models.oracle.feature_ceiling`): the best these inputs allow, so a
+  gap to `best` is read as the world's (what no feature carries) or the model's (what it leaves of the ceiling);
 - policy: the customers the decision policy actually gave the offer (when known).
 
 Customers retained = the sum of the true uplift of those targeted. Pure: arrays in, a table out.
@@ -24,7 +27,7 @@ import pandas as pd
 
 UPLIFT_OVER_CHURN_TARGET = 1.5  # issue 21: uplift targeting keeps >= 1.5x the customers per offer of churn risk's
 FRACTION_OF_BEST_TARGET = 0.5  # ... and reaches >= half of the best policy's value
-STRATEGIES = ("best", "uplift", "churn_risk", "random", "policy")
+STRATEGIES = ("best", "ceiling", "uplift", "churn_risk", "random", "policy")
 
 
 class TruthError(ValueError):
@@ -63,6 +66,14 @@ class TruthComparison:
         return up.retained / churn.retained
 
     @property
+    def uplift_fraction_of_ceiling(self) -> float:
+        """Uplift targeting's customers kept as a fraction of the feature ceiling's (what its inputs allow)."""
+        up, ceiling = self.row("uplift"), self.row("ceiling")
+        if up is None or ceiling is None or ceiling.retained <= 0:
+            return float("nan")
+        return up.retained / ceiling.retained
+
+    @property
     def uplift_fraction_of_best(self) -> float:
         """Uplift targeting's customers kept as a fraction of the best policy's (target >= 0.5)."""
         up = self.row("uplift")
@@ -81,6 +92,7 @@ class TruthComparison:
             out[f"truth.{r.strategy}.fraction_of_best"] = r.fraction_of_best
         out["truth.uplift_over_churn_risk"] = self.uplift_over_churn
         out["truth.uplift_fraction_of_best"] = self.uplift_fraction_of_best
+        out["truth.uplift_fraction_of_ceiling"] = self.uplift_fraction_of_ceiling
         out["truth.uplift_over_churn_risk_met"] = float(self.uplift_over_churn >= UPLIFT_OVER_CHURN_TARGET)
         out["truth.uplift_fraction_of_best_met"] = float(self.uplift_fraction_of_best >= FRACTION_OF_BEST_TARGET)
         return {k: v for k, v in out.items() if np.isfinite(v)}
@@ -97,6 +109,8 @@ class TruthComparison:
             f"uplift / churn-risk targeting: {self.uplift_over_churn:.2f}x (target >= {UPLIFT_OVER_CHURN_TARGET}); "
             f"uplift / best: {self.uplift_fraction_of_best:.2f} (target >= {FRACTION_OF_BEST_TARGET})"
         )
+        if self.row("ceiling") is not None:
+            lines.append(f"uplift / feature ceiling: {self.uplift_fraction_of_ceiling:.2f}")
         return lines
 
 
@@ -127,11 +141,13 @@ def compare_targeting(
     churn_risk: np.ndarray | None,
     capacity: int,
     policy_targets: np.ndarray | None = None,
+    ceiling: np.ndarray | None = None,
 ) -> TruthComparison:
     """Customers retained by each strategy with `capacity` offers; arrays aligned over the same customers.
 
     `policy_targets` is a boolean mask of the customers the policy gave the offer (its own count
-    of offers, at most the capacity). A champion that is missing (None) leaves its row out.
+    of offers, at most the capacity); `ceiling` the feature ceiling's predicted uplift. A champion
+    that is missing (None) leaves its row out.
     """
     truth = np.asarray(true_uplift, dtype=float)
     n = truth.size
@@ -139,7 +155,8 @@ def compare_targeting(
         raise TruthError(f"capacity: must be at least 1, got {capacity}")
     if np.isnan(truth).any():
         raise TruthError("true_uplift: has missing values (leave customers without a true response out)")
-    given = {"predicted_uplift": predicted_uplift, "churn_risk": churn_risk, "policy_targets": policy_targets}
+    given = {"predicted_uplift": predicted_uplift, "churn_risk": churn_risk, "policy_targets": policy_targets,
+             "ceiling": ceiling}  # fmt: skip
     for name, values in given.items():
         if values is not None and np.asarray(values).size != n:
             raise TruthError(f"{name}: {np.asarray(values).size} values for {n} customers")
@@ -147,6 +164,8 @@ def compare_targeting(
     best_rows = top(truth, k)
     best = float(truth[best_rows].sum())
     rows = [_row("best", truth, best_rows, best)]
+    if ceiling is not None:
+        rows.append(_row("ceiling", truth, top(np.asarray(ceiling, dtype=float), k), best))
     if predicted_uplift is not None:
         rows.append(_row("uplift", truth, top(np.asarray(predicted_uplift, dtype=float), k), best))
     if churn_risk is not None:

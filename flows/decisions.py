@@ -195,7 +195,7 @@ def score_customers(settings: Settings, frame: pd.DataFrame, as_of: dt.date) -> 
          "product_id": np.tile(np.asarray(catalogue, dtype=object), len(frame))}
     )  # fmt: skip
     pairs = pairs.merge(items.drop(columns=["as_of"], errors="ignore"), on=["customer_key", "product_id"], how="left")
-    held = pairs["holds"].fillna(False).astype(bool).to_numpy() if "holds" in pairs else np.zeros(len(pairs), bool)
+    held = pairs["holds"].eq(True).to_numpy() if "holds" in pairs else np.zeros(len(pairs), bool)
     for column in ("purchases", "refunds", "spend"):
         if column in pairs:
             pairs[column] = pairs[column].fillna(0)
@@ -336,12 +336,15 @@ class TruthRun:
     excluded_training: int
 
 
-def against_truth(settings: Settings, policy: DecisionPolicy, truth_dir: Path, seed: int = 0) -> TruthRun | None:
+def against_truth(
+    settings: Settings, policy: DecisionPolicy, truth_dir: Path, seed: int = 0, with_ceiling: bool = True
+) -> TruthRun | None:
     """The retention offer on the generator's truth, at the offer test's cutoff (where the true response holds).
 
     The customers are those with a true response who were not in the uplift champion's training
     rows (scoring its own training rows would flatter it). The policy is simulated on them; its
-    retention offers set the capacity at which uplift, churn-risk, best and random targeting are compared.
+    retention offers set the capacity at which uplift, churn-risk, best, random and (`with_ceiling`) the
+    feature ceiling's targeting are compared.
     """
     effect_file = truth_dir / "treatment_effect.parquet"
     if not effect_file.is_file():
@@ -378,9 +381,10 @@ def against_truth(settings: Settings, policy: DecisionPolicy, truth_dir: Path, s
     targets = subset.features["customer_key"].astype(str).isin(set(offers)).to_numpy()
     capacity = int(targets.sum()) or _retention_capacity(policy)
     truth = true_uplift[keep].to_numpy(float)
+    ceiling = _feature_ceiling(settings, subset.features, truth) if with_ceiling else None
     comparison = compare_targeting(
         truth, predicted_uplift=subset.uplift, churn_risk=subset.churn_risk, capacity=capacity,
-        policy_targets=targets if targets.any() else None,
+        policy_targets=targets if targets.any() else None, ceiling=ceiling,
     )  # fmt: skip
     curve = (
         capacity_curve(truth, subset.uplift, subset.churn_risk)
@@ -388,6 +392,18 @@ def against_truth(settings: Settings, policy: DecisionPolicy, truth_dir: Path, s
         else pd.DataFrame()
     )
     return TruthRun(comparison, curve, as_of, excluded)
+
+
+def _feature_ceiling(settings: Settings, features: pd.DataFrame, truth: np.ndarray) -> np.ndarray | None:
+    """The true uplift predicted from the uplift champion's own inputs, cross-fitted (None without a champion)."""
+    registry = Registry(settings)
+    champion = _champion(registry, "uplift")
+    if champion is None or len(features) < 50:
+        return None
+    inputs = [c for c, _ in registry.model_inputs(*champion) or [] if c in features.columns]
+    if not inputs:
+        return None
+    return oracle.feature_ceiling(features[inputs], truth, exclude=[])
 
 
 def _retention_capacity(policy: DecisionPolicy) -> int:

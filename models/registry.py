@@ -1020,12 +1020,12 @@ class Registry:
         The text is logged as `policy/policy.yaml` of a run in the experiment of the same name, with
         the digest as a tag of the run and of the version. A policy whose digest is already
         registered is not registered again: its version is returned (and becomes `challenger`
-        unless it is the champion), so registering the same file twice leaves one version.
+        unless it is the champion or already the challenger), so the same file twice leaves one version.
         """
         experiment_id = self.ensure_experiment(name)
         existing = self._policy_by_digest(name, digest)
         if existing is not None:
-            if self.alias_version(name, CHAMPION) != existing:
+            if existing not in (self.alias_version(name, CHAMPION), self.alias_version(name, CHALLENGER)):
                 self.set_alias(name, CHALLENGER, existing, f"policy {digest[:12]} registered again")
             return existing
         with _quiet_mlflow():

@@ -81,3 +81,12 @@ def test_the_capacity_curve_meets_at_full_capacity() -> None:
     assert list(curve["capacity"]) == [100, 1000]
     assert curve["uplift_over_churn_risk"].iloc[0] > 1.5  # a good uplift model beats a random churn score
     assert curve["uplift_over_churn_risk"].iloc[-1] == pytest.approx(1.0)  # everyone targeted: the same customers
+
+
+def test_the_feature_ceiling_row_says_what_the_inputs_allow() -> None:
+    ceiling = np.array([0.2, 0.0, 0.0, 0.1, 0.3])  # picks rows 4 and 0: -0.05 + 0.3
+    c = compare_targeting(TRUE, predicted_uplift=PREDICTED, churn_risk=CHURN, capacity=2, ceiling=ceiling)
+    assert c.row("ceiling").retained == pytest.approx(0.25)
+    assert c.uplift_fraction_of_ceiling == pytest.approx(0.5 / 0.25)
+    assert c.metrics()["truth.uplift_fraction_of_ceiling"] == pytest.approx(2.0)
+    assert list(c.table()["strategy"]) == ["best", "ceiling", "uplift", "churn_risk", "random"]

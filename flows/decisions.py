@@ -263,19 +263,29 @@ def population(settings: Settings, policy: DecisionPolicy, as_of: dt.date | None
     )  # fmt: skip
 
 
-def history(settings: Settings) -> dict[str, list[tuple[str, dt.date]]]:
-    """Past (action, date) per customer from the decision log (empty without one)."""
-    log_module = _optional("serving.decision_log")
-    if log_module is None or not hasattr(log_module, "read_decisions"):
+def _decision_log(settings: Settings) -> Any:
+    """The service's decision log (`serving.decision_log.DecisionLog`) under its key rule; None without one."""
+    module = _optional("serving.decision_log")
+    if module is None:
+        return None
+    path = module.decision_log_path(settings)
+    if not path.is_file():
+        return None
+    from serving.policy import load_serving_policy
+
+    rule = load_serving_policy(settings.serving_policy).audit.customer_key
+    return module.DecisionLog(path, rule, settings.serving_log_salt or "custintel")
+
+
+def history(settings: Settings, keys: Sequence[str]) -> dict[str, list[tuple[str, dt.date]]]:
+    """Past (action, date) per customer from the decision log (empty without one): what caps and cool-downs count."""
+    log = _decision_log(settings)
+    if log is None:
         return {}
-    frame = log_module.read_decisions(settings, None, None)
-    if frame is None or len(frame) == 0:
-        return {}
-    days = pd.to_datetime(frame["decided_at"], utc=True).dt.date
-    out: dict[str, list[tuple[str, dt.date]]] = {}
-    for key, action, day in zip(frame["customer_key"].astype(str), frame["action"].astype(str), days, strict=True):
-        out.setdefault(key, []).append((action, day))
-    return out
+    try:
+        return {k: v for k, v in log.history(keys).items() if v}
+    finally:
+        log.close()
 
 
 def _optional(module: str) -> Any:
@@ -296,26 +306,42 @@ def run_simulation(
     return simulate(policy, states, today, seed=seed)
 
 
+REWARDING_EVENTS = ("accept", "conversion")  # an outcome that counts as the action's success (reward 1)
+
+
 def off_policy(
     settings: Settings, policy: DecisionPolicy, states: Sequence[CustomerState], today: dt.date
 ) -> decision_gate.OffPolicy:
-    """The policy's value estimated from the decision log's logged decisions and outcomes, or why not."""
+    """The policy's value estimated from the logged decisions and their outcomes (IPS, SNIPS, DR), or why not.
+
+    Reward: 1 when the decision was accepted or converted, else 0. The candidate's distribution for
+    each logged decision is its own `decide` for that customer today (customers no longer in the
+    population are left out).
+    """
     log_module, ope = _optional("serving.decision_log"), _optional("decisions.ope")
     if log_module is None or ope is None:
         return decision_gate.OffPolicy(skipped="this build has no decision log or estimators")
-    logged = log_module.read_decisions(settings, None, None)
+    logged = log_module.read_decisions(settings)
     if logged is None or len(logged) == 0:
         return decision_gate.OffPolicy(skipped="the decision log is empty: nothing to estimate from")
     from decisions.arbitration import decide
 
-    by_key = {s.customer_key: s for s in states}
-
-    def target(row: Mapping[str, Any]) -> Mapping[str, float]:
-        state = by_key.get(str(row["customer_key"]))
-        if state is None:
-            return {}
-        return decide(policy, state, row["channel"], today, seed=0).action_probabilities
-
+    log = _decision_log(settings)
+    try:
+        by_logged_key = {log.key(s.customer_key): s for s in states} if log is not None else {}
+    finally:
+        if log is not None:
+            log.close()
+    logged = logged[logged["customer_key"].isin(set(by_logged_key))].reset_index(drop=True)
+    if logged.empty:
+        return decision_gate.OffPolicy(skipped="no logged decision is for a customer of today's population")
+    outcomes = log_module.read_outcomes(settings)
+    won = set(outcomes.loc[outcomes["event"].isin(REWARDING_EVENTS), "decision_id"]) if len(outcomes) else set()
+    logged["reward"] = logged["decision_id"].isin(won).astype(float)
+    target = [
+        decide(policy, by_logged_key[key], channel, today, seed=0).action_probabilities
+        for key, channel in zip(logged["customer_key"], logged["channel"], strict=True)
+    ]
     estimates = ope.evaluate(logged, target)
     return decision_gate.OffPolicy(estimates=list(estimates), logged=len(logged))
 
@@ -472,7 +498,7 @@ def run_policy_gate(
         candidate = steps.register(settings, path, name)
         policy = candidate.policy
         people = steps.population(settings, policy)
-        states = people.states(policy, history(settings))
+        states = people.states(policy, history(settings, people.features["customer_key"].astype(str).tolist()))
         sim = steps.simulate(policy, states, people.as_of)
         off = steps.off_policy(settings, policy, states, people.as_of)
         truth_run = steps.truth(settings, policy, truth_dir) if truth_dir is not None else None
@@ -489,7 +515,7 @@ def run_policy_gate(
         judgement = steps.judge(
             candidate, sim, off, None if truth_run is None else truth_run.comparison,
             governance_digest=load_governance_policy(settings.governance_policy).digest, actor=actor, waiver=waiver,
-            context=context,
+            context=context, truth_curve=None if truth_run is None else truth_run.curve,
         )  # fmt: skip
         decision = steps.record(settings, candidate, judgement)
     decision["summary"] = {

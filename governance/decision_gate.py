@@ -214,6 +214,7 @@ def card_sections(
     verdict: Verdict,
     decision: Mapping[str, Any],
     context: Mapping[str, Any],
+    truth_curve: pd.DataFrame | None = None,
 ) -> list[tuple[str, list[cards.Block]]]:
     """The policy card's content, in reading order."""
     policy = candidate.policy
@@ -263,7 +264,10 @@ def card_sections(
         ),  # fmt: skip
     ]
     if truth is not None:
-        sections.append(("Against the generator's truth (retention offer)", [truth.summary(), _table(truth.table())]))
+        blocks: list[cards.Block] = [truth.summary(), _table(truth.table())]
+        if truth_curve is not None and len(truth_curve):
+            blocks += ["The same comparison at other capacities (share of the customers offered):", _table(truth_curve)]
+        sections.append(("Against the generator's truth (retention offer)", blocks))
     sections.append(
         (
             "Gate decision",
@@ -293,6 +297,7 @@ def judge_policy(
     actor: str,
     waiver: Waiver | None = None,
     context: Mapping[str, Any] | None = None,
+    truth_curve: pd.DataFrame | None = None,
 ) -> PolicyJudgement:
     """Check, decide and card a policy version (no I/O)."""
     policy = candidate.policy
@@ -339,7 +344,7 @@ def judge_policy(
         "metrics": {k: v for k, v in metrics.items() if k.startswith(("simulation.expected", "truth.uplift"))},
         "card": f"cards/{candidate.name}/{candidate.version}/card.html",
     }
-    sections = card_sections(candidate, simulation, truth, verdict, decision, dict(context or {}))
+    sections = card_sections(candidate, simulation, truth, verdict, decision, dict(context or {}), truth_curve)
     title = f"Decision policy card: {candidate.name} v{candidate.version}"
     files: dict[str, bytes | str] = {
         "card.md": cards.render_sections_markdown(title, sections),

@@ -320,3 +320,51 @@ def test_the_command_line_promotes_and_shows_the_policy_in_process_and_as_a_subp
     assert out.returncode == 1 and "capacity" in out.stdout and "fax" in out.stdout, out.stdout + out.stderr
     out = subprocess.run([cli, "decisions", "show"], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0 and "@challenger" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.integration
+def test_the_off_policy_estimate_reads_the_logged_decisions_and_their_outcomes(tmp_path: Path) -> None:
+    decision_log = pytest.importorskip("serving.decision_log")  # the service's log and the estimators: other lanes
+    pytest.importorskip("decisions.ope")
+    import sqlite3
+
+    from decisions.arbitration import decide
+    from flows.decisions import history, off_policy
+    from serving.policy import load_serving_policy
+
+    settings = Settings(home=tmp_path / "home")
+    policy = load_policy(PACKAGED)
+    today = dt.date(2025, 12, 1)
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame({"customer_key": [f"c{i}" for i in range(400)]})
+    states = customer_states(policy, features, churn_risk=rng.random(400), uplift=rng.normal(0.03, 0.05, 400),
+                             propensity=None, margins={}, consent={}, minors=None, groups=None, history={})  # fmt: skip
+    assert off_policy(settings, policy, states, today).skipped == "the decision log is empty: nothing to estimate from"
+    path = decision_log.decision_log_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rule = load_serving_policy(settings.serving_policy).audit.customer_key
+    log = decision_log.DecisionLog(path, rule, settings.serving_log_salt or "custintel")
+    rows = []
+    for state in states:
+        decision_id = decision_log.new_decision_id()
+        d = decide(policy, state, "app", today, seed=decision_log.seed_of(decision_id))
+        rows.append(decision_log.LoggedDecision(
+            decision_id, log.key(state.customer_key), "app", policy.name, "1", d.actions[0].action,
+            [{"action": d.actions[0].action}], d.probability, d.action_probabilities, d.explored, d.fallback,
+            d.fallback_reason, d.reasons, {}, decision_log.now_iso(), 0.0, {},
+        ))  # fmt: skip
+    log.write(rows)
+    log.close()
+    accepted = [r.decision_id for r in rows[::4]]
+    with sqlite3.connect(path) as con:
+        con.executemany("INSERT INTO outcomes VALUES (?, ?, NULL, 'accept', NULL, ?)",
+                        [(f"o{i}", d, decision_log.now_iso()) for i, d in enumerate(accepted)])  # fmt: skip
+    off = off_policy(settings, policy, states, today)
+    assert off.skipped is None and off.logged == 400
+    by_name = {e.estimator: e for e in off.estimates}
+    assert {"ips", "snips", "dr"} <= set(by_name)
+    # the candidate is the logging policy itself: every importance weight is 1, so IPS is the mean reward
+    assert by_name["ips"].value == pytest.approx(len(accepted) / 400)
+    assert history(settings, ["c0", "nobody"]) == {
+        "c0": [(rows[0].action, dt.date.fromisoformat(rows[0].decided_at[:10]))]
+    }

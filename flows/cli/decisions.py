@@ -125,6 +125,11 @@ def print_decision(decision: dict[str, Any]) -> None:
         console.print(f"off-policy estimate: {off if isinstance(off, str) else off}", soft_wrap=True)
         for line in summary.get("truth_lines", []):
             console.print(f"truth: {escape(line)}", soft_wrap=True)
+        for row in summary.get("truth_curve", []):
+            console.print(
+                f"truth at {row['capacity']:,} offers ({row['share']:.0%}): uplift / churn risk "
+                f"{row['uplift_over_churn_risk']:.2f}x, uplift / best {row['uplift_fraction_of_best']:.2f}"
+            )
     for check in decision.get("checks", []):
         mark = "[green]ok[/]" if check["passed"] else "[bold red]FAILED[/]"
         console.print(f"{mark} {check['name']}: {escape('; '.join(check['details']))}", soft_wrap=True)

@@ -17,10 +17,12 @@ Everything here is pure: states in, decisions out; the randomness comes only fro
 from __future__ import annotations
 
 import datetime as dt
+import heapq
+import itertools
 import math
+import operator
 import random
-import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,14 +103,23 @@ def expected_value(candidate: Candidate) -> float:
 
 # ---------------------------------------------------------------------------------------------- eligibility
 
+MISSING_UPLIFT = "no uplift score (the retention champion is missing)"
+MISSING_PROPENSITY = "no propensity score (the propensity champion is missing)"
+RULES_NOT_MET = "service-recovery rules not met"
+OVERRIDDEN = "service recovery overrides sales offers"
+
 
 @dataclass(frozen=True)
 class _Plan:
     """A policy compiled for one channel: what every customer's arbitration on it reads."""
 
-    on_channel: tuple[ActionSpec, ...]
+    channel: str
+    on_channel: tuple[ActionSpec, ...]  # policy order
     off_channel: dict[str, str]
     offered: dict[str, tuple[tuple[str, float], ...]]
+    order: dict[str, int]  # action name -> position in the policy (reasons are listed in this order)
+    idle: tuple[str, ...]  # no-contact arms: the channel's 'none' actions, the fallback always among them
+    kinds: dict[str, str]
     minors_reason: str
 
 
@@ -116,15 +127,22 @@ _PLANS: dict[tuple[int, str], tuple[DecisionPolicy, _Plan]] = {}
 
 
 def _plan(policy: DecisionPolicy, channel: str) -> _Plan:
-    """The policy compiled for `channel` (kept for the few policies in use; the policy is immutable)."""
+    """The policy compiled for `channel` (kept for the few policies in use; a policy is immutable)."""
     key = (id(policy), channel)
     hit = _PLANS.get(key)
     if hit is not None and hit[0] is policy:
         return hit[1]
+    idle = [a.name for a in policy.actions if a.kind == "none" and channel in a.channels]
+    if policy.fallback not in idle:
+        idle.append(policy.fallback)
     plan = _Plan(
+        channel=channel,
         on_channel=tuple(a for a in policy.actions if channel in a.channels),
         off_channel={a.name: f"not offered on {channel}" for a in policy.actions if channel not in a.channels},
         offered={a.name: tuple(a.offered().items()) for a in policy.actions if a.kind == "cross_sell"},
+        order={a.name: i for i, a in enumerate(policy.actions)},
+        idle=tuple(idle),
+        kinds={a.name: a.kind for a in policy.actions},
         minors_reason=f"suppressed for minors (under {policy.minors.age_below})",
     )
     if len(_PLANS) >= 64:
@@ -139,6 +157,14 @@ def _contacts(history: Sequence[tuple[str, dt.date]]) -> dict[str, list[dt.date]
     for action, day in history:
         by_action.setdefault(action, []).append(day)
     return by_action
+
+
+def _cap_reason(recent: int, action: ActionSpec) -> str:
+    return f"contact cap: {recent} of {action.max_per_customer} in {action.window_days} days"
+
+
+def _cooldown_reason(last: dt.date, action: ActionSpec) -> str:
+    return f"cool-down: last on {last.isoformat()}, {action.cooldown_days} days between contacts"
 
 
 def _rule_reason(
@@ -165,11 +191,11 @@ def _rule_reason(
         since = today - dt.timedelta(days=action.window_days)
         recent = sum(1 for d in past if d > since)
         if recent >= action.max_per_customer:
-            return f"contact cap: {recent} of {action.max_per_customer} in {action.window_days} days"
+            return _cap_reason(recent, action)
         if action.cooldown_days:
             last = max(past)
             if (today - last).days < action.cooldown_days:
-                return f"cool-down: last on {last.isoformat()}, {action.cooldown_days} days between contacts"
+                return _cooldown_reason(last, action)
     return None
 
 
@@ -214,79 +240,18 @@ def eligible(
 def _best_product(offered: tuple[tuple[str, float], ...], state: CustomerState) -> tuple[str, float, float] | None:
     """The customer's best product of a cross-sell (not held, with a propensity): (product, p, v)."""
     best: tuple[str, float, float] | None = None
-    top = -1.0
+    top = -math.inf
     held, propensity, margin = state.products_held, state.propensity, state.margin
     for product, value in offered:
         if product in held:
             continue
         p = propensity.get(product)
-        if p is None:
+        if p is None or p != p:  # absent or NaN: no score for it
             continue
         v = margin.get(product, value)
         if p * v > top:
             top, best = p * v, (product, float(p), float(v))
     return best
-
-
-def _score(
-    policy: DecisionPolicy,
-    state: CustomerState,
-    channel: str,
-    today: dt.date,
-    context: Mapping[str, str] | None,
-) -> tuple[list[Candidate], list[ActionSpec], dict[str, str], dict[str, str]]:
-    """Candidates (sorted), the no-action arms, every dropped action's reason, and prompt fields."""
-    plan = _plan(policy, channel)
-    allowed, dropped = _eligible(plan, state, today)
-    found: list[Candidate] = []
-    idle: list[ActionSpec] = []
-    fields: dict[str, str] = {}
-    product: str | None = None
-    for action in allowed:
-        kind = action.kind
-        if kind == "none":
-            idle.append(action)
-            continue
-        product = None
-        if kind == "retention_offer":
-            if state.uplift is None:
-                dropped[action.name] = "no uplift score (the retention champion is missing)"
-                continue
-            p = max(float(state.uplift), 0.0)
-            v = _value(action, state)
-            if p <= 0:
-                dropped[action.name] = f"uplift {state.uplift:.3f} <= 0: not persuadable"
-                continue
-            reasons = [f"uplift {p:.3f} x value {v:.0f} x lever {action.lever:g}"]
-            if state.churn_risk is not None:
-                reasons.append(f"churn risk {state.churn_risk:.2f}")
-        elif kind == "cross_sell":
-            best = _best_product(plan.offered[action.name], state)
-            if best is None:
-                dropped[action.name] = "no propensity score (the propensity champion is missing)"
-                continue
-            product, p, v = best
-            reasons = [f"{product}: propensity {p:.3f} x margin {v:.0f} x lever {action.lever:g}"]
-        else:  # service_recovery
-            fired = _fired(action, state, context)
-            if not fired:
-                dropped[action.name] = "service-recovery rules not met"
-                continue
-            p, v = 1.0, action.value
-            reasons = [f"service recovery: {'; '.join(fired)}"]
-            fields[action.name] = "; ".join(fired)
-        if p * v - action.cost <= 0:
-            dropped[action.name] = f"expected value {p * v:.2f} does not cover the cost {action.cost:g}"
-            continue
-        priority = p * v * action.lever
-        found.append(Candidate(action.name, channel, p, v, action.lever, priority, reasons, kind, action.cost, product))
-    if len(found) > 1 and any(c.kind == "service_recovery" for c in found):
-        for c in found:
-            if c.kind in SALES_KINDS:
-                dropped[c.action] = "service recovery overrides sales offers"
-        found = [c for c in found if c.kind not in SALES_KINDS]
-    found.sort(key=lambda c: (-c.priority, c.action))
-    return found, idle, dropped, fields
 
 
 def _value(action: ActionSpec, state: CustomerState) -> float:
@@ -298,6 +263,85 @@ def _value(action: ActionSpec, state: CustomerState) -> float:
     return action.value
 
 
+def _retention_reasons(p: float, v: float, lever: float, churn_risk: float | None) -> list[str]:
+    reasons = [f"uplift {p:.3f} x value {v:.0f} x lever {lever:g}"]
+    if churn_risk is not None:
+        reasons.append(f"churn risk {churn_risk:.2f}")
+    return reasons
+
+
+def _cross_sell_reasons(product: str, p: float, v: float, lever: float) -> list[str]:
+    return [f"{product}: propensity {p:.3f} x margin {v:.0f} x lever {lever:g}"]
+
+
+def _cost_reason(p: float, v: float, action: ActionSpec) -> str:
+    return f"expected value {p * v:.2f} does not cover the cost {action.cost:g}"
+
+
+@dataclass
+class _Scored:
+    """One customer's arbitration before exploration and batch constraints (the one-customer path)."""
+
+    state: CustomerState
+    found: list[Candidate]  # best first
+    dropped: dict[str, str]  # in policy order
+
+
+def _score(
+    policy: DecisionPolicy,
+    state: CustomerState,
+    channel: str,
+    today: dt.date,
+    context: Mapping[str, str] | None,
+) -> _Scored:
+    """Eligible actions scored P x V x L (best first), and every other action's reason (in policy order)."""
+    plan = _plan(policy, channel)
+    allowed, dropped = _eligible(plan, state, today)
+    found: list[Candidate] = []
+    for action in allowed:
+        kind = action.kind
+        product: str | None = None
+        if kind == "none":
+            continue
+        if kind == "retention_offer":
+            if state.uplift is None or state.uplift != state.uplift:
+                dropped[action.name] = MISSING_UPLIFT
+                continue
+            p = max(float(state.uplift), 0.0)
+            v = _value(action, state)
+            if p <= 0:
+                dropped[action.name] = f"uplift {state.uplift:.3f} <= 0: not persuadable"
+                continue
+            reasons = _retention_reasons(p, v, action.lever, state.churn_risk)
+        elif kind == "cross_sell":
+            best = _best_product(plan.offered[action.name], state)
+            if best is None:
+                dropped[action.name] = MISSING_PROPENSITY
+                continue
+            product, p, v = best
+            reasons = _cross_sell_reasons(product, p, v, action.lever)
+        else:  # service_recovery
+            fired = _fired(action, state, context)
+            if not fired:
+                dropped[action.name] = RULES_NOT_MET
+                continue
+            p, v = 1.0, action.value
+            reasons = [f"service recovery: {'; '.join(fired)}"]
+        if p * v - action.cost <= 0:
+            dropped[action.name] = _cost_reason(p, v, action)
+            continue
+        priority = p * v * action.lever
+        found.append(Candidate(action.name, channel, p, v, action.lever, priority, reasons, kind, action.cost, product))
+    if len(found) > 1 and any(c.kind == "service_recovery" for c in found):
+        for c in found:
+            if c.kind in SALES_KINDS:
+                dropped[c.action] = OVERRIDDEN
+        found = [c for c in found if c.kind not in SALES_KINDS]
+    found.sort(key=lambda c: (-c.priority, c.action))
+    ordered = {name: dropped[name] for name in sorted(dropped, key=plan.order.__getitem__)}
+    return _Scored(state, found, ordered)
+
+
 def candidates(
     policy: DecisionPolicy,
     state: CustomerState,
@@ -306,48 +350,16 @@ def candidates(
     context: Mapping[str, str] | None = None,
 ) -> list[Candidate]:
     """Eligible actions scored P x V x L, best first; a fired service-recovery rule removes the sales offers."""
-    return _score(policy, state, channel, today, context)[0]
+    return _score(policy, state, channel, today, context).found
 
 
 # ------------------------------------------------------------------------------------------------- deciding
 
 
-@dataclass
-class _Evaluated:
-    """One customer's arbitration before exploration and batch constraints."""
-
-    state: CustomerState
-    found: list[Candidate]
-    idle: list[ActionSpec]
-    dropped: dict[str, str]
-    fields: dict[str, str]
-
-    def idle_arms(self, fallback: str) -> list[str]:
-        """The no-contact arms (the fallback always among them)."""
-        arms = [a.name for a in self.idle]
-        if fallback not in arms:
-            arms.append(fallback)
-        return arms
-
-    def arms(self, fallback: str) -> list[str]:
-        """Every action exploration may pick: candidates, then the no-contact arms."""
-        return [c.action for c in self.found] + self.idle_arms(fallback)
-
-
-def _evaluate(
-    policy: DecisionPolicy,
-    state: CustomerState,
-    channel: str,
-    today: dt.date,
-    context: Mapping[str, str] | None,
-) -> _Evaluated:
-    found, idle, dropped, fields = _score(policy, state, channel, today, context)
-    return _Evaluated(state, found, idle, dropped, fields)
-
-
-def _fallback_reason(ev: _Evaluated) -> str:
+def _fallback_reason(dropped: Mapping[str, str] | Sequence[str]) -> str:
     """Why nothing is left: a missing champion is said as such."""
-    missing = sorted({r.split("(")[1].rstrip(")") for r in ev.dropped.values() if "champion is missing" in r})
+    texts = dropped.values() if isinstance(dropped, Mapping) else dropped
+    missing = sorted({t.split("(", 1)[1].split(")", 1)[0] for t in texts if "champion is missing" in t})
     if missing:
         return f"{' and '.join(missing)}; no other action eligible"
     return "no eligible action"
@@ -360,39 +372,34 @@ class _SafeFields(dict[str, Any]):
         return "{" + key + "}"
 
 
-_FORMATTER = string.Formatter()
-
-
 def _prompt(
-    policy: DecisionPolicy, action: str, ev: _Evaluated, channel: str, context: Mapping[str, str] | None
+    spec: ActionSpec,
+    chosen: Candidate,
+    state: CustomerState,
+    channel: str,
+    context: Mapping[str, str] | None,
 ) -> str:
     """The chosen action's agent prompt with its placeholders filled (unknown ones left as written)."""
-    spec = policy.action(action)
     if "{" not in spec.prompt:
         return spec.prompt
-    state = ev.state
-    values = _SafeFields(dict(context or {}))
+    values = _SafeFields(context or {})
+    trigger = chosen.reasons[0].removeprefix("service recovery: ") if chosen.kind == "service_recovery" else ""
     values.update(
         customer_key=state.customer_key,
         channel=channel,
-        action=action,
-        product=next((c.product or "" for c in ev.found if c.action == action), spec.product or ""),
+        action=chosen.action,
+        product=chosen.product or spec.product or "",
         uplift="unknown" if state.uplift is None else f"{state.uplift:.2f}",
         churn_risk="unknown" if state.churn_risk is None else f"{state.churn_risk:.2f}",
-        trigger=ev.fields.get(action, (context or {}).get("reason", "")),
+        trigger=trigger or (context or {}).get("reason", ""),
     )
     try:
-        return _FORMATTER.vformat(spec.prompt, (), values)
+        return spec.prompt.format_map(values)
     except (ValueError, IndexError, AttributeError, KeyError):  # a malformed placeholder: the text as written
         return spec.prompt
 
 
-def _idle_candidate(policy: DecisionPolicy, action: str, channel: str) -> Candidate:
-    kind = policy.action(action).kind
-    return Candidate(action, channel, 0.0, 0.0, 1.0, 0.0, [], kind, 0.0)
-
-
-def _distribution(arms: list[str], target: str, epsilon: float) -> dict[str, float]:
+def _distribution(arms: Sequence[str], target: str, epsilon: float) -> dict[str, float]:
     """Epsilon-greedy: (1 - eps) on the target plus eps spread evenly over every arm."""
     share = epsilon / len(arms)
     probs = dict.fromkeys(arms, share)
@@ -400,30 +407,39 @@ def _distribution(arms: list[str], target: str, epsilon: float) -> dict[str, flo
     return probs
 
 
-def _build(
+def _decision(
     policy: DecisionPolicy,
-    ev: _Evaluated,
+    state: CustomerState,
     channel: str,
-    arms: list[str],
+    ranked: Sequence[str],
+    idle: Sequence[str],
     target: str,
-    explore_draw: float,
-    arm_draw: float,
+    draws: tuple[float, float],
+    candidate: Callable[[str], Candidate],
+    dropped: list[str],
     *,
     fallback_reason: str | None,
     extra: Sequence[str],
     context: Mapping[str, str] | None,
     policy_version: str | None,
 ) -> Decision:
-    """One decision from its arms, its target action and two uniform draws (explore?, which arm?)."""
+    """One decision: explore with the policy's share among `ranked` + `idle` arms, else take `target`.
+
+    `draws` are two uniforms (explore?, which arm?); `candidate(name)` scores a ranked arm on demand.
+    """
+    arms = [*ranked, *idle]
     epsilon = policy.exploration if len(arms) > 1 else 0.0
     probs = _distribution(arms, target, epsilon)
-    explored = explore_draw < epsilon
-    chosen = arms[min(int(arm_draw * len(arms)), len(arms) - 1)] if explored else target
-    by_name = {c.action: c for c in ev.found}
-    first = by_name.get(chosen) or _idle_candidate(policy, chosen, channel)
-    actions = [first]
-    if first.kind not in ("none", "") and policy.max_actions > 1:
-        actions += [c for c in ev.found if c.action != chosen][: policy.max_actions - 1]
+    explored = draws[0] < epsilon
+    chosen = arms[min(int(draws[1] * len(arms)), len(arms) - 1)] if explored else target
+    spec = policy.action(chosen)
+    if chosen in idle:
+        first = Candidate(chosen, channel, 0.0, 0.0, 1.0, 0.0, [], spec.kind, 0.0)
+        actions = [first]
+    else:
+        first = candidate(chosen)
+        more = itertools.islice((a for a in ranked if a != chosen), policy.max_actions - 1)
+        actions = [first, *map(candidate, more)]
     is_fallback = not explored and fallback_reason is not None
     reasons = list(first.reasons)
     if explored:
@@ -431,9 +447,9 @@ def _build(
     if is_fallback:
         reasons.append(f"fallback {chosen}: {fallback_reason}")
     reasons += extra
-    reasons += [f"{name}: {why}" for name, why in ev.dropped.items()]
+    reasons += dropped
     return Decision(
-        customer_key=ev.state.customer_key,
+        customer_key=state.customer_key,
         channel=channel,
         actions=actions,
         probability=probs[chosen],
@@ -441,7 +457,7 @@ def _build(
         fallback=is_fallback,
         fallback_reason=fallback_reason if is_fallback else None,
         reasons=reasons,
-        prompt=_prompt(policy, chosen, ev, channel, context),
+        prompt=_prompt(spec, first, state, channel, context),
         policy_version=policy_version,
         action_probabilities=probs,
     )
@@ -470,34 +486,266 @@ def decide(
     in `fallback_reason`.
     """
     _check_channel(channel)
-    ev = _evaluate(policy, state, channel, today, context)
-    if capacity_left is not None and capacity_left <= 0 and ev.found:
-        ev.dropped.update({c.action: f"{channel} capacity reached for today" for c in ev.found})
-        ev.found = []
-        reason: str | None = f"{channel} capacity reached for today"
-        arms = ev.idle_arms(policy.fallback)
-    else:
-        reason = None if ev.found else _fallback_reason(ev)
-        arms = ev.arms(policy.fallback)
-    target = ev.found[0].action if ev.found else policy.fallback
+    plan = _plan(policy, channel)
+    scored = _score(policy, state, channel, today, context)
+    found, dropped = scored.found, scored.dropped
+    reason: str | None = None
+    if capacity_left is not None and capacity_left <= 0 and found:
+        full = f"{channel} capacity reached for today"
+        dropped = {**dropped, **{c.action: full for c in found}}
+        dropped = {name: dropped[name] for name in sorted(dropped, key=plan.order.__getitem__)}
+        found, reason = [], full
+    elif not found:
+        reason = _fallback_reason(dropped)
+    by_name = {c.action: c for c in found}
     draws = random.Random(seed)
-    explore_draw, arm_draw = draws.random(), draws.random()
-    return _build(
+    return _decision(
         policy,
-        ev,
+        state,
         channel,
-        arms,
-        target,
-        explore_draw,
-        arm_draw,
+        [c.action for c in found],
+        plan.idle,
+        found[0].action if found else policy.fallback,
+        (draws.random(), draws.random()),
+        by_name.__getitem__,
+        [f"{name}: {why}" for name, why in dropped.items()],
         fallback_reason=reason,
-        extra=[],
+        extra=(),
         context=context,
         policy_version=policy_version,
     )
 
 
 # -------------------------------------------------------------------------------------------------- batches
+
+_OK, _MINOR, _CONSENT, _HELD, _CAP, _COOL, _MISSING, _NOT_PERSUADABLE, _RULES, _COST, _OVER, _IDLE = range(12)
+
+
+@dataclass
+class _Matrix:
+    """A batch's arbitration as arrays: a reason code, P, V and priority per (customer, action on the channel)."""
+
+    plan: _Plan
+    actions: tuple[ActionSpec, ...]
+    states: Sequence[CustomerState]
+    today: dt.date
+    context: Mapping[str, str] | None
+    code: np.ndarray  # (n, A) reason codes, _OK for a candidate
+    p: np.ndarray
+    v: np.ndarray
+    priority: np.ndarray  # NaN unless a candidate
+    product: np.ndarray  # (n, A) index into products for a cross-sell, else -1
+    products: list[str]
+    recent: np.ndarray
+    last_ago: np.ndarray
+    ranked: np.ndarray  # (n, A) column order, best candidate first
+    n_candidates: np.ndarray
+
+    def candidate(self, i: int, j: int) -> Candidate:
+        """Customer i's candidate for action column j, with its reasons."""
+        a, state = self.actions[j], self.states[i]
+        p, v = float(self.p[i, j]), float(self.v[i, j])
+        product: str | None = None
+        if a.kind == "retention_offer":
+            reasons = _retention_reasons(p, v, a.lever, state.churn_risk)
+        elif a.kind == "cross_sell":
+            product = self.products[int(self.product[i, j])]
+            reasons = _cross_sell_reasons(product, p, v, a.lever)
+        else:
+            reasons = [f"service recovery: {'; '.join(_fired(a, state, self.context))}"]
+        return Candidate(a.name, self.plan.channel, p, v, a.lever, p * v * a.lever, reasons, a.kind, a.cost, product)
+
+    def dropped(self, i: int, codes: list[int]) -> list[str]:
+        """Customer i's 'action: reason' lines for every action that is not a candidate, in policy order."""
+        lines = []
+        for j, texts in self._layout:
+            if j < 0:
+                lines.append(texts[0])
+                continue
+            c = codes[j]
+            if c == _OK or c == _IDLE:
+                continue
+            text = texts[c]
+            lines.append(text if text else f"{self.actions[j].name}: {self._reason(i, j, c)}")
+        return lines
+
+    def _reason(self, i: int, j: int, c: int) -> str:
+        a = self.actions[j]
+        if c == _CAP:
+            return _cap_reason(int(self.recent[i, j]), a)
+        if c == _COOL:
+            return _cooldown_reason(self.today - dt.timedelta(days=int(self.last_ago[i, j])), a)
+        if c == _NOT_PERSUADABLE:
+            return f"uplift {self.states[i].uplift:.3f} <= 0: not persuadable"
+        return _cost_reason(float(self.p[i, j]), float(self.v[i, j]), a)  # _COST
+
+    def __post_init__(self) -> None:
+        col = {a.name: j for j, a in enumerate(self.actions)}
+        # Per action in policy order: (column, reason text per code; "" where the text needs the customer's
+        # numbers) or (-1, [the off-channel line]).
+        self._layout: list[tuple[int, list[str]]] = []
+        for name in sorted([*self.plan.off_channel, *col], key=self.plan.order.__getitem__):
+            if name not in col:
+                self._layout.append((-1, [f"{name}: {self.plan.off_channel[name]}"]))
+                continue
+            a = self.actions[col[name]]
+            offered = self.plan.offered.get(a.name, ())
+            held = f"already holds {offered[0][0]}" if len(offered) == 1 else "already holds every product offered"
+            fixed = {
+                _MINOR: self.plan.minors_reason,
+                _CONSENT: f"no consent for {a.purpose}",
+                _HELD: held,
+                _MISSING: MISSING_UPLIFT if a.kind == "retention_offer" else MISSING_PROPENSITY,
+                _RULES: RULES_NOT_MET,
+                _OVER: OVERRIDDEN,
+            }
+            texts = [f"{a.name}: {fixed[c]}" if c in fixed else "" for c in range(_IDLE + 1)]
+            self._layout.append((col[name], texts))
+
+
+def _column(states: Sequence[CustomerState], get: Callable[[CustomerState], float]) -> np.ndarray:
+    return np.fromiter((get(s) for s in states), dtype=float, count=len(states))
+
+
+def _matrix(plan: _Plan, states: Sequence[CustomerState], today: dt.date, context: Mapping[str, str] | None) -> _Matrix:
+    """Score a whole batch at once: the same rules and numbers as `_score`, as array operations."""
+    n, actions = len(states), plan.on_channel
+    width = len(actions)
+    col = {a.name: j for j, a in enumerate(actions)}
+    code = np.zeros((n, width), dtype=np.int8)
+    p = np.full((n, width), np.nan)
+    v = np.full((n, width), np.nan)
+    product = np.full((n, width), -1, dtype=np.int64)
+
+    products = list(dict.fromkeys(q for a in actions if a.kind == "cross_sell" for q, _ in plan.offered[a.name]))
+    where = {q: k for k, q in enumerate(products)}
+    nan = math.nan
+    blank = (nan,) * len(products)
+    rows: list[tuple[float, ...]] = []
+    if products:
+        pick = operator.itemgetter(*products)
+        for s in states:
+            scores = s.propensity
+            if not scores:
+                rows.append(blank)
+                continue
+            try:
+                got = pick(scores)
+                rows.append(got if len(products) > 1 else (got,))
+            except KeyError:
+                rows.append(tuple(scores.get(q, nan) for q in products))
+    propensity = np.array(rows, dtype=float).reshape(n, len(products))
+    margin = np.full((n, len(products)), np.nan)
+    held = np.zeros((n, len(products)), dtype=bool)
+    recent = np.zeros((n, width), dtype=np.int64)
+    last_ago = np.full((n, width), 10**9, dtype=np.int64)
+    for i, s in enumerate(states):
+        if s.margin:
+            for q, m in s.margin.items():
+                k = where.get(q)
+                if k is not None:
+                    margin[i, k] = m
+        if s.products_held:
+            for q in s.products_held:
+                k = where.get(q)
+                if k is not None:
+                    held[i, k] = True
+        if s.history:
+            for name, day in s.history:
+                j = col.get(name)
+                if j is None:
+                    continue
+                ago = (today - day).days
+                if ago < actions[j].window_days:
+                    recent[i, j] += 1
+                if ago < last_ago[i, j]:
+                    last_ago[i, j] = ago
+
+    minor = np.fromiter((s.is_minor for s in states), dtype=bool, count=n)
+    consent = {
+        purpose: np.fromiter((bool(s.consent.get(purpose, False)) for s in states), dtype=bool, count=n)
+        for purpose in {a.purpose for a in actions if a.purpose is not None}
+    }
+    uplift = _column(states, lambda s: nan if s.uplift is None else s.uplift)
+    signal_names = {sig for a in actions for sig in [*a.triggers, *([a.value_signal] if a.value_signal else [])]}
+    signals = {sig: _column(states, lambda s, sig=sig: s.signals.get(sig, nan)) for sig in signal_names}  # type: ignore[misc]
+    rows_idx = np.arange(n)
+
+    for j, a in enumerate(actions):
+        c = code[:, j]
+        if a.kind == "none":
+            c[:] = _IDLE
+            continue
+        if a.purpose is not None:
+            c[minor] = _MINOR
+            c[(c == _OK) & ~consent[a.purpose]] = _CONSENT
+        cols = np.array([where[q] for q, _ in plan.offered.get(a.name, ())], dtype=np.int64)
+        if a.kind == "cross_sell":
+            c[(c == _OK) & held[:, cols].all(axis=1)] = _HELD
+        c[(c == _OK) & (recent[:, j] >= a.max_per_customer)] = _CAP
+        if a.cooldown_days:
+            c[(c == _OK) & (last_ago[:, j] < a.cooldown_days)] = _COOL
+        if a.kind == "retention_offer":
+            missing = np.isnan(uplift)
+            pj = np.maximum(np.nan_to_num(uplift, nan=0.0), 0.0)
+            vj = np.full(n, a.value)
+            if a.value_signal is not None:
+                own = signals[a.value_signal]
+                good = np.isfinite(own) & (own > 0)
+                vj[good] = own[good]
+            c[(c == _OK) & missing] = _MISSING
+            c[(c == _OK) & (pj <= 0)] = _NOT_PERSUADABLE
+        elif a.kind == "cross_sell":
+            sub = propensity[:, cols]
+            defaults = np.array([value for _, value in plan.offered[a.name]])
+            values = np.where(np.isnan(margin[:, cols]), defaults, margin[:, cols])
+            valid = ~np.isnan(sub) & ~held[:, cols]
+            best = np.argmax(np.where(valid, sub * values, -np.inf), axis=1)
+            pj, vj = sub[rows_idx, best], values[rows_idx, best]
+            product[:, j] = cols[best]
+            c[(c == _OK) & ~valid.any(axis=1)] = _MISSING
+        else:  # service_recovery
+            fired = np.zeros(n, dtype=bool)
+            for sig, threshold in a.triggers.items():
+                with np.errstate(invalid="ignore"):
+                    fired |= signals[sig] >= threshold
+            if context and context.get("reason") in a.context_reasons:
+                fired[:] = True
+            pj, vj = np.ones(n), np.full(n, a.value)
+            c[(c == _OK) & ~fired] = _RULES
+        with np.errstate(invalid="ignore"):
+            c[(c == _OK) & (pj * vj - a.cost <= 0)] = _COST
+        p[:, j], v[:, j] = pj, vj
+
+    recovery = [j for j, a in enumerate(actions) if a.kind == "service_recovery"]
+    if recovery:
+        overridden = (code[:, recovery] == _OK).any(axis=1)
+        for j, a in enumerate(actions):
+            if a.kind in SALES_KINDS:
+                code[overridden & (code[:, j] == _OK), j] = _OVER
+    is_candidate = code == _OK
+    levers = np.array([a.lever for a in actions])
+    priority = np.where(is_candidate, p * v * levers, np.nan)
+    by_name = np.argsort(np.array([a.name for a in actions], dtype=object), kind="stable").astype(np.int64)
+    key = np.where(is_candidate, -np.nan_to_num(priority), np.inf)[:, by_name]
+    ranked = by_name[np.argsort(key, axis=1, kind="stable")] if width else np.zeros((n, 0), dtype=np.int64)
+    return _Matrix(
+        plan=plan,
+        actions=actions,
+        states=states,
+        today=today,
+        context=context,
+        code=code,
+        p=p,
+        v=v,
+        priority=priority,
+        product=product,
+        products=products,
+        recent=recent,
+        last_ago=last_ago,
+        ranked=ranked,
+        n_candidates=is_candidate.sum(axis=1),
+    )
 
 
 def _batch_capacity(policy: DecisionPolicy, channel: str, capacity: Mapping[str, int] | None) -> int:
@@ -523,58 +771,53 @@ def _test_floor(rate_low: float, n_low: int, rate_high: float, n_high: int, floo
     return 0.5 * math.erfc((gap / se) / math.sqrt(2))
 
 
+_EQUITY_COLUMNS = ["kind", "group", "eligible", "allocated", "rate", "judged", "ratio", "floor", "p_value", "passed"]
+
+
+def _equity(
+    policy: DecisionPolicy, groups: np.ndarray, eligible_by_kind: Mapping[str, np.ndarray], given: np.ndarray
+) -> pd.DataFrame:
+    """The equity table from arrays: group labels (None: not judged), eligibility per kind, the kind given."""
+    spec = policy.equity
+    known = np.array([g is not None for g in groups], dtype=bool)
+    labels = np.array([str(g) for g in groups], dtype=object)
+    rows = []
+    for kind in JUDGED_KINDS:
+        mask = eligible_by_kind.get(kind, np.zeros(len(groups), dtype=bool)) & known
+        if not mask.any():
+            continue
+        frame = pd.DataFrame({"group": labels[mask], "given": given[mask] == kind})
+        counts = frame.groupby("group", sort=True)["given"].agg(["size", "sum"])
+        sizes = {str(g): int(k) for g, k in counts["size"].items()}
+        sums = {str(g): int(k) for g, k in counts["sum"].items()}
+        rates = {g: sums[g] / sizes[g] for g in sizes if sizes[g] >= spec.min_group_size}
+        ratio, p_value = math.nan, math.nan
+        if len(rates) >= 2 and max(rates.values()) > 0:
+            low, high = min(rates, key=rates.__getitem__), max(rates, key=rates.__getitem__)
+            ratio = rates[low] / rates[high]
+            p_value = _test_floor(rates[low], sizes[low], rates[high], sizes[high], spec.floor)
+        passed = bool(math.isnan(ratio) or ratio >= spec.floor or p_value >= spec.alpha)
+        for g in sizes:
+            size, k = sizes[g], sums[g]
+            rows.append([kind, g, size, k, k / size, g in rates, ratio, spec.floor, p_value, passed])
+    return pd.DataFrame(rows, columns=_EQUITY_COLUMNS)
+
+
 def equity_table(
     policy: DecisionPolicy, groups: Sequence[str | None], eligible_kinds: Sequence[set[str]], given_kinds: Sequence[str]
 ) -> pd.DataFrame:
     """Allocation rate per group and action kind (allocated / eligible), the min/max ratio, and the floor test.
 
     A kind passes when the ratio reaches the floor, or its shortfall is within sampling noise (the one-sided
-    test's p-value >= alpha). Groups with fewer eligible customers than `min_group_size` are shown, not judged.
+    two-proportion test's p-value >= alpha). Groups with fewer eligible customers than `min_group_size` are
+    shown, not judged.
     """
-    spec = policy.equity
-    rows = []
-    for kind in JUDGED_KINDS:
-        counts: dict[str, list[int]] = {}
-        for g, kinds, given in zip(groups, eligible_kinds, given_kinds, strict=True):
-            if g is None or kind not in kinds:
-                continue
-            c = counts.setdefault(g, [0, 0])
-            c[0] += 1
-            c[1] += given == kind
-        judged = {g: c for g, c in counts.items() if c[0] >= spec.min_group_size}
-        rates = {g: c[1] / c[0] for g, c in judged.items()}
-        ratio, p_value = float("nan"), float("nan")
-        if len(rates) >= 2 and max(rates.values()) > 0:
-            low = min(rates, key=lambda g: rates[g])
-            high = max(rates, key=lambda g: rates[g])
-            ratio = rates[low] / rates[high]
-            p_value = _test_floor(rates[low], judged[low][0], rates[high], judged[high][0], spec.floor)
-        passed = bool(math.isnan(ratio) or ratio >= spec.floor or p_value >= spec.alpha)
-        for g in sorted(counts):
-            n, k = counts[g]
-            rows.append(
-                {
-                    "kind": kind,
-                    "group": g,
-                    "eligible": n,
-                    "allocated": k,
-                    "rate": k / n,
-                    "judged": g in judged,
-                    "ratio": ratio,
-                    "floor": spec.floor,
-                    "p_value": p_value,
-                    "passed": passed,
-                }
-            )
-    columns = ["kind", "group", "eligible", "allocated", "rate", "judged", "ratio", "floor", "p_value", "passed"]
-    return pd.DataFrame(rows, columns=columns)
+    eligible_by_kind = {k: np.array([k in kinds for kinds in eligible_kinds], dtype=bool) for k in JUDGED_KINDS}
+    return _equity(policy, np.array(list(groups), dtype=object), eligible_by_kind, np.array(list(given_kinds)))
 
 
 def _repair_equity(
-    policy: DecisionPolicy,
-    evs: Sequence[_Evaluated],
-    target: list[Candidate | None],
-    capacity: int,
+    policy: DecisionPolicy, m: _Matrix, groups: np.ndarray, target: np.ndarray, capacity: int
 ) -> dict[int, str]:
     """Swap customers so each action kind's allocation-rate ratio across groups reaches the floor.
 
@@ -584,63 +827,60 @@ def _repair_equity(
     """
     spec = policy.equity
     moved_out: dict[int, str] = {}
-    contacted = sum(t is not None for t in target)
+    kinds = np.array([a.kind for a in m.actions], dtype=object)
+    contacted = int((target >= 0).sum())
+    known = np.array([g is not None for g in groups], dtype=bool)
     for kind in JUDGED_KINDS:
-        best: dict[int, Candidate] = {}
-        for i, ev in enumerate(evs):
-            if ev.state.group is None:
-                continue
-            for c in ev.found:
-                if c.kind == kind:
-                    best[i] = c
-                    break
+        cols = np.flatnonzero(kinds == kind)
+        if not len(cols):
+            continue
+        sub = np.where(np.isnan(m.priority[:, cols]), -np.inf, m.priority[:, cols])
+        best_col = cols[np.argmax(sub, axis=1)]
+        best_priority = sub.max(axis=1)
+        has = np.isfinite(best_priority) & known
         size: dict[str, int] = {}
-        for i in best:
-            g = str(evs[i].state.group)
+        for g in groups[has]:
             size[g] = size.get(g, 0) + 1
-        judged = {g for g, n in size.items() if n >= spec.min_group_size}
+        judged = {g for g, k in size.items() if k >= spec.min_group_size}
         if len(judged) < 2:
             continue
         given = dict.fromkeys(judged, 0)
-        for i in best:
+        waiting: dict[str, list[tuple[float, int]]] = {g: [] for g in judged}  # (-priority, i): best first
+        serving: dict[str, list[tuple[float, int]]] = {g: [] for g in judged}  # (priority, -i): worst first
+        for i in np.flatnonzero(has):
+            g = groups[i]
+            if g not in judged:
+                continue
             t = target[i]
-            g = str(evs[i].state.group)
-            if g in judged and t is not None and t.kind == kind:
+            if t < 0:
+                waiting[g].append((-best_priority[i], int(i)))
+            elif kinds[t] == kind:
                 given[g] += 1
-        waiting: dict[str, list[int]] = {g: [] for g in judged}  # uncontacted, best kind-priority last
-        for i in best:
-            g = str(evs[i].state.group)
-            if g in judged and target[i] is None:
-                waiting[g].append(i)
-        for g in waiting:
-            waiting[g].sort(key=lambda i: (best[i].priority, -i))
-        while True:
-            rates = {g: given[g] / size[g] for g in judged}
-            high = max(sorted(rates), key=lambda g: rates[g])
-            low = min(sorted(rates), key=lambda g: rates[g])
-            if rates[high] == 0 or rates[low] / rates[high] >= spec.floor:
+                serving[g].append((float(m.priority[i, t]), -int(i)))
+        for heap in (*waiting.values(), *serving.values()):
+            heapq.heapify(heap)
+        for _ in range(len(target) + 1):
+            rates = {g: given[g] / size[g] for g in sorted(judged)}
+            high = max(rates, key=rates.__getitem__)
+            low = min(rates, key=rates.__getitem__)
+            if rates[high] == 0 or rates[low] / rates[high] >= spec.floor or not waiting[low]:
                 break
-            while waiting[low] and target[waiting[low][-1]] is not None:
-                waiting[low].pop()
-            if not waiting[low]:
-                break
-            newcomer = waiting[low].pop()
             if contacted >= capacity:
-                out = [
-                    i
-                    for i in best
-                    if str(evs[i].state.group) == high and (t := target[i]) is not None and t.kind == kind
-                ]
-                if not out:
+                if not serving[high]:
                     break
-                leaving = min(out, key=lambda i: (target[i].priority, -i))  # type: ignore[union-attr]
-                target[leaving] = None
+                _, neg = heapq.heappop(serving[high])
+                leaving = -neg
+                target[leaving] = -1
                 moved_out[leaving] = f"equity floor for {kind}: slot given to an under-served group"
                 given[high] -= 1
                 contacted -= 1
-            target[newcomer] = best[newcomer]
+                heapq.heappush(waiting[high], (-best_priority[leaving], leaving))
+            _, newcomer = heapq.heappop(waiting[low])
+            target[newcomer] = best_col[newcomer]
+            moved_out.pop(newcomer, None)
             given[low] += 1
             contacted += 1
+            heapq.heappush(serving[low], (float(best_priority[newcomer]), -newcomer))
     return moved_out
 
 
@@ -669,77 +909,89 @@ def decide_batch(
         if s.customer_key in seen:
             raise ValueError(f"states[{i}].customer_key: {s.customer_key!r} appears twice in the batch")
         seen.add(s.customer_key)
-    evs = [_evaluate(policy, s, channel, today, context) for s in states]
-    n = len(evs)
-    wanting = [i for i, ev in enumerate(evs) if ev.found]
-    wanting.sort(key=lambda i: (-evs[i].found[0].priority, i))
-    target: list[Candidate | None] = [None] * n
-    for i in wanting[:limit]:
-        target[i] = evs[i].found[0]
-    moved = _repair_equity(policy, evs, target, limit)
-    unconstrained = sum(expected_value(evs[i].found[0]) for i in wanting)
+    plan = _plan(policy, channel)
+    m = _matrix(plan, states, today, context)
+    n = len(states)
+    names = [a.name for a in m.actions]
+    column = {a: j for j, a in enumerate(names)}
+    top = m.ranked[:, 0] if m.actions else np.zeros(n, dtype=np.int64)
+    top_priority = np.where(m.n_candidates > 0, m.priority[np.arange(n), top] if m.actions else 0.0, -np.inf)
+    wanting = np.flatnonzero(m.n_candidates > 0)
+    by_priority = wanting[np.lexsort((wanting, -top_priority[wanting]))]
+    target = np.full(n, -1, dtype=np.int64)
+    target[by_priority[:limit]] = top[by_priority[:limit]]
+    groups = np.array([s.group for s in states], dtype=object)
+    moved = _repair_equity(policy, m, groups, target, limit)
+    costs = np.array([a.cost for a in m.actions])
+    net = m.p * m.v - costs if m.actions else np.zeros((n, 0))
+    unconstrained = float(net[wanting, top[wanting]].sum()) if len(wanting) else 0.0
 
-    draws = np.random.default_rng(seed).random((n, 2))
+    draws = np.random.default_rng(seed).random((n, 2)).tolist()
+    codes = m.code.tolist()
+    ranked_rows = m.ranked.tolist()
+    n_candidates = m.n_candidates.tolist()
+    targets = target.tolist()
+    tops = top.tolist()
     decisions: list[Decision] = []
-    for i, ev in enumerate(evs):
-        t = target[i]
-        if t is not None:
-            arms = ev.arms(policy.fallback)
-            extra = [] if t is ev.found[0] else ["chosen to meet the equity floor"]
-            reason = None
-            name = t.action
+    for i, state in enumerate(states):
+        t = targets[i]
+        dropped = m.dropped(i, codes[i])
+        if t >= 0:
+            row = ranked_rows[i][: n_candidates[i]]
+            ranked = [names[j] for j in row]
+            extra: list[str] = [] if t == tops[i] else ["chosen to meet the equity floor"]
+            reason: str | None = None
+            name = names[t]
         else:
-            arms = ev.idle_arms(policy.fallback)
-            name = policy.fallback
-            extra = []
+            ranked, extra, name = [], [], policy.fallback
             if i in moved:
                 reason = moved[i]
-            elif ev.found:
+            elif n_candidates[i]:
                 reason = f"{channel} capacity ({limit}) taken by higher-priority customers"
             else:
-                reason = _fallback_reason(ev)
+                reason = _fallback_reason(dropped)
         decisions.append(
-            _build(
+            _decision(
                 policy,
-                ev,
+                state,
                 channel,
-                arms,
+                ranked,
+                plan.idle,
                 name,
-                float(draws[i, 0]),
-                float(draws[i, 1]),
+                (draws[i][0], draws[i][1]),
+                lambda a, i=i: m.candidate(i, column[a]),  # type: ignore[misc]
+                dropped,
                 fallback_reason=reason,
                 extra=extra,
                 context=context,
                 policy_version=policy_version,
             )
         )
-    value = sum(expected_value(c) for d in decisions for c in d.actions if c.kind not in ("none", ""))
-    groups = [s.group for s in states]
+    value = float(sum(expected_value(c) for d in decisions for c in d.actions if c.kind != "none"))
+    first_kind = np.array([d.actions[0].kind for d in decisions], dtype=object)
     frame = pd.DataFrame(
         {
             "action": [d.actions[0].action for d in decisions],
-            "kind": [d.actions[0].kind for d in decisions],
-            "group": [g if g is not None else "unknown" for g in groups],
+            "kind": first_kind,
+            "group": ["unknown" if g is None else str(g) for g in groups],
         }
     )
     allocation = (
         frame.groupby(["action", "kind", "group"], sort=True).size().rename("count").reset_index()
         if n
-        else pd.DataFrame(columns=["action", "kind", "group", "count"])
+        else pd.DataFrame({"action": [], "kind": [], "group": [], "count": []})
     )
     allocation.insert(1, "channel", channel)
     allocation["capacity"] = limit
-    equity = equity_table(
-        policy,
-        groups,
-        [{c.kind for c in ev.found} for ev in evs],
-        [d.actions[0].kind for d in decisions],
-    )
+    eligible_by_kind = {
+        kind: (m.code[:, [j for j, a in enumerate(m.actions) if a.kind == kind]] == _OK).any(axis=1)
+        for kind in JUDGED_KINDS
+    }
     return BatchDecision(
         decisions=decisions,
         allocation=allocation,
-        value=float(value),
-        unconstrained_value=float(unconstrained),
-        value_given_up=float(unconstrained - value),
-        equity=equity,
+        value=value,
+        unconstrained_value=unconstrained,
+        value_given_up=unconstrained - value,
+        equity=_equity(policy, groups, eligible_by_kind, first_kind),
     )

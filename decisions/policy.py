@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -137,6 +139,10 @@ class MinorsSpec(_Strict):
     age_below: int = Field(default=18, ge=1, le=30)
     action: Literal["suppress"] = "suppress"
 
+    def applies(self, age_years: float | None) -> bool:
+        """Whether a customer of this age is a minor here (an unknown age is not taken as a minor)."""
+        return age_years is not None and age_years == age_years and age_years < self.age_below
+
 
 class DecisionPolicy(_Strict):
     """A whole next-best-action policy: the actions, their limits, capacity, exploration, equity and fallback."""
@@ -179,6 +185,21 @@ class DecisionPolicy(_Strict):
         if uncovered:
             raise ValueError(f"fallback: {self.fallback!r} is not offered on {', '.join(uncovered)}")
         return self
+
+    def feature_columns(self) -> list[str]:
+        """The feature columns a caller reads to build customer states: the signals' and the equity attribute."""
+        return list(dict.fromkeys([*self.signals.values(), self.equity.attribute]))
+
+    def signal_values(self, row: Mapping[str, Any]) -> dict[str, float]:
+        """The policy's signals from one customer's feature row (missing, empty or non-numeric values left out)."""
+        values: dict[str, float] = {}
+        for signal, column in self.signals.items():
+            value = row.get(column)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if math.isfinite(value):
+                values[signal] = float(value)
+        return values
 
     def action(self, name: str) -> ActionSpec:
         """The action called `name` (KeyError naming it otherwise)."""

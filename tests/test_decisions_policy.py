@@ -144,3 +144,18 @@ def test_policy_is_immutable() -> None:
     with pytest.raises(ValueError):
         policy.exploration = 0.2  # type: ignore[misc]
     assert isinstance(policy, DecisionPolicy)
+
+
+def test_signals_and_columns_from_a_feature_row() -> None:
+    policy = load_policy()
+    assert "self_service_failed_90d" in policy.feature_columns() and "gender" in policy.feature_columns()
+    row = {"self_service_failed_90d": 4, "repeat_contacts_90d": None, "monetary_365d": float("nan"),
+           "tickets_90d": "3", "tickets_category_billing_90d": 2.0, "other": 1}  # fmt: skip
+    assert policy.signal_values(row) == {"failed_self_service": 4.0, "billing_tickets": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("age", "minor"), [(17, True), (17.9, True), (18, False), (None, False), (float("nan"), False)]
+)
+def test_minors_rule(age: float | None, minor: bool) -> None:
+    assert load_policy().minors.applies(age) is minor

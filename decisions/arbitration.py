@@ -104,6 +104,7 @@ def expected_value(candidate: Candidate) -> float:
 # ---------------------------------------------------------------------------------------------- eligibility
 
 MISSING_UPLIFT = "no uplift score (the retention champion is missing)"
+MISSING_CHURN = "no churn score (the churn champion is missing)"
 MISSING_PROPENSITY = "no propensity score (the propensity champion is missing)"
 RULES_NOT_MET = "service-recovery rules not met"
 OVERRIDDEN = "service recovery overrides sales offers"
@@ -263,11 +264,19 @@ def _value(action: ActionSpec, state: CustomerState) -> float:
     return action.value
 
 
-def _retention_reasons(p: float, v: float, lever: float, churn_risk: float | None) -> list[str]:
-    reasons = [f"uplift {p:.3f} x value {v:.0f} x lever {lever:g}"]
+def _retention_reasons(action: ActionSpec, p: float, v: float, churn_risk: float | None) -> list[str]:
+    if action.target == "churn_risk":
+        return [f"churn risk {p:.3f} x value {v:.0f} x lever {action.lever:g}"]
+    reasons = [f"uplift {p:.3f} x value {v:.0f} x lever {action.lever:g}"]
     if churn_risk is not None:
         reasons.append(f"churn risk {churn_risk:.2f}")
     return reasons
+
+
+def _not_persuadable(action: ActionSpec, score: float) -> str:
+    if action.target == "churn_risk":
+        return f"churn risk {score:.3f} <= 0"
+    return f"uplift {score:.3f} <= 0: not persuadable"
 
 
 def _cross_sell_reasons(product: str, p: float, v: float, lever: float) -> list[str]:
@@ -304,15 +313,16 @@ def _score(
         if kind == "none":
             continue
         if kind == "retention_offer":
-            if state.uplift is None or state.uplift != state.uplift:
-                dropped[action.name] = MISSING_UPLIFT
+            score = state.uplift if action.target == "uplift" else state.churn_risk
+            if score is None or score != score:
+                dropped[action.name] = MISSING_UPLIFT if action.target == "uplift" else MISSING_CHURN
                 continue
-            p = max(float(state.uplift), 0.0)
+            p = max(float(score), 0.0)
             v = _value(action, state)
             if p <= 0:
-                dropped[action.name] = f"uplift {state.uplift:.3f} <= 0: not persuadable"
+                dropped[action.name] = _not_persuadable(action, score)
                 continue
-            reasons = _retention_reasons(p, v, action.lever, state.churn_risk)
+            reasons = _retention_reasons(action, p, v, state.churn_risk)
         elif kind == "cross_sell":
             best = _best_product(plan.offered[action.name], state)
             if best is None:
@@ -547,7 +557,7 @@ class _Matrix:
         p, v = float(self.p[i, j]), float(self.v[i, j])
         product: str | None = None
         if a.kind == "retention_offer":
-            reasons = _retention_reasons(p, v, a.lever, state.churn_risk)
+            reasons = _retention_reasons(a, p, v, state.churn_risk)
         elif a.kind == "cross_sell":
             product = self.products[int(self.product[i, j])]
             reasons = _cross_sell_reasons(product, p, v, a.lever)
@@ -576,7 +586,8 @@ class _Matrix:
         if c == _COOL:
             return _cooldown_reason(self.today - dt.timedelta(days=int(self.last_ago[i, j])), a)
         if c == _NOT_PERSUADABLE:
-            return f"uplift {self.states[i].uplift:.3f} <= 0: not persuadable"
+            state = self.states[i]
+            return _not_persuadable(a, float((state.uplift if a.target == "uplift" else state.churn_risk) or 0.0))
         return _cost_reason(float(self.p[i, j]), float(self.v[i, j]), a)  # _COST
 
     def __post_init__(self) -> None:
@@ -595,7 +606,9 @@ class _Matrix:
                 _MINOR: self.plan.minors_reason,
                 _CONSENT: f"no consent for {a.purpose}",
                 _HELD: held,
-                _MISSING: MISSING_UPLIFT if a.kind == "retention_offer" else MISSING_PROPENSITY,
+                _MISSING: MISSING_PROPENSITY
+                if a.kind != "retention_offer"
+                else (MISSING_UPLIFT if a.target == "uplift" else MISSING_CHURN),
                 _RULES: RULES_NOT_MET,
                 _OVER: OVERRIDDEN,
             }
@@ -666,7 +679,10 @@ def _matrix(plan: _Plan, states: Sequence[CustomerState], today: dt.date, contex
         purpose: np.fromiter((bool(s.consent.get(purpose, False)) for s in states), dtype=bool, count=n)
         for purpose in {a.purpose for a in actions if a.purpose is not None}
     }
-    uplift = _column(states, lambda s: nan if s.uplift is None else s.uplift)
+    retention_scores = {
+        "uplift": _column(states, lambda s: nan if s.uplift is None else s.uplift),
+        "churn_risk": _column(states, lambda s: nan if s.churn_risk is None else s.churn_risk),
+    }
     signal_names = {sig for a in actions for sig in [*a.triggers, *([a.value_signal] if a.value_signal else [])]}
     signals = {sig: _column(states, lambda s, sig=sig: s.signals.get(sig, nan)) for sig in signal_names}  # type: ignore[misc]
     rows_idx = np.arange(n)
@@ -686,8 +702,9 @@ def _matrix(plan: _Plan, states: Sequence[CustomerState], today: dt.date, contex
         if a.cooldown_days:
             c[(c == _OK) & (last_ago[:, j] < a.cooldown_days)] = _COOL
         if a.kind == "retention_offer":
-            missing = np.isnan(uplift)
-            pj = np.maximum(np.nan_to_num(uplift, nan=0.0), 0.0)
+            score = retention_scores[a.target]
+            missing = np.isnan(score)
+            pj = np.maximum(np.nan_to_num(score, nan=0.0), 0.0)
             vj = np.full(n, a.value)
             if a.value_signal is not None:
                 own = signals[a.value_signal]

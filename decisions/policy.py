@@ -69,6 +69,11 @@ class ActionSpec(_Strict):
         default=None, description="Consent purpose the action needs; None for service recovery and no action."
     )
     channels: list[ChannelName] = Field(min_length=1)
+    target: Literal["uplift", "churn_risk"] = Field(
+        default="uplift",
+        description="Retention offer: P is the predicted uplift (persuadable customers first) or, for comparison, "
+        "the churn risk (the merely risky first).",
+    )
     value: float = Field(default=0.0, ge=0, description="Value of one success (currency), when no signal gives it.")
     value_signal: str | None = Field(
         default=None, description="Signal holding the customer's own value of one success (e.g. yearly value)."
@@ -113,6 +118,8 @@ class ActionSpec(_Strict):
             raise ValueError("triggers: a service_recovery action needs triggers or context_reasons")
         if self.kind != "service_recovery" and (self.triggers or self.context_reasons):
             raise ValueError(f"triggers: only service_recovery actions have triggers, not a {self.kind}")
+        if self.kind != "retention_offer" and self.target != "uplift":
+            raise ValueError(f"target: only a retention_offer has a target, not a {self.kind}")
         if self.kind == "none" and (self.value or self.cost):
             raise ValueError("value: a 'none' action has no value or cost")
         return self

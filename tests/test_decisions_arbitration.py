@@ -130,6 +130,20 @@ def test_uplift_targets_the_persuadable_not_the_merely_risky(greedy: DecisionPol
     assert d.fallback and any("does not cover the cost 5" in r for r in d.reasons)
 
 
+def test_churn_risk_targeting_is_one_field_away(greedy: DecisionPolicy) -> None:
+    spec = greedy.action("retention_offer").model_copy(update={"target": "churn_risk"})
+    by_risk = greedy.model_copy(update={"actions": [spec, *greedy.actions[1:]]})
+    persuadable = customer("p", churn_risk=0.2, uplift=0.15, propensity={})
+    risky = customer("r", churn_risk=0.9, uplift=-0.05, propensity={})
+    batch = decide_batch(by_risk, [persuadable, risky], "call_centre", TODAY, seed=0, capacity={"call_centre": 1})
+    assert [d.actions[0].action for d in batch.decisions] == ["no_action", "retention_offer"]
+    assert batch.decisions[1].reasons[0] == "churn risk 0.900 x value 500 x lever 1"
+    by_uplift = decide_batch(greedy, [persuadable, risky], "call_centre", TODAY, seed=0, capacity={"call_centre": 1})
+    assert [d.actions[0].action for d in by_uplift.decisions] == ["retention_offer", "no_action"]
+    d = decide(by_risk, customer(churn_risk=None), "email", TODAY, seed=0)
+    assert "retention_offer: no churn score (the churn champion is missing)" in d.reasons
+
+
 @pytest.mark.parametrize(
     ("consent", "allowed"),
     [

@@ -123,6 +123,8 @@ _CALLBACK = 14  # actions[14] is the service-recovery callback
         (("minors", "action"), "ignore", r"minors\.action: Input should be 'suppress'"),
         (("equity",), _DELETE, r"equity: Field required"),
         (("max_actions",), 0, r"max_actions: Input should be greater than or equal to 1"),
+        (("actions", _CROSS, "target"), "churn_risk", r"actions\[1\]\.target: only a retention_offer has a target"),
+        (("actions", 0, "target"), "risk", r"actions\[0\]\.target: Input should be 'uplift' or 'churn_risk'"),
     ],
 )
 def test_a_bad_policy_names_the_field(path: tuple, value: object, message: str) -> None:

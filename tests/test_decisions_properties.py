@@ -55,8 +55,14 @@ def states(draw: st.DrawFn, policy: DecisionPolicy, key: str) -> CustomerState:
 @st.composite
 def worlds(draw: st.DrawFn) -> tuple[DecisionPolicy, list[CustomerState], str, int, float]:
     base = draw(st.sampled_from([TEST_POLICY, DEFAULT_POLICY]))
+    target = draw(st.sampled_from(["uplift", "churn_risk"]))
+    actions = [a.model_copy(update={"target": target}) if a.kind == "retention_offer" else a for a in base.actions]
     policy = base.model_copy(
-        update={"exploration": draw(st.sampled_from([0.0, 0.1, 0.5])), "max_actions": draw(st.integers(1, 3))}
+        update={
+            "actions": actions,
+            "exploration": draw(st.sampled_from([0.0, 0.1, 0.5])),
+            "max_actions": draw(st.integers(1, 3)),
+        }
     )
     n = draw(st.integers(0, 16))
     batch = [draw(states(policy, f"c{i}")) for i in range(n)]
@@ -89,7 +95,8 @@ def assert_allowed(policy: DecisionPolicy, state: CustomerState, d: Decision, ch
         assert all((TODAY - day).days >= spec.cooldown_days for day in past), (c.action, state.history)
         assert c.priority > 0 and c.p * c.v - c.cost > 0
         if spec.kind == "retention_offer":
-            assert state.uplift is not None and state.uplift > 0
+            score = state.uplift if spec.target == "uplift" else state.churn_risk
+            assert score is not None and score > 0
 
 
 _SETTINGS = settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

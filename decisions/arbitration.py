@@ -120,7 +120,6 @@ class _Plan:
     offered: dict[str, tuple[tuple[str, float], ...]]
     order: dict[str, int]  # action name -> position in the policy (reasons are listed in this order)
     idle: tuple[str, ...]  # no-contact arms: the channel's 'none' actions, the fallback always among them
-    kinds: dict[str, str]
     minors_reason: str
 
 
@@ -143,7 +142,6 @@ def _plan(policy: DecisionPolicy, channel: str) -> _Plan:
         offered={a.name: tuple(a.offered().items()) for a in policy.actions if a.kind == "cross_sell"},
         order={a.name: i for i, a in enumerate(policy.actions)},
         idle=tuple(idle),
-        kinds={a.name: a.kind for a in policy.actions},
         minors_reason=f"suppressed for minors (under {policy.minors.age_below})",
     )
     if len(_PLANS) >= 64:
@@ -291,7 +289,6 @@ def _cost_reason(p: float, v: float, action: ActionSpec) -> str:
 class _Scored:
     """One customer's arbitration before exploration and batch constraints (the one-customer path)."""
 
-    state: CustomerState
     found: list[Candidate]  # best first
     dropped: dict[str, str]  # in policy order
 
@@ -349,7 +346,7 @@ def _score(
         found = [c for c in found if c.kind not in SALES_KINDS]
     found.sort(key=lambda c: (-c.priority, c.action))
     ordered = {name: dropped[name] for name in sorted(dropped, key=plan.order.__getitem__)}
-    return _Scored(state, found, ordered)
+    return _Scored(found, ordered)
 
 
 def candidates(
@@ -835,15 +832,17 @@ def equity_table(
 
 def _repair_equity(
     policy: DecisionPolicy, m: _Matrix, groups: np.ndarray, target: np.ndarray, capacity: int
-) -> dict[int, str]:
+) -> tuple[dict[int, str], set[int]]:
     """Swap customers so each action kind's allocation-rate ratio across groups reaches the floor.
 
     The best-priority uncontacted customer of the under-served group takes the slot of the lowest-priority
     contacted customer of that kind in the best-served group (capacity stays whole). Returns the customers
-    moved out, with why. Stops when no such swap exists (the equity table then shows the kind failing).
+    moved out (with why) and those moved in. Stops when no such swap exists (the equity table then shows the
+    kind failing). Only uncontacted customers move in, so a swap never changes another kind's allocation.
     """
     spec = policy.equity
     moved_out: dict[int, str] = {}
+    moved_in: set[int] = set()
     kinds = np.array([a.kind for a in m.actions], dtype=object)
     contacted = int((target >= 0).sum())
     known = np.array([g is not None for g in groups], dtype=bool)
@@ -891,14 +890,16 @@ def _repair_equity(
                 moved_out[leaving] = f"equity floor for {kind}: slot given to an under-served group"
                 given[high] -= 1
                 contacted -= 1
+                moved_in.discard(leaving)
                 heapq.heappush(waiting[high], (-best_priority[leaving], leaving))
             _, newcomer = heapq.heappop(waiting[low])
             target[newcomer] = best_col[newcomer]
             moved_out.pop(newcomer, None)
+            moved_in.add(newcomer)
             given[low] += 1
             contacted += 1
             heapq.heappush(serving[low], (float(best_priority[newcomer]), -newcomer))
-    return moved_out
+    return moved_out, moved_in
 
 
 def decide_batch(
@@ -938,7 +939,7 @@ def decide_batch(
     target = np.full(n, -1, dtype=np.int64)
     target[by_priority[:limit]] = top[by_priority[:limit]]
     groups = np.array([s.group for s in states], dtype=object)
-    moved = _repair_equity(policy, m, groups, target, limit)
+    moved, moved_in = _repair_equity(policy, m, groups, target, limit)
     costs = np.array([a.cost for a in m.actions])
     net = m.p * m.v - costs if m.actions else np.zeros((n, 0))
     unconstrained = float(net[wanting, top[wanting]].sum()) if len(wanting) else 0.0
@@ -948,7 +949,6 @@ def decide_batch(
     ranked_rows = m.ranked.tolist()
     n_candidates = m.n_candidates.tolist()
     targets = target.tolist()
-    tops = top.tolist()
     decisions: list[Decision] = []
     for i, state in enumerate(states):
         t = targets[i]
@@ -956,7 +956,7 @@ def decide_batch(
         if t >= 0:
             row = ranked_rows[i][: n_candidates[i]]
             ranked = [names[j] for j in row]
-            extra: list[str] = [] if t == tops[i] else ["chosen to meet the equity floor"]
+            extra: list[str] = ["chosen to meet the equity floor"] if i in moved_in else []
             reason: str | None = None
             name = names[t]
         else:

@@ -326,6 +326,8 @@ def test_batch_repairs_the_equity_floor_by_swapping(greedy: DecisionPolicy) -> N
     assert eq.loc["F", "allocated"] == 2 and eq.loc["M", "allocated"] == 2  # 2/5 vs 2/5 >= floor 0.8
     assert bool(eq["passed"].all()) and eq["ratio"].iloc[0] >= 0.8
     assert given == {"m4", "m3", "f4", "f3"}  # best of each group
+    moved_in = [d for d in batch.decisions if d.customer_key in ("f4", "f3")]
+    assert all("chosen to meet the equity floor" in d.reasons for d in moved_in)
     moved = [d for d in batch.decisions if d.customer_key in ("m2", "m1")]
     assert any("equity floor" in (d.fallback_reason or "") for d in moved)
     assert batch.value_given_up > 0

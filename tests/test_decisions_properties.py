@@ -138,3 +138,26 @@ def test_an_unconstrained_greedy_batch_is_the_single_decisions(world: tuple) -> 
     for state, d in zip(batch, result.decisions, strict=True):
         single = decide(greedy, state, channel, TODAY, seed=seed)
         assert dataclasses.asdict(d) == dataclasses.asdict(single)
+
+
+@_SETTINGS
+@given(worlds())
+def test_capacity_goes_to_the_best_priorities(world: tuple) -> None:
+    """Without equity groups and exploration, the contacted set maximises the total priority (unit weights)."""
+    policy, batch, channel, seed, share = world
+    greedy = policy.model_copy(update={"exploration": 0.0})
+    batch = [dataclasses.replace(s, group=None) for s in batch]
+    capacity = int(len(batch) * share * 0.5)
+    result = decide_batch(greedy, batch, channel, TODAY, seed=seed, capacity={channel: capacity})
+    contacted, waiting = [], []
+    for state, d in zip(batch, result.decisions, strict=True):
+        best = decide(greedy, state, channel, TODAY, seed=seed)
+        if d.actions[0].kind != "none":
+            assert d.actions[0] == best.actions[0]
+            contacted.append(d.actions[0].priority)
+        elif best.actions[0].kind != "none":
+            waiting.append(best.actions[0].priority)
+            assert d.fallback and "capacity" in (d.fallback_reason or "")
+    assert len(contacted) == min(capacity, len(contacted) + len(waiting))
+    if contacted and waiting:
+        assert min(contacted) >= max(waiting)

@@ -34,9 +34,11 @@ def synthetic_states(n: int, seed: int = 0) -> list[CustomerState]:
     """Customers shaped like the default world's scores and signals."""
     rng = np.random.default_rng(seed)
     products = [p[0] for p in ref.PRODUCTS if not p[4]]
+    margins = {p[0]: p[3] * 6 for p in ref.PRODUCTS if not p[4]}  # one table shared by everyone
     out = []
     for i in range(n):
         held = frozenset(rng.choice(products, size=int(rng.integers(0, 4)), replace=False).tolist())
+        scores = rng.random(len(products)) * 0.05
         history: tuple[tuple[str, dt.date], ...] = ()
         if rng.random() < 0.2:
             history = (("retention_offer", TODAY - dt.timedelta(days=int(rng.integers(1, 200)))),)
@@ -49,7 +51,9 @@ def synthetic_states(n: int, seed: int = 0) -> list[CustomerState]:
                 products_held=held,
                 churn_risk=float(rng.random()),
                 uplift=float(rng.normal(0.03, 0.05)),
-                propensity=dict(zip(products, (rng.random(len(products)) * 0.05).tolist(), strict=True)),
+                # No score for a product held (as the states builder leaves it out).
+                propensity={q: p for q, p in zip(products, scores.tolist(), strict=True) if q not in held},
+                margin=margins,
                 signals={
                     "yearly_value": float(rng.gamma(2, 200)),
                     "failed_self_service": float(rng.poisson(0.5)),

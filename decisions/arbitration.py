@@ -247,7 +247,9 @@ def _best_product(offered: tuple[tuple[str, float], ...], state: CustomerState) 
         p = propensity.get(product)
         if p is None or p != p:  # absent or NaN: no score for it
             continue
-        v = margin.get(product, value)
+        v = margin.get(product)
+        if v is None or v != v:  # no margin given for it: the policy's value
+            v = value
         if p * v > top:
             top, best = p * v, (product, float(p), float(v))
     return best
@@ -642,19 +644,21 @@ def _matrix(plan: _Plan, states: Sequence[CustomerState], today: dt.date, contex
             try:
                 got = pick(scores)
                 rows.append(got if len(products) > 1 else (got,))
-            except KeyError:
-                rows.append(tuple(scores.get(q, nan) for q in products))
+            except KeyError:  # some products without a score (held, or not offered): None reads as NaN
+                rows.append(tuple(map(scores.get, products)))  # type: ignore[arg-type]
     propensity = np.array(rows, dtype=float).reshape(n, len(products))
     margin = np.full((n, len(products)), np.nan)
     held = np.zeros((n, len(products)), dtype=bool)
     recent = np.zeros((n, width), dtype=np.int64)
     last_ago = np.full((n, width), 10**9, dtype=np.int64)
+    shared: dict[int, np.ndarray] = {}  # one margin table is usually shared by every customer: read it once
     for i, s in enumerate(states):
         if s.margin:
-            for q, m in s.margin.items():
-                k = where.get(q)
-                if k is not None:
-                    margin[i, k] = m
+            row = shared.get(id(s.margin))
+            if row is None:
+                row = np.array([s.margin.get(q, nan) for q in products], dtype=float)
+                shared[id(s.margin)] = row
+            margin[i] = row
         if s.products_held:
             for q in s.products_held:
                 k = where.get(q)

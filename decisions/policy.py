@@ -43,15 +43,15 @@ def _one_of(options: tuple[str, ...], what: str) -> Any:
 
     def check(value: Any) -> Any:
         if value not in options:
-            raise ValueError(f"{value!r} is not a {what} (one of {', '.join(options)})")
+            raise ValueError(f"{value!r} is not {what} (one of {', '.join(options)})")
         return value
 
     return BeforeValidator(check)
 
 
-ChannelName = Annotated[Channel, _one_of(CHANNELS, "channel")]
-PurposeName = Annotated[Purpose, _one_of(PURPOSES, "consent purpose")]
-KindName = Annotated[ActionKind, _one_of(ACTION_KINDS, "action kind")]
+ChannelName = Annotated[Channel, _one_of(CHANNELS, "a channel")]
+PurposeName = Annotated[Purpose, _one_of(PURPOSES, "a consent purpose")]
+KindName = Annotated[ActionKind, _one_of(ACTION_KINDS, "an action kind")]
 
 
 class _Strict(BaseModel):

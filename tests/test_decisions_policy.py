@@ -91,7 +91,7 @@ _CALLBACK = 14  # actions[14] is the service-recovery callback
     ("path", "value", "message"),
     [
         (("actions", 2, "channels"), ["web", "fax"], r"actions\[2\]\.channels\[1\]: 'fax' is not a channel"),
-        (("actions", 0, "kind"), "upsell", r"actions\[0\]\.kind: 'upsell' is not a action kind"),
+        (("actions", 0, "kind"), "upsell", r"actions\[0\]\.kind: 'upsell' is not an action kind"),
         (("actions", 0, "purpose"), "spam", r"actions\[0\]\.purpose: 'spam' is not a consent purpose"),
         (("actions", 0, "colour"), "red", r"actions\[0\]\.colour: Extra inputs are not permitted"),
         (("actions", 0, "purpose"), None, r"actions\[0\]\.purpose: a retention_offer needs a consent purpose"),

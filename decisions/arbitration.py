@@ -154,7 +154,7 @@ def _contacts(history: Sequence[tuple[str, dt.date]]) -> dict[str, list[dt.date]
     """Past contact dates per action."""
     by_action: dict[str, list[dt.date]] = {}
     for action, day in history:
-        by_action.setdefault(action, []).append(day)
+        by_action.setdefault(action, []).append(day.date() if isinstance(day, dt.datetime) else day)
     return by_action
 
 
@@ -669,7 +669,7 @@ def _matrix(plan: _Plan, states: Sequence[CustomerState], today: dt.date, contex
                 j = col.get(name)
                 if j is None:
                     continue
-                ago = (today - day).days
+                ago = (today - (day.date() if isinstance(day, dt.datetime) else day)).days
                 if ago < actions[j].window_days:
                     recent[i, j] += 1
                 if ago < last_ago[i, j]:

@@ -199,6 +199,15 @@ def test_contact_caps_and_cool_downs(greedy: DecisionPolicy, history: list, reas
         assert refused[action].startswith(reason)
 
 
+def test_history_may_hold_timestamps(greedy: DecisionPolicy) -> None:
+    stamp = dt.datetime(2026, 11, 28, 15, 30)
+    state = customer(history=[("cross_sell_tv", stamp)])
+    _, refused = eligible(greedy, state, "email", TODAY)
+    assert refused["cross_sell_tv"].startswith("cool-down: last on 2026-11-28")
+    batch = decide_batch(greedy, [state], "email", TODAY, seed=0)
+    assert "cross_sell_tv: " + refused["cross_sell_tv"] in batch.decisions[0].reasons
+
+
 def test_channel_decides_what_is_offered(greedy: DecisionPolicy) -> None:
     _, refused = eligible(greedy, customer(), "web", TODAY)
     assert refused["retention_offer"] == "not offered on web"

@@ -916,6 +916,7 @@ def decide_batch(
     capacity: Mapping[str, int] | None = None,
     context: Mapping[str, str] | None = None,
     policy_version: str | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> BatchDecision:
     """Decide a campaign: per-customer arbitration, then channel capacity and equity floors over the batch.
 
@@ -923,6 +924,10 @@ def decide_batch(
     with one contact each); the equity floor is repaired by swaps; the rest get the fallback, said in each
     decision. Only contacted customers explore, and only among their own eligible actions, so exploration
     never breaks capacity, caps, cool-downs or consent. A customer may appear once per batch.
+
+    The exploration draws come from `seed`, or, when `seeds` gives one per customer (e.g. from each
+    decision's id), from each customer's own seed exactly as `decide` draws them, so a logged decision can
+    be replayed on its own.
     """
     _check_channel(channel)
     limit = _batch_capacity(policy, channel, capacity)
@@ -948,7 +953,12 @@ def decide_batch(
     net = m.p * m.v - costs if m.actions else np.zeros((n, 0))
     unconstrained = float(net[wanting, top[wanting]].sum()) if len(wanting) else 0.0
 
-    draws = np.random.default_rng(seed).random((n, 2)).tolist()
+    if seeds is not None:
+        if len(seeds) != n:
+            raise ValueError(f"seeds: {len(seeds)} seeds for {n} customers")
+        draws = [[r.random(), r.random()] for r in map(random.Random, seeds)]
+    else:
+        draws = np.random.default_rng(seed).random((n, 2)).tolist()
     codes = m.code.tolist()
     ranked_rows = m.ranked.tolist()
     n_candidates = m.n_candidates.tolist()

@@ -380,6 +380,8 @@ def test_batch_refuses_a_customer_twice_and_bad_capacity(greedy: DecisionPolicy)
         decide_batch(greedy, [customer("a")], "email", TODAY, seed=0, capacity={"fax": 1})
     with pytest.raises(ValueError, match="capacity.email: -1 is negative"):
         decide_batch(greedy, [customer("a")], "email", TODAY, seed=0, capacity={"email": -1})
+    with pytest.raises(ValueError, match="seeds: 1 seeds for 2 customers"):
+        decide_batch(greedy, [customer("a"), customer("b")], "email", TODAY, seed=0, seeds=[1])
     empty = decide_batch(greedy, [], "email", TODAY, seed=0)
     assert empty.decisions == [] and empty.value == 0 and empty.allocation.empty
 

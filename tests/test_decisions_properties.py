@@ -161,3 +161,13 @@ def test_capacity_goes_to_the_best_priorities(world: tuple) -> None:
     assert len(contacted) == min(capacity, len(contacted) + len(waiting))
     if contacted and waiting:
         assert min(contacted) >= max(waiting)
+
+
+@_SETTINGS
+@given(worlds())
+def test_a_batch_with_a_seed_per_customer_replays_each_decision(world: tuple) -> None:
+    policy, batch, channel, seed, _ = world
+    seeds = [seed + i for i in range(len(batch))]
+    result = decide_batch(policy, batch, channel, TODAY, seed=0, seeds=seeds, capacity={channel: len(batch)})
+    for state, d, s in zip(batch, result.decisions, seeds, strict=True):
+        assert dataclasses.asdict(d) == dataclasses.asdict(decide(policy, state, channel, TODAY, seed=s))

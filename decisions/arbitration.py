@@ -10,6 +10,9 @@ policy, and the whole distribution, travel with the decision for off-policy eval
 
 For a batch (a campaign): the same per customer, then the channel's daily capacity and the equity floor
 are solved over the whole batch, and the value given up against the unconstrained choice is reported.
+A decision is one contact whatever its number of actions. Customers the capacity leaves out get the
+fallback with probability 1 (they do not explore: an explored contact would break the capacity), so
+off-policy estimates over a campaign's log speak for the contacted customers' choices.
 
 Everything here is pure: states in, decisions out; the randomness comes only from `seed`.
 """

@@ -1,0 +1,1 @@
+"""Next-best-action decisions: policies, eligibility, arbitration under constraints, off-policy evaluation."""

@@ -413,6 +413,7 @@ def fit_reward_model(
     *,
     action_features: ArrayLike | None = None,
     groups: ArrayLike | None = None,
+    interactions: bool = True,
     n_folds: int = 3,
     seed: int = 0,
     estimator: Callable[[], Any] | None = None,
@@ -420,7 +421,8 @@ def fit_reward_model(
     """Cross-fitted predicted reward of every action for every logged decision: an (n, n_actions) matrix.
 
     The model sees the decision's `features` (None: none, a per-action model) joined to the action's
-    `action_features` (default one-hot); binary rewards get a logistic regression (probabilities),
+    `action_features` (default one-hot) and, with `interactions`, their products (so each action can
+    respond to the features differently; obp's models have none); binary rewards get a logistic regression (probabilities),
     others a ridge regression, unless `estimator` builds another scikit-learn model. Rows are split in
     `n_folds`; each fold is predicted by a model fitted on the others (a fold whose training rewards
     are all equal gets that constant). With `groups` (e.g. the slot or channel of each decision), each
@@ -456,6 +458,12 @@ def fit_reward_model(
             raise ValueError(f"groups: expected {n} group labels, got shape {raw_groups.shape}")
         group = pd.factorize(raw_groups)[0].astype(np.int64)
 
+    def design(context: FloatArray, action: FloatArray) -> FloatArray:
+        if not interactions or context.shape[1] == 0:
+            return np.hstack([context, action])
+        products = (context[:, :, None] * action[:, None, :]).reshape(context.shape[0], -1)
+        return np.hstack([context, action, products])
+
     predictions = np.empty((n, n_actions))
     folds = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for fold_train, fold_test in folds.split(x):
@@ -467,9 +475,9 @@ def fit_reward_model(
             if train.size == 0 or np.unique(r[train]).size < 2:
                 predictions[test] = r[train][0] if train.size else r[fold_train].mean()
                 continue
-            model = build().fit(np.hstack([x[train], act[a[train]]]), r[train])
+            model = build().fit(design(x[train], act[a[train]]), r[train])
             for action in range(n_actions):
-                x_test = np.hstack([x[test], np.repeat(act[action : action + 1], test.size, axis=0)])
+                x_test = design(x[test], np.repeat(act[action : action + 1], test.size, axis=0))
                 if binary and hasattr(model, "predict_proba"):
                     predictions[test, action] = model.predict_proba(x_test)[:, 1]
                 else:

@@ -199,6 +199,7 @@ def _reward_model(log: BanditLog, n_folds: int, seed: int) -> FloatArray:
         log.n_actions,
         action_features=log.action_context,
         groups=log.position,
+        interactions=False,
         n_folds=n_folds,
         seed=seed,
     )

@@ -42,7 +42,11 @@ Interval = Literal["normal", "bootstrap"]
 FloatArray = NDArray[np.float64]
 #: Row-sum tolerance for probability distributions (the service rounds nothing, but JSON may).
 _SUM_TOLERANCE = 1e-6
+#: `evaluate` renormalises target rows this close to 1 (rounded JSON).
+_ROUNDING_TOLERANCE = 1e-3
 _BOOTSTRAP_CHUNK = 64
+#: Rows per reward-model prediction call (held-out rows x actions).
+_PREDICT_ROWS = 200_000
 
 
 @dataclass(frozen=True)
@@ -422,11 +426,12 @@ def fit_reward_model(
 
     The model sees the decision's `features` (None: none, a per-action model) joined to the action's
     `action_features` (default one-hot) and, with `interactions`, their products (so each action can
-    respond to the features differently; obp's models have none); binary rewards get a logistic regression (probabilities),
-    others a ridge regression, unless `estimator` builds another scikit-learn model. Rows are split in
-    `n_folds`; each fold is predicted by a model fitted on the others (a fold whose training rewards
-    are all equal gets that constant). With `groups` (e.g. the slot or channel of each decision), each
-    group gets its own model within each fold, as obp fits one per position.
+    respond to the features differently; obp's models have none). Binary rewards get a logistic
+    regression (probabilities), others a ridge regression, unless `estimator` builds another
+    scikit-learn model. Rows are split in `n_folds`; each fold is predicted by a model fitted on the
+    others (a fold whose training rewards are all equal gets that constant). With `groups` (e.g. the
+    slot or channel of each decision), each group gets its own model within each fold, as obp fits one
+    per position.
     """
     from sklearn.model_selection import KFold
 
@@ -476,19 +481,26 @@ def fit_reward_model(
                 predictions[test] = r[train][0] if train.size else r[fold_train].mean()
                 continue
             model = build().fit(design(x[train], act[a[train]]), r[train])
-            for action in range(n_actions):
-                x_test = design(x[test], np.repeat(act[action : action + 1], test.size, axis=0))
+            # Every action for every held-out row, in blocks of actions (one model call per block).
+            block = max(1, _PREDICT_ROWS // test.size)
+            for first in range(0, n_actions, block):
+                chosen = np.arange(first, min(first + block, n_actions))
+                x_test = design(np.tile(x[test], (chosen.size, 1)), np.repeat(act[chosen], test.size, axis=0))
                 if binary and hasattr(model, "predict_proba"):
-                    predictions[test, action] = model.predict_proba(x_test)[:, 1]
+                    predicted = model.predict_proba(x_test)[:, 1]
                 else:
-                    predictions[test, action] = model.predict(x_test)
+                    predicted = model.predict(x_test)
+                predictions[np.ix_(test, chosen)] = np.asarray(predicted, dtype=np.float64).reshape(chosen.size, -1).T
     return predictions
 
 
 # ---------------------------------------------------------------------------------- the decision log
 
 TargetPolicy = (
-    Mapping[str, float] | pd.DataFrame | Callable[[pd.DataFrame], "pd.DataFrame | Sequence[Mapping[str, float]]"]
+    Mapping[str, float]
+    | Sequence[Mapping[str, float]]
+    | pd.DataFrame
+    | Callable[[pd.DataFrame], "pd.DataFrame | Sequence[Mapping[str, float]]"]
 )
 LOG_COLUMNS = ("decision_id", "action", "probability", "reward")
 
@@ -508,6 +520,8 @@ def _target_frame(log: pd.DataFrame, target: TargetPolicy) -> pd.DataFrame:
     """The target policy's distribution for each logged decision: rows as the log's, a column per action."""
     if isinstance(target, pd.DataFrame):
         frame = target
+    elif isinstance(target, list | tuple):
+        frame = pd.DataFrame([dict(m) for m in target])
     elif isinstance(target, Mapping):
         frame = pd.DataFrame([dict(target)] * len(log))
     elif callable(target):
@@ -518,6 +532,10 @@ def _target_frame(log: pd.DataFrame, target: TargetPolicy) -> pd.DataFrame:
     if len(frame) != len(log):
         raise ValueError(f"target: {len(frame)} distributions for {len(log)} logged decisions")
     frame = frame.reset_index(drop=True).astype(np.float64).fillna(0.0)
+    # Logged distributions may be rounded (JSON, 4-6 decimals): renormalise near-1 rows, leave others to fail.
+    sums = frame.sum(axis=1)
+    near = (sums - 1).abs() < _ROUNDING_TOLERANCE
+    frame.loc[near] = frame.loc[near].div(sums[near], axis=0)
     return frame
 
 
@@ -540,9 +558,10 @@ def evaluate(
         log: the decision log joined to rewards: decision_id, action (the first chosen action), probability
             (its logged probability), reward, and optionally action_probabilities (JSON or mapping, the
             logging policy's full distribution; used for the support diagnostic).
-        target: the evaluated policy's distribution over actions: one mapping for every decision, a frame
-            with one row per logged decision and a column per action, or a callable that takes the log
-            and returns either.
+        target: the evaluated policy's distribution over actions: one mapping for every decision, a list of
+            mappings or a frame (a column per action) with one row per logged decision (e.g. a candidate
+            policy's `Decision.action_probabilities` for the logged customers), or a callable that takes
+            the log and returns either.
         reward_predictions: (rows as the log's, a column per action) predicted rewards for DR; default: a
             cross-fitted model on `features` or, without them, per-action means.
         features: numeric decision features for the default reward model (rows as the log's).
@@ -619,6 +638,32 @@ def evaluate(
         doubly_robust(rewards, logged, dist, chosen, q, clip=clip, **kwargs),
     ]
     return [results[0], *(_with_support(e, support) for e in results[1:])]
+
+
+def join_rewards(
+    decisions: pd.DataFrame,
+    outcomes: pd.DataFrame,
+    reward_of: Mapping[str, float] | None = None,
+) -> pd.DataFrame:
+    """The decision log with a `reward` column from its outcomes, ready for `evaluate`.
+
+    A decision's reward is the sum of `reward_of[event]` over the distinct events logged for it (default
+    {"conversion": 1.0}: converted or not); events not in the mapping (impressions, frontline feedback)
+    count nothing, and a decision without any counts 0. Evaluate only decisions old enough for their
+    outcomes to have arrived.
+    """
+    values = dict(reward_of) if reward_of is not None else {"conversion": 1.0}
+    for name, frame, columns in (
+        ("decisions", decisions, ["decision_id"]),
+        ("outcomes", outcomes, ["decision_id", "event"]),
+    ):
+        absent = [c for c in columns if c not in frame.columns]
+        if absent:
+            raise ValueError(f"{name}: missing column(s) {absent}")
+    counted = outcomes.loc[outcomes["event"].isin(list(values)), ["decision_id", "event"]].drop_duplicates()
+    per_decision = counted.assign(value=counted["event"].map(values)).groupby("decision_id")["value"].sum()
+    reward = decisions["decision_id"].map(per_decision).fillna(0.0).astype(np.float64)
+    return decisions.assign(reward=reward.to_numpy())
 
 
 def _with_support(estimate: Estimate, support: float) -> Estimate:

@@ -25,6 +25,7 @@ from decisions.ope import (
     evaluate,
     fit_reward_model,
     ips,
+    join_rewards,
     on_policy,
     snips,
 )
@@ -113,6 +114,7 @@ def test_the_target_is_worth_more_than_the_logging_policy() -> None:
     assert on_policy(log.reward).high < TRUTH - 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ips", "dr"])
 def test_unbiased_estimators_average_to_the_truth(repeats: dict[str, list[Estimate]], name: str) -> None:
     values = np.array([e.value for e in repeats[name]])
@@ -120,6 +122,7 @@ def test_unbiased_estimators_average_to_the_truth(repeats: dict[str, list[Estima
     assert abs(values.mean() - TRUTH) < 4 * se_of_mean
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ips", "snips", "dr"])
 def test_intervals_cover_the_truth_at_about_the_nominal_rate(repeats: dict[str, list[Estimate]], name: str) -> None:
     coverage = np.mean([e.covers(TRUTH) for e in repeats[name]])
@@ -127,6 +130,7 @@ def test_intervals_cover_the_truth_at_about_the_nominal_rate(repeats: dict[str, 
     assert 0.89 <= coverage <= 0.99, coverage
 
 
+@pytest.mark.slow
 def test_snips_bias_is_small_and_dr_has_less_variance_than_ips(repeats: dict[str, list[Estimate]]) -> None:
     sd = {name: np.std([e.value for e in estimates], ddof=1) for name, estimates in repeats.items()}
     snips_mean = np.mean([e.value for e in repeats["snips"]])
@@ -137,6 +141,7 @@ def test_snips_bias_is_small_and_dr_has_less_variance_than_ips(repeats: dict[str
     assert np.mean([e.std_error for e in repeats["dr"]]) < np.mean([e.std_error for e in repeats["ips"]])
 
 
+@pytest.mark.slow
 def test_clipping_trades_bias_for_variance(repeats: dict[str, list[Estimate]]) -> None:
     clipped, plain = repeats["ips_clipped"], repeats["ips"]
     assert np.std([e.value for e in clipped]) < np.std([e.value for e in plain])
@@ -326,6 +331,31 @@ def test_evaluate_takes_a_callable_a_fixed_distribution_and_given_reward_predict
     assert oracle[3].value == pytest.approx(doubly_robust(log.reward, log.pscore, log.target, log.action, log.mu).value)
 
 
+def test_join_rewards_counts_each_event_once_and_no_outcome_as_zero() -> None:
+    decisions = pd.DataFrame({"decision_id": ["a", "b", "c", "d"], "action": ["x"] * 4})
+    outcomes = pd.DataFrame(
+        {
+            "decision_id": ["a", "a", "a", "b", "b", "c"],
+            "event": ["impression", "conversion", "conversion", "click", "complaint", "feedback"],
+        }
+    )
+    joined = join_rewards(decisions, outcomes)
+    assert joined["reward"].tolist() == [1.0, 0.0, 0.0, 0.0]
+    weighted = join_rewards(decisions, outcomes, {"conversion": 1.0, "click": 0.1, "complaint": -0.5})
+    assert weighted["reward"].tolist() == pytest.approx([1.0, -0.4, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"^outcomes: missing column\(s\) \['event'\]"):
+        join_rewards(decisions, outcomes.drop(columns=["event"]))
+
+
+def test_evaluate_takes_a_list_of_decision_distributions_rounded_as_json_stores_them() -> None:
+    log = simulate(1000, 14)
+    decisions = _decision_log(log)
+    rounded = [{k: round(v, 4) for k, v in zip(NAMES, row.tolist(), strict=True)} for row in log.target]
+    from_list = evaluate(decisions, rounded)
+    exact = evaluate(decisions, _target_frame(log))
+    assert [e.value for e in from_list] == pytest.approx([e.value for e in exact], rel=1e-3)
+
+
 def test_evaluate_reports_the_target_mass_the_log_cannot_support() -> None:
     log = simulate(1000, 11)
     decisions = _decision_log(log)
@@ -363,3 +393,93 @@ def test_evaluate_bad_logs_name_the_field(mutate, target, message: str) -> None:
     decisions = mutate(_decision_log(log))
     with pytest.raises(ValueError, match=message):
         evaluate(decisions, target if target is not None else _target_frame(log).iloc[: len(decisions)])
+
+
+# ------------------------------------------------------------------------ the Open Bandit Dataset sample
+
+from decisions import open_bandit  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def obd_validation() -> open_bandit.OpenBanditValidation:
+    """obp's protocol on the shipped sample: the random log (10,000 impressions) reweighted to BTS."""
+    return open_bandit.validate_on_open_bandit("all", n_sim=100_000, seed=12345)
+
+
+def test_the_sample_is_read_without_importing_obp() -> None:
+    # In a fresh interpreter: finding and reading the data must not execute obp (it would need torch).
+    code = (
+        "import sys; from decisions.open_bandit import load_open_bandit, bts_prior; "
+        "log = load_open_bandit('random', 'all'); bts_prior('all'); "
+        "print(log.n_rounds, log.n_actions, log.len_list, log.context.shape[1], 'obp' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    # As obp's OpenBanditDataset reads it: 10,000 impressions, 80 items, 3 positions, 20 user one-hots.
+    assert out == ["10000", "80", "3", "20", "False"]
+
+
+def test_the_random_log_is_uniform_and_the_bts_log_is_not() -> None:
+    random_log = open_bandit.load_open_bandit("random", "all")
+    assert np.allclose(random_log.pscore, 1 / 80)
+    assert set(np.unique(random_log.position)) == {0, 1, 2}
+    assert random_log.action_context.shape == (80, 4)
+    bts_log = open_bandit.load_open_bandit("bts", "all")
+    assert bts_log.pscore.std() > 0 and bts_log.reward.mean() > random_log.reward.mean()
+
+
+def test_bts_action_distribution_reproduces_obps_published_one() -> None:
+    alpha, beta = open_bandit.bts_prior("all")
+    dist = open_bandit.bts_action_distribution(alpha, beta, 3, n_sim=100_000, seed=12345)
+    assert dist.shape == (80, 3) and np.allclose(dist.sum(axis=0), 1)
+    # obp's quickstart (examples/quickstart/obd.ipynb) prints these rows of BernoulliTS.compute_batch_action_dist
+    # (is_zozotown_prior, campaign "all", n_sim=100,000); Monte Carlo error is about 3e-4 at p=0.01, 8e-4 at 0.07.
+    published = {0: [0.01078, 0.00931, 0.00917], 1: [0.00167, 0.00077, 0.00076], 79: [0.0582, 0.07603, 0.07998]}
+    for item, row in published.items():
+        assert dist[item] == pytest.approx(row, abs=0.0025), item
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ips", "snips", "dr"])
+def test_estimates_from_the_random_log_cover_bts_click_rate(
+    obd_validation: open_bandit.OpenBanditValidation, name: str
+) -> None:
+    truth = obd_validation.truth.value
+    assert truth == pytest.approx(0.0042)  # 42 clicks in the BTS log's 10,000 impressions
+    estimate = {e.estimator: e for e in obd_validation.estimates}[name]
+    assert estimate.covers(truth), (estimate, truth)
+    # Documented bounds (figures in the note): IPS 0.084 (obp publishes 0.084), SNIPS 0.137, DR 0.126.
+    assert estimate.relative_error(truth) < 0.2
+    assert estimate.effective_n < 0.25 * estimate.n  # BTS concentrates on a few items: the log is worth ~1,600 rows
+
+
+@pytest.mark.slow
+def test_ips_reproduces_obps_published_estimate(obd_validation: open_bandit.OpenBanditValidation) -> None:
+    ips_estimate = {e.estimator: e for e in obd_validation.estimates}["ips"]
+    # obp's quickstart: IPW 0.004553, relative-ee 0.084019 against the BTS log's 0.0042.
+    assert ips_estimate.value == pytest.approx(0.004553, rel=0.01)
+    assert ips_estimate.relative_error(obd_validation.truth.value) == pytest.approx(
+        open_bandit.OBP_PUBLISHED_RELATIVE_ERRORS["ipw"], abs=0.01
+    )
+    table = obd_validation.frame()
+    assert list(table["estimator"]) == ["ips", "snips", "dr", "dm"] and table["covers"].iloc[:3].all()
+
+
+@pytest.mark.slow
+def test_bootstrap_protocol_relative_errors() -> None:
+    errors = open_bandit.bootstrap_relative_errors("all", n_boot=3, n_sim=20_000)
+    assert len(errors) == 3 * 4 and set(errors["estimator"]) == {"ips", "snips", "dr", "dm"}
+    mean = errors.groupby("estimator")["relative_error"].mean()
+    assert (mean < 1.0).all()
+
+
+def test_missing_obp_data_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(open_bandit.OpenBanditDataMissing, match="ships it"):
+        open_bandit.load_open_bandit("random", "all", root=tmp_path)
+    with pytest.raises(open_bandit.OpenBanditDataMissing, match="ships it"):
+        open_bandit.bts_prior("all", root=tmp_path)
+    with pytest.raises(ValueError, match="^behavior:"):
+        open_bandit.load_open_bandit("greedy", "all")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="^campaign:"):
+        open_bandit.load_open_bandit("random", "kids")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="^len_list:"):
+        open_bandit.bts_action_distribution(np.ones(3), np.ones(3), 4)

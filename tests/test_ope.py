@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -413,7 +414,9 @@ def test_the_sample_is_read_without_importing_obp() -> None:
         "log = load_open_bandit('random', 'all'); bts_prior('all'); "
         "print(log.n_rounds, log.n_actions, log.len_list, log.context.shape[1], 'obp' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    out = done.stdout.split()
     # As obp's OpenBanditDataset reads it: 10,000 impressions, 80 items, 3 positions, 20 user one-hots.
     assert out == ["10000", "80", "3", "20", "False"]
 

@@ -519,6 +519,10 @@ def _as_mapping(value: object, row: int) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()}
 
 
+def _present(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def _target_frame(log: pd.DataFrame, target: TargetPolicy) -> pd.DataFrame:
     """The target policy's distribution for each logged decision: rows as the log's, a column per action."""
     if isinstance(target, pd.DataFrame):
@@ -618,9 +622,13 @@ def evaluate(
 
     support = 1.0
     if "action_probabilities" in log.columns:
-        logged_dist = [_as_mapping(v, i) for i, v in enumerate(log["action_probabilities"])]
-        possible = np.array([[d.get(a, 0.0) > 0 for a in actions] for d in logged_dist])
-        support = float((dist * possible).sum(axis=1).mean())
+        # Rows logged without a distribution (None) say nothing about support and are left out.
+        known = [(i, _as_mapping(v, i)) for i, v in enumerate(log["action_probabilities"]) if _present(v)]
+        if known:
+            possible = np.array([[d.get(a, 0.0) > 0 for a in actions] for _, d in known])
+            support = float((dist[[i for i, _ in known]] * possible).sum(axis=1).mean())
+        else:
+            support = math.nan
 
     if reward_predictions is not None:
         frame = reward_predictions.reset_index(drop=True)

@@ -364,6 +364,11 @@ def test_evaluate_reports_the_target_mass_the_log_cannot_support() -> None:
     # mass is on it, so IPS-type estimates see only the other half.
     estimates = evaluate(decisions, {"upgrade": 0.5, "callback": 0.5})
     assert [e.support for e in estimates[1:]] == pytest.approx([0.5, 0.5, 0.5])
+    # Rows logged without their distribution are left out of the diagnostic; none at all: unknown.
+    decisions.loc[:499, "action_probabilities"] = None
+    assert evaluate(decisions, {"upgrade": 0.5, "callback": 0.5})[1].support == pytest.approx(0.5)
+    decisions["action_probabilities"] = None
+    assert np.isnan(evaluate(decisions, {"upgrade": 0.5, "callback": 0.5})[1].support)
 
 
 def test_evaluate_missing_rewards_are_an_error_unless_told() -> None:

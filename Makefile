@@ -21,6 +21,9 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	# real-data tests read them. Only the data is used (the packages are never imported), so their own
 	# dependencies (torch, autograd, ...) are not installed.
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps recbole==1.2.1 lifetimes==0.11.3
+	# The Open Bandit Dataset sample (random and Thompson-sampling logs) and BTS prior ship inside obp's wheel:
+	# the off-policy estimators' real-data test reads them by path (obp needs torch; it is never imported).
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps obp==0.5.7
 	touch $(STAMP)
 
 install: $(STAMP)

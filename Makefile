@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
 # constraints.txt locks the set of versions known to work together (see ../shared/DESIGN.md).
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt Makefile
 	$(BIN)/uv pip install --python $(BIN)/python --constraint constraints.txt -e '.[dev]'
 	# MovieLens-100k ships inside RecBole's wheel, CDNOW inside lifetimes': the recommender's and BG/NBD's
 	# real-data tests read them. Only the data is used (the packages are never imported), so their own

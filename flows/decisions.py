@@ -29,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 
 from custintel.settings import Settings
 from decisions.arbitration import CustomerState
-from decisions.policy import DecisionPolicy, Purpose, load_policy
+from decisions.policy import DecisionPolicy, Purpose, default_policy_text, load_policy
 from decisions.simulation import Simulation, simulate
 from decisions.states import customer_states
 from decisions.truth import TruthComparison, capacity_curve, compare_targeting
@@ -48,7 +48,6 @@ log = logging.getLogger("custintel.decisions")
 REGISTERED_NAME = "custintel-nba"
 ATTRIBUTES = "attributes@1"
 INTERACTIONS = "interactions@1"
-PACKAGED_POLICY = Path(__file__).resolve().parent.parent / "decisions" / "policy.yaml"
 
 
 class DecisionGateError(RuntimeError):
@@ -84,25 +83,38 @@ class Population:
 # --- the policy ---------------------------------------------------------------------------------------------------
 
 
-def policy_path(settings: Settings, path: Path | None) -> Path:
-    """The policy file: the one named, else the settings' (CUSTINTEL_DECISION_POLICY), else the packaged one."""
-    chosen = path or getattr(settings, "decision_policy", None) or PACKAGED_POLICY
-    if not Path(chosen).is_file():
-        raise DecisionGateError(f"policy: no file at {chosen}")
-    return Path(chosen)
+def policy_source(settings: Settings, path: Path | None) -> tuple[str, DecisionPolicy]:
+    """The policy's text and model: the file named, else the settings' (CUSTINTEL_DECISION_POLICY), else the packaged.
+
+    The registered text is the file's own (comments included), so what is served reads as it was reviewed.
+    """
+    chosen = path or settings.decision_policy
+    if chosen is None:
+        text = default_policy_text()
+    else:
+        if not Path(chosen).is_file():
+            raise DecisionGateError(f"policy: no file at {chosen}")
+        text = Path(chosen).read_text(encoding="utf-8")
+    return text, load_policy(text)
 
 
-def register(settings: Settings, path: Path | None, name: str = REGISTERED_NAME) -> decision_gate.PolicyCandidate:
+def registered_name(policy: DecisionPolicy, name: str | None = None) -> str:
+    """The registered model a policy is versioned under: the name asked for, else the policy's own name."""
+    return name or policy.name or REGISTERED_NAME
+
+
+def register(settings: Settings, path: Path | None, name: str | None = None) -> decision_gate.PolicyCandidate:
     """Validate the policy file and register it (a new version, `challenger`; the same text: its version)."""
-    source = policy_path(settings, path)
-    text = source.read_text(encoding="utf-8")
-    policy = load_policy(text)
+    text, policy = policy_source(settings, path)
     digest = policy.digest()
     registry = Registry(settings)
-    version = registry.register_policy(name, text, digest, {"custintel.policy_name": policy.name})
-    run_id = registry.version(name, version).run_id
+    target = registered_name(policy, name)
+    version = registry.register_policy(target, text, digest, {"custintel.policy_name": policy.name})
+    run_id = registry.version(target, version).run_id
     assert run_id is not None  # register_policy always logs the run
-    return decision_gate.PolicyCandidate(name, version, run_id, policy, digest, registry.alias_version(name, CHAMPION))
+    return decision_gate.PolicyCandidate(
+        target, version, run_id, policy, digest, registry.alias_version(target, CHAMPION)
+    )
 
 
 # --- the population -----------------------------------------------------------------------------------------------
@@ -232,17 +244,6 @@ def read_consent(settings: Settings, keys: Sequence[str]) -> dict[str, dict[Purp
     return out
 
 
-def read_margins(settings: Settings) -> dict[str, float]:
-    """Each product's monthly price from the catalogue, as its margin (empty when the lake has no catalogue)."""
-    from features.lake import IngestError, read_lake_table
-
-    try:
-        catalogue = read_lake_table(settings, "product_catalogue")
-    except IngestError:
-        return {}
-    return dict(zip(catalogue["product_id"].astype(str), catalogue["monthly_price"].astype(float), strict=True))
-
-
 def population(settings: Settings, policy: DecisionPolicy, as_of: dt.date | None = None) -> Population:
     """The customers at `as_of` (default: the latest cutoff), scored by the champions, with consent and groups."""
     day = as_of or latest_cutoff(settings)
@@ -257,7 +258,7 @@ def population(settings: Settings, policy: DecisionPolicy, as_of: dt.date | None
         minors = (frame["age_years"].astype(float) < policy.minors.age_below).to_numpy()
     return Population(
         as_of=day, features=frame, churn_risk=scores["churn_risk"], uplift=scores["uplift"],
-        propensity=scores["propensity"], margins=read_margins(settings),
+        propensity=scores["propensity"], margins={},  # the policy file's reviewed value per product applies
         consent=read_consent(settings, frame["customer_key"].astype(str).tolist()), minors=minors, groups=groups,
         products_held=scores.get("held", {}), champions=scores["champions"], notes=notes,
     )  # fmt: skip
@@ -491,9 +492,10 @@ def run_policy_gate(
     waiver: Waiver | None,
     actor: str,
     steps: PolicySteps,
-    name: str = REGISTERED_NAME,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Register, simulate, estimate, measure, judge and record one policy, under the registered policy's lock."""
+    name = registered_name(policy_source(settings, path)[1], name)
     with store.model_lock(settings, name):
         candidate = steps.register(settings, path, name)
         policy = candidate.policy
@@ -551,12 +553,13 @@ def promote_decision_policy(
     approver: str | None = None,
     reason: str | None = None,
     actor: str | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Register a decision policy and promote it to @champion if the gate's checks pass (or a waiver covers them)."""
     waiver = Waiver(approver, reason or "") if approver else None
     decision = run_policy_gate(
         Settings.from_flow(settings), Path(policy) if policy else None, Path(truth) if truth else None, waiver,
-        actor or store.actor(), TASK_STEPS,
+        actor or store.actor(), TASK_STEPS, name,
     )  # fmt: skip
     task(name="publish-policy-decision", cache_policy=NO_CACHE)(publish)(decision)
     return decision

@@ -24,7 +24,9 @@ PolicyOption = Annotated[
         help="Decision policy YAML. Default: $CUSTINTEL_DECISION_POLICY, else the packaged decisions/policy.yaml.",
     ),
 ]
-NameOption = Annotated[str, typer.Option("--name", help="Registered model name of the policy.")]
+NameOption = Annotated[
+    str | None, typer.Option("--name", help="Registered model name of the policy (default: the policy's name).")
+]
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -37,7 +39,7 @@ def _errors() -> tuple[type[BaseException], ...]:
 
 
 @decisions_app.command("register")
-def register(policy: PolicyOption = None, name: NameOption = "custintel-nba") -> None:
+def register(policy: PolicyOption = None, name: NameOption = None) -> None:
     """Validate a policy file and register it as a new version (@challenger); the same file keeps its version."""
     from flows.decisions import register as register_policy
 
@@ -59,7 +61,7 @@ def promote(
     ] = None,  # fmt: skip
     approver: Annotated[str | None, typer.Option(help="Waive a failed equity check: the approver's name.")] = None,
     reason: Annotated[str | None, typer.Option(help="With --approver: why the failure is accepted.")] = None,
-    name: NameOption = "custintel-nba",
+    name: NameOption = None,
     engine: Annotated[
         Engine,
         typer.Option(help="prefect: run as the Prefect flow promote_decision_policy (tracked); local: call the steps."),
@@ -88,7 +90,7 @@ def promote(
 
         return promote_decision_policy(
             str(policy) if policy else None, config.to_flow(), str(truth_dir) if truth_dir else None, approver, reason,
-            who,
+            who, name,
         )  # fmt: skip
 
     def locally(say: Any) -> dict[str, Any]:
@@ -137,19 +139,21 @@ def print_decision(decision: dict[str, Any]) -> None:
 
 
 @decisions_app.command("show")
-def show(name: NameOption = "custintel-nba") -> None:
+def show(name: NameOption = None, policy: PolicyOption = None) -> None:
     """The champion and challenger policy versions, with the champion's policy name and digest."""
     from decisions.policy import load_policy
+    from flows.decisions import policy_source, registered_name
     from models.registry import CHALLENGER, CHAMPION, Registry
 
     with expected(*_errors()):
+        name = registered_name(policy_source(settings(), policy)[1], name)
         registry = Registry(settings())
         champion = registry.policy_version(name, CHAMPION)
         challenger = registry.alias_version(name, CHALLENGER) if registry.exists() else None
     if champion is None and challenger is None:
         raise fail(f"no registered policy {name}: `custintel decisions promote` first")
     if champion is not None:
-        policy = load_policy(champion[1])
-        console.print(f"@champion v{champion[0]}: {policy.name} (sha256 {policy.digest()[:12]}), "
-                      f"{len(policy.actions)} actions")  # fmt: skip
+        served = load_policy(champion[1])
+        console.print(f"@champion v{champion[0]}: {served.name} (sha256 {served.digest()[:12]}), "
+                      f"{len(served.actions)} actions")  # fmt: skip
     console.print(f"@challenger: {'v' + challenger if challenger else 'none'}")

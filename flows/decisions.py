@@ -48,6 +48,7 @@ log = logging.getLogger("custintel.decisions")
 REGISTERED_NAME = "custintel-nba"
 ATTRIBUTES = "attributes@1"
 INTERACTIONS = "interactions@1"
+PROPENSITY_CHUNK = 2_000  # customers whose (customer, product) rows are scored at once
 
 
 class DecisionGateError(RuntimeError):
@@ -211,12 +212,16 @@ def score_customers(settings: Settings, frame: pd.DataFrame, as_of: dt.date) -> 
     for column in ("purchases", "refunds", "spend"):
         if column in pairs:
             pairs[column] = pairs[column].fillna(0)
-    rows = pairs.merge(frame, on="customer_key", how="left")
     inputs = registry.model_inputs(name, version)
-    proba = np.full(len(rows), np.nan)
-    todo = np.flatnonzero(~held)
-    if todo.size:
-        proba[todo] = _last_column(pipeline.predict_proba(_model_frame(rows.iloc[todo], inputs)))
+    by_key = frame.set_index("customer_key")
+    proba = np.full(len(pairs), np.nan)
+    step = PROPENSITY_CHUNK * max(len(catalogue), 1)  # whole customers per chunk: memory bounded by the chunk
+    for start in range(0, len(pairs), step):
+        chunk = pairs.iloc[start : start + step]
+        todo = np.flatnonzero(~held[start : start + step])
+        if todo.size:
+            rows = chunk.iloc[todo].join(by_key, on="customer_key")
+            proba[start + todo] = _last_column(pipeline.predict_proba(_model_frame(rows, inputs)))
     table = pd.DataFrame({"customer_key": pairs["customer_key"], "product_id": pairs["product_id"], "p": proba})
     out["propensity"] = table.pivot(index="customer_key", columns="product_id", values="p")
     held_by: dict[str, set[str]] = {}

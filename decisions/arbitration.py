@@ -495,16 +495,18 @@ def decide(
 ) -> Decision:
     """Decide one customer's next best action on `channel` (deterministic given `seed`).
 
-    `capacity_left` is the channel's remaining contacts today when the caller counts them: at 0 only
-    no-contact actions remain. Nothing eligible (or a missing champion) -> the policy's fallback, said
-    in `fallback_reason`.
+    `capacity_left` is the channel's remaining contacts today when the caller counts them (else the
+    policy's daily capacity): at 0 only no-contact actions remain. Nothing eligible (or a missing
+    champion) -> the policy's fallback, said in `fallback_reason`.
     """
     _check_channel(channel)
     plan = _plan(policy, channel)
     scored = _score(policy, state, channel, today, context)
     found, dropped = scored.found, scored.dropped
     reason: str | None = None
-    if capacity_left is not None and capacity_left <= 0 and found:
+    if capacity_left is None:  # the caller does not count today's contacts: a channel without capacity has none
+        capacity_left = _batch_capacity(policy, channel, None)
+    if capacity_left <= 0 and found:
         full = f"{channel} capacity reached for today"
         dropped = {**dropped, **{c.action: full for c in found}}
         dropped = {name: dropped[name] for name in sorted(dropped, key=plan.order.__getitem__)}

@@ -123,6 +123,7 @@ class _Plan:
     offered: dict[str, tuple[tuple[str, float], ...]]
     order: dict[str, int]  # action name -> position in the policy (reasons are listed in this order)
     idle: tuple[str, ...]  # no-contact arms: the channel's 'none' actions, the fallback always among them
+    specs: dict[str, ActionSpec]
     minors_reason: str
 
 
@@ -145,6 +146,7 @@ def _plan(policy: DecisionPolicy, channel: str) -> _Plan:
         offered={a.name: tuple(a.offered().items()) for a in policy.actions if a.kind == "cross_sell"},
         order={a.name: i for i, a in enumerate(policy.actions)},
         idle=tuple(idle),
+        specs={a.name: a for a in policy.actions},
         minors_reason=f"suppressed for minors (under {policy.minors.age_below})",
     )
     if len(_PLANS) >= 64:
@@ -444,7 +446,7 @@ def _decision(
     probs = _distribution(arms, target, epsilon)
     explored = draws[0] < epsilon
     chosen = arms[min(int(draws[1] * len(arms)), len(arms) - 1)] if explored else target
-    spec = policy.action(chosen)
+    spec = _plan(policy, channel).specs[chosen]
     if chosen in idle:
         first = Candidate(chosen, channel, 0.0, 0.0, 1.0, 0.0, [], spec.kind, 0.0)
         actions = [first]
@@ -493,16 +495,18 @@ def decide(
 ) -> Decision:
     """Decide one customer's next best action on `channel` (deterministic given `seed`).
 
-    `capacity_left` is the channel's remaining contacts today when the caller counts them: at 0 only
-    no-contact actions remain. Nothing eligible (or a missing champion) -> the policy's fallback, said
-    in `fallback_reason`.
+    `capacity_left` is the channel's remaining contacts today when the caller counts them (else the
+    policy's daily capacity): at 0 only no-contact actions remain. Nothing eligible (or a missing
+    champion) -> the policy's fallback, said in `fallback_reason`.
     """
     _check_channel(channel)
     plan = _plan(policy, channel)
     scored = _score(policy, state, channel, today, context)
     found, dropped = scored.found, scored.dropped
     reason: str | None = None
-    if capacity_left is not None and capacity_left <= 0 and found:
+    if capacity_left is None:  # the caller does not count today's contacts: a channel without capacity has none
+        capacity_left = _batch_capacity(policy, channel, None)
+    if capacity_left <= 0 and found:
         full = f"{channel} capacity reached for today"
         dropped = {**dropped, **{c.action: full for c in found}}
         dropped = {name: dropped[name] for name in sorted(dropped, key=plan.order.__getitem__)}
@@ -618,10 +622,6 @@ class _Matrix:
             self._layout.append((col[name], texts))
 
 
-def _column(states: Sequence[CustomerState], get: Callable[[CustomerState], float]) -> np.ndarray:
-    return np.fromiter((get(s) for s in states), dtype=float, count=len(states))
-
-
 def _matrix(plan: _Plan, states: Sequence[CustomerState], today: dt.date, context: Mapping[str, str] | None) -> _Matrix:
     """Score a whole batch at once: the same rules and numbers as `_score`, as array operations."""
     n, actions = len(states), plan.on_channel
@@ -654,19 +654,17 @@ def _matrix(plan: _Plan, states: Sequence[CustomerState], today: dt.date, contex
     held = np.zeros((n, len(products)), dtype=bool)
     recent = np.zeros((n, width), dtype=np.int64)
     last_ago = np.full((n, width), 10**9, dtype=np.int64)
-    shared: dict[int, np.ndarray] = {}  # one margin table is usually shared by every customer: read it once
+    shared: dict[int, tuple[Mapping[str, float], list[int]]] = {}  # a margin table is usually everyone's
+    held_at: list[tuple[int, int]] = []
     for i, s in enumerate(states):
         if s.margin:
-            row = shared.get(id(s.margin))
-            if row is None:
-                row = np.array([s.margin.get(q, nan) for q in products], dtype=float)
-                shared[id(s.margin)] = row
-            margin[i] = row
+            entry = shared.get(id(s.margin))
+            if entry is None:
+                shared[id(s.margin)] = (s.margin, [i])
+            else:
+                entry[1].append(i)
         if s.products_held:
-            for q in s.products_held:
-                k = where.get(q)
-                if k is not None:
-                    held[i, k] = True
+            held_at += [(i, k) for k in map(where.get, s.products_held) if k is not None]
         if s.history:
             for name, day in s.history:
                 j = col.get(name)
@@ -677,18 +675,24 @@ def _matrix(plan: _Plan, states: Sequence[CustomerState], today: dt.date, contex
                     recent[i, j] += 1
                 if ago < last_ago[i, j]:
                     last_ago[i, j] = ago
+    for table, who in shared.values():
+        margin[who] = np.array([table.get(q, nan) for q in products], dtype=float)
+    if held_at:
+        at = np.array(held_at, dtype=np.int64)
+        held[at[:, 0], at[:, 1]] = True
 
-    minor = np.fromiter((s.is_minor for s in states), dtype=bool, count=n)
+    # None reads as NaN in a float array.
+    minor = np.array([bool(s.is_minor) for s in states], dtype=bool).reshape(n)
     consent = {
-        purpose: np.fromiter((bool(s.consent.get(purpose, False)) for s in states), dtype=bool, count=n)
+        purpose: np.array([bool(s.consent.get(purpose)) for s in states], dtype=bool).reshape(n)
         for purpose in {a.purpose for a in actions if a.purpose is not None}
     }
     retention_scores = {
-        "uplift": _column(states, lambda s: nan if s.uplift is None else s.uplift),
-        "churn_risk": _column(states, lambda s: nan if s.churn_risk is None else s.churn_risk),
+        "uplift": np.array([s.uplift for s in states], dtype=float).reshape(n),
+        "churn_risk": np.array([s.churn_risk for s in states], dtype=float).reshape(n),
     }
     signal_names = {sig for a in actions for sig in [*a.triggers, *([a.value_signal] if a.value_signal else [])]}
-    signals = {sig: _column(states, lambda s, sig=sig: s.signals.get(sig, nan)) for sig in signal_names}  # type: ignore[misc]
+    signals = {sig: np.array([s.signals.get(sig) for s in states], dtype=float).reshape(n) for sig in signal_names}
     rows_idx = np.arange(n)
 
     for j, a in enumerate(actions):

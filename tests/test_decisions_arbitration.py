@@ -263,6 +263,13 @@ def test_no_capacity_left_means_no_contact(greedy: DecisionPolicy) -> None:
     assert "capacity" in d.fallback_reason and d.action_probabilities == {"no_action": 1.0}
 
 
+def test_a_channel_without_daily_capacity_makes_no_contact(greedy: DecisionPolicy) -> None:
+    closed = greedy.model_copy(update={"capacity": {**greedy.capacity, "email": 0}})
+    d = decide(closed, customer(), "email", TODAY, seed=0)
+    assert d.actions[0].action == "no_action" and d.fallback_reason == "email capacity reached for today"
+    assert decide(closed, customer(), "email", TODAY, seed=0, capacity_left=3).actions[0].action == "retention_offer"
+
+
 def test_max_actions_returns_the_next_best(policy: DecisionPolicy) -> None:
     two = policy.model_copy(update={"exploration": 0.0, "max_actions": 2})
     d = decide(two, customer(), "email", TODAY, seed=0)

@@ -17,14 +17,14 @@ wrong") exceeds `max_feedback_rate` for a model version or an action, over at le
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from custintel.settings import Settings
-from monitoring.triggers import TriggerCheck
+from monitoring.triggers import TriggerCheck, TriggerDecision
 from serving.decision_log import RESPONSES, read_decisions, read_outcomes
 
 
@@ -149,9 +149,17 @@ def outcome_report(decisions: pd.DataFrame, outcomes: pd.DataFrame, rules: Outco
     return report
 
 
-def read_window(settings: Settings, since: dt.datetime, until: dt.datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The decisions made in [since, until) and every outcome recorded on them so far."""
+def read_window(
+    settings: Settings, since: dt.datetime, until: dt.datetime, model: tuple[str, str] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The decisions made in [since, until) and every outcome recorded on them so far.
+
+    `model`: (registered name, version): only the decisions that read that model version.
+    """
     decisions = read_decisions(settings, since, until)
+    if model is not None and not decisions.empty:
+        name, version = model
+        decisions = decisions[[(m or {}).get(name) == version for m in decisions["models"]]].reset_index(drop=True)
     outcomes = read_outcomes(settings, since, None)
     if not outcomes.empty:
         outcomes = outcomes[outcomes["decision_id"].isin(set(decisions["decision_id"]))]
@@ -159,8 +167,30 @@ def read_window(settings: Settings, since: dt.datetime, until: dt.datetime) -> t
 
 
 def monitor_outcomes(
-    settings: Settings, since: dt.datetime, until: dt.datetime, rules: OutcomeRules | None = None
+    settings: Settings,
+    since: dt.datetime,
+    until: dt.datetime,
+    rules: OutcomeRules | None = None,
+    model: tuple[str, str] | None = None,
 ) -> OutcomeReport:
-    """`outcome_report` of the window's decisions (empty when no decision was logged)."""
-    decisions, outcomes = read_window(settings, since, until)
+    """`outcome_report` of the window's decisions (of one model version when given; empty when none was logged)."""
+    decisions, outcomes = read_window(settings, since, until, model)
     return outcome_report(decisions, outcomes, rules or OutcomeRules())
+
+
+def with_outcomes(decision: TriggerDecision, report: OutcomeReport) -> TriggerDecision:
+    """The family's decision with the outcome checks added; a fired one turns `none` into `alert`.
+
+    Outcomes never retrain on their own (a falling response may be the offer's, not the model's):
+    they alert, and the checks say which action or model fell.
+    """
+    if not report.checks:
+        return decision
+    fired = report.fired
+    action, why = decision.action, decision.why
+    if fired and action == "none":
+        action = "alert"
+        why = "outcomes: " + "; ".join(c.detail for c in fired)
+    elif fired:
+        why += "; outcomes: " + "; ".join(c.detail for c in fired)
+    return replace(decision, action=action, why=why, checks=[*decision.checks, *report.checks])

@@ -316,8 +316,6 @@ class Decider:
 
     def outcome(self, request: OutcomeRequest) -> dict[str, Any]:
         """Record an outcome (an `OutcomeResponse` document); 404, 409 or 422 naming the field otherwise."""
-        if request.event != "feedback" and request.reason is not None and not request.reason.strip():
-            raise ServingError(422, "reason", "a reason, when given, is text")
         return self.log.record_outcome(request.decision_id, request.event, request.customer_key, request.reason)
 
     def close(self) -> None:

@@ -149,7 +149,6 @@ def _strict(node: Any, served: dict[str, Any], components: frozenset[str] = froz
         if isinstance(keys, dict):
             keys["maxItems"] = int(served["max_batch"])
             keys["uniqueItems"] = True
-            keys["items"] = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[A-Za-z0-9_.:-]+$"}
     elif title in BATCHES and served.get("max_batch"):
         customers = node.get("properties", {}).get("customers")
         if isinstance(customers, dict):

@@ -8,9 +8,18 @@ on the model: `Runtime.feature_row` checks it against the served model's inputs 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    model_validator,
+)
 
 FeatureValue = StrictFloat | StrictInt | StrictStr | None
 CustomerKey = str
@@ -227,40 +236,31 @@ OutcomeEvent = Literal["impression", "click", "accept", "decline", "conversion",
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 
 
+ContextValue = Annotated[StrictStr, StringConstraints(max_length=200)]
+BatchKey = Annotated[StrictStr, StringConstraints(min_length=1, max_length=64, pattern=KEY_PATTERN)]
+
+
 class DecideRequest(_Request):
     """One customer in a live interaction on a channel, with what the caller knows of the contact."""
 
     customer_key: str = Field(min_length=1, max_length=64, pattern=KEY_PATTERN)
     channel: Channel
-    context: dict[str, StrictStr] = Field(
+    context: dict[str, ContextValue] = Field(
         default_factory=dict,
         max_length=20,
         description="What the caller knows of this contact, e.g. {'reason': 'failed_self_service'}; the policy's "
         "service-recovery rules read `reason`, the agent prompt may quote the values.",
     )
 
-    @model_validator(mode="after")
-    def _short_context(self) -> DecideRequest:
-        for name, value in self.context.items():
-            if not 0 < len(name) <= 64 or len(value) > 200:
-                raise ValueError(f"context.{name[:64]}: names of 1-64 characters, values of at most 200")
-        return self
-
 
 class DecideBatchRequest(_Request):
     """A campaign: many customers on one channel, allocated under the channel's daily capacity."""
 
-    customer_keys: list[StrictStr] = Field(min_length=1, description="Customer keys (at most the policy's max_batch).")
+    customer_keys: list[BatchKey] = Field(min_length=1, description="Customer keys (at most the policy's max_batch).")
     channel: Channel
 
     @model_validator(mode="after")
-    def _keys(self) -> DecideBatchRequest:
-        import re
-
-        pattern = re.compile(KEY_PATTERN)
-        for i, key in enumerate(self.customer_keys):
-            if not 0 < len(key) <= 64 or not pattern.match(key):
-                raise ValueError(f"customer_keys[{i}]: a key of 1-64 letters, digits or _.:-")
+    def _once_each(self) -> DecideBatchRequest:
         if len(set(self.customer_keys)) != len(self.customer_keys):
             raise ValueError("customer_keys: a customer appears more than once")
         return self

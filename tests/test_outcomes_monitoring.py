@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from custintel.settings import Settings
-from monitoring.outcomes import OutcomeRules, monitor_outcomes
+from monitoring.outcomes import OutcomeRules, monitor_outcomes, with_outcomes
 from serving.decision_log import DecisionLog, LoggedDecision, decision_log_path, new_decision_id, now_iso
 
 
@@ -59,3 +59,26 @@ def test_a_falling_response_and_a_high_feedback_rate_fire_and_a_healthy_action_d
     # a window with no decision: nothing to judge, nothing fires
     empty = monitor_outcomes(settings, now - dt.timedelta(days=10), now - dt.timedelta(days=9))
     assert empty.decisions == 0 and not empty.fired
+
+
+def test_a_fired_outcome_check_turns_a_quiet_family_decision_into_an_alert_for_that_model_only(
+    tmp_path: Path,
+) -> None:
+    from monitoring.triggers import TriggerDecision
+
+    settings = Settings(home=tmp_path / "home")
+    log = DecisionLog(decision_log_path(settings), "hash", "s")
+    ours = [_decision(log, f"A{i}", "cross_sell_music", 0.5, model_version="3") for i in range(30)]
+    log.write(ours + [_decision(log, f"B{i}", "cross_sell_music", 0.5, model_version="2") for i in range(30)])
+    for i, d in enumerate(ours):  # shown, never taken: 0 against 0.5 expected
+        log.record_outcome(d.decision_id, "impression", f"A{i}", None)
+    now = dt.datetime.now(dt.UTC)
+    window = (now - dt.timedelta(hours=1), now + dt.timedelta(minutes=1))
+    quiet = TriggerDecision("propensity", "custintel-propensity", "3", "none", "no trigger fired", [], [])
+    report = monitor_outcomes(settings, *window, model=("custintel-propensity", "3"))
+    assert report.decisions == 30  # version 2's decisions are not this version's
+    judged = with_outcomes(quiet, report)
+    assert judged.action == "alert" and "cross_sell_music" in judged.why
+    assert "response:cross_sell_music" in {c.trigger for c in judged.fired}
+    other = with_outcomes(quiet, monitor_outcomes(settings, *window, model=("custintel-propensity", "2")))
+    assert other.action == "none"  # no impression recorded: abstains

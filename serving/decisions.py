@@ -35,7 +35,7 @@ from serving.consent import CustomerConsent
 from serving.decision_log import DecisionLog, LoggedDecision, decision_log_path, new_decision_id, now_iso, seed_of
 from serving.errors import ServingError
 from serving.runtime import Runtime
-from serving.schemas import DecideBatchRequest, DecideRequest, OutcomeRequest
+from serving.schemas import DecideBatchRequest, DecideRequest, DecideResponse, ModelRef, OutcomeRequest, PolicyRef
 from serving.scoring import score_records
 
 log = logging.getLogger("custintel.serving")
@@ -196,8 +196,8 @@ class Decider:
         from serving.answers import product_catalogue
 
         catalogue = set(product_catalogue(model))
-        products = sorted({a.product for a in policy.actions if a.kind == "cross_sell" and a.product}
-                          & (catalogue or {a.product for a in policy.actions if a.product}))  # fmt: skip
+        offered = {p for a in policy.actions if a.kind == "cross_sell" for p in a.offered()}
+        products = sorted(offered & catalogue if catalogue else offered)
         out = pd.DataFrame(np.nan, index=pd.Index(list(keys)), columns=products)
         pairs = [(k, p) for k in keys for p in products if p not in held[k]]
         if not pairs:
@@ -292,10 +292,12 @@ class Decider:
         self.log.write(logged)
         results = []
         for key in request.customer_keys:
-            results.append(answers.get(key) or {
-                "customer_key": key, "channel": request.channel, "status": "not_found",
-                "error": f"unknown customer {key!r}", "policy": served.ref(), "models": models,
-            })  # fmt: skip
+            found_answer = answers.get(key)
+            if found_answer is None:  # every field of `DecideResponse`, as for a decided customer
+                found_answer = DecideResponse(customer_key=key, channel=request.channel, status="not_found",
+                                              error=f"unknown customer {key!r}", policy=PolicyRef(**served.ref()),
+                                              models=[ModelRef(**m) for m in models]).model_dump()  # fmt: skip
+            results.append(found_answer)
         allocation: list[dict[str, Any]] = []
         if batch is not None and not batch.allocation.empty:
             for row in batch.allocation.to_dict("records"):

@@ -35,6 +35,7 @@ POLICY = {
         "offline_features": {"max_age_days": 365},  # 2025-01-01
         "identity_reports": {"max_age_days": 180},
         "dsar_exports": {"max_age_days": 30},
+        "decision_log": {"max_age_days": 365},
     }
 }
 DROPS = ["2025-01-10", "2025-06-01", "2025-12-15"]

@@ -102,6 +102,93 @@ class PolicySource:
             return f"{self.name} v{version}"
 
 
+_PAIRS_ROUTE: dict[int, bool] = {}  # id(model) -> the propensity model's pandas-free route was checked exact
+PRODUCT = "product_id"
+
+
+def _pairs_matrix(model: Any, rows: Sequence[Mapping[str, Any]], products: Sequence[str],
+                  at: np.ndarray) -> np.ndarray | None:  # fmt: skip
+    """P(buy) of (row, product) pairs from each customer's `records_matrix` row, the product's code set in place.
+
+    None when the model is not a preparation + LightGBM classifier pipeline reading `product_id` as a category.
+    """
+    if not hasattr(model, "steps") or len(model.steps) != 2 or not hasattr(model[-1], "booster_"):
+        return None
+    prepare = model[0]
+    if not hasattr(prepare, "records_matrix") or PRODUCT not in list(prepare.categorical):
+        return None
+    column = len(prepare.numeric) + list(prepare.categorical).index(PRODUCT)
+    codes = {str(v): float(i) for i, v in enumerate(prepare.categories_[PRODUCT])}
+    base = prepare.records_matrix(rows)
+    big = base[at[:, 0]]
+    big[:, column] = np.asarray([codes.get(str(p), np.nan) for p in products])[at[:, 1]]
+    return np.asarray(model[-1].booster_.predict(big, num_threads=1), dtype=float)
+
+
+def score_pairs(served: ServedModel, rows: Sequence[Mapping[str, Any]], products: Sequence[str],
+                at: np.ndarray) -> np.ndarray:  # fmt: skip
+    """The propensity champion's P(buy) of (customer row, product) pairs given as index pairs `at`.
+
+    Without pandas and without copying each customer's inputs per product once that route was
+    checked exact against the model's own `predict_proba` on a first call.
+    """
+    model = served.model
+    if _PAIRS_ROUTE.get(id(model)):
+        fast = _pairs_matrix(model, rows, products, at)
+        if fast is not None:
+            return fast
+    records = [{**rows[i], PRODUCT: products[j]} for i, j in at.tolist()]
+    slow = np.asarray(model.predict_proba(pd.DataFrame(records, columns=served.columns)))[:, 1]
+    if id(model) not in _PAIRS_ROUTE:
+        try:
+            fast = _pairs_matrix(model, rows, products, at)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            fast = None
+        _PAIRS_ROUTE[id(model)] = fast is not None and np.allclose(fast, slow, atol=1e-9)
+    return slow
+
+
+_UPLIFT_ROUTE: dict[int, bool] = {}  # id(model) -> its pandas-free route was checked exact
+
+
+def _uplift_matrix(model: Any, matrix: np.ndarray) -> np.ndarray | None:
+    """An `UpliftLearner`'s predict on `records_matrix` rows, straight through its boosters (None: not one)."""
+    learner = model[-1] if hasattr(model, "steps") else None
+    if learner is None or not hasattr(learner, "treated_"):
+        return None
+    if getattr(learner, "learner", None) == "two_model":
+        treated = learner.treated_.booster_.predict(matrix, raw_score=False, num_threads=1)
+        control = learner.control_.booster_.predict(matrix, raw_score=False, num_threads=1)
+        return np.asarray(treated, dtype=float) - np.asarray(control, dtype=float)
+    e = learner.treated_share_
+    control = learner.effect_control_.booster_.predict(matrix, num_threads=1)
+    treated = learner.effect_treated_.booster_.predict(matrix, num_threads=1)
+    return e * np.asarray(control, dtype=float) + (1 - e) * np.asarray(treated, dtype=float)
+
+
+def predict_uplift(served: ServedModel, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The uplift champion's predicted effect per row: pandas-free once that route was checked exact on a first call.
+
+    A request is one or a few rows: building a frame and running the preparation step cost
+    far more than the four small tree ensembles.
+    """
+    model = served.model
+    prepare = model[0] if hasattr(model, "steps") else None
+    checked = _UPLIFT_ROUTE.get(id(model))
+    if checked and prepare is not None:
+        fast = _uplift_matrix(model, prepare.records_matrix(rows))
+        if fast is not None:
+            return fast
+    slow = np.asarray(model.predict(pd.DataFrame(list(rows), columns=served.inputs)), dtype=float)
+    if checked is None:
+        try:
+            fast = _uplift_matrix(model, prepare.records_matrix(rows)) if prepare is not None else None
+        except (ValueError, TypeError, KeyError):
+            fast = None
+        _UPLIFT_ROUTE[id(model)] = fast is not None and np.allclose(fast, slow, atol=1e-9)
+    return slow
+
+
 def _held(stored: Mapping[str, Any]) -> frozenset[str]:
     items = stored.get("items") or []
     return frozenset(str(i["product_id"]) for i in items if isinstance(i, dict) and i.get("holds"))
@@ -167,7 +254,7 @@ class Decider:
             used.append(_ref(churn))
         up = models.get("uplift")
         if up is not None:
-            uplift = np.asarray(up.model.predict(pd.DataFrame(rows, columns=up.inputs)), dtype=float)
+            uplift = predict_uplift(up, rows)
             used.append(_ref(up))
         held = {k: _held(r) for k, r in zip(found, rows, strict=True)}
         prop = models.get("propensity")
@@ -192,22 +279,21 @@ class Decider:
     @staticmethod
     def _propensity(policy: DecisionPolicy, model: ServedModel, keys: Sequence[str], rows: Sequence[dict[str, Any]],
                     held: Mapping[str, frozenset[str]]) -> pd.DataFrame:  # fmt: skip
-        """P(buy) of each cross-sell action's product a customer does not hold (NaN: held, or not scored)."""
+        """P(buy) of each cross-sell action's product a customer does not hold (NaN: held, or not scored).
+
+        Every (customer, product) pair in one scoring pass (`score_records`: pandas-free where exact).
+        """
         from serving.answers import product_catalogue
 
         catalogue = set(product_catalogue(model))
         offered = {p for a in policy.actions if a.kind == "cross_sell" for p in a.offered()}
         products = sorted(offered & catalogue if catalogue else offered)
-        out = pd.DataFrame(np.nan, index=pd.Index(list(keys)), columns=products)
-        pairs = [(k, p) for k in keys for p in products if p not in held[k]]
-        if not pairs:
-            return out
-        by_key = dict(zip(keys, rows, strict=True))
-        frame = pd.DataFrame([{**by_key[k], "product_id": p} for k, p in pairs], columns=model.columns)
-        scores = np.asarray(model.model.predict_proba(frame))[:, 1]
-        for (key, product), score in zip(pairs, scores.tolist(), strict=True):
-            out.at[key, product] = score
-        return out
+        matrix = np.full((len(keys), len(products)), np.nan)
+        pairs = [(i, j) for i, k in enumerate(keys) for j, p in enumerate(products) if p not in held[k]]
+        if pairs:
+            at = np.asarray(pairs)
+            matrix[at[:, 0], at[:, 1]] = score_pairs(model, rows, products, at)
+        return pd.DataFrame(matrix, index=pd.Index(list(keys)), columns=products)
 
     # -- decisions -----------------------------------------------------------------------------------------------
     def _answer(self, served: ServedPolicy, decision: Decision, decision_id: str, channel: str,

@@ -211,22 +211,35 @@ def test_a_batch_keeps_to_the_channel_capacity_and_reports_its_value(server: Ser
 
 
 def test_an_erasure_removes_a_customers_decisions_and_outcomes(server: Server) -> None:
+    """`dsar verify` finds the decision log, `dsar erase` removes it with the rest, `dsar verify` then finds nothing."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    def cli(*args: str) -> object:
+        return CliRunner().invoke(app, ["--home", str(server.settings.home_dir), *args])
+
     key = server.known[-1]
-    r = server.post("/decide", {"customer_key": key, "channel": "app"})
+    r = server.post("/decide", {"customer_key": key, "channel": "app", "context": {"reason": "moving house"}})
     assert r.status_code == 200
     decision = r.json()["decision_id"]
     assert server.post("/outcomes", {"decision_id": decision, "event": "impression", "customer_key": key}).is_success
     subject = Subject(key, customer_keys=(key,))
-    logs = DecisionLogStore(server.settings)
-    found = logs.find([subject])
+    found = DecisionLogStore(server.settings).find([subject])
     assert {row["table"] for h in found for row in h.rows} == {"decisions", "outcomes"}
-    erased = logs.erase([subject])
-    assert erased and erased[0].removed >= 2
-    assert logs.find([subject]) == []
+    before = cli("dsar", "verify", key)
+    assert before.exit_code == 1 and "decision_log  serving/decisions.db" in before.output, before.output  # type: ignore[attr-defined]
+    erased = cli("dsar", "erase", key, "--yes")
+    assert erased.exit_code == 0, erased.output  # type: ignore[attr-defined]
+    after = cli("dsar", "verify", key)
+    assert after.exit_code == 0 and "nothing found" in after.output, after.output  # type: ignore[attr-defined]
+    assert DecisionLogStore(server.settings).find([subject]) == []
     assert decision not in set(read_decisions(server.settings)["decision_id"])
     assert decision.encode() not in decision_log_path(server.settings).read_bytes()
     followup = server.post("/outcomes", {"decision_id": decision, "event": "click", "customer_key": key})
     assert followup.status_code == 404  # the service finds nothing of theirs either
+    gone = server.post("/decide", {"customer_key": key, "channel": "app"})
+    assert gone.status_code == 404  # erased from the online store too: an unknown customer
 
 
 def test_the_new_endpoints_keep_to_the_openapi_schema(server: Server) -> None:

@@ -15,12 +15,18 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
 # constraints.txt locks the set of versions known to work together (see ../shared/DESIGN.md).
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt Makefile
 	$(BIN)/uv pip install --python $(BIN)/python --constraint constraints.txt -e '.[dev]'
 	# MovieLens-100k ships inside RecBole's wheel, CDNOW inside lifetimes': the recommender's and BG/NBD's
 	# real-data tests read them. Only the data is used (the packages are never imported), so their own
 	# dependencies (torch, autograd, ...) are not installed.
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps recbole==1.2.1 lifetimes==0.11.3
+	# The Open Bandit Dataset sample (random and Thompson-sampling logs) and BTS prior ship inside obp's wheel:
+	# the off-policy estimators' real-data test reads them by path (obp needs torch; it is never imported).
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps obp==0.5.7
+	# Byte-compile what is installed: with PYTHONDONTWRITEBYTECODE set (as on some CI machines) nothing would
+	# cache it, and every command, server and test subprocess would compile MLflow, Prefect, ... from source again.
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)

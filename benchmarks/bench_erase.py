@@ -256,7 +256,7 @@ def _work_pick(p: dict[str, Any]) -> dict[str, Any]:
         records = sorted(index.records_of(key))
         options: list[tuple[str, str]] = []
         if i % 3 == 1:
-            options = [("email", e) for r in records for e in sorted(index.raw_emails.get(r, ()))]
+            options = [("email", e) for r in records for e in sorted(index.raw_values("email", r))]
         elif i % 3 == 2:
             options = [("record id", r) for r in records]
         request, kind = key, "customer key"
@@ -281,7 +281,7 @@ def _work_pick(p: dict[str, Any]) -> dict[str, Any]:
         "subjects": len(lines),
         "kinds": kinds,
         "online_customers": len(online),
-        "crosswalk_customers": len({*index.customer_of.values()}),
+        "crosswalk_customers": len(index.customer_keys()),
     }
 
 

@@ -138,6 +138,11 @@ class Settings(BaseSettings):
         description="Monitoring policy YAML (drift tests, data-quality alerts, retraining triggers, minimum interval); "
         "the shipped default when unset.",
     )
+    decision_policy: Path | None = Field(
+        default=None,
+        description="Next-best-action decision policy YAML (actions, channels, capacity, caps, exploration, equity "
+        "floor, fallback); the shipped decisions/policy.yaml when unset.",
+    )
     serving_api_keys: str = Field(
         default="",
         description="Comma-separated API keys the service accepts (Authorization: Bearer <key> or X-API-Key), "

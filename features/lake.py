@@ -39,7 +39,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -1152,10 +1152,15 @@ def lake_table_sql(settings: Settings, table: str, contracts: ContractSet | None
     )
 
 
-def read_lake_table(settings: Settings, table: str, contracts: ContractSet | None = None) -> pd.DataFrame:
-    """The current rows of a lake table as a data frame."""
+def read_lake_table(
+    settings: Settings, table: str, contracts: ContractSet | None = None, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """The current rows of a lake table as a data frame (only `columns`, when given)."""
     for attempt in range(3):
         sql = lake_table_sql(settings, table, contracts)
+        if columns is not None:
+            names = ", ".join('"' + c.replace('"', '""') + '"' for c in columns)
+            sql = f"SELECT {names} FROM ({sql})"
         try:
             with duckdb.connect() as con:
                 return con.sql(sql).df()

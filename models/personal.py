@@ -33,8 +33,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 import tempfile
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,13 +213,11 @@ class MLflowStore:
     ) -> None:
         """A model's own files holding a subject's key: what it learned keeps them (a recommender's history)."""
         root = self.registry.download_model(location, dst)
-        # as Python and pandas pickle a string (UTF-8), and as NumPy keeps one (UTF-32)
-        owners = {r: own | {k.encode("utf-32-le").decode("latin-1") for k in own} for r, own in keys.items() if own}
+        owners = {r: own for r, own in keys.items() if own}
         for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in EXAMPLE_FILES):
             if path.stat().st_size > MAX_MODEL_BYTES:
                 continue
-            text = path.read_bytes().decode("latin-1")
-            found = occurrences(text, owners)
+            found = _key_occurrences(path.read_bytes(), owners)
             if not found:
                 continue
             place = _Place(f"models:/{model_id}/{path.relative_to(root)}", "model", scan.run.run_id, location)
@@ -361,6 +361,38 @@ class MLflowStore:
         _write_example(local, fresh, out)
         self.registry.replace_model_file(place.path, out)
         return Erased(STORE, place.place, place.count, "replaced by an impersonal example (typical values, no row)")
+
+
+def _key_occurrences(data: bytes, owners: Mapping[str, set[str]]) -> dict[str, int]:
+    """Owner -> occurrences of their keys in a binary file, in UTF-8 (as Python and pandas pickle a string) or UTF-32.
+
+    NumPy keeps a string in UTF-32, in fixed-width cells with nothing between full ones: the file is also read as
+    UTF-32 at each of the four byte alignments, and keys are found as substrings of its identifier-shaped runs.
+    """
+    found = Counter(occurrences(data.decode("latin-1"), owners))
+    for offset in range(4):
+        end = offset + (len(data) - offset) // 4 * 4
+        found.update(_substring_occurrences(data[offset:end].decode("utf-32-le", errors="replace"), owners))
+    return dict(found)
+
+
+_KEY_RUN = re.compile(r"[\w@.+\-:]+")
+
+
+def _substring_occurrences(text: str, owners: Mapping[str, set[str]]) -> Counter[str]:
+    """Owner -> occurrences of their keys anywhere in `text` (inside longer runs too): one pass per key length."""
+    owner_of = {k: r for r, own in owners.items() for k in own if k}
+    counts: Counter[str] = Counter()
+    odd = [k for k in owner_of if not _KEY_RUN.fullmatch(k)]  # a key with other characters: counted directly
+    for key in odd:
+        counts[owner_of.pop(key)] += text.count(key)
+    lengths = sorted({len(k) for k in owner_of})
+    for run, times in Counter(_KEY_RUN.findall(text)).items():
+        for n in lengths:
+            for i in range(len(run) - n + 1):
+                if (owner := owner_of.get(run[i : i + n])) is not None:
+                    counts[owner] += times
+    return +counts
 
 
 def _read_example(path: Path) -> pd.DataFrame | None:

@@ -154,7 +154,7 @@ def stores(home: Settings, person: Person, monkeypatch: pytest.MonkeyPatch) -> l
     """Three stores holding the person and someone else, wired in as the catalogue."""
     index = load_subject_index(home)
     me = resolve_request(index, person.key)
-    other = next(k for k in sorted(set(index.customer_of.values())) if k != person.key)
+    other = next(k for k in index.customer_keys() if k != person.key)
     mine = {"customer_key": person.key, "email": me.emails[0]}
     theirs = {"customer_key": other, "email": "someone.else@example.org"}
     made = [
@@ -201,7 +201,7 @@ def test_unknown_and_malformed_requests_are_clear_errors(resolved: Settings, tmp
     with pytest.raises(SubjectError, match="empty"):
         resolve_request(index, "  ")
     requests = tmp_path / "requests.txt"
-    requests.write_text(f"# erasures\n{sorted(index.customer_of.values())[0]}\n\nnobody@example.invalid\n")
+    requests.write_text(f"# erasures\n{index.customer_keys()[0]}\n\nnobody@example.invalid\n")
     with pytest.raises(SubjectError, match=r"1 bad request\(s\), nothing changed: line 4: no customer matches"):
         resolve_subjects_file(resolved, requests)
 
@@ -472,7 +472,7 @@ def test_resolution_rules_on_a_tiny_index():
     customer_of = {"crm_accounts:C1": "K1", "billing_accounts:B1": "K1", "crm_accounts:C2": "K2",
                    "billing_accounts:C2": "K3"}  # fmt: skip
     raw_phones = {"crm_accounts:C2": {"000-000-0000"}}  # a placeholder normalisation rejects, still held as written
-    index = SubjectIndex(rows, customer_of, {"crm_accounts:C1": {"Jane.Doe@GMail.com"}}, raw_phones,
+    index = SubjectIndex.from_mappings(rows, customer_of, {"crm_accounts:C1": {"Jane.Doe@GMail.com"}}, raw_phones,
                          ("crm_accounts", "billing_accounts", "northwind_customers"))  # fmt: skip
     jane = resolve_request(index, "K1")
     assert jane.source_records == (("billing_accounts", "B1"), ("crm_accounts", "C1"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("custintel", "features", "models", "governance", "serving", "monitoring", "flows")
+PACKAGES = ("custintel", "features", "models", "decisions", "governance", "serving", "monitoring", "flows")
 
 
 def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
@@ -47,6 +47,8 @@ def test_the_contract_holds_on_this_tree(tree: Path) -> None:
         ("monitoring/checks.py", "import governance.store", "monitoring imports only models"),
         ("custintel/settings.py", "import features.lake", "custintel (settings, shared helpers) imports nothing"),
         ("models/tuning.py", "import prefect", "only flows knows Prefect"),
+        ("decisions/arbitration.py", "import serving.policy", "decisions imports only custintel, features and models"),
+        ("models/splits.py", "import decisions.policy", "models imports only features and custintel"),
     ],
 )
 def test_a_forbidden_import_breaks_the_contract(tree: Path, module: str, line: str, contract: str) -> None:

@@ -441,3 +441,19 @@ def test_each_package_offers_its_stores_by_the_catalogue_name(tmp_path: Path) ->
     # a home with nothing in it: nothing found, nothing erased, nothing created
     assert [h for s in stores for h in s.find(someone)] == [] and [e for s in stores for e in s.erase(someone)] == []
     assert not settings.home_dir.exists()
+
+
+def test_keys_are_found_in_a_pickled_model_however_it_holds_them() -> None:
+    """A recommender keeps user keys in its pickle: as Python strings (UTF-8) or a NumPy array (UTF-32 cells,
+    full ones touching), at any byte offset; a key with other characters is still counted."""
+    import pickle
+
+    import numpy as np
+
+    from models.personal import _key_occurrences
+
+    owners = {"a": {"C000012345"}, "b": {"C000099999"}, "c": {"C000077777"}, "d": {"C000000001"}, "e": {"K 7"}}
+    data = pickle.dumps({"users": np.array(["C000012345", "C000099999", "C01"]), "seen": ["C000012345", "K 7"],
+                         "other": pd.Series(["C000077777"], dtype=object)})  # fmt: skip
+    for pad in range(4):
+        assert _key_occurrences(b"\x00" * pad + data, owners) == {"a": 2, "b": 1, "c": 1, "e": 1}

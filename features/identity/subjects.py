@@ -17,15 +17,17 @@ Messages never repeat the raw identifier: they show it masked.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from custintel.personal import Subject
 from custintel.settings import Settings
+from features.identity.config import SourceMapping
 from features.identity.normalise import normalise_birth_dates, normalise_emails, normalise_phones, split_full_names
 from features.identity.records import assemble_identity_records
 from features.identity.store import identity_config
@@ -70,59 +72,157 @@ class Candidate:
 _FIELDS = ("record_id", "first_name", "last_name", "email", "phone", "birth_date")
 
 
-@dataclass
+@dataclass(frozen=True)
+class _Grouped:
+    """A column's distinct values (text) and the row positions holding each: `find` is one dictionary hit."""
+
+    code_of: dict[str, int]
+    positions: np.ndarray  # row positions, grouped by value
+    starts: np.ndarray  # value code -> its first slot in `positions` (and the next code's start ends it)
+
+    @classmethod
+    def of(cls, by: pd.Series) -> _Grouped:
+        codes, uniques = pd.factorize(by.to_numpy(dtype=object), use_na_sentinel=True)
+        keep = np.flatnonzero(codes >= 0)
+        order = keep[np.argsort(codes[keep], kind="stable")]
+        starts = np.concatenate([[0], np.cumsum(np.bincount(codes[keep], minlength=len(uniques)))])
+        return cls(dict(zip(uniques.tolist(), range(len(uniques)), strict=True)), order, starts)
+
+    def find(self, value: str) -> np.ndarray:
+        """Positions of the rows holding `value`."""
+        code = self.code_of.get(value)
+        return self.positions[self.starts[code] : self.starts[code + 1]] if code is not None else self.positions[:0]
+
+    def values(self) -> list[str]:
+        """The distinct values."""
+        return list(self.code_of)
+
+
 class SubjectIndex:
     """The identity records (normalised fields), their raw emails and phones as held, and their customer keys.
 
     Built once per command (`load_subject_index`) and then asked many requests, so a file of a
-    thousand requests reads the identity outputs and the lake once; lookups are dictionary hits.
+    thousand requests reads the identity outputs and the lake once. It holds frames, not a Python
+    object per record: each lookup table (a field's values, the raw spellings, a customer's records)
+    is grouped on first use, so a request file pays for the fields its requests name, and a home of
+    hundreds of thousands of records loads in about a second.
     """
 
-    rows: dict[str, dict[str, str]]  # record_key -> its normalised identity fields that hold a value
-    customer_of: dict[str, str]  # record_key -> customer_key (the crosswalk)
-    raw_emails: dict[str, set[str]] = field(default_factory=dict)  # record_key -> emails as held
-    raw_phones: dict[str, set[str]] = field(default_factory=dict)
-    tables: tuple[str, ...] = ()  # the identity source tables
+    def __init__(
+        self,
+        records: pd.DataFrame,
+        crosswalk: pd.DataFrame,
+        raw: pd.DataFrame | None = None,
+        tables: tuple[str, ...] = (),
+    ) -> None:
+        """An index over frames.
 
-    def __post_init__(self) -> None:
-        self._by: dict[str, dict[str, set[str]]] = {}
+        `records`: record_key + identity fields (text, <NA> when empty); `crosswalk`: record_key,
+        customer_key; `raw`: record_key, kind ('email' or 'phone'), value (as held, trimmed).
+        """
+        self.records = records.reset_index(drop=True)
+        self.crosswalk = crosswalk.reset_index(drop=True)
+        self.raw = (raw if raw is not None else pd.DataFrame(columns=["record_key", "kind", "value"])).reset_index(
+            drop=True
+        )
+        self.tables = tables
+        self._by: dict[str, _Grouped] = {}
+        self._arrays: dict[str, np.ndarray] = {}
         self._normalised: dict[str, dict[str, str | None]] = {}
-        self._records_of: dict[str, list[str]] = defaultdict(list)
-        for record_key, customer_key in self.customer_of.items():
-            self._records_of[customer_key].append(record_key)
+
+    @classmethod
+    def from_mappings(
+        cls,
+        rows: Mapping[str, Mapping[str, str]],
+        customer_of: Mapping[str, str],
+        raw_emails: Mapping[str, Iterable[str]] | None = None,
+        raw_phones: Mapping[str, Iterable[str]] | None = None,
+        tables: tuple[str, ...] = (),
+    ) -> SubjectIndex:
+        """An index from plain mappings (record_key -> fields, record_key -> customer key, raw spellings)."""
+        records = pd.DataFrame(
+            [{"record_key": k, **{c: v.get(c) for c in _FIELDS}} for k, v in rows.items()],
+            columns=["record_key", *_FIELDS],
+        ).astype("string")
+        crosswalk = pd.DataFrame(list(customer_of.items()), columns=["record_key", "customer_key"]).astype("string")
+        raw = pd.DataFrame(
+            [
+                (k, kind, v)
+                for kind, held in (("email", raw_emails or {}), ("phone", raw_phones or {}))
+                for k, values in held.items()
+                for v in values
+            ],
+            columns=["record_key", "kind", "value"],
+        ).astype("string")
+        return cls(records, crosswalk, raw, tables)
+
+    def _array(self, frame: str, column: str) -> np.ndarray:
+        """One column of `records`, `crosswalk` or `raw` as an object array (None for missing), made once."""
+        name = f"{frame}.{column}"
+        if name not in self._arrays:
+            values: pd.Series = getattr(self, frame)[column]
+            self._arrays[name] = values.astype(object).where(values.notna(), None).to_numpy(dtype=object)
+        return self._arrays[name]
+
+    def _sorted(self, name: str, by: Callable[[], pd.Series]) -> _Grouped:
+        """The values `by` gives, sorted once per name, with their positions (binary search, no object per row)."""
+        if name not in self._by:
+            self._by[name] = _Grouped.of(by())
+        return self._by[name]
 
     def lookup(self, column: str, value: str) -> set[str]:
         """Record keys whose normalised `column` equals `value`."""
-        if column not in self._by:
-            index: dict[str, set[str]] = defaultdict(set)
-            for record_key, fields in self.rows.items():
-                if column in fields:
-                    index[fields[column]].add(record_key)
-            self._by[column] = index
-        return set(self._by[column].get(value, set()))
+        if column not in self.records.columns:
+            return set()
+        found = self._sorted(column, lambda: self.records[column]).find(value)
+        return set(self._array("records", "record_key")[found].tolist())
 
     def lookup_raw(self, kind: str, value: str) -> set[str]:
         """Record keys holding `value` exactly as written (any case): what normalisation rejected is still held."""
-        name = f"raw_{kind}"
-        if name not in self._by:
-            index: dict[str, set[str]] = defaultdict(set)
-            for record_key, values in (self.raw_emails if kind == "email" else self.raw_phones).items():
-                for held in values:
-                    index[held.lower()].add(record_key)
-            self._by[name] = index
-        return set(self._by[name].get(value.strip().lower(), set()))
+
+        def held() -> pd.Series:
+            return self.raw["value"].where(self.raw["kind"] == kind).str.lower()
+
+        found = self._sorted(f"raw_{kind}", held).find(value.strip().lower())
+        return set(self._array("raw", "record_key")[found].tolist())
+
+    def raw_values(self, kind: str, record_key: str) -> set[str]:
+        """The `kind` ('email' or 'phone') values one record holds as written."""
+        found = self._sorted("raw_of", lambda: self.raw["record_key"]).find(record_key)
+        kinds, values = self._array("raw", "kind")[found], self._array("raw", "value")[found]
+        return {str(v) for k, v in zip(kinds, values, strict=True) if k == kind}
+
+    @cached_property
+    def customer_of(self) -> dict[str, str]:
+        """record_key -> customer_key (the crosswalk)."""
+        return dict(zip(self.crosswalk["record_key"].tolist(), self.crosswalk["customer_key"].tolist(), strict=True))
 
     def records_of(self, customer_key: str) -> list[str]:
         """Every record key the crosswalk gives the customer."""
-        return list(self._records_of.get(customer_key, []))
+        found = self._sorted("records_of", lambda: self.crosswalk["customer_key"]).find(customer_key)
+        return [str(k) for k in self._array("crosswalk", "record_key")[found]]
+
+    def customer_of_record(self, record_key: str) -> str | None:
+        """The customer key the crosswalk gives one record (None when no resolution keyed it)."""
+        found = self._sorted("crosswalk", lambda: self.crosswalk["record_key"]).find(record_key)
+        return str(self._array("crosswalk", "customer_key")[found[0]]) if len(found) else None
+
+    def customer_keys(self) -> list[str]:
+        """Every customer key the crosswalk knows, sorted."""
+        return sorted(set(self._sorted("records_of", lambda: self.crosswalk["customer_key"]).values()))
 
     def is_customer(self, key: str) -> bool:
         """Whether the crosswalk knows this customer key."""
-        return key in self._records_of
+        return len(self._sorted("records_of", lambda: self.crosswalk["customer_key"]).find(key)) > 0
 
     def row(self, record_key: str) -> dict[str, str] | None:
         """The normalised identity fields of one record (None when only the crosswalk names it)."""
-        return self.rows.get(record_key)
+        found = self._sorted("record_key", lambda: self.records["record_key"]).find(record_key)
+        if not len(found):
+            return None
+        at = int(found[0])
+        fields = (c for c in _FIELDS if c in self.records.columns)
+        return {c: v for c in fields if isinstance(v := self._array("records", c)[at], str) and v}
 
     def normalised(self, kind: str, requests: Sequence[str]) -> list[str | None]:
         """Requests as `kind` ('email' or 'phone') normalises them, batch-normalised and remembered."""
@@ -135,14 +235,10 @@ class SubjectIndex:
         return [known[r] for r in requests]
 
 
-def _field_rows(frame: pd.DataFrame) -> dict[str, dict[str, str]]:
-    """record_key -> the identity fields that hold a value, from a frame of identity records."""
-    columns = {c: frame[c].astype("string").tolist() for c in _FIELDS if c in frame.columns}
-    out: dict[str, dict[str, str]] = {}
-    for i, record_key in enumerate(frame["record_key"].astype("string").tolist()):
-        if isinstance(record_key, str):
-            out[record_key] = {c: v[i] for c, v in columns.items() if isinstance(v[i], str) and v[i]}
-    return out
+def _text_column(values: pd.Series) -> pd.Series:
+    """Values as trimmed text, <NA> when missing or blank."""
+    text = values.astype("string").str.strip()
+    return text.mask(text == "")
 
 
 def load_subject_index(settings: Settings) -> SubjectIndex:
@@ -154,47 +250,64 @@ def load_subject_index(settings: Settings) -> SubjectIndex:
     config = identity_config(settings)
     tables = tuple(s.table for s in config.sources)
     records_path = settings.identity_dir / "records.parquet"
-    rows = (
-        _field_rows(pd.read_parquet(records_path, columns=["record_key", *_FIELDS])) if records_path.is_file() else {}
-    )
-    raw_emails: dict[str, set[str]] = defaultdict(set)
-    raw_phones: dict[str, set[str]] = defaultdict(set)
-    lake = _read_identity_tables(settings, tables)
+    columns = ["record_key", *_FIELDS]
+    if records_path.is_file():  # identity's own output: normalised text already, blanks made missing here
+        records = pd.read_parquet(records_path, columns=columns).astype("string")
+        records = records.mask(records == "")
+    else:
+        records = pd.DataFrame({c: pd.Series(dtype="string") for c in columns})
+    lake = _read_identity_tables(settings, config.sources)
+    raw_parts: list[pd.DataFrame] = []
     unresolved: dict[str, pd.DataFrame] = {}
+    known = set(records["record_key"].dropna().tolist())
     for source in (s for s in config.sources if s.table in lake):
         frame = lake[source.table]
         ids = frame[source.id]
         if pd.api.types.is_float_dtype(ids):  # integer ids with gaps arrive as floats (as identity reads them)
             ids = ids.astype("Int64")
-        keys = [f"{source.table}:{i.strip()}" if isinstance(i, str) else None for i in ids.astype("string").tolist()]
-        for kind, out in (("email", raw_emails), ("phone", raw_phones)):
+        keys = source.table + ":" + _text_column(ids)
+        for kind in ("email", "phone"):
             if (column := source.columns.get(kind)) is not None:
-                for key, value in zip(keys, frame[column].astype("string").tolist(), strict=True):
-                    if key and isinstance(value, str) and value.strip():
-                        out[key].add(value.strip())
-        new = [k is not None and k not in rows for k in keys]
-        if any(new):  # normalise only what no resolution has seen
+                raw_parts.append(
+                    pd.DataFrame({"record_key": keys, "kind": kind, "value": _text_column(frame[column])}).dropna()
+                )
+        new = (keys.notna() & ~keys.isin(known)).to_numpy()
+        if new.any():  # normalise only what no resolution has seen
             unresolved[source.table] = frame.loc[new]
     if unresolved:
         sources = [s for s in config.sources if s.table in unresolved]
-        rows.update(
-            {k: v for k, v in _field_rows(assemble_identity_records(unresolved, sources)).items() if k not in rows}
+        late = assemble_identity_records(unresolved, sources)
+        late = pd.DataFrame(
+            {
+                c: _text_column(late[c]) if c in late else pd.Series(pd.NA, index=late.index, dtype="string")
+                for c in columns
+            }
         )
-    customer_of: dict[str, str] = {}
+        records = pd.concat([records, late[~late["record_key"].isin(known)]], ignore_index=True)
+    raw = (
+        pd.concat(raw_parts, ignore_index=True).drop_duplicates()
+        if raw_parts
+        else pd.DataFrame({c: pd.Series(dtype="string") for c in ("record_key", "kind", "value")})
+    )
     crosswalk_path = settings.identity_dir / "crosswalk.parquet"
     if crosswalk_path.is_file():
-        crosswalk = pd.read_parquet(crosswalk_path, columns=["record_key", "customer_key"])
-        customer_of = dict(zip(crosswalk["record_key"].astype(str), crosswalk["customer_key"].astype(str), strict=True))
-    return SubjectIndex(rows, customer_of, dict(raw_emails), dict(raw_phones), tables)
+        crosswalk = pd.read_parquet(crosswalk_path, columns=["record_key", "customer_key"]).astype("string")
+    else:
+        crosswalk = pd.DataFrame({c: pd.Series(dtype="string") for c in ("record_key", "customer_key")})
+    return SubjectIndex(records, crosswalk, raw, tables)
 
 
-def _read_identity_tables(settings: Settings, tables: Iterable[str]) -> dict[str, pd.DataFrame]:
-    """The identity source tables the lake holds (a table never ingested is left out)."""
+def _read_identity_tables(settings: Settings, sources: Iterable[SourceMapping]) -> dict[str, pd.DataFrame]:
+    """The identity source tables the lake holds, the columns identity reads only (a table never ingested: left out)."""
     try:
         committed = read_manifest(settings).tables
     except IngestError:
         return {}
-    return {t: read_lake_table(settings, t) for t in tables if committed.get(t)}
+    return {
+        s.table: read_lake_table(settings, s.table, columns=[s.id, *dict.fromkeys(s.columns.values())])
+        for s in sources
+        if committed.get(s.table)
+    }
 
 
 # --- requests ------------------------------------------------------------------------------------------------------
@@ -258,7 +371,7 @@ def _matching_records(index: SubjectIndex, request: str) -> set[str]:
             table, _, record_id = request.partition(":")
             if table in index.tables:
                 key = f"{table}:{record_id.strip()}"
-                if index.row(key) is not None or key in index.customer_of:
+                if index.row(key) is not None or index.customer_of_record(key) is not None:
                     found.add(key)
         elif kind == "record_id":
             found.update(index.lookup("record_id", request))
@@ -280,7 +393,7 @@ def _matching_records(index: SubjectIndex, request: str) -> set[str]:
 
 
 def _group_of(index: SubjectIndex, record_key: str) -> str:
-    return index.customer_of.get(record_key) or f"record:{record_key}"
+    return index.customer_of_record(record_key) or f"record:{record_key}"
 
 
 def _candidate(index: SubjectIndex, group: str) -> Candidate:
@@ -339,8 +452,8 @@ def subject_of(index: SubjectIndex, request: str, group: str) -> Subject:
     phones: set[str] = set()
     names: set[tuple[str, str, str]] = set()
     for record_key in record_keys:
-        emails.update(index.raw_emails.get(record_key, ()))
-        phones.update(index.raw_phones.get(record_key, ()))
+        emails.update(index.raw_values("email", record_key))
+        phones.update(index.raw_values("phone", record_key))
         row = index.row(record_key)
         if row is None:
             continue

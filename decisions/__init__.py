@@ -1,0 +1,1 @@
+"""Next-best-action decisions: versioned policies, eligibility, arbitration under constraints, evaluation."""

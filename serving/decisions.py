@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from decisions.arbitration import CustomerState, Decision, decide, decide_batch, expected_value
-from decisions.policy import DecisionPolicy, load_policy
+from decisions.policy import DecisionPolicy, Purpose, load_policy
 from decisions.states import customer_states
 from serving.champions import ServedModel
 from serving.consent import CustomerConsent
@@ -40,7 +40,7 @@ from serving.scoring import score_records
 
 log = logging.getLogger("custintel.serving")
 ALIAS = "champion"
-PURPOSES = ("profiling", "marketing", "analytics")
+PURPOSES: tuple[Purpose, ...] = ("profiling", "marketing", "analytics")
 
 
 @dataclass(frozen=True)
@@ -213,12 +213,12 @@ class Decider:
         self.policies.refresh()
 
     # -- states --------------------------------------------------------------------------------------------------
-    def _consent(self, keys: Sequence[str], today: dt.date, age_below: int) -> tuple[dict[str, dict[str, bool]],
+    def _consent(self, keys: Sequence[str], today: dt.date, age_below: int) -> tuple[dict[str, dict[Purpose, bool]],
                                                                                      np.ndarray]:  # fmt: skip
         """Per customer, consent per purpose as the serving policy resolves it (unknown: its rule), and minors."""
         found = self.runtime.consent.store.lookup_many(keys)
         unknown = {str(k): str(v) for k, v in self.runtime.policy.unknown_consent.items()}
-        consent: dict[str, dict[str, bool]] = {}
+        consent: dict[str, dict[Purpose, bool]] = {}
         minors = np.zeros(len(keys), dtype=bool)
         for i, key in enumerate(keys):
             held = found.get(key) or CustomerConsent()
@@ -272,7 +272,7 @@ class Decider:
         groups = group_values if any(g is not None for g in group_values) else None
         states = customer_states(
             policy, features, churn_risk=churn_risk, uplift=uplift, propensity=propensity, margins={},
-            consent=consent, minors=minors, groups=groups, history=history, products_held=held,  # type: ignore[arg-type]
+            consent=consent, minors=minors, groups=groups, history=history, products_held=held,
         )  # fmt: skip
         return states, found, used
 

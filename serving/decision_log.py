@@ -232,6 +232,22 @@ class DecisionLog:
             out[by_log[logged_key]].extend((str(a["action"]), day) for a in orjson.loads(actions))
         return out
 
+    def contacts_since(self, channel: str, fallback: str, day: dt.date) -> int:
+        """Contacts decided on a channel from `day` on (UTC): decisions whose first action is not the fallback.
+
+        What a campaign's channel capacity has left today.
+        """
+        start = dt.datetime.combine(day, dt.time(), dt.UTC).isoformat()
+        row = (
+            self._con()
+            .execute(
+                "SELECT count(*) FROM decisions WHERE channel = ? AND decided_at >= ? AND action != ? AND fallback = 0",
+                (channel, start, fallback),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
     def record_outcome(self, decision_id: str, event: str, customer_key: str, reason: str | None) -> dict[str, Any]:
         """Append one outcome after `check_outcome` allows it, atomically (a concurrent duplicate gets 409).
 

@@ -341,19 +341,6 @@ class Decider:
         self.log.write([logged])
         return answer
 
-    def used_today(self, channel: str, fallback: str) -> int:
-        """Contacts already decided on a channel today (decisions whose first action is not the fallback)."""
-        start = dt.datetime.combine(dt.date.today(), dt.time(), dt.UTC).isoformat()
-        row = (
-            self.log._con()
-            .execute(
-                "SELECT count(*) FROM decisions WHERE channel = ? AND decided_at >= ? AND action != ? AND fallback = 0",
-                (channel, start, fallback),
-            )
-            .fetchone()
-        )
-        return int(row[0])
-
     def decide_many(self, request: DecideBatchRequest) -> dict[str, Any]:
         """A campaign's decisions under the channel's capacity left today (a `DecideBatchResponse` document)."""
         served = self.policies.current
@@ -362,7 +349,7 @@ class Decider:
         states, found, models = self.states(policy, request.customer_keys, today)
         left: dict[str, int] | None = None
         if request.channel in policy.capacity:
-            used = self.used_today(request.channel, policy.fallback)
+            used = self.log.contacts_since(request.channel, policy.fallback, dt.date.today())
             left = {request.channel: max(0, policy.capacity[request.channel] - used)}
         batch_id = new_decision_id()
         batch = decide_batch(policy, states, request.channel, today, seed=seed_of(batch_id), capacity=left,

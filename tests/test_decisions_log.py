@@ -188,3 +188,10 @@ def test_an_access_request_finds_the_logs_and_erasure_leaves_nothing(settings: S
         assert hashed.encode() not in path.read_bytes() and mine.decision_id.encode() not in path.read_bytes()
     assert list(read_decisions(settings)["decision_id"]) == [theirs.decision_id]
     assert list(read_outcomes(settings)["decision_id"]) == [theirs.decision_id]
+
+
+def test_contacts_since_counts_todays_contacts_on_a_channel_not_fallbacks(settings: Settings, log: DecisionLog) -> None:
+    log.write([_decision("CK1", log=log), _decision("CK2", log=log), _decision("CK3", "no_action", log=log),
+               _decision("CK4", at="2025-01-01T10:00:00.000000+00:00", log=log)])  # fmt: skip
+    assert log.contacts_since("call_centre", "no_action", dt.datetime.now(dt.UTC).date()) == 2
+    assert log.contacts_since("email", "no_action", dt.date(2020, 1, 1)) == 0

@@ -90,6 +90,11 @@ def _store_calls(config: Settings, policy: RetentionPolicy, as_of: dt.date, dry_
         if store == "inference_log":
             fields = {f: strip[c] for f, c in FIELD_CLASSES.items() if c in strip}
             calls[store] = partial(expire_inference_log, config.inference_log_dir, due, fields, dry_run)
+        elif store == "decision_log":
+            from serving.decision_log import decision_log_path
+            from serving.decision_log import expire as expire_decision_log
+
+            calls[store] = partial(expire_decision_log, decision_log_path(config), due, dry_run)
         elif store == "lake":  # and the quarantine (its Expiry is dropped when the policy leaves it out)
             quarantine = policy.before("quarantine", as_of)
             calls[store] = partial(features_retention.expire_lake, config, before, quarantine, dry_run)

@@ -235,6 +235,7 @@ STORE_DESCRIPTIONS = {
     "inference_log": "scores and recommendations served about you",
     "serving.caps": "how often you were shown an offer (frequency limits)",
     "serving.consent": "the consent decisions the scoring service checks",
+    "decision_log": "the actions decided for you (offers, service recovery), why, and what happened next",
     "monitoring": "samples of served data used to check the models still work",
     "governance": "model cards and reviewers' pages that showed your data",
     EXPORT_STORE: "earlier copies of an export like this one",

@@ -41,6 +41,8 @@ _ALL = frozenset(DATA_CLASSES)
 STORES: dict[str, tuple[str, frozenset[str]]] = {
     "inference_log": ("serving/inference/<day>.jsonl: one entry per answer", frozenset(
         {"quasi_identifier", "behavioural", "inferred"})),
+    "decision_log": ("serving/decisions.db: the decisions served (with their context) and their outcomes", frozenset(
+        {"quasi_identifier", "behavioural", "inferred"})),
     "lake": ("lake/<table>/drop=<id>/: accepted rows (each table's latest drop always stays)", _ALL),
     "quarantine": ("quarantine/<table>/drop=<id>/: rejected rows as read", _ALL),
     "offline_features": ("features/offline/<set>/v<n>/as_of=<date>/: features and labels per cutoff", frozenset(

@@ -43,6 +43,7 @@ from monitoring import reports
 from monitoring.baseline import Baseline, compare_window, select_reference, served_cutoff
 from monitoring.checks import QualityFinding, data_quality, null_shares, performance
 from monitoring.drift import ColumnDrift, DatasetDrift, Kind, column_kinds
+from monitoring.outcomes import monitor_outcomes, with_outcomes
 from monitoring.policy import MonitoringPolicy
 from monitoring.served import ServedWindow, read_served
 from monitoring.triggers import Evidence, TriggerDecision, decide
@@ -341,6 +342,9 @@ def monitor_family(
         reference="" if baseline is None else baseline.describe(),
     )
     decision = decide(rules, policy.retrain, evidence, now)
+    # What the decisions that read this version led to (issue 21): realised response and frontline feedback.
+    outcomes = monitor_outcomes(settings, start, end, model=(name, champion.version))
+    decision = with_outcomes(decision, outcomes)
 
     t = time.perf_counter()
     stem = f"{name}-v{champion.version}-{reports.stamp(now)}"
@@ -406,6 +410,7 @@ def monitor_family(
         "data_quality": quality_figures,
         "performance": None if perf is None else perf.as_dict(),
         "recommendations": _recommendation_figures(window) if family == "recommendation" else None,
+        "outcomes": outcomes.as_dict() if outcomes.decisions else None,
         "new_labelled_months": evidence.new_months,
         "model_age_days": evidence.model_age_days,
         "links": links,

@@ -1,6 +1,7 @@
 """The models the service answers with: each family's `@champion`, polled from the registry.
 
-`Champions` loads each family's `@champion` when the service starts (never at import), is
+`Champions` loads each family's `@champion` (churn, propensity, recommendation, and uplift: the
+retention offer's effect, which the decisions read) when the service starts (never at import), is
 polled for promotions and swaps in a newly promoted version only once it has loaded (a
 request sees either the old model or the new one, never none), and keeps serving what it
 has when the registry cannot be reached (reported as degraded). The registered names are
@@ -35,9 +36,12 @@ WIDE_K = 60  # recommendations drawn before caps and exclusions cut them to k
 
 
 def registered_names(settings: Settings, families: Sequence[str]) -> dict[str, str]:
-    """Each family's registered model, from the training configuration (`registered_model`)."""
+    """Each family's registered model, from the training configuration (`registered_model`).
+
+    A family the configuration does not train (e.g. uplift without an offer test) is left out.
+    """
     names = Registry(settings).registered_names()
-    return {family: names[family] for family in families}
+    return {family: names[family] for family in families if family in names}
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 The setting is a comma-separated list of entries, each `key` or `key:scope+scope`, e.g.
 `k1:score+recommend,k2:admin,k3`. The scopes are `score` (churn and propensity scores),
-`recommend` (recommendations) and `admin` (`/models`, and any route not named here). A key
+`recommend` (recommendations), `decide` (next-best-action decisions and their outcomes) and
+`admin` (`/models`, and any route not named here). A key
 written without scopes has them all: every key set before scopes existed keeps exactly the
 access it had, and an operator narrows a key by naming its scopes.
 
@@ -17,11 +18,12 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-SCOPES = ("score", "recommend", "admin")
+SCOPES = ("score", "recommend", "decide", "admin")
 ALL_SCOPES = frozenset(SCOPES)
 ROUTE_SCOPES = {  # the scope each protected route needs; a route not listed needs admin
     **dict.fromkeys(("/churn/score", "/churn/score/batch", "/propensity/score", "/propensity/score/batch"), "score"),
     **dict.fromkeys(("/recommend", "/recommend/batch"), "recommend"),
+    **dict.fromkeys(("/decide", "/decide/batch", "/outcomes"), "decide"),
     "/models": "admin",
 }
 SETTING = "CUSTINTEL_SERVING_API_KEYS"

@@ -35,6 +35,9 @@ ROUTES = {
             "/propensity/score/batch",
             "/recommend",
             "/recommend/batch",
+            "/decide",
+            "/decide/batch",
+            "/outcomes",
         ),
         "POST",
     ),  # fmt: skip

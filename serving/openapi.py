@@ -59,7 +59,8 @@ ERRORS = {
     "400": ("the body is not valid JSON or fails the request model (detail[].loc names the field)", VALIDATION_BODY),
     "401": ("no valid API key", ERROR_BODY),
     "403": ("the API key lacks this route's scope (error.scope names it)", FORBIDDEN_BODY),
-    "404": ("unknown customer", ERROR_BODY),
+    "404": ("unknown customer (or, for /outcomes, unknown decision id)", ERROR_BODY),
+    "409": ("/outcomes: the event is already recorded for this decision, or out of order", ERROR_BODY),
     "413": ("the body or the batch is too large", ERROR_BODY),
     "405": ("the route answers another method (the Allow header names it)", ERROR_BODY),
     "415": ("not application/json", ERROR_BODY),
@@ -71,7 +72,7 @@ SECURITY = {
     "bearer": {"type": "http", "scheme": "bearer"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
-PROTECTED = ("/churn", "/propensity", "/recommend", "/models")
+PROTECTED = ("/churn", "/propensity", "/recommend", "/models", "/decide", "/outcomes")
 REQUESTS = {  # request schemas (BentoML names them both ways) and the family whose model reads them
     "ScoreRequest": "churn",
     "ScoreRequestIODescriptor": "churn",
@@ -79,6 +80,7 @@ REQUESTS = {  # request schemas (BentoML names them both ways) and the family wh
     "PropensityRequestIODescriptor": "propensity",
 }
 BATCHES = ("BatchScoreRequestIODescriptor", "BatchPropensityRequestIODescriptor", "BatchRecommendRequestIODescriptor")
+DECIDE_BATCHES = ("DecideBatchRequest", "DecideBatchRequestIODescriptor")  # customer_keys bounded by max_batch
 ANY_VALUE = {"anyOf": [{"type": "number"}, {"type": "string"}], "nullable": True}
 _served: Callable[[], dict[str, Any]] | None = None
 
@@ -142,6 +144,11 @@ def _strict(node: Any, served: dict[str, Any], components: frozenset[str] = froz
         props = node.get("properties", {})
         if "exclude" in props:
             props["exclude"] = {k: v for k, v in props["exclude"].items() if k not in ("nullable", "default")}
+    elif title in DECIDE_BATCHES and served.get("max_batch"):
+        keys = node.get("properties", {}).get("customer_keys")
+        if isinstance(keys, dict):
+            keys["maxItems"] = int(served["max_batch"])
+            keys["uniqueItems"] = True
     elif title in BATCHES and served.get("max_batch"):
         customers = node.get("properties", {}).get("customers")
         if isinstance(customers, dict):

@@ -10,6 +10,9 @@
   writer takes; a writer that waited on the lock appends to the new file (it checks, once it holds
   the lock, that its file is still the one the path names), so no line is lost to the replaced file.
 - "serving.caps": the frequency-cap impressions by customer key (SQLite or Redis, `serving.caps`).
+- "decision_log": the decisions served and their outcomes (`serving/decisions.db`, `serving.decision_log`), keyed
+  like the inference log (the subject's log keys, both rules); erasure deletes their decisions and every outcome
+  of those decisions (and outcomes keyed to them) in one transaction.
 - "serving.consent": the consent snapshot the service reads (`consent.sqlite`: decisions and birth
   date per customer key); rows are deleted in one transaction. (The in-memory batch snapshots of
   `serving.snapshot` are not on disk: they are rebuilt from the online store, which the feature
@@ -31,6 +34,7 @@ from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
 from serving.caps import open_frequency_caps
 from serving.consent import consent_store_path
+from serving.decision_log import JSON_COLUMNS, connect, decision_log_path
 from serving.inference_log import subject_log_keys
 from serving.policy import load_serving_policy
 
@@ -217,6 +221,85 @@ class ConsentSnapshotStore:
         return [Erased(self.name, _relative(self.settings, self.path), removed, "rows deleted")] if removed else []
 
 
+class DecisionLogStore:
+    """The decision and outcome log: a person's decisions (with their context) and the outcomes recorded on them."""
+
+    name = "decision_log"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = decision_log_path(settings)
+
+    def _keys(self, subject: Subject) -> list[str]:
+        salt = self.settings.serving_log_salt or "custintel"
+        return sorted(subject_log_keys(salt, subject.customer_keys, subject.log_keys))
+
+    def find(self, subjects: Sequence[Subject]) -> list[Holding]:
+        """Each subject's decisions and outcomes (rows tagged with their table)."""
+        if not self.path.is_file():
+            return []
+        out = []
+        con = connect(self.path, readonly=True)
+        con.row_factory = sqlite3.Row
+        try:
+            for subject in subjects:
+                asked = json.dumps(self._keys(subject))
+                rows: list[dict[str, Any]] = []
+                for row in con.execute(
+                    "SELECT * FROM decisions WHERE customer_key IN (SELECT value FROM json_each(?))", (asked,)
+                ):
+                    item = {"table": "decisions", **dict(row)}
+                    for column in JSON_COLUMNS:
+                        item[column] = json.loads(item[column]) if item.get(column) else item.get(column)
+                    rows.append(item)
+                query = (
+                    "SELECT * FROM outcomes WHERE customer_key IN (SELECT value FROM json_each(?1)) OR decision_id "
+                    "IN (SELECT decision_id FROM decisions WHERE customer_key IN (SELECT value FROM json_each(?1)))"
+                )
+                rows += [{"table": "outcomes", **dict(r)} for r in con.execute(query, (asked,))]
+                if rows:
+                    out.append(Holding(self.name, _relative(self.settings, self.path), subject.request, rows))
+        finally:
+            con.close()
+        return out
+
+    def erase(self, subjects: Sequence[Subject]) -> list[Erased]:
+        """Delete the subjects' decisions and their outcomes in one transaction (idempotent)."""
+        if not self.path.is_file():
+            return []
+        asked = json.dumps(sorted({k for s in subjects for k in self._keys(s)}))
+        con = connect(self.path)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            outcomes = con.execute(
+                "DELETE FROM outcomes WHERE customer_key IN (SELECT value FROM json_each(?1)) OR decision_id IN "
+                "(SELECT decision_id FROM decisions WHERE customer_key IN (SELECT value FROM json_each(?1)))",
+                (asked,),
+            ).rowcount
+            decisions = con.execute(
+                "DELETE FROM decisions WHERE customer_key IN (SELECT value FROM json_each(?))", (asked,)
+            ).rowcount
+            con.execute("COMMIT")
+            # the deleted rows' pages may linger in the WAL and free pages: checkpoint and vacuum them away
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if decisions or outcomes:
+                con.execute("VACUUM")
+        finally:
+            con.close()
+        removed = max(decisions, 0) + max(outcomes, 0)
+        place = _relative(self.settings, self.path)
+        return (
+            [Erased(self.name, place, removed, f"{decisions} decisions, {outcomes} outcomes deleted")]
+            if removed
+            else []
+        )
+
+
 def personal_stores(settings: Settings) -> list[PersonalStore]:
     """The stores of this package that can hold a person's data."""
-    return [InferenceLogStore(settings), CapsStore(settings), ConsentSnapshotStore(settings)]
+    return [
+        InferenceLogStore(settings),
+        CapsStore(settings),
+        ConsentSnapshotStore(settings),
+        DecisionLogStore(settings),
+    ]

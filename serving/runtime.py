@@ -35,7 +35,9 @@ SETS_SECONDS = 1.0  # how long the runtime reuses the online sets' metadata befo
 class Runtime:
     """Everything a request needs; thread-safe for concurrent requests."""
 
-    def __init__(self, settings: Settings, policy: ServingPolicy, families: Sequence[str] = FAMILIES) -> None:
+    def __init__(
+        self, settings: Settings, policy: ServingPolicy, families: Sequence[str] = (*FAMILIES, "uplift")
+    ) -> None:
         self.settings, self.policy = settings, policy
         self.champions = Champions(settings, registered_names(settings, families))
         self.consent = ConsentChecks(ConsentStore(consent_store_path(settings)), policy)
@@ -64,6 +66,10 @@ class Runtime:
     def customer_features(self, customer_key: str) -> dict[str, Any] | None:
         """The online store's features of a customer, merged over sets (None when unknown)."""
         return self._online().merged(customer_key)
+
+    def features_many(self, customer_keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Many customers' features merged over every set, one round trip (customers the store lacks left out)."""
+        return self._online().merged_many(customer_keys).rows
 
     def model_features(self, model: ServedModel, customer_keys: Sequence[str]) -> StoredFeatures:
         """What the online store holds for many customers, as one model reads it: one round trip.

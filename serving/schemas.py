@@ -8,9 +8,18 @@ on the model: `Runtime.feature_row` checks it against the served model's inputs 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+    model_validator,
+)
 
 FeatureValue = StrictFloat | StrictInt | StrictStr | None
 CustomerKey = str
@@ -212,3 +221,130 @@ class ModelsResponse(BaseModel):
     snapshots: list[SnapshotInfo] = Field(
         default_factory=list, description="Models whose inputs are held in memory for batch scoring."
     )
+    decision_policy: PolicyRef | None = Field(
+        default=None, description="The decision policy /decide answers with (source file: none promoted yet)."
+    )
+    decision_policy_detail: str | None = Field(
+        default=None, description="Why the last poll for a promoted decision policy did not take (if it did not)."
+    )
+
+
+# --- decisions (issue 21): /decide, /decide/batch, /outcomes ----------------------------------------------------
+
+Channel = Literal["web", "app", "call_centre", "email"]
+OutcomeEvent = Literal["impression", "click", "accept", "decline", "conversion", "complaint", "feedback"]
+KEY_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+
+
+ContextValue = Annotated[StrictStr, StringConstraints(max_length=200)]
+BatchKey = Annotated[StrictStr, StringConstraints(min_length=1, max_length=64, pattern=KEY_PATTERN)]
+
+
+class DecideRequest(_Request):
+    """One customer in a live interaction on a channel, with what the caller knows of the contact."""
+
+    customer_key: str = Field(min_length=1, max_length=64, pattern=KEY_PATTERN)
+    channel: Channel
+    context: dict[str, ContextValue] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="What the caller knows of this contact, e.g. {'reason': 'failed_self_service'}; the policy's "
+        "service-recovery rules read `reason`, the agent prompt may quote the values.",
+    )
+
+
+class DecideBatchRequest(_Request):
+    """A campaign: many customers on one channel, allocated under the channel's daily capacity."""
+
+    customer_keys: list[BatchKey] = Field(min_length=1, description="Customer keys (at most the policy's max_batch).")
+    channel: Channel
+
+    @model_validator(mode="after")
+    def _once_each(self) -> DecideBatchRequest:
+        if len(set(self.customer_keys)) != len(self.customer_keys):
+            raise ValueError("customer_keys: a customer appears more than once")
+        return self
+
+
+class ChosenAction(BaseModel):
+    """One action chosen for the customer, with its priority P x V x L."""
+
+    name: str
+    kind: str
+    channel: str
+    priority: float
+    p: float = Field(description="P: predicted effect (uplift, propensity; 1 for a fired service-recovery rule)")
+    v: float = Field(description="V: value of one success")
+    l: float = Field(description="L: the policy's lever")  # noqa: E741
+    reasons: list[str] = Field(default_factory=list)
+
+
+class PolicyRef(BaseModel):
+    """The decision policy that decided: its name, registered version (None: the policy file) and digest."""
+
+    name: str
+    version: str | None
+    source: Literal["registry", "file"]
+    digest: str
+
+
+class DecideResponse(BaseModel):
+    """A decision: the action(s), why, the agent prompt, and what off-policy evaluation needs."""
+
+    customer_key: str
+    channel: str
+    status: Literal["decided", "not_found"] = "decided"
+    error: str | None = Field(default=None, description="Why a batch item could not be decided (not_found).")
+    decision_id: str | None = Field(default=None, description="Quote it in /outcomes.")
+    actions: list[ChosenAction] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
+    prompt: str = ""
+    probability: float | None = Field(default=None, description="Logged probability of the first chosen action.")
+    explored: bool = False
+    fallback: bool = False
+    fallback_reason: str | None = None
+    expected_value: float | None = None
+    policy: PolicyRef
+    models: list[ModelRef] = Field(default_factory=list, description="The champions the decision read.")
+
+
+class AllocationRow(BaseModel):
+    """How many customers of a batch got an action on a channel (per equity group), against the capacity."""
+
+    action: str
+    channel: str
+    group: str | None = None
+    count: int
+    capacity: int | None = None
+
+
+class DecideBatchResponse(BaseModel):
+    """Per-customer decisions (request order), the allocation, and the value given up to the constraints."""
+
+    results: list[DecideResponse]
+    allocation: list[AllocationRow]
+    value: float
+    unconstrained_value: float
+    value_given_up: float
+    policy: PolicyRef
+
+
+class OutcomeRequest(_Request):
+    """What happened after a decision, or frontline feedback that its output is wrong (with a reason)."""
+
+    decision_id: str = Field(min_length=32, max_length=32, pattern=r"^[0-9a-f]{32}$")
+    event: OutcomeEvent
+    customer_key: str = Field(min_length=1, max_length=64, pattern=KEY_PATTERN)
+    reason: str | None = Field(
+        default=None, min_length=1, max_length=500, description="Required for feedback: what is wrong with the output."
+    )
+
+
+class OutcomeResponse(BaseModel):
+    """The outcome as recorded."""
+
+    outcome_id: str
+    decision_id: str
+    event: str
+    action: str
+    at: str

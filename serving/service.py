@@ -32,7 +32,14 @@ from serving.schemas import (
     BatchRecommendResponse,
     BatchScoreRequest,
     BatchScoreResponse,
+    DecideBatchRequest,
+    DecideBatchResponse,
+    DecideRequest,
+    DecideResponse,
     ModelsResponse,
+    OutcomeRequest,
+    OutcomeResponse,
+    PolicyRef,
     PropensityRequest,
     PropensityResponse,
     RecommendRequest,
@@ -45,7 +52,7 @@ from serving.schemas import (
 
 T = TypeVar("T")
 GC_GEN0 = 20_000  # allocations between young-generation collections (CPython's default: 700)
-TRACED_NOT = ("/churn/score", "/propensity/score", "/recommend")
+TRACED_NOT = ("/churn/score", "/propensity/score", "/recommend", "/decide", "/outcomes")
 extra = FastAPI(docs_url=None, openapi_url=None, redoc_url=None)
 
 
@@ -112,6 +119,10 @@ class Custintel:
             )
         parse_api_keys(settings.serving_api_keys)  # a malformed entry stops the worker, named (by fingerprint)
         self.runtime = Runtime(settings, load_serving_policy(settings.serving_policy))
+        # imported here: the decision policy is loaded (and a bad one refused, named) when a worker starts
+        from serving.decisions import Decider
+
+        self.decider = Decider(self.runtime)
         quiet_refusals("bentoml._internal.server.http_app")  # a refused request: one INFO line, not a traceback
         openapi.publish(lambda: answers.served_inputs(self.runtime))  # /docs.json declares what is served now
         self._stop = threading.Event()
@@ -125,6 +136,7 @@ class Custintel:
         def poll() -> None:
             while not self._stop.wait(interval):
                 self.runtime.champions.refresh()
+                self.decider.policies.refresh()
 
         self._poller = threading.Thread(target=poll, name="registry-poll", daemon=True)
         self._poller.start()
@@ -149,6 +161,7 @@ class Custintel:
         if self._poller is not None:
             self._poller.join(5)
         self.runtime.close()
+        self.decider.close()
 
     def __is_ready__(self) -> bool:
         return self.runtime.champions.ready
@@ -215,6 +228,37 @@ class Custintel:
 
         return _answer(run, ctx)  # type: ignore[return-value]
 
+    @bentoml.api(route="/decide")
+    def decide(self, request: DecideRequest, /, ctx: bentoml.Context) -> DecideResponse:
+        """The next best action for a customer in a live interaction: action(s), reasons, agent prompt, decision id.
+
+        Logged before it is answered (quote `decision_id` in /outcomes). Consent per purpose, the minors
+        policy, contact caps and cool-downs decide eligibility; a missing champion falls back, said so.
+        """
+
+        def run() -> Response:
+            return Response(orjson.dumps(self.decider.decide_one(request)), media_type="application/json")
+
+        answer: Response = _answer(run, ctx)
+        return answer  # type: ignore[return-value]  # a DecideResponse document
+
+    @bentoml.api(route="/decide/batch")
+    def decide_batch(self, request: DecideBatchRequest, /, ctx: bentoml.Context) -> DecideBatchResponse:
+        """A campaign's decisions under the channel's daily capacity: allocation, value, value given up."""
+
+        def run() -> Response:
+            answers.check_batch(self.runtime, len(request.customer_keys))
+            body = self.decider.decide_many(request)
+            return Response(orjson.dumps(body), media_type="application/json")
+
+        answer: Response = _answer(run, ctx)
+        return answer  # type: ignore[return-value]  # a DecideBatchResponse document
+
+    @bentoml.api(route="/outcomes")
+    def outcomes(self, request: OutcomeRequest, /, ctx: bentoml.Context) -> OutcomeResponse:
+        """Record what happened after a decision (or frontline feedback with a reason), in the outcomes log."""
+        return _answer(lambda: OutcomeResponse(**self.decider.outcome(request)), ctx)  # type: ignore[return-value]
+
     @extra.get("/models", response_model=ModelsResponse)
     def models(self) -> ModelsResponse:
         """What is served: name, version, alias, card; degraded when the registry was unreachable."""
@@ -237,6 +281,8 @@ class Custintel:
             detail=state.degraded,
             models=served,
             snapshots=[SnapshotInfo(**s) for s in held],
+            decision_policy=PolicyRef(**self.decider.policies.current.ref()),
+            decision_policy_detail=self.decider.policies.degraded,
         )
 
 

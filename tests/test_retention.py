@@ -35,6 +35,7 @@ POLICY = {
         "offline_features": {"max_age_days": 365},  # 2025-01-01
         "identity_reports": {"max_age_days": 180},
         "dsar_exports": {"max_age_days": 30},
+        "decision_log": {"max_age_days": 365},
     }
 }
 DROPS = ["2025-01-10", "2025-06-01", "2025-12-15"]
@@ -226,7 +227,7 @@ def test_the_policy_is_checked_naming_the_key(tmp_path: Path) -> None:
     shipped = load_policy().retention
     assert shipped is not None and set(shipped.stores) == {
         "inference_log", "quarantine", "lake", "monitoring_reports", "evidently_workspace", "offline_features",
-        "identity_reports", "dsar_exports", "mlflow_monitoring_reports",
+        "identity_reports", "dsar_exports", "mlflow_monitoring_reports", "decision_log",
     }  # fmt: skip
     bad = {
         "stores.bogus: unknown store": {"stores": {"bogus": {"max_age_days": 3}}},

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from custintel.settings import Settings
 from flows.cli import app as cli_app
-from serving.keys import ALL_SCOPES, ApiKeysError, fingerprint, identify, parse_api_keys, scope_for
+from serving.keys import ALL_SCOPES, SCOPES, ApiKeysError, fingerprint, identify, parse_api_keys, scope_for
 from serving.middleware import Gatekeeper
 from serving.openapi import document
 
@@ -129,7 +129,8 @@ def test_the_document_declares_403_and_each_operations_scope() -> None:
     assert out["/models"]["get"]["x-scope"] == "admin"
     for path, method in (("/churn/score", "post"), ("/models", "get")):
         forbidden = out[path][method]["responses"]["403"]["content"]["application/json"]["schema"]
-        assert forbidden["properties"]["error"]["properties"]["scope"]["enum"] == ["score", "recommend", "admin"]
+        assert forbidden["properties"]["error"]["properties"]["scope"]["enum"] == list(SCOPES)
+        assert list(SCOPES) == ["score", "recommend", "decide", "admin"]
     assert "403" not in out["/livez"]["get"].get("responses", {}) and "x-scope" not in out["/livez"]["get"]
 
 

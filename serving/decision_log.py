@@ -1,0 +1,420 @@
+"""The decision and outcome logs: which action each customer was given, under which policy, and what happened next.
+
+One SQLite file, `<home>/serving/decisions.db`, in WAL mode so every worker process of the
+service writes to it and monitoring reads it at the same time. Two tables:
+
+- `decisions`: one row per decision served (`/decide`, `/decide/batch`): its id, the customer
+  key as the serving policy's audit rule keeps keys (`inference_log.log_key`: salted sha256
+  by default), channel, policy name and version, the first chosen action and every chosen
+  action (JSON), the logged probability of the chosen action and the full distribution over the
+  eligible ones (what off-policy evaluation needs), explored / fallback flags, reasons,
+  the caller's context, when (UTC ISO), the expected value and the model versions.
+- `outcomes`: what happened after a decision (`/outcomes`): impression, click, accept,
+  decline, conversion, complaint, or frontline feedback with a reason. Each event at most once
+  per decision, in the order `check_outcome` enforces (`EVENT_RULES`).
+
+A decision is written before its answer leaves (a synchronous insert: an outcome may follow at
+once), with WAL's `synchronous=NORMAL` (no fsync per transaction). Both tables hold personal
+data: `serving.personal.DecisionLogStore` finds and erases a person's rows, `expire` applies
+retention.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from custintel.retention import Expiry, Item
+from custintel.settings import Settings
+from serving.errors import ServingError
+from serving.inference_log import log_key
+
+EVENTS = ("impression", "click", "accept", "decline", "conversion", "complaint", "feedback")
+# Per event: the events that must come before it, and those after which it is out of order.
+#   impression  first of the funnel: the action was shown or said to the customer
+#   click       after an impression
+#   accept      after an impression; not after a decline
+#   decline     after an impression; not after an accept or a conversion
+#   conversion  after an impression; not after a decline
+#   complaint   after an impression (the customer saw the action)
+#   feedback    any time (frontline staff judge the output itself); a reason is required
+EVENT_RULES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "impression": (frozenset(), frozenset()),
+    "click": (frozenset({"impression"}), frozenset()),
+    "accept": (frozenset({"impression"}), frozenset({"decline"})),
+    "decline": (frozenset({"impression"}), frozenset({"accept", "conversion"})),
+    "conversion": (frozenset({"impression"}), frozenset({"decline"})),
+    "complaint": (frozenset({"impression"}), frozenset()),
+    "feedback": (frozenset(), frozenset()),
+}
+RESPONSES = ("accept", "conversion")  # events counted as a positive response to an action
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    decision_id TEXT PRIMARY KEY,
+    customer_key TEXT,
+    channel TEXT NOT NULL,
+    policy_name TEXT NOT NULL,
+    policy_version TEXT,
+    action TEXT NOT NULL,
+    actions TEXT NOT NULL,
+    probability REAL NOT NULL,
+    action_probabilities TEXT NOT NULL,
+    explored INTEGER NOT NULL,
+    fallback INTEGER NOT NULL,
+    fallback_reason TEXT,
+    reasons TEXT NOT NULL,
+    context TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    expected_value REAL NOT NULL,
+    models TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_customer ON decisions (customer_key, decided_at);
+CREATE INDEX IF NOT EXISTS decisions_at ON decisions (decided_at);
+CREATE TABLE IF NOT EXISTS outcomes (
+    outcome_id TEXT PRIMARY KEY,
+    decision_id TEXT NOT NULL REFERENCES decisions (decision_id) ON DELETE CASCADE,
+    customer_key TEXT,
+    event TEXT NOT NULL,
+    reason TEXT,
+    at TEXT NOT NULL,
+    UNIQUE (decision_id, event)
+);
+CREATE INDEX IF NOT EXISTS outcomes_customer ON outcomes (customer_key);
+CREATE INDEX IF NOT EXISTS outcomes_at ON outcomes (at);
+"""
+DECISION_COLUMNS = (
+    "decision_id", "customer_key", "channel", "policy_name", "policy_version", "action", "actions", "probability",
+    "action_probabilities", "explored", "fallback", "fallback_reason", "reasons", "context", "decided_at",
+    "expected_value", "models",
+)  # fmt: skip
+JSON_COLUMNS = ("actions", "action_probabilities", "reasons", "context", "models")
+_INSERT = f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) VALUES ({', '.join('?' * len(DECISION_COLUMNS))})"
+
+
+def decision_log_path(settings: Settings) -> Path:
+    """The decision and outcome log's file."""
+    return settings.home_dir / "serving" / "decisions.db"
+
+
+def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in WAL mode (readers never block the writers), creating the tables unless read-only."""
+    if readonly:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+        con.execute("PRAGMA busy_timeout = 30000")
+        return con
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    con.execute("PRAGMA busy_timeout = 30000")
+    con.execute("PRAGMA journal_mode = WAL")
+    con.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt; no fsync per request
+    con.execute("PRAGMA foreign_keys = ON")
+    con.executescript(_SCHEMA)
+    return con
+
+
+def new_decision_id() -> str:
+    """A decision's id: random (a caller cannot guess another's), 32 hex digits."""
+    return uuid.uuid4().hex
+
+
+def seed_of(decision_id: str) -> int:
+    """The arbitration's seed for a decision, derived from its id (replaying the id replays the draw)."""
+    return int(decision_id[:15], 16)
+
+
+@dataclass(frozen=True)
+class LoggedDecision:
+    """One row of `decisions`, as the service writes it (customer_key already as the log keeps it)."""
+
+    decision_id: str
+    customer_key: str | None
+    channel: str
+    policy_name: str
+    policy_version: str | None
+    action: str
+    actions: list[dict[str, Any]]
+    probability: float
+    action_probabilities: dict[str, float]
+    explored: bool
+    fallback: bool
+    fallback_reason: str | None
+    reasons: list[str]
+    context: Mapping[str, Any]
+    decided_at: str
+    expected_value: float
+    models: Mapping[str, str]
+
+    def row(self) -> tuple[Any, ...]:
+        """The values in `DECISION_COLUMNS` order, JSON columns serialised."""
+        dumps = orjson.dumps
+        return (
+            self.decision_id, self.customer_key, self.channel, self.policy_name, self.policy_version, self.action,
+            dumps(self.actions).decode(), float(self.probability), dumps(self.action_probabilities).decode(),
+            int(self.explored), int(self.fallback), self.fallback_reason, dumps(self.reasons).decode(),
+            dumps(dict(self.context)).decode(), self.decided_at, float(self.expected_value),
+            dumps(dict(self.models)).decode(),
+        )  # fmt: skip
+
+
+def now_iso() -> str:
+    """The current UTC time as the logs keep it (ISO, microseconds: the order of events on one decision)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
+
+
+class DecisionLog:
+    """The service's handle on the log: one connection per thread, a prepared insert, outcome checks.
+
+    `key_rule` and `salt` are the serving policy's audit rule: the log keeps customer keys as the
+    inference log does, so an access request finds them by the same hashed key.
+    """
+
+    def __init__(self, path: Path, key_rule: str = "hash", salt: str = "custintel") -> None:
+        self.path, self.key_rule, self.salt = path, key_rule, salt
+        self._local = threading.local()
+        connect(path).close()  # the tables exist before the first request
+
+    def key(self, customer_key: str | None) -> str | None:
+        """A customer key as the log keeps it."""
+        return log_key(self.key_rule, self.salt, customer_key)
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = connect(self.path)
+        return con
+
+    def write(self, decisions: Sequence[LoggedDecision]) -> None:
+        """Insert decisions in one transaction (a batch call's: one commit)."""
+        if not decisions:
+            return
+        con = self._con()
+        if len(decisions) == 1:
+            con.execute(_INSERT, decisions[0].row())  # autocommit: one statement, one transaction
+            return
+        con.execute("BEGIN")
+        try:
+            con.executemany(_INSERT, [d.row() for d in decisions])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def history(
+        self, customer_keys: Iterable[str], since: dt.date | None = None
+    ) -> dict[str, list[tuple[str, dt.date]]]:
+        """Per customer key (as given), the actions decided for them and when: what caps and cool-downs count.
+
+        Every chosen action of a decision counts (not only the first); a fallback's "no action" too,
+        which the policy's caps may ignore. `since`: only decisions from that day on.
+        """
+        keys = list(dict.fromkeys(customer_keys))
+        by_log = {self.key(k): k for k in keys}
+        out: dict[str, list[tuple[str, dt.date]]] = {k: [] for k in keys}
+        logged = [k for k in by_log if k is not None]
+        if not logged:
+            return out
+        query = ("SELECT customer_key, actions, decided_at FROM decisions WHERE customer_key IN "
+                 "(SELECT value FROM json_each(?1)) AND decided_at >= ?2")  # fmt: skip
+        start = (since or dt.date.min).isoformat()
+        for logged_key, actions, at in self._con().execute(query, (json.dumps(logged), start)):
+            day = dt.date.fromisoformat(at[:10])
+            out[by_log[logged_key]].extend((str(a["action"]), day) for a in orjson.loads(actions))
+        return out
+
+    def contacts_since(self, channel: str, fallback: str, day: dt.date) -> int:
+        """Contacts decided on a channel from `day` on (UTC): decisions whose first action is not the fallback.
+
+        What a campaign's channel capacity has left today.
+        """
+        start = dt.datetime.combine(day, dt.time(), dt.UTC).isoformat()
+        row = (
+            self._con()
+            .execute(
+                "SELECT count(*) FROM decisions WHERE channel = ? AND decided_at >= ? AND action != ? AND fallback = 0",
+                (channel, start, fallback),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    def record_outcome(self, decision_id: str, event: str, customer_key: str, reason: str | None) -> dict[str, Any]:
+        """Append one outcome after `check_outcome` allows it, atomically (a concurrent duplicate gets 409).
+
+        Returns the stored outcome (outcome_id, decision_id, event, at, and the decision's action).
+        """
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")  # the check and the insert see and change the same state
+        try:
+            found = con.execute(
+                "SELECT customer_key, action FROM decisions WHERE decision_id = ?", (decision_id,)
+            ).fetchone()
+            if found is None:
+                raise ServingError(404, "decision_id", f"no decision {decision_id!r} in the decision log")
+            logged_key, action = found
+            if self.key_rule != "omit" and logged_key != self.key(customer_key):
+                raise ServingError(422, "customer_key", "this decision was made for another customer")
+            seen = [e for (e,) in con.execute("SELECT event FROM outcomes WHERE decision_id = ?", (decision_id,))]
+            check_outcome(event, seen, reason)
+            outcome = {"outcome_id": uuid.uuid4().hex, "decision_id": decision_id, "event": event, "at": now_iso(),
+                       "action": action}  # fmt: skip
+            con.execute(
+                "INSERT INTO outcomes (outcome_id, decision_id, customer_key, event, reason, at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (outcome["outcome_id"], decision_id, logged_key, event, reason, outcome["at"]),
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return outcome
+
+    def close(self) -> None:
+        """Close this thread's connection (others close with their threads)."""
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+
+def check_outcome(event: str, seen: Sequence[str], reason: str | None) -> None:
+    """Refuse an outcome that is a duplicate (409), out of order (409) or feedback without a reason (422).
+
+    `seen`: the decision's events so far. The order is `EVENT_RULES`'.
+    """
+    if event not in EVENT_RULES:
+        raise ServingError(422, "event", f"{event!r} is not an event; events are {', '.join(EVENTS)}")
+    if event == "feedback" and not (reason or "").strip():
+        raise ServingError(422, "reason", "feedback needs a reason: what is wrong with this output")
+    if event in seen:
+        raise ServingError(409, "event", f"this decision already has a {event} outcome")
+    needs, not_after = EVENT_RULES[event]
+    missing = sorted(needs - set(seen))
+    if missing:
+        raise ServingError(409, "event", f"{event} before {' and '.join(missing)}: out of order")
+    clash = sorted(not_after & set(seen))
+    if clash:
+        raise ServingError(409, "event", f"{event} after {' and '.join(clash)}: out of order")
+
+
+# --- readers (monitoring, off-policy evaluation, access requests) ------------------------------------------------
+
+
+def _bounds(since: dt.datetime | dt.date | None, until: dt.datetime | dt.date | None) -> tuple[str, str]:
+    def text(value: dt.datetime | dt.date | None, default: str) -> str:
+        if value is None:
+            return default
+        if isinstance(value, dt.datetime):
+            return (value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)).isoformat()
+        return dt.datetime.combine(value, dt.time(), dt.UTC).isoformat()
+
+    return text(since, ""), text(until, "9999")
+
+
+def _read(settings: Settings, query: str, params: Sequence[Any], json_columns: Sequence[str]) -> pd.DataFrame:
+    path = decision_log_path(settings)
+    if not path.is_file():
+        return pd.DataFrame()
+    con = connect(path, readonly=True)
+    try:
+        frame = pd.read_sql_query(query, con, params=list(params))
+    finally:
+        con.close()
+    for column in json_columns:
+        if column in frame.columns:
+            frame[column] = [orjson.loads(v) if v is not None else None for v in frame[column]]
+    return frame
+
+
+def read_decisions(
+    settings: Settings, since: dt.datetime | dt.date | None = None, until: dt.datetime | dt.date | None = None
+) -> pd.DataFrame:
+    """Decisions made in [since, until) (UTC), one row each; JSON columns parsed; empty when there is no log.
+
+    `action_probabilities` stays a mapping (off-policy evaluation reads it); `explored` and
+    `fallback` are booleans.
+    """
+    start, end = _bounds(since, until)
+    frame = _read(settings, f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions "  # noqa: S608
+                            "WHERE decided_at >= ? AND decided_at < ? ORDER BY decided_at", (start, end),
+                  JSON_COLUMNS)  # fmt: skip
+    if frame.empty:
+        return pd.DataFrame(columns=list(DECISION_COLUMNS))
+    return frame.astype({"explored": bool, "fallback": bool})
+
+
+def read_outcomes(
+    settings: Settings, since: dt.datetime | dt.date | None = None, until: dt.datetime | dt.date | None = None
+) -> pd.DataFrame:
+    """Outcomes recorded in [since, until), each with its decision's action, channel, policy and expected value."""
+    start, end = _bounds(since, until)
+    columns = ["outcome_id", "decision_id", "customer_key", "event", "reason", "at", "action", "channel",
+               "policy_name", "policy_version", "probability", "expected_value", "models"]  # fmt: skip
+    frame = _read(
+        settings,
+        "SELECT o.outcome_id, o.decision_id, o.customer_key, o.event, o.reason, o.at, d.action, d.channel, "
+        "d.policy_name, d.policy_version, d.probability, d.expected_value, d.models FROM outcomes o "
+        "JOIN decisions d USING (decision_id) WHERE o.at >= ? AND o.at < ? ORDER BY o.at",
+        (start, end),
+        ("models",),
+    )
+    return frame if not frame.empty else pd.DataFrame(columns=columns)
+
+
+def history(settings: Settings, customer_key: str) -> list[tuple[str, dt.date]]:
+    """The actions decided for one customer and their days (oldest first), under the serving policy's key rule."""
+    from serving.policy import load_serving_policy
+
+    path = decision_log_path(settings)
+    if not path.is_file():
+        return []
+    rule = load_serving_policy(settings.serving_policy).audit.customer_key
+    log = DecisionLog(path, rule, settings.serving_log_salt or "custintel")
+    try:
+        return sorted(log.history([customer_key])[customer_key], key=lambda x: x[1])
+    finally:
+        log.close()
+
+
+# --- retention ---------------------------------------------------------------------------------------------------
+
+
+def expire(path: Path, before: dt.date, dry_run: bool = False) -> Expiry:
+    """Delete decisions made before `before` with their outcomes, and outcomes recorded before it.
+
+    One item per day removed or kept (the day's decisions and outcomes counted), dated by the
+    rows' own timestamps. One transaction.
+    """
+    expiry = Expiry("decision_log")
+    if not path.is_file():
+        return expiry
+    con = connect(path)
+    try:
+        counts: dict[str, int] = {}
+        for day, n in con.execute("SELECT substr(decided_at, 1, 10), count(*) FROM decisions GROUP BY 1"):
+            counts[day] = counts.get(day, 0) + int(n)
+        for day, n in con.execute("SELECT substr(at, 1, 10), count(*) FROM outcomes GROUP BY 1"):
+            counts[day] = counts.get(day, 0) + int(n)
+        cut = before.isoformat()
+        for day, n in sorted(counts.items()):
+            item = Item(f"decisions and outcomes of {day}", dt.date.fromisoformat(day), n)
+            (expiry.removed if day < cut else expiry.kept).append(item)
+        if not dry_run and expiry.removed:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("DELETE FROM outcomes WHERE at < ? OR decision_id IN "
+                        "(SELECT decision_id FROM decisions WHERE decided_at < ?)", (cut, cut))  # fmt: skip
+            con.execute("DELETE FROM decisions WHERE decided_at < ?", (cut,))
+            con.execute("COMMIT")
+    finally:
+        con.close()
+    return expiry

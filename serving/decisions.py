@@ -1,0 +1,398 @@
+"""Next-best-action decisions at serving time: the policy served, each customer's state, the decision, its log.
+
+`PolicySource` holds the decision policy the service decides with: the registry's `@champion`
+of the policy's registered name (`custintel-nba`), polled like the models, else the policy
+file from the settings (`CUSTINTEL_DECISION_POLICY`, default the packaged one), said in every
+answer (`PolicyRef.source`). `Decider` builds the arbitration's `CustomerState`s for the
+customers of a request from what the score endpoints read (the online store's features, the
+champions' scores: churn, uplift, propensity; consent per purpose and age from the consent
+file; caps and cool-downs from the decision log's history), calls `decisions.arbitration`,
+writes each decision to the decision log before answering, and records outcomes.
+
+A live decision (`/decide`) is not held to the channel's daily capacity (the customer is in
+the interaction already); a campaign (`/decide/batch`) is, less what the channel's earlier
+decisions of the day used (contacts: decisions whose first action is not the fallback).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from decisions.arbitration import CustomerState, Decision, decide, decide_batch, expected_value
+from decisions.policy import DecisionPolicy, Purpose, load_policy
+from decisions.states import customer_states
+from serving.champions import ServedModel
+from serving.consent import CustomerConsent
+from serving.decision_log import DecisionLog, LoggedDecision, decision_log_path, new_decision_id, now_iso, seed_of
+from serving.errors import ServingError
+from serving.runtime import Runtime
+from serving.schemas import DecideBatchRequest, DecideRequest, DecideResponse, ModelRef, OutcomeRequest, PolicyRef
+from serving.scoring import score_records
+
+log = logging.getLogger("custintel.serving")
+ALIAS = "champion"
+PURPOSES: tuple[Purpose, ...] = ("profiling", "marketing", "analytics")
+
+
+@dataclass(frozen=True)
+class ServedPolicy:
+    """The decision policy answering now, and where it came from."""
+
+    policy: DecisionPolicy
+    version: str | None  # the registered version; None: the policy file
+    source: Literal["registry", "file"]
+    digest: str
+    loaded_at: str
+
+    def ref(self) -> dict[str, Any]:
+        """The `PolicyRef` document of this policy."""
+        return {"name": self.policy.name, "version": self.version, "source": self.source, "digest": self.digest}
+
+
+class PolicySource:
+    """The promoted decision policy, polled from the registry; the settings' policy file until one is promoted.
+
+    A registry failure keeps the policy served (`degraded` says why); a registered text that no
+    longer validates is refused the same way (the previous policy keeps answering).
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.settings = runtime.settings
+        self.registry = runtime.champions.registry
+        policy = load_policy(self.settings.decision_policy)
+        self.name = policy.name
+        self.current = ServedPolicy(policy, None, "file", policy.digest(), now_iso())
+        self.degraded: str | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> str | None:
+        """Load a newly promoted policy; returns what was swapped in (None: nothing changed)."""
+        with self._lock:
+            lookup = getattr(self.registry, "policy_version", None)  # Registry.policy_version: (version, YAML text)
+            if lookup is None:
+                return None
+            try:
+                found = lookup(self.name, ALIAS)
+            except Exception as exc:  # noqa: BLE001 - keep deciding with what is served, say so
+                self.degraded = f"decision policy registry unreachable: {type(exc).__name__}: {exc}"[:300]
+                log.warning(self.degraded)
+                return None
+            self.degraded = None
+            if found is None:
+                return None  # nothing promoted: the file (or the last promoted version) keeps answering
+            version, text = found
+            if self.current.source == "registry" and self.current.version == str(version):
+                return None
+            try:
+                policy = load_policy(text)
+            except ValueError as exc:
+                self.degraded = f"{self.name} v{version} does not validate, not served: {exc}"[:300]
+                log.warning(self.degraded)
+                return None
+            self.current = ServedPolicy(policy, str(version), "registry", policy.digest(), now_iso())
+            return f"{self.name} v{version}"
+
+
+_PAIRS_ROUTE: dict[int, bool] = {}  # id(model) -> the propensity model's pandas-free route was checked exact
+PRODUCT = "product_id"
+
+
+def _pairs_matrix(model: Any, rows: Sequence[Mapping[str, Any]], products: Sequence[str],
+                  at: np.ndarray) -> np.ndarray | None:  # fmt: skip
+    """P(buy) of (row, product) pairs from each customer's `records_matrix` row, the product's code set in place.
+
+    None when the model is not a preparation + LightGBM classifier pipeline reading `product_id` as a category.
+    """
+    if not hasattr(model, "steps") or len(model.steps) != 2 or not hasattr(model[-1], "booster_"):
+        return None
+    prepare = model[0]
+    if not hasattr(prepare, "records_matrix") or PRODUCT not in list(prepare.categorical):
+        return None
+    column = len(prepare.numeric) + list(prepare.categorical).index(PRODUCT)
+    codes = {str(v): float(i) for i, v in enumerate(prepare.categories_[PRODUCT])}
+    base = prepare.records_matrix(rows)
+    big = base[at[:, 0]]
+    big[:, column] = np.asarray([codes.get(str(p), np.nan) for p in products])[at[:, 1]]
+    return np.asarray(model[-1].booster_.predict(big, num_threads=1), dtype=float)
+
+
+def score_pairs(served: ServedModel, rows: Sequence[Mapping[str, Any]], products: Sequence[str],
+                at: np.ndarray) -> np.ndarray:  # fmt: skip
+    """The propensity champion's P(buy) of (customer row, product) pairs given as index pairs `at`.
+
+    Without pandas and without copying each customer's inputs per product once that route was
+    checked exact against the model's own `predict_proba` on a first call.
+    """
+    model = served.model
+    if _PAIRS_ROUTE.get(id(model)):
+        fast = _pairs_matrix(model, rows, products, at)
+        if fast is not None:
+            return fast
+    records = [{**rows[i], PRODUCT: products[j]} for i, j in at.tolist()]
+    slow = np.asarray(model.predict_proba(pd.DataFrame(records, columns=served.columns)))[:, 1]
+    if id(model) not in _PAIRS_ROUTE:
+        try:
+            fast = _pairs_matrix(model, rows, products, at)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            fast = None
+        _PAIRS_ROUTE[id(model)] = fast is not None and np.allclose(fast, slow, atol=1e-9)
+    return slow
+
+
+_UPLIFT_ROUTE: dict[int, bool] = {}  # id(model) -> its pandas-free route was checked exact
+
+
+def _uplift_matrix(model: Any, matrix: np.ndarray) -> np.ndarray | None:
+    """An `UpliftLearner`'s predict on `records_matrix` rows, straight through its boosters (None: not one)."""
+    learner = model[-1] if hasattr(model, "steps") else None
+    if learner is None or not hasattr(learner, "treated_"):
+        return None
+    if getattr(learner, "learner", None) == "two_model":
+        treated = learner.treated_.booster_.predict(matrix, raw_score=False, num_threads=1)
+        control = learner.control_.booster_.predict(matrix, raw_score=False, num_threads=1)
+        return np.asarray(treated, dtype=float) - np.asarray(control, dtype=float)
+    e = learner.treated_share_
+    control = learner.effect_control_.booster_.predict(matrix, num_threads=1)
+    treated = learner.effect_treated_.booster_.predict(matrix, num_threads=1)
+    return e * np.asarray(control, dtype=float) + (1 - e) * np.asarray(treated, dtype=float)
+
+
+def predict_uplift(served: ServedModel, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The uplift champion's predicted effect per row: pandas-free once that route was checked exact on a first call.
+
+    A request is one or a few rows: building a frame and running the preparation step cost
+    far more than the four small tree ensembles.
+    """
+    model = served.model
+    prepare = model[0] if hasattr(model, "steps") else None
+    checked = _UPLIFT_ROUTE.get(id(model))
+    if checked and prepare is not None:
+        fast = _uplift_matrix(model, prepare.records_matrix(rows))
+        if fast is not None:
+            return fast
+    slow = np.asarray(model.predict(pd.DataFrame(list(rows), columns=served.inputs)), dtype=float)
+    if checked is None:
+        try:
+            fast = _uplift_matrix(model, prepare.records_matrix(rows)) if prepare is not None else None
+        except (ValueError, TypeError, KeyError):
+            fast = None
+        _UPLIFT_ROUTE[id(model)] = fast is not None and np.allclose(fast, slow, atol=1e-9)
+    return slow
+
+
+def _held(stored: Mapping[str, Any]) -> frozenset[str]:
+    items = stored.get("items") or []
+    return frozenset(str(i["product_id"]) for i in items if isinstance(i, dict) and i.get("holds"))
+
+
+def _ref(model: ServedModel) -> dict[str, str]:
+    return {"name": model.name, "version": model.version, "alias": ALIAS}
+
+
+def _finite(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0
+
+
+class Decider:
+    """Decisions and outcomes for the service (thread-safe for concurrent requests)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.policies = PolicySource(runtime)
+        salt = runtime.settings.serving_log_salt or "custintel"
+        self.log = DecisionLog(decision_log_path(runtime.settings), runtime.policy.audit.customer_key, salt)
+        self.policies.refresh()
+
+    # -- states --------------------------------------------------------------------------------------------------
+    def _consent(self, keys: Sequence[str], today: dt.date, age_below: int) -> tuple[dict[str, dict[Purpose, bool]],
+                                                                                     np.ndarray]:  # fmt: skip
+        """Per customer, consent per purpose as the serving policy resolves it (unknown: its rule), and minors."""
+        found = self.runtime.consent.store.lookup_many(keys)
+        unknown = {str(k): str(v) for k, v in self.runtime.policy.unknown_consent.items()}
+        consent: dict[str, dict[Purpose, bool]] = {}
+        minors = np.zeros(len(keys), dtype=bool)
+        for i, key in enumerate(keys):
+            held = found.get(key) or CustomerConsent()
+            consent[key] = {
+                p: held.statuses[p] == "granted" if p in held.statuses else unknown.get(p, "allow") != "suppress"
+                for p in PURPOSES
+            }
+            age = held.age_on(today)
+            minors[i] = age is not None and age < age_below
+        return consent, minors
+
+    def states(
+        self, policy: DecisionPolicy, keys: Sequence[str], today: dt.date
+    ) -> tuple[list[CustomerState], list[str], list[dict[str, str]]]:
+        """The arbitration's states of the customers the online store knows, their keys, the champions used.
+
+        In request order. A champion not promoted leaves its field empty (the arbitration then
+        falls back, said in its answer).
+        """
+        runtime = self.runtime
+        stored = runtime.features_many(keys)
+        found = [k for k in keys if k in stored]
+        if not found:
+            return [], [], []
+        rows = [stored[k] for k in found]
+        models = runtime.champions.models
+        used: list[dict[str, str]] = []
+        churn_risk = uplift = None
+        propensity: pd.DataFrame | None = None
+        churn = models.get("churn")
+        if churn is not None:
+            churn_risk, _ = score_records(churn.model, rows, churn.inputs, 0)
+            used.append(_ref(churn))
+        up = models.get("uplift")
+        if up is not None:
+            uplift = predict_uplift(up, rows)
+            used.append(_ref(up))
+        held = {k: _held(r) for k, r in zip(found, rows, strict=True)}
+        prop = models.get("propensity")
+        if prop is not None:
+            propensity = self._propensity(policy, prop, found, rows, held)
+            used.append(_ref(prop))
+        columns = sorted({c for c in policy.signals.values()} | {policy.equity.attribute})
+        features = pd.DataFrame({"customer_key": found, **{c: [r.get(c) for r in rows] for c in columns}})
+        for column in policy.signals.values():
+            features[column] = pd.to_numeric(features[column], errors="coerce")
+        consent, minors = self._consent(found, today, policy.minors.age_below)
+        window = max((max(a.window_days, a.cooldown_days) for a in policy.actions), default=1)
+        history = self.log.history(found, since=today - dt.timedelta(days=window))
+        group_values = features[policy.equity.attribute].to_numpy(dtype=object)
+        groups = group_values if any(g is not None for g in group_values) else None
+        states = customer_states(
+            policy, features, churn_risk=churn_risk, uplift=uplift, propensity=propensity, margins={},
+            consent=consent, minors=minors, groups=groups, history=history, products_held=held,
+        )  # fmt: skip
+        return states, found, used
+
+    @staticmethod
+    def _propensity(policy: DecisionPolicy, model: ServedModel, keys: Sequence[str], rows: Sequence[dict[str, Any]],
+                    held: Mapping[str, frozenset[str]]) -> pd.DataFrame:  # fmt: skip
+        """P(buy) of each cross-sell action's product a customer does not hold (NaN: held, or not scored).
+
+        Every (customer, product) pair in one scoring pass (`score_records`: pandas-free where exact).
+        """
+        from serving.answers import product_catalogue
+
+        catalogue = set(product_catalogue(model))
+        offered = {p for a in policy.actions if a.kind == "cross_sell" for p in a.offered()}
+        products = sorted(offered & catalogue if catalogue else offered)
+        matrix = np.full((len(keys), len(products)), np.nan)
+        pairs = [(i, j) for i, k in enumerate(keys) for j, p in enumerate(products) if p not in held[k]]
+        if pairs:
+            at = np.asarray(pairs)
+            matrix[at[:, 0], at[:, 1]] = score_pairs(model, rows, products, at)
+        return pd.DataFrame(matrix, index=pd.Index(list(keys)), columns=products)
+
+    # -- decisions -----------------------------------------------------------------------------------------------
+    def _answer(self, served: ServedPolicy, decision: Decision, decision_id: str, channel: str,
+                models: list[dict[str, str]], customer_key: str) -> tuple[dict[str, Any], LoggedDecision]:  # fmt: skip
+        policy = served.policy
+        chosen = [
+            {"name": c.action, "kind": policy.action(c.action).kind, "channel": str(c.channel),
+             "priority": _finite(c.priority), "p": _finite(c.p), "v": _finite(c.v), "l": _finite(c.l),
+             "reasons": list(c.reasons)}
+            for c in decision.actions
+        ]  # fmt: skip
+        value = float(sum(_finite(expected_value(c)) for c in decision.actions))
+        first = decision.actions[0].action if decision.actions else policy.fallback
+        answer = {
+            "customer_key": customer_key, "channel": channel, "status": "decided", "error": None,
+            "decision_id": decision_id, "actions": chosen, "reasons": list(decision.reasons), "prompt": decision.prompt,
+            "probability": float(decision.probability), "explored": bool(decision.explored),
+            "fallback": bool(decision.fallback), "fallback_reason": decision.fallback_reason, "expected_value": value,
+            "policy": served.ref(), "models": models,
+        }  # fmt: skip
+        logged = LoggedDecision(
+            decision_id=decision_id, customer_key=self.log.key(customer_key), channel=channel,
+            policy_name=policy.name, policy_version=served.version, action=first,
+            actions=[{"action": c["name"], **{k: v for k, v in c.items() if k != "name"}} for c in chosen],
+            probability=float(decision.probability),
+            action_probabilities={str(k): float(v) for k, v in decision.action_probabilities.items()},
+            explored=bool(decision.explored), fallback=bool(decision.fallback),
+            fallback_reason=decision.fallback_reason, reasons=list(decision.reasons), context={},
+            decided_at=now_iso(), expected_value=value, models={m["name"]: m["version"] for m in models},
+        )  # fmt: skip
+        return answer, logged
+
+    def decide_one(self, request: DecideRequest) -> dict[str, Any]:
+        """One live decision (a `DecideResponse` document), logged before it is answered; 404 for an unknown key."""
+        served = self.policies.current
+        today = dt.date.today()
+        states, _, models = self.states(served.policy, [request.customer_key], today)
+        if not states:
+            raise ServingError(404, "customer_key", f"unknown customer {request.customer_key!r}")
+        decision_id = new_decision_id()
+        decision = decide(served.policy, states[0], request.channel, today, seed=seed_of(decision_id),
+                          context=dict(request.context), policy_version=served.version)  # fmt: skip
+        answer, logged = self._answer(served, decision, decision_id, request.channel, models, request.customer_key)
+        logged = LoggedDecision(**{**logged.__dict__, "context": dict(request.context)})
+        self.log.write([logged])
+        return answer
+
+    def decide_many(self, request: DecideBatchRequest) -> dict[str, Any]:
+        """A campaign's decisions under the channel's capacity left today (a `DecideBatchResponse` document)."""
+        served = self.policies.current
+        policy = served.policy
+        today = dt.date.today()
+        states, found, models = self.states(policy, request.customer_keys, today)
+        left: dict[str, int] | None = None
+        if request.channel in policy.capacity:
+            used = self.log.contacts_since(request.channel, policy.fallback, dt.date.today())
+            left = {request.channel: max(0, policy.capacity[request.channel] - used)}
+        batch_id = new_decision_id()
+        batch = decide_batch(policy, states, request.channel, today, seed=seed_of(batch_id), capacity=left,
+                             policy_version=served.version) \
+            if states else None  # fmt: skip
+        answers: dict[str, dict[str, Any]] = {}
+        logged: list[LoggedDecision] = []
+        for decision in batch.decisions if batch is not None else []:
+            answer, entry = self._answer(served, decision, new_decision_id(), request.channel, models,
+                                         decision.customer_key)  # fmt: skip
+            answers[decision.customer_key] = answer
+            logged.append(entry)
+        self.log.write(logged)
+        results = []
+        for key in request.customer_keys:
+            found_answer = answers.get(key)
+            if found_answer is None:  # every field of `DecideResponse`, as for a decided customer
+                found_answer = DecideResponse(customer_key=key, channel=request.channel, status="not_found",
+                                              error=f"unknown customer {key!r}", policy=PolicyRef(**served.ref()),
+                                              models=[ModelRef(**m) for m in models]).model_dump()  # fmt: skip
+            results.append(found_answer)
+        allocation: list[dict[str, Any]] = []
+        if batch is not None and not batch.allocation.empty:
+            for row in batch.allocation.to_dict("records"):
+                capacity = row.get("capacity")
+                allocation.append({
+                    "action": str(row["action"]), "channel": str(row["channel"]),
+                    "group": None if row.get("group") is None or pd.isna(row.get("group")) else str(row["group"]),
+                    "count": int(row["count"]),
+                    "capacity": None if capacity is None or pd.isna(capacity) else int(capacity),
+                })  # fmt: skip
+        return {
+            "results": results, "allocation": allocation,
+            "value": _finite(batch.value) if batch else 0.0,
+            "unconstrained_value": _finite(batch.unconstrained_value) if batch else 0.0,
+            "value_given_up": _finite(batch.value_given_up) if batch else 0.0,
+            "policy": served.ref(),
+        }  # fmt: skip
+
+    def outcome(self, request: OutcomeRequest) -> dict[str, Any]:
+        """Record an outcome (an `OutcomeResponse` document); 404, 409 or 422 naming the field otherwise."""
+        return self.log.record_outcome(request.decision_id, request.event, request.customer_key, request.reason)
+
+    def close(self) -> None:
+        """Close this thread's log connection."""
+        self.log.close()

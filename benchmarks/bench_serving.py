@@ -112,7 +112,7 @@ CHURN = "custintel-churn"
 API_KEY = "bench-serving-key"
 BATCH_SIZE = 1000
 TARGET_RATIO = 0.80  # A's throughput against B's, at every concurrency
-TARGET_P99_MS = 25.0
+TARGET_P99_MS = 10.0  # issue 21 (issue 7: < 25 ms)
 TARGET_P99_CONCURRENCY = 8
 TARGET_BATCH_ROWS = 20_000.0
 STAGES = ("generate", "ingest", "resolve", "features", "train")
@@ -302,6 +302,7 @@ def _work_profile(p: dict[str, Any]) -> dict[str, Any]:
     from serving.runtime import Runtime
     from serving.schemas import BatchScoreRequest, ScoreRequest
 
+    t0 = time.perf_counter()
     settings = Settings(home=Path(p["home"]))
     policy = load_serving_policy(settings.serving_policy)
     runtime = Runtime(settings, policy, ("churn",))
@@ -361,7 +362,7 @@ def _work_profile(p: dict[str, Any]) -> dict[str, Any]:
         )
     finally:
         runtime.close()
-    return out
+    return {"seconds": time.perf_counter() - t0, **out}
 
 
 def _agreement(shap: Any, path: Any, k: int) -> dict[str, Any]:
@@ -924,10 +925,10 @@ def _analyse(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
         p99 = at[0]["A"]["p99_ms"]
         targets.append(
             Target(
-                f"A p99 < {TARGET_P99_MS:g} ms at c={TARGET_P99_CONCURRENCY}",
+                f"A p99 <= {TARGET_P99_MS:g} ms at c={TARGET_P99_CONCURRENCY}",
                 p99,
                 TARGET_P99_MS,
-                p99 < TARGET_P99_MS,
+                p99 <= TARGET_P99_MS,
                 _f(p99, ",.1f"),
             )
         )
@@ -952,7 +953,7 @@ def _f(x: float | None, spec: str = ",.1f") -> str:
 
 def _print_profile(console: Console, profile: dict[str, Any]) -> None:
     t = Table(title="In process: milliseconds per call (best of 3 rounds)")
-    kinds = [k for k in profile if k != "agreement"]
+    kinds = [k for k, v in profile.items() if isinstance(v, dict) and k != "agreement"]
     t.add_column("piece")
     for kind in kinds:
         t.add_column(kind, justify="right")
@@ -1023,7 +1024,7 @@ def _print(console: Console, an: dict[str, Any], info: dict[str, Any], args: arg
             f"{a['errors']} | {b['errors']}",
         )
     console.print(t)
-    tg = Table(title="Targets (issue 7)")
+    tg = Table(title="Targets (issues 7 and 21)")
     for col in ("target", "measured", "verdict"):
         tg.add_column(col, justify="left" if col == "target" else "right")
     for x in an["targets"]:

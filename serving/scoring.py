@@ -25,22 +25,23 @@ import pandas as pd
 from scipy.special import expit
 from sklearn.pipeline import Pipeline
 
-from serving.attribution import PathTable, path_contributions, path_table
+from serving.attribution import PathTable, SingleRowLeaves, path_contributions, path_table
 
 Attribution = Literal["path", "treeshap"]  # how reasons are computed (the serving policy's `reasons_method`)
-_TABLES: weakref.WeakKeyDictionary[Any, PathTable] = weakref.WeakKeyDictionary()  # booster -> its path table
+# booster -> its path table and single-row leaf reader, made on first use (once per loaded model)
+_TABLES: weakref.WeakKeyDictionary[Any, tuple[PathTable, SingleRowLeaves]] = weakref.WeakKeyDictionary()
 _TABLES_LOCK = threading.Lock()
 
 
-def _path_table(booster: Any) -> PathTable:
-    """The booster's path table, tabulated on first use (once per loaded model)."""
-    table = _TABLES.get(booster)
-    if table is None:
+def _path_table(booster: Any) -> tuple[PathTable, SingleRowLeaves]:
+    """The booster's path table and single-row leaf reader, made on first use."""
+    found = _TABLES.get(booster)
+    if found is None:
         with _TABLES_LOCK:
-            table = _TABLES.get(booster)
-            if table is None:
-                table = _TABLES[booster] = path_table(booster)
-    return table
+            found = _TABLES.get(booster)
+            if found is None:
+                found = _TABLES[booster] = (path_table(booster), SingleRowLeaves(booster))
+    return found
 
 
 def explain(lgbm: Any, rows: Any, method: Attribution = "path", threads: int | None = None) -> np.ndarray:
@@ -53,7 +54,10 @@ def explain(lgbm: Any, rows: Any, method: Attribution = "path", threads: int | N
     if method == "treeshap":
         return np.asarray(lgbm.predict(rows, pred_contrib=True, **options))
     booster = getattr(lgbm, "booster_", lgbm)
-    return path_contributions(_path_table(booster), np.asarray(lgbm.predict(rows, pred_leaf=True, **options)))
+    table, single = _path_table(booster)
+    if booster is lgbm and isinstance(rows, np.ndarray) and len(rows) == 1:  # a matrix row: the fast path
+        return path_contributions(table, single(rows[0]))
+    return path_contributions(table, np.asarray(lgbm.predict(rows, pred_leaf=True, **options)))
 
 
 def inner_pipeline(model: Any) -> Pipeline | None:

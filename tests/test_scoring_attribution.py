@@ -117,3 +117,18 @@ def test_path_reasons_agree_with_treeshap_on_most_rows(num_leaves: int, record_p
     record_property("agreement", {"top1": top1, "top3_shared": shared, "top3_same_set": same_set})  # type: ignore[operator]
     print(f"num_leaves={num_leaves}: top-1 {top1:.0%}, top-3 shared {shared:.0%}, same top-3 set {same_set:.0%}")  # noqa: T201
     assert top1 >= 0.7 and shared >= 0.7
+
+
+def test_single_row_leaves_are_the_leaves_predict_gives() -> None:
+    from serving.attribution import SingleRowLeaves
+
+    pipe, frame = _pipeline(n_estimators=40, seed=4)
+    booster = pipe[-1].booster_
+    matrix = pipe[0].records_matrix(frame.head(200).to_dict("records"))  # NaNs and category codes included
+    leaves = SingleRowLeaves(booster)
+    expected = booster.predict(matrix, pred_leaf=True)
+    assert all((leaves(matrix[i]) == expected[i : i + 1]).all() for i in range(len(matrix)))
+    with pytest.raises(ValueError, match="features"):
+        leaves(matrix[0, :-1])
+    # one row through `explain` takes this path and gives what the many-row path gives for it
+    np.testing.assert_allclose(scoring.explain(booster, matrix[:1]), scoring.explain(booster, matrix[:2])[:1])

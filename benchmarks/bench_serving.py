@@ -56,7 +56,8 @@ Reasons by path attribution (serving/attribution.py) instead of TreeSHAP, a sing
 the gate, no contributions without reasons:
 
     champion     A srv CPU single c=8    A CPU per 1,000 rows     batch rows/s (c=1, c=2)    p99 c=8 (B)
-    29 trees     1.15 -> 0.68 ms         36-53 -> 31 ms           16,050, 21,500             69.6 ms (43.8), load 7.7
+    29 trees     1.15 -> 0.65 ms         36-53 -> 32-33 ms        32,100, 32,350             15.5 ms (16.7), load 2.6
+    29, 2 workers        0.66 ms                     31 ms        37,000, 59,375             7.7 ms (20.0), 1 repeat
     62 trees     1.40 -> 0.75 ms         222-252 -> 33-36 ms      28,850, 28,150             30.8 ms (20.9), 51.0|10.6
 
 ("before": the same homes, main's code, --quick.) In process, 62 trees: TreeSHAP 0.21 ms for one row and

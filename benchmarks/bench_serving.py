@@ -38,11 +38,30 @@ cores, and the client's share grows with the throughput it drives.
 
 Levels: single requests at concurrency 1, 8, 32; then `/churn/score/batch` with 1,000 customers per
 call, 1 and 2 calls in flight. The contenders alternate (A B, then B A on the next repeat) level by
-level, so each ratio compares runs seconds apart. Targets (issue 7): A's throughput >= 80 % of B's at
-every concurrency, A's p99 < 25 ms at concurrency 8, A's batch scoring >= 20,000 rows/s (the best
-batch level).
+level, so each ratio compares runs seconds apart. Targets (issues 7 and 21): A's throughput >= 80 % of B's
+at every concurrency, A's p99 <= 10 ms at concurrency 8 (issue 7: < 25 ms), A's batch scoring >= 20,000
+rows/s (the best batch level). Before the servers start, a child profiles the service's pieces in process
+(`_work_profile`; `--no-profile` skips it) and measures how often path attribution names TreeSHAP's top reasons.
+
+/decide (issue 21, not on main when this was written): the client takes `fields`, merged into each
+customer's body (`{"channel": "web"}`), with `path` and `marker`; levels for /decide at c = 1, 8, 32 and
+/decide/batch are a `params` change in `_run`'s loop plus a marker of a decided answer.
 Results go to benchmarks/results/serving-<time>.json (server logs to <work>/runs/<time>/). Exit code 0,
 1 when a target is missed or a request failed, 2 when setup, a server or the client failed.
+
+Measured (issue 21, 2026-12-05, 10 s per level after 3 s warm-up, 2 alternating repeats, one worker, load
+average 5-8 from other sessions): with the demo's world and budget the champion has 29 trees (the issue's
+77 could not be reproduced); a 62-tree champion (the same budget, the world without drift) stands in.
+Reasons by path attribution (serving/attribution.py) instead of TreeSHAP, a single /churn/score answered in
+the gate, no contributions without reasons:
+
+    champion     A srv CPU single c=8    A CPU per 1,000 rows     batch rows/s (c=1, c=2)    p99 c=8 (B)
+    29 trees     1.15 -> 0.65 ms         36-53 -> 32-33 ms        32,100, 32,350             15.5 ms (16.7), load 2.6
+    29, 2 workers        0.66 ms                     31 ms        37,000, 59,375             7.7 ms (20.0), 1 repeat
+    62 trees     1.40 -> 0.75 ms         222-252 -> 33-36 ms      28,850, 28,150             30.8 ms (20.9), 51.0|10.6
+
+("before": the same homes, main's code, --quick.) In process, 62 trees: TreeSHAP 0.21 ms for one row and
+201 ms per 1,000, path attribution 0.026 and 4.3 ms; the whole answer 0.24 ms and 29 ms per 1,000.
 
 Measured (2026-11-23, 20k world, churn: sigmoid-calibrated LightGBM, 5 trees, 59 inputs; 8 s per level
 after 3 s warm-up, median of 2 alternating repeats, one worker each; the machine's speed moves by up to
@@ -101,14 +120,18 @@ from benchmarks.machine import ROOT
 
 MODULE = "benchmarks.bench_serving"
 DEFAULT_WORK = Path("/tmp/custintel-bench-serving")
+# The world and training budget of `custintel demo` (its defaults; tests/test_serving_units.py checks they match),
+# so the served champion is the demo's: 20k customers, seed 7, drift after 2025-09-01 at strength 1.5, 10 trials.
 DEFAULT_CUSTOMERS = 20_000
-DEFAULT_TRIALS = 1
+DEFAULT_TRIALS = 10
+DEMO_DRIFT_DATE = "2025-09-01"
+DEMO_DRIFT_STRENGTH = 1.5
 U_MAX_PAIRS = 1e6
 CHURN = "custintel-churn"
 API_KEY = "bench-serving-key"
 BATCH_SIZE = 1000
 TARGET_RATIO = 0.80  # A's throughput against B's, at every concurrency
-TARGET_P99_MS = 25.0
+TARGET_P99_MS = 10.0  # issue 21 (issue 7: < 25 ms)
 TARGET_P99_CONCURRENCY = 8
 TARGET_BATCH_ROWS = 20_000.0
 STAGES = ("generate", "ingest", "resolve", "features", "train")
@@ -129,6 +152,19 @@ def _settings(p: dict[str, Any]) -> Any:
     from custintel.settings import Settings
 
     return Settings(home=Path(p["home"]), identity_u_max_pairs=U_MAX_PAIRS)
+
+
+def _work_generate(p: dict[str, Any]) -> dict[str, Any]:
+    """Write the demo's synthetic world (source drop and hidden truth): its population drifts after the date."""
+    from features.synthetic import WorldConfig, generate_world
+
+    world = Path(p["world"])
+    shutil.rmtree(world, ignore_errors=True)
+    t0 = time.perf_counter()
+    config = WorldConfig(customers=p["customers"], seed=p["seed"], drift_date=dt.date.fromisoformat(p["drift_date"]),
+                         drift_strength=p["drift_strength"])  # fmt: skip
+    summary = generate_world(config, world, on_chunk=lambda i, n: emit("progress", step=f"chunk {i}/{n}"))
+    return {"seconds": time.perf_counter() - t0, "rows": summary.rows}
 
 
 def _work_features(p: dict[str, Any]) -> dict[str, Any]:
@@ -251,6 +287,119 @@ def _describe_champion(settings: Any) -> dict[str, Any]:
         "trees": lgbm.booster_.num_trees() if lgbm is not None else None,
         "n_jobs": lgbm.get_params().get("n_jobs") if lgbm is not None else None,
         "inputs": len(getattr(pipeline[0], "feature_names_in_", [])) if pipeline is not None else None,
+    }
+
+
+# --------------------------------------------------------------------------- child side: in-process profile
+
+
+def _timed(call: Callable[[], Any], repeats: int) -> float:
+    """Milliseconds per call, the best of three rounds of `repeats` calls (the machine is shared)."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        best = min(best, (time.perf_counter() - t0) / repeats)
+    return best * 1e3
+
+
+def _work_profile(p: dict[str, Any]) -> dict[str, Any]:
+    """Where a request's milliseconds go, piece by piece, in process (the service's own parts, no HTTP).
+
+    Per single request and per batch of `batch` customers: request parsing, consent, the online
+    store read, preparation (`records_matrix`), the raw-score prediction, each attribution
+    (TreeSHAP, path), the top reasons, the whole answer (`churn_answers`, which also queues
+    the log entries) with each attribution, and its JSON. Also how often the two attributions
+    agree on the top reasons over the batch's customers (`serving.attribution`).
+    """
+    import orjson
+
+    from custintel.settings import Settings
+    from serving import answers, scoring
+    from serving.policy import load_serving_policy
+    from serving.runtime import Runtime
+    from serving.schemas import BatchScoreRequest, ScoreRequest
+
+    t0 = time.perf_counter()
+    settings = Settings(home=Path(p["home"]))
+    policy = load_serving_policy(settings.serving_policy)
+    runtime = Runtime(settings, policy, ("churn",))
+    keys: list[str] = json.loads(Path(p["keys_file"]).read_text(encoding="utf-8"))
+    model = runtime.champions.served("churn")
+    pipeline = scoring.inner_pipeline(model.model)
+    assert pipeline is not None
+    booster, purpose = pipeline[-1].booster_, policy.purposes.churn
+    out: dict[str, Any] = {}
+    try:
+        for size, repeats in ((1, p["single_repeats"]), (p["batch"], p["batch_repeats"])):
+            picked = keys[:size]
+            body = orjson.dumps({"customers": [{"customer_key": k} for k in picked]})
+            requests = [ScoreRequest(customer_key=k) for k in picked]
+            answers.churn_answers(runtime, requests, "profile", True)  # checks the fast route once
+            rows = runtime.model_features(model, picked).rows
+            matrix = pipeline[0].records_matrix([rows[k] for k in picked], numbers_checked=True)
+            names = [*pipeline[0].numeric, *pipeline[0].categorical]
+            shap = scoring.explain(booster, matrix, "treeshap", 1)
+            pieces: dict[str, float] = {
+                "parse request": _timed(lambda: BatchScoreRequest.model_validate_json(body), repeats),  # noqa: B023
+                "consent": _timed(lambda: runtime.consent.check_many(picked, purpose), repeats),  # noqa: B023
+                "online store read": _timed(lambda: runtime.model_features(model, picked), repeats),  # noqa: B023
+                "prepare (records_matrix)": _timed(
+                    lambda: pipeline[0].records_matrix([rows[k] for k in picked], numbers_checked=True),  # noqa: B023
+                    repeats,
+                ),
+                "predict (raw score)": _timed(
+                    lambda: booster.predict(matrix, raw_score=True, num_threads=1),  # noqa: B023
+                    repeats,
+                ),
+                "contributions: TreeSHAP": _timed(
+                    lambda: scoring.explain(booster, matrix, "treeshap", 1),  # noqa: B023
+                    repeats,
+                ),
+                "contributions: path": _timed(lambda: scoring.explain(booster, matrix, "path", 1), repeats),  # noqa: B023
+                "top reasons": _timed(
+                    lambda: scoring._top_reasons(shap[:, :-1], names, policy.reasons),  # noqa: B023
+                    repeats,
+                ),
+            }
+            for method in ("treeshap", "path"):
+                runtime.policy = policy.model_copy(update={"reasons_method": method})
+                answered = answers.churn_answers(runtime, requests, "profile", True)
+                pieces[f"whole answer, {method} (churn_answers)"] = _timed(
+                    lambda: answers.churn_answers(runtime, requests, "profile", True),  # noqa: B023
+                    repeats,
+                )
+            runtime.policy = policy
+            pieces["JSON (orjson)"] = _timed(lambda: orjson.dumps({"results": answered}), repeats)  # noqa: B023
+            out["single" if size == 1 else f"batch x{size}"] = {k: round(v, 4) for k, v in pieces.items()}
+        sample = keys[: p["agreement_rows"]]
+        rows = runtime.model_features(model, sample).rows
+        matrix = pipeline[0].records_matrix([rows[k] for k in sample], numbers_checked=True)
+        out["agreement"] = _agreement(
+            scoring.explain(booster, matrix, "treeshap", 1), scoring.explain(booster, matrix, "path", 1), policy.reasons
+        )
+    finally:
+        runtime.close()
+    return {"seconds": time.perf_counter() - t0, **out}
+
+
+def _agreement(shap: Any, path: Any, k: int) -> dict[str, Any]:
+    """How often path attribution names the same top reasons as TreeSHAP (the reasons a caller is shown)."""
+    import numpy as np
+
+    def top(c: Any) -> list[list[int]]:
+        order = np.argsort(-c[:, :-1], axis=1, kind="stable")[:, :k]
+        return [[j for j in row if c[i, j] > 0] for i, row in enumerate(order.tolist())]
+
+    a, b = top(shap), top(path)
+    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x]
+    return {
+        "rows": len(a),
+        "top1_same": sum(x[:1] == y[:1] for x, y in pairs) / max(1, len(pairs)),
+        f"top{k}_shared": sum(len(set(x) & set(y)) / len(x) for x, y in pairs) / max(1, len(pairs)),
+        f"top{k}_same_set": sum(set(x) == set(y) for x, y in pairs) / max(1, len(pairs)),
+        f"top{k}_same_order": sum(x == y for x, y in pairs) / max(1, len(pairs)),
     }
 
 
@@ -424,15 +573,16 @@ async def _exchange(
 def _requests(p: dict[str, Any]) -> list[bytes]:
     """The raw HTTP requests, one per key (single) or per window of `batch` keys."""
     keys: list[str] = json.loads(Path(p["keys_file"]).read_text(encoding="utf-8"))
+    fields = p.get("fields") or {}  # more fields of each customer's body (the hook for /decide: {"channel": "web"})
     bodies: list[dict[str, Any]]
     if p["batch"]:
         b = p["batch"]
         bodies = [
-            {"customers": [{"customer_key": keys[(j * b + i) % len(keys)]} for i in range(b)]}
+            {"customers": [{"customer_key": keys[(j * b + i) % len(keys)], **fields} for i in range(b)]}
             for j in range(max(1, len(keys) // b))
         ]
     else:
-        bodies = [{"customer_key": k} for k in keys]
+        bodies = [{"customer_key": k, **fields} for k in keys]
     auth = f"Authorization: Bearer {p['token']}\r\n" if p.get("token") else ""
     out = []
     for body in bodies:
@@ -561,12 +711,13 @@ def _work_limits(p: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "generate": TRAIN_WORKERS["generate"],
+    "generate": _work_generate,
     "ingest": TRAIN_WORKERS["ingest"],
     "resolve": TRAIN_WORKERS["resolve"],
     "features": _work_features,
     "train": _work_train,
     "keys": _work_keys,
+    "profile": _work_profile,
     "client": _work_client,
     "limits": _work_limits,
 }
@@ -577,7 +728,7 @@ WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 def _prepare(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     """Make (or reuse) a home with churn @champion and a filled online store; returns its path and state."""
-    base = args.work / f"w{args.customers}-s{args.seed}-t{args.trials}"
+    base = args.work / f"w{args.customers}-s{args.seed}-t{args.trials}-d{DEMO_DRIFT_DATE}x{DEMO_DRIFT_STRENGTH}"
     world, home = base / "world", base / "home"
     params = {
         "world": str(world),
@@ -585,6 +736,8 @@ def _prepare(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
         "customers": args.customers,
         "seed": args.seed,
         "trials": args.trials,
+        "drift_date": DEMO_DRIFT_DATE,
+        "drift_strength": DEMO_DRIFT_STRENGTH,
     }
 
     def make(stage: str, redo: bool) -> Run | None:
@@ -792,10 +945,10 @@ def _analyse(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
         p99 = at[0]["A"]["p99_ms"]
         targets.append(
             Target(
-                f"A p99 < {TARGET_P99_MS:g} ms at c={TARGET_P99_CONCURRENCY}",
+                f"A p99 <= {TARGET_P99_MS:g} ms at c={TARGET_P99_CONCURRENCY}",
                 p99,
                 TARGET_P99_MS,
-                p99 < TARGET_P99_MS,
+                p99 <= TARGET_P99_MS,
                 _f(p99, ",.1f"),
             )
         )
@@ -816,6 +969,23 @@ def _analyse(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
 
 def _f(x: float | None, spec: str = ",.1f") -> str:
     return "-" if x is None or x != x else format(x, spec)
+
+
+def _print_profile(console: Console, profile: dict[str, Any]) -> None:
+    t = Table(title="In process: milliseconds per call (best of 3 rounds)")
+    kinds = [k for k, v in profile.items() if isinstance(v, dict) and k != "agreement"]
+    t.add_column("piece")
+    for kind in kinds:
+        t.add_column(kind, justify="right")
+    for piece in profile[kinds[0]]:
+        t.add_row(piece, *(_f(profile[k].get(piece), ".3f") for k in kinds))
+    console.print(t)
+    a = profile["agreement"]
+    console.print(
+        "Path attribution against TreeSHAP on "
+        + f"{a['rows']:,} customers: "
+        + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in a.items() if k != "rows")
+    )
 
 
 def _model_text(m: dict[str, Any]) -> str:
@@ -874,7 +1044,7 @@ def _print(console: Console, an: dict[str, Any], info: dict[str, Any], args: arg
             f"{a['errors']} | {b['errors']}",
         )
     console.print(t)
-    tg = Table(title="Targets (issue 7)")
+    tg = Table(title="Targets (issues 7 and 21)")
     for col in ("target", "measured", "verdict"):
         tg.add_column(col, justify="left" if col == "target" else "right")
     for x in an["targets"]:
@@ -913,7 +1083,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--customers", type=int, default=DEFAULT_CUSTOMERS, help="world size (default 20,000)")
     ap.add_argument("--seed", type=int, default=7, help="seed of the generated world and of the key order")
-    ap.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="Optuna trials of the churn model (default 1)")
+    ap.add_argument(
+        "--trials", type=int, default=DEFAULT_TRIALS, help="Optuna trials per study (default 10, as `custintel demo`)"
+    )
     ap.add_argument(
         "--home",
         type=Path,
@@ -942,6 +1114,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="--duration 3 --warmup 1 --repeats 1: a check that every level runs, not figures to quote",
+    )
+    ap.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the in-process profile of a request's pieces (and the attributions' agreement)",
     )
     ap.add_argument("--keys", type=int, default=4000, help="distinct customers the client cycles through")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
@@ -1003,6 +1181,16 @@ def _run(session: Session) -> None:
             f"{k['keys']:,} customers to ask for ({k['checked']:,} checked: {k['no_features']:,} without online "
             f"features, {k['suppressed']:,} suppressed, {k['masked']:,} masked); model {_model_text(k['model'])}"
         )
+        if args.profile:
+            profile = bench.child(
+                "profile",
+                "where the milliseconds go, in process",
+                {"home": str(home), "keys_file": str(keys_file), "batch": args.batch_size,
+                 "single_repeats": 200 if args.quick else 1000, "batch_repeats": 3 if args.quick else 10,
+                 "agreement_rows": min(args.keys, 4000)},
+            ).data  # fmt: skip
+            session.record["profile"] = profile
+            _print_profile(console, profile)
         first_key = json.loads(keys_file.read_text(encoding="utf-8"))[0]
         probe = json.dumps({"customer_key": first_key}).encode()
         log_before = _log_lines(home)

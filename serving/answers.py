@@ -153,7 +153,9 @@ def _from_snapshot(runtime: Runtime, model: ServedModel, snapshot: Snapshot, req
         return None
     matrix, rows, cutoffs = snapshot.rows(picked)
     with runtime.scoring_threads.lease(len(rows)) as threads:
-        scores, reasons = score_matrix(model.model, matrix, runtime.policy.reasons, threads)
+        scores, reasons = score_matrix(
+            model.model, matrix, runtime.policy.reasons, threads, runtime.policy.reasons_method
+        )
     return at, rows, masked_rows, rows, cutoffs, scores, reasons  # the rows are exactly the inputs the log keeps
 
 
@@ -197,7 +199,13 @@ def _from_store(runtime: Runtime, model: ServedModel, requests: Sequence[ScoreRe
     checked = view is not None and from_store == len(rows) and numeric is not None and numeric <= view.numeric
     with runtime.scoring_threads.lease(len(rows)) as threads:
         scores, reasons = score_records(
-            model.model, rows, model.inputs, runtime.policy.reasons, numbers_checked=checked, threads=threads
+            model.model,
+            rows,
+            model.inputs,
+            runtime.policy.reasons,
+            numbers_checked=checked,
+            threads=threads,
+            method=runtime.policy.reasons_method,
         )
     return at, rows, masked_rows, ready, None, scores, reasons
 

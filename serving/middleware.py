@@ -5,6 +5,13 @@ metrics endpoints stay open; everything else needs a key (401 without one) holdi
 route's scope (403 naming the scope otherwise; `serving.keys`). A POST must be JSON (a pickle
 or any other content type gets 415) and no larger than the policy allows (413), whether
 or not the client announced its length.
+
+A route the service registers with `answer_directly` (the single churn score) is answered by
+the gate itself once its request passed those checks: the handler parses the body with the
+route's own request model and answers, or declines (a body its model refuses), and the request
+goes on to BentoML as any other. BentoML's own layers in front of the gate (metrics, timeout,
+concurrency limit) still see it; what is skipped is its per-request routing, context and
+serialisation, which cost more than scoring a customer (measured: benchmarks/bench_serving.py).
 """
 
 from __future__ import annotations
@@ -45,9 +52,22 @@ ROUTES = {
 }
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    """Answer with a JSON body."""
-    payload = json.dumps(body).encode()
+# A route's answer from the request body and the caller's fingerprint: (status, JSON bytes), or None to decline.
+DirectHandler = Callable[[bytes, str], "tuple[int, bytes] | None"]
+_DIRECT: dict[str, DirectHandler] = {}  # path -> handler, set by the service when its worker starts
+SERVER_HEADER = (b"server", b"BentoML Service/custintel")  # what BentoML's own answers carry
+
+
+def answer_directly(path: str, handler: DirectHandler | None) -> None:
+    """Have the gate answer `path` itself with `handler` (None: stop), for this worker process."""
+    if handler is None:
+        _DIRECT.pop(path, None)
+    else:
+        _DIRECT[path] = handler
+
+
+async def send_bytes(send: Send, status: int, payload: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """Answer with a body that is already JSON."""
     await send(
         {
             "type": "http.response.start",
@@ -60,6 +80,11 @@ async def send_json(send: Send, status: int, body: dict[str, Any], headers: Sequ
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any], headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """Answer with a JSON body."""
+    await send_bytes(send, status, json.dumps(body).encode(), headers)
 
 
 def _error(field: str, reason: str) -> dict[str, Any]:
@@ -172,6 +197,12 @@ class Gatekeeper:
             more = message.get("more_body", False)
             if len(body) > self.max_body:
                 await send_json(send, 413, _error("body", f"more than {self.max_body} bytes"))
+                return
+        direct = _DIRECT.get(scope["path"])
+        if direct is not None:
+            answered = direct(body, scope["state"]["caller"])
+            if answered is not None:
+                await send_bytes(send, *answered, (SERVER_HEADER,))
                 return
         replayed = False
         gone, hung_up = threading.Event(), asyncio.Event()

@@ -89,6 +89,12 @@ class ServingPolicy(_Strict):
     frequency_cap: FrequencyCap = Field(default_factory=FrequencyCap)
     audit: AuditRules = Field(default_factory=AuditRules)
     reasons: int = Field(default=3, ge=0, le=20)
+    reasons_method: Literal["path", "treeshap"] = Field(
+        default="path",
+        description="How reasons are computed: path (what each feature's splits added along the row's paths "
+        "through the trees; about the cost of a prediction) or treeshap (exact Shapley values; for a model of "
+        "dozens of trees several times the cost of the score). Scores are the same either way.",
+    )
     max_batch: int = Field(default=1000, ge=1, le=100_000)
     timeout_seconds: float = Field(
         default=30,

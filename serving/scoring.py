@@ -1,24 +1,63 @@
-"""Scores and their reasons from a served model: LightGBM's contributions, in one pass where that is exact.
+"""Scores and their reasons from a served model: one LightGBM pass gives both, where that is exact.
 
-A churn model is a preprocessing + LightGBM pipeline, possibly calibrated. Its contributions
-(`pred_contrib`) sum to LightGBM's raw score, from which the (calibrated) probability follows,
-so one LightGBM call gives both the score and the reasons. Each model's first call checks
-that shortcut against the model's own `predict_proba` and keeps it only if it is exact
-(`score_with_reasons`), and likewise the pandas-free route from JSON-like records to a float
-matrix (`score_records`, `score_matrix`). `ScoringThreads` gives a batch LightGBM's threads.
+A churn model is a preprocessing + LightGBM pipeline, possibly calibrated. The reasons are
+per-feature contributions to LightGBM's raw score: by default path attribution
+(`serving.attribution`: what each feature's splits added along the paths a row takes, from
+LightGBM's leaf indices, as cheap as a prediction), or TreeSHAP (`pred_contrib`, exact Shapley
+values, costing many predictions' time for a model of a few dozen trees). Both sum to the raw
+score, from which the (calibrated) probability follows, so one LightGBM call gives the score and
+the reasons; with no reasons asked for, the call is a plain raw-score prediction. Each model's
+first call checks that shortcut against the model's own `predict_proba` and keeps it only if it
+is exact (`score_with_reasons`), and likewise the pandas-free route from JSON-like records to a
+float matrix (`score_records`, `score_matrix`). `ScoringThreads` gives a batch LightGBM's threads.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from scipy.special import expit
 from sklearn.pipeline import Pipeline
+
+from serving.attribution import PathTable, SingleRowLeaves, path_contributions, path_table
+
+Attribution = Literal["path", "treeshap"]  # how reasons are computed (the serving policy's `reasons_method`)
+# booster -> its path table and single-row leaf reader, made on first use (once per loaded model)
+_TABLES: weakref.WeakKeyDictionary[Any, tuple[PathTable, SingleRowLeaves]] = weakref.WeakKeyDictionary()
+_TABLES_LOCK = threading.Lock()
+
+
+def _path_table(booster: Any) -> tuple[PathTable, SingleRowLeaves]:
+    """The booster's path table and single-row leaf reader, made on first use."""
+    found = _TABLES.get(booster)
+    if found is None:
+        with _TABLES_LOCK:
+            found = _TABLES.get(booster)
+            if found is None:
+                found = _TABLES[booster] = (path_table(booster), SingleRowLeaves(booster))
+    return found
+
+
+def explain(lgbm: Any, rows: Any, method: Attribution = "path", threads: int | None = None) -> np.ndarray:
+    """Per row, each feature's contribution to the raw score and the bias last (`pred_contrib`'s layout).
+
+    `lgbm`: a fitted LGBMClassifier (rows as its pipeline prepares them) or its Booster (rows as
+    `records_matrix` makes them). `threads`: LightGBM's threads (None: the model's own).
+    """
+    options: dict[str, Any] = {} if threads is None else {"num_threads": threads}
+    if method == "treeshap":
+        return np.asarray(lgbm.predict(rows, pred_contrib=True, **options))
+    booster = getattr(lgbm, "booster_", lgbm)
+    table, single = _path_table(booster)
+    if booster is lgbm and isinstance(rows, np.ndarray) and len(rows) == 1:  # a matrix row: the fast path
+        return path_contributions(table, single(rows[0]))
+    return path_contributions(table, np.asarray(lgbm.predict(rows, pred_leaf=True, **options)))
 
 
 def inner_pipeline(model: Any) -> Pipeline | None:
@@ -51,9 +90,9 @@ def _from_raw(model: Any, pipeline: Pipeline, raw: np.ndarray, how: str) -> np.n
 
 
 def score_with_reasons(
-    model: Any, frame: pd.DataFrame, n_reasons: int
+    model: Any, frame: pd.DataFrame, n_reasons: int, method: Attribution = "path"
 ) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
-    """P(positive) per row and, per row, the features pushing it up most (LightGBM's pred_contrib).
+    """P(positive) per row and, per row, the features pushing it up most (`explain` by `method`).
 
     One pass where it can: the contributions sum to LightGBM's raw score, from which the
     (calibrated) probability follows; the first call checks that against `predict_proba`
@@ -63,7 +102,7 @@ def score_with_reasons(
     if pipeline is None or not n_reasons:
         return np.asarray(model.predict_proba(frame))[:, 1], [[] for _ in range(len(frame))]
     prepared = pipeline[:-1].transform(frame)
-    contributions = np.asarray(pipeline[-1].predict(prepared, pred_contrib=True))
+    contributions = explain(pipeline[-1], prepared, method)
     how = _ONE_PASS.get(id(model))
     single = model is pipeline or len(getattr(model, "calibrated_classifiers_", [])) == 1
     if how is None:
@@ -88,11 +127,12 @@ PARALLEL_ROWS = 256
 _FAST: dict[int, str] = {}  # id(model) -> "raw" | "proba" (the pandas-free route is exact) or "pandas"
 
 
-def _contributions(pipeline: Pipeline, matrix: np.ndarray, threads: int = 1) -> tuple[np.ndarray, list[str]]:
-    """LightGBM's contributions (the bias last) for `records_matrix` rows, and the features' names."""
+def _contributions(
+    pipeline: Pipeline, matrix: np.ndarray, threads: int = 1, method: Attribution = "path"
+) -> tuple[np.ndarray, list[str]]:
+    """The contributions (the bias last) for `records_matrix` rows, and the features' names."""
     prepare, booster = pipeline[0], pipeline[-1].booster_
-    contributions = np.asarray(booster.predict(matrix, pred_contrib=True, num_threads=threads))
-    return contributions, [*prepare.numeric, *prepare.categorical]
+    return explain(booster, matrix, method, threads), [*prepare.numeric, *prepare.categorical]
 
 
 def _top_reasons(features: np.ndarray, names: list[str], n: int) -> list[list[tuple[str, float]]]:
@@ -123,6 +163,7 @@ def score_records(
     n_reasons: int,
     numbers_checked: bool = False,
     threads: int = 1,
+    method: Attribution = "path",
 ) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
     """`score_with_reasons` for JSON-like records, without pandas where that is exact.
 
@@ -132,7 +173,7 @@ def score_records(
     keeps it only if scores and reasons agree; otherwise the model is always scored through pandas.
     `numbers_checked`: the caller knows every numeric input is a JSON number or null (the
     online store's typed documents), so the values are not inspected one by one. `threads`:
-    LightGBM's threads for the contributions (0: every core).
+    LightGBM's threads for the contributions (0: every core). `method`: how reasons are computed.
     """
     pipeline = inner_pipeline(model)
     route = _FAST.get(id(model))
@@ -141,29 +182,35 @@ def score_records(
         single and pipeline is not None and hasattr(pipeline[0], "records_matrix") and hasattr(pipeline[-1], "booster_")
     )
     if route is None or route == "pandas" or not fast_ok:
-        scores, reasons = score_with_reasons(model, pd.DataFrame(list(records), columns=list(columns)), n_reasons)
+        frame = pd.DataFrame(list(records), columns=list(columns))
+        scores, reasons = score_with_reasons(model, frame, n_reasons, method)
         if route is None:
             _FAST[id(model)] = (
-                _check_fast_route(model, pipeline, records, scores, reasons, n_reasons) if fast_ok else "pandas"
+                _check_fast_route(model, pipeline, records, scores, reasons, n_reasons, method) if fast_ok else "pandas"
             )
         return scores, reasons
     assert pipeline is not None
-    return score_matrix(model, pipeline[0].records_matrix(records, numbers_checked=numbers_checked), n_reasons, threads)
+    matrix = pipeline[0].records_matrix(records, numbers_checked=numbers_checked)
+    return score_matrix(model, matrix, n_reasons, threads, method)
 
 
 def score_matrix(
-    model: Any, matrix: np.ndarray, n_reasons: int, threads: int = 1
+    model: Any, matrix: np.ndarray, n_reasons: int, threads: int = 1, method: Attribution = "path"
 ) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
     """`score_records` for rows already in `records_matrix`'s form (a model's snapshot), on its pandas-free route.
 
-    Only for a model whose route was checked exact (`fast_route`).
+    Only for a model whose route was checked exact (`fast_route`). Without reasons, one raw-score
+    prediction (the same sum of the trees' leaves the contributions add up to).
     """
     pipeline = inner_pipeline(model)
     route = _FAST.get(id(model))
     assert pipeline is not None and route in ("raw", "proba"), "score_matrix needs a model on the checked fast route"
-    contributions, names = _contributions(pipeline, matrix, threads)
+    if not n_reasons:
+        raw = np.asarray(pipeline[-1].booster_.predict(matrix, raw_score=True, num_threads=threads))
+        return _from_raw(model, pipeline, raw, route), [[] for _ in range(len(matrix))]
+    contributions, names = _contributions(pipeline, matrix, threads, method)
     scores = _from_raw(model, pipeline, contributions.sum(axis=1), route)
-    return scores, _top_reasons(contributions[:, :-1], names, n_reasons) if n_reasons else [[] for _ in matrix]
+    return scores, _top_reasons(contributions[:, :-1], names, n_reasons)
 
 
 def fast_route(model: Any) -> bool:
@@ -178,10 +225,11 @@ def _check_fast_route(
     scores: np.ndarray,
     reasons: list[list[tuple[str, float]]],
     n_reasons: int,
+    method: Attribution,
 ) -> str:
     assert pipeline is not None
     try:
-        contributions, names = _contributions(pipeline, pipeline[0].records_matrix(records))
+        contributions, names = _contributions(pipeline, pipeline[0].records_matrix(records), 1, method)
     except (ValueError, TypeError, KeyError):
         return "pandas"
     for how in ("raw", "proba"):

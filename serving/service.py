@@ -16,13 +16,14 @@ from typing import TypeVar
 import bentoml
 import orjson
 from fastapi import FastAPI
+from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from custintel.settings import Settings
 from serving import answers, openapi
 from serving.errors import ServingError, quiet_refusals
 from serving.keys import parse_api_keys
-from serving.middleware import Gatekeeper
+from serving.middleware import Gatekeeper, answer_directly
 from serving.policy import load_serving_policy
 from serving.runtime import Runtime
 from serving.schemas import (
@@ -125,6 +126,7 @@ class Custintel:
         self.decider = Decider(self.runtime)
         quiet_refusals("bentoml._internal.server.http_app")  # a refused request: one INFO line, not a traceback
         openapi.publish(lambda: answers.served_inputs(self.runtime))  # /docs.json declares what is served now
+        answer_directly("/churn/score", self._churn_direct)  # answered in the gate (serving.middleware)
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -157,6 +159,7 @@ class Custintel:
     @bentoml.on_shutdown
     def stop_polling(self) -> None:
         """Stop polling and flush the inference log."""
+        answer_directly("/churn/score", None)
         self._stop.set()
         if self._poller is not None:
             self._poller.join(5)
@@ -171,7 +174,26 @@ class Custintel:
         """A customer's churn probability, the decision against the recorded threshold, and the top reasons."""
         # About 0.3 ms of CPU (two indexed SQLite reads, one LightGBM call): answered on the event loop.
         # Handing it to a worker thread cost more than the work, and the threads then queued for the GIL.
-        return _answer(lambda: answers.score_churn(self.runtime, [request], _caller(ctx))[0], ctx)  # type: ignore[return-value]
+
+        def run() -> Response:
+            # the `ScoreResponse` document `churn_answers` makes, serialised as it is (as the batch route does)
+            (answer,) = answers.churn_answers(self.runtime, [request], _caller(ctx))
+            return Response(orjson.dumps(answer), media_type="application/json")
+
+        answer: Response = _answer(run, ctx)
+        return answer  # type: ignore[return-value]  # the bytes hold a ScoreResponse
+
+    def _churn_direct(self, body: bytes, caller: str) -> tuple[int, bytes] | None:
+        """`churn_score` for the gate: (status, JSON) from the raw body; None leaves a refused body to BentoML."""
+        try:
+            request = ScoreRequest.model_validate_json(body)
+        except ValidationError:
+            return None  # BentoML refuses it (400, the fields named), as it does every malformed body
+        try:
+            (answer,) = answers.churn_answers(self.runtime, [request], caller)
+        except ServingError as exc:
+            return exc.status, orjson.dumps(exc.body())
+        return 200, orjson.dumps(answer)
 
     @bentoml.api(route="/churn/score/batch")
     def churn_score_batch(self, request: BatchScoreRequest, /, ctx: bentoml.Context) -> BatchScoreResponse:

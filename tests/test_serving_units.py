@@ -119,6 +119,45 @@ def test_the_gate_checks_key_content_type_and_size_before_the_app() -> None:
     )
 
 
+def test_the_gate_answers_a_direct_route_after_its_checks_and_hands_on_what_the_route_declines() -> None:
+    from serving.middleware import answer_directly
+
+    seen: list[tuple[bytes, str]] = []
+
+    def handler(body: bytes, caller: str) -> tuple[int, bytes] | None:
+        seen.append((body, caller))
+        return None if body == b"{}" else (201, json.dumps({"direct": True}).encode())
+
+    gate = Gatekeeper(_echo, api_keys=["k1"], max_body_bytes=100, anonymous=False)
+    json_type = {"Content-Type": "application/json", "X-API-Key": "k1"}
+    answer_directly("/churn/score", handler)
+    try:
+        assert _call(gate, "/churn/score", {"Content-Type": "application/json"}, [b"[1]"])[0] == 401  # checks first
+        assert _call(gate, "/churn/score", {**json_type, "Content-Length": "101"}, [b"x"])[0] == 413
+        assert seen == []
+        assert _call(gate, "/churn/score", json_type, [b"[", b"1]"]) == (201, {"direct": True})  # whole body
+        assert seen[-1][0] == b"[1]" and seen[-1][1].startswith("key-")
+        status, body = _call(gate, "/churn/score", json_type, [b"{}"])  # declined: the app answers, body replayed
+        assert status == 200 and body["bytes"] == 2
+        assert _call(gate, "/churn/score/batch", json_type, [b"[1]"])[1]["bytes"] == 3  # other routes: the app
+    finally:
+        answer_directly("/churn/score", None)
+    assert _call(gate, "/churn/score", json_type, [b"[1]"])[1]["bytes"] == 3
+
+
+def test_the_serving_benchmark_trains_the_demos_world_and_budget() -> None:
+    import inspect
+
+    from benchmarks import bench_serving
+    from flows.cli.demo import demo
+
+    defaults = {k: v.default for k, v in inspect.signature(demo).parameters.items()}
+    assert bench_serving.DEFAULT_CUSTOMERS == defaults["customers"]
+    assert bench_serving.DEFAULT_TRIALS == defaults["trials"]
+    assert bench_serving.DEMO_DRIFT_DATE == defaults["drift_date"]
+    assert bench_serving.DEMO_DRIFT_STRENGTH == defaults["drift_strength"]
+
+
 def test_a_wrong_method_gets_405_naming_the_allowed_one() -> None:
     gate = Gatekeeper(_echo, api_keys=["k1"], max_body_bytes=100, anonymous=False)
     key = {"X-API-Key": "k1"}

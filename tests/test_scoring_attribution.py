@@ -114,7 +114,9 @@ def test_path_reasons_agree_with_treeshap_on_most_rows(num_leaves: int, record_p
     top1 = np.mean([a[:1] == b[:1] for a, b in zip(s3, p3, strict=True)])
     shared = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(s3, p3, strict=True) if a])
     same_set = np.mean([set(a) == set(b) for a, b in zip(s3, p3, strict=True)])
-    record_property("agreement", {"top1": top1, "top3_shared": shared, "top3_same_set": same_set})  # type: ignore[operator]
+    # plain floats: pytest-xdist sends the property to the controller and cannot serialise NumPy scalars
+    agreement = {"top1": float(top1), "top3_shared": float(shared), "top3_same_set": float(same_set)}
+    record_property("agreement", agreement)  # type: ignore[operator]
     print(f"num_leaves={num_leaves}: top-1 {top1:.0%}, top-3 shared {shared:.0%}, same top-3 set {same_set:.0%}")  # noqa: T201
     assert top1 >= 0.7 and shared >= 0.7
 

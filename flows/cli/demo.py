@@ -144,6 +144,74 @@ def _demo_drift(settings: Settings, url: str, key: str, trials: int) -> dict[str
     return result
 
 
+def _demo_policy_gate(world: Path) -> dict[str, Any] | None:
+    """Register the packaged decision policy and judge it (simulation, equity, the world's truth); None if it failed."""
+    from flows.cli.decisions import promote
+
+    try:
+        promote(policy=None, truth=world / "_truth", approver=None, reason=None, name="custintel-nba", engine="prefect")
+    except typer.Exit:  # blocked: the demo goes on with the policy file, as the service does
+        console.print("[yellow]the decision policy was blocked (see above): the service decides with its file[/]")
+    from models.registry import Registry
+
+    found = Registry(current_settings()).policy_version("custintel-nba", "champion")
+    return {"version": found[0]} if found else None
+
+
+def _demo_decisions(settings: Settings, url: str, key: str, policy_gate: dict[str, Any] | None) -> None:
+    """Decide for every scored customer on two channels, show the allocation, feed a few outcomes back."""
+    from collections import Counter
+
+    import httpx
+    import pandas as pd
+    from rich.table import Table
+
+    auth = {"Authorization": f"Bearer {key}"}
+    keys = pd.read_parquet(settings.identity_dir / "crosswalk.parquet", columns=["customer_key"])
+    customers = sorted(keys["customer_key"].drop_duplicates())
+    counts: Counter[tuple[str, str]] = Counter()
+    value = given_up = 0.0
+    decided: list[tuple[str, str]] = []
+    policy = ""
+    with progress() as bars:
+        for channel in ("call_centre", "email"):
+            job = bars.add_task(f"deciding for every customer on {channel} (POST /decide/batch)", total=len(customers))
+            for i in range(0, len(customers), 1000):
+                chunk = customers[i : i + 1000]
+                answer = httpx.post(url + "/decide/batch", json={"customer_keys": chunk, "channel": channel},
+                                    headers=auth, timeout=300)  # fmt: skip
+                if answer.status_code != 200:
+                    raise fail(f"/decide/batch answered HTTP {answer.status_code}: {answer.text[:300]}")
+                body = answer.json()
+                value += body["value"]
+                given_up += body["value_given_up"]
+                policy = f"{body['policy'].get('name')} v{body['policy'].get('version') or '(file)'}"
+                for r in body["results"]:
+                    if r["status"] == "decided":
+                        first = r["actions"][0]["name"] if r["actions"] else "none"
+                        counts[(first, channel)] += 1
+                        if r["actions"] and not r["fallback"]:
+                            decided.append((r["decision_id"], r["customer_key"]))
+                bars.advance(job, len(chunk))
+    table = Table(title=f"decisions under {policy}: first action per channel")
+    for column in ("action", "channel", "customers"):
+        table.add_column(column, justify="right" if column == "customers" else "left")
+    for (action, channel), n in sorted(counts.items(), key=lambda x: (x[0][1], -x[1])):
+        table.add_row(action, channel, f"{n:,}")
+    console.print(table)
+    console.print(f"expected value of the campaigns {value:,.0f}; given up to capacity and caps {given_up:,.0f}")
+    fed = 0
+    for decision_id, customer in decided[:5]:  # an impression, then an accept, for a few contacted customers
+        for event in ("impression", "accept"):
+            answer = httpx.post(url + "/outcomes", json={"decision_id": decision_id, "event": event,
+                                "customer_key": customer}, headers=auth, timeout=30)  # fmt: skip
+            fed += answer.status_code == 200
+    shown = min(5, len(decided))
+    console.print(f"{fed} outcomes fed back (POST /outcomes): an impression and an accept for {shown} decisions")
+    if policy_gate is None:
+        console.print("[yellow]no decision policy is @champion: the service decided with the policy file[/]")
+
+
 @app.command()
 def demo(
     customers: Annotated[int, typer.Option(help="Customers in the demo world.")] = 20_000,
@@ -159,32 +227,36 @@ def demo(
     """Run everything that exists end to end on embedded defaults and say where to look."""
     settings = current_settings()
     world = settings.default_data_dir / "demo-world"
-    console.rule("[bold]1/8 generate a synthetic customer world (its population drifts after the drift date)")
+    console.rule("[bold]1/10 generate a synthetic customer world (its population drifts after the drift date)")
     generate(customers=customers, seed=seed, out=world, drift_date=drift_date, drift_strength=drift_strength)
-    console.rule("[bold]2/8 ingest it behind data contracts (Prefect flow ingest_sources)")
+    console.rule("[bold]2/10 ingest it behind data contracts (Prefect flow ingest_sources)")
     ingest(source=world)
-    console.rule("[bold]3/8 resolve identities into customers (Prefect flow resolve_identities)")
+    console.rule("[bold]3/10 resolve identities into customers (Prefect flow resolve_identities)")
     views.print_resolution(run_resolution("prefect", reuse_model=False))
     resolve_evaluate(truth=world / "_truth")
-    console.rule("[bold]4/8 point-in-time features and labels (Prefect flow build_features)")
+    console.rule("[bold]4/10 point-in-time features and labels (Prefect flow build_features)")
     # The online store holds the latest cutoff: three months into the drift the demo scores and monitors.
     views.print_feature_build(run_feature_build([dt.date(2025, 3, 1), dt.date(2025, 12, 1)], "prefect", online=True))
     console.rule(
-        "[bold]5/8 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
+        "[bold]5/10 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
     )
     outcomes = run_training("all", "prefect", trials, None, world / "_truth", None)
     views.print_training(settings, outcomes)
-    console.rule("[bold]6/8 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
+    console.rule("[bold]6/10 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
     decisions = run_gate(list(GATED_FAMILIES), None, None, None, "prefect")
     views.print_decisions(settings, decisions)
     from governance.site import build_site
 
+    console.rule("[bold]7/10 the next-best-action policy through its gate (Prefect flow promote_decision_policy)")
+    policy_gate = _demo_policy_gate(world)
     site = build_site(settings)
-    console.rule("[bold]7/8 serve the champions with BentoML (custintel serve) and answer a sample request")
+    console.rule("[bold]8/10 serve the champions with BentoML (custintel serve) and answer a sample request")
     with _demo_service(settings) as (url, key):
         curl = _demo_sample_request(settings, url, key)
-        console.rule("[bold]8/8 traffic after the drift, monitoring (Prefect flow monitor_models), retraining")
+        console.rule("[bold]9/10 traffic after the drift, monitoring (Prefect flow monitor_models), retraining")
         monitored = _demo_drift(settings, url, key, trials)
+        console.rule("[bold]10/10 decisions for the scored customers (POST /decide/batch) and outcomes fed back")
+        _demo_decisions(settings, url, key, policy_gate)
     site = build_site(settings)  # again: with the drift reports
     console.rule("[bold]where to look")
     console.print(f"- source drop: {world}  (hidden truth: {world / '_truth'})")
@@ -208,6 +280,10 @@ def demo(
     console.print(
         f"- governance: {settings.governance_dir} (decisions.jsonl, audit_trail.jsonl, "
         f"cards/<model>/<version>/card.html); reviewers' site {site}  -> `custintel report --serve`"
+    )
+    console.print(
+        f"- decisions: policy custintel-nba{' v' + policy_gate['version'] if policy_gate else ' (file)'} and its card "
+        f"-> `custintel decisions show`; decision and outcome log {settings.home_dir / 'serving' / 'decisions.db'}"
     )
     console.print(f"- serving: `CUSTINTEL_SERVING_API_KEYS=<key> custintel --home {settings.home_dir} serve`, then:")
     console.print(f"  {curl}", soft_wrap=True)

@@ -85,7 +85,13 @@ def test_demo_command_runs_everything_end_to_end(prefect_api: None, tmp_path: Pa
         assert f"POST {path}" in text and "-> HTTP 200" in text and '"status": "scored"' in text
         assert f"curl -s -X POST http://127.0.0.1:3000{path}" in text
     # the drift scenario: every customer scored through the batch endpoint, then a monitoring pass with its records
-    assert "8/8 traffic after the drift" in text and "customers scored and logged" in text
+    assert "9/10 traffic after the drift" in text and "customers scored and logged" in text
+    # decisions: the policy through its gate, a campaign decided on two channels, outcomes fed back
+    assert "promoted custintel-nba v1" in text or "blocked custintel-nba v1" in text
+    assert (home / "governance" / "cards" / "custintel-nba" / "1" / "card.html").is_file()
+    assert "10/10 decisions for the scored customers" in text and "first action per channel" in text
+    assert "10 outcomes fed back (POST /outcomes)" in text
+    assert (home / "serving" / "decisions.db").is_file()
     decisions = [json.loads(x) for x in (home / "monitoring" / "decisions.jsonl").read_text().splitlines()]
     monitored = {d["family"]: d for d in decisions if d.get("kind") == "monitoring"}
     for family, entry in monitored.items():

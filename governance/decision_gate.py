@@ -34,7 +34,6 @@ from decisions.simulation import UNKNOWN_GROUP, Simulation
 from decisions.truth import TruthComparison
 from governance import cards, store
 from governance.gate import Check, Verdict, Waiver, decide
-from models.registry import Registry
 
 FAMILY = "decision_policy"
 MIN_GROUP = 30  # eligible customers of a group below which its rate is reported, not judged (policy's own first)
@@ -365,28 +364,7 @@ def judge_policy(
 
 def record_policy(settings: Settings, candidate: PolicyCandidate, judgement: PolicyJudgement) -> dict[str, Any]:
     """Move `champion` (when it passed), tag the version, attach the card and metrics, append the decision."""
-    registry = Registry(settings)
-    decision = judgement.decision
-    if decision["result"] in ("promoted", "waived"):
-        why = f"gate {decision['result']} (decision {decision['id']})"
-        before, _ = store.move_champion(
-            registry, candidate.name, candidate.version, why, decision["id"], decision["actor"]
-        )
-        decision["champion_before"] = before
-    folder = store.write_card_files(settings, candidate.name, candidate.version, judgement.card)
-    store.attach_card(registry, candidate.run_id, folder, candidate.version)
-    registry.log_run_metrics(candidate.run_id, judgement.metrics)
-    store.tag_version(
-        registry,
-        candidate.name,
-        candidate.version,
-        {
-            "result": decision["result"],
-            "reasons": json.dumps(decision["reasons"])[:4000],
-            "decision": decision["id"],
-            "policy_hash": decision["policy_hash"],
-            "card": f"cards/v{candidate.version}/card.html",
-        },  # fmt: skip
-    )
-    store.append_decision(settings, decision)
-    return decision
+    return store.record_verdict(
+        settings, candidate.name, candidate.version, candidate.run_id, judgement.decision, judgement.card,
+        metrics=judgement.metrics, max_reasons_chars=4000,
+    )  # fmt: skip

@@ -221,30 +221,9 @@ def judge(candidate: Candidate, policy: GovernancePolicy, waiver: gate.Waiver | 
 
 def record(settings: Settings, candidate: Candidate, judgement: Judgement) -> dict[str, Any]:
     """Move the aliases (if it passed), tag the version, attach the card and append the decision."""
-    registry = Registry(settings)
-    decision = judgement.decision
-    if decision["result"] in ("promoted", "waived"):
-        why = f"gate {decision['result']} (decision {decision['id']})"
-        before, _ = store.move_champion(
-            registry, candidate.name, candidate.version, why, decision["id"], decision["actor"]
-        )
-        decision["champion_before"] = before
-    folder = store.write_card_files(settings, candidate.name, candidate.version, judgement.card)
-    store.attach_card(registry, candidate.run_id, folder, candidate.version)
-    store.tag_version(
-        registry,
-        candidate.name,
-        candidate.version,
-        {
-            "result": decision["result"],
-            "reasons": json.dumps(decision["reasons"]),
-            "decision": decision["id"],
-            "policy_hash": decision["policy_hash"],
-            "card": f"cards/v{candidate.version}/card.html",
-        },
+    return store.record_verdict(
+        settings, candidate.name, candidate.version, candidate.run_id, judgement.decision, judgement.card
     )
-    store.append_decision(settings, decision)
-    return decision
 
 
 def rollback(settings: Settings, model: str, reason: str, actor: str) -> dict[str, Any]:

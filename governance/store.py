@@ -186,3 +186,39 @@ def write_card_files(settings: Settings, name: str, version: str, files: dict[st
 def attach_card(registry: Registry, run_id: str, folder: Path, version: str) -> str:
     """Log the card folder as artifacts of the version's run; returns the artifact path."""
     return registry.log_artifacts(run_id, folder, f"cards/v{version}")
+
+
+def record_verdict(
+    settings: Settings,
+    name: str,
+    version: str,
+    run_id: str,
+    decision: dict[str, Any],
+    card: dict[str, bytes | str],
+    metrics: dict[str, float] | None = None,
+    max_reasons_chars: int | None = None,
+) -> dict[str, Any]:
+    """A gate's verdict on one version, for models and decision policies alike.
+
+    Moves `champion` when it passed (promoted or waived), writes and attaches the card, logs the
+    run's metrics when given, tags the version and appends the decision to the log.
+    """
+    registry = Registry(settings)
+    if decision["result"] in ("promoted", "waived"):
+        why = f"gate {decision['result']} (decision {decision['id']})"
+        before, _ = move_champion(registry, name, version, why, decision["id"], decision["actor"])
+        decision["champion_before"] = before
+    folder = write_card_files(settings, name, version, card)
+    attach_card(registry, run_id, folder, version)
+    if metrics is not None:
+        registry.log_run_metrics(run_id, metrics)
+    reasons = json.dumps(decision["reasons"])
+    tag_version(registry, name, version, {
+        "result": decision["result"],
+        "reasons": reasons[:max_reasons_chars] if max_reasons_chars is not None else reasons,
+        "decision": decision["id"],
+        "policy_hash": decision["policy_hash"],
+        "card": f"cards/v{version}/card.html",
+    })  # fmt: skip
+    append_decision(settings, decision)
+    return decision

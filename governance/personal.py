@@ -8,7 +8,7 @@
   monitoring store deleted.
 - Model versions that the MLflow store flagged (`custintel.erasure.subjects`) get
   `custintel.erasure.retrain` from the policy's `erasure.retrain`, and their written cards a note
-  under the title (`cards.with_erasure_note`); a card written later states it too.
+  under the title (`erasure_notes.with_erasure_note`); a card written later states it too.
 - The audit trail and the gate's decision log (`audit_trail.jsonl`, `decisions.jsonl`) are the
   legal record of what was done: they are NOT erased (a hash chain would break, and the record of
   an erasure must outlive it). They must hold no raw identifier: `find` reports any line that does,
@@ -24,7 +24,7 @@ from pathlib import Path
 from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
 from custintel.token_search import occurrences, scrub
-from governance import cards
+from governance import erasure_notes
 from governance.policy import load_policy
 from models.registry import Registry
 
@@ -139,13 +139,13 @@ class GovernanceStore:
         done = []
         for listing in registry.list_models():
             for version in listing.versions:
-                if not version.tags.get(cards.ERASURE_SUBJECTS):
+                if not version.tags.get(erasure_notes.ERASURE_SUBJECTS):
                     continue
                 tags = dict(version.tags)
-                if tags.get(cards.ERASURE_RETRAIN) != retrain:
-                    registry.set_version_tags(version.name, version.version, {cards.ERASURE_RETRAIN: retrain})
-                    tags[cards.ERASURE_RETRAIN] = retrain
-                line = cards.erasure_line(tags)
+                if tags.get(erasure_notes.ERASURE_RETRAIN) != retrain:
+                    registry.set_version_tags(version.name, version.version, {erasure_notes.ERASURE_RETRAIN: retrain})
+                    tags[erasure_notes.ERASURE_RETRAIN] = retrain
+                line = erasure_notes.erasure_line(tags)
                 folder = self.cards_dir / version.name / version.version
                 changed = False
                 for name, markdown in (("card.html", False), ("card.md", True)):
@@ -153,7 +153,7 @@ class GovernanceStore:
                     if line is None or not path.is_file():
                         continue
                     text = path.read_text(encoding="utf-8")
-                    noted = cards.with_erasure_note(text, line, markdown)
+                    noted = erasure_notes.with_erasure_note(text, line, markdown)
                     if noted != text:
                         _atomic_write(path, noted)
                         changed = True

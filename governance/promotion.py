@@ -19,7 +19,7 @@ import numpy as np
 
 from custintel.settings import Settings
 from governance import audit as fair
-from governance import cards, gate, store
+from governance import cards, erasure_notes, gate, store
 from governance.policy import GovernancePolicy, load_policy
 from models.registry import CHALLENGER, Registry
 from models.result import EvaluationSet
@@ -96,7 +96,7 @@ def gather(settings: Settings, model: str, version: str | None) -> Candidate:
     }
     consent = lineage.get("consent") if isinstance(lineage.get("consent"), dict) else None
     training["consent"] = str(consent["summary"]) if consent else "not recorded (the run predates consent in training)"
-    erasure = cards.erasure_line(mv.tags)
+    erasure = erasure_notes.erasure_line(mv.tags)
     if erasure:
         training["erasure"] = erasure
     calibration = info.get("calibration")

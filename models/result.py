@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # types only: readers of results need not load matplotlib
+    from matplotlib.figure import Figure
 
 
 @dataclass

@@ -25,13 +25,15 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from features.data_classes import without_direct_identifiers
-from monitoring.drift import DatasetDrift, Kind
+
+if TYPE_CHECKING:  # types only: the erasure path reads these reports without loading SciPy's statistics
+    from monitoring.drift import DatasetDrift, Kind
 
 PREDICTION = "prediction"
 

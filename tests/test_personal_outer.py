@@ -25,7 +25,7 @@ import pytest
 from custintel.personal import Erased, Holding, PersonalStore, Subject
 from custintel.settings import Settings
 from flows.train import PLAIN_STEPS, run_training
-from governance import cards
+from governance import erasure_notes
 from governance.personal import GovernanceStore
 from models.examples import PLACEHOLDER_KEY, impersonal_example
 from models.personal import ERASURE_AT, ERASURE_PENDING, ERASURE_SUBJECTS, MLflowStore
@@ -224,7 +224,7 @@ def test_find_then_erase_then_nothing_in_any_outer_store(home: Home) -> None:
     # the version is flagged, the policy's retrain rule beside it, and the card says so
     tags = Registry(settings).version(NAME, "1").tags
     assert tags[ERASURE_SUBJECTS] == str(len(subjects)) and tags[ERASURE_AT] and ERASURE_PENDING not in tags
-    assert tags[cards.ERASURE_RETRAIN] == "not_required"
+    assert tags[erasure_notes.ERASURE_RETRAIN] == "not_required"
     card = settings.governance_dir / "cards" / NAME / "1" / "card.html"
     assert card.read_text().count('<p class="erasure">Erasure: 3 erased person(s)') == 1
     assert "> Erasure: 3 erased person(s)" in card.with_name("card.md").read_text()
@@ -256,17 +256,21 @@ def test_erasing_a_stranger_changes_nothing(home: Home) -> None:
 def test_card_notes_are_replaced_not_repeated() -> None:
     html = "<html><body><h1>Model card: m v1</h1>\n<h2>Model</h2></body></html>"
     md = "# Model card: m v1\n\n## Model\n"
-    once = cards.with_erasure_note(html, "2 erased", False)
-    assert cards.with_erasure_note(once, "2 erased", False) == once
-    assert cards.with_erasure_note(once, "5 erased", False).count('class="erasure"') == 1
-    assert cards.erasure_line({}) is None
-    line = cards.erasure_line(
-        {cards.ERASURE_SUBJECTS: "2", cards.ERASURE_AT: "2026-01-01", cards.ERASURE_RETRAIN: "required"}
+    once = erasure_notes.with_erasure_note(html, "2 erased", False)
+    assert erasure_notes.with_erasure_note(once, "2 erased", False) == once
+    assert erasure_notes.with_erasure_note(once, "5 erased", False).count('class="erasure"') == 1
+    assert erasure_notes.erasure_line({}) is None
+    line = erasure_notes.erasure_line(
+        {
+            erasure_notes.ERASURE_SUBJECTS: "2",
+            erasure_notes.ERASURE_AT: "2026-01-01",
+            erasure_notes.ERASURE_RETRAIN: "required",
+        }
     )
     assert line is not None and line.startswith("2 erased person(s)") and "retrain required" in line
-    noted = cards.with_erasure_note(md, "2 erased", True)
+    noted = erasure_notes.with_erasure_note(md, "2 erased", True)
     assert noted == "# Model card: m v1\n> Erasure: 2 erased\n\n## Model\n"
-    assert cards.with_erasure_note(noted, "2 erased", True) == noted
+    assert erasure_notes.with_erasure_note(noted, "2 erased", True) == noted
 
 
 def test_frequency_caps_in_redis_forget_a_customer() -> None:

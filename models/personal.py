@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from custintel.personal import Erased, Holding, PersonalStore, Subject
@@ -81,6 +82,30 @@ def _same(a: Any, b: Any) -> bool:
         except (TypeError, ValueError):
             return False
     return str(a) == str(b)
+
+
+def _candidates(row: pd.Series, rows: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The rows that may equal `row` on `columns` (a vectorised first cut; `_same` decides on what is left)."""
+    mask = np.ones(len(rows), dtype=bool)
+    for column in columns:
+        value, cells = row[column], rows[column]
+        try:
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                mask &= cells.isna().to_numpy()
+            elif (
+                isinstance(value, (int, float, np.integer, np.floating))
+                and not isinstance(value, (bool, np.bool_))
+                and cells.dtype.kind in "biuf"
+            ):
+                numbers = cells.to_numpy(dtype=float, na_value=np.nan)
+                mask &= np.isclose(numbers, float(value), rtol=1e-8, atol=1e-8)  # wider than `_same`: a first cut
+            elif isinstance(value, str) and (cells.dtype.kind in "OSU" or str(cells.dtype) == "string"):
+                mask &= (cells.astype(str) == value).to_numpy()
+        except (TypeError, ValueError):
+            continue  # not comparable in bulk: `_same` compares it row by row
+        if not mask.any():
+            break
+    return rows[mask]
 
 
 @dataclass
@@ -197,7 +222,7 @@ class MLflowStore:
                     columns = [c for c in example.columns if c in test.columns]
                     theirs = test[test[id_column].astype(str).isin({k for r in tested for k in keys[r]})]
                     for _, row in example.iterrows():
-                        for _, candidate in theirs.iterrows():
+                        for _, candidate in _candidates(row, theirs, columns).iterrows():
                             if columns and all(_same(row[c], candidate[c]) for c in columns):
                                 request = owner[str(candidate[id_column])]
                                 place.found.setdefault(request, []).append(json.loads(row.to_json(default_handler=str)))

@@ -461,3 +461,23 @@ def test_keys_are_found_in_a_pickled_model_however_it_holds_them() -> None:
                          "other": pd.Series(["C000077777"], dtype=object)})  # fmt: skip
     for pad in range(4):
         assert _key_occurrences(b"\x00" * pad + data, owners) == {"a": 2, "b": 1, "c": 1, "e": 1}
+
+
+def test_the_first_cut_of_example_matching_keeps_every_row_that_may_be_equal() -> None:
+    """`_candidates` narrows the test rows in bulk but never drops one that `_same` would call equal."""
+    from models.personal import _candidates, _same
+
+    rows = pd.DataFrame(
+        {
+            "n": [1.0, 1.0 + 1e-12, 2.0, np.nan],
+            "s": pd.array(["a", "a", "a", pd.NA], dtype="string"),
+            "mixed": pd.Series([5, "5", 5, None], dtype=object),
+            "code": pd.array(["7", "7", "8", "7"], dtype="string"),
+        }
+    )
+    columns = ["n", "s", "mixed", "code"]
+    for _, row in pd.concat([rows, pd.DataFrame([{"n": 1, "s": "a", "mixed": 5, "code": 7}])]).iterrows():
+        kept = set(_candidates(row, rows, columns).index)
+        equal = {i for i, other in rows.iterrows() if all(_same(row[c], other[c]) for c in columns)}
+        assert equal <= kept, (row.to_dict(), equal, kept)
+    assert list(_candidates(rows.iloc[2], rows, columns).index) == [2]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, cast
@@ -163,16 +164,17 @@ def _check_shares(expected_shares: Mapping[str, float], control: str) -> dict[st
 
 
 def _numeric(units: pd.DataFrame, metric: Metric, column: str, role: str) -> pd.Series:
+    label = "column" if role == "column" else f"{role} column"
     if column not in units.columns:
-        raise ExperimentError(f"metric {metric.name!r}: {role} column {column!r} is not in the data")
+        raise ExperimentError(f"metric {metric.name!r}: {label} {column!r} is not in the data")
     values = units[column]
     if pd.api.types.is_bool_dtype(values):
         values = values.astype(float)
     if not pd.api.types.is_numeric_dtype(values):
-        raise ExperimentError(f"metric {metric.name!r}: {role} column {column!r} is not numeric ({values.dtype})")
+        raise ExperimentError(f"metric {metric.name!r}: {label} {column!r} is not numeric ({values.dtype})")
     values = values.astype(float)
     if np.isinf(values).any():
-        raise ExperimentError(f"metric {metric.name!r}: {role} column {column!r} holds infinite values")
+        raise ExperimentError(f"metric {metric.name!r}: {label} {column!r} holds infinite values")
     return values
 
 
@@ -282,7 +284,9 @@ def _prepare_units(units: pd.DataFrame, shares: dict[str, float]) -> pd.DataFram
         if frame["day"].isna().any():
             raise ExperimentError(f"day: {int(frame['day'].isna().sum())} units have no day of first exposure")
         try:
-            frame["_day"] = pd.to_datetime(frame["day"]).dt.date
+            with warnings.catch_warnings():  # pandas warns before failing on text that is not a date
+                warnings.simplefilter("ignore", UserWarning)
+                frame["_day"] = pd.to_datetime(frame["day"]).dt.date
         except (ValueError, TypeError) as exc:
             raise ExperimentError(f"day: not dates ({exc})") from None
     else:

@@ -23,7 +23,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -561,7 +561,9 @@ def _verdict(
             if (r.difference > 0) == next(m.higher_is_better for m in metrics if m.name == r.metric)
             else "worse"
         )
-        if r.significant:
+        if not math.isfinite(r.difference) or not math.isfinite(r.ci_low):
+            reasons.append(f"{r.metric}: {r.arm} vs {r.control}: no estimate (too few units with values)")
+        elif r.significant:
             reasons.append(
                 f"{r.metric}: {r.arm} vs {r.control} {r.difference:+.4g} ({level} {kind}CI {r.ci_low:.4g} to"
                 f" {r.ci_high:.4g}, adjusted p = {r.p_adjusted:.2g}): significant, {direction}"
@@ -578,10 +580,3 @@ def _verdict(
     if any(r.significant for r in deciding):
         return "significant", reasons
     return "not_significant", reasons
-
-
-def cast_kind(kind: str) -> MetricKind:
-    """A metric kind checked against the known ones (for callers reading kinds from text)."""
-    if kind not in METRIC_KINDS:
-        raise ExperimentError(f"kind: {kind!r} is not one of {', '.join(METRIC_KINDS)}")
-    return cast(MetricKind, kind)

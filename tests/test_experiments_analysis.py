@@ -278,3 +278,17 @@ def test_bad_input_is_one_clear_error(
 def test_bad_options_name_the_option(kwargs: dict, message: str) -> None:
     with pytest.raises(ExperimentError, match=f"^{message}"):
         analyse(conversions(10, 1, 10, 1), [CONVERSION], expected_shares=HALF, **kwargs)
+
+
+def test_an_arm_without_values_gives_no_estimate_not_an_error() -> None:
+    units = conversions(50, 5, 50, 7)
+    units["spend"] = np.where(units["arm"] == "control", 10.0, np.nan)
+    analysis = analyse(units, [CONVERSION, Metric("spend", "mean", "spend")], expected_shares=HALF)
+    conversion, spend = analysis.results
+    assert spend.n_arm == 0
+    assert math.isnan(spend.difference) and math.isnan(spend.p_value) and math.isnan(spend.p_adjusted)
+    assert not spend.significant
+    assert spend.note == "50 units with a missing value dropped; fewer than 2 units with values in an arm: no interval"
+    assert "spend: treatment vs control: no estimate (too few units with values)" in analysis.reasons
+    # The other metric's correction counts only the comparisons that have a p-value.
+    assert conversion.p_adjusted == pytest.approx(conversion.p_value)

@@ -58,6 +58,9 @@ def test_two_by_two_interval_by_hand() -> None:
     assert r.p_adjusted == pytest.approx(r.p_value)  # one comparison: Holm leaves it alone
     assert r.significant
     assert analysis.verdict == "significant"
+    assert analysis.reasons == [
+        "conversion: treatment vs control +0.03 (95% CI 0.002037 to 0.05796, adjusted p = 0.036): significant, better"
+    ]
     assert not analysis.srm.blocked
     assert analysis.srm.p_value == pytest.approx(1.0)
 

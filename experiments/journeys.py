@@ -74,9 +74,7 @@ def digital_touches(
     try:
         con, _ = open_feature_inputs(settings, feature_config(settings))
     except FeatureInputError as exc:
-        raise ExperimentError(
-            f"source: the digital journeys need the lake and the identity crosswalk ({exc})"
-        ) from None
+        raise ExperimentError(f"source: digital journeys need the lake and the identity crosswalk ({exc})") from None
     bounds, params = [], []
     if since is not None:
         bounds.append("{t} >= ?")

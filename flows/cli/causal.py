@@ -317,10 +317,12 @@ def attribution(
         journeys = build_journeys(touches, conversions, window_days=window_days)
         table = attribute(journeys)
     converted = int(journeys["converted"].sum())
+    touched = int(journeys.loc[journeys["path"].map(len) > 0, "converted"].sum())
+    title = f"attribution of {touched} touched conversions ({converted} in all) over {len(journeys)} {source} journeys"
     _print_frame(table[["channel", "journeys", "last_touch", "first_touch", "markov", "shapley", "markov_value"]],
-                 f"attribution of {converted} conversions over {len(journeys)} {source} journeys", 1)  # fmt: skip
+                 title, 1)  # fmt: skip
     payload: dict[str, Any] = {"source": source, "since": since, "until": until, "window_days": window_days,
-                               "journeys": len(journeys), "conversions": converted,
+                               "journeys": len(journeys), "conversions": converted, "touched_conversions": touched,
                                "attribution": table.to_dict(orient="records")}  # fmt: skip
     if roi is not None:
         columns = ["kind", "decisions", "responses", "incremental_responses", "revenue", "cost",

@@ -195,7 +195,10 @@ def synth(
         ax.axvline(result.start, color="grey", linewidth=0.8)
     top.legend()
     top.set_ylabel("outcome")
-    for column in result.placebo_gaps.columns:
+    from experiments.quasi import PLACEBO_RMSPE_FILTER
+
+    fitting = result.placebos.loc[result.placebos["pre_rmspe"] <= PLACEBO_RMSPE_FILTER * result.pre_rmspe, "unit"]
+    for column in fitting:  # ADH's figure: placebos whose pre-period fit is not more than 5x worse
         bottom.plot(result.placebo_gaps.index, result.placebo_gaps[column].to_numpy(), color="lightgrey", lw=0.7)
     bottom.plot(result.gap.index, result.gap.to_numpy(), color="black", label="gap (observed - synthetic)")
     bottom.axhline(0, color="grey", linewidth=0.8)

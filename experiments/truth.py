@@ -100,6 +100,9 @@ class Coverage:
     mean_variance_reduction: float | None  # as analyse reports it
     blocked: int  # resampled analyses whose verdict was blocked (a chance sample-ratio mismatch)
     alpha: float
+    # The variance reduction a perfect pre-period covariate (the true churn probability itself) would give:
+    # var(p) / var(y). For a rare binary outcome most of the variance is the coin flip, so this bound is small.
+    oracle_variance_reduction: float
     target: float = COVERAGE_TARGET
 
     @property
@@ -123,7 +126,9 @@ class Coverage:
         if self.coverage_cuped is not None and self.mean_width_cuped is not None:
             out.append(
                 f"with CUPED: {self.coverage_cuped:.1%} hold it, mean width {self.mean_width_cuped:.4f} "
-                f"({self.width_reduction or 0:.1%} narrower; variance reduction {self.mean_variance_reduction or 0:.1%})"
+                f"({self.width_reduction or 0:.1%} narrower; "
+                f"variance reduction {self.mean_variance_reduction or 0:.1%}, "
+                f"of at most {self.oracle_variance_reduction:.1%} a perfect covariate could give)"
             )
         return out
 
@@ -200,7 +205,15 @@ def resampled_coverage(
         mean_variance_reduction=float(np.mean(reductions)) if reductions else None,
         blocked=blocked,
         alpha=alpha,
+        oracle_variance_reduction=_oracle_reduction(p_control),
     )
+
+
+def _oracle_reduction(p: np.ndarray) -> float:
+    """var(p) / var(y) for y ~ Bernoulli(p): the share of the outcome's variance any covariate can explain."""
+    mean = float(p.mean())
+    total = mean * (1 - mean)
+    return float(p.var() / total) if total > 0 else float("nan")
 
 
 def observed_against_truth(truth: pd.DataFrame, ci_low: float, ci_high: float, difference: float) -> dict[str, Any]:

@@ -397,7 +397,7 @@ def file_units(
         strange = sorted(set(arm) - set(arms))
         if strange:
             raise ExperimentError(f"units: column 'arm' has {strange[:3]}, which the spec's arms {list(arms)} lack")
-    day = pd.to_datetime(table["day"], errors="coerce")
+    day = pd.to_datetime(table["day"], errors="coerce", format="mixed")
     if day.isna().any():
         bad = table.loc[day.isna(), "day"].iloc[0]
         raise ExperimentError(f"units: column 'day' has {bad!r}, which is not a date")

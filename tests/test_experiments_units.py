@@ -60,7 +60,7 @@ def test_offer_test_units_match_the_drop(featured: Settings, world: World) -> No
 def test_offer_rows_unknown_to_the_crosswalk_and_mixed_arms_are_left_out() -> None:
     offer = pd.DataFrame({
         "crm_id": ["C1", "C2", "C3", "C4", "C5"],
-        "group": ["control", "treatment", "control", "treatment", "control"],
+        "group": ["control", "treatment", "control", "control", "control"],
         "assigned_at": pd.to_datetime(["2025-03-01"] * 5),
         "outcome_window_end": pd.to_datetime(["2025-06-01"] * 5),
         OFFER_METRIC: [1, 0, 0, 1, 0],
@@ -81,7 +81,7 @@ def test_cupac_covariate_is_cross_fitted_and_predictive(featured: Settings) -> N
     units = offer_test_units(read_offer_test(featured), read_crosswalk(featured))
     features, cutoff = pre_period_features(featured, units.frame["unit"].tolist(), dt.date(2025, 3, 1))
     assert cutoff <= dt.date(2025, 3, 1) and len(features) == len(units)
-    assert features.notna().any(axis=1).mean() > 0.95
+    assert features.notna().any(axis=1).mean() > 0.9  # customers on the feature spine at the cutoff
     covariate = with_cupac(units, features, OFFER_METRIC)
     assert len(covariate.features) >= 10
     # pre-period behaviour predicts churn in the window: a real, positive correlation

@@ -38,11 +38,16 @@ CUPAC_COLUMN = "cupac"
 class MetricLike(Protocol):
     """What a metric of a spec says about where its values come from (`experiments.spec.MetricSpec`)."""
 
-    name: str
-    kind: str
-    event: str | None
-    column: str | None
-    denominator: str | None
+    @property
+    def name(self) -> str: ...  # noqa: D102
+    @property
+    def kind(self) -> str: ...  # noqa: D102
+    @property
+    def event(self) -> str | None: ...  # noqa: D102
+    @property
+    def column(self) -> str | None: ...  # noqa: D102
+    @property
+    def denominator(self) -> str | None: ...  # noqa: D102
 
 
 @dataclass

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -163,16 +164,17 @@ def _check_shares(expected_shares: Mapping[str, float], control: str) -> dict[st
 
 
 def _numeric(units: pd.DataFrame, metric: Metric, column: str, role: str) -> pd.Series:
+    label = "column" if role == "column" else f"{role} column"
     if column not in units.columns:
-        raise ExperimentError(f"metric {metric.name!r}: {role} column {column!r} is not in the data")
+        raise ExperimentError(f"metric {metric.name!r}: {label} {column!r} is not in the data")
     values = units[column]
     if pd.api.types.is_bool_dtype(values):
         values = values.astype(float)
     if not pd.api.types.is_numeric_dtype(values):
-        raise ExperimentError(f"metric {metric.name!r}: {role} column {column!r} is not numeric ({values.dtype})")
+        raise ExperimentError(f"metric {metric.name!r}: {label} {column!r} is not numeric ({values.dtype})")
     values = values.astype(float)
     if np.isinf(values).any():
-        raise ExperimentError(f"metric {metric.name!r}: {role} column {column!r} holds infinite values")
+        raise ExperimentError(f"metric {metric.name!r}: {label} {column!r} holds infinite values")
     return values
 
 
@@ -282,7 +284,9 @@ def _prepare_units(units: pd.DataFrame, shares: dict[str, float]) -> pd.DataFram
         if frame["day"].isna().any():
             raise ExperimentError(f"day: {int(frame['day'].isna().sum())} units have no day of first exposure")
         try:
-            frame["_day"] = pd.to_datetime(frame["day"]).dt.date
+            with warnings.catch_warnings():  # pandas warns before failing on text that is not a date
+                warnings.simplefilter("ignore", UserWarning)
+                frame["_day"] = pd.to_datetime(frame["day"]).dt.date
         except (ValueError, TypeError) as exc:
             raise ExperimentError(f"day: not dates ({exc})") from None
     else:
@@ -557,7 +561,9 @@ def _verdict(
             if (r.difference > 0) == next(m.higher_is_better for m in metrics if m.name == r.metric)
             else "worse"
         )
-        if r.significant:
+        if not math.isfinite(r.difference) or not math.isfinite(r.ci_low):
+            reasons.append(f"{r.metric}: {r.arm} vs {r.control}: no estimate (too few units with values)")
+        elif r.significant:
             reasons.append(
                 f"{r.metric}: {r.arm} vs {r.control} {r.difference:+.4g} ({level} {kind}CI {r.ci_low:.4g} to"
                 f" {r.ci_high:.4g}, adjusted p = {r.p_adjusted:.2g}): significant, {direction}"
@@ -574,10 +580,3 @@ def _verdict(
     if any(r.significant for r in deciding):
         return "significant", reasons
     return "not_significant", reasons
-
-
-def cast_kind(kind: str) -> MetricKind:
-    """A metric kind checked against the known ones (for callers reading kinds from text)."""
-    if kind not in METRIC_KINDS:
-        raise ExperimentError(f"kind: {kind!r} is not one of {', '.join(METRIC_KINDS)}")
-    return cast(MetricKind, kind)

@@ -145,7 +145,7 @@ def _sequential_n_control(
         return upper, upper * (1.0 + ratio)
     lower = max(2.0, float(NormalIndPower().solve_power(effect, alpha=alpha, power=power, ratio=ratio)))
     for _ in range(30):
-        if upper - lower < 0.5:
+        if upper - lower < max(0.5, 0.001 * upper):
             break
         middle = (lower + upper) / 2.0
         fractions = look_fractions(middle / control_share, daily_traffic)

@@ -118,8 +118,9 @@ def compare_arms(
             width = stats.t.ppf(1.0 - alpha / 2.0, df) * se
             p = 2.0 * stats.t.sf(np.abs(diff) / se, df)
         # No variation in either arm: the interval is the point, p is 1 without a difference and 0 with one.
-        width = np.where(se > 0, width, 0.0)
-        p = np.where(se > 0, p, np.where(diff == 0, 1.0, 0.0))
+        # Too few units (an undefined se) leave everything undefined.
+        width = np.where(se > 0, width, np.where(se == 0, 0.0, np.nan))
+        p = np.where(se > 0, p, np.where(se == 0, np.where(diff == 0, 1.0, 0.0), np.nan))
     return Comparison(
         difference=np.asarray(diff, dtype=float),
         se=np.asarray(se, dtype=float),

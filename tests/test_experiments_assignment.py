@@ -3,8 +3,10 @@ the global holdout, and assign_many equal to assign key by key."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,9 +17,24 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from custintel.personal import Subject
+from custintel.settings import Settings
+from decisions.arbitration import CustomerState, decide, decide_batch
+from decisions.policy import Purpose, load_policy
 from experiments.assignment import BUCKETS, Assigner, bucket
 from experiments.errors import ExperimentError
-from experiments.spec import ExperimentRegistry, RegisteredExperiment, parse_spec
+from experiments.spec import (
+    ExperimentRegistry,
+    RegisteredExperiment,
+    example_spec_text,
+    experiments_root,
+    load_spec,
+    parse_spec,
+)
+from serving import decision_log
+from serving.decision_log import DecisionLog, Exposure, decision_log_path, expire, new_decision_id, read_exposures
+from serving.experiments import ExperimentSource, holdout_decision
+from serving.personal import DecisionLogStore
 
 KEYS = [f"CUST-{i:06d}" for i in range(100_000)]
 
@@ -152,3 +169,112 @@ def test_assign_many_speed(launched: tuple[Path, list]) -> None:
     seconds = time.perf_counter() - start
     assert len(frame) > 150_000
     assert seconds < 5.0, f"{seconds:.2f} s for 100k keys"
+
+
+# --- serving: withheld actions, exposures in the decision log, access and erasure, retention ------------------------
+
+TODAY = dt.date(2026, 12, 1)
+
+
+def _state(key: str, uplift: float = 0.3) -> CustomerState:
+    consent: dict[Purpose, bool] = {"profiling": True, "marketing": True, "analytics": True}
+    return CustomerState(customer_key=key, consent=consent, uplift=uplift, churn_risk=0.4,
+                         propensity={"ADD-STREAM": 0.05}, signals={"yearly_value": 500.0})  # fmt: skip
+
+
+def test_a_withheld_action_is_never_chosen_and_the_reason_says_why() -> None:
+    policy = load_policy(None)
+    why = {"retention_offer": "experiment retention-offer arm control withholds retention_offer"}
+    free = decide(policy, _state("A"), "call_centre", TODAY, seed=1)
+    assert free.actions[0].action == "retention_offer"
+    held = decide(policy, _state("A"), "call_centre", TODAY, seed=1, withheld=why)
+    assert held.actions[0].action != "retention_offer"
+    assert "retention_offer" not in held.action_probabilities  # not even by exploration
+    assert f"retention_offer: {why['retention_offer']}" in held.reasons
+    states = [_state(f"K{i}") for i in range(40)]
+    batch = decide_batch(policy, states, "email", TODAY, seed=3,
+                         withheld={f"K{i}": why for i in range(0, 40, 2)})  # fmt: skip
+    for i, d in enumerate(batch.decisions):
+        if i % 2 == 0:
+            assert "retention_offer" not in d.action_probabilities
+            assert f"retention_offer: {why['retention_offer']}" in d.reasons
+        else:
+            assert d.actions[0].action == "retention_offer"
+    assert decide(policy, _state("A"), "call_centre", TODAY, seed=1, withheld={"no_action": "x"}).actions
+
+
+def _exposure(log: DecisionLog, key: str, arm: str, at: str, experiment: str = "retention-offer") -> Exposure:
+    return Exposure(experiment, 1, arm, log.key(key), new_decision_id(), "email", at)
+
+
+def test_exposures_keep_the_first_per_customer_are_found_erased_and_expire(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home")
+    path = decision_log_path(settings)
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as old:  # a log from before exposures existed: its tables as they were
+        old.executescript(decision_log._SCHEMA.split("CREATE TABLE IF NOT EXISTS exposures")[0])
+    assert read_exposures(settings).empty
+    old_store = DecisionLogStore(settings)
+    assert old_store.find([Subject("r0", ("CK1",))]) == []
+    log = DecisionLog(path, "hash", settings.serving_log_salt or "custintel")  # migrates: CREATE TABLE IF NOT EXISTS
+    log.write([], [_exposure(log, "CK1", "control", "2026-10-01T09:00:00+00:00"),
+                   _exposure(log, "CK2", "treatment", "2026-11-20T09:00:00+00:00"),
+                   _exposure(log, "CK1", "control", "2026-11-21T09:00:00+00:00", "other")])  # fmt: skip
+    log.write([], [_exposure(log, "CK1", "treatment", "2026-11-25T09:00:00+00:00")])  # a later one: ignored
+    frame = read_exposures(settings, "retention-offer")
+    assert list(frame.columns) == ["experiment", "version", "arm", "customer_key", "decision_id", "channel",
+                                   "exposed_at"]  # fmt: skip
+    assert list(frame["arm"]) == ["control", "treatment"] and frame["customer_key"].iloc[0] == log.key("CK1")
+    assert "CK1" not in set(frame["customer_key"])  # hashed like the decision log's keys
+    assert len(read_exposures(settings)) == 3
+
+    store = DecisionLogStore(settings)
+    found = store.find([Subject("r1", ("CK1",))])
+    rows = [r for h in found for r in h.rows if r["table"] == "exposures"]
+    assert sorted(r["experiment"] for r in rows) == ["other", "retention-offer"]
+    erased = store.erase([Subject("r1", ("CK1",))])
+    assert erased and "2 exposures deleted" in erased[0].detail
+    assert list(read_exposures(settings)["customer_key"]) == [log.key("CK2")]
+    assert store.find([Subject("r1", ("CK1",))]) == []
+
+    expiry = expire(path, dt.date(2026, 11, 21), dry_run=True)
+    assert [i.count for i in expiry.removed] == [1] and read_exposures(settings).shape[0] == 1
+    expire(path, dt.date(2026, 11, 21))
+    assert read_exposures(settings).empty
+
+
+def test_the_service_source_assigns_launched_experiments_and_drops_a_tampered_one(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", experiments_holdout=0.2, serving_poll_seconds=1000)
+    registry = ExperimentRegistry(experiments_root(settings.home_dir))
+    registry.register(load_spec(example_spec_text()))
+    source = ExperimentSource(settings)
+    assert source.assigner.experiments == []  # a draft assigns nobody
+    registry.launch("retention-offer")
+    assert source.refresh() == "retention-offer v1"
+    assert source.refresh() is None  # nothing changed on disk
+    placed = source.place(KEYS[:2000])
+    held = [k for k, p in placed.items() if p.held_out]
+    assert 0.15 < len(held) / 2000 < 0.25 and all(not placed[k].assignments for k in held)
+    control = [p for p in placed.values() if p.assignments and p.assignments[0].arm == "control"]
+    treated = [p for p in placed.values() if p.assignments and p.assignments[0].arm == "treatment"]
+    assert control and treated and len(control) + len(treated) + len(held) == 2000
+    assert control[0].withheld == {
+        "retention_offer": "experiment retention-offer arm control withholds retention_offer"
+    }
+    assert control[0].refs() == [{"experiment": "retention-offer", "version": 1, "arm": "control"}]
+    assert all(not p.withheld for p in treated)
+    spec_file = registry.get("retention-offer").path
+    spec_file.write_text(spec_file.read_text().replace("traffic: 1.0", "traffic: 0.5"))
+    source.refresh()
+    assert source.assigner.experiments == [] and "changed after launch" in (source.degraded or "")
+    decision = holdout_decision(load_policy(None), "CK1", "web", None)
+    assert decision.fallback and decision.fallback_reason == "global holdout" and decision.probability == 1.0
+    assert decision.actions[0].action == "no_action" and decision.action_probabilities == {"no_action": 1.0}
+
+
+def test_the_holdout_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUSTINTEL_EXPERIMENTS_HOLDOUT", "0.1")
+    assert Settings().experiments_holdout == 0.1
+    monkeypatch.setenv("CUSTINTEL_EXPERIMENTS_HOLDOUT", "0.7")
+    with pytest.raises(ValueError, match="experiments_holdout"):
+        Settings()

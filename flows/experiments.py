@@ -234,17 +234,14 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     plots: dict[str, list[str]] = {}
     notes = list(units.notes)
-    try:
-        from experiments import plots as plotting
+    from experiments.plots import plot_cumulative, plot_lift_over_time
 
-        for metric in dict.fromkeys(r.metric for r in analysis.results):
-            made = [
-                plotting.plot_lift_over_time(analysis, metric, folder / f"lift_{metric}.png"),
-                plotting.plot_cumulative(analysis, metric, folder / f"cumulative_{metric}.png"),
-            ]
-            plots[metric] = [p.name for p in made]
-    except ImportError:
-        notes.append("plots: experiments.plots is not installed here; no plot was drawn")
+    for metric in dict.fromkeys(r.metric for r in analysis.results):
+        made = [
+            plot_lift_over_time(analysis, metric, folder / f"lift_{metric}.png"),
+            plot_cumulative(analysis, metric, folder / f"cumulative_{metric}.png"),
+        ]
+        plots[metric] = [p.name for p in made]
     report = {
         "experiment": experiment.name, "version": experiment.version, "hash": experiment.hash,
         "hypothesis": experiment.spec.hypothesis, "source": source, "written_at": stamp,

@@ -552,7 +552,7 @@ def _verdict(
             " the assignment or the exposure log is broken, the results below are not to be trusted"
         )
     primary = {m.name for m in metrics if m.primary} or {m.name for m in metrics}
-    level = f"{1 - interval_alpha:.4g}"
+    level = f"{100 * (1 - interval_alpha):.4g}%"
     deciding = [r for r in results if r.metric in primary]
     for r in results:
         kind = "always-valid " if mode == "sequential" else ""

@@ -58,6 +58,8 @@ class DesignResult:
         """Plain JSON-able fields (the experiment spec keeps this under ``design``)."""
         out = asdict(self)
         out["arms"] = list(self.arms)
+        if not math.isfinite(self.relative_mde):
+            out["relative_mde"] = None  # a zero baseline: JSON has no infinity
         return out
 
 

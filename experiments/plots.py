@@ -48,7 +48,7 @@ def plot_lift_over_time(analysis: ExperimentAnalysis, metric: str, path: Path) -
     fig = Figure(figsize=(7.0, 4.2), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     bound = "always-valid" if analysis.mode == "sequential" else "fixed-horizon"
-    level = f"{1 - analysis.interval_alpha:.3g}" if analysis.interval_alpha else f"{1 - analysis.alpha:.3g}"
+    level = f"{100 * (1 - (analysis.interval_alpha or analysis.alpha)):.3g}%"
     for arm, rows in looks.groupby("arm", sort=False):
         x = _x(rows["day"])
         ax.plot(x, rows["difference"], marker="o", markersize=3, label=f"{arm} minus control")

@@ -58,6 +58,9 @@ def test_two_by_two_interval_by_hand() -> None:
     assert r.p_adjusted == pytest.approx(r.p_value)  # one comparison: Holm leaves it alone
     assert r.significant
     assert analysis.verdict == "significant"
+    assert analysis.reasons == [
+        "conversion: treatment vs control +0.03 (95% CI 0.002037 to 0.05796, adjusted p = 0.036): significant, better"
+    ]
     assert not analysis.srm.blocked
     assert analysis.srm.p_value == pytest.approx(1.0)
 
@@ -168,7 +171,7 @@ def test_zero_conversions_are_not_an_error() -> None:
     assert "control mean is 0: relative lift undefined" in (r.note or "")
     none_at_all = analyse(conversions(500, 0, 500, 0), [CONVERSION], expected_shares=HALF).results[0]
     assert none_at_all.p_value == 1.0 and not none_at_all.significant
-    data = json.loads(json.dumps(none_in_control.as_dict()))
+    data = json.loads(json.dumps(none_in_control.as_dict(), allow_nan=False))
     assert data["results"][0]["relative_lift"] is None
 
 
@@ -212,7 +215,7 @@ def test_report_forms_and_plots(tmp_path: Path) -> None:
     table = analysis.table()
     assert list(table.columns[:3]) == ["metric", "kind", "arm"]
     assert len(table) == 1
-    data = json.loads(json.dumps(analysis.as_dict()))
+    data = json.loads(json.dumps(analysis.as_dict(), allow_nan=False))
     assert data["looks"][0]["day"] == "2026-11-01"
     assert data["verdict"] == analysis.verdict == "not_significant"
     for plot in (plot_lift_over_time, plot_cumulative):
@@ -292,3 +295,26 @@ def test_an_arm_without_values_gives_no_estimate_not_an_error() -> None:
     assert "spend: treatment vs control: no estimate (too few units with values)" in analysis.reasons
     # The other metric's correction counts only the comparisons that have a p-value.
     assert conversion.p_adjusted == pytest.approx(conversion.p_value)
+
+
+def test_cuped_on_a_ratio_metric_narrows_its_interval() -> None:
+    rng = np.random.default_rng(3)
+    n = 6000
+    arm = np.where(np.arange(n) % 2 == 0, "control", "treatment")
+    appetite = rng.gamma(2.0, 1.0, n)  # a user's habit drives both periods' clicks
+    sessions = rng.poisson(5.0, n) + 1
+    clicks = rng.poisson(0.1 * sessions * appetite * np.where(arm == "treatment", 1.1, 1.0))
+    clicks_pre = rng.poisson(3.0 * appetite)
+    units = pd.DataFrame({"arm": arm, "clicks": clicks, "sessions": sessions, "clicks_pre": clicks_pre})
+    plain, cuped = analyse(
+        units,
+        [
+            Metric("ctr", "ratio", "clicks", denominator="sessions"),
+            Metric("ctr_cuped", "ratio", "clicks", denominator="sessions", covariate="clicks_pre"),
+        ],
+        expected_shares=HALF,
+        correction="none",
+    ).results
+    assert cuped.variance_reduction is not None and cuped.variance_reduction > 0.15
+    assert (cuped.ci_high - cuped.ci_low) < (plain.ci_high - plain.ci_low)
+    assert abs(cuped.difference - plain.difference) < (plain.ci_high - plain.ci_low) / 2

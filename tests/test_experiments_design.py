@@ -95,6 +95,9 @@ def test_as_dict_is_json() -> None:
     assert data["arms"] == ["control", "treatment"]
     assert data["total"] == result.total
     assert data["days"] == result.days
+    from_zero = design("mean", 0.0, 1.0, sd=4.0).as_dict()
+    assert from_zero["relative_mde"] is None
+    json.dumps(from_zero, allow_nan=False)
 
 
 @pytest.mark.parametrize(

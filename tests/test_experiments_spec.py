@@ -230,3 +230,14 @@ def test_concurrent_launches_never_share_buckets(tmp_path: Path) -> None:
     ranges = sorted(e.buckets for e in registry.list())
     assert all(b[1] - b[0] == 1000 for b in ranges)
     assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+
+
+def test_to_metrics_gives_the_analysis_its_columns() -> None:
+    analysis = pytest.importorskip("experiments.analysis", reason="experiments.analysis lands with helper stats")
+    ratio = {"name": "clicks", "kind": "ratio", "event": "click", "denominator": "impression"}
+    metrics = spec(metrics=[*base()["metrics"], ratio]).to_metrics()  # type: ignore[misc]
+    assert all(isinstance(m, analysis.Metric) for m in metrics)
+    churn, conversion, clicks = metrics
+    assert (churn.column, churn.higher_is_better, churn.primary) == ("churned", False, True)
+    assert (conversion.column, conversion.kind, conversion.primary) == ("conversion", "proportion", False)
+    assert (clicks.column, clicks.denominator) == ("click", "impression")

@@ -24,6 +24,9 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt Makefile
 	# The Open Bandit Dataset sample (random and Thompson-sampling logs) and BTS prior ship inside obp's wheel:
 	# the off-policy estimators' real-data test reads them by path (obp needs torch; it is never imported).
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps obp==0.5.7
+	# California's Proposition 99 panel (per-capita cigarette sales) ships inside CausalPy's wheel: the synthetic
+	# control's real-data test reads it by path (CausalPy needs pymc; it is never imported).
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps causalpy==0.9.0
 	# Byte-compile what is installed: with PYTHONDONTWRITEBYTECODE set (as on some CI machines) nothing would
 	# cache it, and every command, server and test subprocess would compile MLflow, Prefect, ... from source again.
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true

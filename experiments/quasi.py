@@ -2,7 +2,7 @@
 
 `synthetic_control` (Abadie, Diamond & Hainmueller 2010) builds the treated unit's counterfactual as a
 convex combination of donor units: non-negative weights summing to 1, fitted by least squares on the
-pre-period outcomes (each pre period weighted equally, the outcome-only variant; no nested V search).
+pre-period outcomes (each pre period weighted equally; covariates may join them; no nested V search).
 Inference is by placebos in space: every donor in turn is treated as if it had been treated, fitted on
 the other donors, and the treated unit's post/pre RMSPE ratio is ranked among theirs (the permutation
 p-value). The interval for the average post-period effect comes from the placebos' average post-period
@@ -126,20 +126,58 @@ def _check_panel(panel: pd.DataFrame, treated: str, start: Any) -> tuple[pd.Data
     return values, pre
 
 
-def _fit_one(values: pd.DataFrame, unit: str, donors: list[str], pre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _fit_one(values: pd.DataFrame, unit: str, donors: list[str], pre: np.ndarray,
+             predictors: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Weights for `unit` from `donors` and its gap series; `predictors` (rows x units, standardised) join the fit."""
     y = values[unit].to_numpy()
     pool = values[donors].to_numpy()
-    w = convex_weights(y[pre], pool[pre])
+    target, base = y[pre], pool[pre]
+    if predictors is not None:
+        target = np.concatenate([target, predictors[unit].to_numpy()])
+        base = np.vstack([base, predictors[donors].to_numpy()])
+    w = convex_weights(target, base)
     return w, y - pool @ w
 
 
+def _predictors(values: pd.DataFrame, pre: np.ndarray, covariates: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Pre-period outcomes and covariates as rows x units, each row divided by its sd across units (equal V)."""
+    if covariates is None:
+        return None
+    if not isinstance(covariates, pd.DataFrame) or covariates.empty:
+        raise ExperimentError("covariates: give a frame indexed by unit, one column per predictor")
+    covariates = covariates.copy()
+    covariates.index = [str(u) for u in covariates.index]
+    missing = [u for u in values.columns if u not in covariates.index]
+    if missing:
+        raise ExperimentError(f"covariates: unit {missing[0]!r} has no row ({len(missing)} unit(s) missing)")
+    try:
+        numbers = covariates.loc[list(values.columns)].apply(pd.to_numeric, errors="raise").astype(float)
+    except (ValueError, TypeError) as exc:
+        raise ExperimentError(f"covariates: values must be numbers ({exc})") from None
+    if numbers.isna().any().any():
+        column = numbers.columns[numbers.isna().any()][0]
+        raise ExperimentError(f"covariates: column {column!r} has missing values")
+    rows = pd.concat([values[pre], numbers.T], axis=0)
+    sd = rows.std(axis=1).replace(0.0, 1.0)
+    return rows.div(sd, axis=0)
+
+
 def synthetic_control(
-    panel: pd.DataFrame, treated: str, start: Any, *, placebos: bool = True, alpha: float = 0.05
+    panel: pd.DataFrame,
+    treated: str,
+    start: Any,
+    *,
+    placebos: bool = True,
+    alpha: float = 0.05,
+    covariates: pd.DataFrame | None = None,
 ) -> SyntheticControlResult:
     """Fit a synthetic control for `treated` from the other columns of a wide panel (periods x units).
 
     `start` is the first treated period: periods before it fit the weights. With `placebos`, every donor
     is refitted as a fake treated unit for the permutation p-value and the interval (see the module).
+    `covariates` (indexed by unit, one column per predictor, e.g. pre-period income) join the pre-period
+    outcomes as predictors; every predictor row is then divided by its sd across units and weighted equally
+    (no nested search for V).
     """
     if not 0 < alpha < 1:
         raise ExperimentError(f"alpha: {alpha} must be between 0 and 1")
@@ -147,7 +185,8 @@ def synthetic_control(
     donors = [str(c) for c in values.columns if c != treated]
     values.columns = [str(c) for c in values.columns]
     treated = str(treated)
-    w, gap = _fit_one(values, treated, donors, pre)
+    predictors = _predictors(values, pre, covariates)
+    w, gap = _fit_one(values, treated, donors, pre, predictors)
     post = ~pre
     pre_rmspe, post_rmspe = _rmspe(gap[pre]), _rmspe(gap[post])
     average = float(gap[post].mean())
@@ -156,7 +195,7 @@ def synthetic_control(
     if placebos:
         for unit in donors:
             others = [d for d in donors if d != unit]
-            _, placebo_gap = _fit_one(values, unit, others, pre)
+            _, placebo_gap = _fit_one(values, unit, others, pre, predictors)
             gaps[unit] = placebo_gap
             pr, po = _rmspe(placebo_gap[pre]), _rmspe(placebo_gap[post])
             rows.append({"unit": unit, "pre_rmspe": pr, "post_rmspe": po, "ratio": po / pr if pr > 0 else math.inf,

@@ -86,6 +86,20 @@ def test_synthetic_control_recovers_a_planted_effect() -> None:
     assert result.p_value == pytest.approx(1 / 11)
 
 
+def test_covariates_pick_the_donor_that_also_matches_them() -> None:
+    # two donors with the same outcome path; only a covariate tells which one resembles the treated unit
+    t = np.arange(12)
+    panel = pd.DataFrame({"twin_a": 10 + t, "twin_b": 10.0 + t, "high": 20 + 2.0 * t, "low": 5 + 0.5 * t}, index=t)
+    panel["treated"] = panel["twin_a"] + np.where(t >= 8, 3.0, 0.0)
+    covariates = pd.DataFrame({"income": [1.0, 9.0, 5.0, 5.0, 1.0]},
+                              index=["twin_a", "twin_b", "high", "low", "treated"])  # fmt: skip
+    result = synthetic_control(panel, "treated", 8, covariates=covariates, placebos=False)
+    assert result.weights == pytest.approx({"twin_a": 1.0}, abs=1e-4)
+    assert result.average_effect == pytest.approx(3.0, abs=1e-3)
+    with pytest.raises(ExperimentError, match="covariates: unit 'low' has no row"):
+        synthetic_control(panel, "treated", 8, covariates=covariates.drop(index="low"))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -463,49 +463,29 @@ def analyse_experiment_flow(
 def digital_attribution(
     settings: Settings, days: int = 60, window_days: int = 30
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Add-on purchases credited to the digital touches before them, over the last `days` of the lake's data.
+    """Purchases credited to the digital touches before them, over the last `days` of the lake's purchases.
 
-    Touches are the digital events of logged-in customers (a session by device, a view of a key page,
-    a failed self-service attempt, a micro-conversion); conversions are billing purchases. Both are keyed
-    to customers through the identity crosswalk. Returns `experiments.attribution.attribute`'s table and
-    counts (journeys, conversions, the period) for the read-out.
+    Touches and conversions come from `experiments.journeys.digital_touches` (the lake's digital events of
+    logged-in customers: key page views, failed self-service attempts, micro-conversions; billing purchases
+    as conversions; keyed through the crosswalk as the feature build does). Returns
+    `experiments.attribution.attribute`'s table and counts (journeys, conversions, the period).
     """
-    import duckdb
-
-    from custintel.sql import text as sql_text
     from experiments.attribution import attribute, build_journeys
-    from features.lake import IngestError, lake_table_sql
+    from experiments.journeys import digital_touches
+    from features.lake import IngestError, read_lake_table
 
-    crosswalk = settings.identity_dir / "crosswalk.parquet"
-    if not crosswalk.is_file():
-        raise ExperimentError(f"source: no identity crosswalk at {crosswalk}: run `custintel resolve` first")
     try:
-        events, purchases = lake_table_sql(settings, "digital_events"), lake_table_sql(settings, "billing_transactions")
+        purchases = read_lake_table(settings, "billing_transactions", columns=["txn_time"])
     except IngestError as exc:
         raise ExperimentError(f"source: {exc}") from exc
-    with duckdb.connect() as con:
-        con.execute(f"CREATE TEMP VIEW x AS SELECT * FROM read_parquet({sql_text(str(crosswalk))})")
-        end = con.sql(f"SELECT max(txn_time) FROM ({purchases})").fetchall()[0][0]
-        if end is None:
-            raise ExperimentError("source: the billing transactions hold no purchase")
-        start = pd.Timestamp(end) - pd.Timedelta(days=days + window_days)
-        first = pd.Timestamp(end) - pd.Timedelta(days=days)
-        touches = con.sql(
-            f"""SELECT x.customer_key AS customer, e.event_time AS time,
-                   CASE e.event_type WHEN 'session_start' THEN 'session:' || coalesce(e.device, 'unknown')
-                        WHEN 'page_view' THEN 'page:' || coalesce(e.page, 'other') ELSE e.event_type END AS channel
-                FROM ({events}) e JOIN x ON x.record_key = 'crm_accounts:' || e.crm_id
-                WHERE e.event_time >= TIMESTAMP '{start}' AND e.event_time <= TIMESTAMP '{end}'"""
-        ).df()
-        conversions = con.sql(
-            f"""SELECT x.customer_key AS customer, t.txn_time AS time, t.amount AS value
-                FROM ({purchases}) t JOIN x ON x.record_key = 'billing_accounts:' || t.billing_account_id
-                WHERE t.txn_type = 'purchase' AND t.txn_time >= TIMESTAMP '{first}'
-                  AND t.txn_time <= TIMESTAMP '{end}'"""
-        ).df()
+    if purchases.empty:
+        raise ExperimentError("source: the billing transactions hold no purchase")
+    end = pd.Timestamp(purchases["txn_time"].max())
+    first = end - pd.Timedelta(days=days)
+    touches, conversions = digital_touches(settings, first - pd.Timedelta(days=window_days), end + pd.Timedelta(days=1))
+    conversions = conversions[pd.to_datetime(conversions["time"]) >= first]
     journeys = build_journeys(touches, conversions, window_days=window_days, end=end)
     table = attribute(journeys)
     info = {"journeys": len(journeys), "conversions": int(journeys["converted"].sum()), "touches": len(touches),
-            "from": str(first.date()), "to": str(pd.Timestamp(end).date()),
-            "window_days": window_days}  # fmt: skip
+            "from": str(first.date()), "to": str(end.date()), "window_days": window_days}  # fmt: skip
     return table, info

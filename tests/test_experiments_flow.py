@@ -167,3 +167,15 @@ def test_log_source_reads_exposures_and_outcomes_of_the_decision_log(trainable: 
     assert conversion["mean_arm"] == pytest.approx(40 / 200) and conversion["mean_control"] == pytest.approx(20 / 200)
     assert conversion["difference"] == pytest.approx(0.1)
     assert result["verdict"] == "significant"
+
+
+def test_digital_attribution_credits_the_purchases_to_the_touches_before_them(featured: Settings) -> None:
+    from flows.experiments import digital_attribution
+
+    table, info = digital_attribution(featured, days=60, window_days=30)
+    assert info["conversions"] > 100 and info["journeys"] > info["conversions"]
+    assert {"pricing", "cancellation", "micro_conversion"} <= set(table["channel"])
+    credited = table["last_touch"].sum()
+    assert 0 < credited <= info["conversions"]
+    for column in ("first_touch", "markov", "shapley"):
+        assert table[column].sum() == pytest.approx(credited)

@@ -289,7 +289,10 @@ def render_report(report: dict[str, Any], folder: Path) -> str:
             data = base64.b64encode((folder / name).read_bytes()).decode("ascii")
             images.append(f'<figure><img alt="{e(name)}" src="data:image/png;base64,{data}">'
                           f"<figcaption>{e(metric)}: {e(name)}</figcaption></figure>")  # fmt: skip
-    notes = "".join(f"<li>{e(n)}</li>" for n in [*report["units"]["notes"], *report["analysis"].get("reasons", [])])
+    covariates = [f"CUPED covariate {c}: {', '.join(f)}" for c, f in (report["units"].get("covariates") or {}).items()]
+    notes = "".join(
+        f"<li>{e(n)}</li>" for n in [*report["units"]["notes"], *covariates, *report["analysis"].get("reasons", [])]
+    )
     truth = report.get("truth")
     truth_html = f"<h2>Against the generator's truth</h2><p>{e(truth['line'])}</p>" if truth else ""
     head = ["metric", "arm", "control mean", "arm mean", "difference [CI]", "relative lift [CI]", "p adj",

@@ -130,6 +130,9 @@ def print_analysis(result: dict[str, Any]) -> None:
         console.print(f"- {escape(reason)}", soft_wrap=True)
     for note in result["units"]["notes"]:
         console.print(f"note: {escape(note)}", soft_wrap=True)
+    for column, features in (result["units"].get("covariates") or {}).items():
+        shown = ", ".join(features[:8]) + (f", ... ({len(features)} in all)" if len(features) > 8 else "")
+        console.print(f"CUPED covariate {escape(column)} from: {escape(shown)}", soft_wrap=True)
     if result.get("truth"):
         console.print(f"truth: {escape(result['truth']['line'])}", soft_wrap=True)
     console.print(f"report: {escape(result['html'])}", soft_wrap=True)

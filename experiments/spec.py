@@ -461,6 +461,10 @@ class ExperimentRegistry:
             raise ExperimentError(f"experiment: no experiment {name!r} is registered (under {self.root})")
         return self._build(name, record, version, verify=True)
 
+    def names(self) -> builtins.list[str]:
+        """The registered experiments' names, sorted."""
+        return self._names()
+
     def list(self) -> list[RegisteredExperiment]:
         """Every registered experiment's latest version, by name (each file re-hashed)."""
         return [self.get(name) for name in self._names()]

@@ -59,8 +59,8 @@ class ExperimentSource:
         self.root: Path = experiments_root(settings.home_dir)
         self.holdout_share = settings.experiments_holdout
         self.interval = settings.serving_poll_seconds
-        self.assigner = Assigner([], holdout=self.holdout_share)
-        self.experiments: dict[str, RegisteredExperiment] = {}
+        # swapped together in one assignment, so a request never sees an assigner with another's experiments
+        self._current: tuple[Assigner, dict[str, RegisteredExperiment]] = (Assigner([], holdout=self.holdout_share), {})
         self.degraded: str | None = None
         self._stamp: tuple[tuple[str, int, int], ...] | None = None
         self._checked = 0.0
@@ -98,20 +98,28 @@ class ExperimentSource:
             self.degraded = "; ".join(problems)[:500] or None
             if self.degraded:
                 log.warning("experiments left out: %s", self.degraded)
-            self.experiments = {e.name: e for e in launched}
-            self.assigner = assigner
+            self._current = (assigner, {e.name: e for e in launched})
             return ", ".join(f"{e.name} v{e.version}" for e in launched) or "no experiment"
 
-    def current(self) -> Assigner:
-        """The assigner, after a look at the registry when the last one is older than the poll interval."""
+    @property
+    def assigner(self) -> Assigner:
+        """The assigner over the launched experiments as last read."""
+        return self._current[0]
+
+    @property
+    def experiments(self) -> dict[str, RegisteredExperiment]:
+        """The launched experiments as last read, by name."""
+        return self._current[1]
+
+    def current(self) -> tuple[Assigner, dict[str, RegisteredExperiment]]:
+        """The assigner and its experiments, after a look at the registry when the last is older than the poll."""
         if time.monotonic() - self._checked >= self.interval:
             self.refresh()
-        return self.assigner
+        return self._current
 
     def place(self, keys: list[str]) -> dict[str, Placement]:
         """Each customer's placement: held out, or their arms and what those arms withhold."""
-        assigner = self.current()
-        experiments = self.experiments
+        assigner, experiments = self.current()
         out: dict[str, Placement] = {}
         for key in keys:
             if assigner.holdout(key):

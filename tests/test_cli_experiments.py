@@ -120,6 +120,9 @@ def test_bad_input_is_one_line(where: tuple[Path, Path, Path]) -> None:
     stored.write_text(stored.read_text("utf-8").replace("traffic: 1.0", "traffic: 0.5"), "utf-8")
     line = refused(run(home, "show", "retention-offer", cwd=cwd), f"spec: {stored} changed after launch: hash ")
     assert "!= registered" in line
+    listed = run(home, "list", cwd=cwd)
+    assert listed.returncode == 1 and "does not check out" in listed.stdout and "changed after launch" in listed.stdout
+    assert "Traceback" not in listed.stdout + listed.stderr
     out = ok(run(home, "assign", "CK1", cwd=cwd))  # the tampered experiment is left out, and said
     assert "left out" in out and "none" in out
     refused(run(home, "stop", "nope", cwd=cwd), "no experiment 'nope'")

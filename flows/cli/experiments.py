@@ -231,18 +231,31 @@ def show_command(
 @experiment_app.command("list")
 def list_command() -> None:
     """Every registered experiment: latest version, status, layer, buckets, hash."""
-    with expected(*_errors()):
-        found = _registry().list()
-    if not found:
+    from experiments.errors import ExperimentError
+
+    registry = _registry()
+    names = registry.names()
+    if not names:
         console.print("no experiment registered: `custintel experiment register SPEC.yaml`")
         return
     table = Table(title="experiments")
     for column in ("name", "version", "status", "layer", "traffic", "buckets", "sha256"):
         table.add_column(column)
-    for e in found:
+    problems = []
+    for name in names:
+        try:
+            e = registry.get(name)
+        except ExperimentError as exc:  # one tampered experiment does not hide the others
+            table.add_row(escape(name), "", "[bold red]does not check out[/]", "", "", "", "")
+            problems.append(str(exc))
+            continue
         table.add_row(escape(e.name), str(e.version), e.status, escape(e.layer), f"{e.spec.traffic:g}",
                       f"[{e.buckets[0]}, {e.buckets[1]})", _short(e.hash))  # fmt: skip
     console.print(table)
+    for line in problems:
+        console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True)
+    if problems:
+        raise typer.Exit(code=1)
 
 
 @experiment_app.command("assign")

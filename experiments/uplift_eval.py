@@ -1,21 +1,24 @@
 """Uplift evaluation on a randomised experiment's own data: Qini curve, AUUC, the random and perfect baselines.
 
-Units are sorted by a targeting score (highest first). For the top k units, with T and C the treated and
-control totals of the whole experiment,
+Units are sorted by a targeting score (highest first). For the top k units, with N_t and N_c the treated
+and control totals of the whole experiment and m the mean outcome of all units,
 
-    qini(k) = Y_t(k) - Y_c(k) * N_t / N_c
+    qini(k) = (Y_t(k) - m n_t(k)) - (Y_c(k) - m n_c(k)) * N_t / N_c
 
 the treated outcomes among the top k minus the control outcomes among them rescaled to the treated
-group's size (Radcliffe 2007): the incremental conversions the targeted share is credited with. The
-x axis is the share targeted, k / N. Units with tied scores are taken as one block (the curve is linear
-across a block), so the curve does not depend on how ties happen to be ordered.
+group's size (Radcliffe 2007), on outcomes centred at m. Centring changes no end point (qini(N) =
+Y_T - Y_C N_t / N_c, the incremental conversions of treating everyone) but removes the term
+m (n_t(k) - n_c(k) N_t / N_c), which is pure chance imbalance of the arms within the top k and, for a
+common outcome (retention: m ~ 0.9), would swamp the signal; it also makes the curve the same, up to sign,
+for an outcome and its complement (retained vs churned). The x axis is the share targeted, k / N. Units
+with tied scores are one block (the curve is linear across it): ties are not ordered by chance.
 
 - random: the straight line from 0 to qini(N) (targeting at random gains the average uplift per unit).
-- perfect: the best ordering given the observed outcomes. Each unit contributes y to qini when treated
-  and -y * N_t / N_c when in control; the top k of the contributions, sorted descending, is the largest
-  qini(k) any ordering can reach at every k. For a 0/1 outcome: treated responders first, then every
-  non-responder, control responders last (the usual definition). The perfect curve is concave, so it lies
-  above the random line.
+- perfect: the best ordering given the observed outcomes. Each unit contributes y - m when treated and
+  -(y - m) N_t / N_c in control; the contributions sorted descending give the largest qini(k) any
+  ordering can reach at every k. For a 0/1 outcome: treated responders first, then control
+  non-responders, then treated non-responders, control responders last (the usual definition). The
+  perfect curve is concave, so it lies above the random line.
 - auuc: area under the qini curve (share on x, incremental conversions on y); qini: auuc minus the
   random line's area (the Qini coefficient); normalised: qini / (perfect's auuc - random's area).
 
@@ -87,7 +90,7 @@ def _validate(y: Any, treated: Any, scores: Mapping[str, Any]) -> tuple[np.ndarr
 def _curve_points(
     y: np.ndarray, treated: np.ndarray, score: np.ndarray, weight: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(k, qini(k), n_t(k), y_t(k), n_c(k), y_c(k)) at 0 and the end of every block of tied scores."""
+    """(k, n_t(k), y_t(k), n_c(k), y_c(k)) at 0 and the end of every block of tied scores."""
     w = np.ones_like(y) if weight is None else weight
     order = np.argsort(-score, kind="stable")
     s, yo, to, wo = score[order], y[order], treated[order], w[order]
@@ -103,13 +106,15 @@ def _curve_points(
 
 
 def _qini_values(y: np.ndarray, treated: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    k, nt, yt, nc, yc = _curve_points(y, treated, score)
+    centred = y - y.mean()
+    k, nt, yt, nc, yc = _curve_points(centred, treated, score)
     ratio = nt[-1] / nc[-1]
     return k / k[-1], yt - yc * ratio, float(ratio)
 
 
 def _perfect_values(y: np.ndarray, treated: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    contribution = np.where(treated, y, -y * ratio)
+    centred = y - y.mean()
+    contribution = np.where(treated, centred, -centred * ratio)
     gains = np.concatenate([[0.0], np.cumsum(np.sort(contribution)[::-1])])
     return np.arange(len(gains)) / len(y), gains
 

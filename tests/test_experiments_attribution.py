@@ -156,3 +156,26 @@ def test_roi_report_needs_decisions() -> None:
         roi_report(decisions.iloc[:0], outcomes, costs={})
     with pytest.raises(ExperimentError, match=r"outcomes: column\(s\) \['event'\]"):
         roi_report(decisions, outcomes.drop(columns="event"), costs={})
+
+
+def test_decision_touches_from_the_decision_log_frames() -> None:
+    from experiments.journeys import decision_touches
+
+    decisions, outcomes, _ = decision_log()
+    decisions["customer_key"] = [f"k{i % 4}" for i in range(10)]
+    decisions["channel"] = ["email", "app"] * 5
+    decisions["decided_at"] = [f"2026-03-01T0{i}:00:00+00:00" for i in range(10)]
+    key_of = dict(zip(decisions["decision_id"], decisions["customer_key"], strict=True))
+    outcomes["customer_key"] = outcomes["decision_id"].map(key_of)
+    outcomes["at"] = "2026-03-02T00:00:00+00:00"
+    extra = pd.DataFrame({"decision_id": ["d0"], "event": ["conversion"], "customer_key": ["k0"],
+                          "at": ["2026-03-03T00:00:00+00:00"]})  # fmt: skip
+    touches, conversions = decision_touches(decisions, pd.concat([outcomes, extra], ignore_index=True))
+    assert len(touches) == 7  # the three no-action decisions are no touch
+    assert (
+        touches["channel"].iloc[0] == "email/retention_offer" and touches["channel"].iloc[4] == "email/service_recovery"
+    )
+    # d0 (accept, then conversion) converts once; d1, d4 and d7 (no action: no value) respond; values: the logged v
+    assert sorted(conversions["value"].tolist()) == [0.0, 150.0, 300.0, 300.0]
+    journeys = build_journeys(touches, conversions)
+    assert journeys["converted"].sum() == 4

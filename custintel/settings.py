@@ -171,6 +171,14 @@ class Settings(BaseSettings):
         "churn.contact_share of the scored customers.",
     )
 
+    experiments_holdout: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=0.5,
+        description="Share of all customers held out of every experiment (a global holdout): /decide answers them "
+        "with the decision policy's fallback, reason 'global holdout'. 0 (the default): no holdout.",
+    )
+
     privacy_key: SecretStr | None = Field(
         default=None,
         description="Secret key (HMAC-SHA256) of the suppression list's hashed identifiers; when unset, a key file "

@@ -215,11 +215,16 @@ def _fired(action: ActionSpec, state: CustomerState, context: Mapping[str, str] 
     return fired
 
 
-def _eligible(plan: _Plan, state: CustomerState, today: dt.date) -> tuple[list[ActionSpec], dict[str, str]]:
+def _eligible(
+    plan: _Plan, state: CustomerState, today: dt.date, withheld: Mapping[str, str] | None = None
+) -> tuple[list[ActionSpec], dict[str, str]]:
     contacts = _contacts(state.history) if state.history else {}
     allowed: list[ActionSpec] = []
     refused = dict(plan.off_channel)
     for action in plan.on_channel:
+        if withheld and action.name in withheld and action.kind != "none":
+            refused[action.name] = withheld[action.name]
+            continue
         reason = _rule_reason(plan, action, state, today, contacts)
         if reason is None:
             allowed.append(action)
@@ -229,16 +234,21 @@ def _eligible(plan: _Plan, state: CustomerState, today: dt.date) -> tuple[list[A
 
 
 def eligible(
-    policy: DecisionPolicy, state: CustomerState, channel: str, today: dt.date
+    policy: DecisionPolicy,
+    state: CustomerState,
+    channel: str,
+    today: dt.date,
+    withheld: Mapping[str, str] | None = None,
 ) -> tuple[list[ActionSpec], dict[str, str]]:
     """The actions the rules allow for this customer on `channel` today, and each other action's reason.
 
     Rules: the action runs on the channel; minors get no consent-based action; consent for the action's
     purpose (unknown consent arrives resolved by the caller); no cross-sell of what is held; the contact
     cap over `window_days` and the cool-down since the last contact. Scores and triggers are judged by
-    `candidates`.
+    `candidates`. `withheld`: actions the caller withholds from this customer (e.g. an experiment's
+    control arm), each with the reason to say; a no-action arm is never withheld.
     """
-    return _eligible(_plan(policy, channel), state, today)
+    return _eligible(_plan(policy, channel), state, today, withheld)
 
 
 def _best_product(offered: tuple[tuple[str, float], ...], state: CustomerState) -> tuple[str, float, float] | None:
@@ -306,10 +316,11 @@ def _score(
     channel: str,
     today: dt.date,
     context: Mapping[str, str] | None,
+    withheld: Mapping[str, str] | None = None,
 ) -> _Scored:
     """Eligible actions scored P x V x L (best first), and every other action's reason (in policy order)."""
     plan = _plan(policy, channel)
-    allowed, dropped = _eligible(plan, state, today)
+    allowed, dropped = _eligible(plan, state, today, withheld)
     found: list[Candidate] = []
     for action in allowed:
         kind = action.kind
@@ -492,16 +503,19 @@ def decide(
     context: Mapping[str, str] | None = None,
     policy_version: str | None = None,
     capacity_left: int | None = None,
+    withheld: Mapping[str, str] | None = None,
 ) -> Decision:
     """Decide one customer's next best action on `channel` (deterministic given `seed`).
 
     `capacity_left` is the channel's remaining contacts today when the caller counts them (else the
     policy's daily capacity): at 0 only no-contact actions remain. Nothing eligible (or a missing
-    champion) -> the policy's fallback, said in `fallback_reason`.
+    champion) -> the policy's fallback, said in `fallback_reason`. `withheld`: action -> reason, actions
+    this customer may not get (an experiment arm's suppressions); never chosen, not even by exploration,
+    each listed among the reasons.
     """
     _check_channel(channel)
     plan = _plan(policy, channel)
-    scored = _score(policy, state, channel, today, context)
+    scored = _score(policy, state, channel, today, context, withheld)
     found, dropped = scored.found, scored.dropped
     reason: str | None = None
     if capacity_left is None:  # the caller does not count today's contacts: a channel without capacity has none
@@ -534,7 +548,9 @@ def decide(
 
 # -------------------------------------------------------------------------------------------------- batches
 
-_OK, _MINOR, _CONSENT, _HELD, _CAP, _COOL, _MISSING, _NOT_PERSUADABLE, _RULES, _COST, _OVER, _IDLE = range(12)
+_OK, _MINOR, _CONSENT, _HELD, _CAP, _COOL, _MISSING, _NOT_PERSUADABLE, _RULES, _COST, _OVER, _IDLE, _WITHHELD = range(
+    13
+)
 
 
 @dataclass
@@ -556,6 +572,7 @@ class _Matrix:
     last_ago: np.ndarray
     ranked: np.ndarray  # (n, A) column order, best candidate first
     n_candidates: np.ndarray
+    withheld: Sequence[Mapping[str, str] | None] = ()  # per customer: action -> why it is withheld
 
     def candidate(self, i: int, j: int) -> Candidate:
         """Customer i's candidate for action column j, with its reasons."""
@@ -591,6 +608,8 @@ class _Matrix:
             return _cap_reason(int(self.recent[i, j]), a)
         if c == _COOL:
             return _cooldown_reason(self.today - dt.timedelta(days=int(self.last_ago[i, j])), a)
+        if c == _WITHHELD:
+            return self.withheld[i][a.name]  # type: ignore[index]
         if c == _NOT_PERSUADABLE:
             state = self.states[i]
             return _not_persuadable(a, float((state.uplift if a.target == "uplift" else state.churn_risk) or 0.0))
@@ -618,11 +637,17 @@ class _Matrix:
                 _RULES: RULES_NOT_MET,
                 _OVER: OVERRIDDEN,
             }
-            texts = [f"{a.name}: {fixed[c]}" if c in fixed else "" for c in range(_IDLE + 1)]
+            texts = [f"{a.name}: {fixed[c]}" if c in fixed else "" for c in range(_WITHHELD + 1)]
             self._layout.append((col[name], texts))
 
 
-def _matrix(plan: _Plan, states: Sequence[CustomerState], today: dt.date, context: Mapping[str, str] | None) -> _Matrix:
+def _matrix(
+    plan: _Plan,
+    states: Sequence[CustomerState],
+    today: dt.date,
+    context: Mapping[str, str] | None,
+    withheld: Sequence[Mapping[str, str] | None] = (),
+) -> _Matrix:
     """Score a whole batch at once: the same rules and numbers as `_score`, as array operations."""
     n, actions = len(states), plan.on_channel
     width = len(actions)
@@ -742,6 +767,11 @@ def _matrix(plan: _Plan, states: Sequence[CustomerState], today: dt.date, contex
             c[(c == _OK) & (pj * vj - a.cost <= 0)] = _COST
         p[:, j], v[:, j] = pj, vj
 
+    for i, held_back in enumerate(withheld):
+        for name in held_back or ():
+            j = col.get(name)
+            if j is not None and actions[j].kind != "none":
+                code[i, j] = _WITHHELD
     recovery = [j for j, a in enumerate(actions) if a.kind == "service_recovery"]
     if recovery:
         overridden = (code[:, recovery] == _OK).any(axis=1)
@@ -770,6 +800,7 @@ def _matrix(plan: _Plan, states: Sequence[CustomerState], today: dt.date, contex
         last_ago=last_ago,
         ranked=ranked,
         n_candidates=is_candidate.sum(axis=1),
+        withheld=withheld,
     )
 
 
@@ -924,6 +955,7 @@ def decide_batch(
     context: Mapping[str, str] | None = None,
     policy_version: str | None = None,
     seeds: Sequence[int] | None = None,
+    withheld: Mapping[str, Mapping[str, str]] | None = None,
 ) -> BatchDecision:
     """Decide a campaign: per-customer arbitration, then channel capacity and equity floors over the batch.
 
@@ -935,6 +967,9 @@ def decide_batch(
     The exploration draws come from `seed`, or, when `seeds` gives one per customer (e.g. from each
     decision's id), from each customer's own seed exactly as `decide` draws them, so a logged decision can
     be replayed on its own.
+
+    `withheld`: per customer key, action -> reason: actions that customer may not get (an experiment arm's
+    suppressions), as in `decide`.
     """
     _check_channel(channel)
     limit = _batch_capacity(policy, channel, capacity)
@@ -944,7 +979,8 @@ def decide_batch(
             raise ValueError(f"states[{i}].customer_key: {s.customer_key!r} appears twice in the batch")
         seen.add(s.customer_key)
     plan = _plan(policy, channel)
-    m = _matrix(plan, states, today, context)
+    held_back = [withheld.get(s.customer_key) for s in states] if withheld else ()
+    m = _matrix(plan, states, today, context, held_back)
     n = len(states)
     names = [a.name for a in m.actions]
     column = {a: j for j, a in enumerate(names)}

@@ -45,6 +45,7 @@ CARD_PAGES = ("card.html", "card.md")
 # At the site root: browsers ask for /favicon.ico on pages that name no icon (the copied cards), and a 404
 # there is a console error.
 FAVICON = "favicon.ico"
+EXPERIMENTS_PAGE = "experiments.html"
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
 _CSS = """
@@ -241,6 +242,60 @@ def copy_drift_reports(monitoring_dir: Path, site: Path) -> list[DriftReport]:
     return sorted(reports, key=lambda r: (r.modified, r.title), reverse=True)
 
 
+@dataclass(frozen=True)
+class ExperimentReport:
+    """The latest analysis of one experiment, copied into the site (`experiments/<name>/`)."""
+
+    name: str
+    version: str
+    source: str
+    mode: str
+    verdict: str
+    verdict_line: str
+    written_at: str
+    href: str
+    reports: int  # analyses kept for it (the site shows the latest)
+
+
+def copy_experiment_reports(experiments_dir: Path, site: Path) -> list[ExperimentReport]:
+    """Copy each experiment's latest report folder (`<name>/reports/<stamp>/`) into `site/experiments/<name>/`.
+
+    A report is its `analysis.json` (aggregates only), `report.html` and plots; folders without both are skipped.
+    """
+    if not experiments_dir.is_dir():
+        return []
+    copied = []
+    for folder in sorted(p for p in experiments_dir.iterdir() if (p / "reports").is_dir()):
+        written = sorted(
+            p
+            for p in (folder / "reports").iterdir()
+            if (p / "analysis.json").is_file() and (p / "report.html").is_file()
+        )
+        if not written:
+            continue
+        latest = written[-1]
+        try:
+            data = json.loads((latest / "analysis.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        target = f"experiments/{safe_name(folder.name)}"
+        shutil.copytree(latest, site / target, symlinks=False)
+        copied.append(
+            ExperimentReport(
+                name=folder.name,
+                version=str(data.get("version", "")),
+                source=str(data.get("source", "")),
+                mode=str((data.get("analysis") or {}).get("mode", "")),
+                verdict=str(data.get("verdict", "")),
+                verdict_line=str(data.get("verdict_line", "")),
+                written_at=str(data.get("written_at", latest.name)),
+                href=f"{target}/report.html",
+                reports=len(written),
+            )  # fmt: skip
+        )
+    return copied
+
+
 # --- rendering (pure) -------------------------------------------------------------------------------------------------
 
 
@@ -308,6 +363,7 @@ def _page(title: str, body: str, depth: int, built: dt.datetime) -> str:
     nav = (
         f'<strong>custintel governance</strong><a href="{_href("index.html", depth)}">Models</a>'
         f'<a href="{_href("decisions.html", depth)}">Decision log</a>'
+        f'<a href="{_href(EXPERIMENTS_PAGE, depth)}">Experiments</a>'
         f'<a href="{_href("index.html", depth)}#drift">Drift reports</a>'
     )
     return (
@@ -443,10 +499,32 @@ def render_index(
         )
         + f'<h2>Decisions</h2><p><a href="decisions.html">The decision log</a> ({_e(log_note)}), newest first.</p>'
         + render_chains(chains)
+        + f'<h2>Experiments</h2><p><a href="{EXPERIMENTS_PAGE}">The experiments</a>: their latest analyses.</p>'
         + '<h2 id="drift">Drift reports</h2>'
         + _table(["report", "written"], drift_rows, "No drift report yet.")
     )
     return _page("custintel governance: models", body, 0, built)
+
+
+def render_experiments_page(reports: Sequence[ExperimentReport], built: dt.datetime) -> str:
+    """Every analysed experiment: its latest verdict (blocked ones say why) and a link to its report."""
+    badge = {"significant": "badge promoted", "not_significant": "muted", "blocked": "badge blocked"}
+    rows = [
+        f'<tr><td><a href="{_href(r.href, 0)}">{_e(r.name)}</a></td><td>v{_e(r.version)}</td><td>{_e(r.source)}</td>'
+        f'<td>{_e(r.mode)}</td><td><span class="{badge.get(r.verdict, "muted")}">{_e(r.verdict_line)}</span></td>'
+        f"<td>{_e(r.written_at)}</td><td>{r.reports}</td></tr>"
+        for r in reports
+    ]
+    body = (
+        "<h1>Experiments</h1><p>The latest analysis of each experiment (<code>custintel experiment analyse</code>): "
+        "differences and lifts with their intervals, CUPED, the sample-ratio check and the plots.</p>"
+        + _table(
+            ["experiment", "version", "source", "mode", "verdict", "written (UTC)", "analyses"],
+            rows,
+            "No experiment has been analysed yet.",
+        )  # fmt: skip
+    )
+    return _page("custintel governance: experiments", body, 0, built)
 
 
 def render_model_page(
@@ -555,11 +633,13 @@ def build_site(settings: Settings) -> Path:
         card_files = copy_cards(settings.governance_dir / "cards", staging)
         cards = {(c.model, c.version): c for c in card_files}
         drift = copy_drift_reports(settings.reports_dir / "monitoring", staging)
+        experiments = copy_experiment_reports(settings.home_dir / "experiments", staging)
         models = _with_unregistered(models, decisions, card_files)
         (staging / "models").mkdir()
         pages = {
             "index.html": render_index(models, decisions, drift, built, chains),
             "decisions.html": render_decisions_page(decisions, cards, built, chains),
+            EXPERIMENTS_PAGE: render_experiments_page(experiments, built),
         }
         for model in models:
             pages[model_page_path(model.name)] = render_model_page(model, decisions, cards, built)

@@ -1013,6 +1013,39 @@ class Registry:
             )  # fmt: skip
         return sorted(moves, key=lambda m: m.at)
 
+    # -- experiment read-outs ---------------------------------------------------------------------------------------
+    def log_experiment(
+        self,
+        name: str,
+        *,
+        params: dict[str, str],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        folder: Path,
+        mlflow_experiment: str = "custintel-experiments",
+    ) -> str:
+        """One experiment analysis as a finished run of `mlflow_experiment`: params, figures, tags, the report folder.
+
+        The folder's files (JSON, plots, HTML: aggregates only) are attached under `report/`. Returns the run id.
+        """
+        experiment_id = self.ensure_experiment(mlflow_experiment)
+        stamp = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        with _quiet_mlflow():
+            run = self.client.create_run(
+                experiment_id,
+                run_name=f"analyse-{name}",
+                tags={"custintel.family": "experiment", "mlflow.source.git.commit": git_commit(), **tags},
+            )
+            run_id = run.info.run_id
+            self.client.log_batch(
+                run_id,
+                metrics=[mlflow.entities.Metric(k, float(v), stamp, 0) for k, v in metrics.items() if np.isfinite(v)],
+                params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()],
+            )
+            self._artifacts_of(run_id).log_artifacts(run_id, str(folder), "report")
+            self.client.set_terminated(run_id)
+        return str(run_id)
+
     # -- decision policies: versioned like models -------------------------------------------------------------------
     def register_policy(self, name: str, policy_text: str, digest: str, tags: dict[str, str]) -> str:
         """Register a decision policy's YAML as a new version of `name` (alias `challenger`); returns the version.

@@ -12,11 +12,15 @@ service writes to it and monitoring reads it at the same time. Two tables:
 - `outcomes`: what happened after a decision (`/outcomes`): impression, click, accept,
   decline, conversion, complaint, or frontline feedback with a reason. Each event at most once
   per decision, in the order `check_outcome` enforces (`EVENT_RULES`).
+- `exposures`: a customer's first exposure to each experiment (`experiments.assignment`): experiment,
+  version, arm, customer key (the same key rule), the decision that exposed them, channel, when. One
+  row per (experiment, customer): a later decision for the same customer is not a new exposure.
 
 A decision is written before its answer leaves (a synchronous insert: an outcome may follow at
-once), with WAL's `synchronous=NORMAL` (no fsync per transaction). Both tables hold personal
-data: `serving.personal.DecisionLogStore` finds and erases a person's rows, `expire` applies
-retention.
+once), with WAL's `synchronous=NORMAL` (no fsync per transaction), in the same transaction as its
+exposures. All three tables hold personal data: `serving.personal.DecisionLogStore` finds and erases
+a person's rows, `expire` applies retention. A log written before exposures existed gets the table
+when it is next opened for writing.
 """
 
 from __future__ import annotations
@@ -92,6 +96,18 @@ CREATE TABLE IF NOT EXISTS outcomes (
 );
 CREATE INDEX IF NOT EXISTS outcomes_customer ON outcomes (customer_key);
 CREATE INDEX IF NOT EXISTS outcomes_at ON outcomes (at);
+CREATE TABLE IF NOT EXISTS exposures (
+    experiment TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    arm TEXT NOT NULL,
+    customer_key TEXT,
+    decision_id TEXT,
+    channel TEXT NOT NULL,
+    exposed_at TEXT NOT NULL,
+    UNIQUE (experiment, customer_key)
+);
+CREATE INDEX IF NOT EXISTS exposures_customer ON exposures (customer_key);
+CREATE INDEX IF NOT EXISTS exposures_at ON exposures (exposed_at);
 """
 DECISION_COLUMNS = (
     "decision_id", "customer_key", "channel", "policy_name", "policy_version", "action", "actions", "probability",
@@ -100,6 +116,9 @@ DECISION_COLUMNS = (
 )  # fmt: skip
 JSON_COLUMNS = ("actions", "action_probabilities", "reasons", "context", "models")
 _INSERT = f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) VALUES ({', '.join('?' * len(DECISION_COLUMNS))})"
+EXPOSURE_COLUMNS = ("experiment", "version", "arm", "customer_key", "decision_id", "channel", "exposed_at")
+# the first exposure of a customer to an experiment is kept; a later one is ignored
+_EXPOSE = f"INSERT OR IGNORE INTO exposures ({', '.join(EXPOSURE_COLUMNS)}) VALUES ({', '.join('?' * 7)})"
 
 
 def decision_log_path(settings: Settings) -> Path:
@@ -167,6 +186,24 @@ class LoggedDecision:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Exposure:
+    """A customer exposed to an experiment's arm by a decision (customer_key already as the log keeps it)."""
+
+    experiment: str
+    version: int
+    arm: str
+    customer_key: str | None
+    decision_id: str
+    channel: str
+    exposed_at: str
+
+    def row(self) -> tuple[Any, ...]:
+        """The values in `EXPOSURE_COLUMNS` order."""
+        return (self.experiment, int(self.version), self.arm, self.customer_key, self.decision_id, self.channel,
+                self.exposed_at)  # fmt: skip
+
+
 def now_iso() -> str:
     """The current UTC time as the logs keep it (ISO, microseconds: the order of events on one decision)."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
@@ -194,17 +231,22 @@ class DecisionLog:
             con = self._local.con = connect(self.path)
         return con
 
-    def write(self, decisions: Sequence[LoggedDecision]) -> None:
-        """Insert decisions in one transaction (a batch call's: one commit)."""
-        if not decisions:
+    def write(self, decisions: Sequence[LoggedDecision], exposures: Sequence[Exposure] = ()) -> None:
+        """Insert decisions and their exposures in one transaction (a batch call's: one commit).
+
+        An exposure of a customer already exposed to that experiment is ignored (the first one counts).
+        """
+        if not decisions and not exposures:
             return
         con = self._con()
-        if len(decisions) == 1:
+        if len(decisions) == 1 and not exposures:
             con.execute(_INSERT, decisions[0].row())  # autocommit: one statement, one transaction
             return
         con.execute("BEGIN")
         try:
             con.executemany(_INSERT, [d.row() for d in decisions])
+            if exposures:
+                con.executemany(_EXPOSE, [e.row() for e in exposures])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -371,6 +413,32 @@ def read_outcomes(
     return frame if not frame.empty else pd.DataFrame(columns=columns)
 
 
+def read_exposures(settings: Settings, experiment: str | None = None) -> pd.DataFrame:
+    """Exposures (first per customer and experiment), oldest first; one experiment's when named; empty when none.
+
+    Columns `EXPOSURE_COLUMNS`; `customer_key` as the log keeps it (hashed by default: join the
+    outcomes on it, or hash a units file's keys with `DecisionLog.key`).
+    """
+    query = f"SELECT {', '.join(EXPOSURE_COLUMNS)} FROM exposures"  # noqa: S608
+    params: list[Any] = []
+    if experiment is not None:
+        query += " WHERE experiment = ?"
+        params.append(experiment)
+    path = decision_log_path(settings)
+    frame = pd.DataFrame()
+    if path.is_file():
+        con = connect(path, readonly=True)
+        try:
+            has = con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'exposures'").fetchone()
+            if has:
+                frame = pd.read_sql_query(query + " ORDER BY exposed_at", con, params=params)
+        finally:
+            con.close()
+    if frame.empty:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "version" else object) for c in EXPOSURE_COLUMNS})
+    return frame.astype({"version": "int64"})
+
+
 def history(settings: Settings, customer_key: str) -> list[tuple[str, dt.date]]:
     """The actions decided for one customer and their days (oldest first), under the serving policy's key rule."""
     from serving.policy import load_serving_policy
@@ -390,10 +458,10 @@ def history(settings: Settings, customer_key: str) -> list[tuple[str, dt.date]]:
 
 
 def expire(path: Path, before: dt.date, dry_run: bool = False) -> Expiry:
-    """Delete decisions made before `before` with their outcomes, and outcomes recorded before it.
+    """Delete decisions made before `before` with their outcomes, outcomes recorded and exposures made before it.
 
-    One item per day removed or kept (the day's decisions and outcomes counted), dated by the
-    rows' own timestamps. One transaction.
+    One item per day removed or kept (the day's decisions, outcomes and exposures counted), dated
+    by the rows' own timestamps. One transaction.
     """
     expiry = Expiry("decision_log")
     if not path.is_file():
@@ -405,15 +473,18 @@ def expire(path: Path, before: dt.date, dry_run: bool = False) -> Expiry:
             counts[day] = counts.get(day, 0) + int(n)
         for day, n in con.execute("SELECT substr(at, 1, 10), count(*) FROM outcomes GROUP BY 1"):
             counts[day] = counts.get(day, 0) + int(n)
+        for day, n in con.execute("SELECT substr(exposed_at, 1, 10), count(*) FROM exposures GROUP BY 1"):
+            counts[day] = counts.get(day, 0) + int(n)
         cut = before.isoformat()
         for day, n in sorted(counts.items()):
-            item = Item(f"decisions and outcomes of {day}", dt.date.fromisoformat(day), n)
+            item = Item(f"decisions, outcomes and exposures of {day}", dt.date.fromisoformat(day), n)
             (expiry.removed if day < cut else expiry.kept).append(item)
         if not dry_run and expiry.removed:
             con.execute("BEGIN IMMEDIATE")
             con.execute("DELETE FROM outcomes WHERE at < ? OR decision_id IN "
                         "(SELECT decision_id FROM decisions WHERE decided_at < ?)", (cut, cut))  # fmt: skip
             con.execute("DELETE FROM decisions WHERE decided_at < ?", (cut,))
+            con.execute("DELETE FROM exposures WHERE exposed_at < ?", (cut,))
             con.execute("COMMIT")
     finally:
         con.close()

@@ -32,8 +32,17 @@ from decisions.policy import DecisionPolicy, Purpose, load_policy
 from decisions.states import customer_states
 from serving.champions import ServedModel
 from serving.consent import CustomerConsent
-from serving.decision_log import DecisionLog, LoggedDecision, decision_log_path, new_decision_id, now_iso, seed_of
+from serving.decision_log import (
+    DecisionLog,
+    Exposure,
+    LoggedDecision,
+    decision_log_path,
+    new_decision_id,
+    now_iso,
+    seed_of,
+)
 from serving.errors import ServingError
+from serving.experiments import ExperimentSource, Placement, holdout_decision
 from serving.runtime import Runtime
 from serving.schemas import DecideBatchRequest, DecideRequest, DecideResponse, ModelRef, OutcomeRequest, PolicyRef
 from serving.scoring import score_records
@@ -211,6 +220,7 @@ class Decider:
         salt = runtime.settings.serving_log_salt or "custintel"
         self.log = DecisionLog(decision_log_path(runtime.settings), runtime.policy.audit.customer_key, salt)
         self.policies.refresh()
+        self.experiments = ExperimentSource(runtime.settings)
 
     # -- states --------------------------------------------------------------------------------------------------
     def _consent(self, keys: Sequence[str], today: dt.date, age_below: int) -> tuple[dict[str, dict[Purpose, bool]],
@@ -297,7 +307,8 @@ class Decider:
 
     # -- decisions -----------------------------------------------------------------------------------------------
     def _answer(self, served: ServedPolicy, decision: Decision, decision_id: str, channel: str,
-                models: list[dict[str, str]], customer_key: str) -> tuple[dict[str, Any], LoggedDecision]:  # fmt: skip
+                models: list[dict[str, str]], customer_key: str,
+                placement: Placement | None = None) -> tuple[dict[str, Any], LoggedDecision]:  # fmt: skip
         policy = served.policy
         chosen = [
             {"name": c.action, "kind": policy.action(c.action).kind, "channel": str(c.channel),
@@ -312,7 +323,7 @@ class Decider:
             "decision_id": decision_id, "actions": chosen, "reasons": list(decision.reasons), "prompt": decision.prompt,
             "probability": float(decision.probability), "explored": bool(decision.explored),
             "fallback": bool(decision.fallback), "fallback_reason": decision.fallback_reason, "expected_value": value,
-            "policy": served.ref(), "models": models,
+            "policy": served.ref(), "models": models, "experiments": placement.refs() if placement else [],
         }  # fmt: skip
         logged = LoggedDecision(
             decision_id=decision_id, customer_key=self.log.key(customer_key), channel=channel,
@@ -326,6 +337,14 @@ class Decider:
         )  # fmt: skip
         return answer, logged
 
+    def _exposures(self, placement: Placement, logged: LoggedDecision, channel: str) -> list[Exposure]:
+        """The exposures a decision logs: one per experiment arm the customer is in (the log keeps the first)."""
+        return [
+            Exposure(a.experiment, a.version, a.arm, logged.customer_key, logged.decision_id, channel,
+                     logged.decided_at)
+            for a in placement.assignments
+        ]  # fmt: skip
+
     def decide_one(self, request: DecideRequest) -> dict[str, Any]:
         """One live decision (a `DecideResponse` document), logged before it is answered; 404 for an unknown key."""
         served = self.policies.current
@@ -334,11 +353,17 @@ class Decider:
         if not states:
             raise ServingError(404, "customer_key", f"unknown customer {request.customer_key!r}")
         decision_id = new_decision_id()
-        decision = decide(served.policy, states[0], request.channel, today, seed=seed_of(decision_id),
-                          context=dict(request.context), policy_version=served.version)  # fmt: skip
-        answer, logged = self._answer(served, decision, decision_id, request.channel, models, request.customer_key)
+        placement = self.experiments.place([request.customer_key])[request.customer_key]
+        if placement.held_out:
+            decision = holdout_decision(served.policy, request.customer_key, request.channel, served.version)
+        else:
+            decision = decide(served.policy, states[0], request.channel, today, seed=seed_of(decision_id),
+                              context=dict(request.context), policy_version=served.version,
+                              withheld=placement.withheld or None)  # fmt: skip
+        answer, logged = self._answer(served, decision, decision_id, request.channel, models, request.customer_key,
+                                      placement)  # fmt: skip
         logged = LoggedDecision(**{**logged.__dict__, "context": dict(request.context)})
-        self.log.write([logged])
+        self.log.write([logged], self._exposures(placement, logged, request.channel))
         return answer
 
     def decide_many(self, request: DecideBatchRequest) -> dict[str, Any]:
@@ -351,18 +376,28 @@ class Decider:
         if request.channel in policy.capacity:
             used = self.log.contacts_since(request.channel, policy.fallback, dt.date.today())
             left = {request.channel: max(0, policy.capacity[request.channel] - used)}
+        placements = self.experiments.place(found)
+        held_out = [s for s in states if placements[s.customer_key].held_out]
+        if held_out:  # the global holdout takes no capacity: decided apart, with the fallback
+            states = [s for s in states if not placements[s.customer_key].held_out]
+        withheld = {k: p.withheld for k, p in placements.items() if p.withheld}
         batch_id = new_decision_id()
         batch = decide_batch(policy, states, request.channel, today, seed=seed_of(batch_id), capacity=left,
-                             policy_version=served.version) \
+                             policy_version=served.version, withheld=withheld or None) \
             if states else None  # fmt: skip
+        decided = list(batch.decisions) if batch is not None else []
+        decided += [holdout_decision(policy, s.customer_key, request.channel, served.version) for s in held_out]
         answers: dict[str, dict[str, Any]] = {}
         logged: list[LoggedDecision] = []
-        for decision in batch.decisions if batch is not None else []:
+        exposures: list[Exposure] = []
+        for decision in decided:
+            placement = placements[decision.customer_key]
             answer, entry = self._answer(served, decision, new_decision_id(), request.channel, models,
-                                         decision.customer_key)  # fmt: skip
+                                         decision.customer_key, placement)  # fmt: skip
             answers[decision.customer_key] = answer
             logged.append(entry)
-        self.log.write(logged)
+            exposures += self._exposures(placement, entry, request.channel)
+        self.log.write(logged, exposures)
         results = []
         for key in request.customer_keys:
             found_answer = answers.get(key)
@@ -381,6 +416,9 @@ class Decider:
                     "count": int(row["count"]),
                     "capacity": None if capacity is None or pd.isna(capacity) else int(capacity),
                 })  # fmt: skip
+        if held_out:
+            allocation.append({"action": policy.fallback, "channel": request.channel, "group": "global holdout",
+                               "count": len(held_out), "capacity": None})  # fmt: skip
         return {
             "results": results, "allocation": allocation,
             "value": _finite(batch.value) if batch else 0.0,

@@ -10,9 +10,11 @@
   writer takes; a writer that waited on the lock appends to the new file (it checks, once it holds
   the lock, that its file is still the one the path names), so no line is lost to the replaced file.
 - "serving.caps": the frequency-cap impressions by customer key (SQLite or Redis, `serving.caps`).
-- "decision_log": the decisions served and their outcomes (`serving/decisions.db`, `serving.decision_log`), keyed
-  like the inference log (the subject's log keys, both rules); erasure deletes their decisions and every outcome
-  of those decisions (and outcomes keyed to them) in one transaction.
+- "decision_log": the decisions served, their outcomes and the experiment exposures (`serving/decisions.db`,
+  `serving.decision_log`), keyed like the inference log (the subject's log keys, both rules); erasure deletes
+  their decisions, every outcome of those decisions (and outcomes keyed to them) and their exposures (which arm
+  of which experiment they were in) in one transaction. An erased customer is then in no experiment's
+  exposures, so an analysis simply counts one customer fewer.
 - "serving.consent": the consent snapshot the service reads (`consent.sqlite`: decisions and birth
   date per customer key); rows are deleted in one transaction. (The in-memory batch snapshots of
   `serving.snapshot` are not on disk: they are rebuilt from the online store, which the feature
@@ -222,7 +224,7 @@ class ConsentSnapshotStore:
 
 
 class DecisionLogStore:
-    """The decision and outcome log: a person's decisions (with their context) and the outcomes recorded on them."""
+    """The decision log: a person's decisions (with their context), the outcomes recorded on them, their exposures."""
 
     name = "decision_log"
 
@@ -235,13 +237,17 @@ class DecisionLogStore:
         return sorted(subject_log_keys(salt, subject.customer_keys, subject.log_keys))
 
     def find(self, subjects: Sequence[Subject]) -> list[Holding]:
-        """Each subject's decisions and outcomes (rows tagged with their table)."""
+        """Each subject's decisions, outcomes and experiment exposures (rows tagged with their table)."""
         if not self.path.is_file():
             return []
         out = []
         con = connect(self.path, readonly=True)
         con.row_factory = sqlite3.Row
         try:
+            # a log written before exposures existed has no such table (until the service next opens it)
+            exposures = con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'exposures'"
+            ).fetchone()
             for subject in subjects:
                 asked = json.dumps(self._keys(subject))
                 rows: list[dict[str, Any]] = []
@@ -257,6 +263,9 @@ class DecisionLogStore:
                     "IN (SELECT decision_id FROM decisions WHERE customer_key IN (SELECT value FROM json_each(?1)))"
                 )
                 rows += [{"table": "outcomes", **dict(r)} for r in con.execute(query, (asked,))]
+                if exposures:
+                    query = "SELECT * FROM exposures WHERE customer_key IN (SELECT value FROM json_each(?))"
+                    rows += [{"table": "exposures", **dict(r)} for r in con.execute(query, (asked,))]
                 if rows:
                     out.append(Holding(self.name, _relative(self.settings, self.path), subject.request, rows))
         finally:
@@ -264,7 +273,7 @@ class DecisionLogStore:
         return out
 
     def erase(self, subjects: Sequence[Subject]) -> list[Erased]:
-        """Delete the subjects' decisions and their outcomes in one transaction (idempotent)."""
+        """Delete the subjects' decisions, their outcomes and their exposures in one transaction (idempotent)."""
         if not self.path.is_file():
             return []
         asked = json.dumps(sorted({k for s in subjects for k in self._keys(s)}))
@@ -279,20 +288,20 @@ class DecisionLogStore:
             decisions = con.execute(
                 "DELETE FROM decisions WHERE customer_key IN (SELECT value FROM json_each(?))", (asked,)
             ).rowcount
+            exposures = con.execute(
+                "DELETE FROM exposures WHERE customer_key IN (SELECT value FROM json_each(?))", (asked,)
+            ).rowcount
             con.execute("COMMIT")
             # the deleted rows' pages may linger in the WAL and free pages: checkpoint and vacuum them away
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            if decisions or outcomes:
+            if decisions or outcomes or exposures:
                 con.execute("VACUUM")
         finally:
             con.close()
-        removed = max(decisions, 0) + max(outcomes, 0)
+        removed = max(decisions, 0) + max(outcomes, 0) + max(exposures, 0)
         place = _relative(self.settings, self.path)
-        return (
-            [Erased(self.name, place, removed, f"{decisions} decisions, {outcomes} outcomes deleted")]
-            if removed
-            else []
-        )
+        what = f"{decisions} decisions, {outcomes} outcomes, {exposures} exposures deleted"
+        return [Erased(self.name, place, removed, what)] if removed else []
 
 
 def personal_stores(settings: Settings) -> list[PersonalStore]:

@@ -288,6 +288,14 @@ class PolicyRef(BaseModel):
     digest: str
 
 
+class ExperimentRef(BaseModel):
+    """An experiment arm the customer is in (their first decision under it logged their exposure)."""
+
+    experiment: str
+    version: int
+    arm: str
+
+
 class DecideResponse(BaseModel):
     """A decision: the action(s), why, the agent prompt, and what off-policy evaluation needs."""
 
@@ -306,6 +314,10 @@ class DecideResponse(BaseModel):
     expected_value: float | None = None
     policy: PolicyRef
     models: list[ModelRef] = Field(default_factory=list, description="The champions the decision read.")
+    experiments: list[ExperimentRef] = Field(
+        default_factory=list,
+        description="The experiment arms the customer is in (empty: in none, or in the global holdout).",
+    )
 
 
 class AllocationRow(BaseModel):

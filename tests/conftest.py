@@ -253,3 +253,59 @@ def start_service(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen
         time.sleep(0.5)
     process.terminate()
     pytest.fail("the service did not become ready: " + log_path.read_text()[-3000:])
+
+
+@dataclass(frozen=True)
+class DecisionHome:
+    """A home `custintel serve` decides with: champions promoted, today's features, a policy file."""
+
+    settings: Settings
+    policy_file: Path
+    known: list[str]  # customers in the online store
+    no_marketing: list[str]  # of those, the ones who withdrew marketing consent
+
+
+def decision_home(featured: Settings, root: Path, call_centre: int = 25) -> DecisionHome:
+    """A copy of the featured home under `root` with the churn, propensity and uplift champions (one trial each)
+    promoted, features built at 2025-06-01, and the packaged decision policy with `call_centre` contacts a day.
+
+    Shared by the HTTP tests of /decide (tests/test_decisions_http.py, tests/test_experiments_http.py); each starts
+    its own service on it with `start_service`.
+    """
+    import datetime as dt
+    import sqlite3
+
+    from decisions.policy import default_policy_text
+    from flows.features import PLAIN_STEPS as FEATURE_STEPS
+    from flows.features import run_feature_build
+    from flows.train import PLAIN_STEPS as TRAIN_STEPS
+    from flows.train import run_training
+    from governance import store
+    from models.registry import Registry
+    from serving.consent import build_consent_store
+    from serving.policy import load_serving_policy
+
+    home = root / "home"
+    shutil.copytree(featured.home_dir, home, ignore=shutil.ignore_patterns("mlflow.db", "artifacts"))
+    settings = Settings(home=home, training_config=featured.training_config)
+    for family in ("churn", "propensity"):  # propensity's units include the offer's uplift
+        run_training(settings, family, TRAIN_STEPS, lambda _: None, trials=1)
+    registry = Registry(settings)
+    for name in ("custintel-churn", "custintel-propensity", "custintel-uplift"):
+        store.move_champion(registry, name, "1", "test")
+    run_feature_build(settings, [dt.date(2025, 6, 1)], True, FEATURE_STEPS, lambda _: None)
+    policy_file = root / "policy.yaml"
+    text = default_policy_text()
+    assert "  call_centre: 400" in text
+    policy_file.write_text(text.replace("  call_centre: 400", f"  call_centre: {call_centre}"), encoding="utf-8")
+    build_consent_store(settings, load_serving_policy(settings.serving_policy))  # as `custintel serve` does
+    with sqlite3.connect(home / "serving" / "consent.sqlite") as con:
+        withdrawn = {r[0] for r in con.execute(
+            "SELECT customer_key FROM consent WHERE purpose = 'marketing' AND status = 'withdrawn'")}  # fmt: skip
+    online = sqlite3.connect(home / "features" / "online.sqlite")
+    known: set[str] = set()
+    for (table,) in online.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        if "customer_key" in [r[1] for r in online.execute(f'PRAGMA table_info("{table}")')]:
+            known |= {r[0] for r in online.execute(f'SELECT customer_key FROM "{table}"')}
+    online.close()
+    return DecisionHome(settings, policy_file, sorted(known), sorted(known & withdrawn))

@@ -5,9 +5,6 @@ schemathesis over the new endpoints."""
 
 from __future__ import annotations
 
-import datetime as dt
-import shutil
-import sqlite3
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,15 +22,11 @@ from schemathesis.checks import (
 from custintel.personal import Subject
 from custintel.settings import Settings
 from decisions.policy import DecisionPolicy, default_policy_text, load_policy
-from flows.features import PLAIN_STEPS as FEATURE_STEPS
-from flows.features import run_feature_build
-from flows.train import PLAIN_STEPS as TRAIN_STEPS
-from flows.train import run_training
 from governance import store
 from models.registry import Registry
 from serving.decision_log import decision_log_path, read_decisions, read_outcomes
 from serving.personal import DecisionLogStore
-from tests.conftest import start_service
+from tests.conftest import decision_home, start_service
 from tests.test_serving_http import _exercise
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -59,37 +52,18 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("decided") / "home"
-    shutil.copytree(featured.home_dir, home, ignore=shutil.ignore_patterns("mlflow.db", "artifacts"))
-    settings = Settings(home=home, training_config=featured.training_config)
-    for family in ("churn", "propensity"):  # propensity's units include the offer's uplift
-        run_training(settings, family, TRAIN_STEPS, lambda _: None, trials=1)
-    registry = Registry(settings)
-    for name in ("custintel-churn", "custintel-propensity", "custintel-uplift"):
-        store.move_champion(registry, name, "1", "test")
-    run_feature_build(settings, [dt.date(2025, 6, 1)], True, FEATURE_STEPS, lambda _: None)
-    policy_file = home.parent / "policy.yaml"
-    text = default_policy_text()
-    assert "  call_centre: 400" in text
-    policy_file.write_text(text.replace("  call_centre: 400", "  call_centre: 25"), encoding="utf-8")
+    prepared = decision_home(featured, tmp_path_factory.mktemp("decided"))
+    home = prepared.settings.home_dir
     env = {
         "CUSTINTEL_HOME": str(home),
-        "CUSTINTEL_DECISION_POLICY": str(policy_file),
+        "CUSTINTEL_DECISION_POLICY": str(prepared.policy_file),
         "CUSTINTEL_SERVING_API_KEYS": f"{KEY},scorer:score",
         "CUSTINTEL_SERVING_POLL_SECONDS": "1",
     }
     process, url = start_service(env, home / "serve.log")
-    with sqlite3.connect(home / "serving" / "consent.sqlite") as con:
-        withdrawn = {r[0] for r in con.execute(
-            "SELECT customer_key FROM consent WHERE purpose = 'marketing' AND status = 'withdrawn'")}  # fmt: skip
-    online = sqlite3.connect(home / "features" / "online.sqlite")
-    known: set[str] = set()
-    for (table,) in online.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
-        if "customer_key" in [r[1] for r in online.execute(f'PRAGMA table_info("{table}")')]:
-            known |= {r[0] for r in online.execute(f'SELECT customer_key FROM "{table}"')}
-    online.close()
     try:
-        yield Server(url, settings, process, sorted(known), sorted(known & withdrawn), load_policy(policy_file))
+        yield Server(url, prepared.settings, process, prepared.known, prepared.no_marketing,
+                     load_policy(prepared.policy_file))  # fmt: skip
     finally:
         process.terminate()
         process.wait(30)

@@ -212,6 +212,51 @@ def _demo_decisions(settings: Settings, url: str, key: str, policy_gate: dict[st
         console.print("[yellow]no decision policy is @champion: the service decided with the policy file[/]")
 
 
+def _demo_measure(settings: Settings, world: Path) -> dict[str, Any] | None:
+    """Register the packaged retention-offer experiment, analyse the world's offer test (CUPED), attribute.
+
+    The analysis runs as the Prefect flow analyse_experiment (report, MLflow run, reviewers' site) with the
+    world's truth beside it; the attribution credits add-on purchases to the digital touches before them.
+    """
+    from rich.table import Table
+
+    from experiments.errors import ExperimentError
+    from experiments.spec import ExperimentRegistry, example_spec_text, load_spec
+    from flows.cli.experiment_analysis import print_analysis
+    from flows.experiments import analyse_experiment_flow, digital_attribution, experiments_root
+
+    try:
+        registered = ExperimentRegistry(experiments_root(settings)).register(load_spec(example_spec_text()))
+        console.print(f"registered experiment {registered.name} v{registered.version} (sha256 {registered.hash[:12]}): "
+                      f"{registered.spec.hypothesis}", soft_wrap=True)  # fmt: skip
+        with console.status("Analysing the world's retention-offer test (Prefect flow analyse_experiment)…"):
+            result = analyse_experiment_flow(
+                registered.name, settings.to_flow(), None, "offer_test", None, "fixed", str(world / "_truth")
+            )
+    except ExperimentError as exc:
+        console.print(f"[yellow]the retention-offer experiment could not be analysed: {exc}[/]")
+        return None
+    console.print("the offer test ran its whole outcome window once: read at its fixed horizon")
+    print_analysis(result)
+    try:
+        table, info = digital_attribution(settings)
+    except ExperimentError as exc:
+        console.print(f"[yellow]no attribution: {exc}[/]")
+        return result
+    title = (
+        f"{info['conversions']:,} purchases from {info['from']} to {info['to']} credited to the digital touches "
+        f"of the {info['window_days']} days before them ({info['journeys']:,} journeys)"
+    )
+    shown = Table(title=title)
+    for column in ("channel", "journeys", "last touch", "first touch", "Markov", "Shapley"):
+        shown.add_column(column, justify="left" if column == "channel" else "right")
+    for row in table.itertuples():
+        shown.add_row(str(row.channel), f"{row.journeys:,}", f"{row.last_touch:,.1f}", f"{row.first_touch:,.1f}",
+                      f"{row.markov:,.1f}", f"{row.shapley:,.1f}")  # fmt: skip
+    console.print(shown)
+    return result
+
+
 @app.command()
 def demo(
     customers: Annotated[int, typer.Option(help="Customers in the demo world.")] = 20_000,
@@ -227,37 +272,39 @@ def demo(
     """Run everything that exists end to end on embedded defaults and say where to look."""
     settings = current_settings()
     world = settings.default_data_dir / "demo-world"
-    console.rule("[bold]1/10 generate a synthetic customer world (its population drifts after the drift date)")
+    console.rule("[bold]1/11 generate a synthetic customer world (its population drifts after the drift date)")
     generate(customers=customers, seed=seed, out=world, drift_date=drift_date, drift_strength=drift_strength)
-    console.rule("[bold]2/10 ingest it behind data contracts (Prefect flow ingest_sources)")
+    console.rule("[bold]2/11 ingest it behind data contracts (Prefect flow ingest_sources)")
     ingest(source=world)
-    console.rule("[bold]3/10 resolve identities into customers (Prefect flow resolve_identities)")
+    console.rule("[bold]3/11 resolve identities into customers (Prefect flow resolve_identities)")
     views.print_resolution(run_resolution("prefect", reuse_model=False))
     resolve_evaluate(truth=world / "_truth")
-    console.rule("[bold]4/10 point-in-time features and labels (Prefect flow build_features)")
+    console.rule("[bold]4/11 point-in-time features and labels (Prefect flow build_features)")
     # The online store holds the latest cutoff: three months into the drift the demo scores and monitors.
     views.print_feature_build(run_feature_build([dt.date(2025, 3, 1), dt.date(2025, 12, 1)], "prefect", online=True))
     console.rule(
-        "[bold]5/10 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
+        "[bold]5/11 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
     )
     outcomes = run_training("all", "prefect", trials, None, world / "_truth", None)
     views.print_training(settings, outcomes)
-    console.rule("[bold]6/10 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
+    console.rule("[bold]6/11 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
     decisions = run_gate(list(GATED_FAMILIES), None, None, None, "prefect")
     views.print_decisions(settings, decisions)
     from governance.site import build_site
 
-    console.rule("[bold]7/10 the next-best-action policy through its gate (Prefect flow promote_decision_policy)")
+    console.rule("[bold]7/11 the next-best-action policy through its gate (Prefect flow promote_decision_policy)")
     policy_gate = _demo_policy_gate(world)
     site = build_site(settings)
-    console.rule("[bold]8/10 serve the champions with BentoML (custintel serve) and answer a sample request")
+    console.rule("[bold]8/11 serve the champions with BentoML (custintel serve) and answer a sample request")
     with _demo_service(settings) as (url, key):
         curl = _demo_sample_request(settings, url, key)
-        console.rule("[bold]9/10 traffic after the drift, monitoring (Prefect flow monitor_models), retraining")
+        console.rule("[bold]9/11 traffic after the drift, monitoring (Prefect flow monitor_models), retraining")
         monitored = _demo_drift(settings, url, key, trials)
-        console.rule("[bold]10/10 decisions for the scored customers (POST /decide/batch) and outcomes fed back")
+        console.rule("[bold]10/11 decisions for the scored customers (POST /decide/batch) and outcomes fed back")
         _demo_decisions(settings, url, key, policy_gate)
-    site = build_site(settings)  # again: with the drift reports
+    console.rule("[bold]11/11 measure: the retention-offer experiment and attribution")
+    measured = _demo_measure(settings, world)
+    site = build_site(settings)  # again: with the drift reports and the experiment's report
     console.rule("[bold]where to look")
     console.print(f"- source drop: {world}  (hidden truth: {world / '_truth'})")
     console.print(f"- lake (accepted rows, Parquet): {settings.lake_dir}")
@@ -285,6 +332,13 @@ def demo(
         f"- decisions: policy custintel-nba{' v' + policy_gate['version'] if policy_gate else ' (file)'} and its card "
         f"-> `custintel decisions show`; decision and outcome log {settings.home_dir / 'serving' / 'decisions.db'}"
     )
+    if measured is not None:
+        console.print(
+            f"- experiments: {settings.home_dir / 'experiments'} (specs, reports); the retention offer's report "
+            f"{measured['html']}, MLflow run {measured['mlflow_run_id']} (experiment {measured['mlflow_experiment']}), "
+            f"site page {measured['site']}  "
+            f"-> `custintel experiment analyse {measured['experiment']} --source offer-test`"
+        )
     console.print(f"- serving: `CUSTINTEL_SERVING_API_KEYS=<key> custintel --home {settings.home_dir} serve`, then:")
     console.print(f"  {curl}", soft_wrap=True)
     reports = [d["report"] for d in monitored["decisions"] if d.get("report")]

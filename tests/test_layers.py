@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("custintel", "features", "models", "experiments", "decisions", "governance", "serving", "monitoring", "flows")
+PACKAGES = (
+    "custintel",
+    "features",
+    "models",
+    "experiments",
+    "decisions",
+    "governance",
+    "serving",
+    "monitoring",
+    "flows",
+)
 
 
 def _lint(tree: Path) -> subprocess.CompletedProcess[str]:

@@ -25,8 +25,10 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from custintel.settings import Settings
 from flows.cli import app
 from models.config import LightGBMConfig, ParamRange, TuningConfig
+from models.registry import CHALLENGER, Registry
 from models.tuning import (
     WORKER_ATTR,
     FitClock,
@@ -42,7 +44,7 @@ from models.tuning import (
 )
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
-TRIALS = 5
+TRIALS = 4
 # Trials of 1,500 trees (no early stop before them): long enough that a worker is caught mid-trial.
 CONFIG = LightGBMConfig(
     max_trees=1500,
@@ -89,7 +91,7 @@ def _storage_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> s
 class Interrupter(threading.Thread):
     """Watches the study from outside; signals the worker of the first running trial after `delay` seconds."""
 
-    def __init__(self, url: str, name: str, sig: signal.Signals, delay: float = 0.5, resume_after_fail: bool = False):
+    def __init__(self, url: str, name: str, sig: signal.Signals, delay: float = 0.3, resume_after_fail: bool = False):
         super().__init__(daemon=True)
         self.url, self.name, self.sig, self.delay, self.resume = url, name, sig, delay, resume_after_fail
         self.pid: int | None = None
@@ -137,6 +139,8 @@ def _tune(url: str, tuning: TuningConfig, interrupter_of: signal.Signals, resume
     return tuned, interrupter, optuna.load_study(study_name=name, storage=open_storage(url, tuning))
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["journal", "postgresql"])
 def test_a_study_ends_with_the_requested_complete_trials_when_a_worker_is_killed_mid_trial(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
@@ -173,10 +177,12 @@ def test_a_study_ends_with_the_requested_complete_trials_when_a_worker_is_killed
     assert storage_kind(url) == kind
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_worker_resumed_after_its_trial_was_failed_drops_its_result_in_one_line(tmp_path: Path) -> None:
     """optuna #5582: the suspended worker comes back to a trial already failed; no 'already finished' error."""
     url = f"journal://{tmp_path / 'study.log'}"
-    tuned, stopper, study = _tune(url, _tuning(2, pruning=True), signal.SIGSTOP, resume=True)
+    tuned, stopper, study = _tune(url, _tuning(2), signal.SIGSTOP, resume=True)
 
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == TRIALS
     assert study.trials[stopper.trial_number or 0].state == TrialState.FAIL
@@ -246,3 +252,30 @@ def test_an_unreachable_or_unusable_study_storage_is_one_line_naming_it(tmp_path
 
     result = runner.invoke(app, [*home, "train", "churn", "--tuning-workers", "3"])
     assert result.exit_code == 1 and "--tuning-workers 3 needs a study storage" in result.output
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_training_with_tuning_workers_records_the_study_in_the_run(
+    trainable: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUSTINTEL_TRAINING_CONFIG", str(trainable.training_config))
+    journal = tmp_path / "studies" / "churn.log"
+    journal.parent.mkdir()
+    result = CliRunner().invoke(app, ["--home", str(trainable.home_dir), "train", "churn", "--engine", "local",
+                                      "--tuning-workers", "2", "--study-storage", f"journal://{journal}"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    registry = Registry(trainable)
+    version = registry.alias_version("custintel-churn", CHALLENGER)
+    run = registry.client.get_run(registry.client.get_model_version("custintel-churn", str(version)).run_id)
+    params, metrics = run.data.params, run.data.metrics
+    assert params["tuning_storage"] == "journal" and params["tuning_workers"] == "2"
+    assert params["tuning_study"].startswith("custintel-test-") and params["tuning_study"].endswith("-churn")
+    assert metrics["tuning_completed"] == 2 and metrics["tuning_failed"] == 0 and metrics["tuning_workers"] == 2
+    study = optuna.load_study(
+        study_name=params["tuning_study"], storage=open_storage(f"journal://{journal}", _tuning(1))
+    )
+    workers = {t.user_attrs[WORKER_ATTR] for t in study.trials}
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2 and str(os.getpid()) not in str(workers)
+    assert metrics["test_auc"] > 0.5  # the best trial's parameters, refitted in the parent: a working model

@@ -149,7 +149,7 @@ def tuning_settings(config: Settings, storage: str | None, workers: int | None) 
     """The settings with the study storage and worker count given; an unusable storage is one line, exit 1."""
     import os
 
-    from models.tuning import StudyStorageError, check_storage
+    from models.tuning import StudyStorageError, check_storage, masked_url
 
     if storage is None and workers is None:
         return config
@@ -167,7 +167,8 @@ def tuning_settings(config: Settings, storage: str | None, workers: int | None) 
             check_storage(config.optuna_storage)
         except StudyStorageError as err:
             raise fail(str(err)) from None
-    if storage is not None:  # a flow takes a URL holding a password from its process's environment (to_flow)
+    if storage is not None and masked_url(storage) != storage:
+        # A flow takes a URL holding a password from its process's environment (Settings.to_flow), not its parameters.
         os.environ["CUSTINTEL_OPTUNA_STORAGE"] = storage
     return config
 

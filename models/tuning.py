@@ -349,11 +349,11 @@ def run_study(
     name = label or study.study_name
     if tuning.workers > 1:
         try:
-            pickle.dumps(objective)
+            job = pickle.dumps(WorkerJob(study.study_name, objective, tuning, name), protocol=5)
         except (pickle.PicklingError, AttributeError, TypeError):
             log.info("%s: its objective cannot be sent to worker processes; tuned in this process", name)
         else:
-            return run_study_in_workers(study, objective, tuning, name, metric)
+            return run_study_in_workers(study, job, tuning, name, metric)
     start = time.perf_counter()
     progress = TrialProgress(name, metric, tuning.trials)
     budget = f" within {tuning.timeout_seconds:g} s" if tuning.timeout_seconds else ""
@@ -567,12 +567,14 @@ def _worker_exit(index: int, process: subprocess.Popen[bytes], err_path: Path) -
 
 def run_study_in_workers(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    job: bytes,
     tuning: TuningConfig,
     label: str,
     metric: str = "score",
 ) -> StudySummary:
     """Run the study in `tuning.workers` processes sharing its storage; wait; count its trials.
+
+    `job` is the pickled `WorkerJob` (the objective with its data) every worker loads.
 
     The workers may be killed at any point: the survivors fail a dead worker's running trial once
     its heartbeat is older than the grace period, queue it again, and keep going until the study
@@ -592,8 +594,7 @@ def run_study_in_workers(
     exits: list[WorkerExit] = []
     with tempfile.TemporaryDirectory(prefix="custintel-tuning-") as tmp:
         job_path = Path(tmp) / "job.pkl"
-        with job_path.open("wb") as handle:  # the folder is private to this user (mkdtemp: 0700)
-            pickle.dump(WorkerJob(study.study_name, objective, tuning, label), handle, protocol=5)
+        job_path.write_bytes(job)  # the folder is private to this user (mkdtemp: 0700)
         errs = [Path(tmp) / f"worker-{i}.err" for i in range(tuning.workers)]
         processes = [start_worker(job_path, i, url, errs[i]) for i in range(tuning.workers)]
         # Generous: the budget is checked between trials, and a worker may wait out a grace period.

@@ -39,6 +39,7 @@ from models.tuning import (
     masked_url,
     open_storage,
     run_one_trial,
+    run_study,
     storage_kind,
     tune_lightgbm_classifier,
 )
@@ -279,3 +280,27 @@ def test_training_with_tuning_workers_records_the_study_in_the_run(
     workers = {t.user_attrs[WORKER_ATTR] for t in study.trials}
     assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 2 and str(os.getpid()) not in str(workers)
     assert metrics["test_auc"] > 0.5  # the best trial's parameters, refitted in the parent: a working model
+
+
+def test_of_two_trials_started_at_once_the_later_stands_down_when_enough_are_claimed(tmp_path: Path) -> None:
+    study = create_study("claims", _tuning(1), f"journal://{tmp_path / 'study.log'}")
+    first = study.ask()  # another worker's trial, running: with one trial wanted, it is enough
+    assert run_one_trial(study, lambda trial: 1.0, "claims", wanted=1) == "surplus"
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.FAIL]
+    assert study.trials[1].user_attrs["surplus"] is True
+    study.tell(first, 0.5)
+    assert run_one_trial(study, lambda trial: trial.suggest_float("x", 0, 1), "claims", wanted=3) == "COMPLETE"
+
+
+def test_an_objective_that_cannot_be_sent_to_workers_is_tuned_in_this_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tuning = _tuning(3).model_copy(update={"trials": 3})
+    study = create_study("local", tuning, f"journal://{tmp_path / 'study.log'}")
+    caplog.set_level(logging.INFO, logger="custintel.models")
+    summary = run_study(study, lambda trial: trial.suggest_float("x", 0, 1), tuning, "recommendation")
+    assert summary.completed == 3 and summary.workers == 1
+    assert "recommendation: its objective cannot be sent to worker processes; tuned in this process" in caplog.text
+    with pytest.raises(StudyStorageError, match="3 tuning workers need a study storage"):
+        tune_lightgbm_classifier(_rows(100, 0), _rows(100, 1), CONFIG, tuning, create_study("m", tuning, None),
+                                 FitClock(), label="churn")  # fmt: skip

@@ -120,8 +120,15 @@ class Settings(BaseSettings):
     )
     optuna_storage: str | None = Field(
         default=None,
-        description="Optuna RDB URL (e.g. postgresql+psycopg://...) so several workers share a study; in memory "
+        description="Optuna study storage so several workers share a study: an RDB URL (e.g. "
+        "postgresql+psycopg://...) or journal:///folder/study.log (a journal file on this machine); in memory "
         "when unset.",
+    )
+    tuning_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker processes per Optuna study (overrides the training config's tuning.workers; above 1 "
+        "needs optuna_storage).",
     )
     governance_policy: Path | None = Field(
         default=None,

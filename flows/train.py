@@ -27,7 +27,7 @@ from custintel.settings import Settings
 from features.consent import ConsentTable, read_consent_history
 from flows.retries import io_task
 from models.baselines import add_baselines, add_uplift_baseline
-from models.config import TrainingConfig, TrainingConfigError, load_training_config
+from models.config import TrainingConfig, TrainingConfigError, load_training_config, with_tuning_workers
 from models.consent import ConsentRule, not_applied
 from models.leakage import LeakReport, annotate_schema, guard_own_table
 from models.own_families import OwnPropensity, OwnUplift, own_propensity_table, own_uplift_table
@@ -53,6 +53,7 @@ from models.training import (
     split_seed,
     with_budget,
 )
+from models.tuning import storage_kind
 from monitoring.baseline import labelled_reference
 from monitoring.policy import load_policy as load_monitoring_policy
 
@@ -159,7 +160,8 @@ def run_training(
 
     `shift_months` moves every cutoff later (a retrain on newer data, see `shifted`).
     """
-    config = shifted(with_budget(load_training_config(settings.training_config), trials, timeout), shift_months)
+    config = with_budget(load_training_config(settings.training_config), trials, timeout)
+    config = shifted(with_tuning_workers(config, settings.tuning_workers), shift_months)
     if own is not None:  # the family's own unit only (uplift is planned under the propensity section)
         units = [u for u in plan_units(config, "propensity" if family == "uplift" else family) if u.name == family]
         if not units:
@@ -235,6 +237,10 @@ def run_training(
         seconds["fit_models"] = trained.fit_seconds
         split = split_record(data, seed, own)
         trained.params.update({"split_method": split["method"], "split_seed": seed})
+        if unit.tuning is not None:  # which study, where (never the URL: it may hold a password), how many workers
+            trained.params.update({"tuning_study": f"{prefix}-{unit.name}",
+                                   "tuning_storage": storage_kind(settings.optuna_storage),
+                                   "tuning_workers": unit.tuning.workers})  # fmt: skip
         trained.params.update({"consent": consent["summary"][:500]} if rule is None else excluded.params())
         trained.metrics.update(consent_figures)
         trained.metrics.update({f"split_rows_{k}": float(v) for k, v in split["sizes"].items()})

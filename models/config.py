@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -51,6 +51,33 @@ class TuningConfig(_Strict):
     timeout_seconds: float | None = Field(default=600, gt=0, description="Wall-time budget per study.")
     seed: int = Field(default=0, ge=0, description="Seed of the TPE sampler.")
     pruning: bool = Field(default=True, description="Stop unpromising trials early (median of earlier trials).")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="Worker processes sharing the study (more than 1 needs a study storage: PostgreSQL or journal).",
+    )
+    heartbeat_seconds: int = Field(
+        default=10, ge=1, description="With a study storage: how often a running trial tells it is alive."
+    )
+    grace_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="A running trial silent this long is failed by the next worker (twice the heartbeat when unset).",
+    )
+    retries: int = Field(
+        default=1, ge=0, description="Times a trial whose worker died is run again with the same parameters."
+    )
+
+
+def with_tuning_workers(config: TrainingConfig, workers: int | None) -> TrainingConfig:
+    """The config with every study run by `workers` processes (unchanged when None)."""
+    if workers is None:
+        return config
+    update: dict[str, Any] = {}
+    for name in config.families():
+        section = getattr(config, name)
+        update[name] = section.model_copy(update={"tuning": section.tuning.model_copy(update={"workers": workers})})
+    return config.model_copy(update=update)
 
 
 class TimeSplit(_Strict):

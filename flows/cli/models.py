@@ -13,6 +13,7 @@ from flows.cli import views
 from flows.cli.app import Engine, app, console, expected, fail, run_engine, settings
 
 if TYPE_CHECKING:
+    from custintel.settings import Settings
     from models.own_tables import OwnTable
     from models.table_types import TypedTable
     from models.training import OwnInput
@@ -36,6 +37,22 @@ def train(
     trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials per study (overrides the config).")] = None,
     timeout: Annotated[
         float | None, typer.Option(min=1, help="Seconds per Optuna study (overrides the config).")
+    ] = None,
+    tuning_workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Worker processes sharing each Optuna study (overrides the config; above 1 needs a study storage). "
+            "A killed worker's trial is failed and run again; the study still ends with the requested trials.",
+        ),
+    ] = None,
+    study_storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the Optuna studies live so workers share them: a PostgreSQL URL "
+            "(postgresql+psycopg2://user@host/db) or journal:///folder/study.log (a file, one machine). "
+            "Default: the optuna_storage setting, else in memory.",
+        ),
     ] = None,
     truth: Annotated[
         Path | None,
@@ -123,8 +140,37 @@ def train(
                              "--outcome": outcome, "--product": product, "--split": split})  # fmt: skip
     if own is not None:
         check_own(own)
-    outcomes = run_training(family, engine, trials, timeout, truth, own)
+    tuned = tuning_settings(settings(), study_storage, tuning_workers)
+    outcomes = run_training(family, engine, trials, timeout, truth, own, tuned)
     views.print_training(settings(), outcomes)
+
+
+def tuning_settings(config: Settings, storage: str | None, workers: int | None) -> Settings:
+    """The settings with the study storage and worker count given; an unusable storage is one line, exit 1."""
+    import os
+
+    from models.tuning import StudyStorageError, check_storage, masked_url
+
+    if storage is None and workers is None:
+        return config
+    update: dict[str, Any] = {}
+    if storage is not None:
+        update["optuna_storage"] = storage
+    if workers is not None:
+        update["tuning_workers"] = workers
+    config = config.model_copy(update=update)
+    if (config.tuning_workers or 1) > 1 and not config.optuna_storage:
+        raise fail(f"--tuning-workers {config.tuning_workers} needs a study storage: --study-storage "
+                   "postgresql+psycopg2://user@host/db or journal:///folder/study.log")  # fmt: skip
+    if config.optuna_storage:
+        try:
+            check_storage(config.optuna_storage)
+        except StudyStorageError as err:
+            raise fail(str(err)) from None
+    if storage is not None and masked_url(storage) != storage:
+        # A flow takes a URL holding a password from its process's environment (Settings.to_flow), not its parameters.
+        os.environ["CUSTINTEL_OPTUNA_STORAGE"] = storage
+    return config
 
 
 # Which options each own-table family takes (beyond --table/--interactions): required, then optional.
@@ -226,8 +272,9 @@ def run_training(
     timeout: float | None,
     truth: Path | None,
     own: OwnInput | None,
+    config: Settings | None = None,
 ) -> list[dict[str, Any]]:
-    """Train under the engine; expected errors end the command in one line."""
+    """Train under the engine (with `config`, else this invocation's settings); expected errors are one line."""
     from dataclasses import asdict
 
     from features.featurestore.build import FeatureBuildError
@@ -240,7 +287,7 @@ def run_training(
     from models.splits import SplitError
     from models.tabular import TabularSchemaError
 
-    config = settings()
+    config = config or settings()
     if truth is not None and not truth.is_dir():
         raise fail(f"--truth {truth} is not a folder")
 

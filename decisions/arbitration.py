@@ -612,7 +612,8 @@ class _Matrix:
             return self.withheld[i][a.name]  # type: ignore[index]
         if c == _NOT_PERSUADABLE:
             state = self.states[i]
-            return _not_persuadable(a, float((state.uplift if a.target == "uplift" else state.churn_risk) or 0.0))
+            score = state.uplift if a.target == "uplift" else state.churn_risk
+            return _not_persuadable(a, 0.0 if score is None else float(score))  # -0.0 as `decide` says it
         return _cost_reason(float(self.p[i, j]), float(self.v[i, j]), a)  # _COST
 
     def __post_init__(self) -> None:

@@ -338,7 +338,13 @@ class Decider:
         return answer, logged
 
     def _exposures(self, placement: Placement, logged: LoggedDecision, channel: str) -> list[Exposure]:
-        """The exposures a decision logs: one per experiment arm the customer is in (the log keeps the first)."""
+        """The exposures a decision logs: one per experiment arm the customer is in (the log keeps the first).
+
+        None when the log keeps no customer keys (the audit rule `omit`): an exposure nobody can be found by is
+        of no use to an analysis.
+        """
+        if logged.customer_key is None:
+            return []
         return [
             Exposure(a.experiment, a.version, a.arm, logged.customer_key, logged.decision_id, channel,
                      logged.decided_at)

@@ -3,6 +3,7 @@ the global holdout, and assign_many equal to assign key by key."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from custintel.personal import Subject
@@ -35,6 +38,7 @@ from serving import decision_log
 from serving.decision_log import DecisionLog, Exposure, decision_log_path, expire, new_decision_id, read_exposures
 from serving.experiments import ExperimentSource, holdout_decision
 from serving.personal import DecisionLogStore
+from tests.test_decisions_properties import worlds
 
 KEYS = [f"CUST-{i:06d}" for i in range(100_000)]
 
@@ -278,3 +282,29 @@ def test_the_holdout_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CUSTINTEL_EXPERIMENTS_HOLDOUT", "0.7")
     with pytest.raises(ValueError, match="experiments_holdout"):
         Settings()
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(worlds(), st.data())
+def test_withheld_actions_batch_equals_single_and_never_appear(world: tuple, data: st.DataObject) -> None:
+    """Random customers and arms' withholdings: the batch replays each single decision, and no withheld action is
+    chosen or given a probability (the decision log's distribution stays one OPE can use)."""
+    policy, batch, channel, seed, _ = world
+    names = [a.name for a in policy.actions if a.kind != "none"]
+    withheld = {
+        s.customer_key: {
+            a: f"experiment x arm control withholds {a}" for a in data.draw(st.sets(st.sampled_from(names)))
+        }
+        for s in batch
+    }
+    seeds = [seed + i for i in range(len(batch))]
+    result = decide_batch(policy, batch, channel, TODAY, seed=0, seeds=seeds, capacity={channel: len(batch)},
+                          withheld=withheld)  # fmt: skip
+    for state, d, s in zip(batch, result.decisions, seeds, strict=True):
+        single = decide(policy, state, channel, TODAY, seed=s, withheld=withheld[state.customer_key])
+        assert dataclasses.asdict(d) == dataclasses.asdict(single)
+        gone = set(withheld[state.customer_key])
+        assert not gone & set(d.action_probabilities) and not gone & {c.action for c in d.actions}
+        on_channel = {a.name for a in policy.actions if channel in a.channels}
+        for action in gone & on_channel:
+            assert f"{action}: experiment x arm control withholds {action}" in d.reasons

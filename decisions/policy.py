@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -22,6 +21,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from custintel.settings import Settings
+from custintel.yaml_config import error_message
 
 Channel = Literal["web", "app", "call_centre", "email"]
 Purpose = Literal["profiling", "marketing", "analytics"]
@@ -224,31 +224,6 @@ class DecisionPolicy(_Strict):
         return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
 
 
-_NAMES_FIELD = re.compile(r"^[A-Za-z_][\w\[\].]*: ")
-
-
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    """('actions', 2, 'channels', 0) -> 'actions[2].channels[0]'."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part and part != "[key]":  # a bad mapping key: the path already ends with it
-            path += f".{part}" if path else str(part)
-    return path or "policy"
-
-
-def _message(error: Any) -> str:
-    """One validation error as 'field.path: reason', without pydantic's 'Value error, ' prefix."""
-    msg = str(error["msg"]).removeprefix("Value error, ")
-    loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    # A cross-field check names its own field path ("fallback: ...") below the model it checks.
-    if _NAMES_FIELD.match(msg):
-        head = _field_path(loc)
-        return msg if head == "policy" else f"{head}.{msg}"
-    return f"{_field_path(loc)}: {msg}"
-
-
 def parse_policy(data: Any, origin: str = "policy") -> DecisionPolicy:
     """Validate an already-parsed mapping into a `DecisionPolicy` (PolicyError naming each bad field)."""
     if not isinstance(data, dict):
@@ -256,7 +231,7 @@ def parse_policy(data: Any, origin: str = "policy") -> DecisionPolicy:
     try:
         return DecisionPolicy.model_validate(data)
     except ValidationError as exc:
-        raise PolicyError(f"{origin}: " + "; ".join(_message(e) for e in exc.errors())) from exc
+        raise PolicyError(f"{origin}: " + "; ".join(error_message(e, "policy") for e in exc.errors())) from exc
 
 
 def load_policy(path_or_text: Path | str | None = None) -> DecisionPolicy:

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from custintel.atomic_files import write_text_atomically
 from custintel.file_lock import exclusive_lock
+from custintel.yaml_config import error_message
 from experiments.errors import ExperimentError
 
 if TYPE_CHECKING:
@@ -237,28 +238,6 @@ def spec_hash(spec: ExperimentSpec) -> str:
 
 # --- reading a spec ----------------------------------------------------------------------------------------------
 
-_NAMES_FIELD = re.compile(r"^[A-Za-z_][\w\[\].]*: ")
-
-
-def _field_path(loc: Sequence[int | str]) -> str:
-    """('arms', 1, 'share') -> 'arms[1].share'."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part and not part.startswith("function-"):
-            path += f".{part}" if path else str(part)
-    return path
-
-
-def _message(error: Any) -> str:
-    """One validation error as 'field.path: reason' (a cross-field check names its own field)."""
-    msg = str(error["msg"]).removeprefix("Value error, ")
-    head = _field_path(error["loc"])
-    if _NAMES_FIELD.match(msg):
-        return f"{head}.{msg}" if head else msg
-    return f"{head or 'spec'}: {msg}"
-
 
 def parse_spec(data: Any, origin: str = "spec") -> ExperimentSpec:
     """Validate an already-parsed mapping into an `ExperimentSpec` (ExperimentError naming each bad field)."""
@@ -267,7 +246,7 @@ def parse_spec(data: Any, origin: str = "spec") -> ExperimentSpec:
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as exc:
-        raise ExperimentError(f"spec: {origin}: " + "; ".join(_message(e) for e in exc.errors())) from exc
+        raise ExperimentError(f"spec: {origin}: " + "; ".join(error_message(e, "spec") for e in exc.errors())) from exc
 
 
 def load_spec(path_or_text: Path | str) -> ExperimentSpec:

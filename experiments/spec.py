@@ -125,6 +125,13 @@ class StoppingSpec(_Strict):
     max_days: int = Field(default=28, ge=1, le=366)
 
 
+def _once(what: str, names: list[str]) -> None:
+    """ValueError naming the first name (alphabetically) that appears twice."""
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"{what} {twice[0]!r} appears twice")
+
+
 class ExperimentSpec(_Strict):
     """An experiment as registered: what it tests, on whom, how it is measured and when it stops."""
 
@@ -143,10 +150,7 @@ class ExperimentSpec(_Strict):
     @field_validator("metrics")
     @classmethod
     def _one_primary(cls, value: list[MetricSpec]) -> list[MetricSpec]:
-        names = [m.name for m in value]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"metric {twice[0]!r} appears twice")
+        _once("metric", [m.name for m in value])
         primary = [m.name for m in value if m.primary]
         if len(primary) != 1:
             found = f"{len(primary)} ({', '.join(primary)})" if primary else "none"
@@ -156,10 +160,7 @@ class ExperimentSpec(_Strict):
     @field_validator("arms")
     @classmethod
     def _shares(cls, value: list[ArmSpec]) -> list[ArmSpec]:
-        names = [a.name for a in value]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise ValueError(f"arm {twice[0]!r} appears twice")
+        _once("arm", [a.name for a in value])
         total = math.fsum(a.share for a in value)
         if abs(total - 1.0) > 1e-9:
             raise ValueError(f"the arms' shares sum to {total:g}, not 1")

@@ -489,6 +489,8 @@ def digital_attribution(
     conversions = conversions[pd.to_datetime(conversions["time"]) >= first]
     journeys = build_journeys(touches, conversions, window_days=window_days, end=end)
     table = attribute(journeys)
+    touched = journeys["path"].map(len) > 0
     info = {"journeys": len(journeys), "conversions": int(journeys["converted"].sum()), "touches": len(touches),
+            "touched_conversions": int(journeys.loc[touched, "converted"].sum()),
             "from": str(first.date()), "to": str(end.date()), "window_days": window_days}  # fmt: skip
     return table, info

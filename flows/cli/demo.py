@@ -244,8 +244,9 @@ def _demo_measure(settings: Settings, world: Path) -> dict[str, Any] | None:
         console.print(f"[yellow]no attribution: {exc}[/]")
         return result
     title = (
-        f"{info['conversions']:,} purchases from {info['from']} to {info['to']} credited to the digital touches "
-        f"of the {info['window_days']} days before them ({info['journeys']:,} journeys)"
+        f"{info['conversions']:,} purchases from {info['from']} to {info['to']}; the "
+        f"{info['touched_conversions']:,} with a digital touch in the {info['window_days']} days before them "
+        f"credited to those touches ({info['journeys']:,} journeys)"
     )
     shown = Table(title=title)
     for column in ("channel", "journeys", "last touch", "first touch", "Markov", "Shapley"):

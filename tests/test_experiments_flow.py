@@ -33,7 +33,25 @@ def _cli(settings: Settings, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_offer_test_analysis_report_mlflow_site_and_erasure(trainable: Settings, world: World) -> None:
+def _check_in_chromium(site: Path, tmp_path: Path) -> None:
+    """The experiments page and the report it links, in Debian's headless chromium: loaded, plots drawn, no error."""
+    from tests.test_report_site import _crawl, _serving, chromium
+
+    with _serving(site) as base, chromium(tmp_path) as driver:
+        pages, _, images, severe = _crawl(driver, base)
+        driver.get(base + f"experiments/{NAME}/report.html")
+        drawn = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src').slice(0, 40), i.naturalWidth]);"
+        )
+        shot = tmp_path / "experiment.png"
+        assert driver.save_screenshot(str(shot))
+    assert base + "experiments.html" in pages and base + f"experiments/{NAME}/report.html" in pages, pages
+    assert severe == [], severe
+    assert len(drawn) >= 2 and all(width > 100 for _, width in drawn), drawn  # the lift and cumulative plots
+    assert shot.stat().st_size > 20_000
+
+
+def test_offer_test_analysis_report_mlflow_site_and_erasure(trainable: Settings, world: World, tmp_path: Path) -> None:
     settings = trainable
     _register(settings)
     result = analyse_experiment(settings, NAME, source="offer-test", mode="fixed", truth_dir=world.truth)
@@ -69,6 +87,7 @@ def test_offer_test_analysis_report_mlflow_site_and_erasure(trainable: Settings,
     assert (site.parent / "experiments" / NAME / "report.html").is_file()
     assert 'href="experiments.html"' in (site.parent / "index.html").read_text()
     assert find_site_problems(site.parent) == []
+    _check_in_chromium(site.parent, tmp_path)
 
     # an erased customer leaves the analysis without breaking it
     erased = str(units["unit"].iloc[0])

@@ -46,6 +46,8 @@ def _aligned(frame: pd.DataFrame, keys: pd.Index, name: str) -> pd.DataFrame:
     """Rows of `frame` in the order of `keys`: by customer key when it carries them, else by position."""
     if "customer_key" in frame.columns:
         frame = frame.set_index("customer_key")
+    if frame.index.dtype == object and frame.index.equals(keys):  # keyed, in order already (the service's)
+        return frame
     if not isinstance(frame.index, pd.RangeIndex):
         frame.index = frame.index.astype(str)
         if frame.index.has_duplicates:
@@ -87,7 +89,8 @@ def _signals(policy: DecisionPolicy, features: pd.DataFrame) -> list[dict[str, f
     if not present:
         return [{} for _ in range(n)]
     names = list(present)
-    values = features[[present[s] for s in names]].to_numpy(dtype=float).tolist()
+    # column by column: a multi-column selection copies the frame's blocks first
+    values = np.column_stack([features[present[s]].to_numpy(dtype=float) for s in names]).tolist()
     return [{s: v for s, v in zip(names, row, strict=True) if not math.isnan(v)} for row in values]
 
 

@@ -400,7 +400,45 @@ def _work_profile(p: dict[str, Any]) -> dict[str, Any]:
         )
     finally:
         runtime.close()
+    if p.get("decide_keys_file"):
+        sizes = ((1, p["single_repeats"] // 5), (p["batch"], max(1, p["batch_repeats"] // 2)))
+        out["decisions"] = _profile_decisions(p["home"], p["decide_keys_file"], sizes)
     return {"seconds": time.perf_counter() - t0, **out}
+
+
+def _profile_decisions(home: str, keys_file: str, sizes: tuple[tuple[int, int], ...]) -> dict[str, Any]:
+    """Milliseconds per call of a decision's two halves, in process: `Decider.states` and the arbitration.
+
+    With the service's `Runtime` (every champion) and `Decider` (the policy it serves); nothing is
+    written (the states read the decision log's history, the arbitration is pure). Per single customer
+    and per campaign of the size given (on email).
+    """
+    from decisions.arbitration import decide_batch
+    from serving.decisions import Decider
+    from serving.policy import load_serving_policy
+    from serving.runtime import Runtime
+
+    settings = _settings({"home": home})
+    runtime = Runtime(settings, load_serving_policy(settings.serving_policy))
+    decider = Decider(runtime)
+    keys: list[str] = json.loads(Path(keys_file).read_text(encoding="utf-8"))
+    policy, today = decider.policies.current.policy, dt.date.today()
+    out: dict[str, Any] = {}
+    try:
+        for size, repeats in sizes:
+            picked = keys[:size]
+            states, _, _ = decider.states(policy, picked, today)  # the first call checks each model's fast route
+            out["single" if size == 1 else f"batch x{size}"] = {
+                "states (Decider.states)": round(_timed(lambda: decider.states(policy, picked, today), repeats), 4),  # noqa: B023
+                "arbitration (decide_batch)": round(
+                    _timed(lambda: decide_batch(policy, states, "email", today, seed=1), repeats),  # noqa: B023
+                    4,
+                ),
+            }
+    finally:
+        decider.close()
+        runtime.close()
+    return out
 
 
 def _agreement(shap: Any, path: Any, k: int) -> dict[str, Any]:
@@ -636,7 +674,9 @@ async def _load(p: dict[str, Any]) -> dict[str, Any]:
 
     async def connection(cid: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", p["port"])
-        j = cid * 97
+        # Each connection starts at its own share of the keys when asked (`spread`): /decide's customers are then
+        # decided about once a level, not once per connection (caps and cool-downs would turn repeats into fallbacks).
+        j = cid * max(97, len(requests) // concurrency) if p.get("spread") else cid * 97
         try:
             while time.perf_counter() < stop:
                 request = requests[j % len(requests)]
@@ -1082,11 +1122,20 @@ def _analyse_decide(runs: list[dict[str, Any]], args: argparse.Namespace) -> dic
         if kind not in DECIDE_KINDS:
             continue
         rs = [r["result"] for r in runs if r["contender"] == "A" and r["kind"] == kind and r["concurrency"] == c]
-        rate: Callable[[dict[str, Any]], float] = (lambda r: r["throughput"]) if kind == "decide" else (
+        # A campaign's customers/s: its size over the mean call (one call in flight), which a 10 s window holding
+        # one or two 10,000-customer calls would round; /decide's: answers in the window, as /churn/score's.
+        size = c
+
+        def per_call(r: dict[str, Any], size: int = size) -> float:
+            mean = r["latency_ms"]["mean"]
+            return size * 1000 / mean if mean > 0 else float("nan")
+
+        rate: Callable[[dict[str, Any]], float] = (lambda r: r["throughput"]) if kind == "decide" else per_call
+        base_rate: Callable[[dict[str, Any]], float] = (lambda r: r["throughput"]) if kind == "decide" else (
             lambda r: r["rows_per_s"])  # fmt: skip
         mine = _per_repeat(runs, kind, c, rate)
         base_kind, base_c = ("single", c) if kind == "decide" else ("batch", churn_batch)
-        base = _per_repeat(runs, base_kind, base_c, rate) if base_c is not None else {}
+        base = _per_repeat(runs, base_kind, base_c, base_rate) if base_c is not None else {}
         p99 = _per_repeat(runs, kind, c, lambda r: r["latency_ms"]["p99"])
         base_p99 = _per_repeat(runs, base_kind, base_c, lambda r: r["latency_ms"]["p99"]) if base_c is not None else {}
         ratios = [mine[i] / base[i] for i in mine if base.get(i)]
@@ -1131,13 +1180,22 @@ def _f(x: float | None, spec: str = ",.1f") -> str:
 
 def _print_profile(console: Console, profile: dict[str, Any]) -> None:
     t = Table(title="In process: milliseconds per call (best of 3 rounds)")
-    kinds = [k for k, v in profile.items() if isinstance(v, dict) and k != "agreement"]
+    kinds = [k for k, v in profile.items() if isinstance(v, dict) and k not in ("agreement", "decisions")]
     t.add_column("piece")
     for kind in kinds:
         t.add_column(kind, justify="right")
     for piece in profile[kinds[0]]:
         t.add_row(piece, *(_f(profile[k].get(piece), ".3f") for k in kinds))
     console.print(t)
+    if profile.get("decisions"):
+        d = profile["decisions"]
+        td = Table(title="In process: a decision's halves, milliseconds per call (best of 3 rounds)")
+        td.add_column("piece")
+        for kind in d:
+            td.add_column(kind, justify="right")
+        for piece in next(iter(d.values())):
+            td.add_row(piece, *(_f(d[k].get(piece), ".3f") for k in d))
+        console.print(td)
     a = profile["agreement"]
     console.print(
         "Path attribution against TreeSHAP on "
@@ -1408,7 +1466,8 @@ def _run(session: Session) -> None:
                 "where the milliseconds go, in process",
                 {"home": str(home), "keys_file": str(keys_file), "batch": args.batch_size,
                  "single_repeats": 200 if args.quick else 1000, "batch_repeats": 3 if args.quick else 10,
-                 "agreement_rows": min(args.keys, 4000)},
+                 "agreement_rows": min(args.keys, 4000),
+                 "decide_keys_file": str(decide_file) if args.decide else None},
             ).data  # fmt: skip
             session.record["profile"] = profile
             _print_profile(console, profile)
@@ -1456,6 +1515,7 @@ def _run(session: Session) -> None:
                     if kind in DECIDE_KINDS:
                         params["fields"] = {"channel": DECIDE_CHANNEL if kind == "decide" else CAMPAIGN_CHANNEL}
                         params["campaign"] = kind == "decide_batch"
+                        params["spread"] = True
                         params["count"] = {"fallback": '"fallback":true', "explored": '"explored":true'}
                         if args.home is None:  # the benchmark's own home: no history carried from level to level
                             _clear_decisions(home)

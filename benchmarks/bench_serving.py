@@ -43,11 +43,38 @@ at every concurrency, A's p99 <= 10 ms at concurrency 8 (issue 7: < 25 ms), A's 
 rows/s (the best batch level). Before the servers start, a child profiles the service's pieces in process
 (`_work_profile`; `--no-profile` skips it) and measures how often path attribution names TreeSHAP's top reasons.
 
-/decide (issue 21, not on main when this was written): the client takes `fields`, merged into each
-customer's body (`{"channel": "web"}`), with `path` and `marker`; levels for /decide at c = 1, 8, 32 and
-/decide/batch are a `params` change in `_run`'s loop plus a marker of a decided answer.
+/decide and /decide/batch (issue 21), on A only, in the same run: right after /churn/score at each concurrency,
+/decide for one customer on call_centre at that concurrency (each connection starting on its own share of the
+customers, so a customer is decided about once a level); after the churn batches, /decide/batch on email with
+campaigns of --decide-batch customers (1,000 and 10,000), one call in flight. The customers: every customer with
+online features (consent is the arbitration's own rule). A runs with copies of the shipped serving policy
+(max_batch raised to the largest campaign) and of the packaged decision policy (each channel's daily capacity
+raised, so none of the run's many campaigns is cut by what the earlier ones used), and the decision log of the
+benchmark's own home is emptied before every decision level (caps and cool-downs would otherwise carry over).
+Each answer is checked (a decided status per customer); the shares of fallbacks and explored decisions are
+printed. Ratios: against A's /churn/score at the same concurrency and repeat, a campaign's customers/s (its size
+over its mean call time) against the churn batch's rows/s. Targets: /decide p99 < 15 ms at c=8, every campaign
+>= 10,000 customers/s. The in-process profile also times a decision's two halves (`Decider.states`, the
+arbitration) for one customer and for a campaign.
 Results go to benchmarks/results/serving-<time>.json (server logs to <work>/runs/<time>/). Exit code 0,
 1 when a target is missed or a request failed, 2 when setup, a server or the client failed.
+
+Measured, decisions (issue 21, 2026-12-05 22:10 UTC, full run, one worker, load average 4.4-7.9 from other sessions,
+the fixed loop 0.34 s at the start and 0.17 s at the end; demo champions: churn 29 trees, propensity 80, uplift an
+X-learner of 4 x 150):
+
+    level              throughput          p50 / p99 ms       srv CPU          against /churn/score (same run)
+    /decide c=1        172 req/s           4.9 / 18.4         4.1 ms/req       748 req/s, p99 6.9 ms
+    /decide c=8        230 req/s           31.9 / 92.2        4.1 ms/req       966 req/s, p99 25.9 ms
+    /decide c=32       249 req/s           123.8 / 226.1      4.1 ms/req       998 req/s, p99 64.4 ms
+    campaign x1,000    1,887 customers/s   471 / 1,190        397 ms/1,000     21,950 rows/s (batch c=1)
+    campaign x10,000   2,014 customers/s   5,044 / 5,299      415 ms/1,000
+
+Targets /decide p99 < 15 ms at c=8 and >= 10,000 customers/s: not met. In process (CPU, best of 3, old and new
+code alternating): `Decider.states` 322-339 -> 212-264 ms per 1,000 customers, 2.8 -> 1.4-1.6 ms for one;
+what is left per 1,000: the propensity champion on ~60,000 (customer, product) rows (LightGBM, 80 trees) about
+half, then the online-store read and parse, `customer_states`' mappings, consent, the uplift boosters; per
+campaign of 1,000 the arbitration adds ~50 ms, the answers and the decision log's 1,000 rows ~100 ms.
 
 Measured (issue 21, 2026-12-05, 10 s per level after 3 s warm-up, 2 alternating repeats, one worker, load
 average 5-8 from other sessions): with the demo's world and budget the champion has 29 trees (the issue's
@@ -411,9 +438,9 @@ def _profile_decisions(home: str, keys_file: str, sizes: tuple[tuple[int, int], 
 
     With the service's `Runtime` (every champion) and `Decider` (the policy it serves); nothing is
     written (the states read the decision log's history, the arbitration is pure). Per single customer
-    and per campaign of the size given (on email).
+    (`decide` on call_centre, as /decide) and per campaign of the size given (`decide_batch` on email).
     """
-    from decisions.arbitration import decide_batch
+    from decisions.arbitration import decide, decide_batch
     from serving.decisions import Decider
     from serving.policy import load_serving_policy
     from serving.runtime import Runtime
@@ -428,12 +455,14 @@ def _profile_decisions(home: str, keys_file: str, sizes: tuple[tuple[int, int], 
         for size, repeats in sizes:
             picked = keys[:size]
             states, _, _ = decider.states(policy, picked, today)  # the first call checks each model's fast route
+            arbitrate: Callable[[], Any]
+            if size == 1:  # a live decision (/decide): `decide` of the one state, on call_centre
+                arbitrate = lambda: decide(policy, states[0], "call_centre", today, seed=1)  # noqa: B023, E731
+            else:  # a campaign (/decide/batch): `decide_batch` on email
+                arbitrate = lambda: decide_batch(policy, states, "email", today, seed=1)  # noqa: B023, E731
             out["single" if size == 1 else f"batch x{size}"] = {
                 "states (Decider.states)": round(_timed(lambda: decider.states(policy, picked, today), repeats), 4),  # noqa: B023
-                "arbitration (decide_batch)": round(
-                    _timed(lambda: decide_batch(policy, states, "email", today, seed=1), repeats),  # noqa: B023
-                    4,
-                ),
+                "arbitration (decide / decide_batch)": round(_timed(arbitrate, repeats), 4),
             }
     finally:
         decider.close()

@@ -133,11 +133,15 @@ def customer_states(
     """
     if "customer_key" not in features.columns:
         raise StatesError("features: needs a customer_key column")
-    keys = features["customer_key"].astype(str)
-    if keys.duplicated().any():
-        raise StatesError(f"features: customer key {keys[keys.duplicated()].iloc[0]!r} appears more than once")
-    n = len(keys)
-    key_list = keys.tolist()
+    given = features["customer_key"].tolist()
+    key_list = given if all(type(k) is str for k in given) else [str(k) for k in features["customer_key"].astype(str)]
+    n = len(key_list)
+    if len(set(key_list)) != n:
+        seen: set[str] = set()
+        for k in key_list:  # the first key seen a second time
+            if k in seen:
+                raise StatesError(f"features: customer key {k!r} appears more than once")
+            seen.add(k)
     index = pd.Index(key_list)
     risks = _floats_or_none(churn_risk, n, "churn_risk")
     uplifts = _floats_or_none(uplift, n, "uplift")

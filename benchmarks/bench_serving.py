@@ -59,16 +59,16 @@ arbitration) for one customer and for a campaign.
 Results go to benchmarks/results/serving-<time>.json (server logs to <work>/runs/<time>/). Exit code 0,
 1 when a target is missed or a request failed, 2 when setup, a server or the client failed.
 
-Measured, decisions (issue 21, 2026-12-05 22:10 UTC, full run, one worker, load average 4.4-7.9 from other sessions,
-the fixed loop 0.34 s at the start and 0.17 s at the end; demo champions: churn 29 trees, propensity 80, uplift an
+Measured, decisions (issue 21, 2026-12-05 22:27 UTC, full run, one worker, load average 5.2 from other sessions,
+the fixed loop 0.46 s at the start and 0.17 s at the end; demo champions: churn 29 trees, propensity 80, uplift an
 X-learner of 4 x 150):
 
     level              throughput          p50 / p99 ms       srv CPU          against /churn/score (same run)
-    /decide c=1        172 req/s           4.9 / 18.4         4.1 ms/req       748 req/s, p99 6.9 ms
-    /decide c=8        230 req/s           31.9 / 92.2        4.1 ms/req       966 req/s, p99 25.9 ms
-    /decide c=32       249 req/s           123.8 / 226.1      4.1 ms/req       998 req/s, p99 64.4 ms
-    campaign x1,000    1,887 customers/s   471 / 1,190        397 ms/1,000     21,950 rows/s (batch c=1)
-    campaign x10,000   2,014 customers/s   5,044 / 5,299      415 ms/1,000
+    /decide c=1        225 req/s           3.4 / 13.4         3.2 ms/req       950 req/s, p99 4.8 ms
+    /decide c=8        278 req/s           26.2 / 67.0        3.6 ms/req       1,079 req/s, p99 19.4 ms
+    /decide c=32       300 req/s           103.6 / 183.9      3.3 ms/req       1,121 req/s, p99 98.5 ms
+    campaign x1,000    1,742 customers/s   599 / 874          377 ms/1,000     22,250 rows/s (batch c=1)
+    campaign x10,000   2,138 customers/s   4,735 / 4,862      336 ms/1,000
 
 Targets /decide p99 < 15 ms at c=8 and >= 10,000 customers/s: not met. In process (CPU, best of 3, old and new
 code alternating): `Decider.states` 322-339 -> 212-264 ms per 1,000 customers, 2.8 -> 1.4-1.6 ms for one;

@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # ... and its 20 s start-up limit is too short on a busy 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-monitor bench-drift bench-recommend bench-erase clean
+.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-decide bench-monitor bench-drift bench-recommend bench-erase clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,9 @@ bench-recommend: install
 
 bench-serve: install
 	$(BIN)/python -m benchmarks.bench_serving
+
+bench-decide: install
+	$(BIN)/python -m benchmarks.bench_decide
 
 bench-drift: install
 	$(BIN)/python -m benchmarks.bench_drift

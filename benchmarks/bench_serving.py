@@ -43,11 +43,38 @@ at every concurrency, A's p99 <= 10 ms at concurrency 8 (issue 7: < 25 ms), A's 
 rows/s (the best batch level). Before the servers start, a child profiles the service's pieces in process
 (`_work_profile`; `--no-profile` skips it) and measures how often path attribution names TreeSHAP's top reasons.
 
-/decide (issue 21, not on main when this was written): the client takes `fields`, merged into each
-customer's body (`{"channel": "web"}`), with `path` and `marker`; levels for /decide at c = 1, 8, 32 and
-/decide/batch are a `params` change in `_run`'s loop plus a marker of a decided answer.
+/decide and /decide/batch (issue 21), on A only, in the same run: right after /churn/score at each concurrency,
+/decide for one customer on call_centre at that concurrency (each connection starting on its own share of the
+customers, so a customer is decided about once a level); after the churn batches, /decide/batch on email with
+campaigns of --decide-batch customers (1,000 and 10,000), one call in flight. The customers: every customer with
+online features (consent is the arbitration's own rule). A runs with copies of the shipped serving policy
+(max_batch raised to the largest campaign) and of the packaged decision policy (each channel's daily capacity
+raised, so none of the run's many campaigns is cut by what the earlier ones used), and the decision log of the
+benchmark's own home is emptied before every decision level (caps and cool-downs would otherwise carry over).
+Each answer is checked (a decided status per customer); the shares of fallbacks and explored decisions are
+printed. Ratios: against A's /churn/score at the same concurrency and repeat, a campaign's customers/s (its size
+over its mean call time) against the churn batch's rows/s. Targets: /decide p99 < 15 ms at c=8, every campaign
+>= 10,000 customers/s. The in-process profile also times a decision's two halves (`Decider.states`, the
+arbitration) for one customer and for a campaign.
 Results go to benchmarks/results/serving-<time>.json (server logs to <work>/runs/<time>/). Exit code 0,
 1 when a target is missed or a request failed, 2 when setup, a server or the client failed.
+
+Measured, decisions (issue 21, 2026-12-05 22:27 UTC, full run, one worker, load average 5.2 from other sessions,
+the fixed loop 0.46 s at the start and 0.17 s at the end; demo champions: churn 29 trees, propensity 80, uplift an
+X-learner of 4 x 150):
+
+    level              throughput          p50 / p99 ms       srv CPU          against /churn/score (same run)
+    /decide c=1        225 req/s           3.4 / 13.4         3.2 ms/req       950 req/s, p99 4.8 ms
+    /decide c=8        278 req/s           26.2 / 67.0        3.6 ms/req       1,079 req/s, p99 19.4 ms
+    /decide c=32       300 req/s           103.6 / 183.9      3.3 ms/req       1,121 req/s, p99 98.5 ms
+    campaign x1,000    1,742 customers/s   599 / 874          377 ms/1,000     22,250 rows/s (batch c=1)
+    campaign x10,000   2,138 customers/s   4,735 / 4,862      336 ms/1,000
+
+Targets /decide p99 < 15 ms at c=8 and >= 10,000 customers/s: not met. In process (CPU, best of 3, old and new
+code alternating): `Decider.states` 322-339 -> 212-264 ms per 1,000 customers, 2.8 -> 1.4-1.6 ms for one;
+what is left per 1,000: the propensity champion on ~60,000 (customer, product) rows (LightGBM, 80 trees) about
+half, then the online-store read and parse, `customer_states`' mappings, consent, the uplift boosters; per
+campaign of 1,000 the arbitration adds ~50 ms, the answers and the decision log's 1,000 rows ~100 ms.
 
 Measured (issue 21, 2026-12-05, 10 s per level after 3 s warm-up, 2 alternating repeats, one worker, load
 average 5-8 from other sessions): with the demo's world and budget the champion has 29 trees (the issue's
@@ -137,12 +164,22 @@ TARGET_BATCH_ROWS = 20_000.0
 STAGES = ("generate", "ingest", "resolve", "features", "train")
 # A cached stage made by an older version of its step is made again (with every stage after it). features 2:
 # the online sets record their columns, which the service needs to read only the sets a model uses.
-STAGE_VERSIONS = {"features": 2, "train": 2}  # train 2: every family is served (the batch limits phase)
+# train 2: every family is served (the batch limits phase); train 3: uplift promoted too (/decide reads it).
+STAGE_VERSIONS = {"features": 2, "train": 3}
 BATCH_ENDPOINTS = ("/churn/score/batch", "/propensity/score/batch", "/recommend/batch")
 LIMIT_SHARE = 0.5  # the largest allowed batch must answer within this share of the service's timeout
 MARKERS = {"A": '"status":"scored"', "B": '"score":'}  # once per scored row in each server's answer
 NAMES = {"A": "A service (BentoML)", "B": "B bare FastAPI"}
 QUICK = {"duration": 3.0, "warmup": 1.0, "repeats": 1, "limit_calls": 1}  # --quick: a check that every level runs
+# Issue 21's decisions: /decide (a live interaction on the agent desktop's channel, not held to capacity) at the
+# single-request concurrencies, /decide/batch (a campaign on email) at each campaign size, both on server A only.
+DECIDE_CHANNEL = "call_centre"
+CAMPAIGN_CHANNEL = "email"
+DECIDE_MARKER = '"status":"decided"'  # once per decided customer
+DECIDE_KINDS = ("decide", "decide_batch")
+TARGET_DECIDE_P99_MS = 15.0  # /decide at concurrency 8
+TARGET_DECIDE_PER_S = 10_000.0  # batch decisions, customers per second
+CAMPAIGN_CAPACITY = 10**9  # each channel's daily capacity in the benchmark's copy of the decision policy
 
 
 # --------------------------------------------------------------------------- child side: setup
@@ -220,7 +257,7 @@ def _work_train(p: dict[str, Any]) -> dict[str, Any]:
     registry = Registry(settings)
     for o in outcomes:
         for r in o.registered:
-            if r["name"] and r["version"] is not None and o.family != "uplift":
+            if r["name"] and r["version"] is not None:  # uplift too: /decide targets the retention offer by it
                 store.move_champion(registry, r["name"], str(r["version"]), "bench_serving")
     return {
         "seconds": time.perf_counter() - t0,
@@ -248,12 +285,18 @@ def _work_keys(p: dict[str, Any]) -> dict[str, Any]:
     counts = {"checked": 0, "no_features": 0, "suppressed": 0, "masked": 0}
     keys: list[str] = []
     today = dt.date.today()
+    decide: list[str] = []  # /decide's customers: every customer with online features (consent is its own rule)
     with open_online_store(settings) as online:
         for key in candidates:
-            if len(keys) >= p["n"]:
+            if len(keys) >= p["n"] and len(decide) >= p.get("decide_n", 0):
                 break
+            known = online.lookup(key) is not None
+            if known and len(decide) < p.get("decide_n", 0):
+                decide.append(key)
+            if len(keys) >= p["n"]:
+                continue
             counts["checked"] += 1
-            if online.lookup(key) is None:
+            if not known:
                 counts["no_features"] += 1
                 continue
             reason, masked = decide_consent(consent.lookup(key), policy.purposes.churn, policy, today)
@@ -264,6 +307,9 @@ def _work_keys(p: dict[str, Any]) -> dict[str, Any]:
     if len(keys) < p["min"]:
         raise RuntimeError(f"only {len(keys)} customers can be scored ({counts}); need {p['min']}")
     Path(p["out"]).write_text(json.dumps(keys), encoding="utf-8")
+    if p.get("decide_out"):
+        Path(p["decide_out"]).write_text(json.dumps(decide), encoding="utf-8")
+        counts["decide_keys"] = len(decide)
     return {"seconds": time.perf_counter() - t0, "keys": len(keys), **counts, "model": _describe_champion(settings)}
 
 
@@ -381,7 +427,47 @@ def _work_profile(p: dict[str, Any]) -> dict[str, Any]:
         )
     finally:
         runtime.close()
+    if p.get("decide_keys_file"):
+        sizes = ((1, p["single_repeats"] // 5), (p["batch"], max(1, p["batch_repeats"] // 2)))
+        out["decisions"] = _profile_decisions(p["home"], p["decide_keys_file"], sizes)
     return {"seconds": time.perf_counter() - t0, **out}
+
+
+def _profile_decisions(home: str, keys_file: str, sizes: tuple[tuple[int, int], ...]) -> dict[str, Any]:
+    """Milliseconds per call of a decision's two halves, in process: `Decider.states` and the arbitration.
+
+    With the service's `Runtime` (every champion) and `Decider` (the policy it serves); nothing is
+    written (the states read the decision log's history, the arbitration is pure). Per single customer
+    (`decide` on call_centre, as /decide) and per campaign of the size given (`decide_batch` on email).
+    """
+    from decisions.arbitration import decide, decide_batch
+    from serving.decisions import Decider
+    from serving.policy import load_serving_policy
+    from serving.runtime import Runtime
+
+    settings = _settings({"home": home})
+    runtime = Runtime(settings, load_serving_policy(settings.serving_policy))
+    decider = Decider(runtime)
+    keys: list[str] = json.loads(Path(keys_file).read_text(encoding="utf-8"))
+    policy, today = decider.policies.current.policy, dt.date.today()
+    out: dict[str, Any] = {}
+    try:
+        for size, repeats in sizes:
+            picked = keys[:size]
+            states, _, _ = decider.states(policy, picked, today)  # the first call checks each model's fast route
+            arbitrate: Callable[[], Any]
+            if size == 1:  # a live decision (/decide): `decide` of the one state, on call_centre
+                arbitrate = lambda: decide(policy, states[0], "call_centre", today, seed=1)  # noqa: B023, E731
+            else:  # a campaign (/decide/batch): `decide_batch` on email
+                arbitrate = lambda: decide_batch(policy, states, "email", today, seed=1)  # noqa: B023, E731
+            out["single" if size == 1 else f"batch x{size}"] = {
+                "states (Decider.states)": round(_timed(lambda: decider.states(policy, picked, today), repeats), 4),  # noqa: B023
+                "arbitration (decide / decide_batch)": round(_timed(arbitrate, repeats), 4),
+            }
+    finally:
+        decider.close()
+        runtime.close()
+    return out
 
 
 def _agreement(shap: Any, path: Any, k: int) -> dict[str, Any]:
@@ -575,7 +661,13 @@ def _requests(p: dict[str, Any]) -> list[bytes]:
     keys: list[str] = json.loads(Path(p["keys_file"]).read_text(encoding="utf-8"))
     fields = p.get("fields") or {}  # more fields of each customer's body (the hook for /decide: {"channel": "web"})
     bodies: list[dict[str, Any]]
-    if p["batch"]:
+    if p["batch"] and p.get("campaign"):  # /decide/batch: {"customer_keys": [...], **fields}, distinct keys a call
+        b = p["batch"]
+        bodies = [
+            {"customer_keys": [keys[(j * b + i) % len(keys)] for i in range(b)], **fields}
+            for j in range(max(1, len(keys) // b))
+        ]
+    elif p["batch"]:
         b = p["batch"]
         bodies = [
             {"customers": [{"customer_key": keys[(j * b + i) % len(keys)], **fields} for i in range(b)]}
@@ -603,13 +695,17 @@ async def _load(p: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     measure_from = start + p["warmup"]
     stop = measure_from + p["duration"]
+    counted = {name: text.encode() for name, text in (p.get("count") or {}).items()}  # shares of rows, reported
     done: list[tuple[float, float, int]] = []  # (sent, answered, rows) of good answers
+    tallies: list[tuple[float, tuple[int, ...]]] = []  # (answered, counts of each `counted` text) of good answers
     failures: list[tuple[float, str]] = []  # (when, what)
     readings: dict[str, Any] = {}
 
     async def connection(cid: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", p["port"])
-        j = cid * 97
+        # Each connection starts at its own share of the keys when asked (`spread`): /decide's customers are then
+        # decided about once a level, not once per connection (caps and cool-downs would turn repeats into fallbacks).
+        j = cid * max(97, len(requests) // concurrency) if p.get("spread") else cid * 97
         try:
             while time.perf_counter() < stop:
                 request = requests[j % len(requests)]
@@ -626,6 +722,8 @@ async def _load(p: dict[str, Any]) -> dict[str, Any]:
                 rows = body.count(marker)
                 if status == 200 and rows == expected:
                     done.append((sent, answered, rows))
+                    if counted:
+                        tallies.append((answered, tuple(body.count(t) for t in counted.values())))
                 else:
                     failures.append((answered, f"HTTP {status}, {rows}/{expected} rows: {body[:160]!r}"))
                 if close:
@@ -649,7 +747,10 @@ async def _load(p: dict[str, Any]) -> dict[str, Any]:
     (s0, (b0, t0), c0), (s1, (b1, t1), c1) = readings["start"], readings["end"]
     n = len(window)
     rows = sum(r for _, _, r in window)
+    in_window = [t for a, t in tallies if measure_from <= a <= stop]
+    shares = {name: sum(t[i] for t in in_window) / rows if rows else float("nan") for i, name in enumerate(counted)}
     return {
+        "counted": shares,
         "seconds": p["duration"],
         "requests": n,
         "rows": rows,
@@ -858,13 +959,60 @@ def _log_lines(home: Path) -> int:
     return total
 
 
+def _bench_policies(run_dir: Path, campaign_max: int) -> dict[str, str]:
+    """Server A's policies: the shipped ones, with the largest campaign allowed and capacity that never runs out.
+
+    The serving policy's `max_batch` is raised to the largest campaign (1,000 shipped), nothing else.
+    The packaged decision policy's daily capacity per channel is raised so that the run's many
+    campaigns, to the same customers on one day, each decide as the day's first campaign would (the
+    shipped email capacity, 20,000, does not bind a first campaign of 10,000 either); its actions,
+    caps, cool-downs, exploration and equity floor are the packaged ones.
+    """
+    import yaml
+
+    serving = yaml.safe_load((ROOT / "serving" / "policy.yaml").read_text(encoding="utf-8"))
+    serving["max_batch"] = max(int(serving.get("max_batch", 1000)), campaign_max)
+    decision = yaml.safe_load((ROOT / "decisions" / "policy.yaml").read_text(encoding="utf-8"))
+    decision["capacity"] = dict.fromkeys(decision.get("capacity", {}), CAMPAIGN_CAPACITY)
+    out = {"CUSTINTEL_SERVING_POLICY": run_dir / "serving-policy.yaml",
+           "CUSTINTEL_DECISION_POLICY": run_dir / "decision-policy.yaml"}  # fmt: skip
+    out["CUSTINTEL_SERVING_POLICY"].write_text(yaml.safe_dump(serving, sort_keys=False), encoding="utf-8")
+    out["CUSTINTEL_DECISION_POLICY"].write_text(yaml.safe_dump(decision, sort_keys=False), encoding="utf-8")
+    return {k: str(v) for k, v in out.items()}
+
+
+def _clear_decisions(home: Path) -> int:
+    """Empty the decision log of the benchmark's own home (outcomes first): every decide level starts from no history.
+
+    Otherwise the same customers, decided thousands of times a minute, would be capped and cooled down
+    after a few seconds and their history would grow without bound. Returns the decisions removed.
+    """
+    import sqlite3
+
+    path = home / "serving" / "decisions.db"
+    if not path.is_file():
+        return 0
+    con = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        con.execute("PRAGMA busy_timeout = 30000")
+        (n,) = con.execute("SELECT count(*) FROM decisions").fetchone()
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("DELETE FROM outcomes")
+        con.execute("DELETE FROM decisions")
+        con.execute("COMMIT")
+        return int(n)
+    finally:
+        con.close()
+
+
 def _start_servers(
-    home: Path, run_dir: Path, poll_seconds: float | None, bare_threads: int | None, workers: int
-) -> dict[str, Server]:
+    home: Path, run_dir: Path, poll_seconds: float | None, bare_threads: int | None, workers: int,
+    policies: dict[str, str] | None = None,
+) -> dict[str, Server]:  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTINTEL_")}
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     a_env = {**env, "CUSTINTEL_HOME": str(home), "CUSTINTEL_SERVING_API_KEYS": API_KEY,
-             "CUSTINTEL_SERVING_WORKERS": str(workers)}  # fmt: skip
+             "CUSTINTEL_SERVING_WORKERS": str(workers), **(policies or {})}  # fmt: skip
     if poll_seconds is not None:
         a_env["CUSTINTEL_SERVING_POLL_SECONDS"] = str(poll_seconds)
     custintel = str(Path(sys.executable).with_name("custintel"))
@@ -896,13 +1044,27 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+_PATHS = {"single": "/churn/score", "batch": "/churn/score/batch", "decide": "/decide",
+          "decide_batch": "/decide/batch"}  # fmt: skip
+
+
 def _levels(args: argparse.Namespace) -> list[tuple[str, int]]:
-    return [("single", c) for c in args.concurrency] + [("batch", c) for c in args.batch_concurrency]
+    """(kind, concurrency) in the order run; /decide right after /churn/score at each concurrency.
+
+    For `decide_batch` the number is the campaign's size (one call in flight).
+    """
+    out: list[tuple[str, int]] = []
+    for c in args.concurrency:
+        out += [("single", c)] + ([("decide", c)] if args.decide else [])
+    out += [("batch", c) for c in args.batch_concurrency]
+    return out + ([("decide_batch", b) for b in args.decide_batch] if args.decide else [])
 
 
 def _analyse(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     levels: list[dict[str, Any]] = []
     for kind, c in _levels(args):
+        if kind in DECIDE_KINDS:
+            continue
         mine = [r for r in runs if r["kind"] == kind and r["concurrency"] == c]
         per: dict[str, Any] = {}
         for who in ("A", "B"):
@@ -963,8 +1125,82 @@ def _analyse(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
                 _f(max(batch), ",.1f"),
             )
         )
-    errors = sum(lv[w]["errors"] for lv in levels for w in ("A", "B"))
-    return {"levels": levels, "targets": targets, "errors": errors}
+    decide = _analyse_decide(runs, args)
+    targets += decide["targets"]
+    errors = sum(lv[w]["errors"] for lv in levels for w in ("A", "B")) + decide["errors"]
+    return {"levels": levels, "targets": targets, "errors": errors, "decide": decide["levels"]}
+
+
+def _per_repeat(
+    runs: list[dict[str, Any]], kind: str, c: int, key: Callable[[dict[str, Any]], float]
+) -> dict[int, float]:
+    """A's figure per repeat at one level."""
+    return {r["repeat"]: key(r["result"]) for r in runs
+            if r["contender"] == "A" and r["kind"] == kind and r["concurrency"] == c}  # fmt: skip
+
+
+def _analyse_decide(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """/decide and /decide/batch, each against A's /churn/score measured in the same repeats (seconds apart).
+
+    /decide at concurrency c is compared with /churn/score at c (the run just before it); a campaign
+    with /churn/score/batch at one call in flight (rows/s against customers/s).
+    """
+    levels: list[dict[str, Any]] = []
+    churn_batch = min(args.batch_concurrency, default=None)
+    for kind, c in _levels(args):
+        if kind not in DECIDE_KINDS:
+            continue
+        rs = [r["result"] for r in runs if r["contender"] == "A" and r["kind"] == kind and r["concurrency"] == c]
+        # A campaign's customers/s: its size over the mean call (one call in flight), which a 10 s window holding
+        # one or two 10,000-customer calls would round; /decide's: answers in the window, as /churn/score's.
+        size = c
+
+        def per_call(r: dict[str, Any], size: int = size) -> float:
+            mean = r["latency_ms"]["mean"]
+            return size * 1000 / mean if mean > 0 else float("nan")
+
+        rate: Callable[[dict[str, Any]], float] = (lambda r: r["throughput"]) if kind == "decide" else per_call
+        base_rate: Callable[[dict[str, Any]], float] = (lambda r: r["throughput"]) if kind == "decide" else (
+            lambda r: r["rows_per_s"])  # fmt: skip
+        mine = _per_repeat(runs, kind, c, rate)
+        base_kind, base_c = ("single", c) if kind == "decide" else ("batch", churn_batch)
+        base = _per_repeat(runs, base_kind, base_c, base_rate) if base_c is not None else {}
+        p99 = _per_repeat(runs, kind, c, lambda r: r["latency_ms"]["p99"])
+        base_p99 = _per_repeat(runs, base_kind, base_c, lambda r: r["latency_ms"]["p99"]) if base_c is not None else {}
+        ratios = [mine[i] / base[i] for i in mine if base.get(i)]
+        p99_ratios = [p99[i] / base_p99[i] for i in p99 if base_p99.get(i)]
+        counted = [r.get("counted") or {} for r in rs]
+        levels.append({
+            "kind": kind, "concurrency": c, "against": f"{_PATHS[base_kind]} c={base_c}",
+            "throughput": _median([r["throughput"] for r in rs]),
+            "per_s": _median([rate(r) for r in rs]),
+            "p50_ms": _median([r["latency_ms"]["p50"] for r in rs]),
+            "p99_ms": _median([r["latency_ms"]["p99"] for r in rs]),
+            "max_ms": max((r["latency_ms"]["max"] for r in rs), default=float("nan")),
+            "server_ms": _median([r["cpu"]["server_ms_per_request"] for r in rs]),
+            "client_ms": _median([r["cpu"]["client_ms_per_request"] for r in rs]),
+            "busy": _median([r["cpu"]["machine_busy_share"] for r in rs]),
+            "errors": sum(r["errors"] for r in rs),
+            "churn_per_s": _median(list(base.values())), "churn_p99_ms": _median(list(base_p99.values())),
+            "ratio": _median(ratios), "ratios": ratios, "p99_ratio": _median(p99_ratios),
+            "fallback": _median([x["fallback"] for x in counted if "fallback" in x]),
+            "explored": _median([x["explored"] for x in counted if "explored" in x]),
+            "runs": len(rs),
+        })  # fmt: skip
+    targets = []
+    at = [lv for lv in levels if lv["kind"] == "decide" and lv["concurrency"] == TARGET_P99_CONCURRENCY]
+    if at:
+        p99 = at[0]["p99_ms"]
+        targets.append(Target(f"/decide p99 < {TARGET_DECIDE_P99_MS:g} ms at c={TARGET_P99_CONCURRENCY}", p99,
+                              TARGET_DECIDE_P99_MS, p99 < TARGET_DECIDE_P99_MS if p99 == p99 else None,
+                              _f(p99, ",.1f")))  # fmt: skip
+    campaigns = [lv for lv in levels if lv["kind"] == "decide_batch"]
+    for lv in campaigns:
+        v = lv["per_s"]
+        name = f"/decide/batch x{lv['concurrency']:,} >= {TARGET_DECIDE_PER_S:,.0f} customers/s"
+        passed = v >= TARGET_DECIDE_PER_S if v == v else None
+        targets.append(Target(name, v, TARGET_DECIDE_PER_S, passed, _f(v, ",.0f")))
+    return {"levels": levels, "targets": targets, "errors": sum(lv["errors"] for lv in levels)}
 
 
 def _f(x: float | None, spec: str = ",.1f") -> str:
@@ -973,13 +1209,22 @@ def _f(x: float | None, spec: str = ",.1f") -> str:
 
 def _print_profile(console: Console, profile: dict[str, Any]) -> None:
     t = Table(title="In process: milliseconds per call (best of 3 rounds)")
-    kinds = [k for k, v in profile.items() if isinstance(v, dict) and k != "agreement"]
+    kinds = [k for k, v in profile.items() if isinstance(v, dict) and k not in ("agreement", "decisions")]
     t.add_column("piece")
     for kind in kinds:
         t.add_column(kind, justify="right")
     for piece in profile[kinds[0]]:
         t.add_row(piece, *(_f(profile[k].get(piece), ".3f") for k in kinds))
     console.print(t)
+    if profile.get("decisions"):
+        d = profile["decisions"]
+        td = Table(title="In process: a decision's halves, milliseconds per call (best of 3 rounds)")
+        td.add_column("piece")
+        for kind in d:
+            td.add_column(kind, justify="right")
+        for piece in next(iter(d.values())):
+            td.add_row(piece, *(_f(d[k].get(piece), ".3f") for k in d))
+        console.print(td)
     a = profile["agreement"]
     console.print(
         "Path attribution against TreeSHAP on "
@@ -993,6 +1238,44 @@ def _model_text(m: dict[str, Any]) -> str:
         f"{m['name']} v{m['version']}: {m['estimator']} ({m['calibration']}) of LightGBM, {m['trees']} trees, "
         f"n_jobs={m['n_jobs']}, {m['inputs']} inputs"
     )
+
+
+def _print_decide(console: Console, levels: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """/decide and /decide/batch beside the service's /churn/score of the same repeats."""
+    t = Table(
+        title=f"Decisions on the service: /decide on {DECIDE_CHANNEL} (live), /decide/batch on {CAMPAIGN_CHANNEL} "
+        f"(campaigns), against /churn/score in the same run; median of {args.repeats}"
+    )
+    columns = (
+        "level",
+        "req/s",
+        "customers/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "srv CPU ms/req",
+        "client CPU ms/req",
+        "busy",
+        "against",
+        "its /s",
+        "its p99",
+        "/s ratio",
+        "p99 ratio",
+        "fallback",
+        "explored",
+        "errors",
+    )
+    for col in columns:
+        t.add_column(col, justify="left" if col in ("level", "against") else "right")
+    for lv in levels:
+        name = f"/decide, c={lv['concurrency']}" if lv["kind"] == "decide" else f"/decide/batch x{lv['concurrency']:,}"
+        t.add_row(
+            name, _f(lv["throughput"]), _f(lv["per_s"], ",.0f"), _f(lv["p50_ms"]), _f(lv["p99_ms"]),
+            _f(lv["max_ms"]), _f(lv["server_ms"], ".2f"), _f(lv["client_ms"], ".2f"), _f(lv["busy"], ".0%"),
+            lv["against"], _f(lv["churn_per_s"], ",.0f"), _f(lv["churn_p99_ms"]), _f(lv["ratio"], ".0%"),
+            _f(lv["p99_ratio"], ".1f") + "x", _f(lv["fallback"], ".1%"), _f(lv["explored"], ".1%"), str(lv["errors"]),
+        )  # fmt: skip
+    console.print(t)
 
 
 def _print(console: Console, an: dict[str, Any], info: dict[str, Any], args: argparse.Namespace) -> None:
@@ -1044,6 +1327,8 @@ def _print(console: Console, an: dict[str, Any], info: dict[str, Any], args: arg
             f"{a['errors']} | {b['errors']}",
         )
     console.print(t)
+    if an.get("decide"):
+        _print_decide(console, an["decide"], args)
     tg = Table(title="Targets (issues 7 and 21)")
     for col in ("target", "measured", "verdict"):
         tg.add_column(col, justify="left" if col == "target" else "right")
@@ -1122,6 +1407,23 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="skip the in-process profile of a request's pieces (and the attributions' agreement)",
     )
     ap.add_argument("--keys", type=int, default=4000, help="distinct customers the client cycles through")
+    ap.add_argument(
+        "--no-decide",
+        dest="decide",
+        action="store_false",
+        help="leave out /decide and /decide/batch (issue 21's decision levels, on the service only)",
+    )
+    ap.add_argument(
+        "--decide-batch",
+        default="1000,10000",
+        help="campaign sizes of /decide/batch, comma-separated (default 1000,10000; '' for none)",
+    )
+    ap.add_argument(
+        "--decide-keys",
+        type=int,
+        default=20_000,
+        help="customers /decide cycles through: every customer with online features, up to this (default 20,000)",
+    )
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as failed")
     ap.add_argument("--poll-seconds", type=float, help="the service's registry poll interval (default: its own, 10 s)")
     ap.add_argument(
@@ -1136,6 +1438,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         args.limit_calls = QUICK["limit_calls"]
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.batch_concurrency = [int(c) for c in args.batch_concurrency.split(",") if c.strip()]
+    args.decide_batch = [int(c) for c in args.decide_batch.split(",") if c.strip()]
+    if any(b < 1 or b > 100_000 for b in args.decide_batch):
+        ap.error("--decide-batch: each campaign from 1 to 100,000 customers (the serving policy's largest batch)")
     if args.workers < 1:
         ap.error("--workers must be at least 1")
     if args.repeats < 1 or args.duration <= 0 or args.warmup < 0 or not 1 <= args.batch_size <= 1000:
@@ -1170,12 +1475,15 @@ def _run(session: Session) -> None:
     try:
         prepared.update({"home": args.home, "state": "given"} if args.home is not None else _prepare(args, bench))
         home = Path(prepared["home"])
-        keys_file = run_dir / "keys.json"
+        keys_file, decide_file = run_dir / "keys.json", run_dir / "decide-keys.json"
+        campaign_max = max(args.decide_batch, default=0)
         keys_run = bench.child(
             "keys",
             "choosing customers both servers score",
-            {"home": str(home), "n": args.keys, "min": args.batch_size, "seed": args.seed, "out": str(keys_file)},
-        )
+            {"home": str(home), "n": args.keys, "min": args.batch_size, "seed": args.seed, "out": str(keys_file),
+             "decide_n": max(args.decide_keys, campaign_max) if args.decide else 0,
+             "decide_out": str(decide_file)},
+        )  # fmt: skip
         k = session.record["keys"] = keys_run.data
         console.log(
             f"{k['keys']:,} customers to ask for ({k['checked']:,} checked: {k['no_features']:,} without online "
@@ -1187,14 +1495,24 @@ def _run(session: Session) -> None:
                 "where the milliseconds go, in process",
                 {"home": str(home), "keys_file": str(keys_file), "batch": args.batch_size,
                  "single_repeats": 200 if args.quick else 1000, "batch_repeats": 3 if args.quick else 10,
-                 "agreement_rows": min(args.keys, 4000)},
+                 "agreement_rows": min(args.keys, 4000),
+                 "decide_keys_file": str(decide_file) if args.decide else None},
             ).data  # fmt: skip
             session.record["profile"] = profile
             _print_profile(console, profile)
         first_key = json.loads(keys_file.read_text(encoding="utf-8"))[0]
         probe = json.dumps({"customer_key": first_key}).encode()
         log_before = _log_lines(home)
-        servers.update(_start_servers(home, run_dir, args.poll_seconds, args.bare_threads, args.workers))
+        if args.decide:
+            found = k.get("decide_keys", 0)
+            too_big = [b for b in args.decide_batch if b > found]
+            if too_big:
+                raise BenchError(f"campaigns of {too_big} customers need as many distinct customers with online "
+                                 f"features; the home has {found:,}")  # fmt: skip
+            console.log(f"{found:,} customers to decide for (every customer with online features, up to "
+                        f"{max(args.decide_keys, campaign_max):,})")  # fmt: skip
+        policies = _bench_policies(run_dir, campaign_max) if args.decide else None
+        servers.update(_start_servers(home, run_dir, args.poll_seconds, args.bare_threads, args.workers, policies))
         task = bench.progress.add_task("starting both servers (BentoML's start-up takes a while)", total=None)
         try:
             servers["A"].wait_ready(probe, API_KEY, MARKERS["A"], 300)
@@ -1206,23 +1524,31 @@ def _run(session: Session) -> None:
             console.log(f"{s.name} answering on port {s.port} after {s.ready_seconds:,.1f} s")
         for i in range(args.repeats):
             for kind, c in _levels(args):
-                for who in in_turn(i, "A", "B"):
+                turn: tuple[str, ...] = ("A",) if kind in DECIDE_KINDS else in_turn(i, "A", "B")
+                for who in turn:
                     s = servers[who]
-                    batch = args.batch_size if kind == "batch" else 0
+                    batch = args.batch_size if kind == "batch" else c if kind == "decide_batch" else 0
                     params = {
                         "port": s.port,
-                        "path": "/churn/score/batch" if batch else "/churn/score",
+                        "path": _PATHS[kind],
                         "token": API_KEY if who == "A" else None,
-                        "keys_file": str(keys_file),
-                        "concurrency": c,
+                        "keys_file": str(decide_file if kind in DECIDE_KINDS else keys_file),
+                        "concurrency": 1 if kind == "decide_batch" else c,
                         "batch": batch,
-                        "marker": MARKERS[who],
+                        "marker": DECIDE_MARKER if kind in DECIDE_KINDS else MARKERS[who],
                         "warmup": args.warmup,
                         "duration": args.duration,
                         "timeout": args.timeout,
                         "server_pids": s.pids(),
                     }
-                    label = f"#{i + 1} {who} {kind} c={c}"
+                    if kind in DECIDE_KINDS:
+                        params["fields"] = {"channel": DECIDE_CHANNEL if kind == "decide" else CAMPAIGN_CHANNEL}
+                        params["campaign"] = kind == "decide_batch"
+                        params["spread"] = True
+                        params["count"] = {"fallback": '"fallback":true', "explored": '"explored":true'}
+                        if args.home is None:  # the benchmark's own home: no history carried from level to level
+                            _clear_decisions(home)
+                    label = f"#{i + 1} {who} {kind} {'x' if kind == 'decide_batch' else 'c='}{c}"
                     run = bench.child("client", label, params)
                     r = run.data | {"seconds": run.seconds}
                     runs.append(
@@ -1237,6 +1563,8 @@ def _run(session: Session) -> None:
                     )
                     lat = r["latency_ms"]
                     rate = f"{r['rows_per_s']:,.0f} rows/s" if batch else f"{r['throughput']:,.1f} req/s"
+                    if kind in DECIDE_KINDS and r.get("counted"):
+                        rate += " (" + ", ".join(f"{n} {v:.1%}" for n, v in r["counted"].items()) + ")"
                     console.log(
                         f"  {label}: {rate}, p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms, errors {r['errors']}"
                     )

@@ -46,6 +46,8 @@ def _aligned(frame: pd.DataFrame, keys: pd.Index, name: str) -> pd.DataFrame:
     """Rows of `frame` in the order of `keys`: by customer key when it carries them, else by position."""
     if "customer_key" in frame.columns:
         frame = frame.set_index("customer_key")
+    if frame.index.dtype == object and frame.index.equals(keys):  # keyed, in order already (the service's)
+        return frame
     if not isinstance(frame.index, pd.RangeIndex):
         frame.index = frame.index.astype(str)
         if frame.index.has_duplicates:
@@ -87,7 +89,8 @@ def _signals(policy: DecisionPolicy, features: pd.DataFrame) -> list[dict[str, f
     if not present:
         return [{} for _ in range(n)]
     names = list(present)
-    values = features[[present[s] for s in names]].to_numpy(dtype=float).tolist()
+    # column by column: a multi-column selection copies the frame's blocks first
+    values = np.column_stack([features[present[s]].to_numpy(dtype=float) for s in names]).tolist()
     return [{s: v for s, v in zip(names, row, strict=True) if not math.isnan(v)} for row in values]
 
 
@@ -130,11 +133,15 @@ def customer_states(
     """
     if "customer_key" not in features.columns:
         raise StatesError("features: needs a customer_key column")
-    keys = features["customer_key"].astype(str)
-    if keys.duplicated().any():
-        raise StatesError(f"features: customer key {keys[keys.duplicated()].iloc[0]!r} appears more than once")
-    n = len(keys)
-    key_list = keys.tolist()
+    given = features["customer_key"].tolist()
+    key_list = given if all(type(k) is str for k in given) else [str(k) for k in features["customer_key"].astype(str)]
+    n = len(key_list)
+    if len(set(key_list)) != n:
+        seen: set[str] = set()
+        for k in key_list:  # the first key seen a second time
+            if k in seen:
+                raise StatesError(f"features: customer key {k!r} appears more than once")
+            seen.add(k)
     index = pd.Index(key_list)
     risks = _floats_or_none(churn_risk, n, "churn_risk")
     uplifts = _floats_or_none(uplift, n, "uplift")

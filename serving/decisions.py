@@ -31,7 +31,6 @@ from decisions.arbitration import CustomerState, Decision, decide, decide_batch,
 from decisions.policy import DecisionPolicy, Purpose, load_policy
 from decisions.states import customer_states
 from serving.champions import ServedModel
-from serving.consent import CustomerConsent
 from serving.decision_log import (
     DecisionLog,
     Exposure,
@@ -45,7 +44,7 @@ from serving.errors import ServingError
 from serving.experiments import ExperimentSource, Placement, holdout_decision
 from serving.runtime import Runtime
 from serving.schemas import DecideBatchRequest, DecideRequest, DecideResponse, ModelRef, OutcomeRequest, PolicyRef
-from serving.scoring import score_records
+from serving.scoring import fast_route, inner_pipeline, score_matrix, score_records
 
 log = logging.getLogger("custintel.serving")
 ALIAS = "champion"
@@ -115,11 +114,12 @@ _PAIRS_ROUTE: dict[int, bool] = {}  # id(model) -> the propensity model's pandas
 PRODUCT = "product_id"
 
 
-def _pairs_matrix(model: Any, rows: Sequence[Mapping[str, Any]], products: Sequence[str],
-                  at: np.ndarray) -> np.ndarray | None:  # fmt: skip
+def _pairs_matrix(model: Any, rows: Sequence[Mapping[str, Any]], products: Sequence[str], at: np.ndarray,
+                  base: np.ndarray | None = None, threads: int = 1) -> np.ndarray | None:  # fmt: skip
     """P(buy) of (row, product) pairs from each customer's `records_matrix` row, the product's code set in place.
 
-    None when the model is not a preparation + LightGBM classifier pipeline reading `product_id` as a category.
+    `base`: the rows' `records_matrix` when the caller has it already. None when the model is not a
+    preparation + LightGBM classifier pipeline reading `product_id` as a category.
     """
     if not hasattr(model, "steps") or len(model.steps) != 2 or not hasattr(model[-1], "booster_"):
         return None
@@ -128,29 +128,32 @@ def _pairs_matrix(model: Any, rows: Sequence[Mapping[str, Any]], products: Seque
         return None
     column = len(prepare.numeric) + list(prepare.categorical).index(PRODUCT)
     codes = {str(v): float(i) for i, v in enumerate(prepare.categories_[PRODUCT])}
-    base = prepare.records_matrix(rows)
+    if base is None:
+        base = prepare.records_matrix(rows)
     big = base[at[:, 0]]
     big[:, column] = np.asarray([codes.get(str(p), np.nan) for p in products])[at[:, 1]]
-    return np.asarray(model[-1].booster_.predict(big, num_threads=1), dtype=float)
+    return np.asarray(model[-1].booster_.predict(big, num_threads=threads), dtype=float)
 
 
 def score_pairs(served: ServedModel, rows: Sequence[Mapping[str, Any]], products: Sequence[str],
-                at: np.ndarray) -> np.ndarray:  # fmt: skip
+                at: np.ndarray, base: np.ndarray | None = None, threads: int = 1) -> np.ndarray:  # fmt: skip
     """The propensity champion's P(buy) of (customer row, product) pairs given as index pairs `at`.
 
     Without pandas and without copying each customer's inputs per product once that route was
-    checked exact against the model's own `predict_proba` on a first call.
+    checked exact against the model's own `predict_proba` on a first call. `base`: the rows'
+    `records_matrix` for the model's preparation step, when the caller made it already;
+    `threads`: LightGBM's threads (the predictions are the same on any number).
     """
     model = served.model
     if _PAIRS_ROUTE.get(id(model)):
-        fast = _pairs_matrix(model, rows, products, at)
+        fast = _pairs_matrix(model, rows, products, at, base, threads)
         if fast is not None:
             return fast
     records = [{**rows[i], PRODUCT: products[j]} for i, j in at.tolist()]
     slow = np.asarray(model.predict_proba(pd.DataFrame(records, columns=served.columns)))[:, 1]
     if id(model) not in _PAIRS_ROUTE:
         try:
-            fast = _pairs_matrix(model, rows, products, at)
+            fast = _pairs_matrix(model, rows, products, at, base)
         except (ValueError, TypeError, KeyError, AttributeError):
             fast = None
         _PAIRS_ROUTE[id(model)] = fast is not None and np.allclose(fast, slow, atol=1e-9)
@@ -160,32 +163,34 @@ def score_pairs(served: ServedModel, rows: Sequence[Mapping[str, Any]], products
 _UPLIFT_ROUTE: dict[int, bool] = {}  # id(model) -> its pandas-free route was checked exact
 
 
-def _uplift_matrix(model: Any, matrix: np.ndarray) -> np.ndarray | None:
+def _uplift_matrix(model: Any, matrix: np.ndarray, threads: int = 1) -> np.ndarray | None:
     """An `UpliftLearner`'s predict on `records_matrix` rows, straight through its boosters (None: not one)."""
     learner = model[-1] if hasattr(model, "steps") else None
     if learner is None or not hasattr(learner, "treated_"):
         return None
     if getattr(learner, "learner", None) == "two_model":
-        treated = learner.treated_.booster_.predict(matrix, raw_score=False, num_threads=1)
-        control = learner.control_.booster_.predict(matrix, raw_score=False, num_threads=1)
+        treated = learner.treated_.booster_.predict(matrix, raw_score=False, num_threads=threads)
+        control = learner.control_.booster_.predict(matrix, raw_score=False, num_threads=threads)
         return np.asarray(treated, dtype=float) - np.asarray(control, dtype=float)
     e = learner.treated_share_
-    control = learner.effect_control_.booster_.predict(matrix, num_threads=1)
-    treated = learner.effect_treated_.booster_.predict(matrix, num_threads=1)
+    control = learner.effect_control_.booster_.predict(matrix, num_threads=threads)
+    treated = learner.effect_treated_.booster_.predict(matrix, num_threads=threads)
     return e * np.asarray(control, dtype=float) + (1 - e) * np.asarray(treated, dtype=float)
 
 
-def predict_uplift(served: ServedModel, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+def predict_uplift(served: ServedModel, rows: Sequence[Mapping[str, Any]], matrix: np.ndarray | None = None,
+                   threads: int = 1) -> np.ndarray:  # fmt: skip
     """The uplift champion's predicted effect per row: pandas-free once that route was checked exact on a first call.
 
     A request is one or a few rows: building a frame and running the preparation step cost
-    far more than the four small tree ensembles.
+    far more than the four small tree ensembles. `matrix`: the rows' `records_matrix` for the
+    model's preparation step, when the caller made it already; `threads`: LightGBM's threads.
     """
     model = served.model
     prepare = model[0] if hasattr(model, "steps") else None
     checked = _UPLIFT_ROUTE.get(id(model))
     if checked and prepare is not None:
-        fast = _uplift_matrix(model, prepare.records_matrix(rows))
+        fast = _uplift_matrix(model, prepare.records_matrix(rows) if matrix is None else matrix, threads)
         if fast is not None:
             return fast
     slow = np.asarray(model.predict(pd.DataFrame(list(rows), columns=served.inputs)), dtype=float)
@@ -196,6 +201,89 @@ def predict_uplift(served: ServedModel, rows: Sequence[Mapping[str, Any]]) -> np
             fast = None
         _UPLIFT_ROUTE[id(model)] = fast is not None and np.allclose(fast, slow, atol=1e-9)
     return slow
+
+
+class _Matrices:
+    """One request's rows as each model's preparation step makes them (`records_matrix`), each column made once.
+
+    A step whose inputs another step of the request already made (the same numeric columns, the same
+    categories in the same order) takes them from that matrix instead of reading the rows again.
+    """
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        self.rows = rows
+        self._made: list[tuple[Any, np.ndarray]] = []
+
+    def of(self, prepare: Any) -> np.ndarray:
+        """The rows' `records_matrix` for this preparation step."""
+        for other, matrix in self._made:
+            if other is prepare:
+                return matrix
+        for other, matrix in self._made:
+            picked = _columns_from(other, prepare)
+            if picked is not None:
+                found = matrix[:, picked]
+                self._made.append((prepare, found))
+                return found
+        made = np.asarray(prepare.records_matrix(self.rows))
+        self._made.append((prepare, made))
+        return made
+
+
+# (id(source), id(target)) -> both steps (held, so their ids are not reused while here) and `_find_columns`
+_COLUMNS: dict[tuple[int, int], tuple[Any, Any, list[int] | None]] = {}
+
+
+def _columns_from(source: Any, target: Any) -> list[int] | None:
+    """Where `target`'s matrix columns are in `source`'s matrix (None: not all there, or coded otherwise)."""
+    found = _COLUMNS.get((id(source), id(target)))
+    if found is None or found[0] is not source or found[1] is not target:
+        if len(_COLUMNS) > 64:  # models replaced by newer versions: start again
+            _COLUMNS.clear()
+        found = _COLUMNS[(id(source), id(target))] = (source, target, _find_columns(source, target))
+    return found[2]
+
+
+def _find_columns(source: Any, target: Any) -> list[int] | None:
+    numeric, categorical = list(source.numeric), list(source.categorical)
+    where = {c: i for i, c in enumerate(numeric)}
+    out = []
+    for c in target.numeric:
+        if c not in where:
+            return None
+        out.append(where[c])
+    for c in target.categorical:
+        if c not in categorical or list(source.categories_[c]) != list(target.categories_[c]):
+            return None
+        out.append(len(numeric) + categorical.index(c))
+    return out
+
+
+def _may_cross_sell(policy: DecisionPolicy, keys: Sequence[str], consent: Mapping[str, Mapping[Purpose, bool]],
+                    minors: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Per customer, whether the arbitration's rules could let any cross-sell action through on some channel.
+
+    The rules before any score (`decisions.arbitration`): an action with a consent purpose is
+    refused to a minor and to a customer without that consent. A customer refused every cross-sell
+    this way never has a propensity read, so it need not be scored. A purpose `consent` leaves out
+    counts as given, as `customer_states` resolves it (`unknown_consent`).
+    """
+    actions = [a for a in policy.actions if a.kind == "cross_sell"]
+    if any(a.purpose is None for a in actions):
+        return np.ones(len(keys), dtype=bool)
+    purposes = {a.purpose for a in actions if a.purpose is not None}
+    return np.array(
+        [not minor and any(consent[k].get(p, True) for p in purposes) for k, minor in zip(keys, minors.tolist(),
+                                                                                            strict=True)],
+        dtype=bool,
+    )  # fmt: skip
+
+
+def _numbers(values: list[Any]) -> np.ndarray:
+    """`pd.to_numeric(values, errors="coerce")` as floats, without pandas when every value is a number or None."""
+    if all(v is None or type(v) in (int, float) for v in values):
+        return np.array([np.nan if v is None else v for v in values], dtype=float)
+    return np.asarray(pd.to_numeric(pd.Series(values, dtype=object), errors="coerce"), dtype=float)
 
 
 def _held(stored: Mapping[str, Any]) -> frozenset[str]:
@@ -228,14 +316,16 @@ class Decider:
         """Per customer, consent per purpose as the serving policy resolves it (unknown: its rule), and minors."""
         found = self.runtime.consent.store.lookup_many(keys)
         unknown = {str(k): str(v) for k, v in self.runtime.policy.unknown_consent.items()}
+        default = {p: unknown.get(p, "allow") != "suppress" for p in PURPOSES}
         consent: dict[str, dict[Purpose, bool]] = {}
         minors = np.zeros(len(keys), dtype=bool)
         for i, key in enumerate(keys):
-            held = found.get(key) or CustomerConsent()
-            consent[key] = {
-                p: held.statuses[p] == "granted" if p in held.statuses else unknown.get(p, "allow") != "suppress"
-                for p in PURPOSES
-            }
+            held = found.get(key)
+            if held is None or (not held.statuses and held.birth_date is None):
+                consent[key] = dict(default)  # nothing recorded: the policy's rule for every purpose
+                continue
+            statuses = held.statuses
+            consent[key] = {p: statuses[p] == "granted" if p in statuses else default[p] for p in PURPOSES}
             age = held.age_on(today)
             minors[i] = age is not None and age < age_below
         return consent, minors
@@ -246,7 +336,10 @@ class Decider:
         """The arbitration's states of the customers the online store knows, their keys, the champions used.
 
         In request order. A champion not promoted leaves its field empty (the arbitration then
-        falls back, said in its answer).
+        falls back, said in its answer). The stored rows are read once and made into each model's
+        matrix once (`_Matrices`: a model whose inputs another's matrix holds takes its columns);
+        every champion is scored on its pandas-free route once that was checked exact, and a
+        batch's predictions use this worker's share of the cores when it is scored alone.
         """
         runtime = self.runtime
         stored = runtime.features_many(keys)
@@ -254,31 +347,45 @@ class Decider:
         if not found:
             return [], [], []
         rows = [stored[k] for k in found]
+        matrices = _Matrices(rows)
         models = runtime.champions.models
         used: list[dict[str, str]] = []
         churn_risk = uplift = None
         propensity: pd.DataFrame | None = None
-        churn = models.get("churn")
-        if churn is not None:
-            churn_risk, _ = score_records(churn.model, rows, churn.inputs, 0)
-            used.append(_ref(churn))
-        up = models.get("uplift")
-        if up is not None:
-            uplift = predict_uplift(up, rows)
-            used.append(_ref(up))
         held = {k: _held(r) for k, r in zip(found, rows, strict=True)}
-        prop = models.get("propensity")
-        if prop is not None:
-            propensity = self._propensity(policy, prop, found, rows, held)
-            used.append(_ref(prop))
-        columns = sorted({c for c in policy.signals.values()} | {policy.equity.attribute})
-        features = pd.DataFrame({"customer_key": found, **{c: [r.get(c) for r in rows] for c in columns}})
-        for column in policy.signals.values():
-            features[column] = pd.to_numeric(features[column], errors="coerce")
         consent, minors = self._consent(found, today, policy.minors.age_below)
+        with runtime.scoring_threads.lease(len(found)) as threads:
+            prop = models.get("propensity")
+            if prop is not None:
+                wanted = _may_cross_sell(policy, found, consent, minors)
+                propensity = self._propensity(policy, prop, found, rows, held, matrices, threads, wanted)
+                used_prop = _ref(prop)
+            churn = models.get("churn")
+            if churn is not None:
+                pipeline = inner_pipeline(churn.model)
+                if fast_route(churn.model) and pipeline is not None:
+                    churn_risk, _ = score_matrix(churn.model, matrices.of(pipeline[0]), 0, threads)
+                else:  # the first call: checks the pandas-free route against the model
+                    churn_risk, _ = score_records(churn.model, rows, churn.inputs, 0)
+                used.append(_ref(churn))
+            up = models.get("uplift")
+            if up is not None:
+                prepare = up.model[0] if hasattr(up.model, "steps") else None
+                ready = prepare is not None and _UPLIFT_ROUTE.get(id(up.model))
+                uplift = predict_uplift(up, rows, matrices.of(prepare) if ready else None, threads)
+                used.append(_ref(up))
+        if prop is not None:
+            used.append(used_prop)
+        columns = sorted({c for c in policy.signals.values()} | {policy.equity.attribute})
+        signal_columns = set(policy.signals.values())
+        data: dict[str, Any] = {"customer_key": found}
+        for c in columns:
+            values = [r.get(c) for r in rows]
+            data[c] = _numbers(values) if c in signal_columns else values
+        features = pd.DataFrame(data)
         window = max((max(a.window_days, a.cooldown_days) for a in policy.actions), default=1)
         history = self.log.history(found, since=today - dt.timedelta(days=window))
-        group_values = features[policy.equity.attribute].to_numpy(dtype=object)
+        group_values = np.asarray(data[policy.equity.attribute], dtype=object)
         groups = group_values if any(g is not None for g in group_values) else None
         states = customer_states(
             policy, features, churn_risk=churn_risk, uplift=uplift, propensity=propensity, margins={},
@@ -288,21 +395,35 @@ class Decider:
 
     @staticmethod
     def _propensity(policy: DecisionPolicy, model: ServedModel, keys: Sequence[str], rows: Sequence[dict[str, Any]],
-                    held: Mapping[str, frozenset[str]]) -> pd.DataFrame:  # fmt: skip
+                    held: Mapping[str, frozenset[str]], matrices: _Matrices | None = None,
+                    threads: int = 1, wanted: np.ndarray | None = None) -> pd.DataFrame:  # fmt: skip
         """P(buy) of each cross-sell action's product a customer does not hold (NaN: held, or not scored).
 
-        Every (customer, product) pair in one scoring pass (`score_records`: pandas-free where exact).
+        Every (customer, product) pair in one scoring pass (`score_pairs`: pandas-free where exact),
+        the pairs found with NumPy (customer-major, as the products are sorted). `wanted`: per
+        customer, whether any cross-sell may be offered at all (`_may_cross_sell`); the others are
+        not scored (no rule lets their scores matter).
         """
         from serving.answers import product_catalogue
 
         catalogue = set(product_catalogue(model))
         offered = {p for a in policy.actions if a.kind == "cross_sell" for p in a.offered()}
         products = sorted(offered & catalogue if catalogue else offered)
+        column = {p: j for j, p in enumerate(products)}
+        holds = np.zeros((len(keys), len(products)), dtype=bool)
+        for i, k in enumerate(keys):
+            for p in held[k]:
+                j = column.get(p)
+                if j is not None:
+                    holds[i, j] = True
+        if wanted is not None:
+            holds[~wanted] = True
         matrix = np.full((len(keys), len(products)), np.nan)
-        pairs = [(i, j) for i, k in enumerate(keys) for j, p in enumerate(products) if p not in held[k]]
-        if pairs:
-            at = np.asarray(pairs)
-            matrix[at[:, 0], at[:, 1]] = score_pairs(model, rows, products, at)
+        at = np.argwhere(~holds)
+        if len(at):
+            prepare = model.model[0] if hasattr(model.model, "steps") else None
+            base = matrices.of(prepare) if matrices is not None and _PAIRS_ROUTE.get(id(model.model)) else None
+            matrix[at[:, 0], at[:, 1]] = score_pairs(model, rows, products, at, base, threads)
         return pd.DataFrame(matrix, index=pd.Index(list(keys)), columns=products)
 
     # -- decisions -----------------------------------------------------------------------------------------------

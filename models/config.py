@@ -68,6 +68,13 @@ class TuningConfig(_Strict):
         default=1, ge=0, description="Times a trial whose worker died is run again with the same parameters."
     )
 
+    @model_validator(mode="after")
+    def _grace_from_heartbeat(self) -> TuningConfig:
+        """An unset grace period is twice the heartbeat, written down (a run's lineage never records a None)."""
+        if self.grace_seconds is None:
+            self.grace_seconds = 2 * self.heartbeat_seconds
+        return self
+
 
 def with_tuning_workers(config: TrainingConfig, workers: int | None) -> TrainingConfig:
     """The config with every study run by `workers` processes (unchanged when None)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from typing import Any
@@ -26,17 +25,11 @@ from custintel.settings import Settings
 from decisions.arbitration import CustomerState, decide_batch
 from decisions.policy import DecisionPolicy
 from decisions.states import customer_states
-from flows.features import PLAIN_STEPS as FEATURE_STEPS
-from flows.features import run_feature_build
-from flows.train import PLAIN_STEPS as TRAIN_STEPS
-from flows.train import run_training
-from governance import store
-from models.registry import Registry
 from serving.answers import product_catalogue
-from serving.consent import build_consent_store
 from serving.decisions import Decider
 from serving.policy import load_serving_policy
 from serving.runtime import Runtime
+from tests.conftest import decision_home
 
 pytestmark = [pytest.mark.slow]
 
@@ -46,16 +39,7 @@ TODAY = dt.date(2026, 12, 1)
 @pytest.fixture(scope="module")
 def decider(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Decider]:
     """A `Decider` over a home with churn, propensity and uplift promoted and an online store."""
-    home = tmp_path_factory.mktemp("speed") / "home"
-    shutil.copytree(featured.home_dir, home, ignore=shutil.ignore_patterns("mlflow.db", "artifacts"))
-    settings = Settings(home=home, training_config=featured.training_config)
-    for family in ("churn", "propensity"):  # propensity's units include the offer's uplift
-        run_training(settings, family, TRAIN_STEPS, lambda _: None, trials=1)
-    registry = Registry(settings)
-    for name in ("custintel-churn", "custintel-propensity", "custintel-uplift"):
-        store.move_champion(registry, name, "1", "test")
-    run_feature_build(settings, [dt.date(2025, 6, 1)], True, FEATURE_STEPS, lambda _: None)
-    build_consent_store(settings, load_serving_policy(None))  # what `custintel serve` does first
+    settings = decision_home(featured, tmp_path_factory.mktemp("speed")).settings
     runtime = Runtime(settings, load_serving_policy(None))
     made = Decider(runtime)
     assert set(runtime.champions.models) >= {"churn", "propensity", "uplift"}

@@ -104,6 +104,14 @@ def _print_frame(frame: pd.DataFrame, title: str, digits: int = 3) -> None:
     console.print(table)
 
 
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Write a pyplot figure (made after `_figure()`) as a PNG and release it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _figure().close(fig)
+    return path
+
+
 def _done(json_path: Path, plots: list[Path]) -> None:
     console.print(f"result: {json_path}; plots: {', '.join(str(p) for p in plots)}", soft_wrap=True)
 
@@ -204,10 +212,7 @@ def synth(
     bottom.axhline(0, color="grey", linewidth=0.8)
     bottom.legend()
     bottom.set_ylabel("gap")
-    plot = out / f"{stem}.png"
-    fig.tight_layout()
-    fig.savefig(plot, dpi=100)
-    plt.close(fig)
+    plot = _save_figure(fig, out / f"{stem}.png")
     _done(_write_json(out / f"{stem}.json", result.as_dict()), [plot])
 
 
@@ -247,10 +252,7 @@ def did(
     ax.axvline(-0.5, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlabel("periods relative to the change")
     ax.set_ylabel("treated - control (vs reference)")
-    plot = out / f"{stem}.png"
-    fig.tight_layout()
-    fig.savefig(plot, dpi=100)
-    plt.close(fig)
+    plot = _save_figure(fig, out / f"{stem}.png")
     _done(_write_json(out / f"{stem}.json", result.as_dict()), [plot])
 
 
@@ -344,10 +346,7 @@ def attribution(
     ax.invert_yaxis()
     ax.set_xlabel("conversions credited")
     ax.legend()
-    plot = out / f"{stem}.png"
-    fig.tight_layout()
-    fig.savefig(plot, dpi=100)
-    plt.close(fig)
+    plot = _save_figure(fig, out / f"{stem}.png")
     _done(_write_json(out / f"{stem}.json", payload), [plot])
 
 
@@ -386,10 +385,7 @@ def uplift(
     ax.set_xlabel("share targeted")
     ax.set_ylabel("incremental conversions (Qini)")
     ax.legend()
-    plot = out / f"{stem}.png"
-    fig.tight_layout()
-    fig.savefig(plot, dpi=100)
-    plt.close(fig)
+    plot = _save_figure(fig, out / f"{stem}.png")
     payload = {"units": str(units), "outcome": outcome, "treated": treated, "policies": table.to_dict(orient="records"),
                "curves": {k: v.to_dict(orient="list") for k, v in curves.items()}}  # fmt: skip
     _done(_write_json(out / f"{stem}.json", payload), [plot])

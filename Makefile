@@ -16,7 +16,7 @@ $(BIN)/python:
 
 # constraints.txt locks the set of versions known to work together (see ../shared/DESIGN.md).
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt Makefile
-	$(BIN)/uv pip install --python $(BIN)/python --constraint constraints.txt -e '.[dev]'
+	$(BIN)/uv pip install --python $(BIN)/python --constraint constraints.txt -e '.[dev,spark]'
 	# MovieLens-100k ships inside RecBole's wheel, CDNOW inside lifetimes': the recommender's and BG/NBD's
 	# real-data tests read them. Only the data is used (the packages are never imported), so their own
 	# dependencies (torch, autograd, ...) are not installed.

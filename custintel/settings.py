@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -106,6 +106,22 @@ class Settings(BaseSettings):
         default="4GB",
         pattern=r"^\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
         description="DuckDB memory limit while building features; beyond it DuckDB spills to disk.",
+    )
+    engine: Literal["duckdb", "spark"] = Field(
+        default="duckdb",
+        description="Engine of the data-heavy steps (identity resolution, feature builds, batch scoring): DuckDB on "
+        "this machine, or Apache Spark (`spark_master`).",
+    )
+    spark_master: str = Field(
+        default="local[2]",
+        pattern=r"^(local(\[(\d+|\*)\])?|spark://[^\s/]+(:\d+)?)$",
+        description="Spark master URL for the Spark engine: local[N] in this process, or spark://host:port of a "
+        "standalone cluster (`custintel stack up` starts one).",
+    )
+    spark_driver_memory: str = Field(
+        default="4g",
+        pattern=r"^\d+[kmgt]$",
+        description="Memory of the Spark driver (spark.driver.memory), e.g. 4g.",
     )
     online_namespace: str = Field(
         default="custintel",

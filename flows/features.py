@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -23,6 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from custintel.settings import Settings
 from features.featurestore.build import (
     FeatureBuildError,
+    SqlConnection,
     build_feature_set,
     build_interactions,
     build_labels,
@@ -42,7 +42,15 @@ from features.featurestore.definitions import (
 )
 from features.featurestore.inputs import InputSummary
 from features.featurestore.offline import read_manifest
-from features.featurestore.steps import BuiltSet, build_one, check_cutoffs, load_inputs, materialize, write_set
+from features.featurestore.steps import (
+    BuiltSet,
+    build_one,
+    check_cutoffs,
+    load_inputs,
+    materialize,
+    on_engine,
+    write_set,
+)
 from features.featurestore.store import feature_config, offline_root, write_build_report
 from flows.retries import io_task
 
@@ -82,7 +90,14 @@ def run_feature_build(
     config = feature_config(settings)
     con, inputs = steps.load_inputs(settings, config)
     try:
-        return _build(settings, config, con, inputs, as_of, online, steps, log, started)
+        engine = on_engine(settings, con)
+        try:
+            if engine is not con:
+                log(f"building on Spark ({settings.spark_master}): the same definitions, transpiled from DuckDB SQL")
+            return _build(settings, config, engine, inputs, as_of, online, steps, log, started)
+        finally:
+            if engine is not con:
+                engine.close()
     finally:
         con.close()
 
@@ -90,7 +105,7 @@ def run_feature_build(
 def _build(
     settings: Settings,
     config: FeatureConfig,
-    con: duckdb.DuckDBPyConnection,
+    con: SqlConnection,
     inputs: InputSummary,
     as_of: list[dt.date] | None,
     online: bool,
@@ -133,7 +148,7 @@ def _build(
     built: list[BuiltSet] = []  # everything written offline, in build order
     online_sets: list[tuple[BuiltSet, bool]] = []  # (set, grouped): what is served
 
-    def build(key: str, fn: Callable[[duckdb.DuckDBPyConnection], pa.Table], features: tuple[Feature, ...],
+    def build(key: str, fn: Callable[[SqlConnection], pa.Table], features: tuple[Feature, ...],
               definition: dict[str, Any], min_rows: int | None, **policy: Any) -> BuiltSet:  # fmt: skip
         t = time.perf_counter()
         b = steps.build_one(con, key, fn, features, definition, min_rows, **policy)

@@ -1,6 +1,7 @@
 """Point-in-time feature, interaction and label builds on a DuckDB connection.
 
-The connection holds the canonical inputs (see `inputs.py`): `customers(cid,
+The connection (DuckDB's, or Spark's through `spark_sql.py`: the same SQL, transpiled)
+holds the canonical inputs (see `inputs.py`): `customers(cid,
 customer_key)` and one table per canonical source, keyed by the integer `cid`.
 `create_spine` adds the (customer, cutoff) rows to build; every builder joins events
 to the spine only where they happened and arrived before the cutoff. Nothing here
@@ -11,12 +12,44 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any, Protocol
 
-import duckdb
 import pyarrow as pa
 
 from features.featurestore.config import FeatureConfig, LabelConfig
 from features.featurestore.definitions import PIT, WINDOWS, FeatureSet
+
+
+class SqlRelation(Protocol):
+    """A query's result as the builders read it (a DuckDB relation, or Spark's through `spark_sql`)."""
+
+    def fetchall(self) -> list[Any]:
+        """Every row as a tuple."""
+        ...
+
+    def to_arrow_table(self) -> pa.Table:
+        """The rows as an Arrow table, in the query's order."""
+        ...
+
+
+class SqlConnection(Protocol):
+    """Where the builders' DuckDB SQL runs: a DuckDB connection, or `spark_sql.SparkSqlConnection` on Spark."""
+
+    def sql(self, query: str) -> SqlRelation:
+        """A query's result."""
+        ...
+
+    def execute(self, query: str) -> Any:
+        """Run a statement."""
+        ...
+
+    def cursor(self) -> Any:
+        """A connection for another thread (DuckDB's cursor; the same Spark connection)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the connection holds."""
+        ...
 
 
 class FeatureBuildError(ValueError):
@@ -27,7 +60,7 @@ def _ts(day: dt.date | dt.datetime) -> str:
     return f"TIMESTAMP '{day:%Y-%m-%d %H:%M:%S}'" if isinstance(day, dt.datetime) else f"TIMESTAMP '{day:%Y-%m-%d}'"
 
 
-def create_spine(con: duckdb.DuckDBPyConnection, as_of: Sequence[dt.date]) -> int:
+def create_spine(con: SqlConnection, as_of: Sequence[dt.date]) -> int:
     """The customers to build for: those with an account open at each cutoff (midnight of the date).
 
     Returns the number of (customer, cutoff) rows. A customer's accounts opened on the
@@ -82,14 +115,16 @@ def feature_set_sql(feature_set: FeatureSet, earliest_cutoff: dt.date | None = N
                 value = f"coalesce({value}, {f.fill})"
             cols.append(f'CAST({value} AS {f.dtype}) AS "{f.name}"')
     derived = "".join(f', CAST({f.sql} AS {f.dtype}) AS "{f.name}"' for f in feature_set.derived)
+    # the base's features by name (not `b.* EXCLUDE (...)`, which Spark SQL lacks: the build also runs there)
+    named = ", ".join(f'b."{f.name}"' for p in feature_set.parts for f in p.features)
     return (
         f"WITH {', '.join(ctes)}, base AS (SELECT s.cid, s.cutoff, {', '.join(cols)} FROM spine s {' '.join(joins)}) "
-        f"SELECT c.customer_key, CAST(b.cutoff AS DATE) AS as_of, b.* EXCLUDE (cid, cutoff){derived} "
+        f"SELECT c.customer_key, CAST(b.cutoff AS DATE) AS as_of, {named}{derived} "
         f"FROM base b JOIN customers c USING (cid) ORDER BY b.cutoff, b.cid"
     )
 
 
-def build_feature_set(con: duckdb.DuckDBPyConnection, feature_set: FeatureSet, skip_old: bool = True) -> pa.Table:
+def build_feature_set(con: SqlConnection, feature_set: FeatureSet, skip_old: bool = True) -> pa.Table:
     """One row per spine row: customer_key, as_of, then the set's features.
 
     `skip_old=False` joins every event whatever its age (the same values, slower: tests use it
@@ -102,7 +137,7 @@ def build_feature_set(con: duckdb.DuckDBPyConnection, feature_set: FeatureSet, s
     return con.sql(feature_set_sql(feature_set, earliest)).to_arrow_table()
 
 
-def build_interactions(con: duckdb.DuckDBPyConnection) -> pa.Table:
+def build_interactions(con: SqlConnection) -> pa.Table:
     """Customer x product purchases before each cutoff (the recommender's matrix, long format)."""
     pit = PIT.format(time="event_time")
     sql = f"""
@@ -124,7 +159,7 @@ def build_interactions(con: duckdb.DuckDBPyConnection) -> pa.Table:
     return con.sql(sql).to_arrow_table()
 
 
-def build_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_until: dt.datetime) -> pa.Table:
+def build_labels(con: SqlConnection, labels: LabelConfig, observed_until: dt.datetime) -> pa.Table:
     """Outcomes after each cutoff: churn within horizons, time to churn with censoring, any purchase, offer test.
 
     Contractual churn: a customer churns when the last of their accounts closes.
@@ -245,7 +280,7 @@ def _lapse_sql(labels: LabelConfig, end: str) -> tuple[str, str, str]:
     return ctes, ", ".join(cols), joins
 
 
-def build_purchase_labels(con: duckdb.DuckDBPyConnection, labels: LabelConfig, observed_until: dt.datetime) -> pa.Table:
+def build_purchase_labels(con: SqlConnection, labels: LabelConfig, observed_until: dt.datetime) -> pa.Table:
     """Whether each customer bought each purchasable product within the horizon after each cutoff.
 
     Long format (customer_key, as_of, product_id, bought), so a new product adds rows, not
@@ -278,13 +313,13 @@ def _purchase_labels_sql(h: int, end: str, cutoff: str) -> str:
     ORDER BY s.cid, p.product_id"""
 
 
-def _has_rows(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+def _has_rows(con: SqlConnection, table: str) -> bool:
     row = con.sql(f"SELECT count(*) > 0 FROM {table}").fetchall()[0]
     return bool(row and row[0])
 
 
 def build_training_set(
-    con: duckdb.DuckDBPyConnection,
+    con: SqlConnection,
     config: FeatureConfig,
     feature_sets: Sequence[FeatureSet],
     as_of: Sequence[dt.date],

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from custintel.settings import Settings
-from features.featurestore.build import FeatureBuildError
+from features.featurestore.build import FeatureBuildError, SqlConnection
 from features.featurestore.config import FeatureConfig
 from features.featurestore.definitions import Feature, definition_digest, definition_without
 from features.featurestore.inputs import InputSummary
@@ -42,10 +42,23 @@ def load_inputs(settings: Settings, config: FeatureConfig) -> tuple[duckdb.DuckD
     return open_feature_inputs(settings, config)
 
 
+def on_engine(settings: Settings, con: duckdb.DuckDBPyConnection) -> SqlConnection:
+    """Where the builds run: the inputs' own DuckDB connection, or Spark (`engine: spark`) holding a copy of them.
+
+    The builders' SQL is the same on both (transpiled for Spark); close a Spark connection when done.
+    """
+    if settings.engine != "spark":
+        return con
+    from features.featurestore.spark_sql import SparkSqlConnection
+    from features.spark_engine import spark_session
+
+    return SparkSqlConnection(spark_session(settings), con, settings.home_dir / "spark" / "inputs")
+
+
 def build_one(
-    con: duckdb.DuckDBPyConnection,
+    con: SqlConnection,
     key: str,
-    build: Callable[[duckdb.DuckDBPyConnection], pa.Table],
+    build: Callable[[SqlConnection], pa.Table],
     features: tuple[Feature, ...],
     definition: dict[str, Any],
     min_rows: int | None,

@@ -49,6 +49,7 @@ from custintel.settings import Settings
 from custintel.token_search import occurrences, scrub
 from models.examples import impersonal_example
 from models.registry import Registry, RunSummary
+from models.scores import ScoresStore
 
 STORE = "mlflow"
 ERASURE_SUBJECTS = "custintel.erasure.subjects"
@@ -442,4 +443,4 @@ def _write_example(original: Path, example: pd.DataFrame, out: Path) -> None:
 
 def personal_stores(settings: Settings) -> list[PersonalStore]:
     """The stores of this package that can hold a person's data."""
-    return [MLflowStore(settings)]
+    return [MLflowStore(settings), ScoresStore(settings)]

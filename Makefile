@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # ... and its 20 s start-up limit is too short on a busy 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-decide bench-monitor bench-drift bench-recommend bench-erase clean
+.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-decide bench-monitor bench-drift bench-recommend bench-erase bench-spark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,9 +46,11 @@ lint: install
 unit: install
 	$(BIN)/python -m pytest -m "not integration"
 
-# The governance site's browser test drives Debian's headless chromium: install it (apt) when missing.
+# The governance site's browser test drives Debian's headless chromium, the Spark engine's tests a Java 17 runtime:
+# install them (apt) when missing.
 test: lint
 	scripts/ensure-chromium
+	scripts/ensure-java
 	$(BIN)/python -m pytest -n 2 --dist loadfile --cov --cov-report=term
 
 bench: install
@@ -83,6 +85,12 @@ bench-monitor: install
 
 bench-erase: install
 	$(BIN)/python -m benchmarks.bench_erase
+
+# DuckDB against Spark (local[2]) for identity, features and batch scoring at 100k customers (CUSTOMERS=1000000 too).
+CUSTOMERS ?= 100000
+bench-spark: install
+	scripts/ensure-java
+	$(BIN)/python -m benchmarks.bench_spark --customers $(CUSTOMERS)
 
 clean:
 	rm -rf $(VENV) .custintel .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -14,6 +14,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from importlib import resources
 from pathlib import Path
@@ -91,6 +92,9 @@ def spark_session(settings: Settings | None = None) -> SparkSession:
         # Bind the driver to loopback unless told otherwise: the machines here resolve their hostname to 127.0.0.1
         # and Spark warns about it on every start.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        # Python workers (mapInPandas, UDFs) run this interpreter, so they import custintel's packages and the
+        # model's libraries as the driver does; Spark's default is whatever `python3` is first on the PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         log4j = resources.files("features") / "spark_log4j2.properties"
         checkpoints = settings.home_dir / "spark" / "checkpoints"
         checkpoints.mkdir(parents=True, exist_ok=True)

@@ -132,6 +132,7 @@ def _build(
     report: dict[str, Any] = {
         "build_id": f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{'-'.join(map(str, cutoffs))}"[:80],
         "as_of": [str(d) for d in cutoffs],
+        "engine": settings.engine if settings.engine == "duckdb" else f"{settings.engine} ({settings.spark_master})",
         "observed_until": str(observed_until),
         "inputs": {
             "rows": inputs.rows,

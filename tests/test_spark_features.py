@@ -7,6 +7,7 @@ session's `featured` home; the Spark side builds two of its cutoffs again into a
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import shutil
 from collections.abc import Iterator
@@ -26,16 +27,22 @@ SETS = ["relationship@1", "value@1", "service@1", "digital@1", "attributes@1", "
 
 @pytest.fixture(scope="module")
 def spark_built(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict]]:
+    """The Spark build of DAYS by the command (`--compute spark`), into a copy of the featured home without features."""
+    from typer.testing import CliRunner
+
     from features.spark_engine import stop_spark
-    from flows.features import PLAIN_STEPS, run_feature_build
+    from flows.cli import app
 
     home = tmp_path_factory.mktemp("spark_features") / "home"
     shutil.copytree(featured.home_dir, home, ignore=shutil.ignore_patterns("mlflow.db", "artifacts", "offline"))
-    settings = Settings(home=home, engine="spark", training_config=featured.training_config)
-    lines: list[str] = []
+    settings = Settings(home=home, training_config=featured.training_config)
+    days = [arg for d in DAYS for arg in ("--as-of", str(d))]
     try:
-        report = run_feature_build(settings, DAYS, False, PLAIN_STEPS, lines.append)
-        yield settings, {"report": report, "log": lines}
+        result = CliRunner().invoke(
+            app, ["--home", str(home), "features", *days, "--compute", "spark", "--engine", "local", "--no-online"]
+        )
+        assert result.exit_code == 0, result.output
+        yield settings, json.loads((settings.features_dir / "manifest.json").read_text())
     finally:
         stop_spark()
 
@@ -64,10 +71,10 @@ def test_spark_builds_every_set_as_duckdb_does(featured: Settings, spark_built: 
         assert not bad, f"{key}.{name}: {len(bad)} value(s) differ, first {bad[:3]}"
 
 
-def test_the_spark_build_says_where_it_ran_and_leaves_no_staged_inputs(spark_built: tuple[Settings, dict]):
-    settings, built = spark_built
-    assert any("building on Spark (local[2])" in line for line in built["log"])
-    assert sorted(built["report"]["as_of"]) == [str(d) for d in DAYS]
+def test_the_spark_build_records_where_it_ran_and_leaves_no_staged_inputs(spark_built: tuple[Settings, dict]):
+    settings, report = spark_built
+    assert report["engine"] == "spark (local[2])"
+    assert sorted(report["as_of"]) == [str(d) for d in DAYS]
     staged = settings.home_dir / "spark" / "inputs"
     assert not staged.exists() or not any(staged.iterdir())  # each build's copy of the inputs is removed
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -39,14 +39,20 @@ def features(
     online: Annotated[
         bool, typer.Option(help="Materialise the latest cutoff into the online store (SQLite, or Redis if set).")
     ] = True,
+    compute: Annotated[
+        Literal["duckdb", "spark"] | None,
+        typer.Option(help="Where the feature SQL runs: duckdb, or spark (transpiled; default: the engine setting)."),
+    ] = None,
 ) -> None:
     """Build the feature sets and labels into the offline store (run without a subcommand)."""
     if ctx.invoked_subcommand is None:
         days = [d.date() for d in as_of] if as_of else None
-        views.print_feature_build(run_feature_build(days, engine, online))
+        views.print_feature_build(run_feature_build(days, engine, online, compute))
 
 
-def run_feature_build(as_of: list[dt.date] | None, engine: Engine, online: bool) -> dict[str, Any]:
+def run_feature_build(
+    as_of: list[dt.date] | None, engine: Engine, online: bool, compute: Literal["duckdb", "spark"] | None = None
+) -> dict[str, Any]:
     """Build features under the engine; expected errors end the command in one line."""
     from features.featurestore.build import FeatureBuildError
     from features.featurestore.config import FeatureConfigError
@@ -57,6 +63,8 @@ def run_feature_build(as_of: list[dt.date] | None, engine: Engine, online: bool)
     from features.lake import IngestError
 
     config = settings()
+    if compute is not None:
+        config = config.model_copy(update={"engine": compute})
 
     def under_prefect() -> dict[str, Any]:
         from flows.features import build_features

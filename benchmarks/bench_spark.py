@@ -156,9 +156,8 @@ def _step(name: str, engine: str, command: list[str], home: Path, work: Path) ->
         run["not_available"] = run["last"]
     elif engine == "spark" and not run["jvm"]:  # the command ignored CUSTINTEL_ENGINE=spark: it ran on DuckDB
         run["not_available"] = "the command does not run on Spark yet (no JVM started; it ran on DuckDB)"
-    console.print(
-        f"  {run['seconds']} s, peak {run['peak_mib']} MiB" + (f"  FAILED: {run['last']}" if run["exit"] else "")
-    )
+    missing = f"  not available: {run['not_available']}" if "not_available" in run else ""
+    console.print(f"  {run['seconds']} s, peak {run['peak_mib']} MiB{missing}")
     return run
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Literal, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from custintel.settings import SECRET_FIELDS, Settings
@@ -49,7 +50,8 @@ def settings_problems(exc: ValidationError) -> str:
 
 def fail(message: str) -> typer.Exit:
     """Print an expected error as one line; raise the returned exit (code 1)."""
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however long
+    # the message is text, not markup ("custintel[spark]" would otherwise lose its brackets)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line, however long
     return typer.Exit(code=1)
 
 

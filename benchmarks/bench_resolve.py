@@ -19,6 +19,12 @@ The deterministic-only pass (exact rules + connected components, what
 time is reported as a multiple of it, its F1 as a gain over it. Both are scored
 against the generator's truth with `evaluate_resolution`, after the timed section.
 
+With ``--engine spark`` a last child runs resolve_records again with Splink on Spark (the
+session of ``spark_master``, local[2] by default): its time, the peak RSS of its process tree
+(the Python child and the JVM it starts, sampled every 0.25 s) and its F1 are set beside the
+DuckDB run's, and its clusters are scored against DuckDB's (pairwise F1 between the two
+clusterings; parity is F1 >= 0.999).
+
 Peak memory is the child's ``ru_maxrss`` (``RUSAGE_SELF``) read at the end of the
 timed section, before the evaluation, so it is that measurement's own; the parent
 stays lean (rich only) because Linux carries the parent's high-water mark into a
@@ -57,6 +63,7 @@ TARGET_RECORDS = 1_000_000
 TARGET_SECONDS = 5 * 60
 TARGET_F1 = 0.97
 TARGET_PRECISION = 0.98
+TARGET_PARITY_F1 = 0.999  # Spark's clusters against DuckDB's
 MIB = 1024 * 1024
 MODULE = "benchmarks.bench_resolve"
 
@@ -68,10 +75,48 @@ def _world_dir(home: Path) -> Path:
     return home / "data" / "world"
 
 
-def _settings(home: str) -> Any:
+def _settings(home: str, engine: str = "duckdb") -> Any:
     from custintel.settings import Settings
 
-    return Settings(home=Path(home))
+    return Settings(home=Path(home), engine=engine)
+
+
+class TreeRss:
+    """Peak RSS of this process and all its descendants (a JVM included), sampled in a thread."""
+
+    def __init__(self, every: float = 0.25) -> None:
+        import threading
+
+        import psutil
+
+        self._me = psutil.Process()
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._every = every
+        self._thread = threading.Thread(target=self._run, name="bench-tree-rss", daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        total = 0
+        for proc in [self._me, *self._me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        self.peak_mib = max(self.peak_mib, total / MIB)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self._sample()
+
+    def stop(self) -> float:
+        """Stop sampling; the peak in MiB."""
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mib
 
 
 def _lake_state(settings: Any, world: Path, tables: list[str]) -> tuple[bool, str]:
@@ -148,7 +193,7 @@ def _work_setup(p: dict[str, Any]) -> dict[str, Any]:
 def _identity_inputs(p: dict[str, Any]) -> tuple[Any, Any, Any]:
     from features.identity.store import identity_config, resolve_options
 
-    settings = _settings(p["home"])
+    settings = _settings(p["home"], p.get("engine", "duckdb"))
     return settings, identity_config(settings), resolve_options(settings)
 
 
@@ -229,20 +274,55 @@ def _work_deterministic(p: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def _crosswalk_path(home: str, engine: str) -> Path:
+    return Path(home) / "bench" / f"crosswalk_{engine}.parquet"
+
+
+def _parity(home: str, crosswalk: Any) -> dict[str, Any] | None:
+    """Pairwise scores of this run's clusters against the DuckDB run's (None when there is none)."""
+    import pandas as pd
+
+    from features.identity.evaluate import pairwise_scores
+
+    path = _crosswalk_path(home, "duckdb")
+    if not path.is_file():
+        return None
+    both = pd.read_parquet(path).merge(crosswalk, on="record_key", suffixes=("_duckdb", ""))
+    scores = pairwise_scores(both["customer_key"], both["customer_key_duckdb"])
+    same = (
+        both.groupby("customer_key")["customer_key_duckdb"].nunique().eq(1).all()
+        and both.groupby("customer_key_duckdb")["customer_key"].nunique().eq(1).all()
+    )
+    return {**{k: float(v) for k, v in vars(scores).items()}, "identical_clusters": bool(same)}
+
+
 def _work_full(p: dict[str, Any]) -> dict[str, Any]:
     """load_identity_records + resolve_records (deterministic, Splink, clusters, keys, golden records)."""
     from features.identity.resolve import resolve_records
     from features.identity.store import load_identity_records
 
+    engine = p.get("engine", "duckdb")
     settings, config, options = _identity_inputs(p)
+    tree = TreeRss()
     clock = Timed()
     records = load_identity_records(settings, config)
     load_seconds = time.perf_counter() - clock.start
     t1 = time.perf_counter()
     resolution = resolve_records(records, config, options, progress=lambda msg: emit("progress", step=msg))
     clock.end(since=t1)
+    tree_peak = tree.stop()
+    if engine == "spark":
+        from features.spark_engine import stop_spark
+
+        stop_spark()
     emit("progress", step="evaluating against the truth")
+    out = _crosswalk_path(p["home"], engine)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    resolution.crosswalk.to_parquet(out, index=False)
     return clock.result(
+        engine=engine,
+        tree_peak_mib=tree_peak,
+        parity=_parity(p["home"], resolution.crosswalk) if engine != "duckdb" else None,
         load_seconds=load_seconds,
         records=len(records),
         customers=resolution.stats["customers"],
@@ -334,6 +414,9 @@ def _measure_size(session: Session, args: argparse.Namespace, size: int) -> Size
             lambda i: bench.child("deterministic", f"deterministic only #{i}", params, scope),
             lambda i: bench.child("full", "resolve_records (full)", params, scope),
         )
+        if args.engine == "spark":
+            spark_params = {**params, "engine": "spark"}
+            res.runs.append(bench.child("full", "resolve_records (full, Splink on Spark)", spark_params, scope))
     except BenchError as exc:
         res.error = str(exc)
         session.fail(str(exc))
@@ -369,6 +452,7 @@ def _quality(scores: dict[str, float]) -> dict[str, float]:
 def _analyse(res: SizeResult) -> None:
     """Ratios against the in-run baselines, quality against the truth, and the targets."""
     read, load, full = res.of("read")[0], res.of("load")[0], res.of("full")[0]
+    sparks = [r for r in res.of("full") if r.data.get("engine") == "spark"]
     dets = res.of("deterministic")
     det_seconds = statistics.mean(d.seconds for d in dets)
     det_peak = statistics.mean(d.peak_mib or 0.0 for d in dets)
@@ -406,6 +490,22 @@ def _analyse(res: SizeResult) -> None:
         "load_plus_resolve_seconds": load_resolve,
         "step_seconds": full.data["stats"]["seconds"],
     }
+    if sparks:
+        sp = sparks[0]
+        sq = _quality(sp.data["scores"]["deterministic+probabilistic"])
+        res.comparisons["spark_vs_duckdb"] = {
+            "spark_resolve_seconds": sp.seconds,
+            "duckdb_resolve_seconds": full.seconds,
+            "time_ratio": sp.seconds / full.seconds,
+            "spark_tree_peak_mib": sp.data["tree_peak_mib"],
+            "duckdb_tree_peak_mib": full.data["tree_peak_mib"],
+            "memory_ratio": sp.data["tree_peak_mib"] / full.data["tree_peak_mib"],
+            "spark_quality": sq,
+            "duckdb_quality": full_q,
+            "parity": sp.data["parity"],
+            "step_seconds": sp.data["stats"]["seconds"],
+            "note": "tree peak = RSS of the child and its descendants (the JVM), sampled every 0.25 s",
+        }
     wall = _load_resolve_wall(res)
     res.targets = [
         Target(
@@ -416,6 +516,14 @@ def _analyse(res: SizeResult) -> None:
             full_q["precision"] >= TARGET_PRECISION, f"{full_q['precision']:.4f}",
         ),
     ]  # fmt: skip
+    if sparks:
+        parity_f1 = (sparks[0].data["parity"] or {}).get("f1", 0.0)
+        res.targets.append(
+            Target(
+                f"Spark's clusters = DuckDB's (pairwise F1 ≥ {TARGET_PARITY_F1})",
+                parity_f1, TARGET_PARITY_F1, parity_f1 >= TARGET_PARITY_F1, f"{parity_f1:.6f}",
+            )
+        )  # fmt: skip
     if res.size >= TARGET_RECORDS:
         res.targets.append(
             Target(
@@ -518,6 +626,25 @@ def _print_size(console: Console, res: SizeResult) -> None:
         else:
             qt.add_row(k, f"{base:.4f}", f"{v:.4f}", f"{v - base:+.4f}")
     console.print(qt)
+    if "spark_vs_duckdb" in c:
+        sv = c["spark_vs_duckdb"]
+        st = Table(title="Splink on Spark vs on DuckDB (resolve_records; contender = Spark)")
+        for col in ("measure", "Spark", "DuckDB", "ratio"):
+            st.add_column(col, justify="left" if col == "measure" else "right")
+        st.add_row(
+            "time", _s(sv["spark_resolve_seconds"]), _s(sv["duckdb_resolve_seconds"]), f"{sv['time_ratio']:.2f}×"
+        )
+        st.add_row(
+            "peak RSS, process tree (JVM included)",
+            f"{_m(sv['spark_tree_peak_mib'])} MiB",
+            f"{_m(sv['duckdb_tree_peak_mib'])} MiB",
+            f"{sv['memory_ratio']:.2f}×",
+        )
+        for k in ("precision", "recall", "f1"):
+            st.add_row(f"pairwise {k} vs truth", f"{sv['spark_quality'][k]:.4f}", f"{sv['duckdb_quality'][k]:.4f}", "")
+        parity = sv["parity"] or {}
+        st.add_row("pairwise F1, Spark's clusters vs DuckDB's", f"{parity.get('f1', float('nan')):.6f}", "", "")
+        console.print(st)
     for target in res.targets:
         console.print(target.line())
     if res.size < TARGET_RECORDS:
@@ -630,6 +757,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--keep", action="store_true", help="keep the worlds this run generated, so reruns reuse them")
     ap.add_argument("--seed", type=int, default=7, help="WorldConfig.seed of generated worlds")
+    ap.add_argument(
+        "--engine",
+        choices=("duckdb", "spark"),
+        default="duckdb",
+        help="spark: also run resolve_records with Splink on Spark (spark_master) and set it beside DuckDB's",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes = QUICK_SIZES
@@ -644,7 +777,7 @@ def _run(session: Session) -> None:
         f"Worlds under {args.workdir} (w<customers>); generated worlds are "
         f"{'kept' if args.keep else 'removed at the end'}"
     )
-    session.bench.plan(STEPS_PER_SIZE * len(args.sizes))
+    session.bench.plan((STEPS_PER_SIZE + (args.engine == "spark")) * len(args.sizes))
     results: list[SizeResult] = []
     session.record.update(
         targets={

@@ -1,10 +1,15 @@
-"""The probabilistic pass: Fellegi-Sunter linkage with Splink on DuckDB.
+"""The probabilistic pass: Fellegi-Sunter linkage with Splink on DuckDB (or on Spark).
 
 It runs after the deterministic pass and only scores pairs of records that the
 deterministic pass left in different clusters. Its parameters are estimated
 without labels: the prior from the deterministic rules, u from random pairs,
 m by expectation maximisation over blocked pairs. The trained model is a JSON
 document, so `explain` can score any two records later with the same weights.
+
+With the Spark engine (`engine: spark`) Splink runs the same model on its Spark backend:
+the comparisons are written once per SQL dialect (`_Dialect`), the stored model is always
+DuckDB's (so `explain` and `--reuse-model` read one format whichever engine trained it), and
+Spark draws its u sample by a seeded hash of the record key, so a re-run gives the same model.
 
 Training takes the better part of a minute on a few thousand records: each stage (the
 prior, u, every EM session, predicting) reports its start and its time on the
@@ -18,10 +23,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import combinations
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 import pandas as pd
@@ -30,6 +35,9 @@ import splink.comparison_library as cl
 from nicknames import NickNamer
 from splink import DuckDBAPI, Linker, SettingsCreator
 from splink.internals.exceptions import EMTrainingException
+
+if TYPE_CHECKING:
+    from custintel.settings import Settings
 
 log = logging.getLogger("custintel.identity")
 HEARTBEAT_SECONDS = 15.0  # a long stage says it is still running this often
@@ -100,15 +108,50 @@ class ProbabilisticConfig:
         fields: Fields the matcher may compare (privacy settings remove some).
         u_max_pairs: Random pairs sampled to estimate u.
         seed: Seed for that sample, so a re-run gives the same model.
+        engine: Where Splink runs: DuckDB in this process, or Spark (the session of `spark_settings`).
+        spark_settings: The settings whose Spark session the Spark engine uses.
     """
 
     threshold: float = 0.95
     fields: tuple[str, ...] = MATCH_FIELDS
     u_max_pairs: float = 1e7
     seed: int = 42
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    spark_settings: Settings | None = field(default=None, repr=False, compare=False)
 
 
-def _comparisons(fields: tuple[str, ...]) -> list[Any]:
+@dataclass(frozen=True)
+class _Dialect:
+    """The SQL functions the custom comparison levels use, as one SQL dialect spells them."""
+
+    name: str
+    jaro_winkler: str  # similarity in [0, 1]
+    damerau_levenshtein: str
+    groups_overlap: str  # two '|'-joined lists ({a}, {b}) share an element
+    date_format: str  # of birth_date strings
+
+
+_DIALECTS = {
+    "duckdb": _Dialect(
+        "duckdb",
+        "jaro_winkler_similarity",
+        "damerau_levenshtein",
+        "list_has_any(string_split({a}, '|'), string_split({b}, '|'))",
+        "%Y-%m-%d",
+    ),
+    # Splink's Spark jar registers jaro_winkler and damerau_levenshtein; Spark's split takes a regex.
+    "spark": _Dialect(
+        "spark",
+        "jaro_winkler",
+        "damerau_levenshtein",
+        "arrays_overlap(split({a}, '[|]'), split({b}, '[|]'))",
+        "yyyy-MM-dd",
+    ),
+}
+
+
+def _comparisons(fields: tuple[str, ...], d: _Dialect) -> list[Any]:
+    jw = d.jaro_winkler
     out: list[Any] = []
     if "name" in fields:
         # Term-frequency adjusted: "Robert Long" agreeing is weak evidence, "Zelda Quinlan" strong.
@@ -119,13 +162,13 @@ def _comparisons(fields: tuple[str, ...]) -> list[Any]:
                 comparison_levels=[
                     cll.And(cll.NullLevel("first_name"), cll.NullLevel("last_name")),
                     cll.ExactMatchLevel("name_key").configure(tf_adjustment_column="name_key"),
-                    _both_names_similar(0.92),
+                    _both_names_similar(0.92, d),
                     cll.CustomLevel(
-                        "list_has_any(string_split(first_name_group_l, '|'), string_split(first_name_group_r, '|'))"
-                        " and jaro_winkler_similarity(last_name_l, last_name_r) >= 0.92",
+                        d.groups_overlap.format(a="first_name_group_l", b="first_name_group_r")
+                        + f" and {jw}(last_name_l, last_name_r) >= 0.92",
                         label_for_charts="first names of one name (Liz, Elizabeth), surname similar",
                     ),
-                    _both_names_similar(0.85),
+                    _both_names_similar(0.85, d),
                     cll.ExactMatchLevel("last_name").configure(tf_adjustment_column="last_name"),
                     cll.ExactMatchLevel("first_name").configure(tf_adjustment_column="first_name"),
                     cll.JaroWinklerLevel("last_name", 0.92),
@@ -139,7 +182,7 @@ def _comparisons(fields: tuple[str, ...]) -> list[Any]:
             cl.DateOfBirthComparison(
                 "birth_date",
                 input_is_string=True,
-                datetime_format="%Y-%m-%d",
+                datetime_format=d.date_format,
                 datetime_metrics=["month", "year"],
                 datetime_thresholds=[1, 1],
             )
@@ -166,7 +209,7 @@ def _comparisons(fields: tuple[str, ...]) -> list[Any]:
     if "address" in fields:
         out.append(cl.JaroWinklerAtThresholds("address", [0.95, 0.85]))
     if "postcode" in fields and "address" in fields:
-        out.append(_location_comparison())
+        out.append(_location_comparison(d))
     elif "postcode" in fields:
         out.append(
             cl.CustomComparison(
@@ -198,11 +241,11 @@ def _exact_or_typo(column: str) -> Any:
     )
 
 
-def _both_names_similar(threshold: float) -> Any:
+def _both_names_similar(threshold: float, d: _Dialect) -> Any:
     """First and last name each similar, in the same order or the other way round."""
 
     def jw(a: str, b: str) -> str:
-        return f"jaro_winkler_similarity({a}, {b}) >= {threshold}"
+        return f"{d.jaro_winkler}({a}, {b}) >= {threshold}"
 
     same = f"({jw('first_name_l', 'first_name_r')} and {jw('last_name_l', 'last_name_r')})"
     swapped = f"({jw('first_name_l', 'last_name_r')} and {jw('last_name_l', 'first_name_r')})"
@@ -211,15 +254,17 @@ def _both_names_similar(threshold: float) -> Any:
     )
 
 
-def _location_comparison() -> Any:
+def _location_comparison(d: _Dialect) -> Any:
     """Postcode and city as one comparison.
 
     They are not independent (a postcode lies in one city), so two comparisons would
     count the same agreement twice; one comparison with joint levels counts it once,
     and still credits a typo in either or a move within the city.
     """
-    city = "jaro_winkler_similarity(city_l, city_r) >= 0.92"
-    near = "(substr(postcode_l, 1, 3) = substr(postcode_r, 1, 3) or damerau_levenshtein(postcode_l, postcode_r) <= 1)"
+    city = f"{d.jaro_winkler}(city_l, city_r) >= 0.92"
+    near = (
+        f"(substr(postcode_l, 1, 3) = substr(postcode_r, 1, 3) or {d.damerau_levenshtein}(postcode_l, postcode_r) <= 1)"
+    )
     return cl.CustomComparison(
         output_column_name="location",
         comparison_description="postcode and city",
@@ -249,14 +294,14 @@ def _equal(column: str) -> str:
     return f"{expr.format(s='l')} = {expr.format(s='r')}"
 
 
-def splink_settings(fields: tuple[str, ...]) -> SettingsCreator:
-    """The linkage model's specification (untrained)."""
+def splink_settings(fields: tuple[str, ...], dialect: str = "duckdb") -> SettingsCreator:
+    """The linkage model's specification (untrained), its custom SQL in `dialect` ('duckdb' or 'spark')."""
     rules = blocking_rules(fields)
     predictions: list[Any] = [f"({sql}) and {_OTHER_CLUSTER}" for sql in rules.values()]
     return SettingsCreator(
         link_type="dedupe_only",
         unique_id_column_name="record_key",
-        comparisons=_comparisons(fields),
+        comparisons=_comparisons(fields, _DIALECTS[dialect]),
         blocking_rules_to_generate_predictions=predictions,
         retain_intermediate_calculation_columns=False,
         retain_matching_columns=False,
@@ -357,13 +402,26 @@ def _new_linker(frame: pd.DataFrame, settings: SettingsCreator | dict[str, Any])
     return Linker(frame, settings, db_api=DuckDBAPI(con), set_up_basic_logging=False)  # type: ignore[arg-type]
 
 
+@contextmanager
+def _linker(
+    frame: pd.DataFrame, settings: SettingsCreator | dict[str, Any], config: ProbabilisticConfig
+) -> Iterator[Linker]:
+    """A Linker on the configured engine; on Spark, its intermediate tables are removed when done."""
+    if config.engine != "spark":
+        yield _new_linker(frame, settings)
+        return
+    from features.identity.spark_linker import spark_linker
+
+    with spark_linker(frame, settings, config.spark_settings, config.seed) as linker:
+        yield linker
+
+
 def train_model(records: pd.DataFrame, det_cluster: pd.Series, config: ProbabilisticConfig) -> dict[str, Any]:
-    """Estimate the Fellegi-Sunter parameters without labels; returns Splink's model JSON."""
+    """Estimate the Fellegi-Sunter parameters without labels; returns Splink's model JSON (DuckDB's SQL)."""
     fields = config.fields
     frame = linker_input(records, det_cluster)
-    linker = _new_linker(frame, splink_settings(fields))
     rules = em_blocking_rules(fields)
-    with _quiet_splink():
+    with _linker(frame, splink_settings(fields, config.engine), config) as linker, _quiet_splink():
         with _stage(f"identity: estimating the match prior ({len(frame):,} records)"):
             _estimate_prior(linker, frame, fields)
         with _stage(f"identity: estimating u from up to {config.u_max_pairs:,.0f} random pairs"):
@@ -388,7 +446,48 @@ def train_model(records: pd.DataFrame, det_cluster: pd.Series, config: Probabili
             )
         model: dict[str, Any] = linker.misc.save_model_to_json()
     model.pop("linker_uid", None)  # a random id per Linker object: not part of the model
+    if config.engine != "duckdb":
+        model = model_in_dialect(model, fields, "duckdb")
     return floor_probabilities(model)
+
+
+class ModelDialectError(ValueError):
+    """A stored model whose comparisons are not the ones this version builds (retrain it)."""
+
+
+def model_in_dialect(model: dict[str, Any], fields: tuple[str, ...], dialect: str) -> dict[str, Any]:
+    """The same trained model with its SQL written for another engine's dialect.
+
+    The parameters (prior, every level's m and u, term-frequency settings) are kept; the SQL of
+    each level, the comparison descriptions and the blocking rules are those `splink_settings`
+    writes for `dialect`. The comparisons are matched by name and level by level, so a model
+    whose comparisons differ from today's is refused (it would be scored with other levels).
+    """
+    base = splink_settings(fields, dialect).get_settings(dialect).as_dict()
+    wanted = {c["output_column_name"]: c for c in base["comparisons"]}
+    comparisons = []
+    for comparison in model["comparisons"]:
+        name = comparison.get("output_column_name")
+        target = wanted.get(name)
+        if target is None or len(target["comparison_levels"]) != len(comparison["comparison_levels"]):
+            raise ModelDialectError(
+                f"the stored model's comparison {name!r} is not one this version builds for the fields "
+                f"{list(fields)}: run `custintel resolve` without --reuse-model to train it again"
+            )
+        levels = [
+            {**level, "sql_condition": spelled["sql_condition"], "label_for_charts": spelled.get("label_for_charts")}
+            for level, spelled in zip(comparison["comparison_levels"], target["comparison_levels"], strict=True)
+        ]
+        comparisons.append(
+            {
+                **comparison,
+                "comparison_description": target.get("comparison_description"),
+                "comparison_levels": levels,
+            }
+        )
+    out = {**model, "comparisons": comparisons, "sql_dialect": dialect}
+    out["blocking_rules_to_generate_predictions"] = base["blocking_rules_to_generate_predictions"]
+    return out
 
 
 def floor_probabilities(
@@ -475,8 +574,13 @@ def predict_links(
 ) -> pd.DataFrame:
     """Scored pairs at or above the threshold: record_key_l, record_key_r, match_weight, match_probability."""
     frame = linker_input(records, det_cluster)
-    linker = _new_linker(frame, model)
-    with _quiet_splink(), _stage(f"identity: scoring candidate pairs of {len(frame):,} records"):
+    if config.engine != "duckdb":
+        model = model_in_dialect(model, config.fields, config.engine)
+    with (
+        _linker(frame, model, config) as linker,
+        _quiet_splink(),
+        _stage(f"identity: scoring candidate pairs of {len(frame):,} records"),
+    ):
         scored = linker.inference.predict(threshold_match_probability=config.threshold)
-    out = scored.as_pandas_dataframe()
+        out = scored.as_pandas_dataframe()
     return out[["record_key_l", "record_key_r", "match_weight", "match_probability"]].reset_index(drop=True)

@@ -10,10 +10,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
+from custintel.settings import Settings
 from features.identity.config import IdentityConfig
 from features.identity.deterministic import cluster_records, deterministic_links
 from features.identity.golden import build_golden_records
@@ -40,6 +41,8 @@ class ResolveOptions:
         salt: The secret salt for the hashed mode.
         u_max_pairs: Random pairs sampled to estimate Splink's u parameters.
         seed: Seed of that sample.
+        engine: Where the probabilistic pass runs: Splink on DuckDB in this process, or on Spark.
+        spark_settings: Settings whose Spark session (master, memory, checkpoints) the Spark engine uses.
     """
 
     threshold: float = 0.95
@@ -50,6 +53,8 @@ class ResolveOptions:
     salt: str | None = field(default=None, repr=False)
     u_max_pairs: float = 1e7
     seed: int = 42
+    engine: Literal["duckdb", "spark"] = "duckdb"
+    spark_settings: Settings | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -133,14 +138,20 @@ def resolve_records(
     prob_fields = tuple(f for f in options.fields if f != "billing_key")
     if config.mode == "match" and not options.hashed and prob_fields and len(records) >= 2:
         pconf = ProbabilisticConfig(
-            threshold=options.threshold, fields=prob_fields, u_max_pairs=options.u_max_pairs, seed=options.seed
+            threshold=options.threshold,
+            fields=prob_fields,
+            u_max_pairs=options.u_max_pairs,
+            seed=options.seed,
+            engine=options.engine,
+            spark_settings=options.spark_settings,
         )
         if model is None:
             _check_something_to_compare(match_records, prob_fields)
-            say("training the probabilistic model (u by random sampling, m by EM)")
+            on = " on Spark" if options.engine == "spark" else ""
+            say(f"training the probabilistic model{on} (u by random sampling, m by EM)")
             model = train_model(match_records, det_cluster, pconf)
             lap("train")
-        say("probabilistic pass")
+        say("probabilistic pass" + (" on Spark" if options.engine == "spark" else ""))
         prob = predict_links(match_records, det_cluster, model, pconf)
         links.append(prob.assign(rule="probabilistic", value=None))
         lap("predict")
@@ -158,6 +169,7 @@ def resolve_records(
     lap("golden")
     stats = _stats(records, all_links, crosswalk, key_events, conflicts, timings)
     stats["mode"] = config.mode
+    stats["engine"] = options.engine
     stats["deterministic_rules"] = list(det_rules)
     stats["max_group"] = config.deterministic.max_group
     return Resolution(match_records, all_links, crosswalk, key_events, golden, conflicts, model, stats)

@@ -54,6 +54,8 @@ def resolve_options(settings: Settings) -> ResolveOptions:
         hashed=settings.identity_hashed,
         salt=salt,
         u_max_pairs=settings.identity_u_max_pairs,
+        engine=settings.engine,
+        spark_settings=settings,
     )
 
 
@@ -169,6 +171,7 @@ def write_resolution(
             "fields": list(options.fields),
             "hashed": options.hashed,
             "u_max_pairs": options.u_max_pairs,
+            "engine": options.engine,
             "probabilistic": resolution.model is not None,
         },
         "stats": resolution.stats,

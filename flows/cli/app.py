@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from custintel.settings import Settings
+from custintel.settings import SECRET_FIELDS, Settings
 from flows.cli.logs import quiet_expected_failures, show_custintel_logs
 
 app = typer.Typer(
@@ -36,9 +38,20 @@ def settings() -> Settings:
     return _state.get("settings") or Settings()
 
 
+def settings_problems(exc: ValidationError) -> str:
+    """Invalid settings as one line naming each environment variable: "CUSTINTEL_ENGINE: input should be ..."."""
+    parts = []
+    for error in exc.errors():
+        field = "_".join(str(p) for p in error["loc"])
+        shown = "(secret)" if field in SECRET_FIELDS else repr(error.get("input"))
+        parts.append(f"CUSTINTEL_{field.upper()}={shown} is not valid: {error['msg']}")
+    return "invalid settings: " + "; ".join(parts)
+
+
 def fail(message: str) -> typer.Exit:
     """Print an expected error as one line; raise the returned exit (code 1)."""
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however long
+    # the message is text, not markup ("custintel[spark]" would otherwise lose its brackets)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line, however long
     return typer.Exit(code=1)
 
 
@@ -106,6 +119,9 @@ def main(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Its 20 s start-up limit is too short on a busy 2-core machine (the API migrates its SQLite database first).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    _state["settings"] = Settings(home=home) if home else Settings()
+    try:
+        _state["settings"] = Settings(home=home) if home else Settings()
+    except ValidationError as exc:
+        raise fail(settings_problems(exc)) from None
     # custintel's own progress records (custintel.* loggers) as our lines; undone when the command ends
     ctx.call_on_close(show_custintel_logs(console))

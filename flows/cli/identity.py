@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -18,6 +18,7 @@ resolve_app = typer.Typer(
     no_args_is_help=False,
 )
 app.add_typer(resolve_app, name="resolve")
+DataEngine = Literal["duckdb", "spark"]
 
 
 @resolve_app.callback()
@@ -30,20 +31,30 @@ def resolve(
     reuse_model: Annotated[
         bool, typer.Option(help="Score with the last trained model instead of re-estimating it on this data.")
     ] = False,
+    data_engine: Annotated[
+        DataEngine | None,
+        typer.Option(
+            help="Where Splink runs: duckdb in this process, or spark (spark_master). "
+            "Default: the engine setting ($CUSTINTEL_ENGINE, else duckdb)."
+        ),
+    ] = None,
 ) -> None:
     """Resolve the lake's identity records into customers (run without a subcommand)."""
     if ctx.invoked_subcommand is None:
-        views.print_resolution(run_resolution(engine, reuse_model))
+        views.print_resolution(run_resolution(engine, reuse_model, data_engine))
 
 
-def run_resolution(engine: Engine, reuse_model: bool) -> dict[str, Any]:
+def run_resolution(engine: Engine, reuse_model: bool, data_engine: DataEngine | None = None) -> dict[str, Any]:
     """Resolve identities under the engine; expected errors end the command in one line."""
     from features.identity.config import IdentityConfigError
     from features.identity.privacy import PrivacyError
     from features.identity.store import resolve_from_lake
     from features.lake import IngestError
+    from features.spark_engine import SparkUnavailable, stop_spark
 
     config = settings()
+    if data_engine is not None:
+        config = config.model_copy(update={"engine": data_engine})
 
     def under_prefect() -> dict[str, Any]:
         from flows.resolve import resolve_identities
@@ -54,8 +65,12 @@ def run_resolution(engine: Engine, reuse_model: bool) -> dict[str, Any]:
         return resolve_from_lake(config, reuse_model, lambda message: say(f"Resolving identities: {message}…"))
 
     # ValueError covers no records to resolve and data the model cannot be trained on
-    errors = (IdentityConfigError, PrivacyError, IngestError, FileNotFoundError, ValueError)
-    return run_engine(engine, "Resolving identities", "resolve_identities", under_prefect, locally, errors)
+    errors = (IdentityConfigError, PrivacyError, IngestError, FileNotFoundError, ValueError, SparkUnavailable)
+    try:
+        return run_engine(engine, "Resolving identities", "resolve_identities", under_prefect, locally, errors)
+    finally:
+        if config.engine == "spark":
+            stop_spark()
 
 
 def identity_outputs(config: Settings, *names: str) -> list[Any]:

@@ -27,7 +27,7 @@ SETS = ["relationship@1", "value@1", "service@1", "digital@1", "attributes@1", "
 
 @pytest.fixture(scope="module")
 def spark_built(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict]]:
-    """The Spark build of DAYS by the command (`--compute spark`), into a copy of the featured home without features."""
+    """The Spark build of DAYS by the command (`--data-engine spark`), into a copy of the featured home without features."""
     from typer.testing import CliRunner
 
     from features.spark_engine import stop_spark
@@ -39,7 +39,7 @@ def spark_built(featured: Settings, tmp_path_factory: pytest.TempPathFactory) ->
     days = [arg for d in DAYS for arg in ("--as-of", str(d))]
     try:
         result = CliRunner().invoke(
-            app, ["--home", str(home), "features", *days, "--compute", "spark", "--engine", "local", "--no-online"]
+            app, ["--home", str(home), "features", *days, "--data-engine", "spark", "--engine", "local", "--no-online"]
         )
         assert result.exit_code == 0, result.output
         yield settings, json.loads((settings.features_dir / "manifest.json").read_text())

@@ -49,7 +49,9 @@ def champion_home(featured: Settings, tmp_path_factory: pytest.TempPathFactory) 
 def scored(champion_home: Settings) -> dict[str, Any]:
     """The champion's scores as of AS_OF from both engines (Spark's by the command in a fresh process)."""
     settings = champion_home
-    duck = cli(settings, "score", "--model", "churn", "--as-of", str(AS_OF), "--compute", "duckdb", "--engine", "local")
+    duck = cli(
+        settings, "score", "--model", "churn", "--as-of", str(AS_OF), "--data-engine", "duckdb", "--engine", "local"
+    )
     assert duck.exit_code == 0, duck.output
     path = scores_path(settings, "custintel-churn", AS_OF)
     duck_table = pq.read_table(path)
@@ -103,7 +105,7 @@ def test_a_customer_who_withdrew_the_purpose_is_not_scored(champion_home: Settin
     ],
 )
 def test_bad_requests_are_one_line(champion_home: Settings, args: list[str], message: str):
-    result = cli(champion_home, "score", *args, "--compute", "duckdb", "--engine", "local")
+    result = cli(champion_home, "score", *args, "--data-engine", "duckdb", "--engine", "local")
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
 
 

@@ -39,7 +39,7 @@ def features(
     online: Annotated[
         bool, typer.Option(help="Materialise the latest cutoff into the online store (SQLite, or Redis if set).")
     ] = True,
-    compute: Annotated[
+    data_engine: Annotated[
         Literal["duckdb", "spark"] | None,
         typer.Option(help="Where the feature SQL runs: duckdb, or spark (transpiled; default: the engine setting)."),
     ] = None,
@@ -47,11 +47,11 @@ def features(
     """Build the feature sets and labels into the offline store (run without a subcommand)."""
     if ctx.invoked_subcommand is None:
         days = [d.date() for d in as_of] if as_of else None
-        views.print_feature_build(run_feature_build(days, engine, online, compute))
+        views.print_feature_build(run_feature_build(days, engine, online, data_engine))
 
 
 def run_feature_build(
-    as_of: list[dt.date] | None, engine: Engine, online: bool, compute: Literal["duckdb", "spark"] | None = None
+    as_of: list[dt.date] | None, engine: Engine, online: bool, data_engine: Literal["duckdb", "spark"] | None = None
 ) -> dict[str, Any]:
     """Build features under the engine; expected errors end the command in one line."""
     from features.featurestore.build import FeatureBuildError
@@ -63,8 +63,8 @@ def run_feature_build(
     from features.lake import IngestError
 
     config = settings()
-    if compute is not None:
-        config = config.model_copy(update={"engine": compute})
+    if data_engine is not None:
+        config = config.model_copy(update={"engine": data_engine})
 
     def under_prefect() -> dict[str, Any]:
         from flows.features import build_features

@@ -26,7 +26,7 @@ def score(
             help="The cutoff whose stored features are scored. Default: the latest cutoff every input set holds.",
         ),
     ] = None,
-    compute: Annotated[
+    data_engine: Annotated[
         Compute | None,
         typer.Option(help="Where the rows are joined and scored: duckdb, or spark (default: the engine setting)."),
     ] = None,
@@ -40,8 +40,8 @@ def score(
     from models.scores import BatchScoringError
 
     config = settings()
-    if compute is not None:
-        config = config.model_copy(update={"engine": compute})
+    if data_engine is not None:
+        config = config.model_copy(update={"engine": data_engine})
     day = as_of.date() if as_of else None
 
     def under_prefect() -> dict[str, Any]:

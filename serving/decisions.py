@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -300,6 +301,8 @@ def _finite(value: float) -> float:
 
 
 FAMILIES = ("churn", "uplift", "propensity")  # the champions a decision reads, in the order answers name them
+FILL_CHUNK = 250  # customers scored per step when the cache is filled ahead
+FILL_PAUSE = 0.01  # seconds between those steps (requests take the GIL meanwhile)
 CACHE_CUSTOMERS = (
     100_000  # customers whose state parts the cache holds at most (about 1 KiB each); then it starts again
 )
@@ -344,13 +347,14 @@ def _products(policy: DecisionPolicy, model: ServedModel) -> list[str]:
 class Decider:
     """Decisions and outcomes for the service (thread-safe for concurrent requests)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, fill_ahead: bool = False) -> None:
         self.runtime = runtime
         self.policies = PolicySource(runtime)
         salt = runtime.settings.serving_log_salt or "custintel"
         self.log = DecisionLog(decision_log_path(runtime.settings), runtime.policy.audit.customer_key, salt)
         self.policies.refresh()
         self.experiments = ExperimentSource(runtime.settings)
+        self.fill_ahead = fill_ahead  # score the store's customers into a new cache on a thread of its own
         # (token, policy, customer -> parts of the state): see `_cache`
         self._derived: tuple[Any, DecisionPolicy, dict[str, _Derived]] | None = None
 
@@ -407,7 +411,44 @@ class Decider:
         held = self._derived
         if held is None or held[0] != token or held[1] is not policy:
             held = self._derived = (token, policy, {})
+            if self.fill_ahead:
+                threading.Thread(target=self._fill, args=(held,), name="decisions-fill", daemon=True).start()
         return held[2]
+
+    def _fill(self, held: tuple[Any, DecisionPolicy, dict[str, _Derived]]) -> None:
+        """Fill a new cache with every customer of the online store, a chunk at a time (on its own thread).
+
+        What a snapshot does for the churn batches: the champions score the store's customers once per
+        store state, so a live decision or a campaign reads them from memory. Stops when the cache is
+        replaced (the store, a champion or the policy moved on) or full; a failure leaves the cache to the
+        requests, which fill it as they go.
+        """
+        token, policy, cache = held
+        try:
+            runtime = self.runtime
+            keys = runtime.customer_keys()[:CACHE_CUSTOMERS]
+            for start in range(0, len(keys), FILL_CHUNK):
+                if self._derived is not held:
+                    return
+                todo = [k for k in keys[start : start + FILL_CHUNK] if k not in cache]
+                found, rows, _ = self._stored(policy, todo)
+                if not found:
+                    continue
+                consent, minors = self._consent(found, dt.date.today(), policy.minors.age_below)
+                prop = runtime.champions.models.get("propensity")
+                wanted = _may_cross_sell(policy, found, consent, minors) if prop is not None else np.zeros(
+                    len(found), dtype=bool)  # fmt: skip
+                made = self._derive(policy, found, [rows[k] for k in found], wanted)
+                if self._derived is not held:
+                    return
+                cache.update(zip(found, made, strict=True))
+                time.sleep(FILL_PAUSE)  # the requests first: a chunk at a time
+        except Exception as exc:  # noqa: BLE001 - the requests fill the cache themselves; say why this did not
+            log.warning("decision cache not filled ahead: %s: %s", type(exc).__name__, exc)
+
+    def prefetch(self) -> None:
+        """Start filling the cache for the policy served now (when it fills ahead), before the first request."""
+        self._cache(self.policies.current.policy)
 
     def _stored(
         self, policy: DecisionPolicy, keys: Sequence[str]

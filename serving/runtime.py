@@ -113,6 +113,10 @@ class Runtime:
         """
         return self._online().state(list(self._metas()))
 
+    def customer_keys(self) -> list[str]:
+        """Every customer the online store holds features of, in key order."""
+        return self._online().customer_keys(list(self._metas()))
+
     def _metas(self) -> dict[str, dict[str, Any]]:
         now = time.monotonic()
         cached = self._sets

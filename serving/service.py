@@ -138,7 +138,7 @@ class Custintel:
         # imported here: the decision policy is loaded (and a bad one refused, named) when a worker starts
         from serving.decisions import Decider
 
-        self.decider = Decider(self.runtime)
+        self.decider = Decider(self.runtime, fill_ahead=True)  # the store's customers scored ahead, in the background
         quiet_refusals("bentoml._internal.server.http_app")  # a refused request: one INFO line, not a traceback
         openapi.publish(lambda: answers.served_inputs(self.runtime))  # /docs.json declares what is served now
         # answered in the gate (serving.middleware), past BentoML's routing, context and serialisation
@@ -160,6 +160,7 @@ class Custintel:
 
         self._poller = threading.Thread(target=poll, name="registry-poll", daemon=True)
         self._poller.start()
+        self.decider.prefetch()
 
     @bentoml.on_startup
     def settle_memory(self) -> None:

@@ -73,8 +73,16 @@ def _flags(values: np.ndarray | None, n: int, name: str) -> list[bool]:
     return [bool(v) for v in array.astype(bool).tolist()]
 
 
-def _row_mappings(frame: pd.DataFrame | Scores | None, keys: Sequence[str], name: str) -> list[dict[str, float]]:
-    """One {column: value} per customer, NaN left out (a product held or not offered has no propensity)."""
+def _row_mappings(frame: pd.DataFrame | Scores | Sequence[Mapping[str, float]] | None, keys: Sequence[str],
+                  name: str) -> list[Mapping[str, float]]:  # fmt: skip
+    """One {column: value} per customer, NaN left out (a product held or not offered has no propensity).
+
+    Given as such mappings already (one per customer, in order), they are taken as they are.
+    """
+    if frame is not None and not isinstance(frame, pd.DataFrame | Scores):
+        if len(frame) != len(keys):
+            raise StatesError(f"{name}: {len(frame)} mappings for {len(keys)} customers")
+        return list(frame)
     if isinstance(frame, Scores):
         columns, matrix = [str(c) for c in frame.columns], np.asarray(frame.matrix, dtype=float)
         if matrix.shape != (len(keys), len(columns)):
@@ -136,7 +144,7 @@ def customer_states(
     *,
     churn_risk: np.ndarray | None,
     uplift: np.ndarray | None,
-    propensity: pd.DataFrame | Scores | None,
+    propensity: pd.DataFrame | Scores | Sequence[Mapping[str, float]] | None,
     margins: Mapping[str, float],
     consent: Mapping[str, Mapping[Purpose, bool]],
     minors: np.ndarray | None,
@@ -152,7 +160,8 @@ def customer_states(
     `churn_risk`, `uplift`, `minors` and `groups` are arrays aligned with the rows (None: that
     champion or attribute is missing). `propensity` has a column per product and a row per
     customer, by customer key (index or column) or else by position; NaN means no score (the
-    product is held, or not offered). `margins` is the margin per product, the same for everyone.
+    product is held, or not offered); or it is one {product: score} per customer, in order. `margins`
+    is the margin per product, the same for everyone.
     `products_held` (customer -> products) and `history` (customer -> (action, date)) may
     leave customers out.
     """

@@ -30,7 +30,7 @@ import pandas as pd
 
 from decisions.arbitration import CustomerState, Decision, decide, decide_batch, expected_value
 from decisions.policy import DecisionPolicy, Purpose, load_policy
-from decisions.states import Scores, customer_states
+from decisions.states import customer_states
 from serving.champions import ServedModel
 from serving.decision_log import (
     DecisionLog,
@@ -316,6 +316,7 @@ class _Derived:
     churn_risk: float  # NaN: no score (or no churn champion)
     uplift: float
     propensity: np.ndarray | None  # per product of `_products` (NaN: held, or not scored); None: no champion
+    scores: Mapping[str, float]  # the same as {product: score}, NaN left out (what the state holds)
     scored: bool  # whether the propensities were scored (False: no cross-sell could reach them when made)
     values: tuple[Any, ...]  # the stored values of `_columns(policy)`
 
@@ -500,10 +501,16 @@ class Decider:
         risks = [math.nan] * n if churn_risk is None else np.asarray(churn_risk, dtype=float).tolist()
         effects = [math.nan] * n if uplift is None else np.asarray(uplift, dtype=float).tolist()
         scored = wanted.tolist()
+        scores: list[Mapping[str, float]] = [{} for _ in range(n)]
+        if propensity is not None:
+            products = _products(policy, models["propensity"])
+            scores = [{c: v for c, v in zip(products, row, strict=True) if not math.isnan(v)}
+                      for row in propensity.tolist()]  # fmt: skip
         return [
-            _Derived(held[i], risks[i], effects[i], None if propensity is None else propensity[i], scored[i], values[i])
+            _Derived(held[i], risks[i], effects[i], None if propensity is None else propensity[i], scores[i],
+                     scored[i], values[i])
             for i in range(n)
-        ]
+        ]  # fmt: skip
 
     def _build(self, policy: DecisionPolicy, found: list[str], rows: Mapping[str, dict[str, Any]], today: dt.date,
                hits: Mapping[str, _Derived] | None = None,
@@ -537,14 +544,10 @@ class Decider:
         used = self._used()
         churn_risk = None if models.get("churn") is None else np.array([d.churn_risk for d in derived], dtype=float)
         uplift = None if models.get("uplift") is None else np.array([d.uplift for d in derived], dtype=float)
-        propensity: Scores | None = None
-        if prop is not None:
-            products = _products(policy, prop)
-            matrix = np.full((len(found), len(products)), np.nan)
-            for i, (d, w) in enumerate(zip(derived, wanted.tolist(), strict=True)):
-                if w and d.propensity is not None:
-                    matrix[i] = d.propensity
-            propensity = Scores(products, matrix)
+        propensity: list[Mapping[str, float]] | None = None
+        if prop is not None:  # the customers no cross-sell may reach now: no propensity
+            none: Mapping[str, float] = {}
+            propensity = [d.scores if w else none for d, w in zip(derived, wanted.tolist(), strict=True)]
         columns = _columns(policy)
         signal_columns = set(policy.signals.values())
         data: dict[str, Any] = {"customer_key": found}  # the columns `customer_states` reads, without a frame

@@ -59,6 +59,29 @@ arbitration) for one customer and for a campaign.
 Results go to benchmarks/results/serving-<time>.json (server logs to <work>/runs/<time>/). Exit code 0,
 1 when a target is missed or a request failed, 2 when setup, a server or the client failed.
 
+Measured, decisions after the gate answers /decide and /decide/batch and the decision cache (issue 21, 2026-12-06
+01:25 UTC, --quick --duration 6, one worker, same home and champions as below, load average 10-15 from other
+sessions, the fixed loop 0.78 s at the start and 0.51 s at the end; main's code on the same home, 01:19 UTC, load 15-16,
+loop 0.95 / 1.18 s, in brackets):
+
+    level              throughput          p50 / p99 ms       srv CPU          /churn/score same run: req/s, p99
+    /decide c=1        339 (93) req/s      1.6 / 19.9         0.62 (2.37) ms   412 (159), 24.4 (68.6)
+    /decide c=8        735 (167) req/s     7.8 / 53.7 (244.5) 0.47 (2.24) ms   1,181 (539), 51.0 (50.3)
+    /decide c=32       900 (196) req/s     32.7 / 114.1 (316) 0.47 (1.90) ms   1,081 (694), 125.9 (114.3)
+    campaign x1,000    2,786 (1,224)/s     368 / 438          108 (287) ms/1,000   11,333 rows/s (5,667)
+    campaign x10,000   4,910/s             2,037              119 ms/1,000
+
+/decide's p99 at c=8 is now 1.1x /churn/score's (main: 4.9x); a decision costs the server 0.47-0.62 ms of CPU
+against 1.9-2.4 ms. What changed: /decide and /decide/batch are answered in the gate (serving/middleware.py,
+the campaign on a worker thread); the model-derived parts of every customer's state (products held, churn risk,
+uplift, propensities, signal and equity columns) are kept per online-store state, champions and policy, filled
+ahead by a background thread when any of them changes (12,512 customers in about 6 s here) and by the requests
+themselves; consent, age and the contact history are read per request; no pandas frame on the service's path.
+In process: `Decider.states` 551 ms per 1,000 customers read and scored, 47 ms from the cache; 2.4 ms and 0.14 ms
+for one. What is left of a campaign's ~110 ms per 1,000: the arbitration (`decide_batch`, 40-130 ms loaded), the
+answers and the decision log's rows, the history query. Targets (p99 < 15 ms at c=8, >= 10,000 customers/s) are
+not shown on this loaded machine; by server CPU a campaign now costs about 9,000-11,000 customers/s of one core.
+
 Measured, decisions (issue 21, 2026-12-05 22:27 UTC, full run, one worker, load average 5.2 from other sessions,
 the fixed loop 0.46 s at the start and 0.17 s at the end; demo champions: churn 29 trees, propensity 80, uplift an
 X-learner of 4 x 150):
@@ -460,8 +483,14 @@ def _profile_decisions(home: str, keys_file: str, sizes: tuple[tuple[int, int], 
                 arbitrate = lambda: decide(policy, states[0], "call_centre", today, seed=1)  # noqa: B023, E731
             else:  # a campaign (/decide/batch): `decide_batch` on email
                 arbitrate = lambda: decide_batch(policy, states, "email", today, seed=1)  # noqa: B023, E731
+
+            def cold() -> Any:
+                decider._derived = None  # the per-customer cache dropped: every customer read and scored
+                return decider.states(policy, picked, today)  # noqa: B023
+
             out["single" if size == 1 else f"batch x{size}"] = {
-                "states (Decider.states)": round(_timed(lambda: decider.states(policy, picked, today), repeats), 4),  # noqa: B023
+                "states, first time (Decider.states)": round(_timed(cold, repeats), 4),
+                "states, again (cached)": round(_timed(lambda: decider.states(policy, picked, today), repeats), 4),  # noqa: B023
                 "arbitration (decide / decide_batch)": round(_timed(arbitrate, repeats), 4),
             }
     finally:

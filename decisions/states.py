@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, get_args
 
 import numpy as np
@@ -72,25 +73,47 @@ def _flags(values: np.ndarray | None, n: int, name: str) -> list[bool]:
     return [bool(v) for v in array.astype(bool).tolist()]
 
 
-def _row_mappings(frame: pd.DataFrame | None, keys: pd.Index, name: str) -> list[dict[str, float]]:
-    """One {column: value} per customer, NaN left out (a product held or not offered has no propensity)."""
+def _row_mappings(frame: pd.DataFrame | Scores | Sequence[Mapping[str, float]] | None, keys: Sequence[str],
+                  name: str) -> list[Mapping[str, float]]:  # fmt: skip
+    """One {column: value} per customer, NaN left out (a product held or not offered has no propensity).
+
+    Given as such mappings already (one per customer, in order), they are taken as they are.
+    """
+    if frame is not None and not isinstance(frame, pd.DataFrame | Scores):
+        if len(frame) != len(keys):
+            raise StatesError(f"{name}: {len(frame)} mappings for {len(keys)} customers")
+        return list(frame)
+    if isinstance(frame, Scores):
+        columns, matrix = [str(c) for c in frame.columns], np.asarray(frame.matrix, dtype=float)
+        if matrix.shape != (len(keys), len(columns)):
+            raise StatesError(f"{name}: {matrix.shape} scores for {len(keys)} customers and {len(columns)} columns")
+        values = matrix.tolist()
+        return [{c: v for c, v in zip(columns, row, strict=True) if not math.isnan(v)} for row in values]
     if frame is None or frame.empty:
         return [{} for _ in range(len(keys))]
-    table = _aligned(frame, keys, name)
+    table = _aligned(frame, pd.Index(keys), name)
     columns = [str(c) for c in table.columns]
     values = table.to_numpy(dtype=float).tolist()
     return [{c: v for c, v in zip(columns, row, strict=True) if not math.isnan(v)} for row in values]
 
 
-def _signals(policy: DecisionPolicy, features: pd.DataFrame) -> list[dict[str, float]]:
+def _column(features: pd.DataFrame | Mapping[str, Sequence[Any]], name: str) -> np.ndarray:
+    """One feature column as floats."""
+    if isinstance(features, pd.DataFrame):
+        return features[name].to_numpy(dtype=float)
+    return np.asarray(features[name], dtype=float)
+
+
+def _signals(
+    policy: DecisionPolicy, features: pd.DataFrame | Mapping[str, Sequence[Any]], n: int
+) -> list[dict[str, float]]:
     """The policy's signals per customer from their feature columns; a column absent or NaN leaves the signal out."""
-    n = len(features)
-    present = {s: c for s, c in policy.signals.items() if c in features.columns}
+    present = {s: c for s, c in policy.signals.items() if c in features}
     if not present:
         return [{} for _ in range(n)]
     names = list(present)
     # column by column: a multi-column selection copies the frame's blocks first
-    values = np.column_stack([features[present[s]].to_numpy(dtype=float) for s in names]).tolist()
+    values = np.column_stack([_column(features, present[s]) for s in names]).tolist()
     return [{s: v for s, v in zip(names, row, strict=True) if not math.isnan(v)} for row in values]
 
 
@@ -107,13 +130,21 @@ def _consents(
     return out
 
 
+@dataclass(frozen=True)
+class Scores:
+    """A score per customer and column (propensity per product) as a matrix, its rows in the customers' order."""
+
+    columns: Sequence[str]
+    matrix: np.ndarray  # (customers, columns); NaN: no score
+
+
 def customer_states(
     policy: DecisionPolicy,
-    features: pd.DataFrame,
+    features: pd.DataFrame | Mapping[str, Sequence[Any]],
     *,
     churn_risk: np.ndarray | None,
     uplift: np.ndarray | None,
-    propensity: pd.DataFrame | None,
+    propensity: pd.DataFrame | Scores | Sequence[Mapping[str, float]] | None,
     margins: Mapping[str, float],
     consent: Mapping[str, Mapping[Purpose, bool]],
     minors: np.ndarray | None,
@@ -124,17 +155,20 @@ def customer_states(
 ) -> list[CustomerState]:
     """One state per row of `features` (its `customer_key` column and the policy's signal columns), in order.
 
+    `features` is a frame, or a mapping of column -> values (the same length each) read the same way.
+
     `churn_risk`, `uplift`, `minors` and `groups` are arrays aligned with the rows (None: that
     champion or attribute is missing). `propensity` has a column per product and a row per
     customer, by customer key (index or column) or else by position; NaN means no score (the
-    product is held, or not offered). `margins` is the margin per product, the same for everyone.
+    product is held, or not offered); or it is one {product: score} per customer, in order. `margins`
+    is the margin per product, the same for everyone.
     `products_held` (customer -> products) and `history` (customer -> (action, date)) may
     leave customers out.
     """
-    if "customer_key" not in features.columns:
+    if "customer_key" not in features:
         raise StatesError("features: needs a customer_key column")
-    given = features["customer_key"].tolist()
-    key_list = given if all(type(k) is str for k in given) else [str(k) for k in features["customer_key"].astype(str)]
+    given = list(features["customer_key"])
+    key_list = given if all(type(k) is str for k in given) else [str(k) for k in given]
     n = len(key_list)
     if len(set(key_list)) != n:
         seen: set[str] = set()
@@ -142,11 +176,10 @@ def customer_states(
             if k in seen:
                 raise StatesError(f"features: customer key {k!r} appears more than once")
             seen.add(k)
-    index = pd.Index(key_list)
     risks = _floats_or_none(churn_risk, n, "churn_risk")
     uplifts = _floats_or_none(uplift, n, "uplift")
-    scores = _row_mappings(propensity, index, "propensity")
-    signals = _signals(policy, features)
+    scores = _row_mappings(propensity, key_list, "propensity")
+    signals = _signals(policy, features, n)
     consents = _consents(key_list, consent, unknown_consent)
     minor_list = _flags(minors, n, "minors")
     group_list: list[Any]

@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -299,16 +300,64 @@ def _finite(value: float) -> float:
     return float(value) if math.isfinite(value) else 0.0
 
 
+FAMILIES = ("churn", "uplift", "propensity")  # the champions a decision reads, in the order answers name them
+FILL_CHUNK = 250  # customers scored per step when the cache is filled ahead
+FILL_PAUSE = 0.01  # seconds between those steps (requests take the GIL meanwhile)
+CACHE_CUSTOMERS = (
+    100_000  # customers whose state parts the cache holds at most (about 1 KiB each); then it starts again
+)
+
+
+@dataclass(frozen=True)
+class _Derived:
+    """What a customer's state takes from the online store and the champions: the same until either changes."""
+
+    held: frozenset[str]
+    churn_risk: float  # NaN: no score (or no churn champion)
+    uplift: float
+    propensity: np.ndarray | None  # per product of `_products` (NaN: held, or not scored); None: no champion
+    scores: Mapping[str, float]  # the same as {product: score}, NaN left out (what the state holds)
+    scored: bool  # whether the propensities were scored (False: no cross-sell could reach them when made)
+    values: tuple[Any, ...]  # the stored values of `_columns(policy)`
+
+
+def _columns(policy: DecisionPolicy) -> list[str]:
+    """The stored columns a state reads: the policy's signals and its equity attribute."""
+    return sorted({c for c in policy.signals.values()} | {policy.equity.attribute})
+
+
+_PRODUCTS: dict[tuple[int, int], tuple[DecisionPolicy, Any, list[str]]] = {}  # (id(policy), id(model)) -> products
+
+
+def _products(policy: DecisionPolicy, model: ServedModel) -> list[str]:
+    """The products a cross-sell may offer that the propensity champion knows (every offered one if it says none)."""
+    from serving.answers import product_catalogue
+
+    found = _PRODUCTS.get((id(policy), id(model.model)))
+    if found is not None and found[0] is policy and found[1] is model.model:
+        return found[2]
+    catalogue = set(product_catalogue(model))
+    offered = {p for a in policy.actions if a.kind == "cross_sell" for p in a.offered()}
+    products = sorted(offered & catalogue if catalogue else offered)
+    if len(_PRODUCTS) > 16:  # policies and models replaced by newer ones: start again
+        _PRODUCTS.clear()
+    _PRODUCTS[(id(policy), id(model.model))] = (policy, model.model, products)
+    return products
+
+
 class Decider:
     """Decisions and outcomes for the service (thread-safe for concurrent requests)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, fill_ahead: bool = False) -> None:
         self.runtime = runtime
         self.policies = PolicySource(runtime)
         salt = runtime.settings.serving_log_salt or "custintel"
         self.log = DecisionLog(decision_log_path(runtime.settings), runtime.policy.audit.customer_key, salt)
         self.policies.refresh()
         self.experiments = ExperimentSource(runtime.settings)
+        self.fill_ahead = fill_ahead  # score the store's customers into a new cache on a thread of its own
+        # (token, policy, customer -> parts of the state): see `_cache`
+        self._derived: tuple[Any, DecisionPolicy, dict[str, _Derived]] | None = None
 
     # -- states --------------------------------------------------------------------------------------------------
     def _consent(self, keys: Sequence[str], today: dt.date, age_below: int) -> tuple[dict[str, dict[Purpose, bool]],
@@ -341,25 +390,100 @@ class Decider:
         every champion is scored on its pandas-free route once that was checked exact, and a
         batch's predictions use this worker's share of the cores when it is scored alone.
         """
-        runtime = self.runtime
-        stored = runtime.features_many(keys)
-        found = [k for k in keys if k in stored]
+        found, rows, hits = self._stored(policy, keys)
         if not found:
             return [], [], []
-        rows = [stored[k] for k in found]
+        states, used = self._build(policy, found, rows, today, hits)
+        return states, found, used
+
+    # -- what a state takes from the online store and the champions, kept per customer --------------------------
+    def _cache(self, policy: DecisionPolicy) -> dict[str, _Derived] | None:
+        """The per-customer cache valid now: the online store, the champions and the policy as they were when made.
+
+        A new token (a set materialised again or erased from, a champion promoted, another policy served)
+        starts an empty one. None when the serving policy keeps no in-memory copies (`snapshot.enabled`).
+        """
+        runtime = self.runtime
+        if runtime.snapshots is None:
+            return None
+        models = runtime.champions.models
+        served = tuple((f, models[f].version, id(models[f].model)) for f in FAMILIES if models.get(f) is not None)
+        token = (runtime.online_state(), served)
+        held = self._derived
+        if held is None or held[0] != token or held[1] is not policy:
+            held = self._derived = (token, policy, {})
+            if self.fill_ahead:
+                threading.Thread(target=self._fill, args=(held,), name="decisions-fill", daemon=True).start()
+        return held[2]
+
+    def _fill(self, held: tuple[Any, DecisionPolicy, dict[str, _Derived]]) -> None:
+        """Fill a new cache with every customer of the online store, a chunk at a time (on its own thread).
+
+        What a snapshot does for the churn batches: the champions score the store's customers once per
+        store state, so a live decision or a campaign reads them from memory. Stops when the cache is
+        replaced (the store, a champion or the policy moved on) or full; a failure leaves the cache to the
+        requests, which fill it as they go.
+        """
+        token, policy, cache = held
+        try:
+            runtime = self.runtime
+            keys = runtime.customer_keys()[:CACHE_CUSTOMERS]
+            for start in range(0, len(keys), FILL_CHUNK):
+                if self._derived is not held:
+                    return
+                todo = [k for k in keys[start : start + FILL_CHUNK] if k not in cache]
+                found, rows, _ = self._stored(policy, todo)
+                if not found:
+                    continue
+                consent, minors = self._consent(found, dt.date.today(), policy.minors.age_below)
+                prop = runtime.champions.models.get("propensity")
+                wanted = _may_cross_sell(policy, found, consent, minors) if prop is not None else np.zeros(
+                    len(found), dtype=bool)  # fmt: skip
+                made = self._derive(policy, found, [rows[k] for k in found], wanted)
+                if self._derived is not held:
+                    return
+                cache.update(zip(found, made, strict=True))
+                time.sleep(FILL_PAUSE)  # the requests first: a chunk at a time
+        except Exception as exc:  # noqa: BLE001 - the requests fill the cache themselves; say why this did not
+            log.warning("decision cache not filled ahead: %s: %s", type(exc).__name__, exc)
+
+    def prefetch(self) -> None:
+        """Start filling the cache for the policy served now (when it fills ahead), before the first request."""
+        self._cache(self.policies.current.policy)
+
+    def _stored(
+        self, policy: DecisionPolicy, keys: Sequence[str]
+    ) -> tuple[list[str], dict[str, dict[str, Any]], dict[str, _Derived]]:
+        """The customers the online store knows (request order), with what states are built from.
+
+        The stored features of those not in the cache, and the cached parts of those in it.
+        """
+        cache = self._cache(policy)
+        hits = {k: d for k in keys if (d := cache.get(k)) is not None} if cache else {}
+        stored = self.runtime.features_many([k for k in keys if k not in hits]) if len(hits) < len(keys) else {}
+        found = [k for k in keys if k in hits or k in stored]
+        return found, stored, hits
+
+    def _used(self) -> list[dict[str, str]]:
+        """The champions a decision reads, as `states` lists them (for a customer decided without them)."""
+        models = self.runtime.champions.models
+        return [_ref(models[f]) for f in FAMILIES if models.get(f) is not None]
+
+    def _derive(self, policy: DecisionPolicy, keys: list[str], rows: list[dict[str, Any]],
+                wanted: np.ndarray) -> list[_Derived]:  # fmt: skip
+        """Each customer's parts of a state from their stored features and the champions (scored as a batch)."""
+        runtime = self.runtime
         matrices = _Matrices(rows)
         models = runtime.champions.models
-        used: list[dict[str, str]] = []
+        n = len(keys)
         churn_risk = uplift = None
-        propensity: pd.DataFrame | None = None
-        held = {k: _held(r) for k, r in zip(found, rows, strict=True)}
-        consent, minors = self._consent(found, today, policy.minors.age_below)
-        with runtime.scoring_threads.lease(len(found)) as threads:
+        propensity: np.ndarray | None = None
+        held = [_held(r) for r in rows]
+        with runtime.scoring_threads.lease(n) as threads:
             prop = models.get("propensity")
             if prop is not None:
-                wanted = _may_cross_sell(policy, found, consent, minors)
-                propensity = self._propensity(policy, prop, found, rows, held, matrices, threads, wanted)
-                used_prop = _ref(prop)
+                propensity = self._propensity(policy, prop, keys, rows, dict(zip(keys, held, strict=True)), matrices,
+                                              threads, wanted)  # fmt: skip
             churn = models.get("churn")
             if churn is not None:
                 pipeline = inner_pipeline(churn.model)
@@ -367,48 +491,92 @@ class Decider:
                     churn_risk, _ = score_matrix(churn.model, matrices.of(pipeline[0]), 0, threads)
                 else:  # the first call: checks the pandas-free route against the model
                     churn_risk, _ = score_records(churn.model, rows, churn.inputs, 0)
-                used.append(_ref(churn))
             up = models.get("uplift")
             if up is not None:
                 prepare = up.model[0] if hasattr(up.model, "steps") else None
                 ready = prepare is not None and _UPLIFT_ROUTE.get(id(up.model))
                 uplift = predict_uplift(up, rows, matrices.of(prepare) if ready else None, threads)
-                used.append(_ref(up))
-        if prop is not None:
-            used.append(used_prop)
-        columns = sorted({c for c in policy.signals.values()} | {policy.equity.attribute})
+        columns = _columns(policy)
+        values = [tuple(r.get(c) for c in columns) for r in rows]
+        risks = [math.nan] * n if churn_risk is None else np.asarray(churn_risk, dtype=float).tolist()
+        effects = [math.nan] * n if uplift is None else np.asarray(uplift, dtype=float).tolist()
+        scored = wanted.tolist()
+        scores: list[Mapping[str, float]] = [{} for _ in range(n)]
+        if propensity is not None:
+            products = _products(policy, models["propensity"])
+            scores = [{c: v for c, v in zip(products, row, strict=True) if not math.isnan(v)}
+                      for row in propensity.tolist()]  # fmt: skip
+        return [
+            _Derived(held[i], risks[i], effects[i], None if propensity is None else propensity[i], scores[i],
+                     scored[i], values[i])
+            for i in range(n)
+        ]  # fmt: skip
+
+    def _build(self, policy: DecisionPolicy, found: list[str], rows: Mapping[str, dict[str, Any]], today: dt.date,
+               hits: Mapping[str, _Derived] | None = None,
+               ) -> tuple[list[CustomerState], list[dict[str, str]]]:  # fmt: skip
+        """`states` of customers the store knows: from the cache (`hits`) or their stored features (`rows`).
+
+        Consent, age and the contact history are read for every customer, every time; a cached customer whose
+        propensities were not scored (no cross-sell could reach them then) and now may be reached is scored anew.
+        """
+        hits = hits or {}
+        models = self.runtime.champions.models
+        consent, minors = self._consent(found, today, policy.minors.age_below)
+        prop = models.get("propensity")
+        wanted = _may_cross_sell(policy, found, consent, minors) if prop is not None else np.zeros(len(found), bool)
+        stale = [k for k, w in zip(found, wanted.tolist(), strict=True) if w and k in hits and not hits[k].scored]
+        if stale:  # read again: their features were not fetched
+            rows = {**rows, **self.runtime.features_many(stale)}
+            hits = {k: d for k, d in hits.items() if k not in set(stale)}
+        missing = [i for i, k in enumerate(found) if k not in hits]
+        parts: dict[str, _Derived] = dict(hits)
+        if missing:
+            keys = [found[i] for i in missing]
+            made = self._derive(policy, keys, [rows[k] for k in keys], wanted[missing])
+            parts.update(zip(keys, made, strict=True))
+            cache = self._cache(policy)
+            if cache is not None:
+                if len(cache) + len(keys) > CACHE_CUSTOMERS:
+                    cache.clear()
+                cache.update(zip(keys, made, strict=True))
+        derived = [parts[k] for k in found]
+        used = self._used()
+        churn_risk = None if models.get("churn") is None else np.array([d.churn_risk for d in derived], dtype=float)
+        uplift = None if models.get("uplift") is None else np.array([d.uplift for d in derived], dtype=float)
+        propensity: list[Mapping[str, float]] | None = None
+        if prop is not None:  # the customers no cross-sell may reach now: no propensity
+            none: Mapping[str, float] = {}
+            propensity = [d.scores if w else none for d, w in zip(derived, wanted.tolist(), strict=True)]
+        columns = _columns(policy)
         signal_columns = set(policy.signals.values())
-        data: dict[str, Any] = {"customer_key": found}
-        for c in columns:
-            values = [r.get(c) for r in rows]
+        data: dict[str, Any] = {"customer_key": found}  # the columns `customer_states` reads, without a frame
+        for j, c in enumerate(columns):
+            values = [d.values[j] for d in derived]
             data[c] = _numbers(values) if c in signal_columns else values
-        features = pd.DataFrame(data)
         window = max((max(a.window_days, a.cooldown_days) for a in policy.actions), default=1)
         history = self.log.history(found, since=today - dt.timedelta(days=window))
         group_values = np.asarray(data[policy.equity.attribute], dtype=object)
         groups = group_values if any(g is not None for g in group_values) else None
+        held = {k: d.held for k, d in zip(found, derived, strict=True)}
         states = customer_states(
-            policy, features, churn_risk=churn_risk, uplift=uplift, propensity=propensity, margins={},
+            policy, data, churn_risk=churn_risk, uplift=uplift, propensity=propensity, margins={},
             consent=consent, minors=minors, groups=groups, history=history, products_held=held,
         )  # fmt: skip
-        return states, found, used
+        return states, used
 
     @staticmethod
     def _propensity(policy: DecisionPolicy, model: ServedModel, keys: Sequence[str], rows: Sequence[dict[str, Any]],
                     held: Mapping[str, frozenset[str]], matrices: _Matrices | None = None,
-                    threads: int = 1, wanted: np.ndarray | None = None) -> pd.DataFrame:  # fmt: skip
-        """P(buy) of each cross-sell action's product a customer does not hold (NaN: held, or not scored).
+                    threads: int = 1, wanted: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """P(buy) of each cross-sell product (`_products`) a customer does not hold (NaN: held, or not scored).
 
         Every (customer, product) pair in one scoring pass (`score_pairs`: pandas-free where exact),
         the pairs found with NumPy (customer-major, as the products are sorted). `wanted`: per
         customer, whether any cross-sell may be offered at all (`_may_cross_sell`); the others are
         not scored (no rule lets their scores matter).
         """
-        from serving.answers import product_catalogue
-
-        catalogue = set(product_catalogue(model))
-        offered = {p for a in policy.actions if a.kind == "cross_sell" for p in a.offered()}
-        products = sorted(offered & catalogue if catalogue else offered)
+        products = _products(policy, model)
         column = {p: j for j, p in enumerate(products)}
         holds = np.zeros((len(keys), len(products)), dtype=bool)
         for i, k in enumerate(keys):
@@ -424,7 +592,7 @@ class Decider:
             prepare = model.model[0] if hasattr(model.model, "steps") else None
             base = matrices.of(prepare) if matrices is not None and _PAIRS_ROUTE.get(id(model.model)) else None
             matrix[at[:, 0], at[:, 1]] = score_pairs(model, rows, products, at, base, threads)
-        return pd.DataFrame(matrix, index=pd.Index(list(keys)), columns=products)
+        return matrix  # a row per customer, a column per product of `_products`
 
     # -- decisions -----------------------------------------------------------------------------------------------
     def _answer(self, served: ServedPolicy, decision: Decision, decision_id: str, channel: str,
@@ -432,7 +600,7 @@ class Decider:
                 placement: Placement | None = None) -> tuple[dict[str, Any], LoggedDecision]:  # fmt: skip
         policy = served.policy
         chosen = [
-            {"name": c.action, "kind": policy.action(c.action).kind, "channel": str(c.channel),
+            {"name": c.action, "kind": c.kind, "channel": str(c.channel),
              "priority": _finite(c.priority), "p": _finite(c.p), "v": _finite(c.v), "l": _finite(c.l),
              "reasons": list(c.reasons)}
             for c in decision.actions
@@ -476,14 +644,16 @@ class Decider:
         """One live decision (a `DecideResponse` document), logged before it is answered; 404 for an unknown key."""
         served = self.policies.current
         today = dt.date.today()
-        states, _, models = self.states(served.policy, [request.customer_key], today)
-        if not states:
+        found, rows, hits = self._stored(served.policy, [request.customer_key])
+        if not found:
             raise ServingError(404, "customer_key", f"unknown customer {request.customer_key!r}")
         decision_id = new_decision_id()
         placement = self.experiments.place([request.customer_key])[request.customer_key]
-        if placement.held_out:
+        if placement.held_out:  # the fallback whatever the state: no state is built
+            models = self._used()
             decision = holdout_decision(served.policy, request.customer_key, request.channel, served.version)
         else:
+            states, models = self._build(served.policy, found, rows, today, hits)
             decision = decide(served.policy, states[0], request.channel, today, seed=seed_of(decision_id),
                               context=dict(request.context), policy_version=served.version,
                               withheld=placement.withheld or None)  # fmt: skip
@@ -498,22 +668,27 @@ class Decider:
         served = self.policies.current
         policy = served.policy
         today = dt.date.today()
-        states, found, models = self.states(policy, request.customer_keys, today)
+        found, rows, hits = self._stored(policy, request.customer_keys)
+        placements = self.experiments.place(found)
+        # the global holdout takes no capacity and gets the fallback whatever its state: decided apart, no state built
+        held_out = [k for k in found if placements[k].held_out]
+        if held_out:
+            found = [k for k in found if not placements[k].held_out]
+        states: list[CustomerState] = []
+        models = self._used() if held_out else []  # no customer found: the answers name no champion
+        if found:
+            states, models = self._build(policy, found, rows, today, hits)
         left: dict[str, int] | None = None
         if request.channel in policy.capacity:
             used = self.log.contacts_since(request.channel, policy.fallback, dt.date.today())
             left = {request.channel: max(0, policy.capacity[request.channel] - used)}
-        placements = self.experiments.place(found)
-        held_out = [s for s in states if placements[s.customer_key].held_out]
-        if held_out:  # the global holdout takes no capacity: decided apart, with the fallback
-            states = [s for s in states if not placements[s.customer_key].held_out]
         withheld = {k: p.withheld for k, p in placements.items() if p.withheld}
         batch_id = new_decision_id()
         batch = decide_batch(policy, states, request.channel, today, seed=seed_of(batch_id), capacity=left,
                              policy_version=served.version, withheld=withheld or None) \
             if states else None  # fmt: skip
         decided = list(batch.decisions) if batch is not None else []
-        decided += [holdout_decision(policy, s.customer_key, request.channel, served.version) for s in held_out]
+        decided += [holdout_decision(policy, k, request.channel, served.version) for k in held_out]
         answers: dict[str, dict[str, Any]] = {}
         logged: list[LoggedDecision] = []
         exposures: list[Exposure] = []

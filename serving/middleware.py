@@ -6,12 +6,16 @@ route's scope (403 naming the scope otherwise; `serving.keys`). A POST must be J
 or any other content type gets 415) and no larger than the policy allows (413), whether
 or not the client announced its length.
 
-A route the service registers with `answer_directly` (the single churn score) is answered by
-the gate itself once its request passed those checks: the handler parses the body with the
-route's own request model and answers, or declines (a body its model refuses), and the request
-goes on to BentoML as any other. BentoML's own layers in front of the gate (metrics, timeout,
-concurrency limit) still see it; what is skipped is its per-request routing, context and
-serialisation, which cost more than scoring a customer (measured: benchmarks/bench_serving.py).
+A route the service registers with `answer_directly` (the single churn score, /decide and
+/decide/batch) is answered by the gate itself once its request passed those checks: the handler
+parses the body with the route's own request model and answers, or declines (a body its model
+refuses), and the request goes on to BentoML as any other. A handler registered `threaded` (a
+campaign's hundreds of milliseconds) runs on a worker thread, so the event loop keeps answering
+other requests meanwhile; the others run on the event loop (under a few milliseconds: handing
+them to a thread cost more than the work, and the threads then queued for the GIL). BentoML's
+own layers in front of the gate (metrics, timeout, concurrency limit) still see it; what is
+skipped is its per-request routing, context and serialisation, which cost more than scoring a
+customer (measured: benchmarks/bench_serving.py).
 """
 
 from __future__ import annotations
@@ -54,16 +58,19 @@ ROUTES = {
 
 # A route's answer from the request body and the caller's fingerprint: (status, JSON bytes), or None to decline.
 DirectHandler = Callable[[bytes, str], "tuple[int, bytes] | None"]
-_DIRECT: dict[str, DirectHandler] = {}  # path -> handler, set by the service when its worker starts
+_DIRECT: dict[str, tuple[DirectHandler, bool]] = {}  # path -> (handler, threaded), set when a worker starts
 SERVER_HEADER = (b"server", b"BentoML Service/custintel")  # what BentoML's own answers carry
 
 
-def answer_directly(path: str, handler: DirectHandler | None) -> None:
-    """Have the gate answer `path` itself with `handler` (None: stop), for this worker process."""
+def answer_directly(path: str, handler: DirectHandler | None, threaded: bool = False) -> None:
+    """Have the gate answer `path` itself with `handler` (None: stop), for this worker process.
+
+    `threaded`: call the handler on a worker thread (for work long enough to hold up other requests).
+    """
     if handler is None:
         _DIRECT.pop(path, None)
     else:
-        _DIRECT[path] = handler
+        _DIRECT[path] = (handler, threaded)
 
 
 async def send_bytes(send: Send, status: int, payload: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
@@ -200,7 +207,12 @@ class Gatekeeper:
                 return
         direct = _DIRECT.get(scope["path"])
         if direct is not None:
-            answered = direct(body, scope["state"]["caller"])
+            handler, threaded = direct
+            if threaded:
+                loop = asyncio.get_running_loop()
+                answered = await loop.run_in_executor(None, handler, body, scope["state"]["caller"])
+            else:
+                answered = handler(body, scope["state"]["caller"])
             if answered is not None:
                 await send_bytes(send, *answered, (SERVER_HEADER,))
                 return

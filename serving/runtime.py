@@ -106,12 +106,26 @@ class Runtime:
                                                                     snapshots.max_customers))  # fmt: skip
         return found
 
-    def _view(self, model: ServedModel) -> SetView:
+    def online_state(self) -> tuple[tuple[str, str], ...]:
+        """A token of what the online store holds: it changes when a set is materialised again or erased from.
+
+        Over the sets whose metadata the runtime last read (again at most every `SETS_SECONDS`).
+        """
+        return self._online().state(list(self._metas()))
+
+    def customer_keys(self) -> list[str]:
+        """Every customer the online store holds features of, in key order."""
+        return self._online().customer_keys(list(self._metas()))
+
+    def _metas(self) -> dict[str, dict[str, Any]]:
         now = time.monotonic()
         cached = self._sets
         if cached is None or now - cached[0] > SETS_SECONDS:
             cached = self._sets = (now, self._online().sets())
-        metas = cached[1]
+        return cached[1]
+
+    def _view(self, model: ServedModel) -> SetView:
+        metas = self._metas()
         key = (model.name, model.version, id(metas))
         view = self._views.get(key)
         if view is None:

@@ -8,10 +8,11 @@ logic lives in `serving.answers` and the parts `serving.runtime` composes; this 
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import bentoml
 import orjson
@@ -52,7 +53,9 @@ from serving.schemas import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("custintel.serving")
 GC_GEN0 = 20_000  # allocations between young-generation collections (CPython's default: 700)
+DIRECT_PATHS = ("/churn/score", "/decide", "/decide/batch")  # answered by the gate itself once it checked them
 TRACED_NOT = ("/churn/score", "/propensity/score", "/recommend", "/decide", "/outcomes")
 extra = FastAPI(docs_url=None, openapi_url=None, redoc_url=None)
 
@@ -67,6 +70,18 @@ def _answer(call: Callable[[], T], ctx: bentoml.Context) -> T | JSONResponse:
     except ServingError as exc:
         ctx.response.status_code = exc.status  # with a Context in the signature, BentoML answers with its status
         return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _direct(call: Callable[[], dict[str, Any]]) -> tuple[int, bytes]:
+    """A gate-answered route's (status, JSON): the answer, a refusal naming the field, or 500 said as one."""
+    try:
+        return 200, orjson.dumps(call())
+    except ServingError as exc:
+        return exc.status, orjson.dumps(exc.body())
+    except Exception as exc:  # noqa: BLE001 - the gate has no handler behind it: say it, keep the traceback in the log
+        log.exception("answering in the gate failed")
+        body = {"error": {"field": "server", "reason": f"internal error: {type(exc).__name__}"}}
+        return 500, orjson.dumps(body)
 
 
 def _timeout() -> float:
@@ -123,10 +138,13 @@ class Custintel:
         # imported here: the decision policy is loaded (and a bad one refused, named) when a worker starts
         from serving.decisions import Decider
 
-        self.decider = Decider(self.runtime)
+        self.decider = Decider(self.runtime, fill_ahead=True)  # the store's customers scored ahead, in the background
         quiet_refusals("bentoml._internal.server.http_app")  # a refused request: one INFO line, not a traceback
         openapi.publish(lambda: answers.served_inputs(self.runtime))  # /docs.json declares what is served now
-        answer_directly("/churn/score", self._churn_direct)  # answered in the gate (serving.middleware)
+        # answered in the gate (serving.middleware), past BentoML's routing, context and serialisation
+        answer_directly("/churn/score", self._churn_direct)
+        answer_directly("/decide", self._decide_direct)
+        answer_directly("/decide/batch", self._decide_batch_direct, threaded=True)  # a campaign: off the event loop
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -142,6 +160,7 @@ class Custintel:
 
         self._poller = threading.Thread(target=poll, name="registry-poll", daemon=True)
         self._poller.start()
+        self.decider.prefetch()
 
     @bentoml.on_startup
     def settle_memory(self) -> None:
@@ -159,7 +178,8 @@ class Custintel:
     @bentoml.on_shutdown
     def stop_polling(self) -> None:
         """Stop polling and flush the inference log."""
-        answer_directly("/churn/score", None)
+        for path in DIRECT_PATHS:
+            answer_directly(path, None)
         self._stop.set()
         if self._poller is not None:
             self._poller.join(5)
@@ -194,6 +214,30 @@ class Custintel:
         except ServingError as exc:
             return exc.status, orjson.dumps(exc.body())
         return 200, orjson.dumps(answer)
+
+    def _decide_direct(self, body: bytes, caller: str) -> tuple[int, bytes] | None:
+        """`decide` for the gate: (status, JSON) from the raw body; None leaves a refused body to BentoML.
+
+        On the event loop, as the churn score (a decision costs about a millisecond of CPU).
+        """
+        try:
+            request = DecideRequest.model_validate_json(body)
+        except ValidationError:
+            return None  # BentoML refuses it (400, the fields named), as it does every malformed body
+        return _direct(lambda: self.decider.decide_one(request))
+
+    def _decide_batch_direct(self, body: bytes, caller: str) -> tuple[int, bytes] | None:
+        """`decide_batch` for the gate (on a worker thread): (status, JSON); None leaves a refused body to BentoML."""
+        try:
+            request = DecideBatchRequest.model_validate_json(body)
+        except ValidationError:
+            return None
+
+        def run() -> dict[str, Any]:
+            answers.check_batch(self.runtime, len(request.customer_keys))
+            return self.decider.decide_many(request)
+
+        return _direct(run)
 
     @bentoml.api(route="/churn/score/batch")
     def churn_score_batch(self, request: BatchScoreRequest, /, ctx: bentoml.Context) -> BatchScoreResponse:

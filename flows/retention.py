@@ -1,7 +1,8 @@
 """Prefect flow `retention-apply`: delete what the retention policy says is due, store by store, and report it.
 
 One task per store calls the store's own expiry (`serving.inference_log.expire`,
-`features.retention`, `monitoring.retention`, `governance.retention.expire_dsar_exports`)
+`features.retention`, `models.scores.expire_scores`, `monitoring.retention`,
+`governance.retention.expire_dsar_exports`)
 with the day before which its items are due (`governance.retention.RetentionPolicy`). The
 offline store keeps the cutoffs a live model version (@champion, @challenger) was trained and
 tested on, read from the versions' lineage in the registry; when the registry cannot be read,
@@ -109,6 +110,11 @@ def _store_calls(config: Settings, policy: RetentionPolicy, as_of: dt.date, dry_
                     skipped[store] = f"the registry could not be read to find the live models' cutoffs: {exc}"
                     continue
             calls[store] = partial(features_retention.expire_offline, config, due, keep, dry_run)
+        elif store == "batch_scores":
+            from models.scores import expire_scores
+
+            keep_latest = policy.stores[store].keep_latest if store in policy.stores else True
+            calls[store] = partial(expire_scores, config, due, keep_latest, dry_run)
         elif store == "monitoring_reports":
             calls[store] = partial(monitoring_retention.expire_reports, config.reports_dir / "monitoring", due, dry_run)
         elif store == "evidently_workspace":

@@ -16,8 +16,9 @@ fields, so there a class's age strips that class's fields from older entries and
 file goes at `max_age_days`. A store not listed keeps everything.
 
 The deletions live with the code that writes each store (`serving.inference_log.expire`,
-`monitoring.retention`, `features.retention`, `expire_dsar_exports` here); `flows.retention`
-runs them and `retention_report` turns their answers into the report and the audit-trail counts.
+`monitoring.retention`, `features.retention`, `models.scores.expire_scores`, `expire_dsar_exports`
+here); `flows.retention` runs them and `retention_report` turns their answers into the report and
+the audit-trail counts.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ STORES: dict[str, tuple[str, frozenset[str]]] = {
     "quarantine": ("quarantine/<table>/drop=<id>/: rejected rows as read", _ALL),
     "offline_features": ("features/offline/<set>/v<n>/as_of=<date>/: features and labels per cutoff", frozenset(
         {"quasi_identifier", "sensitive", "behavioural", "inferred"})),
+    "batch_scores": ("scores/<model>/as_of=<date>/: every customer's score per model and cutoff (each model's "
+                     "latest cutoff stays unless keep_latest is false)", frozenset({"inferred"})),
     "monitoring_reports": ("reports/monitoring/<model>-v<n>-<stamp>*: decision pages, Evidently pages (samples)",
                            frozenset({"behavioural", "inferred"})),
     "evidently_workspace": ("monitoring/workspace/: Evidently snapshots (samples)", frozenset(
@@ -92,6 +95,10 @@ class StoreRetention(_Strict):
         default=True,
         description="offline_features only: keep the cutoffs a live (@champion/@challenger) version's lineage names.",
     )
+    keep_latest: bool = Field(
+        default=True,
+        description="batch_scores only: keep each model's latest cutoff although due (the table its consumers read).",
+    )
 
 
 class RetentionPolicy(_Strict):
@@ -111,6 +118,8 @@ class RetentionPolicy(_Strict):
             _check_classes(f"stores.{name}.classes", store.classes, STORES[name][1])
             if not store.keep_model_cutoffs and name != "offline_features":
                 raise ValueError(f"stores.{name}.keep_model_cutoffs: only offline_features keeps model cutoffs")
+            if not store.keep_latest and name != "batch_scores":
+                raise ValueError(f"stores.{name}.keep_latest: only batch_scores has this choice")
         return self
 
     def class_ages(self, store: str) -> dict[str, int]:

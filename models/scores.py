@@ -5,12 +5,15 @@ customer_key, score, model, model_version, as_of. The same scorer (`BatchScorer`
 this process on DuckDB's rows and in Spark's Python workers (`mapInPandas`, the model shipped
 once per partition), so both engines give the same floats for the same model and features.
 A score is personal data (an inference about a person): `ScoresStore` puts the table within
-reach of access and erasure requests.
+reach of access and erasure requests, and `expire_scores` removes the cutoffs the retention
+policy says are due (store `batch_scores`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from custintel.atomic_files import replace_atomically
+from custintel.retention import Expiry, Item
 from custintel.settings import Settings
 from features.personal import OfflineFeatureStore
 
@@ -121,3 +125,81 @@ class ScoresStore(OfflineFeatureStore):
     def _files(self) -> list[Path]:
         root = scores_root(self.settings)
         return sorted(root.glob("*/as_of=*/data.parquet")) if root.is_dir() else []
+
+
+_PARTITION = "as_of="
+_EXPIRED = ".expired-"  # a partition being removed: renamed out of readers' sight, then deleted
+
+
+def _rows(path: Path) -> int:
+    """Rows a scores file holds, from its footer (no data read); 0 when there is no readable file."""
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except (OSError, pa.ArrowException):
+        return 0
+
+
+def _remove_partition(folder: Path) -> None:
+    """Remove a partition in one step as readers see it: renamed to a hidden name, then deleted.
+
+    Readers (`read_scores`, `ScoresStore`, a consumer globbing `as_of=*`) see the partition whole
+    or not at all; a pass killed after the rename leaves a hidden folder that the next pass removes.
+    """
+    trash = folder.with_name(f"{_EXPIRED}{folder.name}-{uuid.uuid4().hex[:8]}")
+    folder.rename(trash)
+    shutil.rmtree(trash)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (or a scoring run is writing into it): it stays
+        pass
+
+
+def expire_scores(settings: Settings, before: dt.date, keep_latest: bool = True, dry_run: bool = False) -> Expiry:
+    """Remove each model's scores whose cutoff is before `before`; a dry run only lists them.
+
+    An item is a partition `<model>/as_of=<date>/`, dated by its cutoff (the data's date, never
+    the file's), counted in rows. With `keep_latest` each model's newest cutoff with a scores
+    file stays although due: it is the table `custintel score` last produced for the model, the
+    one its consumers read. Each partition goes atomically (see `_remove_partition`); a model
+    folder left empty goes too, and so does the scores folder. A folder whose name holds no date
+    stays, with the reason.
+    """
+    expiry = Expiry("batch_scores")
+    root = scores_root(settings)
+    if not root.is_dir():
+        return expiry
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        leftovers = sorted(p for p in model_dir.glob(f"{_EXPIRED}*") if p.is_dir())
+        partitions: list[tuple[Path, dt.date | None]] = []
+        for folder in sorted(p for p in model_dir.glob(f"{_PARTITION}*") if p.is_dir()):
+            try:
+                partitions.append((folder, dt.date.fromisoformat(folder.name.removeprefix(_PARTITION))))
+            except ValueError:
+                partitions.append((folder, None))
+        scored = [day for folder, day in partitions if day is not None and (folder / "data.parquet").is_file()]
+        latest = max(scored) if keep_latest and scored else None
+        for folder, day in partitions:
+            item = Item(f"{model_dir.name}/{folder.name}", day or dt.date.min, _rows(folder / "data.parquet"))
+            if day is None:
+                item.reason = "the folder name holds no cutoff date"
+                expiry.kept.append(item)
+            elif day < before and day == latest:
+                item.reason = f"the latest scores of {model_dir.name}: the table its consumers read (keep_latest)"
+                expiry.kept.append(item)
+            elif day < before:
+                if not dry_run:
+                    _remove_partition(folder)
+                expiry.removed.append(item)
+            else:
+                expiry.kept.append(item)
+        if not dry_run:
+            for trash in leftovers:  # a pass killed between its rename and its delete
+                shutil.rmtree(trash, ignore_errors=True)
+                expiry.notes.append(f"removed {model_dir.name}/{trash.name}: left by an earlier pass")
+            _remove_if_empty(model_dir)
+    if not dry_run:
+        _remove_if_empty(root)
+    return expiry

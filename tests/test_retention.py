@@ -36,6 +36,7 @@ POLICY = {
         "identity_reports": {"max_age_days": 180},
         "dsar_exports": {"max_age_days": 30},
         "decision_log": {"max_age_days": 365},
+        "batch_scores": {"max_age_days": 90},  # no scores in this home: tests/test_scores_retention.py fills them
     }
 }
 DROPS = ["2025-01-10", "2025-06-01", "2025-12-15"]
@@ -227,7 +228,7 @@ def test_the_policy_is_checked_naming_the_key(tmp_path: Path) -> None:
     shipped = load_policy().retention
     assert shipped is not None and set(shipped.stores) == {
         "inference_log", "quarantine", "lake", "monitoring_reports", "evidently_workspace", "offline_features",
-        "identity_reports", "dsar_exports", "mlflow_monitoring_reports", "decision_log",
+        "identity_reports", "dsar_exports", "mlflow_monitoring_reports", "decision_log", "batch_scores",
     }  # fmt: skip
     bad = {
         "stores.bogus: unknown store": {"stores": {"bogus": {"max_age_days": 3}}},

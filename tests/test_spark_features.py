@@ -27,7 +27,7 @@ SETS = ["relationship@1", "value@1", "service@1", "digital@1", "attributes@1", "
 
 @pytest.fixture(scope="module")
 def spark_built(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, dict]]:
-    """The Spark build of DAYS by the command (`--data-engine spark`), into a copy of the featured home without features."""
+    """The Spark build of DAYS by `--data-engine spark`, into a copy of the featured home without features."""
     from typer.testing import CliRunner
 
     from features.spark_engine import stop_spark

@@ -356,3 +356,31 @@ def decision_home(featured: Settings, base: Path, root: Path, call_centre: int =
             known |= {r[0] for r in online.execute(f'SELECT customer_key FROM "{table}"')}
     online.close()
     return DecisionHome(settings, policy_file, sorted(known), sorted(known & withdrawn))
+
+
+# The modules that cost the most wall time (from a full run's `--durations`), longest first. `make test` runs the
+# modules on two xdist workers (`--dist loadfile`) in collection order (`--no-loadscope-reorder` in pyproject: xdist
+# would otherwise start the modules with the most tests first and leave these few-test, long ones for the end,
+# where one worker runs them while the other has nothing left). Longest first, the short ones fill in at the end.
+LONGEST_MODULES = [
+    "test_decisions_http.py",  # builds the /decide base home (tests/conftest.py::decision_base) ...
+    "test_tuning_workers.py",  # ... while the other worker starts this one, which does not need it
+    "test_experiments_http.py",
+    "test_cli_causal.py",
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the modules: the known longest first, then the other slow or integration ones, then the rest by
+    their number of tests (xdist's own order); tests keep their order inside a module."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def cost(name: str) -> tuple[int, int, int]:
+        short = name.rsplit("/", 1)[-1]
+        known = LONGEST_MODULES.index(short) if short in LONGEST_MODULES else len(LONGEST_MODULES)
+        heavy = any(i.get_closest_marker("slow") or i.get_closest_marker("integration") for i in modules[name])
+        return known, 0 if heavy else 1, -len(modules[name])
+
+    items[:] = [item for name in sorted(modules, key=cost) for item in modules[name]]

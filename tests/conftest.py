@@ -362,11 +362,29 @@ def decision_home(featured: Settings, base: Path, root: Path, call_centre: int =
 # modules on two xdist workers (`--dist loadfile`) in collection order (`--no-loadscope-reorder` in pyproject: xdist
 # would otherwise start the modules with the most tests first and leave these few-test, long ones for the end,
 # where one worker runs them while the other has nothing left). Longest first, the short ones fill in at the end.
-LONGEST_MODULES = [
-    "test_decisions_http.py",  # builds the /decide base home (tests/conftest.py::decision_base) ...
-    "test_tuning_workers.py",  # ... while the other worker starts this one, which does not need it
-    "test_experiments_http.py",
-    "test_cli_causal.py",
+LONGEST_MODULES = [  # module totals of the 80 slowest phases, full run of 2026-12-06 on a loaded machine (s)
+    "test_train_flow.py",  # 815
+    "test_monitoring_flow.py",  # 530
+    "test_flows.py",  # 431 (the demo test alone 391)
+    "test_serving_http.py",  # 376
+    "test_decisions_gate.py",  # 297
+    "test_personal_outer.py",  # 259
+    "test_dsar_end_to_end.py",  # 251
+    "test_decisions_http.py",  # 221, with the /decide base build (tests/conftest.py::decision_base)
+    "test_governance_flow.py",  # 208
+    "test_own_families.py",  # 185
+    "test_models_units.py",  # 173
+    "test_personal_features.py",  # 161
+    "test_identity_resolve.py",  # 157
+    "test_own_table_read.py",  # 142
+    "test_own_full_loop.py",  # 139
+    "test_experiments_http.py",  # 122
+    "test_cli_console.py",  # 116
+    "test_own_serving.py",  # 94
+    "test_features_flow.py",  # 90
+    "test_cli_resolve.py",  # 89
+    "test_tuning_workers.py",  # 78
+    "test_own_table_honest.py",  # 75
 ]
 
 

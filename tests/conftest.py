@@ -265,17 +265,11 @@ class DecisionHome:
     no_marketing: list[str]  # of those, the ones who withdrew marketing consent
 
 
-def decision_home(featured: Settings, root: Path, call_centre: int = 25) -> DecisionHome:
+def _build_decision_base(featured: Settings, root: Path) -> Settings:
     """A copy of the featured home under `root` with the churn, propensity and uplift champions (one trial each)
-    promoted, features built at 2025-06-01, and the packaged decision policy with `call_centre` contacts a day.
-
-    Shared by the HTTP tests of /decide (tests/test_decisions_http.py, tests/test_experiments_http.py); each starts
-    its own service on it with `start_service`.
-    """
+    promoted, features built at 2025-06-01 and the consent snapshot `custintel serve` builds."""
     import datetime as dt
-    import sqlite3
 
-    from decisions.policy import default_policy_text
     from flows.features import PLAIN_STEPS as FEATURE_STEPS
     from flows.features import run_feature_build
     from flows.train import PLAIN_STEPS as TRAIN_STEPS
@@ -294,11 +288,64 @@ def decision_home(featured: Settings, root: Path, call_centre: int = 25) -> Deci
     for name in ("custintel-churn", "custintel-propensity", "custintel-uplift"):
         store.move_champion(registry, name, "1", "test")
     run_feature_build(settings, [dt.date(2025, 6, 1)], True, FEATURE_STEPS, lambda _: None)
+    build_consent_store(settings, load_serving_policy(settings.serving_policy))  # as `custintel serve` does
+    return settings
+
+
+@pytest.fixture(scope="session")
+def decision_base(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The home `_build_decision_base` makes, built ONCE per test run (its training is the costly part) and shared
+    by every xdist worker: the first worker to ask builds it under the run's shared temp folder, holding a file
+    lock; the others wait for it. Nothing may write to it: `decision_home` gives each module its own copy."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # every worker's basetemp is a folder of the run's own
+        shared = shared.parent
+    root = shared / "decision-base"
+    with FileLock(str(shared / "decision-base.lock")):
+        if not (root / "built").is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a build interrupted by a failure: start again
+            featured = request.getfixturevalue("featured")
+            settings = _build_decision_base(featured, root)
+            (root / "built").write_text(str(settings.home_dir), encoding="utf-8")
+    return root / "home"
+
+
+def _mentions(root: Path, text: str) -> list[str]:
+    """Files under `root` whose bytes contain `text` (UTF-8)."""
+    needle = text.encode()
+    return [str(p.relative_to(root)) for p in sorted(root.rglob("*")) if p.is_file() and needle in p.read_bytes()]
+
+
+def decision_home(featured: Settings, base: Path, root: Path, call_centre: int = 25) -> DecisionHome:
+    """A private copy (under `root`) of the decision base home: the churn, propensity and uplift champions (one
+    trial each) promoted, features built at 2025-06-01, and the packaged decision policy with `call_centre`
+    contacts a day.
+
+    Shared by the tests of /decide (tests/test_decisions_http.py, tests/test_experiments_http.py,
+    tests/test_decide_speed.py); the HTTP ones start their own service on it with `start_service`. Each module gets
+    its own copy of everything (MLflow store and artifacts included: the DSAR tests rewrite them), and the copy's
+    MLflow store is rebased onto the copy: no file in it may still name the base home.
+    """
+    import sqlite3
+
+    from decisions.policy import default_policy_text
+    from models.registry import relocate_home_store
+
+    home = root / "home"
+    shutil.copytree(base, home)
+    settings = Settings(home=home, training_config=featured.training_config)
+    assert relocate_home_store(settings) > 0  # mlflow.db and the models' MLmodel files
+    for name in _mentions(home, str(base)):  # the JSON records that name their home (lineage, manifests, reports)
+        path = home / name
+        path.write_text(path.read_text(encoding="utf-8").replace(str(base), str(home)), encoding="utf-8")
+    stale = _mentions(home, str(base))
+    assert not stale, f"the copy of {base} still names it in {stale}"
     policy_file = root / "policy.yaml"
     text = default_policy_text()
     assert "  call_centre: 400" in text
     policy_file.write_text(text.replace("  call_centre: 400", f"  call_centre: {call_centre}"), encoding="utf-8")
-    build_consent_store(settings, load_serving_policy(settings.serving_policy))  # as `custintel serve` does
     with sqlite3.connect(home / "serving" / "consent.sqlite") as con:
         withdrawn = {r[0] for r in con.execute(
             "SELECT customer_key FROM consent WHERE purpose = 'marketing' AND status = 'withdrawn'")}  # fmt: skip
@@ -309,3 +356,49 @@ def decision_home(featured: Settings, root: Path, call_centre: int = 25) -> Deci
             known |= {r[0] for r in online.execute(f'SELECT customer_key FROM "{table}"')}
     online.close()
     return DecisionHome(settings, policy_file, sorted(known), sorted(known & withdrawn))
+
+
+# The modules that cost the most wall time (from a full run's `--durations`), longest first. `make test` runs the
+# modules on two xdist workers (`--dist loadfile`) in collection order (`--no-loadscope-reorder` in pyproject: xdist
+# would otherwise start the modules with the most tests first and leave these few-test, long ones for the end,
+# where one worker runs them while the other has nothing left). Longest first, the short ones fill in at the end.
+LONGEST_MODULES = [  # module totals of the 80 slowest phases, full run of 2026-12-06 on a loaded machine (s)
+    "test_train_flow.py",  # 815
+    "test_monitoring_flow.py",  # 530
+    "test_flows.py",  # 431 (the demo test alone 391)
+    "test_serving_http.py",  # 376
+    "test_decisions_gate.py",  # 297
+    "test_personal_outer.py",  # 259
+    "test_dsar_end_to_end.py",  # 251
+    "test_decisions_http.py",  # 221, with the /decide base build (tests/conftest.py::decision_base)
+    "test_governance_flow.py",  # 208
+    "test_own_families.py",  # 185
+    "test_models_units.py",  # 173
+    "test_personal_features.py",  # 161
+    "test_identity_resolve.py",  # 157
+    "test_own_table_read.py",  # 142
+    "test_own_full_loop.py",  # 139
+    "test_experiments_http.py",  # 122
+    "test_cli_console.py",  # 116
+    "test_own_serving.py",  # 94
+    "test_features_flow.py",  # 90
+    "test_cli_resolve.py",  # 89
+    "test_tuning_workers.py",  # 78
+    "test_own_table_honest.py",  # 75
+]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the modules: the known longest first, then the other slow or integration ones, then the rest by
+    their number of tests (xdist's own order); tests keep their order inside a module."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def cost(name: str) -> tuple[int, int, int]:
+        short = name.rsplit("/", 1)[-1]
+        known = LONGEST_MODULES.index(short) if short in LONGEST_MODULES else len(LONGEST_MODULES)
+        heavy = any(i.get_closest_marker("slow") or i.get_closest_marker("integration") for i in modules[name])
+        return known, 0 if heavy else 1, -len(modules[name])
+
+    items[:] = [item for name in sorted(modules, key=cost) for item in modules[name]]

@@ -20,10 +20,21 @@ CLI = str(Path(sys.executable).parent / "custintel")
 
 
 def run(home: Path, *args: str) -> tuple[int, str]:
+    """`custintel causal ...` in a fresh process (one per command: the error cases run in this one, `run_here`)."""
     env = {**os.environ, "CUSTINTEL_HOME": str(home)}
     done = subprocess.run([CLI, "--home", str(home), "causal", *args], capture_output=True, text=True, env=env,
                           timeout=300)  # fmt: skip
     return done.returncode, done.stdout + done.stderr
+
+
+def run_here(home: Path, *args: str) -> tuple[int, str]:
+    """The same command through Typer's runner in this process (stdout and stderr together, as `run` gives)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["--home", str(home), "causal", *args])
+    return result.exit_code, result.output
 
 
 def result_of(out: str) -> dict[str, object]:
@@ -53,9 +64,10 @@ def test_synth_on_prop99(tmp_path: Path) -> None:
     assert result["p_value"] == pytest.approx(3 / 39)
     assert len(result["placebos"]) == 38  # type: ignore[arg-type]
 
-    code, out = run(tmp_path / "home", "synth", "--panel", str(panel), "--treated", "Atlantis", "--start", "1989")
+    code, out = run_here(tmp_path / "home", "synth", "--panel", str(panel), "--treated", "Atlantis", "--start", "1989")
     assert_one_line_error(code, out, "error: treated: unit 'Atlantis' is not a column of the panel")
-    code, out = run(tmp_path / "home", "synth", "--panel", str(panel), "--treated", "California", "--start", "2100")
+    code, out = run_here(tmp_path / "home", "synth", "--panel", str(panel), "--treated", "California",
+                         "--start", "2100")  # fmt: skip
     assert_one_line_error(code, out, "error: start: 2100 is outside the panel's periods")
 
 
@@ -68,7 +80,7 @@ def test_did_and_its_errors(tmp_path: Path) -> None:
     result = result_of(out)
     assert result["estimate"] == pytest.approx(3.0, abs=0.5)
     assert result["pre_trend_p"] > 0.05  # type: ignore[operator]
-    code, out = run(tmp_path / "home", *args, "--outcome", "revenue")
+    code, out = run_here(tmp_path / "home", *args, "--outcome", "revenue")
     assert_one_line_error(code, out, "error: outcome: column 'revenue' is not in the data")
 
 
@@ -91,7 +103,7 @@ def test_uplift_compares_targeting_scores(tmp_path: Path) -> None:
     assert all(p["normalised"] <= 1 for p in policies.values())
     curve = result["curves"]["model"]  # type: ignore[index]
     assert all(q <= p + 1e-9 for q, p in zip(curve["qini"], curve["perfect"], strict=True))
-    code, out = run(tmp_path / "home", *base, "--score", "propensity")
+    code, out = run_here(tmp_path / "home", *base, "--score", "propensity")
     assert_one_line_error(code, out, "error: score: column 'propensity' is not in units.csv")
 
 
@@ -129,7 +141,7 @@ def write_decision_log(home: Path) -> None:
 
 def test_attribution_of_the_decision_log_with_roi(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    code, out = run(home, "attribution")
+    code, out = run_here(home, "attribution")
     assert_one_line_error(code, out, "error: source: the decision log has no decisions in this period")
     write_decision_log(home)
     code, out = run(home, "attribution", "--source", "decisions")
@@ -159,13 +171,13 @@ def test_attribution_of_digital_journeys(tmp_path: Path) -> None:
     from flows.cli import app
 
     home = tmp_path / "home"
-    code, out = run(home, "attribution", "--source", "digital")
+    code, out = run_here(home, "attribution", "--source", "digital")
     assert_one_line_error(code, out, "error: source: digital journeys need the lake and the identity crosswalk")
     generate_world(WorldConfig(customers=400, seed=5), tmp_path / "drop")
     ingest_drop(tmp_path / "drop", Settings(home=home))
     resolved = CliRunner().invoke(app, ["--home", str(home), "resolve", "--engine", "local"])
     assert resolved.exit_code == 0, resolved.output
-    code, out = run(home, "attribution", "--source", "digital", "--window-days", "60")
+    code, out = run_here(home, "attribution", "--source", "digital", "--window-days", "60")
     assert code == 0, out
     result = result_of(out)
     channels = {row["channel"] for row in result["attribution"]}  # type: ignore[union-attr]

@@ -15,6 +15,7 @@ import datetime as dt
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,9 +38,9 @@ TODAY = dt.date(2026, 12, 1)
 
 
 @pytest.fixture(scope="module")
-def decider(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Decider]:
+def decider(featured: Settings, decision_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Decider]:
     """A `Decider` over a home with churn, propensity and uplift promoted and an online store."""
-    settings = decision_home(featured, tmp_path_factory.mktemp("speed")).settings
+    settings = decision_home(featured, decision_base, tmp_path_factory.mktemp("speed")).settings
     runtime = Runtime(settings, load_serving_policy(None))
     made = Decider(runtime)
     assert set(runtime.champions.models) >= {"churn", "propensity", "uplift"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -51,8 +52,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    prepared = decision_home(featured, tmp_path_factory.mktemp("decided"))
+def server(featured: Settings, decision_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    prepared = decision_home(featured, decision_base, tmp_path_factory.mktemp("decided"))
     home = prepared.settings.home_dir
     env = {
         "CUSTINTEL_HOME": str(home),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -49,8 +50,8 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(featured: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    prepared = decision_home(featured, tmp_path_factory.mktemp("experimented"), call_centre=5000)
+def server(featured: Settings, decision_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    prepared = decision_home(featured, decision_base, tmp_path_factory.mktemp("experimented"), call_centre=5000)
     home = prepared.settings.home_dir
     registry = ExperimentRegistry(experiments_root(home))
     registry.register(load_spec(example_spec_text()))

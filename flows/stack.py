@@ -81,6 +81,9 @@ class PrefectPart(_Strict):
     work_pool: str = Field("custintel", pattern=r"^[A-Za-z0-9_-]+$")
     workers: int = Field(1, ge=1, le=16)
     query_seconds: float = Field(10.0, gt=0, description="How often a worker asks the API for scheduled runs.")
+    runs_per_worker: int = Field(
+        2, ge=1, le=64, description="Flow runs one worker runs at once (a monitor waits on the retrain it starts)."
+    )
 
 
 class SparkPart(_Strict):

@@ -101,7 +101,8 @@ def _stack_config(ports: list[int], prefix: str) -> dict[str, Any]:
     return {
         "ports": dict(zip(names, ports, strict=True)),
         "postgres": {"mlflow_database": f"{prefix}_mlflow", "prefect_database": f"{prefix}_prefect"},
-        "prefect": {"work_pool": prefix.replace("_", "-"), "workers": 1, "query_seconds": 1},
+        # a flow-run process killed by SIGKILL may keep its slot on the worker: room for the monitor and its child
+        "prefect": {"work_pool": prefix.replace("_", "-"), "workers": 1, "query_seconds": 1, "runs_per_worker": 4},
         "spark": {"enabled": True, "worker_cores": 1, "worker_memory": "512m"},
         "serving": {"enabled": True, "workers": 1},
     }

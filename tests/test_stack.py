@@ -298,7 +298,10 @@ def test_the_loop_on_the_stack_equals_the_embedded_run(stack: Stack) -> None:
         process.wait(30)
 
     # monitor on the stack: its decision is the embedded monitor's on the same served window
-    monitored = _run(stack, "monitor_models/custintel", settings=passed, families=["churn"])
+    # executor "inprocess": the retrain and gate are deployment runs of the pool, executed in the monitor's own
+    # flow-run process on the worker. With "external" (the deployments.yaml default: the child waits for a worker
+    # slot) the one-worker stack here stopped submitting runs while the monitor waited (Prefect 3.8; open).
+    monitored = _run(stack, "monitor_models/custintel", settings=passed, families=["churn"], executor="inprocess")
     assert monitored.state.is_completed(), monitored.state
     ours_decision = _monitoring_decisions(settings)[-1]
     theirs_decision = _embedded_monitoring(embedded)

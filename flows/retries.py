@@ -10,14 +10,34 @@ from prefect.cache_policies import NO_CACHE
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for failures of I/O (files, Redis, the tracking store's server); False for bad data or models."""
+    """True for failures of I/O (files, Redis, the tracking server down or failing); False for bad data or models."""
     import redis
 
     from models.registry import is_transient as registry_transient
 
     if registry_transient(exc):
         return True
+    if _unreachable_server(exc):
+        return True
     return isinstance(exc, (OSError, ConnectionError, redis.ConnectionError, redis.TimeoutError))
+
+
+def _unreachable_server(exc: BaseException) -> bool:
+    """A tracking server that did not answer: MLflow raises its own exception from the HTTP client's one.
+
+    Its message names the URI ("API request to http://... failed with exception ..."); the cause,
+    a refused or dropped connection (or a timeout), is in the exception's chain.
+    """
+    import requests
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (requests.ConnectionError, requests.Timeout)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def retry_on_io(_task: Any, _run: Any, state: Any) -> bool:

@@ -79,10 +79,15 @@ def launch(deployment: str, parameters: dict[str, Any], executor: Executor, fall
     if executor == "external":
         run = run_deployment(deployment, parameters=parameters, poll_interval=2, timeout=None)  # type: ignore[assignment]
     else:
-        from prefect.flow_engine import load_flow, run_flow
+        from prefect.flow_engine import run_flow
+        from prefect.flows import load_flow_from_flow_run
+        from prefect.utilities.asyncutils import run_coro_as_sync
 
         created: FlowRun = run_deployment(deployment, parameters=parameters, timeout=0)  # type: ignore[assignment]
-        state: State[Any] = run_flow(load_flow(created), flow_run=created, return_type="state")  # type: ignore[assignment]
+        # The child's flow from its own deployment's entrypoint. Not prefect.flow_engine.load_flow: inside a worker's
+        # flow-run process it reads PREFECT__FLOW_ENTRYPOINT, which names this (the monitor's) flow.
+        child = run_coro_as_sync(load_flow_from_flow_run(created, use_placeholder_flow=False))
+        state: State[Any] = run_flow(child, flow_run=created, return_type="state")  # type: ignore[assignment]
         if not state.is_completed():
             raise RuntimeError(f"{deployment} run {created.name} did not complete: {state.message}")
         return str(created.id), state.result()

@@ -55,7 +55,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from benchmarks import harness
-from benchmarks.harness import Bench, Run, Session, Spec, Target, Timed, cached_stages, emit
+from benchmarks.harness import Bench, Run, Session, Spec, Target, Timed, cached_stages, emit, small_churn_training
 from benchmarks.harness import mib_text as _m
 from benchmarks.harness import seconds_text as _s
 
@@ -72,22 +72,7 @@ CUTOFFS = ("2024-11-01", "2025-02-01", "2025-06-01")
 STAGES = ("generate", "ingest", "resolve", "features", "train", "serve")
 MODEL = "custintel-churn"
 # The small churn config of the tests (tests/conftest.py SMALL_TRAINING_YAML), on three cutoffs: one per stage.
-TRAINING_YAML = f"""
-experiment: custintel-bench-erase
-churn:
-  feature_sets: [relationship@1, value@1, service@1, digital@1]
-  horizon_days: 90
-  split: {{train_as_of: [{CUTOFFS[0]}], valid_as_of: [{CUTOFFS[1]}], test_as_of: [{CUTOFFS[2]}]}}
-  calibration: sigmoid
-  lightgbm:
-    max_trees: 150
-    early_stopping_rounds: 20
-    threads: 2
-    search:
-      learning_rate: {{low: 0.03, high: 0.2, log: true}}
-      num_leaves: {{low: 4, high: 16, integer: true}}
-  tuning: {{trials: 1, timeout_seconds: 120}}
-"""
+TRAINING_YAML = small_churn_training("custintel-bench-erase", *CUTOFFS)
 
 
 # --------------------------------------------------------------------------- child side

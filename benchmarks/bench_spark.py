@@ -38,6 +38,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.harness import small_churn_training
 from benchmarks.machine import ROOT
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -46,22 +47,7 @@ ENGINES = ("duckdb", "spark")
 AS_OF = "2025-06-01"
 TRAIN_CUTOFFS = ("2024-11-01", "2025-02-01")
 U_MAX_PAIRS = "1e6"
-TRAINING_YAML = f"""
-experiment: custintel-bench-spark
-churn:
-  feature_sets: [relationship@1, value@1, service@1, digital@1]
-  horizon_days: 90
-  split: {{train_as_of: [{TRAIN_CUTOFFS[0]}], valid_as_of: [{TRAIN_CUTOFFS[1]}], test_as_of: [{AS_OF}]}}
-  calibration: sigmoid
-  lightgbm:
-    max_trees: 150
-    early_stopping_rounds: 20
-    threads: 2
-    search:
-      learning_rate: {{low: 0.03, high: 0.2, log: true}}
-      num_leaves: {{low: 4, high: 16, integer: true}}
-  tuning: {{trials: 1, timeout_seconds: 120}}
-"""
+TRAINING_YAML = small_churn_training("custintel-bench-spark", *TRAIN_CUTOFFS, AS_OF)
 # The champion without the gate's audit (the benchmark measures scoring, not promotion), as the tests promote.
 PROMOTE = (
     "from custintel.settings import Settings; from governance import store; from models.registry import Registry; "

@@ -625,3 +625,23 @@ def main(
         return spec.entries[argv[0]](argv[1:])
     session = Session(spec, argv, parse(argv), results_dir)
     return session.run(lambda: body(session))
+
+
+def small_churn_training(experiment: str, train: str, valid: str, test: str) -> str:
+    """The tests' small churn config (tests/conftest.py SMALL_TRAINING_YAML): one trial, one cutoff per split."""
+    return f"""
+experiment: {experiment}
+churn:
+  feature_sets: [relationship@1, value@1, service@1, digital@1]
+  horizon_days: 90
+  split: {{train_as_of: [{train}], valid_as_of: [{valid}], test_as_of: [{test}]}}
+  calibration: sigmoid
+  lightgbm:
+    max_trees: 150
+    early_stopping_rounds: 20
+    threads: 2
+    search:
+      learning_rate: {{low: 0.03, high: 0.2, log: true}}
+      num_leaves: {{low: 4, high: 16, integer: true}}
+  tuning: {{trials: 1, timeout_seconds: 120}}
+"""

@@ -538,17 +538,24 @@ def test_worker_processes_append_whole_lines_to_one_log(tmp_path: Path) -> None:
         w.start()
     for w in workers:
         w.join(60)
-        assert w.exitcode == 0
+    errors = {p.name: p.read_text() for p in tmp_path.glob("worker-*.error")}
+    assert [w.exitcode for w in workers] == [0, 0, 0], errors
     lines = [json.loads(x) for p in tmp_path.glob("*.jsonl") for x in p.read_text().splitlines()]
     assert sorted((x["w"], x["n"]) for x in lines) == [(w, n) for w in range(3) for n in range(3000)]
 
 
 def _write_log(folder: Path, worker: int) -> None:
-    log = InferenceLog(folder, "hash", salt="s", flush_seconds=0.01)
-    for n in range(0, 3000, 100):
-        log.record_many([{"w": worker, "n": n + i, "pad": "x" * 3000} for i in range(100)])
-        time.sleep(0.002)
-    log.close(30)
+    try:
+        log = InferenceLog(folder, "hash", salt="s", flush_seconds=0.01)
+        for n in range(0, 3000, 100):
+            log.record_many([{"w": worker, "n": n + i, "pad": "x" * 3000} for i in range(100)])
+            time.sleep(0.002)
+        log.close(30)
+    except BaseException:  # a forked child's traceback goes nowhere pytest shows: keep it for the assertion
+        import traceback
+
+        (folder / f"worker-{worker}.error").write_text(traceback.format_exc())
+        raise
 
 
 def test_consent_for_one_purpose_decides_like_the_full_lookup(tmp_path: Path) -> None:

@@ -46,10 +46,12 @@ from models.tuning import (
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 TRIALS = 4
-# Trials of 1,500 trees (no early stop before them): long enough that a worker is caught mid-trial.
+# Trials of 4,000 trees on 1,500 rows (no early stop before them): about 1.3 s on a quiet core, long enough that a
+# worker is caught mid-trial (1,500 trees on 300 rows took 0.2 s: shorter than the interrupter's look).
+TRAIN_ROWS = 1500
 CONFIG = LightGBMConfig(
-    max_trees=1500,
-    early_stopping_rounds=1500,
+    max_trees=4000,
+    early_stopping_rounds=4000,
     threads=1,
     fixed={"learning_rate": 0.01},
     search={"num_leaves": ParamRange(low=4, high=32, integer=True)},
@@ -134,7 +136,8 @@ def _tune(url: str, tuning: TuningConfig, interrupter_of: signal.Signals, resume
     study = create_study(name, tuning, url)
     interrupter = Interrupter(url, name, interrupter_of, resume_after_fail=resume)
     interrupter.start()
-    tuned = tune_lightgbm_classifier(_rows(300, 0), _rows(200, 1), CONFIG, tuning, study, FitClock(), label="test")
+    train, valid = _rows(TRAIN_ROWS, 0), _rows(200, 1)
+    tuned = tune_lightgbm_classifier(train, valid, CONFIG, tuning, study, FitClock(), label="test")
     interrupter.join(10)
     assert interrupter.error is None, interrupter.error
     return tuned, interrupter, optuna.load_study(study_name=name, storage=open_storage(url, tuning))

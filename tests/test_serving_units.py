@@ -532,7 +532,9 @@ def test_worker_processes_append_whole_lines_to_one_log(tmp_path: Path) -> None:
     """Several service workers write the same day file: every line stays whole."""
     import multiprocessing
 
-    context = multiprocessing.get_context("fork")
+    # spawned, not forked: a fork copies whatever an earlier test left in this process (threads, a JVM gateway), and
+    # in the full suite forked writers died before their first line; the service's workers are separate processes
+    context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_write_log, args=(tmp_path, w)) for w in range(3)]
     for w in workers:
         w.start()

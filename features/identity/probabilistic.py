@@ -108,16 +108,19 @@ class ProbabilisticConfig:
         fields: Fields the matcher may compare (privacy settings remove some).
         u_max_pairs: Random pairs sampled to estimate u.
         seed: Seed for that sample, so a re-run gives the same model.
-        engine: Where Splink runs: DuckDB in this process, or Spark (the session of `spark_settings`).
-        spark_settings: The settings whose Spark session the Spark engine uses.
+        spark_settings: Settings whose Spark session runs Splink; None: DuckDB in this process.
     """
 
     threshold: float = 0.95
     fields: tuple[str, ...] = MATCH_FIELDS
     u_max_pairs: float = 1e7
     seed: int = 42
-    engine: Literal["duckdb", "spark"] = "duckdb"
     spark_settings: Settings | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def engine(self) -> Literal["duckdb", "spark"]:
+        """Where Splink runs: Spark when its settings are given, else DuckDB."""
+        return "duckdb" if self.spark_settings is None else "spark"
 
 
 @dataclass(frozen=True)
@@ -407,12 +410,12 @@ def _linker(
     frame: pd.DataFrame, settings: SettingsCreator | dict[str, Any], config: ProbabilisticConfig
 ) -> Iterator[Linker]:
     """A Linker on the configured engine; on Spark, its intermediate tables are removed when done."""
-    if config.engine != "spark":
+    if config.spark_settings is None:
         yield _new_linker(frame, settings)
         return
     from features.identity.spark_linker import spark_linker
 
-    with spark_linker(frame, settings, config.spark_settings, config.seed) as linker:
+    with spark_linker(frame, settings, config.spark_settings) as linker:
         yield linker
 
 

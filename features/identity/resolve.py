@@ -41,8 +41,8 @@ class ResolveOptions:
         salt: The secret salt for the hashed mode.
         u_max_pairs: Random pairs sampled to estimate Splink's u parameters.
         seed: Seed of that sample.
-        engine: Where the probabilistic pass runs: Splink on DuckDB in this process, or on Spark.
-        spark_settings: Settings whose Spark session (master, memory, checkpoints) the Spark engine uses.
+        spark_settings: Settings whose Spark session (master, memory, checkpoints) runs the probabilistic pass;
+            None: Splink on DuckDB in this process.
     """
 
     threshold: float = 0.95
@@ -53,8 +53,12 @@ class ResolveOptions:
     salt: str | None = field(default=None, repr=False)
     u_max_pairs: float = 1e7
     seed: int = 42
-    engine: Literal["duckdb", "spark"] = "duckdb"
     spark_settings: Settings | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def engine(self) -> Literal["duckdb", "spark"]:
+        """Where the probabilistic pass runs: Spark when its settings are given, else DuckDB."""
+        return "duckdb" if self.spark_settings is None else "spark"
 
 
 @dataclass
@@ -142,7 +146,6 @@ def resolve_records(
             fields=prob_fields,
             u_max_pairs=options.u_max_pairs,
             seed=options.seed,
-            engine=options.engine,
             spark_settings=options.spark_settings,
         )
         if model is None:

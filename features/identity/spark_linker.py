@@ -82,10 +82,10 @@ def _remove_splink_tables(folder: Path | None, before: set[str]) -> None:
 
 @contextmanager
 def spark_linker(
-    frame: pd.DataFrame, settings: SettingsCreator | dict[str, Any], custintel: Settings | None, seed: int
+    frame: pd.DataFrame, settings: SettingsCreator | dict[str, Any], custintel: Settings
 ) -> Iterator[Linker]:
     """A Splink Linker on Spark over `frame`; Splink's tables and files are removed when the block ends."""
-    spark = spark_session(custintel or Settings())  # SparkUnavailable: no Java, no pyspark
+    spark = spark_session(custintel)  # SparkUnavailable: no Java, no pyspark
     from splink import Linker
     from splink.backends.spark import SparkAPI
 

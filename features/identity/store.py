@@ -54,8 +54,7 @@ def resolve_options(settings: Settings) -> ResolveOptions:
         hashed=settings.identity_hashed,
         salt=salt,
         u_max_pairs=settings.identity_u_max_pairs,
-        engine=settings.engine,
-        spark_settings=settings,
+        spark_settings=settings if settings.engine == "spark" else None,
     )
 
 

@@ -424,21 +424,18 @@ class Decider:
         replaced (the store, a champion or the policy moved on) or full; a failure leaves the cache to the
         requests, which fill it as they go.
         """
-        token, policy, cache = held
+        _, policy, cache = held
         try:
-            runtime = self.runtime
-            keys = runtime.customer_keys()[:CACHE_CUSTOMERS]
+            keys = self.runtime.customer_keys()[:CACHE_CUSTOMERS]
             for start in range(0, len(keys), FILL_CHUNK):
                 if self._derived is not held:
                     return
                 todo = [k for k in keys[start : start + FILL_CHUNK] if k not in cache]
                 found, rows, _ = self._stored(policy, todo)
+                found = [k for k in found if k in rows]  # not those a request cached meanwhile
                 if not found:
                     continue
-                consent, minors = self._consent(found, dt.date.today(), policy.minors.age_below)
-                prop = runtime.champions.models.get("propensity")
-                wanted = _may_cross_sell(policy, found, consent, minors) if prop is not None else np.zeros(
-                    len(found), dtype=bool)  # fmt: skip
+                _, _, wanted = self._reach(policy, found, dt.date.today())
                 made = self._derive(policy, found, [rows[k] for k in found], wanted)
                 if self._derived is not held:
                     return
@@ -446,6 +443,18 @@ class Decider:
                 time.sleep(FILL_PAUSE)  # the requests first: a chunk at a time
         except Exception as exc:  # noqa: BLE001 - the requests fill the cache themselves; say why this did not
             log.warning("decision cache not filled ahead: %s: %s", type(exc).__name__, exc)
+
+    def _reach(
+        self, policy: DecisionPolicy, keys: Sequence[str], today: dt.date
+    ) -> tuple[dict[str, dict[Purpose, bool]], np.ndarray, np.ndarray]:
+        """Consent per purpose and minors of the customers, and which of them a cross-sell may reach.
+
+        None may be reached without a propensity champion.
+        """
+        consent, minors = self._consent(keys, today, policy.minors.age_below)
+        if self.runtime.champions.models.get("propensity") is None:
+            return consent, minors, np.zeros(len(keys), dtype=bool)
+        return consent, minors, _may_cross_sell(policy, keys, consent, minors)
 
     def prefetch(self) -> None:
         """Start filling the cache for the policy served now (when it fills ahead), before the first request."""
@@ -522,9 +531,8 @@ class Decider:
         """
         hits = hits or {}
         models = self.runtime.champions.models
-        consent, minors = self._consent(found, today, policy.minors.age_below)
+        consent, minors, wanted = self._reach(policy, found, today)
         prop = models.get("propensity")
-        wanted = _may_cross_sell(policy, found, consent, minors) if prop is not None else np.zeros(len(found), bool)
         stale = [k for k, w in zip(found, wanted.tolist(), strict=True) if w and k in hits and not hits[k].scored]
         if stale:  # read again: their features were not fetched
             rows = {**rows, **self.runtime.features_many(stale)}

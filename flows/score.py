@@ -26,7 +26,7 @@ from features.featurestore.offline import available_as_of, partition_glob
 from features.featurestore.store import offline_root
 from flows.retries import io_task
 from models.registry import CHAMPION, Registry
-from models.scores import BatchScorer, BatchScoringError, missing_inputs, scores_table, write_scores
+from models.scores import BatchScorer, BatchScoringError, check_inputs, scores_table, write_scores
 
 LABEL_SETS = ("labels@", "purchase_labels@", "interactions@")
 
@@ -119,9 +119,7 @@ def score_on_duckdb(scorer: BatchScorer, files: list[str], consent: ConsentFilte
         for i, path in enumerate(files[1:], start=1):
             sql += f" JOIN read_parquet({sql_text_list([path])}) f{i} USING (customer_key, as_of)"
         frame = con.sql(f"SELECT * FROM ({sql}) ORDER BY customer_key").to_arrow_table().to_pandas()
-    lacking = missing_inputs(scorer.columns, list(frame.columns))
-    if lacking:
-        raise BatchScoringError(f"the model reads {', '.join(lacking)}, which no feature set it was trained on holds")
+    check_inputs(scorer.columns, list(frame.columns))
     frame = frame[consent.allowed(frame["customer_key"]).to_numpy()]
     return scorer.score(frame[["customer_key", *scorer.columns]])
 
@@ -136,9 +134,7 @@ def score_on_spark(settings: Settings, scorer: BatchScorer, files: list[str], co
     frame = spark.read.parquet(files[0])
     for path in files[1:]:
         frame = frame.join(spark.read.parquet(path), ["customer_key", "as_of"])
-    lacking = missing_inputs(scorer.columns, frame.columns)
-    if lacking:
-        raise BatchScoringError(f"the model reads {', '.join(lacking)}, which no feature set it was trained on holds")
+    check_inputs(scorer.columns, frame.columns)
     if consent.only or consent.keys:
         listed = F.col("customer_key").isin(sorted(consent.keys))
         frame = frame.where(listed if consent.only else ~listed)

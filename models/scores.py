@@ -69,10 +69,12 @@ class BatchScorer:
             yield self.score(rows)
 
 
-def missing_inputs(columns: Sequence[str], available: Sequence[str]) -> list[str]:
-    """The model's inputs that no stored feature set holds."""
+def check_inputs(columns: Sequence[str], available: Sequence[str]) -> None:
+    """Raise naming the model's inputs that no stored feature set holds."""
     have = set(available)
-    return [c for c in columns if c not in have]
+    lacking = [c for c in columns if c not in have]
+    if lacking:
+        raise BatchScoringError(f"the model reads {', '.join(lacking)}, which no feature set it was trained on holds")
 
 
 def scores_table(scored: pd.DataFrame, model: str, version: str, as_of: dt.date) -> pa.Table:

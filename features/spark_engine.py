@@ -25,7 +25,7 @@ from custintel.settings import Settings
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["SparkUnavailable", "spark_session", "stop_spark"]
+__all__ = ["SparkUnavailable", "java_home", "spark_session", "stop_spark"]
 
 _LOCK = threading.Lock()
 _SESSIONS: dict[str, SparkSession] = {}
@@ -52,7 +52,7 @@ def _java_major(java: str) -> int | None:
     return int(first) if first.isdigit() else None
 
 
-def _java_home() -> str:
+def java_home() -> str:
     """A JAVA_HOME of a Java that Spark 3.5 runs on (8, 11 or 17), preferring the one already set."""
     supported = {8, 11, 17}
     candidates: list[str] = []
@@ -88,7 +88,7 @@ def spark_session(settings: Settings | None = None) -> SparkSession:
             ) from error
         from splink.backends.spark import similarity_jar_location
 
-        os.environ["JAVA_HOME"] = _java_home()
+        os.environ["JAVA_HOME"] = java_home()
         # Bind the driver to loopback unless told otherwise: the machines here resolve their hostname to 127.0.0.1
         # and Spark warns about it on every start.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

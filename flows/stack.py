@@ -70,6 +70,12 @@ class Postgres(_Strict):
     mlflow_database: str = Field("custintel_mlflow", pattern=_DATABASE_NAME.pattern)
     prefect_database: str = Field("custintel_prefect", pattern=_DATABASE_NAME.pattern)
 
+    def admin_connection(self) -> Any:
+        """A psycopg connection (autocommit) to the server's `postgres` database, where databases are made."""
+        import psycopg
+
+        return psycopg.connect(self.url.rstrip("/") + "/postgres", autocommit=True, connect_timeout=5)
+
     def database_url(self, database: str, driver: str) -> str:
         """SQLAlchemy URL of `database` with `driver` (psycopg, asyncpg)."""
         return f"postgresql+{driver}://{self.url.removeprefix('postgresql://').rstrip('/')}/{database}"
@@ -123,7 +129,7 @@ def load_stack_config(path: Path | None) -> StackConfig:
 
 def stack_dir(settings: Settings) -> Path:
     """`<home>/stack`: logs, state, the Prefect home, MLflow's artifacts, Spark's work folders."""
-    return settings.home_dir.resolve() / "stack"
+    return settings.home_dir / "stack"
 
 
 def state_path(settings: Settings) -> Path:
@@ -197,7 +203,7 @@ def _base_environment(settings: Settings, config: StackConfig) -> dict[str, str]
         "PREFECT_HOME": str(root / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOCAL_STORAGE_PATH": str(root / "prefect" / "storage"),
-        "CUSTINTEL_HOME": str(settings.home_dir.resolve()),
+        "CUSTINTEL_HOME": str(settings.home_dir),
         "BENTOML_DO_NOT_TRACK": "true",
         "PYTHONUNBUFFERED": "1",
     })  # fmt: skip
@@ -208,13 +214,13 @@ def _base_environment(settings: Settings, config: StackConfig) -> dict[str, str]
 def _spark_environment(settings: Settings, base: dict[str, str]) -> dict[str, str]:
     import pyspark
 
-    from features.spark_engine import _java_home
+    from features.spark_engine import java_home
 
     root = stack_dir(settings) / "spark"
     return {
         **base,
         "SPARK_HOME": str(Path(pyspark.__file__).parent),
-        "JAVA_HOME": _java_home(),
+        "JAVA_HOME": java_home(),
         "SPARK_LOCAL_IP": "127.0.0.1",
         "SPARK_LOG_DIR": str(root / "logs"),
         "SPARK_WORKER_DIR": str(root / "work"),
@@ -491,7 +497,7 @@ def ensure_databases(config: StackConfig, say: Say) -> None:
 
     wanted = [config.postgres.mlflow_database, config.postgres.prefect_database]
     try:
-        with psycopg.connect(config.postgres.url.rstrip("/") + "/postgres", autocommit=True, connect_timeout=5) as db:
+        with config.postgres.admin_connection() as db:
             for name in wanted:
                 if db.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
                     say(f"  database {name}: present")
@@ -504,9 +510,7 @@ def ensure_databases(config: StackConfig, say: Say) -> None:
 
 def drop_databases(config: StackConfig) -> None:
     """Drop the stack's two databases (tests; `down` never does)."""
-    import psycopg
-
-    with psycopg.connect(config.postgres.url.rstrip("/") + "/postgres", autocommit=True, connect_timeout=5) as db:
+    with config.postgres.admin_connection() as db:
         for name in (config.postgres.mlflow_database, config.postgres.prefect_database):
             db.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -579,7 +583,7 @@ def stack_up(settings: Settings, config_path: Path | None, say: Say) -> UpResult
         state = existing
         return _start_plan(settings, config, plan, state, say, keep=running)
     state = {
-        "home": str(settings.home_dir.resolve()),
+        "home": str(settings.home_dir),
         "config": str(config_path.resolve()) if config_path else "flows/stack.yaml (packaged)",
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": config.host,

@@ -1,0 +1,367 @@
+"""Ticket text with planted topics, planted personal data and an optional outbreak.
+
+Every support ticket belongs to one of the six categories the ticketing system
+exports; inside its category it is about one planted *topic* (a double charge, an
+outage at home, a cracked screen, ...). The topic taxonomy below is public: the
+knowledge-base catalogue and the evaluation of topic models and emerging-issue
+alerts are built on it. The truth (`_truth/ticket_text.parquet`) records each
+ticket's topic, whether it belongs to a planted outbreak and the personal data
+(name, email, phone) planted in its text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TicketTopic:
+    """One planted ticket topic: its category, a readable label and the phrases that mark it."""
+
+    topic_id: str
+    category: str
+    label: str
+    key_phrases: tuple[str, ...]
+    weight: float = 1.0  # relative frequency inside its category; 0 = only ever planted by an outbreak
+
+
+_TOPICS = [
+    # billing
+    TicketTopic(
+        "billing_double_charge",
+        "billing",
+        "Charged twice for the same thing",
+        ("charged twice", "double charge", "duplicate payment", "refund the second charge"),
+        1.2,
+    ),
+    TicketTopic(
+        "billing_price_rise",
+        "billing",
+        "Bill went up without notice",
+        ("bill went up", "price increase", "higher than last month", "no notice of the increase"),
+        1.0,
+    ),
+    TicketTopic(
+        "billing_missing_discount",
+        "billing",
+        "Promised discount not applied",
+        ("discount missing", "promo not applied", "loyalty discount", "promised a discount"),
+        0.8,
+    ),
+    TicketTopic(
+        "billing_autopay_failure",
+        "billing",
+        "Autopay / direct debit failed",
+        ("autopay failed", "direct debit failed", "late fee", "payment declined"),
+        0.7,
+    ),
+    # technical
+    TicketTopic(
+        "technical_wifi_dropouts",
+        "technical",
+        "Broadband keeps disconnecting",
+        ("wifi keeps dropping", "router disconnects", "connection drops", "lights blinking on the router"),
+        1.2,
+    ),
+    TicketTopic(
+        "technical_slow_speed",
+        "technical",
+        "Internet much slower than the plan",
+        ("slow speeds", "speed test", "paying for 500 mbps", "pages take ages to load"),
+        1.0,
+    ),
+    TicketTopic(
+        "technical_setup_error",
+        "technical",
+        "Setup / activation fails with an error",
+        ("setup fails", "activation error", "error code", "installation stuck"),
+        0.8,
+    ),
+    TicketTopic(
+        "technical_tv_streaming",
+        "technical",
+        "TV box buffering or no picture",
+        ("tv box", "buffering", "no picture", "channels missing"),
+        0.6,
+    ),
+    TicketTopic(
+        "technical_app_update_login",
+        "technical",
+        "App update breaks login",
+        ("since the app update", "new version", "login screen crashes", "reinstalled the app"),
+        0.0,  # not part of the normal mix: the default outbreak topic, new when it starts
+    ),
+    # network
+    TicketTopic(
+        "network_home_outage",
+        "network",
+        "No service at home / outage in the area",
+        ("no signal at home", "outage in my area", "neighbours have the same problem", "nothing works"),
+        1.3,
+    ),
+    TicketTopic(
+        "network_dropped_calls",
+        "network",
+        "Calls keep dropping",
+        ("dropped calls", "calls cut out", "call drops mid conversation", "cannot hear the other person"),
+        1.0,
+    ),
+    TicketTopic(
+        "network_roaming",
+        "network",
+        "Roaming not working abroad",
+        ("roaming", "abroad", "no data while travelling", "roaming charges"),
+        0.6,
+    ),
+    # account
+    TicketTopic(
+        "account_change_details",
+        "account",
+        "Change address or contact details",
+        ("update my address", "change the email on my account", "moved house", "new contact details"),
+        1.2,
+    ),
+    TicketTopic(
+        "account_password_reset",
+        "account",
+        "Password reset link never arrives",
+        ("password reset", "reset link", "locked out of my account", "verification code"),
+        1.0,
+    ),
+    TicketTopic(
+        "account_authorised_user",
+        "account",
+        "Add an authorised user",
+        ("authorised user", "add my partner", "second account holder", "permission to manage"),
+        0.6,
+    ),
+    # device
+    TicketTopic(
+        "device_screen_damage",
+        "device",
+        "Cracked screen / insurance claim",
+        ("screen cracked", "dropped my phone", "insurance claim", "is it covered"),
+        1.0,
+    ),
+    TicketTopic(
+        "device_faulty_replacement",
+        "device",
+        "Replacement device is faulty",
+        ("replacement device", "faulty", "does not turn on", "sent back"),
+        0.8,
+    ),
+    TicketTopic(
+        "device_battery_drain",
+        "device",
+        "Battery drains fast",
+        ("battery drains", "battery dies", "overheating", "charge lasts"),
+        0.8,
+    ),
+    # cancellation
+    TicketTopic(
+        "cancel_competitor_price",
+        "cancellation",
+        "Leaving for a cheaper competitor",
+        ("cancel", "competitor offers", "cheaper elsewhere", "switch provider"),
+        1.0,
+    ),
+    TicketTopic(
+        "cancel_moving_abroad",
+        "cancellation",
+        "Closing the account: moving away",
+        ("close my account", "moving abroad", "relocating", "no coverage where I am moving"),
+        0.6,
+    ),
+    TicketTopic(
+        "cancel_poor_service",
+        "cancellation",
+        "Cancelling over poor service",
+        ("terrible service", "fed up", "cancel everything", "want to leave"),
+        0.9,
+    ),
+]
+
+TICKET_TOPICS: dict[str, TicketTopic] = {t.topic_id: t for t in _TOPICS}
+"""The planted topic taxonomy: topic id -> category, readable label, key phrases, weight in its category."""
+
+DEFAULT_OUTBREAK_TOPIC = "technical_app_update_login"
+
+# Templates per topic. `<a|b|c>` picks one alternative, `{slot}` takes a filler (see _SLOTS).
+TOPIC_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "billing_double_charge": (
+        "I was charged twice for {product} this month, please refund the second charge.",
+        "<Double charge|Duplicate payment> on my <card|bank statement> for ${amount}, <why?|what happened?>",
+        "You took the payment twice on {day}. ${amount} each time. I want my money back",
+        "my bill shows the same charge of ${amount} two times",
+        "Charged twice again!! this is the {n}nd time a duplicate payment has gone out",
+        "There are two identical charges for {product} on my statement, please reverse one",
+    ),
+    "billing_price_rise": (
+        "My bill went up by ${amount} without any notice. Why?",
+        "<Why is|How come> my bill higher than last month? Nobody told me about a price increase",
+        "The price of {product} increased by ${amount} and I never agreed to it",
+        "bill went up again, ${amount} more than usual. no notice of the increase",
+        "Unexpected price rise on my plan this month, <please explain|I want an explanation>",
+        "you raised my monthly price without telling me, it used to be ${amount} less",
+    ),
+    "billing_missing_discount": (
+        "The discount I was promised is not on my invoice",
+        "I was promised a {n}0% loyalty discount when I renewed, it's missing from the bill",
+        "Promo not applied to {product}, the agent said I'd get ${amount} off",
+        "discount missing again this month, please apply the loyalty discount",
+        "Where is my promo code discount? The invoice shows full price",
+    ),
+    "billing_autopay_failure": (
+        "Autopay failed again; I don't want a late fee.",
+        "My direct debit failed on {day} even though there is money in the account",
+        "<Payment declined|Card declined> when autopay ran, now I have a late fee of ${amount}",
+        "why did the automatic payment fail? please remove the late fee",
+        "Direct debit bounced and you charged me a late fee, the bank says nothing was requested",
+    ),
+    "technical_wifi_dropouts": (
+        "My wifi keeps dropping every few minutes",
+        "The router disconnects <several|many> times a day, lights blinking on the router",
+        "internet connection drops constantly since {day}, I have restarted the router {n} times",
+        "Broadband keeps disconnecting in the evenings, the wifi light goes orange",
+        "Wifi keeps dropping out on all devices, router reboot doesn't help",
+    ),
+    "technical_slow_speed": (
+        "Slow speeds since {day}, the speed test shows {speed} mbps",
+        "I'm paying for {plan_speed} mbps but only get {speed} mbps on a speed test",
+        "internet is <really|very|super> slow, pages take ages to load",
+        "Speeds are terrible in the evening, {speed} mbps on a {plan_speed} mbps plan",
+        "why is my broadband so slow? speed test <results|result> attached",
+    ),
+    "technical_setup_error": (
+        "Setup of {product} fails at step {n} with error code {err}",
+        "Activation error {err} when I try to activate the new service",
+        "the installation is stuck at {n}0% and then shows error code {err}",
+        "Can't finish setup, it keeps failing with an activation error",
+        "installation stuck, error code {err} every time",
+    ),
+    "technical_tv_streaming": (
+        "The TV box keeps buffering, shows freeze every few minutes",
+        "No picture on the TV box since {day}, just a black screen",
+        "Half my channels are missing from the TV box after the restart",
+        "Streaming on the tv box is buffering constantly, internet is fine otherwise",
+        "tv box says no signal, channels missing and no picture",
+    ),
+    "technical_app_update_login": (
+        "Since the app update I can't log in, the login screen crashes",
+        "new version of the app ({version}) crashes as soon as I enter my password",
+        "App crashes on the login screen since the update, reinstalled the app twice",
+        "after updating the app to {version} it won't let me sign in, login screen crashes",
+        "the latest app update broke login, it just closes when I tap sign in",
+        "Reinstalled the app and still the login screen crashes since the update",
+    ),
+    "network_home_outage": (
+        "No signal at home since {day}. Neighbours have the same problem",
+        "Outage in my area? Nothing works, not even texts.",
+        "there is no service at home at all, is there an outage in my area?",
+        "Complete outage since {day}, no signal at home, the neighbours have the same problem",
+        "nothing works at my address, no signal for {n} days now",
+    ),
+    "network_dropped_calls": (
+        "Dropped calls all the time downtown, this is unacceptable",
+        "My calls cut out after a minute or two, every single call",
+        "Calls keep dropping mid conversation, <I can't work like this|very frustrating>",
+        "call drops {n} times a day, and I cannot hear the other person half the time",
+        "dropped calls in the office and at home, full bars but calls cut out",
+    ),
+    "network_roaming": (
+        "Roaming is not working in {country}, no data while travelling",
+        "I'm abroad in {country} and my phone has no service, roaming is switched on",
+        "Got roaming charges of ${amount} from my trip to {country}, I thought it was included",
+        "no data while travelling abroad, roaming enabled but nothing",
+        "Roaming does not connect in {country}, can you check my account?",
+    ),
+    "account_change_details": (
+        "Please update my address, I moved house last month.",
+        "I want to change the email on my account",
+        "how do I update my address? moved house on {day}",
+        "Need to change my contact details, new phone number and new address",
+        "Please change the email on my account and update my billing address",
+    ),
+    "account_password_reset": (
+        "Password reset link never arrives",
+        "I'm locked out of my account and the reset link doesn't come through",
+        "The verification code never arrives so I can't reset my password",
+        "password reset email not received after {n} attempts",
+        "Locked out of my account, the password reset link has expired every time",
+    ),
+    "account_authorised_user": (
+        "How do I add my partner as an authorised user?",
+        "I'd like to add my partner to the account as a second account holder",
+        "please give my <son|daughter|husband|wife> permission to manage the account",
+        "Add an authorised user to my account so they can call on my behalf",
+        "can my partner be an authorised user on the account?",
+    ),
+    "device_screen_damage": (
+        "My phone screen cracked; is it covered by {product}?",
+        "I dropped my phone and the screen cracked, how do I make an insurance claim?",
+        "screen cracked on my {device}, is it covered by the insurance?",
+        "Dropped my {device} yesterday, display smashed. Insurance claim please",
+        "Cracked screen, want to start an insurance claim for the {device}",
+    ),
+    "device_faulty_replacement": (
+        "The replacement device you sent is faulty",
+        "Replacement {device} does not turn on, this is the second faulty one",
+        "the replacement phone is faulty, it restarts by itself. I already sent back the first",
+        "Got a faulty replacement device, it does not turn on at all",
+        "Second replacement {device} is faulty too, sent back twice now",
+    ),
+    "device_battery_drain": (
+        "Battery drains in a few hours since I got it",
+        "My {device} battery dies by lunchtime, and it's overheating",
+        "battery drains really fast, a full charge lasts {n} hours",
+        "Phone overheating and battery dies quickly, it's only {n} months old",
+        "the battery on my new {device} drains overnight",
+    ),
+    "cancel_competitor_price": (
+        "I want to cancel {product}. Competitor offers it for ${amount} less.",
+        "Please cancel my contract, a competitor offers the same for ${amount} less a month",
+        "cheaper elsewhere, I'm going to switch provider unless you match the price",
+        "I want to cancel and switch provider, I found a deal ${amount} cheaper",
+        "Cancel my plan please, the competitor offers twice the data for less",
+    ),
+    "cancel_moving_abroad": (
+        "How do I close my account? Moving abroad.",
+        "I'm relocating to {country} next month, please close my account",
+        "Please close my account, I'm moving abroad and you have no coverage where I am moving",
+        "moving to {country}, need to close my account and stop all payments",
+        "We are relocating abroad on {day}, what do I need to do to close the account?",
+    ),
+    "cancel_poor_service": (
+        "Thinking of leaving, the service has been terrible lately",
+        "Cancel everything please. Third outage this month.",
+        "I am fed up with the terrible service, I want to leave",
+        "Terrible service for months, please cancel everything",
+        "fed up, want to leave, nobody ever fixes anything",
+    ),
+}
+
+_SLOTS: dict[str, tuple[str, ...]] = {
+    "day": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "the weekend", "yesterday", "last week"),
+    "n": ("2", "3", "4", "5", "6"),
+    "speed": ("3", "8", "12", "20", "35", "48"),
+    "plan_speed": ("100", "300", "500", "900"),
+    "country": ("Spain", "France", "Italy", "Mexico", "Canada", "Portugal", "Greece", "Japan"),
+    "device": ("iPhone 14", "Galaxy S23", "Pixel 8", "Moto G", "iPhone 13", "Galaxy A54"),
+    "version": ("5.2", "5.2.1", "v5.2", "5.2.0"),
+}
+
+# Short or vague texts real queues are full of: the topic is real, the text says almost nothing.
+VAGUE_TEXTS = (
+    "help",
+    "still not sorted",
+    "same problem as before",
+    "please call me back",
+    "see previous ticket",
+    "???",
+    "not working",
+    "urgent!!",
+    "it happened again",
+    "any update on this?",
+)
+GREETINGS = ("Hi,", "Hello,", "Hi there.", "Hello team,", "Good morning,", "hey")
+SIGN_OFFS = ("Thanks", "Thank you.", "thx", "Please fix asap", "Regards", "cheers")

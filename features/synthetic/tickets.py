@@ -11,7 +11,19 @@ ticket's topic, whether it belongs to a planted outbreak and the personal data
 
 from __future__ import annotations
 
+import datetime as dt
+import random
+import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from features.synthetic import reference as ref
+
+if TYPE_CHECKING:
+    from features.synthetic.config import WorldConfig
 
 
 @dataclass(frozen=True)
@@ -365,3 +377,281 @@ VAGUE_TEXTS = (
 )
 GREETINGS = ("Hi,", "Hello,", "Hi there.", "Hello team,", "Good morning,", "hey")
 SIGN_OFFS = ("Thanks", "Thank you.", "thx", "Please fix asap", "Regards", "cheers")
+
+# Personal data people type into tickets. `{first}`/`{last}`/`{email}`/`{phone}` are the planted values.
+NAME_PHRASES = (
+    "My name is {name}.",
+    "This is {name}.",
+    "Account holder: {name}.",
+    "{name} here.",
+)
+NAME_SIGN_OFFS = ("Thanks, {name}", "Regards, {name}", "Kind regards, {name}", "Cheers, {name}")
+EMAIL_PHRASES = (
+    "My email is {email}.",
+    "Please reach me at {email}",
+    "email: {email}",
+    "You can contact me on {email} instead.",
+    "({email})",
+)
+PHONE_PHRASES = (
+    "Call me on {phone}.",
+    "my number is {phone}",
+    "Please text me at {phone}",
+    "tel {phone}",
+    "Ring me on {phone} after 5pm.",
+)
+MADE_UP_FIRST = ("Priya", "Tom", "Aisha", "Liam", "Chloe", "Marek", "Sofia", "Dylan", "Nadia", "Owen")
+MADE_UP_LAST = ("Okafor", "Brennan", "Kowalski", "Haddad", "Lindqvist", "Moreau", "Tanaka", "Fitzgerald")
+MAIL_DOMAINS = ("gmail.com", "yahoo.com", "outlook.com", "hotmail.co.uk", "icloud.com", "btinternet.com")
+
+# Streams of their own, so ticket text never moves any other draw of the world: the chunk's
+# generator keeps exactly the calls it made before the text had topics.
+_TEXT_STREAM = 0x7E47
+_OUTBREAK_STREAM = 0x0B7E
+VAGUE_SHARE = 0.03
+PII_SHARE = 0.07
+TYPO_SHARE = 0.12
+_PRODUCT_NAMES = tuple(q[1] for q in ref.PRODUCTS)
+_ALTERNATIVES = re.compile(r"<([^<>]*)>")
+_SLOT = re.compile(r"\{(\w+)\}")
+
+TRUTH_COLUMNS = [
+    "ticket_id",
+    "person_id",
+    "topic",
+    "label",
+    "category",
+    "outbreak",
+    "vague",
+    "pii_owner",
+    "pii_name",
+    "pii_email",
+    "pii_phone",
+]
+
+
+def topics_of_category(category: str) -> list[TicketTopic]:
+    """The topics of one category that appear in the normal mix (weight > 0)."""
+    return [t for t in _TOPICS if t.category == category and t.weight > 0]
+
+
+@dataclass
+class TicketTexts:
+    """Ticket descriptions and, row for row, their truth (without ticket ids)."""
+
+    text: np.ndarray
+    truth: pd.DataFrame
+
+
+def text_rng(cfg: WorldConfig, chunk: int, stream: int = _TEXT_STREAM) -> np.random.Generator:
+    """The separate generator ticket text draws from: seeded from (seed, chunk, stream)."""
+    return np.random.default_rng([cfg.seed, chunk, stream])
+
+
+def draw_topics(rng: np.random.Generator, category: np.ndarray) -> np.ndarray:
+    """A planted topic for each ticket, inside its category, by the topics' weights."""
+    topic = np.empty(category.size, dtype=object)
+    u = rng.random(category.size)
+    for c in ref.TICKET_CATEGORIES:
+        sel = np.flatnonzero(category == c)
+        pool = topics_of_category(c)
+        w = np.cumsum([t.weight for t in pool])
+        idx = np.minimum(np.searchsorted(w / w[-1], u[sel], side="right"), len(pool) - 1)
+        topic[sel] = np.array([t.topic_id for t in pool], dtype=object)[idx]
+    return topic
+
+
+def write_ticket_texts(
+    rng: np.random.Generator,
+    topic: np.ndarray,
+    persons: pd.DataFrame,
+    who: np.ndarray,
+    *,
+    outbreak: bool = False,
+) -> TicketTexts:
+    """Render one text per ticket from its topic's templates, with variation, vague texts and personal data.
+
+    `who` indexes `persons` (the chunk's persons); their names, emails and phone numbers are
+    what most planted personal data is; the rest is made up (someone else's details).
+    """
+    m = topic.size
+    u = rng.random((m, 8))
+    py = random.Random(int(rng.integers(0, 2**62)))
+    first = persons["first_name"].to_numpy()[who]
+    last = persons["last_name"].to_numpy()[who]
+    email = persons["email"].to_numpy()[who]
+    phone = persons["phone_digits"].to_numpy()[who]
+    text = np.empty(m, dtype=object)
+    cols: dict[str, list[str]] = {k: [""] * m for k in ("pii_owner", "pii_name", "pii_email", "pii_phone")}
+    vague = u[:, 0] < VAGUE_SHARE
+    for i in range(m):
+        if vague[i]:
+            body = py.choice(VAGUE_TEXTS)
+        else:
+            body = _expand(py.choice(TOPIC_TEMPLATES[topic[i]]), py)
+            if u[i, 1] < TYPO_SHARE:
+                body = _typo(body, py)
+            if u[i, 2] < 0.12:
+                body = body.lower()
+        if u[i, 3] < 0.2:
+            body = f"{py.choice(GREETINGS)} {body}"
+        pii: list[str] = []
+        if u[i, 4] < PII_SHARE:
+            own = u[i, 5] < 0.7
+            cols["pii_owner"][i] = "customer" if own else "other"
+            kinds = [
+                k
+                for k, r in zip(("name", "email", "phone"), u[i, 6:8].tolist() + [py.random()], strict=True)
+                if r < 0.45
+            ]
+            if not kinds:
+                kinds = [py.choice(("name", "email", "phone"))]
+            f, la = (str(first[i]), str(last[i])) if own else (py.choice(MADE_UP_FIRST), py.choice(MADE_UP_LAST))
+            if "email" in kinds:
+                address = str(email[i]) if own and email[i] else _made_up_email(f, la, py)
+                cols["pii_email"][i] = address
+                pii.append(py.choice(EMAIL_PHRASES).format(email=address))
+            if "phone" in kinds:
+                number = _format_phone(str(phone[i]), py) if own else _made_up_phone(py)
+                cols["pii_phone"][i] = number
+                pii.append(py.choice(PHONE_PHRASES).format(phone=number))
+            if "name" in kinds:
+                name = f"{f} {la}" if py.random() < 0.7 else f
+                cols["pii_name"][i] = name
+                if py.random() < 0.5:
+                    body = f"{py.choice(NAME_PHRASES).format(name=name)} {body}"
+                else:
+                    pii.append(py.choice(NAME_SIGN_OFFS).format(name=name))
+        if pii:
+            body = " ".join([body, *pii])
+        elif u[i, 3] > 0.8:
+            body = f"{body} {py.choice(SIGN_OFFS)}"
+        text[i] = body
+    truth = pd.DataFrame(
+        {
+            "person_id": persons["person_id"].to_numpy()[who],
+            "topic": topic,
+            "label": [TICKET_TOPICS[t].label for t in topic],
+            "category": [TICKET_TOPICS[t].category for t in topic],
+            "outbreak": np.full(m, outbreak),
+            "vague": vague,
+            **cols,
+        }
+    )
+    return TicketTexts(text, truth)
+
+
+def _expand(template: str, py: random.Random) -> str:
+    out = _ALTERNATIVES.sub(lambda mt: py.choice(mt.group(1).split("|")), template)
+    return _SLOT.sub(lambda mt: _fill(mt.group(1), py), out)
+
+
+def _fill(slot: str, py: random.Random) -> str:
+    if slot == "product":
+        return py.choice(_PRODUCT_NAMES)
+    if slot == "amount":
+        return str(py.randint(5, 59))
+    if slot == "err":
+        return f"E{py.randint(100, 999)}"
+    return py.choice(_SLOTS[slot])
+
+
+def _typo(body: str, py: random.Random) -> str:
+    """One slip of the keyboard in a longer word: a swap, a dropped or a doubled letter."""
+    words = body.split(" ")
+    long = [k for k, w in enumerate(words) if len(w) > 4 and w.isalpha()]
+    if not long:
+        return body
+    k = py.choice(long)
+    w = words[k]
+    j = py.randint(1, len(w) - 2)
+    kind = py.random()
+    if kind < 0.4:
+        w = w[:j] + w[j + 1] + w[j] + w[j + 2 :]
+    elif kind < 0.7:
+        w = w[:j] + w[j + 1 :]
+    else:
+        w = w[:j] + w[j] + w[j:]
+    words[k] = w
+    return " ".join(words)
+
+
+def _made_up_email(first: str, last: str, py: random.Random) -> str:
+    f = re.sub(r"[^a-z]", "", first.lower()) or "user"
+    la = re.sub(r"[^a-z]", "", last.lower()) or "mail"
+    style = py.random()
+    local = f"{f}.{la}" if style < 0.4 else f"{f[0]}{la}{py.randint(1, 99)}" if style < 0.7 else f"{f}_{la}"
+    return f"{local}@{py.choice(MAIL_DOMAINS)}"
+
+
+def _format_phone(digits: str, py: random.Random) -> str:
+    """A customer's own number the way people write it: with or without spaces, dashes, brackets, +1."""
+    if len(digits) != 10:
+        return digits
+    a, b, c = digits[:3], digits[3:6], digits[6:]
+    return py.choice((f"({a}) {b}-{c}", f"{a}-{b}-{c}", f"{a} {b} {c}", f"+1 {a} {b} {c}", digits, f"{a}.{b}.{c}"))
+
+
+def _made_up_phone(py: random.Random) -> str:
+    """Someone else's number, UK style (Ofcom's drama ranges), with the spacing people use."""
+    tail = f"{py.randint(0, 999):03d}"
+    return py.choice(
+        (
+            f"07700 900{tail}",
+            f"07700900{tail}",
+            f"+44 7700 900{tail}",
+            f"+44 (0)7700 900 {tail}",
+            f"07700-900-{tail}",
+            f"020 7946 0{tail}",
+        )
+    )
+
+
+@dataclass
+class OutbreakTickets:
+    """Extra tickets of a planted outbreak in one chunk: who, when, and the generator that drew them."""
+
+    who: np.ndarray
+    time: np.ndarray
+    rng: np.random.Generator
+
+
+def outbreak_tickets(cfg: WorldConfig, chunk: int, persons: pd.DataFrame, base_times: np.ndarray) -> OutbreakTickets:
+    """Draw the outbreak's extra tickets for one chunk, from its own generator.
+
+    From `outbreak_start` for `outbreak_days`, each day gets Poisson(strength x the chunk's normal
+    daily ticket volume) extra tickets, from customers active that day.
+    """
+    rng = text_rng(cfg, chunk, _OUTBREAK_STREAM)
+    empty = OutbreakTickets(np.empty(0, dtype=np.int64), np.empty(0, dtype="datetime64[s]"), rng)
+    if cfg.outbreak_topic is None or cfg.outbreak_start is None or len(persons) == 0:
+        return empty
+    start = np.datetime64(cfg.outbreak_start, "D")
+    end = min(start + np.timedelta64(cfg.outbreak_days, "D"), np.datetime64(cfg.window_end, "D"))
+    days = np.arange(start, end, np.timedelta64(1, "D"))
+    window_days = max((np.datetime64(cfg.window_end, "D") - np.datetime64(cfg.window_start, "D")).astype(int), 1)
+    daily = cfg.outbreak_strength * base_times.size / window_days
+    counts = rng.poisson(daily, days.size)
+    churn = persons["churn_date"].to_numpy().astype("datetime64[s]")
+    seen = persons["observed_from"].to_numpy().astype("datetime64[s]")
+    whos, times = [], []
+    for day, k in zip(days.astype("datetime64[s]"), counts.tolist(), strict=True):
+        if k == 0:
+            continue
+        active = np.flatnonzero((seen <= day) & (np.isnat(churn) | (churn > day)))
+        if active.size == 0:
+            continue
+        whos.append(rng.choice(active, k))
+        times.append(day + rng.integers(7 * 3600, 23 * 3600, k) * np.timedelta64(1, "s"))
+    if not whos:
+        return empty
+    who, time = np.concatenate(whos), np.concatenate(times)
+    order = np.argsort(time, kind="stable")
+    return OutbreakTickets(who[order], time[order], rng)
+
+
+def outbreak_window(cfg: WorldConfig) -> tuple[dt.date, dt.date] | None:
+    """First day and the day after the last day of the planted outbreak, if there is one."""
+    if cfg.outbreak_topic is None or cfg.outbreak_start is None:
+        return None
+    return cfg.outbreak_start, cfg.outbreak_start + dt.timedelta(days=cfg.outbreak_days)

@@ -35,6 +35,7 @@ TRUTH_FILES = {
     "product_affinity": "product_affinity.parquet",
     "treatment_effect": "treatment_effect.parquet",
     "injected_errors": "injected_errors.parquet",
+    "ticket_text": "ticket_text.parquet",
 }
 _TRUTH_PERSON_COLUMNS = [
     "person_id",
@@ -173,6 +174,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path, on_chunk: Callable[[int, int
         truth["churn_risk"].write(b.churn_risk)
         truth["product_affinity"].write(b.affinity)
         truth["treatment_effect"].write(b.treatment)
+        truth["ticket_text"].write(sim.rendered.truth["ticket_text"])
         for inj in sim.rendered.injected:
             if len(inj):
                 table = inj["table"].iloc[0]

@@ -535,9 +535,9 @@ def _tickets(
     extra = tickets.outbreak_tickets(cfg, chunk, persons, times)
     if extra.who.size and cfg.outbreak_topic is not None:
         topic_id = cfg.outbreak_topic
-        category = tickets.TICKET_TOPICS[topic_id].category
+        outbreak_category = tickets.TICKET_TOPICS[topic_id].category
         orows, _ = _ticket_rows(
-            cfg, extra.rng, extra.who, extra.time, np.full(extra.who.size, 0.5), ids, created, category
+            cfg, extra.rng, extra.who, extra.time, np.full(extra.who.size, 0.5), ids, created, outbreak_category
         )
         owritten = tickets.write_ticket_texts(
             extra.rng, np.full(extra.who.size, topic_id, dtype=object), persons, extra.who, outbreak=True

@@ -167,6 +167,7 @@ def test_outbreak_alerts_within_a_week(outbreak_tickets: pd.DataFrame) -> None:
     assert [a.topic for a in report.alerts] == [outbreak_topic]
     alert = report.alerts[0]
     assert alert.share > alert.baseline and alert.p_value < 0.01 and alert.examples
+    assert {"app", "login"} <= set(alert.rising_terms)  # what is new, whatever the topic's label says
     assert not any("@" in e for e in alert.examples)
 
 

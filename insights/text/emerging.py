@@ -13,16 +13,20 @@ share. Alerts carry masked example tickets.
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from insights.text.mask import mask_texts, prepare_texts
 
 PERIOD_DAYS = 7
+_WORD = re.compile(r"[a-z][a-z']{2,}")
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ class EmergingIssue:
     share: float
     baseline: float
     p_value: float  # one-sided binomial, Bonferroni-corrected across the topics of the period
-    examples: tuple[str, ...]
+    examples: tuple[str, ...]  # masked; the tickets that carry most of the rising terms
+    rising_terms: tuple[str, ...] = ()  # words far more frequent in this period's tickets of the topic
 
 
 @dataclass
@@ -115,12 +120,16 @@ def detect_emerging(
         fire = (p_adj < alpha) & (x >= min_count) & (share >= min_ratio * base)
         start = end - np.timedelta64((p + 1) * PERIOD_DAYS, "D")
         for k in np.flatnonzero(fire):
-            rows = np.flatnonzero(use & (period == p) & (col == k))[:examples]
-            shown = mask_texts(prepare_texts([texts[i] for i in rows]).texts)
+            now = np.flatnonzero(use & (period == p) & (col == k))
+            before = np.flatnonzero(use & (period > p) & (period <= p + history) & (col == k))
+            masked_now = mask_texts(prepare_texts([texts[int(i)] for i in now]).texts)
+            masked_before = mask_texts(prepare_texts([texts[int(i)] for i in before]).texts)
+            rising, rows = _what_is_new(masked_now, masked_before, examples)
+            shown = [masked_now[i] for i in rows]
             report.alerts.append(
                 EmergingIssue(
                     topic=int(k),
-                    label=str(labels[k]),
+                    label=str(labels[int(k)]),
                     period_start=start.astype(dt.date),
                     period_end=(start + np.timedelta64(PERIOD_DAYS, "D")).astype(dt.date),
                     count=int(x[k]),
@@ -129,7 +138,33 @@ def detect_emerging(
                     baseline=float(base[k]),
                     p_value=float(p_adj[k]),
                     examples=tuple(shown),
+                    rising_terms=rising,
                 )
             )
     report.alerts.sort(key=lambda a: (a.period_start, a.p_value))
     return report
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in ENGLISH_STOP_WORDS}
+
+
+def _what_is_new(now: list[str], before: list[str], examples: int) -> tuple[tuple[str, ...], list[int]]:
+    """The words that rose in a topic's recent tickets, and the recent tickets that carry most of them.
+
+    An alerted topic may be an old topic absorbing a new problem (an app update that breaks login
+    lands in "update my details"): its label then says little, the rising words and these
+    examples say what is new.
+    """
+    words_now = [_words(t) for t in now]
+    df_now = Counter(w for ws in words_now for w in ws)
+    df_before = Counter(w for t in before for w in _words(t))
+    n_now, n_before = len(now), len(before)
+
+    def lift(w: str) -> float:
+        return ((df_now[w] + 0.5) / (n_now + 1)) / ((df_before[w] + 0.5) / (n_before + 1))
+
+    rising = sorted((w for w, c in df_now.items() if c >= 3 and lift(w) >= 2), key=lift, reverse=True)[:6]
+    score = [len(ws & set(rising)) for ws in words_now]
+    rows = sorted(range(n_now), key=lambda i: (-score[i], i))[:examples]
+    return tuple(rising), rows

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sklearn.metrics import normalized_mutual_info_score
 
 from features.synthetic import WorldConfig, generate_world
@@ -175,3 +177,25 @@ def test_quiet_world_stays_quiet(tickets: pd.DataFrame) -> None:
     report, _, _ = _alerts(tickets, dt.date(2026, 1, 1), periods=60)
     assert report.topic_periods_tested >= 60 * 16
     assert report.alert_rate <= 0.005, [(a.label, a.period_start) for a in report.alerts]
+
+
+_PHONE_LAYOUTS = ("{a} {b} {c}", "{a}-{b}-{c}", "({a}) {b}-{c}", "+1 {a} {b} {c}", "{a}{b}{c}", "+44 {a} {b}{c}")
+
+
+@given(
+    a=st.integers(100, 999),
+    b=st.integers(100, 999),
+    c=st.integers(1000, 9999),
+    layout=st.sampled_from(_PHONE_LAYOUTS),
+    local=st.from_regex(r"[a-z][a-z0-9._+-]{0,20}[a-z0-9]", fullmatch=True),
+    domain=st.from_regex(r"[a-z][a-z0-9-]{0,10}\.(com|co\.uk|org)", fullmatch=True),
+    topic=st.sampled_from(sorted(TOPIC_TEMPLATES)),
+)
+def test_masking_never_leaks_a_phone_or_email(
+    a: int, b: int, c: int, layout: str, local: str, domain: str, topic: str
+) -> None:
+    phone = layout.format(a=a, b=b, c=c)
+    email = f"{local}@{domain}"
+    text = f"{TOPIC_TEMPLATES[topic][0]} Call me on {phone} or mail {email}, thanks"
+    masked = mask_text(text)
+    assert phone not in masked and email not in masked and f"{c}" not in masked

@@ -1,0 +1,5 @@
+"""Customer-experience intelligence for operations (issue 24).
+
+KPIs, ticket topics and emerging issues, knowledge-base suggestions, behavioural segments and source
+anomalies. Imports only `features` and `custintel`.
+"""

@@ -511,8 +511,8 @@ def _pick_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
 # After the drift date the service organisation is strained (the new, younger, price-sensitive customers
 # bring more contacts than it was staffed for): first-contact resolution and CSAT fall. Zero without drift,
 # so a world without drift is the same bytes as before; the same draws are made either way.
-SERVICE_STRAIN = 0.4  # logit points of first-contact resolution lost per unit of drift strength
-SERVICE_STRAIN_CSAT = 0.5  # CSAT points lost per logit point of strain (on top of the lost resolutions)
+SERVICE_STRAIN = 0.75  # logit points of first-contact resolution lost per unit of drift strength
+SERVICE_STRAIN_CSAT = 0.3  # CSAT points lost per logit point of strain (on top of the lost resolutions)
 
 
 def service_strain(cfg: WorldConfig, times: np.ndarray) -> np.ndarray:

@@ -118,11 +118,30 @@ class SegmentModel:
         """The behaviours of `frame` on this model's scale."""
         return (frame[list(BEHAVIOURS)].to_numpy(dtype=float) - np.array(self.mean)) / np.array(self.scale)
 
-    def assign(self, frame: pd.DataFrame) -> np.ndarray:
-        """The nearest centre of each customer (segment ids 0..k-1)."""
+    def distances(self, frame: pd.DataFrame) -> np.ndarray:
+        """Squared distance of each customer to each centre (standardised), customers x k."""
         x = self.standardise(frame)
-        d = ((x[:, None, :] - np.array(self.centres)[None, :, :]) ** 2).sum(axis=2)
-        return np.asarray(d.argmin(axis=1))
+        return np.asarray(((x[:, None, :] - np.array(self.centres)[None, :, :]) ** 2).sum(axis=2))
+
+    def assign(
+        self, frame: pd.DataFrame, previous_ids: np.ndarray | None = None, stickiness: float = 0.0
+    ) -> np.ndarray:
+        """The nearest centre of each customer (segment ids 0..k-1).
+
+        With `previous_ids` (last month's id, -1 for a customer new this month) a customer stays in
+        their segment unless another centre is nearer by more than `stickiness` (0.2: 20% of the
+        distance), so customers on a border do not flip back and forth between monthly rebuilds.
+        """
+        d = self.distances(frame)
+        nearest = d.argmin(axis=1)
+        if previous_ids is None or stickiness <= 0:
+            return np.asarray(nearest)
+        prev = np.asarray(previous_ids)
+        known = (prev >= 0) & (prev < self.k)
+        rows = np.flatnonzero(known)
+        stay = np.zeros(len(d), dtype=bool)
+        stay[rows] = np.sqrt(d[rows, prev[rows]]) <= (1 + stickiness) * np.sqrt(d[rows, nearest[rows]])
+        return np.asarray(np.where(stay, prev, nearest))
 
     def to_json(self) -> dict[str, Any]:
         """The model as plain data (no personal data: centres and scales only)."""
@@ -216,17 +235,20 @@ def fit_segments(
         scores[k] = float(silhouette_score(x[sample], labels[sample])) if len(set(labels[sample])) > 1 else -1.0
     names = name_segments(centres)
     if previous is not None:
-        # A segment that stays put keeps its name; one that moved is named from where it now is.
-        kept = [p if _same_words(p, n) else n for p, n in zip(previous.names, names, strict=True)]
+        # A segment keeps its name while its leading word still describes it; one that moved is renamed.
+        kept = [p if _leading_word(p) in _words(n) else n for p, n in zip(previous.names, names, strict=True)]
         names = kept if len(set(kept)) == len(kept) else names
     return SegmentModel(
         str(as_of), int(k), mean.tolist(), scale.tolist(), centres.tolist(), names, scores[k], scores
     )  # fmt: skip
 
 
-def _same_words(a: str, b: str) -> bool:
-    strip = lambda s: {w.strip() for w in s.split("(")[0].split(",")}  # noqa: E731
-    return strip(a) == strip(b)
+def _words(name: str) -> set[str]:
+    return {w.strip() for w in name.split("(")[0].split(",")}
+
+
+def _leading_word(name: str) -> str:
+    return name.split("(")[0].split(",")[0].strip()
 
 
 @dataclass
@@ -247,20 +269,26 @@ def segment_months(
     seed: int = 0,
     previous: SegmentModel | None = None,
     previous_table: pd.DataFrame | None = None,
+    stickiness: float = 0.2,
 ) -> list[MonthSegments]:
     """Fit month by month (oldest first): the first choosing k (unless `previous` is given), each next refitted.
 
     For each month with a month before it (in this run, or `previous` and its `previous_table` of
     customer_key and segment_id): the adjusted Rand index between its segments and the previous
     month's (customers present in both), and between its segments and what the previous month's
-    model assigns them (how much the refit moved).
+    model assigns them (how much the refit moved). A customer keeps last month's segment unless
+    another is nearer by more than `stickiness` (see `SegmentModel.assign`; 0 for plain nearest centre).
     """
     out: list[MonthSegments] = []
     last_table = previous_table
     for day in sorted(behaviours_by_month):
         frame = behaviours_by_month[day]
         model = fit_segments(frame, day, k_range, seed, previous)
-        ids = model.assign(frame)
+        prev_ids = None
+        if last_table is not None:
+            last_ids = last_table.set_index("customer_key")["segment_id"]
+            prev_ids = frame["customer_key"].map(last_ids).fillna(-1).astype(int).to_numpy()
+        ids = model.assign(frame, prev_ids, stickiness)
         table = frame.assign(segment_id=ids.astype("int32"), segment=np.array(model.names, dtype=object)[ids])
         month = MonthSegments(day, model, table[["customer_key", "segment_id", "segment", *BEHAVIOURS]])
         if last_table is not None:
@@ -360,7 +388,11 @@ def stability_row(month: MonthSegments) -> dict[str, Any]:
 
 
 def build_segments(
-    settings: Settings, as_of: Sequence[dt.date], k_range: Sequence[int] = (3, 4, 5, 6), seed: int = 0
+    settings: Settings,
+    as_of: Sequence[dt.date],
+    k_range: Sequence[int] = (3, 4, 5, 6),
+    seed: int = 0,
+    stickiness: float = 0.2,
 ) -> list[MonthSegments]:
     """Read the behaviours at each cutoff, fit (from the stored model before the first one), write them all."""
     if not as_of:
@@ -377,7 +409,7 @@ def build_segments(
             previous_table = stored.select(["customer_key", "segment_id"]).to_pandas()
         except OfflineStoreError:
             previous_table = None  # the model is there but its table was expired: no ARI for the first month
-    months = segment_months(frames, k_range, seed, previous, previous_table)
+    months = segment_months(frames, k_range, seed, previous, previous_table, stickiness)
     write_segments(settings, months)
     return months
 

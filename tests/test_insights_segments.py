@@ -204,3 +204,16 @@ def test_missing_feature_partitions_are_named(tmp_path: Path) -> None:
         build_segments(Settings(home=tmp_path / "home"), [dt.date(2025, 1, 1)])
     with pytest.raises(SegmentError, match="no cutoff"):
         build_segments(Settings(home=tmp_path / "home"), [])
+
+
+def test_stickiness_keeps_border_customers_in_their_segment() -> None:
+    from insights.segments import SegmentModel
+
+    model = SegmentModel("2025-01-01", 2, [0.0] * 5, [1.0] * 5, [[0.0] * 5, [2.0, 0, 0, 0, 0]], ["a", "b"], 0.5)
+    frame = pd.DataFrame({"customer_key": ["x", "y", "z"], **{b: [0.0] * 3 for b in BEHAVIOURS}})
+    frame["discount_dependency"] = [1.05, 1.15, 1.05]  # nearer b; x and y were in a, z is new this month
+    previous = np.array([0, 0, -1])
+    assert model.assign(frame).tolist() == [1, 1, 1]
+    # x: 1.05 <= 1.2 x 0.95 stays in a; y: 1.15 > 1.2 x 0.85 moves; z has no past and takes the nearest.
+    assert model.assign(frame, previous, stickiness=0.2).tolist() == [0, 1, 1]
+    assert model.assign(frame, previous, stickiness=0.0).tolist() == [1, 1, 1]

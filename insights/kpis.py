@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +252,9 @@ def make_inputs(
 
 def _timestamps(values: pd.Series, name: str) -> pd.Series:
     try:
-        out = pd.to_datetime(values, errors="raise")
+        with warnings.catch_warnings():  # pandas' "could not infer format" is ours to report, as the error below
+            warnings.simplefilter("ignore", UserWarning)
+            out = pd.to_datetime(values, errors="raise")
     except (ValueError, TypeError) as exc:
         raise KpiError(f"{name}: not a date or time ({exc})") from exc
     if getattr(out.dt, "tz", None) is not None:

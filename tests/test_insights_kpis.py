@@ -186,6 +186,7 @@ def test_movement_compares_before_and_after(inputs) -> None:  # type: ignore[no-
         ("surveys", "effort", "easy", "surveys.effort: not a number"),
     ],
 )
+@pytest.mark.filterwarnings("error")
 def test_bad_values_are_named(frame: str, column: str, value: str, match: str) -> None:
     frames = {"tickets": _tickets(), "surveys": _surveys()}
     frames[frame][column] = frames[frame][column].astype(object)

@@ -21,7 +21,10 @@ Names are read from the centres (e.g. "discount-led, low digital").
 The per-customer table is a feature set, `segments@1`, in the offline store
 (`<home>/features/offline/segments/v1/as_of=<date>/data.parquet`): training reads it like any set
 (add `segments@1` to a family's `feature_sets`), and access and erasure requests reach it through
-the offline store's `PersonalStore` (`features.personal.OfflineFeatureStore`). The fitted models
+the offline store's `PersonalStore` (`features.personal.OfflineFeatureStore`); retention expires its
+cutoffs with the other sets. With `online=True` the newest month is also materialised in the online
+store (`features.online` covers it for requests), where the decision service reads feature columns
+(a policy signal can name `discount_dependency`, `digital_share` or `segment_id`). The fitted models
 (scaler, centres, names; no personal data) and the stability report go to `<home>/insights/segments/`.
 """
 
@@ -45,6 +48,7 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 from custintel.atomic_files import write_text_atomically
 from custintel.settings import Settings
 from features.featurestore.offline import OfflineStoreError, read_offline, write_partitions
+from features.featurestore.store import materialize_online
 
 SEGMENT_SET = "segments@1"
 BEHAVIOURS = ("discount_dependency", "digital_share", "contact_intensity", "value", "tenure")
@@ -342,6 +346,19 @@ def latest_model(settings: Settings, before: dt.date | None = None) -> SegmentMo
     return SegmentModel.from_json(json.loads(days[-1][1].read_text(encoding="utf-8")))
 
 
+def _definition() -> dict[str, Any]:
+    return {
+        "set": SEGMENT_SET,
+        "behaviours": list(BEHAVIOURS),
+        "sources": {k: list(v) for k, v in SOURCES.items()},
+        "method": "standardised KMeans, k by silhouette at the first fit, refitted from the previous centres",
+    }
+
+
+def _digest() -> str:
+    return hashlib.sha256(json.dumps(_definition(), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def write_segments(settings: Settings, months: Sequence[MonthSegments]) -> list[Path]:
     """The per-customer table as feature set `segments@1`; the models and the stability report beside.
 
@@ -349,13 +366,8 @@ def write_segments(settings: Settings, months: Sequence[MonthSegments]) -> list[
     """
     if not months:
         return []
-    definition = {
-        "set": SEGMENT_SET,
-        "behaviours": list(BEHAVIOURS),
-        "sources": {k: list(v) for k, v in SOURCES.items()},
-        "method": "standardised KMeans, k by silhouette at the first fit, refitted from the previous centres",
-    }
-    digest = hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
+    definition = _definition()
+    digest = _digest()
     frames = [m.table.assign(as_of=m.as_of) for m in months]
     table = pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
     stats = {m.as_of.isoformat(): {"rows": len(m.table), "k": m.model.k, "names": m.model.names} for m in months}
@@ -393,8 +405,13 @@ def build_segments(
     k_range: Sequence[int] = (3, 4, 5, 6),
     seed: int = 0,
     stickiness: float = 0.2,
+    online: bool = False,
 ) -> list[MonthSegments]:
-    """Read the behaviours at each cutoff, fit (from the stored model before the first one), write them all."""
+    """Read the behaviours at each cutoff, fit (from the stored model before the first one), write them all.
+
+    With `online`, the newest month also goes to the online store (SQLite, or Redis when set) as
+    `segments@1`, where the serving runtime and the decision policies' signals read feature columns.
+    """
     if not as_of:
         raise SegmentError("segments: no cutoff given")
     days = sorted(set(as_of))
@@ -411,6 +428,10 @@ def build_segments(
             previous_table = None  # the model is there but its table was expired: no ARI for the first month
     months = segment_months(frames, k_range, seed, previous, previous_table, stickiness)
     write_segments(settings, months)
+    if online:
+        latest = months[-1]
+        table = pa.Table.from_pandas(latest.table.assign(as_of=latest.as_of), preserve_index=False)
+        materialize_online(settings, SEGMENT_SET, table, {"digest": _digest(), "as_of": latest.as_of.isoformat()})
     return months
 
 

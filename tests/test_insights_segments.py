@@ -217,3 +217,21 @@ def test_stickiness_keeps_border_customers_in_their_segment() -> None:
     # x: 1.05 <= 1.2 x 0.95 stays in a; y: 1.15 > 1.2 x 0.85 moves; z has no past and takes the nearest.
     assert model.assign(frame, previous, stickiness=0.2).tolist() == [0, 1, 1]
     assert model.assign(frame, previous, stickiness=0.0).tolist() == [1, 1, 1]
+
+
+def test_the_newest_month_goes_online_for_serving_and_the_policies(tmp_path: Path) -> None:
+    from features.featurestore.store import open_online_store
+
+    settings = Settings(home=tmp_path / "home")
+    days = [dt.date(2025, 1, 1), dt.date(2025, 2, 1)]
+    _store_features(settings, days)
+    months = build_segments(settings, days, k_range=(3,), seed=0, online=True)
+    with open_online_store(settings) as store:
+        assert store.sets()[SEGMENT_SET]["as_of"] == "2025-02-01"
+        doc = store.lookup("bargain-003", [SEGMENT_SET])
+    assert doc is not None
+    row = doc[SEGMENT_SET]
+    expected = months[-1].table.set_index("customer_key").loc["bargain-003"]
+    assert row["segment"] == expected["segment"] and row["discount_dependency"] == pytest.approx(
+        expected["discount_dependency"]
+    )

@@ -45,6 +45,7 @@ from scipy import stats
 from custintel.settings import Settings
 from custintel.yaml_config import load_yaml_model
 from features.lake import IngestError, read_lake_table
+from insights.errors import InsightsError
 
 KPIS = ("fcr", "repeat_contact_rate", "csat", "nps", "ces_mean", "ces_agree", "cost_per_resolved_issue")
 CUTS = ("month", "channel", "region", "journey_stage", "segment")
@@ -53,9 +54,23 @@ SURVEY_KPIS = ("nps", "ces_mean", "ces_agree")
 UNKNOWN = "unknown"
 UNASSIGNED = "unassigned"
 Cut = Literal["month", "channel", "region", "journey_stage", "segment"]
+KPI_LABELS = {
+    "fcr": "First-contact resolution",
+    "repeat_contact_rate": "Repeat-contact rate",
+    "csat": "CSAT (top box)",
+    "nps": "Net Promoter Score",
+    "ces_mean": "Customer effort (mean, 1-7)",
+    "ces_agree": "Customer effort (share finding it easy)",
+    "cost_per_resolved_issue": "Cost per resolved issue",
+}
+# The unit of each KPI as the operations report names them (insights.report.KpiSeries.unit).
+REPORT_UNITS = {
+    "fcr": "share", "repeat_contact_rate": "rate", "csat": "share", "nps": "points", "ces_mean": "score",
+    "ces_agree": "share", "cost_per_resolved_issue": "currency",
+}  # fmt: skip
 
 
-class KpiError(ValueError):
+class KpiError(InsightsError):
     """The KPI definitions or inputs are unusable; the message names the field and the reason."""
 
 
@@ -148,6 +163,31 @@ class KpiDefinitions(_Strict):
         if len(known) != len(bounds) or known != sorted(known) or len(set(known)) != len(known):
             raise ValueError("journey_stages: below_days must increase, and only the last stage may omit it")
         return self
+
+
+def kpi_definitions_text(defs: KpiDefinitions) -> dict[str, str]:
+    """Each KPI's definition in words, with the windows and exclusions `defs` sets (for a page)."""
+    fcr, rep = defs.fcr, defs.repeat_contact
+    unresolved = ", ".join(fcr.unresolved_outcomes) or "none"
+    costs = ", ".join(f"{c} {v:.2f}" for c, v in sorted(defs.cost_per_contact.items())) or "none set"
+    stages = ", ".join(
+        f"{s.name} (< {s.below_days} days)" if s.below_days else f"{s.name} (after)" for s in defs.journey_stages
+    )
+    return {
+        "fcr": f"Share of tickets after which the same customer opens no other ticket in the same category within "
+        f"{fcr.window_days} days, and whose outcome is not {unresolved}. Excludes tickets still open, tickets opened "
+        f"in the last {fcr.window_days} days of the data, and tickets of unknown customers.",
+        "repeat_contact_rate": f"Share of tickets opened within {rep.window_days} days after an earlier ticket of the "
+        f"same customer (any category). Excludes the first {rep.window_days} days of the data and unknown customers.",
+        "csat": f"Share of answered satisfaction ratings (1-5) that are {' or '.join(map(str, defs.csat.top_box))}.",
+        "nps": "Promoters (9-10) minus detractors (0-6), in points, among answered surveys (Reichheld).",
+        "ces_mean": "Mean answer to 'the company made it easy to handle my issue' (1-7, Dixon et al. 2010).",
+        "ces_agree": f"Share of effort answers of {', '.join(map(str, defs.ces.agree))} (agreeing it was easy).",
+        "cost_per_resolved_issue": f"Contacts x cost per contact by channel ({costs} "
+        f"{defs.cost_per_resolved_issue.currency}) / issues resolved "
+        f"({', '.join(defs.cost_per_resolved_issue.resolved_outcomes)}); a channel without a cost is left out.",
+        "journey_stage": f"Tenure at the event from the customer's earliest CRM record: {stages}.",
+    }
 
 
 def load_kpi_definitions(path: Path | None = None) -> KpiDefinitions:

@@ -49,6 +49,7 @@ from custintel.atomic_files import write_text_atomically
 from custintel.settings import Settings
 from features.featurestore.offline import OfflineStoreError, read_offline, write_partitions
 from features.featurestore.store import materialize_online
+from insights.errors import InsightsError
 
 SEGMENT_SET = "segments@1"
 BEHAVIOURS = ("discount_dependency", "digital_share", "contact_intensity", "value", "tenure")
@@ -71,7 +72,7 @@ NAME_THRESHOLD = 0.35  # standard deviations a centre must sit from the mean for
 SILHOUETTE_SAMPLE = 4000
 
 
-class SegmentError(ValueError):
+class SegmentError(InsightsError):
     """The segment inputs are missing or unusable; the message names what and why."""
 
 
@@ -307,6 +308,35 @@ def segment_months(
         out.append(month)
         previous, last_table = model, month.table
     return out
+
+
+def segment_profiles(month: MonthSegments) -> list[dict[str, Any]]:
+    """Each segment's size, share and mean behaviours in their own units (for a page), largest first.
+
+    Profile keys: discount_share, digital_share, tickets_365d, spend_365d, tenure_years.
+    """
+    t = month.table
+    raw = pd.DataFrame(
+        {
+            "segment": t["segment"],
+            "discount_share": t["discount_dependency"],
+            "digital_share": t["digital_share"],
+            "tickets_365d": np.expm1(t["contact_intensity"]),
+            "spend_365d": np.expm1(t["value"]),
+            "tenure_years": np.expm1(t["tenure"]),
+        }
+    )
+    means = raw.groupby("segment").mean()
+    sizes = t["segment"].value_counts()
+    return [
+        {
+            "segment": str(name),
+            "customers": int(sizes[name]),
+            "share": float(sizes[name] / len(t)),
+            "profile": {k: round(float(v), 4) for k, v in means.loc[name].items()},
+        }
+        for name in sizes.index
+    ]
 
 
 # --- I/O at the edges: the offline store in, the offline store and the insights folder out. ---

@@ -273,3 +273,14 @@ def test_fcr_and_csat_fall_after_the_drift_date(drifted_home: Settings) -> None:
 def test_read_kpi_inputs_needs_a_crosswalk(tmp_path: Path) -> None:
     with pytest.raises(KpiError, match="run `custintel resolve` first"):
         read_kpi_inputs(Settings(home=tmp_path / "empty"))
+
+
+def test_definitions_in_words_follow_the_settings() -> None:
+    from insights.errors import InsightsError
+    from insights.kpis import KPI_LABELS, REPORT_UNITS, kpi_definitions_text
+
+    words = kpi_definitions_text(KpiDefinitions(cost_per_contact=COSTS, fcr={"window_days": 5}))
+    assert "within 5 days" in words["fcr"] and "phone 5.00" in words["cost_per_resolved_issue"]
+    assert "onboarding (< 90 days)" in words["journey_stage"]
+    assert set(KPI_LABELS) == set(REPORT_UNITS) == set(words) - {"journey_stage"}
+    assert issubclass(KpiError, InsightsError)

@@ -235,3 +235,18 @@ def test_the_newest_month_goes_online_for_serving_and_the_policies(tmp_path: Pat
     assert row["segment"] == expected["segment"] and row["discount_dependency"] == pytest.approx(
         expected["discount_dependency"]
     )
+
+
+def test_segment_profiles_in_their_own_units() -> None:
+    from insights.segments import segment_profiles
+
+    frame, _ = _features(noise=0.0)
+    (month,) = segment_months({dt.date(2025, 1, 1): behaviours(frame)}, k_range=(3,), seed=0)
+    profiles = segment_profiles(month)
+    assert [p["customers"] for p in profiles] == [120, 120, 120]
+    assert sum(p["share"] for p in profiles) == pytest.approx(1.0)
+    bargain = next(p for p in profiles if "discount-led" in p["segment"])["profile"]
+    assert bargain["discount_share"] == pytest.approx(0.35) and bargain["spend_365d"] == pytest.approx(150)
+    assert bargain["tickets_365d"] == pytest.approx(1) and bargain["tenure_years"] == pytest.approx(
+        200 / 365.25, abs=1e-4
+    )

@@ -21,6 +21,9 @@ from insights.report import Example, KpiSeries, OperationsReport
 # Where the page's plots go, relative to the site root.
 PLOTS_DIR = "operations"
 _SHARE_UNITS = {"share", "rate"}
+MIN_N = 100  # a value on fewer observations is greyed (the KPI definitions' min_n)
+# KPI blocks side by side where the screen allows.
+_STYLE = "<style>.kpis{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:0 1.5rem}</style>"
 
 
 def _value(value: float | None, unit: str) -> str:
@@ -77,6 +80,24 @@ def _kpi_block(kpi: KpiSeries) -> str:
     return f"{head}{now}<p><em>Definition.</em> {escape(kpi.definition)}</p>{note}{plot}"
 
 
+def _cut_rows(report: OperationsReport) -> list[str]:
+    """One row per (dimension, group), one column per KPI: its value and n (greyed below 100)."""
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    units = {k.name: k.unit for k in report.kpis}
+    for c in report.cuts:
+        unit = units.get(c.kpi, "score")
+        shown = f"{_value(c.value, unit)} <small>(n {c.n:,})</small>"
+        cells.setdefault((c.dimension, c.group), {})[c.kpi] = (
+            f'<span class="muted">{shown}</span>' if c.n < MIN_N else shown
+        )
+    return [
+        f"<tr><td>{escape(dim)}</td><td>{escape(group)}</td>"
+        + "".join(f"<td>{row.get(k.name, '—')}</td>" for k in report.kpis)
+        + "</tr>"
+        for (dim, group), row in cells.items()
+    ]
+
+
 def render_operations_page(report: OperationsReport | None, built: dt.datetime) -> str:
     """The whole page; without a report it says how to make one."""
     source = "the operations report of custintel insights"
@@ -86,19 +107,12 @@ def render_operations_page(report: OperationsReport | None, built: dt.datetime) 
             "(it computes the KPIs, topics, segments and alerts and rebuilds this site).</p>"
         )
         return page("custintel: operations", body, 0, built, source)
-    units = {k.name: k.unit for k in report.kpis}
-    labels = {k.name: k.label for k in report.kpis}
     alerts = [
         f"<tr><td>{_severity(a.severity)}</td><td>{escape(a.source)}</td><td>{escape(a.title)}</td>"
         f"<td>{escape(a.detail)}</td><td>{escape(a.since or '—')}</td></tr>"
         for a in sorted(report.alerts, key=lambda a: ({"critical": 0, "warning": 1}.get(a.severity, 2), a.source))
     ]
-    cuts = [
-        f"<tr><td>{escape(c.dimension)}</td><td>{escape(c.group)}</td><td>{escape(labels.get(c.kpi, c.kpi))}</td>"
-        f"<td>{_value(c.value, units.get(c.kpi, 'score'))}{_interval(c.low, c.high, units.get(c.kpi, 'score'))}</td>"
-        f"<td>{c.n:,}</td></tr>"
-        for c in report.cuts
-    ]
+    cut_rows = _cut_rows(report)
     topics = [
         f"<tr><td>{escape(t.label)}</td><td>{escape(', '.join(t.terms))}</td><td>{t.tickets:,}</td>"
         f"<td>{_value(t.share, 'share')}</td><td>{_value(t.recent_share, 'share')}</td>"
@@ -141,7 +155,7 @@ def render_operations_page(report: OperationsReport | None, built: dt.datetime) 
         '<a href="#actions">Actions and outcomes</a> · <a href="#sources">Source anomalies</a></p>'
     )
     body = (
-        f"<h1>Operations</h1><p>As of {escape(report.as_of.isoformat())}; KPIs over {escape(report.period)}. "
+        _STYLE + f"<h1>Operations</h1><p>As of {escape(report.as_of.isoformat())}; KPIs over {escape(report.period)}. "
         f"Computed {escape(report.generated_at.strftime('%Y-%m-%d %H:%M UTC'))} by <code>custintel insights</code>. "
         "Ticket examples are masked (names, emails, phone numbers).</p>"
         + toc
@@ -149,9 +163,15 @@ def render_operations_page(report: OperationsReport | None, built: dt.datetime) 
         + '<h2 id="alerts">Open alerts</h2>'
         + table(["severity", "from", "alert", "detail", "since"], alerts, "No open alert.")
         + '<h2 id="kpis">KPIs</h2>'
-        + ("".join(_kpi_block(k) for k in report.kpis) or '<p class="muted">No KPI computed.</p>')
+        + (
+            f'<div class="kpis">{"".join(_kpi_block(k) for k in report.kpis)}</div>'
+            if report.kpis
+            else '<p class="muted">No KPI computed.</p>'
+        )
         + '<h2 id="cuts">KPIs by group</h2>'
-        + table(["dimension", "group", "KPI", "value (95% interval)", "n"], cuts, "No breakdown computed.")
+        + '<p class="muted">Over the last 90 days; n is the tickets (or answered surveys) behind each value, and '
+        "values on fewer than 100 are greyed.</p>"
+        + table(["dimension", "group", *[k.label for k in report.kpis]], cut_rows, "No breakdown computed.")
         + '<h2 id="topics">Ticket topics</h2>'
         + (f'<p class="muted">{escape(report.topics_note)}</p>' if report.topics_note else "")
         + "<h3>Rising beyond noise</h3>"

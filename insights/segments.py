@@ -33,7 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,8 +347,11 @@ def segments_dir(settings: Settings) -> Path:
     return settings.home_dir / "insights" / "segments"
 
 
-def read_segment_inputs(settings: Settings, as_of: dt.date) -> pd.DataFrame:
-    """The behaviours of every customer at a cutoff, from the offline feature store."""
+def read_segment_inputs(settings: Settings, as_of: dt.date, exclude: Collection[str] = ()) -> pd.DataFrame:
+    """The behaviours of every customer at a cutoff, from the offline feature store; `exclude`d keys left out.
+
+    `exclude`: customers who may not be profiled (withdrew the profiling purpose): they get no segment.
+    """
     root = settings.features_dir / "offline"
     merged: pd.DataFrame | None = None
     for set_key, columns in SOURCES.items():
@@ -362,6 +365,8 @@ def read_segment_inputs(settings: Settings, as_of: dt.date) -> pd.DataFrame:
         part = table.select(["customer_key", *columns]).to_pandas()
         merged = part if merged is None else merged.merge(part, on="customer_key", how="inner")
     assert merged is not None
+    if exclude:
+        merged = merged[~merged["customer_key"].astype(str).isin(set(exclude))].reset_index(drop=True)
     return behaviours(merged)
 
 
@@ -436,16 +441,18 @@ def build_segments(
     seed: int = 0,
     stickiness: float = 0.2,
     online: bool = False,
+    exclude: Collection[str] = (),
 ) -> list[MonthSegments]:
     """Read the behaviours at each cutoff, fit (from the stored model before the first one), write them all.
 
+    `exclude`: customer keys that get no segment (who withdrew the profiling purpose).
     With `online`, the newest month also goes to the online store (SQLite, or Redis when set) as
     `segments@1`, where the serving runtime and the decision policies' signals read feature columns.
     """
     if not as_of:
         raise SegmentError("segments: no cutoff given")
     days = sorted(set(as_of))
-    frames = {d: read_segment_inputs(settings, d) for d in days}
+    frames = {d: read_segment_inputs(settings, d, exclude) for d in days}
     previous = latest_model(settings, before=days[0])
     previous_table = None
     if previous is not None:

@@ -342,10 +342,9 @@ def read_kpi_inputs(settings: Settings, as_of: dt.date | None = None) -> KpiInpu
         surveys["effort"] = np.nan
     crm = crm.assign(customer_key=crm["crm_id"].astype("string").map(key_of)).dropna(subset=["customer_key"])
     crm = crm.sort_values("created_at", kind="stable")
-    customers = crm.groupby("customer_key", sort=True).agg(
-        customer_since=("created_at", "min"),
-        region=("region", lambda r: r.dropna().iloc[-1] if r.notna().any() else None),
-    )
+    customers = crm.groupby("customer_key", sort=True).agg(customer_since=("created_at", "min"))
+    # the region of the customer's latest record that names one (a Python function per group took 18 s at 20k)
+    customers["region"] = crm.dropna(subset=["region"]).groupby("customer_key", sort=True)["region"].last()
     start = pd.to_datetime(tickets["opened_at"]).min()
     return make_inputs(tickets, surveys, customers.reset_index(), end, start)
 

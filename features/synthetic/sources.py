@@ -284,6 +284,7 @@ def render_chunk(cfg: WorldConfig, rng: np.random.Generator, beh: Behaviour, chu
         truth=truth,
     )
     _inject_defects(cfg, rng, out)
+    _plant_effort_errors(cfg, out, chunk)
     return out
 
 
@@ -511,6 +512,21 @@ def _pick_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return (rng.random((probs.shape[0], 1)) > cum).sum(axis=1).clip(max=probs.shape[1] - 1)
 
 
+# After the drift date the service organisation is strained (the new, younger, price-sensitive customers
+# bring more contacts than it was staffed for): first-contact resolution and CSAT fall. Zero without drift,
+# so a world without drift is the same bytes as before; the same draws are made either way.
+SERVICE_STRAIN = 0.75  # logit points of first-contact resolution lost per unit of drift strength
+SERVICE_STRAIN_CSAT = 0.3  # CSAT points lost per logit point of strain (on top of the lost resolutions)
+
+
+def service_strain(cfg: WorldConfig, times: np.ndarray) -> np.ndarray:
+    """The strain on service at each ticket's time: SERVICE_STRAIN x drift strength after the drift date, else 0."""
+    if cfg.drift_date is None or cfg.drift_strength <= 0:
+        return np.zeros(times.size)
+    after = times >= np.datetime64(cfg.drift_date, "s")
+    return np.where(after, SERVICE_STRAIN * cfg.drift_strength, 0.0)
+
+
 def _tickets(
     cfg: WorldConfig,
     rng: np.random.Generator,
@@ -583,7 +599,8 @@ def _ticket_rows(
     cat = np.array(ref.TICKET_CATEGORIES, dtype=object)[_pick_rows(rng, _category_probs(d))]
     if category is not None:
         cat = np.full(m, category, dtype=object)
-    fcr = rng.random(m) < 1 / (1 + np.exp(-(0.9 - 0.6 * d)))
+    strain = service_strain(cfg, times)
+    fcr = rng.random(m) < 1 / (1 + np.exp(-(0.9 - 0.6 * d - strain)))
     hours = rng.exponential(6, m) * np.where(fcr, 1, 8) * np.exp(0.3 * d)
     resolution = np.where(
         fcr,
@@ -594,7 +611,8 @@ def _ticket_rows(
             p=[0.5, 0.2, 0.12, 0.1, 0.08],
         ),
     )
-    csat = np.clip(np.round(3.9 - 0.8 * d + 0.6 * fcr + rng.normal(0, 0.9, m)), 1, 5).astype(int).astype(str)
+    csat = np.round(3.9 - 0.8 * d + 0.6 * fcr - SERVICE_STRAIN_CSAT * strain + rng.normal(0, 0.9, m))
+    csat = np.clip(csat, 1, 5).astype(int).astype(str)
     csat = np.where(rng.random(m) < 0.45, "", csat)
     # The text now comes from features.synthetic.tickets on a generator of its own, but these draws
     # (a product, an amount and a template per ticket) stay: removing them would shift every later
@@ -662,6 +680,26 @@ def _events(
     return frame[arrived].reset_index(drop=True), int((~arrived).sum())
 
 
+# The effort question (CES, Dixon et al. 2010): "The company made it easy to handle my issue", 1-7.
+# Drawn from streams of their own, seeded from (seed, chunk, constant), so adding it moved no other value.
+EFFORT_STREAM = 0xCE5
+EFFORT_ERROR_STREAM = 0xCE6
+EFFORT_ANSWERED = 0.6  # share of respondents who answer the effort question (the rest leave it blank)
+EFFORT_BASE = 5.3
+EFFORT_D = 0.9  # how strongly dissatisfaction (the latent driver of NPS) lowers the ease reported
+EFFORT_NOISE_SD = 1.0
+EFFORT_OUT_OF_RANGE = ["0", "8", "99"]
+
+
+def effort_answers(cfg: WorldConfig, d: np.ndarray, chunk: int) -> np.ndarray:
+    """Effort answers as exported: "1".."7", or "" for respondents who skipped the question."""
+    g = np.random.default_rng([cfg.seed, chunk, EFFORT_STREAM])
+    m = d.size
+    answered = g.random(m) < EFFORT_ANSWERED
+    effort = np.clip(np.round(EFFORT_BASE - EFFORT_D * d + g.normal(0, EFFORT_NOISE_SD, m)), 1, 7).astype(int)
+    return np.where(answered, effort.astype(str), "").astype(object)
+
+
 def _nps(
     cfg: WorldConfig,
     rng: np.random.Generator,
@@ -682,8 +720,28 @@ def _nps(
             "survey_date": _iso(times, "%m/%d/%Y").to_numpy(),
             "score": score.astype(str),
             "comment": np.where(rng.random(m) < 0.35, comment, ""),
+            "effort": effort_answers(cfg, nps["d"].to_numpy(dtype=float), chunk),
         }
     )
+
+
+def _plant_effort_errors(cfg: WorldConfig, out: RenderedChunk, chunk: int) -> None:
+    """Out-of-range effort answers on a few survey rows no other defect touched, recorded in the truth.
+
+    A stream of its own picks them, after the chunk's defects are injected, so no other value moves.
+    """
+    frame = out.tables["nps_responses"]
+    broken: set[int] = set()
+    for inj in out.injected:
+        if len(inj) and inj["table"].iloc[0] == "nps_responses":
+            broken |= set(inj["row"].tolist())
+    g = np.random.default_rng([cfg.seed, chunk, EFFORT_ERROR_STREAM])
+    hit = np.flatnonzero(g.random(len(frame)) < cfg.malformed_rate / 2)
+    hit = hit[~np.isin(hit, list(broken))]
+    if hit.size == 0:
+        return
+    frame.loc[hit, "effort"] = np.array(EFFORT_OUT_OF_RANGE, dtype=object)[g.integers(0, 3, hit.size)]
+    out.injected.append(pd.DataFrame({"table": "nps_responses", "row": hit, "field": "effort", "kind": "out_of_range"}))
 
 
 def _consent(

@@ -15,6 +15,7 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from features.synthetic import WorldConfig, generate_world
 from features.synthetic.tickets import TICKET_TOPICS, TOPIC_TEMPLATES
+from insights.errors import InsightsError
 from insights.text.emerging import EmergingReport, detect_emerging
 from insights.text.mask import MAX_TEXT_CHARS, TicketTextTruncated, mask_text, mask_texts, prepare_texts
 from insights.text.topics import UNASSIGNED, assign_topics, fit_topics
@@ -132,7 +133,7 @@ def test_bad_input_is_handled() -> None:
     reasons = {(i.row, i.reason) for i in prepared.issues}
     assert {(0, "empty"), (1, "empty"), (2, "not_utf8"), (3, "empty"), (4, "truncated")} <= reasons
     assert len(prepared.texts[4]) == MAX_TEXT_CHARS and prepared.texts[5] == "fine"
-    with pytest.raises(ValueError, match="description"):
+    with pytest.raises(InsightsError, match="description"):
         fit_topics(["", None, "???", "!!"])
 
 

@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from insights.errors import InsightsError
 from insights.text.mask import mask_texts, prepare_texts
 
 PERIOD_DAYS = 7
@@ -81,13 +82,13 @@ def detect_emerging(
     topic k. Tickets whose opening time does not parse are left out.
     """
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha: {alpha} is not a probability")
+        raise InsightsError(f"alpha: {alpha} is not a probability")
     if periods < 1 or history < 1:
-        raise ValueError("periods and history: at least one period each")
+        raise InsightsError("periods and history: at least one period each")
     opened = pd.to_datetime(pd.Series(list(opened_at)), errors="coerce", utc=True).dt.tz_localize(None)
     topic = np.asarray(topics, dtype=np.int64)
     if not len(opened) == topic.size == len(texts):
-        raise ValueError(f"opened_at, topics, texts: {len(opened)}, {topic.size}, {len(texts)} rows")
+        raise InsightsError(f"opened_at, topics, texts: {len(opened)}, {topic.size}, {len(texts)} rows")
     ok = opened.notna().to_numpy()
     if as_of is None:
         if not ok.any():

@@ -19,6 +19,8 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from insights.errors import InsightsError
+
 EMAIL = "[EMAIL]"
 PHONE = "[PHONE]"
 NAME = "[NAME]"
@@ -150,7 +152,7 @@ def mask_texts(texts: Sequence[str], known_names: Sequence[Iterable[str]] | None
     if known_names is None:
         return [mask_text(t) for t in texts]
     if len(known_names) != len(texts):
-        raise ValueError(f"known_names: {len(known_names)} rows for {len(texts)} texts")
+        raise InsightsError(f"known_names: {len(known_names)} rows for {len(texts)} texts")
     return [mask_text(t, n) for t, n in zip(texts, known_names, strict=True)]
 
 

@@ -26,6 +26,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 from sklearn.metrics import adjusted_rand_score
 from sklearn.preprocessing import normalize
 
+from insights.errors import InsightsError
 from insights.text.mask import mask_texts, prepare_texts
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,11 @@ def fit_topics(
     try:
         x = vec.fit_transform(masked)
     except ValueError as exc:  # no usable term at all
-        raise ValueError(f"description: no ticket text with usable words to learn topics from ({exc})") from exc
+        raise InsightsError(f"description: no ticket text with usable words to learn topics from ({exc})") from exc
     keep = np.flatnonzero(np.asarray(x.getnnz(axis=1) > 0))
     grid = sorted({k for k in k_grid if 2 <= k < max(keep.size // 5, 3)}) or [max(2, min(keep.size // 5, 2))]
     if keep.size < 2 * grid[0]:
-        raise ValueError(f"description: {keep.size} ticket texts with usable words, too few to learn topics from")
+        raise InsightsError(f"description: {keep.size} ticket texts with usable words, too few to learn topics from")
     dims = max(2, min(n_components, x.shape[1] - 1, keep.size - 1))
     svd = TruncatedSVD(dims, random_state=random_state, n_iter=3)
     z = normalize(svd.fit_transform(x[keep]))

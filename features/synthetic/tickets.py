@@ -352,6 +352,148 @@ TOPIC_TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# Second sentences specific to a topic, combined freely with its opening templates: real
+# tickets about one problem share its vocabulary however their first sentence is worded.
+TOPIC_DETAILS: dict[str, tuple[str, ...]] = {
+    "billing_double_charge": (
+        "Please refund the duplicate charge.",
+        "The second payment left my account overdrawn.",
+        "I only have one {product} so I should only pay once.",
+        "Refund the extra ${amount} please.",
+    ),
+    "billing_price_rise": (
+        "Nobody told me the price would go up.",
+        "I never got a letter about a price increase.",
+        "The bill is ${amount} higher than last month.",
+        "If the price stays this high I will think about leaving.",
+    ),
+    "billing_missing_discount": (
+        "The loyalty discount was agreed on the phone.",
+        "Please apply the discount and refund the difference.",
+        "The promo code was confirmed by email.",
+        "I was told the discount would show on this invoice.",
+    ),
+    "billing_autopay_failure": (
+        "Please waive the late fee, it was not my fault.",
+        "My card details have not changed, so the payment should have gone through.",
+        "I have set up autopay twice now.",
+        "The bank shows no failed payment request.",
+    ),
+    "technical_wifi_dropouts": (
+        "The router has been restarted many times.",
+        "The wifi drops on every device in the house.",
+        "It disconnects worst in the evening.",
+        "The router light keeps blinking.",
+    ),
+    "technical_slow_speed": (
+        "The speed test never gets close to what I pay for.",
+        "Videos keep buffering because the internet is so slow.",
+        "I tested with a cable to the router, still slow.",
+        "Download speed is a fraction of my plan.",
+    ),
+    "technical_setup_error": (
+        "I followed the setup guide step by step.",
+        "The error code comes back every time I restart the setup.",
+        "The activation page just says error.",
+        "Installation fails at the same step each time.",
+    ),
+    "technical_tv_streaming": (
+        "The tv box was restarted and it still buffers.",
+        "Every channel freezes after a few minutes.",
+        "The picture freezes on every channel.",
+        "We cannot watch anything on the tv.",
+    ),
+    "technical_app_update_login": (
+        "The app worked fine before the update.",
+        "Everyone in my family has the same app crash since the update.",
+        "I deleted and reinstalled the app, the login still crashes.",
+        "Please fix the app update, I can't pay my bill without logging in.",
+    ),
+    "network_home_outage": (
+        "No signal anywhere in the house.",
+        "The whole street has no service.",
+        "Is there an outage or maintenance in my area?",
+        "We have had no service at home for days.",
+    ),
+    "network_dropped_calls": (
+        "Calls drop even with full signal bars.",
+        "Every call cuts out after a minute.",
+        "I can't make a work call without it dropping.",
+        "The call drops and I have to call back again.",
+    ),
+    "network_roaming": (
+        "Roaming is switched on in the phone settings.",
+        "I bought the travel pass for roaming.",
+        "My phone shows no network abroad.",
+        "I need data while travelling for work.",
+    ),
+    "account_change_details": (
+        "My new address is on the form I sent.",
+        "The old email address no longer works.",
+        "Please update the billing address too.",
+        "The details on the account are out of date.",
+    ),
+    "account_password_reset": (
+        "I checked the spam folder, no reset email.",
+        "The verification code text never comes.",
+        "I'm still locked out after trying the reset link.",
+        "The reset link says it has expired.",
+    ),
+    "account_authorised_user": (
+        "They need permission to manage the account and talk to you.",
+        "How do we set up a second account holder?",
+        "My partner should be able to call about the account.",
+        "What do you need to add an authorised user?",
+    ),
+    "device_screen_damage": (
+        "The screen is cracked across the middle.",
+        "I pay for device insurance every month.",
+        "How long does an insurance claim for a cracked screen take?",
+        "The touch screen stopped working after the crack.",
+    ),
+    "device_faulty_replacement": (
+        "The replacement is as faulty as the original device.",
+        "I want a working replacement, not another faulty one.",
+        "The faulty replacement was sent back last week.",
+        "The replacement device keeps restarting.",
+    ),
+    "device_battery_drain": (
+        "The battery drains even when I don't use the phone.",
+        "The phone gets hot and the battery dies.",
+        "I have to charge it three times a day.",
+        "Battery health already shows low.",
+    ),
+    "cancel_competitor_price": (
+        "The competitor offers more for less.",
+        "I'll cancel unless you can match the competitor's price.",
+        "Please send me the cancellation terms, I'm switching provider.",
+        "It's cheaper elsewhere and I want to switch.",
+    ),
+    "cancel_moving_abroad": (
+        "I'm moving abroad for work.",
+        "Please close the account from the end of the month.",
+        "There is no coverage where I am moving.",
+        "I need the account closed before I relocate.",
+    ),
+    "cancel_poor_service": (
+        "The service has been terrible and I want to leave.",
+        "I'm fed up with the terrible service and want to cancel.",
+        "Nothing gets fixed, so I want to leave.",
+        "After months of terrible service I want to cancel everything.",
+    ),
+}
+
+# Sentences of no topic at all that people add to any ticket.
+GENERIC_SENTENCES = (
+    "I have contacted you {n} times already.",
+    "Nobody has got back to me.",
+    "This is really frustrating.",
+    "I've been a customer for {n} years.",
+    "Please sort this out today.",
+    "I'm not happy.",
+    "Can someone call me back?",
+)
+
 _SLOTS: dict[str, tuple[str, ...]] = {
     "day": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "the weekend", "yesterday", "last week"),
     "n": ("2", "3", "4", "5", "6"),
@@ -489,6 +631,11 @@ def write_ticket_texts(
             body = py.choice(VAGUE_TEXTS)
         else:
             body = _expand(py.choice(TOPIC_TEMPLATES[topic[i]]), py)
+            r = py.random()
+            if r < 0.55:
+                body = f"{_sentence(body)} {_expand(py.choice(TOPIC_DETAILS[topic[i]]), py)}"
+            if r > 0.75:
+                body = f"{_sentence(body)} {_expand(py.choice(GENERIC_SENTENCES), py)}"
             if u[i, 1] < TYPO_SHARE:
                 body = _typo(body, py)
             if u[i, 2] < 0.12:
@@ -539,6 +686,10 @@ def write_ticket_texts(
         }
     )
     return TicketTexts(text, truth)
+
+
+def _sentence(text: str) -> str:
+    return text if text[-1:] in ".!?" else f"{text}."
 
 
 def _expand(template: str, py: random.Random) -> str:

@@ -40,10 +40,10 @@ from insights.text.kb import (
 from insights.text.mask import TicketTextTruncated
 from tests.conftest import Ingested, World
 
-# Floors set below what the default test world measured (2026-12-06: held-out recall@5 0.80, MRR 0.87,
-# TF-IDF cosine MRR 0.83, random 0.18), so a change that loses ranking quality fails here.
-RECALL_AT_5_FLOOR = 0.75
-MRR_FLOOR = 0.80
+# Floors set below what the default test world measured (2026-12-06: held-out recall@5 0.84, MRR 0.89,
+# TF-IDF cosine MRR 0.87, random 0.18), so a change that loses ranking quality fails here.
+RECALL_AT_5_FLOOR = 0.78
+MRR_FLOOR = 0.83
 SMALL_GRID = {"k1": [1.2], "b": [0.5, 0.75], "title_weight": [1.0, 3.0], "rerank_weight": [0.0, 0.3]}
 
 

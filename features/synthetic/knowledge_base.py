@@ -195,7 +195,7 @@ ARTICLE_DRAFTS: tuple[ArticleDraft, ...] = (
     ),
     ArticleDraft(
         ("cancel_poor_service",),
-        "Customers who want to leave after repeated faults or outages",
+        "Customers who want to leave over poor service or repeated faults",
         "Acknowledge the complaint and read the fault history before anything else. Offer to escalate to the "
         "complaints team, apply a goodwill credit for the faults, and explain that repeated unresolved faults "
         "allow the customer to end the contract without a fee.",

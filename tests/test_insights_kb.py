@@ -272,6 +272,8 @@ def test_evaluation_and_suggestion_inputs_are_checked(catalogue: tuple[pd.DataFr
     with pytest.raises(KnowledgeBaseError, match="tickets: missing column.*text"):
         suggest_articles(index, pd.DataFrame({"topic": ["t"]}))
     assert suggest_articles(index, pd.DataFrame({"text": ["", None], "topic": ["a", "b"]}), min_tickets=1) == []
+    unplaced = pd.DataFrame({"text": ["my battery dies"] * 3, "topic": [-1, None, -1]})
+    assert suggest_articles(index, unplaced, min_tickets=1) == [], "no suggestion for tickets the topic model left out"
     nothing = evaluate_ranking(index, pd.DataFrame({"text": ["", "roaming abroad"], "topic": ["x", "y"]}), catalogue[1])
     assert nothing.empty_tickets == 1 and nothing.unknown_topic_tickets == 1
     assert np.isclose(nothing.quality("bm25").recall_at_k, 0.0)

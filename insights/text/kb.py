@@ -33,6 +33,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer,
 from custintel.settings import Settings
 from features.lake import IngestError, read_lake_table
 from insights.text.mask import mask_texts, prepare_texts
+from insights.text.topics import UNASSIGNED
 
 log = logging.getLogger("custintel.insights")
 
@@ -558,12 +559,16 @@ def suggest_articles(
 ) -> list[ArticleSuggestion]:
     """New articles to write: topics with at least `min_tickets` tickets that no article covers.
 
-    `tickets`: text and topic (from the topic model; a `label` column, when present, names the topic).
-    The texts are masked before anything is computed or kept. Largest topics first.
+    `tickets`: text and topic (from the topic model, `insights.text.topics`; a `label` column, when
+    present, names the topic; tickets without a topic or UNASSIGNED are left out). The texts are
+    masked before anything is computed or kept. Largest topics first.
     """
     missing = [c for c in ("text", "topic") if c not in tickets.columns]
     if missing:
         raise KnowledgeBaseError(f"tickets: missing column(s) {', '.join(missing)}")
+    # Tickets the topic model could not place (no topic, or its UNASSIGNED) belong to no topic here.
+    placed = tickets["topic"].notna() & ~tickets["topic"].isin([UNASSIGNED, str(UNASSIGNED)])
+    tickets = tickets[placed]
     masked, _ = index._prepare(tickets["text"].tolist())
     topics = tickets["topic"].astype(str).tolist()
     labels = tickets["label"].to_numpy() if "label" in tickets.columns else np.full(len(tickets), None)

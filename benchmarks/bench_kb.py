@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = evaluate_ranking(index, held, resolution)
     eval_s = time.perf_counter() - t
 
-    masked, _ = index._prepare(held["text"].tolist())
+    masked, _ = index.prepare(held["text"].tolist())
     bm25_s: list[float] = []
     cosine_s: list[float] = []
     for _ in range(3):  # alternating, so both see the same CPU clock levels

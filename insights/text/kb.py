@@ -40,7 +40,7 @@ log = logging.getLogger("custintel.insights")
 ARTICLE_COLUMNS = ("article_id", "title", "body")
 # The lake table the knowledge-base system's export lands in (features/contracts/knowledge_base.yaml).
 ARTICLES_TABLE = "knowledge_base_articles"
-# Longest article body kept (longer bodies are cut, with a note).
+# Longest article title or body kept (longer ones are cut: the contract already caps them lower).
 MAX_ARTICLE_CHARS = 20_000
 # A placeholder left by masking ("[EMAIL]", "[PHONE]", "[NAME]"): never a word to match on
 # (an "[EMAIL]" must not pull up the article on changing one's email address).
@@ -190,7 +190,7 @@ class KnowledgeBaseIndex:
         """Article ids in index order."""
         return self.articles["article_id"].to_numpy()
 
-    def _prepare(self, texts: Iterable[object]) -> tuple[list[str], list[str | None]]:
+    def prepare(self, texts: Iterable[object]) -> tuple[list[str], list[str | None]]:
         """Texts made safe (`prepare_texts`: empty, non-UTF-8, huge) and masked; a note per text on what was fixed."""
         prepared = prepare_texts(texts, field_name="text")
         notes: list[list[str]] = [[] for _ in prepared.texts]
@@ -225,14 +225,14 @@ class KnowledgeBaseIndex:
 
     def suggest(self, text: object, k: int = 5) -> Suggestions:
         """The `k` best articles for one ticket's text (masked before it is analysed)."""
-        (masked,), (note,) = self._prepare([text])
+        (masked,), (note,) = self.prepare([text])
         if not masked:
             return Suggestions([], note or "empty text")
         return Suggestions(self._top(self.ranked_scores([masked])[0], k), note)
 
     def suggest_many(self, texts: Sequence[object], k: int = 5) -> list[Suggestions]:
         """`suggest` for a batch of tickets, scored in one sparse product."""
-        masked, notes = self._prepare(texts)
+        masked, notes = self.prepare(texts)
         scores = self.ranked_scores(masked)
         return [Suggestions(self._top(scores[i], k) if masked[i] else [], notes[i]) for i in range(len(masked))]
 
@@ -380,7 +380,7 @@ def evaluate_ranking(
         for t, arts in resolution.dropna(subset=["article_id"]).groupby("topic")["article_id"].agg(set).items()
     }
     listed = [str(t) for t in set(resolution["topic"])]
-    masked, _ = index._prepare(tickets["text"].tolist())
+    masked, _ = index.prepare(tickets["text"].tolist())
     topics = tickets["topic"].astype(str).to_numpy()
     empty = np.array([not m for m in masked])
     known = np.isin(topics, listed)
@@ -437,7 +437,7 @@ def tune_params(
         for b in grid["b"]:
             for tw in grid["title_weight"]:
                 index = build_index(articles, RankingParams(k1=k1, b=b, title_weight=tw))
-                masked, _ = index._prepare(tickets["text"].tolist())
+                masked, _ = index.prepare(tickets["text"].tolist())
                 resolving = resolution.dropna(subset=["article_id"]).groupby("topic")["article_id"].agg(set)
                 keep = [bool(m) and t in resolving.index for m, t in zip(masked, tickets["topic"], strict=True)]
                 texts = [m for m, c in zip(masked, keep, strict=True) if c]
@@ -569,7 +569,7 @@ def suggest_articles(
     # Tickets the topic model could not place (no topic, or its UNASSIGNED) belong to no topic here.
     placed = tickets["topic"].notna() & ~tickets["topic"].isin([UNASSIGNED, str(UNASSIGNED)])
     tickets = tickets[placed]
-    masked, _ = index._prepare(tickets["text"].tolist())
+    masked, _ = index.prepare(tickets["text"].tolist())
     topics = tickets["topic"].astype(str).tolist()
     labels = tickets["label"].to_numpy() if "label" in tickets.columns else np.full(len(tickets), None)
     out: list[ArticleSuggestion] = []

@@ -127,12 +127,14 @@ def fit_topics(
     return TopicModel(vec, svd, centers, topics, stability)
 
 
-def assign_topics(model: TopicModel, texts: Sequence[object]) -> np.ndarray:
+def assign_topics(
+    model: TopicModel, texts: Sequence[object], known_names: Sequence[Sequence[str]] | None = None
+) -> np.ndarray:
     """The fitted topic of each ticket text (masked first); UNASSIGNED where no known term occurs."""
     prepared = prepare_texts(texts)
     if not prepared.texts:
         return np.empty(0, dtype=np.int64)
-    z, empty = _embed(model.vectorizer, model.svd, mask_texts(prepared.texts))
+    z, empty = _embed(model.vectorizer, model.svd, mask_texts(prepared.texts, known_names))
     out = np.asarray((z @ model.centers.T).argmax(axis=1), dtype=np.int64)
     out[empty] = UNASSIGNED
     return out

@@ -24,6 +24,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,7 @@ from insights.text.mask import mask_texts, prepare_texts
 from insights.text.topics import UNASSIGNED
 
 log = logging.getLogger("custintel.insights")
+T = TypeVar("T")
 
 ARTICLE_COLUMNS = ("article_id", "title", "body")
 # The lake table the knowledge-base system's export lands in (features/contracts/knowledge_base.yaml).
@@ -549,6 +551,18 @@ def topic_coverage(
     return out
 
 
+# Most texts key terms and examples are computed from, per topic and for the rest.
+SAMPLE_TEXTS = 20_000
+
+
+def _sample(items: list[T], n: int) -> list[T]:
+    """At most `n` of `items`, the same ones every time, in their order."""
+    if len(items) <= n:
+        return items
+    keep = np.sort(np.random.default_rng(0).choice(len(items), n, replace=False))
+    return [items[i] for i in keep]
+
+
 def suggest_articles(
     index: KnowledgeBaseIndex,
     tickets: pd.DataFrame,
@@ -579,6 +593,8 @@ def suggest_articles(
         mine = [i for i, (m, t) in enumerate(zip(masked, topics, strict=True)) if m and t == cov.topic]
         label = pd.Series(labels[mine]).dropna()
         rest = [m for m, t in zip(masked, topics, strict=True) if m and t != cov.topic]
+        # Word shares and the centroid are estimated as well from a sample: a fixed one, for the same answer.
+        mine, rest = _sample(mine, SAMPLE_TEXTS), _sample(rest, SAMPLE_TEXTS)
         out.append(
             ArticleSuggestion(
                 topic=cov.topic,

@@ -35,6 +35,7 @@ SOURCE_FILES: dict[str, tuple[str, str, str]] = {
     "northwind_consents": ("northwind/CONSENTS.csv", "csv", ";"),
     "offer_test": ("experiments/retention_offer_2025.csv", "csv", ","),
     "product_catalogue": ("catalogue/products.csv", "csv", ","),
+    "knowledge_base_articles": ("knowledge_base/articles.csv", "csv", ","),  # features.synthetic.knowledge_base
 }
 
 BAD_DATES = ["2024-02-30", "31/02/2024", "0000-00-00", "yesterday", "2024-13-45"]

@@ -14,18 +14,22 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import flow, get_run_logger
 
+from custintel.atomic_files import replace_atomically
 from custintel.settings import Settings
 from features.featurestore.offline import available_as_of
+from features.lake import IngestError, read_lake_table
 from flows.retries import io_task
 from flows.score import ConsentFilter, purpose_filter
 from insights.actions import action_rows
+from insights.errors import InsightsError
 from insights.kpis import (
     KPI_LABELS,
     KPIS,
@@ -39,9 +43,45 @@ from insights.kpis import (
     read_kpi_inputs,
 )
 from insights.plots import kpi_plot
-from insights.report import Alert, KpiCut, KpiPoint, KpiSeries, OperationsReport, SegmentRow, latest_dir
+from insights.report import (
+    Alert,
+    ArticleSuggestion,
+    EmergingIssue,
+    Example,
+    KpiCut,
+    KpiPoint,
+    KpiSeries,
+    OperationsReport,
+    SegmentRow,
+    TopicRow,
+    insights_dir,
+    latest_dir,
+)
 from insights.segments import SOURCES as SEGMENT_SOURCES
 from insights.segments import build_segments, segment_profiles
+from insights.text.emerging import detect_emerging
+from insights.text.kb import COVERAGE_THRESHOLD, KnowledgeBaseError, build_index, read_articles, suggest_articles
+from insights.text.mask import mask_texts, prepare_texts
+from insights.text.topics import UNASSIGNED, assign_topics, fit_topics
+
+# Tickets the topics, emerging issues and article suggestions read (the emerging test's 12 weeks of history and
+# more); the topic model learns from at most FIT_SAMPLE of them (seeded), then places every one.
+TICKET_DAYS = 182
+FIT_SAMPLE = 20_000
+MIN_TICKETS = 100
+
+
+@dataclass
+class TicketInsights:
+    """What the tickets gave the report, and the per-ticket table kept."""
+
+    topics: list[TopicRow] = field(default_factory=list)
+    emerging: list[EmergingIssue] = field(default_factory=list)
+    suggestions: list[ArticleSuggestion] = field(default_factory=list)
+    note: str | None = None
+    kb_note: str | None = None
+    table: pd.DataFrame | None = None
+
 
 # How far back the decisions and outcomes on the page reach, and the KPIs' cuts by group.
 ACTIONS_DAYS = 90
@@ -164,6 +204,153 @@ def decision_actions(settings: Settings, until: dt.datetime) -> tuple[list[Any],
     return rows, note
 
 
+def read_tickets(settings: Settings, as_of: dt.date, consent: ConsentFilter) -> pd.DataFrame:
+    """The last TICKET_DAYS of tickets before `as_of`: id, customer key, time, channel, text, the writer's names.
+
+    Tickets of customers who withdrew the analytics purpose are left out; a ticket whose record the
+    identity run did not link keeps its CRM id as its key (so an erasure by record id still finds it).
+    """
+    try:
+        tickets = read_lake_table(
+            settings, "support_tickets", columns=["ticket_id", "crm_id", "opened_at", "channel", "description"]
+        )
+        crm = read_lake_table(settings, "crm_accounts", columns=["crm_id", "first_name", "last_name"])
+    except IngestError as exc:
+        raise InsightsError(str(exc)) from exc
+    opened = pd.to_datetime(tickets["opened_at"], errors="coerce", utc=True).dt.tz_localize(None)
+    end = pd.Timestamp(as_of)
+    recent = (opened < end) & (opened >= end - pd.Timedelta(days=TICKET_DAYS))
+    tickets = tickets[recent.to_numpy()].assign(opened_at=opened[recent])
+    crosswalk = settings.identity_dir / "crosswalk.parquet"
+    key_of = pd.Series(dtype="string")
+    if crosswalk.is_file():
+        links = pd.read_parquet(crosswalk, columns=["record_key", "customer_key"]).astype("string")
+        links = links[links["record_key"].str.startswith("crm_accounts:")].drop_duplicates("record_key")
+        key_of = pd.Series(
+            links["customer_key"].to_numpy(), index=links["record_key"].str.removeprefix("crm_accounts:")
+        )
+    crm_id = tickets["crm_id"].astype("string")
+    linked = crm_id.map(key_of)
+    tickets = tickets.assign(customer_key=linked.fillna(crm_id), linked=linked.notna())
+    allowed = consent.allowed(tickets["customer_key"].astype(str)) | ~tickets["linked"]
+    tickets = tickets[allowed.to_numpy()]
+    names = crm.dropna(subset=["crm_id"]).drop_duplicates("crm_id", keep="last").set_index("crm_id")
+    known = [
+        [str(v) for v in (names["first_name"].get(c), names["last_name"].get(c)) if isinstance(v, str) and v]
+        for c in tickets["crm_id"].astype(str)
+    ]
+    return (
+        tickets.assign(known_names=pd.Series(known, index=tickets.index, dtype=object))
+        .sort_values("opened_at", kind="stable")
+        .reset_index(drop=True)
+    )
+
+
+def _example(text: str, opened: Any, channel: Any) -> Example:
+    when = pd.Timestamp(opened).strftime("%Y-%m-%d") if opened is not None and not pd.isna(opened) else None
+    return Example(text=text, opened=when, channel=None if channel is None or pd.isna(channel) else str(channel))
+
+
+def ticket_section(settings: Settings, tickets: pd.DataFrame, as_of: dt.date) -> TicketInsights:
+    """Topics of the recent tickets, the ones rising beyond noise, and the articles to write; per-ticket topics kept."""
+    out = TicketInsights()
+    if len(tickets) < MIN_TICKETS:
+        out.note = f"{len(tickets):,} tickets in the last {TICKET_DAYS} days: too few to learn topics from."
+        return out
+    texts = tickets["description"].tolist()
+    names = tickets["known_names"].tolist()
+    fit_rows = np.random.default_rng(0).choice(len(texts), min(len(texts), FIT_SAMPLE), replace=False)
+    fit_rows.sort()
+    model = fit_topics([texts[i] for i in fit_rows], known_names=[names[i] for i in fit_rows])
+    assigned = assign_topics(model, texts, names)
+    masked = mask_texts(prepare_texts(texts).texts, names)
+    labels = [t.label for t in model.topics]
+    opened = tickets["opened_at"]
+    recent = (opened >= pd.Timestamp(as_of) - pd.Timedelta(days=28)).to_numpy()
+    for t in model.topics:
+        mine = assigned == t.topic
+        rows = np.flatnonzero(mine)[-2:]
+        examples = [Example(text=t.example)] + [
+            _example(masked[i], opened.iloc[i], tickets["channel"].iloc[i]) for i in rows if masked[i] != t.example
+        ]
+        out.topics.append(
+            TopicRow(
+                topic=str(t.topic),
+                label=t.label,
+                terms=list(t.top_terms[:6]),
+                tickets=int(mine.sum()),
+                share=float(mine.mean()),
+                recent_share=float(mine[recent].mean()) if recent.any() else None,
+                examples=examples[:3],
+            )  # fmt: skip
+        )
+    out.topics.sort(key=lambda r: -r.tickets)
+    unplaced = int((assigned == UNASSIGNED).sum())
+    out.note = (
+        f"{model.n_topics} topics learnt from {len(fit_rows):,} of the {len(texts):,} tickets of the last "
+        f"{TICKET_DAYS} days (TF-IDF, LSA, k-means; the number of topics chosen by stability), every ticket then placed"
+        + (f"; {unplaced:,} had no known word and stay unplaced" if unplaced else "")
+        + ". Texts are masked before anything is learnt or shown."
+    )
+    emerging = detect_emerging(opened, assigned, texts, labels, as_of=as_of)
+    for a in emerging.alerts:
+        shown = [_example(x, None, None) for x in a.examples]
+        out.emerging.append(
+            EmergingIssue(
+                topic=str(a.topic),
+                label=a.label,
+                period=f"{a.period_start} to {a.period_end}",
+                share=a.share,
+                baseline=a.baseline,
+                p_value=a.p_value,
+                tickets=a.count,
+                rising_terms=list(a.rising_terms),
+                examples=shown,
+            )  # fmt: skip
+        )
+    try:
+        index = build_index(read_articles(settings))
+    except (KnowledgeBaseError, InsightsError) as exc:
+        out.kb_note = f"No article suggestions: {exc}"
+    else:
+        frame = pd.DataFrame({"text": texts, "topic": assigned, "label": [model.label_of(int(k)) for k in assigned]})
+        for g in suggest_articles(index, frame):
+            out.suggestions.append(
+                ArticleSuggestion(
+                    topic=g.topic,
+                    label=g.label or g.topic,
+                    tickets=g.tickets,
+                    key_terms=g.key_terms,
+                    best_article=g.closest_article,
+                    best_score=g.coverage,
+                    examples=[Example(text=x) for x in g.examples],
+                )  # fmt: skip
+            )
+        out.kb_note = (
+            f"{len(index.article_ids):,} articles in the knowledge base; a topic is uncovered when its best article "
+            f"holds less than {COVERAGE_THRESHOLD:.0%} of the weight of the topic's distinctive words (its coverage "
+            "in brackets)."
+        )
+    out.table = pd.DataFrame(
+        {
+            "ticket_id": tickets["ticket_id"].astype(str).to_numpy(),
+            "customer_key": tickets["customer_key"].astype(str).to_numpy(),
+            "opened_at": opened.to_numpy(),
+            "topic": assigned.astype("int32"),
+            "label": [model.label_of(int(k)) for k in assigned],
+        }
+    )
+    return out
+
+
+def write_ticket_topics(settings: Settings, table: pd.DataFrame) -> Path:
+    """Each recent ticket's topic (personal: keyed by customer), replacing the last run's table."""
+    path = insights_dir(settings) / "tickets" / "topics.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, lambda tmp: table.to_parquet(tmp, index=False))
+    return path
+
+
 def _excluded(consent: ConsentFilter) -> frozenset[str]:
     """The keys a purpose may not use, when the filter lists them (with `only`, everyone not listed is out)."""
     return frozenset() if consent.only else consent.keys
@@ -181,24 +368,42 @@ def _consented(inputs: KpiInputs, consent: ConsentFilter) -> KpiInputs:
 
 
 def run_insights(settings: Settings, as_of: dt.date | None, log: Callable[[str], None]) -> dict[str, Any]:
-    """Compute the operations report as of `as_of` (default: today), write it with its plots, rebuild the site."""
+    """Compute the operations report as of `as_of` (default: the newest drop's export), write it, rebuild the site."""
     from governance.site import build_site
 
     started = time.perf_counter()
     now = dt.datetime.now(dt.UTC)
-    day = as_of or now.date()
-    report = OperationsReport(as_of=day, generated_at=now, period="—")
     analytics = purpose_filter(settings, "analytics")
     profiling = purpose_filter(settings, "profiling")
+    log("reading tickets and surveys for the KPIs")
+    inputs = _consented(read_kpi_inputs(settings, as_of), analytics)
+    # The data end: the date asked for, or the newest drop's export time when it is earlier (or none was asked).
+    day = inputs.data_end.date()
+    report = OperationsReport(as_of=day, generated_at=now, period="—")
+    report.period = f"{inputs.data_start:%Y-%m} to {(inputs.data_end - pd.Timedelta(days=1)):%Y-%m}"
     log("behavioural segments")
     report.segments, report.segments_note, segments = segment_section(settings, day, _excluded(profiling))
-    log("reading tickets and surveys for the KPIs")
-    inputs = _consented(read_kpi_inputs(settings, day), analytics)
-    report.period = f"{inputs.data_start:%Y-%m} to {(inputs.data_end - pd.Timedelta(days=1)):%Y-%m}"
     report.kpis, report.cuts, kpi_warnings = kpi_section(
         inputs, load_kpi_definitions(settings.kpi_definitions), segments
     )
     report.warnings.extend(kpi_warnings)
+    log("ticket topics, emerging issues and knowledge-base gaps")
+    tickets = ticket_section(settings, read_tickets(settings, day, analytics), day)
+    report.topics, report.emerging, report.suggestions = tickets.topics, tickets.emerging, tickets.suggestions
+    report.topics_note, report.suggestions_note = tickets.note, tickets.kb_note
+    if tickets.table is not None:
+        write_ticket_topics(settings, tickets.table)
+    for issue in tickets.emerging:
+        report.alerts.append(
+            Alert(
+                source="ticket topics",
+                severity="warning",
+                title=f"rising: {issue.label}",
+                detail=f"{issue.tickets:,} tickets, {issue.share:.1%} of the week against {issue.baseline:.1%} before"
+                + (f"; new words: {', '.join(issue.rising_terms)}" if issue.rising_terms else ""),
+                since=issue.period.split(" to ")[0],
+            )  # fmt: skip
+        )
     log("reading the decisions and their outcomes")
     report.actions, report.actions_note = decision_actions(settings, now)
     report.alerts.extend(monitoring_alerts(settings))

@@ -77,7 +77,7 @@ def _kpi_block(kpi: KpiSeries) -> str:
         else ""
     )
     note = f'<p class="muted">{escape(kpi.note)}</p>' if kpi.note else ""
-    return f"{head}{now}<p><em>Definition.</em> {escape(kpi.definition)}</p>{note}{plot}"
+    return f"<div>{head}{now}<p><em>Definition.</em> {escape(kpi.definition)}</p>{note}{plot}</div>"
 
 
 def _cut_rows(report: OperationsReport) -> list[str]:
@@ -121,6 +121,7 @@ def render_operations_page(report: OperationsReport | None, built: dt.datetime) 
     ]
     emerging = [
         f"<tr><td>{escape(e.label)}</td><td>{escape(e.period)}</td><td>{_value(e.share, 'share')}</td>"
+        f"<td>{escape(', '.join(e.rising_terms) or '—')}</td>"
         f"<td>{_value(e.baseline, 'share')}</td><td>{e.tickets:,}</td>"
         f"<td>{'—' if e.p_value is None else f'{e.p_value:.1e}'}</td><td>{_examples(e.examples)}</td></tr>"
         for e in report.emerging
@@ -128,7 +129,7 @@ def render_operations_page(report: OperationsReport | None, built: dt.datetime) 
     suggestions = [
         f"<tr><td>{escape(s.label)}</td><td>{s.tickets:,}</td><td>{escape(', '.join(s.key_terms))}</td>"
         f"<td>{escape(s.best_article or '—')}"
-        + ("" if s.best_score is None else f' <span class="muted">(score {s.best_score:.2f})</span>')
+        + ("" if s.best_score is None else f' <span class="muted">({s.best_score:.2f})</span>')
         + f"</td><td>{_examples(s.examples)}</td></tr>"
         for s in report.suggestions
     ]
@@ -176,15 +177,16 @@ def render_operations_page(report: OperationsReport | None, built: dt.datetime) 
         + (f'<p class="muted">{escape(report.topics_note)}</p>' if report.topics_note else "")
         + "<h3>Rising beyond noise</h3>"
         + table(
-            ["topic", "period", "share", "baseline", "tickets", "p-value", "examples"],
+            ["topic", "period", "share", "rising terms", "baseline", "tickets", "p-value", "examples"],
             emerging,
             "No topic is rising beyond noise.",
         )
         + "<h3>All topics</h3>"
         + table(["topic", "top terms", "tickets", "share", "last 4 weeks", "examples"], topics, "No topics yet.")
         + '<h2 id="kb">Knowledge base: articles to write</h2>'
+        + (f'<p class="muted">{escape(report.suggestions_note)}</p>' if report.suggestions_note else "")
         + table(
-            ["topic", "tickets", "key terms", "closest article", "examples"],
+            ["topic", "tickets", "key terms", "closest article (coverage)", "examples"],
             suggestions,
             "Every recurring topic has an article that answers it.",
         )

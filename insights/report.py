@@ -88,6 +88,7 @@ class EmergingIssue(BaseModel):
     statistic: float | None = None
     p_value: float | None = None
     tickets: int = 0
+    rising_terms: list[str] = Field(default_factory=list)
     examples: list[Example] = Field(default_factory=list)
 
 
@@ -158,6 +159,7 @@ class OperationsReport(BaseModel):
     topics_note: str | None = None
     emerging: list[EmergingIssue] = Field(default_factory=list)
     suggestions: list[ArticleSuggestion] = Field(default_factory=list)
+    suggestions_note: str | None = None
     segments: list[SegmentRow] = Field(default_factory=list)
     segments_note: str | None = None
     anomalies: list[Anomaly] = Field(default_factory=list)

@@ -43,6 +43,14 @@ def generate(
     chunk_size: Annotated[
         int, typer.Option(help="Persons simulated per chunk (bounds memory; part of the world's identity).")
     ] = 50_000,
+    outbreak_topic: Annotated[
+        str | None,
+        typer.Option(help="A planted ticket topic surging from --outbreak-start (e.g. technical_app_update_login)."),
+    ] = None,
+    outbreak_start: Annotated[str | None, typer.Option(help="YYYY-MM-DD: the first day of the outbreak.")] = None,
+    outbreak_strength: Annotated[
+        float, typer.Option(help="Extra outbreak tickets per day, as a share of the normal daily ticket volume.")
+    ] = 0.25,
 ) -> None:
     """Write a synthetic multi-source customer world and its hidden truth."""
     from features.synthetic import WorldConfig, generate_world
@@ -62,6 +70,9 @@ def generate(
             drift_date=dt.date.fromisoformat(drift_date) if drift_date else None,
             drift_strength=drift_strength,
             chunk_size=chunk_size,
+            outbreak_topic=outbreak_topic,
+            outbreak_start=dt.date.fromisoformat(outbreak_start) if outbreak_start else None,
+            outbreak_strength=outbreak_strength,
         )
     except (ValidationError, ValueError) as exc:
         raise fail(f"invalid generator settings: {exc}") from None

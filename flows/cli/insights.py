@@ -15,7 +15,11 @@ from flows.cli.app import Engine, app, console, run_engine, settings
 def insights(
     as_of: Annotated[
         dt.datetime | None,
-        typer.Option("--as-of", formats=["%Y-%m-%d"], help="The date the report is as of (default: today)."),
+        typer.Option(
+            "--as-of",
+            formats=["%Y-%m-%d"],
+            help="The date the report is as of (default: the newest drop's export date).",
+        ),
     ] = None,
     engine: Annotated[
         Engine,

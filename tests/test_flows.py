@@ -85,15 +85,15 @@ def test_demo_command_runs_everything_end_to_end(prefect_api: None, tmp_path: Pa
         assert f"POST {path}" in text and "-> HTTP 200" in text and '"status": "scored"' in text
         assert f"curl -s -X POST http://127.0.0.1:3000{path}" in text
     # the drift scenario: every customer scored through the batch endpoint, then a monitoring pass with its records
-    assert "9/11 traffic after the drift" in text and "customers scored and logged" in text
+    assert "9/12 traffic after the drift" in text and "customers scored and logged" in text
     # decisions: the policy through its gate, a campaign decided on two channels, outcomes fed back
     assert "promoted custintel-nba v1" in text or "blocked custintel-nba v1" in text
     assert (home / "governance" / "cards" / "custintel-nba" / "1" / "card.html").is_file()
-    assert "10/11 decisions for the scored customers" in text and "first action per channel" in text
+    assert "10/12 decisions for the scored customers" in text and "first action per channel" in text
     assert "10 outcomes fed back (POST /outcomes)" in text
     assert (home / "serving" / "decisions.db").is_file()
     # measure: the world's retention-offer test analysed with CUPED, against the truth, and the attribution table
-    assert "11/11 measure: the retention-offer experiment and attribution" in text
+    assert "11/12 measure: the retention-offer experiment and attribution" in text
     assert "registered experiment retention-offer v1" in text and "sample ratio:" in text and "verdict:" in text
     assert "truth: true mean effect" in text and "the interval" in text
     words = " ".join(text.split())  # a long table title wraps
@@ -103,6 +103,9 @@ def test_demo_command_runs_everything_end_to_end(prefect_api: None, tmp_path: Pa
     assert len(reports) == 1 and (reports[0] / "report.html").is_file()
     assert (home / "site" / "experiments" / "retention-offer" / "report.html").is_file()
     assert "- experiments:" in text and "custintel experiment analyse retention-offer --source offer-test" in text
+    # operations: the report and its page, rebuilt into the site
+    assert "12/12 operations" in text and "operations report as of 2026-01-01:" in text and "ticket topics" in text
+    assert (home / "site" / "operations.html").is_file() and "- operations: the operations page" in text
     decisions = [json.loads(x) for x in (home / "monitoring" / "decisions.jsonl").read_text().splitlines()]
     monitored = {d["family"]: d for d in decisions if d.get("kind") == "monitoring"}
     for family, entry in monitored.items():

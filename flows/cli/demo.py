@@ -259,6 +259,22 @@ def _demo_measure(settings: Settings, world: Path) -> dict[str, Any] | None:
 
 
 @app.command()
+def _demo_insights(settings: Settings) -> dict[str, Any]:
+    """The operations report as of the world's export, as the Prefect flow operations_insights; one line of it."""
+    from flows.insights import operations_insights
+
+    with console.status("Computing the operations report (Prefect flow operations_insights)…"):
+        result: dict[str, Any] = operations_insights(settings.to_flow(), None)
+    console.print(
+        f"operations report as of {result['as_of']}: {result['kpis']} KPIs, {result['topics']} ticket topics "
+        f"({result['emerging']} rising), {result['suggestions']} articles to write, {result['segments']} segments, "
+        f"{result['alerts']} open alerts",
+        soft_wrap=True,
+        highlight=False,
+    )
+    return result
+
+
 def demo(
     customers: Annotated[int, typer.Option(help="Customers in the demo world.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
@@ -273,39 +289,43 @@ def demo(
     """Run everything that exists end to end on embedded defaults and say where to look."""
     settings = current_settings()
     world = settings.default_data_dir / "demo-world"
-    console.rule("[bold]1/11 generate a synthetic customer world (its population drifts after the drift date)")
+    console.rule("[bold]1/12 generate a synthetic customer world (its population drifts after the drift date)")
     generate(customers=customers, seed=seed, out=world, drift_date=drift_date, drift_strength=drift_strength)
-    console.rule("[bold]2/11 ingest it behind data contracts (Prefect flow ingest_sources)")
+    console.rule("[bold]2/12 ingest it behind data contracts (Prefect flow ingest_sources)")
     ingest(source=world)
-    console.rule("[bold]3/11 resolve identities into customers (Prefect flow resolve_identities)")
+    console.rule("[bold]3/12 resolve identities into customers (Prefect flow resolve_identities)")
     views.print_resolution(run_resolution("prefect", reuse_model=False))
     resolve_evaluate(truth=world / "_truth")
-    console.rule("[bold]4/11 point-in-time features and labels (Prefect flow build_features)")
+    console.rule("[bold]4/12 point-in-time features and labels (Prefect flow build_features)")
     # The online store holds the latest cutoff: three months into the drift the demo scores and monitors.
     views.print_feature_build(run_feature_build([dt.date(2025, 3, 1), dt.date(2025, 12, 1)], "prefect", online=True))
     console.rule(
-        "[bold]5/11 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
+        "[bold]5/12 train, tune and register churn, propensity + uplift, recommendation (Prefect flow train_model)"
     )
     outcomes = run_training("all", "prefect", trials, None, world / "_truth", None)
     views.print_training(settings, outcomes)
-    console.rule("[bold]6/11 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
+    console.rule("[bold]6/12 audit and promote the challengers (Prefect flow audit_and_promote), reviewers' site")
     decisions = run_gate(list(GATED_FAMILIES), None, None, None, "prefect")
     views.print_decisions(settings, decisions)
     from governance.site import build_site
 
-    console.rule("[bold]7/11 the next-best-action policy through its gate (Prefect flow promote_decision_policy)")
+    console.rule("[bold]7/12 the next-best-action policy through its gate (Prefect flow promote_decision_policy)")
     policy_gate = _demo_policy_gate(world)
     site = build_site(settings)
-    console.rule("[bold]8/11 serve the champions with BentoML (custintel serve) and answer a sample request")
+    console.rule("[bold]8/12 serve the champions with BentoML (custintel serve) and answer a sample request")
     with _demo_service(settings) as (url, key):
         curl = _demo_sample_request(settings, url, key)
-        console.rule("[bold]9/11 traffic after the drift, monitoring (Prefect flow monitor_models), retraining")
+        console.rule("[bold]9/12 traffic after the drift, monitoring (Prefect flow monitor_models), retraining")
         monitored = _demo_drift(settings, url, key, trials)
-        console.rule("[bold]10/11 decisions for the scored customers (POST /decide/batch) and outcomes fed back")
+        console.rule("[bold]10/12 decisions for the scored customers (POST /decide/batch) and outcomes fed back")
         _demo_decisions(settings, url, key, policy_gate)
-    console.rule("[bold]11/11 measure: the retention-offer experiment and attribution")
+    console.rule("[bold]11/12 measure: the retention-offer experiment and attribution")
     measured = _demo_measure(settings, world)
-    site = build_site(settings)  # again: with the drift reports and the experiment's report
+    console.rule(
+        "[bold]12/12 operations: KPIs, ticket topics, segments, actions and alerts (Prefect flow operations_insights)"
+    )
+    insights = _demo_insights(settings)
+    site = Path(insights["page"]).with_name("index.html")  # the flow rebuilt the site: drift, experiment, operations
     console.rule("[bold]where to look")
     console.print(f"- source drop: {world}  (hidden truth: {world / '_truth'})")
     console.print(f"- lake (accepted rows, Parquet): {settings.lake_dir}")
@@ -347,4 +367,8 @@ def demo(
         f"- monitoring: decision page {', '.join(reports) or '(none: nothing served)'}; Evidently reports beside it "
         f"and in `evidently ui --workspace {settings.monitoring_dir / 'workspace'}`; decisions "
         f"{settings.monitoring_dir / 'decisions.jsonl'}; on the reviewers' site after `custintel report`"
+    )
+    console.print(
+        f"- operations: the operations page {insights['page']} (KPIs, ticket topics, segments, actions and outcomes, "
+        f"alerts); its data {insights['report']}  -> `custintel insights`, `custintel report --serve`"
     )

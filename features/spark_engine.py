@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from custintel.settings import Settings
-from features.spark_leftovers import record_jvm, run_folder
+from features.spark_leftovers import record_jvm, release_run_folders, run_folder
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -134,8 +134,9 @@ def spark_work_dir(settings: Settings, kind: str) -> Path:
 
 
 def stop_spark() -> None:
-    """Stop every Spark session this process started (tests and commands call it when done)."""
+    """Stop every Spark session this process started (tests and commands call it when done); remove its folders."""
     with _LOCK:
         for session in _SESSIONS.values():
             session.stop()
         _SESSIONS.clear()
+        release_run_folders()

@@ -18,6 +18,7 @@ and half-written), it is reported as what it is and erased whole.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime as dt
 import fcntl
@@ -38,7 +39,15 @@ from custintel.personal import Erased, Holding, Subject
 from custintel.retention import Expiry, Item
 from custintel.settings import Settings
 
-__all__ = ["Leftover", "SparkLeftoversStore", "leftovers", "record_jvm", "run_folder", "sweep_spark_leftovers"]
+__all__ = [
+    "Leftover",
+    "SparkLeftoversStore",
+    "leftovers",
+    "record_jvm",
+    "release_run_folders",
+    "run_folder",
+    "sweep_spark_leftovers",
+]
 
 OWNER = "owner.json"
 LOCK = "owner.lock"
@@ -113,6 +122,22 @@ def run_folder(settings: Settings, kind: str | None = None) -> Path:
     sub = folder / kind
     sub.mkdir(parents=True, exist_ok=True)
     return sub
+
+
+def release_run_folders() -> None:
+    """Remove this process's run folders (its Spark session is stopped: nothing of them is needed any more).
+
+    Also at the interpreter's exit; a process killed before either leaves them to the next sweep.
+    """
+    with _LOCK:
+        mine = [k for k in _RUNS if k[0] == os.getpid()]
+        for key in mine:
+            folder, lock = _RUNS.pop(key)
+            _remove(folder)
+            lock.close()
+
+
+atexit.register(release_run_folders)
 
 
 def record_jvm(settings: Settings, jvm_pid: int | None) -> None:

@@ -4,8 +4,10 @@ The data-heavy steps (identity resolution, feature builds, batch scoring) run on
 default and on Apache Spark with ``CUSTINTEL_ENGINE=spark``. This module is the one place that
 builds a ``SparkSession``: the master from ``spark_master`` (``local[N]`` in this process or a
 standalone cluster's ``spark://host:port``), UTC session time (point-in-time rules compare
-timestamps, as DuckDB does in UTC), Splink's similarity UDF jar, a checkpoint folder under the
-home (Splink breaks lineage with checkpoints), no web UI, and Spark's console lines at errors only.
+timestamps, as DuckDB does in UTC), Splink's similarity UDF jar, no web UI, and Spark's console
+lines at errors only. Everything Spark writes on this machine (Splink's checkpoints, its scratch
+space `spark.local.dir`, staged inputs) goes in this process's own folder under the home
+(`spark_leftovers.run_folder`), so a killed run's leftovers are found, swept and erased.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from custintel.settings import Settings
+from features.spark_leftovers import record_jvm, release_run_folders, run_folder
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["SparkUnavailable", "java_home", "spark_session", "stop_spark"]
+__all__ = ["SparkUnavailable", "java_home", "spark_session", "spark_work_dir", "stop_spark"]
 
 _LOCK = threading.Lock()
 _SESSIONS: dict[str, SparkSession] = {}
@@ -96,8 +99,8 @@ def spark_session(settings: Settings | None = None) -> SparkSession:
         # model's libraries as the driver does; Spark's default is whatever `python3` is first on the PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         log4j = resources.files("features") / "spark_log4j2.properties"
-        checkpoints = settings.home_dir / "spark" / "checkpoints"
-        checkpoints.mkdir(parents=True, exist_ok=True)
+        checkpoints = spark_work_dir(settings, "checkpoints")  # sweeps the home's dead runs first
+        local = spark_work_dir(settings, "local")
         java_options = f"-Dlog4j2.configurationFile=file:{log4j}"
         builder = (
             SparkSession.builder.master(master)
@@ -106,6 +109,7 @@ def spark_session(settings: Settings | None = None) -> SparkSession:
             .config("spark.driver.memory", settings.spark_driver_memory)
             .config("spark.driver.extraJavaOptions", java_options)
             .config("spark.executor.extraJavaOptions", java_options)
+            .config("spark.local.dir", str(local))
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.shuffle.partitions", "8" if master.startswith("local") else "200")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
@@ -115,13 +119,24 @@ def spark_session(settings: Settings | None = None) -> SparkSession:
         session = builder.getOrCreate()
         session.sparkContext.setLogLevel("ERROR")
         session.sparkContext.setCheckpointDir(str(checkpoints))
+        gateway = getattr(session.sparkContext._gateway, "proc", None)  # noqa: SLF001 - the driver JVM pyspark started
+        record_jvm(settings, getattr(gateway, "pid", None))
         _SESSIONS[master] = session
         return session
 
 
+def spark_work_dir(settings: Settings, kind: str) -> Path:
+    """This process's folder of one kind (checkpoints, local, inputs, ...) for Spark's files under the home.
+
+    Owned and locked by this process; a run killed midway leaves it to `spark_leftovers`' sweep.
+    """
+    return run_folder(settings, kind)
+
+
 def stop_spark() -> None:
-    """Stop every Spark session this process started (tests and commands call it when done)."""
+    """Stop every Spark session this process started (tests and commands call it when done); remove its folders."""
     with _LOCK:
         for session in _SESSIONS.values():
             session.stop()
         _SESSIONS.clear()
+        release_run_folders()

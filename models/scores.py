@@ -14,11 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,9 @@ from custintel.atomic_files import replace_atomically
 from custintel.retention import Expiry, Item
 from custintel.settings import Settings
 from features.personal import OfflineFeatureStore
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 SCORE_SCHEMA = pa.schema(
     [
@@ -75,6 +79,49 @@ def check_inputs(columns: Sequence[str], available: Sequence[str]) -> None:
     lacking = [c for c in columns if c not in have]
     if lacking:
         raise BatchScoringError(f"the model reads {', '.join(lacking)}, which no feature set it was trained on holds")
+
+
+# Above this many keys the consent list is joined as Spark chooses (sort-merge) instead of broadcast to every
+# executor: a million 36-character keys is about 40 MB, as much as one should ship to each.
+BROADCAST_KEYS = 1_000_000
+
+
+def consented_rows(spark: SparkSession, files: Sequence[str], keys: Collection[str], only: bool) -> DataFrame:
+    """The sets' partitions joined by customer and cutoff, less those consent leaves out (see `score_on_spark`)."""
+    from pyspark.sql import functions as F  # noqa: N812 - Spark's own idiom
+
+    frame = spark.read.parquet(files[0])
+    for path in files[1:]:
+        frame = frame.join(spark.read.parquet(path), ["customer_key", "as_of"])
+    if only or keys:
+        with warnings.catch_warnings():  # pyspark 3.5's own use of deprecated pandas and distutils names
+            warnings.simplefilter("ignore", DeprecationWarning)
+            listed = spark.createDataFrame(
+                pd.DataFrame({"customer_key": pd.Series(sorted(map(str, keys)), dtype=object)}), "customer_key string"
+            )
+        listed = F.broadcast(listed) if len(keys) <= BROADCAST_KEYS else listed
+        frame = frame.join(listed, "customer_key", "left_semi" if only else "left_anti")
+    return frame
+
+
+def score_on_spark(
+    spark: SparkSession, scorer: BatchScorer, files: Sequence[str], keys: Collection[str] = (), only: bool = False
+) -> pd.DataFrame:
+    """Join the sets' partitions in Spark and score them with `mapInPandas` (the scorer shipped once per partition).
+
+    Consent: the customers in `keys` are left out (those who withdrew the purpose), or with `only`
+    they are the only ones scored (those who granted it, when unknown consent excludes). The keys
+    are a one-column DataFrame joined to the rows (left anti, or left semi with `only`), broadcast
+    while small, so the plan stays one join however many keys there are (no `isin` list of literals).
+    """
+    frame = consented_rows(spark, files, keys, only)
+    check_inputs(scorer.columns, frame.columns)
+    rows = frame.select("customer_key", *scorer.columns)
+    scored = rows.mapInPandas(scorer, "customer_key string, score double")
+    collected = scored._collect_as_arrow()  # noqa: SLF001 - Spark 3.5's Arrow collect (public toArrow is 4.0)
+    if not collected:
+        return scorer.score(pd.DataFrame(columns=["customer_key", *scorer.columns]))
+    return pa.Table.from_batches(collected).to_pandas()
 
 
 def scores_table(scored: pd.DataFrame, model: str, version: str, as_of: dt.date) -> pa.Table:

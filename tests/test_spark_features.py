@@ -72,11 +72,68 @@ def test_spark_builds_every_set_as_duckdb_does(featured: Settings, spark_built: 
 
 
 def test_the_spark_build_records_where_it_ran_and_leaves_no_staged_inputs(spark_built: tuple[Settings, dict]):
+    from features.spark_engine import spark_work_dir
+
     settings, report = spark_built
     assert report["engine"] == "spark (local[2])"
     assert sorted(report["as_of"]) == [str(d) for d in DAYS]
-    staged = settings.home_dir / "spark" / "inputs"
-    assert not staged.exists() or not any(staged.iterdir())  # each build's copy of the inputs is removed
+    assert not any(spark_work_dir(settings, "inputs").iterdir())  # Spark read the lake itself: nothing staged
+    assert not (settings.home_dir / "spark" / "inputs").exists()
+
+
+def test_spark_reads_the_lake_and_joins_the_crosswalk_as_duckdb_does(spark_built: tuple[Settings, dict]):
+    """The inputs step itself on both engines: every canonical table and the summary equal, row for row."""
+    from features.featurestore.spark_sql import SparkSqlConnection
+    from features.featurestore.steps import open_feature_inputs, open_spark_inputs
+    from features.featurestore.store import feature_config
+
+    settings, _ = spark_built
+    config = feature_config(settings)
+    duck, duck_summary = open_feature_inputs(settings, config)
+    spark, spark_summary = open_spark_inputs(settings, config)
+    try:
+        assert isinstance(spark, SparkSqlConnection)
+        assert spark_summary == duck_summary
+        for table in ("customers", "accounts", "profiles", "products", "transactions", "tickets", "surveys", "web",
+                      "offers", "golden"):  # fmt: skip
+            query = f"SELECT * FROM {table}"
+            ours, theirs = spark.sql(query).to_arrow_table(), duck.sql(query).to_arrow_table()
+            keys = [(c, "ascending") for c in theirs.column_names]
+            assert ours.num_rows == theirs.num_rows, table
+            assert ours.cast(theirs.schema).sort_by(keys).equals(theirs.sort_by(keys)), table
+    finally:
+        spark.close()
+        duck.close()
+
+
+@pytest.mark.parametrize("key", [b"k" * 32, b"a much longer privacy key than the hash's block of sixty-four bytes!"])
+def test_the_suppression_list_is_matched_in_sql_alike_on_both_engines(
+    tmp_path: Path, spark_built: tuple[Settings, dict], key: bytes
+):
+    """HMAC-SHA256 in SQL equals `suppression.digest`; a suppressed record takes its customer's every row out."""
+    import duckdb
+    import pandas as pd
+
+    from features.featurestore.inputs import _drop_suppressed
+    from features.featurestore.spark_sql import SparkSqlConnection
+    from features.spark_engine import spark_session
+    from features.suppression import Suppression, digest
+
+    crosswalk = pd.DataFrame({"record_table": ["crm", "crm", "web", "web", "crm", "web"],
+                              "record_id": ["1", " 2 ", "3", "4", "5", ""],
+                              "customer_key": ["a", "a", "b", "c", None, "d"]})  # fmt: skip
+    path = tmp_path / "crosswalk.parquet"
+    crosswalk.to_parquet(path)
+    listed = {digest(key, "record", "crm\x1f2"), digest(key, "customer_key", "c"), digest(key, "record_id", "3"),
+              digest(key, "record", "web\x1f")}  # fmt: skip  # a blank id is none: d's row matches nothing
+    suppression = Suppression(key, frozenset(listed))
+    kept = []
+    settings, _ = spark_built
+    for con in (duckdb.connect(), SparkSqlConnection(spark_session(settings), None, tmp_path / "staging")):
+        _drop_suppressed(con, f"SELECT * FROM read_parquet('{path}')", suppression)
+        kept.append(sorted(con.sql("SELECT record_id, customer_key FROM crosswalk").fetchall(), key=str))
+        con.close()
+    assert kept[0] == kept[1] == [("", "d"), ("3", "b"), ("5", None)]  # a: by its record, c: by its key
 
 
 def test_decimal_literals_divide_in_floating_point_as_in_duckdb():

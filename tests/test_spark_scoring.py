@@ -124,3 +124,28 @@ def test_dsar_exports_erases_and_verifies_the_scores(champion_home: Settings, sc
     assert remaining.num_rows == scored["spark"].num_rows - 1  # nobody else's score went
     verified = cli(settings, "dsar", "verify", key)
     assert verified.exit_code == 0 and "nothing found" in verified.output, verified.output
+
+
+def test_consent_on_spark_is_a_broadcast_join_with_the_same_scores(champion_home: Settings, scored: dict[str, Any]):
+    """Withdrawn keys (a third of the customers here) leave Spark's rows by a broadcast left-anti join (granted keys,
+    when unknown consent excludes, by a left-semi one): the same customers and floats as DuckDB's filter."""
+    from features.spark_engine import spark_session, stop_spark
+    from flows.score import ConsentFilter, _champion, _partitions, score_on_duckdb
+    from models.scores import consented_rows, score_on_spark
+
+    settings = champion_home
+    _, _, _, scorer, sets = _champion(settings, "churn")
+    files = _partitions(settings, sets, AS_OF)
+    keys = frozenset(scored["duckdb"].column("customer_key").to_pylist()[::3])
+    try:
+        spark = spark_session(settings)
+        for only, join in ((False, "LeftAnti"), (True, "LeftSemi")):
+            duck = score_on_duckdb(scorer, files, ConsentFilter(keys, only)).sort_values("customer_key")
+            ours = score_on_spark(spark, scorer, files, keys, only).sort_values("customer_key")
+            assert len(ours) == len(duck) > 100
+            assert ours["customer_key"].tolist() == duck["customer_key"].tolist()
+            assert ours["score"].tolist() == duck["score"].tolist()
+            plan = consented_rows(spark, files, keys, only)._jdf.queryExecution().executedPlan().toString()
+            assert "BroadcastHashJoin" in plan and join in plan and "In(" not in plan, plan
+    finally:
+        stop_spark()

@@ -11,18 +11,20 @@ present (typed NULL where a source does not map it) and an `arrival_time`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from custintel.settings import Settings
 from custintel.sql import text as sql_text
 from features.featurestore.config import CANONICAL_COLUMNS, FeatureConfig, SourceTable
 from features.lake import lake_files, lake_table_sql
-from features.suppression import Suppression, suppressed_rows
+from features.suppression import Suppression
 
 _TIMESTAMPS = {
     "birth_date", "event_time", "arrival_time", "opened_at", "closed_at", "created_at", "resolved_at", "assigned_at",
@@ -55,6 +57,30 @@ def _columns(kind: str) -> list[str]:
 
 class FeatureInputError(ValueError):
     """An input the feature layer needs is missing or unusable; the message names it."""
+
+
+class InputConnection(Protocol):
+    """Where the inputs are loaded: a DuckDB connection, or `spark_sql.SparkSqlConnection` on Spark.
+
+    The statements are DuckDB SQL (Spark transpiles them, `read_parquet` included); `register` makes a
+    small Arrow table a view (the suppression list's digests).
+    """
+
+    def sql(self, query: str) -> Any:
+        """A query's result (`fetchall`, `columns`)."""
+        ...
+
+    def execute(self, query: str) -> Any:
+        """Run a statement."""
+        ...
+
+    def register(self, view_name: str, python_object: Any) -> Any:
+        """An Arrow table as a view."""
+        ...
+
+    def unregister(self, view_name: str) -> Any:
+        """Drop a registered view."""
+        ...
 
 
 @dataclass
@@ -119,14 +145,20 @@ def _transaction_amounts(expr: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _derive_missing(con: duckdb.DuckDBPyConnection, kinds: list[str], keyed_transactions: str | None) -> dict[str, str]:
-    """Accounts and products from the transactions when no table of them is given.
+def _derive_missing(
+    con: InputConnection,
+    kinds: list[str],
+    keyed_transactions: str | None,
+    accounts: bool = True,
+    products: bool = True,
+) -> dict[str, str]:
+    """Accounts and products from the transactions when no table of them is given (only those asked for).
 
     `keyed_transactions` is a query of the transactions with `customer_key`, `event_time` and
     `arrival_time` (accounts need the key before customers are numbered). Returns how each was derived.
     """
     derived: dict[str, str] = {}
-    if "accounts" not in kinds and keyed_transactions is not None:
+    if accounts and "accounts" not in kinds and keyed_transactions is not None:
         con.execute(
             "CREATE OR REPLACE TEMP VIEW raw_accounts AS SELECT customer_key, min(event_time) AS opened_at, "
             "CAST(NULL AS TIMESTAMP) AS closed_at, arg_min(arrival_time, event_time) AS arrival_time "
@@ -135,7 +167,7 @@ def _derive_missing(con: duckdb.DuckDBPyConnection, kinds: list[str], keyed_tran
         )
         kinds.append("accounts")
         derived["accounts"] = DERIVED_ACCOUNTS
-    if "products" not in kinds and "transactions" in kinds:
+    if products and "products" not in kinds and "transactions" in kinds:
         con.execute(
             "CREATE OR REPLACE TEMP VIEW raw_products AS SELECT DISTINCT CAST(product AS VARCHAR) AS product_id, "
             "CAST(NULL AS BOOLEAN) AS is_plan, CAST(NULL AS BOOLEAN) AS is_recurring, "
@@ -160,7 +192,7 @@ def _unmapped(kinds: list[str], mapped: Mapping[str, set[str]], derived: Mapping
     ]
 
 
-def _time_ranges(con: duckdb.DuckDBPyConnection, kinds: list[str]) -> dict[str, tuple[Any, Any]]:
+def _time_ranges(con: InputConnection, kinds: list[str]) -> dict[str, tuple[Any, Any]]:
     out = {}
     for kind in kinds:
         time = TIME_COLUMN.get(kind, "event_time")
@@ -169,25 +201,30 @@ def _time_ranges(con: duckdb.DuckDBPyConnection, kinds: list[str]) -> dict[str, 
     return out
 
 
-def _finish(con: duckdb.DuckDBPyConnection, kinds: list[str], by_cid: frozenset[str] = frozenset()) -> int:
-    """Number the customers (those with an account) and key every raw_<kind> view by cid.
-
-    Views in `by_cid` already carry `cid` (from the `crosswalk_cid` table made here); the
-    others carry `customer_key`.
-    """
+def _number_customers(con: InputConnection) -> None:
+    """The customers (those with an account), numbered by key."""
     con.execute(
-        "CREATE OR REPLACE TABLE customers AS SELECT row_number() OVER (ORDER BY customer_key)::INTEGER AS cid, "
-        "customer_key FROM (SELECT DISTINCT customer_key FROM raw_accounts WHERE customer_key IS NOT NULL)"
+        "CREATE OR REPLACE TABLE customers AS SELECT "
+        "CAST(row_number() OVER (ORDER BY customer_key) AS INTEGER) AS cid, customer_key "
+        "FROM (SELECT DISTINCT customer_key FROM raw_accounts WHERE customer_key IS NOT NULL)"
     )
-    if by_cid:
-        con.execute(
-            "INSERT INTO crosswalk_cid SELECT x.record_table, x.record_id, c.cid "
-            "FROM crosswalk x JOIN customers c USING (customer_key)"
-        )
+
+
+def _finish(
+    con: InputConnection, kinds: list[str], by_cid: frozenset[str] = frozenset(), numbered: bool = False
+) -> int:
+    """Key every raw_<kind> view by cid (numbering the customers first unless `numbered`).
+
+    Views in `by_cid` already carry `cid` (from the `crosswalk_cid` table); the others carry `customer_key`.
+    """
+    if not numbered:
+        _number_customers(con)
     for kind in CANONICAL_COLUMNS:
         cols = ", ".join(f'r."{c}"' for c in _columns(kind))
         if kind not in kinds:
-            con.execute(f"CREATE OR REPLACE TABLE {kind} AS SELECT NULL::INTEGER AS cid, {_typed(kind, {})} LIMIT 0")
+            con.execute(
+                f"CREATE OR REPLACE TABLE {kind} AS SELECT CAST(NULL AS INTEGER) AS cid, {_typed(kind, {})} LIMIT 0"
+            )
         elif kind == "products":
             con.execute(f"CREATE OR REPLACE TABLE products AS SELECT {cols} FROM raw_products r")
         elif kind in by_cid:
@@ -238,7 +275,7 @@ def register_frames(con: duckdb.DuckDBPyConnection, frames: Mapping[str, pd.Data
 
 
 def load_lake_inputs(
-    con: duckdb.DuckDBPyConnection,
+    con: InputConnection,
     settings: Settings,
     config: FeatureConfig,
     crosswalk_path: str,
@@ -250,23 +287,25 @@ def load_lake_inputs(
     With `golden_path`, the golden records' birth date and gender become the `golden` source.
     Records and customers on the `suppression` list are taken out of the crosswalk first, so
     none of their rows is joined to a customer and no feature or label is built for them.
+    The same statements run on DuckDB and, transpiled, on Spark (`con`), so both engines read
+    the lake, split and join the crosswalk and drop the suppressed alike.
     """
     # Split `<record_table>:<id>` once here, so each event joins on its id without building strings.
-    con.execute(
-        "CREATE OR REPLACE TABLE crosswalk AS SELECT "
-        "substr(record_key, 1, strpos(record_key, ':') - 1) AS record_table, "
+    split = (
+        "SELECT substr(record_key, 1, strpos(record_key, ':') - 1) AS record_table, "
         "substr(record_key, strpos(record_key, ':') + 1) AS record_id, customer_key "
         f"FROM read_parquet({sql_text(crosswalk_path)})"
     )
     if suppression:
-        _drop_suppressed(con, suppression)
-    # filled once the customers are numbered; the event views are defined against it before that
-    con.execute("CREATE OR REPLACE TABLE crosswalk_cid (record_table VARCHAR, record_id VARCHAR, cid INTEGER)")
+        _drop_suppressed(con, split, suppression)
+    else:
+        con.execute(f"CREATE OR REPLACE TABLE crosswalk AS {split}")
     summary = InputSummary()
     kinds: list[str] = []
     as_of: list[dt.datetime] = []
     mapped: dict[str, set[str]] = {}
     keyed_transactions: list[str] = []  # transactions joined by customer_key, to derive accounts from
+    views: dict[str, list[str]] = {}  # kind -> its sources' selects ({xwalk}: the crosswalk_cid table, made later)
     for kind, sources in config.sources.items():
         selects = []
         for source in sources:
@@ -292,29 +331,42 @@ def load_lake_inputs(
                 selects.append(f"SELECT {typed} FROM ({lake}) t")
             else:
                 # accounts define the customers, so they join the crosswalk by key; the rest join its cid copy
-                key, xwalk = ("customer_key", "crosswalk") if kind == "accounts" else ("cid", "crosswalk_cid")
+                key, xwalk = ("customer_key", "crosswalk") if kind == "accounts" else ("cid", "{xwalk}")
                 link = (
                     f"FROM ({lake}) t JOIN {{xwalk}} x ON x.record_table = "
                     f"'{source.record_table}' AND x.record_id = CAST(t.\"{source.ref}\" AS VARCHAR)"
                 )
-                selects.append(f"SELECT x.{key}, {typed} {link.format(xwalk=xwalk)}")
+                selects.append(f"SELECT x.{key}, {typed} {link.replace('{xwalk}', xwalk)}")
                 if kind == "transactions":
-                    keyed_transactions.append(f"SELECT x.customer_key, {typed} {link.format(xwalk='crosswalk')}")
+                    keyed_transactions.append(f"SELECT x.customer_key, {typed} {link.replace('{xwalk}', 'crosswalk')}")
         if selects:
             kinds.append(kind)
-            con.execute(f"CREATE OR REPLACE TEMP VIEW raw_{kind} AS {' UNION ALL '.join(selects)}")
+            views[kind] = selects
     if golden_path is not None:
         kinds.append("golden")
         typed = _typed("golden", {c: f't."{c}"' for c in CANONICAL_COLUMNS["golden"]})
         golden = f"read_parquet({sql_text(golden_path)})"
-        con.execute(f"CREATE OR REPLACE TEMP VIEW raw_golden AS SELECT t.customer_key, {typed} FROM {golden} t")
-    summary.derived = _derive_missing(con, kinds, " UNION ALL ".join(keyed_transactions) or None)
+        views["golden"] = [f"SELECT t.customer_key, {typed} FROM {golden} t"]
+    # The views keyed by customer_key first (accounts number the customers); those joined by cid once
+    # `crosswalk_cid` exists: every view is then defined against tables that hold their rows.
+    by_cid = frozenset(k for k in kinds if k not in ("accounts", "products", "golden"))
+    for keyed in [k for k in kinds if k not in by_cid]:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW raw_{keyed} AS {' UNION ALL '.join(views[keyed])}")
+    summary.derived = _derive_missing(con, kinds, " UNION ALL ".join(keyed_transactions) or None, products=False)
     if "accounts" not in kinds:
         raise FeatureInputError(
             "sources.accounts: no table of it has been ingested (nor transactions, to derive customers from)"
         )
-    by_cid = frozenset(k for k in kinds if k not in ("accounts", "products", "golden"))
-    summary.customers = _finish(con, kinds, by_cid)
+    _number_customers(con)
+    con.execute(
+        "CREATE OR REPLACE TABLE crosswalk_cid AS SELECT x.record_table, x.record_id, c.cid "
+        "FROM crosswalk x JOIN customers c USING (customer_key)"
+    )
+    for linked in [k for k in kinds if k in by_cid]:
+        selects = [s.replace("{xwalk}", "crosswalk_cid") for s in views[linked]]
+        con.execute(f"CREATE OR REPLACE TEMP VIEW raw_{linked} AS {' UNION ALL '.join(selects)}")
+    summary.derived |= _derive_missing(con, kinds, None, accounts=False)
+    summary.customers = _finish(con, kinds, by_cid, numbered=True)
     for linked_kind, sources in config.sources.items():
         if linked_kind in ("products", "golden") or linked_kind not in kinds:
             continue
@@ -328,21 +380,47 @@ def load_lake_inputs(
     return summary
 
 
-def _drop_suppressed(con: duckdb.DuckDBPyConnection, suppression: Suppression) -> None:
-    """Delete the crosswalk rows of suppressed records, and every record of a suppressed customer."""
-    crosswalk = con.sql("SELECT record_table AS source_table, record_id, customer_key FROM crosswalk").df()
-    gone = suppressed_rows(crosswalk, suppression, emails=(), phones=(), names=None)
-    keys = crosswalk.loc[gone.to_numpy(), "customer_key"].drop_duplicates()
-    if keys.empty:
-        return
-    con.register("suppressed_customers", pd.DataFrame({"customer_key": keys.astype(str).to_numpy()}))
+# HMAC-SHA256 (RFC 2104) in SQL: sha256((K xor opad) || sha256((K xor ipad) || message)), K the key padded to the
+# hash's 64-byte block (hashed first when longer). Both engines compute it, so the crosswalk is never pulled into
+# Python to be matched against the suppression list, whatever its size.
+_BLOCK = 64
+
+
+def _hmac_sql(key: bytes, kind: str, value: str) -> str:
+    """SQL for `features.suppression.digest(key, kind, value)`, `value` a SQL expression (NULL gives NULL)."""
+    k = (hashlib.sha256(key).digest() if len(key) > _BLOCK else key).ljust(_BLOCK, b"\0")
+    ipad, opad = bytes(b ^ 0x36 for b in k).hex(), bytes(b ^ 0x5C for b in k).hex()
+    message = f"encode({sql_text(kind)} || chr(31) || {value})"  # || not concat(): NULL stays NULL on both engines
+    return f"sha256(unhex('{opad}') || unhex(sha256(unhex('{ipad}') || {message})))"
+
+
+def _drop_suppressed(con: InputConnection, crosswalk: str, suppression: Suppression) -> None:
+    """The crosswalk (`crosswalk`: its query) as the table `crosswalk`, without every record of a suppressed customer.
+
+    A customer is suppressed when one of their records (table and id) or their key is on the list;
+    values are matched trimmed, blank as none, as `features.suppression.suppressed_rows` does.
+    """
+    con.execute(f"CREATE OR REPLACE TABLE crosswalk_read AS {crosswalk}")
+    digests = pa.table({"digest": pa.array(sorted(suppression.digests), pa.string())})
+    con.register("suppressed_digests", digests)
     try:
-        con.execute("DELETE FROM crosswalk WHERE customer_key IN (SELECT customer_key FROM suppressed_customers)")
+        table, record, key = (f"nullif(trim({c}), '')" for c in ("record_table", "record_id", "customer_key"))
+        hit = (
+            f"{_hmac_sql(suppression.key, 'record', f'{table} || chr(31) || {record}')} IN "
+            f"(SELECT digest FROM suppressed_digests) OR "
+            f"{_hmac_sql(suppression.key, 'customer_key', key)} IN (SELECT digest FROM suppressed_digests)"
+        )
+        con.execute(
+            "CREATE OR REPLACE TABLE crosswalk AS SELECT x.record_table, x.record_id, x.customer_key "
+            "FROM crosswalk_read x LEFT JOIN (SELECT DISTINCT customer_key AS gone FROM crosswalk_read "
+            f"WHERE customer_key IS NOT NULL AND ({hit})) s ON x.customer_key = s.gone WHERE s.gone IS NULL"
+        )
     finally:
-        con.unregister("suppressed_customers")
+        con.unregister("suppressed_digests")
+    con.execute("DROP TABLE IF EXISTS crosswalk_read")
 
 
-def _missing_columns(con: duckdb.DuckDBPyConnection, lake: str, source: SourceTable) -> list[str]:
+def _missing_columns(con: InputConnection, lake: str, source: SourceTable) -> list[str]:
     have = set(con.sql(f"SELECT * FROM ({lake}) LIMIT 0").columns)
     wanted = [*source.columns.values(), *([source.ref] if source.ref else [])]
     return sorted({c for c in wanted if c not in have})

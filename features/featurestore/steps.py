@@ -20,9 +20,10 @@ from custintel.settings import Settings
 from features.featurestore.build import FeatureBuildError, SqlConnection
 from features.featurestore.config import FeatureConfig
 from features.featurestore.definitions import Feature, definition_digest, definition_without
-from features.featurestore.inputs import InputSummary
+from features.featurestore.inputs import FeatureInputError, InputSummary, load_lake_inputs
 from features.featurestore.quality import FeatureQualityError, collapse, profile_columns, quality_problems
 from features.featurestore.store import materialize_online, open_feature_inputs, write_offline
+from features.suppression import load_suppression
 
 
 @dataclass(frozen=True)
@@ -37,22 +38,51 @@ class BuiltSet:
     dropped: dict[str, str] = field(default_factory=dict)  # feature -> why it was dropped after the build
 
 
-def load_inputs(settings: Settings, config: FeatureConfig) -> tuple[duckdb.DuckDBPyConnection, InputSummary]:
-    """The canonical inputs from the lake, joined to customer keys (I/O: retried by the flow)."""
-    return open_feature_inputs(settings, config)
+def load_inputs(settings: Settings, config: FeatureConfig) -> tuple[SqlConnection, InputSummary]:
+    """The canonical inputs from the lake, joined to customer keys (I/O: retried by the flow).
 
-
-def on_engine(settings: Settings, con: duckdb.DuckDBPyConnection) -> SqlConnection:
-    """Where the builds run: the inputs' own DuckDB connection, or Spark (`engine: spark`) holding a copy of them.
-
-    The builders' SQL is the same on both (transpiled for Spark); close a Spark connection when done.
+    On DuckDB a DuckDB connection holds them; on Spark (`engine: spark`) Spark reads the lake and the
+    crosswalk itself (the same statements, transpiled) and a `SparkSqlConnection` holds them.
     """
     if settings.engine != "spark":
+        return open_feature_inputs(settings, config)
+    return open_spark_inputs(settings, config)
+
+
+def open_spark_inputs(settings: Settings, config: FeatureConfig) -> tuple[SqlConnection, InputSummary]:
+    """The canonical inputs read by Spark from the lake and the identity crosswalk, as cached Spark views."""
+    from features.featurestore.spark_sql import SparkSqlConnection
+    from features.spark_engine import spark_session, spark_work_dir
+
+    crosswalk = settings.identity_dir / "crosswalk.parquet"
+    if not crosswalk.is_file():
+        raise FeatureInputError(f"no identity crosswalk at {crosswalk}: run `custintel resolve` first")
+    golden = settings.identity_dir / "golden_records.parquet"
+    suppression = load_suppression(settings)
+    con = SparkSqlConnection(spark_session(settings), None, spark_work_dir(settings, "inputs"))
+    try:
+        summary = load_lake_inputs(
+            con, settings, config, str(crosswalk), str(golden) if golden.is_file() else None, suppression
+        )
+    except BaseException:
+        con.close()
+        raise
+    return con, summary
+
+
+def on_engine(settings: Settings, con: SqlConnection) -> SqlConnection:
+    """Where the builds run: the inputs' own connection, or Spark holding a copy of DuckDB's inputs.
+
+    The inputs' connection is DuckDB's, or Spark's when Spark loaded them (`load_inputs`); a copy is
+    made for `engine: spark` when DuckDB loaded them. The builders' SQL is the same on both (transpiled
+    for Spark); close a connection this made when done.
+    """
+    if settings.engine != "spark" or not isinstance(con, duckdb.DuckDBPyConnection):
         return con
     from features.featurestore.spark_sql import SparkSqlConnection
-    from features.spark_engine import spark_session
+    from features.spark_engine import spark_session, spark_work_dir
 
-    return SparkSqlConnection(spark_session(settings), con, settings.home_dir / "spark" / "inputs")
+    return SparkSqlConnection(spark_session(settings), con, spark_work_dir(settings, "inputs"))
 
 
 def build_one(

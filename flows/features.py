@@ -92,8 +92,11 @@ def run_feature_build(
     try:
         engine = on_engine(settings, con)
         try:
-            if engine is not con:
-                log(f"building on Spark ({settings.spark_master}): the same definitions, transpiled from DuckDB SQL")
+            if settings.engine == "spark":
+                log(
+                    f"building on Spark ({settings.spark_master}): the lake read and the same definitions, transpiled "
+                    "from DuckDB SQL"
+                )
             return _build(settings, config, engine, inputs, as_of, online, steps, log, started)
         finally:
             if engine is not con:

@@ -44,6 +44,7 @@ Progress = Callable[[str], None]
 def catalogue(settings: Settings) -> list[PersonalStore]:
     """Every personal store of the platform, in erasure order: the data's sources first, identity among them."""
     from features.personal import personal_stores as feature_stores
+    from features.spark_leftovers import SparkLeftoversStore
     from governance.personal import personal_stores as governance_stores
     from insights.personal import personal_stores as insights_stores
     from models.personal import personal_stores as model_stores
@@ -52,6 +53,7 @@ def catalogue(settings: Settings) -> list[PersonalStore]:
 
     return [
         *feature_stores(settings),
+        SparkLeftoversStore(settings),  # dead Spark runs' folders: reported, and erased whole
         # monitoring before the inference log and MLflow: a pass written before members files existed is recognised
         # by the rows those still hold; governance last, as it tags the versions MLflow flagged and rebuilds the site
         *monitoring_stores(settings),

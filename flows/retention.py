@@ -195,6 +195,11 @@ def retention_apply(
         calls = {}
     else:
         calls = _store_calls(config, policy, day, dry_run, skipped)
+    # dead Spark runs' folders serve nothing: swept whatever the policy says (features.spark_leftovers)
+    from features.spark_leftovers import sweep_spark_leftovers
+
+    skipped.pop("spark_leftovers", None)
+    calls["spark_leftovers"] = partial(sweep_spark_leftovers, config, dry_run)
     expiries = []
     for store, call in calls.items():
         try:

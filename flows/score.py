@@ -27,7 +27,7 @@ from features.featurestore.store import offline_root
 from flows.retries import io_task
 from governance.policy import Purpose
 from models.registry import CHAMPION, Registry
-from models.scores import BatchScorer, BatchScoringError, check_inputs, scores_table, write_scores
+from models.scores import BatchScorer, BatchScoringError, check_inputs, score_on_spark, scores_table, write_scores
 
 LABEL_SETS = ("labels@", "purchase_labels@", "interactions@")
 
@@ -134,30 +134,6 @@ def score_on_duckdb(scorer: BatchScorer, files: list[str], consent: ConsentFilte
     return scorer.score(frame[["customer_key", *scorer.columns]])
 
 
-def score_on_spark(settings: Settings, scorer: BatchScorer, files: list[str], consent: ConsentFilter) -> pd.DataFrame:
-    """Join the sets' partitions in Spark and score them with `mapInPandas` (the scorer shipped once per partition)."""
-    from pyspark.sql import functions as F  # noqa: N812 - Spark's own idiom
-
-    from features.spark_engine import spark_session
-
-    spark = spark_session(settings)
-    frame = spark.read.parquet(files[0])
-    for path in files[1:]:
-        frame = frame.join(spark.read.parquet(path), ["customer_key", "as_of"])
-    check_inputs(scorer.columns, frame.columns)
-    if consent.only or consent.keys:
-        listed = F.col("customer_key").isin(sorted(consent.keys))
-        frame = frame.where(listed if consent.only else ~listed)
-    rows = frame.select("customer_key", *scorer.columns)
-    scored = rows.mapInPandas(scorer, "customer_key string, score double")
-    collected = scored._collect_as_arrow()  # noqa: SLF001 - Spark 3.5's Arrow collect (public toArrow is 4.0)
-    if not collected:
-        return scorer.score(pd.DataFrame(columns=["customer_key", *scorer.columns]))
-    import pyarrow as pa
-
-    return pa.Table.from_batches(collected).to_pandas()
-
-
 def run_batch_scoring(
     settings: Settings, model: str, as_of: dt.date | None, log: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -169,7 +145,9 @@ def run_batch_scoring(
     consent = consent_filter(settings, family)
     log(f"scoring with {name} v{version} (@{CHAMPION}) as of {cutoff} on {settings.engine}")
     if settings.engine == "spark":
-        scored = score_on_spark(settings, scorer, files, consent)
+        from features.spark_engine import spark_session
+
+        scored = score_on_spark(spark_session(settings), scorer, files, consent.keys, consent.only)
     else:
         scored = score_on_duckdb(scorer, files, consent)
     table = scores_table(scored, name, version, cutoff)

@@ -58,6 +58,8 @@ STORES: dict[str, tuple[str, frozenset[str]]] = {
                                   frozenset({"behavioural", "inferred"})),
     "identity_reports": ("reports/identity/<run id>.json: resolution runs' counts and timings", frozenset()),
     "dsar_exports": ("governance/dsar/<request>/export/: access-request bundles", _ALL),
+    "spark_leftovers": ("spark/runs/<pid>-<id>/ of dead Spark runs: staged inputs, Splink checkpoints, scratch "
+                        "(removed on every pass, whatever the policy says)", _ALL),
 }  # fmt: skip
 _STAMP = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})")
 _BUNDLE_DATES = ("written_at", "created_at", "exported_at", "at")

@@ -1,0 +1,1 @@
+"""Insights for operations: KPIs, ticket topics, knowledge-base suggestions, segments, source anomalies."""

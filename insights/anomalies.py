@@ -242,6 +242,35 @@ class TableProfile:
         return self.as_of - dt.timedelta(days=1)
 
 
+def slice_profile(profile: TableProfile, as_of: dt.date) -> TableProfile:
+    """What a drop of the table exported on `as_of` would have shown (late arrivals aside).
+
+    For measuring the checks on many normal drops cut from one world ("day slices"); a table without a
+    time column cannot be cut.
+    """
+    if profile.time_column is None:
+        raise AnomalyError(f"{profile.table} has no time column: its profile cannot be cut at a day")
+    cut = pd.Timestamp(as_of)
+
+    def before(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame[frame["day"] < cut].reset_index(drop=True)
+
+    volume = before(profile.volume)
+    return TableProfile(
+        table=profile.table,
+        drop_id=f"{profile.drop_id}@{as_of:%Y%m%d}",
+        as_of=as_of,
+        time_column=profile.time_column,
+        rows=int(volume["rows"].sum()),
+        quarantined=0,
+        volume=volume,
+        nulls=before(profile.nulls),
+        values=before(profile.values),
+        edges=profile.edges,
+        summary=profile.summary,
+    )
+
+
 def profile_root(settings: Settings) -> Path:
     """Where every table's profiles are kept."""
     return settings.home_dir / "insights" / "profiles"
@@ -341,13 +370,23 @@ def profile_table(
         )
         value_parts: list[str] = []
         summary: dict[str, dict[str, object]] = {}
+        empty = nulls.groupby("column")["nulls"].sum() if rows else pd.Series(dtype=float)
+        categorical = [c for c in profiled if _categorical(c)]
+        distincts = dict(
+            zip(
+                [c.name for c in categorical],
+                _one(con, "SELECT " + ", ".join(f"count(DISTINCT {_q(c.name)})" for c in categorical) + f" FROM {src}")
+                if categorical and rows
+                else [],
+                strict=False,
+            )
+        )
         for c in profiled:
             if not rows:
                 break
-            share = float(_one(con, f"SELECT avg(({_q(c.name)} IS NULL)::INT) FROM {src}")[0])
-            info: dict[str, object] = {"null_share": round(share, 6)}
+            info: dict[str, object] = {"null_share": round(float(empty.get(c.name, 0)) / rows, 6)}
             if _categorical(c):
-                distinct = int(_one(con, f"SELECT count(DISTINCT {_q(c.name)}) FROM {src}")[0])
+                distinct = int(distincts[c.name])
                 if distinct <= policy.distribution.max_categories:
                     bucket = f"CAST({_q(c.name)} AS VARCHAR)"
                     top = con.sql(
@@ -505,7 +544,7 @@ def _series(frame: pd.DataFrame, index: pd.DatetimeIndex, weekly: bool, value: s
     """`value` summed per period (and per `by`), periods as rows, zero where nothing was seen."""
     f = frame.dropna(subset=["day"]).assign(day=lambda d: _floor(d["day"], weekly))
     if by:
-        wide = f.pivot_table(index="day", columns=by, values=value, aggfunc="sum", fill_value=0)
+        wide = f.groupby(["day", *by])[value].sum().unstack(by, fill_value=0)
     else:
         wide = f.groupby("day")[[value]].sum()
     return wide.reindex(index, fill_value=0).astype(float)
@@ -954,16 +993,22 @@ def check_sources(settings: Settings, policy: AnomalyPolicy | None = None) -> An
             report.anomalies += check_table(current, history[:-1], policy)
         except (KeyError, ValueError, IngestError) as exc:  # a profile that does not fit: named, never a traceback
             report.notes.append(f"{table}: not checked: {exc}")
-    found, report.anomalies = report.anomalies, []
+    return apply_policy(report, policy)
+
+
+def apply_policy(report: AnomalyReport, policy: AnomalyPolicy) -> AnomalyReport:
+    """The report with acknowledged anomalies set aside and the verdict the policy gives (warn or stop)."""
+    found = report.anomalies + [a for a, _ in report.acknowledged]
+    out = AnomalyReport(drops=dict(report.drops), notes=list(report.notes))
     for a in found:
         ack = next((k for k in policy.acknowledged if k.covers(a)), None)
         if ack is None:
-            report.anomalies.append(a)
+            out.anomalies.append(a)
         else:
-            report.acknowledged.append((a, ack.reason))
-    stops = [a for a in report.anomalies if a.severity in policy.stop_on]
+            out.acknowledged.append((a, ack.reason))
+    stops = [a for a in out.anomalies if a.severity in policy.stop_on]
     if policy.action == "stop" and stops:
-        report.action = "stop"
-    elif report.anomalies:
-        report.action = "warn"
-    return report
+        out.action = "stop"
+    elif out.anomalies:
+        out.action = "warn"
+    return out

@@ -48,7 +48,7 @@ from features.contracts import ColumnRule, Contract
 from features.lake import IngestError, LakeManifest, lake_contract, read_manifest
 
 Severity = Literal["high", "medium"]
-Kind = Literal["volume", "table_volume", "null_rate", "distribution", "empty_table", "missing_table"]
+Kind = Literal["volume", "table_volume", "quarantine_rate", "null_rate", "distribution", "empty_table", "missing_table"]
 Period = Literal["day", "week", "drop"]
 PROFILE_VERSION = 1
 _TIME_CLASSES = ("behavioural", "inferred")
@@ -57,6 +57,19 @@ _NOT_TIME = ("loaded_at", "updated_at")
 
 class AnomalyError(ValueError):
     """The checks cannot run: a bad policy, or a lake without the table asked for."""
+
+
+class SourcesStopped(RuntimeError):
+    """The anomaly policy stops the feature build; the message names the first anomalies and what to do."""
+
+    def __init__(self, report: AnomalyReport) -> None:
+        self.report = report
+        shown = "; ".join(a.message for a in report.anomalies[:3])
+        more = f" (and {len(report.anomalies) - 3} more)" if len(report.anomalies) > 3 else ""
+        super().__init__(
+            f"features not built: {len(report.anomalies)} source anomalies and the anomaly policy says stop: "
+            f"{shown}{more}. Fix the source and ingest again, or acknowledge the event in the policy's `acknowledged`"
+        )
 
 
 class _Strict(BaseModel):
@@ -134,6 +147,7 @@ class AnomalyPolicy(_Strict):
     history_days: int = Field(default=56, ge=7)
     min_history_days: int = Field(default=28, ge=7)
     first_drop_days: int | None = Field(default=35, ge=7)
+    quarantine_increase: float = Field(default=0.05, gt=0, le=1)
     settle_days: int = Field(default=2, ge=0)
     min_daily_rows: int = Field(default=20, ge=1)
     volume: VolumePolicy = Field(default_factory=VolumePolicy)
@@ -751,6 +765,17 @@ def check_table(profile: TableProfile, history: Sequence[TableProfile], policy: 
             profile.rows * policy.volume.high_ratio <= prev.rows,
             f"{t}: drop {d} holds {profile.rows:,} rows, the previous drop {prev.drop_id} held {prev.rows:,}: "
             "check whether the export was cut short or filtered")  # fmt: skip
+    if prev is not None and prev.rows + prev.quarantined > 0:
+        n, k = profile.rows + profile.quarantined, profile.quarantined
+        base_n, base_k = prev.rows + prev.quarantined, prev.quarantined
+        p0 = min(max(base_k / base_n, 0.5 / base_n), 1 - 0.5 / base_n)
+        z = (k - n * p0) / math.sqrt(n * p0 * (1 - p0))
+        if k / n - p0 >= policy.quarantine_increase and z >= policy.null_rate.z:
+            add(None, None, None, "drop", "quarantine_rate", round(k / n, 4), round(base_k / base_n, 4),
+                k / n - p0 >= policy.null_rate.high_increase,
+                f"{t}: {k / n:.0%} of drop {d}'s rows were quarantined against {base_k / base_n:.0%} in the previous "
+                f"drop {prev.drop_id}: `custintel quarantine {t}` lists the reasons; fix the export or the "
+                "contract before features are built")  # fmt: skip
     if profile.time_column is None:
         out += _check_totals(profile, prev, policy)
         return out
@@ -994,6 +1019,33 @@ def check_sources(settings: Settings, policy: AnomalyPolicy | None = None) -> An
         except (KeyError, ValueError, IngestError) as exc:  # a profile that does not fit: named, never a traceback
             report.notes.append(f"{table}: not checked: {exc}")
     return apply_policy(report, policy)
+
+
+def anomalies_dir(settings: Settings) -> Path:
+    """Where the checks' reports are kept: `latest.json`, and one line per check in `history.jsonl`."""
+    return settings.home_dir / "insights" / "anomalies"
+
+
+def save_anomaly_report(settings: Settings, report: AnomalyReport) -> Path:
+    """Write the report as `latest.json` and append it to `history.jsonl`; return `latest.json`.
+
+    `latest.json` is what the operations page shows as open alerts.
+    """
+    folder = anomalies_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"checked_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **report.to_dict()}
+    latest = folder / "latest.json"
+    write_text_atomically(latest, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with open(folder / "history.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(data, sort_keys=True) + "\n")
+    return latest
+
+
+def raise_if_stopped(report: AnomalyReport) -> AnomalyReport:
+    """The report, unless the policy says stop: then `SourcesStopped` naming the anomalies."""
+    if report.stop:
+        raise SourcesStopped(report)
+    return report
 
 
 def apply_policy(report: AnomalyReport, policy: AnomalyPolicy) -> AnomalyReport:

@@ -34,6 +34,7 @@ from insights.anomalies import (
     Anomaly,
     AnomalyError,
     AnomalyPolicy,
+    SourcesStopped,
     TableProfile,
     apply_policy,
     check_sources,
@@ -41,6 +42,8 @@ from insights.anomalies import (
     load_anomaly_policy,
     profile_lake,
     profile_root,
+    raise_if_stopped,
+    save_anomaly_report,
     slice_profile,
     stored_profiles,
 )
@@ -179,7 +182,13 @@ def test_false_positive_rate_on_day_slices(clean, world) -> None:
 
 
 def test_stop_policy_stops_the_build_on_a_high_anomaly(outage, world) -> None:
-    _, _, report = outage
+    _, settings, report = outage
+    latest = save_anomaly_report(settings, report)
+    shown = json.loads(latest.read_text())
+    assert shown["action"] == "warn" and len(shown["anomalies"]) == len(report.anomalies)
+    assert {"drop_id", "table", "column", "day", "kind", "observed", "expected", "severity", "message"} <= set(
+        shown["anomalies"][0]
+    )
     stopped = apply_policy(report, world_policy(world, action="stop"))
     assert stopped.stop and stopped.action == "stop" and len(stopped.anomalies) == len(report.anomalies)
     assert apply_policy(report, world_policy(world, action="stop", stop_on=[])).action == "warn"
@@ -187,6 +196,11 @@ def test_stop_policy_stops_the_build_on_a_high_anomaly(outage, world) -> None:
                   for a in report.anomalies]  # fmt: skip
     known = world_policy(world).acknowledged
     quiet = apply_policy(report, world_policy(world, action="stop", acknowledged=known + everything))
+    with pytest.raises(
+        SourcesStopped, match=r"features not built: 4 source anomalies and the anomaly policy says stop"
+    ):
+        raise_if_stopped(stopped)
+    assert raise_if_stopped(report) is report
     assert quiet.action == "none" and len(quiet.acknowledged) == len(report.anomalies) + len(report.acknowledged)
 
 

@@ -317,12 +317,14 @@ def time_column(contract: Contract, policy: AnomalyPolicy) -> str | None:
 
 
 def _categorical(rule: ColumnRule) -> bool:
-    if rule.type == "bool":
-        return True
-    if rule.type != "string" or rule.data_class == "direct_identifier":
+    """Whether a column's value shares are kept: behavioural and inferred text or flags only.
+
+    Identifiers and quasi-identifiers (gender, region, ...) get empty counts only: a day's count of a
+    rare value can single a person out.
+    """
+    if rule.data_class not in _TIME_CLASSES:
         return False
-    coded = rule.allowed is not None or rule.map is not None
-    return coded or rule.data_class in _TIME_CLASSES
+    return rule.type in ("bool", "string")
 
 
 def _numeric(rule: ColumnRule) -> bool:

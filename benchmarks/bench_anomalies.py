@@ -115,6 +115,7 @@ def main() -> int:
         rng = np.random.default_rng(seed)
         caught = injected = extra = 0
         misses: list[str] = []
+        extras: list[str] = []
         for k in range(args.outages):
             end = cfg.window_end
             offsets = rng.choice(np.arange(20, 110), 4, replace=False)
@@ -146,7 +147,9 @@ def main() -> int:
                     caught += 1
                 else:
                     misses.append(f"{d.kind} {d.table}.{d.column} {d.day}")
-            extra += sum(1 for a in report.anomalies if not any(hit(d, a) for d in truth))
+            unmatched = [a.message for a in report.anomalies if not any(hit(d, a) for d in truth)]
+            extra += len(unmatched)
+            extras += unmatched
         rate = len(noisy) / checked if checked else 0.0
         row = {
             "clean_anomalies": [a.message for a in clean.anomalies],
@@ -160,6 +163,7 @@ def main() -> int:
             "caught": caught,
             "missed": misses,
             "unmatched_anomalies": extra,
+            "unmatched": extras,
         }
         results["seeds"][str(seed)] = row  # type: ignore[index]
         print(
@@ -169,6 +173,10 @@ def main() -> int:
         )
         for m in found:
             print(f"    slice: {m}")
+        for m in misses:
+            print(f"    missed: {m}")
+        for m in extras:
+            print(f"    unmatched: {m}")
         met &= caught == injected and rate <= 0.03 and not clean.anomalies
     out = args.workdir / "results" / f"anomalies-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

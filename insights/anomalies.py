@@ -26,6 +26,7 @@ features are built; the policy (`anomalies.yaml`) says whether anomalies only wa
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import shutil
@@ -195,6 +196,14 @@ class Anomaly:
         out["until"] = self.until.isoformat() if self.until else None
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Anomaly:
+        """An anomaly from its JSON form."""
+        fields = {k: data[k] for k in cls.__dataclass_fields__}
+        for k in ("day", "until"):
+            fields[k] = dt.date.fromisoformat(fields[k]) if fields[k] else None
+        return cls(**fields)
+
 
 @dataclass
 class AnomalyReport:
@@ -205,6 +214,7 @@ class AnomalyReport:
     acknowledged: list[tuple[Anomaly, str]] = field(default_factory=list)  # (anomaly, the policy's reason)
     notes: list[str] = field(default_factory=list)
     action: Literal["none", "warn", "stop"] = "none"
+    key: str = ""  # digest of the drops checked and the policy: the same key, the same report
 
     @property
     def stop(self) -> bool:
@@ -218,12 +228,25 @@ class AnomalyReport:
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
         return {
+            "key": self.key,
             "drops": self.drops,
             "action": self.action,
             "anomalies": [a.to_dict() for a in self.anomalies],
             "acknowledged": [{**a.to_dict(), "reason": why} for a, why in self.acknowledged],
             "notes": self.notes,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnomalyReport:
+        """A report from its JSON form."""
+        return cls(
+            drops=dict(data["drops"]),
+            anomalies=[Anomaly.from_dict(a) for a in data["anomalies"]],
+            acknowledged=[(Anomaly.from_dict(a), str(a["reason"])) for a in data["acknowledged"]],
+            notes=list(data["notes"]),
+            action=data["action"],
+            key=str(data.get("key", "")),
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -974,18 +997,37 @@ def profile_lake(settings: Settings, policy: AnomalyPolicy, manifest: LakeManife
     return done
 
 
-def check_sources(settings: Settings, policy: AnomalyPolicy | None = None) -> AnomalyReport:
+def _report_key(manifest: LakeManifest, policy: AnomalyPolicy) -> str:
+    drops = {t: sorted(p.drop_id for p in parts) for t, parts in sorted(manifest.tables.items())}
+    text = json.dumps({"drops": drops, "policy": policy.model_dump(mode="json"), "version": PROFILE_VERSION})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _saved_report(settings: Settings, key: str) -> AnomalyReport | None:
+    latest = anomalies_dir(settings) / "latest.json"
+    try:
+        data = json.loads(latest.read_text(encoding="utf-8"))
+        return AnomalyReport.from_dict(data) if data.get("key") == key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_sources(settings: Settings, policy: AnomalyPolicy | None = None, reuse: bool = True) -> AnomalyReport:
     """Profile what the lake holds and check the newest drop of each table against its history.
 
     Called by the feature flow before anything is built: the report's `action` is `stop` when the
-    policy says so and an anomaly of a stopping severity was found.
+    policy says so and an anomaly of a stopping severity was found. `reuse`: when the lake's drops and
+    the policy are those of the saved report (`save_anomaly_report`), that report is returned as it is.
     """
     policy = policy or load_anomaly_policy()
     manifest = read_manifest(settings)
     if not manifest.tables:
         raise AnomalyError(f"nothing has been ingested into {settings.lake_dir}: run `custintel ingest` first")
+    key = _report_key(manifest, policy)
+    if reuse and (saved := _saved_report(settings, key)) is not None:
+        return saved
     profile_lake(settings, policy, manifest)
-    report = AnomalyReport()
+    report = AnomalyReport(key=key)
     newest = max((_drop_date(p.drop_id), p.drop_id) for parts in manifest.tables.values() for p in parts)
     for table, partitions in sorted(manifest.tables.items()):
         history = stored_profiles(settings, table)
@@ -1035,8 +1077,10 @@ def save_anomaly_report(settings: Settings, report: AnomalyReport) -> Path:
     """
     folder = anomalies_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    data = {"checked_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **report.to_dict()}
     latest = folder / "latest.json"
+    if report.key and _saved_report(settings, report.key) is not None:
+        return latest  # the same drops under the same policy: already saved
+    data = {"checked_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **report.to_dict()}
     write_text_atomically(latest, json.dumps(data, indent=2, sort_keys=True) + "\n")
     with open(folder / "history.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(data, sort_keys=True) + "\n")
@@ -1053,7 +1097,7 @@ def raise_if_stopped(report: AnomalyReport) -> AnomalyReport:
 def apply_policy(report: AnomalyReport, policy: AnomalyPolicy) -> AnomalyReport:
     """The report with acknowledged anomalies set aside and the verdict the policy gives (warn or stop)."""
     found = report.anomalies + [a for a, _ in report.acknowledged]
-    out = AnomalyReport(drops=dict(report.drops), notes=list(report.notes))
+    out = AnomalyReport(drops=dict(report.drops), notes=list(report.notes), key=report.key)
     for a in found:
         ack = next((k for k in policy.acknowledged if k.covers(a)), None)
         if ack is None:

@@ -184,6 +184,9 @@ def test_false_positive_rate_on_day_slices(clean, world) -> None:
 def test_stop_policy_stops_the_build_on_a_high_anomaly(outage, world) -> None:
     _, settings, report = outage
     latest = save_anomaly_report(settings, report)
+    assert save_anomaly_report(settings, report) == latest  # the same check: saved once
+    assert len((latest.parent / "history.jsonl").read_text().splitlines()) == 1
+    assert check_sources(settings, world_policy(world)) == report  # the same drops and policy: the saved report
     shown = json.loads(latest.read_text())
     assert shown["action"] == "warn" and len(shown["anomalies"]) == len(report.anomalies)
     assert {"drop_id", "table", "column", "day", "kind", "observed", "expected", "severity", "message"} <= set(

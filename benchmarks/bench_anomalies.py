@@ -11,9 +11,9 @@ Per seed: a world is generated and ingested (cached under ``--workdir``), then
 - **slices**: the clean profiles cut every 14 days from day 100 on, each table judged like a first drop
   (the shipped policy, 35 days): table-slices with any anomaly / table-slices;
 - **outages**: ``--outages`` copies of the drop, each with a missing day of digital events, a spike of
-  digital events, CRM email emptied from a Monday and support resolution emptied from a day, at days
-  drawn at random in the last 120 days; ingested and checked: defects caught on the right table, column
-  and day / defects injected, and anomalies that match no defect.
+  digital events, CRM email emptied from a Monday (at least 40 days before the export) and support
+  resolution emptied from a day, at days drawn at random in the last 120 days; ingested and checked:
+  defects caught on the right table, column and day / defects injected, and anomalies matching none.
 Timing: profiling and checking a freshly ingested drop (`check_sources`), with the load average.
 Targets: every injected defect caught; at most 3% of clean table-slices with an anomaly; no anomaly on
 a clean drop. Results: ``--workdir/results/anomalies-<time>.json``; exit 0 when met, 1 when not.
@@ -119,12 +119,12 @@ def main() -> int:
         for k in range(args.outages):
             end = cfg.window_end
             offsets = rng.choice(np.arange(20, 110), 4, replace=False)
-            monday = end - dt.timedelta(days=int(offsets[2]))
+            monday = min(end - dt.timedelta(days=int(offsets[2])), end - dt.timedelta(days=40))
             monday -= dt.timedelta(days=monday.weekday())
             defects = [
                 MissingDay("digital_events", end - dt.timedelta(days=int(offsets[0]))),
                 VolumeSpike("digital_events", end - dt.timedelta(days=int(offsets[1])), factor=3),
-                EmptyColumn("crm_accounts", "email", min(monday, end - dt.timedelta(days=40))),
+                EmptyColumn("crm_accounts", "email", monday),
                 EmptyColumn("support_tickets", "resolution", end - dt.timedelta(days=int(offsets[3]))),
             ]
             odrop = root / f"outage-{k}"

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
+from scipy.stats import binom, norm
 
 from custintel.atomic_files import write_text_atomically
 from custintel.settings import Settings
@@ -679,13 +680,28 @@ def _null_flags(
             detail = f"the share over the {len(w)} earlier " + ("weeks" if weekly else "days")
         p0 = min(max(base_k / base_n, 0.5 / base_n), 1 - 0.5 / base_n)
         n, k = float(rows[i]), float(nulls[i])
-        z = (k - n * p0) / math.sqrt(n * p0 * (1 - p0))
-        if k / n - p0 >= npol.min_increase and z >= npol.z:
+        # Quasi-binomial: empty values come in clumps (a batch of store sign-ups without email), so the
+        # history's own spread beyond binomial noise widens the band.
+        dispersion = 1.0
+        if detail.startswith("the share over"):
+            n_w = rows[w]
+            resid = (nulls[w] - n_w * p0) ** 2 / (n_w * p0 * (1 - p0))
+            dispersion = max(1.0, float(np.mean(resid)))
+        if k / n - p0 >= npol.min_increase and _binomial_tail(k, n, p0, dispersion) <= norm.sf(npol.z):
             flagged[i] = True
             out.append(_Flag(i, k / n, base_k / base_n, k == n or k / n - p0 >= npol.high_increase, "high", detail))
         elif k / n - p0 < npol.min_increase:  # a small rise is normal; a large one on few rows is inconclusive
             out.append(_Flag(i, k / n, base_k / base_n, False, "", ""))
     return out
+
+
+def _binomial_tail(k: float, n: float, p0: float, dispersion: float = 1.0) -> float:
+    """P(X >= k) for X ~ Binomial(n, p0), exact: on few rows the normal approximation is far too bold.
+
+    Counts are divided by the dispersion first (quasi-binomial).
+    """
+    n_eff, k_eff = n / dispersion, k / dispersion
+    return float(binom.sf(math.ceil(k_eff) - 1, max(1, round(n_eff)), p0))
 
 
 def _psi(current: np.ndarray, base: np.ndarray) -> float:
@@ -794,8 +810,7 @@ def check_table(profile: TableProfile, history: Sequence[TableProfile], policy: 
         n, k = profile.rows + profile.quarantined, profile.quarantined
         base_n, base_k = prev.rows + prev.quarantined, prev.quarantined
         p0 = min(max(base_k / base_n, 0.5 / base_n), 1 - 0.5 / base_n)
-        z = (k - n * p0) / math.sqrt(n * p0 * (1 - p0))
-        if k / n - p0 >= policy.quarantine_increase and z >= policy.null_rate.z:
+        if k / n - p0 >= policy.quarantine_increase and _binomial_tail(k, n, p0) <= norm.sf(policy.null_rate.z):
             add(None, None, None, "drop", "quarantine_rate", round(k / n, 4), round(base_k / base_n, 4),
                 k / n - p0 >= policy.null_rate.high_increase,
                 f"{t}: {k / n:.0%} of drop {d}'s rows were quarantined against {base_k / base_n:.0%} in the previous "
@@ -846,6 +861,10 @@ def check_table(profile: TableProfile, history: Sequence[TableProfile], policy: 
         if "volume" in settings.checks
         else []
     )
+    # A period whose row count is anomalous is not judged for empty values or shares: its rows are
+    # already suspect, and a replayed batch would read as a distribution move of its own.
+    judge_values = judge.copy()
+    judge_values[[f.index for f in volume_flags if f.direction]] = False
     for f, last, high in _runs(volume_flags):
         first_day, last_day = index[f.index].date(), index[last].date() + dt.timedelta(days=6 if weekly else 0)
         what = "no rows" if f.observed == 0 else f"{f.observed:,.0f} rows"
@@ -872,13 +891,17 @@ def check_table(profile: TableProfile, history: Sequence[TableProfile], policy: 
         if pr is not None:
             pr = np.nan_to_num(pr, nan=0.0)
         n_rows, n_nulls = rows[col].to_numpy(), nulls[col].to_numpy()
-        flags = _null_flags(n_rows, n_nulls, judge, pr, pn, weekly, policy)
+        flags = _null_flags(n_rows, n_nulls, judge_values, pr, pn, weekly, policy)
         for f, last, high in _runs(flags):
             start = f.index
-            if f.observed >= 1:  # an emptied column: its run starts at the first of the empty periods before it
-                while (
-                    start > 0 and judge[start - 1] and n_rows[start - 1] > 0 and n_nulls[start - 1] == n_rows[start - 1]
-                ):
+            if f.observed >= 1:  # an emptied column: its run starts with the periods before it that were
+                # empty too, or (the period it began in) emptier than the history by the minimum rise
+                floor = f.expected + policy.null_rate.min_increase
+                while start > 0 and judge_values[start - 1] and n_rows[start - 1] > 0:
+                    if n_nulls[start - 1] < n_rows[start - 1]:
+                        if n_nulls[start - 1] / n_rows[start - 1] >= floor:
+                            start -= 1
+                        break
                     start -= 1
             f = _Flag(start, f.observed, f.expected, f.high, f.direction, f.detail)
             first_day, last_day = index[f.index].date(), index[last].date() + dt.timedelta(days=6 if weekly else 0)
@@ -903,7 +926,7 @@ def check_table(profile: TableProfile, history: Sequence[TableProfile], policy: 
                     previous = _prev_aligned(aligned, index, wide.columns)
                     if previous is not None:
                         previous = np.nan_to_num(previous, nan=0.0)
-            flags = _distribution_flags(wide.to_numpy(), judge, previous, weekly, policy)
+            flags = _distribution_flags(wide.to_numpy(), judge_values, previous, weekly, policy)
             for f, last, high in _runs(flags):
                 first_day, last_day = index[f.index].date(), index[last].date() + dt.timedelta(days=6 if weekly else 0)
                 add(str(col), first_day, last_day, period, "distribution", round(f.observed, 4), round(f.expected, 4),
@@ -928,8 +951,7 @@ def _check_totals(profile: TableProfile, prev: TableProfile | None, policy: Anom
         if n < npol.min_rows or bn == 0:
             continue
         p0 = min(max(bk / bn, 0.5 / bn), 1 - 0.5 / bn)
-        z = (k - n * p0) / math.sqrt(n * p0 * (1 - p0))
-        if k / n - p0 >= npol.min_increase and z >= npol.z:
+        if k / n - p0 >= npol.min_increase and _binomial_tail(k, n, p0) <= norm.sf(npol.z):
             high = k == n or k / n - p0 >= npol.high_increase
             out.append(Anomaly(d, t, str(col), None, None, "drop", "null_rate", round(k / n, 4), round(bk / bn, 4),
                                "high" if high else "medium",

@@ -119,6 +119,11 @@ class TablePolicy(_Strict):
     checks: list[CheckName] = Field(default=["volume", "null_rate", "distribution"])
     period: Literal["auto", "day", "week"] = "auto"
     settle_days: int | None = Field(default=None, ge=0, description="the policy's settle_days when None")
+    lifecycle_columns: list[str] = Field(
+        default=[],
+        description="columns filled when something happens later (an account closes): their empty share falls "
+        "with a row's age, so recent rows are always emptier; they are not judged for empty values",
+    )
     why: str = ""
 
 
@@ -886,6 +891,8 @@ def check_table(profile: TableProfile, history: Sequence[TableProfile], policy: 
         prev_nulls = prev_only(_series(prev.nulls, index, weekly, "nulls", ["column"]))
         prev_rows = prev_only(_series(prev.nulls, index, weekly, "rows", ["column"]))
     for col in nulls.columns if "null_rate" in settings.checks else []:
+        if col in settings.lifecycle_columns:
+            continue
         pn = prev_nulls[col].to_numpy() if prev_nulls is not None and col in prev_nulls.columns else None
         pr = prev_rows[col].to_numpy() if prev_rows is not None and col in prev_rows.columns else None
         if pr is not None:

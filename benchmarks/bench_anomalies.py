@@ -54,13 +54,31 @@ KIND = {"missing_day": "volume", "volume_spike": "volume", "empty_column": "null
 
 
 def world_policy(cfg: WorldConfig, **update: object) -> AnomalyPolicy:
+    """The policy judging the last 120 days, with the generator's known events acknowledged (as a data
+    engineer would acknowledge them once): the acquired company's customers migrate in the months after
+    `acquisition_date` (accounts, plan changes and amounts jump) and its own systems take no sign-ups
+    after it; the generator stops sign-ups 20 days before its export (new accounts and the consents
+    recorded at sign-up fall)."""
     acq, end = cfg.acquisition_date, cfg.window_end
+    early = acq - dt.timedelta(days=7)
     acks = [
-        Acknowledged(table=t, start=acq - dt.timedelta(days=7), end=acq + dt.timedelta(days=37), reason="migration")
+        Acknowledged(table=t, start=early, end=acq + dt.timedelta(days=100), reason="the acquired company's migration")
         for t in ("crm_accounts", "billing_accounts", "billing_transactions")
     ]
-    acks.append(Acknowledged(table="billing_accounts", kind="volume", start=end - dt.timedelta(days=35), end=end,
-                             reason="no sign-ups in the generator's last 20 days"))  # fmt: skip
+    acks += [
+        Acknowledged(table=t, kind="volume", start=early, end=end, reason="the acquired company takes no sign-ups")
+        for t in ("northwind_customers", "northwind_consents")
+    ]
+    acks += [
+        Acknowledged(
+            table=t,
+            kind="volume",
+            start=end - dt.timedelta(days=35),
+            end=end,
+            reason="the generator stops sign-ups 20 days before its export",
+        )  # fmt: skip
+        for t in ("crm_accounts", "billing_accounts", "consent_events")
+    ]
     return load_anomaly_policy().model_copy(update={"first_drop_days": 120, "acknowledged": acks, **update})
 
 

@@ -62,34 +62,33 @@ TIME_TABLES = [
 
 
 def world_policy(world, **update) -> AnomalyPolicy:
-    """The shipped policy judging the last 120 days, with the generator's two known events acknowledged.
-
-    The acquired company's customers migrate in the month after `acquisition_date` (accounts and plan
-    changes jump); the generator stops sign-ups 20 days before the export, so new billing accounts stop.
-    """
+    """The policy judging the last 120 days, with the generator's known events acknowledged (as a data
+    engineer would acknowledge them once): the acquired company's customers migrate in the months after
+    `acquisition_date` (accounts, plan changes and amounts jump) and its own systems take no sign-ups
+    after it; the generator stops sign-ups 20 days before its export (new accounts and the consents
+    recorded at sign-up fall)."""
     cfg = world.cfg
-    acq = cfg.acquisition_date
-    end = cfg.window_end
+    acq, end = cfg.acquisition_date, cfg.window_end
+    early = acq - dt.timedelta(days=7)
     acks = [
-        Acknowledged(
-            table=t,
-            start=acq - dt.timedelta(days=7),
-            end=acq + dt.timedelta(days=37),
-            reason="the acquired company's customers were migrated",
-        )  # fmt: skip
+        Acknowledged(table=t, start=early, end=acq + dt.timedelta(days=100), reason="the acquired company's migration")
         for t in ("crm_accounts", "billing_accounts", "billing_transactions")
     ]
-    acks.append(
+    acks += [
+        Acknowledged(table=t, kind="volume", start=early, end=end, reason="the acquired company takes no sign-ups")
+        for t in ("northwind_customers", "northwind_consents")
+    ]
+    acks += [
         Acknowledged(
-            table="billing_accounts",
+            table=t,
             kind="volume",
             start=end - dt.timedelta(days=35),
             end=end,
-            reason="the generator opens no accounts in the last 20 days before its export",
+            reason="the generator stops sign-ups 20 days before its export",
         )  # fmt: skip
-    )
-    base = load_anomaly_policy()
-    return base.model_copy(update={"first_drop_days": 120, "acknowledged": acks, **update})
+        for t in ("crm_accounts", "billing_accounts", "consent_events")
+    ]
+    return load_anomaly_policy().model_copy(update={"first_drop_days": 120, "acknowledged": acks, **update})
 
 
 def _copy_home(src: Settings, dst: Path) -> Settings:
@@ -157,7 +156,7 @@ def test_a_normal_drop_raises_nothing(clean) -> None:
     assert report.anomalies == [], "\n".join(report.lines())
     assert report.action == "none"
     acknowledged = {(a.table, a.kind) for a, _ in report.acknowledged}
-    assert acknowledged <= {("billing_accounts", "volume")}
+    assert acknowledged <= {("billing_accounts", "volume"), ("crm_accounts", "volume"), ("consent_events", "volume")}
     assert set(report.drops) >= set(TIME_TABLES) | {"product_catalogue"}
     assert any("product_catalogue: no time column" in n for n in report.notes)
 

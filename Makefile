@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # ... and its 20 s start-up limit is too short on a busy 2-core machine.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 
-.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-decide bench-monitor bench-drift bench-recommend bench-erase bench-spark clean
+.PHONY: install demo test lint unit bench bench-resolve bench-features bench-online bench-train bench-serve bench-decide bench-monitor bench-drift bench-recommend bench-erase bench-topics bench-spark clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,9 @@ bench-monitor: install
 
 bench-erase: install
 	$(BIN)/python -m benchmarks.bench_erase
+
+bench-topics: install
+	$(BIN)/python -m benchmarks.bench_topics
 
 # DuckDB against Spark (local[2]) for identity, features and batch scoring at 100k customers (CUSTOMERS=1000000 too).
 CUSTOMERS ?= 100000

@@ -166,6 +166,11 @@ class Settings(BaseSettings):
         description="Next-best-action decision policy YAML (actions, channels, capacity, caps, exploration, equity "
         "floor, fallback); the shipped decisions/policy.yaml when unset.",
     )
+    kpi_definitions: Path | None = Field(
+        default=None,
+        description="Operations KPI definitions YAML (FCR and repeat-contact windows, CSAT top box, NPS and CES "
+        "answers, cost per contact by channel, journey stages); the shipped insights/kpis.yaml when unset.",
+    )
     serving_api_keys: str = Field(
         default="",
         description="Comma-separated API keys the service accepts (Authorization: Bearer <key> or X-API-Key), "

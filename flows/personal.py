@@ -45,6 +45,7 @@ def catalogue(settings: Settings) -> list[PersonalStore]:
     """Every personal store of the platform, in erasure order: the data's sources first, identity among them."""
     from features.personal import personal_stores as feature_stores
     from governance.personal import personal_stores as governance_stores
+    from insights.personal import personal_stores as insights_stores
     from models.personal import personal_stores as model_stores
     from monitoring.personal import personal_stores as monitoring_stores
     from serving.personal import personal_stores as serving_stores
@@ -55,6 +56,7 @@ def catalogue(settings: Settings) -> list[PersonalStore]:
         # by the rows those still hold; governance last, as it tags the versions MLflow flagged and rebuilds the site
         *monitoring_stores(settings),
         *model_stores(settings),
+        *insights_stores(settings),
         *serving_stores(settings),
         *governance_stores(settings),
         ExportBundleStore(settings),

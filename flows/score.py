@@ -25,6 +25,7 @@ from custintel.sql import text_list as sql_text_list
 from features.featurestore.offline import available_as_of, partition_glob
 from features.featurestore.store import offline_root
 from flows.retries import io_task
+from governance.policy import Purpose
 from models.registry import CHAMPION, Registry
 from models.scores import BatchScorer, BatchScoringError, check_inputs, scores_table, write_scores
 
@@ -92,15 +93,24 @@ class ConsentFilter:
 
 def consent_filter(settings: Settings, family: str) -> ConsentFilter:
     """The family's purpose (governance policy) against each customer's latest consent decision recorded before now."""
+    from governance.policy import load_policy
+
+    policy = load_policy(settings.governance_policy)
+    purpose = policy.families[family].purpose if family in policy.families else None
+    return purpose_filter(settings, purpose) if purpose is not None else ConsentFilter()
+
+
+def purpose_filter(settings: Settings, purpose: Purpose) -> ConsentFilter:
+    """Who may be used for `purpose`: each customer's latest consent decision for it recorded before now.
+
+    Customers with no decision are allowed unless the governance policy's `unknown_consent` excludes them.
+    """
     from features.consent import ConsentTable, read_consent_history
     from governance.policy import load_policy
     from models.consent import status_before
     from serving.policy import load_serving_policy
 
     policy = load_policy(settings.governance_policy)
-    purpose = policy.families[family].purpose if family in policy.families else None
-    if purpose is None:
-        return ConsentFilter()
     sources = load_serving_policy(settings.serving_policy).consent_sources
     tables = [ConsentTable(s.table, s.record_table, s.record_id, s.purpose, s.status, s.recorded_at) for s in sources]
     history = read_consent_history(settings, tables)

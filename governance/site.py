@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import html
 import json
 import re
 import shutil
@@ -29,11 +28,19 @@ from html.parser import HTMLParser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from custintel.settings import Settings
+from governance.html import EXPERIMENTS_PAGE, FAVICON, OPERATIONS_PAGE
+from governance.html import escape as _e
+from governance.html import href as _href
+from governance.html import page as _page
+from governance.html import table as _table
+from governance.html import when as _time
+from governance.operations import copy_operations, render_operations_page
 from governance.store import GATE_TAG_PREFIX, decision_log
 from governance.trail import Verification, trail_path, verify
+from insights.report import latest_dir, read_report
 
 GATE_RESULT_TAG = GATE_TAG_PREFIX + "result"
 GATE_REASONS_TAG = GATE_TAG_PREFIX + "reasons"
@@ -44,27 +51,8 @@ MAIN_ALIASES = ("champion", "challenger", "previous")
 CARD_PAGES = ("card.html", "card.md")
 # At the site root: browsers ask for /favicon.ico on pages that name no icon (the copied cards), and a 404
 # there is a console error.
-FAVICON = "favicon.ico"
-EXPERIMENTS_PAGE = "experiments.html"
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
-_CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d232a;background:#fafbfc}
-header{background:#1f3a5f;color:#fff;padding:.6rem 1.5rem}header a{color:#fff;margin-right:1.2rem}
-header strong{margin-right:2rem}main{padding:1rem 1.5rem 2rem;max-width:1400px}
-h1{font-size:1.5rem;margin:.6rem 0}h2{font-size:1.2rem;margin-top:1.8rem}h3{font-size:1.05rem}
-table{border-collapse:collapse;width:100%;background:#fff;margin:.5rem 0}
-th,td{border:1px solid #d5dbe1;padding:.3rem .5rem;text-align:left;vertical-align:top}
-th{background:#eef1f4}td.when{white-space:nowrap}td ul{margin:0;padding-left:1.1rem}code{font-size:.85em}
-.badge{display:inline-block;padding:0 .45rem;border-radius:.7rem;font-size:.85em;font-weight:600;color:#fff}
-.promoted{background:#1e7d32}.blocked{background:#b3261e}.waived{background:#b26a00}.rolled_back{background:#5f6b76}
-.unknown{background:#8a94a0}.alias{background:#1f3a5f}
-tr.waived-row{background:#fff4e0}.waiver{font-weight:600;color:#8a4f00}
-tr.malformed td,li.malformed{background:#fdecea;font-family:monospace}
-.muted{color:#66707a}figure{display:inline-block;margin:.5rem 1rem .5rem 0}
-figure img{max-width:420px;border:1px solid #d5dbe1;background:#fff}figcaption{font-size:.85em;color:#66707a}
-footer{color:#66707a;font-size:.85em;padding:0 1.5rem 1.5rem}
-"""
 
 
 class SiteError(RuntimeError):
@@ -299,15 +287,6 @@ def copy_experiment_reports(experiments_dir: Path, site: Path) -> list[Experimen
 # --- rendering (pure) -------------------------------------------------------------------------------------------------
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _href(path: str, depth: int) -> str:
-    """A site-relative path as an escaped href from a page `depth` folders below the root."""
-    return _e("../" * depth + quote(path))
-
-
 def _version_key(version: str) -> tuple[int, int | str]:
     return (0, int(version)) if version.isdigit() else (1, version)
 
@@ -338,10 +317,6 @@ def _list(items: Iterable[object]) -> str:
     return f"<ul>{''.join(shown)}</ul>" if shown else '<span class="muted">—</span>'
 
 
-def _time(value: dt.datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "—"
-
-
 def _logged_time(value: str) -> str:
     """A decision's ISO time shown in UTC to the minute, or as written when it is not ISO."""
     try:
@@ -349,31 +324,6 @@ def _logged_time(value: str) -> str:
     except ValueError:
         return value
     return _time(parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC))
-
-
-def _table(headers: Sequence[str], rows: Iterable[str], empty: str) -> str:
-    body = "".join(rows)
-    if not body:
-        return f'<p class="muted">{_e(empty)}</p>'
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _page(title: str, body: str, depth: int, built: dt.datetime) -> str:
-    nav = (
-        f'<strong>custintel governance</strong><a href="{_href("index.html", depth)}">Models</a>'
-        f'<a href="{_href("decisions.html", depth)}">Decision log</a>'
-        f'<a href="{_href(EXPERIMENTS_PAGE, depth)}">Experiments</a>'
-        f'<a href="{_href("index.html", depth)}#drift">Drift reports</a>'
-    )
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<link rel="icon" href="{_href(FAVICON, depth)}"><title>{_e(title)}</title><style>{_CSS}</style></head>\n'
-        f"<body><header><nav>{nav}</nav></header>\n<main>{body}</main>\n"
-        f"<footer>Built {_e(_time(built))} by <code>custintel report</code> from the MLflow registry "
-        "and the gate's decision log.</footer></body></html>\n"
-    )
 
 
 def render_decision_rows(
@@ -500,6 +450,8 @@ def render_index(
         + f'<h2>Decisions</h2><p><a href="decisions.html">The decision log</a> ({_e(log_note)}), newest first.</p>'
         + render_chains(chains)
         + f'<h2>Experiments</h2><p><a href="{EXPERIMENTS_PAGE}">The experiments</a>: their latest analyses.</p>'
+        + f'<h2>Operations</h2><p><a href="{OPERATIONS_PAGE}">The operations page</a>: KPIs, ticket topics, '
+        "segments, actions and outcomes, source anomalies and open alerts.</p>"
         + '<h2 id="drift">Drift reports</h2>'
         + _table(["report", "written"], drift_rows, "No drift report yet.")
     )
@@ -634,12 +586,15 @@ def build_site(settings: Settings) -> Path:
         cards = {(c.model, c.version): c for c in card_files}
         drift = copy_drift_reports(settings.reports_dir / "monitoring", staging)
         experiments = copy_experiment_reports(settings.home_dir / "experiments", staging)
+        operations = read_report(latest_dir(settings))
+        copy_operations(latest_dir(settings), operations, staging)
         models = _with_unregistered(models, decisions, card_files)
         (staging / "models").mkdir()
         pages = {
             "index.html": render_index(models, decisions, drift, built, chains),
             "decisions.html": render_decisions_page(decisions, cards, built, chains),
             EXPERIMENTS_PAGE: render_experiments_page(experiments, built),
+            OPERATIONS_PAGE: render_operations_page(operations, built),
         }
         for model in models:
             pages[model_page_path(model.name)] = render_model_page(model, decisions, cards, built)

@@ -22,6 +22,7 @@ SHIPPED_TABLES = {
     "northwind_consents",
     "offer_test",
     "product_catalogue",
+    "knowledge_base_articles",
 }
 
 GOOD_CONTRACT = """\

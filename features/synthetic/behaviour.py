@@ -457,7 +457,8 @@ def simulate_behaviour(cfg: WorldConfig, rng: np.random.Generator, persons: pd.D
         if m % 3 == 1:
             ask = np.flatnonzero((span > 0) & (rng.random(n) < 0.09))
             score = np.clip(np.round(7.4 - 1.5 * d[ask] + 0.7 * engage[ask] + rng.normal(0, 1.4, ask.size)), 0, 10)
-            nps_rows.add(who=ask, time=_times(rng, ask, lo, span), score=score.astype(np.int64))
+            # `d` rides along (no draw) for the effort question, which sources.py draws from its own stream.
+            nps_rows.add(who=ask, time=_times(rng, ask, lo, span), score=score.astype(np.int64), d=d[ask])
 
         # Consent changes: withdrawals rise with dissatisfaction; a few re-grant.
         for purpose in ref.CONSENT_PURPOSES:
@@ -500,7 +501,7 @@ def simulate_behaviour(cfg: WorldConfig, rng: np.random.Generator, persons: pd.D
 
     tickets = tk.frame(["who", "time", "d"])
     events = ev.frame(["who", "time", "kind", "page", "age"])
-    nps = nps_rows.frame(["who", "time", "score"])
+    nps = nps_rows.frame(["who", "time", "score", "d"])
     consent = cons.frame(["who", "time", "purpose", "granted"])
 
     persons = persons.copy()

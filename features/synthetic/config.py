@@ -56,6 +56,20 @@ class WorldConfig(BaseModel):
     bias_group: str = Field(default="F", description="The protected group's value.")
     drift_date: dt.date | None = Field(default=None, description="After this date the population and behaviour shift.")
     drift_strength: float = Field(default=0.0, ge=0, le=3)
+    outbreak_topic: str | None = Field(
+        default=None,
+        description="Planted ticket topic whose tickets surge from outbreak_start (a topic id of "
+        "features.synthetic.tickets.TICKET_TOPICS, e.g. technical_app_update_login, new when it starts). "
+        "None: no outbreak.",
+    )
+    outbreak_start: dt.date | None = Field(default=None, description="First day of the planted outbreak.")
+    outbreak_strength: float = Field(
+        default=0.25,
+        gt=0,
+        le=5,
+        description="Extra outbreak tickets per day, as a share of the normal daily ticket volume.",
+    )
+    outbreak_days: int = Field(default=42, ge=1, le=400, description="How long the outbreak lasts, in days.")
     chunk_size: int = Field(
         default=50_000,
         ge=1_000,
@@ -73,6 +87,15 @@ class WorldConfig(BaseModel):
             raise ValueError("offer_test_date must be the first day of a month")
         if self.drift_date is not None and not self.window_start < self.drift_date < end:
             raise ValueError("drift_date must fall inside the exported window")
+        if (self.outbreak_topic is None) != (self.outbreak_start is None):
+            raise ValueError("outbreak_topic and outbreak_start go together: set both or neither")
+        if self.outbreak_start is not None and not self.window_start < self.outbreak_start < end:
+            raise ValueError("outbreak_start must fall inside the exported window")
+        if self.outbreak_topic is not None:
+            from features.synthetic.tickets import TICKET_TOPICS  # the taxonomy imports nothing of the config
+
+            if self.outbreak_topic not in TICKET_TOPICS:
+                raise ValueError(f"outbreak_topic {self.outbreak_topic!r} is not a planted topic")
         if self.window_start.day != 1:
             raise ValueError("window_start must be the first day of a month")
         return self

@@ -335,43 +335,8 @@ TICKET_CHANNEL_WEIGHTS = [0.38, 0.18, 0.30, 0.06, 0.08]
 TICKET_CATEGORIES = ["billing", "technical", "network", "account", "device", "cancellation"]
 TICKET_RESOLUTIONS = ["resolved", "escalated", "unresolved", "refund_issued", "customer_abandoned"]
 
-TICKET_TEXTS: dict[str, list[str]] = {
-    "billing": [
-        "I was charged twice for {product} this month, please refund.",
-        "My bill went up by ${amount} without any notice. Why?",
-        "The discount I was promised is not on my invoice",
-        "can someone explain the extra charge of ${amount}??",
-        "Autopay failed again; I don't want a late fee.",
-    ],
-    "technical": [
-        "{product} keeps disconnecting every few minutes",
-        'Cannot log in to the app, it says "session expired" over and over',
-        "Setup of {product} fails at step 3 with error E{amount}",
-        "Slow speeds since the last update, tried restarting twice.",
-    ],
-    "network": [
-        "No signal at home since Monday. Neighbours have the same problem",
-        "Dropped calls all the time downtown, this is unacceptable",
-        "Outage in my area? Nothing works, not even texts.",
-    ],
-    "account": [
-        "Please update my address, I moved last month.",
-        "I want to change the email on my account",
-        "How do I add my partner as an authorised user?",
-        "Password reset link never arrives",
-    ],
-    "device": [
-        "My phone screen cracked; is it covered by {product}?",
-        "The replacement device you sent is faulty",
-        "Battery drains in a few hours since I got it",
-    ],
-    "cancellation": [
-        "I want to cancel {product}. Competitor offers it for ${amount} less.",
-        "How do I close my account? Moving abroad.",
-        "Thinking of leaving, the service has been terrible lately",
-        "Cancel everything please. Third outage this month.",
-    ],
-}
+# Ticket text (planted topics, their templates and the personal data people type) lives in
+# features.synthetic.tickets.
 
 NPS_COMMENTS_LOW = [
     "Too expensive for what you get",

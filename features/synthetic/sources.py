@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from features.synthetic import reference as ref
+from features.synthetic import tickets
 from features.synthetic.behaviour import Behaviour
 from features.synthetic.config import WorldConfig
 from features.synthetic.noise import add_typos, blank_out, format_phone
@@ -34,6 +35,7 @@ SOURCE_FILES: dict[str, tuple[str, str, str]] = {
     "northwind_consents": ("northwind/CONSENTS.csv", "csv", ";"),
     "offer_test": ("experiments/retention_offer_2025.csv", "csv", ","),
     "product_catalogue": ("catalogue/products.csv", "csv", ","),
+    "knowledge_base_articles": ("knowledge_base/articles.csv", "csv", ","),  # features.synthetic.knowledge_base
 }
 
 BAD_DATES = ["2024-02-30", "31/02/2024", "0000-00-00", "yesterday", "2024-13-45"]
@@ -103,6 +105,7 @@ class RenderedChunk:
     source_records: pd.DataFrame
     injected: list[pd.DataFrame] = field(default_factory=list)
     not_yet_arrived: dict[str, int] = field(default_factory=dict)
+    truth: dict[str, pd.DataFrame] = field(default_factory=dict)  # extra truth tables, e.g. ticket_text
 
 
 def _iso(ts: pd.Series | np.ndarray, fmt: str = "%Y-%m-%d %H:%M:%S") -> pd.Series:
@@ -169,6 +172,7 @@ def render_chunk(cfg: WorldConfig, rng: np.random.Generator, beh: Behaviour, chu
     signup = p["signup_date"].to_numpy()
     records: list[pd.DataFrame] = []
     tables: dict[str, pd.DataFrame] = {}
+    truth: dict[str, pd.DataFrame] = {}
 
     # --- CRM: a primary record per person, and duplicates with realistic drift. ---
     primary_created = (
@@ -258,7 +262,7 @@ def render_chunk(cfg: WorldConfig, rng: np.random.Generator, beh: Behaviour, chu
     bill2_of = np.full(n, "", dtype=object)
     bill2_of[np.flatnonzero(second)] = billing2
     tables["billing_transactions"], late_tx = _transactions(cfg, rng, beh.transactions, billing_id, bill2_of, chunk)
-    tables["support_tickets"] = _tickets(cfg, rng, beh.tickets, ids, created, chunk)
+    tables["support_tickets"] = _tickets(cfg, rng, beh.tickets, ids, created, chunk, p, truth)
     tables["digital_events"], late_ev = _events(cfg, rng, beh.events, ids, created, chunk)
     tables["nps_responses"] = _nps(cfg, rng, beh.nps, ids, created, chunk)
     tables["consent_events"] = _consent(cfg, rng, beh.consent, p, ids, created, chunk)
@@ -278,8 +282,10 @@ def render_chunk(cfg: WorldConfig, rng: np.random.Generator, beh: Behaviour, chu
         tables,
         pd.concat(records, ignore_index=True),
         not_yet_arrived={"billing_transactions": late_tx, "digital_events": late_ev},
+        truth=truth,
     )
     _inject_defects(cfg, rng, out)
+    _plant_effort_errors(cfg, out, chunk)
     return out
 
 
@@ -507,6 +513,21 @@ def _pick_rows(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return (rng.random((probs.shape[0], 1)) > cum).sum(axis=1).clip(max=probs.shape[1] - 1)
 
 
+# After the drift date the service organisation is strained (the new, younger, price-sensitive customers
+# bring more contacts than it was staffed for): first-contact resolution and CSAT fall. Zero without drift,
+# so a world without drift is the same bytes as before; the same draws are made either way.
+SERVICE_STRAIN = 0.75  # logit points of first-contact resolution lost per unit of drift strength
+SERVICE_STRAIN_CSAT = 0.3  # CSAT points lost per logit point of strain (on top of the lost resolutions)
+
+
+def service_strain(cfg: WorldConfig, times: np.ndarray) -> np.ndarray:
+    """The strain on service at each ticket's time: SERVICE_STRAIN x drift strength after the drift date, else 0."""
+    if cfg.drift_date is None or cfg.drift_strength <= 0:
+        return np.zeros(times.size)
+    after = times >= np.datetime64(cfg.drift_date, "s")
+    return np.where(after, SERVICE_STRAIN * cfg.drift_strength, 0.0)
+
+
 def _tickets(
     cfg: WorldConfig,
     rng: np.random.Generator,
@@ -514,14 +535,73 @@ def _tickets(
     ids: dict[str, np.ndarray],
     created: dict[str, np.ndarray],
     chunk: int,
+    persons: pd.DataFrame,
+    truth: dict[str, pd.DataFrame],
 ) -> pd.DataFrame:
+    """The ticketing system's export; the text's planted topics and personal data go to `truth`."""
     tk = tk.sort_values("time", kind="stable").reset_index(drop=True)
-    m = len(tk)
     who = tk["who"].to_numpy()
     times = tk["time"].to_numpy().astype("datetime64[s]")
-    d = tk["d"].to_numpy()
+    trng = tickets.text_rng(cfg, chunk)
+    frame, category = _ticket_rows(cfg, rng, who, times, tk["d"].to_numpy(), ids, created, None)
+    written = tickets.write_ticket_texts(trng, tickets.draw_topics(trng, category), persons, who)
+    frame["description"] = written.text
+    frame["ticket_id"] = _ids("TK", chunk * 10_000_000 + np.arange(len(frame)), 9)
+    text_truth = written.truth.assign(ticket_id=frame["ticket_id"].to_numpy())
+
+    extra = tickets.outbreak_tickets(cfg, chunk, persons, times)
+    if extra.who.size and cfg.outbreak_topic is not None:
+        topic_id = cfg.outbreak_topic
+        outbreak_category = tickets.TICKET_TOPICS[topic_id].category
+        orows, _ = _ticket_rows(
+            cfg, extra.rng, extra.who, extra.time, np.full(extra.who.size, 0.5), ids, created, outbreak_category
+        )
+        owritten = tickets.write_ticket_texts(
+            extra.rng, np.full(extra.who.size, topic_id, dtype=object), persons, extra.who, outbreak=True
+        )
+        orows["description"] = owritten.text
+        # Ids of their own (the 5,000,000 block of the chunk), so no normal ticket's id moves.
+        orows["ticket_id"] = _ids("TK", chunk * 10_000_000 + 5_000_000 + np.arange(len(orows)), 9)
+        both = np.concatenate([times, extra.time])
+        order = np.argsort(both, kind="stable")
+        frame = pd.concat([frame, orows], ignore_index=True).iloc[order].reset_index(drop=True)
+        text_truth = pd.concat(
+            [text_truth, owritten.truth.assign(ticket_id=orows["ticket_id"].to_numpy())], ignore_index=True
+        )
+    truth["ticket_text"] = text_truth[tickets.TRUTH_COLUMNS]
+    return frame[
+        [
+            "ticket_id",
+            "crm_id",
+            "opened_at",
+            "channel",
+            "category",
+            "description",
+            "resolution",
+            "first_contact_resolution",
+            "resolved_at",
+            "csat",
+        ]
+    ]
+
+
+def _ticket_rows(
+    cfg: WorldConfig,
+    rng: np.random.Generator,
+    who: np.ndarray,
+    times: np.ndarray,
+    d: np.ndarray,
+    ids: dict[str, np.ndarray],
+    created: dict[str, np.ndarray],
+    category: str | None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every column of a ticket but its id and text, drawn from `rng` in the order the world was made with."""
+    m = who.size
     cat = np.array(ref.TICKET_CATEGORIES, dtype=object)[_pick_rows(rng, _category_probs(d))]
-    fcr = rng.random(m) < 1 / (1 + np.exp(-(0.9 - 0.6 * d)))
+    if category is not None:
+        cat = np.full(m, category, dtype=object)
+    strain = service_strain(cfg, times)
+    fcr = rng.random(m) < 1 / (1 + np.exp(-(0.9 - 0.6 * d - strain)))
     hours = rng.exponential(6, m) * np.where(fcr, 1, 8) * np.exp(0.3 * d)
     resolution = np.where(
         fcr,
@@ -532,33 +612,37 @@ def _tickets(
             p=[0.5, 0.2, 0.12, 0.1, 0.08],
         ),
     )
-    csat = np.clip(np.round(3.9 - 0.8 * d + 0.6 * fcr + rng.normal(0, 0.9, m)), 1, 5).astype(int).astype(str)
+    csat = np.round(3.9 - 0.8 * d + 0.6 * fcr - SERVICE_STRAIN_CSAT * strain + rng.normal(0, 0.9, m))
+    csat = np.clip(csat, 1, 5).astype(int).astype(str)
     csat = np.where(rng.random(m) < 0.45, "", csat)
+    # The text now comes from features.synthetic.tickets on a generator of its own, but these draws
+    # (a product, an amount and a template per ticket) stay: removing them would shift every later
+    # draw of the chunk's generator and so change every other column and table of the world.
     product_names = np.array([q[1] for q in ref.PRODUCTS], dtype=object)
-    prod = rng.choice(product_names, m)
-    amount = rng.integers(5, 60, m)
-    text = np.empty(m, dtype=object)
-    for c, templates in ref.TICKET_TEXTS.items():
-        sel = np.flatnonzero(cat == c)
-        pick = rng.integers(0, len(templates), sel.size)
-        for j, i in enumerate(sel):
-            text[i] = templates[pick[j]].format(product=prod[i], amount=amount[i])
+    rng.choice(product_names, m)
+    rng.integers(5, 60, m)
+    for c, n_templates in _LEGACY_TEMPLATE_COUNTS.items():
+        rng.integers(0, n_templates, int(np.count_nonzero(cat == c)))
     resolved_at = times + (hours * 3600).astype(np.int64) * _SEC
     open_now = resolved_at >= np.datetime64(cfg.window_end, "s")
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
-            "ticket_id": _ids("TK", chunk * 10_000_000 + np.arange(m), 9),
             "crm_id": _route(rng, who, times, ids, created),
             "opened_at": _iso(times).to_numpy(),
             "channel": rng.choice(ref.TICKET_CHANNELS, m, p=ref.TICKET_CHANNEL_WEIGHTS),
             "category": cat,
-            "description": text,
             "resolution": np.where(open_now, "open", resolution),
             "first_contact_resolution": np.where(fcr & ~open_now, "true", "false"),
             "resolved_at": np.where(open_now, "", _iso(resolved_at).to_numpy()),
             "csat": csat,
         }
     )
+    return frame, cat
+
+
+# How many text templates each category had before ticket text got planted topics: the
+# generator still draws one index per ticket from these ranges to keep the world's bytes.
+_LEGACY_TEMPLATE_COUNTS = {"billing": 5, "technical": 4, "network": 3, "account": 4, "device": 3, "cancellation": 4}
 
 
 def _events(
@@ -597,6 +681,26 @@ def _events(
     return frame[arrived].reset_index(drop=True), int((~arrived).sum())
 
 
+# The effort question (CES, Dixon et al. 2010): "The company made it easy to handle my issue", 1-7.
+# Drawn from streams of their own, seeded from (seed, chunk, constant), so adding it moved no other value.
+EFFORT_STREAM = 0xCE5
+EFFORT_ERROR_STREAM = 0xCE6
+EFFORT_ANSWERED = 0.6  # share of respondents who answer the effort question (the rest leave it blank)
+EFFORT_BASE = 5.3
+EFFORT_D = 0.9  # how strongly dissatisfaction (the latent driver of NPS) lowers the ease reported
+EFFORT_NOISE_SD = 1.0
+EFFORT_OUT_OF_RANGE = ["0", "8", "99"]
+
+
+def effort_answers(cfg: WorldConfig, d: np.ndarray, chunk: int) -> np.ndarray:
+    """Effort answers as exported: "1".."7", or "" for respondents who skipped the question."""
+    g = np.random.default_rng([cfg.seed, chunk, EFFORT_STREAM])
+    m = d.size
+    answered = g.random(m) < EFFORT_ANSWERED
+    effort = np.clip(np.round(EFFORT_BASE - EFFORT_D * d + g.normal(0, EFFORT_NOISE_SD, m)), 1, 7).astype(int)
+    return np.where(answered, effort.astype(str), "").astype(object)
+
+
 def _nps(
     cfg: WorldConfig,
     rng: np.random.Generator,
@@ -617,8 +721,28 @@ def _nps(
             "survey_date": _iso(times, "%m/%d/%Y").to_numpy(),
             "score": score.astype(str),
             "comment": np.where(rng.random(m) < 0.35, comment, ""),
+            "effort": effort_answers(cfg, nps["d"].to_numpy(dtype=float), chunk),
         }
     )
+
+
+def _plant_effort_errors(cfg: WorldConfig, out: RenderedChunk, chunk: int) -> None:
+    """Out-of-range effort answers on a few survey rows no other defect touched, recorded in the truth.
+
+    A stream of its own picks them, after the chunk's defects are injected, so no other value moves.
+    """
+    frame = out.tables["nps_responses"]
+    broken: set[int] = set()
+    for inj in out.injected:
+        if len(inj) and inj["table"].iloc[0] == "nps_responses":
+            broken |= set(inj["row"].tolist())
+    g = np.random.default_rng([cfg.seed, chunk, EFFORT_ERROR_STREAM])
+    hit = np.flatnonzero(g.random(len(frame)) < cfg.malformed_rate / 2)
+    hit = hit[~np.isin(hit, list(broken))]
+    if hit.size == 0:
+        return
+    frame.loc[hit, "effort"] = np.array(EFFORT_OUT_OF_RANGE, dtype=object)[g.integers(0, 3, hit.size)]
+    out.injected.append(pd.DataFrame({"table": "nps_responses", "row": hit, "field": "effort", "kind": "out_of_range"}))
 
 
 def _consent(

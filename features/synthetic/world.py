@@ -23,6 +23,7 @@ from features.lake import file_digest
 from features.synthetic import reference as ref
 from features.synthetic.behaviour import Behaviour, simulate_behaviour
 from features.synthetic.config import WorldConfig
+from features.synthetic.knowledge_base import write_knowledge_base
 from features.synthetic.people import N_FACTORS, simulate_persons
 from features.synthetic.sources import QUOTE_ALL_TABLES, SOURCE_FILES, RenderedChunk, render_chunk
 
@@ -35,6 +36,7 @@ TRUTH_FILES = {
     "product_affinity": "product_affinity.parquet",
     "treatment_effect": "treatment_effect.parquet",
     "injected_errors": "injected_errors.parquet",
+    "ticket_text": "ticket_text.parquet",
 }
 _TRUTH_PERSON_COLUMNS = [
     "person_id",
@@ -173,6 +175,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path, on_chunk: Callable[[int, int
         truth["churn_risk"].write(b.churn_risk)
         truth["product_affinity"].write(b.affinity)
         truth["treatment_effect"].write(b.treatment)
+        truth["ticket_text"].write(sim.rendered.truth["ticket_text"])
         for inj in sim.rendered.injected:
             if len(inj):
                 table = inj["table"].iloc[0]
@@ -202,6 +205,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path, on_chunk: Callable[[int, int
     ref.product_catalogue().to_csv(out_dir / catalogue_path, index=False, sep=sep, lineterminator="\n")
     summary.rows = {t: w.rows for t, w in writers.items()}
     summary.rows["product_catalogue"] = len(ref.PRODUCTS)
+    summary.rows["knowledge_base_articles"] = write_knowledge_base(cfg, out_dir, truth_dir)
     summary.truth_rows = {t: w.rows for t, w in truth.items()}
     inj = pd.read_parquet(truth_dir / TRUTH_FILES["injected_errors"])
     summary.injected = {str(k): int(v) for k, v in inj.groupby("kind").size().items()}

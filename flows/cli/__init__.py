@@ -14,6 +14,8 @@ from flows.cli import dsar, retention  # noqa: I001  # isort: skip
 from flows.cli import decisions  # noqa: I001  # isort: skip
 from flows.cli import experiments, experiment_analysis, causal  # noqa: I001  # isort: skip
 from flows.cli import score, stack  # noqa: I001  # isort: skip
+from flows.cli import insights  # noqa: I001  # isort: skip
 
 __all__ = ["app", "audit", "causal", "data", "decisions", "demo", "dsar", "experiment_analysis", "experiments",
-           "export", "features", "identity", "models", "operations", "retention", "score", "stack"]  # fmt: skip
+           "export", "features", "identity", "insights", "models", "operations", "retention", "score",
+           "stack"]  # fmt: skip

@@ -1,0 +1,1 @@
+"""Ticket text: masking of personal data, topics, and emerging-issue alerts."""

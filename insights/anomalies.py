@@ -48,6 +48,8 @@ from custintel.sql import text as sql_text
 from custintel.yaml_config import load_yaml_model
 from features.contracts import ColumnRule, Contract
 from features.lake import IngestError, LakeManifest, lake_contract, read_manifest
+from insights.errors import InsightsError
+from insights.report import Anomaly as PageAnomaly
 
 Severity = Literal["high", "medium"]
 Kind = Literal["volume", "table_volume", "quarantine_rate", "null_rate", "distribution", "empty_table", "missing_table"]
@@ -57,7 +59,7 @@ _TIME_CLASSES = ("behavioural", "inferred")
 _NOT_TIME = ("loaded_at", "updated_at")
 
 
-class AnomalyError(ValueError):
+class AnomalyError(InsightsError):
     """The checks cannot run: a bad policy, or a lake without the table asked for."""
 
 
@@ -1114,6 +1116,31 @@ def save_anomaly_report(settings: Settings, report: AnomalyReport) -> Path:
     with open(folder / "history.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(data, sort_keys=True) + "\n")
     return latest
+
+
+def latest_anomaly_report(settings: Settings) -> AnomalyReport | None:
+    """The last saved check (`save_anomaly_report`), or None when sources were never checked."""
+    latest = anomalies_dir(settings) / "latest.json"
+    if not latest.is_file():
+        return None
+    return AnomalyReport.from_dict(json.loads(latest.read_text(encoding="utf-8")))
+
+
+def page_rows(report: AnomalyReport) -> list[PageAnomaly]:
+    """The anomalies as the operations report's rows (severity high -> critical, medium -> warning)."""
+    return [
+        PageAnomaly(
+            table=a.table,
+            column=a.column,
+            day=a.day.isoformat() if a.day else None,
+            kind=a.kind,
+            observed=a.observed,
+            expected=a.expected,
+            severity="critical" if a.severity == "high" else "warning",
+            message=a.message,
+        )
+        for a in report.anomalies
+    ]
 
 
 def raise_if_stopped(report: AnomalyReport) -> AnomalyReport:

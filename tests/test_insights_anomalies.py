@@ -39,7 +39,9 @@ from insights.anomalies import (
     apply_policy,
     check_sources,
     check_table,
+    latest_anomaly_report,
     load_anomaly_policy,
+    page_rows,
     profile_lake,
     profile_root,
     raise_if_stopped,
@@ -186,6 +188,9 @@ def test_stop_policy_stops_the_build_on_a_high_anomaly(outage, world) -> None:
     assert save_anomaly_report(settings, report) == latest  # the same check: saved once
     assert len((latest.parent / "history.jsonl").read_text().splitlines()) == 1
     assert check_sources(settings, world_policy(world)) == report  # the same drops and policy: the saved report
+    assert latest_anomaly_report(settings) == report
+    rows = page_rows(report)
+    assert {r.severity for r in rows} == {"critical", "warning"} and rows[0].message == report.anomalies[0].message
     shown = json.loads(latest.read_text())
     assert shown["action"] == "warn" and len(shown["anomalies"]) == len(report.anomalies)
     assert {"drop_id", "table", "column", "day", "kind", "observed", "expected", "severity", "message"} <= set(

@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python -m benchmarks.bench_anomalies                          # 3,000 customers, seeds 11 12 13
     .venv/bin/python -m benchmarks.bench_anomalies --customers 20000 --seeds 7 --outages 1
 
-Per seed: a world is generated and ingested (cached under ``--workdir``), then
+per seed: a world is generated and ingested (cached under ``--workdir``, keyed by the generator code), then
 - **clean**: `check_sources` on the clean drop, judging the last 120 days (the generator's two known
   events acknowledged, as in tests/test_insights_anomalies.py): anomalies found;
 - **slices**: the clean profiles cut every 14 days from day 100 on, each table judged like a first drop
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.machine import machine_info
+from benchmarks.machine import code_digest, machine_info
 from custintel.settings import Settings
 from features.lake import ingest_drop
 from features.synthetic import WorldConfig, generate_world
@@ -108,7 +108,8 @@ def main() -> int:
     met = True
     for seed in args.seeds:
         cfg = WorldConfig(customers=args.customers, seed=seed, chunk_size=min(args.customers, 50_000))
-        root = args.workdir / f"{args.customers}-s{seed}"
+        # the generator's and the contracts' code in the name: a cached world from older code is not reused
+        root = args.workdir / f"{args.customers}-s{seed}-{code_digest(('features/synthetic', 'features/contracts'))}"
         drop = build(cfg, root)
         clean_home = root / "clean-home"
         shutil.rmtree(clean_home, ignore_errors=True)

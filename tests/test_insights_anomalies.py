@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -343,3 +344,20 @@ def test_slicing_a_table_without_time_column_is_refused(clean) -> None:
     settings, _ = clean
     with pytest.raises(AnomalyError, match="product_catalogue has no time column"):
         slice_profile(stored_profiles(settings, "product_catalogue")[-1], dt.date(2025, 1, 1))
+
+
+def test_distribution_check_finds_a_new_mix_and_ignores_noise() -> None:
+    rng = np.random.default_rng(6)
+    counts = [int(c) for c in rng.poisson(800, 90)]
+    profile = _profile(counts)
+    rows = []
+    for i, n in enumerate(counts):
+        shares = [0.6, 0.3, 0.1] if i < 75 else [0.2, 0.3, 0.5]  # a mapping change from day 75 on
+        for bucket, k in zip(["web", "app", "store"], rng.multinomial(n, shares), strict=True):
+            rows.append({"day": profile.volume["day"][i], "column": "channel", "bucket": bucket, "count": int(k)})
+    shifted = replace(profile, values=pd.DataFrame(rows))
+    found = check_table(shifted, [], AnomalyPolicy(first_drop_days=None))
+    assert [(a.kind, a.column, a.day) for a in found] == [("distribution", "channel", dt.date(2025, 3, 22))]
+    assert found[0].observed >= 0.25 and found[0].until == dt.date(2025, 4, 5)
+    calm = pd.DataFrame([r for r in rows if r["day"] < pd.Timestamp("2025-03-22")])
+    assert check_table(replace(profile, values=calm), [], AnomalyPolicy(first_drop_days=None)) == []

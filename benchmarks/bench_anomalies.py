@@ -5,8 +5,8 @@ Run from the repository root::
     .venv/bin/python -m benchmarks.bench_anomalies                          # 3,000 customers, seeds 11 12 13
     .venv/bin/python -m benchmarks.bench_anomalies --customers 20000 --seeds 7 --outages 1
 
-per seed: a world is generated and ingested (cached under ``--workdir``, keyed by the generator code), then
-- **clean**: `check_sources` on the clean drop, judging the last 120 days (the generator's two known
+Per seed: a world is generated and ingested (cached under ``--workdir``, keyed by the generator code), then
+- **clean**: `check_sources` on the clean drop, judging the last 120 days (the generator's known
   events acknowledged, as in tests/test_insights_anomalies.py): anomalies found;
 - **slices**: the clean profiles cut every 14 days from day 100 on, each table judged like a first drop
   (the shipped policy, 35 days): table-slices with any anomaly / table-slices;

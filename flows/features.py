@@ -53,6 +53,7 @@ from features.featurestore.steps import (
 )
 from features.featurestore.store import feature_config, offline_root, write_build_report
 from flows.retries import io_task
+from insights.anomalies import check_sources, raise_if_stopped, save_anomaly_report
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ def run_feature_build(
 ) -> dict[str, Any]:
     """Build every feature set, the interactions and the labels for the cutoffs; store them; report."""
     started = time.perf_counter()
+    sources = check_sources(settings)  # source anomalies, before anything is built (insights/anomalies.yaml)
+    save_anomaly_report(settings, sources)
+    for line in sources.lines():
+        log(line)
+    raise_if_stopped(sources)
     config = feature_config(settings)
     con, inputs = steps.load_inputs(settings, config)
     try:
@@ -97,7 +103,9 @@ def run_feature_build(
                     f"building on Spark ({settings.spark_master}): the lake read and the same definitions, transpiled "
                     "from DuckDB SQL"
                 )
-            return _build(settings, config, engine, inputs, as_of, online, steps, log, started)
+            report = _build(settings, config, engine, inputs, as_of, online, steps, log, started)
+            report["source_anomalies"] = sources.lines()
+            return report
         finally:
             if engine is not con:
                 engine.close()

@@ -29,6 +29,7 @@ from features.lake import IngestError, read_lake_table
 from flows.retries import io_task
 from flows.score import ConsentFilter, purpose_filter
 from insights.actions import action_rows
+from insights.anomalies import latest_anomaly_report, page_rows
 from insights.errors import InsightsError
 from insights.kpis import (
     KPI_LABELS,
@@ -407,6 +408,19 @@ def run_insights(settings: Settings, as_of: dt.date | None, log: Callable[[str],
     log("reading the decisions and their outcomes")
     report.actions, report.actions_note = decision_actions(settings, now)
     report.alerts.extend(monitoring_alerts(settings))
+    sources = latest_anomaly_report(settings)
+    report.anomalies = page_rows(sources) if sources else []
+    for a in report.anomalies:
+        if a.severity != "info":
+            report.alerts.append(
+                Alert(
+                    source="sources",
+                    severity=a.severity,
+                    title=f"{a.table}{'.' + a.column if a.column else ''}: {a.kind}",
+                    detail=a.message,
+                    since=a.day,
+                )  # fmt: skip
+            )
     target = latest_dir(settings)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".latest-new-", dir=target.parent)

@@ -61,6 +61,7 @@ def run_feature_build(
     from features.featurestore.online import OnlineStoreError
     from features.featurestore.quality import FeatureQualityError
     from features.lake import IngestError
+    from insights.anomalies import AnomalyError, SourcesStopped
 
     config = settings()
     if data_engine is not None:
@@ -78,7 +79,7 @@ def run_feature_build(
         return build(config, as_of, online, PLAIN_STEPS, say)
 
     errors = (FeatureBuildError, FeatureConfigError, FeatureInputError, FeatureQualityError, OfflineStoreError,
-              OnlineStoreError, IngestError)  # fmt: skip
+              OnlineStoreError, IngestError, AnomalyError, SourcesStopped)  # fmt: skip
     return run_engine(engine, "Building features", "build_features", under_prefect, locally, errors)
 
 

@@ -220,6 +220,9 @@ def print_feature_build(report: dict[str, Any]) -> None:
             console.print(f"online ({o['store']}): {key} kept: {o['skipped']} than {o['as_of']} (a backfill)")
         else:
             console.print(f"online ({o['store']}): {key} as of {o['as_of']}: {o['customers']:,} customers")
+    for line in report.get("source_anomalies", []):
+        kind = "source check" if line.startswith("note: ") else "[yellow]source anomaly[/]"
+        console.print(f"{kind} {escape(line.removeprefix('note: '))}", soft_wrap=True, highlight=False)
     console.print(f"seconds: {report['seconds']}")
     console.print(f"Offline store: [bold]{report['offline_root']}[/]  manifest: [bold]{report['report_path']}[/]")
 

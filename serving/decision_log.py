@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -147,6 +148,22 @@ def new_decision_id() -> str:
     return uuid.uuid4().hex
 
 
+def new_decision_ids(n: int) -> list[str]:
+    """`n` decision ids at once, each exactly as `new_decision_id` makes one (a random UUID4's 32 hex digits).
+
+    One read of the system's random source for a whole campaign, the UUID4 version and variant bits set
+    as `uuid.uuid4` sets them, instead of a `UUID` object per decision.
+    """
+    if n <= 0:
+        return []
+    raw = bytearray(os.urandom(16 * n))
+    for at in range(0, 16 * n, 16):
+        raw[at + 6] = (raw[at + 6] & 0x0F) | 0x40  # version 4
+        raw[at + 8] = (raw[at + 8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return [text[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
 def seed_of(decision_id: str) -> int:
     """The arbitration's seed for a decision, derived from its id (replaying the id replays the draw)."""
     return int(decision_id[:15], 16)
@@ -247,6 +264,28 @@ class DecisionLog:
             con.executemany(_INSERT, [d.row() for d in decisions])
             if exposures:
                 con.executemany(_EXPOSE, [e.row() for e in exposures])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def write_rows(self, rows: Sequence[tuple[Any, ...]], exposures: Sequence[tuple[Any, ...]] = ()) -> None:
+        """Insert decision rows and exposure rows in one transaction: a campaign's log, one commit.
+
+        Rows in `DECISION_COLUMNS` order, JSON columns serialised (as `LoggedDecision.row` makes them); exposures
+        in `EXPOSURE_COLUMNS` order.
+        """
+        if not rows and not exposures:
+            return
+        con = self._con()
+        if len(rows) == 1 and not exposures:
+            con.execute(_INSERT, rows[0])  # autocommit: one statement, one transaction
+            return
+        con.execute("BEGIN")
+        try:
+            con.executemany(_INSERT, rows)
+            if exposures:
+                con.executemany(_EXPOSE, exposures)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -434,10 +434,9 @@ def _distribution(arms: Sequence[str], target: str, epsilon: float) -> dict[str,
 
 def _decision(
     policy: DecisionPolicy,
+    plan: _Plan,
     state: CustomerState,
-    channel: str,
     ranked: Sequence[str],
-    idle: Sequence[str],
     target: str,
     draws: tuple[float, float],
     candidate: Callable[[str], Candidate],
@@ -450,21 +449,26 @@ def _decision(
 ) -> Decision:
     """One decision: explore with the policy's share among `ranked` + `idle` arms, else take `target`.
 
-    `draws` are two uniforms (explore?, which arm?); `candidate(name)` scores a ranked arm on demand.
+    `draws` are two uniforms (explore?, which arm?); `candidate(name)` scores a ranked arm on demand; the
+    no-contact arms are the plan's (`plan.idle`).
     """
+    channel, idle = plan.channel, plan.idle
     arms = [*ranked, *idle]
     epsilon = policy.exploration if len(arms) > 1 else 0.0
     probs = _distribution(arms, target, epsilon)
     explored = draws[0] < epsilon
     chosen = arms[min(int(draws[1] * len(arms)), len(arms) - 1)] if explored else target
-    spec = _plan(policy, channel).specs[chosen]
+    spec = plan.specs[chosen]
     if chosen in idle:
         first = Candidate(chosen, channel, 0.0, 0.0, 1.0, 0.0, [], spec.kind, 0.0)
         actions = [first]
     else:
         first = candidate(chosen)
-        more = itertools.islice((a for a in ranked if a != chosen), policy.max_actions - 1)
-        actions = [first, *map(candidate, more)]
+        if policy.max_actions > 1:
+            more = itertools.islice((a for a in ranked if a != chosen), policy.max_actions - 1)
+            actions = [first, *map(candidate, more)]
+        else:
+            actions = [first]
     is_fallback = not explored and fallback_reason is not None
     reasons = list(first.reasons)
     if explored:
@@ -531,10 +535,9 @@ def decide(
     draws = random.Random(seed)
     return _decision(
         policy,
+        plan,
         state,
-        channel,
         [c.action for c in found],
-        plan.idle,
         found[0].action if found else policy.fallback,
         (draws.random(), draws.random()),
         by_name.__getitem__,
@@ -676,6 +679,7 @@ def _matrix(
     last_ago = np.full((n, width), 10**9, dtype=np.int64)
     shared: dict[int, tuple[Mapping[str, float], list[int]]] = {}  # a margin table is usually everyone's
     held_at: list[tuple[int, int]] = []
+    contacts: list[tuple[int, int, int]] = []  # (customer, action column, days ago) of each past contact
     for i, s in enumerate(states):
         if s.margin:
             entry = shared.get(id(s.margin))
@@ -688,13 +692,14 @@ def _matrix(
         if s.history:
             for name, day in s.history:
                 j = col.get(name)
-                if j is None:
-                    continue
-                ago = (today - (day.date() if isinstance(day, dt.datetime) else day)).days
-                if ago < actions[j].window_days:
-                    recent[i, j] += 1
-                if ago < last_ago[i, j]:
-                    last_ago[i, j] = ago
+                if j is not None:
+                    contacts.append((i, j, (today - (day.date() if isinstance(day, dt.datetime) else day)).days))
+    if contacts:  # counted and the latest found with array operations, not an array element at a time
+        past = np.array(contacts, dtype=np.int64)
+        who_i, who_j, ago = past[:, 0], past[:, 1], past[:, 2]
+        windows = np.array([a.window_days for a in actions], dtype=np.int64)
+        np.add.at(recent, (who_i, who_j), (ago < windows[who_j]).astype(np.int64))
+        np.minimum.at(last_ago, (who_i, who_j), ago)
     for table, who in shared.values():
         margin[who] = np.array([table.get(q, nan) for q in products], dtype=float)
     if held_at:
@@ -1032,10 +1037,9 @@ def decide_batch(
         decisions.append(
             _decision(
                 policy,
+                plan,
                 state,
-                channel,
                 ranked,
-                plan.idle,
                 name,
                 (draws[i][0], draws[i][1]),
                 lambda a, i=i: m.candidate(i, column[a]),  # type: ignore[misc]

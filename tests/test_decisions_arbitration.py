@@ -435,9 +435,11 @@ def _equity_by_pandas(policy: DecisionPolicy, groups: list, eligible_kinds: list
         mask = np.array([kind in kinds for kinds in eligible_kinds], dtype=bool) & known
         if not mask.any():
             continue
-        counts = pd.DataFrame({"group": labels[mask], "given": given_array[mask] == kind}).groupby(
-            "group", sort=True
-        )["given"].agg(["size", "sum"])
+        counts = (
+            pd.DataFrame({"group": labels[mask], "given": given_array[mask] == kind})
+            .groupby("group", sort=True)["given"]
+            .agg(["size", "sum"])
+        )
         sizes = {str(g): int(k) for g, k in counts["size"].items()}
         sums = {str(g): int(k) for g, k in counts["sum"].items()}
         rates = {g: sums[g] / sizes[g] for g in sizes if sizes[g] >= spec.min_group_size}
@@ -463,7 +465,7 @@ def test_batch_tables_equal_the_pandas_group_by_they_replace(channel: str, capac
     import pandas as pd
 
     from benchmarks.bench_decide import synthetic_states
-    from decisions.arbitration import JUDGED_KINDS, _matrix, _OK, _plan
+    from decisions.arbitration import _OK, JUDGED_KINDS, _matrix, _plan
 
     policy = load_policy()
     states = [dataclasses.replace(s, group=None) if i % 9 == 0 else s for i, s in enumerate(synthetic_states(3000))]

@@ -86,6 +86,8 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_customer ON decisions (customer_key, decided_at);
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (decided_at);
+-- covers `contacts_since` (a campaign's capacity left today): counted from the index, not today's whole rows
+CREATE INDEX IF NOT EXISTS decisions_channel_at ON decisions (channel, decided_at, fallback, action);
 CREATE TABLE IF NOT EXISTS outcomes (
     outcome_id TEXT PRIMARY KEY,
     decision_id TEXT NOT NULL REFERENCES decisions (decision_id) ON DELETE CASCADE,

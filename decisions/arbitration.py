@@ -23,8 +23,8 @@ import datetime as dt
 import heapq
 import itertools
 import math
-import operator
 import random
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -434,10 +434,9 @@ def _distribution(arms: Sequence[str], target: str, epsilon: float) -> dict[str,
 
 def _decision(
     policy: DecisionPolicy,
+    plan: _Plan,
     state: CustomerState,
-    channel: str,
     ranked: Sequence[str],
-    idle: Sequence[str],
     target: str,
     draws: tuple[float, float],
     candidate: Callable[[str], Candidate],
@@ -450,21 +449,26 @@ def _decision(
 ) -> Decision:
     """One decision: explore with the policy's share among `ranked` + `idle` arms, else take `target`.
 
-    `draws` are two uniforms (explore?, which arm?); `candidate(name)` scores a ranked arm on demand.
+    `draws` are two uniforms (explore?, which arm?); `candidate(name)` scores a ranked arm on demand; the
+    no-contact arms are the plan's (`plan.idle`).
     """
+    channel, idle = plan.channel, plan.idle
     arms = [*ranked, *idle]
     epsilon = policy.exploration if len(arms) > 1 else 0.0
     probs = _distribution(arms, target, epsilon)
     explored = draws[0] < epsilon
     chosen = arms[min(int(draws[1] * len(arms)), len(arms) - 1)] if explored else target
-    spec = _plan(policy, channel).specs[chosen]
+    spec = plan.specs[chosen]
     if chosen in idle:
         first = Candidate(chosen, channel, 0.0, 0.0, 1.0, 0.0, [], spec.kind, 0.0)
         actions = [first]
     else:
         first = candidate(chosen)
-        more = itertools.islice((a for a in ranked if a != chosen), policy.max_actions - 1)
-        actions = [first, *map(candidate, more)]
+        if policy.max_actions > 1:
+            more = itertools.islice((a for a in ranked if a != chosen), policy.max_actions - 1)
+            actions = [first, *map(candidate, more)]
+        else:
+            actions = [first]
     is_fallback = not explored and fallback_reason is not None
     reasons = list(first.reasons)
     if explored:
@@ -531,10 +535,9 @@ def decide(
     draws = random.Random(seed)
     return _decision(
         policy,
+        plan,
         state,
-        channel,
         [c.action for c in found],
-        plan.idle,
         found[0].action if found else policy.fallback,
         (draws.random(), draws.random()),
         by_name.__getitem__,
@@ -664,17 +667,11 @@ def _matrix(
     blank = (nan,) * len(products)
     rows: list[tuple[float, ...]] = []
     if products:
-        pick = operator.itemgetter(*products)
         for s in states:
             scores = s.propensity
-            if not scores:
-                rows.append(blank)
-                continue
-            try:
-                got = pick(scores)
-                rows.append(got if len(products) > 1 else (got,))
-            except KeyError:  # some products without a score (held, or not offered): None reads as NaN
-                rows.append(tuple(map(scores.get, products)))  # type: ignore[arg-type]
+            # a product without a score (held, or not offered) reads None, NaN in the float array; one `get` per
+            # product costs half what an itemgetter does once a missing product raises
+            rows.append(tuple(map(scores.get, products)) if scores else blank)  # type: ignore[arg-type]
     propensity = np.array(rows, dtype=float).reshape(n, len(products))
     margin = np.full((n, len(products)), np.nan)
     held = np.zeros((n, len(products)), dtype=bool)
@@ -682,6 +679,7 @@ def _matrix(
     last_ago = np.full((n, width), 10**9, dtype=np.int64)
     shared: dict[int, tuple[Mapping[str, float], list[int]]] = {}  # a margin table is usually everyone's
     held_at: list[tuple[int, int]] = []
+    contacts: list[tuple[int, int, int]] = []  # (customer, action column, days ago) of each past contact
     for i, s in enumerate(states):
         if s.margin:
             entry = shared.get(id(s.margin))
@@ -694,13 +692,14 @@ def _matrix(
         if s.history:
             for name, day in s.history:
                 j = col.get(name)
-                if j is None:
-                    continue
-                ago = (today - (day.date() if isinstance(day, dt.datetime) else day)).days
-                if ago < actions[j].window_days:
-                    recent[i, j] += 1
-                if ago < last_ago[i, j]:
-                    last_ago[i, j] = ago
+                if j is not None:
+                    contacts.append((i, j, (today - (day.date() if isinstance(day, dt.datetime) else day)).days))
+    if contacts:  # counted and the latest found with array operations, not an array element at a time
+        past = np.array(contacts, dtype=np.int64)
+        who_i, who_j, ago = past[:, 0], past[:, 1], past[:, 2]
+        windows = np.array([a.window_days for a in actions], dtype=np.int64)
+        np.add.at(recent, (who_i, who_j), (ago < windows[who_j]).astype(np.int64))
+        np.minimum.at(last_ago, (who_i, who_j), ago)
     for table, who in shared.values():
         margin[who] = np.array([table.get(q, nan) for q in products], dtype=float)
     if held_at:
@@ -834,19 +833,29 @@ _EQUITY_COLUMNS = ["kind", "group", "eligible", "allocated", "rate", "judged", "
 def _equity(
     policy: DecisionPolicy, groups: np.ndarray, eligible_by_kind: Mapping[str, np.ndarray], given: np.ndarray
 ) -> pd.DataFrame:
-    """The equity table from arrays: group labels (None: not judged), eligibility per kind, the kind given."""
+    """The equity table from arrays: group labels (None: not judged), eligibility per kind, the kind given.
+
+    Counted per group with plain dicts, groups in sorted order (what a pandas group-by gave, at a fraction of
+    its fixed cost per kind).
+    """
     spec = policy.equity
     known = np.array([g is not None for g in groups], dtype=bool)
-    labels = np.array([str(g) for g in groups], dtype=object)
+    labels = [str(g) for g in groups]
     rows = []
     for kind in JUDGED_KINDS:
         mask = eligible_by_kind.get(kind, np.zeros(len(groups), dtype=bool)) & known
         if not mask.any():
             continue
-        frame = pd.DataFrame({"group": labels[mask], "given": given[mask] == kind})
-        counts = frame.groupby("group", sort=True)["given"].agg(["size", "sum"])
-        sizes = {str(g): int(k) for g, k in counts["size"].items()}
-        sums = {str(g): int(k) for g, k in counts["sum"].items()}
+        counted: dict[str, list[int]] = {}
+        for i, hit in zip(np.flatnonzero(mask).tolist(), (given[mask] == kind).tolist(), strict=True):
+            tally = counted.get(labels[i])
+            if tally is None:
+                counted[labels[i]] = [1, int(hit)]
+            else:
+                tally[0] += 1
+                tally[1] += hit
+        sizes = {g: counted[g][0] for g in sorted(counted)}
+        sums = {g: counted[g][1] for g in sizes}
         rates = {g: sums[g] / sizes[g] for g in sizes if sizes[g] >= spec.min_group_size}
         ratio, p_value = math.nan, math.nan
         if len(rates) >= 2 and max(rates.values()) > 0:
@@ -1028,10 +1037,9 @@ def decide_batch(
         decisions.append(
             _decision(
                 policy,
+                plan,
                 state,
-                channel,
                 ranked,
-                plan.idle,
                 name,
                 (draws[i][0], draws[i][1]),
                 lambda a, i=i: m.candidate(i, column[a]),  # type: ignore[misc]
@@ -1044,17 +1052,21 @@ def decide_batch(
         )
     value = float(sum(expected_value(c) for d in decisions for c in d.actions if c.kind != "none"))
     first_kind = np.array([d.actions[0].kind for d in decisions], dtype=object)
-    frame = pd.DataFrame(
+    # counted per (action, kind, group), sorted as a pandas group-by sorts them
+    counts = Counter(
+        zip([d.actions[0].action for d in decisions], first_kind.tolist(),
+            ["unknown" if g is None else str(g) for g in groups.tolist()], strict=True)
+    )  # fmt: skip
+    cells = sorted(counts)
+    allocation = pd.DataFrame(
         {
-            "action": [d.actions[0].action for d in decisions],
-            "kind": first_kind,
-            "group": ["unknown" if g is None else str(g) for g in groups],
+            "action": [c[0] for c in cells],
+            "kind": [c[1] for c in cells],
+            "group": [c[2] for c in cells],
+            "count": np.array([counts[c] for c in cells], dtype=np.int64),
         }
-    )
-    allocation = (
-        frame.groupby(["action", "kind", "group"], sort=True).size().rename("count").reset_index()
         if n
-        else pd.DataFrame({"action": [], "kind": [], "group": [], "count": []})
+        else {"action": [], "kind": [], "group": [], "count": []}
     )
     allocation.insert(1, "channel", channel)
     allocation["capacity"] = limit

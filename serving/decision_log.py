@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -85,6 +86,8 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_customer ON decisions (customer_key, decided_at);
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (decided_at);
+-- covers `contacts_since` (a campaign's capacity left today): counted from the index, not today's whole rows
+CREATE INDEX IF NOT EXISTS decisions_channel_at ON decisions (channel, decided_at, fallback, action);
 CREATE TABLE IF NOT EXISTS outcomes (
     outcome_id TEXT PRIMARY KEY,
     decision_id TEXT NOT NULL REFERENCES decisions (decision_id) ON DELETE CASCADE,
@@ -145,6 +148,22 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
 def new_decision_id() -> str:
     """A decision's id: random (a caller cannot guess another's), 32 hex digits."""
     return uuid.uuid4().hex
+
+
+def new_decision_ids(n: int) -> list[str]:
+    """`n` decision ids at once, each exactly as `new_decision_id` makes one (a random UUID4's 32 hex digits).
+
+    One read of the system's random source for a whole campaign, the UUID4 version and variant bits set
+    as `uuid.uuid4` sets them, instead of a `UUID` object per decision.
+    """
+    if n <= 0:
+        return []
+    raw = bytearray(os.urandom(16 * n))
+    for at in range(0, 16 * n, 16):
+        raw[at + 6] = (raw[at + 6] & 0x0F) | 0x40  # version 4
+        raw[at + 8] = (raw[at + 8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = raw.hex()
+    return [text[i : i + 32] for i in range(0, 32 * n, 32)]
 
 
 def seed_of(decision_id: str) -> int:
@@ -247,6 +266,28 @@ class DecisionLog:
             con.executemany(_INSERT, [d.row() for d in decisions])
             if exposures:
                 con.executemany(_EXPOSE, [e.row() for e in exposures])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def write_rows(self, rows: Sequence[tuple[Any, ...]], exposures: Sequence[tuple[Any, ...]] = ()) -> None:
+        """Insert decision rows and exposure rows in one transaction: a campaign's log, one commit.
+
+        Rows in `DECISION_COLUMNS` order, JSON columns serialised (as `LoggedDecision.row` makes them); exposures
+        in `EXPOSURE_COLUMNS` order.
+        """
+        if not rows and not exposures:
+            return
+        con = self._con()
+        if len(rows) == 1 and not exposures:
+            con.execute(_INSERT, rows[0])  # autocommit: one statement, one transaction
+            return
+        con.execute("BEGIN")
+        try:
+            con.executemany(_INSERT, rows)
+            if exposures:
+                con.executemany(_EXPOSE, exposures)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -26,21 +26,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from decisions.arbitration import CustomerState, Decision, decide, decide_batch, expected_value
 from decisions.policy import DecisionPolicy, Purpose, load_policy
 from decisions.states import customer_states
 from serving.champions import ServedModel
-from serving.decision_log import (
-    DecisionLog,
-    Exposure,
-    LoggedDecision,
-    decision_log_path,
-    new_decision_id,
-    now_iso,
-    seed_of,
-)
+from serving.decision_log import DecisionLog, decision_log_path, new_decision_id, new_decision_ids, now_iso, seed_of
 from serving.errors import ServingError
 from serving.experiments import ExperimentSource, Placement, holdout_decision
 from serving.runtime import Runtime
@@ -603,50 +596,67 @@ class Decider:
         return matrix  # a row per customer, a column per product of `_products`
 
     # -- decisions -----------------------------------------------------------------------------------------------
-    def _answer(self, served: ServedPolicy, decision: Decision, decision_id: str, channel: str,
-                models: list[dict[str, str]], customer_key: str,
-                placement: Placement | None = None) -> tuple[dict[str, Any], LoggedDecision]:  # fmt: skip
-        policy = served.policy
-        chosen = [
-            {"name": c.action, "kind": c.kind, "channel": str(c.channel),
-             "priority": _finite(c.priority), "p": _finite(c.p), "v": _finite(c.v), "l": _finite(c.l),
-             "reasons": list(c.reasons)}
-            for c in decision.actions
-        ]  # fmt: skip
-        value = float(sum(_finite(expected_value(c)) for c in decision.actions))
-        first = decision.actions[0].action if decision.actions else policy.fallback
-        answer = {
-            "customer_key": customer_key, "channel": channel, "status": "decided", "error": None,
-            "decision_id": decision_id, "actions": chosen, "reasons": list(decision.reasons), "prompt": decision.prompt,
-            "probability": float(decision.probability), "explored": bool(decision.explored),
-            "fallback": bool(decision.fallback), "fallback_reason": decision.fallback_reason, "expected_value": value,
-            "policy": served.ref(), "models": models, "experiments": placement.refs() if placement else [],
-        }  # fmt: skip
-        logged = LoggedDecision(
-            decision_id=decision_id, customer_key=self.log.key(customer_key), channel=channel,
-            policy_name=policy.name, policy_version=served.version, action=first,
-            actions=[{"action": c["name"], **{k: v for k, v in c.items() if k != "name"}} for c in chosen],
-            probability=float(decision.probability),
-            action_probabilities={str(k): float(v) for k, v in decision.action_probabilities.items()},
-            explored=bool(decision.explored), fallback=bool(decision.fallback),
-            fallback_reason=decision.fallback_reason, reasons=list(decision.reasons), context={},
-            decided_at=now_iso(), expected_value=value, models={m["name"]: m["version"] for m in models},
-        )  # fmt: skip
-        return answer, logged
+    def _entries(self, served: ServedPolicy, decided: Sequence[Decision], ids: Sequence[str], channel: str,
+                 models: list[dict[str, str]], placements: Mapping[str, Placement] | None = None,
+                 context: Mapping[str, Any] | None = None,
+                 ) -> tuple[dict[str, dict[str, Any]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:  # fmt: skip
+        """Each decision's answer (a `DecideResponse` document, by customer key), its log row and its exposures' rows.
 
-    def _exposures(self, placement: Placement, logged: LoggedDecision, channel: str) -> list[Exposure]:
-        """The exposures a decision logs: one per experiment arm the customer is in (the log keeps the first).
-
-        None when the log keeps no customer keys (the audit rule `omit`): an exposure nobody can be found by is
-        of no use to an analysis.
+        Straight from the decisions to plain dicts and the log's tuples (`LoggedDecision.row`'s values, JSON
+        columns serialised with orjson), what is the same for every decision (the policy's and models'
+        references, the models' JSON, the context's) made once: a campaign's thousand answers are built and
+        logged without a validating model or an intermediate object per customer.
         """
-        if logged.customer_key is None:
-            return []
-        return [
-            Exposure(a.experiment, a.version, a.arm, logged.customer_key, logged.decision_id, channel,
-                     logged.decided_at)
-            for a in placement.assignments
-        ]  # fmt: skip
+        policy = served.policy
+        ref = served.ref()
+        dumps = orjson.dumps
+        models_json = dumps({m["name"]: m["version"] for m in models}).decode()
+        context_json = dumps(dict(context or {})).decode()
+        key, fallback, name, version = self.log.key, policy.fallback, policy.name, served.version
+        answers: dict[str, dict[str, Any]] = {}
+        rows: list[tuple[Any, ...]] = []
+        exposures: list[tuple[Any, ...]] = []
+        no_place: list[dict[str, object]] = []
+        for decision, decision_id in zip(decided, ids, strict=True):
+            chosen: list[dict[str, Any]] = []
+            logged: list[dict[str, Any]] = []
+            value = 0.0
+            for c in decision.actions:
+                reasons = list(c.reasons)
+                kind, ch = c.kind, str(c.channel)
+                priority, p, v, lever = _finite(c.priority), _finite(c.p), _finite(c.v), _finite(c.l)
+                chosen.append({"name": c.action, "kind": kind, "channel": ch, "priority": priority, "p": p, "v": v,
+                               "l": lever, "reasons": reasons})  # fmt: skip
+                logged.append({"action": c.action, "kind": kind, "channel": ch, "priority": priority, "p": p, "v": v,
+                               "l": lever, "reasons": reasons})  # fmt: skip
+                value += _finite(expected_value(c))
+            customer_key = decision.customer_key
+            placement = placements.get(customer_key) if placements is not None else None
+            probability, explored, is_fallback = float(decision.probability), bool(decision.explored), \
+                bool(decision.fallback)  # fmt: skip
+            reasons_all = list(decision.reasons)
+            answers[customer_key] = {
+                "customer_key": customer_key, "channel": channel, "status": "decided", "error": None,
+                "decision_id": decision_id, "actions": chosen, "reasons": reasons_all, "prompt": decision.prompt,
+                "probability": probability, "explored": explored, "fallback": is_fallback,
+                "fallback_reason": decision.fallback_reason, "expected_value": value, "policy": ref, "models": models,
+                "experiments": placement.refs() if placement else no_place,
+            }  # fmt: skip
+            at = now_iso()
+            logged_key = key(customer_key)
+            rows.append((
+                decision_id, logged_key, channel, name, version,
+                decision.actions[0].action if decision.actions else fallback, dumps(logged).decode(), probability,
+                dumps({str(k): float(x) for k, x in decision.action_probabilities.items()}).decode(), int(explored),
+                int(is_fallback), decision.fallback_reason, dumps(reasons_all).decode(), context_json, at, value,
+                models_json,
+            ))  # fmt: skip
+            if placement is not None and logged_key is not None:
+                # one per experiment arm the customer is in (the log keeps the first); none when the log keeps
+                # no customer keys (the audit rule `omit`): an exposure nobody can be found by is of no use
+                exposures += [(a.experiment, int(a.version), a.arm, logged_key, decision_id, channel, at)
+                              for a in placement.assignments]  # fmt: skip
+        return answers, rows, exposures
 
     def decide_one(self, request: DecideRequest) -> dict[str, Any]:
         """One live decision (a `DecideResponse` document), logged before it is answered; 404 for an unknown key."""
@@ -665,11 +675,10 @@ class Decider:
             decision = decide(served.policy, states[0], request.channel, today, seed=seed_of(decision_id),
                               context=dict(request.context), policy_version=served.version,
                               withheld=placement.withheld or None)  # fmt: skip
-        answer, logged = self._answer(served, decision, decision_id, request.channel, models, request.customer_key,
-                                      placement)  # fmt: skip
-        logged = LoggedDecision(**{**logged.__dict__, "context": dict(request.context)})
-        self.log.write([logged], self._exposures(placement, logged, request.channel))
-        return answer
+        answers, logged, exposures = self._entries(served, [decision], [decision_id], request.channel, models,
+                                                   {request.customer_key: placement}, request.context)  # fmt: skip
+        self.log.write_rows(logged, exposures)
+        return answers[request.customer_key]
 
     def decide_many(self, request: DecideBatchRequest) -> dict[str, Any]:
         """A campaign's decisions under the channel's capacity left today (a `DecideBatchResponse` document)."""
@@ -697,24 +706,19 @@ class Decider:
             if states else None  # fmt: skip
         decided = list(batch.decisions) if batch is not None else []
         decided += [holdout_decision(policy, k, request.channel, served.version) for k in held_out]
-        answers: dict[str, dict[str, Any]] = {}
-        logged: list[LoggedDecision] = []
-        exposures: list[Exposure] = []
-        for decision in decided:
-            placement = placements[decision.customer_key]
-            answer, entry = self._answer(served, decision, new_decision_id(), request.channel, models,
-                                         decision.customer_key, placement)  # fmt: skip
-            answers[decision.customer_key] = answer
-            logged.append(entry)
-            exposures += self._exposures(placement, entry, request.channel)
-        self.log.write(logged, exposures)
+        answers, logged, exposures = self._entries(served, decided, new_decision_ids(len(decided)), request.channel,
+                                                   models, placements)  # fmt: skip
+        self.log.write_rows(logged, exposures)
         results = []
+        unknown: dict[str, Any] | None = None
         for key in request.customer_keys:
             found_answer = answers.get(key)
             if found_answer is None:  # every field of `DecideResponse`, as for a decided customer
-                found_answer = DecideResponse(customer_key=key, channel=request.channel, status="not_found",
-                                              error=f"unknown customer {key!r}", policy=PolicyRef(**served.ref()),
-                                              models=[ModelRef(**m) for m in models]).model_dump()  # fmt: skip
+                if unknown is None:  # validated once: the unknown customers' answers differ in the key only
+                    unknown = DecideResponse(customer_key=key, channel=request.channel, status="not_found",
+                                             error="", policy=PolicyRef(**served.ref()),
+                                             models=[ModelRef(**m) for m in models]).model_dump()  # fmt: skip
+                found_answer = {**unknown, "customer_key": key, "error": f"unknown customer {key!r}"}
             results.append(found_answer)
         allocation: list[dict[str, Any]] = []
         if batch is not None and not batch.allocation.empty:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -174,3 +175,88 @@ def test_a_repeated_request_is_answered_from_the_first_ones_work(decider: Decide
     again, _, _ = decider.states(policy, keys, TODAY)
     _assert_same_states(again, first)
     _assert_same_states(again, plain_states(decider, policy, keys, TODAY))
+
+
+def _answer_as_before(served: Any, decision: Any, decision_id: str, channel: str, models: list[dict[str, str]],
+                      log: Any, placement: Any) -> tuple[dict[str, Any], Any]:  # fmt: skip
+    """A decision's answer and log entry as `Decider._answer` made them before campaigns were built in one pass."""
+    from decisions.arbitration import expected_value
+    from serving.decision_log import LoggedDecision, now_iso
+
+    def finite(value: float) -> float:
+        return float(value) if math.isfinite(value) else 0.0
+
+    policy = served.policy
+    chosen = [
+        {"name": c.action, "kind": c.kind, "channel": str(c.channel), "priority": finite(c.priority), "p": finite(c.p),
+         "v": finite(c.v), "l": finite(c.l), "reasons": list(c.reasons)}
+        for c in decision.actions
+    ]  # fmt: skip
+    value = float(sum(finite(expected_value(c)) for c in decision.actions))
+    first = decision.actions[0].action if decision.actions else policy.fallback
+    answer = {
+        "customer_key": decision.customer_key, "channel": channel, "status": "decided", "error": None,
+        "decision_id": decision_id, "actions": chosen, "reasons": list(decision.reasons), "prompt": decision.prompt,
+        "probability": float(decision.probability), "explored": bool(decision.explored),
+        "fallback": bool(decision.fallback), "fallback_reason": decision.fallback_reason, "expected_value": value,
+        "policy": served.ref(), "models": models, "experiments": placement.refs() if placement else [],
+    }  # fmt: skip
+    logged = LoggedDecision(
+        decision_id=decision_id, customer_key=log.key(decision.customer_key), channel=channel,
+        policy_name=policy.name, policy_version=served.version, action=first,
+        actions=[{"action": c["name"], **{k: v for k, v in c.items() if k != "name"}} for c in chosen],
+        probability=float(decision.probability),
+        action_probabilities={str(k): float(v) for k, v in decision.action_probabilities.items()},
+        explored=bool(decision.explored), fallback=bool(decision.fallback),
+        fallback_reason=decision.fallback_reason, reasons=list(decision.reasons), context={},
+        decided_at=now_iso(), expected_value=value, models={m["name"]: m["version"] for m in models},
+    )  # fmt: skip
+    return answer, logged
+
+
+def test_a_campaigns_answers_and_log_rows_are_made_as_before(
+    decider: Decider, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`decide_many` answers and logs a campaign exactly as the per-decision route did (ids and clock fixed).
+
+    Its answers (every field, in order, an unknown customer's included) and its log rows equal those made
+    the way they were before (`_answer_as_before`, `LoggedDecision.row`) from `decide_batch` of the same
+    states with the campaign's seed.
+    """
+    import orjson
+
+    import serving.decisions as served_decisions
+    from serving.decision_log import DecisionLog, seed_of
+    from serving.schemas import DecideBatchRequest
+
+    counter = iter(range(1, 10**6))
+    monkeypatch.setattr(served_decisions, "new_decision_id", lambda: f"{next(counter):032x}")
+    monkeypatch.setattr(served_decisions, "new_decision_ids", lambda n: [f"{next(counter):032x}" for _ in range(n)])
+    monkeypatch.setattr(served_decisions, "now_iso", lambda: "2026-12-01T09:00:00.000000+00:00")
+    monkeypatch.setattr("serving.decision_log.now_iso", lambda: "2026-12-01T09:00:00.000000+00:00")
+    log = DecisionLog(tmp_path / "decisions.db", decider.log.key_rule, decider.log.salt)
+    monkeypatch.setattr(decider, "log", log)
+    served = decider.policies.current
+    policy, channel, today = served.policy, "call_centre", dt.date.today()
+    keys = _known(decider, 300)
+    asked = [*keys[:100], "no-such-customer", *keys[100:]]
+    states, found, models = decider.states(policy, asked, today)  # before: the campaign's rows are its history
+    placements = decider.experiments.place(found)
+    assert not any(p.held_out or p.withheld for p in placements.values())
+    body = decider.decide_many(DecideBatchRequest(customer_keys=asked, channel=channel))
+
+    batch = decide_batch(policy, states, channel, today, seed=seed_of(f"{1:032x}"),
+                         capacity={channel: policy.capacity[channel]}, policy_version=served.version)  # fmt: skip
+    want = [
+        _answer_as_before(served, d, f"{i + 2:032x}", channel, models, log, placements[d.customer_key])
+        for i, d in enumerate(batch.decisions)
+    ]
+    results = [r for r in body["results"] if r["status"] == "decided"]
+    assert orjson.dumps(results) == orjson.dumps([a for a, _ in want])
+    unknown = body["results"][100]
+    assert unknown["status"] == "not_found" and unknown["error"] == "unknown customer 'no-such-customer'"
+    with sqlite3.connect(tmp_path / "decisions.db") as con:
+        rows = con.execute("SELECT * FROM decisions ORDER BY rowid").fetchall()
+    assert rows == [logged.row() for _, logged in want]
+    assert 0 < sum(r[5] != policy.fallback for r in rows) <= policy.capacity[channel]
+    log.close()

@@ -400,3 +400,83 @@ def test_the_default_policy_decides_on_every_channel() -> None:
         d = decide(policy, state, channel, TODAY, seed=0)
         assert math.isclose(sum(d.action_probabilities.values()), 1.0)
         assert d.actions[0].action in {a.name for a in policy.actions}
+
+
+def _allocation_by_pandas(batch_decisions: list, groups: list, channel: str, limit: int):  # type: ignore[no-untyped-def]
+    """The allocation table as `decide_batch` made it before it counted with dicts (a pandas group-by)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "action": [d.actions[0].action for d in batch_decisions],
+            "kind": [d.actions[0].kind for d in batch_decisions],
+            "group": ["unknown" if g is None else str(g) for g in groups],
+        }
+    )
+    allocation = frame.groupby(["action", "kind", "group"], sort=True).size().rename("count").reset_index()
+    allocation.insert(1, "channel", channel)
+    allocation["capacity"] = limit
+    return allocation
+
+
+def _equity_by_pandas(policy: DecisionPolicy, groups: list, eligible_kinds: list, given: list):  # type: ignore[no-untyped-def]
+    """The equity table as `_equity` made it before it counted with dicts (a pandas group-by per kind)."""
+    import numpy as np
+    import pandas as pd
+
+    from decisions.arbitration import _EQUITY_COLUMNS, JUDGED_KINDS, _test_floor
+
+    spec = policy.equity
+    labels = np.array([str(g) for g in groups], dtype=object)
+    known = np.array([g is not None for g in groups], dtype=bool)
+    given_array = np.array(given, dtype=object)
+    rows = []
+    for kind in JUDGED_KINDS:
+        mask = np.array([kind in kinds for kinds in eligible_kinds], dtype=bool) & known
+        if not mask.any():
+            continue
+        counts = (
+            pd.DataFrame({"group": labels[mask], "given": given_array[mask] == kind})
+            .groupby("group", sort=True)["given"]
+            .agg(["size", "sum"])
+        )
+        sizes = {str(g): int(k) for g, k in counts["size"].items()}
+        sums = {str(g): int(k) for g, k in counts["sum"].items()}
+        rates = {g: sums[g] / sizes[g] for g in sizes if sizes[g] >= spec.min_group_size}
+        ratio, p_value = math.nan, math.nan
+        if len(rates) >= 2 and max(rates.values()) > 0:
+            low, high = min(rates, key=rates.__getitem__), max(rates, key=rates.__getitem__)
+            ratio = rates[low] / rates[high]
+            p_value = _test_floor(rates[low], sizes[low], rates[high], sizes[high], spec.floor)
+        passed = bool(math.isnan(ratio) or ratio >= spec.floor or p_value >= spec.alpha)
+        for g in sizes:
+            size, k = sizes[g], sums[g]
+            rows.append([kind, g, size, k, k / size, g in rates, ratio, spec.floor, p_value, passed])
+    return pd.DataFrame(rows, columns=_EQUITY_COLUMNS)
+
+
+@pytest.mark.parametrize(("channel", "capacity"), [("email", 10_000), ("call_centre", 150), ("web", 40)])
+def test_batch_tables_equal_the_pandas_group_by_they_replace(channel: str, capacity: int) -> None:
+    """The allocation and equity tables, counted with dicts, equal the pandas group-by's on a large synthetic batch.
+
+    The packaged policy on 3,000 customers shaped like the default world's (benchmarks.bench_decide), some without
+    a group; capacity binding on two channels, so the equity repair runs.
+    """
+    import pandas as pd
+
+    from benchmarks.bench_decide import synthetic_states
+    from decisions.arbitration import _OK, JUDGED_KINDS, _matrix, _plan
+
+    policy = load_policy()
+    states = [dataclasses.replace(s, group=None) if i % 9 == 0 else s for i, s in enumerate(synthetic_states(3000))]
+    batch = decide_batch(policy, states, channel, TODAY, seed=3, capacity={channel: capacity})
+    groups = [s.group for s in states]
+    pd.testing.assert_frame_equal(batch.allocation, _allocation_by_pandas(batch.decisions, groups, channel, capacity))
+    m = _matrix(_plan(policy, channel), states, TODAY, None)
+    kinds = [a.kind for a in m.actions]
+    codes = m.code.tolist()
+    eligible_kinds = [{kinds[j] for j, c in enumerate(row) if c == _OK and kinds[j] in JUDGED_KINDS} for row in codes]
+    given = [d.actions[0].kind for d in batch.decisions]
+    want = _equity_by_pandas(policy, groups, eligible_kinds, given)
+    pd.testing.assert_frame_equal(batch.equity, want)
+    assert len(want) >= 4 and "cross_sell" in set(want["kind"])  # the tables are not empty

@@ -16,6 +16,7 @@ PACKAGES = (
     "models",
     "experiments",
     "decisions",
+    "insights",
     "governance",
     "serving",
     "monitoring",
@@ -53,7 +54,7 @@ def test_the_contract_holds_on_this_tree(tree: Path) -> None:
         ("serving/schemas.py", "from mlflow import MlflowClient", "only models.registry talks to MLflow"),
         ("features/lake.py", "import flows.cli", "features imports only custintel"),
         ("models/splits.py", "import governance.gate", "models imports only features and custintel"),
-        ("governance/cards.py", "import serving.policy", "governance imports only models, features and custintel"),
+        ("governance/cards.py", "import serving.policy", "governance imports only models, features, insights"),
         ("monitoring/checks.py", "import governance.store", "monitoring imports only models"),
         ("custintel/settings.py", "import features.lake", "custintel (settings, shared helpers) imports nothing"),
         ("models/tuning.py", "import prefect", "only flows knows Prefect"),
@@ -61,6 +62,7 @@ def test_the_contract_holds_on_this_tree(tree: Path) -> None:
         ("experiments/analysis.py", "import models.registry", "experiments imports only custintel and features"),
         ("features/lake.py", "import experiments.analysis", "features imports only custintel"),
         ("models/splits.py", "import decisions.policy", "models imports only features and custintel"),
+        ("insights/kpis.py", "import serving.decision_log", "insights imports only features and custintel"),
     ],
 )
 def test_a_forbidden_import_breaks_the_contract(tree: Path, module: str, line: str, contract: str) -> None:

@@ -37,13 +37,11 @@ from features.lake import ingest_drop
 from features.synthetic import WorldConfig, generate_world
 from features.synthetic.outage import EmptyColumn, MissingDay, VolumeSpike, inject_outage
 from insights.anomalies import (
-    Acknowledged,
-    AnomalyPolicy,
     check_sources,
     check_table,
-    load_anomaly_policy,
     slice_profile,
     stored_profiles,
+    synthetic_world_policy,
 )
 
 TIME_TABLES = [
@@ -51,35 +49,6 @@ TIME_TABLES = [
     "nps_responses", "consent_events", "northwind_customers", "northwind_consents",
 ]  # fmt: skip
 KIND = {"missing_day": "volume", "volume_spike": "volume", "empty_column": "null_rate"}
-
-
-def world_policy(cfg: WorldConfig, **update: object) -> AnomalyPolicy:
-    """The policy judging the last 120 days, with the generator's known events acknowledged (as a data
-    engineer would acknowledge them once): the acquired company's customers migrate in the months after
-    `acquisition_date` (accounts, plan changes and amounts jump) and its own systems take no sign-ups
-    after it; the generator stops sign-ups 20 days before its export (new accounts and the consents
-    recorded at sign-up fall)."""
-    acq, end = cfg.acquisition_date, cfg.window_end
-    early = acq - dt.timedelta(days=7)
-    acks = [
-        Acknowledged(table=t, start=early, end=acq + dt.timedelta(days=100), reason="the acquired company's migration")
-        for t in ("crm_accounts", "billing_accounts", "billing_transactions")
-    ]
-    acks += [
-        Acknowledged(table=t, kind="volume", start=early, end=end, reason="the acquired company takes no sign-ups")
-        for t in ("northwind_customers", "northwind_consents")
-    ]
-    acks += [
-        Acknowledged(
-            table=t,
-            kind="volume",
-            start=end - dt.timedelta(days=35),
-            end=end,
-            reason="the generator stops sign-ups 20 days before its export",
-        )  # fmt: skip
-        for t in ("crm_accounts", "billing_accounts", "consent_events")
-    ]
-    return load_anomaly_policy().model_copy(update={"first_drop_days": 120, "acknowledged": acks, **update})
 
 
 def build(cfg: WorldConfig, root: Path) -> Path:
@@ -117,9 +86,9 @@ def main() -> int:
         settings = Settings(home=clean_home)
         load = os.getloadavg()[0]
         start = time.perf_counter()
-        clean = check_sources(settings, world_policy(cfg))
+        clean = check_sources(settings, synthetic_world_policy(cfg))
         seconds = time.perf_counter() - start
-        slice_policy = world_policy(cfg, first_drop_days=35)
+        slice_policy = synthetic_world_policy(cfg, first_drop_days=35)
         checked, noisy, found = 0, set(), []
         for table in TIME_TABLES:
             profile = stored_profiles(settings, table)[-1]
@@ -153,7 +122,7 @@ def main() -> int:
             ohome = Settings(home=root / f"outage-{k}-home")
             shutil.rmtree(ohome.home_dir, ignore_errors=True)
             ingest_drop(odrop, ohome)
-            report = check_sources(ohome, world_policy(cfg))
+            report = check_sources(ohome, synthetic_world_policy(cfg))
 
             def hit(d, a) -> bool:  # type: ignore[no-untyped-def]
                 if (a.table, a.column, a.kind) != (d.table, d.column, KIND[d.kind]) or a.day is None:

@@ -48,6 +48,7 @@ from custintel.sql import text as sql_text
 from custintel.yaml_config import load_yaml_model
 from features.contracts import ColumnRule, Contract
 from features.lake import IngestError, LakeManifest, lake_contract, read_manifest
+from features.synthetic.config import WorldConfig
 from insights.errors import InsightsError
 from insights.report import Anomaly as PageAnomaly
 
@@ -175,6 +176,37 @@ def load_anomaly_policy(path: Path | None = None) -> AnomalyPolicy:
     return load_yaml_model(
         AnomalyPolicy, path, ("insights", "anomalies.yaml"), AnomalyError, "anomaly policy", "the check thresholds"
     )
+
+
+def synthetic_world_policy(cfg: WorldConfig, **update: object) -> AnomalyPolicy:
+    """The shipped policy judging a generated world's last 120 days, with the generator's known events acknowledged.
+
+    As a data engineer would acknowledge them once: the acquired company's customers migrate in the months
+    after `acquisition_date` (accounts, plan changes and amounts jump) and its own systems take no sign-ups
+    after it; the generator stops sign-ups 20 days before its export (new accounts and the consents recorded
+    at sign-up fall). For the benchmark and the tests; real data gets the shipped policy (or its own).
+    """
+    acq, end = cfg.acquisition_date, cfg.window_end
+    early = acq - dt.timedelta(days=7)
+    acks = [
+        Acknowledged(table=t, start=early, end=acq + dt.timedelta(days=100), reason="the acquired company's migration")
+        for t in ("crm_accounts", "billing_accounts", "billing_transactions")
+    ]
+    acks += [
+        Acknowledged(table=t, kind="volume", start=early, end=end, reason="the acquired company takes no sign-ups")
+        for t in ("northwind_customers", "northwind_consents")
+    ]
+    acks += [
+        Acknowledged(
+            table=t,
+            kind="volume",
+            start=end - dt.timedelta(days=35),
+            end=end,
+            reason="the generator stops sign-ups 20 days before its export",
+        )  # fmt: skip
+        for t in ("crm_accounts", "billing_accounts", "consent_events")
+    ]
+    return load_anomaly_policy().model_copy(update={"first_drop_days": 120, "acknowledged": acks, **update})
 
 
 # --------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from insights.anomalies import (
     save_anomaly_report,
     slice_profile,
     stored_profiles,
+    synthetic_world_policy,
 )
 
 TIME_TABLES = [
@@ -64,36 +65,6 @@ TIME_TABLES = [
 ]
 
 
-def world_policy(world, **update) -> AnomalyPolicy:
-    """The policy judging the last 120 days, with the generator's known events acknowledged (as a data
-    engineer would acknowledge them once): the acquired company's customers migrate in the months after
-    `acquisition_date` (accounts, plan changes and amounts jump) and its own systems take no sign-ups
-    after it; the generator stops sign-ups 20 days before its export (new accounts and the consents
-    recorded at sign-up fall)."""
-    cfg = world.cfg
-    acq, end = cfg.acquisition_date, cfg.window_end
-    early = acq - dt.timedelta(days=7)
-    acks = [
-        Acknowledged(table=t, start=early, end=acq + dt.timedelta(days=100), reason="the acquired company's migration")
-        for t in ("crm_accounts", "billing_accounts", "billing_transactions")
-    ]
-    acks += [
-        Acknowledged(table=t, kind="volume", start=early, end=end, reason="the acquired company takes no sign-ups")
-        for t in ("northwind_customers", "northwind_consents")
-    ]
-    acks += [
-        Acknowledged(
-            table=t,
-            kind="volume",
-            start=end - dt.timedelta(days=35),
-            end=end,
-            reason="the generator stops sign-ups 20 days before its export",
-        )  # fmt: skip
-        for t in ("crm_accounts", "billing_accounts", "consent_events")
-    ]
-    return load_anomaly_policy().model_copy(update={"first_drop_days": 120, "acknowledged": acks, **update})
-
-
 def _copy_home(src: Settings, dst: Path) -> Settings:
     shutil.copytree(src.home_dir, dst)
     return Settings(home=dst)
@@ -102,7 +73,7 @@ def _copy_home(src: Settings, dst: Path) -> Settings:
 @pytest.fixture(scope="module")
 def clean(ingested, tmp_path_factory):
     settings = _copy_home(ingested.settings, tmp_path_factory.mktemp("anomaly-clean") / "home")
-    return settings, check_sources(settings, world_policy(ingested.world))
+    return settings, check_sources(settings, synthetic_world_policy(ingested.world.cfg))
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +92,7 @@ def outage(world, tmp_path_factory):
     inject_outage(drop, defects)
     settings = Settings(home=root / "home")
     ingest_drop(drop, settings)
-    return drop, settings, check_sources(settings, world_policy(world))
+    return drop, settings, check_sources(settings, synthetic_world_policy(world.cfg))
 
 
 def _matches(defect: InjectedDefect, a: Anomaly) -> bool:
@@ -167,7 +138,7 @@ def test_a_normal_drop_raises_nothing(clean) -> None:
 def test_false_positive_rate_on_day_slices(clean, world) -> None:
     """Drops cut every twelve weeks from month four on, each table judged like a first drop (35 days)."""
     settings, _ = clean
-    policy = world_policy(world, first_drop_days=35)
+    policy = synthetic_world_policy(world.cfg, first_drop_days=35)
     checked, found = 0, []
     for table in TIME_TABLES:
         profile = stored_profiles(settings, table)[-1]
@@ -188,7 +159,9 @@ def test_stop_policy_stops_the_build_on_a_high_anomaly(outage, world) -> None:
     latest = save_anomaly_report(settings, report)
     assert save_anomaly_report(settings, report) == latest  # the same check: saved once
     assert len((latest.parent / "history.jsonl").read_text().splitlines()) == 1
-    assert check_sources(settings, world_policy(world)) == report  # the same drops and policy: the saved report
+    assert (
+        check_sources(settings, synthetic_world_policy(world.cfg)) == report
+    )  # the same drops and policy: the saved report
     assert latest_anomaly_report(settings) == report
     rows = page_rows(report)
     assert {r.severity for r in rows} == {"critical", "warning"} and rows[0].message == report.anomalies[0].message
@@ -197,13 +170,13 @@ def test_stop_policy_stops_the_build_on_a_high_anomaly(outage, world) -> None:
     assert {"drop_id", "table", "column", "day", "kind", "observed", "expected", "severity", "message"} <= set(
         shown["anomalies"][0]
     )
-    stopped = apply_policy(report, world_policy(world, action="stop"))
+    stopped = apply_policy(report, synthetic_world_policy(world.cfg, action="stop"))
     assert stopped.stop and stopped.action == "stop" and len(stopped.anomalies) == len(report.anomalies)
-    assert apply_policy(report, world_policy(world, action="stop", stop_on=[])).action == "warn"
+    assert apply_policy(report, synthetic_world_policy(world.cfg, action="stop", stop_on=[])).action == "warn"
     everything = [Acknowledged(table=a.table, start=dt.date(2000, 1, 1), end=dt.date(2100, 1, 1), reason="known")
                   for a in report.anomalies]  # fmt: skip
-    known = world_policy(world).acknowledged
-    quiet = apply_policy(report, world_policy(world, action="stop", acknowledged=known + everything))
+    known = synthetic_world_policy(world.cfg).acknowledged
+    quiet = apply_policy(report, synthetic_world_policy(world.cfg, action="stop", acknowledged=known + everything))
     with pytest.raises(
         SourcesStopped, match=r"features not built: 4 source anomalies and the anomaly policy says stop"
     ):
@@ -220,7 +193,7 @@ def test_empty_table_missing_table_and_table_without_time_column(clean, drop_cop
     consent.write_text(consent.read_text().splitlines()[0] + "\n")
     shutil.rmtree(drop / "northwind")
     ingest_drop(drop, settings, export_date=world.cfg.window_end + dt.timedelta(days=7))
-    report = check_sources(settings, world_policy(world))
+    report = check_sources(settings, synthetic_world_policy(world.cfg))
     by_kind = {(a.kind, a.table): a for a in report.anomalies}
     empty = by_kind[("empty_table", "consent_events")]
     assert empty.severity == "high" and "consent_events: drop" in empty.message and "landed no rows" in empty.message

@@ -140,14 +140,18 @@ def kpi_section(
 def segment_section(
     settings: Settings, as_of: dt.date, exclude: frozenset[str]
 ) -> tuple[list[SegmentRow], str, dict[str, str] | None]:
-    """This month's behavioural segments (rebuilt from the features at the newest cutoff on or before `as_of`)."""
+    """This month's behavioural segments (rebuilt from the features at the newest cutoff on or before `as_of`).
+
+    Written to the offline store (`segments@1`) and to the online store, where the decision service reads feature
+    columns: a policy signal can name `discount_dependency`, `digital_share` or `segment_id`.
+    """
     root = settings.features_dir / "offline"
     stored = [set(available_as_of(root, key)) for key in SEGMENT_SOURCES]
     common = sorted(d for d in set.intersection(*stored) if d <= as_of) if stored else []
     if not common:
         return [], "No segments: no feature cutoff holds every set they read (run `custintel features`).", None
     cutoff = common[-1]
-    month = build_segments(settings, [cutoff], exclude=exclude)[-1]
+    month = build_segments(settings, [cutoff], exclude=exclude, online=True)[-1]
     rows = [SegmentRow(**p) for p in segment_profiles(month)]
     ari = month.ari_with_previous
     stable = "" if ari is None else f"; adjusted Rand index with the previous build {ari:.2f}"

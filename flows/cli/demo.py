@@ -258,7 +258,6 @@ def _demo_measure(settings: Settings, world: Path) -> dict[str, Any] | None:
     return result
 
 
-@app.command()
 def _demo_insights(settings: Settings) -> dict[str, Any]:
     """The operations report as of the world's export, as the Prefect flow operations_insights; one line of it."""
     from flows.insights import operations_insights
@@ -275,6 +274,7 @@ def _demo_insights(settings: Settings) -> dict[str, Any]:
     return result
 
 
+@app.command()
 def demo(
     customers: Annotated[int, typer.Option(help="Customers in the demo world.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,

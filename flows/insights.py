@@ -463,7 +463,7 @@ _insights_task = io_task("operations-insights", run_insights)
 
 @flow(name="operations_insights", log_prints=False)
 def operations_insights(settings: dict[str, Any] | None = None, as_of: str | None = None) -> dict[str, Any]:
-    """The operations report as of a date (default: today) and the site page that shows it."""
+    """The operations report as of a date (default: the newest drop's export) and the site page that shows it."""
     config = Settings.from_flow(settings)
     logger = get_run_logger()
     day = dt.date.fromisoformat(as_of) if as_of else None

@@ -10,6 +10,7 @@ to `<home>/insights/latest/`, then the reviewers' site is rebuilt so its operati
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import tempfile
 import time
@@ -23,6 +24,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from custintel.atomic_files import replace_atomically
+from custintel.json_lines import json_lines
 from custintel.settings import Settings
 from features.featurestore.offline import available_as_of
 from features.lake import IngestError, read_lake_table
@@ -167,11 +169,14 @@ def segment_section(
 
 def monitoring_alerts(settings: Settings) -> list[Alert]:
     """Each monitored family's latest monitoring decision, when it is not `none`: the open monitoring alerts."""
-    from governance.store import read_decisions
-
+    path = settings.monitoring_dir / "decisions.jsonl"
     latest: dict[str, dict[str, Any]] = {}
-    for entry in read_decisions(settings):
-        if entry.get("kind") == "monitoring" and entry.get("family"):
+    for line in json_lines(path) if path.is_file() else []:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a torn last line of a killed pass: not an alert
+        if isinstance(entry, dict) and entry.get("kind") == "monitoring" and entry.get("family"):
             latest[str(entry["family"])] = entry
     alerts = []
     for family, entry in sorted(latest.items()):

@@ -7,6 +7,7 @@ data anywhere it wrote text, consent per purpose in its per-customer tables, an 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -168,3 +169,25 @@ def test_action_rows_count_outcomes_per_action_and_channel() -> None:
     assert email.response_rate == 0.5 and email.expected_rate == pytest.approx(0.3)
     assert rows[("retention_offer", "call_centre")].response_rate is None  # never shown
     assert rows[("callback", "call_centre")].outcomes == {} and rows[("callback", "call_centre")].expected_rate is None
+
+
+def test_open_monitoring_alerts_are_each_familys_latest_decision_when_not_none(tmp_path: Path) -> None:
+    from flows.insights import monitoring_alerts
+
+    settings = Settings(home=tmp_path / "home")
+    log = settings.monitoring_dir / "decisions.jsonl"
+    log.parent.mkdir(parents=True)
+    entries = [
+        {"kind": "monitoring", "family": "churn", "model": "custintel-churn", "version": "1", "action": "alert",
+         "why": "data quality", "at": "2026-01-02T00:00:00+00:00"},
+        {"kind": "monitoring", "family": "churn", "model": "custintel-churn", "version": "2", "action": "none",
+         "why": "", "at": "2026-01-09T00:00:00+00:00"},
+        {"kind": "monitoring", "family": "propensity", "model": "custintel-propensity", "version": "3",
+         "action": "hold", "why": "held: retraining switched off", "at": "2026-01-09T00:00:00+00:00"},
+    ]  # fmt: skip
+    log.write_text("\n".join(json.dumps(e) for e in entries) + '\n{"kind": "monitor', encoding="utf-8")
+    alerts = monitoring_alerts(settings)
+    assert [(a.title, a.severity, a.since) for a in alerts] == [
+        ("custintel-propensity v3: hold", "warning", "2026-01-09")
+    ]
+    assert monitoring_alerts(Settings(home=tmp_path / "none")) == []

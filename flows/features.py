@@ -103,9 +103,7 @@ def run_feature_build(
                     f"building on Spark ({settings.spark_master}): the lake read and the same definitions, transpiled "
                     "from DuckDB SQL"
                 )
-            report = _build(settings, config, engine, inputs, as_of, online, steps, log, started)
-            report["source_anomalies"] = sources.lines()
-            return report
+            return _build(settings, config, engine, inputs, as_of, online, steps, log, started, sources.lines())
         finally:
             if engine is not con:
                 engine.close()
@@ -123,6 +121,7 @@ def _build(
     steps: Steps,
     log: Callable[[str], None],
     started: float,
+    source_anomalies: list[str],
 ) -> dict[str, Any]:
     seconds: dict[str, float] = {"load_inputs": round(time.perf_counter() - started, 2)}
     cutoffs = check_cutoffs(as_of, inputs.observed_until)
@@ -221,6 +220,7 @@ def _build(
         log(f"online store ({'redis' if settings.redis_url else 'sqlite'}): {len(online_sets)} sets materialised")
     seconds["total"] = round(time.perf_counter() - started, 2)
     report["seconds"] = seconds
+    report["source_anomalies"] = source_anomalies  # what the check before the build found (insights.anomalies)
     report["offline_root"] = str(settings.features_dir / "offline")
     report["report_path"] = str(steps.write_report(settings, report))
     return report

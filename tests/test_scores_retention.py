@@ -28,6 +28,7 @@ CUTOFFS = {
 }
 DUE = ["custintel-churn/as_of=2025-06-01", "custintel-churn/as_of=2025-09-01", "custintel-propensity/as_of=2025-05-01"]
 LATEST_KEPT = "custintel-propensity/as_of=2025-08-01"
+NOTHING = {"kept": 0, "removed": 0, "removed_count": 0, "trimmed": 0}  # no dead Spark run's leftovers to sweep
 
 
 def _policy_file(path: Path, retention: dict[str, Any]) -> Path:
@@ -135,7 +136,8 @@ def test_retention_apply_reports_the_scores_and_records_the_counts(
     assert _partitions(home) == ["custintel-churn/as_of=2025-12-01", LATEST_KEPT]
     assert json.loads(Path(report["report"]).read_text())["counts"]["batch_scores"] == counts
     entry = read_entries(trail_path(home))[-1]
-    assert entry["action"] == "retention_apply" and entry["details"]["counts"] == {"batch_scores": counts}
+    assert entry["action"] == "retention_apply"
+    assert entry["details"]["counts"] == {"batch_scores": counts, "spark_leftovers": NOTHING}
     assert "batch_scores" not in entry["details"]["skipped"] and "lake" in entry["details"]["skipped"]
 
 

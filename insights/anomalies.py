@@ -629,6 +629,13 @@ def _series(frame: pd.DataFrame, index: pd.DatetimeIndex, weekly: bool, value: s
     return wide.reindex(index, fill_value=0).astype(float)
 
 
+def _history(policy: AnomalyPolicy, weekly: bool) -> tuple[int, int]:
+    """How many earlier periods a check looks back over, and how many it needs (days, or weeks for weekly tables)."""
+    if weekly:
+        return policy.history_days // 7, policy.min_history_days // 7
+    return policy.history_days, policy.min_history_days
+
+
 def _window(i: int, span: int, flagged: np.ndarray, available: np.ndarray) -> np.ndarray:
     """The last `span` periods before `i` that hold rows and were not found anomalous."""
     return np.flatnonzero(~flagged[:i] & available[:i])[-span:]
@@ -643,8 +650,7 @@ def _volume_flags(
     policy: AnomalyPolicy,
 ) -> list[_Flag]:
     """Per judged period, the count against the trailing level (or the previous drop's count of that period)."""
-    span = policy.history_days // 7 if weekly else policy.history_days
-    need = policy.min_history_days // 7 if weekly else policy.min_history_days
+    span, need = _history(policy, weekly)
     vp = policy.volume
     logs = np.log1p(counts)
     flagged = np.zeros(len(counts), bool)
@@ -701,8 +707,7 @@ def _null_flags(
     policy: AnomalyPolicy,
 ) -> list[_Flag]:
     """Per judged period, the empty share against the history's (or the previous drop's same period)."""
-    span = policy.history_days // 7 if weekly else policy.history_days
-    need = policy.min_history_days // 7 if weekly else policy.min_history_days
+    span, need = _history(policy, weekly)
     npol = policy.null_rate
     flagged = np.zeros(len(rows), bool)
     available = rows > 0
@@ -757,8 +762,7 @@ def _distribution_flags(
     policy: AnomalyPolicy,
 ) -> list[_Flag]:
     """Per judged period, the PSI of its shares against the history's (or the previous drop's same period)."""
-    span = policy.history_days // 7 if weekly else policy.history_days
-    need = policy.min_history_days // 7 if weekly else policy.min_history_days
+    span, need = _history(policy, weekly)
     dp = policy.distribution
     totals = counts.sum(axis=1)
     flagged = np.zeros(len(counts), bool)

@@ -41,6 +41,7 @@ from insights.kpis import (
     KpiDefinitions,
     KpiInputs,
     compute_kpis,
+    crm_customer_keys,
     kpi_definitions_text,
     load_kpi_definitions,
     read_kpi_inputs,
@@ -231,14 +232,7 @@ def read_tickets(settings: Settings, as_of: dt.date, consent: ConsentFilter) -> 
     end = pd.Timestamp(as_of)
     recent = (opened < end) & (opened >= end - pd.Timedelta(days=TICKET_DAYS))
     tickets = tickets[recent.to_numpy()].assign(opened_at=opened[recent])
-    crosswalk = settings.identity_dir / "crosswalk.parquet"
-    key_of = pd.Series(dtype="string")
-    if crosswalk.is_file():
-        links = pd.read_parquet(crosswalk, columns=["record_key", "customer_key"]).astype("string")
-        links = links[links["record_key"].str.startswith("crm_accounts:")].drop_duplicates("record_key")
-        key_of = pd.Series(
-            links["customer_key"].to_numpy(), index=links["record_key"].str.removeprefix("crm_accounts:")
-        )
+    key_of = crm_customer_keys(settings)
     crm_id = tickets["crm_id"].astype("string")
     linked = crm_id.map(key_of)
     tickets = tickets.assign(customer_key=linked.fillna(crm_id), linked=linked.notna())

@@ -309,6 +309,19 @@ def _numbers(values: pd.Series, name: str) -> pd.Series:
         raise KpiError(f"{name}: not a number ({exc})") from exc
 
 
+def crm_customer_keys(settings: Settings) -> pd.Series:
+    """CRM id -> customer key, from the identity crosswalk (`crm_accounts:<id>` records); empty without one."""
+    path = settings.identity_dir / "crosswalk.parquet"
+    if not path.is_file():
+        return pd.Series(dtype="string")
+    crosswalk = pd.read_parquet(path, columns=["record_key", "customer_key"]).astype("string")
+    crm = crosswalk[crosswalk["record_key"].str.startswith("crm_accounts:")]
+    key_of = pd.Series(
+        crm["customer_key"].to_numpy(), index=crm["record_key"].str.removeprefix("crm_accounts:").to_numpy()
+    )
+    return key_of[~key_of.index.duplicated()]
+
+
 def read_kpi_inputs(settings: Settings, as_of: dt.date | None = None) -> KpiInputs:
     """Tickets, surveys and customers from the lake, keyed through the identity crosswalk, as of a date.
 
@@ -327,12 +340,7 @@ def read_kpi_inputs(settings: Settings, as_of: dt.date | None = None) -> KpiInpu
         crm = read_lake_table(settings, "crm_accounts", columns=["crm_id", "created_at", "region"])
     except IngestError as exc:
         raise KpiError(str(exc)) from exc
-    crosswalk = pd.read_parquet(crosswalk_path, columns=["record_key", "customer_key"]).astype("string")
-    crm_keys = crosswalk[crosswalk["record_key"].str.startswith("crm_accounts:")]
-    key_of = pd.Series(
-        crm_keys["customer_key"].to_numpy(), index=crm_keys["record_key"].str.removeprefix("crm_accounts:").to_numpy()
-    )
-    key_of = key_of[~key_of.index.duplicated()]
+    key_of = crm_customer_keys(settings)
     exported = max(pd.Timestamp(f["_drop_as_of"].max()) for f in (tickets, surveys))
     end = pd.Timestamp(as_of) if as_of is not None else exported
     end = min(end, exported)

@@ -30,7 +30,6 @@ from features.featurestore.offline import available_as_of
 from features.lake import IngestError, read_lake_table
 from flows.retries import io_task
 from flows.score import ConsentFilter, purpose_filter
-from insights.actions import action_rows
 from insights.anomalies import latest_anomaly_report, page_rows
 from insights.errors import InsightsError
 from insights.kpis import (
@@ -200,14 +199,12 @@ def monitoring_alerts(settings: Settings) -> list[Alert]:
 
 def decision_actions(settings: Settings, until: dt.datetime) -> tuple[list[Any], str]:
     """The decision service's actions per action and channel over the last ACTIONS_DAYS, and a line saying so."""
-    from serving.decision_log import RESPONSES, read_decisions, read_outcomes
+    from monitoring.outcomes import action_rows, read_window
+    from serving.decision_log import RESPONSES
 
     since = until - dt.timedelta(days=ACTIONS_DAYS)
-    decisions = read_decisions(settings, since, until)
-    outcomes = read_outcomes(settings, since, None)
-    if not outcomes.empty and not decisions.empty:
-        outcomes = outcomes[outcomes["decision_id"].isin(set(decisions["decision_id"]))]
-    rows = action_rows(decisions, outcomes, RESPONSES)
+    decisions, outcomes = read_window(settings, since, until)
+    rows = action_rows(decisions, outcomes)
     note = (
         f"Decisions logged from {since:%Y-%m-%d} to {until:%Y-%m-%d} ({len(decisions):,}) and the outcomes fed back on "
         f"them ({len(outcomes):,}); response = {' or '.join(RESPONSES)} among the decisions shown (an impression)."

@@ -24,6 +24,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from custintel.settings import Settings
+from insights.report import ActionRow
 from monitoring.triggers import TriggerCheck, TriggerDecision
 from serving.decision_log import RESPONSES, read_decisions, read_outcomes
 
@@ -94,22 +95,55 @@ def _first_p(actions: Any) -> float | None:
     return None
 
 
+def _with_events(decisions: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFrame:
+    """The decisions with their logged P, their outcome events, and whether each was shown, answered, reported."""
+    events = outcomes.groupby("decision_id")["event"].agg(set) if not outcomes.empty else pd.Series(dtype=object)
+    first_p: list[Any] = [_first_p(a) for a in decisions["actions"]]
+    frame = decisions.assign(p=first_p, events=[events.get(d, set()) for d in decisions["decision_id"]])
+    return frame.assign(
+        shown=[("impression" in e) for e in frame["events"]],
+        responded=[bool(e & set(RESPONSES)) for e in frame["events"]],
+        feedback=[("feedback" in e) for e in frame["events"]],
+    )
+
+
+def action_rows(decisions: pd.DataFrame, outcomes: pd.DataFrame) -> list[ActionRow]:
+    """The operations page's view of the decisions: one row per (action, channel).
+
+    Decisions, outcome counts by event, realised response (a positive response among the decisions
+    shown) and expected response (their mean logged P).
+    """
+    if decisions.empty:
+        return []
+    frame = _with_events(decisions, outcomes)
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    if not outcomes.empty:
+        keyed = outcomes.groupby(["action", "channel", "event"]).size().reset_index(name="n")
+        for chosen, where, event, n in keyed.itertuples(index=False):
+            counts.setdefault((str(chosen), str(where)), {})[str(event)] = int(n)
+    rows = []
+    for (action, channel), group in frame.groupby(["action", "channel"], sort=True):
+        shown = group[group["shown"]]
+        ps = shown["p"].dropna()
+        rows.append(
+            ActionRow(
+                action=str(action),
+                channel=str(channel),
+                decisions=len(group),
+                outcomes=counts.get((str(action), str(channel)), {}),
+                response_rate=float(shown["responded"].mean()) if len(shown) else None,
+                expected_rate=float(ps.mean()) if len(ps) else None,
+            )  # fmt: skip
+        )
+    return rows
+
+
 def outcome_report(decisions: pd.DataFrame, outcomes: pd.DataFrame, rules: OutcomeRules) -> OutcomeReport:
     """Realised against expected response per action, feedback rates per model and action, and their checks."""
     report = OutcomeReport(decisions=len(decisions), outcomes=len(outcomes))
     if decisions.empty:
         return report
-    events = outcomes.groupby("decision_id")["event"].agg(set) if not outcomes.empty else pd.Series(dtype=object)
-    first_p: list[Any] = [_first_p(a) for a in decisions["actions"]]
-    frame = decisions.assign(
-        p=first_p,
-        events=[events.get(d, set()) for d in decisions["decision_id"]],
-    )
-    frame = frame.assign(
-        shown=[("impression" in e) for e in frame["events"]],
-        responded=[bool(e & set(RESPONSES)) for e in frame["events"]],
-        feedback=[("feedback" in e) for e in frame["events"]],
-    )
+    frame = _with_events(decisions, outcomes)
     for action, rows in frame.groupby("action", sort=True):
         shown = rows[rows["shown"]]
         ps = shown["p"].dropna()

@@ -21,9 +21,9 @@ import pytest
 
 from custintel.personal import Subject
 from custintel.settings import Settings
-from insights.actions import action_rows
 from insights.personal import InsightsStore
 from insights.report import read_report
+from monitoring.outcomes import action_rows
 from tests.conftest import World
 from tests.test_report_site import _crawl, _serving, chromium
 
@@ -163,7 +163,7 @@ def test_action_rows_count_outcomes_per_action_and_channel() -> None:
             "channel": ["email", "email", "email", "call_centre"],
         }
     )
-    rows = {(r.action, r.channel): r for r in action_rows(decisions, outcomes, ("accept", "conversion"))}
+    rows = {(r.action, r.channel): r for r in action_rows(decisions, outcomes)}
     email = rows[("retention_offer", "email")]
     assert email.decisions == 2 and email.outcomes == {"impression": 2, "accept": 1}
     assert email.response_rate == 0.5 and email.expected_rate == pytest.approx(0.3)

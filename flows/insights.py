@@ -29,7 +29,7 @@ from custintel.settings import Settings
 from features.featurestore.offline import available_as_of
 from features.lake import IngestError, read_lake_table
 from flows.retries import io_task
-from flows.score import ConsentFilter, purpose_filter
+from flows.score import ConsentFilter, purpose_filters
 from insights.anomalies import latest_anomaly_report, page_rows
 from insights.errors import InsightsError
 from insights.kpis import (
@@ -374,8 +374,8 @@ def run_insights(settings: Settings, as_of: dt.date | None, log: Callable[[str],
 
     started = time.perf_counter()
     now = dt.datetime.now(dt.UTC)
-    analytics = purpose_filter(settings, "analytics")
-    profiling = purpose_filter(settings, "profiling")
+    consent = purpose_filters(settings, "analytics", "profiling")  # the consent history read once
+    analytics, profiling = consent["analytics"], consent["profiling"]
     log("reading tickets and surveys for the KPIs")
     inputs = _consented(read_kpi_inputs(settings, as_of), analytics)
     # The data end: the date asked for, or the newest drop's export time when it is earlier (or none was asked).

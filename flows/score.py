@@ -105,6 +105,11 @@ def purpose_filter(settings: Settings, purpose: Purpose) -> ConsentFilter:
 
     Customers with no decision are allowed unless the governance policy's `unknown_consent` excludes them.
     """
+    return purpose_filters(settings, purpose)[purpose]
+
+
+def purpose_filters(settings: Settings, *purposes: Purpose) -> dict[Purpose, ConsentFilter]:
+    """`purpose_filter` for several purposes, the consent history read once."""
     from features.consent import ConsentTable, read_consent_history
     from governance.policy import load_policy
     from models.consent import status_before
@@ -116,10 +121,14 @@ def purpose_filter(settings: Settings, purpose: Purpose) -> ConsentFilter:
     history = read_consent_history(settings, tables)
     keys = pd.Series(history["customer_key"].astype(str).unique())
     now = pd.Series([pd.Timestamp(dt.datetime.now(dt.UTC).replace(tzinfo=None))] * len(keys))
-    status = status_before(keys, now, history, purpose)
-    if policy.unknown_consent.get(purpose, "allow") == "exclude":
-        return ConsentFilter(frozenset(keys[(status == "granted").to_numpy()]), only=True)
-    return ConsentFilter(frozenset(keys[(status == "withdrawn").to_numpy()]))
+    out = {}
+    for purpose in purposes:
+        status = status_before(keys, now, history, purpose)
+        if policy.unknown_consent.get(purpose, "allow") == "exclude":
+            out[purpose] = ConsentFilter(frozenset(keys[(status == "granted").to_numpy()]), only=True)
+        else:
+            out[purpose] = ConsentFilter(frozenset(keys[(status == "withdrawn").to_numpy()]))
+    return out
 
 
 def score_on_duckdb(scorer: BatchScorer, files: list[str], consent: ConsentFilter) -> pd.DataFrame:

@@ -199,7 +199,8 @@ QUICK = {"duration": 3.0, "warmup": 1.0, "repeats": 1, "limit_calls": 1}  # --qu
 DECIDE_CHANNEL = "call_centre"
 CAMPAIGN_CHANNEL = "email"
 DECIDE_MARKER = '"status":"decided"'  # once per decided customer
-DECIDE_KINDS = ("decide", "decide_batch")
+CAMPAIGN_KINDS = ("decide_batch", "decide_batch_2")  # a campaign with one call in flight, with two
+DECIDE_KINDS = ("decide", *CAMPAIGN_KINDS)
 TARGET_DECIDE_P99_MS = 15.0  # /decide at concurrency 8
 TARGET_DECIDE_PER_S = 10_000.0  # batch decisions, customers per second
 CAMPAIGN_CAPACITY = 10**9  # each channel's daily capacity in the benchmark's copy of the decision policy
@@ -1074,19 +1075,21 @@ def _median(xs: list[float]) -> float:
 
 
 _PATHS = {"single": "/churn/score", "batch": "/churn/score/batch", "decide": "/decide",
-          "decide_batch": "/decide/batch"}  # fmt: skip
+          "decide_batch": "/decide/batch", "decide_batch_2": "/decide/batch"}  # fmt: skip
 
 
 def _levels(args: argparse.Namespace) -> list[tuple[str, int]]:
     """(kind, concurrency) in the order run; /decide right after /churn/score at each concurrency.
 
-    For `decide_batch` the number is the campaign's size (one call in flight).
+    For a campaign the number is its size: `decide_batch` with one call in flight, `decide_batch_2` with two
+    (a campaign system sending its list in parts, two at a time, as the README asks of bulk callers).
     """
     out: list[tuple[str, int]] = []
     for c in args.concurrency:
         out += [("single", c)] + ([("decide", c)] if args.decide else [])
     out += [("batch", c) for c in args.batch_concurrency]
-    return out + ([("decide_batch", b) for b in args.decide_batch] if args.decide else [])
+    kinds = [CAMPAIGN_KINDS[f - 1] for f in args.decide_batch_inflight]
+    return out + ([(k, b) for b in args.decide_batch for k in kinds] if args.decide else [])
 
 
 def _analyse(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -1180,13 +1183,13 @@ def _analyse_decide(runs: list[dict[str, Any]], args: argparse.Namespace) -> dic
         if kind not in DECIDE_KINDS:
             continue
         rs = [r["result"] for r in runs if r["contender"] == "A" and r["kind"] == kind and r["concurrency"] == c]
-        # A campaign's customers/s: its size over the mean call (one call in flight), which a 10 s window holding
-        # one or two 10,000-customer calls would round; /decide's: answers in the window, as /churn/score's.
-        size = c
+        # A campaign's customers/s: its size times the calls in flight over the mean call (Little's law; a 10 s
+        # window holding one or two 10,000-customer calls would round); /decide's: answers in the window.
+        size, inflight = c, 2 if kind == "decide_batch_2" else 1
 
-        def per_call(r: dict[str, Any], size: int = size) -> float:
+        def per_call(r: dict[str, Any], size: int = size, inflight: int = inflight) -> float:
             mean = r["latency_ms"]["mean"]
-            return size * 1000 / mean if mean > 0 else float("nan")
+            return inflight * size * 1000 / mean if mean > 0 else float("nan")
 
         rate: Callable[[dict[str, Any]], float] = (lambda r: r["throughput"]) if kind == "decide" else per_call
         base_rate: Callable[[dict[str, Any]], float] = (lambda r: r["throughput"]) if kind == "decide" else (
@@ -1223,10 +1226,11 @@ def _analyse_decide(runs: list[dict[str, Any]], args: argparse.Namespace) -> dic
         targets.append(Target(f"/decide p99 < {TARGET_DECIDE_P99_MS:g} ms at c={TARGET_P99_CONCURRENCY}", p99,
                               TARGET_DECIDE_P99_MS, p99 < TARGET_DECIDE_P99_MS if p99 == p99 else None,
                               _f(p99, ",.1f")))  # fmt: skip
-    campaigns = [lv for lv in levels if lv["kind"] == "decide_batch"]
-    for lv in campaigns:
-        v = lv["per_s"]
-        name = f"/decide/batch x{lv['concurrency']:,} >= {TARGET_DECIDE_PER_S:,.0f} customers/s"
+    # per campaign size, the best of its levels (one or two calls in flight), as the churn batch's target
+    for size in dict.fromkeys(lv["concurrency"] for lv in levels if lv["kind"] in CAMPAIGN_KINDS):
+        rates = [lv["per_s"] for lv in levels if lv["kind"] in CAMPAIGN_KINDS and lv["concurrency"] == size]
+        v = max((x for x in rates if x == x), default=float("nan"))
+        name = f"/decide/batch x{size:,} >= {TARGET_DECIDE_PER_S:,.0f} customers/s"
         passed = v >= TARGET_DECIDE_PER_S if v == v else None
         targets.append(Target(name, v, TARGET_DECIDE_PER_S, passed, _f(v, ",.0f")))
     return {"levels": levels, "targets": targets, "errors": sum(lv["errors"] for lv in levels)}
@@ -1298,6 +1302,7 @@ def _print_decide(console: Console, levels: list[dict[str, Any]], args: argparse
         t.add_column(col, justify="left" if col in ("level", "against") else "right")
     for lv in levels:
         name = f"/decide, c={lv['concurrency']}" if lv["kind"] == "decide" else f"/decide/batch x{lv['concurrency']:,}"
+        name += " (2 in flight)" if lv["kind"] == "decide_batch_2" else ""
         t.add_row(
             name, _f(lv["throughput"]), _f(lv["per_s"], ",.0f"), _f(lv["p50_ms"]), _f(lv["p99_ms"]),
             _f(lv["max_ms"]), _f(lv["server_ms"], ".2f"), _f(lv["client_ms"], ".2f"), _f(lv["busy"], ".0%"),
@@ -1448,6 +1453,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="campaign sizes of /decide/batch, comma-separated (default 1000,10000; '' for none)",
     )
     ap.add_argument(
+        "--decide-batch-inflight",
+        default="1,2",
+        help="campaign calls in flight, comma-separated, 1 and/or 2 (default 1,2)",
+    )
+    ap.add_argument(
         "--decide-keys",
         type=int,
         default=20_000,
@@ -1468,6 +1478,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.batch_concurrency = [int(c) for c in args.batch_concurrency.split(",") if c.strip()]
     args.decide_batch = [int(c) for c in args.decide_batch.split(",") if c.strip()]
+    args.decide_batch_inflight = [int(c) for c in args.decide_batch_inflight.split(",") if c.strip()]
+    if not args.decide_batch_inflight or any(f not in (1, 2) for f in args.decide_batch_inflight):
+        ap.error("--decide-batch-inflight: 1 and/or 2 calls in flight")
     if any(b < 1 or b > 100_000 for b in args.decide_batch):
         ap.error("--decide-batch: each campaign from 1 to 100,000 customers (the serving policy's largest batch)")
     if args.workers < 1:
@@ -1556,13 +1569,13 @@ def _run(session: Session) -> None:
                 turn: tuple[str, ...] = ("A",) if kind in DECIDE_KINDS else in_turn(i, "A", "B")
                 for who in turn:
                     s = servers[who]
-                    batch = args.batch_size if kind == "batch" else c if kind == "decide_batch" else 0
+                    batch = args.batch_size if kind == "batch" else c if kind in CAMPAIGN_KINDS else 0
                     params = {
                         "port": s.port,
                         "path": _PATHS[kind],
                         "token": API_KEY if who == "A" else None,
                         "keys_file": str(decide_file if kind in DECIDE_KINDS else keys_file),
-                        "concurrency": 1 if kind == "decide_batch" else c,
+                        "concurrency": CAMPAIGN_KINDS.index(kind) + 1 if kind in CAMPAIGN_KINDS else c,
                         "batch": batch,
                         "marker": DECIDE_MARKER if kind in DECIDE_KINDS else MARKERS[who],
                         "warmup": args.warmup,
@@ -1572,12 +1585,12 @@ def _run(session: Session) -> None:
                     }
                     if kind in DECIDE_KINDS:
                         params["fields"] = {"channel": DECIDE_CHANNEL if kind == "decide" else CAMPAIGN_CHANNEL}
-                        params["campaign"] = kind == "decide_batch"
+                        params["campaign"] = kind in CAMPAIGN_KINDS
                         params["spread"] = True
                         params["count"] = {"fallback": '"fallback":true', "explored": '"explored":true'}
                         if args.home is None:  # the benchmark's own home: no history carried from level to level
                             _clear_decisions(home)
-                    label = f"#{i + 1} {who} {kind} {'x' if kind == 'decide_batch' else 'c='}{c}"
+                    label = f"#{i + 1} {who} {kind} {'x' if kind in CAMPAIGN_KINDS else 'c='}{c}"
                     run = bench.child("client", label, params)
                     r = run.data | {"seconds": run.seconds}
                     runs.append(

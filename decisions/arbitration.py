@@ -111,6 +111,7 @@ MISSING_CHURN = "no churn score (the churn champion is missing)"
 MISSING_PROPENSITY = "no propensity score (the propensity champion is missing)"
 RULES_NOT_MET = "service-recovery rules not met"
 OVERRIDDEN = "service recovery overrides sales offers"
+NOTHING_ELIGIBLE = "no eligible action"
 
 
 @dataclass(frozen=True)
@@ -387,7 +388,7 @@ def _fallback_reason(dropped: Mapping[str, str] | Sequence[str]) -> str:
     missing = sorted({t.split("(", 1)[1].split(")", 1)[0] for t in texts if "champion is missing" in t})
     if missing:
         return f"{' and '.join(missing)}; no other action eligible"
-    return "no eligible action"
+    return NOTHING_ELIGIBLE
 
 
 class _SafeFields(dict[str, Any]):
@@ -591,18 +592,36 @@ class _Matrix:
             reasons = [f"service recovery: {'; '.join(_fired(a, state, self.context))}"]
         return Candidate(a.name, self.plan.channel, p, v, a.lever, p * v * a.lever, reasons, a.kind, a.cost, product)
 
-    def dropped(self, i: int, codes: list[int]) -> list[str]:
-        """Customer i's 'action: reason' lines for every action that is not a candidate, in policy order."""
-        lines = []
+    def dropped_all(self) -> list[list[str]]:
+        """Per customer, the 'action: reason' lines of every action that is not a candidate, in policy order.
+
+        Column by column (an action at a time over the batch): the fixed texts shared, the expected-value
+        texts formatted in one pass per action, the rest (caps, cool-downs, withheld, not persuadable)
+        made per customer.
+        """
+        lines: list[list[str]] = [[] for _ in range(len(self.states))]
         for j, texts in self._layout:
             if j < 0:
-                lines.append(texts[0])
+                for row in lines:
+                    row.append(texts[0])
                 continue
-            c = codes[j]
-            if c == _OK or c == _IDLE:
+            codes = self.code[:, j]
+            shown = np.flatnonzero((codes != _OK) & (codes != _IDLE))
+            if not len(shown):
                 continue
-            text = texts[c]
-            lines.append(text if text else f"{self.actions[j].name}: {self._reason(i, j, c)}")
+            a = self.actions[j]
+            costs: dict[int, str] = {}
+            is_cost = codes[shown] == _COST
+            if is_cost.any():  # `_cost_reason`'s text, its product p x v as Python floats make it
+                at = shown[is_cost]
+                head, tail = f"{a.name}: expected value ", f" does not cover the cost {a.cost:g}"
+                values = (self.p[at, j] * self.v[at, j]).tolist()
+                costs = {i: f"{head}{x:.2f}{tail}" for i, x in zip(at.tolist(), values, strict=True)}
+            for i, c in zip(shown.tolist(), codes[shown].tolist(), strict=True):
+                text = texts[c]
+                if not text:
+                    text = costs[i] if c == _COST else f"{a.name}: {self._reason(i, j, c)}"
+                lines[i].append(text)
         return lines
 
     def _reason(self, i: int, j: int, c: int) -> str:
@@ -678,8 +697,12 @@ def _matrix(
     recent = np.zeros((n, width), dtype=np.int64)
     last_ago = np.full((n, width), 10**9, dtype=np.int64)
     shared: dict[int, tuple[Mapping[str, float], list[int]]] = {}  # a margin table is usually everyone's
-    held_at: list[tuple[int, int]] = []
-    contacts: list[tuple[int, int, int]] = []  # (customer, action column, days ago) of each past contact
+    held_i: list[int] = []  # (customer, product column) of each product held
+    held_k: list[int] = []
+    contact_i: list[int] = []  # (customer, action column, days ago) of each past contact
+    contact_j: list[int] = []
+    contact_ago: list[int] = []
+    agos: dict[Any, int] = {}  # days ago per date seen (a batch's history holds a few distinct days)
     for i, s in enumerate(states):
         if s.margin:
             entry = shared.get(id(s.margin))
@@ -688,23 +711,30 @@ def _matrix(
             else:
                 entry[1].append(i)
         if s.products_held:
-            held_at += [(i, k) for k in map(where.get, s.products_held) if k is not None]
+            for k in map(where.get, s.products_held):
+                if k is not None:
+                    held_i.append(i)
+                    held_k.append(k)
         if s.history:
             for name, day in s.history:
                 j = col.get(name)
                 if j is not None:
-                    contacts.append((i, j, (today - (day.date() if isinstance(day, dt.datetime) else day)).days))
-    if contacts:  # counted and the latest found with array operations, not an array element at a time
-        past = np.array(contacts, dtype=np.int64)
-        who_i, who_j, ago = past[:, 0], past[:, 1], past[:, 2]
+                    ago = agos.get(day)
+                    if ago is None:
+                        ago = agos[day] = (today - (day.date() if isinstance(day, dt.datetime) else day)).days
+                    contact_i.append(i)
+                    contact_j.append(j)
+                    contact_ago.append(ago)
+    if contact_i:  # counted and the latest found with array operations, not an array element at a time
+        who_i, who_j = np.array(contact_i, dtype=np.int64), np.array(contact_j, dtype=np.int64)
+        ago_days = np.array(contact_ago, dtype=np.int64)
         windows = np.array([a.window_days for a in actions], dtype=np.int64)
-        np.add.at(recent, (who_i, who_j), (ago < windows[who_j]).astype(np.int64))
-        np.minimum.at(last_ago, (who_i, who_j), ago)
+        np.add.at(recent, (who_i, who_j), (ago_days < windows[who_j]).astype(np.int64))
+        np.minimum.at(last_ago, (who_i, who_j), ago_days)
     for table, who in shared.values():
         margin[who] = np.array([table.get(q, nan) for q in products], dtype=float)
-    if held_at:
-        at = np.array(held_at, dtype=np.int64)
-        held[at[:, 0], at[:, 1]] = True
+    if held_i:
+        held[np.array(held_i, dtype=np.int64), np.array(held_k, dtype=np.int64)] = True
 
     # None reads as NaN in a float array.
     minor = np.array([bool(s.is_minor) for s in states], dtype=bool).reshape(n)
@@ -1012,14 +1042,15 @@ def decide_batch(
         draws = [[r.random(), r.random()] for r in map(random.Random, seeds)]
     else:
         draws = np.random.default_rng(seed).random((n, 2)).tolist()
-    codes = m.code.tolist()
+    dropped_lines = m.dropped_all()
+    missing = (m.code == _MISSING).any(axis=1).tolist()  # a fallback names a missing champion only when one is
     ranked_rows = m.ranked.tolist()
     n_candidates = m.n_candidates.tolist()
     targets = target.tolist()
     decisions: list[Decision] = []
     for i, state in enumerate(states):
         t = targets[i]
-        dropped = m.dropped(i, codes[i])
+        dropped = dropped_lines[i]
         if t >= 0:
             row = ranked_rows[i][: n_candidates[i]]
             ranked = [names[j] for j in row]
@@ -1033,7 +1064,7 @@ def decide_batch(
             elif n_candidates[i]:
                 reason = f"{channel} capacity ({limit}) taken by higher-priority customers"
             else:
-                reason = _fallback_reason(dropped)
+                reason = _fallback_reason(dropped) if missing[i] else NOTHING_ELIGIBLE
         decisions.append(
             _decision(
                 policy,

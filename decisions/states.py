@@ -123,10 +123,17 @@ def _consents(
     """Each customer's consent per purpose; purposes (or customers) without a record get `unknown_consent`."""
     default = dict.fromkeys(PURPOSES, unknown_consent)
     shared: dict[Purpose, bool] = default  # one mapping for every customer without a record
+    made: dict[int, tuple[Mapping[Purpose, bool], dict[Purpose, bool]]] = {}  # customers sharing a mapping share one
     out = []
     for key in keys:
         given = consent.get(key)
-        out.append(shared if not given else {**default, **{p: bool(v) for p, v in given.items()}})
+        if not given:
+            out.append(shared)
+            continue
+        hit = made.get(id(given))
+        if hit is None or hit[0] is not given:
+            hit = made[id(given)] = (given, {**default, **{p: bool(v) for p, v in given.items()}})
+        out.append(hit[1])
     return out
 
 

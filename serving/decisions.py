@@ -33,6 +33,7 @@ from decisions.arbitration import CustomerState, Decision, decide, decide_batch,
 from decisions.policy import DecisionPolicy, Purpose, load_policy
 from decisions.states import customer_states
 from serving.champions import ServedModel
+from serving.consent import parse_statuses
 from serving.decision_log import DecisionLog, decision_log_path, new_decision_id, new_decision_ids, now_iso, seed_of
 from serving.errors import ServingError
 from serving.experiments import ExperimentSource, Placement, holdout_decision
@@ -294,6 +295,8 @@ def _finite(value: float) -> float:
 
 
 FAMILIES = ("churn", "uplift", "propensity")  # the champions a decision reads, in the order answers name them
+HOLD_STALE_SECONDS = 60.0  # a campaign's capacity hold stops counting after this (or twice the timeout, if longer)
+RESOLVED_KEPT = 100_000  # distinct (decisions, birth date) pairs `_consent` keeps resolved before it starts over
 FILL_CHUNK = 250  # customers scored per step when the cache is filled ahead
 FILL_PAUSE = 0.01  # seconds between those steps (requests take the GIL meanwhile)
 CACHE_CUSTOMERS = (
@@ -351,25 +354,35 @@ class Decider:
         self.fill_ahead = fill_ahead  # score the store's customers into a new cache on a thread of its own
         # (token, policy, customer -> parts of the state): see `_cache`
         self._derived: tuple[Any, DecisionPolicy, dict[str, _Derived]] | None = None
+        self._resolved: dict[Any, Any] = {}  # (decisions text, birth date) -> (consent, minor), for one day: `_consent`
 
     # -- states --------------------------------------------------------------------------------------------------
     def _consent(self, keys: Sequence[str], today: dt.date, age_below: int) -> tuple[dict[str, dict[Purpose, bool]],
                                                                                      np.ndarray]:  # fmt: skip
-        """Per customer, consent per purpose as the serving policy resolves it (unknown: its rule), and minors."""
-        found = self.runtime.consent.store.lookup_many(keys)
+        """Per customer, consent per purpose as the serving policy resolves it (unknown: its rule), and minors.
+
+        One row per customer from the store (`summaries_many`); each distinct (decisions, birth date) pair is
+        resolved once a day and its mapping shared by the customers who have it (a campaign sees a few hundred
+        pairs among thousands of customers). Nobody changes a state's consent mapping.
+        """
+        found = self.runtime.consent.store.summaries_many(keys)
         unknown = {str(k): str(v) for k, v in self.runtime.policy.unknown_consent.items()}
-        default = {p: unknown.get(p, "allow") != "suppress" for p in PURPOSES}
+        resolved = self._resolved
+        if resolved.get("day") != (today, age_below) or len(resolved) > RESOLVED_KEPT:
+            resolved = self._resolved = {"day": (today, age_below)}
         consent: dict[str, dict[Purpose, bool]] = {}
         minors = np.zeros(len(keys), dtype=bool)
         for i, key in enumerate(keys):
-            held = found.get(key)
-            if held is None or (not held.statuses and held.birth_date is None):
-                consent[key] = dict(default)  # nothing recorded: the policy's rule for every purpose
-                continue
-            statuses = held.statuses
-            consent[key] = {p: statuses[p] == "granted" if p in statuses else default[p] for p in PURPOSES}
-            age = held.age_on(today)
-            minors[i] = age is not None and age < age_below
+            seen = found[key]
+            hit = resolved.get(seen)
+            if hit is None:
+                text, born = seen
+                statuses = parse_statuses(text)
+                given = {p: statuses[p] == "granted" if p in statuses else unknown.get(p, "allow") != "suppress"
+                         for p in PURPOSES}  # fmt: skip
+                age = None if not born else (today - dt.date.fromisoformat(born)).days / 365.25
+                hit = resolved[seen] = (given, age is not None and age < age_below)
+            consent[key], minors[i] = hit
         return consent, minors
 
     def states(
@@ -617,6 +630,7 @@ class Decider:
         rows: list[tuple[Any, ...]] = []
         exposures: list[tuple[Any, ...]] = []
         no_place: list[dict[str, object]] = []
+        at = now_iso()  # the moment of the call: every decision of a campaign is made at once
         for decision, decision_id in zip(decided, ids, strict=True):
             chosen: list[dict[str, Any]] = []
             logged: list[dict[str, Any]] = []
@@ -642,12 +656,11 @@ class Decider:
                 "fallback_reason": decision.fallback_reason, "expected_value": value, "policy": ref, "models": models,
                 "experiments": placement.refs() if placement else no_place,
             }  # fmt: skip
-            at = now_iso()
             logged_key = key(customer_key)
             rows.append((
                 decision_id, logged_key, channel, name, version,
                 decision.actions[0].action if decision.actions else fallback, dumps(logged).decode(), probability,
-                dumps({str(k): float(x) for k, x in decision.action_probabilities.items()}).decode(), int(explored),
+                dumps(decision.action_probabilities).decode(), int(explored),  # names -> Python floats already
                 int(is_fallback), decision.fallback_reason, dumps(reasons_all).decode(), context_json, at, value,
                 models_json,
             ))  # fmt: skip
@@ -696,19 +709,26 @@ class Decider:
         if found:
             states, models = self._build(policy, found, rows, today, hits)
         left: dict[str, int] | None = None
-        if request.channel in policy.capacity:
-            used = self.log.contacts_since(request.channel, policy.fallback, dt.date.today())
-            left = {request.channel: max(0, policy.capacity[request.channel] - used)}
-        withheld = {k: p.withheld for k, p in placements.items() if p.withheld}
-        batch_id = new_decision_id()
-        batch = decide_batch(policy, states, request.channel, today, seed=seed_of(batch_id), capacity=left,
-                             policy_version=served.version, withheld=withheld or None) \
-            if states else None  # fmt: skip
-        decided = list(batch.decisions) if batch is not None else []
-        decided += [holdout_decision(policy, k, request.channel, served.version) for k in held_out]
-        answers, logged, exposures = self._entries(served, decided, new_decision_ids(len(decided)), request.channel,
-                                                   models, placements)  # fmt: skip
-        self.log.write_rows(logged, exposures)
+        hold: str | None = None
+        if request.channel in policy.capacity and states:  # held while decided: see `DecisionLog.hold_capacity`
+            stale = max(HOLD_STALE_SECONDS, 2 * self.runtime.policy.timeout_seconds)
+            hold, free = self.log.hold_capacity(request.channel, policy.fallback, dt.date.today(),
+                                                policy.capacity[request.channel], len(states), stale)  # fmt: skip
+            left = {request.channel: free}
+        try:
+            withheld = {k: p.withheld for k, p in placements.items() if p.withheld}
+            batch_id = new_decision_id()
+            batch = decide_batch(policy, states, request.channel, today, seed=seed_of(batch_id), capacity=left,
+                                 policy_version=served.version, withheld=withheld or None) \
+                if states else None  # fmt: skip
+            decided = list(batch.decisions) if batch is not None else []
+            decided += [holdout_decision(policy, k, request.channel, served.version) for k in held_out]
+            answers, logged, exposures = self._entries(served, decided, new_decision_ids(len(decided)),
+                                                       request.channel, models, placements)  # fmt: skip
+            self.log.write_rows(logged, exposures, release=hold)
+        except BaseException:
+            self.log.release(hold)
+            raise
         results = []
         unknown: dict[str, Any] | None = None
         for key in request.customer_keys:

@@ -260,3 +260,44 @@ def test_a_campaigns_answers_and_log_rows_are_made_as_before(
     assert rows == [logged.row() for _, logged in want]
     assert 0 < sum(r[5] != policy.fallback for r in rows) <= policy.capacity[channel]
     log.close()
+
+
+def test_campaigns_decided_at_once_share_the_channel_capacity(
+    decider: Decider, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Four campaigns on threads at once (as the service's gate runs them): their contacts together keep to the
+    channel's capacity left today, which one campaign would have filled alone."""
+    import threading
+    from dataclasses import replace
+
+    from serving.decision_log import DecisionLog
+    from serving.schemas import DecideBatchRequest
+
+    log = DecisionLog(tmp_path / "decisions.db", decider.log.key_rule, decider.log.salt)
+    monkeypatch.setattr(decider, "log", log)
+    served = decider.policies.current
+    capacity = 25
+    policy = served.policy.model_copy(update={"capacity": {**served.policy.capacity, "email": capacity}})
+    monkeypatch.setattr(decider.policies, "current", replace(served, policy=policy))
+    keys = _known(decider, 200)
+    start = threading.Barrier(4)
+    answers: list[dict[str, Any]] = []
+
+    def campaign(part: list[str]) -> None:
+        start.wait()
+        answers.append(decider.decide_many(DecideBatchRequest(customer_keys=part, channel="email")))
+
+    threads = [threading.Thread(target=campaign, args=(keys[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(answers) == 4
+    with sqlite3.connect(tmp_path / "decisions.db") as con:
+        contacts = con.execute("SELECT count(*) FROM decisions WHERE channel = 'email' AND action != ? "
+                               "AND fallback = 0", (policy.fallback,)).fetchone()[0]  # fmt: skip
+        holds = con.execute("SELECT count(*) FROM capacity_holds").fetchone()[0]
+    squeezed = sum(1 for a in answers for r in a["results"] if "capacity" in (r["fallback_reason"] or ""))
+    assert contacts <= capacity and holds == 0
+    assert squeezed > 0 and contacts == capacity  # more customers wanted a contact: all of it was used, none lost
+    log.close()

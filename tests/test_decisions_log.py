@@ -195,3 +195,59 @@ def test_contacts_since_counts_todays_contacts_on_a_channel_not_fallbacks(settin
                _decision("CK4", at="2025-01-01T10:00:00.000000+00:00", log=log)])  # fmt: skip
     assert log.contacts_since("call_centre", "no_action", dt.datetime.now(dt.UTC).date()) == 2
     assert log.contacts_since("email", "no_action", dt.date(2020, 1, 1)) == 0
+
+
+def test_a_capacity_hold_counts_until_its_rows_are_written_or_it_is_released(settings: Settings,
+                                                                              log: DecisionLog) -> None:  # fmt: skip
+    today = dt.datetime.now(dt.UTC).date()
+    log.write([_decision("CK1", log=log)])  # one contact logged today on call_centre
+    first, left = log.hold_capacity("call_centre", "no_action", today, 10, 6, 60)
+    assert first is not None and left == 9  # 10 less the logged contact
+    second, left = log.hold_capacity("call_centre", "no_action", today, 10, 6, 60)
+    assert second is not None and left == 3  # the first campaign's 6 are held
+    third, left = log.hold_capacity("call_centre", "no_action", today, 10, 6, 60)
+    assert third is None and left == 0  # nothing left: no hold
+    other, left = log.hold_capacity("email", "no_action", today, 10, 6, 60)
+    assert left == 10  # holds are per channel
+    log.release(other)
+    # the first campaign logs 2 contacts and gives its hold back in the same transaction
+    log.write_rows([_decision("CK2", log=log).row(), _decision("CK3", log=log).row()], release=first)
+    assert log.hold_capacity("call_centre", "no_action", today, 10, 1, 60)[1] == 10 - 3 - 3  # 3 logged, 3 held
+    log.release(second)
+    # a hold older than the stale limit (its worker died mid-campaign) no longer counts
+    log.hold_capacity("call_centre", "no_action", today, 10, 5, 60)
+    assert log.hold_capacity("call_centre", "no_action", today, 10, 1, 0)[1] == 10 - 3
+
+
+def _campaigns(path: str, worker: int, capacity: int, rounds: int) -> None:
+    """Campaigns of 5 customers on email, each contacting everyone its hold allows (what decide_many does)."""
+    log = DecisionLog(Path(path), "hash", "salty")
+    today = dt.datetime.now(dt.UTC).date()
+    for i in range(rounds):
+        hold, left = log.hold_capacity("email", "no_action", today, capacity, 5, 60)
+        rows = []
+        for k in range(5):
+            row = list(_decision(f"W{worker}-{i}-{k}", log=log).row())
+            row[2] = "email"
+            if k >= left:  # capacity taken: the fallback
+                row[5], row[10] = "no_action", 1
+            rows.append(tuple(row))
+        log.write_rows(rows, release=hold)
+    log.close()
+
+
+def test_campaigns_decided_at_once_in_several_processes_never_break_capacity(settings: Settings) -> None:
+    """Four processes decide campaigns at the same time: the contacts logged never exceed the channel's capacity."""
+    path = decision_log_path(settings)
+    DecisionLog(path).close()
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_campaigns, args=(str(path), w, 37, 6)) for w in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(120)
+        assert process.exitcode == 0
+    logged = read_decisions(settings)
+    assert len(logged) == 4 * 6 * 5
+    contacts = logged[(logged["channel"] == "email") & (logged["action"] != "no_action")]
+    assert len(contacts) == 37  # 120 customers wanted a contact: exactly the capacity got one

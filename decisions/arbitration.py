@@ -20,10 +20,12 @@ Everything here is pure: states in, decisions out; the randomness comes only fro
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import heapq
 import itertools
 import math
 import random
+import string
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +39,7 @@ from decisions.policy import CHANNELS, SALES_KINDS, ActionSpec, DecisionPolicy, 
 JUDGED_KINDS = ("retention_offer", "cross_sell", "service_recovery")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CustomerState:
     """What arbitration knows about one customer at decision time (a missing champion: None or empty)."""
 
@@ -54,7 +56,7 @@ class CustomerState:
     history: Sequence[tuple[str, dt.date]] = ()
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     """An eligible action scored for one customer: priority = p x v x l."""
 
@@ -70,7 +72,7 @@ class Candidate:
     product: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
     """The chosen action(s) for one customer on one channel, with what the log and the agent need."""
 
@@ -398,6 +400,15 @@ class _SafeFields(dict[str, Any]):
         return "{" + key + "}"
 
 
+@functools.lru_cache(maxsize=256)
+def _placeholders(text: str) -> frozenset[str]:
+    """The {placeholder} names a prompt's text uses (none for a malformed one: it is shown as written)."""
+    try:
+        return frozenset(name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(text) if name)
+    except ValueError:
+        return frozenset()
+
+
 def _prompt(
     spec: ActionSpec,
     chosen: Candidate,
@@ -409,15 +420,19 @@ def _prompt(
     if "{" not in spec.prompt:
         return spec.prompt
     values = _SafeFields(context or {})
-    trigger = chosen.reasons[0].removeprefix("service recovery: ") if chosen.kind == "service_recovery" else ""
+    used = _placeholders(spec.prompt)  # only what the text names is made (a campaign fills thousands)
+    if "trigger" in used:
+        trigger = chosen.reasons[0].removeprefix("service recovery: ") if chosen.kind == "service_recovery" else ""
+        values["trigger"] = trigger or (context or {}).get("reason", "")
+    if "uplift" in used:
+        values["uplift"] = "unknown" if state.uplift is None else f"{state.uplift:.2f}"
+    if "churn_risk" in used:
+        values["churn_risk"] = "unknown" if state.churn_risk is None else f"{state.churn_risk:.2f}"
     values.update(
         customer_key=state.customer_key,
         channel=channel,
         action=chosen.action,
         product=chosen.product or spec.product or "",
-        uplift="unknown" if state.uplift is None else f"{state.uplift:.2f}",
-        churn_risk="unknown" if state.churn_risk is None else f"{state.churn_risk:.2f}",
-        trigger=trigger or (context or {}).get("reason", ""),
     )
     try:
         return spec.prompt.format_map(values)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -44,6 +45,8 @@ from custintel.retention import Expiry, Item
 from custintel.settings import Settings
 from serving.errors import ServingError
 from serving.inference_log import log_key
+
+log = logging.getLogger(__name__)
 
 EVENTS = ("impression", "click", "accept", "decline", "conversion", "complaint", "feedback")
 # Per event: the events that must come before it, and those after which it is out of order.
@@ -133,6 +136,8 @@ _EXPOSE = f"INSERT OR IGNORE INTO exposures ({', '.join(EXPOSURE_COLUMNS)}) VALU
 
 
 MMAP_BYTES = 256 * 2**20  # the log's pages read through a memory map (up to this much of the file)
+CHECKPOINT_BYTES = 4 * 2**20  # the service's checkpoint thread copies the WAL back once it is this large
+BACKSTOP_PAGES = 25_000  # the requests' own automatic checkpoint then (about 100 MiB of WAL; SQLite's: 1,000 pages)
 KEYS_KEPT = 200_000  # customer keys whose logged form `DecisionLog.key` remembers before it starts over
 
 
@@ -249,11 +254,36 @@ class DecisionLog:
     inference log does, so an access request finds them by the same hashed key.
     """
 
-    def __init__(self, path: Path, key_rule: str = "hash", salt: str = "custintel") -> None:
+    def __init__(self, path: Path, key_rule: str = "hash", salt: str = "custintel",
+                 checkpoint_seconds: float | None = None) -> None:  # fmt: skip
         self.path, self.key_rule, self.salt = path, key_rule, salt
         self._local = threading.local()
         self._keys: dict[str | None, str | None] = {}  # customer key -> as logged (a campaign asks twice per customer)
         connect(path).close()  # the tables exist before the first request
+        # The service's log: WAL checkpoints on a thread of their own every `checkpoint_seconds`, not in the
+        # request that happens to cross SQLite's threshold (a campaign's commit then waited for the copy and its
+        # fsync: 20-25 ms of a 1,000-customer campaign measured on a loaded machine). The requests' own
+        # automatic checkpoint stays as a backstop far above the thread's threshold.
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if checkpoint_seconds:
+            self._checkpointer = threading.Thread(target=self._checkpoints, args=(checkpoint_seconds,),
+                                                  name="decision-log-checkpoint", daemon=True)  # fmt: skip
+            self._checkpointer.start()
+
+    def _checkpoints(self, every: float) -> None:
+        """Checkpoint the WAL (passive: writers never wait) whenever it has grown past `CHECKPOINT_BYTES`."""
+        wal = Path(f"{self.path}-wal")
+        con: sqlite3.Connection | None = None
+        while not self._stop.wait(every):
+            try:
+                if wal.is_file() and wal.stat().st_size >= CHECKPOINT_BYTES:
+                    con = con or connect(self.path)
+                    con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except (OSError, sqlite3.Error) as exc:  # the requests' backstop checkpoints meanwhile; say why
+                log.warning("decision log checkpoint failed: %s: %s", type(exc).__name__, exc)
+        if con is not None:
+            con.close()
 
     def key(self, customer_key: str | None) -> str | None:
         """A customer key as the log keeps it."""
@@ -270,6 +300,8 @@ class DecisionLog:
         con = getattr(self._local, "con", None)
         if con is None:
             con = self._local.con = connect(self.path)
+            if self._checkpointer is not None:
+                con.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
         return con
 
     def write(self, decisions: Sequence[LoggedDecision], exposures: Sequence[Exposure] = ()) -> None:
@@ -423,7 +455,10 @@ class DecisionLog:
         return outcome
 
     def close(self) -> None:
-        """Close this thread's connection (others close with their threads)."""
+        """Close this thread's connection (others close with their threads) and stop the checkpoints' thread."""
+        self._stop.set()
+        if self._checkpointer is not None and self._checkpointer is not threading.current_thread():
+            self._checkpointer.join(5)
         con = getattr(self._local, "con", None)
         if con is not None:
             con.close()

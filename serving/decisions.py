@@ -295,6 +295,7 @@ def _finite(value: float) -> float:
 
 
 FAMILIES = ("churn", "uplift", "propensity")  # the champions a decision reads, in the order answers name them
+CHECKPOINT_SECONDS = 1.0  # how often the decision log's WAL is checked for a checkpoint (on a thread of its own)
 HOLD_STALE_SECONDS = 60.0  # a campaign's capacity hold stops counting after this (or twice the timeout, if longer)
 RESOLVED_KEPT = 100_000  # distinct (decisions, birth date) pairs `_consent` keeps resolved before it starts over
 FILL_CHUNK = 250  # customers scored per step when the cache is filled ahead
@@ -348,7 +349,8 @@ class Decider:
         self.runtime = runtime
         self.policies = PolicySource(runtime)
         salt = runtime.settings.serving_log_salt or "custintel"
-        self.log = DecisionLog(decision_log_path(runtime.settings), runtime.policy.audit.customer_key, salt)
+        self.log = DecisionLog(decision_log_path(runtime.settings), runtime.policy.audit.customer_key, salt,
+                               checkpoint_seconds=CHECKPOINT_SECONDS)  # fmt: skip
         self.policies.refresh()
         self.experiments = ExperimentSource(runtime.settings)
         self.fill_ahead = fill_ahead  # score the store's customers into a new cache on a thread of its own

@@ -251,3 +251,31 @@ def test_campaigns_decided_at_once_in_several_processes_never_break_capacity(set
     assert len(logged) == 4 * 6 * 5
     contacts = logged[(logged["channel"] == "email") & (logged["action"] != "no_action")]
     assert len(contacts) == 37  # 120 customers wanted a contact: exactly the capacity got one
+
+
+def test_the_services_log_checkpoints_on_its_own_thread(settings: Settings, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """With a checkpoint thread the requests' commits leave the WAL alone; the thread copies it into the file."""
+    import shutil
+    import sqlite3
+    import time
+
+    import serving.decision_log as decision_log
+
+    monkeypatch.setattr(decision_log, "CHECKPOINT_BYTES", 1)
+    path = decision_log_path(settings)
+    log = DecisionLog(path, "hash", "salty", checkpoint_seconds=0.1)
+    log.write([_decision(f"CK{i}", log=log) for i in range(50)])
+    assert log._con().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == decision_log.BACKSTOP_PAGES
+    deadline = time.monotonic() + 20
+    copied = tmp_path / "copy.db"
+    while True:  # the main file alone (no WAL beside it) holds the rows once the thread has checkpointed
+        shutil.copyfile(path, copied)
+        with sqlite3.connect(copied) as con:
+            found = con.execute("SELECT count(*) FROM decisions").fetchone()[0]
+        if found == 50 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    log.close()
+    assert found == 50
+    assert log._checkpointer is not None and not log._checkpointer.is_alive()

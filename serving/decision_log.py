@@ -88,10 +88,13 @@ CREATE TABLE IF NOT EXISTS decisions (
     expected_value REAL NOT NULL,
     models TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS decisions_customer ON decisions (customer_key, decided_at);
+-- a customer's history (caps, cool-downs) read from the index alone, not a table page per past decision; it also
+-- finds a person's rows for access and erasure (replaces the narrower decisions_customer)
+CREATE INDEX IF NOT EXISTS decisions_history ON decisions (customer_key, decided_at, actions);
+DROP INDEX IF EXISTS decisions_customer;
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (decided_at);
--- covers `contacts_since` (a campaign's capacity left today): counted from the index, not today's whole rows
-CREATE INDEX IF NOT EXISTS decisions_channel_at ON decisions (channel, decided_at, fallback, action);
+-- capacity is read from channel_contacts (below), no longer counted from an index of today's decisions
+DROP INDEX IF EXISTS decisions_channel_at;
 CREATE TABLE IF NOT EXISTS outcomes (
     outcome_id TEXT PRIMARY KEY,
     decision_id TEXT NOT NULL REFERENCES decisions (decision_id) ON DELETE CASCADE,
@@ -161,7 +164,41 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     con.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt; no fsync per request
     con.execute("PRAGMA foreign_keys = ON")
     con.executescript(_SCHEMA)
+    _count_contacts(con)
     return con
+
+
+# Contacts per (channel, UTC day, action), kept by triggers as decisions are written and deleted (erasure,
+# retention): what a campaign's capacity check reads, one row per action, instead of counting today's decisions
+# (22 ms at 200,000 of them). Aggregates only: no customer in them. Made, and filled from the log's rows, once.
+_COUNTS = (
+    "CREATE TABLE channel_contacts (channel TEXT NOT NULL, day TEXT NOT NULL, action TEXT NOT NULL, "
+    "contacts INTEGER NOT NULL, PRIMARY KEY (channel, day, action)) WITHOUT ROWID",
+    "INSERT INTO channel_contacts SELECT channel, substr(decided_at, 1, 10), action, count(*) FROM decisions "
+    "WHERE fallback = 0 GROUP BY 1, 2, 3",
+    "CREATE TRIGGER decisions_counted AFTER INSERT ON decisions WHEN NEW.fallback = 0 BEGIN "
+    "INSERT INTO channel_contacts VALUES (NEW.channel, substr(NEW.decided_at, 1, 10), NEW.action, 1) "
+    "ON CONFLICT (channel, day, action) DO UPDATE SET contacts = contacts + 1; END",
+    "CREATE TRIGGER decisions_uncounted AFTER DELETE ON decisions WHEN OLD.fallback = 0 BEGIN "
+    "UPDATE channel_contacts SET contacts = contacts - 1 WHERE channel = OLD.channel "
+    "AND day = substr(OLD.decided_at, 1, 10) AND action = OLD.action; END",
+)
+
+
+def _count_contacts(con: sqlite3.Connection) -> None:
+    """Give a log its contact counts (`_COUNTS`) if it has none: in one write transaction, so no row is missed."""
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'channel_contacts'"
+    if con.execute(exists).fetchone():
+        return
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        if not con.execute(exists).fetchone():  # another process may have made them meanwhile
+            for statement in _COUNTS:
+                con.execute(statement)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def new_decision_id() -> str:
@@ -378,15 +415,15 @@ class DecisionLog:
 
         What a campaign's channel capacity has left today.
         """
-        start = dt.datetime.combine(day, dt.time(), dt.UTC).isoformat()
         row = (
             self._con()
             .execute(
-                "SELECT count(*) FROM decisions WHERE channel = ? AND decided_at >= ? AND action != ? AND fallback = 0",
-                (channel, start, fallback),
+                "SELECT coalesce(sum(contacts), 0) FROM channel_contacts "
+                "WHERE channel = ? AND day >= ? AND action != ?",
+                (channel, day.isoformat(), fallback),
             )
             .fetchone()
-        )
+        )  # the counts the triggers keep (`_COUNTS`): decisions not a fallback, by UTC day
         return int(row[0])
 
     def hold_capacity(self, channel: str, fallback: str, day: dt.date, capacity: int, wanted: int,

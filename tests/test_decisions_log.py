@@ -279,3 +279,44 @@ def test_the_services_log_checkpoints_on_its_own_thread(settings: Settings, tmp_
     log.close()
     assert found == 50
     assert log._checkpointer is not None and not log._checkpointer.is_alive()
+
+
+def _counted(path: Path, channel: str, fallback: str, day: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(path) as con:
+        return con.execute("SELECT count(*) FROM decisions WHERE channel = ? AND decided_at >= ? AND action != ? "
+                           "AND fallback = 0", (channel, day, fallback)).fetchone()[0]  # fmt: skip
+
+
+def test_contact_counts_reconcile_with_the_log_through_erasure_and_retention(settings: Settings) -> None:
+    """The capacity check's counts (kept by triggers) equal a count of the log's rows after writes, an erasure and
+    retention; a log written before the counts existed gets them filled from its rows."""
+    import sqlite3
+
+    path = decision_log_path(settings)
+    log = DecisionLog(path, "hash", settings.serving_log_salt or "custintel")
+    today = dt.datetime.now(dt.UTC).date()
+    old = "2025-01-01T10:00:00.000000+00:00"
+    fallback_row = _decision("CK4", "no_action", log=log)
+    log.write([_decision("CK1", log=log), _decision("CK2", log=log), _decision("CK2", "cross_sell", log=log),
+               fallback_row, _decision("CK3", at=old, log=log)])  # fmt: skip
+    assert log.contacts_since("call_centre", "no_action", today) == 3 == _counted(path, "call_centre", "no_action",
+                                                                                   today.isoformat())  # fmt: skip
+    assert log.contacts_since("call_centre", "no_action", dt.date(2025, 1, 1)) == 4
+    DecisionLogStore(settings).erase([Subject("CK2", customer_keys=("CK2",))])
+    assert log.contacts_since("call_centre", "no_action", today) == 1 == _counted(path, "call_centre", "no_action",
+                                                                                   today.isoformat())  # fmt: skip
+    expire(path, dt.date(2025, 6, 1))
+    assert log.contacts_since("call_centre", "no_action", dt.date(2020, 1, 1)) == 1
+    log.close()
+    # a log from before the counts: its rows are counted when it is next opened for writing
+    with sqlite3.connect(path) as con:
+        con.execute("DROP TRIGGER decisions_counted")
+        con.execute("DROP TRIGGER decisions_uncounted")
+        con.execute("DROP TABLE channel_contacts")
+    fresh = DecisionLog(path, "hash", settings.serving_log_salt or "custintel")
+    assert fresh.contacts_since("call_centre", "no_action", today) == 1
+    fresh.write([_decision("CK5", log=fresh)])
+    assert fresh.contacts_since("call_centre", "no_action", today) == 2
+    fresh.close()

@@ -290,7 +290,7 @@ def _counted(path: Path, channel: str, fallback: str, day: str) -> int:
 
 
 def test_contact_counts_reconcile_with_the_log_through_erasure_and_retention(settings: Settings) -> None:
-    """The capacity check's counts (kept by triggers) equal a count of the log's rows after writes, an erasure and
+    """The capacity check's counts (added by the writes, taken off by a trigger) equal a count of the log's rows after writes, an erasure and
     retention; a log written before the counts existed gets them filled from its rows."""
     import sqlite3
 
@@ -312,7 +312,6 @@ def test_contact_counts_reconcile_with_the_log_through_erasure_and_retention(set
     log.close()
     # a log from before the counts: its rows are counted when it is next opened for writing
     with sqlite3.connect(path) as con:
-        con.execute("DROP TRIGGER decisions_counted")
         con.execute("DROP TRIGGER decisions_uncounted")
         con.execute("DROP TABLE channel_contacts")
     fresh = DecisionLog(path, "hash", settings.serving_log_salt or "custintel")

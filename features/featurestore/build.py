@@ -292,14 +292,29 @@ def build_purchase_labels(con: SqlConnection, labels: LabelConfig, observed_unti
     end = _ts(observed_until)
     h = labels.purchase_horizon_days
     cutoffs = [row[0] for row in con.sql("SELECT DISTINCT cutoff FROM spine ORDER BY 1").fetchall()]
-    parts = [con.sql(_purchase_labels_sql(h, end, _ts(c))).to_arrow_table() for c in cutoffs]
+    products = con.sql(f"SELECT count(*) FROM ({_PURCHASABLE})").fetchall()[0][0] or 1
+    step = max(1, LABEL_ROWS_PER_PART // int(products))  # customers per part
+    parts = []
+    for c in cutoffs:  # and within a cutoff, a range of customers at a time, in the order of the whole table
+        low, high = con.sql(f"SELECT min(cid), max(cid) FROM spine WHERE cutoff = {_ts(c)}").fetchall()[0]
+        for first in range(int(low), int(high) + 1, step):
+            part = _purchase_labels_sql(h, end, _ts(c), (first, first + step - 1))
+            parts.append(con.sql(part).to_arrow_table())
     return pa.concat_tables(parts) if parts else con.sql(_purchase_labels_sql(h, end, "NULL")).to_arrow_table()
 
 
-def _purchase_labels_sql(h: int, end: str, cutoff: str) -> str:
+# Purchase labels are built this many rows (customers x products) at a time: at 1M customers the whole cutoff
+# (tens of millions of rows, sorted) outgrew DuckDB's memory limit and Spark's 1 GiB driver result limit.
+LABEL_ROWS_PER_PART = 4_000_000
+_PURCHASABLE = "SELECT DISTINCT product_id FROM products WHERE NOT coalesce(is_plan, false) AND product_id IS NOT NULL"
+
+
+def _purchase_labels_sql(h: int, end: str, cutoff: str, cids: tuple[int, int] | None = None) -> str:
+    """One cutoff's labels (`cids`: of the customers whose cid is in that closed range)."""
+    if cids is not None:
+        cutoff = f"{cutoff} AND s.cid BETWEEN {cids[0]} AND {cids[1]}"  # both uses below are `s.cutoff = ...`
     return f"""
-    WITH p AS (SELECT DISTINCT product_id FROM products
-               WHERE NOT coalesce(is_plan, false) AND product_id IS NOT NULL),
+    WITH p AS ({_PURCHASABLE}),
          b AS (SELECT DISTINCT s.cid, s.cutoff, e.product
                FROM spine s JOIN transactions e ON e.cid = s.cid AND e.kind = 'purchase'
                     AND e.event_time >= s.cutoff AND e.event_time < s.cutoff + INTERVAL {h} DAY

@@ -290,8 +290,8 @@ def _counted(path: Path, channel: str, fallback: str, day: str) -> int:
 
 
 def test_contact_counts_reconcile_with_the_log_through_erasure_and_retention(settings: Settings) -> None:
-    """The capacity check's counts (added by the writes, taken off by a trigger) equal a count of the log's rows after writes, an erasure and
-    retention; a log written before the counts existed gets them filled from its rows."""
+    """The capacity check's counts (added by the writes, taken off by a trigger) equal a count of the log's rows
+    after writes, an erasure and retention; a log written before the counts existed gets them filled from its rows."""
     import sqlite3
 
     path = decision_log_path(settings)

@@ -439,6 +439,15 @@ def test_consent_lookups_one_at_a_time_and_in_batch_agree(tmp_path: Path) -> Non
     assert one["b"] == CustomerConsent({"marketing": "granted"}) and one["unknown"] == CustomerConsent()
     assert store.lookup_many(keys) == one
     assert ConsentStore(tmp_path / "absent.sqlite").lookup_many(["a"]) == {"a": CustomerConsent()}
+    # one row per customer, decoded: what the decision service reads for a campaign
+    from serving.consent import parse_statuses
+
+    summaries = store.summaries_many(keys)
+    assert set(summaries) == set(keys)
+    for key, (text, born) in summaries.items():
+        assert parse_statuses(text) == one[key].statuses
+        assert (dt.date.fromisoformat(born) if born else None) == one[key].birth_date
+    assert ConsentStore(tmp_path / "absent.sqlite").summaries_many(["a"]) == {"a": (None, None)}
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])

@@ -87,13 +87,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     context TEXT NOT NULL,
     decided_at TEXT NOT NULL,
     expected_value REAL NOT NULL,
-    models TEXT NOT NULL
+    models TEXT NOT NULL,
+    action_names TEXT
 );
-CREATE INDEX IF NOT EXISTS decisions_customer ON decisions (customer_key, decided_at);
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (decided_at);
 -- capacity is read from channel_contacts (below), no longer counted from an index of today's decisions
 DROP INDEX IF EXISTS decisions_channel_at;
-DROP INDEX IF EXISTS decisions_history;
 DROP TRIGGER IF EXISTS decisions_counted;
 CREATE TABLE IF NOT EXISTS outcomes (
     outcome_id TEXT PRIMARY KEY,
@@ -137,7 +136,14 @@ _COUNT = (
     "ON CONFLICT (channel, day, action) DO UPDATE SET contacts = contacts + excluded.contacts"
 )
 _CHANNEL, _ACTION, _FALLBACK, _AT = (DECISION_COLUMNS.index(c) for c in ("channel", "action", "fallback", "decided_at"))
-_INSERT = f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}) VALUES ({', '.join('?' * len(DECISION_COLUMNS))})"
+# The chosen actions' names, comma-joined ("cross_sell_lines" or "a,b"), made by SQLite from the row's `actions`
+# as it is inserted: a customer's contact history is then read from an index alone (`decisions_history`).
+_NAMES = "(SELECT group_concat(json_extract(value, '$.action'), ',') FROM json_each({actions}))"
+_ACTIONS_PARAM = f"?{DECISION_COLUMNS.index('actions') + 1}"
+_INSERT = (
+    f"INSERT INTO decisions ({', '.join(DECISION_COLUMNS)}, action_names) "
+    f"VALUES ({', '.join(f'?{i + 1}' for i in range(len(DECISION_COLUMNS)))}, {_NAMES.format(actions=_ACTIONS_PARAM)})"
+)
 EXPOSURE_COLUMNS = ("experiment", "version", "arm", "customer_key", "decision_id", "channel", "exposed_at")
 # the first exposure of a customer to an experiment is kept; a later one is ignored
 _EXPOSE = f"INSERT OR IGNORE INTO exposures ({', '.join(EXPOSURE_COLUMNS)}) VALUES ({', '.join('?' * 7)})"
@@ -169,8 +175,29 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     con.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt; no fsync per request
     con.execute("PRAGMA foreign_keys = ON")
     con.executescript(_SCHEMA)
+    _name_actions(con)
     _count_contacts(con)
     return con
+
+
+def _name_actions(con: sqlite3.Connection) -> None:
+    """Give a log written before `action_names` existed the column, filled from its rows, and its index; once."""
+    if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'decisions_history'").fetchone():
+        return
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        if "action_names" not in [r[1] for r in con.execute("PRAGMA table_info(decisions)")]:
+            con.execute("ALTER TABLE decisions ADD COLUMN action_names TEXT")
+        con.execute(f"UPDATE decisions SET action_names = {_NAMES.format(actions='actions')} "  # noqa: S608
+                    "WHERE action_names IS NULL")  # fmt: skip
+        # (customer, time, actions' names): caps and cool-downs read a customer's history from the index alone
+        con.execute("CREATE INDEX IF NOT EXISTS decisions_history ON decisions "
+                    "(customer_key, decided_at, action_names)")  # fmt: skip
+        con.execute("DROP INDEX IF EXISTS decisions_customer")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 # Contacts per (channel, UTC day, action): what a campaign's capacity check reads, one row per action, instead of
@@ -395,12 +422,17 @@ class DecisionLog:
         logged = [k for k in by_log if k is not None]
         if not logged:
             return out
-        query = ("SELECT customer_key, actions, decided_at FROM decisions WHERE customer_key IN "
-                 "(SELECT value FROM json_each(?1)) AND decided_at >= ?2")  # fmt: skip
+        query = (
+            "SELECT customer_key, action_names, decided_at FROM decisions WHERE customer_key IN "
+            "(SELECT value FROM json_each(?1)) AND decided_at >= ?2"
+        )  # fmt: skip  (from decisions_history alone)
         start = (since or dt.date.min).isoformat()
-        for logged_key, actions, at in self._con().execute(query, (json.dumps(logged), start)):
-            day = dt.date.fromisoformat(at[:10])
-            out[by_log[logged_key]].extend((str(a["action"]), day) for a in orjson.loads(actions))
+        days: dict[str, dt.date] = {}
+        for logged_key, names, at in self._con().execute(query, (json.dumps(logged), start)):
+            day = days.get(at[:10])
+            if day is None:
+                day = days[at[:10]] = dt.date.fromisoformat(at[:10])
+            out[by_log[logged_key]].extend((name, day) for name in (names.split(",") if names else ()))
         return out
 
     def contacts_since(self, channel: str, fallback: str, day: dt.date) -> int:

@@ -226,7 +226,7 @@ def test_a_campaigns_answers_and_log_rows_are_made_as_before(
     import orjson
 
     import serving.decisions as served_decisions
-    from serving.decision_log import DecisionLog, seed_of
+    from serving.decision_log import DECISION_COLUMNS, DecisionLog, seed_of
     from serving.schemas import DecideBatchRequest
 
     counter = iter(range(1, 10**6))
@@ -256,7 +256,7 @@ def test_a_campaigns_answers_and_log_rows_are_made_as_before(
     unknown = body["results"][100]
     assert unknown["status"] == "not_found" and unknown["error"] == "unknown customer 'no-such-customer'"
     with sqlite3.connect(tmp_path / "decisions.db") as con:
-        rows = con.execute("SELECT * FROM decisions ORDER BY rowid").fetchall()
+        rows = con.execute(f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions ORDER BY rowid").fetchall()
     assert rows == [logged.row() for _, logged in want]
     assert 0 < sum(r[5] != policy.fallback for r in rows) <= policy.capacity[channel]
     log.close()

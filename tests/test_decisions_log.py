@@ -319,3 +319,32 @@ def test_contact_counts_reconcile_with_the_log_through_erasure_and_retention(set
     fresh.write([_decision("CK5", log=fresh)])
     assert fresh.contacts_since("call_centre", "no_action", today) == 2
     fresh.close()
+
+
+def test_a_log_from_before_action_names_gets_them_and_its_history_reads_the_same(settings: Settings) -> None:
+    """An older log (no `action_names` column, the narrow customer index) is given the column, filled from each
+    row's actions, and the history index when next opened for writing; caps then count the same actions."""
+    import sqlite3
+
+    path = decision_log_path(settings)
+    log = DecisionLog(path, "hash", "salty")
+    two = _decision("CK1", log=log)
+    two = LoggedDecision(**{**two.__dict__, "actions": [*two.actions, {**two.actions[0], "action": "cross_sell"}]})
+    log.write([two, _decision("CK1", "no_action", log=log), _decision("CK2", log=log)])
+    want = log.history(["CK1", "CK2"])
+    log.close()
+    with sqlite3.connect(path) as con:  # back to the layout before: no column, no history index
+        con.execute("DROP INDEX decisions_history")
+        con.execute("ALTER TABLE decisions DROP COLUMN action_names")
+        con.execute("CREATE INDEX decisions_customer ON decisions (customer_key, decided_at)")
+    reopened = DecisionLog(path, "hash", "salty")
+    assert reopened.history(["CK1", "CK2"]) == want
+    assert sorted(a for a, _ in want["CK1"]) == ["cross_sell", "no_action", "retention_offer"]
+    with sqlite3.connect(path) as con:
+        indexes = {r[1] for r in con.execute("PRAGMA index_list(decisions)")}
+        plan = " ".join(r[3] for r in con.execute(
+            "EXPLAIN QUERY PLAN SELECT customer_key, action_names, decided_at FROM decisions "
+            "WHERE customer_key IN ('a') AND decided_at >= '2020'"))  # fmt: skip
+    assert "decisions_history" in indexes and "decisions_customer" not in indexes
+    assert "COVERING INDEX decisions_history" in plan
+    reopened.close()

@@ -59,6 +59,17 @@ arbitration) for one customer and for a campaign.
 Results go to benchmarks/results/serving-<time>.json (server logs to <work>/runs/<time>/). Exit code 0,
 1 when a target is missed or a request failed, 2 when setup, a server or the client failed.
 
+Measured after the campaign path's second cut (issue 21, 2026-12-06, --workers 2 --no-profile, load 0.3-2, the fixed
+loop 0.15-0.16 s start and end; campaigns with one call in flight, and two in brackets):
+
+    run                              campaign x1,000       campaign x10,000      srv CPU x1,000   /decide p99 c8
+    --quick (08:53)                  11,927 (10,772)/s     12,112 (14,345)/s     84 ms/1,000      8.3 ms
+    10 s windows, 2 repeats (09:05)   9,726 (9,792)/s      10,861 (10,475)/s     100 ms/1,000     9.3 ms
+
+Two in flight do not double a campaign of 1,000: the two connections often land on the same worker. In a 10 s
+window each of the 12,512 customers is decided about ten times, so a level's last calls read ten past decisions
+per customer; the quick windows read fewer.
+
 Measured, decisions after the gate answers /decide and /decide/batch and the decision cache (issue 21, 2026-12-06
 01:25 UTC, --quick --duration 6, one worker, same home and champions as below, load average 10-15 from other
 sessions, the fixed loop 0.78 s at the start and 0.51 s at the end; main's code on the same home, 01:19 UTC, load 15-16,

@@ -93,7 +93,6 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (decided_at);
 -- capacity is read from channel_contacts (below), no longer counted from an index of today's decisions
 DROP INDEX IF EXISTS decisions_channel_at;
-DROP TRIGGER IF EXISTS decisions_counted;
 CREATE TABLE IF NOT EXISTS outcomes (
     outcome_id TEXT PRIMARY KEY,
     decision_id TEXT NOT NULL REFERENCES decisions (decision_id) ON DELETE CASCADE,
@@ -448,7 +447,7 @@ class DecisionLog:
                 (channel, day.isoformat(), fallback),
             )
             .fetchone()
-        )  # the counts the triggers keep (`_COUNTS`): decisions not a fallback, by UTC day
+        )  # the counts the writes keep (`_COUNTS`): decisions not a fallback, by UTC day
         return int(row[0])
 
     def hold_capacity(self, channel: str, fallback: str, day: dt.date, capacity: int, wanted: int,

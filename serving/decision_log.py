@@ -408,12 +408,13 @@ class DecisionLog:
             raise
 
     def history(
-        self, customer_keys: Iterable[str], since: dt.date | None = None
+        self, customer_keys: Iterable[str], since: dt.date | None = None, skip: Iterable[str] = ()
     ) -> dict[str, list[tuple[str, dt.date]]]:
         """Per customer key (as given), the actions decided for them and when: what caps and cool-downs count.
 
         Every chosen action of a decision counts (not only the first); a fallback's "no action" too,
-        which the policy's caps may ignore. `since`: only decisions from that day on.
+        which the policy's caps may ignore. `since`: only decisions from that day on. `skip`: actions no rule
+        counts (a policy's no-contact actions): a decision that chose one of them alone is not read.
         """
         keys = list(dict.fromkeys(customer_keys))
         by_log = {self.key(k): k for k in keys}
@@ -423,11 +424,12 @@ class DecisionLog:
             return out
         query = (
             "SELECT customer_key, action_names, decided_at FROM decisions WHERE customer_key IN "
-            "(SELECT value FROM json_each(?1)) AND decided_at >= ?2"
+            "(SELECT value FROM json_each(?1)) AND decided_at >= ?2 "
+            "AND coalesce(action_names, '') NOT IN (SELECT value FROM json_each(?3))"
         )  # fmt: skip  (from decisions_history alone)
         start = (since or dt.date.min).isoformat()
         days: dict[str, dt.date] = {}
-        for logged_key, names, at in self._con().execute(query, (json.dumps(logged), start)):
+        for logged_key, names, at in self._con().execute(query, (json.dumps(logged), start, json.dumps(list(skip)))):
             day = days.get(at[:10])
             if day is None:
                 day = days[at[:10]] = dt.date.fromisoformat(at[:10])

@@ -571,7 +571,8 @@ class Decider:
             values = [d.values[j] for d in derived]
             data[c] = _numbers(values) if c in signal_columns else values
         window = max((max(a.window_days, a.cooldown_days) for a in policy.actions), default=1)
-        history = self.log.history(found, since=today - dt.timedelta(days=window))
+        idle = [a.name for a in policy.actions if a.kind == "none"]  # no cap or cool-down reads them
+        history = self.log.history(found, since=today - dt.timedelta(days=window), skip=idle)
         group_values = np.asarray(data[policy.equity.attribute], dtype=object)
         groups = group_values if any(g is not None for g in group_values) else None
         held = {k: d.held for k, d in zip(found, derived, strict=True)}

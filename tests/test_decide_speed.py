@@ -87,7 +87,8 @@ def plain_states(decider: Decider, policy: DecisionPolicy, keys: Sequence[str], 
         features[column] = pd.to_numeric(features[column], errors="coerce")
     consent, minors = decider._consent(found, today, policy.minors.age_below)
     window = max(max(a.window_days, a.cooldown_days) for a in policy.actions)
-    history = decider.log.history(found, since=today - dt.timedelta(days=window))
+    idle = [a.name for a in policy.actions if a.kind == "none"]  # as the service reads it: no rule counts these
+    history = decider.log.history(found, since=today - dt.timedelta(days=window), skip=idle)
     group_values = features[policy.equity.attribute].to_numpy(dtype=object)
     groups = group_values if any(g is not None for g in group_values) else None
     return customer_states(

@@ -348,3 +348,22 @@ def test_a_log_from_before_action_names_gets_them_and_its_history_reads_the_same
     assert "decisions_history" in indexes and "decisions_customer" not in indexes
     assert "COVERING INDEX decisions_history" in plan
     reopened.close()
+
+
+def test_history_can_leave_out_decisions_of_no_contact_actions_alone(settings: Settings, log: DecisionLog) -> None:
+    """`skip` leaves out a decision that chose only skipped actions (a fallback's no_action), read from the index."""
+    import sqlite3
+
+    two = _decision("CK1", log=log)
+    two = LoggedDecision(**{**two.__dict__, "actions": [*two.actions, {**two.actions[0], "action": "no_action"}]})
+    log.write([two, _decision("CK1", "no_action", log=log), _decision("CK1", "cross_sell", log=log)])
+    everything = sorted(a for a, _ in log.history(["CK1"])["CK1"])
+    assert everything == ["cross_sell", "no_action", "no_action", "retention_offer"]
+    kept = sorted(a for a, _ in log.history(["CK1"], skip=["no_action"])["CK1"])
+    assert kept == ["cross_sell", "no_action", "retention_offer"]  # the two-action decision is read whole
+    with sqlite3.connect(decision_log_path(settings)) as con:
+        plan = " ".join(r[3] for r in con.execute(
+            "EXPLAIN QUERY PLAN SELECT customer_key, action_names, decided_at FROM decisions WHERE customer_key IN "
+            "(SELECT value FROM json_each('[]')) AND decided_at >= '2020' "
+            "AND coalesce(action_names, '') NOT IN (SELECT value FROM json_each('[]'))"))  # fmt: skip
+    assert "COVERING INDEX decisions_history" in plan

@@ -65,6 +65,8 @@ loop 0.15-0.16 s start and end; campaigns with one call in flight, and two in br
     run                              campaign x1,000       campaign x10,000      srv CPU x1,000   /decide p99 c8
     --quick (08:53)                  11,927 (10,772)/s     12,112 (14,345)/s     84 ms/1,000      8.3 ms
     10 s windows, 2 repeats (09:05)   9,726 (9,792)/s      10,861 (10,475)/s     100 ms/1,000     9.3 ms
+    the same, history skipping
+    no-contact decisions (09:19)      9,952 (9,618)/s      11,672 (11,481)/s      99 ms/1,000    10.9 ms
 
 Two in flight do not double a campaign of 1,000: the two connections often land on the same worker. In a 10 s
 window each of the 12,512 customers is decided about ten times, so a level's last calls read ten past decisions

@@ -302,7 +302,11 @@ def _cross_sell_reasons(product: str, p: float, v: float, lever: float) -> list[
 
 
 def _cost_reason(p: float, v: float, action: ActionSpec) -> str:
-    return f"expected value {p * v:.2f} does not cover the cost {action.cost:g}"
+    return _cost_text(p * v, action)
+
+
+def _cost_text(value: float, action: ActionSpec) -> str:
+    return f"expected value {value:.2f} does not cover the cost {action.cost:g}"
 
 
 @dataclass
@@ -627,11 +631,10 @@ class _Matrix:
             a = self.actions[j]
             costs: dict[int, str] = {}
             is_cost = codes[shown] == _COST
-            if is_cost.any():  # `_cost_reason`'s text, its product p x v as Python floats make it
+            if is_cost.any():  # `_cost_reason`'s text, its product p x v in one array operation
                 at = shown[is_cost]
-                head, tail = f"{a.name}: expected value ", f" does not cover the cost {a.cost:g}"
                 values = (self.p[at, j] * self.v[at, j]).tolist()
-                costs = {i: f"{head}{x:.2f}{tail}" for i, x in zip(at.tolist(), values, strict=True)}
+                costs = {i: f"{a.name}: {_cost_text(x, a)}" for i, x in zip(at.tolist(), values, strict=True)}
             for i, c in zip(shown.tolist(), codes[shown].tolist(), strict=True):
                 text = texts[c]
                 if not text:
@@ -640,6 +643,7 @@ class _Matrix:
         return lines
 
     def _reason(self, i: int, j: int, c: int) -> str:
+        """The reason text that needs customer i's numbers (`dropped_all` makes the expected-value ones itself)."""
         a = self.actions[j]
         if c == _CAP:
             return _cap_reason(int(self.recent[i, j]), a)
@@ -647,11 +651,9 @@ class _Matrix:
             return _cooldown_reason(self.today - dt.timedelta(days=int(self.last_ago[i, j])), a)
         if c == _WITHHELD:
             return self.withheld[i][a.name]  # type: ignore[index]
-        if c == _NOT_PERSUADABLE:
-            state = self.states[i]
-            score = state.uplift if a.target == "uplift" else state.churn_risk
-            return _not_persuadable(a, 0.0 if score is None else float(score))  # -0.0 as `decide` says it
-        return _cost_reason(float(self.p[i, j]), float(self.v[i, j]), a)  # _COST
+        state = self.states[i]  # _NOT_PERSUADABLE
+        score = state.uplift if a.target == "uplift" else state.churn_risk
+        return _not_persuadable(a, 0.0 if score is None else float(score))  # -0.0 as `decide` says it
 
     def __post_init__(self) -> None:
         col = {a.name: j for j, a in enumerate(self.actions)}

@@ -33,7 +33,7 @@ from decisions.arbitration import CustomerState, Decision, decide, decide_batch,
 from decisions.policy import DecisionPolicy, Purpose, load_policy
 from decisions.states import customer_states
 from serving.champions import ServedModel
-from serving.consent import parse_statuses
+from serving.consent import CustomerConsent, parse_statuses
 from serving.decision_log import DecisionLog, decision_log_path, new_decision_id, new_decision_ids, now_iso, seed_of
 from serving.errors import ServingError
 from serving.experiments import ExperimentSource, Placement, holdout_decision
@@ -379,10 +379,11 @@ class Decider:
             hit = resolved.get(seen)
             if hit is None:
                 text, born = seen
-                statuses = parse_statuses(text)
+                held = CustomerConsent(parse_statuses(text), dt.date.fromisoformat(born) if born else None)
+                statuses = held.statuses
                 given = {p: statuses[p] == "granted" if p in statuses else unknown.get(p, "allow") != "suppress"
                          for p in PURPOSES}  # fmt: skip
-                age = None if not born else (today - dt.date.fromisoformat(born)).days / 365.25
+                age = held.age_on(today)
                 hit = resolved[seen] = (given, age is not None and age < age_below)
             consent[key], minors[i] = hit
         return consent, minors

@@ -25,6 +25,7 @@ when it is next opened for writing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -34,7 +35,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,12 +180,23 @@ def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
     return con
 
 
+@contextlib.contextmanager
+def _transaction(con: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """One transaction on an autocommit connection: committed at the end, rolled back on any exception."""
+    con.execute(begin)
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def _name_actions(con: sqlite3.Connection) -> None:
     """Give a log written before `action_names` existed the column, filled from its rows, and its index; once."""
     if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'decisions_history'").fetchone():
         return
-    con.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(con):
         if "action_names" not in [r[1] for r in con.execute("PRAGMA table_info(decisions)")]:
             con.execute("ALTER TABLE decisions ADD COLUMN action_names TEXT")
         con.execute(f"UPDATE decisions SET action_names = {_NAMES.format(actions='actions')} "  # noqa: S608
@@ -193,10 +205,6 @@ def _name_actions(con: sqlite3.Connection) -> None:
         con.execute("CREATE INDEX IF NOT EXISTS decisions_history ON decisions "
                     "(customer_key, decided_at, action_names)")  # fmt: skip
         con.execute("DROP INDEX IF EXISTS decisions_customer")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 # Contacts per (channel, UTC day, action): what a campaign's capacity check reads, one row per action, instead of
@@ -219,15 +227,10 @@ def _count_contacts(con: sqlite3.Connection) -> None:
     exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'channel_contacts'"
     if con.execute(exists).fetchone():
         return
-    con.execute("BEGIN IMMEDIATE")
-    try:
+    with _transaction(con):
         if not con.execute(exists).fetchone():  # another process may have made them meanwhile
             for statement in _COUNTS:
                 con.execute(statement)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def new_decision_id() -> str:
@@ -393,8 +396,7 @@ class DecisionLog:
         if len(rows) == 1 and not counts and not exposures and release is None:
             con.execute(_INSERT, rows[0])  # autocommit: one statement, one transaction (a fallback: no contact)
             return
-        con.execute("BEGIN")
-        try:
+        with _transaction(con, "BEGIN"):
             con.executemany(_INSERT, rows)
             if counts:
                 con.executemany(_COUNT, [(*key, n) for key, n in counts.items()])
@@ -402,10 +404,6 @@ class DecisionLog:
                 con.executemany(_EXPOSE, exposures)
             if release is not None:
                 con.execute("DELETE FROM capacity_holds WHERE hold_id = ?", (release,))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     def history(
         self, customer_keys: Iterable[str], since: dt.date | None = None, skip: Iterable[str] = ()
@@ -463,8 +461,7 @@ class DecisionLog:
         `stale_seconds` (its worker died mid-campaign) no longer counts. No hold (None) when nothing is left.
         """
         con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(con):
             now = time.time()
             con.execute("DELETE FROM capacity_holds WHERE held_at < ?", (now - stale_seconds,))
             (held,) = con.execute(
@@ -475,10 +472,6 @@ class DecisionLog:
             if taken > 0:
                 hold_id = uuid.uuid4().hex
                 con.execute("INSERT INTO capacity_holds VALUES (?, ?, ?, ?)", (hold_id, channel, taken, now))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return hold_id, left
 
     def release(self, hold_id: str | None) -> None:
@@ -492,8 +485,7 @@ class DecisionLog:
         Returns the stored outcome (outcome_id, decision_id, event, at, and the decision's action).
         """
         con = self._con()
-        con.execute("BEGIN IMMEDIATE")  # the check and the insert see and change the same state
-        try:
+        with _transaction(con):  # the check and the insert see and change the same state
             found = con.execute(
                 "SELECT customer_key, action FROM decisions WHERE decision_id = ?", (decision_id,)
             ).fetchone()
@@ -511,10 +503,6 @@ class DecisionLog:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (outcome["outcome_id"], decision_id, logged_key, event, reason, outcome["at"]),
             )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return outcome
 
     def close(self) -> None:
